@@ -1,0 +1,372 @@
+//! Typed, layered configuration: built-in defaults, then an optional TOML file, then `SLUICE_*`
+//! environment variables. Unknown keys are errors; secrets never print.
+//!
+//! Environment variables name a section and a key: `SLUICE_HTTP_ADDR` is `http.addr`,
+//! `SLUICE_DATABASE_URL` is `database.url`, `SLUICE_S3_SECRET_ACCESS_KEY` is
+//! `s3.secret_access_key`. A variable that names no known key is rejected like an unknown key in
+//! the file, so a typo never silently falls back to a default.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Sections of the configuration; an env var `SLUICE_<SECTION>_<KEY>` sets `<section>.<key>`.
+const SECTIONS: &[&str] = &["http", "kafka", "s3", "database", "telemetry", "auth"];
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A key is unknown, a value has the wrong type, or the file is not valid TOML. Each problem
+    /// names the key and where it came from (the file, or the exact `SLUICE_*` variable).
+    #[error("invalid configuration: {}", describe(.0))]
+    Invalid(Box<figment::Error>),
+    /// Values parse but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+    /// `--config` named a file that does not exist.
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+/// Everything a Sluice process needs to find its dependencies.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Local state (the admin token, the local stack's data); git-ignored.
+    pub state_dir: PathBuf,
+    pub http: HttpConfig,
+    pub kafka: KafkaConfig,
+    pub s3: S3Config,
+    pub database: DatabaseConfig,
+    pub telemetry: TelemetryConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listener for every HTTP API of this process; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`; use `127.0.0.1`, not `localhost`, for the local broker.
+    pub brokers: String,
+    /// Prepended to every topic name, so several deployments (or tests) share one cluster.
+    pub topic_prefix: String,
+    /// Partitions for topics Sluice creates; bounds how many consumers of a group can work.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// A consumer that stops heartbeating for this long loses its partitions.
+    pub session_timeout_ms: u32,
+    /// Extra librdkafka properties (for example `security.protocol`, `sasl.*`) for managed clusters.
+    pub extra: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Custom endpoint (Garage, MinIO); empty means AWS's regional endpoint.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Static credentials; when both are empty the AWS default chain (env, profile, IAM role) is used.
+    pub access_key_id: String,
+    pub secret_access_key: SecretString,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most self-hosted servers.
+    pub force_path_style: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/db`; secret because it usually holds a password.
+    pub url: SecretString,
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, human-readable text when it is.
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: LogFormat,
+    /// `tracing` filter directives, for example `info,sluice_ingest=debug`.
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Where `sluice up` writes the local admin token and the CLI reads it from;
+    /// relative paths are under `state_dir`.
+    pub token_file: PathBuf,
+}
+
+/// `SLUICE_CONFIG` names the TOML file; it is not itself a configuration key.
+const CONFIG_FILE_KEY: &str = "config";
+
+/// The built-in defaults, also the annotated reference of every key (`sluice config defaults`).
+pub const DEFAULTS_TOML: &str = include_str!("default.toml");
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::extract(Figment::from(Toml::string(DEFAULTS_TOML)))
+            .expect("the built-in defaults are a valid configuration")
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if given, it must exist), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::prefixed("SLUICE_").ignore(&[CONFIG_FILE_KEY]))
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(env.map(|key| env_key_to_path(&key.as_str().to_ascii_lowercase()).into()));
+        Self::extract(figment)
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Self = figment.extract().map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Cross-field rules, checked at start-up rather than at first use.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let rule = |ok: bool, msg: &str| if ok { Ok(()) } else { Err(ConfigError::Rule(msg.into())) };
+        rule(!self.kafka.brokers.trim().is_empty(), "kafka.brokers must name at least one broker")?;
+        rule(self.kafka.partitions >= 1, "kafka.partitions must be at least 1")?;
+        rule(self.kafka.replication_factor >= 1, "kafka.replication_factor must be at least 1")?;
+        rule(
+            self.kafka.topic_prefix.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')),
+            "kafka.topic_prefix may only hold ASCII letters, digits, '.', '_' and '-'",
+        )?;
+        rule(
+            (1_000..=300_000).contains(&self.kafka.session_timeout_ms),
+            "kafka.session_timeout_ms must be between 1000 and 300000",
+        )?;
+        rule(
+            crate::s3::is_valid_bucket_name(&self.s3.bucket),
+            "s3.bucket must be 3-63 characters of lower-case letters, digits, '.' and '-'",
+        )?;
+        rule(
+            self.s3.access_key_id.is_empty() == self.s3.secret_access_key.expose_secret().is_empty(),
+            "s3.access_key_id and s3.secret_access_key must be set together (or both empty for the AWS default chain)",
+        )?;
+        if !self.s3.endpoint.is_empty() {
+            let url = url::Url::parse(&self.s3.endpoint)
+                .map_err(|e| ConfigError::Rule(format!("s3.endpoint is not a URL: {e}")))?;
+            rule(matches!(url.scheme(), "http" | "https"), "s3.endpoint must be an http:// or https:// URL")?;
+        }
+        self.database
+            .url
+            .expose_secret()
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| ConfigError::Rule(format!("database.url is not a PostgreSQL URL: {e}")))?;
+        rule(self.database.max_connections >= 1, "database.max_connections must be at least 1")?;
+        rule(self.http.max_body_bytes >= 1, "http.max_body_bytes must be at least 1")?;
+        Ok(())
+    }
+
+    /// The admin token file, resolved against `state_dir`.
+    pub fn token_path(&self) -> PathBuf {
+        self.state_dir.join(&self.auth.token_file)
+    }
+}
+
+/// One line per problem: what is wrong, the dotted key, and its source.
+fn describe(err: &figment::Error) -> String {
+    let problems: Vec<String> = err
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let mut path = e.path.clone();
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind
+                && path.last() != Some(field)
+            {
+                path.push(field.clone());
+            }
+            let key = path.join(".");
+            let source = match &e.metadata {
+                Some(md) if md.name.contains("environment variable") => {
+                    format!("environment variable SLUICE_{}", path.join("_").to_ascii_uppercase())
+                }
+                Some(md) => match &md.source {
+                    Some(figment::Source::File(file)) => format!("file {}", file.display()),
+                    _ => md.name.to_string(),
+                },
+                None => "configuration".into(),
+            };
+            format!("{} (key `{key}`, from {source})", e.kind)
+        })
+        .collect();
+    problems.join("; ")
+}
+
+/// Maps a lower-cased env var name without its prefix to a dotted key path:
+/// `database_url` → `database.url`; names of no section stay top-level (`state_dir`).
+fn env_key_to_path(key: &str) -> String {
+    for section in SECTIONS {
+        if let Some(rest) = key.strip_prefix(section).and_then(|r| r.strip_prefix('_')) {
+            return format!("{section}.{rest}");
+        }
+    }
+    key.to_owned()
+}
+
+/// Shows a PostgreSQL URL with its password replaced, for logs and `sluice doctor`.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparseable URL>".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_map_onto_sections() {
+        assert_eq!(env_key_to_path("database_url"), "database.url");
+        assert_eq!(env_key_to_path("s3_secret_access_key"), "s3.secret_access_key");
+        assert_eq!(env_key_to_path("http_addr"), "http.addr");
+        assert_eq!(env_key_to_path("state_dir"), "state_dir");
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let config = Config::default();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("5111ce5111ce"), "{shown}");
+        assert!(!shown.contains("postgres:postgres@"), "{shown}");
+    }
+
+    #[test]
+    fn redacts_database_password() {
+        assert_eq!(redact_url("postgres://postgres:hunter2@db:5432/sluice"), "postgres://postgres:***@db:5432/sluice");
+    }
+
+    /// Runs `f` with a private working directory and environment (figment's `Jail` serialises
+    /// tests that touch the process environment).
+    fn jailed(f: impl FnOnce(&mut figment::Jail) -> Result<(), figment::Error>) {
+        figment::Jail::expect_with(f);
+    }
+
+    #[test]
+    fn env_overrides_file_which_overrides_defaults() {
+        jailed(|jail| {
+            jail.create_file(
+                "sluice.toml",
+                "[http]\naddr = \"127.0.0.1:9000\"\n[kafka]\npartitions = 3\ntopic_prefix = \"file.\"\n",
+            )?;
+            jail.set_env("SLUICE_KAFKA_PARTITIONS", "7");
+            let config = Config::load(Some(Path::new("sluice.toml"))).expect("valid config");
+            assert_eq!(config.kafka.partitions, 7, "env beats file");
+            assert_eq!(config.kafka.topic_prefix, "file.", "file beats defaults");
+            assert_eq!(config.http.addr.port(), 9000, "file beats defaults");
+            assert_eq!(config.s3.bucket, "sluice", "defaults fill the rest");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn database_url_comes_from_sluice_database_url() {
+        jailed(|jail| {
+            jail.set_env("SLUICE_DATABASE_URL", "postgres://u:p@db.internal:6543/x");
+            let config = Config::load(None).expect("valid config");
+            assert_eq!(config.database.url.expose_secret(), "postgres://u:p@db.internal:6543/x");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_an_unknown_key_in_the_file_naming_it() {
+        jailed(|jail| {
+            jail.create_file("sluice.toml", "[kafka]\nbrokerz = \"x:1\"\n")?;
+            let err = Config::load(Some(Path::new("sluice.toml"))).expect_err("unknown key");
+            let text = err.to_string();
+            assert!(text.contains("brokerz"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_an_unknown_sluice_env_var_naming_it() {
+        jailed(|jail| {
+            jail.set_env("SLUICE_KAFKA_BROKER", "127.0.0.1:9092");
+            let text = Config::load(None).expect_err("unknown env key").to_string();
+            assert!(text.contains("broker") && text.contains("SLUICE_KAFKA_BROKER"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_a_malformed_value_naming_key_and_source() {
+        jailed(|jail| {
+            jail.set_env("SLUICE_HTTP_ADDR", "not-an-address");
+            let text = Config::load(None).expect_err("bad address").to_string();
+            assert!(text.contains("addr") && text.contains("SLUICE_HTTP_ADDR"), "{text}");
+            jail.clear_env();
+            jail.create_file("bad.toml", "[kafka]\npartitions = \"many\"\n")?;
+            let text = Config::load(Some(Path::new("bad.toml"))).expect_err("bad type").to_string();
+            assert!(text.contains("partitions") && text.contains("bad.toml"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn rejects_values_that_break_cross_field_rules() {
+        jailed(|jail| {
+            jail.set_env("SLUICE_KAFKA_PARTITIONS", "0");
+            let text = Config::load(None).expect_err("zero partitions").to_string();
+            assert!(text.contains("kafka.partitions"), "{text}");
+            jail.clear_env();
+            jail.set_env("SLUICE_S3_BUCKET", "Not_A_Bucket");
+            let text = Config::load(None).expect_err("bad bucket").to_string();
+            assert!(text.contains("s3.bucket"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        jailed(|_| {
+            let err = Config::load(Some(Path::new("nope.toml"))).expect_err("missing file");
+            assert!(err.to_string().contains("nope.toml"));
+            Ok(())
+        });
+    }
+}

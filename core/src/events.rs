@@ -1,0 +1,135 @@
+//! The event envelope every Kafka message carries.
+//!
+//! Wire form: `{"event_id", "type", "schema_version", "occurred_at", "data": {...}}`. Consumers
+//! deduplicate on `event_id` (or on the payload's natural key), so delivering twice is harmless.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+/// A payload type with a stable name and schema version.
+pub trait Event: Serialize + DeserializeOwned {
+    /// The `type` field, for example `media.ingested`.
+    const TYPE: &'static str;
+    /// Bumped on incompatible payload changes; consumers reject versions they do not know.
+    const SCHEMA_VERSION: u32;
+}
+
+/// An event on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u32,
+    #[serde(with = "rfc3339")]
+    pub occurred_at: DateTime<Utc>,
+    pub data: T,
+}
+
+/// Why a message could not be read as an event (a poison message: dead-letter it).
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not a Sluice event: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("expected event type {expected}, got {actual}")]
+    WrongType { expected: &'static str, actual: String },
+    #[error("{event_type} schema version {actual} is newer than this build understands ({supported})")]
+    UnsupportedVersion { event_type: &'static str, actual: u32, supported: u32 },
+}
+
+impl<T: Event> Envelope<T> {
+    /// Wraps `data` with a fresh time-ordered id and the current time.
+    pub fn new(data: T) -> Self {
+        Self::with_id(Uuid::now_v7(), data)
+    }
+
+    /// Wraps `data` with a caller-chosen id (an outbox row id, so a re-publish keeps its id).
+    pub fn with_id(event_id: Uuid, data: T) -> Self {
+        Self {
+            event_id,
+            event_type: T::TYPE.to_owned(),
+            schema_version: T::SCHEMA_VERSION,
+            occurred_at: Utc::now(),
+            data,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("events serialise to JSON")
+    }
+
+    /// Decodes and checks type and schema version.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let envelope: Self = serde_json::from_slice(bytes)?;
+        if envelope.event_type != T::TYPE {
+            return Err(DecodeError::WrongType { expected: T::TYPE, actual: envelope.event_type });
+        }
+        if envelope.schema_version > T::SCHEMA_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                event_type: T::TYPE,
+                actual: envelope.schema_version,
+                supported: T::SCHEMA_VERSION,
+            });
+        }
+        Ok(envelope)
+    }
+}
+
+/// RFC 3339 UTC with millisecond precision, as the public contract writes times.
+mod rfc3339 {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc)).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Ping {
+        n: u32,
+    }
+
+    impl Event for Ping {
+        const TYPE: &'static str = "test.ping";
+        const SCHEMA_VERSION: u32 = 2;
+    }
+
+    #[test]
+    fn round_trips_with_the_contract_fields() {
+        let event = Envelope::new(Ping { n: 7 });
+        let json: serde_json::Value = serde_json::from_slice(&event.to_json()).expect("json");
+        for field in ["event_id", "type", "schema_version", "occurred_at", "data"] {
+            assert!(json.get(field).is_some(), "missing {field}: {json}");
+        }
+        assert_eq!(json["type"], "test.ping");
+        assert!(json["occurred_at"].as_str().expect("string").ends_with('Z'));
+        let back = Envelope::<Ping>::decode(&event.to_json()).expect("decodes");
+        assert_eq!(back.data, Ping { n: 7 });
+        assert_eq!(back.event_id, event.event_id);
+    }
+
+    #[test]
+    fn rejects_wrong_type_newer_schema_and_garbage() {
+        let mut event = Envelope::new(Ping { n: 1 });
+        event.event_type = "other".into();
+        assert!(matches!(Envelope::<Ping>::decode(&event.to_json()), Err(DecodeError::WrongType { .. })));
+        let mut event = Envelope::new(Ping { n: 1 });
+        event.schema_version = 3;
+        assert!(matches!(
+            Envelope::<Ping>::decode(&event.to_json()),
+            Err(DecodeError::UnsupportedVersion { actual: 3, .. })
+        ));
+        assert!(matches!(Envelope::<Ping>::decode(b"\xff not json"), Err(DecodeError::Json(_))));
+    }
+}

@@ -1,0 +1,156 @@
+//! Kafka clients built the one way Sluice uses them, and topic bootstrap.
+//!
+//! Producers are idempotent with `acks=all`. Consumers commit automatically but only offsets the
+//! code stored explicitly (`enable.auto.offset.store=false`), after a message's effects are durable;
+//! they commit synchronously when partitions are revoked, so a rebalance never replays finished work.
+
+use std::time::Duration;
+
+use rdkafka::{
+    ClientConfig, ClientContext,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::FutureProducer,
+};
+
+use crate::{config::KafkaConfig, topics::Topic};
+
+/// The consumer type every Sluice worker uses.
+pub type SluiceConsumer = StreamConsumer<CommitOnRevoke>;
+
+/// Base properties shared by every client: brokers, fast reconnects, extra user properties.
+pub fn client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "2000")
+        .set("socket.keepalive.enable", "true");
+    for (key, value) in &config.extra {
+        client.set(key, value);
+    }
+    client
+}
+
+/// An idempotent producer with `acks=all`; sends are pipelined (`linger.ms=5`).
+pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
+    client_config(config)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("message.timeout.ms", "30000")
+        .create()
+}
+
+/// A group consumer with auto offset store off: call `store_offset_from_message` once a message's
+/// effects are durable; the background auto-commit then commits it.
+pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<SluiceConsumer, KafkaError> {
+    consumer_config(config, group_id).create_with_context(CommitOnRevoke)
+}
+
+/// The properties of [`consumer`], for callers that need a different consumer type.
+pub fn consumer_config(config: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut client = client_config(config);
+    client
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(250).to_string());
+    client
+}
+
+/// Commits stored offsets synchronously before partitions are taken away, so the next owner
+/// starts after the last finished message instead of replaying up to one auto-commit interval.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitOnRevoke;
+
+impl ClientContext for CommitOnRevoke {}
+
+impl ConsumerContext for CommitOnRevoke {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            if partitions.count() == 0 {
+                return;
+            }
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(err) => tracing::warn!(error = %err, "commit on partition revoke failed"),
+            }
+        }
+    }
+}
+
+/// An admin client for topic management and metadata.
+pub fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    client_config(config).create()
+}
+
+/// Creates every Sluice topic under the configured prefix with its partition count and configs.
+/// Existing topics are left as they are, so start-up is idempotent and concurrent-safe.
+pub async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
+    ensure_topic_set(config, &Topic::ALL).await
+}
+
+/// [`ensure_topics`] for a subset.
+pub async fn ensure_topic_set(config: &KafkaConfig, topics: &[Topic]) -> Result<(), KafkaError> {
+    let admin = admin(config)?;
+    let names: Vec<String> = topics.iter().map(|t| t.qualified(&config.topic_prefix).to_string()).collect();
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .zip(&names)
+        .map(|(topic, name)| {
+            topic.configs().iter().fold(
+                NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor)),
+                |new, (k, v)| new.set(k, v),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(topic = %name, error = %code, "could not create topic");
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes every topic under `prefix` (test clean-up; never called by services).
+pub async fn delete_topics_with_prefix(config: &KafkaConfig, prefix: &str) -> Result<usize, KafkaError> {
+    let admin = admin(config)?;
+    let metadata = admin.inner().fetch_metadata(None, Duration::from_secs(5))?;
+    let names: Vec<String> =
+        metadata.topics().iter().map(|t| t.name().to_owned()).filter(|n| n.starts_with(prefix)).collect();
+    if names.is_empty() {
+        return Ok(0);
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    admin.delete_topics(&refs, &AdminOptions::new()).await?;
+    Ok(names.len())
+}
+
+/// Whether the cluster answers a metadata request within `timeout` (readiness, `sluice doctor`).
+/// Runs the blocking librdkafka call off the async runtime.
+pub async fn check_reachable(
+    admin: std::sync::Arc<AdminClient<DefaultClientContext>>,
+    timeout: Duration,
+) -> Result<usize, String> {
+    tokio::task::spawn_blocking(move || {
+        admin.inner().fetch_metadata(None, timeout).map(|m| m.brokers().len()).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("metadata task failed: {e}"))?
+}

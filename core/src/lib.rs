@@ -1,0 +1,24 @@
+//! Sluice's shared contracts and clients.
+//!
+//! Services depend on this crate and never on each other: they meet through the topics
+//! ([`topics`]), event envelopes ([`events`]), S3 keys and PostgreSQL tables defined here, using
+//! the client builders in [`kafka`], [`s3`] and [`db`]. Configuration enters through [`config`];
+//! the shared HTTP surface (`/healthz`, `/readyz`, `/metrics`, error bodies) is in [`http`].
+
+pub mod auth;
+pub mod config;
+pub mod context;
+pub mod db;
+pub mod domain;
+pub mod events;
+pub mod http;
+pub mod kafka;
+pub mod migrate;
+pub mod s3;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topics;
+
+pub use config::Config;
+pub use context::Context;
+pub use shutdown::Shutdown;

@@ -1,0 +1,125 @@
+//! The S3 client (path-style, endpoint from config) and bucket bootstrap.
+//!
+//! Sluice's PostgreSQL records are the source of truth for what is stored; S3 holds bytes only.
+//! No code relies on bucket versioning or conditional PUTs (see `../shared/STACK.md`).
+
+use aws_sdk_s3::{
+    Client,
+    config::{BehaviorVersion, Credentials, Region},
+    error::{ProvideErrorMetadata, SdkError},
+};
+use secrecy::ExposeSecret;
+
+use crate::config::S3Config;
+
+/// Why an S3 call failed, flattened to what callers act on.
+#[derive(Debug, thiserror::Error)]
+pub enum S3Error {
+    #[error("S3 {operation} failed: {message}")]
+    Call { operation: &'static str, code: Option<String>, message: String },
+}
+
+impl S3Error {
+    /// Wraps an SDK error, keeping the service's error code (`NoSuchKey`, `AccessDenied`, ...).
+    pub fn from_sdk<E, R>(operation: &'static str, err: SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let code = err.code().map(str::to_owned);
+        let message = match &err {
+            SdkError::ServiceError(service) => {
+                let inner = service.err();
+                format!("{} ({})", inner.message().unwrap_or("no message"), inner.code().unwrap_or("no code"))
+            }
+            other => error_chain(other),
+        };
+        Self::Call { operation, code, message }
+    }
+
+    /// The S3 error code, when the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Call { code, .. } => code.as_deref(),
+        }
+    }
+}
+
+/// Renders an error and its sources on one line: the SDK hides the useful part in the chain.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Builds a client for `config`: static credentials when configured, else the AWS default chain.
+pub async fn client(config: &S3Config) -> Client {
+    let mut builder = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(config.region.clone()))
+        .force_path_style(config.force_path_style);
+    if config.access_key_id.is_empty() {
+        let shared =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(config.region.clone())).load().await;
+        builder = aws_sdk_s3::config::Builder::from(&shared).force_path_style(config.force_path_style);
+    } else {
+        builder = builder.credentials_provider(Credentials::new(
+            config.access_key_id.clone(),
+            config.secret_access_key.expose_secret().to_owned(),
+            None,
+            None,
+            "sluice-config",
+        ));
+    }
+    if !config.endpoint.is_empty() {
+        builder = builder.endpoint_url(config.endpoint.clone());
+    }
+    Client::from_conf(builder.build())
+}
+
+/// Creates `bucket` unless it exists and is ours. Safe to call from several processes at once.
+pub async fn ensure_bucket(client: &Client, bucket: &str) -> Result<(), S3Error> {
+    match client.head_bucket().bucket(bucket).send().await {
+        Ok(_) => return Ok(()),
+        Err(err) if err.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {}
+        Err(err) => return Err(S3Error::from_sdk("HeadBucket", err)),
+    }
+    match client.create_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(()),
+        Err(err) if matches!(err.code(), Some("BucketAlreadyOwnedByYou")) => Ok(()),
+        Err(err) => Err(S3Error::from_sdk("CreateBucket", err)),
+    }
+}
+
+/// Whether the bucket is reachable with our credentials (readiness checks, `sluice doctor`).
+pub async fn check_bucket(client: &Client, bucket: &str) -> Result<(), S3Error> {
+    client.head_bucket().bucket(bucket).send().await.map(|_| ()).map_err(|err| S3Error::from_sdk("HeadBucket", err))
+}
+
+/// S3's bucket naming rules (the DNS-compatible subset every S3 implementation accepts).
+pub fn is_valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name.as_bytes().first().is_some_and(u8::is_ascii_alphanumeric)
+        && name.as_bytes().last().is_some_and(u8::is_ascii_alphanumeric)
+        && !name.contains("..")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_valid_bucket_name;
+
+    #[test]
+    fn bucket_names_follow_s3_rules() {
+        assert!(is_valid_bucket_name("sluice"));
+        assert!(is_valid_bucket_name("sluice-test-0a1b"));
+        for bad in ["ab", "Sluice", "-sluice", "sluice-", "a..b", "with_underscore", &"a".repeat(64)] {
+            assert!(!is_valid_bucket_name(bad), "{bad} should be rejected");
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Logging (tracing; JSON when stdout is not a terminal) and the process-wide Prometheus recorder.
+
+use std::{io::IsTerminal, sync::OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::config::{LogFormat, TelemetryConfig};
+
+/// Installs the global tracing subscriber. Later calls (tests spawning several apps) are no-ops.
+pub fn init_logging(config: &TelemetryConfig) {
+    let filter = EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| EnvFilter::try_new(&config.log_filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match config.log_format {
+        LogFormat::Json => true,
+        LogFormat::Text => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = if json {
+        registry.with(fmt::layer().json().flatten_event(true).with_current_span(false)).try_init()
+    } else {
+        registry.with(fmt::layer()).try_init()
+    };
+    // Already installed by an earlier call in this process: keep the first one.
+    drop(result);
+}
+
+/// Latency buckets (seconds) for every Sluice duration histogram: 1 ms to 60 s.
+const DURATION_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// The process-wide Prometheus recorder, installed on first use; render it for `/metrics`.
+pub fn metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder =
+                PrometheusBuilder::new().set_buckets(DURATION_BUCKETS).expect("non-empty bucket list").build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a host embedding Sluice); then this
+            // handle renders only what was recorded through it, which is still well-formed.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// Declares the metrics every process exports, with their help text.
+fn describe() {
+    metrics::describe_counter!("sluice_http_requests_total", "HTTP requests by route, method and status.");
+    metrics::describe_histogram!(
+        "sluice_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "HTTP request latency by route and method."
+    );
+    metrics::describe_gauge!(
+        "sluice_dependency_up",
+        "1 when the last readiness check reached the dependency (kafka, s3, postgres), else 0."
+    );
+    metrics::describe_gauge!("sluice_build_info", "Always 1; labels carry the version.");
+    metrics::gauge!("sluice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}

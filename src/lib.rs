@@ -1,0 +1,134 @@
+//! The `sluice` application: composes the service crates into one process (`sluice up`) or runs
+//! one of them alone (`sluice serve <service>`), behind one HTTP listener with the ops endpoints.
+
+pub mod doctor;
+pub mod tail;
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use anyhow::Context as _;
+use axum::Router;
+use rdkafka::producer::Producer;
+use sluice_core::{Config, Context, Shutdown, auth, http};
+use tokio::net::TcpListener;
+
+/// One of Sluice's services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Service {
+    Ingest,
+    Preprocess,
+    Trainer,
+    Registry,
+    Inference,
+}
+
+impl Service {
+    pub const ALL: [Service; 5] =
+        [Service::Ingest, Service::Preprocess, Service::Trainer, Service::Registry, Service::Inference];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Ingest => sluice_ingest::NAME,
+            Service::Preprocess => sluice_preprocess::NAME,
+            Service::Trainer => sluice_trainer::NAME,
+            Service::Registry => sluice_registry::NAME,
+            Service::Inference => sluice_inference::NAME,
+        }
+    }
+
+    fn router(self, ctx: Context) -> Router {
+        match self {
+            Service::Ingest => sluice_ingest::router(ctx),
+            Service::Preprocess => sluice_preprocess::router(ctx),
+            Service::Trainer => sluice_trainer::router(ctx),
+            Service::Registry => sluice_registry::router(ctx),
+            Service::Inference => sluice_inference::router(ctx),
+        }
+    }
+}
+
+/// A built, bound process, ready to run. Bind port 0 in tests and read [`Application::local_addr`].
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    ctx: Context,
+}
+
+impl Application {
+    /// Connects to and prepares every dependency (migrations, topics, bucket), then binds.
+    pub async fn build(config: Config, services: &[Service]) -> anyhow::Result<Self> {
+        let ctx = Context::new(config).await.context("building clients")?;
+        ctx.bootstrap().await.context("preparing dependencies (run `sluice doctor` to see what is missing)")?;
+        let mut router = http::ops_router(ctx.clone());
+        for service in services {
+            router = router.merge(service.router(ctx.clone()));
+        }
+        let router = http::with_request_metrics(router)
+            .layer(tower_http::trace::TraceLayer::new_for_http())
+            .layer(axum::extract::DefaultBodyLimit::disable());
+        let listener = TcpListener::bind(ctx.config.http.addr)
+            .await
+            .with_context(|| format!("binding {}", ctx.config.http.addr))?;
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            services = ?services.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            "listening"
+        );
+        Ok(Self { listener, router, ctx })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Serves until `shutdown` fires, lets in-flight requests finish, then flushes the producer.
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("HTTP server failed")?;
+        let producer = self.ctx.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
+            .await?
+            .context("flushing Kafka producer on shutdown")?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Makes sure the local admin token file holds a valid token, creating one on first start.
+/// Returns the file's path. The file is written with mode 0600.
+pub async fn ensure_admin_token(ctx: &Context) -> anyhow::Result<std::path::PathBuf> {
+    let path = ctx.config.token_path();
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && auth::verify(&ctx.db, existing.trim()).await?.is_some()
+    {
+        return Ok(path);
+    }
+    let token = auth::create_token(&ctx.db, "local-admin", &[auth::Scope::Admin]).await?;
+    write_private(&path, &token).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "created local admin token");
+    Ok(path)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")
+}

@@ -1,0 +1,88 @@
+//! The `sluice` binary as a user runs it.
+
+use std::{net::TcpListener, process::Command};
+
+use secrecy::ExposeSecret;
+use sluice_core::Context;
+use sluice_testkit::TestEnv;
+
+/// A local port with nothing listening on it.
+fn closed_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+fn sluice() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    // The caller's SLUICE_* settings must not leak into what these tests check.
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
+        command.env_remove(key);
+    }
+    command.env("SLUICE_TELEMETRY_LOG_FORMAT", "text");
+    command
+}
+
+#[test]
+fn doctor_on_a_stopped_stack_says_exactly_what_is_missing() {
+    let state = tempfile::tempdir().expect("temp dir");
+    let output = sluice()
+        .arg("doctor")
+        .env("SLUICE_KAFKA_BROKERS", format!("127.0.0.1:{}", closed_port()))
+        .env("SLUICE_S3_ENDPOINT", format!("http://127.0.0.1:{}", closed_port()))
+        .env("SLUICE_DATABASE_URL", format!("postgres://postgres:secret-pw@127.0.0.1:{}/sluice", closed_port()))
+        .env("SLUICE_STATE_DIR", state.path())
+        .output()
+        .expect("run sluice doctor");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "doctor fails when dependencies are down:\n{stdout}");
+    for needle in ["FAIL  kafka", "FAIL  s3", "FAIL  postgres", "fix: ", "SLUICE_DATABASE_URL", "token:"] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("secret-pw"), "doctor printed a password:\n{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_once_migrate_has_prepared_the_stack() {
+    let env = TestEnv::new().await;
+    let vars = [
+        ("SLUICE_KAFKA_BROKERS", env.config.kafka.brokers.clone()),
+        ("SLUICE_KAFKA_TOPIC_PREFIX", env.config.kafka.topic_prefix.clone()),
+        ("SLUICE_S3_ENDPOINT", env.config.s3.endpoint.clone()),
+        ("SLUICE_S3_BUCKET", env.config.s3.bucket.clone()),
+        ("SLUICE_DATABASE_URL", env.config.database.url.expose_secret().to_owned()),
+        ("SLUICE_STATE_DIR", env.config.state_dir.display().to_string()),
+    ];
+    let migrate = sluice().arg("migrate").envs(vars.clone()).output().expect("run sluice migrate");
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+
+    let ctx = Context::new(env.config.clone()).await.expect("context");
+    sluice::ensure_admin_token(&ctx).await.expect("admin token");
+    let output = sluice().arg("doctor").envs(vars).output().expect("run sluice doctor");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "doctor should pass:\n{stdout}");
+    for needle in ["ok    kafka", "ok    s3", "ok    postgres", "ok    schema", "ok    topics", "ok    token"] {
+        assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn config_show_never_prints_secrets() {
+    let output = sluice()
+        .args(["config", "show"])
+        .env("SLUICE_DATABASE_URL", "postgres://u:hunter2@db:5432/x")
+        .env("SLUICE_S3_SECRET_ACCESS_KEY", "topsecretvalue")
+        .env("SLUICE_S3_ACCESS_KEY_ID", "GKabc")
+        .output()
+        .expect("run sluice config show");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("GKabc"), "{stdout}");
+    assert!(!stdout.contains("hunter2") && !stdout.contains("topsecretvalue"), "{stdout}");
+}
+
+#[test]
+fn an_unknown_sluice_variable_is_a_clear_error() {
+    let output = sluice().args(["config", "show"]).env("SLUICE_KAFKA_BROKER", "x:1").output().expect("run");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("SLUICE_KAFKA_BROKER"), "{stderr}");
+}

@@ -1,0 +1,196 @@
+//! Consumer-group behaviour through the real broker, with Sluice's consumer settings.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use rdkafka::{
+    Message,
+    consumer::{CommitMode, Consumer},
+};
+use sluice_core::kafka::{self, SluiceConsumer};
+use sluice_testkit::{TestEnv, eventually};
+use tokio::sync::mpsc;
+
+use crate::support::{create_topic, produce};
+
+/// A received message: (partition, payload).
+type Received = (i32, String);
+
+/// Polls `consumer` forever in a task, forwarding what arrives (polling also keeps it in the group).
+fn drain(consumer: Arc<SluiceConsumer>) -> mpsc::UnboundedReceiver<Received> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = consumer.stream();
+        while let Some(Ok(message)) = stream.next().await {
+            let payload = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+            consumer.store_offset_from_message(&message).expect("store offset");
+            if tx.send((message.partition(), payload)).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn assigned(consumer: &SluiceConsumer) -> BTreeSet<i32> {
+    consumer.assignment().map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default()
+}
+
+async fn recv_one(rx: &mut mpsc::UnboundedReceiver<Received>, within: Duration) -> Option<Received> {
+    tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_in_one_group_split_partitions_and_see_each_message_once() {
+    let env = TestEnv::new().await;
+    let topic = create_topic(&env, "split", 12).await;
+    let a = Arc::new(kafka::consumer(&env.config.kafka, "split-group").expect("consumer a"));
+    let b = Arc::new(kafka::consumer(&env.config.kafka, "split-group").expect("consumer b"));
+    a.subscribe(&[&topic]).expect("subscribe a");
+    b.subscribe(&[&topic]).expect("subscribe b");
+    let mut rx_a = drain(a.clone());
+    let mut rx_b = drain(b.clone());
+
+    let (parts_a, parts_b) = eventually(Duration::from_secs(30), "both members to share 12 partitions", || {
+        let (pa, pb) = (assigned(&a), assigned(&b));
+        async move { (!pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 12).then_some((pa, pb)) }
+    })
+    .await;
+    assert!(parts_a.is_disjoint(&parts_b), "overlapping assignments {parts_a:?} {parts_b:?}");
+
+    let producer = kafka::producer(&env.config.kafka).expect("producer");
+    let messages: Vec<_> = (0..120).map(|i| (i % 12, format!("m{i}"))).collect();
+    produce(&producer, &topic, &messages).await;
+
+    let mut seen = HashSet::new();
+    let (mut count_a, mut count_b) = (0, 0);
+    while seen.len() < 120 {
+        tokio::select! {
+            Some((partition, payload)) = rx_a.recv() => {
+                assert!(parts_a.contains(&partition), "a got partition {partition} outside {parts_a:?}");
+                assert!(seen.insert(payload.clone()), "{payload} delivered twice");
+                count_a += 1;
+            }
+            Some((partition, payload)) = rx_b.recv() => {
+                assert!(parts_b.contains(&partition), "b got partition {partition} outside {parts_b:?}");
+                assert!(seen.insert(payload.clone()), "{payload} delivered twice");
+                count_b += 1;
+            }
+            () = tokio::time::sleep(Duration::from_secs(20)) => panic!("only {} of 120 messages arrived", seen.len()),
+        }
+    }
+    assert!(count_a > 0 && count_b > 0, "both members worked: a={count_a} b={count_b}");
+}
+
+/// One consumer of `group` on a one-partition topic; returns the first message it receives.
+async fn first_message(env: &TestEnv, topic: &str, group: &str, commit: bool) -> String {
+    let consumer = kafka::consumer(&env.config.kafka, group).expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let message = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+        .await
+        .expect("a message within 20 s")
+        .expect("receive");
+    let payload = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+    if commit {
+        consumer.store_offset_from_message(&message).expect("store offset");
+        consumer.commit_consumer_state(CommitMode::Sync).expect("commit");
+    }
+    payload
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_uncommitted_message_is_redelivered_and_a_committed_one_is_not() {
+    let env = TestEnv::new().await;
+    let topic = create_topic(&env, "redeliver", 1).await;
+    let producer = kafka::producer(&env.config.kafka).expect("producer");
+    produce(&producer, &topic, &[(0, "first".into())]).await;
+
+    assert_eq!(first_message(&env, &topic, "g", false).await, "first");
+    assert_eq!(
+        first_message(&env, &topic, "g", true).await,
+        "first",
+        "a message whose offset was never stored is delivered again to the next member"
+    );
+    produce(&producer, &topic, &[(0, "second".into())]).await;
+    assert_eq!(first_message(&env, &topic, "g", false).await, "second", "a committed message is not delivered again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_killed_with_sigkill_has_its_partitions_taken_over() {
+    let env = TestEnv::new().await;
+    let topic = create_topic(&env, "takeover", 12).await;
+
+    // The other member is a separate `sluice tail --group` process, so it can be SIGKILLed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["tail", "takeover", "--group", "takeover-group"])
+        .env("SLUICE_KAFKA_BROKERS", &env.config.kafka.brokers)
+        .env("SLUICE_KAFKA_TOPIC_PREFIX", &env.config.kafka.topic_prefix)
+        .env("SLUICE_KAFKA_SESSION_TIMEOUT_MS", "6000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sluice tail");
+    let (line_tx, mut child_lines) = mpsc::unbounded_channel::<String>();
+    let stdout = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let survivor = Arc::new(kafka::consumer(&env.config.kafka, "takeover-group").expect("consumer"));
+    survivor.subscribe(&[&topic]).expect("subscribe");
+    let mut rx = drain(survivor.clone());
+    let mine = eventually(Duration::from_secs(30), "the group to split between the two processes", || {
+        let parts = assigned(&survivor);
+        async move { (!parts.is_empty() && parts.len() < 12).then_some(parts) }
+    })
+    .await;
+
+    let producer = kafka::producer(&env.config.kafka).expect("producer");
+    produce(&producer, &topic, &(0..12).map(|p| (p, format!("before-{p}"))).collect::<Vec<_>>()).await;
+    let (mut by_child, mut by_survivor) = (0, 0);
+    while by_child + by_survivor < 12 {
+        tokio::select! {
+            Some(line) = child_lines.recv() => {
+                let value: serde_json::Value = serde_json::from_str(&line).expect("tail prints JSON lines");
+                let partition = value["partition"].as_i64().expect("partition") as i32;
+                assert!(!mine.contains(&partition), "child printed partition {partition} owned by the survivor");
+                by_child += 1;
+            }
+            Some((partition, _)) = rx.recv() => {
+                assert!(mine.contains(&partition));
+                by_survivor += 1;
+            }
+            () = tokio::time::sleep(Duration::from_secs(20)) => panic!("only {} of 12 messages arrived", by_child + by_survivor),
+        }
+    }
+    assert_eq!(by_child, 12 - mine.len(), "the child consumed exactly its own partitions");
+
+    child.kill().expect("SIGKILL the child");
+    child.wait().expect("reap the child");
+    eventually(Duration::from_secs(40), "the survivor to own all 12 partitions", || {
+        let count = assigned(&survivor).len();
+        async move { (count == 12).then_some(()) }
+    })
+    .await;
+
+    produce(&producer, &topic, &(0..12).map(|p| (p, format!("after-{p}"))).collect::<Vec<_>>()).await;
+    let mut after = BTreeSet::new();
+    while after.len() < 12 {
+        let (partition, payload) = recv_one(&mut rx, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("survivor got only partitions {after:?} after the takeover"));
+        if payload.starts_with("after-") {
+            after.insert(partition);
+        }
+    }
+}

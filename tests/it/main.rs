@@ -1,0 +1,9 @@
+//! Integration tests against the real local stack (`deploy/local/stack.sh up`): one binary for
+//! the whole workspace so the dependency tree links once.
+
+mod cli;
+mod kafka;
+mod migrations;
+mod readyz;
+mod s3;
+mod support;
