@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Sections of the configuration; an env var `SLUICE_<SECTION>_<KEY>` sets `<section>.<key>`.
-const SECTIONS: &[&str] = &["http", "kafka", "s3", "database", "telemetry", "auth"];
+const SECTIONS: &[&str] = &["http", "kafka", "s3", "database", "telemetry", "auth", "ingest"];
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +48,21 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub telemetry: TelemetryConfig,
     pub auth: AuthConfig,
+    pub ingest: IngestConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Images whose header claims more pixels are refused (decompression bombs).
+    pub max_image_pixels: u64,
+    /// Uploads up to this size are buffered and sent with one PUT; larger ones stream as an S3
+    /// multipart upload in parts of this size (at least 5 MiB, S3's minimum part size).
+    pub multipart_part_bytes: usize,
+    /// Most outbox rows one relay publishes per batch.
+    pub outbox_batch: i64,
+    /// Raw objects with no media row older than this are deleted by the orphan sweeper.
+    pub orphan_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +208,12 @@ impl Config {
             .map_err(|e| ConfigError::Rule(format!("database.url is not a PostgreSQL URL: {e}")))?;
         rule(self.database.max_connections >= 1, "database.max_connections must be at least 1")?;
         rule(self.http.max_body_bytes >= 1, "http.max_body_bytes must be at least 1")?;
+        rule(self.ingest.max_image_pixels >= 1, "ingest.max_image_pixels must be at least 1")?;
+        rule(
+            self.ingest.multipart_part_bytes >= 5 * 1024 * 1024,
+            "ingest.multipart_part_bytes must be at least 5 MiB (S3's minimum part size)",
+        )?;
+        rule(self.ingest.outbox_batch >= 1, "ingest.outbox_batch must be at least 1")?;
         Ok(())
     }
 
@@ -255,6 +276,8 @@ pub fn redact_url(url: &str) -> String {
 }
 
 #[cfg(test)]
+// figment::Error (Jail's error type) is large; it only ever travels inside these tests.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

@@ -105,25 +105,26 @@ impl Readiness {
 
 /// Probes Kafka, S3 and PostgreSQL concurrently, each within [`CHECK_TIMEOUT`].
 pub async fn probe(ctx: &Context) -> Readiness {
-    async fn timed<F: Future<Output = Result<String, String>>>(f: F) -> Result<String, String> {
+    async fn timed<F: Future<Output = Result<String, String>>>(target: &str, f: F) -> Result<String, String> {
         tokio::time::timeout(CHECK_TIMEOUT, f)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())))
+            .unwrap_or_else(|_| Err(format!("no answer from {target} within {}s", CHECK_TIMEOUT.as_secs())))
     }
-    let kafka = timed(async {
+    let kafka = timed(&ctx.config.kafka.brokers, async {
         kafka::check_reachable(ctx.kafka_admin.clone(), CHECK_TIMEOUT)
             .await
             .map(|brokers| format!("{brokers} broker(s) at {}", ctx.config.kafka.brokers))
             .map_err(|e| format!("cannot reach {}: {e}", ctx.config.kafka.brokers))
     });
-    let s3 = timed(async {
+    let s3 = timed(&ctx.config.s3.endpoint, async {
         s3::check_bucket(&ctx.s3, &ctx.config.s3.bucket)
             .await
             .map(|()| format!("bucket {} reachable", ctx.config.s3.bucket))
             .map_err(|e| e.to_string())
     });
-    let postgres =
-        timed(async { db::check(&ctx.db).await.map(|()| "SELECT 1 ok".to_owned()).map_err(|e| e.to_string()) });
+    let postgres = timed("PostgreSQL", async {
+        db::check(&ctx.db).await.map(|()| "SELECT 1 ok".to_owned()).map_err(|e| s3::error_chain(&e))
+    });
     let (kafka, s3, postgres) = tokio::join!(kafka, s3, postgres);
     let checks = vec![("kafka", kafka), ("s3", s3), ("postgres", postgres)];
     for (name, result) in &checks {
@@ -164,5 +165,51 @@ async fn readyz(State(ctx): State<Context>) -> Response {
             .into_response();
         response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         response
+    }
+}
+
+/// The verified caller: extract it in a handler to require a valid bearer token, then call
+/// [`Caller::require`] for a scope. Rejections are 401 (missing or unknown token), 403 (scope)
+/// and 503 (the token store is unreachable).
+#[derive(Debug, Clone)]
+pub struct Caller(pub crate::auth::Principal);
+
+impl Caller {
+    pub fn require(&self, scope: crate::auth::Scope) -> Result<(), ApiError> {
+        if self.0.allows(scope) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("This token lacks the `{scope}` scope needed here."),
+            ))
+        }
+    }
+}
+
+impl axum::extract::FromRequestParts<Context> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, ctx: &Context) -> Result<Self, ApiError> {
+        let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            unauthorized("Send `Authorization: Bearer <token>`; `sluice up` writes one to .sluice/token.")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .ok_or_else(|| unauthorized("The Authorization header must be `Bearer <token>`."))?;
+        match crate::auth::verify(&ctx.db, token).await {
+            Ok(Some(principal)) => Ok(Self(principal)),
+            Ok(None) => Err(unauthorized("This token is unknown or revoked.")),
+            Err(err) => {
+                tracing::warn!(error = %err, "token check failed");
+                Err(ApiError::unavailable("The token store (PostgreSQL) is unreachable; retry shortly."))
+            }
+        }
     }
 }

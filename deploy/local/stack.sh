@@ -116,12 +116,15 @@ kafka_up() {
   if port_open "$KAFKA_PORT"; then say "Kafka: already listening on 127.0.0.1:$KAFKA_PORT"; return 0; fi
   say "Kafka: starting nisshi on 127.0.0.1:$KAFKA_PORT (storage $dir/kafka.db)"
   # nisshi reads a .env file from its working directory: run it in its own state directory.
-  (cd "$dir" && RUST_LOG="${NISSHI_LOG:-warn}" nohup nisshi broker \
+  # setsid + exec: the server is the background job itself, in its own session, holding none
+  # of this script's file descriptors, so callers waiting on our output do not wait on it.
+  (cd "$dir" && RUST_LOG="${NISSHI_LOG:-warn}" exec setsid nohup nisshi broker \
       --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
       --storage-engine "sqlite://kafka.db" \
       --group-initial-rebalance-delay 500ms \
-      >>"$dir/nisshi.log" 2>&1 </dev/null & echo $! >"$dir/nisshi.pid")
+      >>"$dir/nisshi.log" 2>&1 </dev/null) &
+  echo $! >"$dir/nisshi.pid"
   wait_port "$KAFKA_PORT" nisshi 30 "$dir/nisshi.log"
   say "Kafka: ready"
 }
@@ -162,8 +165,9 @@ s3_up() {
     say "S3: Garage already listening on 127.0.0.1:$S3_PORT"
   else
     say "S3: starting Garage on 127.0.0.1:$S3_PORT (data under $dir)"
-    (cd "$dir" && RUST_LOG="${GARAGE_LOG:-warn}" nohup garage -c "$dir/garage.toml" server \
-        >>"$dir/garage.log" 2>&1 </dev/null & echo $! >"$dir/garage.pid")
+    (cd "$dir" && RUST_LOG="${GARAGE_LOG:-warn}" exec setsid nohup garage -c "$dir/garage.toml" server \
+        >>"$dir/garage.log" 2>&1 </dev/null) &
+    echo $! >"$dir/garage.pid"
     wait_port "$GARAGE_RPC_PORT" garage 30 "$dir/garage.log"
   fi
   local deadline=$((SECONDS + 30)) node=""
