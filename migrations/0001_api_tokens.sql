@@ -5,6 +5,5 @@ CREATE TABLE api_tokens (
     token_sha256  BYTEA NOT NULL UNIQUE,
     scopes        TEXT[] NOT NULL CHECK (scopes <@ ARRAY['ingest', 'predict', 'train', 'admin']),
     created_at    TIMESTAMPTZ NOT NULL DEFAULT now(),
-    last_used_at  TIMESTAMPTZ,
     revoked_at    TIMESTAMPTZ
 );

@@ -36,6 +36,14 @@ impl Service {
         }
     }
 
+    /// Background tasks the service runs beside its routes (relays, sweepers, consumers).
+    fn spawn_workers(self, ctx: &Context, shutdown: &Shutdown) -> Vec<tokio::task::JoinHandle<()>> {
+        match self {
+            Service::Ingest => sluice_ingest::spawn_workers(ctx, shutdown),
+            Service::Preprocess | Service::Trainer | Service::Registry | Service::Inference => Vec::new(),
+        }
+    }
+
     fn router(self, ctx: Context) -> Router {
         match self {
             Service::Ingest => sluice_ingest::router(ctx),
@@ -53,6 +61,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     ctx: Context,
+    services: Vec<Service>,
 }
 
 impl Application {
@@ -75,7 +84,7 @@ impl Application {
             services = ?services.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "listening"
         );
-        Ok(Self { listener, router, ctx })
+        Ok(Self { listener, router, ctx, services: services.to_vec() })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -86,12 +95,22 @@ impl Application {
         &self.ctx
     }
 
-    /// Serves until `shutdown` fires, lets in-flight requests finish, then flushes the producer.
+    /// Serves and runs the services' workers until `shutdown` fires; then lets in-flight requests
+    /// finish, stops the workers (each drains against its own deadline), and flushes the producer.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        axum::serve(self.listener, self.router)
+        let workers_stop = Shutdown::new();
+        let workers: Vec<_> = self.services.iter().flat_map(|s| s.spawn_workers(&self.ctx, &workers_stop)).collect();
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
-            .context("HTTP server failed")?;
+            .context("HTTP server failed");
+        workers_stop.cancel();
+        for worker in workers {
+            if tokio::time::timeout(Duration::from_secs(30), worker).await.is_err() {
+                tracing::warn!("a worker did not stop within 30 s");
+            }
+        }
+        served?;
         let producer = self.ctx.producer.clone();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
             .await?

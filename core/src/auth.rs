@@ -90,9 +90,7 @@ pub async fn verify(pool: &Pool, token: &str) -> Result<Option<Principal>, DbErr
         .get()
         .await?
         .query_opt(
-            "UPDATE api_tokens SET last_used_at = now()
-             WHERE token_sha256 = $1 AND revoked_at IS NULL
-             RETURNING id, name, scopes",
+            "SELECT id, name, scopes FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
             &[&hash(token)],
         )
         .await?;

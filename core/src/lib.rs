@@ -13,6 +13,7 @@ pub mod domain;
 pub mod events;
 pub mod http;
 pub mod kafka;
+pub mod media;
 pub mod migrate;
 pub mod s3;
 pub mod shutdown;

@@ -1,16 +1,51 @@
 //! Ingest: media enters Sluice here.
 //!
-//! `POST /v1/media` validates uploads, writes raw bytes to S3, records a media row and an outbox
-//! row in one PostgreSQL transaction, and a relay publishes `media.ingested`. The routes land with
-//! the ingest issue (#4); today this crate contributes no routes beyond the shared ops endpoints.
+//! `POST /v1/media` streams each upload into S3 while hashing and validating it (type sniffed
+//! from the bytes, image dimensions from the header, truncation checked at the end), then one
+//! PostgreSQL transaction records the media row and a `media.ingested` outbox row. The relay
+//! ([`outbox`]) publishes outbox rows to Kafka, so an accepted upload survives a broker outage.
+//! Objects whose transaction failed are deleted at once or by the [`sweeper`].
+
+pub mod error;
+pub mod outbox;
+mod routes;
+pub mod sniff;
+pub mod store;
+pub mod sweeper;
+pub mod upload;
 
 use axum::Router;
-use sluice_core::Context;
+use sluice_core::{Context, Shutdown};
+use tokio::task::JoinHandle;
 
 /// The service's name in `sluice serve <name>`, logs and metrics.
 pub const NAME: &str = "ingest";
 
 /// This service's HTTP routes, merged with the ops endpoints by the `sluice` binary.
-pub fn router(_ctx: Context) -> Router {
-    Router::new()
+pub fn router(ctx: Context) -> Router {
+    describe_metrics();
+    routes::router(ctx)
+}
+
+/// The background work of an ingest process: the outbox relay and the orphan sweeper.
+pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(outbox::run(ctx.clone(), shutdown.clone())),
+        tokio::spawn(sweeper::run(ctx.clone(), shutdown.clone())),
+    ]
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "sluice_ingest_uploads_total",
+        "Files accepted, by kind and outcome (accepted, duplicate)."
+    );
+    metrics::describe_counter!("sluice_ingest_rejected_total", "Upload requests rejected, by reason.");
+    metrics::describe_counter!("sluice_ingest_received_bytes_total", metrics::Unit::Bytes, "Bytes of media stored.");
+    metrics::describe_histogram!(
+        "sluice_ingest_upload_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to accept one upload request, from first byte to answer."
+    );
+    metrics::describe_counter!("sluice_ingest_orphans_removed_total", "Unreferenced raw objects and uploads removed.");
 }

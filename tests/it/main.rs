@@ -2,8 +2,10 @@
 //! the whole workspace so the dependency tree links once.
 
 mod cli;
+mod ingest;
 mod kafka;
 mod migrations;
+mod outbox;
 mod readyz;
 mod s3;
 mod support;

@@ -7,7 +7,11 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
 };
 use sluice::{Application, Service};
-use sluice_core::{Config, Shutdown, kafka};
+use sluice_core::{
+    Config, Context, Shutdown,
+    auth::{self, Scope},
+    kafka,
+};
 use sluice_testkit::TestEnv;
 
 /// Creates `<prefix><name>` with `partitions` partitions and returns its full name.
@@ -43,6 +47,11 @@ pub async fn produce(producer: &FutureProducer, topic: &str, messages: &[(i32, S
 /// A running application on an ephemeral port; stops when dropped.
 pub struct RunningApp {
     pub base_url: String,
+    /// The application's own clients (same config), for assertions.
+    pub ctx: Context,
+    /// A token with every scope.
+    pub admin_token: String,
+    pub http: reqwest::Client,
     shutdown: Shutdown,
 }
 
@@ -50,9 +59,20 @@ impl RunningApp {
     pub async fn spawn(config: Config) -> Self {
         let app = Application::build(config, &Service::ALL).await.expect("application builds");
         let base_url = format!("http://{}", app.local_addr());
+        let ctx = app.context().clone();
+        let admin_token = auth::create_token(&ctx.db, "test-admin", &[Scope::Admin]).await.expect("admin token");
         let shutdown = Shutdown::new();
         tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        Self { base_url, shutdown }
+        Self { base_url, ctx, admin_token, http: reqwest::Client::new(), shutdown }
+    }
+
+    /// A token holding exactly `scopes`.
+    pub async fn token(&self, scopes: &[Scope]) -> String {
+        auth::create_token(&self.ctx.db, "test", scopes).await.expect("token")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
@@ -67,4 +87,57 @@ impl Drop for RunningApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// Status and parsed JSON body of a response.
+pub async fn json_of(response: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// Every message currently in `topic` (all partitions), read by a fresh consumer group until
+/// `expected` have arrived or `wait` passes without a new one.
+pub async fn read_topic(
+    config: &Config,
+    topic: &str,
+    expected: usize,
+    wait: Duration,
+) -> Vec<(String, serde_json::Value)> {
+    use futures::StreamExt;
+    use rdkafka::{Message, consumer::Consumer};
+    let group = format!("reader-{}", uuid::Uuid::new_v4());
+    let consumer = kafka::consumer(&config.kafka, &group).expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut stream = consumer.stream();
+    let mut out = Vec::new();
+    while out.len() < expected {
+        match tokio::time::timeout(wait, stream.next()).await {
+            Ok(Some(Ok(message))) => {
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                let value = serde_json::from_slice(message.payload().unwrap_or_default()).expect("JSON event");
+                out.push((key, value));
+            }
+            Ok(Some(Err(err))) => panic!("consuming {topic}: {err}"),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out
+}
+
+/// Total messages ever written to `topic` (sum of high watermarks).
+pub async fn topic_message_count(config: &Config, topic: &str) -> i64 {
+    let admin = kafka::admin(&config.kafka).expect("admin");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = admin.inner().fetch_metadata(Some(&topic), Duration::from_secs(5)).expect("metadata");
+        let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+        (0..partitions as i32)
+            .map(|p| {
+                admin.inner().fetch_watermarks(&topic, p, Duration::from_secs(5)).map(|(_, high)| high).unwrap_or(0)
+            })
+            .sum()
+    })
+    .await
+    .expect("watermark task")
 }

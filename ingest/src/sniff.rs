@@ -1,0 +1,353 @@
+//! Media type detection from the bytes themselves, image dimensions from the header (no pixel
+//! decoding), and end-of-file checks that catch truncated uploads.
+
+/// Whether an upload is a still image or a video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaKind {
+    Image,
+    Video,
+}
+
+impl MediaKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Video => "video",
+        }
+    }
+}
+
+/// Every format Sluice accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+    Bmp,
+    Tiff,
+    Mp4,
+    Mov,
+    Webm,
+    Mkv,
+    Avi,
+}
+
+impl Format {
+    pub fn kind(self) -> MediaKind {
+        match self {
+            Format::Jpeg | Format::Png | Format::Webp | Format::Gif | Format::Bmp | Format::Tiff => MediaKind::Image,
+            Format::Mp4 | Format::Mov | Format::Webm | Format::Mkv | Format::Avi => MediaKind::Video,
+        }
+    }
+
+    /// The canonical media type, stored and returned whatever the client declared.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Jpeg => "image/jpeg",
+            Format::Png => "image/png",
+            Format::Webp => "image/webp",
+            Format::Gif => "image/gif",
+            Format::Bmp => "image/bmp",
+            Format::Tiff => "image/tiff",
+            Format::Mp4 => "video/mp4",
+            Format::Mov => "video/quicktime",
+            Format::Webm => "video/webm",
+            Format::Mkv => "video/x-matroska",
+            Format::Avi => "video/x-msvideo",
+        }
+    }
+
+    /// The extension used in S3 keys.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jpeg => "jpg",
+            Format::Png => "png",
+            Format::Webp => "webp",
+            Format::Gif => "gif",
+            Format::Bmp => "bmp",
+            Format::Tiff => "tiff",
+            Format::Mp4 => "mp4",
+            Format::Mov => "mov",
+            Format::Webm => "webm",
+            Format::Mkv => "mkv",
+            Format::Avi => "avi",
+        }
+    }
+
+    /// Whether a declared `Content-Type` is compatible with the sniffed format. Generic types
+    /// (`application/octet-stream`, none at all) are compatible with everything; `image/*` must
+    /// be an image and `video/*` a video; a specific subtype must name this format.
+    pub fn matches_declared(self, declared: &str) -> bool {
+        let essence = declared.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        match essence.split_once('/') {
+            None => essence.is_empty(),
+            Some(("application", "octet-stream")) => true,
+            Some((top, sub)) => {
+                let top_ok = top == self.kind().as_str();
+                let sub_ok = sub == "*" || self.aliases().contains(&essence.as_str()) || essence == self.content_type();
+                top_ok && sub_ok
+            }
+        }
+    }
+
+    fn aliases(self) -> &'static [&'static str] {
+        match self {
+            Format::Jpeg => &["image/jpg", "image/pjpeg"],
+            Format::Png => &["image/x-png"],
+            Format::Bmp => &["image/x-ms-bmp", "image/x-bmp"],
+            Format::Tiff => &["image/tif"],
+            Format::Mkv => &["video/matroska"],
+            Format::Avi => &["video/avi", "video/msvideo", "video/vnd.avi"],
+            Format::Mp4 => &["video/mpeg4"],
+            _ => &[],
+        }
+    }
+}
+
+/// How many leading bytes [`sniff`] and [`image_dimensions`] look at.
+pub const HEAD_LEN: usize = 256 * 1024;
+
+/// Identifies the format from the first bytes, or `None` when it is nothing Sluice accepts.
+pub fn sniff(head: &[u8]) -> Option<Format> {
+    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    if at(0, &[0xFF, 0xD8, 0xFF]) {
+        Some(Format::Jpeg)
+    } else if at(0, b"\x89PNG\r\n\x1a\n") {
+        Some(Format::Png)
+    } else if at(0, b"RIFF") && at(8, b"WEBP") {
+        Some(Format::Webp)
+    } else if at(0, b"RIFF") && at(8, b"AVI ") {
+        Some(Format::Avi)
+    } else if at(0, b"GIF87a") || at(0, b"GIF89a") {
+        Some(Format::Gif)
+    } else if at(0, b"BM") && head.len() >= 26 {
+        Some(Format::Bmp)
+    } else if at(0, b"II*\0") || at(0, b"MM\0*") {
+        Some(Format::Tiff)
+    } else if at(4, b"ftyp") {
+        Some(if at(8, b"qt  ") { Format::Mov } else { Format::Mp4 })
+    } else if at(4, b"moov") || at(4, b"wide") || at(4, b"mdat") {
+        Some(Format::Mov)
+    } else if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
+        let window = &head[..head.len().min(64)];
+        Some(if window.windows(4).any(|w| w == b"webm") { Format::Webm } else { Format::Mkv })
+    } else {
+        None
+    }
+}
+
+/// Why an image header could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("the {0} header is truncated or malformed")]
+    Malformed(&'static str),
+    #[error("the image claims {width}×{height} pixels, over the limit of {limit} pixels")]
+    TooManyPixels { width: u32, height: u32, limit: u64 },
+}
+
+fn u16_be(b: &[u8], i: usize) -> Option<u32> {
+    b.get(i..i + 2).map(|s| u32::from(u16::from_be_bytes([s[0], s[1]])))
+}
+fn u16_le(b: &[u8], i: usize) -> Option<u32> {
+    b.get(i..i + 2).map(|s| u32::from(u16::from_le_bytes([s[0], s[1]])))
+}
+fn u32_be(b: &[u8], i: usize) -> Option<u32> {
+    b.get(i..i + 4).map(|s| u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+fn u32_le(b: &[u8], i: usize) -> Option<u32> {
+    b.get(i..i + 4).map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+fn u24_le(b: &[u8], i: usize) -> Option<u32> {
+    b.get(i..i + 3).map(|s| u32::from(s[0]) | u32::from(s[1]) << 8 | u32::from(s[2]) << 16)
+}
+
+/// Reads width and height from an image header and enforces `max_pixels`.
+pub fn image_dimensions(format: Format, head: &[u8], max_pixels: u64) -> Result<(u32, u32), HeaderError> {
+    let malformed = || HeaderError::Malformed(format.extension());
+    let (width, height) = match format {
+        Format::Png => {
+            if head.get(12..16) != Some(b"IHDR") {
+                return Err(malformed());
+            }
+            (u32_be(head, 16).ok_or_else(malformed)?, u32_be(head, 20).ok_or_else(malformed)?)
+        }
+        Format::Gif => (u16_le(head, 6).ok_or_else(malformed)?, u16_le(head, 8).ok_or_else(malformed)?),
+        Format::Bmp => {
+            let header_size = u32_le(head, 14).ok_or_else(malformed)?;
+            if header_size == 12 {
+                (u16_le(head, 18).ok_or_else(malformed)?, u16_le(head, 20).ok_or_else(malformed)?)
+            } else {
+                let w = u32_le(head, 18).ok_or_else(malformed)? as i32;
+                let h = u32_le(head, 22).ok_or_else(malformed)? as i32;
+                (w.unsigned_abs(), h.unsigned_abs())
+            }
+        }
+        Format::Webp => match head.get(12..16) {
+            Some(b"VP8 ") => {
+                if head.get(23..26) != Some(&[0x9D, 0x01, 0x2A]) {
+                    return Err(malformed());
+                }
+                (u16_le(head, 26).ok_or_else(malformed)? & 0x3FFF, u16_le(head, 28).ok_or_else(malformed)? & 0x3FFF)
+            }
+            Some(b"VP8L") => {
+                if head.get(20) != Some(&0x2F) {
+                    return Err(malformed());
+                }
+                let bits = u32_le(head, 21).ok_or_else(malformed)?;
+                ((bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1)
+            }
+            Some(b"VP8X") => (u24_le(head, 24).ok_or_else(malformed)? + 1, u24_le(head, 27).ok_or_else(malformed)? + 1),
+            _ => return Err(malformed()),
+        },
+        Format::Jpeg => jpeg_dimensions(head).ok_or_else(malformed)?,
+        Format::Tiff => tiff_dimensions(head).ok_or_else(malformed)?,
+        _ => return Err(malformed()),
+    };
+    if width == 0 || height == 0 {
+        return Err(malformed());
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(HeaderError::TooManyPixels { width, height, limit: max_pixels });
+    }
+    Ok((width, height))
+}
+
+/// Walks JPEG segments to the first start-of-frame marker.
+fn jpeg_dimensions(b: &[u8]) -> Option<(u32, u32)> {
+    let mut i = 2;
+    loop {
+        while *b.get(i)? != 0xFF {
+            i += 1;
+        }
+        while *b.get(i)? == 0xFF {
+            i += 1;
+        }
+        let marker = *b.get(i)?;
+        i += 1;
+        match marker {
+            0xD8 | 0x01 | 0xD0..=0xD7 => continue,
+            0xD9 | 0xDA => return None,
+            0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
+                let height = u16_be(b, i + 3)?;
+                let width = u16_be(b, i + 5)?;
+                return Some((width, height));
+            }
+            _ => {
+                let len = u16_be(b, i)? as usize;
+                if len < 2 {
+                    return None;
+                }
+                i += len;
+            }
+        }
+    }
+}
+
+/// Reads ImageWidth (256) and ImageLength (257) from the first IFD.
+fn tiff_dimensions(b: &[u8]) -> Option<(u32, u32)> {
+    let le = b.get(0..2)? == b"II";
+    let r16 = |i| if le { u16_le(b, i) } else { u16_be(b, i) };
+    let r32 = |i| if le { u32_le(b, i) } else { u32_be(b, i) };
+    let ifd = r32(4)? as usize;
+    let entries = r16(ifd)? as usize;
+    let (mut width, mut height) = (None, None);
+    for n in 0..entries.min(512) {
+        let entry = ifd + 2 + n * 12;
+        let tag = r16(entry)?;
+        let kind = r16(entry + 2)?;
+        let value = if kind == 3 { r16(entry + 8)? } else { r32(entry + 8)? };
+        match tag {
+            256 => width = Some(value),
+            257 => height = Some(value),
+            _ => {}
+        }
+    }
+    Some((width?, height?))
+}
+
+/// Checks the end of a complete upload for the format's terminator or declared length, catching
+/// truncated files. `tail` holds the last bytes (at least 64 when the file is that long);
+/// `total` is the full length.
+pub fn is_complete(format: Format, head: &[u8], tail: &[u8], total: u64) -> bool {
+    match format {
+        Format::Jpeg => {
+            // EOI, allowing the zero padding some encoders append.
+            let trimmed = tail.iter().rposition(|&b| b != 0).map_or(&tail[..0], |p| &tail[..=p]);
+            trimmed.ends_with(&[0xFF, 0xD9])
+        }
+        Format::Png => tail.ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]),
+        Format::Gif => tail.last() == Some(&0x3B),
+        Format::Webp | Format::Avi => {
+            // RIFF: the size field counts everything after the first 8 bytes (padded to even).
+            u32_le(head, 4).is_some_and(|size| u64::from(size) + 8 <= total)
+        }
+        Format::Bmp => u32_le(head, 2).is_some_and(|size| u64::from(size) <= total),
+        Format::Tiff | Format::Mp4 | Format::Mov | Format::Webm | Format::Mkv => total >= 16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(width: u32, height: u32) -> Vec<u8> {
+        let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();
+        b.extend(width.to_be_bytes());
+        b.extend(height.to_be_bytes());
+        b.extend([8, 2, 0, 0, 0, 0, 0, 0, 0]);
+        b.extend([0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]);
+        b
+    }
+
+    #[test]
+    fn sniffs_every_supported_format() {
+        assert_eq!(sniff(&[0xFF, 0xD8, 0xFF, 0xE0]), Some(Format::Jpeg));
+        assert_eq!(sniff(&png(1, 1)), Some(Format::Png));
+        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some(Format::Webp));
+        assert_eq!(sniff(b"RIFF\0\0\0\0AVI LIST"), Some(Format::Avi));
+        assert_eq!(sniff(b"GIF89a\x01\0\x01\0"), Some(Format::Gif));
+        assert_eq!(sniff(b"II*\0\x08\0\0\0"), Some(Format::Tiff));
+        assert_eq!(sniff(b"\0\0\0\x18ftypisom"), Some(Format::Mp4));
+        assert_eq!(sniff(b"\0\0\0\x14ftypqt  "), Some(Format::Mov));
+        assert_eq!(sniff(b"\x1a\x45\xdf\xa3\x01\0\0\0\0\0\0\x1f\x42\x86\x81\x01webm"), Some(Format::Webm));
+        assert_eq!(sniff(b"\x1a\x45\xdf\xa3\x01\0\0\0\0\0\0\x1f\x42\x86\x81\x01matroska"), Some(Format::Mkv));
+        assert_eq!(sniff(b"<html><body>hi</body></html>"), None);
+        assert_eq!(sniff(b""), None);
+    }
+
+    #[test]
+    fn reads_png_dimensions_and_refuses_decompression_bombs() {
+        assert_eq!(image_dimensions(Format::Png, &png(640, 480), 50_000_000), Ok((640, 480)));
+        assert!(matches!(
+            image_dimensions(Format::Png, &png(100_000, 100_000), 50_000_000),
+            Err(HeaderError::TooManyPixels { .. })
+        ));
+        assert!(image_dimensions(Format::Png, &png(0, 10), 50_000_000).is_err());
+        assert!(image_dimensions(Format::Png, &png(10, 10)[..18], 50_000_000).is_err());
+    }
+
+    #[test]
+    fn detects_truncated_png_and_jpeg() {
+        let full = png(2, 2);
+        assert!(is_complete(Format::Png, &full, &full, full.len() as u64));
+        let cut = &full[..full.len() - 5];
+        assert!(!is_complete(Format::Png, cut, cut, cut.len() as u64));
+        let jpeg = [0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x02, 0xFF, 0xD9, 0, 0];
+        assert!(is_complete(Format::Jpeg, &jpeg, &jpeg, 10));
+        assert!(!is_complete(Format::Jpeg, &jpeg[..6], &jpeg[..6], 6));
+    }
+
+    #[test]
+    fn declared_types_must_agree_with_the_bytes() {
+        assert!(Format::Png.matches_declared("image/png"));
+        assert!(Format::Png.matches_declared("image/*"));
+        assert!(Format::Png.matches_declared("application/octet-stream"));
+        assert!(Format::Jpeg.matches_declared("image/jpg"));
+        assert!(!Format::Png.matches_declared("video/mp4"));
+        assert!(!Format::Png.matches_declared("image/jpeg"));
+        assert!(!Format::Mp4.matches_declared("image/png"));
+    }
+}

@@ -1,0 +1,233 @@
+//! PostgreSQL records of media, written together with their outbox events.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Value, json};
+use sluice_core::{
+    Context,
+    domain::{DatasetName, Label},
+    events::Envelope,
+    media::MediaIngested,
+    topics::Topic,
+};
+use uuid::Uuid;
+
+use crate::{error::IngestError, upload::Stored};
+
+/// One uploaded file, validated and in S3, waiting to be recorded.
+#[derive(Debug)]
+pub struct NewMedia {
+    pub stored: Stored,
+    pub dataset: DatasetName,
+    pub label: Option<Label>,
+    pub source: Option<String>,
+    pub metadata: Value,
+}
+
+/// The answer for one file of a `POST /v1/media`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    pub id: Uuid,
+    pub dataset: String,
+    pub label: Option<String>,
+    pub kind: String,
+    pub content_type: String,
+    pub bytes: i64,
+    pub sha256: String,
+    pub status: String,
+    pub duplicate: bool,
+}
+
+/// Records every item in one transaction, each new one with its `media.ingested` outbox row.
+/// Items whose bytes already exist in their dataset are answered with the existing record; their
+/// freshly written objects are returned so the caller deletes them.
+pub async fn record(ctx: &Context, items: Vec<NewMedia>) -> Result<(Vec<Accepted>, Vec<String>), IngestError> {
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let topic = ctx.topic(Topic::MediaIngested).to_string();
+    let mut accepted = Vec::with_capacity(items.len());
+    let mut redundant = Vec::new();
+    for item in items {
+        let stored = &item.stored;
+        let kind = stored.format.kind().as_str();
+        let content_type = stored.format.content_type();
+        tx.execute("INSERT INTO datasets (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&item.dataset.as_str()]).await?;
+        let label = item.label.as_ref().map(Label::as_str);
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO media (id, dataset, label, kind, content_type, bytes, sha256, width, height, raw_key, source, metadata)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                 ON CONFLICT (dataset, sha256) DO NOTHING
+                 RETURNING id",
+                &[
+                    &stored.id,
+                    &item.dataset.as_str(),
+                    &label,
+                    &kind,
+                    &content_type,
+                    &stored.bytes,
+                    &stored.sha256,
+                    &stored.width,
+                    &stored.height,
+                    &stored.key,
+                    &item.source,
+                    &item.metadata,
+                ],
+            )
+            .await?;
+        if inserted.is_some() {
+            let event = Envelope::new(MediaIngested {
+                media_id: stored.id,
+                dataset: item.dataset.to_string(),
+                label: label.map(str::to_owned),
+                kind: kind.to_owned(),
+                content_type: content_type.to_owned(),
+                raw_key: stored.key.clone(),
+                bytes: stored.bytes,
+                sha256: stored.sha256.clone(),
+                width: stored.width,
+                height: stored.height,
+            });
+            let payload = serde_json::to_value(&event).expect("events serialise");
+            tx.execute(
+                "INSERT INTO outbox (id, topic, key, payload) VALUES ($1, $2, $3, $4)",
+                &[&event.event_id, &topic, &stored.id.to_string(), &payload],
+            )
+            .await?;
+            accepted.push(Accepted {
+                id: stored.id,
+                dataset: item.dataset.to_string(),
+                label: label.map(str::to_owned),
+                kind: kind.to_owned(),
+                content_type: content_type.to_owned(),
+                bytes: stored.bytes,
+                sha256: stored.sha256.clone(),
+                status: "accepted".into(),
+                duplicate: false,
+            });
+        } else {
+            let row = tx
+                .query_one(
+                    "SELECT id, label, kind, content_type, bytes, status FROM media WHERE dataset = $1 AND sha256 = $2",
+                    &[&item.dataset.as_str(), &stored.sha256],
+                )
+                .await?;
+            redundant.push(stored.key.clone());
+            accepted.push(Accepted {
+                id: row.get(0),
+                dataset: item.dataset.to_string(),
+                label: row.get(1),
+                kind: row.get(2),
+                content_type: row.get(3),
+                bytes: row.get(4),
+                sha256: stored.sha256.clone(),
+                status: row.get(5),
+                duplicate: true,
+            });
+        }
+    }
+    tx.commit().await?;
+    Ok((accepted, redundant))
+}
+
+fn rfc3339(at: Option<DateTime<Utc>>) -> Value {
+    at.map_or(Value::Null, |t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+}
+
+/// `GET /v1/media/{id}` as JSON, or `None`.
+pub async fn media_json(ctx: &Context, id: Uuid) -> Result<Option<Value>, IngestError> {
+    let client = ctx.db.get().await?;
+    let Some(row) = client
+        .query_opt(
+            "SELECT id, dataset, label, kind, content_type, status, error, raw_key, bytes, sha256, width, height,
+                    metadata, source, created_at, processed_at
+             FROM media WHERE id = $1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let outputs: Vec<Value> = client
+        .query(
+            "SELECT key, width, height, frame_index, timestamp_ms FROM media_outputs
+             WHERE media_id = $1 ORDER BY frame_index NULLS FIRST, key",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|o| {
+            json!({
+                "key": o.get::<_, String>(0), "width": o.get::<_, i32>(1), "height": o.get::<_, i32>(2),
+                "frame_index": o.get::<_, Option<i32>>(3), "timestamp_ms": o.get::<_, Option<i64>>(4),
+            })
+        })
+        .collect();
+    Ok(Some(json!({
+        "id": row.get::<_, Uuid>(0),
+        "dataset": row.get::<_, String>(1),
+        "label": row.get::<_, Option<String>>(2),
+        "kind": row.get::<_, String>(3),
+        "content_type": row.get::<_, String>(4),
+        "status": row.get::<_, String>(5),
+        "error": row.get::<_, Option<String>>(6),
+        "raw": {"key": row.get::<_, String>(7), "bytes": row.get::<_, i64>(8), "sha256": row.get::<_, String>(9)},
+        "width": row.get::<_, Option<i32>>(10),
+        "height": row.get::<_, Option<i32>>(11),
+        "metadata": row.get::<_, Value>(12),
+        "source": row.get::<_, Option<String>>(13),
+        "outputs": outputs,
+        "created_at": rfc3339(Some(row.get(14))),
+        "processed_at": rfc3339(row.get(15)),
+    })))
+}
+
+/// Sets or clears a label; `false` when the media does not exist.
+pub async fn set_label(ctx: &Context, id: Uuid, label: Option<&Label>) -> Result<bool, IngestError> {
+    let client = ctx.db.get().await?;
+    let changed = client
+        .execute("UPDATE media SET label = $2, updated_at = now() WHERE id = $1", &[&id, &label.map(Label::as_str)])
+        .await?;
+    Ok(changed == 1)
+}
+
+/// Per-dataset counts by status and by label; one dataset when `name` is given.
+pub async fn dataset_stats(ctx: &Context, name: Option<&DatasetName>) -> Result<Vec<Value>, IngestError> {
+    let client = ctx.db.get().await?;
+    let rows = client
+        .query(
+            "SELECT d.name, d.created_at, m.status, m.label, count(m.id)
+             FROM datasets d LEFT JOIN media m ON m.dataset = d.name
+             WHERE $1::text IS NULL OR d.name = $1
+             GROUP BY d.name, d.created_at, m.status, m.label
+             ORDER BY d.name",
+            &[&name.map(DatasetName::as_str)],
+        )
+        .await?;
+    let mut datasets: Vec<Value> = Vec::new();
+    for row in rows {
+        let dataset: String = row.get(0);
+        if datasets.last().is_none_or(|d| d["name"] != dataset.as_str()) {
+            datasets.push(json!({
+                "name": dataset, "created_at": rfc3339(Some(row.get(1))),
+                "total": 0, "by_status": {}, "by_label": {}, "unlabelled": 0,
+            }));
+        }
+        let entry = datasets.last_mut().expect("pushed above");
+        let count: i64 = row.get(4);
+        if count == 0 {
+            continue;
+        }
+        entry["total"] = json!(entry["total"].as_i64().unwrap_or(0) + count);
+        let status: String = row.get(2);
+        let by_status = &mut entry["by_status"][status.as_str()];
+        *by_status = json!(by_status.as_i64().unwrap_or(0) + count);
+        let label: Option<String> = row.get(3);
+        let slot = match label.as_deref() {
+            Some(label) => &mut entry["by_label"][label],
+            None => &mut entry["unlabelled"],
+        };
+        *slot = json!(slot.as_i64().unwrap_or(0) + count);
+    }
+    Ok(datasets)
+}

@@ -1,0 +1,92 @@
+//! Deletes raw objects that no media row references (their transaction failed and the
+//! immediate clean-up could not reach S3), and multipart uploads abandoned mid-way.
+
+use std::time::Duration;
+
+use aws_smithy_types_convert::date_time::DateTimeExt;
+use chrono::Utc;
+use sluice_core::{Context, Shutdown, media::RAW_PREFIX, s3::S3Error};
+
+use crate::error::IngestError;
+
+/// Runs [`sweep_once`] every half grace period (at most every 5 minutes) until `shutdown`.
+pub async fn run(ctx: Context, shutdown: Shutdown) {
+    let every = Duration::from_secs((ctx.config.ingest.orphan_grace_secs / 2).clamp(1, 300));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+        match sweep_once(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "orphan sweeper removed unreferenced raw objects"),
+            Err(err) => tracing::warn!(error = %err, "orphan sweep failed"),
+        }
+    }
+}
+
+/// One pass: returns how many objects and uploads it removed.
+pub async fn sweep_once(ctx: &Context) -> Result<usize, IngestError> {
+    let grace = chrono::Duration::seconds(ctx.config.ingest.orphan_grace_secs as i64);
+    let cutoff = Utc::now() - grace;
+    let bucket = &ctx.config.s3.bucket;
+    let mut removed = 0;
+    let mut token = None;
+    loop {
+        let page = ctx
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(RAW_PREFIX)
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .map_err(|e| IngestError::Storage(S3Error::from_sdk("ListObjectsV2", e)))?;
+        let old: Vec<String> = page
+            .contents()
+            .iter()
+            .filter(|o| o.last_modified().and_then(|t| t.to_chrono_utc().ok()).is_some_and(|t| t < cutoff))
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect();
+        if !old.is_empty() {
+            let client = ctx.db.get().await?;
+            let known: Vec<String> = client
+                .query("SELECT raw_key FROM media WHERE raw_key = ANY($1)", &[&old])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            for key in old.iter().filter(|k| !known.contains(k)) {
+                ctx.s3
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| IngestError::Storage(S3Error::from_sdk("DeleteObject", e)))?;
+                removed += 1;
+            }
+        }
+        token = page.next_continuation_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    let uploads = ctx
+        .s3
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .prefix(RAW_PREFIX)
+        .send()
+        .await
+        .map_err(|e| IngestError::Storage(S3Error::from_sdk("ListMultipartUploads", e)))?;
+    for upload in uploads.uploads() {
+        let stale = upload.initiated().and_then(|t| t.to_chrono_utc().ok()).is_some_and(|t| t < cutoff);
+        if let (true, Some(key), Some(id)) = (stale, upload.key(), upload.upload_id()) {
+            let _ = ctx.s3.abort_multipart_upload().bucket(bucket).key(key).upload_id(id).send().await;
+            removed += 1;
+        }
+    }
+    metrics::counter!("sluice_ingest_orphans_removed_total").increment(removed as u64);
+    Ok(removed)
+}

@@ -1,0 +1,288 @@
+//! Streams one upload into S3 while hashing it: sniff and validate from the first bytes, send
+//! small files in one PUT and large ones as a multipart upload, check the end for truncation.
+//! A rejected or failed upload leaves no object behind.
+
+use aws_sdk_s3::{
+    primitives::ByteStream,
+    types::{CompletedMultipartUpload, CompletedPart},
+};
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use sluice_core::{Context, domain::DatasetName, media::raw_key, s3::S3Error};
+use uuid::Uuid;
+
+use crate::{
+    error::IngestError,
+    sniff::{self, Format, HEAD_LEN},
+};
+
+/// How many trailing bytes are kept to check a file's terminator.
+const TAIL_LEN: usize = 64;
+
+/// An object now in S3, not yet recorded in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: Uuid,
+    pub key: String,
+    pub format: Format,
+    pub bytes: i64,
+    pub sha256: String,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+}
+
+/// Reads `body` into `raw/<dataset>/<id>.<ext>`. `declared` is the client's content type, if any;
+/// `limit` the largest accepted size. Nothing is stored unless every check passes.
+pub async fn store<S, E>(
+    ctx: &Context,
+    dataset: &DatasetName,
+    declared: Option<&str>,
+    body: S,
+    limit: u64,
+) -> Result<Stored, IngestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut body = body;
+    let part_size = ctx.config.ingest.multipart_part_bytes;
+    let mut buffer = BytesMut::new();
+    let mut hasher = Sha256::new();
+    let mut total: u64 = 0;
+    let mut ended = false;
+
+    // Enough bytes to identify the format and read an image header, or the whole (small) body.
+    while buffer.len() < HEAD_LEN {
+        match next_chunk(&mut body).await? {
+            Some(chunk) => {
+                total += chunk.len() as u64;
+                if total > limit {
+                    return Err(IngestError::TooLarge { limit });
+                }
+                buffer.extend_from_slice(&chunk);
+            }
+            None => {
+                ended = true;
+                break;
+            }
+        }
+    }
+    if total == 0 {
+        return Err(IngestError::Empty);
+    }
+    let head = buffer[..buffer.len().min(HEAD_LEN)].to_vec();
+    let format = sniff::sniff(&head).ok_or(IngestError::Unsupported)?;
+    if let Some(declared) = declared
+        && !format.matches_declared(declared)
+    {
+        return Err(IngestError::TypeMismatch { declared: declared.to_owned(), actual: format.content_type() });
+    }
+    let (width, height) = match format.kind() {
+        sniff::MediaKind::Image => {
+            let (w, h) = sniff::image_dimensions(format, &head, ctx.config.ingest.max_image_pixels)?;
+            (Some(w as i32), Some(h as i32))
+        }
+        sniff::MediaKind::Video => (None, None),
+    };
+
+    // Read on until the body ends or one part is full.
+    while !ended && buffer.len() < part_size {
+        match next_chunk(&mut body).await? {
+            Some(chunk) => {
+                total += chunk.len() as u64;
+                if total > limit {
+                    return Err(IngestError::TooLarge { limit });
+                }
+                buffer.extend_from_slice(&chunk);
+            }
+            None => ended = true,
+        }
+    }
+
+    let id = Uuid::now_v7();
+    let key = raw_key(dataset, id, format.extension());
+    let bucket = &ctx.config.s3.bucket;
+    if ended {
+        if !sniff::is_complete(format, &head, tail_of(&buffer), total) {
+            return Err(IngestError::Truncated(format.extension()));
+        }
+        hasher.update(&buffer);
+        ctx.s3
+            .put_object()
+            .bucket(bucket)
+            .key(&key)
+            .content_type(format.content_type())
+            .body(ByteStream::from(buffer.freeze()))
+            .send()
+            .await
+            .map_err(|e| IngestError::Storage(S3Error::from_sdk("PutObject", e)))?;
+    } else {
+        let upload = Multipart::start(ctx, &key, format).await?;
+        let result =
+            stream_parts(&upload, &mut body, buffer, &mut hasher, &mut total, limit, part_size, format, &head).await;
+        match result {
+            Ok(parts) => upload.complete(parts).await?,
+            Err(err) => {
+                upload.abort().await;
+                return Err(err);
+            }
+        }
+    }
+    metrics::counter!("sluice_ingest_received_bytes_total").increment(total);
+    Ok(Stored { id, key, format, bytes: total as i64, sha256: hex::encode(hasher.finalize()), width, height })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn stream_parts<S, E>(
+    upload: &Multipart<'_>,
+    body: &mut S,
+    mut buffer: BytesMut,
+    hasher: &mut Sha256,
+    total: &mut u64,
+    limit: u64,
+    part_size: usize,
+    format: Format,
+    head: &[u8],
+) -> Result<Vec<CompletedPart>, IngestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut parts = Vec::new();
+    let mut tail = Vec::with_capacity(TAIL_LEN);
+    loop {
+        let mut ended = false;
+        while buffer.len() < part_size {
+            match next_chunk(body).await? {
+                Some(chunk) => {
+                    *total += chunk.len() as u64;
+                    if *total > limit {
+                        return Err(IngestError::TooLarge { limit });
+                    }
+                    buffer.extend_from_slice(&chunk);
+                }
+                None => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        if buffer.is_empty() {
+            break;
+        }
+        let part = buffer.split().freeze();
+        hasher.update(&part);
+        remember_tail(&mut tail, &part);
+        parts.push(upload.part(parts.len() as i32 + 1, part).await?);
+        if ended {
+            break;
+        }
+    }
+    // The parts are uploaded but not assembled: a truncated file is aborted, never completed.
+    if !sniff::is_complete(format, head, &tail, *total) {
+        return Err(IngestError::Truncated(format.extension()));
+    }
+    Ok(parts)
+}
+
+fn tail_of(buffer: &[u8]) -> &[u8] {
+    &buffer[buffer.len().saturating_sub(TAIL_LEN)..]
+}
+
+fn remember_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+    tail.extend_from_slice(tail_of(chunk));
+    let excess = tail.len().saturating_sub(TAIL_LEN);
+    tail.drain(..excess);
+}
+
+async fn next_chunk<S, E>(body: &mut S) -> Result<Option<Bytes>, IngestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    match body.next().await {
+        Some(Ok(chunk)) => Ok(Some(chunk)),
+        Some(Err(err)) => Err(IngestError::BodyRead(err.to_string())),
+        None => Ok(None),
+    }
+}
+
+/// An S3 multipart upload in progress.
+struct Multipart<'a> {
+    ctx: &'a Context,
+    key: &'a str,
+    upload_id: String,
+}
+
+impl<'a> Multipart<'a> {
+    async fn start(ctx: &'a Context, key: &'a str, format: Format) -> Result<Self, IngestError> {
+        let created = ctx
+            .s3
+            .create_multipart_upload()
+            .bucket(&ctx.config.s3.bucket)
+            .key(key)
+            .content_type(format.content_type())
+            .send()
+            .await
+            .map_err(|e| IngestError::Storage(S3Error::from_sdk("CreateMultipartUpload", e)))?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        Ok(Self { ctx, key, upload_id })
+    }
+
+    async fn part(&self, number: i32, bytes: Bytes) -> Result<CompletedPart, IngestError> {
+        let sent = self
+            .ctx
+            .s3
+            .upload_part()
+            .bucket(&self.ctx.config.s3.bucket)
+            .key(self.key)
+            .upload_id(&self.upload_id)
+            .part_number(number)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| IngestError::Storage(S3Error::from_sdk("UploadPart", e)))?;
+        Ok(CompletedPart::builder().part_number(number).set_e_tag(sent.e_tag().map(str::to_owned)).build())
+    }
+
+    async fn complete(&self, parts: Vec<CompletedPart>) -> Result<(), IngestError> {
+        self.ctx
+            .s3
+            .complete_multipart_upload()
+            .bucket(&self.ctx.config.s3.bucket)
+            .key(self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| IngestError::Storage(S3Error::from_sdk("CompleteMultipartUpload", e)))?;
+        Ok(())
+    }
+
+    /// Best effort: an upload that cannot be aborted now is removed by S3's lifecycle rules or
+    /// the orphan sweeper.
+    async fn abort(&self) {
+        let aborted = self
+            .ctx
+            .s3
+            .abort_multipart_upload()
+            .bucket(&self.ctx.config.s3.bucket)
+            .key(self.key)
+            .upload_id(&self.upload_id)
+            .send()
+            .await;
+        if let Err(err) = aborted {
+            tracing::warn!(key = self.key, error = %S3Error::from_sdk("AbortMultipartUpload", err), "abort failed");
+        }
+    }
+}
+
+/// Deletes objects of a request that did not commit. Failures are logged; the sweeper retries.
+pub async fn discard(ctx: &Context, keys: &[String]) {
+    for key in keys {
+        if let Err(err) = ctx.s3.delete_object().bucket(&ctx.config.s3.bucket).key(key).send().await {
+            tracing::warn!(key, error = %S3Error::from_sdk("DeleteObject", err), "could not delete uncommitted object; the sweeper will");
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! The ingest API end to end: uploads through HTTP into the real S3, PostgreSQL and Kafka.
+
+use std::{io::Cursor, time::Duration};
+
+use reqwest::{
+    StatusCode,
+    multipart::{Form, Part},
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use sluice_core::{auth::Scope, topics::Topic};
+use sluice_testkit::TestEnv;
+
+use crate::support::{RunningApp, json_of, read_topic, topic_message_count};
+
+pub fn png(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x as u8).wrapping_mul(7).wrapping_add(seed), (y as u8).wrapping_mul(3), seed])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).expect("encode PNG");
+    out.into_inner()
+}
+
+pub fn jpeg(width: u32, height: u32, seed: u8) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x as u8).wrapping_add(seed), (y as u8).wrapping_mul(5), seed.wrapping_mul(3)])
+    });
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).expect("encode JPEG");
+    out.into_inner()
+}
+
+/// POSTs `body` raw with `content_type` and `query`.
+pub async fn post_raw(app: &RunningApp, query: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+    let response = app
+        .http
+        .post(app.url(&format!("/v1/media{query}")))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .expect("request");
+    json_of(response).await
+}
+
+async fn raw_objects(app: &RunningApp) -> Vec<String> {
+    let listing = app
+        .ctx
+        .s3
+        .list_objects_v2()
+        .bucket(&app.ctx.config.s3.bucket)
+        .prefix("raw/")
+        .send()
+        .await
+        .expect("list raw objects");
+    listing.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
+}
+
+async fn count(app: &RunningApp, table: &str) -> i64 {
+    let client = app.ctx.db.get().await.expect("connection");
+    client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.expect("count").get(0)
+}
+
+async fn get(app: &RunningApp, path: &str) -> (u16, Value) {
+    json_of(app.http.get(app.url(path)).bearer_auth(&app.admin_token).send().await.expect("request")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_jpeg_is_stored_recorded_and_published_once() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    let body = jpeg(64, 48, 1);
+    let (status, answer) =
+        post_raw(&app, "?dataset=cats&label=tabby&source=camera-1", "image/jpeg", body.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    let item = &answer["items"][0];
+    assert_eq!(item["dataset"], "cats");
+    assert_eq!(item["label"], "tabby");
+    assert_eq!(item["kind"], "image");
+    assert_eq!(item["content_type"], "image/jpeg");
+    assert_eq!(item["duplicate"], false);
+    assert_eq!(item["status"], "accepted");
+    assert_eq!(item["bytes"], body.len());
+    assert_eq!(item["sha256"], hex::encode(Sha256::digest(&body)));
+    let id = item["id"].as_str().expect("id").to_owned();
+
+    let (status, media) = get(&app, &format!("/v1/media/{id}")).await;
+    assert_eq!(status, 200, "{media}");
+    assert_eq!(media["raw"]["key"], format!("raw/cats/{id}.jpg"));
+    assert_eq!((media["width"].as_i64(), media["height"].as_i64()), (Some(64), Some(48)));
+    assert_eq!(media["status"], "accepted");
+
+    let object = app
+        .ctx
+        .s3
+        .get_object()
+        .bucket(&app.ctx.config.s3.bucket)
+        .key(format!("raw/cats/{id}.jpg"))
+        .send()
+        .await
+        .expect("raw object exists");
+    let stored = object.body.collect().await.expect("read").into_bytes();
+    assert_eq!(stored.as_ref(), body.as_slice());
+
+    let topic = app.ctx.topic(Topic::MediaIngested).to_string();
+    let events = read_topic(&app.ctx.config, &topic, 1, Duration::from_secs(15)).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let (key, event) = &events[0];
+    assert_eq!(key, &id);
+    assert_eq!(event["type"], "media.ingested");
+    assert_eq!(event["data"]["media_id"], id.as_str());
+    assert_eq!(event["data"]["raw_key"], format!("raw/cats/{id}.jpg"));
+    assert!(read_topic(&app.ctx.config, &topic, 2, Duration::from_secs(2)).await.len() == 1, "published once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multipart_with_several_files_records_each_with_the_shared_fields() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    let form = Form::new()
+        .text("dataset", "dogs")
+        .text("label", "corgi")
+        .text("metadata", r#"{"camera": "a", "n": 1}"#)
+        .part("file", Part::bytes(png(20, 10, 1)).file_name("a.png").mime_str("image/png").expect("mime"))
+        .part("file", Part::bytes(jpeg(30, 15, 2)).file_name("b.jpg").mime_str("image/jpeg").expect("mime"));
+    let response =
+        app.http.post(app.url("/v1/media")).bearer_auth(&app.admin_token).multipart(form).send().await.expect("send");
+    let (status, answer) = json_of(response).await;
+    assert_eq!(status, 202, "{answer}");
+    let items = answer["items"].as_array().expect("items");
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["content_type"], "image/png");
+    assert_eq!(items[1]["content_type"], "image/jpeg");
+    let (_, media) = get(&app, &format!("/v1/media/{}", items[1]["id"].as_str().expect("id"))).await;
+    assert_eq!(media["metadata"]["camera"], "a");
+    assert_eq!(media["label"], "corgi");
+
+    let (status, dataset) = get(&app, "/v1/datasets/dogs").await;
+    assert_eq!(status, 200, "{dataset}");
+    assert_eq!(dataset["total"], 2);
+    assert_eq!(dataset["by_label"]["corgi"], 2);
+    assert_eq!(dataset["by_status"]["accepted"], 2);
+    let (_, all) = get(&app, "/v1/datasets").await;
+    assert_eq!(all["datasets"].as_array().map(Vec::len), Some(1), "{all}");
+    assert_eq!(raw_objects(&app).await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_bytes_in_one_dataset_are_stored_once() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    let body = png(16, 16, 9);
+    let (_, first) = post_raw(&app, "?dataset=a", "image/png", body.clone()).await;
+    let (status, second) = post_raw(&app, "?dataset=a", "image/png", body.clone()).await;
+    assert_eq!(status, 202, "{second}");
+    assert_eq!(second["items"][0]["duplicate"], true);
+    assert_eq!(second["items"][0]["id"], first["items"][0]["id"]);
+    let (_, other) = post_raw(&app, "?dataset=b", "image/png", body).await;
+    assert_eq!(other["items"][0]["duplicate"], false, "another dataset stores its own copy");
+    assert_ne!(other["items"][0]["id"], first["items"][0]["id"]);
+    assert_eq!(raw_objects(&app).await.len(), 2, "the duplicate's object was removed");
+    assert_eq!(count(&app, "media").await, 2);
+    assert_eq!(count(&app, "outbox").await, 2, "a duplicate publishes nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labels_are_data_even_when_they_look_like_sql_and_can_be_changed() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    let label = "x'); DROP TABLE media; --";
+    let query = format!("?label={}", percent_encode(label));
+    let (status, answer) = post_raw(&app, &query, "image/png", png(8, 8, 3)).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["items"][0]["label"], label);
+    assert_eq!(answer["items"][0]["dataset"], "default");
+    let id = answer["items"][0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(count(&app, "media").await, 1, "the media table is intact");
+
+    let response = app
+        .http
+        .patch(app.url(&format!("/v1/media/{id}")))
+        .bearer_auth(&app.admin_token)
+        .json(&serde_json::json!({"label": "siamese"}))
+        .send()
+        .await
+        .expect("patch");
+    let (status, media) = json_of(response).await;
+    assert_eq!(status, 200, "{media}");
+    assert_eq!(media["label"], "siamese");
+    let (status, _) = get(&app, "/v1/media/00000000-0000-0000-0000-000000000000").await;
+    assert_eq!(status, 404);
+    let (status, _) = get(&app, "/v1/media/not-a-uuid").await;
+    assert_eq!(status, 400);
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// One bad request and what it must be answered with.
+struct Bad {
+    name: &'static str,
+    request: reqwest::RequestBuilder,
+    status: u16,
+    code: &'static str,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_4xx_and_leaves_nothing_anywhere() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.http.max_body_bytes = 1024 * 1024;
+    let app = RunningApp::spawn(config).await;
+    let no_ingest = app.token(&[Scope::Predict]).await;
+    let post = |query: &str| app.http.post(app.url(&format!("/v1/media{query}"))).bearer_auth(&app.admin_token);
+    let raw =
+        |query: &str, content_type: &str, body: Vec<u8>| post(query).header("content-type", content_type).body(body);
+    let good = png(32, 32, 5);
+    let jpg = jpeg(64, 64, 5);
+    let mut bomb = png(1, 1, 0);
+    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let mut wide = png(1, 1, 0);
+    wide[16..20].copy_from_slice(&60_000u32.to_be_bytes());
+    wide[20..24].copy_from_slice(&1_000u32.to_be_bytes());
+    let head = good[..good.len().min(1024)].to_vec();
+    let huge_stream = futures::stream::iter((0..40).map(move |i| {
+        let mut chunk = vec![0u8; 64 * 1024];
+        if i == 0 {
+            chunk[..head.len()].copy_from_slice(&head);
+        }
+        Ok::<_, std::io::Error>(bytes::Bytes::from(chunk))
+    }));
+    let file_form = |form: Form| post("").multipart(form);
+    let cases = vec![
+        Bad { name: "empty body", request: raw("", "image/png", Vec::new()), status: 400, code: "empty_upload" },
+        Bad {
+            name: "zero-byte file part",
+            request: file_form(Form::new().part("file", Part::bytes(Vec::new()).file_name("a.png"))),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "multipart without a file part",
+            request: file_form(Form::new().text("dataset", "x")),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "HTML sent as image/jpeg",
+            request: raw("", "image/jpeg", b"<html><body>hello</body></html>".to_vec()),
+            status: 415,
+            code: "unsupported_media_type",
+        },
+        Bad {
+            name: "plain text sent as image/jpeg",
+            request: raw("", "image/jpeg", b"just some text".to_vec()),
+            status: 415,
+            code: "unsupported_media_type",
+        },
+        Bad {
+            name: "PNG declared as video",
+            request: raw("", "video/mp4", good.clone()),
+            status: 415,
+            code: "content_type_mismatch",
+        },
+        Bad {
+            name: "truncated JPEG",
+            request: raw("", "image/jpeg", jpg[..jpg.len() / 2].to_vec()),
+            status: 422,
+            code: "truncated_media",
+        },
+        Bad {
+            name: "truncated PNG",
+            request: raw("", "image/png", good[..good.len() - 20].to_vec()),
+            status: 422,
+            code: "truncated_media",
+        },
+        Bad {
+            name: "PNG bomb 100000x100000",
+            request: raw("", "image/png", bomb),
+            status: 422,
+            code: "too_many_pixels",
+        },
+        Bad {
+            name: "PNG over the pixel limit",
+            request: raw("", "image/png", wide),
+            status: 422,
+            code: "too_many_pixels",
+        },
+        Bad {
+            name: "body over the size limit, declared",
+            request: raw("", "image/png", vec![0u8; 2 * 1024 * 1024]),
+            status: 413,
+            code: "too_large",
+        },
+        Bad {
+            name: "body over the size limit, streamed without a length",
+            request: post("").header("content-type", "image/png").body(reqwest::Body::wrap_stream(huge_stream)),
+            status: 413,
+            code: "too_large",
+        },
+        Bad {
+            name: "dataset ../",
+            request: raw("?dataset=..%2Fetc", "image/png", good.clone()),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "dataset with /",
+            request: raw("?dataset=a%2Fb", "image/png", good.clone()),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "dataset with spaces",
+            request: raw("?dataset=a+b", "image/png", good.clone()),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "dataset upper case",
+            request: raw("?dataset=Cats", "image/png", good.clone()),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "dataset of 200 characters",
+            request: raw(&format!("?dataset={}", "a".repeat(200)), "image/png", good.clone()),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "dataset not UTF-8",
+            request: raw("?dataset=%FF%FE", "image/png", good.clone()),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "multipart dataset not UTF-8",
+            request: file_form(
+                Form::new()
+                    .part("dataset", Part::bytes(vec![0xFF, 0xFE]))
+                    .part("file", Part::bytes(good.clone()).file_name("a.png")),
+            ),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "label of 10 KB",
+            request: raw(&format!("?label={}", "x".repeat(10 * 1024)), "image/png", good.clone()),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "label with control characters",
+            request: raw("?label=a%0Ab", "image/png", good.clone()),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "metadata not JSON",
+            request: file_form(
+                Form::new().text("metadata", "{nope").part("file", Part::bytes(good.clone()).file_name("a.png")),
+            ),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "metadata not an object",
+            request: file_form(
+                Form::new().text("metadata", "[1, 2]").part("file", Part::bytes(good.clone()).file_name("a.png")),
+            ),
+            status: 400,
+            code: "invalid_request",
+        },
+        Bad {
+            name: "a bad second file rejects the whole request",
+            request: file_form(
+                Form::new()
+                    .part("file", Part::bytes(good.clone()).file_name("a.png"))
+                    .part("file", Part::bytes(b"not media".to_vec()).file_name("b.png")),
+            ),
+            status: 415,
+            code: "unsupported_media_type",
+        },
+        Bad {
+            name: "missing token",
+            request: app.http.post(app.url("/v1/media")).header("content-type", "image/png").body(good.clone()),
+            status: 401,
+            code: "unauthorized",
+        },
+        Bad {
+            name: "wrong token",
+            request: app
+                .http
+                .post(app.url("/v1/media"))
+                .bearer_auth("slc_not-a-real-token")
+                .header("content-type", "image/png")
+                .body(good.clone()),
+            status: 401,
+            code: "unauthorized",
+        },
+        Bad {
+            name: "token without the ingest scope",
+            request: app
+                .http
+                .post(app.url("/v1/media"))
+                .bearer_auth(&no_ingest)
+                .header("content-type", "image/png")
+                .body(good.clone()),
+            status: 403,
+            code: "forbidden",
+        },
+    ];
+
+    let topic = app.ctx.topic(Topic::MediaIngested).to_string();
+    for case in cases {
+        let (status, body) = json_of(case.request.send().await.expect(case.name)).await;
+        assert_eq!(status, case.status, "{}: {body}", case.name);
+        assert_eq!(body["error"]["code"], case.code, "{}: {body}", case.name);
+        assert!(
+            body["error"]["message"].as_str().is_some_and(|m| m.len() > 10),
+            "{}: a message a person can act on: {body}",
+            case.name
+        );
+        assert!(raw_objects(&app).await.is_empty(), "{}: left an S3 object", case.name);
+        assert_eq!(count(&app, "media").await, 0, "{}: left a media row", case.name);
+        assert_eq!(count(&app, "outbox").await, 0, "{}: left an outbox row", case.name);
+    }
+    // Give the relay time to publish anything it might (it must have nothing).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(topic_message_count(&app.ctx.config, &topic).await, 0, "no Kafka message");
+    assert_eq!(
+        StatusCode::ACCEPTED,
+        post_raw(&app, "", "image/png", good).await.0,
+        "the same app still accepts good input"
+    );
+}

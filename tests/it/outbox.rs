@@ -1,0 +1,264 @@
+//! Ingest under failure: Kafka, S3 or PostgreSQL away; relays crashing or racing; orphans.
+
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use sluice_core::{Context, topics::Topic};
+use sluice_ingest::{outbox, sweeper};
+use sluice_testkit::{TestEnv, broker::PrivateBroker, eventually, proxy::TcpProxy, with_port};
+
+use crate::{
+    ingest::{png, post_raw},
+    support::{RunningApp, read_topic},
+};
+
+fn socket(url: &str, default_port: u16) -> SocketAddr {
+    let parsed = url::Url::parse(url).expect("URL");
+    let host = match parsed.host_str() {
+        Some("localhost") | None => "127.0.0.1",
+        Some(host) => host,
+    };
+    format!("{host}:{}", parsed.port().unwrap_or(default_port)).parse().expect("socket address")
+}
+
+async fn count(app: &RunningApp, sql: &str) -> i64 {
+    app.ctx.db.get().await.expect("connection").query_one(sql, &[]).await.expect("count").get(0)
+}
+
+async fn raw_object_count(app: &RunningApp) -> usize {
+    let listing =
+        app.ctx.s3.list_objects_v2().bucket(&app.ctx.config.s3.bucket).prefix("raw/").send().await.expect("list");
+    listing.contents().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_accepted_while_kafka_is_down_and_published_when_it_returns() {
+    let env = TestEnv::new().await;
+    let mut broker = PrivateBroker::start();
+    let mut config = env.config.clone();
+    config.kafka.brokers = broker.brokers();
+    let app = RunningApp::spawn(config.clone()).await;
+
+    broker.kill();
+    let mut ids = Vec::new();
+    for seed in 0..5 {
+        let (status, answer) = post_raw(&app, "?dataset=outage", "image/png", png(8, 8, seed)).await;
+        assert_eq!(status, 202, "uploads keep working while Kafka is down: {answer}");
+        ids.push(answer["items"][0]["id"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM outbox WHERE sent_at IS NULL").await,
+        5,
+        "backlog waits in the outbox"
+    );
+
+    broker.resume();
+    eventually(Duration::from_secs(60), "the outbox backlog to drain", || async {
+        (count(&app, "SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0).then_some(())
+    })
+    .await;
+    let topic = app.ctx.topic(Topic::MediaIngested).to_string();
+    let events = read_topic(&config, &topic, 5, Duration::from_secs(10)).await;
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    for (key, _) in &events {
+        *per_id.entry(key.clone()).or_default() += 1;
+    }
+    for id in &ids {
+        assert!(per_id.contains_key(id), "{id} never published: {per_id:?}");
+    }
+    assert_eq!(per_id.len(), 5, "exactly the accepted ids: {per_id:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_down_answers_503_and_records_nothing() {
+    let env = TestEnv::new().await;
+    let proxy = TcpProxy::start(socket(&env.config.s3.endpoint, 80)).await;
+    let mut config = env.config.clone();
+    config.s3.endpoint = with_port(&config.s3.endpoint, proxy.port()).trim_end_matches('/').to_owned();
+    let app = RunningApp::spawn(config).await;
+
+    proxy.stop().await;
+    let response = app
+        .http
+        .post(app.url("/v1/media"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "image/png")
+        .body(png(8, 8, 1))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: serde_json::Value = response.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "dependency_unavailable");
+    assert_eq!(count(&app, "SELECT count(*) FROM media").await, 0);
+    assert_eq!(count(&app, "SELECT count(*) FROM outbox").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_answers_503_and_removes_the_object_it_wrote() {
+    let env = TestEnv::new().await;
+    let url = env.config.database.url.expose_secret().to_owned();
+    let proxy = TcpProxy::start(socket(&url, 5432)).await;
+    let mut config = env.config.clone();
+    config.database.url = SecretString::from(with_port(&url, proxy.port()));
+    let app = RunningApp::spawn(config).await;
+    let token = app.admin_token.clone();
+    let observer = env.pool();
+
+    // Tokens are checked in PostgreSQL, so stop it between the token check and the commit: the
+    // body is streamed slowly and the proxy stops while the server is still reading it; the
+    // object reaches S3, the transaction cannot happen.
+    let body = png(8, 8, 2);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
+    let request = app
+        .http
+        .post(app.url("/v1/media"))
+        .bearer_auth(&token)
+        .header("content-type", "image/png")
+        .body(reqwest::Body::wrap_stream(tokio_stream_from(rx)))
+        .send();
+    let request = tokio::spawn(request);
+    let sender = tokio::spawn(async move {
+        tx.send(Ok(bytes::Bytes::from(body[..10].to_vec()))).await.expect("first chunk");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        tx.send(Ok(bytes::Bytes::from(body[10..].to_vec()))).await.expect("rest");
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    proxy.stop().await;
+    let response = request.await.expect("request task").expect("response");
+    sender.await.expect("sender");
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(raw_object_count(&app).await, 0, "the object written before the failed commit was removed");
+    let rows: i64 =
+        observer.get().await.expect("conn").query_one("SELECT count(*) FROM media", &[]).await.expect("q").get(0);
+    assert_eq!(rows, 0);
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_between_publish_and_mark_publishes_again() {
+    let env = TestEnv::new().await;
+    // No application runs here, so the only relays are the ones this test drives.
+    let ctx = Context::new(env.config.clone()).await.expect("context");
+    ctx.bootstrap().await.expect("bootstrap");
+    let topic = ctx.topic(Topic::MediaIngested).to_string();
+    let event_id = uuid::Uuid::now_v7();
+    ctx.db
+        .get()
+        .await
+        .expect("conn")
+        .execute(
+            "INSERT INTO outbox (id, topic, key, payload) VALUES ($1, $2, 'media-1', $3)",
+            &[&event_id, &topic, &serde_json::json!({"event_id": event_id})],
+        )
+        .await
+        .expect("insert");
+
+    // A relay claims the row and publishes it, then dies before marking it sent: its
+    // transaction rolls back, exactly as when the process is killed.
+    {
+        let mut conn = ctx.db.get().await.expect("conn");
+        let claimed = outbox::Claimed::claim(&mut conn, 10).await.expect("claim").expect("one row");
+        let (sent, error) = claimed.publish(&ctx).await;
+        assert_eq!((sent.len(), error), (1, None));
+        drop(claimed);
+    }
+    let unsent = |ctx: Context| async move {
+        let conn = ctx.db.get().await.expect("conn");
+        let n: i64 = conn.query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[]).await.expect("q").get(0);
+        n
+    };
+    assert_eq!(unsent(ctx.clone()).await, 1, "the row is still pending after the crash");
+
+    // The next relay publishes it again and marks it.
+    assert_eq!(outbox::publish_batch(&ctx).await.expect("batch"), 1);
+    assert_eq!(unsent(ctx.clone()).await, 0);
+    let events = read_topic(&ctx.config, &topic, 3, Duration::from_secs(5)).await;
+    assert_eq!(events.len(), 2, "published twice (at least once), never lost: {events:?}");
+    assert!(events.iter().all(|(k, e)| k == "media-1" && e["event_id"] == event_id.to_string()), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_relays_never_publish_the_same_row_twice() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.ingest.outbox_batch = 7;
+    // The app's own relay is one of the racers; three more run below.
+    let app = RunningApp::spawn(config).await;
+    let topic = app.ctx.topic(Topic::MediaIngested).to_string();
+    {
+        let client = app.ctx.db.get().await.expect("conn");
+        for i in 0..100 {
+            let id = uuid::Uuid::now_v7();
+            client
+                .execute(
+                    "INSERT INTO outbox (id, topic, key, payload) VALUES ($1, $2, $3, $4)",
+                    &[&id, &topic, &format!("k{i}"), &serde_json::json!({"event_id": id, "n": i})],
+                )
+                .await
+                .expect("insert");
+        }
+    }
+    let racers: Vec<_> = (0..3)
+        .map(|_| {
+            let ctx = app.ctx.clone();
+            tokio::spawn(async move {
+                for _ in 0..30 {
+                    outbox::publish_batch(&ctx).await.expect("batch");
+                }
+            })
+        })
+        .collect();
+    for racer in racers {
+        racer.await.expect("racer");
+    }
+    eventually(Duration::from_secs(20), "all rows marked", || async {
+        (count(&app, "SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0).then_some(())
+    })
+    .await;
+    let events = read_topic(&app.ctx.config, &topic, 101, Duration::from_secs(5)).await;
+    let mut keys: Vec<_> = events.iter().map(|(k, _)| k.clone()).collect();
+    keys.sort();
+    let before = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), 100, "every row published");
+    assert_eq!(before, 100, "no row published twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_removes_objects_no_row_references() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.ingest.orphan_grace_secs = 1;
+    let app = RunningApp::spawn(config).await;
+    let (status, answer) = post_raw(&app, "?dataset=keep", "image/png", png(8, 8, 4)).await;
+    assert_eq!(status, 202, "{answer}");
+    app.ctx
+        .s3
+        .put_object()
+        .bucket(&app.ctx.config.s3.bucket)
+        .key("raw/keep/00000000-0000-0000-0000-000000000001.png")
+        .body(png(8, 8, 5).into())
+        .send()
+        .await
+        .expect("put orphan");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sweeper::sweep_once(&app.ctx).await.expect("sweep");
+    let orphan = app
+        .ctx
+        .s3
+        .head_object()
+        .bucket(&app.ctx.config.s3.bucket)
+        .key("raw/keep/00000000-0000-0000-0000-000000000001.png")
+        .send()
+        .await;
+    assert!(orphan.is_err(), "the orphan was removed");
+    assert_eq!(raw_object_count(&app).await, 1, "the referenced object stays");
+}
