@@ -176,7 +176,10 @@ s3_up() {
     sleep 0.3
   done
   node=${node%%@*}
-  if ! garage_cli layout show 2>/dev/null | grep -q "${node:0:16}"; then
+  # Read whole outputs before grepping: with pipefail, `grep -q` closing the pipe early would
+  # make the pipeline fail and the check lie.
+  local layout; layout=$(garage_cli layout show 2>/dev/null || true)
+  if ! grep -q "${node:0:16}" <<<"$layout"; then
     say "S3: applying the one-node layout"
     garage_cli layout assign -z local -c 1G "$node" >/dev/null
     garage_cli layout apply --version 1 >/dev/null

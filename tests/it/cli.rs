@@ -86,3 +86,52 @@ fn an_unknown_sluice_variable_is_a_clear_error() {
     assert!(!output.status.success());
     assert!(stderr.contains("SLUICE_KAFKA_BROKER"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_stops_gracefully_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let env = TestEnv::new().await;
+    let mut child = sluice()
+        .args(["serve", "ingest"])
+        .env("SLUICE_KAFKA_BROKERS", &env.config.kafka.brokers)
+        .env("SLUICE_KAFKA_TOPIC_PREFIX", &env.config.kafka.topic_prefix)
+        .env("SLUICE_S3_ENDPOINT", &env.config.s3.endpoint)
+        .env("SLUICE_S3_BUCKET", &env.config.s3.bucket)
+        .env("SLUICE_DATABASE_URL", env.config.database.url.expose_secret())
+        .env("SLUICE_STATE_DIR", &env.config.state_dir)
+        .env("SLUICE_HTTP_ADDR", "127.0.0.1:0")
+        .env("SLUICE_TELEMETRY_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn sluice serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("a log line within 60 s");
+        let log: serde_json::Value = serde_json::from_str(&line).expect("JSON logs when stdout is not a terminal");
+        if log["message"] == "listening" {
+            break log["addr"].as_str().expect("addr").to_owned();
+        }
+    };
+    let health = reqwest::get(format!("http://{addr}/healthz")).await.expect("healthz");
+    assert_eq!(health.status().as_u16(), 200);
+
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("send SIGTERM");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(started.elapsed().as_secs() < 20, "sluice did not stop within 20 s of SIGTERM");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "a graceful stop exits 0, got {status}");
+    let logged: Vec<String> = rx.try_iter().collect();
+    assert!(logged.iter().any(|l| l.contains("\"stopped\"")), "{logged:?}");
+}
