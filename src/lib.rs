@@ -1,7 +1,9 @@
 //! The `sluice` application: composes the service crates into one process (`sluice up`) or runs
 //! one of them alone (`sluice serve <service>`), behind one HTTP listener with the ops endpoints.
 
+pub mod bench;
 pub mod doctor;
+pub mod push;
 pub mod tail;
 
 use std::{net::SocketAddr, path::Path, time::Duration};

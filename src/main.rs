@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sluice::{Application, Service, doctor, ensure_admin_token, tail};
+use sluice::{Application, Service, bench, doctor, ensure_admin_token, push, tail};
 use sluice_core::{Config, Context, config::DEFAULTS_TOML, migrate, shutdown, telemetry};
 
 #[derive(Debug, Parser)]
@@ -40,10 +40,75 @@ enum Command {
         #[arg(long)]
         limit: Option<u64>,
     },
+    /// Upload files or folders to a dataset (a folder of sub-folders: each sub-folder is a label).
+    Push {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, default_value = "default")]
+        dataset: String,
+        /// Label for files not under a label sub-folder.
+        #[arg(long)]
+        label: Option<String>,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Attempts per file when the server answers 502-504 or the connection fails.
+        #[arg(long, default_value_t = 6)]
+        attempts: u32,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Load generators; they print what they measured.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Show configuration.
     Config {
         #[command(subcommand)]
         what: ConfigCommand,
+    },
+}
+
+/// Where a client command finds the API.
+#[derive(Debug, clap::Args)]
+struct ServerArgs {
+    /// Base URL of the API; defaults to http://<http.addr>.
+    #[arg(long)]
+    url: Option<String>,
+    /// Bearer token; defaults to the local admin token file (`sluice up` writes it).
+    #[arg(long)]
+    token: Option<String>,
+}
+
+impl ServerArgs {
+    fn resolve(&self, config: &Config) -> anyhow::Result<(String, String)> {
+        let url = self.url.clone().unwrap_or_else(|| format!("http://{}", config.http.addr));
+        let token = match &self.token {
+            Some(token) => token.clone(),
+            None => std::fs::read_to_string(config.token_path())
+                .with_context(|| {
+                    format!("reading {} (start `sluice up` once, or pass --token)", config.token_path().display())
+                })?
+                .trim()
+                .to_owned(),
+        };
+        Ok((url, token))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Upload rate and latency of POST /v1/media next to raw S3 PUTs of the same bodies.
+    Ingest {
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 3000)]
+        requests: usize,
+        /// Body size in bytes (unique, incompressible JPEGs).
+        #[arg(long, default_value_t = 64 * 1024)]
+        size: usize,
+        #[command(flatten)]
+        server: ServerArgs,
     },
 }
 
@@ -115,6 +180,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tail { topic, group, limit } => {
             tail::run(&config, &topic, group, limit, shutdown::on_signal()).await?;
+        }
+        Command::Push { paths, dataset, label, concurrency, attempts, server } => {
+            let (url, token) = server.resolve(&config)?;
+            let jobs = push::collect(&paths, label.as_deref())?;
+            let bytes: u64 = jobs.iter().map(|j| j.bytes).sum();
+            println!("pushing {} file(s), {bytes} bytes, to dataset {dataset} at {url}", jobs.len());
+            let bar = push::progress_bar(&jobs);
+            let options = push::Push { url, token, dataset, concurrency, attempts };
+            let results = push::run(&options, jobs, &bar).await;
+            bar.finish();
+            let (accepted, duplicates, rejected) = push::summarize(&results);
+            let rejected_count: usize = rejected.values().map(Vec::len).sum();
+            println!("accepted {accepted}, duplicate {duplicates}, rejected {rejected_count}");
+            for (code, files) in &rejected {
+                println!("  {code} ({}):", files.len());
+                for (path, message) in files.iter().take(5) {
+                    println!("    {}: {message}", path.display());
+                }
+                if files.len() > 5 {
+                    println!("    ... and {} more", files.len() - 5);
+                }
+            }
+            if rejected_count > 0 {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Bench { what: BenchCommand::Ingest { concurrency, requests, size, server } } => {
+            let (url, token) = server.resolve(&config)?;
+            println!("bench ingest: {requests} unique {size}-byte JPEGs, concurrency {concurrency}, server {url}");
+            let options = bench::Options { url, token, concurrency, requests, size };
+            let (raw, ingest) = bench::ingest(&config, &options).await?;
+            println!("{raw}");
+            println!("{ingest}");
+            println!("ingest / raw PUT rate: {:.2}", ingest.rate() / raw.rate());
         }
         Command::Config { what: ConfigCommand::Show } => println!("{config:#?}"),
         Command::Config { what: ConfigCommand::Defaults } => unreachable!("handled before loading"),

@@ -91,9 +91,9 @@ async fn ingest_request(ctx: &Context, request: Request) -> Result<Vec<store::Ac
         read_multipart(ctx, request, &mut common, &mut stored, limit).await
     } else {
         let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        if !(essence.starts_with("image/") || essence.starts_with("video/")) {
+        if !(essence.starts_with("image/") || essence.starts_with("video/") || essence == "application/octet-stream") {
             return Err(IngestError::BadRequest(
-                "send the file as the body with Content-Type image/* or video/*, or as multipart/form-data".into(),
+                "send the file as the body with Content-Type image/*, video/* or application/octet-stream, or as multipart/form-data".into(),
             ));
         }
         let body = request.into_body().into_data_stream();

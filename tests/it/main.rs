@@ -6,6 +6,7 @@ mod ingest;
 mod kafka;
 mod migrations;
 mod outbox;
+mod push;
 mod readyz;
 mod s3;
 mod support;

@@ -1,0 +1,78 @@
+//! `sluice push` against a running application.
+
+use std::{net::SocketAddr, process::Command, time::Duration};
+
+use sluice_testkit::{TestEnv, proxy::TcpProxy, with_port};
+
+use crate::{
+    ingest::{jpeg, png},
+    support::{RunningApp, json_of},
+};
+
+fn push(app: &RunningApp, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
+        command.env_remove(key);
+    }
+    command.arg("push").args(args).args(["--url", &app.base_url, "--token", &app.admin_token]);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_uploads_a_labelled_folder_and_summarises_what_happened() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("cat")).expect("mkdir");
+    std::fs::create_dir_all(root.join("dog/puppies")).expect("mkdir");
+    std::fs::write(root.join("cat/a.png"), png(10, 10, 1)).expect("write");
+    std::fs::write(root.join("cat/b.jpg"), jpeg(12, 12, 2)).expect("write");
+    std::fs::write(root.join("dog/puppies/c.png"), png(14, 14, 3)).expect("write");
+    std::fs::write(root.join("dog/same-as-a.png"), png(10, 10, 1)).expect("write");
+    std::fs::write(root.join("notes.txt"), "not an image").expect("write");
+
+    let output = push(&app, &[root.to_str().expect("utf-8 path"), "--dataset", "pets"]).output().expect("run push");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "a rejected file makes push fail:\n{stdout}");
+    assert!(stdout.contains("accepted 3, duplicate 1, rejected 1"), "{stdout}");
+    assert!(stdout.contains("unsupported_media_type") && stdout.contains("notes.txt"), "{stdout}");
+
+    let (status, dataset) =
+        json_of(app.http.get(app.url("/v1/datasets/pets")).bearer_auth(&app.admin_token).send().await.expect("get"))
+            .await;
+    assert_eq!(status, 200, "{dataset}");
+    assert_eq!(dataset["total"], 3);
+    // cat/a.png and dog/same-as-a.png are the same bytes, uploaded concurrently: whichever commits
+    // first keeps its label. Nested folders take the top sub-folder's name.
+    let (cat, dog) = (dataset["by_label"]["cat"].as_i64(), dataset["by_label"]["dog"].as_i64());
+    assert!(matches!((cat, dog), (Some(2), Some(1)) | (Some(1), Some(2))), "{dataset}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_retries_while_the_server_answers_503() {
+    let env = TestEnv::new().await;
+    let target: SocketAddr = {
+        let url = url::Url::parse(&env.config.s3.endpoint).expect("url");
+        format!("127.0.0.1:{}", url.port().unwrap_or(80)).parse().expect("addr")
+    };
+    let proxy = TcpProxy::start(target).await;
+    let mut config = env.config.clone();
+    config.s3.endpoint = with_port(&config.s3.endpoint, proxy.port()).trim_end_matches('/').to_owned();
+    let app = RunningApp::spawn(config).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("a.png"), png(9, 9, 7)).expect("write");
+    std::fs::write(dir.path().join("b.png"), png(9, 9, 8)).expect("write");
+
+    proxy.stop().await;
+    let child = push(&app, &[dir.path().to_str().expect("utf-8"), "--dataset", "retry", "--label", "x"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn push");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    proxy.resume().await;
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("join").expect("wait");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("accepted 2, duplicate 0, rejected 0"), "{stdout}");
+}
