@@ -190,10 +190,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = push::Push { url, token, dataset, concurrency, attempts };
             let results = push::run(&options, jobs, &bar).await;
             bar.finish();
-            let (accepted, duplicates, rejected) = push::summarize(&results);
-            let rejected_count: usize = rejected.values().map(Vec::len).sum();
-            println!("accepted {accepted}, duplicate {duplicates}, rejected {rejected_count}");
-            for (code, files) in &rejected {
+            let summary = push::Summary::of(&results);
+            let rejected_count = summary.rejected_count();
+            println!("accepted {}, duplicate {}, rejected {rejected_count}", summary.accepted, summary.duplicates);
+            for (code, files) in &summary.rejected {
                 println!("  {code} ({}):", files.len());
                 for (path, message) in files.iter().take(5) {
                     println!("    {}: {message}", path.display());

@@ -188,21 +188,33 @@ async fn upload_once(client: &reqwest::Client, push: &Push, job: &Job) -> Result
     Ok((status, body))
 }
 
-/// Counts of accepted and duplicate files, and rejected ones grouped by error code.
-pub fn summarize(results: &[(Job, Outcome)]) -> (usize, usize, BTreeMap<String, Vec<(PathBuf, String)>>) {
-    let mut accepted = 0;
-    let mut duplicates = 0;
-    let mut rejected: BTreeMap<String, Vec<(PathBuf, String)>> = BTreeMap::new();
-    for (job, outcome) in results {
-        match outcome {
-            Outcome::Accepted => accepted += 1,
-            Outcome::Duplicate => duplicates += 1,
-            Outcome::Rejected { code, message } => {
-                rejected.entry(code.clone()).or_default().push((job.path.clone(), message.clone()))
+/// What a push did, file by file, added up.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub accepted: usize,
+    pub duplicates: usize,
+    /// Rejected files grouped by error code, each with the server's message.
+    pub rejected: BTreeMap<String, Vec<(PathBuf, String)>>,
+}
+
+impl Summary {
+    pub fn of(results: &[(Job, Outcome)]) -> Self {
+        let mut summary = Self::default();
+        for (job, outcome) in results {
+            match outcome {
+                Outcome::Accepted => summary.accepted += 1,
+                Outcome::Duplicate => summary.duplicates += 1,
+                Outcome::Rejected { code, message } => {
+                    summary.rejected.entry(code.clone()).or_default().push((job.path.clone(), message.clone()))
+                }
             }
         }
+        summary
     }
-    (accepted, duplicates, rejected)
+
+    pub fn rejected_count(&self) -> usize {
+        self.rejected.values().map(Vec::len).sum()
+    }
 }
 
 /// A progress bar over the bytes of `jobs`.

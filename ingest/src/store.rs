@@ -22,6 +22,8 @@ pub struct NewMedia {
     pub label: Option<Label>,
     pub source: Option<String>,
     pub metadata: Value,
+    /// The bulk import and source key this item came from, recorded in the same transaction.
+    pub import: Option<(Uuid, String)>,
 }
 
 /// The answer for one file of a `POST /v1/media`.
@@ -94,6 +96,13 @@ pub async fn record(ctx: &Context, items: Vec<NewMedia>) -> Result<(Vec<Accepted
                 &[&event.event_id, &topic, &stored.id.to_string(), &payload],
             )
             .await?;
+            if let Some((import_id, source_key)) = &item.import {
+                tx.execute(
+                    "INSERT INTO import_items (import_id, source_key, outcome, media_id) VALUES ($1, $2, 'accepted', $3)",
+                    &[import_id, source_key, &stored.id],
+                )
+                .await?;
+            }
             accepted.push(Accepted {
                 id: stored.id,
                 dataset: item.dataset.to_string(),
@@ -113,6 +122,14 @@ pub async fn record(ctx: &Context, items: Vec<NewMedia>) -> Result<(Vec<Accepted
                 )
                 .await?;
             redundant.push(stored.key.clone());
+            if let Some((import_id, source_key)) = &item.import {
+                let existing: Uuid = row.get(0);
+                tx.execute(
+                    "INSERT INTO import_items (import_id, source_key, outcome, media_id) VALUES ($1, $2, 'duplicate', $3)",
+                    &[import_id, source_key, &existing],
+                )
+                .await?;
+            }
             accepted.push(Accepted {
                 id: row.get(0),
                 dataset: item.dataset.to_string(),

@@ -2,6 +2,7 @@
 //! the whole workspace so the dependency tree links once.
 
 mod cli;
+mod imports;
 mod ingest;
 mod kafka;
 mod migrations;

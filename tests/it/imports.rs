@@ -1,0 +1,114 @@
+//! Bulk import from an S3 prefix: over HTTP, and resumed after a worker dies mid-way.
+
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use sluice_core::{Context, domain::DatasetName};
+use sluice_ingest::imports;
+use sluice_testkit::{TestEnv, eventually};
+
+use crate::{
+    ingest::{jpeg, png},
+    support::{RunningApp, json_of},
+};
+
+/// Puts the fixture layout under `incoming/`: five good images in two label folders, one file
+/// at the top (unlabelled), one non-image.
+async fn put_fixture(client: &aws_sdk_s3::Client, bucket: &str) {
+    let objects: Vec<(&str, Vec<u8>)> = vec![
+        ("incoming/cat/1.png", png(10, 10, 1)),
+        ("incoming/cat/2.jpg", jpeg(10, 10, 2)),
+        ("incoming/cat/3.png", png(11, 10, 3)),
+        ("incoming/dog/4.png", png(12, 10, 4)),
+        ("incoming/dog/5.jpg", jpeg(13, 10, 5)),
+        ("incoming/loose.png", png(14, 10, 6)),
+        ("incoming/dog/readme.txt", b"not an image".to_vec()),
+        ("elsewhere/cat/9.png", png(15, 10, 9)),
+    ];
+    for (key, body) in objects {
+        client.put_object().bucket(bucket).key(key).body(ByteStream::from(body)).send().await.expect("put fixture");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_ingests_a_labelled_prefix_and_reports_progress() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    put_fixture(&app.ctx.s3, &app.ctx.config.s3.bucket).await;
+
+    let response = app
+        .http
+        .post(app.url("/v1/datasets/pets/imports"))
+        .bearer_auth(&app.admin_token)
+        .json(&serde_json::json!({"bucket": app.ctx.config.s3.bucket, "prefix": "incoming"}))
+        .send()
+        .await
+        .expect("post import");
+    let (status, created) = json_of(response).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+
+    let done = eventually(Duration::from_secs(30), "the import to finish", || async {
+        let (_, status) = json_of(
+            app.http
+                .get(app.url(&format!("/v1/imports/{id}")))
+                .bearer_auth(&app.admin_token)
+                .send()
+                .await
+                .expect("get"),
+        )
+        .await;
+        (status["status"] == "succeeded").then_some(status)
+    })
+    .await;
+    assert_eq!(done["accepted"], 6, "{done}");
+    assert_eq!(done["rejected"], 1, "{done}");
+    assert_eq!(done["errors"][0]["key"], "incoming/dog/readme.txt", "{done}");
+    assert_eq!(done["errors"][0]["code"], "unsupported_media_type", "{done}");
+
+    let (_, dataset) =
+        json_of(app.http.get(app.url("/v1/datasets/pets")).bearer_auth(&app.admin_token).send().await.expect("get"))
+            .await;
+    assert_eq!(dataset["by_label"]["cat"], 3, "{dataset}");
+    assert_eq!(dataset["by_label"]["dog"], 2, "{dataset}");
+    assert_eq!(dataset["unlabelled"], 1, "{dataset}");
+
+    let response = app
+        .http
+        .post(app.url("/v1/datasets/pets/imports"))
+        .bearer_auth(&app.admin_token)
+        .json(&serde_json::json!({"bucket": "no-such-bucket-here", "prefix": "x"}))
+        .send()
+        .await
+        .expect("post import");
+    assert_eq!(response.status().as_u16(), 422, "an unknown bucket is refused up front");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_resumes_after_its_worker_dies_without_double_counting() {
+    let env = TestEnv::new().await;
+    // No application: this test is the only import worker, so it can stop one mid-way.
+    let ctx = Context::new(env.config.clone()).await.expect("context");
+    ctx.bootstrap().await.expect("bootstrap");
+    put_fixture(&ctx.s3, &ctx.config.s3.bucket).await;
+    let dataset = DatasetName::parse("resume").expect("name");
+    let id = imports::create(&ctx, &dataset, &ctx.config.s3.bucket, "incoming/").await.expect("create");
+
+    // The first worker handles three objects and dies (its lease is left held).
+    assert!(imports::run_once(&ctx, Some(3)).await.expect("first worker"));
+    let db = ctx.db.get().await.expect("conn");
+    assert!(!imports::run_once(&ctx, None).await.expect("second worker waits for the lease"));
+    // Time passes: the dead worker's lease expires.
+    db.execute("UPDATE imports SET lease_until = now() - interval '1 second' WHERE id = $1", &[&id])
+        .await
+        .expect("expire lease");
+    assert!(imports::run_once(&ctx, None).await.expect("second worker"));
+
+    let status = imports::status_json(&ctx, id).await.expect("status").expect("exists");
+    assert_eq!(status["status"], "succeeded", "{status}");
+    assert_eq!(status["accepted"], 6, "{status}");
+    assert_eq!(status["duplicates"], 0, "nothing handled twice: {status}");
+    assert_eq!(status["rejected"], 1, "{status}");
+    let media: i64 = db.query_one("SELECT count(*) FROM media", &[]).await.expect("count").get(0);
+    assert_eq!(media, 6);
+}
