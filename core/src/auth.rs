@@ -86,19 +86,48 @@ pub async fn create_token(pool: &Pool, name: &str, scopes: &[Scope]) -> Result<S
 
 /// Looks up an unrevoked token; `None` when it is unknown or revoked.
 pub async fn verify(pool: &Pool, token: &str) -> Result<Option<Principal>, DbError> {
-    let row = pool
-        .get()
-        .await?
-        .query_opt(
-            "SELECT id, name, scopes FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL",
-            &[&hash(token)],
-        )
+    let client = pool.get().await?;
+    let statement = client
+        .prepare_cached("SELECT id, name, scopes FROM api_tokens WHERE token_sha256 = $1 AND revoked_at IS NULL")
         .await?;
+    let row = client.query_opt(&statement, &[&hash(token)]).await?;
     Ok(row.map(|row| Principal {
         token_id: row.get(0),
         name: row.get(1),
         scopes: row.get::<_, Vec<String>>(2).iter().filter_map(|s| s.parse().ok()).collect(),
     }))
+}
+
+/// Remembers verified tokens for [`TokenCache::TTL`], so the hot path (uploads, predictions)
+/// does not query PostgreSQL on every request. A revoked token stops working within the TTL.
+#[derive(Debug, Default)]
+pub struct TokenCache {
+    entries: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (Principal, std::time::Instant)>>,
+}
+
+impl TokenCache {
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(30);
+    /// Entries kept at most; the cache is cleared when full (tokens are few in practice).
+    const MAX_ENTRIES: usize = 10_000;
+
+    /// [`verify`] through the cache. Unknown tokens are not cached.
+    pub async fn verify(&self, pool: &Pool, token: &str) -> Result<Option<Principal>, DbError> {
+        let key = hash(token);
+        if let Some((principal, at)) = self.entries.lock().expect("token cache lock").get(&key)
+            && at.elapsed() < Self::TTL
+        {
+            return Ok(Some(principal.clone()));
+        }
+        let found = verify(pool, token).await?;
+        if let Some(principal) = &found {
+            let mut entries = self.entries.lock().expect("token cache lock");
+            if entries.len() >= Self::MAX_ENTRIES {
+                entries.clear();
+            }
+            entries.insert(key, (principal.clone(), std::time::Instant::now()));
+        }
+        Ok(found)
+    }
 }
 
 #[cfg(test)]

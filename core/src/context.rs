@@ -30,6 +30,8 @@ pub struct Context {
     pub producer: FutureProducer,
     pub kafka_admin: Arc<AdminClient<DefaultClientContext>>,
     pub metrics: PrometheusHandle,
+    /// Recently verified API tokens (see [`crate::auth::TokenCache`]).
+    pub tokens: Arc<crate::auth::TokenCache>,
 }
 
 impl std::fmt::Debug for Context {
@@ -47,6 +49,7 @@ impl Context {
             producer: kafka::producer(&config.kafka)?,
             kafka_admin: Arc::new(kafka::admin(&config.kafka)?),
             metrics: telemetry::metrics(),
+            tokens: Arc::default(),
             config: Arc::new(config),
         })
     }

@@ -203,7 +203,7 @@ impl axum::extract::FromRequestParts<Context> for Caller {
             .map(str::trim)
             .filter(|token| !token.is_empty())
             .ok_or_else(|| unauthorized("The Authorization header must be `Bearer <token>`."))?;
-        match crate::auth::verify(&ctx.db, token).await {
+        match ctx.tokens.verify(&ctx.db, token).await {
             Ok(Some(principal)) => Ok(Self(principal)),
             Ok(None) => Err(unauthorized("This token is unknown or revoked.")),
             Err(err) => {

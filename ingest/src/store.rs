@@ -1,6 +1,7 @@
 //! PostgreSQL records of media, written together with their outbox events.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sluice_core::{
@@ -40,111 +41,135 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-/// Records every item in one transaction, each new one with its `media.ingested` outbox row.
+/// Inserts the dataset (if new), the media row and its outbox row in one statement, so a
+/// single-file upload costs one round trip and commits atomically on its own. Returns the media
+/// id when inserted, nothing when the bytes already exist in the dataset.
+const INSERT_MEDIA: &str = "
+    WITH ds AS (
+        INSERT INTO datasets (name) VALUES ($2) ON CONFLICT DO NOTHING
+    ), m AS (
+        INSERT INTO media (id, dataset, label, kind, content_type, bytes, sha256, width, height, raw_key, source, metadata)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        ON CONFLICT (dataset, sha256) DO NOTHING
+        RETURNING id
+    ), o AS (
+        INSERT INTO outbox (id, topic, key, payload)
+        SELECT $13, $14, $15, $16 FROM m
+    )
+    SELECT id FROM m";
+
+const INSERT_IMPORT_ITEM: &str =
+    "INSERT INTO import_items (import_id, source_key, outcome, media_id) VALUES ($1, $2, $3, $4)";
+
+const SELECT_EXISTING: &str =
+    "SELECT id, label, kind, content_type, bytes, status FROM media WHERE dataset = $1 AND sha256 = $2";
+
+/// Records every item atomically, each new one with its `media.ingested` outbox row: one
+/// statement for a single upload, one transaction for several files or an import item.
 /// Items whose bytes already exist in their dataset are answered with the existing record; their
 /// freshly written objects are returned so the caller deletes them.
 pub async fn record(ctx: &Context, items: Vec<NewMedia>) -> Result<(Vec<Accepted>, Vec<String>), IngestError> {
     let mut client = ctx.db.get().await?;
-    let tx = client.transaction().await?;
     let topic = ctx.topic(Topic::MediaIngested).to_string();
     let mut accepted = Vec::with_capacity(items.len());
     let mut redundant = Vec::new();
-    for item in items {
-        let stored = &item.stored;
-        let kind = stored.format.kind().as_str();
-        let content_type = stored.format.content_type();
-        tx.execute("INSERT INTO datasets (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&item.dataset.as_str()]).await?;
-        let label = item.label.as_ref().map(Label::as_str);
-        let inserted = tx
-            .query_opt(
-                "INSERT INTO media (id, dataset, label, kind, content_type, bytes, sha256, width, height, raw_key, source, metadata)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                 ON CONFLICT (dataset, sha256) DO NOTHING
-                 RETURNING id",
-                &[
-                    &stored.id,
-                    &item.dataset.as_str(),
-                    &label,
-                    &kind,
-                    &content_type,
-                    &stored.bytes,
-                    &stored.sha256,
-                    &stored.width,
-                    &stored.height,
-                    &stored.key,
-                    &item.source,
-                    &item.metadata,
-                ],
-            )
-            .await?;
-        if inserted.is_some() {
-            let event = Envelope::new(MediaIngested {
-                media_id: stored.id,
-                dataset: item.dataset.to_string(),
-                label: label.map(str::to_owned),
-                kind: kind.to_owned(),
-                content_type: content_type.to_owned(),
-                raw_key: stored.key.clone(),
-                bytes: stored.bytes,
-                sha256: stored.sha256.clone(),
-                width: stored.width,
-                height: stored.height,
-            });
-            let payload = serde_json::to_value(&event).expect("events serialise");
-            tx.execute(
-                "INSERT INTO outbox (id, topic, key, payload) VALUES ($1, $2, $3, $4)",
-                &[&event.event_id, &topic, &stored.id.to_string(), &payload],
-            )
-            .await?;
-            if let Some((import_id, source_key)) = &item.import {
-                tx.execute(
-                    "INSERT INTO import_items (import_id, source_key, outcome, media_id) VALUES ($1, $2, 'accepted', $3)",
-                    &[import_id, source_key, &stored.id],
-                )
-                .await?;
-            }
-            accepted.push(Accepted {
-                id: stored.id,
-                dataset: item.dataset.to_string(),
-                label: label.map(str::to_owned),
-                kind: kind.to_owned(),
-                content_type: content_type.to_owned(),
-                bytes: stored.bytes,
-                sha256: stored.sha256.clone(),
-                status: "accepted".into(),
-                duplicate: false,
-            });
-        } else {
-            let row = tx
-                .query_one(
-                    "SELECT id, label, kind, content_type, bytes, status FROM media WHERE dataset = $1 AND sha256 = $2",
-                    &[&item.dataset.as_str(), &stored.sha256],
-                )
-                .await?;
-            redundant.push(stored.key.clone());
-            if let Some((import_id, source_key)) = &item.import {
-                let existing: Uuid = row.get(0);
-                tx.execute(
-                    "INSERT INTO import_items (import_id, source_key, outcome, media_id) VALUES ($1, $2, 'duplicate', $3)",
-                    &[import_id, source_key, &existing],
-                )
-                .await?;
-            }
-            accepted.push(Accepted {
-                id: row.get(0),
-                dataset: item.dataset.to_string(),
-                label: row.get(1),
-                kind: row.get(2),
-                content_type: row.get(3),
-                bytes: row.get(4),
-                sha256: stored.sha256.clone(),
-                status: row.get(5),
-                duplicate: true,
-            });
+    if let [item] = items.as_slice()
+        && item.import.is_none()
+    {
+        let (answer, extra) = record_one(&client, &topic, item).await?;
+        accepted.push(answer);
+        redundant.extend(extra);
+        return Ok((accepted, redundant));
+    }
+    let tx = client.transaction().await?;
+    for item in &items {
+        let (answer, extra) = record_one(&tx, &topic, item).await?;
+        if let Some((import_id, source_key)) = &item.import {
+            let outcome = if answer.duplicate { "duplicate" } else { "accepted" };
+            let statement = tx.prepare_cached(INSERT_IMPORT_ITEM).await?;
+            tx.execute(&statement, &[import_id, source_key, &outcome, &answer.id]).await?;
         }
+        accepted.push(answer);
+        redundant.extend(extra);
     }
     tx.commit().await?;
     Ok((accepted, redundant))
+}
+
+async fn record_one<C: GenericClient>(
+    client: &C,
+    topic: &str,
+    item: &NewMedia,
+) -> Result<(Accepted, Option<String>), IngestError> {
+    let stored = &item.stored;
+    let kind = stored.format.kind().as_str();
+    let content_type = stored.format.content_type();
+    let label = item.label.as_ref().map(Label::as_str);
+    let event = Envelope::new(MediaIngested {
+        media_id: stored.id,
+        dataset: item.dataset.to_string(),
+        label: label.map(str::to_owned),
+        kind: kind.to_owned(),
+        content_type: content_type.to_owned(),
+        raw_key: stored.key.clone(),
+        bytes: stored.bytes,
+        sha256: stored.sha256.clone(),
+        width: stored.width,
+        height: stored.height,
+    });
+    let payload = serde_json::to_value(&event).expect("events serialise");
+    let statement = client.prepare_cached(INSERT_MEDIA).await?;
+    let inserted = client
+        .query_opt(
+            &statement,
+            &[
+                &stored.id,
+                &item.dataset.as_str(),
+                &label,
+                &kind,
+                &content_type,
+                &stored.bytes,
+                &stored.sha256,
+                &stored.width,
+                &stored.height,
+                &stored.key,
+                &item.source,
+                &item.metadata,
+                &event.event_id,
+                &topic,
+                &stored.id.to_string(),
+                &payload,
+            ],
+        )
+        .await?;
+    if inserted.is_some() {
+        let answer = Accepted {
+            id: stored.id,
+            dataset: item.dataset.to_string(),
+            label: label.map(str::to_owned),
+            kind: kind.to_owned(),
+            content_type: content_type.to_owned(),
+            bytes: stored.bytes,
+            sha256: stored.sha256.clone(),
+            status: "accepted".into(),
+            duplicate: false,
+        };
+        return Ok((answer, None));
+    }
+    let statement = client.prepare_cached(SELECT_EXISTING).await?;
+    let row = client.query_one(&statement, &[&item.dataset.as_str(), &stored.sha256]).await?;
+    let answer = Accepted {
+        id: row.get(0),
+        dataset: item.dataset.to_string(),
+        label: row.get(1),
+        kind: row.get(2),
+        content_type: row.get(3),
+        bytes: row.get(4),
+        sha256: stored.sha256.clone(),
+        status: row.get(5),
+        duplicate: true,
+    };
+    Ok((answer, Some(stored.key.clone())))
 }
 
 fn rfc3339(at: Option<DateTime<Utc>>) -> Value {

@@ -45,30 +45,14 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let mut body = body;
     let part_size = ctx.config.ingest.multipart_part_bytes;
+    let mut reader = Reader { body, total: 0, limit, ended: false };
     let mut buffer = BytesMut::new();
     let mut hasher = Sha256::new();
-    let mut total: u64 = 0;
-    let mut ended = false;
 
     // Enough bytes to identify the format and read an image header, or the whole (small) body.
-    while buffer.len() < HEAD_LEN {
-        match next_chunk(&mut body).await? {
-            Some(chunk) => {
-                total += chunk.len() as u64;
-                if total > limit {
-                    return Err(IngestError::TooLarge { limit });
-                }
-                buffer.extend_from_slice(&chunk);
-            }
-            None => {
-                ended = true;
-                break;
-            }
-        }
-    }
-    if total == 0 {
+    reader.fill(&mut buffer, HEAD_LEN).await?;
+    if reader.total == 0 {
         return Err(IngestError::Empty);
     }
     let head = buffer[..buffer.len().min(HEAD_LEN)].to_vec();
@@ -87,24 +71,13 @@ where
     };
 
     // Read on until the body ends or one part is full.
-    while !ended && buffer.len() < part_size {
-        match next_chunk(&mut body).await? {
-            Some(chunk) => {
-                total += chunk.len() as u64;
-                if total > limit {
-                    return Err(IngestError::TooLarge { limit });
-                }
-                buffer.extend_from_slice(&chunk);
-            }
-            None => ended = true,
-        }
-    }
+    reader.fill(&mut buffer, part_size).await?;
 
     let id = Uuid::now_v7();
     let key = raw_key(dataset, id, format.extension());
     let bucket = &ctx.config.s3.bucket;
-    if ended {
-        if !sniff::is_complete(format, &head, tail_of(&buffer), total) {
+    if reader.ended {
+        if !sniff::is_complete(format, &head, tail_of(&buffer), reader.total) {
             return Err(IngestError::Truncated(format.extension()));
         }
         hasher.update(&buffer);
@@ -119,8 +92,7 @@ where
             .map_err(|e| IngestError::Storage(S3Error::from_sdk("PutObject", e)))?;
     } else {
         let upload = Multipart::start(ctx, &key, format).await?;
-        let result =
-            stream_parts(&upload, &mut body, buffer, &mut hasher, &mut total, limit, part_size, format, &head).await;
+        let result = stream_parts(&upload, &mut reader, buffer, &mut hasher, part_size, format, &head).await;
         match result {
             Ok(parts) => upload.complete(parts).await?,
             Err(err) => {
@@ -129,18 +101,16 @@ where
             }
         }
     }
+    let total = reader.total;
     metrics::counter!("sluice_ingest_received_bytes_total").increment(total);
     Ok(Stored { id, key, format, bytes: total as i64, sha256: hex::encode(hasher.finalize()), width, height })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn stream_parts<S, E>(
     upload: &Multipart<'_>,
-    body: &mut S,
+    reader: &mut Reader<S>,
     mut buffer: BytesMut,
     hasher: &mut Sha256,
-    total: &mut u64,
-    limit: u64,
     part_size: usize,
     format: Format,
     head: &[u8],
@@ -152,22 +122,7 @@ where
     let mut parts = Vec::new();
     let mut tail = Vec::with_capacity(TAIL_LEN);
     loop {
-        let mut ended = false;
-        while buffer.len() < part_size {
-            match next_chunk(body).await? {
-                Some(chunk) => {
-                    *total += chunk.len() as u64;
-                    if *total > limit {
-                        return Err(IngestError::TooLarge { limit });
-                    }
-                    buffer.extend_from_slice(&chunk);
-                }
-                None => {
-                    ended = true;
-                    break;
-                }
-            }
-        }
+        reader.fill(&mut buffer, part_size).await?;
         if buffer.is_empty() {
             break;
         }
@@ -175,12 +130,12 @@ where
         hasher.update(&part);
         remember_tail(&mut tail, &part);
         parts.push(upload.part(parts.len() as i32 + 1, part).await?);
-        if ended {
+        if reader.ended {
             break;
         }
     }
     // The parts are uploaded but not assembled: a truncated file is aborted, never completed.
-    if !sniff::is_complete(format, head, &tail, *total) {
+    if !sniff::is_complete(format, head, &tail, reader.total) {
         return Err(IngestError::Truncated(format.extension()));
     }
     Ok(parts)
@@ -196,15 +151,36 @@ fn remember_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
     tail.drain(..excess);
 }
 
-async fn next_chunk<S, E>(body: &mut S) -> Result<Option<Bytes>, IngestError>
+/// The request body, counted against the size limit as it is read.
+struct Reader<S> {
+    body: S,
+    total: u64,
+    limit: u64,
+    ended: bool,
+}
+
+impl<S, E> Reader<S>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    match body.next().await {
-        Some(Ok(chunk)) => Ok(Some(chunk)),
-        Some(Err(err)) => Err(IngestError::BodyRead(err.to_string())),
-        None => Ok(None),
+    /// Reads into `buffer` until it holds `target` bytes or the body ends; refuses the upload as
+    /// soon as it passes the limit, without reading the rest.
+    async fn fill(&mut self, buffer: &mut BytesMut, target: usize) -> Result<(), IngestError> {
+        while !self.ended && buffer.len() < target {
+            match self.body.next().await {
+                Some(Ok(chunk)) => {
+                    self.total += chunk.len() as u64;
+                    if self.total > self.limit {
+                        return Err(IngestError::TooLarge { limit: self.limit });
+                    }
+                    buffer.extend_from_slice(&chunk);
+                }
+                Some(Err(err)) => return Err(IngestError::BodyRead(err.to_string())),
+                None => self.ended = true,
+            }
+        }
+        Ok(())
     }
 }
 

@@ -156,6 +156,16 @@ pub fn with_port(url: &str, port: u16) -> String {
     parsed.to_string()
 }
 
+/// The socket address a URL points at (`localhost` as 127.0.0.1), to put a proxy in front of it.
+pub fn socket_addr(url: &str, default_port: u16) -> std::net::SocketAddr {
+    let parsed = url::Url::parse(url).expect("URL parses");
+    let host = match parsed.host_str() {
+        Some("localhost") | None => "127.0.0.1",
+        Some(host) => host,
+    };
+    format!("{host}:{}", parsed.port().unwrap_or(default_port)).parse().expect("an IP address and port")
+}
+
 /// Polls `check` every 100 ms until it returns `Some` or `timeout` passes.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

@@ -45,7 +45,7 @@ pub async fn post_raw(app: &RunningApp, query: &str, content_type: &str, body: V
     json_of(response).await
 }
 
-async fn raw_objects(app: &RunningApp) -> Vec<String> {
+pub async fn raw_objects(app: &RunningApp) -> Vec<String> {
     let listing = app
         .ctx
         .s3

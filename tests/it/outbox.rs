@@ -1,34 +1,19 @@
 //! Ingest under failure: Kafka, S3 or PostgreSQL away; relays crashing or racing; orphans.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use secrecy::{ExposeSecret, SecretString};
 use sluice_core::{Context, topics::Topic};
 use sluice_ingest::{outbox, sweeper};
-use sluice_testkit::{TestEnv, broker::PrivateBroker, eventually, proxy::TcpProxy, with_port};
+use sluice_testkit::{TestEnv, broker::PrivateBroker, eventually, proxy::TcpProxy, socket_addr, with_port};
 
 use crate::{
-    ingest::{png, post_raw},
+    ingest::{png, post_raw, raw_objects},
     support::{RunningApp, read_topic},
 };
 
-fn socket(url: &str, default_port: u16) -> SocketAddr {
-    let parsed = url::Url::parse(url).expect("URL");
-    let host = match parsed.host_str() {
-        Some("localhost") | None => "127.0.0.1",
-        Some(host) => host,
-    };
-    format!("{host}:{}", parsed.port().unwrap_or(default_port)).parse().expect("socket address")
-}
-
 async fn count(app: &RunningApp, sql: &str) -> i64 {
     app.ctx.db.get().await.expect("connection").query_one(sql, &[]).await.expect("count").get(0)
-}
-
-async fn raw_object_count(app: &RunningApp) -> usize {
-    let listing =
-        app.ctx.s3.list_objects_v2().bucket(&app.ctx.config.s3.bucket).prefix("raw/").send().await.expect("list");
-    listing.contents().len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,7 +57,7 @@ async fn uploads_are_accepted_while_kafka_is_down_and_published_when_it_returns(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_down_answers_503_and_records_nothing() {
     let env = TestEnv::new().await;
-    let proxy = TcpProxy::start(socket(&env.config.s3.endpoint, 80)).await;
+    let proxy = TcpProxy::start(socket_addr(&env.config.s3.endpoint, 80)).await;
     let mut config = env.config.clone();
     config.s3.endpoint = with_port(&config.s3.endpoint, proxy.port()).trim_end_matches('/').to_owned();
     let app = RunningApp::spawn(config).await;
@@ -99,7 +84,7 @@ async fn s3_down_answers_503_and_records_nothing() {
 async fn postgres_down_answers_503_and_removes_the_object_it_wrote() {
     let env = TestEnv::new().await;
     let url = env.config.database.url.expose_secret().to_owned();
-    let proxy = TcpProxy::start(socket(&url, 5432)).await;
+    let proxy = TcpProxy::start(socket_addr(&url, 5432)).await;
     let mut config = env.config.clone();
     config.database.url = SecretString::from(with_port(&url, proxy.port()));
     let app = RunningApp::spawn(config).await;
@@ -130,7 +115,7 @@ async fn postgres_down_answers_503_and_removes_the_object_it_wrote() {
     sender.await.expect("sender");
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.headers().contains_key("retry-after"));
-    assert_eq!(raw_object_count(&app).await, 0, "the object written before the failed commit was removed");
+    assert_eq!(raw_objects(&app).await.len(), 0, "the object written before the failed commit was removed");
     let rows: i64 =
         observer.get().await.expect("conn").query_one("SELECT count(*) FROM media", &[]).await.expect("q").get(0);
     assert_eq!(rows, 0);
@@ -260,5 +245,5 @@ async fn the_sweeper_removes_objects_no_row_references() {
         .send()
         .await;
     assert!(orphan.is_err(), "the orphan was removed");
-    assert_eq!(raw_object_count(&app).await, 1, "the referenced object stays");
+    assert_eq!(raw_objects(&app).await.len(), 1, "the referenced object stays");
 }

@@ -1,8 +1,8 @@
 //! `sluice push` against a running application.
 
-use std::{net::SocketAddr, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use sluice_testkit::{TestEnv, proxy::TcpProxy, with_port};
+use sluice_testkit::{TestEnv, proxy::TcpProxy, socket_addr, with_port};
 
 use crate::{
     ingest::{jpeg, png},
@@ -52,11 +52,7 @@ async fn push_uploads_a_labelled_folder_and_summarises_what_happened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_retries_while_the_server_answers_503() {
     let env = TestEnv::new().await;
-    let target: SocketAddr = {
-        let url = url::Url::parse(&env.config.s3.endpoint).expect("url");
-        format!("127.0.0.1:{}", url.port().unwrap_or(80)).parse().expect("addr")
-    };
-    let proxy = TcpProxy::start(target).await;
+    let proxy = TcpProxy::start(socket_addr(&env.config.s3.endpoint, 80)).await;
     let mut config = env.config.clone();
     config.s3.endpoint = with_port(&config.s3.endpoint, proxy.port()).trim_end_matches('/').to_owned();
     let app = RunningApp::spawn(config).await;

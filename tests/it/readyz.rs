@@ -3,10 +3,10 @@
 //! cut off by stopping a TCP proxy this application alone talks through, and Kafka is a private
 //! broker process that is killed and restarted.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use sluice_testkit::{TestEnv, broker::PrivateBroker, eventually, proxy::TcpProxy, with_port};
+use sluice_testkit::{TestEnv, broker::PrivateBroker, eventually, proxy::TcpProxy, socket_addr, with_port};
 
 use crate::support::RunningApp;
 
@@ -16,15 +16,6 @@ async fn wait_for_readyz(app: &RunningApp, want: u16, what: &str) -> serde_json:
         (status == want).then_some(body)
     })
     .await
-}
-
-fn target(url: &str, default_port: u16) -> SocketAddr {
-    let parsed = url::Url::parse(url).expect("URL");
-    let host = match parsed.host_str() {
-        Some("localhost") | None => "127.0.0.1",
-        Some(host) => host,
-    };
-    format!("{host}:{}", parsed.port().unwrap_or(default_port)).parse().expect("socket address")
 }
 
 fn assert_names(body: &serde_json::Value, dependency: &str) {
@@ -56,7 +47,7 @@ async fn ops_endpoints_answer_without_a_token() {
 async fn readyz_names_postgres_while_it_is_unreachable_and_recovers() {
     let env = TestEnv::new().await;
     let url = env.config.database.url.expose_secret().to_owned();
-    let proxy = TcpProxy::start(target(&url, 5432)).await;
+    let proxy = TcpProxy::start(socket_addr(&url, 5432)).await;
     let mut config = env.config.clone();
     config.database.url = SecretString::from(with_port(&url, proxy.port()));
     let app = RunningApp::spawn(config).await;
@@ -72,7 +63,7 @@ async fn readyz_names_postgres_while_it_is_unreachable_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_s3_while_it_is_unreachable_and_recovers() {
     let env = TestEnv::new().await;
-    let proxy = TcpProxy::start(target(&env.config.s3.endpoint, 80)).await;
+    let proxy = TcpProxy::start(socket_addr(&env.config.s3.endpoint, 80)).await;
     let mut config = env.config.clone();
     config.s3.endpoint = with_port(&config.s3.endpoint, proxy.port()).trim_end_matches('/').to_owned();
     let app = RunningApp::spawn(config).await;

@@ -1,45 +1,28 @@
-//! The ingest HTTP API: `POST/GET/PATCH /v1/media`, `GET /v1/datasets[/{name}]`.
+//! Uploading, reading and relabelling media.
 
 use std::time::Instant;
 
 use axum::{
-    Json, Router,
+    Json,
     body::Body,
     extract::{FromRequest, Multipart, Path, Request, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use serde_json::{Value, json};
 use sluice_core::{
     Context,
     auth::Scope,
     domain::{DatasetName, Label},
-    http::{ApiError, Caller},
+    http::Caller,
 };
-use uuid::Uuid;
 
+use super::{MAX_METADATA_BYTES, MAX_SOURCE_CHARS, parse_id};
 use crate::{
     error::IngestError,
     store::{self, NewMedia},
     upload,
 };
-
-/// Largest `metadata` part accepted, in bytes.
-const MAX_METADATA_BYTES: usize = 64 * 1024;
-/// Longest `source` accepted, in characters.
-const MAX_SOURCE_CHARS: usize = 512;
-
-pub fn router(ctx: Context) -> Router {
-    Router::new()
-        .route("/v1/media", axum::routing::post(post_media))
-        .route("/v1/media/{id}", get(get_media).patch(patch_media))
-        .route("/v1/datasets", get(list_datasets))
-        .route("/v1/datasets/{name}", get(get_dataset))
-        .route("/v1/datasets/{name}/imports", axum::routing::post(post_import))
-        .route("/v1/imports/{id}", get(get_import))
-        .with_state(ctx)
-}
 
 /// Fields shared by every file of one request.
 #[derive(Debug, Default)]
@@ -50,7 +33,7 @@ struct Common {
     metadata: Option<Value>,
 }
 
-async fn post_media(State(ctx): State<Context>, caller: Caller, request: Request) -> Response {
+pub(super) async fn post_media(State(ctx): State<Context>, caller: Caller, request: Request) -> Response {
     let started = Instant::now();
     if let Err(err) = caller.require(Scope::Ingest) {
         return err.into_response();
@@ -243,11 +226,7 @@ fn parse_query(query: &str, common: &mut Common) -> Result<(), IngestError> {
     Ok(())
 }
 
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "Media ids are UUIDs."))
-}
-
-async fn get_media(State(ctx): State<Context>, _caller: Caller, Path(id): Path<String>) -> Response {
+pub(super) async fn get_media(State(ctx): State<Context>, _caller: Caller, Path(id): Path<String>) -> Response {
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(err) => return err.into_response(),
@@ -259,7 +238,12 @@ async fn get_media(State(ctx): State<Context>, _caller: Caller, Path(id): Path<S
     }
 }
 
-async fn patch_media(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>, body: Body) -> Response {
+pub(super) async fn patch_media(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Body,
+) -> Response {
     if let Err(err) = caller.require(Scope::Ingest) {
         return err.into_response();
     }
@@ -292,97 +276,6 @@ async fn patch_media(State(ctx): State<Context>, caller: Caller, Path(id): Path<
             Err(err) => err.into_response(),
         },
         Ok(false) => IngestError::NotFound(format!("media with id {id}")).into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn list_datasets(State(ctx): State<Context>, _caller: Caller) -> Response {
-    match store::dataset_stats(&ctx, None).await {
-        Ok(datasets) => Json(json!({ "datasets": datasets })).into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn get_dataset(State(ctx): State<Context>, _caller: Caller, Path(name): Path<String>) -> Response {
-    let name = match DatasetName::parse(&name) {
-        Ok(name) => name,
-        Err(e) => return IngestError::BadField { field: "dataset", message: e.0 }.into_response(),
-    };
-    match store::dataset_stats(&ctx, Some(&name)).await {
-        Ok(mut datasets) if !datasets.is_empty() => Json(datasets.remove(0)).into_response(),
-        Ok(_) => IngestError::NotFound(format!("dataset named {name}")).into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-#[derive(Debug, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImportRequest {
-    bucket: Option<String>,
-    #[serde(default)]
-    prefix: String,
-}
-
-async fn post_import(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>, body: Body) -> Response {
-    if let Err(err) = caller.require(Scope::Ingest) {
-        return err.into_response();
-    }
-    let dataset = match DatasetName::parse(&name) {
-        Ok(name) => name,
-        Err(e) => return IngestError::BadField { field: "dataset", message: e.0 }.into_response(),
-    };
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_METADATA_BYTES).await else {
-        return IngestError::BadRequest("the body is too large".into()).into_response();
-    };
-    let request: ImportRequest = match serde_json::from_slice(&bytes) {
-        Ok(request) => request,
-        Err(e) => {
-            return IngestError::BadRequest(format!("send {{\"bucket\": \"...\", \"prefix\": \"...\"}} ({e})"))
-                .into_response();
-        }
-    };
-    let bucket = request.bucket.unwrap_or_else(|| ctx.config.s3.bucket.clone());
-    if !sluice_core::s3::is_valid_bucket_name(&bucket) {
-        return IngestError::BadField { field: "bucket", message: "is not a valid S3 bucket name".into() }
-            .into_response();
-    }
-    if request.prefix.len() > 1024 || request.prefix.chars().any(char::is_control) {
-        return IngestError::BadField { field: "prefix", message: "at most 1024 bytes, no control characters".into() }
-            .into_response();
-    }
-    if let Err(err) = sluice_core::s3::check_bucket(&ctx.s3, &bucket).await {
-        let status = match err.code() {
-            Some("NotFound" | "NoSuchBucket") => Some("was not found"),
-            Some("Forbidden" | "AccessDenied") => Some("is not readable with Sluice's credentials"),
-            _ => None,
-        };
-        return match status {
-            Some(why) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unusable_bucket", format!("Bucket {bucket} {why}."))
-                    .into_response()
-            }
-            None => IngestError::Storage(err).into_response(),
-        };
-    }
-    match crate::imports::create(&ctx, &dataset, &bucket, &request.prefix).await {
-        Ok(id) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"id": id, "status": "queued", "dataset": dataset, "bucket": bucket,
-                        "prefix": crate::imports::normalize_prefix(&request.prefix)})),
-        )
-            .into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn get_import(State(ctx): State<Context>, _caller: Caller, Path(id): Path<String>) -> Response {
-    let id = match Uuid::parse_str(&id) {
-        Ok(id) => id,
-        Err(_) => return ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "Import ids are UUIDs.").into_response(),
-    };
-    match crate::imports::status_json(&ctx, id).await {
-        Ok(Some(status)) => Json(status).into_response(),
-        Ok(None) => IngestError::NotFound(format!("import with id {id}")).into_response(),
         Err(err) => err.into_response(),
     }
 }
