@@ -57,32 +57,33 @@ pub(super) async fn post_media(State(ctx): State<Context>, caller: Caller, reque
 
 async fn ingest_request(ctx: &Context, request: Request) -> Result<Vec<store::Accepted>, IngestError> {
     let limit = ctx.config.http.max_body_bytes;
-    let declared_length =
-        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|len| len > limit) {
-        return Err(IngestError::TooLarge { limit });
-    }
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().map(str::to_owned).map_err(|_| IngestError::BadRequest("Content-Type is not ASCII".into())))
-        .transpose()?
-        .unwrap_or_default();
-    let mut common = Common::default();
-    parse_query(request.uri().query().unwrap_or_default(), &mut common)?;
-
+    let (content_type, mut common) = match check_request(&request, limit) {
+        Ok(checked) => checked,
+        Err(err) => {
+            drain(request.into_body().into_data_stream()).await;
+            return Err(err);
+        }
+    };
     let mut stored = Vec::new();
     let result = if content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
-        read_multipart(ctx, request, &mut common, &mut stored, limit).await
+        match Multipart::from_request(request, &()).await {
+            Ok(mut multipart) => {
+                let result = read_multipart(ctx, &mut multipart, &mut common, &mut stored, limit).await;
+                if result.is_err() {
+                    drain_multipart(&mut multipart).await;
+                }
+                result
+            }
+            Err(e) => Err(IngestError::BadRequest(e.body_text())),
+        }
     } else {
         let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        if !(essence.starts_with("image/") || essence.starts_with("video/") || essence == "application/octet-stream") {
-            return Err(IngestError::BadRequest(
-                "send the file as the body with Content-Type image/*, video/* or application/octet-stream, or as multipart/form-data".into(),
-            ));
+        let mut body = request.into_body().into_data_stream();
+        let result = upload::store(ctx, &common.dataset, Some(&essence), &mut body, limit).await;
+        if result.is_err() {
+            drain(&mut body).await;
         }
-        let body = request.into_body().into_data_stream();
-        upload::store(ctx, &common.dataset, Some(&essence), body, limit).await.map(|s| stored.push(s))
+        result.map(|s| stored.push(s))
     };
     if let Err(err) = result {
         let keys: Vec<String> = stored.iter().map(|s| s.key.clone()).collect();
@@ -116,15 +117,70 @@ async fn ingest_request(ctx: &Context, request: Request) -> Result<Vec<store::Ac
     }
 }
 
+/// Checks what can be checked before reading the body: declared length, content type, query.
+fn check_request(request: &Request, limit: u64) -> Result<(String, Common), IngestError> {
+    let declared_length =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > limit) {
+        return Err(IngestError::TooLarge { limit });
+    }
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().map(str::to_owned).map_err(|_| IngestError::BadRequest("Content-Type is not ASCII".into())))
+        .transpose()?
+        .unwrap_or_default();
+    let lower = content_type.to_ascii_lowercase();
+    let essence = lower.split(';').next().unwrap_or_default().trim();
+    if !(essence == "multipart/form-data"
+        || essence.starts_with("image/")
+        || essence.starts_with("video/")
+        || essence == "application/octet-stream")
+    {
+        return Err(IngestError::BadRequest(
+            "send the file as the body with Content-Type image/*, video/* or application/octet-stream, or as multipart/form-data".into(),
+        ));
+    }
+    let mut common = Common::default();
+    parse_query(request.uri().query().unwrap_or_default(), &mut common)?;
+    Ok((content_type, common))
+}
+
+/// After an early rejection, how much of the rest of the body is read (and discarded) before the
+/// connection closes. Closing a socket with unread data resets it, and many clients then lose the
+/// error answer they were about to read ("lingering close", as nginx and Apache do).
+const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
+const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn drain<S, E>(mut body: S)
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    use futures::StreamExt;
+    let mut drained = 0u64;
+    let deadline = tokio::time::Instant::now() + DRAIN_MAX_TIME;
+    while drained < DRAIN_MAX_BYTES {
+        match tokio::time::timeout_at(deadline, body.next()).await {
+            Ok(Some(Ok(chunk))) => drained += chunk.len() as u64,
+            _ => break,
+        }
+    }
+}
+
+async fn drain_multipart(multipart: &mut Multipart) {
+    let deadline = tokio::time::Instant::now() + DRAIN_MAX_TIME;
+    while let Ok(Ok(Some(field))) = tokio::time::timeout_at(deadline, multipart.next_field()).await {
+        drain(field).await;
+    }
+}
+
 async fn read_multipart(
     ctx: &Context,
-    request: Request,
+    multipart: &mut Multipart,
     common: &mut Common,
     stored: &mut Vec<upload::Stored>,
     limit: u64,
 ) -> Result<(), IngestError> {
-    let mut multipart =
-        Multipart::from_request(request, &()).await.map_err(|e| IngestError::BadRequest(e.body_text()))?;
     let mut used: u64 = 0;
     while let Some(field) = multipart.next_field().await.map_err(|e| IngestError::BadRequest(e.body_text()))? {
         let name = field.name().unwrap_or_default().to_owned();
