@@ -2,14 +2,13 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use secrecy::{ExposeSecret, SecretString};
 use sluice_core::{Context, topics::Topic};
 use sluice_ingest::{outbox, sweeper};
-use sluice_testkit::{TestEnv, broker::PrivateBroker, eventually, proxy::TcpProxy, socket_addr, with_port};
+use sluice_testkit::{TestEnv, broker::PrivateBroker, eventually};
 
 use crate::{
     ingest::{png, post_raw, raw_objects},
-    support::{RunningApp, read_topic},
+    support::{Cut, RunningApp, read_topic, through_proxy},
 };
 
 async fn count(app: &RunningApp, sql: &str) -> i64 {
@@ -57,9 +56,7 @@ async fn uploads_are_accepted_while_kafka_is_down_and_published_when_it_returns(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_down_answers_503_and_records_nothing() {
     let env = TestEnv::new().await;
-    let proxy = TcpProxy::start(socket_addr(&env.config.s3.endpoint, 80)).await;
-    let mut config = env.config.clone();
-    config.s3.endpoint = with_port(&config.s3.endpoint, proxy.port()).trim_end_matches('/').to_owned();
+    let (config, proxy) = through_proxy(&env, Cut::S3).await;
     let app = RunningApp::spawn(config).await;
 
     proxy.stop().await;
@@ -83,10 +80,7 @@ async fn s3_down_answers_503_and_records_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_answers_503_and_removes_the_object_it_wrote() {
     let env = TestEnv::new().await;
-    let url = env.config.database.url.expose_secret().to_owned();
-    let proxy = TcpProxy::start(socket_addr(&url, 5432)).await;
-    let mut config = env.config.clone();
-    config.database.url = SecretString::from(with_port(&url, proxy.port()));
+    let (config, proxy) = through_proxy(&env, Cut::Postgres).await;
     let app = RunningApp::spawn(config).await;
     let token = app.admin_token.clone();
     let observer = env.pool();

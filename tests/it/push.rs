@@ -2,11 +2,11 @@
 
 use std::{process::Command, time::Duration};
 
-use sluice_testkit::{TestEnv, proxy::TcpProxy, socket_addr, with_port};
+use sluice_testkit::TestEnv;
 
 use crate::{
     ingest::{jpeg, png},
-    support::{RunningApp, json_of},
+    support::{Cut, RunningApp, json_of, through_proxy},
 };
 
 fn push(app: &RunningApp, args: &[&str]) -> Command {
@@ -52,9 +52,7 @@ async fn push_uploads_a_labelled_folder_and_summarises_what_happened() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_retries_while_the_server_answers_503() {
     let env = TestEnv::new().await;
-    let proxy = TcpProxy::start(socket_addr(&env.config.s3.endpoint, 80)).await;
-    let mut config = env.config.clone();
-    config.s3.endpoint = with_port(&config.s3.endpoint, proxy.port()).trim_end_matches('/').to_owned();
+    let (config, proxy) = through_proxy(&env, Cut::S3).await;
     let app = RunningApp::spawn(config).await;
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("a.png"), png(9, 9, 7)).expect("write");

@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
-use sluice_testkit::{TestEnv, broker::PrivateBroker, eventually, proxy::TcpProxy, socket_addr, with_port};
+use sluice_testkit::{TestEnv, broker::PrivateBroker, eventually};
 
-use crate::support::RunningApp;
+use crate::support::{Cut, RunningApp, through_proxy};
 
 async fn wait_for_readyz(app: &RunningApp, want: u16, what: &str) -> serde_json::Value {
     eventually(Duration::from_secs(45), what, || async {
@@ -46,10 +45,7 @@ async fn ops_endpoints_answer_without_a_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_postgres_while_it_is_unreachable_and_recovers() {
     let env = TestEnv::new().await;
-    let url = env.config.database.url.expose_secret().to_owned();
-    let proxy = TcpProxy::start(socket_addr(&url, 5432)).await;
-    let mut config = env.config.clone();
-    config.database.url = SecretString::from(with_port(&url, proxy.port()));
+    let (config, proxy) = through_proxy(&env, Cut::Postgres).await;
     let app = RunningApp::spawn(config).await;
     wait_for_readyz(&app, 200, "ready before the outage").await;
 
@@ -63,9 +59,7 @@ async fn readyz_names_postgres_while_it_is_unreachable_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_s3_while_it_is_unreachable_and_recovers() {
     let env = TestEnv::new().await;
-    let proxy = TcpProxy::start(socket_addr(&env.config.s3.endpoint, 80)).await;
-    let mut config = env.config.clone();
-    config.s3.endpoint = with_port(&config.s3.endpoint, proxy.port()).trim_end_matches('/').to_owned();
+    let (config, proxy) = through_proxy(&env, Cut::S3).await;
     let app = RunningApp::spawn(config).await;
     wait_for_readyz(&app, 200, "ready before the outage").await;
 

@@ -141,3 +141,32 @@ pub async fn topic_message_count(config: &Config, topic: &str) -> i64 {
     .await
     .expect("watermark task")
 }
+
+/// A dependency an application can be cut off from.
+#[derive(Debug, Clone, Copy)]
+pub enum Cut {
+    Postgres,
+    S3,
+}
+
+/// `env`'s configuration with one dependency reached through a proxy the test can stop and
+/// resume; the shared server keeps running for the other tests.
+pub async fn through_proxy(env: &TestEnv, cut: Cut) -> (Config, sluice_testkit::proxy::TcpProxy) {
+    use secrecy::ExposeSecret;
+    use sluice_testkit::{proxy::TcpProxy, socket_addr, with_port};
+    let mut config = env.config.clone();
+    let proxy = match cut {
+        Cut::Postgres => {
+            let url = env.config.database.url.expose_secret().to_owned();
+            let proxy = TcpProxy::start(socket_addr(&url, 5432)).await;
+            config.database.url = secrecy::SecretString::from(with_port(&url, proxy.port()));
+            proxy
+        }
+        Cut::S3 => {
+            let proxy = TcpProxy::start(socket_addr(&env.config.s3.endpoint, 80)).await;
+            config.s3.endpoint = with_port(&config.s3.endpoint, proxy.port()).trim_end_matches('/').to_owned();
+            proxy
+        }
+    };
+    (config, proxy)
+}
