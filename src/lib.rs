@@ -42,7 +42,8 @@ impl Service {
     fn spawn_workers(self, ctx: &Context, shutdown: &Shutdown) -> Vec<tokio::task::JoinHandle<()>> {
         match self {
             Service::Ingest => sluice_ingest::spawn_workers(ctx, shutdown),
-            Service::Preprocess | Service::Trainer | Service::Registry | Service::Inference => Vec::new(),
+            Service::Preprocess => sluice_preprocess::spawn_workers(ctx, shutdown),
+            Service::Trainer | Service::Registry | Service::Inference => Vec::new(),
         }
     }
 

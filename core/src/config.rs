@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Sections of the configuration; an env var `SLUICE_<SECTION>_<KEY>` sets `<section>.<key>`.
-const SECTIONS: &[&str] = &["http", "kafka", "s3", "database", "telemetry", "auth", "ingest"];
+const SECTIONS: &[&str] = &["http", "kafka", "s3", "database", "telemetry", "auth", "ingest", "outbox", "preprocess"];
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,30 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub auth: AuthConfig,
     pub ingest: IngestConfig,
+    pub outbox: OutboxConfig,
+    pub preprocess: PreprocessConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Most outbox rows one relay publishes per batch.
+    pub batch: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessConfig {
+    /// Kafka consumer group shared by every preprocess worker.
+    pub group_id: String,
+    /// Media items one worker processes at once (CPU work runs on the blocking pool).
+    pub concurrency: usize,
+    /// ffmpeg is killed after this long on one video.
+    pub ffmpeg_timeout_secs: u64,
+    /// ffmpeg's address-space limit, in MiB.
+    pub ffmpeg_memory_mib: u64,
+    /// Media left in `accepted` or `processing` longer than this are enqueued again.
+    pub reconcile_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -59,8 +83,6 @@ pub struct IngestConfig {
     /// Uploads up to this size are buffered and sent with one PUT; larger ones stream as an S3
     /// multipart upload in parts of this size (at least 5 MiB, S3's minimum part size).
     pub multipart_part_bytes: usize,
-    /// Most outbox rows one relay publishes per batch.
-    pub outbox_batch: i64,
     /// Raw objects with no media row older than this are deleted by the orphan sweeper.
     pub orphan_grace_secs: u64,
 }
@@ -86,8 +108,9 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// A consumer that stops heartbeating for this long loses its partitions.
     pub session_timeout_ms: u32,
-    /// Extra librdkafka properties (for example `security.protocol`, `sasl.*`) for managed clusters.
-    pub extra: std::collections::BTreeMap<String, String>,
+    /// Extra librdkafka properties (for example `security.protocol`, `sasl.*`) for managed
+    /// clusters. Values are secret: they often hold passwords.
+    pub extra: std::collections::BTreeMap<String, SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,7 +236,9 @@ impl Config {
             self.ingest.multipart_part_bytes >= 5 * 1024 * 1024,
             "ingest.multipart_part_bytes must be at least 5 MiB (S3's minimum part size)",
         )?;
-        rule(self.ingest.outbox_batch >= 1, "ingest.outbox_batch must be at least 1")?;
+        rule(self.outbox.batch >= 1, "outbox.batch must be at least 1")?;
+        rule(self.preprocess.concurrency >= 1, "preprocess.concurrency must be at least 1")?;
+        rule(!self.preprocess.group_id.is_empty(), "preprocess.group_id must not be empty")?;
         Ok(())
     }
 

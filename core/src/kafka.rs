@@ -29,7 +29,7 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
         .set("reconnect.backoff.max.ms", "2000")
         .set("socket.keepalive.enable", "true");
     for (key, value) in &config.extra {
-        client.set(key, value);
+        client.set(key, secrecy::ExposeSecret::expose_secret(value));
     }
     client
 }

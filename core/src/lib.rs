@@ -15,6 +15,8 @@ pub mod http;
 pub mod kafka;
 pub mod media;
 pub mod migrate;
+pub mod outbox;
+pub mod pipeline;
 pub mod s3;
 pub mod shutdown;
 pub mod telemetry;

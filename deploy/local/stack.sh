@@ -132,6 +132,8 @@ kafka_up() {
 # ---------- S3 API: Garage ----------
 garage_cli() { garage -c "$STACK_DIR/s3/garage.toml" "$@"; }
 
+random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
+
 garage_config() {
   local dir="$STACK_DIR/s3" conf="$STACK_DIR/s3/garage.toml"
   mkdir -p "$dir/meta" "$dir/data"
@@ -144,7 +146,7 @@ db_engine = "lmdb"
 replication_factor = 1
 rpc_bind_addr = "127.0.0.1:$GARAGE_RPC_PORT"
 rpc_public_addr = "127.0.0.1:$GARAGE_RPC_PORT"
-rpc_secret = "$(openssl rand -hex 32 2>/dev/null || python3 -c 'import secrets; print(secrets.token_hex(32))')"
+rpc_secret = "$(random_hex 32)"
 
 [s3_api]
 api_bind_addr = "127.0.0.1:$S3_PORT"
@@ -153,13 +155,14 @@ root_domain = ".s3.localhost"
 
 [admin]
 api_bind_addr = "127.0.0.1:$GARAGE_ADMIN_PORT"
-admin_token = "$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
-metrics_token = "$(python3 -c 'import secrets; print(secrets.token_hex(24))')"
+admin_token = "$(random_hex 24)"
+metrics_token = "$(random_hex 24)"
 TOML
 }
 
 s3_up() {
   local dir="$STACK_DIR/s3"
+  apt_install curl
   garage_config
   if port_open "$S3_PORT"; then
     say "S3: Garage already listening on 127.0.0.1:$S3_PORT"

@@ -98,6 +98,14 @@ impl IngestError {
             Self::BadField { .. } | Self::BadRequest(_) | Self::BodyRead(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_request")
             }
+            Self::Database(DbError::Query(e)) if e.code().is_some() => {
+                tracing::error!(error = %e, "database refused a statement");
+                return ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "The database refused the request; it has been logged.",
+                );
+            }
             Self::Storage(_) | Self::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         };

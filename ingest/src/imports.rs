@@ -165,6 +165,7 @@ impl Import {
                 }
                 self.import_one(ctx, &dataset, key).await?;
                 handled += 1;
+                self.renew(ctx).await?;
             }
             let Some(last) = keys.last() else { return Ok(true) };
             cursor = Some(last.clone());
@@ -185,13 +186,30 @@ impl Import {
         }
     }
 
+    /// Extends this worker's lease; called after every object so a slow page never expires it.
+    async fn renew(&self, ctx: &Context) -> Result<(), IngestError> {
+        ctx.db
+            .get()
+            .await?
+            .execute(
+                &format!(
+                    "UPDATE imports SET lease_until = now() + interval '{LEASE}', updated_at = now() WHERE id = $1"
+                ),
+                &[&self.id],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Validates and stores one object; client-side problems become a rejected item, dependency
     /// failures propagate (the import is retried).
     async fn import_one(&self, ctx: &Context, dataset: &DatasetName, key: &str) -> Result<(), IngestError> {
         let outcome = self.try_import(ctx, dataset, key).await;
         let err = match outcome {
             Ok(()) => return Ok(()),
-            Err(err @ (IngestError::Storage(_) | IngestError::Database(_))) => return Err(err),
+            Err(err @ (IngestError::Storage(_) | IngestError::Database(_) | IngestError::BodyRead(_))) => {
+                return Err(err);
+            }
             Err(err) => err,
         };
         let api = err.to_api();
@@ -243,7 +261,7 @@ impl Import {
                 Ok(())
             }
             Err(err) => {
-                upload::discard(ctx, &[stored.key]).await;
+                upload::discard_unrecorded(ctx, &[stored.key]).await;
                 Err(err)
             }
         }

@@ -3,13 +3,12 @@
 //! `POST /v1/media` streams each upload into S3 while hashing and validating it (type sniffed
 //! from the bytes, image dimensions from the header, truncation checked at the end), then one
 //! PostgreSQL transaction records the media row and a `media.ingested` outbox row. The relay
-//! ([`outbox`]) publishes outbox rows to Kafka, so an accepted upload survives a broker outage.
+//! (`sluice_core::outbox`) publishes outbox rows to Kafka, so an accepted upload survives a broker outage.
 //! Objects whose transaction failed are deleted at once or by the [`sweeper`]. Objects already in
 //! S3 come in through resumable bulk [`imports`].
 
 pub mod error;
 pub mod imports;
-pub mod outbox;
 mod routes;
 pub mod sniff;
 pub mod store;
@@ -32,7 +31,7 @@ pub fn router(ctx: Context) -> Router {
 /// The background work of an ingest process: the outbox relay, bulk imports and the orphan sweeper.
 pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
     vec![
-        tokio::spawn(outbox::run(ctx.clone(), shutdown.clone())),
+        tokio::spawn(sluice_core::outbox::run(ctx.clone(), shutdown.clone())),
         tokio::spawn(imports::run(ctx.clone(), shutdown.clone())),
         tokio::spawn(sweeper::run(ctx.clone(), shutdown.clone())),
     ]

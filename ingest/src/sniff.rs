@@ -109,6 +109,12 @@ impl Format {
 /// How many leading bytes [`sniff`] and [`image_dimensions`] look at.
 pub const HEAD_LEN: usize = 256 * 1024;
 
+/// `ftyp` major brands of MP4-family video files.
+const VIDEO_BRANDS: &[&[u8]] = &[
+    b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"avc1", b"M4V ", b"M4VP", b"mmp4",
+    b"dash", b"3gp4", b"3gp5", b"3gp6", b"3g2a", b"MSNV", b"f4v ", b"XAVC",
+];
+
 /// Identifies the format from the first bytes, or `None` when it is nothing Sluice accepts.
 pub fn sniff(head: &[u8]) -> Option<Format> {
     let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
@@ -127,7 +133,15 @@ pub fn sniff(head: &[u8]) -> Option<Format> {
     } else if at(0, b"II*\0") || at(0, b"MM\0*") {
         Some(Format::Tiff)
     } else if at(4, b"ftyp") {
-        Some(if at(8, b"qt  ") { Format::Mov } else { Format::Mp4 })
+        // ISO-BMFF also carries HEIC/AVIF stills and M4A audio: accept only video brands.
+        let brand = head.get(8..12)?;
+        if brand == b"qt  " {
+            Some(Format::Mov)
+        } else if VIDEO_BRANDS.contains(&brand) {
+            Some(Format::Mp4)
+        } else {
+            None
+        }
     } else if at(4, b"moov") || at(4, b"wide") || at(4, b"mdat") {
         Some(Format::Mov)
     } else if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
@@ -312,6 +326,8 @@ mod tests {
         assert_eq!(sniff(b"II*\0\x08\0\0\0"), Some(Format::Tiff));
         assert_eq!(sniff(b"\0\0\0\x18ftypisom"), Some(Format::Mp4));
         assert_eq!(sniff(b"\0\0\0\x14ftypqt  "), Some(Format::Mov));
+        assert_eq!(sniff(b"\0\0\0\x18ftypheic"), None, "HEIC stills are not video");
+        assert_eq!(sniff(b"\0\0\0\x18ftypM4A "), None, "M4A audio is not video");
         assert_eq!(sniff(b"\x1a\x45\xdf\xa3\x01\0\0\0\0\0\0\x1f\x42\x86\x81\x01webm"), Some(Format::Webm));
         assert_eq!(sniff(b"\x1a\x45\xdf\xa3\x01\0\0\0\0\0\0\x1f\x42\x86\x81\x01matroska"), Some(Format::Mkv));
         assert_eq!(sniff(b"<html><body>hi</body></html>"), None);

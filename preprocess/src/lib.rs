@@ -1,16 +1,83 @@
-//! Preprocess: a Kafka consumer group over `media.ingested`.
+//! Preprocess: a Kafka consumer group over `media.ingested` that turns accepted media into
+//! training-ready data.
 //!
-//! Workers resize images and extract video frames, write the outputs to S3 and record them in
-//! PostgreSQL, then announce `media.processed`. The worker lands with the preprocess issue (#5);
-//! today this crate contributes no routes or workers beyond the shared ops endpoints.
+//! Each worker ([`worker`]) fetches the raw object, resizes images ([`imaging`]) or samples video
+//! frames with ffmpeg ([`video`]) according to the dataset's pipeline spec, writes the outputs to
+//! S3, records them in PostgreSQL and announces `media.processed` through the outbox. Undecodable
+//! media end `failed` with a reason and a `media.dlq` event. A reconciler re-enqueues items stuck
+//! in `accepted` or `processing`. Routes: `PUT/GET /v1/datasets/{name}/pipeline`,
+//! `POST /v1/datasets/{name}/reprocess`.
+
+pub mod imaging;
+mod routes;
+pub mod store;
+pub mod video;
+pub mod worker;
+
+use std::time::Duration;
 
 use axum::Router;
-use sluice_core::Context;
+use sluice_core::{Context, Shutdown};
+use tokio::task::JoinHandle;
 
 /// The service's name in `sluice serve <name>`, logs and metrics.
 pub const NAME: &str = "preprocess";
 
 /// This service's HTTP routes, merged with the ops endpoints by the `sluice` binary.
-pub fn router(_ctx: Context) -> Router {
-    Router::new()
+pub fn router(ctx: Context) -> Router {
+    describe_metrics();
+    routes::router(ctx)
+}
+
+/// The worker, the reconciler and an outbox relay (for `media.processed` and `media.dlq`).
+pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(worker::run(ctx.clone(), shutdown.clone())),
+        tokio::spawn(reconciler(ctx.clone(), shutdown.clone())),
+        tokio::spawn(sluice_core::outbox::run(ctx.clone(), shutdown.clone())),
+    ]
+}
+
+async fn reconciler(ctx: Context, shutdown: Shutdown) {
+    let after = ctx.config.preprocess.reconcile_after_secs;
+    let every = Duration::from_secs((after / 4).clamp(1, 60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+        match store::reconcile(&ctx, after as f64).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::counter!("sluice_preprocess_reenqueued_total").increment(n);
+                tracing::info!(items = n, "re-enqueued media stuck before processing");
+            }
+            Err(err) => tracing::warn!(error = %err, "reconciler failed"),
+        }
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!("sluice_preprocess_processed_total", "Media items processed, by kind.");
+    metrics::describe_counter!(
+        "sluice_preprocess_failed_total",
+        "Media items that failed for good, by kind and reason."
+    );
+    metrics::describe_counter!(
+        "sluice_preprocess_retries_total",
+        "Transient failures retried (S3 or PostgreSQL away)."
+    );
+    metrics::describe_counter!("sluice_preprocess_frames_extracted_total", "Video frames extracted.");
+    metrics::describe_counter!("sluice_preprocess_reenqueued_total", "Items re-enqueued by the reconciler.");
+    metrics::describe_histogram!(
+        "sluice_preprocess_stage_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time per stage (fetch, decode, resize, encode, store)."
+    );
+    metrics::describe_histogram!(
+        "sluice_preprocess_item_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to process one item end to end, by kind."
+    );
+    metrics::describe_gauge!("sluice_consumer_lag", "Messages not yet committed by a consumer group, per partition.");
 }

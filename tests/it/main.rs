@@ -7,6 +7,7 @@ mod ingest;
 mod kafka;
 mod migrations;
 mod outbox;
+mod preprocess;
 mod push;
 mod readyz;
 mod s3;

@@ -111,7 +111,7 @@ async fn ingest_request(ctx: &Context, request: Request) -> Result<Vec<store::Ac
             Ok(accepted)
         }
         Err(err) => {
-            upload::discard(ctx, &keys).await;
+            upload::discard_unrecorded(ctx, &keys).await;
             Err(err)
         }
     }
@@ -206,7 +206,9 @@ async fn read_multipart(
                         "send the `{name}` part before the `file` parts it applies to"
                     )));
                 }
-                let bytes = field.bytes().await.map_err(|e| IngestError::BadRequest(e.body_text()))?;
+                let bytes = read_bounded(field, MAX_METADATA_BYTES)
+                    .await
+                    .map_err(|message| IngestError::BadField { field: field_name(&name), message })?;
                 let text = std::str::from_utf8(&bytes).map_err(|_| IngestError::BadField {
                     field: field_name(&name),
                     message: "must be UTF-8 text".into(),
@@ -222,6 +224,18 @@ async fn read_multipart(
         }
     }
     Ok(())
+}
+
+/// Reads a text part, refusing it as soon as it passes `max` bytes.
+async fn read_bounded(mut field: axum::extract::multipart::Field<'_>, max: usize) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| e.body_text())? {
+        if bytes.len() + chunk.len() > max {
+            return Err(format!("at most {max} bytes"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 fn field_name(name: &str) -> &'static str {
@@ -252,6 +266,9 @@ fn set_field(common: &mut Common, name: &str, value: &str) -> Result<(), IngestE
                 serde_json::from_str(value).map_err(|e| bad("metadata", format!("is not valid JSON ({e})")))?;
             if !parsed.is_object() {
                 return Err(bad("metadata", "must be a JSON object".into()));
+            }
+            if parsed.to_string().contains("\\u0000") {
+                return Err(bad("metadata", "must not contain NUL characters".into()));
             }
             common.metadata = Some(parsed);
         }

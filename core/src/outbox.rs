@@ -1,4 +1,6 @@
-//! The outbox relay: publishes committed outbox rows to Kafka, then marks them sent.
+//! The transactional outbox: services insert events in the same PostgreSQL transaction as the
+//! rows they describe ([`enqueue`]); the relay publishes committed rows to Kafka, then marks them
+//! sent. Every service process that writes outbox rows runs a relay.
 //!
 //! Rows are claimed with `FOR UPDATE SKIP LOCKED`, so several relays (several ingest processes)
 //! never publish the same row at once. A relay killed between publishing and marking rolls its
@@ -7,10 +9,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::{Context, Shutdown};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use rdkafka::producer::FutureRecord;
-use sluice_core::{Context, Shutdown};
 use uuid::Uuid;
 
 /// How long a relay waits before looking again when the outbox is empty.
@@ -22,7 +24,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error("database: {0}")]
-    Db(#[from] sluice_core::db::DbError),
+    Db(#[from] crate::db::DbError),
     #[error("kafka: {failed} of {total} events not acknowledged: {first}")]
     Kafka { failed: usize, total: usize, first: String },
 }
@@ -37,6 +39,24 @@ impl From<deadpool_postgres::PoolError> for RelayError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
         Self::Db(err.into())
     }
+}
+
+/// Adds an event to the outbox inside the caller's transaction (or as one statement).
+pub async fn enqueue<C, T>(
+    client: &C,
+    topic: &crate::topics::TopicName,
+    key: &str,
+    event: &crate::events::Envelope<T>,
+) -> Result<(), RelayError>
+where
+    C: deadpool_postgres::GenericClient,
+    T: crate::events::Event,
+{
+    let payload = serde_json::to_value(event).expect("events serialise");
+    let statement =
+        client.prepare_cached("INSERT INTO outbox (id, topic, key, payload) VALUES ($1, $2, $3, $4)").await?;
+    client.execute(&statement, &[&event.event_id, &topic.as_str(), &key, &payload]).await?;
+    Ok(())
 }
 
 /// Runs until `shutdown`, publishing batches as they appear.
@@ -62,7 +82,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
             last_prune = Instant::now();
         }
         let wait = match publish_batch(&ctx).await {
-            Ok(n) if n as i64 >= ctx.config.ingest.outbox_batch => {
+            Ok(n) if n as i64 >= ctx.config.outbox.batch => {
                 backoff = IDLE_POLL;
                 continue;
             }
@@ -88,7 +108,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
 /// Returns how many rows were claimed.
 pub async fn publish_batch(ctx: &Context) -> Result<usize, RelayError> {
     let mut client = ctx.db.get().await?;
-    let Some(claimed) = Claimed::claim(&mut client, ctx.config.ingest.outbox_batch).await? else {
+    let Some(claimed) = Claimed::claim(&mut client, ctx.config.outbox.batch).await? else {
         return Ok(0);
     };
     let total = claimed.events.len();

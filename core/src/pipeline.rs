@@ -1,0 +1,170 @@
+//! The preprocessing contract: a dataset's pipeline spec (versioned by content hash), the S3
+//! layout of processed outputs, and the `media.processed` / `media.dlq` events.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::{domain::Invalid, events::Event};
+
+/// How an image is brought to the target size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fit {
+    /// Scale to cover the target, then crop the centre.
+    Cover,
+    /// Scale to fit inside the target, then pad with black.
+    Contain,
+    /// Stretch to the target, ignoring the aspect ratio.
+    Fill,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Rgb,
+    Gray,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    Png,
+}
+
+/// Which video frames are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VideoSampling {
+    /// Frames per second sampled (ignored when `keyframes` is set).
+    pub fps: f64,
+    /// At most this many frames per video.
+    pub max_frames: u32,
+    /// Keep only key frames instead of sampling at `fps`.
+    #[serde(default)]
+    pub keyframes: bool,
+}
+
+/// What preprocess makes of every item of a dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSpec {
+    pub width: u32,
+    pub height: u32,
+    pub fit: Fit,
+    pub color: Color,
+    pub format: OutputFormat,
+    pub video: VideoSampling,
+}
+
+impl Default for PipelineSpec {
+    /// 64×64, cover, RGB, PNG; video at 1 fps, at most 32 frames.
+    fn default() -> Self {
+        Self {
+            width: 64,
+            height: 64,
+            fit: Fit::Cover,
+            color: Color::Rgb,
+            format: OutputFormat::Png,
+            video: VideoSampling { fps: 1.0, max_frames: 32, keyframes: false },
+        }
+    }
+}
+
+impl PipelineSpec {
+    /// Largest output side accepted.
+    pub const MAX_SIDE: u32 = 4096;
+
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let side = 1..=Self::MAX_SIDE;
+        if !side.contains(&self.width) || !side.contains(&self.height) {
+            return Err(Invalid(format!("width and height must be between 1 and {}", Self::MAX_SIDE)));
+        }
+        if !(self.video.fps > 0.0 && self.video.fps <= 60.0) {
+            return Err(Invalid("video.fps must be above 0 and at most 60".into()));
+        }
+        if !(1..=1000).contains(&self.video.max_frames) {
+            return Err(Invalid("video.max_frames must be between 1 and 1000".into()));
+        }
+        Ok(())
+    }
+
+    /// The spec's version: the first 16 hex digits of the SHA-256 of its canonical JSON.
+    pub fn hash(&self) -> String {
+        let canonical = serde_json::to_vec(self).expect("specs serialise");
+        hex::encode(Sha256::digest(canonical))[..16].to_owned()
+    }
+}
+
+/// `processed/<dataset>/<spec hash>/<media id>/<frame index>.png`: one key per
+/// (media, spec, frame), so a redelivered event overwrites the same objects.
+pub fn output_key(dataset: &str, spec_hash: &str, media_id: Uuid, frame_index: u32) -> String {
+    format!("processed/{dataset}/{spec_hash}/{media_id}/{frame_index:05}.png")
+}
+
+/// One processed output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub key: String,
+    pub width: u32,
+    pub height: u32,
+    pub frame_index: u32,
+    /// Position in the video; `None` for images.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// A media item became training-ready data under a spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaProcessed {
+    pub media_id: Uuid,
+    pub dataset: String,
+    pub label: Option<String>,
+    pub kind: String,
+    pub spec_hash: String,
+    pub outputs: Vec<Output>,
+}
+
+impl Event for MediaProcessed {
+    const TYPE: &'static str = "media.processed";
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+/// A media item that can never be processed, with the reason (on `media.dlq`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MediaFailed {
+    pub media_id: Option<Uuid>,
+    pub dataset: Option<String>,
+    pub reason: String,
+    /// The offending message's topic, partition and offset.
+    pub source: String,
+}
+
+impl Event for MediaFailed {
+    const TYPE: &'static str = "media.failed";
+    const SCHEMA_VERSION: u32 = 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_changes_with_the_spec_and_only_then() {
+        let a = PipelineSpec::default();
+        let mut b = a.clone();
+        assert_eq!(a.hash(), b.hash());
+        b.width = 128;
+        assert_ne!(a.hash(), b.hash());
+        assert_eq!(a.hash().len(), 16);
+    }
+
+    #[test]
+    fn refuses_sizes_and_rates_out_of_range() {
+        let mut spec = PipelineSpec { width: 0, ..PipelineSpec::default() };
+        assert!(spec.validate().is_err());
+        spec.width = 64;
+        spec.video.fps = 0.0;
+        assert!(spec.validate().is_err());
+        assert!(PipelineSpec::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,223 @@
+//! Images: decode with explicit limits, honour EXIF orientation, convert colour types, resize
+//! with a quality filter (SIMD, `fast_image_resize`), encode PNG. Pure CPU work: callers run it
+//! on the blocking pool.
+
+use std::{io::Cursor, time::Instant};
+
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::{
+    DynamicImage, GrayImage, ImageDecoder, ImageReader, Limits, RgbImage,
+    codecs::png::{CompressionType, PngEncoder},
+};
+use sluice_core::pipeline::{Color, Fit, PipelineSpec};
+
+/// Why an image can never be processed (a poison input).
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot decode the image: {0}")]
+    Decode(String),
+    #[error("cannot resize the image: {0}")]
+    Resize(String),
+}
+
+/// A decoded, oriented image in the spec's colour space.
+#[derive(Debug)]
+pub enum Pixels {
+    Rgb(RgbImage),
+    Gray(GrayImage),
+}
+
+impl Pixels {
+    pub fn dimensions(&self) -> (u32, u32) {
+        match self {
+            Pixels::Rgb(img) => img.dimensions(),
+            Pixels::Gray(img) => img.dimensions(),
+        }
+    }
+}
+
+/// Decodes `bytes` within `max_pixels` and a memory budget, applies the EXIF orientation and
+/// converts to the spec's colour: alpha is composited over black, 16-bit and palette images are
+/// reduced to 8-bit, CMYK JPEGs are converted by the decoder.
+pub fn decode(bytes: &[u8], color: Color, max_pixels: u64) -> Result<Pixels, ImageError> {
+    let started = Instant::now();
+    let decode_err = |e: image::ImageError| ImageError::Decode(e.to_string());
+    let mut reader =
+        ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| ImageError::Decode(e.to_string()))?;
+    let side = u32::try_from(max_pixels.min(u64::from(u32::MAX))).unwrap_or(u32::MAX);
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some((max_pixels * 8).max(64 * 1024 * 1024));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let (width, height) = decoder.dimensions();
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(ImageError::Decode(format!("{width}×{height} is over the {max_pixels}-pixel limit")));
+    }
+    let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    img.apply_orientation(orientation);
+    metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "decode")
+        .record(started.elapsed().as_secs_f64());
+    Ok(match color {
+        Color::Rgb => Pixels::Rgb(over_black(img)),
+        Color::Gray => Pixels::Gray(DynamicImage::ImageRgb8(over_black(img)).to_luma8()),
+    })
+}
+
+/// Drops alpha by compositing over black (so transparent areas do not keep stray colours).
+fn over_black(img: DynamicImage) -> RgbImage {
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
+    }
+    let rgba = img.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    RgbImage::from_fn(w, h, |x, y| {
+        let p = rgba.get_pixel(x, y).0;
+        let a = u16::from(p[3]);
+        let scale = |c: u8| ((u16::from(c) * a + 127) / 255) as u8;
+        image::Rgb([scale(p[0]), scale(p[1]), scale(p[2])])
+    })
+}
+
+/// Resizes to the spec's size and fit with a Lanczos3 convolution.
+pub fn resize(pixels: &Pixels, spec: &PipelineSpec) -> Result<Pixels, ImageError> {
+    let started = Instant::now();
+    let (tw, th) = (spec.width, spec.height);
+    let (sw, sh) = pixels.dimensions();
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    let options = match spec.fit {
+        Fit::Cover => options.fit_into_destination(Some((0.5, 0.5))),
+        Fit::Fill | Fit::Contain => options,
+    };
+    // For `contain`, resize into the largest box of the source's aspect ratio, then pad.
+    let (rw, rh) = match spec.fit {
+        Fit::Contain => {
+            let scale = (f64::from(tw) / f64::from(sw)).min(f64::from(th) / f64::from(sh));
+            (
+                ((f64::from(sw) * scale).round() as u32).clamp(1, tw),
+                ((f64::from(sh) * scale).round() as u32).clamp(1, th),
+            )
+        }
+        _ => (tw, th),
+    };
+    let mut resizer = Resizer::new();
+    let resize_err = |e: fast_image_resize::ResizeError| ImageError::Resize(e.to_string());
+    let resized = match pixels {
+        Pixels::Rgb(src) => {
+            let mut dst = RgbImage::new(rw, rh);
+            resizer.resize(src, &mut dst, &options).map_err(resize_err)?;
+            Pixels::Rgb(pad(dst, tw, th))
+        }
+        Pixels::Gray(src) => {
+            let mut dst = GrayImage::new(rw, rh);
+            resizer.resize(src, &mut dst, &options).map_err(resize_err)?;
+            Pixels::Gray(pad(dst, tw, th))
+        }
+    };
+    metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "resize")
+        .record(started.elapsed().as_secs_f64());
+    Ok(resized)
+}
+
+/// Centres `img` on a black canvas of `w`×`h` (a no-op when it already has that size).
+fn pad<P: image::Pixel<Subpixel = u8>>(
+    img: image::ImageBuffer<P, Vec<u8>>,
+    w: u32,
+    h: u32,
+) -> image::ImageBuffer<P, Vec<u8>> {
+    if img.dimensions() == (w, h) {
+        return img;
+    }
+    let mut canvas = image::ImageBuffer::<P, Vec<u8>>::new(w, h);
+    let (x, y) = ((w - img.width()) / 2, (h - img.height()) / 2);
+    image::imageops::replace(&mut canvas, &img, i64::from(x), i64::from(y));
+    canvas
+}
+
+/// Encodes as PNG (fast compression: outputs are small and written once).
+pub fn encode_png(pixels: &Pixels) -> Vec<u8> {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let encoder =
+        PngEncoder::new_with_quality(&mut out, CompressionType::Fast, image::codecs::png::FilterType::Adaptive);
+    let result = match pixels {
+        Pixels::Rgb(img) => img.write_with_encoder(encoder),
+        Pixels::Gray(img) => img.write_with_encoder(encoder),
+    };
+    result.expect("PNG encoding into memory cannot fail");
+    metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "encode")
+        .record(started.elapsed().as_secs_f64());
+    out
+}
+
+/// Decode, resize and encode one image: the whole CPU path.
+pub fn process(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Result<(Vec<u8>, u32, u32), ImageError> {
+    let decoded = decode(bytes, spec.color, max_pixels)?;
+    let resized = resize(&decoded, spec)?;
+    let (w, h) = resized.dimensions();
+    Ok((encode_png(&resized), w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encoded(img: DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).expect("encode");
+        out.into_inner()
+    }
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, 128]))
+    }
+
+    /// PSNR in dB between two same-sized 8-bit buffers.
+    fn psnr(a: &[u8], b: &[u8]) -> f64 {
+        let mse: f64 =
+            a.iter().zip(b).map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2)).sum::<f64>() / a.len() as f64;
+        if mse == 0.0 { f64::INFINITY } else { 10.0 * (255.0 * 255.0 / mse).log10() }
+    }
+
+    #[test]
+    fn every_fit_yields_the_spec_size_and_matches_a_reference_resize() {
+        let source = gradient(640, 360);
+        let png = encoded(DynamicImage::ImageRgb8(source.clone()), image::ImageFormat::Png);
+        for fit in [Fit::Cover, Fit::Contain, Fit::Fill] {
+            let spec = PipelineSpec { width: 64, height: 48, fit, ..PipelineSpec::default() };
+            let (out, w, h) = process(&png, &spec, 50_000_000).expect("process");
+            assert_eq!((w, h), (64, 48), "{fit:?}");
+            let decoded = image::load_from_memory(&out).expect("valid PNG").to_rgb8();
+            assert_eq!(decoded.dimensions(), (64, 48));
+            if fit == Fit::Fill {
+                let reference = image::imageops::resize(&source, 64, 48, image::imageops::FilterType::Lanczos3);
+                let quality = psnr(decoded.as_raw(), reference.as_raw());
+                assert!(quality >= 35.0, "PSNR {quality:.1} dB against a full-decode Lanczos resize");
+            }
+        }
+    }
+
+    #[test]
+    fn gray_alpha_and_sixteen_bit_inputs_convert() {
+        let rgba = image::RgbaImage::from_fn(50, 40, |x, _| image::Rgba([200, 100, 50, if x < 25 { 0 } else { 255 }]));
+        let png = encoded(DynamicImage::ImageRgba8(rgba), image::ImageFormat::Png);
+        let spec = PipelineSpec { width: 10, height: 8, fit: Fit::Fill, ..PipelineSpec::default() };
+        let (out, ..) = process(&png, &spec, 50_000_000).expect("rgba");
+        let decoded = image::load_from_memory(&out).expect("png").to_rgb8();
+        assert_eq!(decoded.get_pixel(0, 4).0, [0, 0, 0], "transparent areas become black");
+        let wide = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(30, 30, |_, _| image::Rgb([65535, 0, 32768]));
+        let png16 = encoded(DynamicImage::ImageRgb16(wide), image::ImageFormat::Png);
+        let gray = PipelineSpec { color: Color::Gray, ..spec };
+        let (out, ..) = process(&png16, &gray, 50_000_000).expect("16-bit");
+        assert_eq!(image::load_from_memory(&out).expect("png").color(), image::ColorType::L8);
+    }
+
+    #[test]
+    fn undecodable_and_oversized_images_are_errors() {
+        assert!(process(b"\x89PNG\r\n\x1a\nnot really", &PipelineSpec::default(), 50_000_000).is_err());
+        let png = encoded(DynamicImage::ImageRgb8(gradient(100, 100)), image::ImageFormat::Png);
+        assert!(process(&png, &PipelineSpec::default(), 5_000).is_err());
+    }
+}

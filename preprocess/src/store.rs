@@ -1,0 +1,197 @@
+//! PostgreSQL state of preprocessing: specs, media status, outputs, and the events that go
+//! with them through the outbox.
+
+use serde_json::Value;
+use sluice_core::{
+    Context,
+    db::DbError,
+    events::Envelope,
+    media::MediaIngested,
+    outbox,
+    pipeline::{MediaFailed, MediaProcessed, Output, PipelineSpec},
+    topics::Topic,
+};
+use uuid::Uuid;
+
+/// A failure of PostgreSQL (transient: retried).
+#[derive(Debug, thiserror::Error)]
+#[error("database: {0}")]
+pub struct StoreError(String);
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Self(sluice_core::s3::error_chain(&err))
+    }
+}
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self(err.to_string())
+    }
+}
+impl From<outbox::RelayError> for StoreError {
+    fn from(err: outbox::RelayError) -> Self {
+        Self(err.to_string())
+    }
+}
+impl From<DbError> for StoreError {
+    fn from(err: DbError) -> Self {
+        Self(err.to_string())
+    }
+}
+
+/// The dataset's spec, or the default when none was set.
+pub async fn spec(ctx: &Context, dataset: &str) -> Result<PipelineSpec, StoreError> {
+    let client = ctx.db.get().await?;
+    let statement = client.prepare_cached("SELECT spec FROM pipelines WHERE dataset = $1").await?;
+    Ok(match client.query_opt(&statement, &[&dataset]).await? {
+        Some(row) => serde_json::from_value(row.get::<_, Value>(0)).unwrap_or_default(),
+        None => PipelineSpec::default(),
+    })
+}
+
+/// Sets a dataset's spec (creating the dataset if it has no media yet).
+pub async fn put_spec(ctx: &Context, dataset: &str, spec: &PipelineSpec) -> Result<(), StoreError> {
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute("INSERT INTO datasets (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&dataset]).await?;
+    let json = serde_json::to_value(spec).expect("specs serialise");
+    tx.execute(
+        "INSERT INTO pipelines (dataset, spec, spec_hash) VALUES ($1, $2, $3)
+         ON CONFLICT (dataset) DO UPDATE SET spec = $2, spec_hash = $3, updated_at = now()",
+        &[&dataset, &json, &spec.hash()],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `(status, spec hash)` of a media item, or `None` when it does not exist.
+pub async fn state(ctx: &Context, id: Uuid) -> Result<Option<(String, Option<String>)>, StoreError> {
+    let client = ctx.db.get().await?;
+    let statement = client.prepare_cached("SELECT status, spec_hash FROM media WHERE id = $1").await?;
+    Ok(client.query_opt(&statement, &[&id]).await?.map(|row| (row.get(0), row.get(1))))
+}
+
+pub async fn mark_processing(ctx: &Context, id: Uuid) -> Result<(), StoreError> {
+    let client = ctx.db.get().await?;
+    let statement = client
+        .prepare_cached(
+            "UPDATE media SET status = 'processing', updated_at = now() WHERE id = $1 AND status <> 'processed'",
+        )
+        .await?;
+    client.execute(&statement, &[&id]).await?;
+    Ok(())
+}
+
+/// Records the outputs (upserts on the natural key), marks the item processed under `spec_hash`
+/// and enqueues `media.processed`, in one transaction.
+pub async fn finish(
+    ctx: &Context,
+    item: &MediaIngested,
+    spec_hash: &str,
+    outputs: &[Output],
+    duration_ms: i64,
+) -> Result<(), StoreError> {
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let upsert = tx
+        .prepare_cached(
+            "INSERT INTO media_outputs (media_id, key, width, height, frame_index, timestamp_ms, spec_hash, duration_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (media_id, key) DO UPDATE SET width = $3, height = $4, timestamp_ms = $6, duration_ms = $8",
+        )
+        .await?;
+    for output in outputs {
+        let (w, h, f) = (output.width as i32, output.height as i32, output.frame_index as i32);
+        tx.execute(&upsert, &[&item.media_id, &output.key, &w, &h, &f, &output.timestamp_ms, &spec_hash, &duration_ms])
+            .await?;
+    }
+    tx.execute(
+        "UPDATE media SET status = 'processed', spec_hash = $2, error = NULL, processed_at = now(), updated_at = now()
+         WHERE id = $1",
+        &[&item.media_id, &spec_hash],
+    )
+    .await?;
+    let event = Envelope::new(MediaProcessed {
+        media_id: item.media_id,
+        dataset: item.dataset.clone(),
+        label: item.label.clone(),
+        kind: item.kind.clone(),
+        spec_hash: spec_hash.to_owned(),
+        outputs: outputs.to_vec(),
+    });
+    outbox::enqueue(&tx, &ctx.topic(Topic::MediaProcessed), &item.media_id.to_string(), &event).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Marks an item failed with `reason` (when it is known) and sends the event to `media.dlq`.
+pub async fn fail(ctx: &Context, failed: MediaFailed) -> Result<(), StoreError> {
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    if let Some(id) = failed.media_id {
+        tx.execute(
+            "UPDATE media SET status = 'failed', error = $2, updated_at = now() WHERE id = $1",
+            &[&id, &failed.reason],
+        )
+        .await?;
+    }
+    let key = failed.media_id.map_or_else(|| failed.source.clone(), |id| id.to_string());
+    outbox::enqueue(&tx, &ctx.topic(Topic::MediaDlq), &key, &Envelope::new(failed)).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Enqueues `media.ingested` again for items matching `filter` (a WHERE clause over `media`
+/// with `$1` bound to `param`); returns how many.
+async fn reenqueue(
+    ctx: &Context,
+    filter: &str,
+    param: &(dyn tokio_postgres::types::ToSql + Sync),
+) -> Result<u64, StoreError> {
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let rows = tx
+        .query(
+            &format!(
+                "UPDATE media SET updated_at = now() WHERE {filter}
+                 RETURNING id, dataset, label, kind, content_type, raw_key, bytes, sha256, width, height"
+            ),
+            &[param],
+        )
+        .await?;
+    let topic = ctx.topic(Topic::MediaIngested);
+    for row in &rows {
+        let event = Envelope::new(MediaIngested {
+            media_id: row.get(0),
+            dataset: row.get(1),
+            label: row.get(2),
+            kind: row.get(3),
+            content_type: row.get(4),
+            raw_key: row.get(5),
+            bytes: row.get(6),
+            sha256: row.get(7),
+            width: row.get(8),
+            height: row.get(9),
+        });
+        outbox::enqueue(&tx, &topic, &event.data.media_id.to_string(), &event).await?;
+    }
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
+/// Re-enqueues items stuck in `accepted` or `processing` for longer than `older_than_secs`
+/// (covers a broker that lost messages, or a worker that died mid-item before redelivery).
+pub async fn reconcile(ctx: &Context, older_than_secs: f64) -> Result<u64, StoreError> {
+    reenqueue(
+        ctx,
+        "status IN ('accepted', 'processing') AND updated_at < now() - make_interval(secs => $1)",
+        &older_than_secs,
+    )
+    .await
+}
+
+/// Re-runs the dataset's current spec over every item of the dataset.
+pub async fn reprocess(ctx: &Context, dataset: &str) -> Result<u64, StoreError> {
+    reenqueue(ctx, "dataset = $1", &dataset).await
+}

@@ -1,0 +1,304 @@
+//! The `media.ingested` consumer: exactly-once effects over at-least-once delivery.
+//!
+//! Messages are taken in small batches and processed concurrently; a batch's offsets are stored
+//! only when every item in it is durable (outputs in S3, rows committed) or recorded as failed,
+//! so a crash or rebalance replays at most the unfinished batch, and replays change nothing
+//! (outputs are keyed by media, spec and frame; rows are upserts; finished items are skipped).
+//! Transient failures (S3 or PostgreSQL away) retry with backoff without advancing the offset.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, future::join_all};
+use rdkafka::{
+    Message,
+    consumer::{CommitMode, Consumer},
+    message::BorrowedMessage,
+};
+use sluice_core::{
+    Context, Shutdown,
+    events::Envelope,
+    kafka::{self, SluiceConsumer},
+    media::MediaIngested,
+    pipeline::{MediaFailed, Output, output_key},
+    s3::S3Error,
+    topics::Topic,
+};
+
+use crate::{imaging, store, video};
+
+/// How a step failed.
+#[derive(Debug)]
+enum Failure {
+    /// The input can never be processed: record it as failed and move on.
+    Poison(String),
+    /// A dependency is away: retry later, do not advance.
+    Transient(String),
+}
+
+impl From<store::StoreError> for Failure {
+    fn from(err: store::StoreError) -> Self {
+        Failure::Transient(err.to_string())
+    }
+}
+
+/// Runs the consumer until `shutdown`, recreating it after Kafka errors.
+pub async fn run(ctx: Context, shutdown: Shutdown) {
+    while !shutdown.is_cancelled() {
+        if let Err(err) = consume(&ctx, &shutdown).await {
+            tracing::warn!(error = %err, "preprocess consumer failed; restarting in 2 s");
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+}
+
+async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {
+    let consumer = Arc::new(kafka::consumer(&ctx.config.kafka, &ctx.config.preprocess.group_id)?);
+    let topic = ctx.topic(Topic::MediaIngested);
+    consumer.subscribe(&[topic.as_str()])?;
+    let lag = tokio::spawn(report_lag(consumer.clone(), topic.to_string(), ctx.config.preprocess.group_id.clone()));
+    let mut stream = consumer.stream();
+    let concurrency = ctx.config.preprocess.concurrency;
+    let result = loop {
+        let first = tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            next = stream.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => break Err(err),
+                None => break Ok(()),
+            },
+        };
+        let mut batch = vec![first];
+        while batch.len() < concurrency {
+            match tokio::time::timeout(Duration::from_millis(5), stream.next()).await {
+                Ok(Some(Ok(message))) => batch.push(message),
+                _ => break,
+            }
+        }
+        let done = join_all(batch.iter().map(|m| handle(ctx, m, shutdown))).await;
+        if done.iter().all(|d| *d) {
+            for message in &batch {
+                consumer.store_offset_from_message(message)?;
+            }
+        } else {
+            // Shutting down mid-retry: store nothing of this batch; it is redelivered.
+            break Ok(());
+        }
+    };
+    lag.abort();
+    drop(stream);
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(err) => tracing::warn!(error = %err, "final commit failed"),
+    }
+    result
+}
+
+/// Processes one message to a durable end; `false` only when shutdown interrupted its retries.
+async fn handle(ctx: &Context, message: &BorrowedMessage<'_>, shutdown: &Shutdown) -> bool {
+    let source = format!("{}/{}/{}", message.topic(), message.partition(), message.offset());
+    let event = match Envelope::<MediaIngested>::decode(message.payload().unwrap_or_default()) {
+        Ok(envelope) => envelope.data,
+        Err(err) => {
+            let failed = MediaFailed { media_id: None, dataset: None, reason: err.to_string(), source };
+            return record_failure(ctx, failed, "undecodable_event", "unknown", shutdown).await;
+        }
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = Instant::now();
+        match process(ctx, &event).await {
+            Ok(()) => {
+                metrics::histogram!("sluice_preprocess_item_duration_seconds", "kind" => event.kind.clone())
+                    .record(started.elapsed().as_secs_f64());
+                return true;
+            }
+            Err(Failure::Poison(reason)) => {
+                tracing::info!(media = %event.media_id, %reason, "media failed preprocessing");
+                let failed = MediaFailed {
+                    media_id: Some(event.media_id),
+                    dataset: Some(event.dataset.clone()),
+                    reason,
+                    source: source.clone(),
+                };
+                return record_failure(ctx, failed, "undecodable_media", &event.kind, shutdown).await;
+            }
+            Err(Failure::Transient(reason)) => {
+                tracing::warn!(media = %event.media_id, %reason, retry_in = ?backoff, "transient failure; retrying");
+                metrics::counter!("sluice_preprocess_retries_total").increment(1);
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn record_failure(
+    ctx: &Context,
+    failed: MediaFailed,
+    reason: &'static str,
+    kind: &str,
+    shutdown: &Shutdown,
+) -> bool {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match store::fail(ctx, failed.clone()).await {
+            Ok(()) => {
+                metrics::counter!("sluice_preprocess_failed_total", "kind" => kind.to_owned(), "reason" => reason)
+                    .increment(1);
+                return true;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not record a failure; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// One item: skip when already processed under the current spec, else fetch, transform, store.
+async fn process(ctx: &Context, item: &MediaIngested) -> Result<(), Failure> {
+    let spec = store::spec(ctx, &item.dataset).await?;
+    let spec_hash = spec.hash();
+    match store::state(ctx, item.media_id).await? {
+        None => {
+            tracing::warn!(media = %item.media_id, "event for unknown media; skipping");
+            return Ok(());
+        }
+        Some((status, hash)) if status == "processed" && hash.as_deref() == Some(spec_hash.as_str()) => {
+            return Ok(());
+        }
+        Some(_) => {}
+    }
+    store::mark_processing(ctx, item.media_id).await?;
+    let started = Instant::now();
+    let fetch_started = Instant::now();
+    let object = ctx.s3.get_object().bucket(&ctx.config.s3.bucket).key(&item.raw_key).send().await.map_err(|e| {
+        let err = S3Error::from_sdk("GetObject", e);
+        if err.code() == Some("NoSuchKey") {
+            Failure::Poison(format!("the raw object {} is missing", item.raw_key))
+        } else {
+            Failure::Transient(err.to_string())
+        }
+    })?;
+    let bytes = object.body.collect().await.map_err(|e| Failure::Transient(e.to_string()))?.into_bytes();
+    metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "fetch")
+        .record(fetch_started.elapsed().as_secs_f64());
+
+    // Animated GIFs are sampled like videos; a still GIF (no frame duration) is an image.
+    let mut outputs = Vec::new();
+    if item.kind == "video" || item.content_type == "image/gif" {
+        outputs = sample_frames(ctx, item, &spec, &spec_hash, &bytes).await?;
+        if outputs.is_empty() && item.kind == "video" {
+            return Err(Failure::Poison(video::VideoError::NoFrames.to_string()));
+        }
+    }
+    if outputs.is_empty() {
+        let max_pixels = ctx.config.ingest.max_image_pixels;
+        let job_spec = spec.clone();
+        let (png, width, height) = tokio::task::spawn_blocking(move || imaging::process(&bytes, &job_spec, max_pixels))
+            .await
+            .map_err(|e| Failure::Transient(e.to_string()))?
+            .map_err(|e| Failure::Poison(e.to_string()))?;
+        let output = Output {
+            key: output_key(&item.dataset, &spec_hash, item.media_id, 0),
+            width,
+            height,
+            frame_index: 0,
+            timestamp_ms: None,
+        };
+        outputs.push((output, png));
+    }
+
+    let store_started = Instant::now();
+    for (output, png) in &outputs {
+        ctx.s3
+            .put_object()
+            .bucket(&ctx.config.s3.bucket)
+            .key(&output.key)
+            .content_type("image/png")
+            .body(png.clone().into())
+            .send()
+            .await
+            .map_err(|e| Failure::Transient(S3Error::from_sdk("PutObject", e).to_string()))?;
+    }
+    let outputs: Vec<Output> = outputs.into_iter().map(|(o, _)| o).collect();
+    store::finish(ctx, item, &spec_hash, &outputs, started.elapsed().as_millis() as i64).await?;
+    metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "store")
+        .record(store_started.elapsed().as_secs_f64());
+    metrics::counter!("sluice_preprocess_processed_total", "kind" => item.kind.clone()).increment(1);
+    Ok(())
+}
+
+/// Samples a video's frames with ffmpeg, from a temporary copy of the object; empty when ffmpeg
+/// finds no frame to sample (a still GIF).
+async fn sample_frames(
+    ctx: &Context,
+    item: &MediaIngested,
+    spec: &sluice_core::pipeline::PipelineSpec,
+    spec_hash: &str,
+    bytes: &[u8],
+) -> Result<Vec<(Output, Vec<u8>)>, Failure> {
+    let dir = tempfile::tempdir().map_err(|e| Failure::Transient(e.to_string()))?;
+    let input = dir.path().join("input");
+    tokio::fs::write(&input, bytes).await.map_err(|e| Failure::Transient(e.to_string()))?;
+    let config = &ctx.config.preprocess;
+    let frames = match video::extract(&input, spec, config.ffmpeg_timeout_secs, config.ffmpeg_memory_mib).await {
+        Ok(frames) => frames,
+        Err(video::VideoError::NoFrames) => Vec::new(),
+        Err(err) => return Err(Failure::Poison(err.to_string())),
+    };
+    Ok(frames
+        .into_iter()
+        .map(|frame| {
+            let output = Output {
+                key: output_key(&item.dataset, spec_hash, item.media_id, frame.index),
+                width: spec.width,
+                height: spec.height,
+                frame_index: frame.index,
+                timestamp_ms: Some(frame.timestamp_ms),
+            };
+            (output, frame.png)
+        })
+        .collect())
+}
+
+/// Exports `sluice_consumer_lag{group,topic,partition}` every 10 s: high watermark minus the
+/// group's committed offset.
+async fn report_lag(consumer: Arc<SluiceConsumer>, topic: String, group: String) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let consumer = consumer.clone();
+        let name = topic.clone();
+        let lags = tokio::task::spawn_blocking(move || {
+            let assignment = consumer.assignment().ok()?;
+            let committed = consumer.committed_offsets(assignment, Duration::from_secs(5)).ok()?;
+            let mut lags = Vec::new();
+            for element in committed.elements() {
+                let (_, high) = consumer.fetch_watermarks(&name, element.partition(), Duration::from_secs(5)).ok()?;
+                let at = element.offset().to_raw().unwrap_or(0).max(0);
+                lags.push((element.partition(), (high - at).max(0)));
+            }
+            Some(lags)
+        })
+        .await
+        .ok()
+        .flatten();
+        for (partition, lag) in lags.unwrap_or_default() {
+            metrics::gauge!("sluice_consumer_lag", "group" => group.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
+                .set(lag as f64);
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Preprocess end to end: uploads through ingest become outputs in S3 and PostgreSQL.
+
+use std::{io::Cursor, process::Command, time::Duration};
+
+use serde_json::Value;
+use sluice_core::topics::Topic;
+use sluice_testkit::{TestEnv, eventually};
+
+use crate::{
+    ingest::{jpeg, png, post_raw},
+    support::{RunningApp, json_of, read_topic},
+};
+
+async fn put_pipeline(app: &RunningApp, dataset: &str, spec: Value) -> Value {
+    let response = app
+        .http
+        .put(app.url(&format!("/v1/datasets/{dataset}/pipeline")))
+        .bearer_auth(&app.admin_token)
+        .json(&spec)
+        .send()
+        .await
+        .expect("put pipeline");
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn media(app: &RunningApp, id: &str) -> Value {
+    json_of(app.http.get(app.url(&format!("/v1/media/{id}"))).bearer_auth(&app.admin_token).send().await.expect("get"))
+        .await
+        .1
+}
+
+/// Waits until the item leaves `accepted`/`processing` and returns it.
+async fn settled(app: &RunningApp, id: &str) -> Value {
+    eventually(Duration::from_secs(60), &format!("{id} to be processed or failed"), || async {
+        let item = media(app, id).await;
+        matches!(item["status"].as_str(), Some("processed" | "failed")).then_some(item)
+    })
+    .await
+}
+
+fn encode(img: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = Cursor::new(Vec::new());
+    img.write_to(&mut out, format).expect("encode");
+    out.into_inner()
+}
+
+async fn upload(app: &RunningApp, dataset: &str, content_type: &str, body: Vec<u8>) -> String {
+    let (status, answer) = post_raw(app, &format!("?dataset={dataset}"), content_type, body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["items"][0]["id"].as_str().expect("id").to_owned()
+}
+
+async fn object(app: &RunningApp, key: &str) -> Vec<u8> {
+    let got = app.ctx.s3.get_object().bucket(&app.ctx.config.s3.bucket).key(key).send().await.expect("output object");
+    got.body.collect().await.expect("read").into_bytes().to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_of_every_kind_come_out_at_the_spec_size() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    let spec = put_pipeline(&app, "pics", serde_json::json!({"width": 32, "height": 24, "fit": "contain"})).await;
+    assert_eq!(spec["spec"]["video"]["max_frames"], 32, "unspecified fields keep their defaults: {spec}");
+    let rgba = image::RgbaImage::from_fn(90, 60, |x, y| image::Rgba([x as u8, y as u8, 9, 200]));
+    let gray16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(70, 70, |x, _| image::Luma([x as u16 * 900]));
+    let inputs = vec![
+        ("image/png", png(100, 50, 1)),
+        ("image/jpeg", jpeg(80, 80, 2)),
+        ("image/png", encode(image::DynamicImage::ImageRgba8(rgba.clone()), image::ImageFormat::Png)),
+        ("image/png", encode(image::DynamicImage::ImageLuma16(gray16), image::ImageFormat::Png)),
+        ("image/webp", encode(image::DynamicImage::ImageRgba8(rgba.clone()), image::ImageFormat::WebP)),
+        ("image/gif", encode(image::DynamicImage::ImageRgba8(rgba), image::ImageFormat::Gif)),
+    ];
+    let mut ids = Vec::new();
+    for (content_type, body) in inputs {
+        ids.push((content_type, upload(&app, "pics", content_type, body).await));
+    }
+    for (content_type, id) in ids {
+        let item = settled(&app, &id).await;
+        assert_eq!(item["status"], "processed", "{content_type}: {item}");
+        let output = &item["outputs"][0];
+        assert_eq!((output["width"].as_i64(), output["height"].as_i64()), (Some(32), Some(24)), "{item}");
+        let key = output["key"].as_str().expect("key");
+        assert!(key.starts_with(&format!("processed/pics/{}/{id}/", spec["spec_hash"].as_str().expect("hash"))));
+        let decoded = image::load_from_memory(&object(&app, key).await).expect("output is a PNG");
+        assert_eq!((decoded.width(), decoded.height()), (32, 24));
+    }
+}
+
+fn ffmpeg_clip(dir: &std::path::Path, name: &str, codec_args: &[&str]) -> Vec<u8> {
+    let path = dir.join(name);
+    let status = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-f", "lavfi", "-i", "testsrc=duration=3:size=160x120:rate=10"])
+        .args(codec_args)
+        .arg(&path)
+        .status()
+        .expect("ffmpeg runs (deploy/local/stack.sh installs it)");
+    assert!(status.success());
+    std::fs::read(path).expect("clip")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mp4_and_webm_give_one_frame_per_second_at_their_timestamps() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mp4 = ffmpeg_clip(dir.path(), "clip.mp4", &["-pix_fmt", "yuv420p", "-c:v", "libx264"]);
+    let webm = ffmpeg_clip(dir.path(), "clip.webm", &["-c:v", "libvpx", "-b:v", "200k"]);
+    for (content_type, body) in [("video/mp4", mp4), ("video/webm", webm)] {
+        let id = upload(&app, "clips", content_type, body).await;
+        let item = settled(&app, &id).await;
+        assert_eq!(item["status"], "processed", "{content_type}: {item}");
+        let outputs = item["outputs"].as_array().expect("outputs");
+        let frames: Vec<(i64, i64)> = outputs
+            .iter()
+            .map(|o| (o["frame_index"].as_i64().unwrap_or(-1), o["timestamp_ms"].as_i64().unwrap_or(-1)))
+            .collect();
+        assert_eq!(frames, [(0, 0), (1, 1000), (2, 2000)], "{content_type}: {item}");
+        for output in outputs {
+            let decoded =
+                image::load_from_memory(&object(&app, output["key"].as_str().expect("key")).await).expect("png");
+            assert_eq!((decoded.width(), decoded.height()), (64, 64));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_media_fail_with_a_reason_and_a_dlq_event_while_the_rest_flows() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    // Passes ingest's header and end checks, but the entropy-coded data is noise.
+    let mut corrupt = jpeg(64, 64, 3);
+    let len = corrupt.len();
+    for byte in &mut corrupt[len / 3..len - 2] {
+        *byte = 0xA5;
+    }
+    let mut random_video = vec![0x1A, 0x45, 0xDF, 0xA3];
+    random_video.extend((0..4096).map(|i| (i * 7919 % 251) as u8));
+    let bad_jpeg = upload(&app, "mixed", "image/jpeg", corrupt).await;
+    let bad_video = upload(&app, "mixed", "video/x-matroska", random_video).await;
+    let good = upload(&app, "mixed", "image/png", png(40, 40, 4)).await;
+
+    for id in [&bad_jpeg, &bad_video] {
+        let item = settled(&app, id).await;
+        assert_eq!(item["status"], "failed", "{item}");
+        assert!(item["error"].as_str().is_some_and(|e| e.len() > 10), "a readable reason: {item}");
+    }
+    assert_eq!(settled(&app, &good).await["status"], "processed");
+
+    let dlq = app.ctx.topic(Topic::MediaDlq).to_string();
+    let events = read_topic(&app.ctx.config, &dlq, 2, Duration::from_secs(20)).await;
+    let mut failed: Vec<String> = events.iter().map(|(key, _)| key.clone()).collect();
+    failed.sort();
+    let mut expected = vec![bad_jpeg, bad_video];
+    expected.sort();
+    assert_eq!(failed, expected, "{events:?}");
+    assert!(events.iter().all(|(_, e)| e["data"]["reason"].as_str().is_some_and(|r| !r.is_empty())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivery_changes_nothing_and_reprocess_applies_a_new_spec() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    let id = upload(&app, "again", "image/png", png(50, 50, 5)).await;
+    let first = settled(&app, &id).await;
+    assert_eq!(first["status"], "processed");
+    let outputs = |app: &RunningApp| {
+        let db = app.ctx.db.clone();
+        async move {
+            let n: i64 = db
+                .get()
+                .await
+                .expect("conn")
+                .query_one("SELECT count(*) FROM media_outputs", &[])
+                .await
+                .expect("q")
+                .get(0);
+            n
+        }
+    };
+    assert_eq!(outputs(&app).await, 1);
+
+    // Same spec: re-enqueueing the dataset delivers the event again; nothing changes.
+    let response = app
+        .http
+        .post(app.url("/v1/datasets/again/reprocess"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 202);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(outputs(&app).await, 1, "a redelivered event adds no output");
+    assert_eq!(media(&app, &id).await["processed_at"], first["processed_at"], "and does not re-process");
+
+    // A new spec: reprocess makes outputs under its hash.
+    let spec = put_pipeline(&app, "again", serde_json::json!({"width": 16, "height": 16, "color": "gray"})).await;
+    let response = app
+        .http
+        .post(app.url("/v1/datasets/again/reprocess"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 202);
+    let hash = spec["spec_hash"].as_str().expect("hash").to_owned();
+    eventually(Duration::from_secs(30), "outputs under the new spec", || async {
+        (outputs(&app).await == 2).then_some(())
+    })
+    .await;
+    let item = media(&app, &id).await;
+    let new_output = item["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .find(|o| o["key"].as_str().unwrap_or_default().contains(&hash))
+        .cloned();
+    let new_output = new_output.expect("an output under the new hash");
+    let decoded = image::load_from_memory(&object(&app, new_output["key"].as_str().expect("key")).await).expect("png");
+    assert_eq!((decoded.width(), decoded.height(), decoded.color()), (16, 16, image::ColorType::L8));
+}
