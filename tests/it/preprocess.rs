@@ -8,7 +8,7 @@ use sluice_testkit::{TestEnv, eventually};
 
 use crate::{
     ingest::{jpeg, png, post_raw},
-    support::{RunningApp, json_of, read_topic},
+    support::{RunningApp, json_of, read_topic, sluice_env},
 };
 
 async fn put_pipeline(app: &RunningApp, dataset: &str, spec: Value) -> Value {
@@ -220,4 +220,83 @@ async fn redelivery_changes_nothing_and_reprocess_applies_a_new_spec() {
     let new_output = new_output.expect("an output under the new hash");
     let decoded = image::load_from_memory(&object(&app, new_output["key"].as_str().expect("key")).await).expect("png");
     assert_eq!((decoded.width(), decoded.height(), decoded.color()), (16, 16, image::ColorType::L8));
+}
+
+async fn count(app: &RunningApp, sql: &str) -> i64 {
+    app.ctx.db.get().await.expect("conn").query_one(sql, &[]).await.expect("count").get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_halfway_has_its_partitions_finished_by_the_survivor() {
+    let env = TestEnv::new().await;
+    // Only ingest in this process: the two `sluice serve preprocess` processes are the workers.
+    let app = RunningApp::spawn_services(env.config.clone(), &[sluice::Service::Ingest]).await;
+    let spawn_worker = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
+            command.env_remove(key);
+        }
+        command
+            .args(["serve", "preprocess"])
+            .envs(sluice_env(&env))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn a preprocess worker")
+    };
+    let mut doomed = spawn_worker();
+    let mut survivor = spawn_worker();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let bodies: Vec<Vec<u8>> = (0..500u32)
+        .map(|i| {
+            let img = image::RgbImage::from_fn(24, 24, |x, y| {
+                image::Rgb([(i % 251) as u8, (i / 251) as u8, (x * 10 + y) as u8])
+            });
+            encode(image::DynamicImage::ImageRgb8(img), image::ImageFormat::Png)
+        })
+        .collect();
+    let uploads = futures::stream::iter(bodies.into_iter().map(|body| upload(&app, "bulk", "image/png", body)));
+    let ids: Vec<String> = futures::StreamExt::collect(futures::StreamExt::buffer_unordered(uploads, 16)).await;
+    assert_eq!(ids.len(), 500);
+
+    eventually(Duration::from_secs(60), "about half the items processed", || async {
+        (count(&app, "SELECT count(*) FROM media WHERE status = 'processed'").await >= 150).then_some(())
+    })
+    .await;
+    doomed.kill().expect("SIGKILL one worker");
+    doomed.wait().expect("reap");
+    let processed_at_kill = count(&app, "SELECT count(*) FROM media WHERE status = 'processed'").await;
+
+    eventually(Duration::from_secs(120), "every item processed by the survivor", || async {
+        (count(&app, "SELECT count(*) FROM media WHERE status = 'processed'").await == 500).then_some(())
+    })
+    .await;
+    assert!(survivor.try_wait().expect("status").is_none(), "the survivor kept running");
+    survivor.kill().expect("stop survivor");
+    survivor.wait().expect("reap");
+    assert!(processed_at_kill < 500, "the kill happened mid-run ({processed_at_kill} of 500 done)");
+
+    assert_eq!(count(&app, "SELECT count(*) FROM media_outputs").await, 500, "one output row per item");
+    assert_eq!(count(&app, "SELECT count(DISTINCT key) FROM media_outputs").await, 500);
+    let mut objects = 0;
+    let mut token = None;
+    loop {
+        let page = app
+            .ctx
+            .s3
+            .list_objects_v2()
+            .bucket(&app.ctx.config.s3.bucket)
+            .prefix("processed/bulk/")
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .expect("list outputs");
+        objects += page.contents().len();
+        token = page.next_continuation_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    assert_eq!(objects, 500, "one output object per item");
 }

@@ -57,7 +57,12 @@ pub struct RunningApp {
 
 impl RunningApp {
     pub async fn spawn(config: Config) -> Self {
-        let app = Application::build(config, &Service::ALL).await.expect("application builds");
+        Self::spawn_services(config, &Service::ALL).await
+    }
+
+    /// Runs only `services` (to control exactly which workers exist).
+    pub async fn spawn_services(config: Config, services: &[Service]) -> Self {
+        let app = Application::build(config, services).await.expect("application builds");
         let base_url = format!("http://{}", app.local_addr());
         let ctx = app.context().clone();
         let admin_token = auth::create_token(&ctx.db, "test-admin", &[Scope::Admin]).await.expect("admin token");
@@ -169,4 +174,19 @@ pub async fn through_proxy(env: &TestEnv, cut: Cut) -> (Config, sluice_testkit::
         }
     };
     (config, proxy)
+}
+
+/// The `SLUICE_*` variables that point a `sluice` child process at `env`'s isolated stack slice.
+pub fn sluice_env(env: &TestEnv) -> Vec<(&'static str, String)> {
+    use secrecy::ExposeSecret;
+    vec![
+        ("SLUICE_KAFKA_BROKERS", env.config.kafka.brokers.clone()),
+        ("SLUICE_KAFKA_TOPIC_PREFIX", env.config.kafka.topic_prefix.clone()),
+        ("SLUICE_KAFKA_SESSION_TIMEOUT_MS", env.config.kafka.session_timeout_ms.to_string()),
+        ("SLUICE_S3_ENDPOINT", env.config.s3.endpoint.clone()),
+        ("SLUICE_S3_BUCKET", env.config.s3.bucket.clone()),
+        ("SLUICE_DATABASE_URL", env.config.database.url.expose_secret().to_owned()),
+        ("SLUICE_STATE_DIR", env.config.state_dir.display().to_string()),
+        ("SLUICE_HTTP_ADDR", "127.0.0.1:0".to_owned()),
+    ]
 }
