@@ -8,7 +8,7 @@ use sluice_testkit::{TestEnv, eventually};
 
 use crate::{
     ingest::{jpeg, png, post_raw},
-    support::{RunningApp, json_of, read_topic, sluice_env},
+    support::{Cut, RunningApp, json_of, read_topic, sluice_env, through_proxy},
 };
 
 async fn put_pipeline(app: &RunningApp, dataset: &str, spec: Value) -> Value {
@@ -299,4 +299,33 @@ async fn a_worker_killed_halfway_has_its_partitions_finished_by_the_survivor() {
         }
     }
     assert_eq!(objects, 500, "one output object per item");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stopping_mid_run_skips_no_item() {
+    let env = TestEnv::new().await;
+    let ingest = RunningApp::spawn_services(env.config.clone(), &[sluice::Service::Ingest]).await;
+    // The preprocess worker alone reaches PostgreSQL through a proxy the test stops.
+    let (config, proxy) = through_proxy(&env, Cut::Postgres).await;
+    let worker = RunningApp::spawn_services(config, &[sluice::Service::Preprocess]).await;
+    let mut ids = Vec::new();
+    for i in 0..40u8 {
+        ids.push(upload(&ingest, "outage", "image/png", png(20, 20, i)).await);
+    }
+    eventually(Duration::from_secs(60), "some items processed", || async {
+        (count(&ingest, "SELECT count(*) FROM media WHERE status = 'processed'").await >= 5).then_some(())
+    })
+    .await;
+    proxy.stop().await;
+    for i in 40..80u8 {
+        ids.push(upload(&ingest, "outage", "image/png", png(20, 20, i)).await);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.resume().await;
+    eventually(Duration::from_secs(90), "every item processed after PostgreSQL returns", || async {
+        (count(&ingest, "SELECT count(*) FROM media WHERE status = 'processed'").await == 80).then_some(())
+    })
+    .await;
+    assert_eq!(count(&ingest, "SELECT count(*) FROM media_outputs").await, 80);
+    drop(worker);
 }
