@@ -25,6 +25,17 @@ async fn put_pipeline(app: &RunningApp, dataset: &str, spec: Value) -> Value {
     body
 }
 
+async fn reprocess(app: &RunningApp, dataset: &str) {
+    let response = app
+        .http
+        .post(app.url(&format!("/v1/datasets/{dataset}/reprocess")))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("post reprocess");
+    assert_eq!(response.status().as_u16(), 202);
+}
+
 async fn media(app: &RunningApp, id: &str) -> Value {
     json_of(app.http.get(app.url(&format!("/v1/media/{id}"))).bearer_auth(&app.admin_token).send().await.expect("get"))
         .await
@@ -182,29 +193,26 @@ async fn redelivery_changes_nothing_and_reprocess_applies_a_new_spec() {
     };
     assert_eq!(outputs(&app).await, 1);
 
-    // Same spec: re-enqueueing the dataset delivers the event again; nothing changes.
-    let response = app
-        .http
-        .post(app.url("/v1/datasets/again/reprocess"))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(response.status().as_u16(), 202);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Same spec: re-enqueueing the dataset delivers the event again; nothing changes. Wait until
+    // the event is published and the group has consumed and committed it.
+    reprocess(&app, "again").await;
+    let topic = app.ctx.topic(Topic::MediaIngested).to_string();
+    eventually(Duration::from_secs(30), "the redelivered event to be consumed", || async {
+        let drained = count(&app, "SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0;
+        (drained && crate::support::group_caught_up(&app.ctx.config, "preprocess", &topic).await).then_some(())
+    })
+    .await;
+    assert_eq!(
+        count(&app, "SELECT count(*) FROM outbox WHERE topic LIKE '%media.ingested'").await,
+        2,
+        "it was sent twice"
+    );
     assert_eq!(outputs(&app).await, 1, "a redelivered event adds no output");
     assert_eq!(media(&app, &id).await["processed_at"], first["processed_at"], "and does not re-process");
 
     // A new spec: reprocess makes outputs under its hash.
     let spec = put_pipeline(&app, "again", serde_json::json!({"width": 16, "height": 16, "color": "gray"})).await;
-    let response = app
-        .http
-        .post(app.url("/v1/datasets/again/reprocess"))
-        .bearer_auth(&app.admin_token)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(response.status().as_u16(), 202);
+    reprocess(&app, "again").await;
     let hash = spec["spec_hash"].as_str().expect("hash").to_owned();
     eventually(Duration::from_secs(30), "outputs under the new spec", || async {
         (outputs(&app).await == 2).then_some(())

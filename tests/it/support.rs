@@ -190,3 +190,29 @@ pub fn sluice_env(env: &TestEnv) -> Vec<(&'static str, String)> {
         ("SLUICE_HTTP_ADDR", "127.0.0.1:0".to_owned()),
     ]
 }
+
+/// Whether `group` has committed every message currently in `topic` (lag zero on every
+/// partition), read with OffsetFetch without joining the group.
+pub async fn group_caught_up(config: &Config, group: &str, topic: &str) -> bool {
+    use rdkafka::{TopicPartitionList, consumer::Consumer};
+    let consumer = kafka::consumer(&config.kafka, group).expect("consumer");
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(Some(&topic), Duration::from_secs(5)).ok()?;
+        let partitions = metadata.topics().first()?.partitions().len() as i32;
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition(&topic, p);
+        }
+        let committed = consumer.committed_offsets(list, Duration::from_secs(5)).ok()?;
+        Some((0..partitions).all(|p| {
+            let high = consumer.fetch_watermarks(&topic, p, Duration::from_secs(5)).map(|(_, h)| h).unwrap_or(-1);
+            let at = committed.find_partition(&topic, p).and_then(|e| e.offset().to_raw()).unwrap_or(0).max(0);
+            high <= at
+        }))
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
