@@ -67,8 +67,8 @@ pub struct PreprocessConfig {
     pub group_id: String,
     /// Media items one worker processes at once (CPU work runs on the blocking pool).
     pub concurrency: usize,
-    /// ffmpeg is killed after this long on one video.
-    pub ffmpeg_timeout_secs: u64,
+    /// ffmpeg is killed after this many milliseconds on one video.
+    pub ffmpeg_timeout_ms: u64,
     /// ffmpeg's address-space limit, in MiB.
     pub ffmpeg_memory_mib: u64,
     /// Media left in `accepted` or `processing` longer than this are enqueued again.

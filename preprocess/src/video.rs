@@ -14,7 +14,7 @@ use crate::imaging::{Pixels, encode_png};
 pub enum VideoError {
     #[error("ffmpeg could not be started: {0}")]
     Spawn(String),
-    #[error("ffmpeg ran past its {0} s timeout and was killed")]
+    #[error("ffmpeg ran past its {0} ms timeout and was killed")]
     Timeout(u64),
     #[error("ffmpeg failed: {0}")]
     Ffmpeg(String),
@@ -51,7 +51,7 @@ fn filter(spec: &PipelineSpec) -> String {
 pub async fn extract(
     input: &Path,
     spec: &PipelineSpec,
-    timeout_secs: u64,
+    timeout_ms: u64,
     memory_mib: u64,
 ) -> Result<Vec<Frame>, VideoError> {
     let mut command = if which("prlimit") {
@@ -75,9 +75,9 @@ pub async fn extract(
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let child = command.spawn().map_err(|e| VideoError::Spawn(e.to_string()))?;
-    let output = tokio::time::timeout(Duration::from_secs(timeout_secs), child.wait_with_output())
+    let output = tokio::time::timeout(Duration::from_millis(timeout_ms), child.wait_with_output())
         .await
-        .map_err(|_| VideoError::Timeout(timeout_secs))?
+        .map_err(|_| VideoError::Timeout(timeout_ms))?
         .map_err(|e| VideoError::Spawn(e.to_string()))?;
     let stderr = String::from_utf8_lossy(&output.stderr);
     if !output.status.success() {

@@ -255,7 +255,7 @@ async fn sample_frames(
     let input = dir.path().join("input");
     tokio::fs::write(&input, bytes).await.map_err(|e| Failure::Transient(e.to_string()))?;
     let config = &ctx.config.preprocess;
-    let frames = match video::extract(&input, spec, config.ffmpeg_timeout_secs, config.ffmpeg_memory_mib).await {
+    let frames = match video::extract(&input, spec, config.ffmpeg_timeout_ms, config.ffmpeg_memory_mib).await {
         Ok(frames) => frames,
         Err(video::VideoError::NoFrames) => Vec::new(),
         Err(err) => return Err(Failure::Poison(err.to_string())),

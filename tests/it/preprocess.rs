@@ -337,3 +337,62 @@ async fn postgres_stopping_mid_run_skips_no_item() {
     assert_eq!(count(&ingest, "SELECT count(*) FROM media_outputs").await, 80);
     drop(worker);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_video_that_outlasts_the_ffmpeg_timeout_fails_and_the_rest_flows() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.preprocess.ffmpeg_timeout_ms = 20;
+    let app = RunningApp::spawn(config).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clip = ffmpeg_clip(dir.path(), "slow.mp4", &["-pix_fmt", "yuv420p", "-c:v", "libx264"]);
+    let slow = upload(&app, "slow", "video/mp4", clip).await;
+    let good = upload(&app, "slow", "image/png", png(30, 30, 6)).await;
+    let item = settled(&app, &slow).await;
+    assert_eq!(item["status"], "failed", "{item}");
+    assert!(item["error"].as_str().is_some_and(|e| e.contains("timeout")), "{item}");
+    assert_eq!(settled(&app, &good).await["status"], "processed");
+    let dlq = app.ctx.topic(Topic::MediaDlq).to_string();
+    let events = read_topic(&app.ctx.config, &dlq, 1, Duration::from_secs(20)).await;
+    assert_eq!(events.first().map(|(k, _)| k.as_str()), Some(slow.as_str()), "{events:?}");
+}
+
+/// A JPEG whose left half is red and right half blue, tagged with EXIF orientation 6 (the
+/// camera was turned: displayed rotated 90° clockwise, the red half on top).
+fn rotated_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img =
+        image::RgbImage::from_fn(
+            w,
+            h,
+            |x, _| if x < w / 2 { image::Rgb([220, 20, 20]) } else { image::Rgb([20, 20, 220]) },
+        );
+    let plain = encode(image::DynamicImage::ImageRgb8(img), image::ImageFormat::Jpeg);
+    let tiff = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0\x06\0\0\0\0\0\0\0";
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(tiff);
+    let mut out = plain[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&(app1.len() as u16 + 2).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&plain[2..]);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exif_orientation_is_honoured_on_both_decode_paths() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    put_pipeline(&app, "turned", serde_json::json!({"width": 32, "height": 32, "fit": "fill"})).await;
+    // 80x40 takes the general decoder; 1600x800 the DCT-scaled JPEG path.
+    for (w, h) in [(80, 40), (1600, 800)] {
+        let id = upload(&app, "turned", "image/jpeg", rotated_jpeg(w, h)).await;
+        let item = settled(&app, &id).await;
+        assert_eq!(item["status"], "processed", "{item}");
+        let out = image::load_from_memory(&object(&app, item["outputs"][0]["key"].as_str().expect("key")).await)
+            .expect("png")
+            .to_rgb8();
+        let (top, bottom) = (out.get_pixel(16, 4).0, out.get_pixel(16, 28).0);
+        assert!(top[0] > 150 && top[2] < 100, "{w}x{h}: red on top after rotation, got {top:?}");
+        assert!(bottom[2] > 150 && bottom[0] < 100, "{w}x{h}: blue below, got {bottom:?}");
+    }
+}
