@@ -396,3 +396,36 @@ async fn exif_orientation_is_honoured_on_both_decode_paths() {
         assert!(bottom[2] > 150 && bottom[0] < 100, "{w}x{h}: blue below, got {bottom:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_recovers_an_item_whose_event_was_lost() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.preprocess.reconcile_after_secs = 2;
+    let app = RunningApp::spawn(config).await;
+    // An accepted item whose media.ingested event never reached Kafka (a broker that lost it):
+    // its object and row exist, no event does.
+    let id = uuid::Uuid::now_v7();
+    let key = format!("raw/lost/{id}.png");
+    let body = png(16, 16, 7);
+    app.ctx
+        .s3
+        .put_object()
+        .bucket(&app.ctx.config.s3.bucket)
+        .key(&key)
+        .body(body.clone().into())
+        .send()
+        .await
+        .expect("put");
+    let db = app.ctx.db.get().await.expect("conn");
+    db.execute("INSERT INTO datasets (name) VALUES ('lost')", &[]).await.expect("dataset");
+    db.execute(
+        "INSERT INTO media (id, dataset, kind, content_type, bytes, sha256, width, height, raw_key, updated_at)
+         VALUES ($1, 'lost', 'image', 'image/png', $2, 'x', 16, 16, $3, now() - interval '1 hour')",
+        &[&id, &(body.len() as i64), &key],
+    )
+    .await
+    .expect("media row");
+    let item = settled(&app, &id.to_string()).await;
+    assert_eq!(item["status"], "processed", "{item}");
+}
