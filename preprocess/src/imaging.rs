@@ -90,42 +90,72 @@ fn needed_source_size(sw: u32, sh: u32, spec: &PipelineSpec) -> (f64, f64) {
     (f64::from(sw) * s, f64::from(sh) * s)
 }
 
-/// DCT-domain downscaling: when the target is much smaller than a JPEG, decode it at 1/2, 1/4 or
-/// 1/8 scale (reduced IDCT), keeping at least twice the needed resolution for the Lanczos pass.
-/// `None` when the fast path does not apply (small target ratio, CMYK or 16-bit data): the
+/// DCT-domain downscaling: when the target is much smaller than a JPEG, libjpeg-turbo decodes it
+/// at a reduced scale (1/8 to 7/8, reduced IDCT), keeping at least twice the needed resolution for
+/// the Lanczos pass. `None` when the fast path does not apply (no useful scale, CMYK data): the
 /// general decoder handles those.
 fn decode_jpeg_scaled(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Result<Option<DynamicImage>, ImageError> {
-    let mut decoder = jpeg_decoder::Decoder::new(Cursor::new(bytes));
-    decoder.read_info().map_err(|e| ImageError::Decode(e.to_string()))?;
-    let Some(info) = decoder.info() else { return Ok(None) };
-    let (sw, sh) = (u32::from(info.width), u32::from(info.height));
+    let decode_err = |e: turbojpeg::Error| ImageError::Decode(e.to_string());
+    let mut decompressor = turbojpeg::Decompressor::new().map_err(decode_err)?;
+    let header = decompressor.read_header(bytes).map_err(decode_err)?;
+    let (sw, sh) = (header.width as u32, header.height as u32);
     if u64::from(sw) * u64::from(sh) > max_pixels {
         return Err(ImageError::Decode(format!("{sw}×{sh} is over the {max_pixels}-pixel limit")));
     }
-    if !matches!(info.pixel_format, jpeg_decoder::PixelFormat::RGB24 | jpeg_decoder::PixelFormat::L8) {
-        return Ok(None);
-    }
-    let orientation = decoder.exif_data().and_then(exif_orientation).unwrap_or(1);
+    let format = match header.colorspace {
+        turbojpeg::Colorspace::Gray => turbojpeg::PixelFormat::GRAY,
+        turbojpeg::Colorspace::YCbCr | turbojpeg::Colorspace::RGB => turbojpeg::PixelFormat::RGB,
+        _ => return Ok(None),
+    };
+    let orientation = jpeg_exif(bytes).and_then(exif_orientation).unwrap_or(1);
     // Rotated images swap the axes the target applies to.
-    let (tw_axis, th_axis) = if orientation >= 5 { (sh, sw) } else { (sw, sh) };
-    let (nw, nh) = needed_source_size(tw_axis, th_axis, spec);
+    let (aw, ah) = if orientation >= 5 { (sh, sw) } else { (sw, sh) };
+    let (nw, nh) = needed_source_size(aw, ah, spec);
     let (want_w, want_h) = if orientation >= 5 { (nh * 2.0, nw * 2.0) } else { (nw * 2.0, nh * 2.0) };
-    if want_w * 2.0 > f64::from(sw) && want_h * 2.0 > f64::from(sh) {
+    // libjpeg-turbo's scaled size is ceil(dim * num / 8); take the smallest that is big enough.
+    let scaled = |dim: u32, num: u32| (dim * num).div_ceil(8);
+    let Some(num) = (1..8).find(|&n| f64::from(scaled(sw, n)) >= want_w && f64::from(scaled(sh, n)) >= want_h) else {
         return Ok(None);
-    }
-    let clamp = |v: f64| v.ceil().clamp(1.0, f64::from(u16::MAX)) as u16;
-    let (w, h) = decoder.scale(clamp(want_w), clamp(want_h)).map_err(|e| ImageError::Decode(e.to_string()))?;
-    let pixels = decoder.decode().map_err(|e| ImageError::Decode(e.to_string()))?;
-    let (w, h) = (u32::from(w), u32::from(h));
-    let mut img = match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8),
-        _ => GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8),
+    };
+    let (w, h) = (scaled(sw, num), scaled(sh, num));
+    let channels = if format == turbojpeg::PixelFormat::GRAY { 1 } else { 3 };
+    let mut pixels = vec![0u8; (w * h) as usize * channels];
+    let output = turbojpeg::Image {
+        pixels: pixels.as_mut_slice(),
+        width: w as usize,
+        pitch: w as usize * channels,
+        height: h as usize,
+        format,
+    };
+    decompressor.decompress(bytes, output).map_err(decode_err)?;
+    let mut img = if channels == 1 {
+        GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
+    } else {
+        RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8)
     }
     .ok_or_else(|| ImageError::Decode("the decoder returned a short buffer".into()))?;
     if let Some(orientation) = image::metadata::Orientation::from_exif(orientation) {
         img.apply_orientation(orientation);
     }
     Ok(Some(img))
+}
+
+/// The EXIF payload of a JPEG's first `APP1 Exif` segment.
+fn jpeg_exif(bytes: &[u8]) -> Option<&[u8]> {
+    let mut i = 2;
+    while i + 4 <= bytes.len() && bytes[i] == 0xFF {
+        let marker = bytes[i + 1];
+        if marker == 0xDA || marker == 0xD9 {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]));
+        let segment = bytes.get(i + 4..i + 2 + len)?;
+        if marker == 0xE1 && segment.starts_with(b"Exif\0\0") {
+            return Some(segment);
+        }
+        i += 2 + len;
+    }
+    None
 }
 
 /// The EXIF orientation tag (0x0112) from an APP1 payload (with or without the `Exif\0\0`
