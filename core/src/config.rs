@@ -85,6 +85,8 @@ pub struct IngestConfig {
     pub multipart_part_bytes: usize,
     /// Raw objects with no media row older than this are deleted by the orphan sweeper.
     pub orphan_grace_secs: u64,
+    /// Buckets besides Sluice's own that bulk imports may read from.
+    pub import_buckets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -72,19 +72,33 @@ pub async fn sweep_once(ctx: &Context) -> Result<usize, IngestError> {
             break;
         }
     }
-    let uploads = ctx
-        .s3
-        .list_multipart_uploads()
-        .bucket(bucket)
-        .prefix(RAW_PREFIX)
-        .send()
-        .await
-        .map_err(|e| IngestError::Storage(S3Error::from_sdk("ListMultipartUploads", e)))?;
-    for upload in uploads.uploads() {
-        let stale = upload.initiated().and_then(|t| t.to_chrono_utc().ok()).is_some_and(|t| t < cutoff);
-        if let (true, Some(key), Some(id)) = (stale, upload.key(), upload.upload_id()) {
-            let _ = ctx.s3.abort_multipart_upload().bucket(bucket).key(key).upload_id(id).send().await;
-            removed += 1;
+    let (mut key_marker, mut id_marker) = (None, None);
+    loop {
+        let uploads = ctx
+            .s3
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(RAW_PREFIX)
+            .set_key_marker(key_marker.take())
+            .set_upload_id_marker(id_marker.take())
+            .send()
+            .await
+            .map_err(|e| IngestError::Storage(S3Error::from_sdk("ListMultipartUploads", e)))?;
+        for upload in uploads.uploads() {
+            let stale = upload.initiated().and_then(|t| t.to_chrono_utc().ok()).is_some_and(|t| t < cutoff);
+            if let (true, Some(key), Some(id)) = (stale, upload.key(), upload.upload_id())
+                && ctx.s3.abort_multipart_upload().bucket(bucket).key(key).upload_id(id).send().await.is_ok()
+            {
+                removed += 1;
+            }
+        }
+        if !uploads.is_truncated().unwrap_or(false) {
+            break;
+        }
+        key_marker = uploads.next_key_marker().map(str::to_owned);
+        id_marker = uploads.next_upload_id_marker().map(str::to_owned);
+        if key_marker.is_none() {
+            break;
         }
     }
     metrics::counter!("sluice_ingest_orphans_removed_total").increment(removed as u64);

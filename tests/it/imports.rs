@@ -81,7 +81,18 @@ async fn an_import_ingests_a_labelled_prefix_and_reports_progress() {
         .send()
         .await
         .expect("post import");
-    assert_eq!(response.status().as_u16(), 422, "an unknown bucket is refused up front");
+    assert_eq!(response.status().as_u16(), 403, "a bucket outside the allowlist is refused");
+    for prefix in ["raw/", "raw", "", "processed/pets"] {
+        let response = app
+            .http
+            .post(app.url("/v1/datasets/pets/imports"))
+            .bearer_auth(&app.admin_token)
+            .json(&serde_json::json!({"bucket": app.ctx.config.s3.bucket, "prefix": prefix}))
+            .send()
+            .await
+            .expect("post import");
+        assert_eq!(response.status().as_u16(), 400, "prefix {prefix:?} overlaps Sluice's own objects");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,6 +78,25 @@ pub(super) async fn post_import(
         return IngestError::BadField { field: "prefix", message: "at most 1024 bytes, no control characters".into() }
             .into_response();
     }
+    let own = ctx.config.s3.bucket.as_str();
+    if bucket != own && !ctx.config.ingest.import_buckets.iter().any(|b| b == &bucket) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "bucket_not_allowed",
+            format!(
+                "Imports may read from {own} and the buckets listed in ingest.import_buckets; {bucket} is not one."
+            ),
+        )
+        .into_response();
+    }
+    let prefix = crate::imports::normalize_prefix(&request.prefix);
+    if bucket == own && ["raw/", "processed/"].iter().any(|p| prefix.starts_with(p) || p.starts_with(prefix.as_str())) {
+        return IngestError::BadField {
+            field: "prefix",
+            message: "must not overlap Sluice's own raw/ and processed/ areas; upload to another prefix".into(),
+        }
+        .into_response();
+    }
     if let Err(err) = sluice_core::s3::check_bucket(&ctx.s3, &bucket).await {
         let status = match err.code() {
             Some("NotFound" | "NoSuchBucket") => Some("was not found"),
