@@ -62,6 +62,9 @@ pub fn consumer_config(config: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        // Workers retry a batch through S3 or PostgreSQL outages without polling; allow 30 min
+        // before the group gives their partitions away.
+        .set("max.poll.interval.ms", "1800000")
         .set("heartbeat.interval.ms", (config.session_timeout_ms / 4).max(250).to_string());
     client
 }

@@ -74,6 +74,8 @@ impl Default for PipelineSpec {
 impl PipelineSpec {
     /// Largest output side accepted.
     pub const MAX_SIDE: u32 = 4096;
+    /// Most raw frame bytes one video may produce (they are buffered before encoding).
+    pub const MAX_FRAME_BYTES: u64 = 256 * 1024 * 1024;
 
     pub fn validate(&self) -> Result<(), Invalid> {
         let side = 1..=Self::MAX_SIDE;
@@ -85,6 +87,14 @@ impl PipelineSpec {
         }
         if !(1..=1000).contains(&self.video.max_frames) {
             return Err(Invalid("video.max_frames must be between 1 and 1000".into()));
+        }
+        // ffmpeg's frames are held in memory before encoding: bound them.
+        let raw = u64::from(self.width) * u64::from(self.height) * 3 * u64::from(self.video.max_frames);
+        if raw > Self::MAX_FRAME_BYTES {
+            return Err(Invalid(format!(
+                "width × height × 3 × video.max_frames must stay under {} MiB; lower the size or the frame count",
+                Self::MAX_FRAME_BYTES / (1024 * 1024)
+            )));
         }
         Ok(())
     }

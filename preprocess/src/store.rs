@@ -106,12 +106,23 @@ pub async fn finish(
         tx.execute(&upsert, &[&item.media_id, &output.key, &w, &h, &f, &output.timestamp_ms, &spec_hash, &duration_ms])
             .await?;
     }
-    tx.execute(
-        "UPDATE media SET status = 'processed', spec_hash = $2, error = NULL, processed_at = now(), updated_at = now()
-         WHERE id = $1",
-        &[&item.media_id, &spec_hash],
-    )
-    .await?;
+    // Only the first worker to finish an item under this spec announces it: a second copy (a
+    // rebalance replay, a duplicate event) finds it processed and publishes nothing.
+    let updated = tx
+        .query_opt(
+            "UPDATE media SET status = 'processed', spec_hash = $2, error = NULL, processed_at = now(), updated_at = now()
+             WHERE id = $1 AND NOT (status = 'processed' AND spec_hash IS NOT DISTINCT FROM $2)
+             RETURNING id",
+            &[&item.media_id, &spec_hash],
+        )
+        .await?;
+    if updated.is_none() {
+        tx.commit().await?;
+        return Ok(());
+    }
+    // Outputs of earlier specs are superseded.
+    tx.execute("DELETE FROM media_outputs WHERE media_id = $1 AND spec_hash <> $2", &[&item.media_id, &spec_hash])
+        .await?;
     let event = Envelope::new(MediaProcessed {
         media_id: item.media_id,
         dataset: item.dataset.clone(),
@@ -125,16 +136,24 @@ pub async fn finish(
     Ok(())
 }
 
-/// Marks an item failed with `reason` (when it is known) and sends the event to `media.dlq`.
-pub async fn fail(ctx: &Context, failed: MediaFailed) -> Result<(), StoreError> {
+/// Marks an item failed under `spec_hash` with `reason` (when it is known) and sends the event
+/// to `media.dlq`. An item another worker already processed under the spec stays processed and
+/// no DLQ event goes out.
+pub async fn fail(ctx: &Context, failed: MediaFailed, spec_hash: Option<&str>) -> Result<(), StoreError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
     if let Some(id) = failed.media_id {
-        tx.execute(
-            "UPDATE media SET status = 'failed', error = $2, updated_at = now() WHERE id = $1",
-            &[&id, &failed.reason],
-        )
-        .await?;
+        let changed = tx
+            .execute(
+                "UPDATE media SET status = 'failed', error = $2, spec_hash = $3, updated_at = now()
+                 WHERE id = $1 AND NOT (status = 'processed' AND spec_hash IS NOT DISTINCT FROM $3)",
+                &[&id, &failed.reason, &spec_hash],
+            )
+            .await?;
+        if changed == 0 {
+            tx.commit().await?;
+            return Ok(());
+        }
     }
     let key = failed.media_id.map_or_else(|| failed.source.clone(), |id| id.to_string());
     outbox::enqueue(&tx, &ctx.topic(Topic::MediaDlq), &key, &Envelope::new(failed)).await?;

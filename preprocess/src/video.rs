@@ -97,27 +97,33 @@ pub async fn extract(
         Color::Gray => 1,
     };
     let frame_len = (spec.width * spec.height) as usize * channels;
-    let frames: Vec<Frame> = output
-        .stdout
-        .chunks_exact(frame_len)
-        .enumerate()
-        .map(|(i, raw)| {
-            let pixels = match spec.color {
-                Color::Rgb => {
-                    Pixels::Rgb(image::RgbImage::from_raw(spec.width, spec.height, raw.to_vec()).expect("frame size"))
+    let (width, height, fps, color) = (spec.width, spec.height, spec.video.fps, spec.color);
+    // PNG encoding is CPU work: off the async runtime.
+    let frames = tokio::task::spawn_blocking(move || {
+        output
+            .stdout
+            .chunks_exact(frame_len)
+            .enumerate()
+            .map(|(i, raw)| {
+                let pixels = match color {
+                    Color::Rgb => {
+                        Pixels::Rgb(image::RgbImage::from_raw(width, height, raw.to_vec()).expect("frame size"))
+                    }
+                    Color::Gray => {
+                        Pixels::Gray(image::GrayImage::from_raw(width, height, raw.to_vec()).expect("frame size"))
+                    }
+                };
+                let fallback = (i as f64 * 1000.0 / fps).round() as i64;
+                Frame {
+                    index: i as u32,
+                    timestamp_ms: timestamps.get(i).copied().unwrap_or(fallback),
+                    png: encode_png(&pixels),
                 }
-                Color::Gray => {
-                    Pixels::Gray(image::GrayImage::from_raw(spec.width, spec.height, raw.to_vec()).expect("frame size"))
-                }
-            };
-            let fallback = (i as f64 * 1000.0 / spec.video.fps).round() as i64;
-            Frame {
-                index: i as u32,
-                timestamp_ms: timestamps.get(i).copied().unwrap_or(fallback),
-                png: encode_png(&pixels),
-            }
-        })
-        .collect();
+            })
+            .collect::<Vec<Frame>>()
+    })
+    .await
+    .map_err(|e| VideoError::Ffmpeg(format!("frame encoding crashed: {e}")))?;
     if frames.is_empty() {
         return Err(VideoError::NoFrames);
     }

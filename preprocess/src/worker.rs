@@ -22,7 +22,7 @@ use sluice_core::{
     events::Envelope,
     kafka::{self, SluiceConsumer},
     media::MediaIngested,
-    pipeline::{MediaFailed, Output, output_key},
+    pipeline::{MediaFailed, Output, PipelineSpec, output_key},
     s3::S3Error,
     topics::Topic,
 };
@@ -80,7 +80,10 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
                 _ => break,
             }
         }
-        let done = join_all(batch.iter().map(|m| handle(ctx, m, shutdown))).await;
+        // Two copies of one item in a batch (a duplicate event) are handled once.
+        let mut seen = std::collections::HashSet::new();
+        let unique: Vec<_> = batch.iter().filter(|m| m.key().is_none_or(|k| seen.insert(k.to_vec()))).collect();
+        let done = join_all(unique.into_iter().map(|m| handle(ctx, m, shutdown))).await;
         if done.iter().all(|d| *d) {
             for message in &batch {
                 consumer.store_offset_from_message(message)?;
@@ -106,13 +109,26 @@ async fn handle(ctx: &Context, message: &BorrowedMessage<'_>, shutdown: &Shutdow
         Ok(envelope) => envelope.data,
         Err(err) => {
             let failed = MediaFailed { media_id: None, dataset: None, reason: err.to_string(), source };
-            return record_failure(ctx, failed, "undecodable_event", "unknown", shutdown).await;
+            return record_failure(ctx, failed, None, "undecodable_event", "unknown", shutdown).await;
         }
     };
     let mut backoff = Duration::from_millis(200);
     loop {
         let started = Instant::now();
-        match process(ctx, &event).await {
+        let spec = match store::spec(ctx, &event.dataset).await {
+            Ok(spec) => spec,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the pipeline spec; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let spec_hash = spec.hash();
+        match process(ctx, &event, &spec).await {
             Ok(()) => {
                 metrics::histogram!("sluice_preprocess_item_duration_seconds", "kind" => event.kind.clone())
                     .record(started.elapsed().as_secs_f64());
@@ -126,7 +142,7 @@ async fn handle(ctx: &Context, message: &BorrowedMessage<'_>, shutdown: &Shutdow
                     reason,
                     source: source.clone(),
                 };
-                return record_failure(ctx, failed, "undecodable_media", &event.kind, shutdown).await;
+                return record_failure(ctx, failed, Some(&spec_hash), "undecodable_media", &event.kind, shutdown).await;
             }
             Err(Failure::Transient(reason)) => {
                 tracing::warn!(media = %event.media_id, %reason, retry_in = ?backoff, "transient failure; retrying");
@@ -144,13 +160,14 @@ async fn handle(ctx: &Context, message: &BorrowedMessage<'_>, shutdown: &Shutdow
 async fn record_failure(
     ctx: &Context,
     failed: MediaFailed,
+    spec_hash: Option<&str>,
     reason: &'static str,
     kind: &str,
     shutdown: &Shutdown,
 ) -> bool {
     let mut backoff = Duration::from_millis(200);
     loop {
-        match store::fail(ctx, failed.clone()).await {
+        match store::fail(ctx, failed.clone(), spec_hash).await {
             Ok(()) => {
                 metrics::counter!("sluice_preprocess_failed_total", "kind" => kind.to_owned(), "reason" => reason)
                     .increment(1);
@@ -169,15 +186,16 @@ async fn record_failure(
 }
 
 /// One item: skip when already processed under the current spec, else fetch, transform, store.
-async fn process(ctx: &Context, item: &MediaIngested) -> Result<(), Failure> {
-    let spec = store::spec(ctx, &item.dataset).await?;
+async fn process(ctx: &Context, item: &MediaIngested, spec: &PipelineSpec) -> Result<(), Failure> {
     let spec_hash = spec.hash();
     match store::state(ctx, item.media_id).await? {
         None => {
             tracing::warn!(media = %item.media_id, "event for unknown media; skipping");
             return Ok(());
         }
-        Some((status, hash)) if status == "processed" && hash.as_deref() == Some(spec_hash.as_str()) => {
+        Some((status, hash))
+            if (status == "processed" || status == "failed") && hash.as_deref() == Some(spec_hash.as_str()) =>
+        {
             return Ok(());
         }
         Some(_) => {}
@@ -200,7 +218,7 @@ async fn process(ctx: &Context, item: &MediaIngested) -> Result<(), Failure> {
     // Animated GIFs are sampled like videos; a still GIF (no frame duration) is an image.
     let mut outputs = Vec::new();
     if item.kind == "video" || item.content_type == "image/gif" {
-        outputs = sample_frames(ctx, item, &spec, &spec_hash, &bytes).await?;
+        outputs = sample_frames(ctx, item, spec, &spec_hash, &bytes).await?;
         if outputs.is_empty() && item.kind == "video" {
             return Err(Failure::Poison(video::VideoError::NoFrames.to_string()));
         }
@@ -210,7 +228,7 @@ async fn process(ctx: &Context, item: &MediaIngested) -> Result<(), Failure> {
         let job_spec = spec.clone();
         let (png, width, height) = tokio::task::spawn_blocking(move || imaging::process(&bytes, &job_spec, max_pixels))
             .await
-            .map_err(|e| Failure::Transient(e.to_string()))?
+            .map_err(|e| Failure::Poison(format!("the image decoder crashed: {e}")))?
             .map_err(|e| Failure::Poison(e.to_string()))?;
         let output = Output {
             key: output_key(&item.dataset, &spec_hash, item.media_id, 0),
@@ -247,7 +265,7 @@ async fn process(ctx: &Context, item: &MediaIngested) -> Result<(), Failure> {
 async fn sample_frames(
     ctx: &Context,
     item: &MediaIngested,
-    spec: &sluice_core::pipeline::PipelineSpec,
+    spec: &PipelineSpec,
     spec_hash: &str,
     bytes: &[u8],
 ) -> Result<Vec<(Output, Vec<u8>)>, Failure> {
@@ -258,6 +276,7 @@ async fn sample_frames(
     let frames = match video::extract(&input, spec, config.ffmpeg_timeout_ms, config.ffmpeg_memory_mib).await {
         Ok(frames) => frames,
         Err(video::VideoError::NoFrames) => Vec::new(),
+        Err(err @ video::VideoError::Spawn(_)) => return Err(Failure::Transient(err.to_string())),
         Err(err) => return Err(Failure::Poison(err.to_string())),
     };
     Ok(frames

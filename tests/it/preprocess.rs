@@ -214,18 +214,15 @@ async fn redelivery_changes_nothing_and_reprocess_applies_a_new_spec() {
     let spec = put_pipeline(&app, "again", serde_json::json!({"width": 16, "height": 16, "color": "gray"})).await;
     reprocess(&app, "again").await;
     let hash = spec["spec_hash"].as_str().expect("hash").to_owned();
-    eventually(Duration::from_secs(30), "outputs under the new spec", || async {
-        (outputs(&app).await == 2).then_some(())
+    let item = eventually(Duration::from_secs(30), "the item processed under the new spec", || async {
+        let item = media(&app, &id).await;
+        let outputs = item["outputs"].as_array().cloned().unwrap_or_default();
+        outputs.iter().any(|o| o["key"].as_str().unwrap_or_default().contains(&hash)).then_some(item)
     })
     .await;
-    let item = media(&app, &id).await;
-    let new_output = item["outputs"]
-        .as_array()
-        .expect("outputs")
-        .iter()
-        .find(|o| o["key"].as_str().unwrap_or_default().contains(&hash))
-        .cloned();
-    let new_output = new_output.expect("an output under the new hash");
+    assert_eq!(outputs(&app).await, 1, "the old spec's output row is superseded: {item}");
+    let new_output = item["outputs"][0].clone();
+    assert!(new_output["key"].as_str().unwrap_or_default().contains(&hash), "{item}");
     let decoded = image::load_from_memory(&object(&app, new_output["key"].as_str().expect("key")).await).expect("png");
     assert_eq!((decoded.width(), decoded.height(), decoded.color()), (16, 16, image::ColorType::L8));
 }
