@@ -1,9 +1,9 @@
 //! `sluice doctor`: checks every dependency and says what is wrong and how to fix it.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use secrecy::ExposeSecret;
-use sluice_core::{Config, Context, config::redact_url, http, migrate, topics::Topic};
+use sluice_core::{Config, Context, config::redact_url, http, migrate, tools, topics::Topic};
 
 /// One finding.
 #[derive(Debug)]
@@ -86,7 +86,7 @@ pub async fn diagnose(config: &Config) -> Vec<Finding> {
             }
         }
     }
-    let ffmpeg = which("ffmpeg");
+    let ffmpeg = tools::find("ffmpeg").is_some();
     push(
         ffmpeg,
         if ffmpeg { "ffmpeg: on PATH".into() } else { "ffmpeg: not found (video frame extraction needs it)".into() },
@@ -110,23 +110,9 @@ fn local_hint(is_local: bool, tool: &str, remote: &str) -> String {
     if !is_local {
         return remote.into();
     }
-    if which(tool) || cargo_bin(tool).exists() {
+    if tools::find(tool).is_some() {
         format!("{tool} is installed but not answering: {START_STACK}")
     } else {
         format!("{tool} is not installed; {START_STACK}")
     }
-}
-
-fn cargo_bin(tool: &str) -> std::path::PathBuf {
-    let home = std::env::var_os("CARGO_HOME")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))
-        .unwrap_or_default();
-    home.join("bin").join(tool)
-}
-
-fn which(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
-        .unwrap_or(false)
 }

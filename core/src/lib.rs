@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod s3;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tools;
 pub mod topics;
 
 pub use config::Config;

@@ -3,7 +3,7 @@
 # PostgreSQL, plus ffmpeg and prometheus. Installs what is missing, reuses what is there, waits
 # until each server answers. Idempotent: running `up` twice is harmless.
 #
-#   deploy/local/stack.sh up | down | status | install | postgres | kafka | s3
+#   deploy/local/stack.sh up | down | status | install | postgres | kafka | s3 | packages PKG...
 #
 # State (data, logs, pid files) lives under .sluice/stack/ (git-ignored). Settings come from the
 # same variables Sluice reads: SLUICE_DATABASE_URL, SLUICE_S3_ACCESS_KEY_ID,
@@ -253,5 +253,6 @@ case "${1:-}" in
   status) status ;;
   install) install ;;
   postgres|kafka|s3) mkdir -p "$STACK_DIR"; "$1_up" ;;
+  packages) shift; apt_install "$@" ;;
   *) echo "usage: $0 up|down|status|install" >&2; exit 2 ;;
 esac

@@ -54,7 +54,7 @@ pub async fn extract(
     timeout_ms: u64,
     memory_mib: u64,
 ) -> Result<Vec<Frame>, VideoError> {
-    let mut command = if which("prlimit") {
+    let mut command = if sluice_core::tools::find("prlimit").is_some() {
         let mut c = Command::new("prlimit");
         c.arg(format!("--as={}", memory_mib * 1024 * 1024)).arg("--").arg("ffmpeg");
         c
@@ -129,8 +129,4 @@ pub async fn extract(
     }
     metrics::counter!("sluice_preprocess_frames_extracted_total").increment(frames.len() as u64);
     Ok(frames)
-}
-
-fn which(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(tool).is_file()))
 }

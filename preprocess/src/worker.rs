@@ -128,7 +128,7 @@ async fn handle(ctx: &Context, message: &BorrowedMessage<'_>, shutdown: &Shutdow
             }
         };
         let spec_hash = spec.hash();
-        match process(ctx, &event, &spec).await {
+        match process(ctx, &event, &spec, &spec_hash).await {
             Ok(()) => {
                 metrics::histogram!("sluice_preprocess_item_duration_seconds", "kind" => event.kind.clone())
                     .record(started.elapsed().as_secs_f64());
@@ -186,16 +186,13 @@ async fn record_failure(
 }
 
 /// One item: skip when already processed under the current spec, else fetch, transform, store.
-async fn process(ctx: &Context, item: &MediaIngested, spec: &PipelineSpec) -> Result<(), Failure> {
-    let spec_hash = spec.hash();
+async fn process(ctx: &Context, item: &MediaIngested, spec: &PipelineSpec, spec_hash: &str) -> Result<(), Failure> {
     match store::state(ctx, item.media_id).await? {
         None => {
             tracing::warn!(media = %item.media_id, "event for unknown media; skipping");
             return Ok(());
         }
-        Some((status, hash))
-            if (status == "processed" || status == "failed") && hash.as_deref() == Some(spec_hash.as_str()) =>
-        {
+        Some((status, hash)) if (status == "processed" || status == "failed") && hash.as_deref() == Some(spec_hash) => {
             return Ok(());
         }
         Some(_) => {}
@@ -218,7 +215,7 @@ async fn process(ctx: &Context, item: &MediaIngested, spec: &PipelineSpec) -> Re
     // Animated GIFs are sampled like videos; a still GIF (no frame duration) is an image.
     let mut outputs = Vec::new();
     if item.kind == "video" || item.content_type == "image/gif" {
-        outputs = sample_frames(ctx, item, spec, &spec_hash, &bytes).await?;
+        outputs = sample_frames(ctx, item, spec, spec_hash, &bytes).await?;
         if outputs.is_empty() && item.kind == "video" {
             return Err(Failure::Poison(video::VideoError::NoFrames.to_string()));
         }
@@ -231,7 +228,7 @@ async fn process(ctx: &Context, item: &MediaIngested, spec: &PipelineSpec) -> Re
             .map_err(|e| Failure::Poison(format!("the image decoder crashed: {e}")))?
             .map_err(|e| Failure::Poison(e.to_string()))?;
         let output = Output {
-            key: output_key(&item.dataset, &spec_hash, item.media_id, 0),
+            key: output_key(&item.dataset, spec_hash, item.media_id, 0),
             width,
             height,
             frame_index: 0,
@@ -253,7 +250,7 @@ async fn process(ctx: &Context, item: &MediaIngested, spec: &PipelineSpec) -> Re
             .map_err(|e| Failure::Transient(S3Error::from_sdk("PutObject", e).to_string()))?;
     }
     let outputs: Vec<Output> = outputs.into_iter().map(|(o, _)| o).collect();
-    store::finish(ctx, item, &spec_hash, &outputs, started.elapsed().as_millis() as i64).await?;
+    store::finish(ctx, item, spec_hash, &outputs, started.elapsed().as_millis() as i64).await?;
     metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "store")
         .record(store_started.elapsed().as_secs_f64());
     metrics::counter!("sluice_preprocess_processed_total", "kind" => item.kind.clone()).increment(1);

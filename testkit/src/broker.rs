@@ -3,7 +3,6 @@
 
 use std::{
     net::TcpListener,
-    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -42,7 +41,7 @@ impl PrivateBroker {
     /// Starts the broker again on the same port and storage; returns once it accepts connections.
     pub fn resume(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
-        let child = Command::new(nisshi_binary())
+        let child = Command::new(sluice_core::tools::find("nisshi").unwrap_or_else(|| "nisshi".into()))
             .current_dir(self.dir.path())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
             .args(["--storage-engine", "sqlite://broker.db", "--group-initial-rebalance-delay", "500ms"])
@@ -63,18 +62,4 @@ impl Drop for PrivateBroker {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// `nisshi` from `PATH`, else from `~/.cargo/bin`.
-fn nisshi_binary() -> PathBuf {
-    if let Some(paths) = std::env::var_os("PATH")
-        && let Some(found) = std::env::split_paths(&paths).map(|d| d.join("nisshi")).find(|p| p.is_file())
-    {
-        return found;
-    }
-    let home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .unwrap_or_default();
-    home.join("bin/nisshi")
 }

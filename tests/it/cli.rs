@@ -6,17 +6,15 @@ use secrecy::ExposeSecret;
 use sluice_core::Context;
 use sluice_testkit::TestEnv;
 
+use crate::support::sluice_command;
+
 /// A local port with nothing listening on it.
 fn closed_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 fn sluice() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    // The caller's SLUICE_* settings must not leak into what these tests check.
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
-        command.env_remove(key);
-    }
+    let mut command = sluice_command();
     command.env("SLUICE_TELEMETRY_LOG_FORMAT", "text");
     command
 }

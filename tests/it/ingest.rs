@@ -58,11 +58,6 @@ pub async fn raw_objects(app: &RunningApp) -> Vec<String> {
     listing.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect()
 }
 
-async fn count(app: &RunningApp, table: &str) -> i64 {
-    let client = app.ctx.db.get().await.expect("connection");
-    client.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.expect("count").get(0)
-}
-
 async fn get(app: &RunningApp, path: &str) -> (u16, Value) {
     json_of(app.http.get(app.url(path)).bearer_auth(&app.admin_token).send().await.expect("request")).await
 }
@@ -114,17 +109,7 @@ async fn a_raw_jpeg_is_stored_recorded_and_published_once() {
     assert_eq!(event["data"]["media_id"], id.as_str());
     assert_eq!(event["data"]["raw_key"], format!("raw/cats/{id}.jpg"));
     sluice_testkit::eventually(Duration::from_secs(10), "the outbox to drain", || async {
-        let unsent: i64 = app
-            .ctx
-            .db
-            .get()
-            .await
-            .ok()?
-            .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[])
-            .await
-            .ok()?
-            .get(0);
-        (unsent == 0).then_some(())
+        (app.count("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0).then_some(())
     })
     .await;
     assert_eq!(topic_message_count(&app.ctx.config, &topic).await, 1, "published once");
@@ -177,8 +162,8 @@ async fn the_same_bytes_in_one_dataset_are_stored_once() {
     assert_eq!(other["items"][0]["duplicate"], false, "another dataset stores its own copy");
     assert_ne!(other["items"][0]["id"], first["items"][0]["id"]);
     assert_eq!(raw_objects(&app).await.len(), 2, "the duplicate's object was removed");
-    assert_eq!(count(&app, "media").await, 2);
-    assert_eq!(count(&app, "outbox").await, 2, "a duplicate publishes nothing");
+    assert_eq!(app.count("SELECT count(*) FROM media").await, 2);
+    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 2, "a duplicate publishes nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,7 +177,7 @@ async fn labels_are_data_even_when_they_look_like_sql_and_can_be_changed() {
     assert_eq!(answer["items"][0]["label"], label);
     assert_eq!(answer["items"][0]["dataset"], "default");
     let id = answer["items"][0]["id"].as_str().expect("id").to_owned();
-    assert_eq!(count(&app, "media").await, 1, "the media table is intact");
+    assert_eq!(app.count("SELECT count(*) FROM media").await, 1, "the media table is intact");
 
     let response = app
         .http
@@ -455,8 +440,8 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_nothing_anywhere() {
             case.name
         );
         assert!(raw_objects(&app).await.is_empty(), "{}: left an S3 object", case.name);
-        assert_eq!(count(&app, "media").await, 0, "{}: left a media row", case.name);
-        assert_eq!(count(&app, "outbox").await, 0, "{}: left an outbox row", case.name);
+        assert_eq!(app.count("SELECT count(*) FROM media").await, 0, "{}: left a media row", case.name);
+        assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0, "{}: left an outbox row", case.name);
     }
     // Give the relay time to publish anything it might (it must have nothing).
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -487,5 +472,5 @@ async fn a_truncated_file_larger_than_a_part_leaves_no_object_and_no_open_upload
     let uploads =
         app.ctx.s3.list_multipart_uploads().bucket(&app.ctx.config.s3.bucket).send().await.expect("list uploads");
     assert!(uploads.uploads().is_empty(), "the multipart upload was aborted: {:?}", uploads.uploads());
-    assert_eq!(count(&app, "media").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM media").await, 0);
 }

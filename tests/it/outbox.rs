@@ -12,10 +12,6 @@ use crate::{
     support::{Cut, RunningApp, read_topic, through_proxy},
 };
 
-async fn count(app: &RunningApp, sql: &str) -> i64 {
-    app.ctx.db.get().await.expect("connection").query_one(sql, &[]).await.expect("count").get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_are_accepted_while_kafka_is_down_and_published_when_it_returns() {
     let env = TestEnv::new().await;
@@ -31,15 +27,11 @@ async fn uploads_are_accepted_while_kafka_is_down_and_published_when_it_returns(
         assert_eq!(status, 202, "uploads keep working while Kafka is down: {answer}");
         ids.push(answer["items"][0]["id"].as_str().expect("id").to_owned());
     }
-    assert_eq!(
-        count(&app, "SELECT count(*) FROM outbox WHERE sent_at IS NULL").await,
-        5,
-        "backlog waits in the outbox"
-    );
+    assert_eq!(app.count("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await, 5, "backlog waits in the outbox");
 
     broker.resume();
     eventually(Duration::from_secs(60), "the outbox backlog to drain", || async {
-        (count(&app, "SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0).then_some(())
+        (app.count("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0).then_some(())
     })
     .await;
     let topic = app.ctx.topic(Topic::MediaIngested).to_string();
@@ -74,8 +66,8 @@ async fn s3_down_answers_503_and_records_nothing() {
     assert!(response.headers().contains_key("retry-after"));
     let body: serde_json::Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "dependency_unavailable");
-    assert_eq!(count(&app, "SELECT count(*) FROM media").await, 0);
-    assert_eq!(count(&app, "SELECT count(*) FROM outbox").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM media").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +203,7 @@ async fn concurrent_relays_never_publish_the_same_row_twice() {
         racer.await.expect("racer");
     }
     eventually(Duration::from_secs(20), "all rows marked", || async {
-        (count(&app, "SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0).then_some(())
+        (app.count("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0).then_some(())
     })
     .await;
     let events = read_topic(&app.ctx.config, &topic, 101, Duration::from_secs(5)).await;

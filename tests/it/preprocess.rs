@@ -8,7 +8,7 @@ use sluice_testkit::{TestEnv, eventually};
 
 use crate::{
     ingest::{jpeg, png, post_raw},
-    support::{Cut, RunningApp, json_of, read_topic, sluice_env, through_proxy},
+    support::{Cut, RunningApp, json_of, read_topic, sluice_command, sluice_env, through_proxy},
 };
 
 async fn put_pipeline(app: &RunningApp, dataset: &str, spec: Value) -> Value {
@@ -177,37 +177,23 @@ async fn redelivery_changes_nothing_and_reprocess_applies_a_new_spec() {
     let id = upload(&app, "again", "image/png", png(50, 50, 5)).await;
     let first = settled(&app, &id).await;
     assert_eq!(first["status"], "processed");
-    let outputs = |app: &RunningApp| {
-        let db = app.ctx.db.clone();
-        async move {
-            let n: i64 = db
-                .get()
-                .await
-                .expect("conn")
-                .query_one("SELECT count(*) FROM media_outputs", &[])
-                .await
-                .expect("q")
-                .get(0);
-            n
-        }
-    };
-    assert_eq!(outputs(&app).await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM media_outputs").await, 1);
 
     // Same spec: re-enqueueing the dataset delivers the event again; nothing changes. Wait until
     // the event is published and the group has consumed and committed it.
     reprocess(&app, "again").await;
     let topic = app.ctx.topic(Topic::MediaIngested).to_string();
     eventually(Duration::from_secs(30), "the redelivered event to be consumed", || async {
-        let drained = count(&app, "SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0;
+        let drained = app.count("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0;
         (drained && crate::support::group_caught_up(&app.ctx.config, "preprocess", &topic).await).then_some(())
     })
     .await;
     assert_eq!(
-        count(&app, "SELECT count(*) FROM outbox WHERE topic LIKE '%media.ingested'").await,
+        app.count("SELECT count(*) FROM outbox WHERE topic LIKE '%media.ingested'").await,
         2,
         "it was sent twice"
     );
-    assert_eq!(outputs(&app).await, 1, "a redelivered event adds no output");
+    assert_eq!(app.count("SELECT count(*) FROM media_outputs").await, 1, "a redelivered event adds no output");
     assert_eq!(media(&app, &id).await["processed_at"], first["processed_at"], "and does not re-process");
 
     // A new spec: reprocess makes outputs under its hash.
@@ -220,15 +206,15 @@ async fn redelivery_changes_nothing_and_reprocess_applies_a_new_spec() {
         outputs.iter().any(|o| o["key"].as_str().unwrap_or_default().contains(&hash)).then_some(item)
     })
     .await;
-    assert_eq!(outputs(&app).await, 1, "the old spec's output row is superseded: {item}");
+    assert_eq!(
+        app.count("SELECT count(*) FROM media_outputs").await,
+        1,
+        "the old spec's output row is superseded: {item}"
+    );
     let new_output = item["outputs"][0].clone();
     assert!(new_output["key"].as_str().unwrap_or_default().contains(&hash), "{item}");
     let decoded = image::load_from_memory(&object(&app, new_output["key"].as_str().expect("key")).await).expect("png");
     assert_eq!((decoded.width(), decoded.height(), decoded.color()), (16, 16, image::ColorType::L8));
-}
-
-async fn count(app: &RunningApp, sql: &str) -> i64 {
-    app.ctx.db.get().await.expect("conn").query_one(sql, &[]).await.expect("count").get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,11 +223,7 @@ async fn a_worker_killed_halfway_has_its_partitions_finished_by_the_survivor() {
     // Only ingest in this process: the two `sluice serve preprocess` processes are the workers.
     let app = RunningApp::spawn_services(env.config.clone(), &[sluice::Service::Ingest]).await;
     let spawn_worker = || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-        for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
-            command.env_remove(key);
-        }
-        command
+        sluice_command()
             .args(["serve", "preprocess"])
             .envs(sluice_env(&env))
             .stdout(std::process::Stdio::null())
@@ -266,15 +248,15 @@ async fn a_worker_killed_halfway_has_its_partitions_finished_by_the_survivor() {
     assert_eq!(ids.len(), 500);
 
     eventually(Duration::from_secs(60), "about half the items processed", || async {
-        (count(&app, "SELECT count(*) FROM media WHERE status = 'processed'").await >= 150).then_some(())
+        (app.count("SELECT count(*) FROM media WHERE status = 'processed'").await >= 150).then_some(())
     })
     .await;
     doomed.kill().expect("SIGKILL one worker");
     doomed.wait().expect("reap");
-    let processed_at_kill = count(&app, "SELECT count(*) FROM media WHERE status = 'processed'").await;
+    let processed_at_kill = app.count("SELECT count(*) FROM media WHERE status = 'processed'").await;
 
     eventually(Duration::from_secs(120), "every item processed by the survivor", || async {
-        (count(&app, "SELECT count(*) FROM media WHERE status = 'processed'").await == 500).then_some(())
+        (app.count("SELECT count(*) FROM media WHERE status = 'processed'").await == 500).then_some(())
     })
     .await;
     assert!(survivor.try_wait().expect("status").is_none(), "the survivor kept running");
@@ -282,8 +264,8 @@ async fn a_worker_killed_halfway_has_its_partitions_finished_by_the_survivor() {
     survivor.wait().expect("reap");
     assert!(processed_at_kill < 500, "the kill happened mid-run ({processed_at_kill} of 500 done)");
 
-    assert_eq!(count(&app, "SELECT count(*) FROM media_outputs").await, 500, "one output row per item");
-    assert_eq!(count(&app, "SELECT count(DISTINCT key) FROM media_outputs").await, 500);
+    assert_eq!(app.count("SELECT count(*) FROM media_outputs").await, 500, "one output row per item");
+    assert_eq!(app.count("SELECT count(DISTINCT key) FROM media_outputs").await, 500);
     let mut objects = 0;
     let mut token = None;
     loop {
@@ -318,7 +300,7 @@ async fn postgres_stopping_mid_run_skips_no_item() {
         ids.push(upload(&ingest, "outage", "image/png", png(20, 20, i)).await);
     }
     eventually(Duration::from_secs(60), "some items processed", || async {
-        (count(&ingest, "SELECT count(*) FROM media WHERE status = 'processed'").await >= 5).then_some(())
+        (ingest.count("SELECT count(*) FROM media WHERE status = 'processed'").await >= 5).then_some(())
     })
     .await;
     proxy.stop().await;
@@ -328,10 +310,10 @@ async fn postgres_stopping_mid_run_skips_no_item() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.resume().await;
     eventually(Duration::from_secs(90), "every item processed after PostgreSQL returns", || async {
-        (count(&ingest, "SELECT count(*) FROM media WHERE status = 'processed'").await == 80).then_some(())
+        (ingest.count("SELECT count(*) FROM media WHERE status = 'processed'").await == 80).then_some(())
     })
     .await;
-    assert_eq!(count(&ingest, "SELECT count(*) FROM media_outputs").await, 80);
+    assert_eq!(ingest.count("SELECT count(*) FROM media_outputs").await, 80);
     drop(worker);
 }
 

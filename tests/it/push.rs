@@ -6,14 +6,11 @@ use sluice_testkit::TestEnv;
 
 use crate::{
     ingest::{jpeg, png},
-    support::{Cut, RunningApp, json_of, through_proxy},
+    support::{Cut, RunningApp, json_of, sluice_command, through_proxy},
 };
 
 fn push(app: &RunningApp, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
-        command.env_remove(key);
-    }
+    let mut command = sluice_command();
     command.arg("push").args(args).args(["--url", &app.base_url, "--token", &app.admin_token]);
     command
 }

@@ -71,6 +71,11 @@ impl RunningApp {
         Self { base_url, ctx, admin_token, http: reqwest::Client::new(), shutdown }
     }
 
+    /// The single `count(*)` (or other BIGINT) value `sql` selects, read through the app's pool.
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.ctx.db.get().await.expect("connection").query_one(sql, &[]).await.expect(sql).get(0)
+    }
+
     /// A token holding exactly `scopes`.
     pub async fn token(&self, scopes: &[Scope]) -> String {
         auth::create_token(&self.ctx.db, "test", scopes).await.expect("token")
@@ -215,4 +220,14 @@ pub async fn group_caught_up(config: &Config, group: &str, topic: &str) -> bool 
     .ok()
     .flatten()
     .unwrap_or(false)
+}
+
+/// The `sluice` binary with the caller's `SLUICE_*` settings removed, so only what a test sets
+/// reaches it.
+pub fn sluice_command() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
+        command.env_remove(key);
+    }
+    command
 }
