@@ -123,7 +123,7 @@ pub async fn probe(ctx: &Context) -> Readiness {
             .map_err(|e| e.to_string())
     });
     let postgres = timed("PostgreSQL", async {
-        db::check(&ctx.db).await.map(|()| "SELECT 1 ok".to_owned()).map_err(|e| s3::error_chain(&e))
+        db::check(&ctx.db).await.map(|()| "SELECT 1 ok".to_owned()).map_err(|e| crate::error_chain(&e))
     });
     let (kafka, s3, postgres) = tokio::join!(kafka, s3, postgres);
     let checks = vec![("kafka", kafka), ("s3", s3), ("postgres", postgres)];

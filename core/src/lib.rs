@@ -26,3 +26,16 @@ pub mod topics;
 pub use config::Config;
 pub use context::Context;
 pub use shutdown::Shutdown;
+
+/// Renders an error and its sources on one line: the AWS SDK and tokio-postgres keep the useful
+/// part (connection refused, timeout) in the chain.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -32,7 +32,7 @@ impl S3Error {
                 let inner = service.err();
                 format!("{} ({})", inner.message().unwrap_or("no message"), inner.code().unwrap_or("no code"))
             }
-            other => error_chain(other),
+            other => crate::error_chain(other),
         };
         Self::Call { operation, code, message }
     }
@@ -43,18 +43,6 @@ impl S3Error {
             Self::Call { code, .. } => code.as_deref(),
         }
     }
-}
-
-/// Renders an error and its sources on one line: the SDK hides the useful part in the chain.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Builds a client for `config`: static credentials when configured, else the AWS default chain.

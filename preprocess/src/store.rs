@@ -20,7 +20,7 @@ pub struct StoreError(String);
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(err: tokio_postgres::Error) -> Self {
-        Self(sluice_core::s3::error_chain(&err))
+        Self(sluice_core::error_chain(&err))
     }
 }
 impl From<deadpool_postgres::PoolError> for StoreError {
