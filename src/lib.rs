@@ -3,8 +3,10 @@
 
 pub mod bench;
 pub mod doctor;
+pub mod models_cli;
 pub mod push;
 pub mod tail;
+pub mod train_cli;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 
@@ -43,7 +45,9 @@ impl Service {
         match self {
             Service::Ingest => sluice_ingest::spawn_workers(ctx, shutdown),
             Service::Preprocess => sluice_preprocess::spawn_workers(ctx, shutdown),
-            Service::Trainer | Service::Registry | Service::Inference => Vec::new(),
+            Service::Trainer => sluice_trainer::spawn_workers(ctx, shutdown),
+            Service::Registry => sluice_registry::spawn_workers(ctx, shutdown),
+            Service::Inference => Vec::new(),
         }
     }
 

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sluice::{Application, Service, bench, doctor, ensure_admin_token, push, tail};
+use sluice::{Application, Service, bench, doctor, ensure_admin_token, models_cli, push, tail, train_cli};
 use sluice_core::{Config, Context, config::DEFAULTS_TOML, migrate, shutdown, telemetry};
 
 #[derive(Debug, Parser)]
@@ -57,6 +57,26 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Models in the registry: list, show, promote, rollback, history.
+    Models {
+        #[command(subcommand)]
+        what: models_cli::Command,
+        /// Print the API's JSON instead of tables.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Start a training job and follow its trials live (or --watch / --cancel one).
+    Train {
+        #[command(flatten)]
+        args: train_cli::TrainArgs,
+        /// Print the final job as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Load generators; they print what they measured.
     Bench {
         #[command(subcommand)]
@@ -73,10 +93,10 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ServerArgs {
     /// Base URL of the API; defaults to http://<http.addr>.
-    #[arg(long)]
+    #[arg(long, global = true)]
     url: Option<String>,
     /// Bearer token; defaults to the local admin token file (`sluice up` writes it).
-    #[arg(long)]
+    #[arg(long, global = true)]
     token: Option<String>,
 }
 
@@ -214,6 +234,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{raw}");
             println!("{ingest}");
             println!("ingest / raw PUT rate: {:.2}", ingest.rate() / raw.rate());
+        }
+        Command::Models { what, json, server } => {
+            let (url, token) = server.resolve(&config)?;
+            print!("{}", models_cli::run(what, &models_cli::Api::new(&url, &token), json).await?);
+        }
+        Command::Train { args, json, server } => {
+            let (url, token) = server.resolve(&config)?;
+            let job = train_cli::run(&args, &models_cli::Api::new(&url, &token)).await?;
+            if json {
+                println!("{job}");
+            }
+            if job["status"] == "failed" {
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Config { what: ConfigCommand::Show } => println!("{config:#?}"),
         Command::Config { what: ConfigCommand::Defaults } => unreachable!("handled before loading"),

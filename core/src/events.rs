@@ -76,8 +76,9 @@ impl<T: Event> Envelope<T> {
     }
 }
 
-/// RFC 3339 UTC with millisecond precision, as the public contract writes times.
-mod rfc3339 {
+/// RFC 3339 UTC with millisecond precision, as the public contract writes times
+/// (`#[serde(with = "sluice_core::events::rfc3339")]`).
+pub mod rfc3339 {
     use super::*;
     use serde::{Deserializer, Serializer};
 

@@ -15,13 +15,16 @@ pub mod http;
 pub mod kafka;
 pub mod media;
 pub mod migrate;
+pub mod models;
 pub mod outbox;
 pub mod pipeline;
+pub mod reference;
 pub mod s3;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tools;
 pub mod topics;
+pub mod training;
 
 pub use config::Config;
 pub use context::Context;

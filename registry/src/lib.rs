@@ -1,16 +1,32 @@
 //! Registry: model versions (safetensors in S3, metadata and lineage in PostgreSQL) and movable
 //! aliases, announced on `models.events`.
 //!
-//! The routes land with the training and registry issue (#6); today this crate contributes no
-//! routes beyond the shared ops endpoints.
+//! The trainer registers versions through `sluice_core::models::register`; this crate serves them
+//! over HTTP ([`routes`]: `/v1/models/...`) and moves aliases for people (promote, roll back,
+//! delete), each move audited in `alias_history` and published through the outbox. A registry
+//! process runs its own outbox relay, so `sluice serve registry` alone publishes every move.
+
+mod error;
+mod routes;
+mod store;
 
 use axum::Router;
-use sluice_core::Context;
+use sluice_core::{Context, Shutdown};
+use tokio::task::JoinHandle;
 
 /// The service's name in `sluice serve <name>`, logs and metrics.
 pub const NAME: &str = "registry";
 
 /// This service's HTTP routes, merged with the ops endpoints by the `sluice` binary.
-pub fn router(_ctx: Context) -> Router {
-    Router::new()
+pub fn router(ctx: Context) -> Router {
+    metrics::describe_counter!(
+        "sluice_registry_alias_moves_total",
+        "Alias moves and deletions recorded (no-op moves are not counted), by kind (production, other)."
+    );
+    routes::router(ctx)
+}
+
+/// The outbox relay that publishes alias moves (and registrations) to `models.events`.
+pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
+    vec![tokio::spawn(sluice_core::outbox::run(ctx.clone(), shutdown.clone()))]
 }

@@ -10,5 +10,7 @@ mod outbox;
 mod preprocess;
 mod push;
 mod readyz;
+mod registry;
 mod s3;
 mod support;
+mod training;

@@ -1,0 +1,329 @@
+//! The registry's PostgreSQL writes and point reads (tables in `migrations/0005_registry.sql`).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Transaction};
+use serde_json::Value;
+use tokio_postgres::Row;
+
+use super::{
+    AliasMove, AliasMoved, AliasName, AliasRemoved, Lineage, ModelName, ModelVersion, ModelVersionRegistered,
+    NewVersion, RegistryError,
+};
+use crate::{
+    events::{Envelope, Event},
+    outbox,
+    topics::Topic,
+};
+
+/// The columns [`version_from_row`] reads, in a `model_versions` query.
+const VERSION_COLUMNS: &str = "model, version, artifact_key, sha256, size_bytes, architecture, \
+     input_spec, labels, hyperparameters, metrics, reference, job_id, trial_id, snapshot_id, dataset, spec_hash, \
+     sluice_version, created_at";
+
+/// Inserts `v` with the model's next version number and enqueues `model.version_registered`.
+///
+/// Runs inside `tx` under the model's row lock, so numbers are dense and race-free; if `tx` rolls
+/// back, so does the number. Idempotent per training trial: registering a trial that already has a
+/// version of this model returns that version and publishes nothing (a coordinator that crashed
+/// after registering can safely register again).
+pub async fn register(
+    tx: &Transaction<'_>,
+    topics_prefix: &str,
+    v: &NewVersion,
+) -> Result<ModelVersion, RegistryError> {
+    v.validate()?;
+    let model = v.model.as_str();
+    tx.execute("INSERT INTO models (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", &[&model]).await?;
+    lock_model(tx, &v.model).await?;
+    let existing = format!("SELECT {VERSION_COLUMNS} FROM model_versions WHERE model = $1 AND trial_id = $2");
+    if let Some(row) = tx.query_opt(existing.as_str(), &[&model, &v.lineage.trial_id]).await? {
+        return version_from_row(&row);
+    }
+    let row = tx
+        .query_one(
+            "UPDATE models SET latest_version = latest_version + 1, revision = revision + 1, updated_at = now()
+             WHERE name = $1 RETURNING latest_version, revision",
+            &[&model],
+        )
+        .await?;
+    let (version, revision): (i32, i64) = (row.get(0), row.get(1));
+    let input_spec = serde_json::to_value(&v.input_spec).expect("pipeline specs serialise");
+    let l = &v.lineage;
+    let insert = format!(
+        "INSERT INTO model_versions (model, version, artifact_key, sha256, size_bytes, architecture, input_spec,
+             labels, hyperparameters, metrics, reference, job_id, trial_id, snapshot_id, dataset, spec_hash,
+             sluice_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+         RETURNING {VERSION_COLUMNS}"
+    );
+    let row = tx
+        .query_one(
+            insert.as_str(),
+            &[
+                &model,
+                &version,
+                &v.artifact_key,
+                &v.sha256,
+                &v.size_bytes,
+                &v.architecture,
+                &input_spec,
+                &v.labels,
+                &v.hyperparameters,
+                &v.metrics,
+                &v.reference,
+                &l.job_id,
+                &l.trial_id,
+                &l.snapshot_id,
+                &l.dataset,
+                &l.spec_hash,
+                &l.sluice_version,
+            ],
+        )
+        .await?;
+    let registered = version_from_row(&row)?;
+    let event = ModelVersionRegistered {
+        model: model.to_owned(),
+        version,
+        artifact_key: v.artifact_key.clone(),
+        sha256: v.sha256.clone(),
+        revision,
+        aliases: aliases(tx, &v.model).await?,
+    };
+    publish(tx, topics_prefix, model, event).await?;
+    Ok(registered)
+}
+
+/// Points `alias` at `version` (creating the alias), records the move in `alias_history` and
+/// enqueues `model.alias_moved`. Moving an alias to the version it already points at changes
+/// nothing: no history row, no event, `changed: false` (so a retried PUT is harmless).
+pub async fn move_alias(
+    tx: &Transaction<'_>,
+    topics_prefix: &str,
+    model: &ModelName,
+    alias: &AliasName,
+    version: i32,
+    actor: &str,
+    reason: &str,
+) -> Result<AliasMove, RegistryError> {
+    lock_model(tx, model).await?;
+    let known = tx
+        .query_opt("SELECT 1 FROM model_versions WHERE model = $1 AND version = $2", &[&model.as_str(), &version])
+        .await?;
+    if known.is_none() {
+        return Err(RegistryError::UnknownVersion { model: model.to_string(), version });
+    }
+    let from: Option<i32> = tx
+        .query_opt(
+            "SELECT version FROM model_aliases WHERE model = $1 AND alias = $2",
+            &[&model.as_str(), &alias.as_str()],
+        )
+        .await?
+        .map(|row| row.get(0));
+    let mut moved = AliasMove {
+        model: model.clone(),
+        alias: alias.clone(),
+        from,
+        to: version,
+        actor: actor.to_owned(),
+        reason: reason.to_owned(),
+        at: Utc::now(),
+        changed: false,
+    };
+    if from == Some(version) {
+        return Ok(moved);
+    }
+    tx.execute(
+        "INSERT INTO model_aliases (model, alias, version, updated_by) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (model, alias) DO UPDATE SET version = EXCLUDED.version, updated_at = now(),
+             updated_by = EXCLUDED.updated_by",
+        &[&model.as_str(), &alias.as_str(), &version, &actor],
+    )
+    .await?;
+    let (at, revision, aliases) = record_change(tx, model, alias, from, Some(version), actor, reason).await?;
+    (moved.at, moved.changed) = (at, true);
+    let event = AliasMoved {
+        model: model.to_string(),
+        alias: alias.to_string(),
+        from,
+        to: version,
+        actor: actor.to_owned(),
+        reason: reason.to_owned(),
+        revision,
+        aliases,
+    };
+    publish(tx, topics_prefix, model.as_str(), event).await?;
+    Ok(moved)
+}
+
+/// Deletes `alias`, records it in `alias_history` (`to` empty) and enqueues `model.alias_removed`.
+/// Returns the version it pointed at.
+pub async fn remove_alias(
+    tx: &Transaction<'_>,
+    topics_prefix: &str,
+    model: &ModelName,
+    alias: &AliasName,
+    actor: &str,
+    reason: &str,
+) -> Result<i32, RegistryError> {
+    lock_model(tx, model).await?;
+    let removed = tx
+        .query_opt(
+            "DELETE FROM model_aliases WHERE model = $1 AND alias = $2 RETURNING version",
+            &[&model.as_str(), &alias.as_str()],
+        )
+        .await?;
+    let Some(from) = removed.map(|row| row.get::<_, i32>(0)) else {
+        return Err(RegistryError::UnknownAlias { model: model.to_string(), alias: alias.to_string() });
+    };
+    let (_, revision, aliases) = record_change(tx, model, alias, Some(from), None, actor, reason).await?;
+    let event = AliasRemoved {
+        model: model.to_string(),
+        alias: alias.to_string(),
+        from,
+        actor: actor.to_owned(),
+        reason: reason.to_owned(),
+        revision,
+        aliases,
+    };
+    publish(tx, topics_prefix, model.as_str(), event).await?;
+    Ok(from)
+}
+
+/// One version, or `None` when the model or the version does not exist.
+pub async fn get_version(
+    client: &impl GenericClient,
+    model: &ModelName,
+    version: i32,
+) -> Result<Option<ModelVersion>, RegistryError> {
+    let sql = format!("SELECT {VERSION_COLUMNS} FROM model_versions WHERE model = $1 AND version = $2");
+    client.query_opt(sql.as_str(), &[&model.as_str(), &version]).await?.as_ref().map(version_from_row).transpose()
+}
+
+/// Every version of `model`, oldest first (empty for an unknown model).
+pub async fn versions(client: &impl GenericClient, model: &ModelName) -> Result<Vec<ModelVersion>, RegistryError> {
+    let sql = format!("SELECT {VERSION_COLUMNS} FROM model_versions WHERE model = $1 ORDER BY version");
+    client.query(sql.as_str(), &[&model.as_str()]).await?.iter().map(version_from_row).collect()
+}
+
+/// The version `alias` points at, or `None` when the model has no such alias.
+pub async fn resolve_alias(
+    client: &impl GenericClient,
+    model: &ModelName,
+    alias: &AliasName,
+) -> Result<Option<ModelVersion>, RegistryError> {
+    let sql = format!(
+        "SELECT {VERSION_COLUMNS} FROM model_versions
+         WHERE (model, version) = (SELECT model, version FROM model_aliases WHERE model = $1 AND alias = $2)"
+    );
+    client
+        .query_opt(sql.as_str(), &[&model.as_str(), &alias.as_str()])
+        .await?
+        .as_ref()
+        .map(version_from_row)
+        .transpose()
+}
+
+/// Every alias of `model` and the version it points at (empty for an unknown model).
+pub async fn aliases(client: &impl GenericClient, model: &ModelName) -> Result<BTreeMap<String, i32>, RegistryError> {
+    let rows = client.query("SELECT alias, version FROM model_aliases WHERE model = $1", &[&model.as_str()]).await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+/// Stores the training-job template `model` was last trained with (for retraining), creating the
+/// model (with no versions yet) if needed.
+pub async fn set_template(
+    client: &impl GenericClient,
+    model: &ModelName,
+    template: &Value,
+) -> Result<(), RegistryError> {
+    client
+        .execute(
+            "INSERT INTO models (name, template) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET template = EXCLUDED.template, updated_at = now()",
+            &[&model.as_str(), template],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The template stored by [`set_template`], if any.
+pub async fn get_template(client: &impl GenericClient, model: &ModelName) -> Result<Option<Value>, RegistryError> {
+    let row = client.query_opt("SELECT template FROM models WHERE name = $1", &[&model.as_str()]).await?;
+    Ok(row.and_then(|row| row.get(0)))
+}
+
+/// Takes the model's row lock for the rest of `tx`: every change to a model goes through it.
+async fn lock_model(tx: &Transaction<'_>, model: &ModelName) -> Result<(), RegistryError> {
+    match tx.query_opt("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", &[&model.as_str()]).await? {
+        Some(_) => Ok(()),
+        None => Err(RegistryError::UnknownModel(model.to_string())),
+    }
+}
+
+/// Writes the audit row and bumps the model's revision; returns the time, the revision and the
+/// aliases after the change.
+async fn record_change(
+    tx: &Transaction<'_>,
+    model: &ModelName,
+    alias: &AliasName,
+    from: Option<i32>,
+    to: Option<i32>,
+    actor: &str,
+    reason: &str,
+) -> Result<(DateTime<Utc>, i64, BTreeMap<String, i32>), RegistryError> {
+    let at: DateTime<Utc> = tx
+        .query_one(
+            "INSERT INTO alias_history (model, alias, from_version, to_version, actor, reason)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING at",
+            &[&model.as_str(), &alias.as_str(), &from, &to, &actor, &reason],
+        )
+        .await?
+        .get(0);
+    let revision: i64 = tx
+        .query_one(
+            "UPDATE models SET revision = revision + 1, updated_at = now() WHERE name = $1 RETURNING revision",
+            &[&model.as_str()],
+        )
+        .await?
+        .get(0);
+    Ok((at, revision, aliases(tx, model).await?))
+}
+
+async fn publish<T: Event>(
+    tx: &Transaction<'_>,
+    topics_prefix: &str,
+    model: &str,
+    event: T,
+) -> Result<(), RegistryError> {
+    outbox::enqueue(tx, &Topic::ModelsEvents.qualified(topics_prefix), model, &Envelope::new(event)).await?;
+    Ok(())
+}
+
+/// Reads a row selected with [`VERSION_COLUMNS`].
+fn version_from_row(row: &Row) -> Result<ModelVersion, RegistryError> {
+    let corrupt = |what: &str, err: &dyn std::fmt::Display| RegistryError::Corrupt(format!("{what}: {err}"));
+    Ok(ModelVersion {
+        model: ModelName::parse(row.get("model")).map_err(|e| corrupt("model", &e))?,
+        version: row.get("version"),
+        artifact_key: row.get("artifact_key"),
+        sha256: row.get("sha256"),
+        size_bytes: row.get("size_bytes"),
+        architecture: row.get("architecture"),
+        input_spec: serde_json::from_value(row.get("input_spec")).map_err(|e| corrupt("input_spec", &e))?,
+        labels: row.get("labels"),
+        hyperparameters: row.get("hyperparameters"),
+        metrics: row.get("metrics"),
+        reference: row.get("reference"),
+        lineage: Lineage {
+            job_id: row.get("job_id"),
+            trial_id: row.get("trial_id"),
+            snapshot_id: row.get("snapshot_id"),
+            dataset: row.get("dataset"),
+            spec_hash: row.get("spec_hash"),
+            sluice_version: row.get("sluice_version"),
+        },
+        created_at: row.get("created_at"),
+    })
+}

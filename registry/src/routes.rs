@@ -1,0 +1,232 @@
+//! `/v1/models/...`: models, versions, aliases and their audit trail.
+//!
+//! Reads need any valid token. Moving or deleting `production` needs `admin`; other aliases need
+//! `train`. A refused request writes nothing: the scope is checked before the transaction opens.
+
+use std::collections::BTreeMap;
+
+use axum::{
+    Json, Router,
+    body::Body,
+    extract::{Path, Query, State},
+    routing::get,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_core::{
+    Context,
+    auth::Scope,
+    http::Caller,
+    models::{self, AliasMove, AliasName, ModelVersion},
+};
+
+use crate::{
+    error::{Failure, alias_name, bad_request, model_name, not_found, positive_version, version_number},
+    store,
+};
+
+/// Largest alias-move body accepted.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest `reason` kept in the audit trail, in characters.
+const MAX_REASON_CHARS: usize = 1000;
+
+type Answer<T = Json<Value>> = Result<T, Failure>;
+
+pub fn router(ctx: Context) -> Router {
+    Router::new()
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{name}", get(get_model))
+        .route("/v1/models/{name}/versions", get(list_versions))
+        .route("/v1/models/{name}/versions/{version}", get(get_version))
+        .route("/v1/models/{name}/aliases/{alias}", get(get_alias).put(put_alias).delete(delete_alias))
+        .route("/v1/models/{name}/aliases/{alias}/history", get(alias_history))
+        .with_state(ctx)
+}
+
+async fn list_models(State(ctx): State<Context>, _caller: Caller) -> Answer {
+    let client = ctx.db.get().await?;
+    Ok(Json(json!({ "models": store::models(&client).await? })))
+}
+
+async fn get_model(State(ctx): State<Context>, _caller: Caller, Path(name): Path<String>) -> Answer {
+    let name = model_name(&name)?;
+    let client = ctx.db.get().await?;
+    let Some(model) = store::model(&client, &name).await? else {
+        return Err(unknown_model(&name));
+    };
+    let versions: Vec<Value> =
+        models::versions(&client, &name).await?.iter().map(|v| summary(v, &model.aliases)).collect();
+    let mut body = serde_json::to_value(&model).expect("models serialise");
+    body["versions"] = Value::Array(versions);
+    Ok(Json(body))
+}
+
+async fn list_versions(State(ctx): State<Context>, _caller: Caller, Path(name): Path<String>) -> Answer {
+    let name = model_name(&name)?;
+    let client = ctx.db.get().await?;
+    if !store::model_exists(&client, &name).await? {
+        return Err(unknown_model(&name));
+    }
+    let aliases = models::aliases(&client, &name).await?;
+    let versions: Vec<Value> = models::versions(&client, &name).await?.iter().map(|v| summary(v, &aliases)).collect();
+    Ok(Json(json!({"model": name, "versions": versions})))
+}
+
+async fn get_version(
+    State(ctx): State<Context>,
+    _caller: Caller,
+    Path((name, version)): Path<(String, String)>,
+) -> Answer {
+    let name = model_name(&name)?;
+    let version = version_number(&version)?;
+    let client = ctx.db.get().await?;
+    let Some(found) = models::get_version(&client, &name, version).await? else {
+        if !store::model_exists(&client, &name).await? {
+            return Err(unknown_model(&name));
+        }
+        return Err(not_found("unknown_version", format!("Model {name} has no version {version}.")).into());
+    };
+    let aliases = models::aliases(&client, &name).await?;
+    let mut body = serde_json::to_value(&found).expect("versions serialise");
+    body["aliases"] = json!(pointing_at(&aliases, version));
+    Ok(Json(body))
+}
+
+async fn get_alias(
+    State(ctx): State<Context>,
+    _caller: Caller,
+    Path((name, alias)): Path<(String, String)>,
+) -> Answer<Json<store::Alias>> {
+    let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
+    let client = ctx.db.get().await?;
+    match store::alias(&client, &name, &alias).await? {
+        Some(found) => Ok(Json(found)),
+        None if store::model_exists(&client, &name).await? => {
+            Err(not_found("unknown_alias", format!("Model {name} has no alias {alias}.")).into())
+        }
+        None => Err(unknown_model(&name)),
+    }
+}
+
+async fn alias_history(
+    State(ctx): State<Context>,
+    _caller: Caller,
+    Path((name, alias)): Path<(String, String)>,
+) -> Answer {
+    let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
+    let client = ctx.db.get().await?;
+    if !store::model_exists(&client, &name).await? {
+        return Err(unknown_model(&name));
+    }
+    let history = store::history(&client, &name, &alias).await?;
+    Ok(Json(json!({"model": name, "alias": alias, "history": history})))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoveRequest {
+    version: i32,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Promotes or rolls back: points the alias at `version`. Moving it where it already points is a
+/// `200` with `"changed": false` and leaves no history row or event, so retrying a PUT is safe.
+async fn put_alias(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path((name, alias)): Path<(String, String)>,
+    body: Body,
+) -> Answer<Json<AliasMove>> {
+    let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
+    require_move_scope(&caller, &alias)?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| bad_request(format!("The body must be at most {MAX_BODY_BYTES} bytes.")))?;
+    let request: MoveRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| bad_request(format!("Send {{\"version\": <number>, \"reason\": \"...\"}} ({e}).")))?;
+    let version = positive_version(request.version)?;
+    let reason = checked_reason(request.reason)?;
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let prefix = &ctx.config.kafka.topic_prefix;
+    let moved = models::move_alias(&tx, prefix, &name, &alias, version, &actor(&caller), &reason).await?;
+    tx.commit().await?;
+    if moved.changed {
+        count_move(&alias);
+        tracing::info!(model = %name, alias = %alias, from = ?moved.from, to = moved.to, actor = %moved.actor, "alias moved");
+    }
+    Ok(Json(moved))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeleteQuery {
+    #[serde(default)]
+    reason: String,
+}
+
+/// Deletes an alias (`?reason=` is kept in the audit trail).
+async fn delete_alias(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path((name, alias)): Path<(String, String)>,
+    Query(query): Query<DeleteQuery>,
+) -> Answer {
+    let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
+    require_move_scope(&caller, &alias)?;
+    let reason = checked_reason(query.reason)?;
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let actor = actor(&caller);
+    let from = models::remove_alias(&tx, &ctx.config.kafka.topic_prefix, &name, &alias, &actor, &reason).await?;
+    tx.commit().await?;
+    count_move(&alias);
+    tracing::info!(model = %name, alias = %alias, from, actor = %actor, "alias deleted");
+    Ok(Json(json!({"model": name, "alias": alias, "removed_version": from, "actor": actor, "reason": reason})))
+}
+
+/// `production` is what inference serves by default: only `admin` moves it.
+fn require_move_scope(caller: &Caller, alias: &AliasName) -> Result<(), Failure> {
+    Ok(caller.require(if alias.is_production() { Scope::Admin } else { Scope::Train })?)
+}
+
+/// Who the audit trail names: the token's name and id.
+fn actor(caller: &Caller) -> String {
+    format!("{} ({})", caller.0.name, caller.0.token_id)
+}
+
+fn checked_reason(reason: String) -> Result<String, Failure> {
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err(bad_request(format!("`reason`: at most {MAX_REASON_CHARS} characters.")).into());
+    }
+    if reason.chars().any(|c| c.is_control() && c != '\n') {
+        return Err(bad_request("`reason`: no control characters other than line breaks.".into()).into());
+    }
+    Ok(reason)
+}
+
+fn count_move(alias: &AliasName) {
+    let kind = if alias.is_production() { "production" } else { "other" };
+    metrics::counter!("sluice_registry_alias_moves_total", "kind" => kind).increment(1);
+}
+
+fn unknown_model(name: &models::ModelName) -> Failure {
+    not_found("unknown_model", format!("No model named {name}.")).into()
+}
+
+fn pointing_at(aliases: &BTreeMap<String, i32>, version: i32) -> Vec<&str> {
+    aliases.iter().filter(|(_, v)| **v == version).map(|(alias, _)| alias.as_str()).collect()
+}
+
+/// A version without its bulky parts (reference statistics, input spec, hyper-parameters).
+fn summary(version: &ModelVersion, aliases: &BTreeMap<String, i32>) -> Value {
+    let mut value = serde_json::to_value(version).expect("versions serialise");
+    if let Value::Object(fields) = &mut value {
+        for bulky in ["reference", "input_spec", "hyperparameters", "labels"] {
+            fields.remove(bulky);
+        }
+        fields.insert("classes".into(), json!(version.labels.len()));
+        fields.insert("aliases".into(), json!(pointing_at(aliases, version.version)));
+    }
+    value
+}
