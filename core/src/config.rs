@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Sections of the configuration; an env var `SLUICE_<SECTION>_<KEY>` sets `<section>.<key>`.
-const SECTIONS: &[&str] = &["http", "kafka", "s3", "database", "telemetry", "auth", "ingest", "outbox", "preprocess"];
+const SECTIONS: &[&str] = &["http", "kafka", "s3", "database", "telemetry", "auth", "ingest", "outbox", "preprocess", "trainer"];
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub outbox: OutboxConfig,
     pub preprocess: PreprocessConfig,
+    pub trainer: TrainerConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +74,27 @@ pub struct PreprocessConfig {
     pub ffmpeg_memory_mib: u64,
     /// Media left in `accepted` or `processing` longer than this are enqueued again.
     pub reconcile_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// Consumer group of the trainer workers.
+    pub group_id: String,
+    /// Consumer group of the coordinator (results, job completion).
+    pub coordinator_group_id: String,
+    /// Consumer group turning `retrain.requests` into jobs.
+    pub retrain_group_id: String,
+    /// Most trials one job may ask for.
+    pub max_trials: u32,
+    /// Most epochs one trial may train for.
+    pub max_epochs: u32,
+    /// Longest one trial may run (the workers' `max.poll.interval.ms`).
+    pub max_trial_secs: u64,
+    /// Parallel S3 downloads while loading a snapshot.
+    pub load_concurrency: usize,
+    /// Retrain requests within this long of the last retraining start no new job.
+    pub retrain_cooldown_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -241,6 +263,22 @@ impl Config {
         rule(self.outbox.batch >= 1, "outbox.batch must be at least 1")?;
         rule(self.preprocess.concurrency >= 1, "preprocess.concurrency must be at least 1")?;
         rule(!self.preprocess.group_id.is_empty(), "preprocess.group_id must not be empty")?;
+        let trainer = &self.trainer;
+        rule(
+            ![&trainer.group_id, &trainer.coordinator_group_id, &trainer.retrain_group_id].iter().any(|g| g.is_empty()),
+            "trainer.group_id, trainer.coordinator_group_id and trainer.retrain_group_id must not be empty",
+        )?;
+        rule(
+            trainer.group_id != trainer.coordinator_group_id && trainer.group_id != trainer.retrain_group_id,
+            "trainer.group_id must differ from the coordinator's and the retrain consumer's groups",
+        )?;
+        rule(trainer.max_trials >= 1, "trainer.max_trials must be at least 1")?;
+        rule(trainer.max_epochs >= 1, "trainer.max_epochs must be at least 1")?;
+        rule(
+            (60..=2_000_000).contains(&trainer.max_trial_secs),
+            "trainer.max_trial_secs must be between 60 and 2000000",
+        )?;
+        rule(trainer.load_concurrency >= 1, "trainer.load_concurrency must be at least 1")?;
         Ok(())
     }
 

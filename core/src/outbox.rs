@@ -52,10 +52,28 @@ where
     C: deadpool_postgres::GenericClient,
     T: crate::events::Event,
 {
+    enqueue_to_partition(client, topic, key, None, event).await
+}
+
+/// [`enqueue`] with an explicit partition, for work queues that spread items over the group's
+/// members (training trials) instead of hashing keys. The partition must exist: Sluice creates
+/// its topics with `kafka.partitions` partitions.
+pub async fn enqueue_to_partition<C, T>(
+    client: &C,
+    topic: &crate::topics::TopicName,
+    key: &str,
+    partition: Option<i32>,
+    event: &crate::events::Envelope<T>,
+) -> Result<(), RelayError>
+where
+    C: deadpool_postgres::GenericClient,
+    T: crate::events::Event,
+{
     let payload = serde_json::to_value(event).expect("events serialise");
-    let statement =
-        client.prepare_cached("INSERT INTO outbox (id, topic, key, payload) VALUES ($1, $2, $3, $4)").await?;
-    client.execute(&statement, &[&event.event_id, &topic.as_str(), &key, &payload]).await?;
+    let statement = client
+        .prepare_cached("INSERT INTO outbox (id, topic, key, payload, partition) VALUES ($1, $2, $3, $4, $5)")
+        .await?;
+    client.execute(&statement, &[&event.event_id, &topic.as_str(), &key, &payload, &partition]).await?;
     Ok(())
 }
 
@@ -136,6 +154,7 @@ struct OutboxEvent {
     key: String,
     payload: String,
     created_at: DateTime<Utc>,
+    partition: Option<i32>,
 }
 
 impl<'a> Claimed<'a> {
@@ -144,7 +163,7 @@ impl<'a> Claimed<'a> {
         let tx = client.transaction().await?;
         let rows = tx
             .query(
-                "SELECT id, topic, key, payload::text, created_at FROM outbox
+                "SELECT id, topic, key, payload::text, created_at, partition FROM outbox
                  WHERE sent_at IS NULL ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
                 &[&batch],
             )
@@ -160,6 +179,7 @@ impl<'a> Claimed<'a> {
                 key: r.get(2),
                 payload: r.get(3),
                 created_at: r.get(4),
+                partition: r.get(5),
             })
             .collect();
         Ok(Some(Self { tx, events }))
@@ -177,8 +197,11 @@ impl<'a> Claimed<'a> {
     /// Sends every claimed event (pipelined) and returns the acknowledged ids and the first error.
     pub async fn publish(&self, ctx: &Context) -> (Vec<Uuid>, Option<String>) {
         let sends = self.events.iter().map(|event| {
-            ctx.producer
-                .send(FutureRecord::to(&event.topic).key(&event.key).payload(&event.payload), Duration::from_secs(30))
+            let mut record = FutureRecord::to(&event.topic).key(&event.key).payload(&event.payload);
+            if let Some(partition) = event.partition {
+                record = record.partition(partition);
+            }
+            ctx.producer.send(record, Duration::from_secs(30))
         });
         let results = join_all(sends).await;
         let now = Utc::now();

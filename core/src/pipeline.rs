@@ -106,6 +106,18 @@ impl PipelineSpec {
     }
 }
 
+/// A dataset's current spec: the one set with `PUT /v1/datasets/{name}/pipeline`, else the default.
+pub async fn current_spec<C>(client: &C, dataset: &str) -> Result<PipelineSpec, tokio_postgres::Error>
+where
+    C: deadpool_postgres::GenericClient,
+{
+    let statement = client.prepare_cached("SELECT spec FROM pipelines WHERE dataset = $1").await?;
+    Ok(match client.query_opt(&statement, &[&dataset]).await? {
+        Some(row) => serde_json::from_value(row.get::<_, serde_json::Value>(0)).unwrap_or_default(),
+        None => PipelineSpec::default(),
+    })
+}
+
 /// `processed/<dataset>/<spec hash>/<media id>/<frame index>.png`: one key per
 /// (media, spec, frame), so a redelivered event overwrites the same objects.
 pub fn output_key(dataset: &str, spec_hash: &str, media_id: Uuid, frame_index: u32) -> String {

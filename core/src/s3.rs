@@ -45,6 +45,43 @@ impl S3Error {
     }
 }
 
+/// Reads a whole object; `None` when there is no such key.
+pub async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Result<Option<bytes::Bytes>, S3Error> {
+    let object = match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(object) => object,
+        Err(err) => {
+            let err = S3Error::from_sdk("GetObject", err);
+            return if err.code() == Some("NoSuchKey") { Ok(None) } else { Err(err) };
+        }
+    };
+    let body = object.body.collect().await.map_err(|e| S3Error::Call {
+        operation: "GetObject",
+        code: None,
+        message: format!("reading the body of {key}: {e}"),
+    })?;
+    Ok(Some(body.into_bytes()))
+}
+
+/// Writes a whole object in one PUT (small objects: manifests, checkpoints, model artifacts).
+pub async fn put_bytes(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    body: impl Into<bytes::Bytes>,
+    content_type: &str,
+) -> Result<(), S3Error> {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .content_type(content_type)
+        .body(aws_sdk_s3::primitives::ByteStream::from(body.into()))
+        .send()
+        .await
+        .map_err(|e| S3Error::from_sdk("PutObject", e))?;
+    Ok(())
+}
+
 /// Builds a client for `config`: static credentials when configured, else the AWS default chain.
 pub async fn client(config: &S3Config) -> Client {
     let mut builder = aws_sdk_s3::config::Builder::new()

@@ -1,7 +1,6 @@
 //! PostgreSQL state of preprocessing: specs, media status, outputs, and the events that go
 //! with them through the outbox.
 
-use serde_json::Value;
 use sluice_core::{
     Context,
     db::DbError,
@@ -42,11 +41,7 @@ impl From<DbError> for StoreError {
 /// The dataset's spec, or the default when none was set.
 pub async fn spec(ctx: &Context, dataset: &str) -> Result<PipelineSpec, StoreError> {
     let client = ctx.db.get().await?;
-    let statement = client.prepare_cached("SELECT spec FROM pipelines WHERE dataset = $1").await?;
-    Ok(match client.query_opt(&statement, &[&dataset]).await? {
-        Some(row) => serde_json::from_value(row.get::<_, Value>(0)).unwrap_or_default(),
-        None => PipelineSpec::default(),
-    })
+    Ok(sluice_core::pipeline::current_spec(&client, dataset).await?)
 }
 
 /// Sets a dataset's spec (creating the dataset if it has no media yet).

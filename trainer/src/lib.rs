@@ -1,16 +1,62 @@
-//! Trainer: a coordinator fans trials out on `training.trials`; workers train and report on
-//! `training.results`; the best model is registered.
+//! Trainer: distributed hyper-parameter search over Kafka.
 //!
-//! The coordinator and workers land with the training issue (#6); today this crate contributes
-//! no routes or workers beyond the shared ops endpoints.
+//! `POST /v1/training-jobs` ([`jobs`]) freezes the dataset into a snapshot, expands the search
+//! space into trials ([`search`]) and queues them on `training.trials` through the outbox.
+//! Workers ([`worker`], group `trainer`) train one trial at a time with `sluice-nn`, checkpoint
+//! every epoch to S3, and report on `training.results`. The coordinator ([`coordinator`]) records
+//! every result in PostgreSQL, runs successive halving's later rungs, and registers the best
+//! model in the registry tables, applying the job's promotion policy. [`retrain`] turns
+//! `retrain.requests` into jobs from the model's last template.
+
+pub mod coordinator;
+pub mod jobs;
+pub mod retrain;
+mod routes;
+pub mod search;
+pub mod snapshot;
+pub mod store;
+pub mod worker;
 
 use axum::Router;
-use sluice_core::Context;
+use sluice_core::{Context, Shutdown};
+use tokio::task::JoinHandle;
 
 /// The service's name in `sluice serve <name>`, logs and metrics.
 pub const NAME: &str = "trainer";
 
 /// This service's HTTP routes, merged with the ops endpoints by the `sluice` binary.
-pub fn router(_ctx: Context) -> Router {
-    Router::new()
+pub fn router(ctx: Context) -> Router {
+    describe_metrics();
+    routes::router(ctx)
+}
+
+/// A trainer worker, the coordinator, the retrain consumer and an outbox relay (trials, model
+/// events). Several trainer processes share trials through the `trainer` group.
+pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
+    let cache = snapshot::Cache::default();
+    vec![
+        tokio::spawn(worker::run(ctx.clone(), shutdown.clone(), cache.clone())),
+        tokio::spawn(coordinator::run(ctx.clone(), shutdown.clone(), cache)),
+        tokio::spawn(retrain::run(ctx.clone(), shutdown.clone())),
+        tokio::spawn(sluice_core::outbox::run(ctx.clone(), shutdown.clone())),
+    ]
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!("sluice_trainer_jobs_started_total", "Training jobs queued.");
+    metrics::describe_counter!("sluice_trainer_jobs_finished_total", "Training jobs ended, by status.");
+    metrics::describe_counter!("sluice_trainer_trials_total", "Trials ended on this worker, by outcome.");
+    metrics::describe_counter!("sluice_trainer_trials_resumed_total", "Trials resumed from an epoch checkpoint.");
+    metrics::describe_counter!("sluice_trainer_retrain_jobs_total", "Jobs started by retrain requests.");
+    metrics::describe_counter!("sluice_trainer_snapshot_loads_total", "Snapshot loads, by source (memory or s3).");
+    metrics::describe_histogram!(
+        "sluice_trainer_epoch_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to train and validate one epoch."
+    );
+    metrics::describe_histogram!(
+        "sluice_trainer_trial_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time from taking a trial to publishing its result."
+    );
 }

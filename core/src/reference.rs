@@ -1,0 +1,167 @@
+//! Reference statistics a model version carries for drift detection and label-free accuracy
+//! estimates: computed by the trainer on the validation split, compared by inference against
+//! live traffic. Both sides compute input statistics with the same functions here.
+
+use serde::{Deserialize, Serialize};
+
+/// Bins of the confidence and brightness histograms (equal width over [0, 1]).
+pub const BINS: usize = 10;
+
+/// What a version's validation split looked like through the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reference {
+    /// Samples the statistics were computed on.
+    pub samples: usize,
+    /// Fraction of samples predicted as each class (label index order).
+    pub predicted_class_frequencies: Vec<f64>,
+    /// Fraction of samples of each true class.
+    pub label_frequencies: Vec<f64>,
+    /// Histogram (fractions) of top-1 confidence.
+    pub confidence_histogram: Vec<f64>,
+    /// Sorted top-1 confidences (at most 1,000, evenly picked) for two-sample KS tests.
+    pub confidence_sample: Vec<f64>,
+    /// Histogram (fractions) of mean image brightness in [0, 1].
+    pub brightness_histogram: Vec<f64>,
+    pub brightness_mean: f64,
+    pub brightness_std: f64,
+    /// Mean of each channel in [0, 1].
+    pub channel_means: Vec<f64>,
+    /// Softmax temperature fitted on the split (confidences of `softmax(logits / T)` are calibrated).
+    pub temperature: f64,
+    /// Top-1 accuracy on the split.
+    pub accuracy: f64,
+}
+
+/// Numerically stable softmax of `logits / temperature`.
+pub fn softmax(logits: &[f32], temperature: f64) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exps: Vec<f64> = logits.iter().map(|&l| ((l as f64 - max) / temperature).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+/// Index and probability of the most likely class.
+pub fn top1(probabilities: &[f64]) -> (usize, f64) {
+    probabilities.iter().copied().enumerate().fold((0, f64::MIN), |best, (i, p)| if p > best.1 { (i, p) } else { best })
+}
+
+/// Mean brightness in [0, 1] and per-channel means of one `u8` CHW image.
+pub fn image_stats(chw: &[u8], channels: usize) -> (f64, Vec<f64>) {
+    let plane = chw.len() / channels.max(1);
+    let means: Vec<f64> = (0..channels)
+        .map(|c| chw[c * plane..(c + 1) * plane].iter().map(|&v| v as f64).sum::<f64>() / (plane.max(1) as f64 * 255.0))
+        .collect();
+    (means.iter().sum::<f64>() / channels.max(1) as f64, means)
+}
+
+/// Fractions of `values` (in [0, 1]) per equal-width bin.
+pub fn histogram(values: impl IntoIterator<Item = f64>) -> Vec<f64> {
+    let mut bins = vec![0.0; BINS];
+    let mut n = 0usize;
+    for value in values {
+        let bin = ((value.clamp(0.0, 1.0) * BINS as f64) as usize).min(BINS - 1);
+        bins[bin] += 1.0;
+        n += 1;
+    }
+    if n > 0 {
+        bins.iter_mut().for_each(|b| *b /= n as f64);
+    }
+    bins
+}
+
+/// The temperature minimising the negative log-likelihood of the true labels (golden-section
+/// search over [0.05, 20]): temperature scaling, the usual post-hoc calibration.
+pub fn fit_temperature(logits: &[Vec<f32>], labels: &[u32]) -> f64 {
+    if logits.is_empty() {
+        return 1.0;
+    }
+    let nll = |t: f64| -> f64 {
+        logits.iter().zip(labels).map(|(l, &y)| -softmax(l, t)[y as usize].max(1e-12).ln()).sum::<f64>()
+    };
+    let (mut lo, mut hi) = (0.05f64.ln(), 20f64.ln());
+    let ratio = (5f64.sqrt() - 1.0) / 2.0;
+    for _ in 0..60 {
+        let a = hi - ratio * (hi - lo);
+        let b = lo + ratio * (hi - lo);
+        if nll(a.exp()) < nll(b.exp()) {
+            hi = b;
+        } else {
+            lo = a;
+        }
+    }
+    ((lo + hi) / 2.0).exp()
+}
+
+impl Reference {
+    /// Computes the statistics from the split's images (`u8` CHW, one after another), labels and
+    /// the model's logits for them.
+    pub fn compute(images: &[u8], channels: usize, labels: &[u32], logits: &[Vec<f32>], classes: usize) -> Self {
+        let n = labels.len();
+        let frame = if n == 0 { 0 } else { images.len() / n };
+        let temperature = fit_temperature(logits, labels);
+        let mut predicted = vec![0.0; classes];
+        let mut truth = vec![0.0; classes];
+        let mut confidences = Vec::with_capacity(n);
+        let mut correct = 0usize;
+        for (l, &y) in logits.iter().zip(labels) {
+            let (class, confidence) = top1(&softmax(l, temperature));
+            predicted[class] += 1.0;
+            truth[y as usize] += 1.0;
+            correct += usize::from(class == y as usize);
+            confidences.push(confidence);
+        }
+        let stats: Vec<(f64, Vec<f64>)> =
+            (0..n).map(|i| image_stats(&images[i * frame..(i + 1) * frame], channels)).collect();
+        let brightness: Vec<f64> = stats.iter().map(|(b, _)| *b).collect();
+        let denominator = n.max(1) as f64;
+        let brightness_mean = brightness.iter().sum::<f64>() / denominator;
+        let variance = brightness.iter().map(|b| (b - brightness_mean).powi(2)).sum::<f64>() / denominator;
+        let channel_means = (0..channels).map(|c| stats.iter().map(|(_, m)| m[c]).sum::<f64>() / denominator).collect();
+        let confidence_histogram = histogram(confidences.iter().copied());
+        confidences.sort_by(f64::total_cmp);
+        let step = (confidences.len() as f64 / 1000.0).max(1.0);
+        let confidence_sample =
+            (0..confidences.len().min(1000)).map(|i| confidences[(i as f64 * step) as usize]).collect();
+        Self {
+            samples: n,
+            predicted_class_frequencies: predicted.iter().map(|c| c / denominator).collect(),
+            label_frequencies: truth.iter().map(|c| c / denominator).collect(),
+            confidence_histogram,
+            confidence_sample,
+            brightness_histogram: histogram(brightness.iter().copied()),
+            brightness_mean,
+            brightness_std: variance.sqrt(),
+            channel_means,
+            temperature,
+            accuracy: correct as f64 / denominator,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temperature_softens_overconfident_logits() {
+        // Always very confident, right only half the time: the fitted temperature is large.
+        let logits: Vec<Vec<f32>> = (0..100).map(|_| vec![10.0, 0.0]).collect();
+        let labels: Vec<u32> = (0..100).map(|i| i % 2).collect();
+        let t = fit_temperature(&logits, &labels);
+        assert!(t > 5.0, "temperature {t}");
+        let calibrated = top1(&softmax(&logits[0], t)).1;
+        assert!((calibrated - 0.5).abs() < 0.1, "calibrated confidence {calibrated}");
+    }
+
+    #[test]
+    fn reference_counts_classes_and_brightness() {
+        let images = [vec![0u8; 12], vec![255u8; 12]].concat();
+        let logits = vec![vec![5.0, 0.0], vec![0.0, 5.0]];
+        let reference = Reference::compute(&images, 3, &[0, 1], &logits, 2);
+        assert_eq!(reference.predicted_class_frequencies, vec![0.5, 0.5]);
+        assert_eq!(reference.accuracy, 1.0);
+        assert!((reference.brightness_mean - 0.5).abs() < 1e-9);
+        assert_eq!(reference.brightness_histogram[0], 0.5);
+        assert_eq!(reference.brightness_histogram[BINS - 1], 0.5);
+    }
+}

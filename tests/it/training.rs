@@ -1,0 +1,452 @@
+//! Training end to end on the real stack: jobs, trials over Kafka, workers, the coordinator, the
+//! registry, retraining, and the failure paths (bad requests, cancellation, a killed worker).
+
+use std::{process::Stdio, time::Duration};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sluice::Service;
+use sluice_core::{
+    auth::Scope,
+    events::Envelope,
+    pipeline::{PipelineSpec, output_key},
+    topics::Topic,
+    training::RetrainRequested,
+};
+use sluice_nn::synthetic::{self, SyntheticSpec};
+use sluice_testkit::{TestEnv, eventually};
+use uuid::Uuid;
+
+use crate::support::{RunningApp, json_of, read_topic, sluice_command, sluice_env};
+
+/// Writes a processed, labelled synthetic dataset as preprocess would have left it: PNG outputs in
+/// S3 under the dataset's spec, media rows `processed`, output rows. Returns the labels.
+pub async fn seed_dataset(app: &RunningApp, dataset: &str, classes: usize, per_class: usize, size: u32, seed: u64) {
+    let samples = synthetic::generate(&SyntheticSpec::rgb(size as usize, classes, classes * per_class, seed))
+        .expect("synthetic images");
+    let labels = synthetic::labels(classes);
+    let spec = PipelineSpec { width: size, height: size, ..PipelineSpec::default() };
+    let hash = spec.hash();
+    let client = app.ctx.db.get().await.expect("connection");
+    client
+        .execute("INSERT INTO datasets (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&dataset])
+        .await
+        .expect("dataset");
+    client
+        .execute(
+            "INSERT INTO pipelines (dataset, spec, spec_hash) VALUES ($1, $2, $3)
+             ON CONFLICT (dataset) DO UPDATE SET spec = $2, spec_hash = $3",
+            &[&dataset, &serde_json::to_value(&spec).expect("spec"), &hash],
+        )
+        .await
+        .expect("pipeline");
+    let frame = 3 * (size * size) as usize;
+    let plane = (size * size) as usize;
+    let puts =
+        samples.labels.iter().enumerate().map(|(i, &label)| {
+            let chw = &samples.images[i * frame..(i + 1) * frame];
+            let mut rgb = Vec::with_capacity(frame);
+            for p in 0..plane {
+                rgb.extend([chw[p], chw[plane + p], chw[2 * plane + p]]);
+            }
+            let image = image::RgbImage::from_raw(size, size, rgb).expect("image");
+            let mut png = std::io::Cursor::new(Vec::new());
+            image.write_to(&mut png, image::ImageFormat::Png).expect("png");
+            let id = Uuid::new_v4();
+            let key = output_key(dataset, &hash, id, 0);
+            let (client, hash, labels) = (&client, &hash, &labels);
+            async move {
+                let bytes = png.into_inner();
+                sluice_core::s3::put_bytes(&app.ctx.s3, &app.ctx.config.s3.bucket, &key, bytes.clone(), "image/png")
+                    .await
+                    .expect("put output");
+                let sha = hex::encode(Sha256::digest(&bytes));
+                client
+                .execute(
+                    "INSERT INTO media (id, dataset, label, kind, content_type, bytes, sha256, width, height, raw_key,
+                                        status, spec_hash, processed_at)
+                     VALUES ($1, $2, $3, 'image', 'image/png', $4, $5, $6, $6, $7, 'processed', $8, now())",
+                    &[&id, &dataset, &labels[label as usize], &(bytes.len() as i64), &sha, &(size as i32),
+                      &format!("raw/{dataset}/{id}.png"), hash],
+                )
+                .await
+                .expect("media row");
+                client
+                    .execute(
+                        "INSERT INTO media_outputs (media_id, key, width, height, frame_index, spec_hash)
+                     VALUES ($1, $2, $3, $3, 0, $4)",
+                        &[&id, &key, &(size as i32), hash],
+                    )
+                    .await
+                    .expect("output row");
+            }
+        });
+    futures::future::join_all(puts).await;
+}
+
+pub async fn post_job(app: &RunningApp, token: &str, body: &Value) -> (u16, Value) {
+    json_of(app.http.post(app.url("/v1/training-jobs")).bearer_auth(token).json(body).send().await.expect("post job"))
+        .await
+}
+
+/// Starts a job (202) and waits until it ends; returns the final view.
+pub async fn run_job(app: &RunningApp, body: &Value, timeout: Duration) -> Value {
+    let (status, created) = post_job(app, &app.admin_token, body).await;
+    assert_eq!(status, 202, "{created}");
+    wait_job(app, created["id"].as_str().expect("job id"), timeout).await
+}
+
+pub async fn wait_job(app: &RunningApp, id: &str, timeout: Duration) -> Value {
+    eventually(timeout, "the training job to end", || async {
+        let (_, job) = job(app, id).await;
+        (!matches!(job["status"].as_str(), Some("queued" | "running"))).then_some(job)
+    })
+    .await
+}
+
+async fn job(app: &RunningApp, id: &str) -> (u16, Value) {
+    json_of(
+        app.http
+            .get(app.url(&format!("/v1/training-jobs/{id}")))
+            .bearer_auth(&app.admin_token)
+            .send()
+            .await
+            .expect("get job"),
+    )
+    .await
+}
+
+fn grid(model: &str, dataset: &str, space: Value, promote: &str) -> Value {
+    json!({"model": model, "dataset": dataset, "architecture": "cnn",
+           "search": {"strategy": "grid", "space": space}, "seed": 7, "promote": promote})
+}
+
+#[tokio::test]
+async fn grid_search_trains_every_trial_registers_the_best_and_promotes_it() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer, Service::Registry]).await;
+    seed_dataset(&app, "shapes", 3, 24, 24, 1).await;
+    let space = json!({"learning_rate": [0.003, 0.01], "batch_size": [16, 32], "epochs": 4, "hidden": 32});
+    let job = run_job(&app, &grid("shapes-cnn", "shapes", space, "if_better"), Duration::from_secs(240)).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let trials = job["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 4);
+    assert!(trials.iter().all(|t| t["status"] == "succeeded" && t["epoch"].as_i64() >= Some(1)), "{job:#}");
+    let best = trials
+        .iter()
+        .max_by(|a, b| {
+            a["metrics"]["val_accuracy"].as_f64().unwrap().total_cmp(&b["metrics"]["val_accuracy"].as_f64().unwrap())
+        })
+        .expect("a best trial");
+    assert_eq!(job["best_trial"], best["id"]);
+    assert_eq!(job["registered_version"], 1);
+    assert_eq!(job["promotion"]["promoted"], true, "{job:#}");
+
+    let version = app.http.get(app.url("/v1/models/shapes-cnn/versions/1")).bearer_auth(&app.admin_token).send().await;
+    let (status, version) = json_of(version.expect("get version")).await;
+    assert_eq!(status, 200, "{version}");
+    assert_eq!(version["lineage"]["job_id"], job["id"]);
+    assert_eq!(version["lineage"]["snapshot_id"], job["snapshot_id"]);
+    assert_eq!(version["labels"], json!(["circle", "square", "triangle"]));
+    assert!(version["reference"]["temperature"].as_f64().expect("a fitted temperature") > 0.0);
+    let key = version["artifact_key"].as_str().expect("artifact key");
+    let bytes =
+        sluice_core::s3::get_bytes(&app.ctx.s3, &app.ctx.config.s3.bucket, key).await.expect("get").expect("artifact");
+    assert_eq!(version["sha256"], hex::encode(Sha256::digest(&bytes)));
+    let snapshot = format!("snapshots/shapes/{}.json", job["snapshot_id"].as_str().expect("snapshot id"));
+    assert!(
+        sluice_core::s3::get_bytes(&app.ctx.s3, &app.ctx.config.s3.bucket, &snapshot).await.expect("get").is_some()
+    );
+
+    let events =
+        read_topic(&app.ctx.config, app.ctx.topic(Topic::ModelsEvents).as_str(), 2, Duration::from_secs(10)).await;
+    let types: Vec<&str> = events.iter().map(|(_, e)| e["type"].as_str().unwrap_or("")).collect();
+    assert_eq!(types, ["model.version_registered", "model.alias_moved"]);
+    assert!(events.iter().all(|(key, _)| key == "shapes-cnn"));
+}
+
+#[tokio::test]
+async fn same_data_seed_and_parameters_give_identical_metrics_and_artifacts() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
+    seed_dataset(&app, "shapes", 2, 16, 16, 2).await;
+    let body = grid("twins", "shapes", json!({"epochs": 2, "dropout": 0.2, "hidden": 16}), "never");
+    let first = run_job(&app, &body, Duration::from_secs(120)).await;
+    let second = run_job(&app, &body, Duration::from_secs(120)).await;
+    for job in [&first, &second] {
+        assert_eq!(job["status"], "succeeded", "{job:#}");
+    }
+    let (a, b) = (&first["trials"][0], &second["trials"][0]);
+    assert_eq!(a["sha256"], b["sha256"]);
+    assert_eq!(a["metrics"], b["metrics"]);
+    let without_timing = |trial: &Value| {
+        let mut history = trial["history"].clone();
+        history.as_array_mut().expect("history").iter_mut().for_each(|h| {
+            h.as_object_mut().expect("entry").remove("seconds");
+        });
+        history
+    };
+    assert_eq!(without_timing(a), without_timing(b));
+    assert_eq!(first["promotion"]["promoted"], false);
+}
+
+#[tokio::test]
+async fn halving_keeps_the_best_third_and_continues_it_from_its_checkpoint() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
+    seed_dataset(&app, "shapes", 2, 16, 16, 3).await;
+    let body = json!({"model": "halved", "dataset": "shapes", "architecture": "mlp", "seed": 3, "promote": "never",
+        "search": {"strategy": "halving", "max_trials": 3, "reduction_factor": 3, "min_epochs": 1,
+                   "space": {"epochs": 3, "learning_rate": {"log_uniform": [0.001, 0.05]}, "patience": 0}}});
+    let job = run_job(&app, &body, Duration::from_secs(120)).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let trials = job["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 4, "three on the first rung, one promoted: {job:#}");
+    let first_rung: Vec<&Value> = trials.iter().filter(|t| t["rung"] == 0).collect();
+    assert!(first_rung.iter().all(|t| t["epochs"] == 1 && t["status"] == "succeeded"));
+    let promoted = trials.iter().find(|t| t["rung"] == 1).expect("a promoted trial");
+    let score = |t: &Value| t["metrics"]["val_accuracy"].as_f64().unwrap_or(0.0);
+    let parent = first_rung.iter().find(|t| t["id"] == promoted["parent"]).expect("its parent on the first rung");
+    assert!(first_rung.iter().all(|t| score(t) <= score(parent)), "the promoted trial was the best: {job:#}");
+    assert_eq!(promoted["epochs"], 3);
+    // It continued from the parent's epoch 1: its own history holds epochs 2 and 3 only.
+    let epochs: Vec<i64> =
+        promoted["history"].as_array().expect("history").iter().map(|h| h["epoch"].as_i64().unwrap()).collect();
+    assert_eq!(epochs, [2, 3], "{job:#}");
+    assert_eq!(job["best_trial"], promoted["id"]);
+}
+
+#[tokio::test]
+async fn bad_training_requests_get_a_clear_4xx_and_leave_nothing_behind() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
+    seed_dataset(&app, "shapes", 2, 4, 16, 4).await;
+    let client = app.ctx.db.get().await.expect("connection");
+    client.execute("INSERT INTO datasets (name) VALUES ('empty')", &[]).await.expect("empty dataset");
+    // One class only.
+    client.execute("UPDATE media SET label = 'circle' WHERE dataset = 'shapes'", &[]).await.expect("relabel");
+    seed_dataset(&app, "good", 2, 4, 16, 5).await;
+    let ok = |f: &dyn Fn(&mut Value)| {
+        let mut body = grid("m", "good", json!({"epochs": 1}), "never");
+        f(&mut body);
+        body
+    };
+    let cases: Vec<(&str, Value, u16, &str)> = vec![
+        ("unknown dataset", ok(&|b| b["dataset"] = json!("nope")), 404, "unknown_dataset"),
+        ("unknown architecture", ok(&|b| b["architecture"] = json!("transformer")), 422, "invalid_request"),
+        ("no processed items", ok(&|b| b["dataset"] = json!("empty")), 422, "dataset_not_trainable"),
+        ("a single class", ok(&|b| b["dataset"] = json!("shapes")), 422, "dataset_not_trainable"),
+        ("an empty list", ok(&|b| b["search"]["space"]["learning_rate"] = json!([])), 422, "invalid_search"),
+        (
+            "a negative learning rate",
+            ok(&|b| b["search"]["space"]["learning_rate"] = json!([-0.1])),
+            422,
+            "invalid_search",
+        ),
+        ("a zero learning rate", ok(&|b| b["search"]["space"]["learning_rate"] = json!(0.0)), 422, "invalid_search"),
+        ("an unknown strategy", ok(&|b| b["search"]["strategy"] = json!("annealing")), 422, "invalid_search"),
+        ("an unknown parameter", ok(&|b| b["search"]["space"]["momentum_x"] = json!([1])), 422, "invalid_search"),
+        ("max_trials 0", ok(&|b| b["search"]["max_trials"] = json!(0)), 422, "invalid_search"),
+        ("max_trials over the limit", ok(&|b| b["search"]["max_trials"] = json!(100_000)), 422, "invalid_search"),
+        ("an invalid model name", ok(&|b| b["model"] = json!("Bad Name!")), 422, "invalid_request"),
+        ("an unknown field", ok(&|b| b["colour"] = json!("red")), 400, "invalid_request"),
+    ];
+    let mut failures = Vec::new();
+    for (what, body, status, code) in &cases {
+        let (got, answer) = post_job(&app, &app.admin_token, body).await;
+        if got != *status || answer["error"]["code"] != *code || !answer["error"]["message"].is_string() {
+            failures.push(format!("{what}: expected {status} {code}, got {got} {answer}"));
+        }
+    }
+    let body = ok(&|_| {});
+    let (status, _) =
+        json_of(app.http.post(app.url("/v1/training-jobs")).json(&body).send().await.expect("post")).await;
+    assert_eq!(status, 401);
+    let ingest_only = app.token(&[Scope::Ingest, Scope::Predict]).await;
+    assert_eq!(post_job(&app, &ingest_only, &body).await.0, 403);
+    assert_eq!(post_job(&app, "not-a-token", &body).await.0, 401);
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(app.count("SELECT count(*) FROM training_jobs").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM training_trials").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0);
+    let listed = app.ctx.s3.list_objects_v2().bucket(&app.ctx.config.s3.bucket).prefix("snapshots/").send().await;
+    assert_eq!(listed.expect("list").key_count(), Some(0), "no snapshot manifest was written");
+}
+
+#[tokio::test]
+async fn a_cancelled_job_skips_its_trials_and_cannot_be_cancelled_twice() {
+    let env = TestEnv::new().await;
+    // Only the routes run: nothing consumes the trials, so the job is still queued when cancelled.
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
+    let trainer_routes = sluice_trainer::router(app.ctx.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, trainer_routes).await });
+    seed_dataset(&app, "shapes", 2, 4, 16, 6).await;
+    let body = grid("m", "shapes", json!({"learning_rate": [0.01, 0.02, 0.03], "epochs": 50}), "never");
+    let post = app.http.post(format!("{base}/v1/training-jobs")).bearer_auth(&app.admin_token).json(&body);
+    let (status, created) = json_of(post.send().await.expect("post")).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().expect("id");
+    let cancel = || app.http.post(format!("{base}/v1/training-jobs/{id}/cancel")).bearer_auth(&app.admin_token).send();
+    let (status, answer) = json_of(cancel().await.expect("cancel")).await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = json_of(cancel().await.expect("cancel again")).await;
+    assert_eq!(status, 409, "{answer}");
+    assert_eq!(answer["error"]["code"], "job_finished");
+    // A worker started now skips every trial: none runs, none produces an artifact.
+    let worker = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
+    eventually(Duration::from_secs(60), "the worker to consume the cancelled trials", || async {
+        crate::support::group_caught_up(&worker.ctx.config, "trainer", worker.ctx.topic(Topic::TrainingTrials).as_str())
+            .await
+            .then_some(())
+    })
+    .await;
+    assert_eq!(worker.count("SELECT count(*) FROM training_trials WHERE status <> 'cancelled'").await, 0);
+    assert_eq!(worker.count("SELECT count(*) FROM training_trials WHERE worker IS NOT NULL").await, 0);
+    let (status, _) = json_of(
+        app.http
+            .post(format!("{base}/v1/training-jobs/{}/cancel", Uuid::new_v4()))
+            .bearer_auth(&app.admin_token)
+            .send()
+            .await
+            .expect("cancel"),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_retrain_burst_starts_one_job_from_the_last_template() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
+    seed_dataset(&app, "shapes", 2, 8, 16, 8).await;
+    let body = json!({"model": "loop", "dataset": "shapes", "architecture": "mlp", "seed": 1, "promote": "always",
+        "search": {"strategy": "grid", "space": {"epochs": 1}}});
+    let first = run_job(&app, &body, Duration::from_secs(120)).await;
+    assert_eq!(first["status"], "succeeded", "{first:#}");
+    let topic = app.ctx.topic(Topic::RetrainRequests);
+    let requests: Vec<(i32, String)> = (0..3)
+        .map(|i| {
+            let event = Envelope::new(RetrainRequested {
+                model: "loop".into(),
+                reason: "drift".into(),
+                evidence: json!({"psi": 0.4, "n": i}),
+                requested_by: "test".into(),
+            });
+            (0, String::from_utf8(event.to_json()).expect("utf-8"))
+        })
+        .collect();
+    crate::support::produce(&app.ctx.producer, topic.as_str(), &requests).await;
+    eventually(Duration::from_secs(60), "three retrain requests recorded", || async {
+        (app.count("SELECT count(*) FROM retrain_requests").await == 3).then_some(())
+    })
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM retrain_requests WHERE outcome = 'started'").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM retrain_requests WHERE outcome = 'coalesced'").await, 2);
+    assert_eq!(app.count("SELECT count(*) FROM training_jobs WHERE origin = 'retrain'").await, 1);
+    let client = app.ctx.db.get().await.expect("connection");
+    let id: Uuid =
+        client.query_one("SELECT id FROM training_jobs WHERE origin = 'retrain'", &[]).await.expect("job").get(0);
+    let retrained = wait_job(&app, &id.to_string(), Duration::from_secs(120)).await;
+    assert_eq!(retrained["status"], "succeeded", "{retrained:#}");
+    assert_eq!(retrained["request"], first["request"]);
+    assert_eq!(retrained["evidence"]["reason"], "drift");
+    assert_eq!(retrained["registered_version"], 2);
+}
+
+/// Two worker processes share a job's trials; one is killed with SIGKILL mid-trial and the
+/// survivor finishes that trial from its last epoch checkpoint, recorded once.
+#[tokio::test]
+async fn a_worker_killed_mid_trial_is_replaced_by_the_survivor_resuming_from_its_checkpoint() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
+    seed_dataset(&app, "shapes", 2, 60, 32, 9).await;
+    let spawn_worker = || {
+        let mut command = sluice_command();
+        command.args(["serve", "trainer"]).envs(sluice_env(&env)).env("SLUICE_KAFKA_SESSION_TIMEOUT_MS", "6000");
+        command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn a trainer worker")
+    };
+    let mut first = spawn_worker();
+    let mut second = spawn_worker();
+    let trainer_routes = sluice_trainer::router(app.ctx.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, trainer_routes).await });
+    let body = json!({"model": "sturdy", "dataset": "shapes", "architecture": "cnn", "seed": 5, "promote": "never",
+        "search": {"strategy": "grid", "space": {"learning_rate": [0.002, 0.003], "epochs": 8, "patience": 0}}});
+    let post = app.http.post(format!("{base}/v1/training-jobs")).bearer_auth(&app.admin_token).json(&body);
+    let (status, created) = json_of(post.send().await.expect("post")).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    // Both workers train at once (round-robin partitions), then the first one's trial is cut.
+    let workers: Vec<String> = eventually(Duration::from_secs(120), "both trials running on two workers", || async {
+        let rows = app
+            .ctx
+            .db
+            .get()
+            .await
+            .ok()?
+            .query(
+                "SELECT worker FROM training_trials WHERE status = 'running' AND epoch >= 2 AND worker IS NOT NULL",
+                &[],
+            )
+            .await
+            .ok()?;
+        let workers: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        (workers.len() == 2 && workers[0] != workers[1]).then_some(workers)
+    })
+    .await;
+    let victim =
+        workers.iter().find(|w| w.ends_with(&format!("-{}", first.id()))).expect("the first worker's trial").clone();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first.id() as i32), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill");
+    first.wait().expect("reap");
+    let cut_at: i32 = app
+        .ctx
+        .db
+        .get()
+        .await
+        .expect("connection")
+        .query_one("SELECT epoch FROM training_trials WHERE worker = $1", &[&victim])
+        .await
+        .expect("victim trial")
+        .get(0);
+    let job = eventually(Duration::from_secs(300), "the job to succeed", || async {
+        let response =
+            app.http.get(format!("{base}/v1/training-jobs/{id}")).bearer_auth(&app.admin_token).send().await.ok()?;
+        let (_, job) = json_of(response).await;
+        (job["status"] != "queued" && job["status"] != "running").then_some(job)
+    })
+    .await;
+    let _ = second.kill();
+    let _ = second.wait();
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let trials = job["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 2);
+    // Every epoch is recorded once; the victim's trial went on from the victim's last
+    // checkpoint on the survivor instead of starting over.
+    let victim_trial = trials
+        .iter()
+        .find(|t| t["history"].as_array().expect("history").iter().any(|h| h["worker"] == victim.as_str()))
+        .expect("the victim's trial");
+    let history = victim_trial["history"].as_array().expect("history");
+    let last_by_victim =
+        history.iter().filter(|h| h["worker"] == victim.as_str()).map(|h| h["epoch"].as_i64().unwrap()).max();
+    let survivor_entries: Vec<&Value> = history.iter().filter(|h| h["worker"] != victim.as_str()).collect();
+    assert!(!survivor_entries.is_empty(), "{victim_trial:#}");
+    assert!(survivor_entries.iter().all(|h| h["resumed_from"].as_i64() == last_by_victim), "{victim_trial:#}");
+    assert!(last_by_victim >= Some(cut_at.into()) && cut_at >= 2, "{victim_trial:#}");
+    for trial in trials {
+        assert_eq!(trial["status"], "succeeded");
+        let epochs: Vec<i64> =
+            trial["history"].as_array().expect("history").iter().map(|h| h["epoch"].as_i64().unwrap()).collect();
+        assert_eq!(epochs, (1..=8).collect::<Vec<_>>(), "each epoch recorded once: {trial:#}");
+        assert_ne!(trial["worker"], victim, "the survivor finished every trial");
+    }
+    let (status, _) = json_of(
+        app.http.get(format!("{base}/v1/training-jobs/{id}")).bearer_auth(&app.admin_token).send().await.expect("get"),
+    )
+    .await;
+    assert_eq!(status, 200);
+}

@@ -1,0 +1,391 @@
+//! The coordinator: consumer group `trainer-coordinator` over `training.results`.
+//!
+//! It records every epoch and every trial outcome (idempotently: a trial ends once, a replayed
+//! epoch changes nothing), and after each outcome advances the job: successive halving queues
+//! the next rung from the best trials' checkpoints; a finished search registers the best trial's
+//! model and applies the job's `promote` policy. Registration, the alias move and the job's end
+//! are one transaction, so a coordinator killed half-way redoes all of it or none.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::{
+    Message,
+    consumer::{CommitMode, Consumer},
+};
+use serde_json::{Value, json};
+use sluice_core::{
+    Context, Shutdown,
+    events::Envelope,
+    kafka,
+    models::{self, AliasName, Lineage, ModelName, NewVersion},
+    topics::Topic,
+    training::{TrialFinished, TrialProgress, event_type},
+};
+use sluice_nn::{Hyper, Network};
+use uuid::Uuid;
+
+use crate::{
+    jobs::limits,
+    search::{self, JobRequest, Promote},
+    snapshot,
+    store::{self, NewTrial, StoreError},
+};
+
+/// Runs the coordinator until `shutdown`, recreating the consumer after Kafka errors.
+pub async fn run(ctx: Context, shutdown: Shutdown, cache: snapshot::Cache) {
+    while !shutdown.is_cancelled() {
+        if let Err(err) = consume(&ctx, &shutdown, &cache).await {
+            tracing::warn!(error = %err, "coordinator consumer failed; restarting in 2 s");
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+}
+
+async fn consume(
+    ctx: &Context,
+    shutdown: &Shutdown,
+    cache: &snapshot::Cache,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let consumer = kafka::consumer(&ctx.config.kafka, &ctx.config.trainer.coordinator_group_id)?;
+    consumer.subscribe(&[ctx.topic(Topic::TrainingResults).as_str()])?;
+    let mut stream = consumer.stream();
+    let result = loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            next = stream.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => break Err(err),
+                None => break Ok(()),
+            },
+        };
+        let payload = message.payload().unwrap_or_default();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match handle(ctx, cache, payload).await {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot record a training result; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        if shutdown.is_cancelled() {
+            break Ok(());
+        }
+        consumer.store_offset_from_message(&message)?;
+    };
+    drop(stream);
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(err) => tracing::warn!(error = %err, "final commit failed"),
+    }
+    result
+}
+
+/// A failure worth retrying (PostgreSQL, S3 or the registry away).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Retry(String);
+
+impl From<StoreError> for Retry {
+    fn from(err: StoreError) -> Self {
+        Self(err.to_string())
+    }
+}
+
+impl From<tokio_postgres::Error> for Retry {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Self(sluice_core::error_chain(&err))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Retry {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self(sluice_core::error_chain(&err))
+    }
+}
+
+impl From<models::RegistryError> for Retry {
+    fn from(err: models::RegistryError) -> Self {
+        Self(err.to_string())
+    }
+}
+
+async fn handle(ctx: &Context, cache: &snapshot::Cache, payload: &[u8]) -> Result<(), Retry> {
+    match event_type(payload).as_deref() {
+        Some("training.trial_progress") => match Envelope::<TrialProgress>::decode(payload) {
+            Ok(event) => store::record_progress(ctx, &event.data).await?,
+            Err(err) => tracing::error!(error = %err, "undecodable progress event; skipping it"),
+        },
+        Some("training.trial_finished") => match Envelope::<TrialFinished>::decode(payload) {
+            Ok(event) => {
+                if store::record_finished(ctx, &event.data).await? {
+                    tracing::info!(job = %event.data.job_id, trial = %event.data.trial_id,
+                        outcome = event.data.outcome.as_str(), "trial ended");
+                }
+                advance(ctx, cache, event.data.job_id).await?;
+            }
+            Err(err) => tracing::error!(error = %err, "undecodable result event; skipping it"),
+        },
+        other => tracing::error!(event_type = ?other, "unexpected event on training.results; skipping it"),
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct TrialRow {
+    id: Uuid,
+    rung: i32,
+    status: String,
+    params: Value,
+    metrics: Option<Value>,
+}
+
+impl TrialRow {
+    /// Higher is better: validation accuracy, then lower validation loss.
+    fn score(&self) -> (f64, f64) {
+        let metric = |name: &str| self.metrics.as_ref().and_then(|m| m[name].as_f64());
+        (metric("val_accuracy").unwrap_or(f64::MIN), -metric("val_loss").unwrap_or(f64::MAX))
+    }
+}
+
+fn by_score(a: &&TrialRow, b: &&TrialRow) -> std::cmp::Ordering {
+    let (a, b) = (a.score(), b.score());
+    b.0.total_cmp(&a.0).then(b.1.total_cmp(&a.1))
+}
+
+/// Moves a job on once every trial of its current rung has ended.
+async fn advance(ctx: &Context, cache: &snapshot::Cache, job_id: Uuid) -> Result<(), Retry> {
+    let client = ctx.db.get().await?;
+    let Some(job) = client
+        .query_opt("SELECT status, request, snapshot_id, snapshot_key FROM training_jobs WHERE id = $1", &[&job_id])
+        .await?
+    else {
+        return Ok(());
+    };
+    let status: String = job.get(0);
+    if !matches!(status.as_str(), "queued" | "running") {
+        return Ok(());
+    }
+    let Ok(request) = serde_json::from_value::<JobRequest>(job.get(1)) else {
+        return fail(ctx, job_id, "the stored job request is unreadable").await;
+    };
+    let trials: Vec<TrialRow> = client
+        .query(
+            "SELECT id, rung, status, params, metrics FROM training_trials WHERE job_id = $1 ORDER BY ordinal",
+            &[&job_id],
+        )
+        .await?
+        .iter()
+        .map(|r| TrialRow { id: r.get(0), rung: r.get(1), status: r.get(2), params: r.get(3), metrics: r.get(4) })
+        .collect();
+    drop(client);
+    if trials.iter().any(|t| matches!(t.status.as_str(), "queued" | "running")) {
+        return Ok(());
+    }
+    let rung = trials.iter().map(|t| t.rung).max().unwrap_or(0);
+    let mut ranked: Vec<&TrialRow> = trials.iter().filter(|t| t.rung == rung && t.status == "succeeded").collect();
+    ranked.sort_by(by_score);
+    let strategy = search::strategy_of(&request, limits(ctx)).map_err(|e| Retry(e.to_string()))?;
+    if let Some((keep, epochs)) = search::next_rung(&strategy, rung as u32, ranked.len()) {
+        let promoted = ranked[..keep]
+            .iter()
+            .map(|t| {
+                let mut hyper: Hyper = serde_json::from_value(t.params.clone()).unwrap_or_default();
+                hyper.epochs = epochs as usize;
+                NewTrial { hyper, rung: rung as u32 + 1, parent: Some(t.id) }
+            })
+            .collect();
+        let snapshot_id: String = job.get(2);
+        let snapshot_key: String = job.get(3);
+        let mut client = ctx.db.get().await?;
+        let tx = client.transaction().await?;
+        let locked: String =
+            tx.query_one("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await?.get(0);
+        let next_exists = tx
+            .query_opt("SELECT 1 FROM training_trials WHERE job_id = $1 AND rung > $2", &[&job_id, &rung])
+            .await?
+            .is_some();
+        if matches!(locked.as_str(), "queued" | "running") && !next_exists {
+            let ordinal = trials.len() as i32;
+            store::queue_trials(ctx, &tx, job_id, &request, &snapshot_id, &snapshot_key, ordinal, promoted).await?;
+            tx.commit().await?;
+            tracing::info!(job = %job_id, rung = rung + 1, keep, epochs, "successive halving: next rung queued");
+        }
+        return Ok(());
+    }
+    let Some(best) = ranked.first() else {
+        return fail(ctx, job_id, "every trial failed; see the trials' errors").await;
+    };
+    finish(ctx, cache, job_id, &request, &job.get::<_, String>(2), best).await
+}
+
+async fn fail(ctx: &Context, job_id: Uuid, error: &str) -> Result<(), Retry> {
+    let client = ctx.db.get().await?;
+    let updated = client
+        .execute(
+            "UPDATE training_jobs SET status = 'failed', error = $2, finished_at = now()
+             WHERE id = $1 AND status IN ('queued', 'running')",
+            &[&job_id, &error],
+        )
+        .await?;
+    if updated == 1 {
+        metrics::counter!("sluice_trainer_jobs_finished_total", "status" => "failed").increment(1);
+        tracing::warn!(job = %job_id, error, "training job failed");
+    }
+    Ok(())
+}
+
+/// Registers the best trial and applies the promotion policy, in one transaction.
+async fn finish(
+    ctx: &Context,
+    cache: &snapshot::Cache,
+    job_id: Uuid,
+    request: &JobRequest,
+    snapshot_id: &str,
+    best: &TrialRow,
+) -> Result<(), Retry> {
+    let model = ModelName::parse(&request.model).map_err(|e| Retry(e.to_string()))?;
+    let production = AliasName::parse(AliasName::PRODUCTION).expect("a valid alias");
+    let client = ctx.db.get().await?;
+    let row = client
+        .query_one(
+            "SELECT t.artifact_key, t.sha256, t.size_bytes, t.metrics, t.reference, t.params, j.labels, j.snapshot_key,
+                    j.architecture
+             FROM training_trials t JOIN training_jobs j ON j.id = t.job_id WHERE t.id = $1",
+            &[&best.id],
+        )
+        .await?;
+    let labels: Vec<String> = serde_json::from_value(row.get(6)).unwrap_or_default();
+    let snapshot_key: String = row.get(7);
+    let loaded = cache.load(ctx, &snapshot_key, snapshot_id).await.map_err(|e| Retry(e.to_string()))?;
+    let candidate_accuracy = best.score().0;
+    let current = models::resolve_alias(&client, &model, &production).await?;
+    drop(client);
+    let decision = match (request.promote, &current) {
+        (Promote::Never, _) => json!({"policy": "never", "promoted": false}),
+        (Promote::Always, _) | (Promote::IfBetter, None) => json!({
+            "policy": request.promote, "promoted": true,
+            "reason": if current.is_none() { "no production version yet" } else { "policy always" },
+            "candidate_accuracy": candidate_accuracy,
+        }),
+        (Promote::IfBetter, Some(current)) => {
+            let (_, validation) = loaded.snapshot.split(request.seed, request.validation_split);
+            let samples = loaded.samples(&validation);
+            match production_accuracy(ctx, current, &labels, &loaded.snapshot.spec_hash, &samples).await? {
+                Some(accuracy) => json!({
+                    "policy": "if_better", "promoted": candidate_accuracy > accuracy,
+                    "candidate_accuracy": candidate_accuracy, "production_version": current.version,
+                    "production_accuracy": accuracy,
+                    "reason": format!("validation accuracy {candidate_accuracy:.4} vs production v{} {accuracy:.4} on the same split", current.version),
+                }),
+                None => json!({
+                    "policy": "if_better", "promoted": false, "production_version": current.version,
+                    "reason": "production was trained on another input spec; not comparable on this split",
+                }),
+            }
+        }
+    };
+    let new_version = NewVersion {
+        model: model.clone(),
+        artifact_key: row.get(0),
+        sha256: row.get(1),
+        size_bytes: row.get(2),
+        architecture: row.get(8),
+        input_spec: loaded.snapshot.spec.clone(),
+        labels,
+        hyperparameters: row.get(5),
+        metrics: row.get::<_, Option<Value>>(3).unwrap_or(Value::Null),
+        reference: row.get::<_, Option<Value>>(4).unwrap_or(Value::Null),
+        lineage: Lineage {
+            job_id,
+            trial_id: best.id,
+            snapshot_id: snapshot_id.to_owned(),
+            dataset: request.dataset.clone(),
+            spec_hash: loaded.snapshot.spec_hash.clone(),
+            sluice_version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+    };
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let status: String =
+        tx.query_one("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await?.get(0);
+    if !matches!(status.as_str(), "queued" | "running") {
+        return Ok(());
+    }
+    let prefix = &ctx.config.kafka.topic_prefix;
+    let version = models::register(&tx, prefix, &new_version).await?;
+    let template = serde_json::to_value(request).expect("requests serialise");
+    models::set_template(&tx, &model, &template).await?;
+    if decision["promoted"] == true {
+        let reason = format!("training job {job_id}: {}", decision["reason"].as_str().unwrap_or("promoted"));
+        models::move_alias(&tx, prefix, &model, &production, version.version, "trainer", &reason).await?;
+    }
+    tx.execute(
+        "UPDATE training_jobs SET status = 'succeeded', best_trial = $2, registered_version = $3, promotion = $4,
+                finished_at = now()
+         WHERE id = $1",
+        &[&job_id, &best.id, &version.version, &decision],
+    )
+    .await?;
+    tx.commit().await?;
+    metrics::counter!("sluice_trainer_jobs_finished_total", "status" => "succeeded").increment(1);
+    tracing::info!(job = %job_id, model = %request.model, version = version.version, promotion = %decision, "training job succeeded");
+    Ok(())
+}
+
+/// The production version's accuracy on this job's validation samples, matching classes by
+/// label name; `None` when it was trained on inputs of another shape.
+async fn production_accuracy(
+    ctx: &Context,
+    current: &models::ModelVersion,
+    labels: &[String],
+    spec_hash: &str,
+    samples: &sluice_nn::Samples,
+) -> Result<Option<f64>, Retry> {
+    if current.input_spec.hash() != spec_hash {
+        return Ok(None);
+    }
+    let bytes = match models::load_artifact(&ctx.s3, &ctx.config.s3.bucket, current).await {
+        Ok(bytes) => bytes,
+        Err(err @ (models::RegistryError::Tampered { .. } | models::RegistryError::MissingArtifact { .. })) => {
+            tracing::warn!(error = %err, "the production artifact cannot be loaded; treating it as not comparable");
+            return Ok(None);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let their_labels = current.labels.clone();
+    let truth: Vec<String> = samples.labels.iter().map(|&i| labels[i as usize].clone()).collect();
+    let images = samples.images.clone();
+    let n = samples.labels.len();
+    let accuracy = tokio::task::spawn_blocking(move || -> Result<f64, String> {
+        let network = Network::load(&bytes).map_err(|e| e.to_string())?;
+        let logits = network.logits(&images, n).map_err(|e| e.to_string())?;
+        let correct = logits
+            .iter()
+            .zip(&truth)
+            .filter(|(l, t)| {
+                let best = l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
+                their_labels.get(best) == Some(t)
+            })
+            .count();
+        Ok(correct as f64 / n.max(1) as f64)
+    })
+    .await
+    .map_err(|e| Retry(e.to_string()))?;
+    match accuracy {
+        Ok(accuracy) => Ok(Some(accuracy)),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot score the production model; treating it as not comparable");
+            Ok(None)
+        }
+    }
+}

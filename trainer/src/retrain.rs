@@ -1,0 +1,149 @@
+//! Retraining: consumer group `trainer-retrain` over `retrain.requests`.
+//!
+//! A request starts a job from the model's last job template on the dataset's current data,
+//! unless the model already has a job queued or running, or a retraining started within
+//! `trainer.retrain_cooldown_secs`: a burst of requests starts one job. Every request is recorded
+//! by event id with its outcome, so a redelivered request is recognised and changes nothing.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use rdkafka::{
+    Message,
+    consumer::{CommitMode, Consumer},
+};
+use serde_json::json;
+use sluice_core::{
+    Context, Shutdown,
+    events::Envelope,
+    kafka,
+    models::{self, ModelName},
+    topics::Topic,
+    training::RetrainRequested,
+};
+use uuid::Uuid;
+
+use crate::{
+    jobs::{self, StartError},
+    search::JobRequest,
+    store::Origin,
+};
+
+pub async fn run(ctx: Context, shutdown: Shutdown) {
+    while !shutdown.is_cancelled() {
+        if let Err(err) = consume(&ctx, &shutdown).await {
+            tracing::warn!(error = %err, "retrain consumer failed; restarting in 2 s");
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+}
+
+async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {
+    let consumer = kafka::consumer(&ctx.config.kafka, &ctx.config.trainer.retrain_group_id)?;
+    consumer.subscribe(&[ctx.topic(Topic::RetrainRequests).as_str()])?;
+    let mut stream = consumer.stream();
+    let result = loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            next = stream.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => break Err(err),
+                None => break Ok(()),
+            },
+        };
+        match Envelope::<RetrainRequested>::decode(message.payload().unwrap_or_default()) {
+            Ok(event) => {
+                let mut backoff = Duration::from_millis(500);
+                while let Err(err) = handle(ctx, event.event_id, &event.data).await {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot act on a retrain request; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                if shutdown.is_cancelled() {
+                    break Ok(());
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "undecodable retrain request; skipping it"),
+        }
+        consumer.store_offset_from_message(&message)?;
+    };
+    drop(stream);
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(err) => tracing::warn!(error = %err, "final commit failed"),
+    }
+    result
+}
+
+/// Acts on one request; `Err` only for failures worth retrying.
+async fn handle(ctx: &Context, event_id: Uuid, request: &RetrainRequested) -> Result<(), String> {
+    let db = |e: &dyn std::error::Error| sluice_core::error_chain(e);
+    let client = ctx.db.get().await.map_err(|e| db(&e))?;
+    if client
+        .query_opt("SELECT 1 FROM retrain_requests WHERE event_id = $1", &[&event_id])
+        .await
+        .map_err(|e| db(&e))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let cooldown = ctx.config.trainer.retrain_cooldown_secs as f64;
+    let busy = client
+        .query_opt(
+            "SELECT id FROM training_jobs WHERE model = $1
+               AND (status IN ('queued', 'running')
+                    OR (origin = 'retrain' AND created_at > now() - make_interval(secs => $2)))
+             ORDER BY created_at DESC LIMIT 1",
+            &[&request.model, &cooldown],
+        )
+        .await
+        .map_err(|e| db(&e))?
+        .map(|row| row.get::<_, Uuid>(0));
+    let (outcome, job_id) = match busy {
+        Some(job) => ("coalesced".to_owned(), Some(job)),
+        None => match template(ctx, &request.model).await? {
+            None => ("refused: the model has no training job to repeat".to_owned(), None),
+            Some(template) => {
+                let origin = Origin {
+                    kind: "retrain",
+                    requested_by: request.requested_by.clone(),
+                    evidence: Some(json!({"reason": request.reason, "evidence": request.evidence})),
+                };
+                match jobs::start(ctx, &template, origin).await {
+                    Ok(job) => {
+                        metrics::counter!("sluice_trainer_retrain_jobs_total").increment(1);
+                        ("started".to_owned(), Some(job))
+                    }
+                    Err(StartError::Unavailable(message)) => return Err(message),
+                    Err(refused) => (format!("refused: {refused}"), None),
+                }
+            }
+        },
+    };
+    tracing::info!(model = %request.model, reason = %request.reason, %outcome, job = ?job_id, "retrain request handled");
+    client
+        .execute(
+            "INSERT INTO retrain_requests (event_id, model, reason, evidence, outcome, job_id)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+            &[&event_id, &request.model, &request.reason, &request.evidence, &outcome, &job_id],
+        )
+        .await
+        .map_err(|e| db(&e))?;
+    Ok(())
+}
+
+/// The request of the model's last training job, the template a retraining repeats.
+async fn template(ctx: &Context, model: &str) -> Result<Option<JobRequest>, String> {
+    let Ok(name) = ModelName::parse(model) else {
+        return Ok(None);
+    };
+    let client = ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;
+    let stored = models::get_template(&client, &name).await.map_err(|e| e.to_string())?;
+    Ok(stored.and_then(|value| serde_json::from_value(value).ok()))
+}

@@ -1,0 +1,347 @@
+//! Training job requests and hyper-parameter search: a search space expands into trials by grid,
+//! random sampling, or successive halving (many trials on a small epoch budget, the best fraction
+//! promoted to larger budgets).
+//!
+//! A space maps parameter names (see [`sluice_nn::Hyper::PARAMS`]) to a domain:
+//! a list (`[0.001, 0.01]`, a choice; the grid's axes), `{"choice": [...]}`,
+//! `{"uniform": [low, high]}`, `{"log_uniform": [low, high]}`, `{"int_uniform": [low, high]}`,
+//! or a single value (fixed).
+
+use std::collections::BTreeMap;
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sluice_nn::Hyper;
+
+/// What `POST /v1/training-jobs` takes; stored whole as the job's template.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    pub model: String,
+    pub dataset: String,
+    pub architecture: String,
+    pub search: SearchRequest,
+    #[serde(default = "default_validation_split")]
+    pub validation_split: f64,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub promote: Promote,
+}
+
+fn default_validation_split() -> f64 {
+    0.2
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    pub strategy: String,
+    pub max_trials: Option<u32>,
+    #[serde(default)]
+    pub space: BTreeMap<String, Value>,
+    /// Successive halving: the fraction kept per rung is 1 / reduction_factor (default 3).
+    pub reduction_factor: Option<u32>,
+    /// Successive halving: the first rung's epoch budget (default 1).
+    pub min_epochs: Option<u32>,
+}
+
+/// What happens to the best model when a job ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Promote {
+    Never,
+    /// `production` moves only when the new model beats it on this job's validation split.
+    #[default]
+    IfBetter,
+    Always,
+}
+
+/// Why a search cannot run, in words a client can act on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSearch(pub String);
+
+fn invalid(message: impl Into<String>) -> InvalidSearch {
+    InvalidSearch(message.into())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Domain {
+    Choice(Vec<Value>),
+    Uniform(f64, f64),
+    LogUniform(f64, f64),
+    IntUniform(i64, i64),
+}
+
+impl Domain {
+    fn parse(name: &str, raw: &Value) -> Result<Self, InvalidSearch> {
+        let bounds = |value: &Value| -> Result<(f64, f64), InvalidSearch> {
+            match value.as_array().map(|v| v.iter().map(Value::as_f64).collect::<Option<Vec<_>>>()) {
+                Some(Some(pair)) if pair.len() == 2 && pair[0] <= pair[1] && pair.iter().all(|b| b.is_finite()) => {
+                    Ok((pair[0], pair[1]))
+                }
+                _ => Err(invalid(format!("search.space.{name}: bounds must be [low, high] numbers with low <= high"))),
+            }
+        };
+        match raw {
+            Value::Array(values) if values.is_empty() => {
+                Err(invalid(format!("search.space.{name} is an empty list; give at least one value")))
+            }
+            Value::Array(values) => Ok(Domain::Choice(values.clone())),
+            Value::Object(map) if map.len() == 1 => {
+                let (kind, arg) = map.iter().next().expect("one entry");
+                match kind.as_str() {
+                    "choice" => Domain::parse(name, arg).and_then(|d| match d {
+                        Domain::Choice(values) => Ok(Domain::Choice(values)),
+                        _ => Err(invalid(format!("search.space.{name}.choice must be a list"))),
+                    }),
+                    "uniform" => bounds(arg).map(|(lo, hi)| Domain::Uniform(lo, hi)),
+                    "log_uniform" => match bounds(arg)? {
+                        (lo, hi) if lo > 0.0 => Ok(Domain::LogUniform(lo, hi)),
+                        _ => Err(invalid(format!("search.space.{name}.log_uniform bounds must be above 0"))),
+                    },
+                    "int_uniform" => {
+                        bounds(arg).map(|(lo, hi)| Domain::IntUniform(lo.ceil() as i64, hi.floor() as i64))
+                    }
+                    other => Err(invalid(format!(
+                        "search.space.{name}: unknown distribution {other:?}; use choice, uniform, log_uniform or int_uniform"
+                    ))),
+                }
+            }
+            Value::Object(_) => Err(invalid(format!(
+                "search.space.{name} must be a value, a list, or one of {{\"choice\"|\"uniform\"|\"log_uniform\"|\"int_uniform\": ...}}"
+            ))),
+            fixed => Ok(Domain::Choice(vec![fixed.clone()])),
+        }
+    }
+
+    fn sample(&self, rng: &mut StdRng) -> Value {
+        match self {
+            Domain::Choice(values) => values[rng.random_range(0..values.len())].clone(),
+            Domain::Uniform(lo, hi) => Value::from(lo + (hi - lo) * rng.random::<f64>()),
+            Domain::LogUniform(lo, hi) => Value::from((lo.ln() + (hi.ln() - lo.ln()) * rng.random::<f64>()).exp()),
+            Domain::IntUniform(lo, hi) => Value::from(rng.random_range(*lo..=*hi)),
+        }
+    }
+}
+
+/// A search strategy with its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Strategy {
+    Grid,
+    Random,
+    Halving { reduction_factor: u32, min_epochs: u32, max_epochs: u32 },
+}
+
+/// The first trials of a job and how later rungs are made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub strategy: Strategy,
+    /// Full hyper-parameters of each first-rung trial.
+    pub trials: Vec<Hyper>,
+}
+
+/// Limits from the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_trials: u32,
+    pub max_epochs: u32,
+}
+
+/// Expands a search into its first trials, checking every parameter and limit.
+pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, InvalidSearch> {
+    if let Some(max) = search.max_trials {
+        if max == 0 || max > limits.max_trials {
+            return Err(invalid(format!("search.max_trials must be between 1 and {}", limits.max_trials)));
+        }
+    }
+    let mut domains = BTreeMap::new();
+    for (name, raw) in &search.space {
+        if !Hyper::PARAMS.contains(&name.as_str()) {
+            return Err(invalid(format!(
+                "search.space: unknown parameter {name:?}; known parameters: {}",
+                Hyper::PARAMS.join(", ")
+            )));
+        }
+        domains.insert(name.clone(), Domain::parse(name, raw)?);
+    }
+    let build = |assignment: &BTreeMap<String, Value>| -> Result<Hyper, InvalidSearch> {
+        let mut hyper = Hyper::default();
+        for (name, value) in assignment {
+            hyper.set(name, value).map_err(|e| invalid(format!("search.space.{name}: {e}")))?;
+        }
+        hyper.validate().map_err(|e| invalid(format!("search.space: {e}")))?;
+        if hyper.epochs as u32 > limits.max_epochs {
+            return Err(invalid(format!("epochs must be at most {}", limits.max_epochs)));
+        }
+        Ok(hyper)
+    };
+    match search.strategy.as_str() {
+        "grid" => {
+            if search.reduction_factor.is_some() || search.min_epochs.is_some() {
+                return Err(invalid("reduction_factor and min_epochs apply to the halving strategy only"));
+            }
+            let mut combos: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
+            for (name, domain) in &domains {
+                let Domain::Choice(values) = domain else {
+                    return Err(invalid(format!(
+                        "search.space.{name}: grid search needs a list of values, not a distribution"
+                    )));
+                };
+                combos = combos
+                    .into_iter()
+                    .flat_map(|combo| {
+                        values.iter().map(move |value| {
+                            let mut next = combo.clone();
+                            next.insert(name.clone(), value.clone());
+                            next
+                        })
+                    })
+                    .collect();
+                if combos.len() > limits.max_trials as usize {
+                    break;
+                }
+            }
+            let cap = search.max_trials.unwrap_or(limits.max_trials) as usize;
+            if combos.len() > cap {
+                return Err(invalid(format!(
+                    "the grid has more combinations than max_trials ({cap}); shorten a list or raise search.max_trials"
+                )));
+            }
+            let trials = combos.iter().map(build).collect::<Result<_, _>>()?;
+            Ok(Plan { strategy: Strategy::Grid, trials })
+        }
+        "random" | "halving" => {
+            let count = search
+                .max_trials
+                .ok_or_else(|| invalid(format!("{} search needs search.max_trials", search.strategy)))?;
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut trials = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let assignment: BTreeMap<String, Value> =
+                    domains.iter().map(|(name, domain)| (name.clone(), domain.sample(&mut rng))).collect();
+                trials.push(build(&assignment)?);
+            }
+            if search.strategy == "random" {
+                if search.reduction_factor.is_some() || search.min_epochs.is_some() {
+                    return Err(invalid("reduction_factor and min_epochs apply to the halving strategy only"));
+                }
+                return Ok(Plan { strategy: Strategy::Random, trials });
+            }
+            let reduction_factor = search.reduction_factor.unwrap_or(3);
+            if !(2..=10).contains(&reduction_factor) {
+                return Err(invalid("search.reduction_factor must be between 2 and 10"));
+            }
+            let max_epochs = trials.iter().map(|t| t.epochs as u32).max().unwrap_or(1);
+            let min_epochs = search.min_epochs.unwrap_or(1);
+            if min_epochs == 0 || min_epochs > max_epochs {
+                return Err(invalid(format!(
+                    "search.min_epochs must be between 1 and the epoch budget ({max_epochs})"
+                )));
+            }
+            for trial in &mut trials {
+                trial.epochs = min_epochs as usize;
+            }
+            Ok(Plan { strategy: Strategy::Halving { reduction_factor, min_epochs, max_epochs }, trials })
+        }
+        other => Err(invalid(format!("unknown search strategy {other:?}; use grid, random or halving"))),
+    }
+}
+
+/// Successive halving's next rung: `None` when the search is over, else how many of the rung's
+/// best trials continue and with what epoch budget.
+pub fn next_rung(strategy: &Strategy, rung: u32, finished_in_rung: usize) -> Option<(usize, u32)> {
+    let Strategy::Halving { reduction_factor, min_epochs, max_epochs } = *strategy else {
+        return None;
+    };
+    let current = min_epochs.saturating_mul(reduction_factor.saturating_pow(rung)).min(max_epochs);
+    if finished_in_rung <= 1 || current >= max_epochs {
+        return None;
+    }
+    let keep = (finished_in_rung / reduction_factor as usize).max(1);
+    let epochs = current.saturating_mul(reduction_factor).min(max_epochs);
+    Some((keep, epochs))
+}
+
+/// Rebuilds the strategy of a stored request (its plan was validated when the job was made).
+pub fn strategy_of(request: &JobRequest, limits: Limits) -> Result<Strategy, InvalidSearch> {
+    plan(&request.search, request.seed, limits).map(|plan| plan.strategy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: Limits = Limits { max_trials: 64, max_epochs: 200 };
+
+    fn search(value: Value) -> SearchRequest {
+        serde_json::from_value(value).expect("a search request")
+    }
+
+    #[test]
+    fn grid_over_two_by_two_makes_four_trials() {
+        let s = search(
+            json!({"strategy": "grid", "space": {"learning_rate": [0.001, 0.01], "batch_size": [16, 32], "epochs": 3}}),
+        );
+        let plan = plan(&s, 1, LIMITS).expect("valid");
+        assert_eq!(plan.trials.len(), 4);
+        assert!(plan.trials.iter().all(|t| t.epochs == 3));
+        let mut pairs: Vec<_> = plan.trials.iter().map(|t| (t.batch_size, t.learning_rate.to_bits())).collect();
+        pairs.dedup();
+        assert_eq!(pairs.len(), 4);
+    }
+
+    #[test]
+    fn random_sampling_is_seeded_and_in_bounds() {
+        let s = search(json!({"strategy": "random", "max_trials": 8,
+            "space": {"learning_rate": {"log_uniform": [0.0001, 0.1]}, "dropout": {"uniform": [0.0, 0.5]}, "hidden": {"int_uniform": [16, 128]}}}));
+        let a = plan(&s, 7, LIMITS).expect("valid");
+        let b = plan(&s, 7, LIMITS).expect("valid");
+        assert_eq!(a, b);
+        assert_eq!(a.trials.len(), 8);
+        for t in &a.trials {
+            assert!((0.0001..=0.1).contains(&t.learning_rate));
+            assert!((0.0..=0.5).contains(&t.dropout));
+            assert!((16..=128).contains(&t.hidden));
+        }
+        assert_ne!(plan(&s, 8, LIMITS).expect("valid"), a);
+    }
+
+    #[test]
+    fn halving_starts_small_and_keeps_the_best_third() {
+        let s = search(
+            json!({"strategy": "halving", "max_trials": 9, "space": {"epochs": 9, "learning_rate": {"log_uniform": [0.001, 0.1]}}}),
+        );
+        let plan = plan(&s, 1, LIMITS).expect("valid");
+        assert!(plan.trials.iter().all(|t| t.epochs == 1));
+        assert_eq!(next_rung(&plan.strategy, 0, 9), Some((3, 3)));
+        assert_eq!(next_rung(&plan.strategy, 1, 3), Some((1, 9)));
+        assert_eq!(next_rung(&plan.strategy, 2, 1), None);
+        assert_eq!(next_rung(&Strategy::Grid, 0, 4), None);
+    }
+
+    #[test]
+    fn bad_spaces_are_refused_with_a_reason() {
+        let cases = [
+            json!({"strategy": "grid", "space": {"learning_rate": []}}),
+            json!({"strategy": "grid", "space": {"learning_rate": [-0.1]}}),
+            json!({"strategy": "grid", "space": {"learning_rate": [0.0]}}),
+            json!({"strategy": "grid", "space": {"no_such_param": [1]}}),
+            json!({"strategy": "annealing", "space": {}}),
+            json!({"strategy": "random", "max_trials": 0, "space": {}}),
+            json!({"strategy": "random", "max_trials": 65, "space": {}}),
+            json!({"strategy": "random", "space": {}}),
+            json!({"strategy": "grid", "space": {"learning_rate": {"uniform": [0.1, 0.2]}}}),
+            json!({"strategy": "random", "max_trials": 2, "space": {"learning_rate": {"gaussian": [0.1, 0.2]}}}),
+            json!({"strategy": "grid", "space": {"epochs": [1000]}}),
+            json!({"strategy": "grid", "max_trials": 3, "space": {"learning_rate": [0.1, 0.2], "batch_size": [8, 16]}}),
+        ];
+        for case in cases {
+            let s = search(case.clone());
+            assert!(plan(&s, 1, LIMITS).is_err(), "accepted {case}");
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Dataset snapshots: freezing what a job trains on, and loading it into memory on a worker.
+//!
+//! A job freezes the dataset's processed, labelled items under the current pipeline spec into a
+//! manifest in S3 whose content hash is the snapshot id. Workers stream the outputs from S3 with
+//! bounded concurrency, decode them to `u8` CHW tensors and keep the last snapshot in memory, so
+//! the trials of one job on one worker download and decode the data once.
+
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt, stream};
+use sluice_core::{
+    Context,
+    pipeline::{Color, current_spec},
+    s3::{self, S3Error},
+    training::{Snapshot, SnapshotItem, snapshot_key},
+};
+use sluice_nn::{InputShape, Samples};
+use uuid::Uuid;
+
+/// Why a snapshot could not be made or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("database: {0}")]
+    Db(#[from] sluice_core::db::DbError),
+    #[error(transparent)]
+    S3(#[from] S3Error),
+    /// The data cannot be used (missing or undecodable objects): the trial fails.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+impl From<tokio_postgres::Error> for SnapshotError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Self::Db(err.into())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for SnapshotError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self::Db(err.into())
+    }
+}
+
+/// Collects the dataset's processed, labelled items under its current spec.
+pub async fn collect(ctx: &Context, dataset: &str) -> Result<Snapshot, SnapshotError> {
+    let client = ctx.db.get().await?;
+    let spec = current_spec(&client, dataset).await?;
+    let spec_hash = spec.hash();
+    let rows = client
+        .query(
+            "SELECT m.id, m.label, array_agg(o.key ORDER BY o.frame_index NULLS FIRST, o.key)
+             FROM media m JOIN media_outputs o ON o.media_id = m.id AND o.spec_hash = $2
+             WHERE m.dataset = $1 AND m.status = 'processed' AND m.spec_hash = $2 AND m.label IS NOT NULL
+             GROUP BY m.id, m.label",
+            &[&dataset, &spec_hash],
+        )
+        .await?;
+    let items = rows
+        .iter()
+        .map(|row| SnapshotItem { media_id: row.get::<_, Uuid>(0), label: row.get(1), keys: row.get(2) })
+        .collect();
+    Ok(Snapshot::new(dataset, spec, items))
+}
+
+/// Stores the manifest (content-addressed: writing it twice writes the same bytes) and returns
+/// its key.
+pub async fn store(ctx: &Context, snapshot: &Snapshot) -> Result<String, SnapshotError> {
+    let key = snapshot_key(&snapshot.dataset, &snapshot.id());
+    s3::put_bytes(&ctx.s3, &ctx.config.s3.bucket, &key, snapshot.to_json(), "application/json").await?;
+    Ok(key)
+}
+
+/// A snapshot decoded into memory: each item's frames, `u8` CHW, one after another.
+#[derive(Debug)]
+pub struct Loaded {
+    pub id: String,
+    pub snapshot: Snapshot,
+    pub shape: InputShape,
+    frames: Vec<Vec<u8>>,
+}
+
+impl Loaded {
+    /// The samples (every frame of every item) of the given item indices.
+    pub fn samples(&self, items: &[usize]) -> Samples {
+        let frame_len = self.shape.channels * self.shape.height * self.shape.width;
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        for &index in items {
+            let item = &self.snapshot.items[index];
+            let class = self.snapshot.labels.binary_search(&item.label).expect("labels come from the items") as u32;
+            let data = &self.frames[index];
+            images.extend_from_slice(data);
+            labels.extend(std::iter::repeat_n(class, data.len() / frame_len));
+        }
+        Samples { shape: self.shape, images, labels }
+    }
+}
+
+/// The last snapshot this process loaded, shared by the trials that follow.
+#[derive(Debug, Default, Clone)]
+pub struct Cache(Arc<Mutex<Option<Arc<Loaded>>>>);
+
+impl Cache {
+    /// Returns the snapshot, loading it from S3 unless it is the one already in memory.
+    pub async fn load(&self, ctx: &Context, key: &str, id: &str) -> Result<Arc<Loaded>, SnapshotError> {
+        if let Some(hit) = self.0.lock().expect("cache lock").as_ref().filter(|loaded| loaded.id == id) {
+            metrics::counter!("sluice_trainer_snapshot_loads_total", "source" => "memory").increment(1);
+            return Ok(hit.clone());
+        }
+        let loaded = Arc::new(fetch(ctx, key, id).await?);
+        metrics::counter!("sluice_trainer_snapshot_loads_total", "source" => "s3").increment(1);
+        *self.0.lock().expect("cache lock") = Some(loaded.clone());
+        Ok(loaded)
+    }
+}
+
+async fn fetch(ctx: &Context, key: &str, id: &str) -> Result<Loaded, SnapshotError> {
+    let bucket = &ctx.config.s3.bucket;
+    let manifest = s3::get_bytes(&ctx.s3, bucket, key)
+        .await?
+        .ok_or_else(|| SnapshotError::Unusable(format!("snapshot manifest {key} is missing")))?;
+    let snapshot: Snapshot = serde_json::from_slice(&manifest)
+        .map_err(|e| SnapshotError::Unusable(format!("snapshot manifest {key} is unreadable: {e}")))?;
+    if snapshot.id() != id {
+        return Err(SnapshotError::Unusable(format!("snapshot manifest {key} does not hash to {id}")));
+    }
+    let spec = snapshot.spec.clone();
+    let shape = InputShape {
+        channels: if spec.color == Color::Gray { 1 } else { 3 },
+        height: spec.height as usize,
+        width: spec.width as usize,
+    };
+    let keys: Vec<(usize, String)> =
+        snapshot.items.iter().enumerate().flat_map(|(i, item)| item.keys.iter().map(move |k| (i, k.clone()))).collect();
+    let mut frames = vec![Vec::new(); snapshot.items.len()];
+    // Downloads run `load_concurrency` at a time; decoding runs on the blocking pool. Only the
+    // decoded frames are kept, never all the encoded bytes at once.
+    let mut decoded = stream::iter(keys)
+        .map(|(item, key)| async move {
+            let bytes = s3::get_bytes(&ctx.s3, bucket, &key)
+                .await?
+                .ok_or_else(|| SnapshotError::Unusable(format!("processed output {key} is missing")))?;
+            let pixels = tokio::task::spawn_blocking(move || decode(&bytes, shape).map_err(|e| format!("{key}: {e}")))
+                .await
+                .map_err(|e| SnapshotError::Unusable(format!("decoding panicked: {e}")))?
+                .map_err(SnapshotError::Unusable)?;
+            Ok::<_, SnapshotError>((item, pixels))
+        })
+        .buffered(ctx.config.trainer.load_concurrency);
+    while let Some((item, pixels)) = decoded.try_next().await? {
+        frames[item].extend_from_slice(&pixels);
+    }
+    Ok(Loaded { id: id.to_owned(), snapshot, shape, frames })
+}
+
+/// Decodes one processed output to `u8` CHW at the snapshot's shape (outputs are made at that
+/// size; anything else is resized, so a hand-placed object cannot break a job).
+fn decode(bytes: &[u8], shape: InputShape) -> Result<Vec<u8>, image::ImageError> {
+    let image = image::load_from_memory(bytes)?;
+    let (w, h) = (shape.width as u32, shape.height as u32);
+    let image = if image.width() != w || image.height() != h {
+        image.resize_exact(w, h, image::imageops::FilterType::Triangle)
+    } else {
+        image
+    };
+    let plane = shape.height * shape.width;
+    Ok(if shape.channels == 1 {
+        image.to_luma8().into_raw()
+    } else {
+        let rgb = image.to_rgb8();
+        let mut chw = vec![0u8; 3 * plane];
+        for (i, pixel) in rgb.pixels().enumerate() {
+            for c in 0..3 {
+                chw[c * plane + i] = pixel[c];
+            }
+        }
+        chw
+    })
+}

@@ -1,0 +1,331 @@
+//! Training jobs and trials in PostgreSQL: creating a job with its first trials and their events
+//! in one transaction, recording progress and outcomes idempotently, cancelling, and the job view
+//! of `GET /v1/training-jobs/{id}`.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sluice_core::{
+    Context,
+    events::Envelope,
+    outbox,
+    topics::Topic,
+    training::{Snapshot, TrialAssigned, TrialFinished, TrialProgress},
+};
+use sluice_nn::Hyper;
+use uuid::Uuid;
+
+use crate::search::JobRequest;
+
+/// A storage failure (PostgreSQL or the outbox): transient, the caller retries or answers 503.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(String);
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Self(sluice_core::error_chain(&err))
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self(sluice_core::error_chain(&err))
+    }
+}
+
+impl From<outbox::RelayError> for StoreError {
+    fn from(err: outbox::RelayError) -> Self {
+        Self(err.to_string())
+    }
+}
+
+/// Where a job came from.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub kind: &'static str,
+    pub requested_by: String,
+    pub evidence: Option<Value>,
+}
+
+/// A new trial to queue.
+#[derive(Debug, Clone)]
+pub struct NewTrial {
+    pub hyper: Hyper,
+    pub rung: u32,
+    pub parent: Option<Uuid>,
+}
+
+/// Everything a job needs to be created.
+#[derive(Debug)]
+pub struct NewJob<'a> {
+    pub id: Uuid,
+    pub request: &'a JobRequest,
+    pub snapshot: &'a Snapshot,
+    pub snapshot_id: &'a str,
+    pub snapshot_key: &'a str,
+    pub trials: Vec<NewTrial>,
+    pub origin: Origin,
+}
+
+/// Creates the job, its trials and their `training.trials` events in one transaction.
+pub async fn create_job(ctx: &Context, job: NewJob<'_>) -> Result<(), StoreError> {
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let request = serde_json::to_value(job.request).expect("requests serialise");
+    tx.execute(
+        "INSERT INTO training_jobs (id, model, dataset, architecture, request, snapshot_id, snapshot_key, labels,
+                                    items, origin, evidence, requested_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        &[
+            &job.id,
+            &job.request.model,
+            &job.request.dataset,
+            &job.request.architecture,
+            &request,
+            &job.snapshot_id,
+            &job.snapshot_key,
+            &json!(job.snapshot.labels),
+            &(job.snapshot.items.len() as i32),
+            &job.origin.kind,
+            &job.origin.evidence,
+            &job.origin.requested_by,
+        ],
+    )
+    .await?;
+    queue_trials(ctx, &tx, job.id, job.request, job.snapshot_id, job.snapshot_key, 0, job.trials).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Inserts trials (ordinals continuing after the job's existing ones) and their events.
+#[allow(clippy::too_many_arguments)]
+pub async fn queue_trials(
+    ctx: &Context,
+    tx: &deadpool_postgres::Transaction<'_>,
+    job_id: Uuid,
+    request: &JobRequest,
+    snapshot_id: &str,
+    snapshot_key: &str,
+    first_ordinal: i32,
+    trials: Vec<NewTrial>,
+) -> Result<(), StoreError> {
+    let topic = ctx.topic(Topic::TrainingTrials);
+    for (i, trial) in trials.into_iter().enumerate() {
+        let ordinal = first_ordinal + i as i32;
+        let trial_id = Uuid::now_v7();
+        let params = serde_json::to_value(&trial.hyper).expect("hyper-parameters serialise");
+        tx.execute(
+            "INSERT INTO training_trials (id, job_id, ordinal, rung, parent, params, epochs)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[&trial_id, &job_id, &ordinal, &(trial.rung as i32), &trial.parent, &params, &(trial.hyper.epochs as i32)],
+        )
+        .await?;
+        let event = Envelope::new(TrialAssigned {
+            job_id,
+            trial_id,
+            model: request.model.clone(),
+            architecture: request.architecture.clone(),
+            snapshot_key: snapshot_key.to_owned(),
+            snapshot_id: snapshot_id.to_owned(),
+            params,
+            seed: request.seed,
+            validation_split: request.validation_split,
+            rung: trial.rung,
+            parent: trial.parent,
+        });
+        // Trials go round the partitions so every worker of the group gets its share.
+        let partition = ordinal % ctx.config.kafka.partitions;
+        outbox::enqueue_to_partition(tx, &topic, &trial_id.to_string(), Some(partition), &event).await?;
+    }
+    Ok(())
+}
+
+/// A trial's status and its job's status; `None` for an unknown trial.
+pub async fn trial_state(ctx: &Context, trial_id: Uuid) -> Result<Option<(String, String)>, StoreError> {
+    let client = ctx.db.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT t.status, j.status FROM training_trials t JOIN training_jobs j ON j.id = t.job_id WHERE t.id = $1",
+            &[&trial_id],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// A worker took the trial: it and its job are running.
+pub async fn mark_running(ctx: &Context, job_id: Uuid, trial_id: Uuid, worker: &str) -> Result<(), StoreError> {
+    let client = ctx.db.get().await?;
+    client
+        .execute(
+            "UPDATE training_trials SET status = 'running', worker = $2, started_at = coalesce(started_at, now()),
+                    heartbeat_at = now()
+             WHERE id = $1 AND status IN ('queued', 'running')",
+            &[&trial_id, &worker],
+        )
+        .await?;
+    client
+        .execute(
+            "UPDATE training_jobs SET status = 'running', started_at = coalesce(started_at, now())
+             WHERE id = $1 AND status = 'queued'",
+            &[&job_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records an epoch; a replayed or older epoch changes nothing.
+pub async fn record_progress(ctx: &Context, progress: &TrialProgress) -> Result<(), StoreError> {
+    let client = ctx.db.get().await?;
+    let metrics = serde_json::to_value(&progress.metrics).expect("metrics serialise");
+    client
+        .execute(
+            "UPDATE training_trials
+             SET epoch = $2, metrics = $3, worker = $4,
+                 history = history || jsonb_build_array($3::jsonb || jsonb_build_object('worker', $4::text, 'resumed_from', $5::int)),
+                 heartbeat_at = now(), status = 'running', started_at = coalesce(started_at, now())
+             WHERE id = $1 AND status IN ('queued', 'running') AND epoch < $2",
+            &[&progress.trial_id, &(progress.metrics.epoch as i32), &metrics, &progress.worker, &(progress.resumed_from as i32)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records a trial's end; `false` when it had already ended (a duplicate result).
+pub async fn record_finished(ctx: &Context, finished: &TrialFinished) -> Result<bool, StoreError> {
+    let client = ctx.db.get().await?;
+    let artifact = finished.artifact.as_ref();
+    let updated = client
+        .execute(
+            "UPDATE training_trials
+             SET status = $2, worker = $3, metrics = coalesce($4, metrics), artifact_key = $5, sha256 = $6,
+                 size_bytes = $7, reference = $8, error = $9, duration_ms = $10, finished_at = now()
+             WHERE id = $1 AND status IN ('queued', 'running')",
+            &[
+                &finished.trial_id,
+                &finished.outcome.as_str(),
+                &finished.worker,
+                &Some(&finished.metrics).filter(|m| !m.is_null()),
+                &artifact.map(|a| a.key.as_str()),
+                &artifact.map(|a| a.sha256.as_str()),
+                &artifact.map(|a| a.size_bytes),
+                &Some(&finished.reference).filter(|r| !r.is_null()),
+                &finished.error,
+                &finished.duration_ms,
+            ],
+        )
+        .await?;
+    Ok(updated == 1)
+}
+
+/// How a cancel request ended.
+#[derive(Debug, PartialEq)]
+pub enum Cancelled {
+    Done,
+    NotFound,
+    AlreadyEnded(String),
+}
+
+/// Cancels a job: queued trials are skipped by workers, running ones stop after their epoch.
+pub async fn cancel(ctx: &Context, job_id: Uuid) -> Result<Cancelled, StoreError> {
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let Some(row) = tx.query_opt("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await? else {
+        return Ok(Cancelled::NotFound);
+    };
+    let status: String = row.get(0);
+    if !matches!(status.as_str(), "queued" | "running") {
+        return Ok(Cancelled::AlreadyEnded(status));
+    }
+    tx.execute("UPDATE training_jobs SET status = 'cancelled', finished_at = now() WHERE id = $1", &[&job_id]).await?;
+    tx.execute(
+        "UPDATE training_trials SET status = 'cancelled', finished_at = now()
+         WHERE job_id = $1 AND status IN ('queued', 'running')",
+        &[&job_id],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Cancelled::Done)
+}
+
+fn rfc3339(at: Option<DateTime<Utc>>) -> Value {
+    at.map(|t| Value::from(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))).unwrap_or(Value::Null)
+}
+
+/// The public view of a job: status, every trial, the best trial and the registered version.
+pub async fn job_view(ctx: &Context, job_id: Uuid) -> Result<Option<Value>, StoreError> {
+    let client = ctx.db.get().await?;
+    let Some(job) = client
+        .query_opt(
+            "SELECT id, model, dataset, architecture, request, status, snapshot_id, labels, items, origin, evidence,
+                    requested_by, best_trial, registered_version, promotion, error, created_at, started_at, finished_at
+             FROM training_jobs WHERE id = $1",
+            &[&job_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let trials = client
+        .query(
+            "SELECT id, ordinal, rung, parent, params, status, worker, epoch, epochs, metrics, history, artifact_key,
+                    sha256, error, duration_ms, started_at, finished_at
+             FROM training_trials WHERE job_id = $1 ORDER BY ordinal",
+            &[&job_id],
+        )
+        .await?;
+    let trials: Vec<Value> = trials
+        .iter()
+        .map(|t| {
+            json!({
+                "id": t.get::<_, Uuid>(0), "ordinal": t.get::<_, i32>(1), "rung": t.get::<_, i32>(2),
+                "parent": t.get::<_, Option<Uuid>>(3), "params": t.get::<_, Value>(4),
+                "status": t.get::<_, String>(5), "worker": t.get::<_, Option<String>>(6),
+                "epoch": t.get::<_, i32>(7), "epochs": t.get::<_, i32>(8), "metrics": t.get::<_, Option<Value>>(9),
+                "history": t.get::<_, Value>(10), "artifact_key": t.get::<_, Option<String>>(11),
+                "sha256": t.get::<_, Option<String>>(12), "error": t.get::<_, Option<String>>(13),
+                "duration_ms": t.get::<_, Option<i64>>(14), "started_at": rfc3339(t.get(15)),
+                "finished_at": rfc3339(t.get(16)),
+            })
+        })
+        .collect();
+    let count = |status: &str| trials.iter().filter(|t| t["status"] == status).count();
+    let summary = json!({
+        "total": trials.len(), "queued": count("queued"), "running": count("running"),
+        "succeeded": count("succeeded"), "failed": count("failed"), "cancelled": count("cancelled"),
+    });
+    Ok(Some(json!({
+        "id": job.get::<_, Uuid>(0), "model": job.get::<_, String>(1), "dataset": job.get::<_, String>(2),
+        "architecture": job.get::<_, String>(3), "request": job.get::<_, Value>(4), "status": job.get::<_, String>(5),
+        "snapshot_id": job.get::<_, String>(6), "labels": job.get::<_, Value>(7), "items": job.get::<_, i32>(8),
+        "origin": job.get::<_, String>(9), "evidence": job.get::<_, Option<Value>>(10),
+        "requested_by": job.get::<_, String>(11), "best_trial": job.get::<_, Option<Uuid>>(12),
+        "registered_version": job.get::<_, Option<i32>>(13), "promotion": job.get::<_, Option<Value>>(14),
+        "error": job.get::<_, Option<String>>(15), "created_at": rfc3339(job.get(16)),
+        "started_at": rfc3339(job.get(17)), "finished_at": rfc3339(job.get(18)),
+        "trials_summary": summary, "trials": trials,
+    })))
+}
+
+/// The newest jobs, optionally of one model.
+pub async fn list_jobs(ctx: &Context, model: Option<&str>, limit: i64) -> Result<Vec<Value>, StoreError> {
+    let client = ctx.db.get().await?;
+    let rows = client
+        .query(
+            "SELECT j.id, j.model, j.dataset, j.status, j.origin, j.registered_version, j.created_at, j.finished_at,
+                    (SELECT count(*) FROM training_trials t WHERE t.job_id = j.id)
+             FROM training_jobs j WHERE ($1::text IS NULL OR j.model = $1) ORDER BY j.created_at DESC LIMIT $2",
+            &[&model, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            json!({
+                "id": r.get::<_, Uuid>(0), "model": r.get::<_, String>(1), "dataset": r.get::<_, String>(2),
+                "status": r.get::<_, String>(3), "origin": r.get::<_, String>(4),
+                "registered_version": r.get::<_, Option<i32>>(5), "created_at": rfc3339(r.get(6)),
+                "finished_at": rfc3339(r.get(7)), "trials": r.get::<_, i64>(8),
+            })
+        })
+        .collect())
+}

@@ -1,0 +1,374 @@
+//! The trainer worker: consumer group `trainer` over `training.trials`, one trial at a time.
+//!
+//! Per trial: skip it if it already ended or its job was cancelled; load the job's snapshot
+//! (kept in memory for the next trial of the same job); resume from the trial's last epoch
+//! checkpoint in S3 if one exists (a redelivered trial) or from its parent's (a halving
+//! promotion); train epoch by epoch off the async runtime, writing a checkpoint and publishing a
+//! progress event after each; write the best weights and a manifest to S3; publish the result;
+//! and only then store the message's offset. A worker killed mid-trial leaves the offset
+//! unstored: the group hands the trial to another worker, which resumes from the checkpoint.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use rdkafka::{
+    Message,
+    consumer::{CommitMode, Consumer},
+    producer::FutureRecord,
+};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use sluice_core::{
+    Context, Shutdown,
+    events::{Envelope, Event},
+    kafka::{self, CommitOnRevoke, SluiceConsumer},
+    reference::Reference,
+    s3,
+    topics::Topic,
+    training::{
+        ArtifactRef, EpochMetrics, TrialAssigned, TrialFinished, TrialOutcome, TrialProgress, artifact_key,
+        checkpoint_key, manifest_key,
+    },
+};
+use sluice_nn::{Architecture, Hyper, Samples, Session, SessionSpec};
+
+use crate::{snapshot, store};
+
+/// How a trial attempt ended short of publishing its result.
+#[derive(Debug)]
+enum Stop {
+    /// The trial can never succeed (bad parameters, unusable data, a training error).
+    Failed(String),
+    /// A dependency is away: retry with backoff, offset not stored.
+    Transient(String),
+    /// Shutting down: leave the offset unstored; the trial resumes elsewhere from its checkpoint.
+    Shutdown,
+}
+
+impl From<store::StoreError> for Stop {
+    fn from(err: store::StoreError) -> Self {
+        Stop::Transient(err.to_string())
+    }
+}
+
+impl From<s3::S3Error> for Stop {
+    fn from(err: s3::S3Error) -> Self {
+        Stop::Transient(err.to_string())
+    }
+}
+
+impl From<snapshot::SnapshotError> for Stop {
+    fn from(err: snapshot::SnapshotError) -> Self {
+        match err {
+            snapshot::SnapshotError::Unusable(message) => Stop::Failed(message),
+            other => Stop::Transient(other.to_string()),
+        }
+    }
+}
+
+/// This process's name in trial records: host and process id.
+pub fn worker_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    format!("{}-{}", if host.is_empty() { "trainer" } else { &host }, std::process::id())
+}
+
+/// Runs the worker until `shutdown`, recreating the consumer after Kafka errors.
+pub async fn run(ctx: Context, shutdown: Shutdown, cache: snapshot::Cache) {
+    let worker = worker_name();
+    while !shutdown.is_cancelled() {
+        if let Err(err) = consume(&ctx, &shutdown, &cache, &worker).await {
+            tracing::warn!(error = %err, "trainer consumer failed; restarting in 2 s");
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+}
+
+fn trial_consumer(ctx: &Context) -> Result<SluiceConsumer, rdkafka::error::KafkaError> {
+    let trainer = &ctx.config.trainer;
+    let mut config = kafka::consumer_config(&ctx.config.kafka, &trainer.group_id);
+    // Trials are placed round the partitions in order; round-robin assignment then gives every
+    // worker an even share. A trial runs between two polls, so the poll interval bounds a trial.
+    config
+        .set("partition.assignment.strategy", "roundrobin")
+        .set("max.poll.interval.ms", (trainer.max_trial_secs * 1000).min(i32::MAX as u64).to_string())
+        .set("queued.max.messages.kbytes", "64");
+    config.create_with_context(CommitOnRevoke)
+}
+
+async fn consume(
+    ctx: &Context,
+    shutdown: &Shutdown,
+    cache: &snapshot::Cache,
+    worker: &str,
+) -> Result<(), rdkafka::error::KafkaError> {
+    let consumer = trial_consumer(ctx)?;
+    consumer.subscribe(&[ctx.topic(Topic::TrainingTrials).as_str()])?;
+    let mut stream = consumer.stream();
+    let result = loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            next = stream.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => break Err(err),
+                None => break Ok(()),
+            },
+        };
+        let done = match Envelope::<TrialAssigned>::decode(message.payload().unwrap_or_default()) {
+            Ok(envelope) => handle(ctx, &envelope.data, shutdown, cache, worker).await,
+            Err(err) => {
+                tracing::error!(error = %err, offset = message.offset(), "undecodable trial event; skipping it");
+                true
+            }
+        };
+        if !done {
+            break Ok(());
+        }
+        consumer.store_offset_from_message(&message)?;
+    };
+    drop(stream);
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(err) => tracing::warn!(error = %err, "final commit failed"),
+    }
+    result
+}
+
+/// Runs one trial to a published result; `false` when shutdown interrupted it.
+async fn handle(
+    ctx: &Context,
+    trial: &TrialAssigned,
+    shutdown: &Shutdown,
+    cache: &snapshot::Cache,
+    worker: &str,
+) -> bool {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let outcome = train(ctx, trial, shutdown, cache, worker, started).await;
+        let finished = match outcome {
+            Ok(None) => return true,
+            Ok(Some(finished)) => finished,
+            Err(Stop::Failed(reason)) => {
+                tracing::warn!(trial = %trial.trial_id, %reason, "trial failed");
+                ended(trial, worker, TrialOutcome::Failed, Some(reason), started)
+            }
+            Err(Stop::Shutdown) => return false,
+            Err(Stop::Transient(reason)) => {
+                tracing::warn!(trial = %trial.trial_id, %reason, retry_in = ?backoff, "trial interrupted; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        // The result must be acknowledged before the offset is stored.
+        loop {
+            match publish(ctx, Topic::TrainingResults, &trial.job_id.to_string(), &Envelope::new(finished.clone()))
+                .await
+            {
+                Ok(()) => {
+                    metrics::counter!("sluice_trainer_trials_total", "outcome" => finished.outcome.as_str())
+                        .increment(1);
+                    metrics::histogram!("sluice_trainer_trial_duration_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    return true;
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot publish a trial result; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return false,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn ended(
+    trial: &TrialAssigned,
+    worker: &str,
+    outcome: TrialOutcome,
+    error: Option<String>,
+    started: Instant,
+) -> TrialFinished {
+    TrialFinished {
+        job_id: trial.job_id,
+        trial_id: trial.trial_id,
+        worker: worker.to_owned(),
+        outcome,
+        metrics: serde_json::Value::Null,
+        artifact: None,
+        reference: serde_json::Value::Null,
+        error,
+        duration_ms: started.elapsed().as_millis() as i64,
+    }
+}
+
+async fn publish<T: Event>(ctx: &Context, topic: Topic, key: &str, event: &Envelope<T>) -> Result<(), String> {
+    let payload = event.to_json();
+    let topic = ctx.topic(topic);
+    ctx.producer
+        .send(FutureRecord::to(topic.as_str()).key(key).payload(&payload), Duration::from_secs(30))
+        .await
+        .map(|_| ())
+        .map_err(|(err, _)| err.to_string())
+}
+
+/// Whether the trial should still run: `Err` carries the result to publish instead (cancelled),
+/// `Ok(false)` means skip silently (already ended: a duplicate delivery).
+async fn still_wanted(ctx: &Context, trial: &TrialAssigned) -> Result<bool, Stop> {
+    match store::trial_state(ctx, trial.trial_id).await? {
+        None => Ok(false),
+        Some((trial_status, job_status)) => Ok(matches!(trial_status.as_str(), "queued" | "running")
+            && matches!(job_status.as_str(), "queued" | "running")),
+    }
+}
+
+/// Trains the trial; `Ok(None)` when there is nothing to do (ended or cancelled job).
+async fn train(
+    ctx: &Context,
+    trial: &TrialAssigned,
+    shutdown: &Shutdown,
+    cache: &snapshot::Cache,
+    worker: &str,
+    started: Instant,
+) -> Result<Option<TrialFinished>, Stop> {
+    if !still_wanted(ctx, trial).await? {
+        tracing::info!(trial = %trial.trial_id, "trial already ended or its job was cancelled; skipping");
+        return Ok(None);
+    }
+    let hyper: Hyper = serde_json::from_value(trial.params.clone())
+        .map_err(|e| Stop::Failed(format!("unreadable parameters: {e}")))?;
+    let architecture: Architecture =
+        trial.architecture.parse().map_err(|_| Stop::Failed(format!("unknown architecture {}", trial.architecture)))?;
+    store::mark_running(ctx, trial.job_id, trial.trial_id, worker).await?;
+    let loaded = cache.load(ctx, &trial.snapshot_key, &trial.snapshot_id).await?;
+    let (train_items, val_items) = loaded.snapshot.split(trial.seed, trial.validation_split);
+    let train_set = Arc::new(loaded.samples(&train_items));
+    let val_set = Arc::new(loaded.samples(&val_items));
+    let classes = loaded.snapshot.labels.len();
+    let spec = SessionSpec { architecture, shape: loaded.shape, classes, hyper: hyper.clone(), seed: trial.seed };
+    let bucket = &ctx.config.s3.bucket;
+    let own_checkpoint = checkpoint_key(trial.job_id, trial.trial_id);
+    let mut session = match s3::get_bytes(&ctx.s3, bucket, &own_checkpoint).await? {
+        Some(bytes) => {
+            tracing::info!(trial = %trial.trial_id, "resuming the trial from its last checkpoint");
+            metrics::counter!("sluice_trainer_trials_resumed_total").increment(1);
+            Session::resume(spec, &bytes).map_err(|e| Stop::Failed(format!("unusable checkpoint: {e}")))?
+        }
+        None => match trial.parent {
+            Some(parent) => {
+                let bytes = s3::get_bytes(&ctx.s3, bucket, &checkpoint_key(trial.job_id, parent))
+                    .await?
+                    .ok_or_else(|| Stop::Failed(format!("the checkpoint of parent trial {parent} is missing")))?;
+                Session::resume(spec, &bytes).map_err(|e| Stop::Failed(format!("unusable parent checkpoint: {e}")))?
+            }
+            None => Session::new(spec).map_err(|e| Stop::Failed(e.to_string()))?,
+        },
+    };
+    let resumed_from = session.epochs_done() as u32;
+    while !session.finished() {
+        if shutdown.is_cancelled() {
+            return Err(Stop::Shutdown);
+        }
+        if !still_wanted(ctx, trial).await? {
+            tracing::info!(trial = %trial.trial_id, "job cancelled; stopping the trial");
+            return Ok(Some(ended(trial, worker, TrialOutcome::Cancelled, None, started)));
+        }
+        let (train_set, val_set) = (train_set.clone(), val_set.clone());
+        let (returned, report) = tokio::task::spawn_blocking(move || {
+            let report = session.run_epoch(&train_set, &val_set);
+            (session, report)
+        })
+        .await
+        .map_err(|e| Stop::Failed(format!("training panicked: {e}")))?;
+        session = returned;
+        let report = report.map_err(|e| Stop::Failed(format!("training failed: {e}")))?;
+        metrics::histogram!("sluice_trainer_epoch_duration_seconds").record(report.seconds);
+        let checkpoint = session.checkpoint().map_err(|e| Stop::Failed(e.to_string()))?;
+        s3::put_bytes(&ctx.s3, bucket, &own_checkpoint, checkpoint, "application/octet-stream").await?;
+        let progress = TrialProgress {
+            job_id: trial.job_id,
+            trial_id: trial.trial_id,
+            worker: worker.to_owned(),
+            metrics: EpochMetrics {
+                epoch: report.epoch as u32,
+                epochs: hyper.epochs as u32,
+                train_loss: report.train_loss,
+                train_accuracy: report.train_accuracy,
+                val_loss: report.val_loss,
+                val_accuracy: report.val_accuracy,
+                learning_rate: report.learning_rate,
+                seconds: report.seconds,
+            },
+            resumed_from,
+        };
+        publish(ctx, Topic::TrainingResults, &trial.job_id.to_string(), &Envelope::new(progress))
+            .await
+            .map_err(Stop::Transient)?;
+    }
+    finish(ctx, trial, &session, &val_set, classes, worker, started).await.map(Some)
+}
+
+/// Writes the best weights and their manifest, and describes the result.
+async fn finish(
+    ctx: &Context,
+    trial: &TrialAssigned,
+    session: &Session,
+    val_set: &Samples,
+    classes: usize,
+    worker: &str,
+    started: Instant,
+) -> Result<TrialFinished, Stop> {
+    let artifact = session.export_best().map_err(|e| Stop::Failed(e.to_string()))?;
+    let evaluation = session.evaluate_best(val_set).map_err(|e| Stop::Failed(e.to_string()))?;
+    let reference =
+        Reference::compute(&val_set.images, val_set.shape.channels, &val_set.labels, &evaluation.logits, classes);
+    let sha256 = hex::encode(Sha256::digest(&artifact));
+    let size_bytes = artifact.len() as i64;
+    let key = artifact_key(&trial.model, trial.job_id, trial.trial_id);
+    let bucket = &ctx.config.s3.bucket;
+    let metrics = json!({
+        "val_accuracy": evaluation.accuracy,
+        "val_loss": evaluation.loss,
+        "epochs": session.epochs_done(),
+        "calibrated_temperature": reference.temperature,
+        "validation_samples": val_set.labels.len(),
+    });
+    let manifest = json!({
+        "job_id": trial.job_id, "trial_id": trial.trial_id, "model": trial.model,
+        "architecture": trial.architecture, "params": trial.params, "seed": trial.seed,
+        "snapshot_id": trial.snapshot_id, "sha256": sha256, "size_bytes": size_bytes, "metrics": metrics,
+        "sluice_version": env!("CARGO_PKG_VERSION"),
+    });
+    s3::put_bytes(&ctx.s3, bucket, &key, artifact, "application/octet-stream").await?;
+    let manifest = serde_json::to_vec_pretty(&manifest).expect("manifests serialise");
+    s3::put_bytes(
+        &ctx.s3,
+        bucket,
+        &manifest_key(&trial.model, trial.job_id, trial.trial_id),
+        manifest,
+        "application/json",
+    )
+    .await?;
+    Ok(TrialFinished {
+        job_id: trial.job_id,
+        trial_id: trial.trial_id,
+        worker: worker.to_owned(),
+        outcome: TrialOutcome::Succeeded,
+        metrics,
+        artifact: Some(ArtifactRef { key, sha256, size_bytes }),
+        reference: serde_json::to_value(reference).expect("references serialise"),
+        error: None,
+        duration_ms: started.elapsed().as_millis() as i64,
+    })
+}
