@@ -450,3 +450,27 @@ async fn a_worker_killed_mid_trial_is_replaced_by_the_survivor_resuming_from_its
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn if_better_keeps_production_when_the_new_model_loses_on_the_same_split() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer, Service::Registry]).await;
+    seed_dataset(&app, "shapes", 2, 40, 24, 10).await;
+    let space = json!({"epochs": 20, "learning_rate": 0.003, "batch_size": 8, "hidden": 32, "patience": 0});
+    let good = grid("guarded", "shapes", space, "always");
+    let first = run_job(&app, &good, Duration::from_secs(180)).await;
+    assert_eq!(first["status"], "succeeded", "{first:#}");
+    assert!(first["trials"][0]["metrics"]["val_accuracy"].as_f64() >= Some(0.75), "{first:#}");
+    let weak = grid("guarded", "shapes", json!({"epochs": 1, "learning_rate": 0.00001, "hidden": 8}), "if_better");
+    let second = run_job(&app, &weak, Duration::from_secs(180)).await;
+    assert_eq!(second["status"], "succeeded", "{second:#}");
+    assert_eq!(second["registered_version"], 2);
+    let promotion = &second["promotion"];
+    assert_eq!(promotion["promoted"], false, "{promotion}");
+    assert_eq!(promotion["production_version"], 1);
+    assert!(promotion["production_accuracy"].as_f64() > promotion["candidate_accuracy"].as_f64(), "{promotion}");
+    let alias =
+        app.http.get(app.url("/v1/models/guarded")).bearer_auth(&app.admin_token).send().await.expect("get model");
+    let (_, model) = json_of(alias).await;
+    assert_eq!(model["aliases"]["production"], 1, "{model}");
+}
