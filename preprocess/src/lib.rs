@@ -8,7 +8,8 @@
 //! in `accepted` or `processing`. Routes: `PUT/GET /v1/datasets/{name}/pipeline`,
 //! `POST /v1/datasets/{name}/reprocess`.
 
-pub mod imaging;
+/// Decoding and resizing live in `sluice-media`, shared with inference.
+pub use sluice_media::imaging;
 mod routes;
 pub mod store;
 pub mod video;
@@ -72,8 +73,9 @@ fn describe_metrics() {
     metrics::describe_histogram!(
         "sluice_preprocess_stage_duration_seconds",
         metrics::Unit::Seconds,
-        "Time per stage (fetch, decode, resize, encode, store)."
+        "Time per I/O stage of one item (fetch, store)."
     );
+    sluice_media::describe_metrics();
     metrics::describe_histogram!(
         "sluice_preprocess_item_duration_seconds",
         metrics::Unit::Seconds,

@@ -18,6 +18,9 @@ pub enum ImageError {
     Decode(String),
     #[error("cannot resize the image: {0}")]
     Resize(String),
+    /// The header claims more pixels than allowed (a decompression bomb): nothing was decoded.
+    #[error("{width}×{height} is over the {limit}-pixel limit")]
+    TooManyPixels { width: u32, height: u32, limit: u64 },
 }
 
 /// A decoded, oriented image in the spec's colour space.
@@ -45,7 +48,7 @@ pub fn decode(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Result<Pixe
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF])
         && let Some(img) = decode_jpeg_scaled(bytes, spec, max_pixels)?
     {
-        metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "decode")
+        metrics::histogram!("sluice_image_stage_duration_seconds", "stage" => "decode")
             .record(started.elapsed().as_secs_f64());
         return Ok(convert(img, color));
     }
@@ -61,12 +64,12 @@ pub fn decode(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Result<Pixe
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     let (width, height) = decoder.dimensions();
     if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(ImageError::Decode(format!("{width}×{height} is over the {max_pixels}-pixel limit")));
+        return Err(ImageError::TooManyPixels { width, height, limit: max_pixels });
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     img.apply_orientation(orientation);
-    metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "decode")
+    metrics::histogram!("sluice_image_stage_duration_seconds", "stage" => "decode")
         .record(started.elapsed().as_secs_f64());
     Ok(convert(img, color))
 }
@@ -100,7 +103,7 @@ fn decode_jpeg_scaled(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Res
     let header = decompressor.read_header(bytes).map_err(decode_err)?;
     let (sw, sh) = (header.width as u32, header.height as u32);
     if u64::from(sw) * u64::from(sh) > max_pixels {
-        return Err(ImageError::Decode(format!("{sw}×{sh} is over the {max_pixels}-pixel limit")));
+        return Err(ImageError::TooManyPixels { width: sw, height: sh, limit: max_pixels });
     }
     let format = match header.colorspace {
         turbojpeg::Colorspace::Gray => turbojpeg::PixelFormat::GRAY,
@@ -233,7 +236,7 @@ pub fn resize(pixels: &Pixels, spec: &PipelineSpec) -> Result<Pixels, ImageError
             Pixels::Gray(pad(dst, tw, th))
         }
     };
-    metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "resize")
+    metrics::histogram!("sluice_image_stage_duration_seconds", "stage" => "resize")
         .record(started.elapsed().as_secs_f64());
     Ok(resized)
 }
@@ -264,7 +267,7 @@ pub fn encode_png(pixels: &Pixels) -> Vec<u8> {
         Pixels::Gray(img) => img.write_with_encoder(encoder),
     };
     result.expect("PNG encoding into memory cannot fail");
-    metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "encode")
+    metrics::histogram!("sluice_image_stage_duration_seconds", "stage" => "encode")
         .record(started.elapsed().as_secs_f64());
     out
 }
