@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use axum::Router;
 use rdkafka::producer::Producer;
 use sluice_core::{Config, Context, Shutdown, auth, http};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, task::JoinHandle};
 
 /// One of Sluice's services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -40,35 +40,59 @@ impl Service {
         }
     }
 
-    /// Background tasks the service runs beside its routes (relays, sweepers, consumers).
-    fn spawn_workers(self, ctx: &Context, shutdown: &Shutdown) -> Vec<tokio::task::JoinHandle<()>> {
+    /// The service's routes and the workers to start beside them (relays, consumers, sweepers).
+    fn build(self, ctx: &Context) -> Parts {
+        let workers = |spawn: fn(&Context, &Shutdown) -> Vec<JoinHandle<()>>| -> Workers {
+            let ctx = ctx.clone();
+            Box::new(move |shutdown: &Shutdown| spawn(&ctx, shutdown))
+        };
         match self {
-            Service::Ingest => sluice_ingest::spawn_workers(ctx, shutdown),
-            Service::Preprocess => sluice_preprocess::spawn_workers(ctx, shutdown),
-            Service::Trainer => sluice_trainer::spawn_workers(ctx, shutdown),
-            Service::Registry => sluice_registry::spawn_workers(ctx, shutdown),
-            Service::Inference => Vec::new(),
-        }
-    }
-
-    fn router(self, ctx: Context) -> Router {
-        match self {
-            Service::Ingest => sluice_ingest::router(ctx),
-            Service::Preprocess => sluice_preprocess::router(ctx),
-            Service::Trainer => sluice_trainer::router(ctx),
-            Service::Registry => sluice_registry::router(ctx),
-            Service::Inference => sluice_inference::router(ctx),
+            Service::Ingest => {
+                Parts { router: sluice_ingest::router(ctx.clone()), workers: workers(sluice_ingest::spawn_workers) }
+            }
+            Service::Preprocess => Parts {
+                router: sluice_preprocess::router(ctx.clone()),
+                workers: workers(sluice_preprocess::spawn_workers),
+            },
+            Service::Trainer => {
+                Parts { router: sluice_trainer::router(ctx.clone()), workers: workers(sluice_trainer::spawn_workers) }
+            }
+            Service::Registry => {
+                Parts { router: sluice_registry::router(ctx.clone()), workers: workers(sluice_registry::spawn_workers) }
+            }
+            Service::Inference => {
+                // Its routes and workers share one state (loaded models, the prediction recorder).
+                let inference = sluice_inference::Inference::new(ctx.clone());
+                Parts {
+                    router: inference.router(),
+                    workers: Box::new(move |shutdown| inference.spawn_workers(shutdown)),
+                }
+            }
         }
     }
 }
 
+type Workers = Box<dyn FnOnce(&Shutdown) -> Vec<JoinHandle<()>> + Send>;
+
+/// What a service contributes to a process.
+struct Parts {
+    router: Router,
+    workers: Workers,
+}
+
 /// A built, bound process, ready to run. Bind port 0 in tests and read [`Application::local_addr`].
-#[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     router: Router,
     ctx: Context,
     services: Vec<Service>,
+    workers: Vec<Workers>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("services", &self.services).finish_non_exhaustive()
+    }
 }
 
 impl Application {
@@ -77,8 +101,11 @@ impl Application {
         let ctx = Context::new(config).await.context("building clients")?;
         ctx.bootstrap().await.context("preparing dependencies (run `sluice doctor` to see what is missing)")?;
         let mut router = http::ops_router(ctx.clone());
+        let mut workers = Vec::new();
         for service in services {
-            router = router.merge(service.router(ctx.clone()));
+            let parts = service.build(&ctx);
+            router = router.merge(parts.router);
+            workers.push(parts.workers);
         }
         let router = http::with_request_metrics(router)
             .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -91,7 +118,7 @@ impl Application {
             services = ?services.iter().map(|s| s.name()).collect::<Vec<_>>(),
             "listening"
         );
-        Ok(Self { listener, router, ctx, services: services.to_vec() })
+        Ok(Self { listener, router, ctx, services: services.to_vec(), workers })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -106,7 +133,7 @@ impl Application {
     /// finish, stops the workers (each drains against its own deadline), and flushes the producer.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let workers_stop = Shutdown::new();
-        let workers: Vec<_> = self.services.iter().flat_map(|s| s.spawn_workers(&self.ctx, &workers_stop)).collect();
+        let workers: Vec<_> = self.workers.into_iter().flat_map(|spawn| spawn(&workers_stop)).collect();
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await

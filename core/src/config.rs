@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Sections of the configuration; an env var `SLUICE_<SECTION>_<KEY>` sets `<section>.<key>`.
-const SECTIONS: &[&str] = &["http", "kafka", "s3", "database", "telemetry", "auth", "ingest", "outbox", "preprocess", "trainer"];
+const SECTIONS: &[&str] = &["http", "kafka", "s3", "database", "telemetry", "auth", "ingest", "outbox", "preprocess", "trainer", "inference"];
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +52,7 @@ pub struct Config {
     pub outbox: OutboxConfig,
     pub preprocess: PreprocessConfig,
     pub trainer: TrainerConfig,
+    pub inference: InferenceConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +75,47 @@ pub struct PreprocessConfig {
     pub ffmpeg_memory_mib: u64,
     /// Media left in `accepted` or `processing` longer than this are enqueued again.
     pub reconcile_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// Most images scored in one batch (1 disables micro-batching).
+    pub max_batch: usize,
+    /// Longest a request waits for its batch to fill, in microseconds.
+    pub max_wait_us: u64,
+    /// Images whose header claims more pixels are refused.
+    pub max_image_pixels: u64,
+    /// Predictions written per database batch.
+    pub record_batch: usize,
+    /// Longest a prediction waits before being written, in milliseconds.
+    pub record_interval_ms: u64,
+    /// Predictions in each version's sliding drift window.
+    pub drift_window: usize,
+    /// Predictions needed before any drift verdict.
+    pub drift_min_samples: usize,
+    /// Drift statistics are recomputed every this many predictions.
+    pub drift_check_every: usize,
+    /// PSI above this is drift.
+    pub drift_psi_threshold: f64,
+    /// KS p-value below this is drift.
+    pub drift_ks_p_value: f64,
+    /// Consecutive drifted checks before a retrain request.
+    pub drift_sustain_checks: u32,
+    /// Whether sustained drift or low live accuracy publishes retrain requests.
+    pub retrain_on_drift: bool,
+    /// Live accuracy below this requests retraining (0 disables).
+    pub retrain_below_accuracy: f64,
+    /// Feedback answers in the live accuracy window.
+    pub live_accuracy_window: i64,
+    /// Feedback answers needed before live accuracy can trigger retraining.
+    pub live_accuracy_min_feedback: i64,
+    /// Least time between two retrain requests for one model from one process.
+    pub retrain_cooldown_secs: u64,
+    /// Consumer group of the batch prediction workers.
+    pub batch_group_id: String,
+    /// Items per batch-prediction chunk.
+    pub batch_chunk: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -279,6 +321,27 @@ impl Config {
             "trainer.max_trial_secs must be between 60 and 2000000",
         )?;
         rule(trainer.load_concurrency >= 1, "trainer.load_concurrency must be at least 1")?;
+        let inference = &self.inference;
+        rule((1..=1024).contains(&inference.max_batch), "inference.max_batch must be between 1 and 1024")?;
+        rule(inference.max_wait_us <= 1_000_000, "inference.max_wait_us must be at most 1000000 (1 s)")?;
+        rule(inference.record_batch >= 1, "inference.record_batch must be at least 1")?;
+        rule(
+            inference.drift_min_samples >= 10 && inference.drift_min_samples <= inference.drift_window,
+            "inference.drift_min_samples must be at least 10 and at most inference.drift_window",
+        )?;
+        rule(inference.drift_check_every >= 1, "inference.drift_check_every must be at least 1")?;
+        rule(inference.drift_psi_threshold > 0.0, "inference.drift_psi_threshold must be above 0")?;
+        rule(
+            inference.drift_ks_p_value > 0.0 && inference.drift_ks_p_value < 1.0,
+            "inference.drift_ks_p_value must be between 0 and 1",
+        )?;
+        rule(inference.drift_sustain_checks >= 1, "inference.drift_sustain_checks must be at least 1")?;
+        rule(
+            (0.0..=1.0).contains(&inference.retrain_below_accuracy),
+            "inference.retrain_below_accuracy must be between 0 and 1",
+        )?;
+        rule(inference.live_accuracy_window >= 1, "inference.live_accuracy_window must be at least 1")?;
+        rule(inference.batch_chunk >= 1, "inference.batch_chunk must be at least 1")?;
         Ok(())
     }
 

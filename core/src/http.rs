@@ -188,10 +188,16 @@ impl Caller {
     }
 }
 
-impl axum::extract::FromRequestParts<Context> for Caller {
+/// Works with any router state that holds the [`Context`] (`Context: FromRef<S>`).
+impl<S> axum::extract::FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Context: axum::extract::FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, ctx: &Context) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        let ctx = &<Context as axum::extract::FromRef<S>>::from_ref(state);
         let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
         let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
             unauthorized("Send `Authorization: Bearer <token>`; `sluice up` writes one to .sluice/token.")

@@ -1,16 +1,125 @@
-//! Inference: serves a model alias over HTTP, hot-swaps on `models.events`, measures drift and
-//! asks for retraining on `retrain.requests`.
+//! Inference: serves model versions over HTTP, hot-swaps when aliases move, measures drift and
+//! asks for retraining.
 //!
-//! The routes land with the inference issue (#7); today this crate contributes no routes beyond
-//! the shared ops endpoints.
+//! Requests enter at `POST /v1/models/{name}/predict` ([`predict`]); the version is loaded on
+//! first use and verified against its registered sha256 ([`serving`]); images are prepared with
+//! the version's input spec by `sluice-media`, the same code preprocess used for its training
+//! data, and scored through the version's micro-batcher ([`batcher`]). Predictions are recorded
+//! in PostgreSQL off the request path ([`recorder`]) and feed the version's drift window
+//! ([`drift`], [`monitor`]), whose verdicts and label-free accuracy estimate are exported as
+//! metrics and at `GET /v1/models/{name}/drift`. Alias moves arrive on `models.events`
+//! ([`follower`]); sustained drift or low live accuracy publishes `retrain.requests`.
 
-use axum::Router;
-use sluice_core::Context;
+pub mod batcher;
+pub mod drift;
+pub mod follower;
+pub mod monitor;
+pub mod predict;
+pub mod recorder;
+mod routes;
+pub mod serving;
+
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    routing::{get, post},
+};
+use sluice_core::{Context, Shutdown};
+use tokio::task::JoinHandle;
 
 /// The service's name in `sluice serve <name>`, logs and metrics.
 pub const NAME: &str = "inference";
 
-/// This service's HTTP routes, merged with the ops endpoints by the `sluice` binary.
-pub fn router(_ctx: Context) -> Router {
-    Router::new()
+/// Shared by the routes and the workers of one process.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub served: Arc<serving::Served>,
+    pub recorder: recorder::Recorder,
+}
+
+impl axum::extract::FromRef<AppState> for Context {
+    fn from_ref(state: &AppState) -> Context {
+        state.served.ctx.clone()
+    }
+}
+
+/// The inference service of one process: its routes and the workers they rely on (the
+/// prediction recorder and the `models.events` follower) share one state.
+#[derive(Debug)]
+pub struct Inference {
+    state: AppState,
+    recorder: JoinHandle<()>,
+    stop_recorder: Shutdown,
+}
+
+impl Inference {
+    pub fn new(ctx: Context) -> Self {
+        describe_metrics();
+        sluice_media::describe_metrics();
+        let stop_recorder = Shutdown::new();
+        let (recorder, handle) = recorder::Recorder::spawn(ctx.clone(), stop_recorder.clone());
+        Self { state: AppState { served: serving::Served::new(ctx), recorder }, recorder: handle, stop_recorder }
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/v1/models/{name}/predict", post(predict::predict))
+            .route("/v1/models/{name}/drift", get(routes::drift))
+            .route("/v1/models/{name}/routing", get(routes::get_routing).put(routes::put_routing))
+            .route("/v1/feedback", post(routes::feedback))
+            .with_state(self.state.clone())
+    }
+
+    /// The follower, and the recorder's shutdown: it stops with the workers, writing what it holds.
+    pub fn spawn_workers(self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
+        let follower = tokio::spawn(follower::run(self.state.served.clone(), shutdown.clone()));
+        let (stop, done) = (self.stop_recorder, self.recorder);
+        let workers_stop = shutdown.clone();
+        let recorder = tokio::spawn(async move {
+            workers_stop.cancelled().await;
+            stop.cancel();
+            let _ = done.await;
+        });
+        vec![follower, recorder]
+    }
+}
+
+fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "sluice_inference_requests_total",
+        "Predict requests answered, by model, version, alias, status."
+    );
+    describe_histogram!(
+        "sluice_inference_request_duration_seconds",
+        Unit::Seconds,
+        "Predict request time, end to end."
+    );
+    describe_histogram!(
+        "sluice_inference_model_duration_seconds",
+        Unit::Seconds,
+        "Time to score one batch through the model."
+    );
+    describe_histogram!("sluice_inference_batch_size", "Images per scored batch (micro-batching).");
+    describe_counter!("sluice_inference_predictions_total", "Predictions by predicted class.");
+    describe_histogram!("sluice_inference_confidence", "Calibrated top-1 confidence of predictions.");
+    describe_counter!("sluice_inference_errors_total", "Refused or failed predict requests, by reason.");
+    describe_counter!("sluice_inference_model_loads_total", "Model version loads, by outcome (loaded, refused).");
+    describe_gauge!("sluice_inference_served_version", "Version each served alias points at in this process.");
+    describe_gauge!("sluice_inference_live_accuracy", "Accuracy over the latest feedback, per version.");
+    describe_gauge!(
+        "sluice_inference_expected_accuracy",
+        "Mean calibrated confidence over the drift window: accuracy estimated without labels."
+    );
+    describe_gauge!(
+        "sluice_inference_drift_score",
+        "Drift statistics of the window (class_psi, confidence_ks, brightness_psi)."
+    );
+    describe_gauge!("sluice_inference_drift_detected", "1 while the window's verdict is drift.");
+    describe_counter!("sluice_inference_retrain_requests_total", "Retrain requests published, by reason.");
+    describe_counter!(
+        "sluice_inference_records_dropped_total",
+        "Prediction records dropped because PostgreSQL fell behind."
+    );
 }

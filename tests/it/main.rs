@@ -3,6 +3,7 @@
 
 mod cli;
 mod imports;
+mod inference;
 mod ingest;
 mod kafka;
 mod migrations;

@@ -1,0 +1,289 @@
+//! `POST /v1/models/{name}/predict`: a raw image body, or multipart with several `file` parts.
+//!
+//! Each image goes through the preprocessing the version was trained with (`sluice-media`, driven
+//! by the version's input spec), then the version's micro-batcher. Every prediction gets an id,
+//! is recorded asynchronously, feeds the version's drift window and the per-class and confidence
+//! metrics. Without `alias` or `version`, the model's routing may send the request to a canary
+//! alias, and a shadow alias scores it too (its answer is recorded, never returned).
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{FromRequest, Multipart, Path, Query, Request, State},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_core::{
+    auth::Scope,
+    http::{ApiError, Caller},
+    models::{AliasName, ModelName},
+    reference::{image_stats, softmax},
+};
+use sluice_media::ImageError;
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    drift::Observation,
+    recorder::Record,
+    serving::{Loaded, ServeError, Target},
+};
+
+/// Most images in one multipart request.
+const MAX_IMAGES: usize = 256;
+
+#[derive(Debug, Deserialize)]
+pub struct PredictQuery {
+    alias: Option<String>,
+    version: Option<i32>,
+    top_k: Option<usize>,
+}
+
+pub fn serve_error(err: ServeError) -> ApiError {
+    let message = format!("{}.", err);
+    match err {
+        ServeError::UnknownModel(_) | ServeError::UnknownAlias { .. } | ServeError::UnknownVersion { .. } => {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+        }
+        ServeError::Unloadable { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "model_unloadable", message),
+        ServeError::Unavailable(cause) => {
+            tracing::warn!(error = %cause, "inference dependency failure");
+            ApiError::unavailable("The registry (PostgreSQL or S3) is unreachable; retry shortly.")
+        }
+    }
+}
+
+fn bad(code: &'static str, status: StatusCode, message: impl Into<String>) -> ApiError {
+    ApiError::new(status, code, message)
+}
+
+/// Which version the request names, or the default route (`production`, maybe a canary).
+pub fn target(alias: Option<&str>, version: Option<i32>) -> Result<Option<Target>, ApiError> {
+    match (alias, version) {
+        (Some(_), Some(_)) => {
+            Err(bad("invalid_request", StatusCode::BAD_REQUEST, "Give `alias` or `version`, not both."))
+        }
+        (Some(alias), None) => AliasName::parse(alias)
+            .map(|a| Some(Target::Alias(a)))
+            .map_err(|e| bad("invalid_request", StatusCode::BAD_REQUEST, format!("`alias`: {e}."))),
+        (None, Some(version)) if version >= 1 => Ok(Some(Target::Version(version))),
+        (None, Some(_)) => Err(bad("invalid_request", StatusCode::BAD_REQUEST, "`version` must be 1 or more.")),
+        (None, None) => Ok(None),
+    }
+}
+
+pub fn model_name(raw: &str) -> Result<ModelName, ApiError> {
+    ModelName::parse(raw).map_err(|e| bad("invalid_request", StatusCode::BAD_REQUEST, format!("`model`: {e}.")))
+}
+
+async fn images(request: Request) -> Result<Vec<Bytes>, ApiError> {
+    let multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let unreadable = |e: &dyn std::fmt::Display| {
+        bad("invalid_request", StatusCode::BAD_REQUEST, format!("The request body could not be read: {e}."))
+    };
+    let mut found = Vec::new();
+    if multipart {
+        let mut form = Multipart::from_request(request, &()).await.map_err(|e| unreadable(&e))?;
+        while let Some(field) = form.next_field().await.map_err(|e| unreadable(&e))? {
+            if field.name() != Some("file") {
+                continue;
+            }
+            found.push(field.bytes().await.map_err(|e| unreadable(&e))?);
+            if found.len() > MAX_IMAGES {
+                return Err(bad(
+                    "too_many_images",
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("At most {MAX_IMAGES} images per request."),
+                ));
+            }
+        }
+    } else {
+        let body = Bytes::from_request(request, &()).await.map_err(|e| unreadable(&e))?;
+        found.push(body);
+    }
+    if found.is_empty() || found.iter().any(Bytes::is_empty) {
+        return Err(bad(
+            "empty_upload",
+            StatusCode::BAD_REQUEST,
+            "Send an image as the body, or multipart `file` parts.",
+        ));
+    }
+    Ok(found)
+}
+
+/// Decodes and prepares one image exactly as the version's training data was prepared.
+fn prepare(bytes: &[u8], loaded: &Loaded, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
+    if image::guess_format(bytes).is_err() {
+        return Err(bad(
+            "unsupported_media_type",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "The body is not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF).",
+        ));
+    }
+    sluice_media::prepare(bytes, &loaded.version.input_spec, max_pixels).map_err(|err| match err {
+        ImageError::TooManyPixels { .. } => bad("too_many_pixels", StatusCode::UNPROCESSABLE_ENTITY, format!("{err}.")),
+        other => bad("invalid_image", StatusCode::UNPROCESSABLE_ENTITY, format!("The image cannot be used: {other}.")),
+    })
+}
+
+pub async fn predict(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(query): Query<PredictQuery>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    match run(&state, &caller, &name, &query, request, started).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err((model, err)) => {
+            let reason = err.code;
+            metrics::counter!("sluice_inference_errors_total", "model" => model, "reason" => reason).increment(1);
+            err.into_response()
+        }
+    }
+}
+
+async fn run(
+    state: &AppState,
+    caller: &Caller,
+    name: &str,
+    query: &PredictQuery,
+    request: Request,
+    started: Instant,
+) -> Result<Value, (String, ApiError)> {
+    let unknown = || "unknown".to_owned();
+    caller.require(Scope::Predict).map_err(|e| (unknown(), e))?;
+    let model = model_name(name).map_err(|e| (unknown(), e))?;
+    let label = model.to_string();
+    let fail = |e: ApiError| (label.clone(), e);
+    let top_k = query.top_k.unwrap_or(3);
+    if top_k == 0 {
+        return Err(fail(bad("invalid_request", StatusCode::BAD_REQUEST, "`top_k` must be 1 or more.")));
+    }
+    let explicit = target(query.alias.as_deref(), query.version).map_err(fail)?;
+    let routing = if explicit.is_none() { Some(state.served.routing(&model).await) } else { None };
+    let (target, alias) = match (&explicit, &routing) {
+        (Some(Target::Alias(a)), _) => (Target::Alias(a.clone()), Some(a.to_string())),
+        (Some(t), _) => (t.clone(), None),
+        (None, Some(routing)) => {
+            let canary =
+                routing.canary_alias.as_ref().filter(|_| rand::rng().random::<f64>() * 100.0 < routing.canary_percent);
+            let alias = canary.cloned().unwrap_or_else(|| AliasName::PRODUCTION.to_owned());
+            (Target::Alias(AliasName::parse(&alias).expect("stored aliases are valid")), Some(alias))
+        }
+        (None, None) => unreachable!("routing is read when no target is given"),
+    };
+    let bodies = images(request).await.map_err(fail)?;
+    let loaded = state.served.resolve(&model, &target).await.map_err(|e| fail(serve_error(e)))?;
+    let max_pixels = state.served.ctx.config.inference.max_image_pixels;
+    let prepared = prepare_all(bodies.clone(), loaded.clone(), max_pixels).await.map_err(fail)?;
+    let predictions = score(state, &loaded, &prepared, top_k, alias.as_deref(), false).await.map_err(fail)?;
+    if let Some(shadow) = routing.and_then(|r| r.shadow_alias).filter(|s| Some(s) != alias.as_ref()) {
+        let (state, model) = (state.clone(), model.clone());
+        tokio::spawn(async move { shadow_score(&state, &model, &shadow, bodies, top_k).await });
+    }
+    let version = loaded.version.version;
+    metrics::counter!("sluice_inference_requests_total", "model" => label.clone(), "version" => version.to_string(),
+        "alias" => alias.clone().unwrap_or_default(), "status" => "ok")
+    .increment(1);
+    metrics::histogram!("sluice_inference_request_duration_seconds", "model" => label.clone(), "alias" => alias.clone().unwrap_or_default())
+        .record(started.elapsed().as_secs_f64());
+    Ok(json!({"model": label, "version": version, "alias": alias, "predictions": predictions}))
+}
+
+async fn prepare_all(bodies: Vec<Bytes>, loaded: Arc<Loaded>, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let mut all = Vec::with_capacity(bodies.len() * loaded.batcher.frame());
+        for body in &bodies {
+            all.extend(prepare(body, &loaded, max_pixels)?);
+        }
+        Ok(all)
+    })
+    .await
+    .map_err(|e| ApiError::internal(&e))?
+}
+
+/// Runs prepared images through the version; records and observes each prediction.
+async fn score(
+    state: &AppState,
+    loaded: &Loaded,
+    prepared: &[u8],
+    top_k: usize,
+    alias: Option<&str>,
+    shadow: bool,
+) -> Result<Vec<Value>, ApiError> {
+    let frame = loaded.batcher.frame();
+    let count = prepared.len() / frame;
+    let logits = loaded
+        .batcher
+        .score(prepared.to_vec(), count)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("The model could not score the request: {e}.")))?;
+    let version = &loaded.version;
+    let model = version.model.to_string();
+    let channels = prepared.len() / count / (version.input_spec.width * version.input_spec.height) as usize;
+    let config = &state.served.ctx.config.inference;
+    let mut out = Vec::with_capacity(count);
+    for (i, row) in logits.iter().enumerate() {
+        let probabilities = softmax(row, loaded.temperature);
+        let mut ranked: Vec<(usize, f64)> = probabilities.iter().copied().enumerate().collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let top: Vec<Value> = ranked
+            .iter()
+            .take(top_k)
+            .map(|&(class, score)| json!({"label": version.labels[class], "score": score}))
+            .collect();
+        let (class, confidence) = ranked[0];
+        let (brightness, channel_means) = image_stats(&prepared[i * frame..(i + 1) * frame], channels);
+        let id = Uuid::now_v7();
+        let label = version.labels[class].clone();
+        state.recorder.record(Record {
+            id,
+            model: model.clone(),
+            version: version.version,
+            alias: alias.map(str::to_owned),
+            label: label.clone(),
+            confidence,
+            top: Value::from(top.clone()),
+            stats: json!({"brightness": brightness, "channel_means": channel_means}),
+            shadow,
+        });
+        let version_label = version.version.to_string();
+        metrics::counter!("sluice_inference_predictions_total", "model" => model.clone(), "version" => version_label.clone(), "class" => label)
+            .increment(1);
+        metrics::histogram!("sluice_inference_confidence", "model" => model.clone(), "version" => version_label)
+            .record(confidence);
+        if !shadow {
+            let observation = Observation { class, confidence, calibrated: confidence, brightness };
+            crate::monitor::observe(state, loaded, observation, config).await;
+        }
+        out.push(json!({"id": id, "top": top}));
+    }
+    Ok(out)
+}
+
+async fn shadow_score(state: &AppState, model: &ModelName, alias: &str, bodies: Vec<Bytes>, top_k: usize) {
+    let Ok(alias_name) = AliasName::parse(alias) else { return };
+    let result = async {
+        let loaded = state.served.resolve(model, &Target::Alias(alias_name)).await.map_err(serve_error)?;
+        let max_pixels = state.served.ctx.config.inference.max_image_pixels;
+        let prepared = prepare_all(bodies, loaded.clone(), max_pixels).await?;
+        score(state, &loaded, &prepared, top_k, Some(alias), true).await
+    }
+    .await;
+    if let Err(err) = result {
+        metrics::counter!("sluice_inference_errors_total", "model" => model.to_string(), "reason" => "shadow_failed")
+            .increment(1);
+        tracing::debug!(model = %model, alias, error = ?err.code, "shadow scoring failed");
+    }
+}

@@ -1,0 +1,321 @@
+//! What this process serves: model versions loaded on first use (artifact verified against its
+//! sha256) and kept, the alias → version map (resolved from PostgreSQL on first use, then moved
+//! by `models.events`), each version's micro-batcher and drift window, and per-model routing
+//! (canary, shadow).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
+};
+
+use sluice_core::{
+    Context,
+    events::Envelope,
+    models::{self, AliasName, ModelName, ModelVersion, RegistryError},
+    reference::Reference,
+    topics::Topic,
+    training::RetrainRequested,
+};
+use sluice_nn::Network;
+use tokio::sync::OnceCell;
+
+use crate::{batcher::Batcher, drift::Window};
+
+/// Which version a request wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Alias(AliasName),
+    Version(i32),
+}
+
+/// Why a model could not be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("model {0} does not exist")]
+    UnknownModel(String),
+    #[error("model {model} has no alias {alias}")]
+    UnknownAlias { model: String, alias: String },
+    #[error("model {model} has no version {version}")]
+    UnknownVersion { model: String, version: i32 },
+    /// The artifact is missing, tampered with or unreadable: the version cannot be loaded.
+    #[error("model {model} version {version} cannot be loaded: {reason}")]
+    Unloadable { model: String, version: i32, reason: String },
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<RegistryError> for ServeError {
+    fn from(err: RegistryError) -> Self {
+        Self::Unavailable(err.to_string())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for ServeError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self::Unavailable(sluice_core::error_chain(&err))
+    }
+}
+
+/// One loaded version: its registry record, network, batcher and drift window.
+#[derive(Debug)]
+pub struct Loaded {
+    pub version: ModelVersion,
+    pub batcher: Batcher,
+    pub window: Mutex<Window>,
+    /// Softmax temperature fitted at training time (calibrated scores).
+    pub temperature: f64,
+}
+
+/// Traffic routing of one model.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Routing {
+    pub canary_alias: Option<String>,
+    pub canary_percent: f64,
+    pub shadow_alias: Option<String>,
+}
+
+type VersionKey = (String, i32);
+
+/// Everything this process serves.
+#[derive(Debug)]
+pub struct Served {
+    pub ctx: Context,
+    versions: Mutex<HashMap<VersionKey, Arc<OnceCell<Arc<Loaded>>>>>,
+    aliases: RwLock<HashMap<(String, String), i32>>,
+    revisions: Mutex<HashMap<String, i64>>,
+    routing: Mutex<HashMap<String, (Instant, Routing)>>,
+    last_retrain: Mutex<HashMap<String, Instant>>,
+}
+
+/// How long routing settings are cached.
+const ROUTING_TTL: Duration = Duration::from_secs(2);
+
+impl Served {
+    pub fn new(ctx: Context) -> Arc<Self> {
+        Arc::new(Self {
+            ctx,
+            versions: Mutex::default(),
+            aliases: RwLock::default(),
+            revisions: Mutex::default(),
+            routing: Mutex::default(),
+            last_retrain: Mutex::default(),
+        })
+    }
+
+    /// The loaded version a request resolves to.
+    pub async fn resolve(&self, model: &ModelName, target: &Target) -> Result<Arc<Loaded>, ServeError> {
+        let version = match target {
+            Target::Version(version) => *version,
+            Target::Alias(alias) => self.alias_version(model, alias).await?,
+        };
+        self.load(model, version).await
+    }
+
+    async fn alias_version(&self, model: &ModelName, alias: &AliasName) -> Result<i32, ServeError> {
+        let key = (model.as_str().to_owned(), alias.as_str().to_owned());
+        if let Some(version) = self.aliases.read().expect("alias lock").get(&key) {
+            return Ok(*version);
+        }
+        let client = self.ctx.db.get().await?;
+        let aliases = models::aliases(&client, model).await?;
+        let Some(&version) = aliases.get(alias.as_str()) else {
+            let known = client
+                .query_opt("SELECT 1 FROM models WHERE name = $1", &[&model.as_str()])
+                .await
+                .map_err(|e| ServeError::Unavailable(e.to_string()))?
+                .is_some();
+            return Err(if known {
+                ServeError::UnknownAlias { model: key.0, alias: key.1 }
+            } else {
+                ServeError::UnknownModel(key.0)
+            });
+        };
+        self.aliases.write().expect("alias lock").insert(key, version);
+        metrics::gauge!("sluice_inference_served_version", "model" => model.to_string(), "alias" => alias.to_string())
+            .set(f64::from(version));
+        Ok(version)
+    }
+
+    /// Loads a version once (concurrent first requests share one load); failures are not kept,
+    /// so a later request tries again.
+    pub async fn load(&self, model: &ModelName, version: i32) -> Result<Arc<Loaded>, ServeError> {
+        let cell = self
+            .versions
+            .lock()
+            .expect("versions lock")
+            .entry((model.as_str().to_owned(), version))
+            .or_default()
+            .clone();
+        cell.get_or_try_init(|| self.load_uncached(model, version)).await.cloned()
+    }
+
+    async fn load_uncached(&self, model: &ModelName, version: i32) -> Result<Arc<Loaded>, ServeError> {
+        let started = Instant::now();
+        let client = self.ctx.db.get().await?;
+        let record = match models::get_version(&client, model, version).await? {
+            Some(record) => record,
+            None => {
+                let known = models::versions(&client, model).await?;
+                return Err(if known.is_empty() {
+                    ServeError::UnknownModel(model.to_string())
+                } else {
+                    ServeError::UnknownVersion { model: model.to_string(), version }
+                });
+            }
+        };
+        drop(client);
+        let outcome = |outcome: &'static str| {
+            metrics::counter!("sluice_inference_model_loads_total", "model" => model.to_string(),
+                "version" => version.to_string(), "outcome" => outcome)
+            .increment(1);
+        };
+        let unloadable = |reason: String| ServeError::Unloadable { model: model.to_string(), version, reason };
+        let bytes = match models::load_artifact(&self.ctx.s3, &self.ctx.config.s3.bucket, &record).await {
+            Ok(bytes) => bytes,
+            Err(err @ (RegistryError::Tampered { .. } | RegistryError::MissingArtifact { .. })) => {
+                outcome("refused");
+                tracing::error!(error = %err, "refusing to serve a model version");
+                return Err(unloadable(err.to_string()));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let network = tokio::task::spawn_blocking(move || Network::load(&bytes))
+            .await
+            .map_err(|e| unloadable(e.to_string()))?
+            .map_err(|e| {
+                outcome("refused");
+                unloadable(e.to_string())
+            })?;
+        let reference: Reference = serde_json::from_value(record.reference.clone())
+            .map_err(|e| unloadable(format!("its reference statistics are unreadable: {e}")))?;
+        let temperature = reference.temperature;
+        let config = &self.ctx.config.inference;
+        let batcher = Batcher::spawn(
+            Arc::new(network),
+            model.to_string(),
+            version,
+            config.max_batch,
+            Duration::from_micros(config.max_wait_us),
+        );
+        outcome("loaded");
+        tracing::info!(model = %model, version, seconds = started.elapsed().as_secs_f64(), "model version loaded");
+        Ok(Arc::new(Loaded { version: record, batcher, window: Mutex::new(Window::new(reference)), temperature }))
+    }
+
+    /// Applies a `models.events` state (every alias of `model` at `revision`): aliases this
+    /// process serves move once their new version is loaded and verified, so requests never see
+    /// a half-loaded model and in-flight requests finish on the old one.
+    pub async fn apply_aliases(
+        self: &Arc<Self>,
+        model: &str,
+        revision: i64,
+        aliases: &std::collections::BTreeMap<String, i32>,
+    ) {
+        {
+            let mut revisions = self.revisions.lock().expect("revision lock");
+            let last = revisions.entry(model.to_owned()).or_insert(i64::MIN);
+            if revision <= *last {
+                return;
+            }
+            *last = revision;
+        }
+        let Ok(name) = ModelName::parse(model) else { return };
+        let served: Vec<(String, i32)> = self
+            .aliases
+            .read()
+            .expect("alias lock")
+            .iter()
+            .filter(|((m, _), _)| m == model)
+            .map(|((_, alias), version)| (alias.clone(), *version))
+            .collect();
+        for (alias, current) in served {
+            let key = (model.to_owned(), alias.clone());
+            match aliases.get(&alias) {
+                None => {
+                    self.aliases.write().expect("alias lock").remove(&key);
+                }
+                Some(&next) if next != current => match self.load(&name, next).await {
+                    Ok(_) => {
+                        self.aliases.write().expect("alias lock").insert(key, next);
+                        metrics::gauge!("sluice_inference_served_version", "model" => model.to_owned(), "alias" => alias.clone())
+                            .set(f64::from(next));
+                        tracing::info!(
+                            model,
+                            alias,
+                            from = current,
+                            to = next,
+                            "alias moved; now serving the new version"
+                        );
+                    }
+                    Err(err) => {
+                        tracing::error!(model, alias, version = next, error = %err, "cannot load the new version; still serving the old one");
+                    }
+                },
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The model's routing, cached briefly.
+    pub async fn routing(&self, model: &ModelName) -> Routing {
+        if let Some((at, routing)) = self.routing.lock().expect("routing lock").get(model.as_str()) {
+            if at.elapsed() < ROUTING_TTL {
+                return routing.clone();
+            }
+        }
+        let routing = match self.ctx.db.get().await {
+            Ok(client) => client
+                .query_opt(
+                    "SELECT canary_alias, canary_percent, shadow_alias FROM model_routing WHERE model = $1",
+                    &[&model.as_str()],
+                )
+                .await
+                .ok()
+                .flatten()
+                .map(|row| Routing { canary_alias: row.get(0), canary_percent: row.get(1), shadow_alias: row.get(2) })
+                .unwrap_or_default(),
+            Err(_) => Routing::default(),
+        };
+        self.routing.lock().expect("routing lock").insert(model.as_str().to_owned(), (Instant::now(), routing.clone()));
+        routing
+    }
+
+    /// Forgets cached routing (after this process changed it).
+    pub fn forget_routing(&self, model: &ModelName) {
+        self.routing.lock().expect("routing lock").remove(model.as_str());
+    }
+
+    /// Publishes a retrain request unless one went out for the model within the cooldown.
+    pub async fn request_retrain(&self, model: &str, reason: &str, evidence: serde_json::Value) {
+        let cooldown = Duration::from_secs(self.ctx.config.inference.retrain_cooldown_secs);
+        {
+            let mut last = self.last_retrain.lock().expect("retrain lock");
+            if last.get(model).is_some_and(|at| at.elapsed() < cooldown) {
+                return;
+            }
+            last.insert(model.to_owned(), Instant::now());
+        }
+        let event = Envelope::new(RetrainRequested {
+            model: model.to_owned(),
+            reason: reason.to_owned(),
+            evidence,
+            requested_by: format!("inference:{}", std::process::id()),
+        });
+        let topic = self.ctx.topic(Topic::RetrainRequests);
+        let payload = event.to_json();
+        let record = rdkafka::producer::FutureRecord::to(topic.as_str()).key(model).payload(&payload);
+        match self.ctx.producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => {
+                metrics::counter!("sluice_inference_retrain_requests_total", "model" => model.to_owned(), "reason" => reason.to_owned())
+                    .increment(1);
+                tracing::warn!(model, reason, "requested retraining");
+            }
+            Err((err, _)) => {
+                // Let the next check try again.
+                self.last_retrain.lock().expect("retrain lock").remove(model);
+                tracing::warn!(model, error = %err, "cannot publish a retrain request");
+            }
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! Inference on the real stack: predictions through the version's own preprocessing, bad input,
+//! hot swaps under load, canary and shadow routing, feedback, drift and label-free accuracy.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sluice::Service;
+use sluice_core::{
+    auth::Scope,
+    models::{self, AliasName, Lineage, ModelName, NewVersion},
+    pipeline::PipelineSpec,
+    reference::Reference,
+    topics::Topic,
+    training::artifact_key,
+};
+use sluice_nn::{
+    Architecture, Hyper, Samples, Session, SessionSpec,
+    synthetic::{self, SyntheticSpec},
+};
+use sluice_testkit::{TestEnv, eventually};
+use uuid::Uuid;
+
+use crate::support::{RunningApp, json_of, read_topic};
+
+const SIZE: usize = 24;
+const CLASSES: usize = 3;
+
+fn spec() -> PipelineSpec {
+    PipelineSpec { width: SIZE as u32, height: SIZE as u32, ..PipelineSpec::default() }
+}
+
+fn samples(count: usize, seed: u64) -> Samples {
+    synthetic::generate(&SyntheticSpec::rgb(SIZE, CLASSES, count, seed)).expect("synthetic images")
+}
+
+/// Image `i` of `samples` as PNG bytes, with `shift` added to every pixel (a distribution shift).
+fn png(samples: &Samples, i: usize, shift: i16) -> Vec<u8> {
+    let frame = samples.shape.len();
+    let plane = SIZE * SIZE;
+    let chw = &samples.images[i * frame..(i + 1) * frame];
+    let mut rgb = Vec::with_capacity(frame);
+    for p in 0..plane {
+        for c in 0..3 {
+            rgb.push((i16::from(chw[c * plane + p]) + shift).clamp(0, 255) as u8);
+        }
+    }
+    let image = image::RgbImage::from_raw(SIZE as u32, SIZE as u32, rgb).expect("image");
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png).expect("png");
+    out.into_inner()
+}
+
+/// Trains a small CNN in-process and registers it as the next version of `model`, with the
+/// reference statistics of its validation split (as the trainer would).
+async fn register_trained(app: &RunningApp, model: &str, seed: u64, epochs: usize) -> i32 {
+    let hyper = Hyper { epochs, batch_size: 16, learning_rate: 0.003, hidden: 32, patience: 0, ..Hyper::default() };
+    let shape = samples(1, 0).shape;
+    let session_spec = SessionSpec { architecture: Architecture::Cnn, shape, classes: CLASSES, hyper, seed };
+    let (train, val) = (samples(300, seed), samples(150, seed + 1000));
+    let (artifact, reference, accuracy) = tokio::task::spawn_blocking(move || {
+        let mut session = Session::new(session_spec).expect("session");
+        while !session.finished() {
+            session.run_epoch(&train, &val).expect("epoch");
+        }
+        let evaluation = session.evaluate_best(&val).expect("evaluate");
+        let reference = Reference::compute(&val.images, 3, &val.labels, &evaluation.logits, CLASSES);
+        (session.export_best().expect("export"), reference, evaluation.accuracy)
+    })
+    .await
+    .expect("training");
+    let (job_id, trial_id) = (Uuid::now_v7(), Uuid::now_v7());
+    let key = artifact_key(model, job_id, trial_id);
+    sluice_core::s3::put_bytes(
+        &app.ctx.s3,
+        &app.ctx.config.s3.bucket,
+        &key,
+        artifact.clone(),
+        "application/octet-stream",
+    )
+    .await
+    .expect("put artifact");
+    let version = NewVersion {
+        model: ModelName::parse(model).expect("model name"),
+        artifact_key: key,
+        sha256: hex::encode(Sha256::digest(&artifact)),
+        size_bytes: artifact.len() as i64,
+        architecture: "cnn".into(),
+        input_spec: spec(),
+        labels: synthetic::labels(CLASSES),
+        hyperparameters: json!({}),
+        metrics: json!({"val_accuracy": accuracy}),
+        reference: serde_json::to_value(&reference).expect("reference"),
+        lineage: Lineage {
+            job_id,
+            trial_id,
+            snapshot_id: "test".into(),
+            dataset: "shapes".into(),
+            spec_hash: spec().hash(),
+            sluice_version: "test".into(),
+        },
+    };
+    let mut client = app.ctx.db.get().await.expect("connection");
+    let tx = client.transaction().await.expect("tx");
+    let registered = models::register(&tx, &app.ctx.config.kafka.topic_prefix, &version).await.expect("register");
+    tx.commit().await.expect("commit");
+    registered.version
+}
+
+async fn move_alias(app: &RunningApp, model: &str, alias: &str, version: i32) {
+    let mut client = app.ctx.db.get().await.expect("connection");
+    let tx = client.transaction().await.expect("tx");
+    let (model, alias) = (ModelName::parse(model).expect("model"), AliasName::parse(alias).expect("alias"));
+    models::move_alias(&tx, &app.ctx.config.kafka.topic_prefix, &model, &alias, version, "test", "test")
+        .await
+        .expect("move alias");
+    tx.commit().await.expect("commit");
+}
+
+async fn predict(app: &RunningApp, token: &str, model: &str, query: &str, body: Vec<u8>) -> (u16, Value) {
+    let url = app.url(&format!("/v1/models/{model}/predict{query}"));
+    json_of(app.http.post(url).bearer_auth(token).body(body).send().await.expect("predict")).await
+}
+
+async fn predict_many(app: &RunningApp, model: &str, images: Vec<Vec<u8>>) -> (u16, Value) {
+    let mut form = reqwest::multipart::Form::new();
+    for (i, image) in images.into_iter().enumerate() {
+        form = form.part("file", reqwest::multipart::Part::bytes(image).file_name(format!("{i}.png")));
+    }
+    let url = app.url(&format!("/v1/models/{model}/predict"));
+    json_of(app.http.post(url).bearer_auth(&app.admin_token).multipart(form).send().await.expect("predict")).await
+}
+
+async fn inference_app(env: &TestEnv) -> RunningApp {
+    RunningApp::spawn_services(env.config.clone(), &[Service::Inference, Service::Registry]).await
+}
+
+#[tokio::test]
+async fn predictions_use_the_training_preprocessing_and_are_recorded() {
+    let env = TestEnv::new().await;
+    let app = inference_app(&env).await;
+    let version = register_trained(&app, "shapes", 1, 4).await;
+    move_alias(&app, "shapes", "production", version).await;
+    let test = samples(30, 77);
+    let (status, answer) = predict(&app, &app.admin_token, "shapes", "?top_k=2", png(&test, 0, 0)).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model"], "shapes");
+    assert_eq!(answer["version"], version);
+    let top = answer["predictions"][0]["top"].as_array().expect("top");
+    assert_eq!(top.len(), 2);
+    assert!(top[0]["score"].as_f64() >= top[1]["score"].as_f64());
+    // The served answer is exactly what the registered network gives on the training-path pixels.
+    let loaded = models::resolve_alias(
+        &app.ctx.db.get().await.expect("db"),
+        &ModelName::parse("shapes").unwrap(),
+        &AliasName::parse("production").unwrap(),
+    )
+    .await
+    .expect("resolve")
+    .expect("production");
+    let bytes = models::load_artifact(&app.ctx.s3, &app.ctx.config.s3.bucket, &loaded).await.expect("artifact");
+    let network = sluice_nn::Network::load(&bytes).expect("network");
+    let pixels = sluice_media::prepare(&png(&test, 0, 0), &loaded.input_spec, 50_000_000).expect("prepare");
+    let logits = network.logits(&pixels, 1).expect("logits");
+    let best = logits[0].iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).expect("a class");
+    assert_eq!(top[0]["label"], loaded.labels[best]);
+
+    let (status, many) = predict_many(&app, "shapes", (1..=5).map(|i| png(&test, i, 0)).collect()).await;
+    assert_eq!(status, 200, "{many}");
+    assert_eq!(many["predictions"].as_array().expect("predictions").len(), 5);
+    eventually(Duration::from_secs(10), "six recorded predictions", || async {
+        (app.count("SELECT count(*) FROM predictions WHERE model = 'shapes' AND NOT shadow").await == 6).then_some(())
+    })
+    .await;
+    let id = answer["predictions"][0]["id"].as_str().expect("id");
+    let truth = synthetic::labels(CLASSES)[test.labels[0] as usize].clone();
+    let response = app
+        .http
+        .post(app.url("/v1/feedback"))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({"prediction_id": id, "label": truth}))
+        .send()
+        .await
+        .expect("feedback");
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 200, "{body}");
+    let response = app
+        .http
+        .post(app.url("/v1/feedback"))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({"prediction_id": id, "label": "hexagon"}))
+        .send()
+        .await
+        .expect("feedback");
+    assert_eq!(json_of(response).await.0, 422);
+    let response = app
+        .http
+        .post(app.url("/v1/feedback"))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({"prediction_id": Uuid::new_v4(), "label": truth}))
+        .send()
+        .await
+        .expect("feedback");
+    assert_eq!(json_of(response).await.0, 404);
+    let (_, drift) = json_of(
+        app.http.get(app.url("/v1/models/shapes/drift")).bearer_auth(&app.admin_token).send().await.expect("drift"),
+    )
+    .await;
+    assert_eq!(drift["live_accuracy_answers"], 1, "{drift}");
+    let metrics = app.get("/metrics").await.1;
+    let metrics = metrics.as_str().expect("text");
+    assert!(metrics.contains("sluice_inference_predictions_total{"), "{metrics}");
+    assert!(metrics.contains("sluice_inference_batch_size_bucket{"), "{metrics}");
+}
+
+#[tokio::test]
+async fn bad_predict_requests_get_clear_4xx_and_record_nothing() {
+    let env = TestEnv::new().await;
+    let app = inference_app(&env).await;
+    let version = register_trained(&app, "shapes", 2, 1).await;
+    move_alias(&app, "shapes", "production", version).await;
+    let good = png(&samples(1, 3), 0, 0);
+    let truncated = good[..good.len() / 2].to_vec();
+    // A PNG header claiming 100000×100000 pixels.
+    let mut bomb = good[..33].to_vec();
+    bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+    let predict_only = app.token(&[Scope::Predict]).await;
+    let ingest_only = app.token(&[Scope::Ingest]).await;
+    let admin = app.admin_token.clone();
+    let cases: Vec<(&str, &str, &str, Vec<u8>, &str, u16)> = vec![
+        ("not an image", "shapes", "", b"hello, world".to_vec(), &admin, 415),
+        ("a truncated PNG", "shapes", "", truncated, &admin, 422),
+        ("a pixel bomb", "shapes", "", bomb, &admin, 422),
+        ("an empty body", "shapes", "", Vec::new(), &admin, 400),
+        ("an unknown model", "nope", "", good.clone(), &admin, 404),
+        ("an unknown version", "shapes", "?version=9", good.clone(), &admin, 404),
+        ("an unknown alias", "shapes", "?alias=staging", good.clone(), &admin, 404),
+        ("an invalid model name", "Bad!", "", good.clone(), &admin, 400),
+        ("top_k 0", "shapes", "?top_k=0", good.clone(), &admin, 400),
+        ("alias and version", "shapes", "?alias=production&version=1", good.clone(), &admin, 400),
+        ("no predict scope", "shapes", "", good.clone(), &ingest_only, 403),
+        ("a wrong token", "shapes", "", good.clone(), "wrong", 401),
+    ];
+    let mut failures = Vec::new();
+    for (what, model, query, body, token, status) in cases {
+        let (got, answer) = predict(&app, token, model, query, body).await;
+        if got != status || !answer["error"]["code"].is_string() || !answer["error"]["message"].is_string() {
+            failures.push(format!("{what}: expected {status}, got {got} {answer}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    let (status, _) = predict(&app, &predict_only, "shapes", "", good).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(app.count("SELECT count(*) FROM predictions").await, 1, "only the good request is recorded");
+}
+
+#[tokio::test]
+async fn moving_production_under_load_fails_no_request() {
+    let env = TestEnv::new().await;
+    let app = inference_app(&env).await;
+    let first = register_trained(&app, "swap", 3, 1).await;
+    let second = register_trained(&app, "swap", 4, 1).await;
+    move_alias(&app, "swap", "production", first).await;
+    let body = png(&samples(1, 5), 0, 0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url, token, body, stop) = (
+                app.http.clone(),
+                app.url("/v1/models/swap/predict"),
+                app.admin_token.clone(),
+                body.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let response = http.post(&url).bearer_auth(&token).body(body.clone()).send().await.expect("send");
+                    let status = response.status().as_u16();
+                    let answer: Value = response.json().await.unwrap_or(Value::Null);
+                    seen.push((status, answer["version"].as_i64()));
+                }
+                seen
+            })
+        })
+        .collect();
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        move_alias(&app, "swap", "production", if round % 2 == 0 { second } else { first }).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    for client in clients {
+        all.extend(client.await.expect("client"));
+    }
+    let failed: Vec<_> = all.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        all.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let versions: std::collections::BTreeSet<i64> = all.iter().filter_map(|(_, v)| *v).collect();
+    assert_eq!(versions, [i64::from(first), i64::from(second)].into(), "both versions served");
+    // Six moves ended on `first`; the last requests were served by it.
+    assert_eq!(all.last().and_then(|(_, v)| *v), Some(i64::from(first)));
+}
+
+#[tokio::test]
+async fn canary_splits_traffic_and_shadow_scores_without_answering() {
+    let env = TestEnv::new().await;
+    let app = inference_app(&env).await;
+    let stable = register_trained(&app, "routed", 6, 1).await;
+    let candidate = register_trained(&app, "routed", 7, 1).await;
+    move_alias(&app, "routed", "production", stable).await;
+    move_alias(&app, "routed", "staging", candidate).await;
+    let routing = json!({"canary": {"alias": "staging", "percent": 30.0}, "shadow": "staging"});
+    let put = app.http.put(app.url("/v1/models/routed/routing")).bearer_auth(&app.admin_token).json(&routing);
+    let (status, body) = json_of(put.send().await.expect("put routing")).await;
+    assert_eq!(status, 200, "{body}");
+    let train_only = app.token(&[Scope::Train]).await;
+    let put = app.http.put(app.url("/v1/models/routed/routing")).bearer_auth(&train_only).json(&routing);
+    assert_eq!(json_of(put.send().await.expect("put routing")).await.0, 403);
+    let body = png(&samples(1, 8), 0, 0);
+    let mut canary = 0;
+    for _ in 0..200 {
+        let (status, answer) = predict(&app, &app.admin_token, "routed", "", body.clone()).await;
+        assert_eq!(status, 200, "{answer}");
+        canary += usize::from(answer["version"] == candidate);
+    }
+    assert!((30..=95).contains(&canary), "{canary} of 200 requests went to the 30% canary");
+    eventually(Duration::from_secs(10), "shadow predictions recorded", || async {
+        let shadow = app.count("SELECT count(*) FROM predictions WHERE shadow").await;
+        // Requests that went to the canary are already scored by staging; the rest are shadowed.
+        (shadow == 200 - canary as i64).then_some(())
+    })
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM predictions WHERE NOT shadow").await, 200);
+}
+
+/// Streams `count` images (drawn with `seed`, shifted by `shift`) in batches of 50.
+async fn stream(app: &RunningApp, model: &str, count: usize, seed: u64, shift: i16) -> Vec<(String, String)> {
+    let images = samples(count, seed);
+    let labels = synthetic::labels(CLASSES);
+    let mut answers = Vec::new();
+    for start in (0..count).step_by(50) {
+        let batch: Vec<Vec<u8>> = (start..(start + 50).min(count)).map(|i| png(&images, i, shift)).collect();
+        let (status, answer) = predict_many(app, model, batch).await;
+        assert_eq!(status, 200, "{answer}");
+        for (k, prediction) in answer["predictions"].as_array().expect("predictions").iter().enumerate() {
+            let predicted = prediction["top"][0]["label"].as_str().expect("label").to_owned();
+            answers.push((predicted, labels[images.labels[start + k] as usize].clone()));
+        }
+    }
+    answers
+}
+
+async fn drift_state(app: &RunningApp, model: &str) -> Value {
+    let response =
+        app.http.get(app.url(&format!("/v1/models/{model}/drift"))).bearer_auth(&app.admin_token).send().await;
+    json_of(response.expect("drift")).await.1
+}
+
+#[tokio::test]
+async fn a_stationary_stream_raises_no_alarm_and_its_accuracy_is_estimated_without_labels() {
+    let env = TestEnv::new().await;
+    let app = inference_app(&env).await;
+    let version = register_trained(&app, "steady", 11, 6).await;
+    move_alias(&app, "steady", "production", version).await;
+    let answers = stream(&app, "steady", 5000, 12, 0).await;
+    let drift = drift_state(&app, "steady").await;
+    assert_eq!(drift["state"], "ok", "{drift:#}");
+    assert_eq!(drift["window"], 500);
+    let retrain = app.ctx.topic(Topic::RetrainRequests);
+    assert!(
+        read_topic(&app.ctx.config, retrain.as_str(), 1, Duration::from_secs(2)).await.is_empty(),
+        "no retrain request"
+    );
+    // The label-free estimate (mean calibrated confidence) is close to the true accuracy of the
+    // window's 500 predictions, which the test knows and the server does not.
+    let recent = &answers[answers.len() - 500..];
+    let accuracy = recent.iter().filter(|(p, t)| p == t).count() as f64 / recent.len() as f64;
+    let expected = drift["expected_accuracy"].as_f64().expect("an estimate");
+    assert!((expected - accuracy).abs() < 0.1, "estimated {expected:.3}, true {accuracy:.3}: {drift:#}");
+}
+
+#[tokio::test]
+async fn a_shifted_stream_is_detected_and_one_retrain_request_is_published() {
+    let env = TestEnv::new().await;
+    let app = inference_app(&env).await;
+    let version = register_trained(&app, "shifty", 21, 3).await;
+    move_alias(&app, "shifty", "production", version).await;
+    stream(&app, "shifty", 300, 22, 0).await;
+    assert_eq!(drift_state(&app, "shifty").await["state"], "ok");
+    stream(&app, "shifty", 800, 23, 90).await;
+    let drift = drift_state(&app, "shifty").await;
+    assert_eq!(drift["state"], "drift", "{drift:#}");
+    assert_eq!(drift["statistics"]["brightness_psi"]["drifted"], true, "{drift:#}");
+    let retrain = app.ctx.topic(Topic::RetrainRequests);
+    let requests = read_topic(&app.ctx.config, retrain.as_str(), 2, Duration::from_secs(3)).await;
+    assert_eq!(requests.len(), 1, "one request despite many drifted checks (cooldown): {requests:?}");
+    let (key, event) = &requests[0];
+    assert_eq!(key, "shifty");
+    assert_eq!(event["data"]["reason"], "drift");
+    assert_eq!(event["data"]["evidence"]["verdict"]["state"], "drift");
+    let metrics = app.get("/metrics").await.1;
+    assert!(
+        metrics.as_str().expect("text").contains("sluice_inference_drift_detected{model=\"shifty\",version=\"1\"} 1")
+    );
+}
