@@ -13,12 +13,17 @@ fn bench(c: &mut Criterion) {
     for images in [64, 640] {
         let train = synthetic::generate(&SyntheticSpec::rgb(64, classes, images, 1)).expect("train");
         let val = synthetic::generate(&SyntheticSpec::rgb(64, classes, 64, 2)).expect("val");
-        let hyper = Hyper { epochs: 1_000_000 / images, batch_size: 64, patience: 0, ..Hyper::default() };
+        let hyper = Hyper { epochs: 10_000, batch_size: 64, patience: 0, ..Hyper::default() };
         let spec = SessionSpec { architecture: Architecture::Cnn, shape: train.shape, classes, hyper, seed: 1 };
-        let mut session = Session::new(spec).expect("session");
+        let mut session = Session::new(spec.clone()).expect("session");
         group.throughput(Throughput::Elements(images as u64));
         group.bench_function(format!("epoch_of_{images}_images"), |b| {
-            b.iter(|| session.run_epoch(&train, &val).expect("epoch"));
+            b.iter(|| {
+                if session.finished() {
+                    session = Session::new(spec.clone()).expect("session");
+                }
+                session.run_epoch(&train, &val).expect("epoch")
+            });
         });
     }
     group.finish();

@@ -47,7 +47,7 @@ pub(crate) struct ExportMeta {
     pub shape: InputShape,
     pub classes: usize,
     pub hidden: usize,
-    /// Activation layout the dense weights were trained against.
+    /// Activation layout the dense weights were trained against (`"nchw"`).
     pub layout: String,
 }
 

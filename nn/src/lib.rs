@@ -14,8 +14,9 @@
 //! exactly as an uninterrupted one would.
 //!
 //! On the CPU the convolution blocks run as one fused candle custom op (im2col + matmul + bias +
-//! ReLU + 2×2 max-pool, with a backward that skips the image gradient and spreads work over the
-//! cores); on CUDA (`cuda` feature, chosen at run time) the same network uses candle's own ops.
+//! ReLU + 2×2 max-pool, with a backward that skips the image gradient and spreads images over
+//! the cores); on CUDA (`cuda` feature, chosen at run time) the same network uses candle's own
+//! ops. Weights use PyTorch's layouts (`[out, in, 3, 3]`, `[out, in]`) on NCHW activations.
 
 mod checkpoint;
 mod data;

@@ -53,11 +53,11 @@ impl ModelSpec {
             Architecture::Mlp => channels * height * width,
             Architecture::Cnn => {
                 let [c1, c2] = CONV_CHANNELS;
-                push("conv1.weight", vec![c1, 3, 3, channels], 9 * channels, true);
+                push("conv1.weight", vec![c1, channels, 3, 3], 9 * channels, true);
                 push("conv1.bias", vec![c1], 9 * channels, true);
-                push("conv2.weight", vec![c2, 3, 3, c1], 9 * c1, true);
+                push("conv2.weight", vec![c2, c1, 3, 3], 9 * c1, true);
                 push("conv2.bias", vec![c2], 9 * c1, true);
-                (height / 2 / 2) * (width / 2 / 2) * c2
+                c2 * (height / 2 / 2) * (width / 2 / 2)
             }
         };
         push("dense1.weight", vec![self.hidden, features], features, true);
@@ -128,7 +128,7 @@ impl Model {
         self.vars.iter().map(|v| Ok(v.as_tensor().flatten_all()?.to_vec1()?)).collect()
     }
 
-    /// Logits `[n, classes]` for a batch `[n, height, width, channels]`.
+    /// Logits `[n, classes]` for a batch `[n, channels, height, width]`.
     ///
     /// `train` builds the autograd graph (and keeps what the conv backward needs); evaluation
     /// reads detached weights so nothing is recorded. `dropout` is a `[n, hidden]` mask already
@@ -164,7 +164,7 @@ mod tests {
     fn both_architectures_produce_class_logits() {
         for arch in [Architecture::Mlp, Architecture::Cnn] {
             let model = Model::init(spec(arch), 1, &Device::Cpu).expect("init");
-            let x = Tensor::zeros((4, 9, 12, 3), candle_core::DType::F32, &Device::Cpu).expect("x");
+            let x = Tensor::zeros((4, 3, 9, 12), candle_core::DType::F32, &Device::Cpu).expect("x");
             let logits = model.forward(&x, false, None).expect("forward");
             assert_eq!(logits.dims(), &[4, 5]);
         }

@@ -20,7 +20,7 @@ impl Network {
     pub fn load(bytes: &[u8]) -> Result<Self> {
         let mut file = checkpoint::decode::<ExportMeta>(bytes)?;
         let m = file.meta.clone();
-        if m.format != FORMAT || m.kind != "export" || m.layout != "nhwc" {
+        if m.format != FORMAT || m.kind != "export" || m.layout != "nchw" {
             return Err(NnError::InvalidFile(format!("not a format-{FORMAT} export")));
         }
         let spec = ModelSpec { architecture: m.architecture, shape: m.shape, classes: m.classes, hidden: m.hidden };

@@ -300,7 +300,7 @@ impl Session {
             shape: self.spec.shape,
             classes: self.spec.classes,
             hidden: self.spec.hyper.hidden,
-            layout: "nhwc".into(),
+            layout: "nchw".into(),
         };
         let values = self.best_values()?;
         let tensors: Vec<_> = self

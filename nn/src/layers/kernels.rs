@@ -26,12 +26,6 @@ pub(crate) fn matmul_nt(out: &mut [f32], a: &[f32], b: &[f32], (m, n, l): (usize
     Arch::new().dispatch(MatmulNt { out, a, b, m, n, l });
 }
 
-/// Runs `f` compiled for the best instruction set, so plain loops inside it auto-vectorise.
-#[inline(always)]
-pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    Arch::new().dispatch(f)
-}
-
 struct Matmul<'a> {
     out: &'a mut [f32],
     a: &'a [f32],
@@ -72,7 +66,15 @@ impl WithSimd for Matmul<'_> {
 }
 
 #[inline(always)]
-fn mm_rows<S: Simd, const R: usize>(simd: S, ov: &mut [S::f32s], a: &[f32], bv: &[S::f32s], i: usize, k: usize, nv: usize) {
+fn mm_rows<S: Simd, const R: usize>(
+    simd: S,
+    ov: &mut [S::f32s],
+    a: &[f32],
+    bv: &[S::f32s],
+    i: usize,
+    k: usize,
+    nv: usize,
+) {
     let mut j = 0;
     while j + MM_VECS <= nv {
         mm_tile::<S, R, MM_VECS>(simd, ov, a, bv, (i, j), k, nv);
@@ -198,7 +200,8 @@ mod tests {
         let mut out = vec![0f32; m * n];
         for i in 0..m {
             for j in 0..n {
-                out[i * n + j] = (0..k).map(|kk| f64::from(a[i * k + kk]) * f64::from(b[kk * n + j])).sum::<f64>() as f32;
+                out[i * n + j] =
+                    (0..k).map(|kk| f64::from(a[i * k + kk]) * f64::from(b[kk * n + j])).sum::<f64>() as f32;
             }
         }
         out

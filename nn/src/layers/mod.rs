@@ -1,7 +1,8 @@
-//! Layer functions over candle tensors. Activations are channels-last (NHWC); convolution
-//! weights are `[out, 3, 3, in]` and dense weights `[out, in]`.
+//! Layer functions over candle tensors. Activations are NCHW; convolution weights are
+//! `[out, in, 3, 3]` and dense weights `[out, in]`, as in PyTorch.
 
 mod conv;
+mod kernels;
 
 use std::sync::Arc;
 
@@ -19,17 +20,14 @@ pub(crate) fn conv_block(x: &Tensor, weights: &Tensor, bias: &Tensor, train: boo
     }
 }
 
-/// The same block from candle's stock ops: NCHW convolution, ReLU, and a max-pool written as a
+/// The same block from candle's stock ops: convolution, ReLU, and a max-pool written as a
 /// reshape + max, because candle 0.11's `max_pool2d` backward scales the gradient by 1/4.
 pub(crate) fn reference_block(x: &Tensor, weights: &Tensor, bias: &Tensor) -> Result<Tensor> {
-    let x = x.permute((0, 3, 1, 2))?.contiguous()?;
-    let weights = weights.permute((0, 3, 1, 2))?.contiguous()?;
-    let y = x.conv2d(&weights, 1, 1, 1, 1)?.broadcast_add(&bias.reshape((1, (), 1, 1))?)?.relu()?;
-    let y = y.permute((0, 2, 3, 1))?;
-    let (n, h, w, c) = y.dims4()?;
+    let y = x.conv2d(weights, 1, 1, 1, 1)?.broadcast_add(&bias.reshape((1, (), 1, 1))?)?.relu()?;
+    let (n, c, h, w) = y.dims4()?;
     let (ph, pw) = (h / 2, w / 2);
-    let y = y.narrow(1, 0, 2 * ph)?.narrow(2, 0, 2 * pw)?.contiguous()?;
-    y.reshape((n, ph, 2, pw, 2, c))?.max(4)?.max(2)
+    let y = y.narrow(2, 0, 2 * ph)?.narrow(3, 0, 2 * pw)?.contiguous()?;
+    y.reshape((n, c, ph, 2, pw, 2))?.max(5)?.max(3)
 }
 
 /// `x [n, in] · wᵀ + b`.

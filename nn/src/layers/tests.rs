@@ -24,12 +24,12 @@ fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
 
 /// Forward and all three gradients of the fused block against candle's stock ops.
 fn check(n: usize, h: usize, w: usize, c: usize, oc: usize) {
-    let x = Var::from_tensor(&random(&[n, h, w, c], 1)).expect("var");
-    let wt = Var::from_tensor(&random(&[oc, 3, 3, c], 2)).expect("var");
+    let x = Var::from_tensor(&random(&[n, c, h, w], 1)).expect("var");
+    let wt = Var::from_tensor(&random(&[oc, c, 3, 3], 2)).expect("var");
     let b = Var::from_tensor(&random(&[oc], 3)).expect("var");
     let ph = h / 2;
     let pw = w / 2;
-    let probe = random(&[n, ph, pw, oc], 4);
+    let probe = random(&[n, oc, ph, pw], 4);
     let run = |fused: bool| {
         let y = if fused {
             conv_block(x.as_tensor(), wt.as_tensor(), b.as_tensor(), true)
@@ -59,12 +59,14 @@ fn fused_block_matches_candle_ops_on_rgb_input() {
 fn fused_block_matches_candle_ops_on_odd_sizes_and_many_channels() {
     check(3, 7, 5, 16, 8);
     check(1, 2, 2, 1, 2);
+    check(2, 16, 8, 3, 16);
+    check(1, 2, 9, 2, 3);
 }
 
 #[test]
 fn fused_block_skips_the_gradient_of_an_untrained_input() {
-    let x = random(&[1, 4, 4, 1], 1);
-    let wt = Var::from_tensor(&random(&[2, 3, 3, 1], 2)).expect("var");
+    let x = random(&[1, 1, 4, 4], 1);
+    let wt = Var::from_tensor(&random(&[2, 1, 3, 3], 2)).expect("var");
     let b = Var::from_tensor(&random(&[2], 3)).expect("var");
     let y = conv_block(&x, wt.as_tensor(), b.as_tensor(), true).expect("forward");
     let grads = y.sum_all().expect("sum").backward().expect("backward");
@@ -74,8 +76,8 @@ fn fused_block_skips_the_gradient_of_an_untrained_input() {
 
 #[test]
 fn evaluation_forward_has_no_backward() {
-    let x = random(&[1, 4, 4, 1], 1);
-    let wt = Var::from_tensor(&random(&[2, 3, 3, 1], 2)).expect("var");
+    let x = random(&[1, 1, 4, 4], 1);
+    let wt = Var::from_tensor(&random(&[2, 1, 3, 3], 2)).expect("var");
     let b = Var::from_tensor(&random(&[2], 3)).expect("var");
     let y = conv_block(&x, wt.as_tensor(), b.as_tensor(), false).expect("forward");
     assert!(y.sum_all().expect("sum").backward().is_err());
@@ -83,12 +85,12 @@ fn evaluation_forward_has_no_backward() {
 
 #[test]
 fn input_gradient_matches_finite_differences() {
-    let x = random(&[1, 4, 4, 2], 1);
-    let wt = random(&[3, 3, 3, 2], 2);
+    let x = random(&[1, 2, 4, 4], 1);
+    let wt = random(&[3, 2, 3, 3], 2);
     let b = random(&[3], 3);
-    let probe = random(&[1, 2, 2, 3], 4);
+    let probe = random(&[1, 3, 2, 2], 4);
     let loss = |v: Vec<f32>| -> f32 {
-        let x = Tensor::from_vec(v, (1, 4, 4, 2), &Device::Cpu).expect("x");
+        let x = Tensor::from_vec(v, (1, 2, 4, 4), &Device::Cpu).expect("x");
         let y = conv_block(&x, &wt, &b, false).expect("forward");
         (&y * &probe).expect("mul").sum_all().expect("sum").to_scalar().expect("scalar")
     };
