@@ -40,7 +40,7 @@ impl Stats {
         self.ok as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn from(name: &'static str, results: Vec<Result<Duration, String>>, elapsed: Duration) -> Self {
+    pub(crate) fn from(name: &'static str, results: Vec<Result<Duration, String>>, elapsed: Duration) -> Self {
         let mut latencies: Vec<Duration> = results.iter().filter_map(|r| r.as_ref().ok().copied()).collect();
         latencies.sort_unstable();
         let pick = |q: f64| {

@@ -2,8 +2,10 @@
 //! one of them alone (`sluice serve <service>`), behind one HTTP listener with the ops endpoints.
 
 pub mod bench;
+pub mod bench_predict;
 pub mod doctor;
 pub mod models_cli;
+pub mod predict_cli;
 pub mod push;
 pub mod tail;
 pub mod train_cli;

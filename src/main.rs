@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sluice::{Application, Service, bench, doctor, ensure_admin_token, models_cli, push, tail, train_cli};
+use sluice::{Application, Service, bench, doctor, ensure_admin_token, bench_predict, models_cli, predict_cli, push, tail, train_cli};
 use sluice_core::{Config, Context, config::DEFAULTS_TOML, migrate, shutdown, telemetry};
 
 #[derive(Debug, Parser)]
@@ -77,6 +77,22 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Score images with a served model (production unless --alias or --version).
+    Predict {
+        model: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        #[arg(long, conflicts_with = "version")]
+        alias: Option<String>,
+        #[arg(long)]
+        version: Option<i32>,
+        #[arg(long, default_value_t = 3)]
+        top_k: usize,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
     /// Load generators; they print what they measured.
     Bench {
         #[command(subcommand)]
@@ -118,6 +134,20 @@ impl ServerArgs {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// Predictions/s and latency with and without micro-batching, and model-only time per image.
+    Predict {
+        /// An existing model to serve; by default a `bench-cnn64` version is registered.
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, value_delimiter = ',', default_value = "1,8,32")]
+        concurrency: Vec<usize>,
+        /// Requests per phase.
+        #[arg(long, default_value_t = 3000)]
+        requests: usize,
+        /// Largest micro-batch in the batching phases.
+        #[arg(long, default_value_t = 32)]
+        max_batch: usize,
+    },
     /// Upload rate and latency of POST /v1/media next to raw S3 PUTs of the same bodies.
     Ingest {
         #[arg(long, default_value_t = 32)]
@@ -234,6 +264,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{raw}");
             println!("{ingest}");
             println!("ingest / raw PUT rate: {:.2}", ingest.rate() / raw.rate());
+        }
+        Command::Bench { what: BenchCommand::Predict { model, concurrency, requests, max_batch } } => {
+            println!("bench predict: {requests} requests per phase, concurrencies {concurrency:?}, max batch {max_batch}");
+            let options = bench_predict::Options { model, concurrencies: concurrency, requests, max_batch };
+            for line in bench_predict::predict(&config, &options).await? {
+                println!("{line}");
+            }
+        }
+        Command::Predict { model, files, alias, version, top_k, json, server } => {
+            let (url, token) = server.resolve(&config)?;
+            let api = models_cli::Api::new(&url, &token);
+            let answer = predict_cli::run(&api, &model, &files, alias.as_deref(), version, top_k).await?;
+            print!("{}", if json { format!("{answer}\n") } else { predict_cli::render(&answer, &files) });
         }
         Command::Models { what, json, server } => {
             let (url, token) = server.resolve(&config)?;

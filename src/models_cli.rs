@@ -74,6 +74,16 @@ impl Api {
         self.send(self.http.post(self.endpoint(segments)?).json(body)).await
     }
 
+    /// POSTs a multipart form to `segments` with `query` parameters.
+    pub async fn post_form(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        form: reqwest::multipart::Form,
+    ) -> anyhow::Result<Value> {
+        self.send(self.http.post(self.endpoint(segments)?).query(query).multipart(form)).await
+    }
+
     /// The JSON answer, or an error carrying the API's message and code.
     async fn send(&self, request: reqwest::RequestBuilder) -> anyhow::Result<Value> {
         let response =
