@@ -2,6 +2,7 @@
 //! the whole workspace so the dependency tree links once.
 
 mod cli;
+mod closed_loop;
 mod imports;
 mod inference;
 mod ingest;

@@ -1,0 +1,158 @@
+//! The whole loop on the real stack, every service in one process: labelled images are uploaded
+//! through ingest, preprocessed, trained on, registered and promoted, then served; the stream
+//! shifts, drift is detected, inference asks for retraining, the trainer trains on the current
+//! data (which now holds shifted images), the new version beats production on the new split, is
+//! promoted, and the server hot-swaps to it, all visible in the metrics.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_nn::synthetic::{self, SyntheticSpec};
+use sluice_testkit::{TestEnv, eventually};
+
+use crate::{
+    ingest::post_raw,
+    support::{RunningApp, json_of},
+    training::wait_job,
+};
+
+const SIZE: u32 = 32;
+const CLASSES: usize = 3;
+
+/// PNGs of synthetic shapes with every pixel brightened by `shift`, and their labels.
+fn images(count: usize, seed: u64, shift: i16) -> Vec<(Vec<u8>, String)> {
+    let samples = synthetic::generate(&SyntheticSpec::rgb(SIZE as usize, CLASSES, count, seed)).expect("images");
+    let labels = synthetic::labels(CLASSES);
+    let plane = (SIZE * SIZE) as usize;
+    (0..count)
+        .map(|i| {
+            let chw = &samples.images[i * 3 * plane..(i + 1) * 3 * plane];
+            let rgb: Vec<u8> = (0..plane)
+                .flat_map(|p| (0..3).map(move |c| (i16::from(chw[c * plane + p]) + shift).clamp(0, 255) as u8))
+                .collect();
+            let image = image::RgbImage::from_raw(SIZE, SIZE, rgb).expect("image");
+            let mut png = std::io::Cursor::new(Vec::new());
+            image.write_to(&mut png, image::ImageFormat::Png).expect("png");
+            (png.into_inner(), labels[samples.labels[i] as usize].clone())
+        })
+        .collect()
+}
+
+async fn upload(app: &RunningApp, batch: &[(Vec<u8>, String)]) {
+    for (png, label) in batch {
+        let (status, body) = post_raw(app, &format!("?dataset=loop&label={label}"), "image/png", png.clone()).await;
+        assert_eq!(status, 202, "{body}");
+    }
+}
+
+async fn processed(app: &RunningApp, count: i64) {
+    eventually(Duration::from_secs(120), "uploads to be preprocessed", || async {
+        (app.count("SELECT count(*) FROM media WHERE dataset = 'loop' AND status = 'processed'").await >= count)
+            .then_some(())
+    })
+    .await;
+}
+
+/// Predicts `batch` (multipart, 50 at a time); returns (served version, accuracy).
+async fn serve(app: &RunningApp, batch: &[(Vec<u8>, String)]) -> (Vec<i64>, f64) {
+    let (mut versions, mut correct) = (Vec::new(), 0usize);
+    for chunk in batch.chunks(50) {
+        let mut form = reqwest::multipart::Form::new();
+        for (i, (png, _)) in chunk.iter().enumerate() {
+            form = form.part("file", reqwest::multipart::Part::bytes(png.clone()).file_name(format!("{i}.png")));
+        }
+        let response = app.http.post(app.url("/v1/models/loop/predict")).bearer_auth(&app.admin_token).multipart(form);
+        let (status, answer) = json_of(response.send().await.expect("predict")).await;
+        assert_eq!(status, 200, "{answer}");
+        versions.push(answer["version"].as_i64().expect("version"));
+        for (prediction, (_, label)) in answer["predictions"].as_array().expect("predictions").iter().zip(chunk) {
+            correct += usize::from(prediction["top"][0]["label"] == label.as_str());
+        }
+    }
+    (versions, correct as f64 / batch.len() as f64)
+}
+
+async fn model(app: &RunningApp) -> Value {
+    let response = app.http.get(app.url("/v1/models/loop")).bearer_auth(&app.admin_token).send().await;
+    json_of(response.expect("model")).await.1
+}
+
+#[tokio::test]
+async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.inference.drift_window = 200;
+    config.inference.drift_min_samples = 100;
+    config.inference.drift_check_every = 25;
+    config.inference.drift_sustain_checks = 2;
+    let app = RunningApp::spawn(config).await;
+    let pipeline = app.http.put(app.url("/v1/datasets/loop/pipeline")).bearer_auth(&app.admin_token);
+    let (status, body) =
+        json_of(pipeline.json(&json!({"width": SIZE, "height": SIZE})).send().await.expect("pipeline")).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Ingest → preprocess → train → register → promote.
+    upload(&app, &images(240, 1, 0)).await;
+    processed(&app, 240).await;
+    let job = json!({"model": "loop", "dataset": "loop", "architecture": "cnn", "seed": 3, "promote": "if_better",
+        "search": {"strategy": "grid", "space": {"epochs": 12, "batch_size": 16, "learning_rate": 0.003, "patience": 0}}});
+    let (status, created) = json_of(
+        app.http.post(app.url("/v1/training-jobs")).bearer_auth(&app.admin_token).json(&job).send().await.expect("job"),
+    )
+    .await;
+    assert_eq!(status, 202, "{created}");
+    let first = wait_job(&app, created["id"].as_str().expect("id"), Duration::from_secs(300)).await;
+    assert_eq!(first["status"], "succeeded", "{first:#}");
+    assert_eq!(model(&app).await["aliases"]["production"], 1);
+
+    // Served and correct on fresh images from the training distribution.
+    let (versions, accuracy) = serve(&app, &images(150, 2, 0)).await;
+    assert!(versions.iter().all(|v| *v == 1));
+    assert!(accuracy >= 0.8, "accuracy {accuracy} on the training distribution");
+
+    // The world changes: brighter images arrive, labelled ones are uploaded too.
+    let shifted = images(240, 3, 110);
+    upload(&app, &shifted).await;
+    processed(&app, 480).await;
+    let (_, shifted_accuracy) = serve(&app, &images(200, 4, 110)).await;
+    let drift = json_of(
+        app.http.get(app.url("/v1/models/loop/drift")).bearer_auth(&app.admin_token).send().await.expect("drift"),
+    )
+    .await
+    .1;
+    assert_eq!(drift["state"], "drift", "{drift:#}");
+
+    // Inference asked for retraining; the trainer trained on the current data and promoted it.
+    let retrained = eventually(Duration::from_secs(60), "a retraining job", || async {
+        let client = app.ctx.db.get().await.ok()?;
+        let row = client.query_opt("SELECT id::text FROM training_jobs WHERE origin = 'retrain'", &[]).await.ok()??;
+        Some(row.get::<_, String>(0))
+    })
+    .await;
+    let second = wait_job(&app, &retrained, Duration::from_secs(300)).await;
+    assert_eq!(second["status"], "succeeded", "{second:#}");
+    assert_eq!(second["items"], 480, "trained on the current data: {second:#}");
+    assert_eq!(second["evidence"]["reason"], "drift");
+    assert_eq!(second["promotion"]["promoted"], true, "{second:#}");
+    assert_eq!(model(&app).await["aliases"]["production"], 2);
+
+    // The server hot-swapped: new requests are answered by version 2, better on the new data.
+    let (versions, new_accuracy) = eventually(Duration::from_secs(30), "version 2 to be served", || async {
+        let (versions, accuracy) = serve(&app, &images(100, 5, 110)).await;
+        versions.iter().all(|v| *v == 2).then_some((versions, accuracy))
+    })
+    .await;
+    assert!(!versions.is_empty());
+    assert!(new_accuracy > shifted_accuracy, "v2 {new_accuracy} vs v1 {shifted_accuracy} on shifted images");
+
+    let metrics = app.get("/metrics").await.1;
+    let metrics = metrics.as_str().expect("text");
+    for needle in [
+        "sluice_inference_drift_detected{model=\"loop\",version=\"1\"} 1",
+        "sluice_inference_retrain_requests_total{model=\"loop\",reason=\"drift\"} 1",
+        "sluice_trainer_retrain_jobs_total 1",
+        "sluice_inference_served_version{model=\"loop\",alias=\"production\"} 2",
+    ] {
+        assert!(metrics.contains(needle), "metrics lack {needle}");
+    }
+}
