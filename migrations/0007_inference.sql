@@ -13,7 +13,9 @@ CREATE TABLE predictions (
     shadow          BOOLEAN NOT NULL DEFAULT false,
     created_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     feedback_label  TEXT,
-    feedback_at     TIMESTAMPTZ
+    feedback_at     TIMESTAMPTZ,
+    -- The batch-prediction job that scored it (NULL for served requests).
+    batch_id        UUID
 );
 CREATE INDEX predictions_feedback ON predictions (model, version, feedback_at DESC) WHERE feedback_at IS NOT NULL;
 CREATE INDEX predictions_created ON predictions (created_at);
@@ -28,23 +30,31 @@ CREATE TABLE model_routing (
     updated_by      TEXT NOT NULL
 );
 
--- Batch prediction jobs: items are scored in fixed chunks, each written to its own S3 object,
--- so a crash redoes at most one chunk and never duplicates a line.
+-- Batch prediction jobs: the item list is frozen in S3 (`manifest_key`) at submission and the
+-- version pinned; items are scored in fixed chunks of `chunk_size`, chunk n written to its own S3
+-- object under `result_prefix`, then `chunks_done` advanced past it. A crash redoes at most one
+-- chunk, rewriting the same object, so no line is ever duplicated.
 CREATE TABLE batch_predictions (
     id             UUID PRIMARY KEY,
     model          TEXT NOT NULL,
+    -- The alias the request named (NULL when it named a version); `version` is what it pointed at.
     alias          TEXT,
     version        INT NOT NULL,
+    -- {"dataset": name} or {"bucket": name, "prefix": prefix}.
     source         JSONB NOT NULL,
+    top_k          INT NOT NULL CHECK (top_k >= 1),
     status         TEXT NOT NULL DEFAULT 'queued'
                    CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
-    total          INT NOT NULL,
-    chunks         INT NOT NULL,
-    chunks_done    INT NOT NULL DEFAULT 0,
+    total          INT NOT NULL CHECK (total >= 1),
+    chunk_size     INT NOT NULL CHECK (chunk_size >= 1),
+    chunks         INT NOT NULL CHECK (chunks >= 1),
+    chunks_done    INT NOT NULL DEFAULT 0 CHECK (chunks_done >= 0 AND chunks_done <= chunks),
+    manifest_key   TEXT NOT NULL,
     result_prefix  TEXT NOT NULL,
     error          TEXT,
     requested_by   TEXT NOT NULL,
     created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+    started_at     TIMESTAMPTZ,
     updated_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
     finished_at    TIMESTAMPTZ
 );

@@ -90,6 +90,46 @@ impl ConsumerContext for CommitOnRevoke {
     }
 }
 
+/// The sequential at-least-once loop of a work-queue consumer: hands each message to `handle` in
+/// turn and stores its offset once `handle` answers `true` (its effects are durable, or it can
+/// never succeed and was recorded as such). `false` (shutting down mid-message) stops without
+/// storing it, so the message is redelivered. Ends on `shutdown` or a consumer error, after a
+/// synchronous commit of what was stored.
+pub async fn consume_in_order<F, Fut>(
+    consumer: &SluiceConsumer,
+    shutdown: &crate::Shutdown,
+    mut handle: F,
+) -> Result<(), KafkaError>
+where
+    F: FnMut(rdkafka::message::OwnedMessage) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    use futures::StreamExt;
+    let mut stream = consumer.stream();
+    let result = loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            next = stream.next() => match next {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => break Err(err),
+                None => break Ok(()),
+            },
+        };
+        if !handle(message.detach()).await {
+            break Ok(());
+        }
+        if let Err(err) = consumer.store_offset_from_message(&message) {
+            break Err(err);
+        }
+    };
+    drop(stream);
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(err) => tracing::warn!(error = %err, "final commit failed"),
+    }
+    result
+}
+
 /// An admin client for topic management and metadata.
 pub fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     client_config(config).create()

@@ -12,6 +12,7 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod inference;
 pub mod kafka;
 pub mod media;
 pub mod migrate;

@@ -82,6 +82,28 @@ pub async fn put_bytes(
     Ok(())
 }
 
+/// The keys under `prefix` in `bucket`, in S3's (lexicographic) order, folder markers (keys
+/// ending in `/`) left out; stops once more than `limit` are found.
+pub async fn list_keys(client: &Client, bucket: &str, prefix: &str, limit: usize) -> Result<Vec<String>, S3Error> {
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let page = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token)
+            .send()
+            .await
+            .map_err(|e| S3Error::from_sdk("ListObjectsV2", e))?;
+        keys.extend(page.contents().iter().filter_map(|o| o.key()).filter(|k| !k.ends_with('/')).map(str::to_owned));
+        token = page.next_continuation_token().filter(|_| page.is_truncated() == Some(true)).map(str::to_owned);
+        if token.is_none() || keys.len() > limit {
+            return Ok(keys);
+        }
+    }
+}
+
 /// Builds a client for `config`: static credentials when configured, else the AWS default chain.
 pub async fn client(config: &S3Config) -> Client {
     let mut builder = aws_sdk_s3::config::Builder::new()

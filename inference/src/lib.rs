@@ -9,7 +9,11 @@
 //! ([`drift`], [`monitor`]), whose verdicts and label-free accuracy estimate are exported as
 //! metrics and at `GET /v1/models/{name}/drift`. Alias moves arrive on `models.events`
 //! ([`follower`]); sustained drift or low live accuracy publishes `retrain.requests`.
+//!
+//! Batch predictions ([`batch`]) enter at `POST /v1/batch-predictions`, travel as
+//! `predictions.batch` events through the outbox, and leave as JSON lines in S3.
 
+pub mod batch;
 pub mod batcher;
 pub mod drift;
 pub mod follower;
@@ -68,12 +72,18 @@ impl Inference {
             .route("/v1/models/{name}/drift", get(routes::drift))
             .route("/v1/models/{name}/routing", get(routes::get_routing).put(routes::put_routing))
             .route("/v1/feedback", post(routes::feedback))
+            .route("/v1/batch-predictions", post(batch::routes::create))
+            .route("/v1/batch-predictions/{id}", get(batch::routes::show))
             .with_state(self.state.clone())
     }
 
-    /// The follower, and the recorder's shutdown: it stops with the workers, writing what it holds.
+    /// The follower, the batch-prediction worker, an outbox relay (batch jobs' events), and the
+    /// recorder's shutdown: it stops with the workers, writing what it holds.
     pub fn spawn_workers(self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
-        let follower = tokio::spawn(follower::run(self.state.served.clone(), shutdown.clone()));
+        let served = &self.state.served;
+        let follower = tokio::spawn(follower::run(served.clone(), shutdown.clone()));
+        let batch = tokio::spawn(batch::worker::run(served.clone(), shutdown.clone()));
+        let relay = tokio::spawn(sluice_core::outbox::run(served.ctx.clone(), shutdown.clone()));
         let (stop, done) = (self.stop_recorder, self.recorder);
         let workers_stop = shutdown.clone();
         let recorder = tokio::spawn(async move {
@@ -81,12 +91,13 @@ impl Inference {
             stop.cancel();
             let _ = done.await;
         });
-        vec![follower, recorder]
+        vec![follower, batch, relay, recorder]
     }
 }
 
 fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    metrics::counter!("sluice_inference_records_dropped_total").increment(0);
     describe_counter!(
         "sluice_inference_requests_total",
         "Predict requests answered, by model, version, alias, status."
@@ -118,6 +129,10 @@ fn describe_metrics() {
     );
     describe_gauge!("sluice_inference_drift_detected", "1 while the window's verdict is drift.");
     describe_counter!("sluice_inference_retrain_requests_total", "Retrain requests published, by reason.");
+    describe_counter!(
+        "sluice_inference_batch_items_total",
+        "Batch-prediction items written, by model and outcome (predicted, missing, undecodable)."
+    );
     describe_counter!(
         "sluice_inference_records_dropped_total",
         "Prediction records dropped because PostgreSQL fell behind."

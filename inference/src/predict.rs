@@ -213,6 +213,44 @@ async fn prepare_all(bodies: Vec<Bytes>, loaded: Arc<Loaded>, max_pixels: u64) -
     .map_err(|e| ApiError::internal(&e))?
 }
 
+/// One scored image: its best class and confidence, input brightness, and the prediction record
+/// (top classes with calibrated scores, input statistics) with no alias, shadow or batch set.
+pub(crate) struct Ranked {
+    pub class: usize,
+    pub confidence: f64,
+    pub brightness: f64,
+    pub record: Record,
+}
+
+/// Ranks one image's logits by calibrated score and describes its prepared pixels.
+pub(crate) fn rank(loaded: &Loaded, logits: &[f32], pixels: &[u8], top_k: usize, id: Uuid) -> Ranked {
+    let version = &loaded.version;
+    let probabilities = softmax(logits, loaded.temperature);
+    let mut ranked: Vec<(usize, f64)> = probabilities.iter().copied().enumerate().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let top: Vec<Value> = ranked
+        .iter()
+        .take(top_k)
+        .map(|&(class, score)| json!({"label": version.labels[class], "score": score}))
+        .collect();
+    let (class, confidence) = ranked[0];
+    let channels = pixels.len() / (version.input_spec.width * version.input_spec.height) as usize;
+    let (brightness, channel_means) = image_stats(pixels, channels);
+    let record = Record {
+        id,
+        model: version.model.to_string(),
+        version: version.version,
+        alias: None,
+        label: version.labels[class].clone(),
+        confidence,
+        top: Value::from(top),
+        stats: json!({"brightness": brightness, "channel_means": channel_means}),
+        shadow: false,
+        batch: None,
+    };
+    Ranked { class, confidence, brightness, record }
+}
+
 /// Runs prepared images through the version; records and observes each prediction.
 async fn score(
     state: &AppState,
@@ -229,40 +267,22 @@ async fn score(
         .score(prepared.to_vec(), count)
         .await
         .map_err(|e| ApiError::unavailable(format!("The model could not score the request: {e}.")))?;
-    let version = &loaded.version;
-    let model = version.model.to_string();
-    let channels = prepared.len() / count / (version.input_spec.width * version.input_spec.height) as usize;
+    let model = loaded.version.model.to_string();
+    let version_label = loaded.version.version.to_string();
     let config = &state.served.ctx.config.inference;
     let mut out = Vec::with_capacity(count);
     for (i, row) in logits.iter().enumerate() {
-        let probabilities = softmax(row, loaded.temperature);
-        let mut ranked: Vec<(usize, f64)> = probabilities.iter().copied().enumerate().collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let top: Vec<Value> = ranked
-            .iter()
-            .take(top_k)
-            .map(|&(class, score)| json!({"label": version.labels[class], "score": score}))
-            .collect();
-        let (class, confidence) = ranked[0];
-        let (brightness, channel_means) = image_stats(&prepared[i * frame..(i + 1) * frame], channels);
         let id = Uuid::now_v7();
-        let label = version.labels[class].clone();
-        state.recorder.record(Record {
-            id,
-            model: model.clone(),
-            version: version.version,
-            alias: alias.map(str::to_owned),
-            label: label.clone(),
-            confidence,
-            top: Value::from(top.clone()),
-            stats: json!({"brightness": brightness, "channel_means": channel_means}),
-            shadow,
-        });
-        let version_label = version.version.to_string();
-        metrics::counter!("sluice_inference_predictions_total", "model" => model.clone(), "version" => version_label.clone(), "class" => label)
+        let Ranked { class, confidence, brightness, mut record } =
+            rank(loaded, row, &prepared[i * frame..(i + 1) * frame], top_k, id);
+        record.alias = alias.map(str::to_owned);
+        record.shadow = shadow;
+        let top = record.top.clone();
+        metrics::counter!("sluice_inference_predictions_total", "model" => model.clone(), "version" => version_label.clone(), "class" => record.label.clone())
             .increment(1);
-        metrics::histogram!("sluice_inference_confidence", "model" => model.clone(), "version" => version_label)
+        metrics::histogram!("sluice_inference_confidence", "model" => model.clone(), "version" => version_label.clone())
             .record(confidence);
+        state.recorder.record(record);
         if !shadow {
             let observation = Observation { class, confidence, calibrated: confidence, brightness };
             crate::monitor::observe(state, loaded, observation, config).await;

@@ -23,6 +23,8 @@ pub struct Record {
     pub top: Value,
     pub stats: Value,
     pub shadow: bool,
+    /// The batch-prediction job that scored it; `None` for served requests.
+    pub batch: Option<Uuid>,
 }
 
 /// The sending side, cloned into request handlers.
@@ -90,7 +92,8 @@ async fn write(ctx: Context, mut receiver: mpsc::Receiver<Record>, shutdown: Shu
     }
 }
 
-async fn insert(ctx: &Context, batch: &[Record]) -> Result<(), String> {
+/// Writes `batch` in one statement; ids already recorded are skipped, so a retry is harmless.
+pub(crate) async fn insert(ctx: &Context, batch: &[Record]) -> Result<(), String> {
     let client = ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;
     let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();
     let models: Vec<&str> = batch.iter().map(|r| r.model.as_str()).collect();
@@ -101,13 +104,14 @@ async fn insert(ctx: &Context, batch: &[Record]) -> Result<(), String> {
     let tops: Vec<&Value> = batch.iter().map(|r| &r.top).collect();
     let stats: Vec<&Value> = batch.iter().map(|r| &r.stats).collect();
     let shadows: Vec<bool> = batch.iter().map(|r| r.shadow).collect();
+    let jobs: Vec<Option<Uuid>> = batch.iter().map(|r| r.batch).collect();
     client
         .execute(
-            "INSERT INTO predictions (id, model, version, alias, label, confidence, top, stats, shadow)
+            "INSERT INTO predictions (id, model, version, alias, label, confidence, top, stats, shadow, batch_id)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::float8[],
-                                  $7::jsonb[], $8::jsonb[], $9::bool[])
+                                  $7::jsonb[], $8::jsonb[], $9::bool[], $10::uuid[])
              ON CONFLICT (id) DO NOTHING",
-            &[&ids, &models, &versions, &aliases, &labels, &confidences, &tops, &stats, &shadows],
+            &[&ids, &models, &versions, &aliases, &labels, &confidences, &tops, &stats, &shadows, &jobs],
         )
         .await
         .map_err(|e| sluice_core::error_chain(&e))?;

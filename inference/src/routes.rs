@@ -1,5 +1,7 @@
 //! Feedback, drift and routing routes (predict is in [`crate::predict`]).
 
+use std::time::Duration;
+
 use axum::{
     Json,
     body::Bytes,
@@ -56,14 +58,24 @@ pub async fn feedback(State(state): State<AppState>, caller: Caller, body: Bytes
         Ok(client) => client,
         Err(err) => return unavailable(&err).into_response(),
     };
-    let known = client
-        .query_opt(
-            "SELECT p.model, p.version, v.labels FROM predictions p
-             JOIN model_versions v ON v.model = p.model AND v.version = p.version
-             WHERE p.id = $1 AND NOT p.shadow",
-            &[&feedback.prediction_id],
-        )
-        .await;
+    // Predictions are written in batches a moment after they are served: feedback sent right
+    // after a prediction waits for its record rather than failing.
+    let wait = Duration::from_millis(state.served.ctx.config.inference.record_interval_ms * 2 + 500);
+    let deadline = tokio::time::Instant::now() + wait;
+    let known = loop {
+        let found = client
+            .query_opt(
+                "SELECT p.model, p.version, v.labels FROM predictions p
+                 JOIN model_versions v ON v.model = p.model AND v.version = p.version
+                 WHERE p.id = $1 AND NOT p.shadow",
+                &[&feedback.prediction_id],
+            )
+            .await;
+        if !matches!(found, Ok(None)) || tokio::time::Instant::now() >= deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let (model, version, labels): (String, i32, Vec<String>) = match known {
         Ok(Some(row)) => (row.get(0), row.get(1), row.get(2)),
         Ok(None) => {

@@ -117,24 +117,30 @@ impl Served {
         if let Some(version) = self.aliases.read().expect("alias lock").get(&key) {
             return Ok(*version);
         }
-        let client = self.ctx.db.get().await?;
-        let aliases = models::aliases(&client, model).await?;
-        let Some(&version) = aliases.get(alias.as_str()) else {
-            let known = client
-                .query_opt("SELECT 1 FROM models WHERE name = $1", &[&model.as_str()])
-                .await
-                .map_err(|e| ServeError::Unavailable(e.to_string()))?
-                .is_some();
-            return Err(if known {
-                ServeError::UnknownAlias { model: key.0, alias: key.1 }
-            } else {
-                ServeError::UnknownModel(key.0)
-            });
-        };
+        let version = self.stored_alias(model, alias).await?;
         self.aliases.write().expect("alias lock").insert(key, version);
         metrics::gauge!("sluice_inference_served_version", "model" => model.to_string(), "alias" => alias.to_string())
             .set(f64::from(version));
         Ok(version)
+    }
+
+    /// Where `alias` points in PostgreSQL now, bypassing this process's alias map.
+    async fn stored_alias(&self, model: &ModelName, alias: &AliasName) -> Result<i32, ServeError> {
+        let client = self.ctx.db.get().await?;
+        let aliases = models::aliases(&client, model).await?;
+        if let Some(&version) = aliases.get(alias.as_str()) {
+            return Ok(version);
+        }
+        let known = client
+            .query_opt("SELECT 1 FROM models WHERE name = $1", &[&model.as_str()])
+            .await
+            .map_err(|e| ServeError::Unavailable(e.to_string()))?
+            .is_some();
+        Err(if known {
+            ServeError::UnknownAlias { model: model.to_string(), alias: alias.to_string() }
+        } else {
+            ServeError::UnknownModel(model.to_string())
+        })
     }
 
     /// Loads a version once (concurrent first requests share one load); failures are not kept,
@@ -150,21 +156,30 @@ impl Served {
         cell.get_or_try_init(|| self.load_uncached(model, version)).await.cloned()
     }
 
+    /// The version a target names now (aliases read from PostgreSQL), checked to exist but not
+    /// loaded: batch jobs pin it at submission and load it on a worker.
+    pub async fn pin(&self, model: &ModelName, target: &Target) -> Result<i32, ServeError> {
+        match target {
+            Target::Alias(alias) => self.stored_alias(model, alias).await,
+            Target::Version(version) => self.record(model, *version).await.map(|record| record.version),
+        }
+    }
+
+    /// A version's registry record, or which of model and version is unknown.
+    async fn record(&self, model: &ModelName, version: i32) -> Result<ModelVersion, ServeError> {
+        let client = self.ctx.db.get().await?;
+        match models::get_version(&client, model, version).await? {
+            Some(record) => Ok(record),
+            None if models::versions(&client, model).await?.is_empty() => {
+                Err(ServeError::UnknownModel(model.to_string()))
+            }
+            None => Err(ServeError::UnknownVersion { model: model.to_string(), version }),
+        }
+    }
+
     async fn load_uncached(&self, model: &ModelName, version: i32) -> Result<Arc<Loaded>, ServeError> {
         let started = Instant::now();
-        let client = self.ctx.db.get().await?;
-        let record = match models::get_version(&client, model, version).await? {
-            Some(record) => record,
-            None => {
-                let known = models::versions(&client, model).await?;
-                return Err(if known.is_empty() {
-                    ServeError::UnknownModel(model.to_string())
-                } else {
-                    ServeError::UnknownVersion { model: model.to_string(), version }
-                });
-            }
-        };
-        drop(client);
+        let record = self.record(model, version).await?;
         let outcome = |outcome: &'static str| {
             metrics::counter!("sluice_inference_model_loads_total", "model" => model.to_string(),
                 "version" => version.to_string(), "outcome" => outcome)
@@ -199,6 +214,10 @@ impl Served {
             Duration::from_micros(config.max_wait_us),
         );
         outcome("loaded");
+        // The refusal series exists from the first load, so alerts on it see a refusal at once.
+        metrics::counter!("sluice_inference_model_loads_total", "model" => model.to_string(),
+            "version" => version.to_string(), "outcome" => "refused")
+        .increment(0);
         tracing::info!(model = %model, version, seconds = started.elapsed().as_secs_f64(), "model version loaded");
         Ok(Arc::new(Loaded { version: record, batcher, window: Mutex::new(Window::new(reference)), temperature }))
     }

@@ -30,12 +30,12 @@ fn spec() -> PipelineSpec {
     PipelineSpec { width: SIZE as u32, height: SIZE as u32, ..PipelineSpec::default() }
 }
 
-fn samples(count: usize, seed: u64) -> Samples {
+pub(crate) fn samples(count: usize, seed: u64) -> Samples {
     synthetic::generate(&SyntheticSpec::rgb(SIZE, CLASSES, count, seed)).expect("synthetic images")
 }
 
 /// Image `i` of `samples` as PNG bytes, with `shift` added to every pixel (a distribution shift).
-fn png(samples: &Samples, i: usize, shift: i16) -> Vec<u8> {
+pub(crate) fn png(samples: &Samples, i: usize, shift: i16) -> Vec<u8> {
     let frame = samples.shape.len();
     let plane = SIZE * SIZE;
     let chw = &samples.images[i * frame..(i + 1) * frame];
@@ -53,7 +53,7 @@ fn png(samples: &Samples, i: usize, shift: i16) -> Vec<u8> {
 
 /// Trains a small CNN in-process and registers it as the next version of `model`, with the
 /// reference statistics of its validation split (as the trainer would).
-async fn register_trained(app: &RunningApp, model: &str, seed: u64, epochs: usize) -> i32 {
+pub(crate) async fn register_trained(app: &RunningApp, model: &str, seed: u64, epochs: usize) -> i32 {
     let hyper = Hyper { epochs, batch_size: 16, learning_rate: 0.003, hidden: 32, patience: 0, ..Hyper::default() };
     let shape = samples(1, 0).shape;
     let session_spec = SessionSpec { architecture: Architecture::Cnn, shape, classes: CLASSES, hyper, seed };
@@ -107,7 +107,7 @@ async fn register_trained(app: &RunningApp, model: &str, seed: u64, epochs: usiz
     registered.version
 }
 
-async fn move_alias(app: &RunningApp, model: &str, alias: &str, version: i32) {
+pub(crate) async fn move_alias(app: &RunningApp, model: &str, alias: &str, version: i32) {
     let mut client = app.ctx.db.get().await.expect("connection");
     let tx = client.transaction().await.expect("tx");
     let (model, alias) = (ModelName::parse(model).expect("model"), AliasName::parse(alias).expect("alias"));

@@ -1,0 +1,191 @@
+//! The batch worker: consumer group `inference.batch_group_id` over `predictions.batch`, one job
+//! at a time.
+//!
+//! Per job: load the pinned version and the frozen manifest, then for each chunk from
+//! `chunks_done` on: score it, record its predictions (ids derived from job and item, so a redo
+//! inserts nothing twice), write its part object, and advance `chunks_done` past it only if no one
+//! else did. A worker killed mid-job redoes at most the chunk it was on, overwriting the same
+//! object with the same lines. The offset is stored once the job has ended (`succeeded`, or
+//! `failed` for what can never work); S3 and PostgreSQL outages are retried with backoff.
+
+use std::{sync::Arc, time::Duration};
+
+use rdkafka::{Message, consumer::Consumer};
+use sluice_core::{
+    Context, Shutdown,
+    db::DbError,
+    events::Envelope,
+    inference::{BatchManifest, BatchPredictionRequested, batch_part_key},
+    kafka::{self, CommitOnRevoke, SluiceConsumer},
+    models::ModelName,
+    s3::{self, S3Error},
+    topics::Topic,
+};
+use uuid::Uuid;
+
+use super::{
+    chunk::{self, ChunkError},
+    store::{self, Job},
+};
+use crate::{
+    recorder,
+    serving::{ServeError, Served},
+};
+
+/// Longest wait between retries of a job whose dependencies are away.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// How a job attempt stopped short of ending.
+#[derive(Debug)]
+enum Stop {
+    /// The job can never succeed (missing manifest, unloadable version): it fails.
+    Failed(String),
+    /// A dependency is away: retry with backoff, offset not stored.
+    Transient(String),
+    /// Shutting down: leave the offset unstored; the job resumes from `chunks_done`.
+    Shutdown,
+}
+
+impl From<DbError> for Stop {
+    fn from(err: DbError) -> Self {
+        Stop::Transient(sluice_core::error_chain(&err))
+    }
+}
+
+impl From<S3Error> for Stop {
+    fn from(err: S3Error) -> Self {
+        Stop::Transient(err.to_string())
+    }
+}
+
+impl From<ChunkError> for Stop {
+    fn from(err: ChunkError) -> Self {
+        Stop::Transient(err.to_string())
+    }
+}
+
+/// Runs the worker until `shutdown`, recreating the consumer after Kafka errors.
+pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
+    while !shutdown.is_cancelled() {
+        if let Err(err) = consume(&served, &shutdown).await {
+            tracing::warn!(error = %err, "batch prediction consumer failed; restarting in 2 s");
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+}
+
+fn consumer(ctx: &Context) -> Result<SluiceConsumer, rdkafka::error::KafkaError> {
+    let mut config = kafka::consumer_config(&ctx.config.kafka, &ctx.config.inference.batch_group_id);
+    // A job runs between two polls: allow long jobs, and prefetch little (jobs are small events).
+    config.set("max.poll.interval.ms", "21600000").set("queued.max.messages.kbytes", "64");
+    config.create_with_context(CommitOnRevoke)
+}
+
+async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {
+    let ctx = &served.ctx;
+    let consumer = consumer(ctx)?;
+    consumer.subscribe(&[ctx.topic(Topic::PredictionsBatch).as_str()])?;
+    kafka::consume_in_order(&consumer, shutdown, |message| async move {
+        match Envelope::<BatchPredictionRequested>::decode(message.payload().unwrap_or_default()) {
+            Ok(envelope) => handle(served, envelope.data.job_id, shutdown).await,
+            Err(err) => {
+                tracing::error!(error = %err, offset = message.offset(), "undecodable batch prediction event; skipping it");
+                true
+            }
+        }
+    })
+    .await
+}
+
+/// Runs one job to its end; `false` when shutdown interrupted it.
+async fn handle(served: &Served, id: Uuid, shutdown: &Shutdown) -> bool {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let outcome = match work(served, id, shutdown).await {
+            Err(Stop::Failed(reason)) => {
+                tracing::warn!(job = %id, %reason, "batch prediction failed");
+                store::finish(&served.ctx, id, Some(&reason)).await.map_err(Stop::from)
+            }
+            other => other,
+        };
+        match outcome {
+            Ok(()) => return true,
+            Err(Stop::Shutdown) => return false,
+            Err(Stop::Failed(_)) => unreachable!("failures end the job above"),
+            Err(Stop::Transient(reason)) => {
+                tracing::warn!(job = %id, %reason, retry_in = ?backoff, "batch prediction interrupted; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Scores the job's remaining chunks and ends it.
+async fn work(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), Stop> {
+    let ctx = &served.ctx;
+    let Some(job) = store::load(ctx, id).await? else {
+        tracing::warn!(job = %id, "no batch prediction has this id; skipping its event");
+        return Ok(());
+    };
+    if job.is_finished() {
+        return Ok(());
+    }
+    store::start(ctx, id).await?;
+    let model = ModelName::parse(&job.model).map_err(|e| Stop::Failed(format!("model name: {e}")))?;
+    let loaded = served.load(&model, job.version).await.map_err(|err| match err {
+        ServeError::Unavailable(reason) => Stop::Transient(reason),
+        other => Stop::Failed(other.to_string()),
+    })?;
+    let manifest = manifest(ctx, &job).await?;
+    let mut next = job.chunks_done;
+    while next < job.chunks {
+        if shutdown.is_cancelled() {
+            return Err(Stop::Shutdown);
+        }
+        let scored = chunk::score(ctx, &loaded, &job, &manifest, next).await?;
+        recorder::insert(ctx, &scored.records).await.map_err(Stop::Transient)?;
+        let key = batch_part_key(id, next);
+        s3::put_bytes(&ctx.s3, &ctx.config.s3.bucket, &key, scored.lines, "application/x-ndjson").await?;
+        if store::advance(ctx, id, next).await? {
+            for (outcome, count) in scored.outcomes {
+                metrics::counter!("sluice_inference_batch_items_total", "model" => job.model.clone(), "outcome" => outcome)
+                    .increment(count);
+            }
+            next += 1;
+        } else {
+            // Another worker got here too (a rebalance): go on from where the job stands.
+            match store::load(ctx, id).await? {
+                Some(now) if now.is_finished() => return Ok(()),
+                Some(now) if now.chunks_done > next => next = now.chunks_done,
+                now => {
+                    let done = now.map(|job| job.chunks_done);
+                    return Err(Stop::Transient(format!("chunk {next} was written but the job shows {done:?} done")));
+                }
+            }
+        }
+    }
+    store::finish(ctx, id, None).await?;
+    tracing::info!(job = %id, items = job.total, chunks = job.chunks, "batch prediction succeeded");
+    Ok(())
+}
+
+/// The job's frozen item list; a missing or unreadable one fails the job.
+async fn manifest(ctx: &Context, job: &Job) -> Result<BatchManifest, Stop> {
+    let key = &job.manifest_key;
+    let bytes = s3::get_bytes(&ctx.s3, &ctx.config.s3.bucket, key)
+        .await?
+        .ok_or_else(|| Stop::Failed(format!("the manifest {key} is missing")))?;
+    let manifest: BatchManifest =
+        serde_json::from_slice(&bytes).map_err(|e| Stop::Failed(format!("the manifest {key} is unreadable: {e}")))?;
+    if manifest.job_id != job.id || manifest.items.len() != job.total {
+        return Err(Stop::Failed(format!("the manifest {key} does not match the job ({} items)", job.total)));
+    }
+    Ok(manifest)
+}
