@@ -70,7 +70,7 @@ pub fn histogram(values: impl IntoIterator<Item = f64>) -> Vec<f64> {
 }
 
 /// The temperature minimising the negative log-likelihood of the true labels (golden-section
-/// search over [0.05, 20]): temperature scaling, the usual post-hoc calibration.
+/// search over [0.05, 100]): temperature scaling, the usual post-hoc calibration.
 pub fn fit_temperature(logits: &[Vec<f32>], labels: &[u32]) -> f64 {
     if logits.is_empty() {
         return 1.0;
@@ -78,7 +78,7 @@ pub fn fit_temperature(logits: &[Vec<f32>], labels: &[u32]) -> f64 {
     let nll = |t: f64| -> f64 {
         logits.iter().zip(labels).map(|(l, &y)| -softmax(l, t)[y as usize].max(1e-12).ln()).sum::<f64>()
     };
-    let (mut lo, mut hi) = (0.05f64.ln(), 20f64.ln());
+    let (mut lo, mut hi) = (0.05f64.ln(), 100f64.ln());
     let ratio = (5f64.sqrt() - 1.0) / 2.0;
     for _ in 0..60 {
         let a = hi - ratio * (hi - lo);

@@ -31,13 +31,28 @@ pub fn init_logging(config: &TelemetryConfig) {
 const DURATION_BUCKETS: &[f64] =
     &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
+/// Images per scored batch.
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// Probabilities in [0, 1], in tenths.
+const UNIT_BUCKETS: &[f64] = &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0];
+
 /// The process-wide Prometheus recorder, installed on first use; render it for `/metrics`.
 pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder =
-                PrometheusBuilder::new().set_buckets(DURATION_BUCKETS).expect("non-empty bucket list").build_recorder();
+            use metrics_exporter_prometheus::Matcher;
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(DURATION_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("sluice_inference_batch_size".into()), BATCH_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full("sluice_inference_confidence".into()), UNIT_BUCKETS)
+                })
+                .expect("non-empty bucket lists")
+                .build_recorder();
             let handle = recorder.handle();
             // Another recorder may already be installed (a host embedding Sluice); then this
             // handle renders only what was recorded through it, which is still well-formed.

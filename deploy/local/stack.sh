@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The local stack on 127.0.0.1: a Kafka-API broker (nisshi), an S3 server (Garage) and
-# PostgreSQL, plus ffmpeg and prometheus. Installs what is missing, reuses what is there, waits
-# until each server answers. Idempotent: running `up` twice is harmless.
+# PostgreSQL, plus ffmpeg, and Debian's Prometheus scraping Sluice. Installs what is missing,
+# reuses what is there, waits until each server answers. Idempotent: running `up` twice is harmless.
+# Prometheus is optional: when it cannot be installed or started, `up` says so and still succeeds.
 #
-#   deploy/local/stack.sh up | down | status | install | postgres | kafka | s3 | packages PKG...
+#   deploy/local/stack.sh up | down | status | install | postgres | kafka | s3 | prometheus
+#   deploy/local/stack.sh packages PKG...
+#   deploy/local/stack.sh target add NAME HOST:PORT SERVICE | target remove NAME | target list
+#
+# `target add` registers a `sluice serve` process with Prometheus (file service discovery);
+# `sluice up` on 127.0.0.1:8080 is always a target (deploy/prometheus/prometheus.yml).
 #
 # State (data, logs, pid files) lives under .sluice/stack/ (git-ignored). Settings come from the
 # same variables Sluice reads: SLUICE_DATABASE_URL, SLUICE_S3_ACCESS_KEY_ID,
@@ -21,6 +27,9 @@ KAFKA_PORT=9092
 S3_PORT=3900
 GARAGE_RPC_PORT=3901
 GARAGE_ADMIN_PORT=3903
+PROMETHEUS_PORT=9090
+PROMETHEUS_CONFIG="$ROOT/deploy/prometheus/prometheus.yml"
+PROMETHEUS_TARGETS="$STACK_DIR/prometheus/targets"
 DATABASE_URL_DEFAULT="postgres://postgres:postgres@localhost:5432/sluice"
 S3_KEY_ID="${SLUICE_S3_ACCESS_KEY_ID:-GK5111ce000000000000000001}"
 S3_SECRET="${SLUICE_S3_SECRET_ACCESS_KEY:-5111ce5111ce5111ce5111ce5111ce5111ce5111ce5111ce5111ce5111ce5111}"
@@ -65,7 +74,8 @@ cargo_tool() { # binary crate version minutes [extra cargo flags]
 }
 
 install() {
-  apt_install ffmpeg prometheus ca-certificates
+  apt_install ffmpeg ca-certificates
+  install_prometheus
   cargo_tool nisshi nisshi "$NISSHI_VERSION" 15 --ignore-rust-version
   cargo_tool garage garage "$GARAGE_VERSION" 10
 }
@@ -206,6 +216,88 @@ s3_up() {
   say "S3: ready (bucket $S3_BUCKET)"
 }
 
+# ---------- Prometheus (optional) ----------
+# Debian's prometheus binary, run by this script with deploy/prometheus/prometheus.yml; the
+# package's own service (systemd or /etc/init.d, with /etc/prometheus) is never used.
+prom_ready() { curl -fsS -m 2 "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" >/dev/null 2>&1; }
+
+PROMETHEUS_TRIED=
+install_prometheus() {
+  # Optional: a machine without it still runs every test; `./dev demo` shows it when present.
+  # In a subshell, so that a failure (no root, no network) cannot end this script; tried once.
+  [ -n "$PROMETHEUS_TRIED" ] && return 0
+  PROMETHEUS_TRIED=1
+  ( apt_install prometheus ) || say "Prometheus: could not install Debian's prometheus package (optional; continuing)"
+}
+
+prometheus_up() {
+  local dir="$STACK_DIR/prometheus"
+  mkdir -p "$dir/data" "$PROMETHEUS_TARGETS"
+  command -v prometheus >/dev/null || install_prometheus
+  if ! command -v prometheus >/dev/null; then
+    say "Prometheus: unavailable (Debian's prometheus package is not installed); continuing without it"
+    return 1
+  fi
+  if ! promtool check config "$PROMETHEUS_CONFIG" >"$dir/check.log" 2>&1; then
+    cat "$dir/check.log" >&2
+    say "Prometheus: $PROMETHEUS_CONFIG does not pass promtool check config; not starting it"
+    return 1
+  fi
+  if pid_alive "$dir/prometheus.pid"; then
+    # Ours already: reload so edited rules or scrape settings apply.
+    curl -fsS -m 5 -X POST "http://127.0.0.1:$PROMETHEUS_PORT/-/reload" >/dev/null 2>&1 || true
+    say "Prometheus: already running on http://127.0.0.1:$PROMETHEUS_PORT (configuration reloaded)"
+    return 0
+  fi
+  if port_open "$PROMETHEUS_PORT"; then
+    say "Prometheus: port $PROMETHEUS_PORT is taken by another process (the prometheus package's own service?"
+    say "  stop it: systemctl disable --now prometheus); not starting the stack's Prometheus"
+    return 1
+  fi
+  say "Prometheus: starting on http://127.0.0.1:$PROMETHEUS_PORT (data under $dir)"
+  (cd "$dir" && exec setsid nohup prometheus \
+      --config.file="$PROMETHEUS_CONFIG" \
+      --storage.tsdb.path="$dir/data" \
+      --storage.tsdb.retention.time=7d \
+      --web.listen-address="127.0.0.1:$PROMETHEUS_PORT" \
+      --web.enable-lifecycle \
+      --log.level=warn \
+      >>"$dir/prometheus.log" 2>&1 </dev/null) &
+  echo $! >"$dir/prometheus.pid"
+  local deadline=$((SECONDS + 60))
+  until prom_ready; do
+    if ! pid_alive "$dir/prometheus.pid"; then
+      tail -n 20 "$dir/prometheus.log" >&2
+      say "Prometheus: exited during start-up; see $dir/prometheus.log"
+      return 1
+    fi
+    if (( SECONDS > deadline )); then
+      tail -n 20 "$dir/prometheus.log" >&2
+      say "Prometheus: not ready within 60 s; see $dir/prometheus.log"
+      return 1
+    fi
+    sleep 0.3
+  done
+  say "Prometheus: ready, scraping Sluice on 127.0.0.1:8080 and $PROMETHEUS_TARGETS/*.json"
+}
+
+# Registers (or forgets) a `sluice serve` process as a scrape target: one file-SD JSON file each.
+target() {
+  mkdir -p "$PROMETHEUS_TARGETS"
+  case "${1:-}" in
+    add)
+      [ $# -eq 4 ] || die "usage: $0 target add NAME HOST:PORT SERVICE"
+      [[ "$2" =~ ^[A-Za-z0-9_.-]+$ ]] || die "target name must be letters, digits, '.', '_' or '-'"
+      local tmp="$PROMETHEUS_TARGETS/.$2.json.tmp"
+      printf '[{"targets": ["%s"], "labels": {"service": "%s"}}]\n' "$3" "$4" >"$tmp"
+      mv "$tmp" "$PROMETHEUS_TARGETS/$2.json"  # atomic: Prometheus never reads half a file
+      ;;
+    remove) [ $# -eq 2 ] || die "usage: $0 target remove NAME"; rm -f "$PROMETHEUS_TARGETS/$2.json" ;;
+    list) cat "$PROMETHEUS_TARGETS"/*.json 2>/dev/null || true ;;
+    *) die "usage: $0 target add NAME HOST:PORT SERVICE | remove NAME | list" ;;
+  esac
+}
+
 stop_pid() { # pidfile name
   if pid_alive "$1"; then
     local pid; pid=$(cat "$1")
@@ -224,10 +316,13 @@ up() {
   postgres_up
   kafka_up
   s3_up
-  say "local stack is up: Kafka 127.0.0.1:$KAFKA_PORT, S3 http://127.0.0.1:$S3_PORT, PostgreSQL 127.0.0.1:5432"
+  local prom="Prometheus unavailable"
+  if prometheus_up; then prom="Prometheus http://127.0.0.1:$PROMETHEUS_PORT"; fi
+  say "local stack is up: Kafka 127.0.0.1:$KAFKA_PORT, S3 http://127.0.0.1:$S3_PORT, PostgreSQL 127.0.0.1:5432, $prom"
 }
 
 down() {
+  stop_pid "$STACK_DIR/prometheus/prometheus.pid" prometheus
   stop_pid "$STACK_DIR/kafka/nisshi.pid" nisshi
   stop_pid "$STACK_DIR/s3/garage.pid" garage
   if [ -f "$STACK_DIR/postgres.started-by-stack" ]; then
@@ -244,6 +339,14 @@ status() {
   for entry in "Kafka:$KAFKA_PORT" "S3:$S3_PORT" "PostgreSQL:5432"; do
     if port_open "${entry#*:}"; then echo "${entry%%:*}: up (127.0.0.1:${entry#*:})"; else echo "${entry%%:*}: down"; rc=1; fi
   done
+  # Optional: reported, but its absence does not make the stack unusable.
+  if prom_ready; then
+    echo "Prometheus: up (http://127.0.0.1:$PROMETHEUS_PORT)"
+  elif command -v prometheus >/dev/null; then
+    echo "Prometheus: down (optional)"
+  else
+    echo "Prometheus: not installed (optional)"
+  fi
   return $rc
 }
 
@@ -252,7 +355,8 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   install) install ;;
-  postgres|kafka|s3) mkdir -p "$STACK_DIR"; "$1_up" ;;
+  postgres|kafka|s3|prometheus) mkdir -p "$STACK_DIR"; "$1_up" ;;
   packages) shift; apt_install "$@" ;;
-  *) echo "usage: $0 up|down|status|install" >&2; exit 2 ;;
+  target) shift; target "$@" ;;
+  *) echo "usage: $0 up|down|status|install|postgres|kafka|s3|prometheus|packages PKG...|target ..." >&2; exit 2 ;;
 esac

@@ -59,6 +59,15 @@ async fn reconciler(ctx: Context, shutdown: Shutdown) {
 }
 
 fn describe_metrics() {
+    // Series exist from start-up, so rates and alerts see the first event of each kind.
+    for (kind, reason) in
+        [("image", "undecodable_media"), ("video", "undecodable_media"), ("unknown", "undecodable_event")]
+    {
+        metrics::counter!("sluice_preprocess_failed_total", "kind" => kind, "reason" => reason).increment(0);
+    }
+    metrics::counter!("sluice_preprocess_retries_total").increment(0);
+    metrics::counter!("sluice_preprocess_reenqueued_total").increment(0);
+    metrics::counter!("sluice_preprocess_frames_extracted_total").increment(0);
     metrics::describe_counter!("sluice_preprocess_processed_total", "Media items processed, by kind.");
     metrics::describe_counter!(
         "sluice_preprocess_failed_total",

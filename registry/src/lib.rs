@@ -23,6 +23,10 @@ pub fn router(ctx: Context) -> Router {
         "sluice_registry_alias_moves_total",
         "Alias moves and deletions recorded (no-op moves are not counted), by kind (production, other)."
     );
+    // Series exist from start-up, so rates and alerts see the first move.
+    for kind in ["production", "other"] {
+        metrics::counter!("sluice_registry_alias_moves_total", "kind" => kind).increment(0);
+    }
     routes::router(ctx)
 }
 

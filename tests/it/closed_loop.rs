@@ -20,7 +20,7 @@ const SIZE: u32 = 32;
 const CLASSES: usize = 3;
 
 /// PNGs of synthetic shapes with every pixel brightened by `shift`, and their labels.
-fn images(count: usize, seed: u64, shift: i16) -> Vec<(Vec<u8>, String)> {
+pub fn images(count: usize, seed: u64, shift: i16) -> Vec<(Vec<u8>, String)> {
     let samples = synthetic::generate(&SyntheticSpec::rgb(SIZE as usize, CLASSES, count, seed)).expect("images");
     let labels = synthetic::labels(CLASSES);
     let plane = (SIZE * SIZE) as usize;

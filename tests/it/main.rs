@@ -1,6 +1,7 @@
 //! Integration tests against the real local stack (`deploy/local/stack.sh up`): one binary for
 //! the whole workspace so the dependency tree links once.
 
+mod batch;
 mod cli;
 mod closed_loop;
 mod imports;
@@ -8,6 +9,7 @@ mod inference;
 mod ingest;
 mod kafka;
 mod migrations;
+mod observability;
 mod outbox;
 mod preprocess;
 mod push;

@@ -337,6 +337,9 @@ async fn finish(
     )
     .await?;
     tx.commit().await?;
+    if decision["promoted"] == true {
+        metrics::counter!("sluice_registry_alias_moves_total", "kind" => "production").increment(1);
+    }
     metrics::counter!("sluice_trainer_jobs_finished_total", "status" => "succeeded").increment(1);
     tracing::info!(job = %job_id, model = %request.model, version = version.version, promotion = %decision, "training job succeeded");
     Ok(())

@@ -43,6 +43,17 @@ pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> 
 }
 
 fn describe_metrics() {
+    // Series exist from start-up, so rates and alerts see the first event of each kind.
+    metrics::counter!("sluice_trainer_jobs_started_total").increment(0);
+    for status in ["succeeded", "failed", "cancelled"] {
+        metrics::counter!("sluice_trainer_jobs_finished_total", "status" => status).increment(0);
+        metrics::counter!("sluice_trainer_trials_total", "outcome" => status).increment(0);
+    }
+    metrics::counter!("sluice_trainer_trials_resumed_total").increment(0);
+    metrics::counter!("sluice_trainer_retrain_jobs_total").increment(0);
+    for source in ["memory", "s3"] {
+        metrics::counter!("sluice_trainer_snapshot_loads_total", "source" => source).increment(0);
+    }
     metrics::describe_counter!("sluice_trainer_jobs_started_total", "Training jobs queued.");
     metrics::describe_counter!("sluice_trainer_jobs_finished_total", "Training jobs ended, by status.");
     metrics::describe_counter!("sluice_trainer_trials_total", "Trials ended on this worker, by outcome.");
