@@ -86,8 +86,16 @@ async fn register_bench_model(ctx: &Context) -> anyhow::Result<String> {
     let tx = client.transaction().await?;
     let registered = models::register(&tx, &ctx.config.kafka.topic_prefix, &version).await?;
     let production = AliasName::parse(AliasName::PRODUCTION).expect("a valid alias");
-    models::move_alias(&tx, &ctx.config.kafka.topic_prefix, &version.model, &production, registered.version, "bench", "sluice bench predict")
-        .await?;
+    models::move_alias(
+        &tx,
+        &ctx.config.kafka.topic_prefix,
+        &version.model,
+        &production,
+        registered.version,
+        "bench",
+        "sluice bench predict",
+    )
+    .await?;
     tx.commit().await?;
     Ok(name.to_owned())
 }
@@ -96,7 +104,8 @@ async fn register_bench_model(ctx: &Context) -> anyhow::Result<String> {
 fn request_body() -> anyhow::Result<Vec<u8>> {
     let samples = synthetic::generate(&SyntheticSpec::rgb(64, CLASSES, 1, 3))?;
     let plane = 64 * 64;
-    let rgb: Vec<u8> = (0..plane).flat_map(|p| (0..3).map(move |c| (c, p))).map(|(c, p)| samples.images[c * plane + p]).collect();
+    let rgb: Vec<u8> =
+        (0..plane).flat_map(|p| (0..3).map(move |c| (c, p))).map(|(c, p)| samples.images[c * plane + p]).collect();
     let image = image::RgbImage::from_raw(64, 64, rgb).context("image size")?;
     let mut out = Cursor::new(Vec::new());
     image.write_to(&mut out, image::ImageFormat::Png)?;
@@ -140,7 +149,8 @@ pub async fn predict(config: &Config, options: &Options) -> anyhow::Result<Vec<S
     // Model-only time per image, at batch 1 and at the configured batch size.
     let name = ModelName::parse(&model)?;
     let production = AliasName::parse(AliasName::PRODUCTION).expect("a valid alias");
-    let record = models::resolve_alias(&ctx.db.get().await?, &name, &production).await?.context("no production version")?;
+    let record =
+        models::resolve_alias(&ctx.db.get().await?, &name, &production).await?.context("no production version")?;
     let bytes = models::load_artifact(&ctx.s3, &ctx.config.s3.bucket, &record).await?;
     let network = Arc::new(Network::load(&bytes)?);
     let pixels = sluice_media::prepare(&body, &record.input_spec, 50_000_000)?;

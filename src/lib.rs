@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod bench_predict;
 pub mod doctor;
+pub mod generate;
 pub mod models_cli;
 pub mod predict_cli;
 pub mod push;
@@ -135,7 +136,8 @@ impl Application {
     /// finish, stops the workers (each drains against its own deadline), and flushes the producer.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let workers_stop = Shutdown::new();
-        let workers: Vec<_> = self.workers.into_iter().flat_map(|spawn| spawn(&workers_stop)).collect();
+        let mut workers: Vec<_> = self.workers.into_iter().flat_map(|spawn| spawn(&workers_stop)).collect();
+        workers.push(tokio::spawn(watch_dependencies(self.ctx.clone(), workers_stop.clone())));
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
@@ -153,6 +155,18 @@ impl Application {
             .context("flushing Kafka producer on shutdown")?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Probes Kafka, S3 and PostgreSQL every 10 s so `sluice_dependency_up` stays current between
+/// `/readyz` calls (dashboards and alerts read it).
+async fn watch_dependencies(ctx: Context, shutdown: Shutdown) {
+    loop {
+        let _ = http::probe(&ctx).await;
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
     }
 }
 

@@ -4,7 +4,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sluice::{Application, Service, bench, doctor, ensure_admin_token, bench_predict, models_cli, predict_cli, push, tail, train_cli};
+use sluice::{
+    Application, Service, bench, bench_predict, doctor, ensure_admin_token, generate, models_cli, predict_cli, push,
+    tail, train_cli,
+};
 use sluice_core::{Config, Context, config::DEFAULTS_TOML, migrate, shutdown, telemetry};
 
 #[derive(Debug, Parser)]
@@ -93,6 +96,11 @@ enum Command {
         #[command(flatten)]
         server: ServerArgs,
     },
+    /// Write a labelled synthetic dataset: `generate shapes DIR` (DIR/<label>/<n>.png).
+    Generate {
+        #[command(subcommand)]
+        what: GenerateCommand,
+    },
     /// Load generators; they print what they measured.
     Bench {
         #[command(subcommand)]
@@ -159,6 +167,25 @@ enum BenchCommand {
         size: usize,
         #[command(flatten)]
         server: ServerArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GenerateCommand {
+    /// Coloured shapes on noisy backgrounds, one class per shape.
+    Shapes {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 3)]
+        classes: usize,
+        #[arg(long, default_value_t = 300)]
+        count: usize,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Added to every pixel (a brighter or darker world).
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        shift: i16,
     },
 }
 
@@ -266,7 +293,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("ingest / raw PUT rate: {:.2}", ingest.rate() / raw.rate());
         }
         Command::Bench { what: BenchCommand::Predict { model, concurrency, requests, max_batch } } => {
-            println!("bench predict: {requests} requests per phase, concurrencies {concurrency:?}, max batch {max_batch}");
+            println!(
+                "bench predict: {requests} requests per phase, concurrencies {concurrency:?}, max batch {max_batch}"
+            );
             let options = bench_predict::Options { model, concurrencies: concurrency, requests, max_batch };
             for line in bench_predict::predict(&config, &options).await? {
                 println!("{line}");
@@ -291,6 +320,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if job["status"] == "failed" {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Generate { what: GenerateCommand::Shapes { dir, classes, count, size, seed, shift } } => {
+            let labels = generate::shapes(&dir, classes, count, size, seed, shift)?;
+            println!("wrote {count} {size}x{size} images of {} to {}", labels.join(", "), dir.display());
         }
         Command::Config { what: ConfigCommand::Show } => println!("{config:#?}"),
         Command::Config { what: ConfigCommand::Defaults } => unreachable!("handled before loading"),
