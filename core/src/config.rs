@@ -19,7 +19,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// Sections of the configuration; an env var `SLUICE_<SECTION>_<KEY>` sets `<section>.<key>`.
-const SECTIONS: &[&str] = &["http", "kafka", "s3", "database", "telemetry", "auth", "ingest", "outbox", "preprocess", "trainer", "inference"];
+const SECTIONS: &[&str] =
+    &["http", "kafka", "s3", "database", "telemetry", "auth", "ingest", "outbox", "preprocess", "trainer", "inference"];
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
