@@ -222,11 +222,14 @@ mod tests {
 
     #[test]
     fn params_become_lists_fixed_values_and_distributions() {
-        assert_eq!(parse_param("learning_rate=0.001,0.01").unwrap(), ("learning_rate".into(), json!([0.001, 0.01])));
-        assert_eq!(parse_param("epochs=5").unwrap(), ("epochs".into(), json!(5)));
-        assert_eq!(parse_param("optimizer=adamw,sgd").unwrap(), ("optimizer".into(), json!(["adamw", "sgd"])));
         assert_eq!(
-            parse_param("learning_rate=log_uniform:0.0001:0.1").unwrap(),
+            parse_param("learning_rate=0.001,0.01").expect("valid"),
+            ("learning_rate".into(), json!([0.001, 0.01]))
+        );
+        assert_eq!(parse_param("epochs=5").expect("valid"), ("epochs".into(), json!(5)));
+        assert_eq!(parse_param("optimizer=adamw,sgd").expect("valid"), ("optimizer".into(), json!(["adamw", "sgd"])));
+        assert_eq!(
+            parse_param("learning_rate=log_uniform:0.0001:0.1").expect("valid"),
             ("learning_rate".into(), json!({"log_uniform": [0.0001, 0.1]}))
         );
         assert!(parse_param("no_equals").is_err());

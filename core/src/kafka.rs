@@ -90,6 +90,23 @@ impl ConsumerContext for CommitOnRevoke {
     }
 }
 
+/// Runs a consumer loop until `shutdown`, recreating it two seconds after a Kafka error.
+pub async fn keep_consuming<F, Fut>(what: &str, shutdown: &crate::Shutdown, mut consume: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), KafkaError>>,
+{
+    while !shutdown.is_cancelled() {
+        if let Err(err) = consume().await {
+            tracing::warn!(error = %err, consumer = what, "consumer failed; restarting in 2 s");
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    }
+}
+
 /// The sequential at-least-once loop of a work-queue consumer: hands each message to `handle` in
 /// turn and stores its offset once `handle` answers `true` (its effects are durable, or it can
 /// never succeed and was recorded as such). `false` (shutting down mid-message) stops without

@@ -97,7 +97,7 @@ impl Reference {
     /// the model's logits for them.
     pub fn compute(images: &[u8], channels: usize, labels: &[u32], logits: &[Vec<f32>], classes: usize) -> Self {
         let n = labels.len();
-        let frame = if n == 0 { 0 } else { images.len() / n };
+        let frame = images.len().checked_div(n).unwrap_or(0);
         let temperature = fit_temperature(logits, labels);
         let mut predicted = vec![0.0; classes];
         let mut truth = vec![0.0; classes];

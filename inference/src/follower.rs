@@ -11,15 +11,7 @@ use sluice_core::{Shutdown, kafka, models::ModelEvent, topics::Topic};
 use crate::serving::Served;
 
 pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
-    while !shutdown.is_cancelled() {
-        if let Err(err) = follow(&served, &shutdown).await {
-            tracing::warn!(error = %err, "models.events follower failed; restarting in 2 s");
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
-        }
-    }
+    kafka::keep_consuming("models.events follower", &shutdown, || follow(&served, &shutdown)).await;
 }
 
 async fn follow(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {

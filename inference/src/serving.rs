@@ -278,10 +278,10 @@ impl Served {
 
     /// The model's routing, cached briefly.
     pub async fn routing(&self, model: &ModelName) -> Routing {
-        if let Some((at, routing)) = self.routing.lock().expect("routing lock").get(model.as_str()) {
-            if at.elapsed() < ROUTING_TTL {
-                return routing.clone();
-            }
+        if let Some((at, routing)) = self.routing.lock().expect("routing lock").get(model.as_str())
+            && at.elapsed() < ROUTING_TTL
+        {
+            return routing.clone();
         }
         let routing = match self.ctx.db.get().await {
             Ok(client) => client

@@ -46,15 +46,7 @@ impl From<store::StoreError> for Failure {
 
 /// Runs the consumer until `shutdown`, recreating it after Kafka errors.
 pub async fn run(ctx: Context, shutdown: Shutdown) {
-    while !shutdown.is_cancelled() {
-        if let Err(err) = consume(&ctx, &shutdown).await {
-            tracing::warn!(error = %err, "preprocess consumer failed; restarting in 2 s");
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
-        }
-    }
+    kafka::keep_consuming("preprocess", &shutdown, || consume(&ctx, &shutdown)).await;
 }
 
 async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {

@@ -152,8 +152,8 @@ async fn predictions_use_the_training_preprocessing_and_are_recorded() {
     // The served answer is exactly what the registered network gives on the training-path pixels.
     let loaded = models::resolve_alias(
         &app.ctx.db.get().await.expect("db"),
-        &ModelName::parse("shapes").unwrap(),
-        &AliasName::parse("production").unwrap(),
+        &ModelName::parse("shapes").expect("name"),
+        &AliasName::parse("production").expect("alias"),
     )
     .await
     .expect("resolve")
@@ -228,7 +228,9 @@ async fn bad_predict_requests_get_clear_4xx_and_record_nothing() {
     let predict_only = app.token(&[Scope::Predict]).await;
     let ingest_only = app.token(&[Scope::Ingest]).await;
     let admin = app.admin_token.clone();
-    let cases: Vec<(&str, &str, &str, Vec<u8>, &str, u16)> = vec![
+    // (what, model, query, body, token, expected status)
+    type Case<'a> = (&'a str, &'a str, &'a str, Vec<u8>, &'a str, u16);
+    let cases: Vec<Case> = vec![
         ("not an image", "shapes", "", b"hello, world".to_vec(), &admin, 415),
         ("a truncated PNG", "shapes", "", truncated, &admin, 422),
         ("a pixel bomb", "shapes", "", bomb, &admin, 422),

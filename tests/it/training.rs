@@ -135,7 +135,10 @@ async fn grid_search_trains_every_trial_registers_the_best_and_promotes_it() {
     let best = trials
         .iter()
         .max_by(|a, b| {
-            a["metrics"]["val_accuracy"].as_f64().unwrap().total_cmp(&b["metrics"]["val_accuracy"].as_f64().unwrap())
+            a["metrics"]["val_accuracy"]
+                .as_f64()
+                .expect("accuracy")
+                .total_cmp(&b["metrics"]["val_accuracy"].as_f64().expect("accuracy"))
         })
         .expect("a best trial");
     assert_eq!(job["best_trial"], best["id"]);
@@ -210,8 +213,12 @@ async fn halving_keeps_the_best_third_and_continues_it_from_its_checkpoint() {
     assert!(first_rung.iter().all(|t| score(t) <= score(parent)), "the promoted trial was the best: {job:#}");
     assert_eq!(promoted["epochs"], 3);
     // It continued from the parent's epoch 1: its own history holds epochs 2 and 3 only.
-    let epochs: Vec<i64> =
-        promoted["history"].as_array().expect("history").iter().map(|h| h["epoch"].as_i64().unwrap()).collect();
+    let epochs: Vec<i64> = promoted["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| h["epoch"].as_i64().expect("an epoch"))
+        .collect();
     assert_eq!(epochs, [2, 3], "{job:#}");
     assert_eq!(job["best_trial"], promoted["id"]);
 }
@@ -432,15 +439,19 @@ async fn a_worker_killed_mid_trial_is_replaced_by_the_survivor_resuming_from_its
         .expect("the victim's trial");
     let history = victim_trial["history"].as_array().expect("history");
     let last_by_victim =
-        history.iter().filter(|h| h["worker"] == victim.as_str()).map(|h| h["epoch"].as_i64().unwrap()).max();
+        history.iter().filter(|h| h["worker"] == victim.as_str()).map(|h| h["epoch"].as_i64().expect("an epoch")).max();
     let survivor_entries: Vec<&Value> = history.iter().filter(|h| h["worker"] != victim.as_str()).collect();
     assert!(!survivor_entries.is_empty(), "{victim_trial:#}");
     assert!(survivor_entries.iter().all(|h| h["resumed_from"].as_i64() == last_by_victim), "{victim_trial:#}");
     assert!(last_by_victim >= Some(cut_at.into()) && cut_at >= 2, "{victim_trial:#}");
     for trial in trials {
         assert_eq!(trial["status"], "succeeded");
-        let epochs: Vec<i64> =
-            trial["history"].as_array().expect("history").iter().map(|h| h["epoch"].as_i64().unwrap()).collect();
+        let epochs: Vec<i64> = trial["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .map(|h| h["epoch"].as_i64().expect("an epoch"))
+            .collect();
         assert_eq!(epochs, (1..=8).collect::<Vec<_>>(), "each epoch recorded once: {trial:#}");
         assert_ne!(trial["worker"], victim, "the survivor finished every trial");
     }

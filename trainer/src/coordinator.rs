@@ -8,11 +8,7 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use rdkafka::{
-    Message,
-    consumer::{CommitMode, Consumer},
-};
+use rdkafka::{Message, consumer::Consumer};
 use serde_json::{Value, json};
 use sluice_core::{
     Context, Shutdown,
@@ -34,15 +30,7 @@ use crate::{
 
 /// Runs the coordinator until `shutdown`, recreating the consumer after Kafka errors.
 pub async fn run(ctx: Context, shutdown: Shutdown, cache: snapshot::Cache) {
-    while !shutdown.is_cancelled() {
-        if let Err(err) = consume(&ctx, &shutdown, &cache).await {
-            tracing::warn!(error = %err, "coordinator consumer failed; restarting in 2 s");
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
-        }
-    }
+    kafka::keep_consuming("training coordinator", &shutdown, || consume(&ctx, &shutdown, &cache)).await;
 }
 
 async fn consume(
@@ -52,42 +40,20 @@ async fn consume(
 ) -> Result<(), rdkafka::error::KafkaError> {
     let consumer = kafka::consumer(&ctx.config.kafka, &ctx.config.trainer.coordinator_group_id)?;
     consumer.subscribe(&[ctx.topic(Topic::TrainingResults).as_str()])?;
-    let mut stream = consumer.stream();
-    let result = loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break Ok(()),
-            next = stream.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => break Err(err),
-                None => break Ok(()),
-            },
-        };
+    kafka::consume_in_order(&consumer, shutdown, |message| async move {
         let payload = message.payload().unwrap_or_default();
         let mut backoff = Duration::from_millis(200);
-        loop {
-            match handle(ctx, cache, payload).await {
-                Ok(()) => break,
-                Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot record a training result; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+        while let Err(err) = handle(ctx, cache, payload).await {
+            tracing::warn!(error = %err, retry_in = ?backoff, "cannot record a training result; retrying");
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
             }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
-        if shutdown.is_cancelled() {
-            break Ok(());
-        }
-        consumer.store_offset_from_message(&message)?;
-    };
-    drop(stream);
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(err) => tracing::warn!(error = %err, "final commit failed"),
-    }
-    result
+        true
+    })
+    .await
 }
 
 /// A failure worth retrying (PostgreSQL, S3 or the registry away).

@@ -7,11 +7,7 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use rdkafka::{
-    Message,
-    consumer::{CommitMode, Consumer},
-};
+use rdkafka::{Message, consumer::Consumer};
 use serde_json::json;
 use sluice_core::{
     Context, Shutdown,
@@ -30,55 +26,32 @@ use crate::{
 };
 
 pub async fn run(ctx: Context, shutdown: Shutdown) {
-    while !shutdown.is_cancelled() {
-        if let Err(err) = consume(&ctx, &shutdown).await {
-            tracing::warn!(error = %err, "retrain consumer failed; restarting in 2 s");
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
-        }
-    }
+    kafka::keep_consuming("retrain requests", &shutdown, || consume(&ctx, &shutdown)).await;
 }
 
 async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {
     let consumer = kafka::consumer(&ctx.config.kafka, &ctx.config.trainer.retrain_group_id)?;
     consumer.subscribe(&[ctx.topic(Topic::RetrainRequests).as_str()])?;
-    let mut stream = consumer.stream();
-    let result = loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break Ok(()),
-            next = stream.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => break Err(err),
-                None => break Ok(()),
-            },
-        };
-        match Envelope::<RetrainRequested>::decode(message.payload().unwrap_or_default()) {
-            Ok(event) => {
-                let mut backoff = Duration::from_millis(500);
-                while let Err(err) = handle(ctx, event.event_id, &event.data).await {
-                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot act on a retrain request; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-                if shutdown.is_cancelled() {
-                    break Ok(());
-                }
+    kafka::consume_in_order(&consumer, shutdown, |message| async move {
+        let event = match Envelope::<RetrainRequested>::decode(message.payload().unwrap_or_default()) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::error!(error = %err, "undecodable retrain request; skipping it");
+                return true;
             }
-            Err(err) => tracing::error!(error = %err, "undecodable retrain request; skipping it"),
+        };
+        let mut backoff = Duration::from_millis(500);
+        while let Err(err) = handle(ctx, event.event_id, &event.data).await {
+            tracing::warn!(error = %err, retry_in = ?backoff, "cannot act on a retrain request; retrying");
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
-        consumer.store_offset_from_message(&message)?;
-    };
-    drop(stream);
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(err) => tracing::warn!(error = %err, "final commit failed"),
-    }
-    result
+        true
+    })
+    .await
 }
 
 /// Acts on one request; `Err` only for failures worth retrying.

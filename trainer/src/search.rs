@@ -152,10 +152,10 @@ pub struct Limits {
 
 /// Expands a search into its first trials, checking every parameter and limit.
 pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, InvalidSearch> {
-    if let Some(max) = search.max_trials {
-        if max == 0 || max > limits.max_trials {
-            return Err(invalid(format!("search.max_trials must be between 1 and {}", limits.max_trials)));
-        }
+    if let Some(max) = search.max_trials
+        && (max == 0 || max > limits.max_trials)
+    {
+        return Err(invalid(format!("search.max_trials must be between 1 and {}", limits.max_trials)));
     }
     let mut domains = BTreeMap::new();
     for (name, raw) in &search.space {

@@ -13,12 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
-use rdkafka::{
-    Message,
-    consumer::{CommitMode, Consumer},
-    producer::FutureRecord,
-};
+use rdkafka::{Message, consumer::Consumer, producer::FutureRecord};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sluice_core::{
@@ -78,15 +73,7 @@ pub fn worker_name() -> String {
 /// Runs the worker until `shutdown`, recreating the consumer after Kafka errors.
 pub async fn run(ctx: Context, shutdown: Shutdown, cache: snapshot::Cache) {
     let worker = worker_name();
-    while !shutdown.is_cancelled() {
-        if let Err(err) = consume(&ctx, &shutdown, &cache, &worker).await {
-            tracing::warn!(error = %err, "trainer consumer failed; restarting in 2 s");
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
-        }
-    }
+    kafka::keep_consuming("trainer worker", &shutdown, || consume(&ctx, &shutdown, &cache, &worker)).await;
 }
 
 fn trial_consumer(ctx: &Context) -> Result<SluiceConsumer, rdkafka::error::KafkaError> {
@@ -109,34 +96,16 @@ async fn consume(
 ) -> Result<(), rdkafka::error::KafkaError> {
     let consumer = trial_consumer(ctx)?;
     consumer.subscribe(&[ctx.topic(Topic::TrainingTrials).as_str()])?;
-    let mut stream = consumer.stream();
-    let result = loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break Ok(()),
-            next = stream.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => break Err(err),
-                None => break Ok(()),
-            },
-        };
-        let done = match Envelope::<TrialAssigned>::decode(message.payload().unwrap_or_default()) {
+    kafka::consume_in_order(&consumer, shutdown, |message| async move {
+        match Envelope::<TrialAssigned>::decode(message.payload().unwrap_or_default()) {
             Ok(envelope) => handle(ctx, &envelope.data, shutdown, cache, worker).await,
             Err(err) => {
                 tracing::error!(error = %err, offset = message.offset(), "undecodable trial event; skipping it");
                 true
             }
-        };
-        if !done {
-            break Ok(());
         }
-        consumer.store_offset_from_message(&message)?;
-    };
-    drop(stream);
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(err) => tracing::warn!(error = %err, "final commit failed"),
-    }
-    result
+    })
+    .await
 }
 
 /// Runs one trial to a published result; `false` when shutdown interrupted it.

@@ -66,15 +66,7 @@ impl From<ChunkError> for Stop {
 
 /// Runs the worker until `shutdown`, recreating the consumer after Kafka errors.
 pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
-    while !shutdown.is_cancelled() {
-        if let Err(err) = consume(&served, &shutdown).await {
-            tracing::warn!(error = %err, "batch prediction consumer failed; restarting in 2 s");
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(Duration::from_secs(2)) => {}
-            }
-        }
-    }
+    kafka::keep_consuming("batch predictions", &shutdown, || consume(&served, &shutdown)).await;
 }
 
 fn consumer(ctx: &Context) -> Result<SluiceConsumer, rdkafka::error::KafkaError> {
