@@ -1,6 +1,7 @@
 //! Dynamic micro-batching: requests for one model version queue here; a single task takes what
-//! is waiting, up to `max_batch` images or until `max_wait` has passed since the first, scores
-//! the batch off the async runtime, and answers each request with its own rows.
+//! is waiting, up to `max_batch` images or until `max_wait` has passed since the first (only
+//! while the previous batch held more than one request), scores the batch off the async
+//! runtime, and answers each request with its own rows.
 
 use std::{sync::Arc, time::Duration};
 
@@ -61,6 +62,9 @@ async fn run(
     max_wait: Duration,
 ) {
     let mut pending: Option<Job> = None;
+    // Waiting for a batch to fill only pays under load: after a batch of one (a quiet moment),
+    // the next batch takes what is already queued and goes, so a lone request never waits.
+    let mut last_batch = 0usize;
     loop {
         let first = match pending.take() {
             Some(job) => job,
@@ -71,12 +75,16 @@ async fn run(
         };
         let mut count = first.count;
         let mut jobs = vec![first];
-        let deadline = tokio::time::Instant::now() + max_wait;
+        let wait = if last_batch > 1 { max_wait } else { Duration::ZERO };
+        let deadline = tokio::time::Instant::now() + wait;
         while count < max_batch {
-            let next = if max_wait.is_zero() {
+            // Requests arriving back to back join; a gap of an eighth of the wait means the
+            // burst is over, and the batch goes without sitting out the rest of the wait.
+            let next = if wait.is_zero() {
                 receiver.try_recv().ok()
             } else {
-                tokio::time::timeout_at(deadline, receiver.recv()).await.ok().flatten()
+                let gap = (tokio::time::Instant::now() + wait / 8).min(deadline);
+                tokio::time::timeout_at(gap, receiver.recv()).await.ok().flatten()
             };
             match next {
                 // A request that would overflow the batch starts the next one.
@@ -91,6 +99,7 @@ async fn run(
                 None => break,
             }
         }
+        last_batch = count;
         let images: Vec<u8> = jobs.iter().flat_map(|job| job.images.iter().copied()).collect();
         let network = network.clone();
         let started = std::time::Instant::now();
