@@ -414,3 +414,36 @@ async fn a_shifted_stream_is_detected_and_one_retrain_request_is_published() {
         metrics.as_str().expect("text").contains("sluice_inference_drift_detected{model=\"shifty\",version=\"1\"} 1")
     );
 }
+
+#[tokio::test]
+async fn low_live_accuracy_from_feedback_requests_retraining_once() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.inference.live_accuracy_min_feedback = 20;
+    config.inference.retrain_on_drift = true;
+    let app = RunningApp::spawn_services(config, &[Service::Inference, Service::Registry]).await;
+    let version = register_trained(&app, "graded", 31, 1).await;
+    move_alias(&app, "graded", "production", version).await;
+    let images = samples(30, 32);
+    let (status, answer) = predict_many(&app, "graded", (0..30).map(|i| png(&images, i, 0)).collect()).await;
+    assert_eq!(status, 200, "{answer}");
+    // Ground truth that always disagrees with the model: live accuracy 0 over 30 answers.
+    let labels = synthetic::labels(CLASSES);
+    for prediction in answer["predictions"].as_array().expect("predictions") {
+        let predicted = prediction["top"][0]["label"].as_str().expect("label");
+        let wrong = labels.iter().find(|l| l.as_str() != predicted).expect("another class");
+        let response = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
+        let response = response.json(&json!({"prediction_id": prediction["id"], "label": wrong})).send().await;
+        assert_eq!(response.expect("feedback").status().as_u16(), 200);
+    }
+    let drift = drift_state(&app, "graded").await;
+    assert_eq!(drift["live_accuracy"], 0.0, "{drift:#}");
+    assert_eq!(drift["live_accuracy_answers"], 30);
+    let retrain = app.ctx.topic(Topic::RetrainRequests);
+    let requests = read_topic(&app.ctx.config, retrain.as_str(), 2, Duration::from_secs(3)).await;
+    assert_eq!(requests.len(), 1, "one request, then the cooldown: {requests:?}");
+    assert_eq!(requests[0].1["data"]["reason"], "live_accuracy");
+    assert_eq!(requests[0].1["data"]["evidence"]["answers"], 20, "sent once the minimum was reached");
+    let metrics = app.get("/metrics").await.1;
+    assert!(metrics.as_str().expect("text").contains("sluice_inference_live_accuracy{model=\"graded\",version=\"1\"} 0"));
+}
