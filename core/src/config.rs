@@ -522,3 +522,28 @@ mod tests {
         });
     }
 }
+
+#[cfg(test)]
+mod reference_doc {
+    /// docs/configuration.md lists every key of the built-in defaults with its default.
+    #[test]
+    fn the_configuration_reference_lists_every_default_key() {
+        let doc = include_str!("../../docs/configuration.md");
+        let mut section = String::new();
+        let mut missing = Vec::new();
+        for line in super::DEFAULTS_TOML.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = format!("{name}.");
+                if !doc.contains(&format!("`{name}`")) && !doc.contains(&format!("`{name}.")) {
+                    missing.push(name.to_owned());
+                }
+            } else if let Some((key, value)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+                let row = format!("| `{section}{}` | `{}` |", key.trim(), value.trim());
+                if !doc.contains(&row) {
+                    missing.push(row);
+                }
+            }
+        }
+        assert!(missing.is_empty(), "docs/configuration.md lacks: {missing:#?}");
+    }
+}
