@@ -138,6 +138,12 @@ impl Application {
         let workers_stop = Shutdown::new();
         let mut workers: Vec<_> = self.workers.into_iter().flat_map(|spawn| spawn(&workers_stop)).collect();
         workers.push(tokio::spawn(watch_dependencies(self.ctx.clone(), workers_stop.clone())));
+        // One outbox relay per process, whatever services it runs: every service writes outbox
+        // rows, and several relays in one process would only hold more connections (a relay
+        // keeps one while Kafka is slow to acknowledge).
+        if !self.services.is_empty() {
+            workers.push(tokio::spawn(sluice_core::outbox::run(self.ctx.clone(), workers_stop.clone())));
+        }
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await

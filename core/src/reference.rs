@@ -22,6 +22,9 @@ pub struct Reference {
     pub confidence_sample: Vec<f64>,
     /// Histogram (fractions) of mean image brightness in [0, 1].
     pub brightness_histogram: Vec<f64>,
+    /// Sorted mean brightnesses (at most 1,000, evenly picked) for two-sample KS tests.
+    #[serde(default)]
+    pub brightness_sample: Vec<f64>,
     pub brightness_mean: f64,
     pub brightness_std: f64,
     /// Mean of each channel in [0, 1].
@@ -30,6 +33,13 @@ pub struct Reference {
     pub temperature: f64,
     /// Top-1 accuracy on the split.
     pub accuracy: f64,
+}
+
+/// Sorted values, thinned evenly to at most 1,000.
+fn sorted_sample(mut values: Vec<f64>) -> Vec<f64> {
+    values.sort_by(f64::total_cmp);
+    let step = (values.len() as f64 / 1000.0).max(1.0);
+    (0..values.len().min(1000)).map(|i| values[(i as f64 * step) as usize]).collect()
 }
 
 /// Numerically stable softmax of `logits / temperature`.
@@ -118,16 +128,13 @@ impl Reference {
         let variance = brightness.iter().map(|b| (b - brightness_mean).powi(2)).sum::<f64>() / denominator;
         let channel_means = (0..channels).map(|c| stats.iter().map(|(_, m)| m[c]).sum::<f64>() / denominator).collect();
         let confidence_histogram = histogram(confidences.iter().copied());
-        confidences.sort_by(f64::total_cmp);
-        let step = (confidences.len() as f64 / 1000.0).max(1.0);
-        let confidence_sample =
-            (0..confidences.len().min(1000)).map(|i| confidences[(i as f64 * step) as usize]).collect();
         Self {
             samples: n,
             predicted_class_frequencies: predicted.iter().map(|c| c / denominator).collect(),
             label_frequencies: truth.iter().map(|c| c / denominator).collect(),
             confidence_histogram,
-            confidence_sample,
+            confidence_sample: sorted_sample(confidences),
+            brightness_sample: sorted_sample(brightness.clone()),
             brightness_histogram: histogram(brightness.iter().copied()),
             brightness_mean,
             brightness_std: variance.sqrt(),

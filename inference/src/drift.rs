@@ -56,6 +56,100 @@ pub fn ks(reference: &[f64], observed: &[f64]) -> (f64, f64) {
     (d, kolmogorov_q(lambda))
 }
 
+/// p-value of a chi-square test that two count vectors (a 2×k contingency table) come from one
+/// distribution; categories empty in both are left out.
+pub fn chi_square_two_sample(a: &[f64], b: &[f64]) -> f64 {
+    let (total_a, total_b): (f64, f64) = (a.iter().sum(), b.iter().sum());
+    let total = total_a + total_b;
+    if total_a <= 0.0 || total_b <= 0.0 {
+        return 1.0;
+    }
+    let mut statistic = 0.0;
+    let mut categories = 0usize;
+    for (&x, &y) in a.iter().zip(b) {
+        let column = x + y;
+        if column <= 0.0 {
+            continue;
+        }
+        categories += 1;
+        for (observed, row) in [(x, total_a), (y, total_b)] {
+            let expected = row * column / total;
+            statistic += (observed - expected).powi(2) / expected;
+        }
+    }
+    if categories < 2 {
+        return 1.0;
+    }
+    chi_square_survival(statistic, (categories - 1) as f64)
+}
+
+/// P(X > x) for a chi-square variable with `k` degrees of freedom: the regularized upper
+/// incomplete gamma Q(k/2, x/2), by its series (small x) or continued fraction (large x).
+fn chi_square_survival(x: f64, k: f64) -> f64 {
+    let (a, x) = (k / 2.0, x / 2.0);
+    if x <= 0.0 {
+        return 1.0;
+    }
+    let log_prefix = a * x.ln() - x - ln_gamma(a);
+    if x < a + 1.0 {
+        let (mut sum, mut term, mut n) = (1.0 / a, 1.0 / a, a);
+        for _ in 0..500 {
+            n += 1.0;
+            term *= x / n;
+            sum += term;
+            if term < sum * 1e-14 {
+                break;
+            }
+        }
+        (1.0 - sum * log_prefix.exp()).clamp(0.0, 1.0)
+    } else {
+        // Lentz's continued fraction for Q(a, x).
+        let tiny = 1e-300;
+        let mut b = x + 1.0 - a;
+        let mut c = 1.0 / tiny;
+        let mut d = 1.0 / b;
+        let mut h = d;
+        for i in 1..500 {
+            let an = -(i as f64) * (i as f64 - a);
+            b += 2.0;
+            d = an * d + b;
+            d = if d.abs() < tiny { tiny } else { d };
+            c = b + an / c;
+            c = if c.abs() < tiny { tiny } else { c };
+            d = 1.0 / d;
+            let delta = d * c;
+            h *= delta;
+            if (delta - 1.0).abs() < 1e-14 {
+                break;
+            }
+        }
+        (log_prefix.exp() * h).clamp(0.0, 1.0)
+    }
+}
+
+/// ln Γ(x) (Lanczos approximation, g = 7).
+fn ln_gamma(x: f64) -> f64 {
+    const COEFFICIENTS: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return (std::f64::consts::PI / (std::f64::consts::PI * x).sin()).ln() - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + 7.5;
+    let series =
+        COEFFICIENTS[1..].iter().enumerate().fold(COEFFICIENTS[0], |sum, (i, c)| sum + c / (x + i as f64 + 1.0));
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
+}
+
 /// The Kolmogorov distribution's survival function Q(λ) = 2 Σ (-1)^(k-1) e^(-2k²λ²).
 fn kolmogorov_q(lambda: f64) -> f64 {
     if lambda < 1e-3 {
@@ -168,10 +262,21 @@ impl Window {
         let (d, p_value) = ks(&self.reference.confidence_sample, &confidences);
         let brightness = reference::histogram(self.observations.iter().map(|o| o.brightness));
         let brightness_psi = psi(&self.reference.brightness_histogram, &brightness);
+        let brightnesses: Vec<f64> = self.observations.iter().map(|o| o.brightness).collect();
+        let (_, brightness_p) = ks(&self.reference.brightness_sample, &brightnesses);
         let enough = n >= config.drift_min_samples;
         let threshold = config.drift_psi_threshold;
-        let class_psi =
-            Statistic { value: class_psi, threshold, drifted: enough && class_psi > threshold, p_value: None };
+        // The reference is measured on a validation split that may be small, so a large PSI must
+        // also be significant (a two-sample test that accounts for both sample sizes) to count.
+        let reference_counts: Vec<f64> =
+            self.reference.predicted_class_frequencies.iter().map(|f| f * self.reference.samples as f64).collect();
+        let class_p = chi_square_two_sample(&reference_counts, &counts);
+        let class_psi = Statistic {
+            value: class_psi,
+            threshold,
+            drifted: enough && class_psi > threshold && class_p < config.drift_ks_p_value,
+            p_value: Some(class_p),
+        };
         let confidence_ks = Statistic {
             value: d,
             threshold: config.drift_ks_p_value,
@@ -181,8 +286,8 @@ impl Window {
         let brightness_psi = Statistic {
             value: brightness_psi,
             threshold,
-            drifted: enough && brightness_psi > threshold,
-            p_value: None,
+            drifted: enough && brightness_psi > threshold && brightness_p < config.drift_ks_p_value,
+            p_value: Some(brightness_p),
         };
         let state = if !enough {
             "insufficient_data"
@@ -215,6 +320,20 @@ mod tests {
         assert!(psi(&[0.5, 0.5], &[0.5, 0.5]).abs() < 1e-12);
         assert!(psi(&[0.5, 0.5], &[0.6, 0.4]) < 0.1);
         assert!(psi(&[0.5, 0.5], &[0.95, 0.05]) > 0.2);
+    }
+
+    #[test]
+    fn chi_square_matches_known_values_and_accounts_for_sample_size() {
+        // Q(x = 3.841, k = 1) = 0.05 and Q(x = 5.991, k = 2) = 0.05 (standard table values).
+        assert!((chi_square_survival(3.841, 1.0) - 0.05).abs() < 1e-3);
+        assert!((chi_square_survival(5.991, 2.0) - 0.05).abs() < 1e-3);
+        assert!((chi_square_survival(30.0, 2.0) - (-15f64).exp()).abs() < 1e-9);
+        // The same proportions are not significant from 48 samples, and are from 4,800.
+        let small = chi_square_two_sample(&[12.0, 20.0, 16.0], &[42.0, 42.0, 41.0]);
+        let large = chi_square_two_sample(&[1200.0, 2000.0, 1600.0], &[4200.0, 4200.0, 4100.0]);
+        assert!(small > 0.05, "p {small}");
+        assert!(large < 1e-6, "p {large}");
+        assert_eq!(chi_square_two_sample(&[5.0, 5.0], &[5.0, 5.0]), 1.0);
     }
 
     #[test]

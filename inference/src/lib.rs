@@ -77,13 +77,11 @@ impl Inference {
             .with_state(self.state.clone())
     }
 
-    /// The follower, the batch-prediction worker, an outbox relay (batch jobs' events), and the
-    /// recorder's shutdown: it stops with the workers, writing what it holds.
+    /// The follower, the batch-prediction worker, and the recorder's shutdown: it stops with the workers, writing what it holds.
     pub fn spawn_workers(self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
         let served = &self.state.served;
         let follower = tokio::spawn(follower::run(served.clone(), shutdown.clone()));
         let batch = tokio::spawn(batch::worker::run(served.clone(), shutdown.clone()));
-        let relay = tokio::spawn(sluice_core::outbox::run(served.ctx.clone(), shutdown.clone()));
         let (stop, done) = (self.stop_recorder, self.recorder);
         let workers_stop = shutdown.clone();
         let recorder = tokio::spawn(async move {
@@ -91,7 +89,7 @@ impl Inference {
             stop.cancel();
             let _ = done.await;
         });
-        vec![follower, batch, relay, recorder]
+        vec![follower, batch, recorder]
     }
 }
 

@@ -28,10 +28,10 @@ pub fn router(ctx: Context) -> Router {
     routes::router(ctx)
 }
 
-/// The background work of an ingest process: the outbox relay, bulk imports and the orphan sweeper.
+/// The background work of an ingest process: bulk imports and the orphan sweeper (the process's
+/// one outbox relay is started by the application).
 pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
     vec![
-        tokio::spawn(sluice_core::outbox::run(ctx.clone(), shutdown.clone())),
         tokio::spawn(imports::run(ctx.clone(), shutdown.clone())),
         tokio::spawn(sweeper::run(ctx.clone(), shutdown.clone())),
     ]

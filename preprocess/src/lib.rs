@@ -30,12 +30,12 @@ pub fn router(ctx: Context) -> Router {
     routes::router(ctx)
 }
 
-/// The worker, the reconciler and an outbox relay (for `media.processed` and `media.dlq`).
+/// The worker and the reconciler (`media.processed` and `media.dlq` leave through the
+/// process's outbox relay, started by the application).
 pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(worker::run(ctx.clone(), shutdown.clone())),
         tokio::spawn(reconciler(ctx.clone(), shutdown.clone())),
-        tokio::spawn(sluice_core::outbox::run(ctx.clone(), shutdown.clone())),
     ]
 }
 

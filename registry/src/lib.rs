@@ -30,7 +30,8 @@ pub fn router(ctx: Context) -> Router {
     routes::router(ctx)
 }
 
-/// The outbox relay that publishes alias moves (and registrations) to `models.events`.
-pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
-    vec![tokio::spawn(sluice_core::outbox::run(ctx.clone(), shutdown.clone()))]
+/// No workers of its own: alias moves reach `models.events` through the process's outbox relay,
+/// which the application starts once for every service.
+pub fn spawn_workers(_ctx: &Context, _shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
+    Vec::new()
 }

@@ -19,7 +19,9 @@ use crate::{
 const SIZE: u32 = 32;
 const CLASSES: usize = 3;
 
-/// PNGs of synthetic shapes with every pixel brightened by `shift`, and their labels.
+/// PNGs of synthetic shapes and their labels; with `shift` above 0, a washed-out, brighter world:
+/// every pixel `v` becomes `v / 3 + shift` (contrast cut to a third, nothing clipped, so the
+/// shapes stay learnable but look different to a model trained on the originals).
 pub fn images(count: usize, seed: u64, shift: i16) -> Vec<(Vec<u8>, String)> {
     let samples = synthetic::generate(&SyntheticSpec::rgb(SIZE as usize, CLASSES, count, seed)).expect("images");
     let labels = synthetic::labels(CLASSES);
@@ -27,15 +29,17 @@ pub fn images(count: usize, seed: u64, shift: i16) -> Vec<(Vec<u8>, String)> {
     (0..count)
         .map(|i| {
             let chw = &samples.images[i * 3 * plane..(i + 1) * 3 * plane];
-            let rgb: Vec<u8> = (0..plane)
-                .flat_map(|p| (0..3).map(move |c| (i16::from(chw[c * plane + p]) + shift).clamp(0, 255) as u8))
-                .collect();
+            let rgb: Vec<u8> = (0..plane).flat_map(|p| (0..3).map(move |c| wash(chw[c * plane + p], shift))).collect();
             let image = image::RgbImage::from_raw(SIZE, SIZE, rgb).expect("image");
             let mut png = std::io::Cursor::new(Vec::new());
             image.write_to(&mut png, image::ImageFormat::Png).expect("png");
             (png.into_inner(), labels[samples.labels[i] as usize].clone())
         })
         .collect()
+}
+
+fn wash(value: u8, shift: i16) -> u8 {
+    if shift > 0 { (i16::from(value) / 3 + shift).clamp(0, 255) as u8 } else { value }
 }
 
 async fn upload(app: &RunningApp, batch: &[(Vec<u8>, String)]) {
@@ -111,10 +115,10 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
     assert!(accuracy >= 0.8, "accuracy {accuracy} on the training distribution");
 
     // The world changes: brighter images arrive, labelled ones are uploaded too.
-    let shifted = images(240, 3, 110);
+    let shifted = images(240, 3, 160);
     upload(&app, &shifted).await;
     processed(&app, 480).await;
-    let (_, shifted_accuracy) = serve(&app, &images(200, 4, 110)).await;
+    let (_, shifted_accuracy) = serve(&app, &images(200, 4, 160)).await;
     let drift = json_of(
         app.http.get(app.url("/v1/models/loop/drift")).bearer_auth(&app.admin_token).send().await.expect("drift"),
     )
@@ -138,12 +142,12 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
 
     // The server hot-swapped: new requests are answered by version 2, better on the new data.
     let (versions, new_accuracy) = eventually(Duration::from_secs(30), "version 2 to be served", || async {
-        let (versions, accuracy) = serve(&app, &images(100, 5, 110)).await;
+        let (versions, accuracy) = serve(&app, &images(100, 5, 160)).await;
         versions.iter().all(|v| *v == 2).then_some((versions, accuracy))
     })
     .await;
     assert!(!versions.is_empty());
-    assert!(new_accuracy > shifted_accuracy, "v2 {new_accuracy} vs v1 {shifted_accuracy} on shifted images");
+    assert!(new_accuracy >= 0.8, "v2 {new_accuracy} (v1 {shifted_accuracy}) on shifted images");
 
     let metrics = app.get("/metrics").await.1;
     let metrics = metrics.as_str().expect("text");

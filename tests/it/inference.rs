@@ -445,5 +445,7 @@ async fn low_live_accuracy_from_feedback_requests_retraining_once() {
     assert_eq!(requests[0].1["data"]["reason"], "live_accuracy");
     assert_eq!(requests[0].1["data"]["evidence"]["answers"], 20, "sent once the minimum was reached");
     let metrics = app.get("/metrics").await.1;
-    assert!(metrics.as_str().expect("text").contains("sluice_inference_live_accuracy{model=\"graded\",version=\"1\"} 0"));
+    assert!(
+        metrics.as_str().expect("text").contains("sluice_inference_live_accuracy{model=\"graded\",version=\"1\"} 0")
+    );
 }

@@ -132,14 +132,14 @@ async fn grid_search_trains_every_trial_registers_the_best_and_promotes_it() {
     let trials = job["trials"].as_array().expect("trials");
     assert_eq!(trials.len(), 4);
     assert!(trials.iter().all(|t| t["status"] == "succeeded" && t["epoch"].as_i64() >= Some(1)), "{job:#}");
+    // Best: highest validation accuracy, then lowest validation loss (the coordinator's rule).
+    let score = |t: &&Value| {
+        let metric = |name: &str| t["metrics"][name].as_f64().expect("a metric");
+        (metric("val_accuracy"), -metric("val_loss"))
+    };
     let best = trials
         .iter()
-        .max_by(|a, b| {
-            a["metrics"]["val_accuracy"]
-                .as_f64()
-                .expect("accuracy")
-                .total_cmp(&b["metrics"]["val_accuracy"].as_f64().expect("accuracy"))
-        })
+        .max_by(|a, b| score(a).0.total_cmp(&score(b).0).then(score(a).1.total_cmp(&score(b).1)))
         .expect("a best trial");
     assert_eq!(job["best_trial"], best["id"]);
     assert_eq!(job["registered_version"], 1);

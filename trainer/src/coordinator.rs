@@ -233,7 +233,8 @@ async fn finish(
     let labels: Vec<String> = serde_json::from_value(row.get(6)).unwrap_or_default();
     let snapshot_key: String = row.get(7);
     let loaded = cache.load(ctx, &snapshot_key, snapshot_id).await.map_err(|e| Retry(e.to_string()))?;
-    let candidate_accuracy = best.score().0;
+    let (candidate_accuracy, negative_loss) = best.score();
+    let candidate_loss = -negative_loss;
     let current = models::resolve_alias(&client, &model, &production).await?;
     drop(client);
     let decision = match (request.promote, &current) {
@@ -246,12 +247,17 @@ async fn finish(
         (Promote::IfBetter, Some(current)) => {
             let (_, validation) = loaded.snapshot.split(request.seed, request.validation_split);
             let samples = loaded.samples(&validation);
-            match production_accuracy(ctx, current, &labels, &loaded.snapshot.spec_hash, &samples).await? {
-                Some(accuracy) => json!({
-                    "policy": "if_better", "promoted": candidate_accuracy > accuracy,
-                    "candidate_accuracy": candidate_accuracy, "production_version": current.version,
-                    "production_accuracy": accuracy,
-                    "reason": format!("validation accuracy {candidate_accuracy:.4} vs production v{} {accuracy:.4} on the same split", current.version),
+            match production_score(ctx, current, &labels, &loaded.snapshot.spec_hash, &samples).await? {
+                // Better: more accurate, or as accurate with a lower loss (more confident when right).
+                Some((accuracy, loss)) => json!({
+                    "policy": "if_better",
+                    "promoted": candidate_accuracy > accuracy || (candidate_accuracy == accuracy && candidate_loss < loss),
+                    "candidate_accuracy": candidate_accuracy, "candidate_loss": candidate_loss,
+                    "production_version": current.version, "production_accuracy": accuracy, "production_loss": loss,
+                    "reason": format!(
+                        "validation accuracy {candidate_accuracy:.4} (loss {candidate_loss:.4}) vs production v{} {accuracy:.4} (loss {loss:.4}) on the same split",
+                        current.version
+                    ),
                 }),
                 None => json!({
                     "policy": "if_better", "promoted": false, "production_version": current.version,
@@ -311,15 +317,16 @@ async fn finish(
     Ok(())
 }
 
-/// The production version's accuracy on this job's validation samples, matching classes by
-/// label name; `None` when it was trained on inputs of another shape.
-async fn production_accuracy(
+/// The production version's accuracy and mean cross-entropy on this job's validation samples,
+/// matching classes by label name (a label it does not know counts as wrong); `None` when it was
+/// trained on inputs of another shape.
+async fn production_score(
     ctx: &Context,
     current: &models::ModelVersion,
     labels: &[String],
     spec_hash: &str,
     samples: &sluice_nn::Samples,
-) -> Result<Option<f64>, Retry> {
+) -> Result<Option<(f64, f64)>, Retry> {
     if current.input_spec.hash() != spec_hash {
         return Ok(None);
     }
@@ -335,23 +342,23 @@ async fn production_accuracy(
     let truth: Vec<String> = samples.labels.iter().map(|&i| labels[i as usize].clone()).collect();
     let images = samples.images.clone();
     let n = samples.labels.len();
-    let accuracy = tokio::task::spawn_blocking(move || -> Result<f64, String> {
+    let score = tokio::task::spawn_blocking(move || -> Result<(f64, f64), String> {
         let network = Network::load(&bytes).map_err(|e| e.to_string())?;
         let logits = network.logits(&images, n).map_err(|e| e.to_string())?;
-        let correct = logits
-            .iter()
-            .zip(&truth)
-            .filter(|(l, t)| {
-                let best = l.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).unwrap_or(0);
-                their_labels.get(best) == Some(t)
-            })
-            .count();
-        Ok(correct as f64 / n.max(1) as f64)
+        let (mut correct, mut loss) = (0usize, 0f64);
+        for (row, truth) in logits.iter().zip(&truth) {
+            let probabilities = sluice_core::reference::softmax(row, 1.0);
+            let (predicted, _) = sluice_core::reference::top1(&probabilities);
+            correct += usize::from(their_labels.get(predicted) == Some(truth));
+            let p = their_labels.iter().position(|l| l == truth).map(|i| probabilities[i]).unwrap_or(0.0);
+            loss -= p.max(1e-12).ln();
+        }
+        Ok((correct as f64 / n.max(1) as f64, loss / n.max(1) as f64))
     })
     .await
     .map_err(|e| Retry(e.to_string()))?;
-    match accuracy {
-        Ok(accuracy) => Ok(Some(accuracy)),
+    match score {
+        Ok(score) => Ok(Some(score)),
         Err(err) => {
             tracing::warn!(error = %err, "cannot score the production model; treating it as not comparable");
             Ok(None)

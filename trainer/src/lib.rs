@@ -30,15 +30,14 @@ pub fn router(ctx: Context) -> Router {
     routes::router(ctx)
 }
 
-/// A trainer worker, the coordinator, the retrain consumer and an outbox relay (trials, model
-/// events). Several trainer processes share trials through the `trainer` group.
+/// A trainer worker, the coordinator and the retrain consumer (trials and model events leave
+/// through the process's outbox relay, started by the application). Several trainer processes share trials through the `trainer` group.
 pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
     let cache = snapshot::Cache::default();
     vec![
         tokio::spawn(worker::run(ctx.clone(), shutdown.clone(), cache.clone())),
         tokio::spawn(coordinator::run(ctx.clone(), shutdown.clone(), cache)),
         tokio::spawn(retrain::run(ctx.clone(), shutdown.clone())),
-        tokio::spawn(sluice_core::outbox::run(ctx.clone(), shutdown.clone())),
     ]
 }
 
