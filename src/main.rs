@@ -106,6 +106,11 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// API tokens: `token create --name N --scope predict,train` prints a new token once.
+    Token {
+        #[command(subcommand)]
+        what: TokenCommand,
+    },
     /// Show configuration.
     Config {
         #[command(subcommand)]
@@ -186,6 +191,19 @@ enum GenerateCommand {
         /// Added to every pixel (a brighter or darker world).
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         shift: i16,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Creates a token (stored hashed) and prints it; it cannot be shown again.
+    Create {
+        /// Who or what the token is for (recorded as the actor of what it does).
+        #[arg(long)]
+        name: String,
+        /// Scopes: ingest, predict, train, admin (admin implies all).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scope: Vec<sluice_core::auth::Scope>,
     },
 }
 
@@ -324,6 +342,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate { what: GenerateCommand::Shapes { dir, classes, count, size, seed, shift } } => {
             let labels = generate::shapes(&dir, classes, count, size, seed, shift)?;
             println!("wrote {count} {size}x{size} images of {} to {}", labels.join(", "), dir.display());
+        }
+        Command::Token { what: TokenCommand::Create { name, scope } } => {
+            let ctx = Context::new(config).await?;
+            migrate::run(&ctx.db).await.context("applying migrations")?;
+            println!("{}", sluice_core::auth::create_token(&ctx.db, &name, &scope).await?);
         }
         Command::Config { what: ConfigCommand::Show } => println!("{config:#?}"),
         Command::Config { what: ConfigCommand::Defaults } => unreachable!("handled before loading"),

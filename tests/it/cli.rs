@@ -133,3 +133,26 @@ async fn serve_stops_gracefully_on_sigterm() {
     let logged: Vec<String> = rx.try_iter().collect();
     assert!(logged.iter().any(|l| l.contains("\"stopped\"")), "{logged:?}");
 }
+
+#[tokio::test]
+async fn token_create_prints_a_token_with_exactly_the_scopes_asked_for() {
+    use sluice_core::auth::{self, Scope};
+    let env = TestEnv::new().await;
+    let output = sluice_command()
+        .args(["token", "create", "--name", "grafana", "--scope", "predict,train"])
+        .envs(crate::support::sluice_env(&env))
+        .output()
+        .expect("run sluice token create");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let token = String::from_utf8(output.stdout).expect("utf-8").trim().to_owned();
+    let principal = auth::verify(&env.pool(), &token).await.expect("verify").expect("a valid token");
+    assert_eq!(principal.name, "grafana");
+    assert!(principal.allows(Scope::Predict) && principal.allows(Scope::Train));
+    assert!(!principal.allows(Scope::Admin) && !principal.allows(Scope::Ingest));
+    let refused = sluice_command()
+        .args(["token", "create", "--name", "x", "--scope", "superuser"])
+        .envs(crate::support::sluice_env(&env))
+        .output()
+        .expect("run sluice token create");
+    assert!(!refused.status.success());
+}
