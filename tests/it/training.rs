@@ -485,3 +485,30 @@ async fn if_better_keeps_production_when_the_new_model_loses_on_the_same_split()
     let (_, model) = json_of(alias).await;
     assert_eq!(model["aliases"]["production"], 1, "{model}");
 }
+
+#[tokio::test]
+async fn sluice_train_starts_a_job_follows_it_and_prints_the_outcome() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
+    seed_dataset(&app, "shapes", 2, 8, 16, 12).await;
+    let (url, token) = (app.base_url.clone(), app.admin_token.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        sluice_command()
+            .args(["train", "--model", "cli", "--dataset", "shapes", "--architecture", "mlp"])
+            .args(["--param", "learning_rate=0.01,0.02", "--param", "epochs=2", "--promote", "never", "--json"])
+            .args(["--url", &url, "--token", &token])
+            .output()
+            .expect("run sluice train")
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let job: Value = serde_json::from_slice(&output.stdout).expect("the final job as JSON");
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(job["trials"].as_array().expect("trials").len(), 2);
+    // Without a terminal it logs each trial's progress as it changes, then the final table.
+    assert!(stderr.contains("queued"), "{stderr}");
+    assert!(stderr.contains("trial 0 succeeded epoch 2/2"), "{stderr}");
+    assert!(stderr.contains("registered cli version 1"), "{stderr}");
+}
