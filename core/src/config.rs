@@ -113,6 +113,8 @@ pub struct InferenceConfig {
     pub live_accuracy_min_feedback: i64,
     /// Least time between two retrain requests for one model from one process.
     pub retrain_cooldown_secs: u64,
+    /// How often served aliases are re-read from PostgreSQL.
+    pub alias_reconcile_secs: u64,
     /// Consumer group of the batch prediction workers.
     pub batch_group_id: String,
     /// Items per batch-prediction chunk.
@@ -343,6 +345,7 @@ impl Config {
         )?;
         rule(inference.live_accuracy_window >= 1, "inference.live_accuracy_window must be at least 1")?;
         rule(inference.batch_chunk >= 1, "inference.batch_chunk must be at least 1")?;
+        rule(inference.alias_reconcile_secs >= 1, "inference.alias_reconcile_secs must be at least 1")?;
         Ok(())
     }
 

@@ -1,17 +1,48 @@
 //! Follows `models.events` so served aliases move without a restart. Every inference process
 //! reads every partition itself (no consumer group: each must see every event), from the end:
-//! aliases are resolved from PostgreSQL on first use, and only later moves matter.
+//! aliases are resolved from PostgreSQL on first use, and only later moves matter. A reconciler
+//! re-reads the served aliases from PostgreSQL every `inference.alias_reconcile_secs`, in case a
+//! move was missed.
 
 use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use rdkafka::{Message, Offset, TopicPartitionList, consumer::Consumer};
-use sluice_core::{Shutdown, kafka, models::ModelEvent, topics::Topic};
+use sluice_core::{
+    Shutdown, kafka,
+    models::{self, ModelEvent, ModelName},
+    topics::Topic,
+};
 
 use crate::serving::Served;
 
 pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
+    let reconciler = tokio::spawn(reconcile(served.clone(), shutdown.clone()));
     kafka::keep_consuming("models.events follower", &shutdown, || follow(&served, &shutdown)).await;
+    let _ = reconciler.await;
+}
+
+/// A safety net under the follower: every `alias_reconcile_secs`, the served models' aliases and revision
+/// are read from PostgreSQL (the source of truth) and applied like an event, so a move that
+/// landed before the follower was positioned, or while Kafka was away, is not missed.
+async fn reconcile(served: Arc<Served>, shutdown: Shutdown) {
+    let every = Duration::from_secs(served.ctx.config.inference.alias_reconcile_secs);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        for model in served.served_models() {
+            let Ok(name) = ModelName::parse(&model) else { continue };
+            let Ok(client) = served.ctx.db.get().await else { break };
+            let revision = client.query_opt("SELECT revision FROM models WHERE name = $1", &[&model]).await;
+            let aliases = models::aliases(&client, &name).await;
+            drop(client);
+            if let (Ok(Some(row)), Ok(aliases)) = (revision, aliases) {
+                served.apply_aliases(&model, row.get(0), &aliases).await;
+            }
+        }
+    }
 }
 
 async fn follow(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {

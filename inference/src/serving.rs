@@ -276,6 +276,14 @@ impl Served {
         }
     }
 
+    /// Models with at least one alias served by this process.
+    pub fn served_models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self.aliases.read().expect("alias lock").keys().map(|(m, _)| m.clone()).collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+
     /// The model's routing, cached briefly.
     pub async fn routing(&self, model: &ModelName) -> Routing {
         if let Some((at, routing)) = self.routing.lock().expect("routing lock").get(model.as_str())

@@ -449,3 +449,29 @@ async fn low_live_accuracy_from_feedback_requests_retraining_once() {
         metrics.as_str().expect("text").contains("sluice_inference_live_accuracy{model=\"graded\",version=\"1\"} 0")
     );
 }
+
+#[tokio::test]
+async fn an_alias_move_without_an_event_is_picked_up_from_postgres() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.inference.alias_reconcile_secs = 1;
+    let app = RunningApp::spawn_services(config, &[Service::Inference]).await;
+    let first = register_trained(&app, "quiet", 41, 1).await;
+    let second = register_trained(&app, "quiet", 42, 1).await;
+    move_alias(&app, "quiet", "production", first).await;
+    let body = png(&samples(1, 43), 0, 0);
+    assert_eq!(predict(&app, &app.admin_token, "quiet", "", body.clone()).await.1["version"], first);
+    // Moved behind the follower's back: the row changes, no models.events message is published.
+    let client = app.ctx.db.get().await.expect("connection");
+    client
+        .execute("UPDATE model_aliases SET version = $1 WHERE model = 'quiet' AND alias = 'production'", &[&second])
+        .await
+        .expect("move");
+    client.execute("UPDATE models SET revision = revision + 1 WHERE name = 'quiet'", &[]).await.expect("revision");
+    client.execute("DELETE FROM outbox", &[]).await.expect("no events");
+    eventually(Duration::from_secs(10), "the reconciler to serve the new version", || async {
+        let (status, answer) = predict(&app, &app.admin_token, "quiet", "", body.clone()).await;
+        (status == 200 && answer["version"] == second).then_some(())
+    })
+    .await;
+}
