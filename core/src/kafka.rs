@@ -147,6 +147,35 @@ where
     result
 }
 
+/// Exports `sluice_consumer_lag{group, topic, partition}` for the consumer's assigned partitions
+/// every 10 s (high watermark minus committed offset) until aborted.
+pub async fn report_lag(consumer: std::sync::Arc<SluiceConsumer>, topic: String, group: String) {
+    metrics::describe_gauge!("sluice_consumer_lag", "Messages not yet committed by a consumer group, per partition.");
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let consumer = consumer.clone();
+        let name = topic.clone();
+        let lags = tokio::task::spawn_blocking(move || {
+            let assignment = consumer.assignment().ok()?;
+            let committed = consumer.committed_offsets(assignment, Duration::from_secs(5)).ok()?;
+            let mut lags = Vec::new();
+            for element in committed.elements() {
+                let (_, high) = consumer.fetch_watermarks(&name, element.partition(), Duration::from_secs(5)).ok()?;
+                let at = element.offset().to_raw().unwrap_or(0).max(0);
+                lags.push((element.partition(), (high - at).max(0)));
+            }
+            Some(lags)
+        })
+        .await
+        .ok()
+        .flatten();
+        for (partition, lag) in lags.unwrap_or_default() {
+            metrics::gauge!("sluice_consumer_lag", "group" => group.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
+                .set(lag as f64);
+        }
+    }
+}
+
 /// An admin client for topic management and metadata.
 pub fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     client_config(config).create()

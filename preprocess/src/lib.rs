@@ -90,5 +90,4 @@ fn describe_metrics() {
         metrics::Unit::Seconds,
         "Time to process one item end to end, by kind."
     );
-    metrics::describe_gauge!("sluice_consumer_lag", "Messages not yet committed by a consumer group, per partition.");
 }

@@ -20,7 +20,7 @@ use rdkafka::{
 use sluice_core::{
     Context, Shutdown,
     events::Envelope,
-    kafka::{self, SluiceConsumer},
+    kafka,
     media::MediaIngested,
     pipeline::{MediaFailed, Output, PipelineSpec, output_key},
     s3::S3Error,
@@ -53,7 +53,8 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
     let consumer = Arc::new(kafka::consumer(&ctx.config.kafka, &ctx.config.preprocess.group_id)?);
     let topic = ctx.topic(Topic::MediaIngested);
     consumer.subscribe(&[topic.as_str()])?;
-    let lag = tokio::spawn(report_lag(consumer.clone(), topic.to_string(), ctx.config.preprocess.group_id.clone()));
+    let lag =
+        tokio::spawn(kafka::report_lag(consumer.clone(), topic.to_string(), ctx.config.preprocess.group_id.clone()));
     let mut stream = consumer.stream();
     let concurrency = ctx.config.preprocess.concurrency;
     let result = loop {
@@ -281,32 +282,4 @@ async fn sample_frames(
             (output, frame.png)
         })
         .collect())
-}
-
-/// Exports `sluice_consumer_lag{group,topic,partition}` every 10 s: high watermark minus the
-/// group's committed offset.
-async fn report_lag(consumer: Arc<SluiceConsumer>, topic: String, group: String) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        let consumer = consumer.clone();
-        let name = topic.clone();
-        let lags = tokio::task::spawn_blocking(move || {
-            let assignment = consumer.assignment().ok()?;
-            let committed = consumer.committed_offsets(assignment, Duration::from_secs(5)).ok()?;
-            let mut lags = Vec::new();
-            for element in committed.elements() {
-                let (_, high) = consumer.fetch_watermarks(&name, element.partition(), Duration::from_secs(5)).ok()?;
-                let at = element.offset().to_raw().unwrap_or(0).max(0);
-                lags.push((element.partition(), (high - at).max(0)));
-            }
-            Some(lags)
-        })
-        .await
-        .ok()
-        .flatten();
-        for (partition, lag) in lags.unwrap_or_default() {
-            metrics::gauge!("sluice_consumer_lag", "group" => group.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
-                .set(lag as f64);
-        }
-    }
 }

@@ -94,9 +94,11 @@ async fn consume(
     cache: &snapshot::Cache,
     worker: &str,
 ) -> Result<(), rdkafka::error::KafkaError> {
-    let consumer = trial_consumer(ctx)?;
-    consumer.subscribe(&[ctx.topic(Topic::TrainingTrials).as_str()])?;
-    kafka::consume_in_order(&consumer, shutdown, |message| async move {
+    let consumer = Arc::new(trial_consumer(ctx)?);
+    let topic = ctx.topic(Topic::TrainingTrials);
+    consumer.subscribe(&[topic.as_str()])?;
+    let lag = tokio::spawn(kafka::report_lag(consumer.clone(), topic.to_string(), ctx.config.trainer.group_id.clone()));
+    let result = kafka::consume_in_order(&consumer, shutdown, |message| async move {
         match Envelope::<TrialAssigned>::decode(message.payload().unwrap_or_default()) {
             Ok(envelope) => handle(ctx, &envelope.data, shutdown, cache, worker).await,
             Err(err) => {
@@ -105,7 +107,9 @@ async fn consume(
             }
         }
     })
-    .await
+    .await;
+    lag.abort();
+    result
 }
 
 /// Runs one trial to a published result; `false` when shutdown interrupted it.
