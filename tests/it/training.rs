@@ -442,7 +442,11 @@ async fn a_worker_killed_mid_trial_is_replaced_by_the_survivor_resuming_from_its
         history.iter().filter(|h| h["worker"] == victim.as_str()).map(|h| h["epoch"].as_i64().expect("an epoch")).max();
     let survivor_entries: Vec<&Value> = history.iter().filter(|h| h["worker"] != victim.as_str()).collect();
     assert!(!survivor_entries.is_empty(), "{victim_trial:#}");
-    assert!(survivor_entries.iter().all(|h| h["resumed_from"].as_i64() == last_by_victim), "{victim_trial:#}");
+    // The survivor resumed from the victim's last checkpoint: at least the last epoch the victim
+    // reported (it may have checkpointed one more and died before reporting it), never from 0.
+    let resumed_from = survivor_entries[0]["resumed_from"].as_i64().expect("resumed_from");
+    assert!(survivor_entries.iter().all(|h| h["resumed_from"] == resumed_from), "{victim_trial:#}");
+    assert!(Some(resumed_from) >= last_by_victim && resumed_from >= 2, "{victim_trial:#}");
     assert!(last_by_victim >= Some(cut_at.into()) && cut_at >= 2, "{victim_trial:#}");
     for trial in trials {
         assert_eq!(trial["status"], "succeeded");
@@ -452,7 +456,12 @@ async fn a_worker_killed_mid_trial_is_replaced_by_the_survivor_resuming_from_its
             .iter()
             .map(|h| h["epoch"].as_i64().expect("an epoch"))
             .collect();
-        assert_eq!(epochs, (1..=8).collect::<Vec<_>>(), "each epoch recorded once: {trial:#}");
+        // Each epoch recorded once, in order; only the epoch a killed worker checkpointed but
+        // never reported may be missing.
+        let expected: Vec<i64> = (1..=8)
+            .filter(|&e| trial["id"] != victim_trial["id"] || e != resumed_from || epochs.contains(&e))
+            .collect();
+        assert_eq!(epochs, expected, "each epoch recorded once: {trial:#}");
         assert_ne!(trial["worker"], victim, "the survivor finished every trial");
     }
     let (status, _) = json_of(
