@@ -408,3 +408,63 @@ async fn the_reconciler_recovers_an_item_whose_event_was_lost() {
     let item = settled(&app, &id.to_string()).await;
     assert_eq!(item["status"], "processed", "{item}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyframe_sampling_keeps_exactly_the_key_frames() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    put_pipeline(&app, "keys", serde_json::json!({"video": {"keyframes": true, "max_frames": 10}})).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // 3 s at 10 fps with a key frame every 15 frames: key frames at 0 s and 1.5 s.
+    let clip = ffmpeg_clip(
+        dir.path(),
+        "keys.mp4",
+        &["-pix_fmt", "yuv420p", "-c:v", "libx264", "-x264-params", "keyint=15:min-keyint=15:scenecut=0"],
+    );
+    let id = upload(&app, "keys", "video/mp4", clip).await;
+    let item = settled(&app, &id).await;
+    assert_eq!(item["status"], "processed", "{item}");
+    let frames: Vec<(i64, i64)> = item["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .map(|o| (o["frame_index"].as_i64().unwrap_or(-1), o["timestamp_ms"].as_i64().unwrap_or(-1)))
+        .collect();
+    assert_eq!(frames, [(0, 0), (1, 1500)], "{item}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cmyk_jpeg_comes_out_in_the_right_colours() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    put_pipeline(&app, "print", serde_json::json!({"width": 48, "height": 32, "fit": "fill"})).await;
+    // 48×32, left half red (220, 30, 30), right half blue (30, 30, 220), saved as CMYK by Pillow.
+    let cmyk = include_bytes!("fixtures/cmyk.jpg").to_vec();
+    let id = upload(&app, "print", "image/jpeg", cmyk).await;
+    let item = settled(&app, &id).await;
+    assert_eq!(item["status"], "processed", "{item}");
+    let key = item["outputs"][0]["key"].as_str().expect("key").to_owned();
+    let out = image::load_from_memory(&object(&app, &key).await).expect("png").to_rgb8();
+    let close = |pixel: &image::Rgb<u8>, want: [u8; 3]| pixel.0.iter().zip(want).all(|(a, b)| a.abs_diff(b) < 40);
+    assert!(close(out.get_pixel(6, 16), [220, 30, 30]), "left {:?}", out.get_pixel(6, 16));
+    assert!(close(out.get_pixel(42, 16), [30, 30, 220]), "right {:?}", out.get_pixel(42, 16));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_over_its_memory_cap_fails_the_video_and_the_rest_flows() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    // Far below what ffmpeg needs to map its libraries and decode: the cap must stop it.
+    config.preprocess.ffmpeg_memory_mib = 16;
+    let app = RunningApp::spawn(config).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clip = ffmpeg_clip(dir.path(), "big.mp4", &["-pix_fmt", "yuv420p", "-c:v", "libx264"]);
+    let capped = upload(&app, "capped", "video/mp4", clip).await;
+    let good = upload(&app, "capped", "image/png", png(30, 30, 7)).await;
+    let item = settled(&app, &capped).await;
+    assert_eq!(item["status"], "failed", "{item}");
+    // The address-space limit is what stopped it (ffmpeg cannot even map its libraries).
+    let error = item["error"].as_str().unwrap_or_default();
+    assert!(error.contains("ffmpeg") && (error.contains("map") || error.contains("alloc")), "{item}");
+    assert_eq!(settled(&app, &good).await["status"], "processed");
+}
