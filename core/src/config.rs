@@ -76,6 +76,9 @@ pub struct PreprocessConfig {
     pub ffmpeg_memory_mib: u64,
     /// Media left in `accepted` or `processing` longer than this are enqueued again.
     pub reconcile_after_secs: u64,
+    /// Deliveries that may start an item without finishing it (its worker died) before it is
+    /// failed and dead-lettered instead of crashing workers forever.
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,6 +311,7 @@ impl Config {
         rule(self.outbox.batch >= 1, "outbox.batch must be at least 1")?;
         rule(self.preprocess.concurrency >= 1, "preprocess.concurrency must be at least 1")?;
         rule(!self.preprocess.group_id.is_empty(), "preprocess.group_id must not be empty")?;
+        rule(self.preprocess.max_attempts >= 1, "preprocess.max_attempts must be at least 1")?;
         let trainer = &self.trainer;
         rule(
             ![&trainer.group_id, &trainer.coordinator_group_id, &trainer.retrain_group_id].iter().any(|g| g.is_empty()),

@@ -67,15 +67,19 @@ pub async fn state(ctx: &Context, id: Uuid) -> Result<Option<(String, Option<Str
     Ok(client.query_opt(&statement, &[&id]).await?.map(|row| (row.get(0), row.get(1))))
 }
 
-pub async fn mark_processing(ctx: &Context, id: Uuid) -> Result<(), StoreError> {
+/// Marks the item `processing`; with `new_attempt`, also counts one more delivery that started
+/// work on it, and returns the count. The count is reset when the item ends (processed or
+/// failed), so it counts the deliveries that never finished: each one a worker that died on it.
+pub async fn mark_processing(ctx: &Context, id: Uuid, new_attempt: bool) -> Result<i32, StoreError> {
     let client = ctx.db.get().await?;
     let statement = client
         .prepare_cached(
-            "UPDATE media SET status = 'processing', updated_at = now() WHERE id = $1 AND status <> 'processed'",
+            "UPDATE media SET status = 'processing', updated_at = now(), attempts = attempts + $2::int
+             WHERE id = $1 AND status <> 'processed' RETURNING attempts",
         )
         .await?;
-    client.execute(&statement, &[&id]).await?;
-    Ok(())
+    let row = client.query_opt(&statement, &[&id, &i32::from(new_attempt)]).await?;
+    Ok(row.map_or(0, |r| r.get(0)))
 }
 
 /// Records the outputs (upserts on the natural key), marks the item processed under `spec_hash`
@@ -105,7 +109,8 @@ pub async fn finish(
     // rebalance replay, a duplicate event) finds it processed and publishes nothing.
     let updated = tx
         .query_opt(
-            "UPDATE media SET status = 'processed', spec_hash = $2, error = NULL, processed_at = now(), updated_at = now()
+            "UPDATE media SET status = 'processed', spec_hash = $2, error = NULL, processed_at = now(), updated_at = now(),
+                    attempts = 0
              WHERE id = $1 AND NOT (status = 'processed' AND spec_hash IS NOT DISTINCT FROM $2)
              RETURNING id",
             &[&item.media_id, &spec_hash],
@@ -140,7 +145,7 @@ pub async fn fail(ctx: &Context, failed: MediaFailed, spec_hash: Option<&str>) -
     if let Some(id) = failed.media_id {
         let changed = tx
             .execute(
-                "UPDATE media SET status = 'failed', error = $2, spec_hash = $3, updated_at = now()
+                "UPDATE media SET status = 'failed', error = $2, spec_hash = $3, updated_at = now(), attempts = 0
                  WHERE id = $1 AND NOT (status = 'processed' AND spec_hash IS NOT DISTINCT FROM $3)",
                 &[&id, &failed.reason, &spec_hash],
             )

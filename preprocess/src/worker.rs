@@ -106,6 +106,9 @@ async fn handle(ctx: &Context, message: &BorrowedMessage<'_>, shutdown: &Shutdow
         }
     };
     let mut backoff = Duration::from_millis(200);
+    // Only the first try of a delivery counts as an attempt; retries after a transient failure
+    // within it do not.
+    let mut first_attempt = true;
     loop {
         let started = Instant::now();
         let spec = match store::spec(ctx, &event.dataset).await {
@@ -121,7 +124,8 @@ async fn handle(ctx: &Context, message: &BorrowedMessage<'_>, shutdown: &Shutdow
             }
         };
         let spec_hash = spec.hash();
-        match process(ctx, &event, &spec, &spec_hash).await {
+        let new_attempt = std::mem::take(&mut first_attempt);
+        match process(ctx, &event, &spec, &spec_hash, new_attempt).await {
             Ok(()) => {
                 metrics::histogram!("sluice_preprocess_item_duration_seconds", "kind" => event.kind.clone())
                     .record(started.elapsed().as_secs_f64());
@@ -179,7 +183,13 @@ async fn record_failure(
 }
 
 /// One item: skip when already processed under the current spec, else fetch, transform, store.
-async fn process(ctx: &Context, item: &MediaIngested, spec: &PipelineSpec, spec_hash: &str) -> Result<(), Failure> {
+async fn process(
+    ctx: &Context,
+    item: &MediaIngested,
+    spec: &PipelineSpec,
+    spec_hash: &str,
+    new_attempt: bool,
+) -> Result<(), Failure> {
     match store::state(ctx, item.media_id).await? {
         None => {
             tracing::warn!(media = %item.media_id, "event for unknown media; skipping");
@@ -190,7 +200,15 @@ async fn process(ctx: &Context, item: &MediaIngested, spec: &PipelineSpec, spec_
         }
         Some(_) => {}
     }
-    store::mark_processing(ctx, item.media_id).await?;
+    let attempts = store::mark_processing(ctx, item.media_id, new_attempt).await?;
+    let max_attempts = ctx.config.preprocess.max_attempts;
+    if new_attempt && attempts > max_attempts as i32 {
+        // Every earlier delivery started this item and never finished: it kills the worker.
+        return Err(Failure::Poison(format!(
+            "gave up after {} attempts: every earlier attempt stopped its worker mid-item",
+            attempts - 1
+        )));
+    }
     let started = Instant::now();
     let fetch_started = Instant::now();
     let object = ctx.s3.get_object().bucket(&ctx.config.s3.bucket).key(&item.raw_key).send().await.map_err(|e| {

@@ -468,3 +468,32 @@ async fn ffmpeg_over_its_memory_cap_fails_the_video_and_the_rest_flows() {
     assert!(error.contains("ffmpeg") && (error.contains("map") || error.contains("alloc")), "{item}");
     assert_eq!(settled(&app, &good).await["status"], "processed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_that_kept_killing_workers_is_dead_lettered_instead_of_retried_forever() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.preprocess.max_attempts = 3;
+    // Accepted while no preprocess worker runs.
+    let ingest = RunningApp::spawn_services(config.clone(), &[sluice::Service::Ingest]).await;
+    let doomed = upload(&ingest, "crashy", "image/png", png(20, 20, 1)).await;
+    let fine = upload(&ingest, "crashy", "image/png", png(20, 20, 2)).await;
+    // As if three earlier deliveries of `doomed` had each started it and died; `fine` only two.
+    let client = ingest.ctx.db.get().await.expect("connection");
+    for (id, attempts) in [(&doomed, 3), (&fine, 2)] {
+        let id = uuid::Uuid::parse_str(id).expect("id");
+        client
+            .execute("UPDATE media SET status = 'processing', attempts = $2 WHERE id = $1", &[&id, &attempts])
+            .await
+            .expect("set attempts");
+    }
+    let app = RunningApp::spawn_services(config, &[sluice::Service::Preprocess]).await;
+    let item = settled(&ingest, &doomed).await;
+    assert_eq!(item["status"], "failed", "{item}");
+    assert!(item["error"].as_str().is_some_and(|e| e.contains("gave up after 3 attempts")), "{item}");
+    assert_eq!(settled(&ingest, &fine).await["status"], "processed", "a third attempt is still allowed");
+    let dlq = app.ctx.topic(Topic::MediaDlq).to_string();
+    let events = read_topic(&app.ctx.config, &dlq, 2, Duration::from_secs(10)).await;
+    assert_eq!(events.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), [doomed.as_str()], "{events:?}");
+    assert_eq!(app.count("SELECT max(attempts)::bigint FROM media").await, 0, "ended items reset their count");
+}
