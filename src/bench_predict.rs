@@ -7,7 +7,6 @@
 //! machine's cores, as they do in the figures reported.
 
 use std::{
-    io::Cursor,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -103,13 +102,7 @@ async fn register_bench_model(ctx: &Context) -> anyhow::Result<String> {
 /// A 64×64 PNG of a synthetic shape: what the model was trained on.
 fn request_body() -> anyhow::Result<Vec<u8>> {
     let samples = synthetic::generate(&SyntheticSpec::rgb(64, CLASSES, 1, 3))?;
-    let plane = 64 * 64;
-    let rgb: Vec<u8> =
-        (0..plane).flat_map(|p| (0..3).map(move |c| (c, p))).map(|(c, p)| samples.images[c * plane + p]).collect();
-    let image = image::RgbImage::from_raw(64, 64, rgb).context("image size")?;
-    let mut out = Cursor::new(Vec::new());
-    image.write_to(&mut out, image::ImageFormat::Png)?;
-    Ok(out.into_inner())
+    sluice_media::png_from_chw(&samples.images, 64, 64).context("image size")
 }
 
 /// Runs `requests` predictions at `concurrency` against `url`.

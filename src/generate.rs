@@ -23,11 +23,11 @@ pub fn shapes(
     }
     let plane = size * size;
     for i in 0..count {
-        let chw = &samples.images[i * 3 * plane..(i + 1) * 3 * plane];
-        let rgb: Vec<u8> = (0..plane)
-            .flat_map(|p| (0..3).map(move |c| (i16::from(chw[c * plane + p]) + shift).clamp(0, 255) as u8))
+        let chw: Vec<u8> = samples.images[i * 3 * plane..(i + 1) * 3 * plane]
+            .iter()
+            .map(|&v| (i16::from(v) + shift).clamp(0, 255) as u8)
             .collect();
-        let image = image::RgbImage::from_raw(size as u32, size as u32, rgb).context("image size")?;
+        let image = sluice_media::rgb_from_chw(&chw, size as u32, size as u32).context("image size")?;
         let path = dir.join(&labels[samples.labels[i] as usize]).join(format!("{seed}-{i:05}.png"));
         image.save(&path).with_context(|| format!("writing {}", path.display()))?;
     }

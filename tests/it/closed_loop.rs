@@ -28,12 +28,10 @@ pub fn images(count: usize, seed: u64, shift: i16) -> Vec<(Vec<u8>, String)> {
     let plane = (SIZE * SIZE) as usize;
     (0..count)
         .map(|i| {
-            let chw = &samples.images[i * 3 * plane..(i + 1) * 3 * plane];
-            let rgb: Vec<u8> = (0..plane).flat_map(|p| (0..3).map(move |c| wash(chw[c * plane + p], shift))).collect();
-            let image = image::RgbImage::from_raw(SIZE, SIZE, rgb).expect("image");
-            let mut png = std::io::Cursor::new(Vec::new());
-            image.write_to(&mut png, image::ImageFormat::Png).expect("png");
-            (png.into_inner(), labels[samples.labels[i] as usize].clone())
+            let chw: Vec<u8> =
+                samples.images[i * 3 * plane..(i + 1) * 3 * plane].iter().map(|&v| wash(v, shift)).collect();
+            let png = sluice_media::png_from_chw(&chw, SIZE, SIZE).expect("an image");
+            (png, labels[samples.labels[i] as usize].clone())
         })
         .collect()
 }

@@ -37,18 +37,11 @@ pub(crate) fn samples(count: usize, seed: u64) -> Samples {
 /// Image `i` of `samples` as PNG bytes, with `shift` added to every pixel (a distribution shift).
 pub(crate) fn png(samples: &Samples, i: usize, shift: i16) -> Vec<u8> {
     let frame = samples.shape.len();
-    let plane = SIZE * SIZE;
-    let chw = &samples.images[i * frame..(i + 1) * frame];
-    let mut rgb = Vec::with_capacity(frame);
-    for p in 0..plane {
-        for c in 0..3 {
-            rgb.push((i16::from(chw[c * plane + p]) + shift).clamp(0, 255) as u8);
-        }
-    }
-    let image = image::RgbImage::from_raw(SIZE as u32, SIZE as u32, rgb).expect("image");
-    let mut out = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut out, image::ImageFormat::Png).expect("png");
-    out.into_inner()
+    let chw: Vec<u8> = samples.images[i * frame..(i + 1) * frame]
+        .iter()
+        .map(|&v| (i16::from(v) + shift).clamp(0, 255) as u8)
+        .collect();
+    sluice_media::png_from_chw(&chw, SIZE as u32, SIZE as u32).expect("an image")
 }
 
 /// Trains a small CNN in-process and registers it as the next version of `model`, with the

@@ -41,17 +41,10 @@ pub async fn seed_dataset(app: &RunningApp, dataset: &str, classes: usize, per_c
         .await
         .expect("pipeline");
     let frame = 3 * (size * size) as usize;
-    let plane = (size * size) as usize;
     let puts =
         samples.labels.iter().enumerate().map(|(i, &label)| {
-            let chw = &samples.images[i * frame..(i + 1) * frame];
-            let mut rgb = Vec::with_capacity(frame);
-            for p in 0..plane {
-                rgb.extend([chw[p], chw[plane + p], chw[2 * plane + p]]);
-            }
-            let image = image::RgbImage::from_raw(size, size, rgb).expect("image");
-            let mut png = std::io::Cursor::new(Vec::new());
-            image.write_to(&mut png, image::ImageFormat::Png).expect("png");
+            let png =
+                sluice_media::png_from_chw(&samples.images[i * frame..(i + 1) * frame], size, size).expect("an image");
             // Ids derived from the dataset, seed and index: the snapshot and its split, and so
             // every metric, are the same on every run.
             let digest = Sha256::digest(format!("{dataset}/{seed}/{i}"));
@@ -59,7 +52,7 @@ pub async fn seed_dataset(app: &RunningApp, dataset: &str, classes: usize, per_c
             let key = output_key(dataset, &hash, id, 0);
             let (client, hash, labels) = (&client, &hash, &labels);
             async move {
-                let bytes = png.into_inner();
+                let bytes = png;
                 sluice_core::s3::put_bytes(&app.ctx.s3, &app.ctx.config.s3.bucket, &key, bytes.clone(), "image/png")
                     .await
                     .expect("put output");

@@ -14,6 +14,7 @@ use sluice_core::{
     s3::{self, S3Error},
     training::{Snapshot, SnapshotItem, snapshot_key},
 };
+use sluice_media::Pixels;
 use sluice_nn::{InputShape, Samples};
 use uuid::Uuid;
 
@@ -163,17 +164,6 @@ fn decode(bytes: &[u8], shape: InputShape) -> Result<Vec<u8>, image::ImageError>
     } else {
         image
     };
-    let plane = shape.height * shape.width;
-    Ok(if shape.channels == 1 {
-        image.to_luma8().into_raw()
-    } else {
-        let rgb = image.to_rgb8();
-        let mut chw = vec![0u8; 3 * plane];
-        for (i, pixel) in rgb.pixels().enumerate() {
-            for c in 0..3 {
-                chw[c * plane + i] = pixel[c];
-            }
-        }
-        chw
-    })
+    let pixels = if shape.channels == 1 { Pixels::Gray(image.to_luma8()) } else { Pixels::Rgb(image.to_rgb8()) };
+    Ok(sluice_media::to_chw(&pixels))
 }
