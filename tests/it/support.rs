@@ -68,7 +68,9 @@ impl RunningApp {
         let admin_token = auth::create_token(&ctx.db, "test-admin", &[Scope::Admin]).await.expect("admin token");
         let shutdown = Shutdown::new();
         tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        Self { base_url, ctx, admin_token, http: reqwest::Client::new(), shutdown }
+        // A request that hangs fails its test after a minute instead of stalling the suite.
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().expect("HTTP client");
+        Self { base_url, ctx, admin_token, http, shutdown }
     }
 
     /// The single `count(*)` (or other BIGINT) value `sql` selects, read through the app's pool.
