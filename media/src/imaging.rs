@@ -11,6 +11,8 @@ use image::{
 };
 use sluice_core::pipeline::{Color, Fit, PipelineSpec};
 
+use crate::jpeg::{Jpeg, JpegError};
+
 /// Why an image can never be processed (a poison input).
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -21,6 +23,18 @@ pub enum ImageError {
     /// The header claims more pixels than allowed (a decompression bomb): nothing was decoded.
     #[error("{width}×{height} is over the {limit}-pixel limit")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
+    /// A progressive JPEG with more scans than any encoder writes (a CPU bomb): nothing decoded.
+    #[error("the JPEG has more than {limit} scans")]
+    TooManyScans { limit: usize },
+}
+
+impl From<JpegError> for ImageError {
+    fn from(err: JpegError) -> Self {
+        match err {
+            JpegError::TooManyScans { limit } => ImageError::TooManyScans { limit },
+            other => ImageError::Decode(other.to_string()),
+        }
+    }
 }
 
 /// A decoded, oriented image in the spec's colour space.
@@ -41,16 +55,22 @@ impl Pixels {
 
 /// Decodes `bytes` within `max_pixels` and a memory budget, applies the EXIF orientation and
 /// converts to the spec's colour: alpha is composited over black, 16-bit and palette images are
-/// reduced to 8-bit, CMYK JPEGs are converted by the decoder.
+/// reduced to 8-bit, CMYK JPEGs are converted by the decoder. A JPEG's structure is read first,
+/// so one over the pixel or scan limits is refused before any decoder sees its data.
 pub fn decode(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Result<Pixels, ImageError> {
     let started = Instant::now();
     let color = spec.color;
-    if bytes.starts_with(&[0xFF, 0xD8, 0xFF])
-        && let Some(img) = decode_jpeg_scaled(bytes, spec, max_pixels)?
-    {
-        metrics::histogram!("sluice_image_stage_duration_seconds", "stage" => "decode")
-            .record(started.elapsed().as_secs_f64());
-        return Ok(convert(img, color));
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        let jpeg = Jpeg::parse(bytes)?;
+        let (width, height) = (jpeg.width, jpeg.height);
+        if u64::from(width) * u64::from(height) > max_pixels {
+            return Err(ImageError::TooManyPixels { width, height, limit: max_pixels });
+        }
+        if let Some(img) = decode_jpeg_scaled(bytes, &jpeg, spec)? {
+            metrics::histogram!("sluice_image_stage_duration_seconds", "stage" => "decode")
+                .record(started.elapsed().as_secs_f64());
+            return Ok(convert(img, color));
+        }
     }
     let decode_err = |e: image::ImageError| ImageError::Decode(e.to_string());
     let mut reader =
@@ -93,23 +113,13 @@ fn needed_source_size(sw: u32, sh: u32, spec: &PipelineSpec) -> (f64, f64) {
     (f64::from(sw) * s, f64::from(sh) * s)
 }
 
-/// DCT-domain downscaling: when the target is much smaller than a JPEG, libjpeg-turbo decodes it
-/// at a reduced scale (1/8 to 7/8, reduced IDCT), keeping at least twice the needed resolution for
-/// the Lanczos pass. `None` when the fast path does not apply (no useful scale, CMYK data): the
-/// general decoder handles those.
-fn decode_jpeg_scaled(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Result<Option<DynamicImage>, ImageError> {
-    let decode_err = |e: turbojpeg::Error| ImageError::Decode(e.to_string());
-    let mut decompressor = turbojpeg::Decompressor::new().map_err(decode_err)?;
-    let header = decompressor.read_header(bytes).map_err(decode_err)?;
-    let (sw, sh) = (header.width as u32, header.height as u32);
-    if u64::from(sw) * u64::from(sh) > max_pixels {
-        return Err(ImageError::TooManyPixels { width: sw, height: sh, limit: max_pixels });
-    }
-    let format = match header.colorspace {
-        turbojpeg::Colorspace::Gray => turbojpeg::PixelFormat::GRAY,
-        turbojpeg::Colorspace::YCbCr | turbojpeg::Colorspace::RGB => turbojpeg::PixelFormat::RGB,
-        _ => return Ok(None),
-    };
+/// DCT-domain downscaling: when the target is much smaller than a JPEG, it is decoded at a
+/// reduced scale (1/8 to 7/8), keeping at least twice the needed resolution for the Lanczos pass.
+/// At 1/8, the usual case for photos, Sluice's own DC-only decoder ([`crate::jpeg`]) does it,
+/// with exactly libjpeg-turbo's output; otherwise libjpeg-turbo's reduced IDCT. `None` when the
+/// fast path does not apply (no useful scale, CMYK data): the general decoder handles those.
+fn decode_jpeg_scaled(bytes: &[u8], jpeg: &Jpeg<'_>, spec: &PipelineSpec) -> Result<Option<DynamicImage>, ImageError> {
+    let (sw, sh) = (jpeg.width, jpeg.height);
     let orientation = jpeg_exif(bytes).and_then(exif_orientation).unwrap_or(1);
     // Rotated images swap the axes the target applies to.
     let (aw, ah) = if orientation >= 5 { (sh, sw) } else { (sw, sh) };
@@ -120,7 +130,31 @@ fn decode_jpeg_scaled(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Res
     let Some(num) = (1..8).find(|&n| f64::from(scaled(sw, n)) >= want_w && f64::from(scaled(sh, n)) >= want_h) else {
         return Ok(None);
     };
-    let (w, h) = (scaled(sw, num), scaled(sh, num));
+    let mut img = if num == 1 && jpeg.eighth_unsupported().is_none() {
+        jpeg.decode_eighth()?
+    } else {
+        match decode_turbo(bytes, scaled(sw, num), scaled(sh, num))? {
+            Some(img) => img,
+            None => return Ok(None),
+        }
+    };
+    if let Some(orientation) = image::metadata::Orientation::from_exif(orientation) {
+        img.apply_orientation(orientation);
+    }
+    Ok(Some(img))
+}
+
+/// libjpeg-turbo's decode at the scale that yields `w`×`h`; `None` for colour spaces it does not
+/// convert to RGB (CMYK, YCCK).
+fn decode_turbo(bytes: &[u8], w: u32, h: u32) -> Result<Option<DynamicImage>, ImageError> {
+    let decode_err = |e: turbojpeg::Error| ImageError::Decode(e.to_string());
+    let mut decompressor = turbojpeg::Decompressor::new().map_err(decode_err)?;
+    let header = decompressor.read_header(bytes).map_err(decode_err)?;
+    let format = match header.colorspace {
+        turbojpeg::Colorspace::Gray => turbojpeg::PixelFormat::GRAY,
+        turbojpeg::Colorspace::YCbCr | turbojpeg::Colorspace::RGB => turbojpeg::PixelFormat::RGB,
+        _ => return Ok(None),
+    };
     let channels = if format == turbojpeg::PixelFormat::GRAY { 1 } else { 3 };
     let mut pixels = vec![0u8; (w * h) as usize * channels];
     let output = turbojpeg::Image {
@@ -131,15 +165,12 @@ fn decode_jpeg_scaled(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Res
         format,
     };
     decompressor.decompress(bytes, output).map_err(decode_err)?;
-    let mut img = if channels == 1 {
+    let img = if channels == 1 {
         GrayImage::from_raw(w, h, pixels).map(DynamicImage::ImageLuma8)
     } else {
         RgbImage::from_raw(w, h, pixels).map(DynamicImage::ImageRgb8)
     }
     .ok_or_else(|| ImageError::Decode("the decoder returned a short buffer".into()))?;
-    if let Some(orientation) = image::metadata::Orientation::from_exif(orientation) {
-        img.apply_orientation(orientation);
-    }
     Ok(Some(img))
 }
 
@@ -348,16 +379,31 @@ mod tests {
 
     #[test]
     fn dct_scaled_jpeg_decoding_matches_a_full_decode_reference() {
-        let source = photo(1920, 1080);
-        let jpeg = encoded(DynamicImage::ImageRgb8(source), image::ImageFormat::Jpeg);
-        let spec = PipelineSpec { width: 64, height: 64, fit: Fit::Fill, ..PipelineSpec::default() };
-        assert!(decode_jpeg_scaled(&jpeg, &spec, 50_000_000).expect("decodes").is_some(), "the fast path applies");
-        let (out, ..) = process(&jpeg, &spec, 50_000_000).expect("process");
-        let fast = image::load_from_memory(&out).expect("png").to_rgb8();
-        let full = image::load_from_memory(&jpeg).expect("jpeg").to_rgb8();
-        let reference = image::imageops::resize(&full, 64, 64, image::imageops::FilterType::Lanczos3);
-        let quality = psnr(fast.as_raw(), reference.as_raw());
-        assert!(quality >= 35.0, "PSNR {quality:.1} dB against a full-decode Lanczos resize");
+        let (w, h) = (1920, 1080);
+        let source = photo(w, h);
+        for subsamp in [turbojpeg::Subsamp::None, turbojpeg::Subsamp::Sub2x2] {
+            let image = turbojpeg::Image {
+                pixels: source.as_raw().as_slice(),
+                width: w as usize,
+                pitch: 3 * w as usize,
+                height: h as usize,
+                format: turbojpeg::PixelFormat::RGB,
+            };
+            let jpeg = turbojpeg::compress(image, 90, subsamp).expect("compress").to_vec();
+            let full = image::load_from_memory(&jpeg).expect("jpeg");
+            let parsed = Jpeg::parse(&jpeg).expect("parses");
+            assert!(parsed.eighth_unsupported().is_none(), "the DC-only decoder applies");
+            for (tw, th, fit) in [(64, 64, Fit::Fill), (64, 64, Fit::Cover), (300, 200, Fit::Fill)] {
+                let spec = PipelineSpec { width: tw, height: th, fit, ..PipelineSpec::default() };
+                assert!(decode_jpeg_scaled(&jpeg, &parsed, &spec).expect("decodes").is_some(), "a scale applies");
+                let (out, ..) = process(&jpeg, &spec, 50_000_000).expect("process");
+                let fast = image::load_from_memory(&out).expect("png").to_rgb8();
+                let reference = resize(&Pixels::Rgb(full.to_rgb8()), &spec).expect("resize");
+                let Pixels::Rgb(reference) = reference else { unreachable!("rgb in, rgb out") };
+                let quality = psnr(fast.as_raw(), reference.as_raw());
+                assert!(quality >= 35.0, "{subsamp:?} {tw}×{th} {fit:?}: PSNR {quality:.1} dB against a full decode");
+            }
+        }
     }
 
     #[test]
@@ -366,6 +412,24 @@ mod tests {
         let exif = b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0\x06\0\0\0\0\0\0\0";
         assert_eq!(exif_orientation(exif), Some(6));
         assert_eq!(exif_orientation(b"garbage"), None);
+    }
+
+    #[test]
+    fn a_progressive_scan_bomb_is_refused_before_decoding() {
+        let file = include_bytes!("../testdata/progressive_gray.jpg");
+        let last_scan = file.windows(2).rposition(|w| w == [0xFF, 0xDA]).expect("a scan");
+        let end = file.len() - 2;
+        let mut bomb = file[..end].to_vec();
+        for _ in 0..crate::jpeg::MAX_SCANS {
+            bomb.extend_from_slice(&file[last_scan..end]);
+        }
+        bomb.extend_from_slice(&[0xFF, 0xD9]);
+        let big = PipelineSpec { width: 300, height: 200, ..PipelineSpec::default() };
+        for spec in [PipelineSpec::default(), big] {
+            let err = process(&bomb, &spec, 50_000_000).expect_err("refused");
+            assert!(matches!(err, ImageError::TooManyScans { .. }), "{err}");
+        }
+        assert!(process(file, &PipelineSpec::default(), 50_000_000).is_ok(), "the original decodes");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! [`imaging::resize`] under the same pipeline spec, so serving sees the training pixels.
 
 pub mod imaging;
+pub mod jpeg;
 
 pub use imaging::{ImageError, Pixels};
 
