@@ -351,6 +351,9 @@ impl<'a> Jpeg<'a> {
         }
         let (mcus_x, mcus_y) =
             if single { geometry.blocks(scan.components[0].index) } else { (geometry.mcus_x, geometry.mcus_y) };
+        if !self.progressive {
+            return sequential_dc(scan, &mut lanes, planes, (mcus_x, mcus_y));
+        }
         let mut bits = Bits::new(scan.data);
         let (mut next_restart, mut until_restart) = (0u8, scan.restart_interval);
         let shift = u32::from(scan.al);
@@ -377,8 +380,7 @@ impl<'a> Jpeg<'a> {
                                 // taken): the whole block, for the 2×2 inverse DCT.
                                 let mut block = [0i32; 64];
                                 if let Some(dc) = lane.dc {
-                                    let size = dc.decode(&mut bits)?;
-                                    lane.predictor = lane.predictor.wrapping_add(bits.receive_extend(u32::from(size)));
+                                    lane.predictor = lane.predictor.wrapping_add(dc.decode_difference(&mut bits)?);
                                 }
                                 block[0] = lane.predictor;
                                 if let Some(ac) = lane.ac {
@@ -393,8 +395,7 @@ impl<'a> Jpeg<'a> {
                             let coefficient = &mut plane[y * lane.stride + x];
                             match lane.dc {
                                 Some(dc) => {
-                                    let size = dc.decode(&mut bits)?;
-                                    lane.predictor = lane.predictor.wrapping_add(bits.receive_extend(u32::from(size)));
+                                    lane.predictor = lane.predictor.wrapping_add(dc.decode_difference(&mut bits)?);
                                     *coefficient = lane.predictor.wrapping_shl(shift);
                                 }
                                 None => {
@@ -414,6 +415,85 @@ impl<'a> Jpeg<'a> {
         }
         Ok(())
     }
+}
+
+/// Sequential scans, the common case: per block, one DC difference decoded and the AC
+/// coefficients skipped, or for 2×2 components the whole block decoded for [`idct_2x2`]. The
+/// same work as the general loop in [`Jpeg::decode_scan`], with the block order of an MCU
+/// resolved once.
+fn sequential_dc(
+    scan: &Scan<'_>,
+    lanes: &mut [Lane<'_>],
+    planes: &mut [Vec<i32>],
+    (mcus_x, mcus_y): (usize, usize),
+) -> Result<(), JpegError> {
+    let missing = || JpegError::Corrupt("a scan without Huffman tables");
+    let mut tables = Vec::with_capacity(lanes.len());
+    for lane in lanes.iter() {
+        tables.push((lane.dc.ok_or_else(missing)?, lane.ac.ok_or_else(missing)?));
+        if lanes.iter().filter(|other| other.index == lane.index).count() > 1 {
+            return Err(JpegError::Corrupt("a component twice in one scan"));
+        }
+    }
+    // Each block of an MCU: its lane and its offset from the lane's MCU origin (in samples: a
+    // 2×2 component's blocks are two samples wide and tall).
+    let order: Vec<(usize, usize)> = lanes
+        .iter()
+        .enumerate()
+        .flat_map(|(l, lane)| {
+            let scale = if lane.quant.is_some() { 2 } else { 1 };
+            (0..lane.blocks.1)
+                .flat_map(move |by| (0..lane.blocks.0).map(move |bx| (l, scale * (by * lane.stride + bx))))
+        })
+        .collect();
+    let scales: Vec<usize> = lanes.iter().map(|lane| if lane.quant.is_some() { 2 } else { 1 }).collect();
+    let mut bits = Bits::new(scan.data);
+    let (mut next_restart, mut until_restart) = (0u8, scan.restart_interval);
+    let mut predictors = [0i32; 4];
+    let mut origins = [0usize; 4];
+    for my in 0..mcus_y {
+        for ((origin, lane), scale) in origins.iter_mut().zip(lanes.iter()).zip(&scales) {
+            *origin = scale * my * lane.blocks.1 * lane.stride;
+        }
+        for _ in 0..mcus_x {
+            if scan.restart_interval > 0 {
+                if until_restart == 0 {
+                    bits = bits.restarted(next_restart)?;
+                    next_restart = (next_restart + 1) & 7;
+                    until_restart = scan.restart_interval;
+                    predictors = [0; 4];
+                }
+                until_restart -= 1;
+            }
+            for &(l, offset) in &order {
+                let (dc, ac) = tables[l];
+                bits.ensure();
+                predictors[l] = predictors[l].wrapping_add(dc.decode_difference(&mut bits)?);
+                let plane = &mut planes[lanes[l].index];
+                let at = origins[l] + offset;
+                match &lanes[l].quant {
+                    None => {
+                        plane[at] = predictors[l];
+                        ac.skip_block(&mut bits)?;
+                    }
+                    Some(quant) => {
+                        let mut block = [0i32; 64];
+                        block[0] = predictors[l];
+                        ac.decode_block(&mut bits, &mut block)?;
+                        let out = idct_2x2(&block, quant);
+                        let stride = lanes[l].stride;
+                        plane[at..at + 2].copy_from_slice(&out[..2]);
+                        plane[at + stride..at + stride + 2].copy_from_slice(&out[2..]);
+                    }
+                }
+            }
+            for ((origin, lane), scale) in origins.iter_mut().zip(lanes.iter()).zip(&scales) {
+                *origin += scale * lane.blocks.0;
+            }
+        }
+        bits.check_not_truncated()?;
+    }
+    Ok(())
 }
 
 /// What a scan needs per component, resolved once.

@@ -37,12 +37,15 @@ impl<'a> Bits<'a> {
             && let Some(&chunk) = self.data.get(self.pos..self.pos + 8).and_then(|c| <&[u8; 8]>::try_from(c).ok())
         {
             let word = u64::from_be_bytes(chunk);
-            if !has_ff_byte(word) {
-                let take = (64 - self.count) / 8;
+            // Bytes up to the first 0xFF (stuffing or a marker) need no care.
+            let take = ((64 - self.count) / 8).min(first_ff_byte(word));
+            if take > 0 {
                 self.acc |= (word >> (64 - 8 * take)) << (64 - self.count - 8 * take);
                 self.count += 8 * take;
                 self.pos += take as usize;
-                return;
+                if self.count >= 32 {
+                    return;
+                }
             }
         }
         *self = self.refilled_bytewise();
@@ -134,11 +137,13 @@ impl<'a> Bits<'a> {
     }
 }
 
-/// Whether any byte of `word` is `0xFF` (a zero byte of `!word`, by the classic bit trick).
-fn has_ff_byte(word: u64) -> bool {
+/// Index (0 = most significant) of the first `0xFF` byte of `word`, 8 when there is none: the
+/// first zero byte of `!word`, by the classic bit trick (exact for the first one; borrows can
+/// only flag bytes after it).
+fn first_ff_byte(word: u64) -> u32 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
-    (!word).wrapping_sub(ONES) & word & HIGHS != 0
+    ((!word).wrapping_sub(ONES) & word & HIGHS).leading_zeros() / 8
 }
 
 #[cfg(test)]
@@ -146,11 +151,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_ff_bytes_anywhere_in_a_word() {
-        assert!(!has_ff_byte(0x0001_02FE_7F80_FE00));
+    fn finds_the_first_ff_byte_of_a_word() {
+        assert_eq!(first_ff_byte(0x0001_02FE_7F80_FE00), 8);
         for i in 0..8 {
-            assert!(has_ff_byte(0xFF << (8 * i)), "byte {i}");
+            assert_eq!(first_ff_byte(0xFF << (8 * (7 - i))), i, "byte {i}");
+            assert_eq!(first_ff_byte((0xFF << (8 * (7 - i))) | 0xFF), i, "byte {i} and the last");
         }
+        assert_eq!(first_ff_byte(0x00FF_FF00_0000_0000), 1);
     }
 
     #[test]

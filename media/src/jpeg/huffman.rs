@@ -6,7 +6,7 @@ use super::{JpegError, bits::Bits};
 /// Bits looked at in one table lookup.
 pub(super) const LOOKAHEAD: u32 = 10;
 /// Bits looked at by the multi-symbol AC skipping table.
-const RUN_BITS: u32 = 11;
+const RUN_BITS: u32 = 12;
 
 /// One DHT table, ready for decoding DC differences and skipping AC coefficients.
 #[derive(Debug)]
@@ -22,6 +22,10 @@ pub(super) struct Huffman {
     /// even one fits. Skipping is a chain of dependent lookups, so covering two or three
     /// coefficients per lookup is most of the decoder's speed.
     run: Box<[u32; 1 << RUN_BITS]>,
+    /// By the next [`LOOKAHEAD`] bits: `bits | difference << 16`, a whole DC difference (code
+    /// and value) when it fits, or 0. For AC tables, `bits | advance << 8 | value << 16`: a
+    /// whole coefficient with how far the zig-zag index moves (64: end of block).
+    difference: Box<[u32; 1 << LOOKAHEAD]>,
     /// Largest code of each length (-1: none), and the offset from a code to its symbol index.
     max_code: [i32; 17],
     offset: [i32; 17],
@@ -62,9 +66,20 @@ impl Huffman {
             }
             code <<= 1;
         }
-        // Only AC tables skip; DC tables keep an empty run table.
+        // Only AC tables skip, only DC tables decode differences; the other table stays empty.
         let run = if dc { Box::new([0; 1 << RUN_BITS]) } else { runs(&fast, &max_code, &offset, symbols) };
-        Ok(Huffman { fast, skip, run, max_code, offset, symbols: symbols.to_vec() })
+        let mut difference = Box::new([0u32; 1 << LOOKAHEAD]);
+        for (pattern, entry) in difference.iter_mut().enumerate() {
+            let found = fast[pattern];
+            let (length, size) = (u32::from(found >> 8), u32::from(found & 15));
+            if found != 0 && length + size <= LOOKAHEAD {
+                let value = ((pattern as u32 >> (LOOKAHEAD - length - size)) & ((1 << size) - 1)) as i32;
+                let value = if size > 0 && value < 1 << (size - 1) { value - (1 << size) + 1 } else { value };
+                let advance = if dc { 0 } else { ac_advance(found as u8) };
+                *entry = (length + size) | advance << 8 | u32::from(value as i16 as u16) << 16;
+            }
+        }
+        Ok(Huffman { fast, skip, run, difference, max_code, offset, symbols: symbols.to_vec() })
     }
 
     /// Decodes one symbol; needs 16 bits available.
@@ -96,6 +111,18 @@ impl Huffman {
             }
         }
         Err(JpegError::Corrupt("a bad Huffman code"))
+    }
+
+    /// Decodes one DC difference (code and value); needs 31 bits available.
+    #[inline(always)]
+    pub(super) fn decode_difference(&self, bits: &mut Bits<'_>) -> Result<i32, JpegError> {
+        let entry = self.difference[bits.peek(LOOKAHEAD) as usize];
+        if entry != 0 {
+            bits.consume(entry & 0xFF);
+            return Ok(i32::from((entry >> 16) as u16 as i16));
+        }
+        let size = self.decode(bits)?;
+        Ok(bits.receive_extend(u32::from(size)))
     }
 
     /// Skips the AC coefficients 1..=63 of one block of a sequential scan.
@@ -133,6 +160,16 @@ impl Huffman {
         let mut k = 1;
         while k < 64 {
             bits.ensure();
+            let entry = self.difference[bits.peek(LOOKAHEAD) as usize];
+            if entry != 0 {
+                // A coefficient after `advance - 1` zeros; ZRL and end of block carry value 0,
+                // written past every coefficient so far, so harmless.
+                bits.consume(entry & 0xFF);
+                let at = k + ((entry >> 8) & 0xFF) as usize - 1;
+                block[super::ZIGZAG[at.min(63)]] = i32::from((entry >> 16) as u16 as i16);
+                k = at + 1;
+                continue;
+            }
             let symbol = self.decode(bits)?;
             let (run, size) = (usize::from(symbol >> 4), u32::from(symbol & 15));
             if size == 0 {
@@ -160,17 +197,19 @@ fn runs(
     symbols: &[u8],
 ) -> Box<[u32; 1 << RUN_BITS]> {
     // The code at the top of `bits` (left-aligned in RUN_BITS), if it is at most `room` long:
-    // from the single-symbol table, or one of the RUN_BITS-long codes.
+    // from the single-symbol table, or by libjpeg's walk for the longer ones.
     let code_at = |bits: u32, room: u32| -> Option<(u32, u8)> {
         let entry = fast[(bits >> (RUN_BITS - LOOKAHEAD)) as usize];
         let (length, symbol) = if entry != 0 {
             (u32::from(entry >> 8), entry as u8)
         } else {
-            let code = bits as i32;
-            if code > max_code[RUN_BITS as usize] {
-                return None;
-            }
-            (RUN_BITS, *usize::try_from(offset[RUN_BITS as usize] + code).ok().and_then(|i| symbols.get(i))?)
+            (LOOKAHEAD + 1..=RUN_BITS).find_map(|length| {
+                let code = (bits >> (RUN_BITS - length)) as i32;
+                (code <= max_code[length as usize])
+                    .then(|| usize::try_from(offset[length as usize] + code).ok().and_then(|i| symbols.get(i)))
+                    .flatten()
+                    .map(|&symbol| (length, symbol))
+            })?
         };
         (length <= room).then_some((length, symbol))
     };
