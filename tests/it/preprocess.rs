@@ -83,6 +83,8 @@ async fn images_of_every_kind_come_out_at_the_spec_size() {
         ("image/png", encode(image::DynamicImage::ImageLuma16(gray16), image::ImageFormat::Png)),
         ("image/webp", encode(image::DynamicImage::ImageRgba8(rgba.clone()), image::ImageFormat::WebP)),
         ("image/gif", encode(image::DynamicImage::ImageRgba8(rgba), image::ImageFormat::Gif)),
+        ("image/jpeg", include_bytes!("../../media/testdata/progressive_422.jpg").to_vec()),
+        ("image/jpeg", include_bytes!("../../media/testdata/restart_422.jpg").to_vec()),
     ];
     let mut ids = Vec::new();
     for (content_type, body) in inputs {
@@ -149,22 +151,33 @@ async fn undecodable_media_fail_with_a_reason_and_a_dlq_event_while_the_rest_flo
     }
     let mut random_video = vec![0x1A, 0x45, 0xDF, 0xA3];
     random_video.extend((0..4096).map(|i| (i * 7919 % 251) as u8));
+    // A progressive scan bomb: a valid file whose last scan repeats 300 times.
+    let file = include_bytes!("../../media/testdata/progressive_gray.jpg");
+    let last_scan = file.windows(2).rposition(|w| w == [0xFF, 0xDA]).expect("a scan");
+    let mut bomb = file[..file.len() - 2].to_vec();
+    for _ in 0..300 {
+        bomb.extend_from_slice(&file[last_scan..file.len() - 2]);
+    }
+    bomb.extend_from_slice(&[0xFF, 0xD9]);
     let bad_jpeg = upload(&app, "mixed", "image/jpeg", corrupt).await;
     let bad_video = upload(&app, "mixed", "video/x-matroska", random_video).await;
+    let scan_bomb = upload(&app, "mixed", "image/jpeg", bomb).await;
     let good = upload(&app, "mixed", "image/png", png(40, 40, 4)).await;
 
-    for id in [&bad_jpeg, &bad_video] {
+    for id in [&bad_jpeg, &bad_video, &scan_bomb] {
         let item = settled(&app, id).await;
         assert_eq!(item["status"], "failed", "{item}");
         assert!(item["error"].as_str().is_some_and(|e| e.len() > 10), "a readable reason: {item}");
     }
+    let bomb_item = settled(&app, &scan_bomb).await;
+    assert!(bomb_item["error"].as_str().is_some_and(|e| e.contains("scans")), "{bomb_item}");
     assert_eq!(settled(&app, &good).await["status"], "processed");
 
     let dlq = app.ctx.topic(Topic::MediaDlq).to_string();
-    let events = read_topic(&app.ctx.config, &dlq, 2, Duration::from_secs(20)).await;
+    let events = read_topic(&app.ctx.config, &dlq, 3, Duration::from_secs(20)).await;
     let mut failed: Vec<String> = events.iter().map(|(key, _)| key.clone()).collect();
     failed.sort();
-    let mut expected = vec![bad_jpeg, bad_video];
+    let mut expected = vec![bad_jpeg, bad_video, scan_bomb];
     expected.sort();
     assert_eq!(failed, expected, "{events:?}");
     assert!(events.iter().all(|(_, e)| e["data"]["reason"].as_str().is_some_and(|r| !r.is_empty())));
