@@ -74,7 +74,8 @@ pub struct PreprocessConfig {
     pub ffmpeg_timeout_ms: u64,
     /// ffmpeg's address-space limit, in MiB.
     pub ffmpeg_memory_mib: u64,
-    /// Media left in `accepted` or `processing` longer than this are enqueued again.
+    /// Media left in `accepted` or `processing` longer than this are checked: enqueued again when
+    /// their event was lost, left alone while it is still queued in the outbox or in Kafka.
     pub reconcile_after_secs: u64,
     /// Deliveries that may start an item without finishing it (its worker died) before it is
     /// failed and dead-lettered instead of crashing workers forever.

@@ -176,6 +176,57 @@ pub async fn report_lag(consumer: std::sync::Arc<SluiceConsumer>, topic: String,
     }
 }
 
+/// Where a consumer group stands on one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupPosition {
+    /// The group's committed offset (the next message it will read); `None` before its first
+    /// commit on this partition.
+    pub committed: Option<i64>,
+    /// The partition's first retained offset and its next offset (the high watermark).
+    pub low: i64,
+    pub high: i64,
+}
+
+impl GroupPosition {
+    /// Whether the message at `offset` is still ahead of the group: retained by the broker and
+    /// not yet past the group's committed offset. (With no commit yet the group starts from the
+    /// earliest retained message, as Sluice's consumers do.)
+    pub fn still_queued(&self, offset: i64) -> bool {
+        let start = self.committed.unwrap_or(self.low).max(self.low);
+        offset >= start && offset < self.high
+    }
+}
+
+/// `group`'s committed offset and the watermarks of every partition of `topic`, read without
+/// joining the group (an OffsetFetch and a ListOffsets per partition).
+pub async fn group_positions(
+    config: &KafkaConfig,
+    group: &str,
+    topic: &str,
+) -> Result<std::collections::HashMap<i32, GroupPosition>, KafkaError> {
+    let consumer: BaseConsumer =
+        client_config(config).set("group.id", group).set("enable.auto.commit", "false").create()?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let timeout = Duration::from_secs(5);
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        let mut partitions = rdkafka::TopicPartitionList::new();
+        for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+            partitions.add_partition(&topic, partition.id());
+        }
+        let committed = consumer.committed_offsets(partitions, timeout)?;
+        let mut positions = std::collections::HashMap::new();
+        for element in committed.elements() {
+            let (low, high) = consumer.fetch_watermarks(&topic, element.partition(), timeout)?;
+            let committed = element.offset().to_raw().filter(|&offset| offset >= 0);
+            positions.insert(element.partition(), GroupPosition { committed, low, high });
+        }
+        Ok(positions)
+    })
+    .await
+    .unwrap_or_else(|_| Err(KafkaError::Canceled))
+}
+
 /// An admin client for topic management and metadata.
 pub fn admin(config: &KafkaConfig) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
     client_config(config).create()
@@ -242,4 +293,22 @@ pub async fn check_reachable(
     })
     .await
     .map_err(|e| format!("metadata task failed: {e}"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GroupPosition;
+
+    #[test]
+    fn a_message_is_queued_between_the_group_and_the_end_of_the_log() {
+        let position = GroupPosition { committed: Some(10), low: 5, high: 20 };
+        assert!(position.still_queued(10) && position.still_queued(19));
+        assert!(!position.still_queued(9), "the group has committed past it");
+        assert!(!position.still_queued(20), "beyond the log: the broker lost it");
+        let fresh = GroupPosition { committed: None, low: 5, high: 20 };
+        assert!(fresh.still_queued(5), "no commit yet: read from the earliest retained message");
+        assert!(!fresh.still_queued(4), "deleted before anyone read it");
+        let behind = GroupPosition { committed: Some(2), low: 5, high: 20 };
+        assert!(!behind.still_queued(3), "retention removed it before the group got there");
+    }
 }

@@ -194,8 +194,9 @@ impl<'a> Claimed<'a> {
         self.events.is_empty()
     }
 
-    /// Sends every claimed event (pipelined) and returns the acknowledged ids and the first error.
-    pub async fn publish(&self, ctx: &Context) -> (Vec<Uuid>, Option<String>) {
+    /// Sends every claimed event (pipelined) and returns the acknowledged ones (with where Kafka
+    /// stored them) and the first error.
+    pub async fn publish(&self, ctx: &Context) -> (Vec<Delivered>, Option<String>) {
         let sends = self.events.iter().map(|event| {
             let mut record = FutureRecord::to(&event.topic).key(&event.key).payload(&event.payload);
             if let Some(partition) = event.partition {
@@ -209,8 +210,8 @@ impl<'a> Claimed<'a> {
         let mut first_error = None;
         for (event, result) in self.events.iter().zip(results) {
             match result {
-                Ok(_) => {
-                    sent.push(event.id);
+                Ok(delivery) => {
+                    sent.push(Delivered { id: event.id, partition: delivery.partition, offset: delivery.offset });
                     let delay = (now - event.created_at).num_milliseconds().max(0) as f64 / 1000.0;
                     metrics::histogram!("sluice_outbox_publish_delay_seconds").record(delay);
                 }
@@ -222,12 +223,31 @@ impl<'a> Claimed<'a> {
         (sent, first_error)
     }
 
-    /// Marks `sent` as published and commits, releasing the rest for a later attempt.
-    pub async fn mark_sent(self, sent: &[Uuid]) -> Result<(), RelayError> {
-        self.tx.execute("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)", &[&sent]).await?;
+    /// Marks `sent` as published, with their partitions and offsets, and commits, releasing the
+    /// rest for a later attempt.
+    pub async fn mark_sent(self, sent: &[Delivered]) -> Result<(), RelayError> {
+        let ids: Vec<Uuid> = sent.iter().map(|d| d.id).collect();
+        let partitions: Vec<i32> = sent.iter().map(|d| d.partition).collect();
+        let offsets: Vec<i64> = sent.iter().map(|d| d.offset).collect();
+        self.tx
+            .execute(
+                "UPDATE outbox o SET sent_at = now(), sent_partition = d.part, sent_offset = d.pos
+                 FROM unnest($1::uuid[], $2::int[], $3::bigint[]) AS d(id, part, pos)
+                 WHERE o.id = d.id",
+                &[&ids, &partitions, &offsets],
+            )
+            .await?;
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// An event Kafka acknowledged, and where it stored it.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivered {
+    pub id: Uuid,
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// Events committed but not yet acknowledged by Kafka.

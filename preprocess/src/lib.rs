@@ -5,8 +5,9 @@
 //! frames with ffmpeg ([`video`]) according to the dataset's pipeline spec, writes the outputs to
 //! S3, records them in PostgreSQL and announces `media.processed` through the outbox. Undecodable
 //! media end `failed` with a reason and a `media.dlq` event. A reconciler re-enqueues items stuck
-//! in `accepted` or `processing`. Routes: `PUT/GET /v1/datasets/{name}/pipeline`,
-//! `POST /v1/datasets/{name}/reprocess`.
+//! in `accepted` or `processing` whose event was lost, telling them from items merely queued in
+//! a Kafka backlog by the event's recorded offset and the group's committed offset.
+//! Routes: `PUT/GET /v1/datasets/{name}/pipeline`, `POST /v1/datasets/{name}/reprocess`.
 
 /// Decoding and resizing live in `sluice-media`, shared with inference.
 pub use sluice_media::imaging;
@@ -48,10 +49,16 @@ async fn reconciler(ctx: Context, shutdown: Shutdown) {
             () = tokio::time::sleep(every) => {}
         }
         match store::reconcile(&ctx, after as f64).await {
-            Ok(0) => {}
-            Ok(n) => {
-                metrics::counter!("sluice_preprocess_reenqueued_total").increment(n);
-                tracing::info!(items = n, "re-enqueued media stuck before processing");
+            Ok(found) => {
+                metrics::gauge!("sluice_preprocess_overdue_queued").set(found.queued as f64);
+                if found.reenqueued > 0 {
+                    metrics::counter!("sluice_preprocess_reenqueued_total").increment(found.reenqueued);
+                    tracing::info!(
+                        items = found.reenqueued,
+                        still_queued = found.queued,
+                        "re-enqueued media whose events were lost"
+                    );
+                }
             }
             Err(err) => tracing::warn!(error = %err, "reconciler failed"),
         }
@@ -78,7 +85,14 @@ fn describe_metrics() {
         "Transient failures retried (S3 or PostgreSQL away)."
     );
     metrics::describe_counter!("sluice_preprocess_frames_extracted_total", "Video frames extracted.");
-    metrics::describe_counter!("sluice_preprocess_reenqueued_total", "Items re-enqueued by the reconciler.");
+    metrics::describe_counter!(
+        "sluice_preprocess_reenqueued_total",
+        "Items re-enqueued by the reconciler because their media.ingested event was lost."
+    );
+    metrics::describe_gauge!(
+        "sluice_preprocess_overdue_queued",
+        "Items past the reconcile deadline whose event is still queued (outbox or Kafka backlog)."
+    );
     metrics::describe_histogram!(
         "sluice_preprocess_stage_duration_seconds",
         metrics::Unit::Seconds,

@@ -5,6 +5,7 @@ use sluice_core::{
     Context,
     db::DbError,
     events::Envelope,
+    kafka,
     media::MediaIngested,
     outbox,
     pipeline::{MediaFailed, MediaProcessed, Output, PipelineSpec},
@@ -199,15 +200,78 @@ async fn reenqueue(
     Ok(rows.len() as u64)
 }
 
-/// Re-enqueues items stuck in `accepted` or `processing` for longer than `older_than_secs`
-/// (covers a broker that lost messages, or a worker that died mid-item before redelivery).
-pub async fn reconcile(ctx: &Context, older_than_secs: f64) -> Result<u64, StoreError> {
-    reenqueue(
-        ctx,
-        "status IN ('accepted', 'processing') AND updated_at < now() - make_interval(secs => $1)",
-        &older_than_secs,
-    )
-    .await
+/// What one reconciler pass found among the items past their deadline.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Items whose event was lost (or cannot be found): enqueued again.
+    pub reenqueued: u64,
+    /// Items whose event is still on its way: in the outbox, or in Kafka ahead of the group's
+    /// committed offset (a backlog, or a worker still on it). Left alone.
+    pub queued: u64,
+}
+
+/// Looks at items in `accepted` or `processing` for longer than `older_than_secs` and enqueues
+/// again those whose `media.ingested` event was lost: published at an offset the broker no longer
+/// has (truncated or deleted unread), or one the group has committed past without finishing the
+/// item, or with no outbox record at all. Items merely queued behind a backlog are left alone, so
+/// a long backlog is not doubled by re-enqueues. While Kafka cannot be asked, only items with no
+/// outbox record are re-enqueued.
+pub async fn reconcile(ctx: &Context, older_than_secs: f64) -> Result<Reconciled, StoreError> {
+    let topic = ctx.topic(Topic::MediaIngested).to_string();
+    let rows = ctx
+        .db
+        .get()
+        .await?
+        .query(
+            "SELECT m.id, o.id IS NOT NULL, o.sent_at IS NOT NULL, o.sent_partition, o.sent_offset
+             FROM media m
+             LEFT JOIN LATERAL (
+                 SELECT id, sent_at, sent_partition, sent_offset FROM outbox
+                 WHERE key = m.id::text AND topic = $2 ORDER BY created_at DESC LIMIT 1
+             ) o ON true
+             WHERE m.status IN ('accepted', 'processing') AND m.updated_at < now() - make_interval(secs => $1)
+             ORDER BY m.updated_at LIMIT 10000",
+            &[&older_than_secs, &topic],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(Reconciled::default());
+    }
+    let positions = match kafka::group_positions(&ctx.config.kafka, &ctx.config.preprocess.group_id, &topic).await {
+        Ok(positions) => Some(positions),
+        Err(err) => {
+            tracing::warn!(error = %err, "reconciler cannot read the group's offsets; only items without an event are re-enqueued");
+            None
+        }
+    };
+    let mut lost = Vec::new();
+    let mut queued = 0;
+    for row in &rows {
+        let (id, recorded, sent): (Uuid, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        let at: Option<(i32, i64)> = row.get::<_, Option<i32>>(3).zip(row.get::<_, Option<i64>>(4));
+        let still_queued = match (recorded, sent, at) {
+            // The relay has not published it yet (Kafka away): it will.
+            (true, false, _) => true,
+            (true, true, Some((partition, offset))) => match &positions {
+                Some(positions) => positions.get(&partition).is_some_and(|p| p.still_queued(offset)),
+                None => true,
+            },
+            // No record of the event (pruned, or never written), or one from before delivery
+            // positions were recorded: the deadline alone decides.
+            _ => false,
+        };
+        if still_queued {
+            queued += 1;
+        } else {
+            lost.push(id);
+        }
+    }
+    let reenqueued = if lost.is_empty() {
+        0
+    } else {
+        reenqueue(ctx, "id = ANY($1) AND status IN ('accepted', 'processing')", &lost).await?
+    };
+    Ok(Reconciled { reenqueued, queued })
 }
 
 /// Re-runs the dataset's current spec over every item of the dataset.

@@ -3,7 +3,8 @@
 use std::{io::Cursor, process::Command, time::Duration};
 
 use serde_json::Value;
-use sluice_core::topics::Topic;
+use sluice_core::{Context, outbox, topics::Topic};
+use sluice_preprocess::store::{self, Reconciled};
 use sluice_testkit::{TestEnv, eventually};
 
 use crate::{
@@ -420,6 +421,85 @@ async fn the_reconciler_recovers_an_item_whose_event_was_lost() {
     .expect("media row");
     let item = settled(&app, &id.to_string()).await;
     assert_eq!(item["status"], "processed", "{item}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_re_enqueues_lost_events_but_leaves_a_backlog_alone() {
+    let env = TestEnv::new().await;
+    // No worker runs yet: the group has committed nothing, so a published event is a backlog.
+    let ctx = Context::new(env.config.clone()).await.expect("context");
+    ctx.bootstrap().await.expect("bootstrap");
+    let db = ctx.db.get().await.expect("conn");
+    db.execute("INSERT INTO datasets (name) VALUES ('overdue')", &[]).await.expect("dataset");
+    let mut ids = Vec::new();
+    for seed in 0..3 {
+        let id = uuid::Uuid::now_v7();
+        let key = format!("raw/overdue/{id}.png");
+        let body = png(16, 16, seed);
+        ctx.s3
+            .put_object()
+            .bucket(&ctx.config.s3.bucket)
+            .key(&key)
+            .body(body.clone().into())
+            .send()
+            .await
+            .expect("put");
+        db.execute(
+            "INSERT INTO media (id, dataset, kind, content_type, bytes, sha256, width, height, raw_key)
+             VALUES ($1, 'overdue', 'image', 'image/png', $2, $4, 16, 16, $3)",
+            &[&id, &(body.len() as i64), &key, &format!("sha-{seed}")],
+        )
+        .await
+        .expect("media row");
+        ids.push(id);
+    }
+    // Each item's media.ingested goes through the outbox to Kafka, where it waits unread.
+    assert_eq!(store::reprocess(&ctx, "overdue").await.expect("enqueue"), 3);
+    assert_eq!(outbox::publish_batch(&ctx).await.expect("publish"), 3);
+    let recorded: i64 = db
+        .query_one("SELECT count(*) FROM outbox WHERE sent_offset IS NOT NULL AND sent_partition IS NOT NULL", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(recorded, 3, "the relay records where Kafka stored each event");
+    // Item 1: the broker lost its event (the log ends before its offset). Item 2: no record of
+    // an event at all. All three are an hour past their deadline.
+    db.execute("UPDATE outbox SET sent_offset = sent_offset + 1000000 WHERE key = $1", &[&ids[1].to_string()])
+        .await
+        .expect("lose");
+    db.execute("DELETE FROM outbox WHERE key = $1", &[&ids[2].to_string()]).await.expect("forget");
+    db.execute("UPDATE media SET updated_at = now() - interval '1 hour' WHERE dataset = 'overdue'", &[])
+        .await
+        .expect("age");
+
+    let found = store::reconcile(&ctx, 60.0).await.expect("reconcile");
+    assert_eq!(found, Reconciled { reenqueued: 2, queued: 1 }, "only the queued item is left alone");
+    let events_of = |id: uuid::Uuid| {
+        let db = &db;
+        async move {
+            let n: i64 = db
+                .query_one("SELECT count(*) FROM outbox WHERE key = $1", &[&id.to_string()])
+                .await
+                .expect("count")
+                .get(0);
+            n
+        }
+    };
+    assert_eq!(
+        (events_of(ids[0]).await, events_of(ids[1]).await, events_of(ids[2]).await),
+        (1, 2, 1),
+        "new events for the lost two only"
+    );
+    let again = store::reconcile(&ctx, 60.0).await.expect("reconcile");
+    assert_eq!(again, Reconciled { reenqueued: 0, queued: 1 }, "nothing is enqueued twice");
+
+    // A worker drains the backlog and the re-enqueued events: every item ends processed once.
+    let app = RunningApp::spawn(env.config.clone()).await;
+    for id in &ids {
+        let item = settled(&app, &id.to_string()).await;
+        assert_eq!(item["status"], "processed", "{item}");
+        assert_eq!(item["outputs"].as_array().map(Vec::len), Some(1), "{item}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
