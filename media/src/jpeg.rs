@@ -322,7 +322,8 @@ impl<'a> Jpeg<'a> {
         Ok(Scan { components, ss, ah, al, restart_interval: 0, dc: [None; 4], ac: [None; 4], data })
     }
 
-    /// Decodes the DC coefficients of one scan into `planes` (skipping AC in sequential scans).
+    /// Decodes the DC coefficients of one scan into `planes` (skipping AC in sequential scans,
+    /// whole blocks of 2×2 components).
     fn decode_scan(&self, scan: &Scan<'_>, geometry: &Geometry, planes: &mut [Vec<i32>]) -> Result<(), JpegError> {
         let table = |slot: Option<usize>| {
             slot.map(|i| &self.tables[i]).ok_or(JpegError::Corrupt("a scan uses an undefined Huffman table"))
@@ -351,76 +352,91 @@ impl<'a> Jpeg<'a> {
         }
         let (mcus_x, mcus_y) =
             if single { geometry.blocks(scan.components[0].index) } else { (geometry.mcus_x, geometry.mcus_y) };
-        if !self.progressive {
-            return sequential_dc(scan, &mut lanes, planes, (mcus_x, mcus_y));
+        if self.progressive {
+            progressive_dc(scan, &mut lanes, planes, (mcus_x, mcus_y))
+        } else {
+            sequential_dc(scan, &mut lanes, planes, (mcus_x, mcus_y))
         }
-        let mut bits = Bits::new(scan.data);
-        let (mut next_restart, mut until_restart) = (0u8, scan.restart_interval);
-        let shift = u32::from(scan.al);
-        for my in 0..mcus_y {
-            for mx in 0..mcus_x {
-                if scan.restart_interval > 0 {
-                    if until_restart == 0 {
-                        bits = bits.restarted(next_restart)?;
-                        next_restart = (next_restart + 1) & 7;
-                        until_restart = scan.restart_interval;
-                        lanes.iter_mut().for_each(|lane| lane.predictor = 0);
-                    }
-                    until_restart -= 1;
-                }
-                for lane in &mut lanes {
-                    let plane = &mut planes[lane.index];
-                    let (bw, bh) = lane.blocks;
-                    for by in 0..bh {
-                        for bx in 0..bw {
-                            let (x, y) = (mx * bw + bx, my * bh + by);
-                            bits.ensure();
-                            if let Some(quant) = &lane.quant {
-                                // 4:2:0 chroma of a sequential file (progressive ones are not
-                                // taken): the whole block, for the 2×2 inverse DCT.
-                                let mut block = [0i32; 64];
-                                if let Some(dc) = lane.dc {
-                                    lane.predictor = lane.predictor.wrapping_add(dc.decode_difference(&mut bits)?);
-                                }
-                                block[0] = lane.predictor;
-                                if let Some(ac) = lane.ac {
-                                    ac.decode_block(&mut bits, &mut block)?;
-                                }
-                                let out = idct_2x2(&block, quant);
-                                let (row, stride) = (2 * y * lane.stride + 2 * x, lane.stride);
-                                plane[row..row + 2].copy_from_slice(&out[..2]);
-                                plane[row + stride..row + stride + 2].copy_from_slice(&out[2..]);
-                                continue;
+    }
+}
+
+/// A progressive file's DC scans: the first (DC differences, shifted by the successive
+/// approximation) and the refinements (one raw bit per block). AC scans are never decoded.
+fn progressive_dc(
+    scan: &Scan<'_>,
+    lanes: &mut [Lane<'_>],
+    planes: &mut [Vec<i32>],
+    (mcus_x, mcus_y): (usize, usize),
+) -> Result<(), JpegError> {
+    let mut bits = Bits::new(scan.data);
+    let mut restarts = Restarts::new(scan.restart_interval);
+    let shift = u32::from(scan.al);
+    for my in 0..mcus_y {
+        for mx in 0..mcus_x {
+            if restarts.before_mcu(&mut bits)? {
+                lanes.iter_mut().for_each(|lane| lane.predictor = 0);
+            }
+            for lane in lanes.iter_mut() {
+                let plane = &mut planes[lane.index];
+                let (bw, bh) = lane.blocks;
+                for by in 0..bh {
+                    for bx in 0..bw {
+                        let coefficient = &mut plane[(my * bh + by) * lane.stride + mx * bw + bx];
+                        bits.ensure();
+                        match lane.dc {
+                            Some(dc) => {
+                                lane.predictor = lane.predictor.wrapping_add(dc.decode_difference(&mut bits)?);
+                                *coefficient = lane.predictor.wrapping_shl(shift);
                             }
-                            let coefficient = &mut plane[y * lane.stride + x];
-                            match lane.dc {
-                                Some(dc) => {
-                                    lane.predictor = lane.predictor.wrapping_add(dc.decode_difference(&mut bits)?);
-                                    *coefficient = lane.predictor.wrapping_shl(shift);
+                            None => {
+                                if bits.take(1) == 1 {
+                                    *coefficient |= 1i32.wrapping_shl(shift);
                                 }
-                                None => {
-                                    if bits.take(1) == 1 {
-                                        *coefficient |= 1i32.wrapping_shl(shift);
-                                    }
-                                }
-                            }
-                            if let Some(ac) = lane.ac {
-                                ac.skip_block(&mut bits)?;
                             }
                         }
                     }
                 }
             }
-            bits.check_not_truncated()?;
         }
-        Ok(())
+        bits.check_not_truncated()?;
+    }
+    Ok(())
+}
+
+/// Restart-interval bookkeeping shared by the scan loops.
+#[derive(Debug)]
+struct Restarts {
+    interval: usize,
+    until: usize,
+    next: u8,
+}
+
+impl Restarts {
+    fn new(interval: usize) -> Self {
+        Restarts { interval, until: interval, next: 0 }
+    }
+
+    /// Before each MCU: when an interval has ended, moves `bits` past the expected `RSTn` and
+    /// answers `true` (DC predictions start again from zero).
+    #[inline(always)]
+    fn before_mcu(&mut self, bits: &mut Bits<'_>) -> Result<bool, JpegError> {
+        if self.interval == 0 {
+            return Ok(false);
+        }
+        let restart = self.until == 0;
+        if restart {
+            *bits = bits.restarted(self.next)?;
+            self.next = (self.next + 1) & 7;
+            self.until = self.interval;
+        }
+        self.until -= 1;
+        Ok(restart)
     }
 }
 
 /// Sequential scans, the common case: per block, one DC difference decoded and the AC
 /// coefficients skipped, or for 2×2 components the whole block decoded for [`idct_2x2`]. The
-/// same work as the general loop in [`Jpeg::decode_scan`], with the block order of an MCU
-/// resolved once.
+/// block order of an MCU is resolved once.
 fn sequential_dc(
     scan: &Scan<'_>,
     lanes: &mut [Lane<'_>],
@@ -448,7 +464,7 @@ fn sequential_dc(
         .collect();
     let scales: Vec<usize> = lanes.iter().map(|lane| if lane.quant.is_some() { 2 } else { 1 }).collect();
     let mut bits = Bits::new(scan.data);
-    let (mut next_restart, mut until_restart) = (0u8, scan.restart_interval);
+    let mut restarts = Restarts::new(scan.restart_interval);
     let mut predictors = [0i32; 4];
     let mut origins = [0usize; 4];
     for my in 0..mcus_y {
@@ -456,14 +472,8 @@ fn sequential_dc(
             *origin = scale * my * lane.blocks.1 * lane.stride;
         }
         for _ in 0..mcus_x {
-            if scan.restart_interval > 0 {
-                if until_restart == 0 {
-                    bits = bits.restarted(next_restart)?;
-                    next_restart = (next_restart + 1) & 7;
-                    until_restart = scan.restart_interval;
-                    predictors = [0; 4];
-                }
-                until_restart -= 1;
+            if restarts.before_mcu(&mut bits)? {
+                predictors = [0; 4];
             }
             for &(l, offset) in &order {
                 let (dc, ac) = tables[l];

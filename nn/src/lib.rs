@@ -42,6 +42,23 @@ pub use hyper::{Hyper, Optimizer, Schedule};
 pub use network::Network;
 pub use session::{EpochReport, Session, SessionSpec};
 
+/// The device networks train and run on: CUDA device 0 when built with the `cuda` feature and a
+/// GPU is there, otherwise the CPU; decided once per process. (candle's `cuda_if_available` only
+/// looks at how it was built, so a CUDA build on a machine without a GPU would fail instead of
+/// falling back.)
+pub fn device() -> candle_core::Device {
+    static DEVICE: std::sync::OnceLock<candle_core::Device> = std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            #[cfg(feature = "cuda")]
+            if let Ok(device) = candle_core::Device::new_cuda(0) {
+                return device;
+            }
+            candle_core::Device::Cpu
+        })
+        .clone()
+}
+
 /// The network families a trial can train.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]

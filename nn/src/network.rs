@@ -26,7 +26,7 @@ impl Network {
         let spec = ModelSpec { architecture: m.architecture, shape: m.shape, classes: m.classes, hidden: m.hidden };
         spec.validate()?;
         let values = spec.layout().iter().map(|p| file.take(p.name, &p.shape)).collect::<Result<Vec<_>>>()?;
-        let device = Device::cuda_if_available(0)?;
+        let device = crate::device();
         Ok(Network { model: Model::from_values(spec, values, &device)?, device })
     }
 

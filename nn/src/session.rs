@@ -90,9 +90,9 @@ fn take_group(
     layout.iter().map(|p| file.take(&format!("{prefix}.{}", p.name), &p.shape)).collect::<Result<_>>().map(Some)
 }
 
-/// CUDA when compiled in and present, else the CPU.
+/// CUDA when compiled in and present, else the CPU ([`crate::device`]).
 fn device() -> Result<Device> {
-    Ok(Device::cuda_if_available(0)?)
+    Ok(crate::device())
 }
 
 impl Session {

@@ -93,7 +93,7 @@ fn indices(lines: &[Value]) -> Vec<u64> {
     lines.iter().map(|line| line["index"].as_u64().expect("index")).collect()
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dataset_batch_writes_one_labelled_line_per_processed_item() {
     let env = TestEnv::new().await;
     let app = batch_app(chunked(&env, 4)).await;
@@ -146,7 +146,7 @@ async fn a_dataset_batch_writes_one_labelled_line_per_processed_item() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prefix_batch_scores_objects_in_key_order_and_notes_undecodable_ones() {
     let env = TestEnv::new().await;
     let app = batch_app(chunked(&env, 3)).await;
@@ -213,7 +213,7 @@ async fn parked_job(
     (app, base, inference, id)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_resumes_after_its_last_written_chunk_and_never_rewrites_it() {
     let env = TestEnv::new().await;
     let (app, base, inference, id) = parked_job(&env, 4, "resumed", 5, 51).await;
@@ -253,7 +253,7 @@ async fn a_job_resumes_after_its_last_written_chunk_and_never_rewrites_it() {
 
 /// A `sluice serve inference` process is killed with SIGKILL mid-job; a second one finishes the
 /// job from its last recorded chunk, and every item has exactly one line.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_job_is_replaced_without_duplicate_lines() {
     let env = TestEnv::new().await;
     let (app, base, _inference, id) = parked_job(&env, 2, "sturdy", 60, 61).await;
@@ -289,7 +289,7 @@ async fn a_worker_killed_mid_job_is_replaced_without_duplicate_lines() {
     assert_eq!(app.count(&format!("SELECT count(*) FROM predictions WHERE batch_id = '{id}'")).await, 180);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_batch_requests_leave_no_job_event_or_object() {
     let env = TestEnv::new().await;
     let app = batch_app(env.config.clone()).await;

@@ -134,7 +134,7 @@ async fn serve_stops_gracefully_on_sigterm() {
     assert!(logged.iter().any(|l| l.contains("\"stopped\"")), "{logged:?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_create_prints_a_token_with_exactly_the_scopes_asked_for() {
     use sluice_core::auth::{self, Scope};
     let env = TestEnv::new().await;

@@ -79,7 +79,7 @@ async fn model(app: &RunningApp) -> Value {
     json_of(response.expect("model")).await.1
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served() {
     let env = TestEnv::new().await;
     let mut config = env.config.clone();

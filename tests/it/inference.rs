@@ -128,7 +128,7 @@ async fn inference_app(env: &TestEnv) -> RunningApp {
     RunningApp::spawn_services(env.config.clone(), &[Service::Inference, Service::Registry]).await
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn predictions_use_the_training_preprocessing_and_are_recorded() {
     let env = TestEnv::new().await;
     let app = inference_app(&env).await;
@@ -206,7 +206,7 @@ async fn predictions_use_the_training_preprocessing_and_are_recorded() {
     assert!(metrics.contains("sluice_inference_batch_size_bucket{"), "{metrics}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_predict_requests_get_clear_4xx_and_record_nothing() {
     let env = TestEnv::new().await;
     let app = inference_app(&env).await;
@@ -251,7 +251,7 @@ async fn bad_predict_requests_get_clear_4xx_and_record_nothing() {
     assert_eq!(app.count("SELECT count(*) FROM predictions").await, 1, "only the good request is recorded");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_production_under_load_fails_no_request() {
     let env = TestEnv::new().await;
     let app = inference_app(&env).await;
@@ -305,7 +305,7 @@ async fn moving_production_under_load_fails_no_request() {
     assert_eq!(all.last().and_then(|(_, v)| *v), Some(i64::from(first)));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn canary_splits_traffic_and_shadow_scores_without_answering() {
     let env = TestEnv::new().await;
     let app = inference_app(&env).await;
@@ -360,7 +360,7 @@ async fn drift_state(app: &RunningApp, model: &str) -> Value {
     json_of(response.expect("drift")).await.1
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stationary_stream_raises_no_alarm_and_its_accuracy_is_estimated_without_labels() {
     let env = TestEnv::new().await;
     let app = inference_app(&env).await;
@@ -383,7 +383,7 @@ async fn a_stationary_stream_raises_no_alarm_and_its_accuracy_is_estimated_witho
     assert!((expected - accuracy).abs() < 0.1, "estimated {expected:.3}, true {accuracy:.3}: {drift:#}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shifted_stream_is_detected_and_one_retrain_request_is_published() {
     let env = TestEnv::new().await;
     let app = inference_app(&env).await;
@@ -408,7 +408,7 @@ async fn a_shifted_stream_is_detected_and_one_retrain_request_is_published() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_live_accuracy_from_feedback_requests_retraining_once() {
     let env = TestEnv::new().await;
     let mut config = env.config.clone();
@@ -443,7 +443,7 @@ async fn low_live_accuracy_from_feedback_requests_retraining_once() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alias_move_without_an_event_is_picked_up_from_postgres() {
     let env = TestEnv::new().await;
     let mut config = env.config.clone();

@@ -7,7 +7,7 @@ fn set(files: &[(&str, &str)]) -> Vec<migrate::Migration> {
     migrate::parse(files.iter().map(|(n, s)| ((*n).to_owned(), (*s).to_owned()))).expect("valid migrations")
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applies_every_migration_to_an_empty_database_and_a_rerun_is_a_no_op() {
     let env = TestEnv::new().await;
     let pool = env.pool();
@@ -26,7 +26,7 @@ async fn applies_every_migration_to_an_empty_database_and_a_rerun_is_a_no_op() {
     assert!(migrate::pending(&pool).await.expect("pending").is_empty());
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_runners_apply_each_migration_exactly_once() {
     let env = TestEnv::new().await;
     // Each migration fails if applied twice (duplicate key, duplicate column), and the sleep
@@ -56,7 +56,7 @@ async fn concurrent_runners_apply_each_migration_exactly_once() {
     assert_eq!(recorded, 3);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_migration_leaves_nothing_half_applied() {
     let env = TestEnv::new().await;
     let pool = env.pool();
@@ -79,7 +79,7 @@ async fn a_failing_migration_leaves_nothing_half_applied() {
     assert_eq!(versions, [1]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_applied_migration_that_changed_is_refused() {
     let env = TestEnv::new().await;
     let pool = env.pool();

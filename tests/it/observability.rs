@@ -22,7 +22,7 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_files_pass_promtool_compose_and_kubernetes_checks() {
     let output =
         Command::new("bash").arg(repo().join("deploy/check.sh")).current_dir(repo()).output().expect("run check.sh");
@@ -77,7 +77,7 @@ impl Drop for PrivatePrometheus {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_and_rule_query_returns_data_from_a_real_prometheus() {
     let env = TestEnv::new().await;
     let mut config = env.config.clone();

@@ -15,7 +15,7 @@ fn random_bytes(len: usize) -> Vec<u8> {
     bytes
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_get_head_list_and_delete_round_trip() {
     let env = TestEnv::new().await;
     let client = env.s3().await;
@@ -41,7 +41,7 @@ async fn put_get_head_list_and_delete_round_trip() {
     assert_eq!(err.raw_response().map(|r| r.status().as_u16()), Some(404));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_upload_over_16_mib_keeps_every_byte() {
     let env = TestEnv::new().await;
     let client = env.s3().await;
@@ -83,7 +83,7 @@ async fn multipart_upload_over_16_mib_keeps_every_byte() {
     assert_eq!(hex::encode(Sha256::digest(&bytes)), hex::encode(Sha256::digest(&body)));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_credentials_are_rejected() {
     let env = TestEnv::new().await;
     let mut config = env.config.s3.clone();

@@ -117,7 +117,7 @@ fn grid(model: &str, dataset: &str, space: Value, promote: &str) -> Value {
            "search": {"strategy": "grid", "space": space}, "seed": 7, "promote": promote})
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grid_search_trains_every_trial_registers_the_best_and_promotes_it() {
     let env = TestEnv::new().await;
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer, Service::Registry]).await;
@@ -164,7 +164,7 @@ async fn grid_search_trains_every_trial_registers_the_best_and_promotes_it() {
     assert!(events.iter().all(|(key, _)| key == "shapes-cnn"));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_data_seed_and_parameters_give_identical_metrics_and_artifacts() {
     let env = TestEnv::new().await;
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
@@ -189,7 +189,7 @@ async fn same_data_seed_and_parameters_give_identical_metrics_and_artifacts() {
     assert_eq!(first["promotion"]["promoted"], false);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn halving_keeps_the_best_third_and_continues_it_from_its_checkpoint() {
     let env = TestEnv::new().await;
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
@@ -219,7 +219,7 @@ async fn halving_keeps_the_best_third_and_continues_it_from_its_checkpoint() {
     assert_eq!(job["best_trial"], promoted["id"]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_training_requests_get_a_clear_4xx_and_leave_nothing_behind() {
     let env = TestEnv::new().await;
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
@@ -276,7 +276,7 @@ async fn bad_training_requests_get_a_clear_4xx_and_leave_nothing_behind() {
     assert_eq!(listed.expect("list").key_count(), Some(0), "no snapshot manifest was written");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_job_skips_its_trials_and_cannot_be_cancelled_twice() {
     let env = TestEnv::new().await;
     // Only the routes run: nothing consumes the trials, so the job is still queued when cancelled.
@@ -319,7 +319,7 @@ async fn a_cancelled_job_skips_its_trials_and_cannot_be_cancelled_twice() {
     assert_eq!(status, 404);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retrain_burst_starts_one_job_from_the_last_template() {
     let env = TestEnv::new().await;
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
@@ -360,7 +360,7 @@ async fn a_retrain_burst_starts_one_job_from_the_last_template() {
 
 /// Two worker processes share a job's trials; one is killed with SIGKILL mid-trial and the
 /// survivor finishes that trial from its last epoch checkpoint, recorded once.
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_trial_is_replaced_by_the_survivor_resuming_from_its_checkpoint() {
     let env = TestEnv::new().await;
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
@@ -467,7 +467,7 @@ async fn a_worker_killed_mid_trial_is_replaced_by_the_survivor_resuming_from_its
     assert_eq!(status, 200);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn if_better_keeps_production_when_the_new_model_loses_on_the_same_split() {
     let env = TestEnv::new().await;
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer, Service::Registry]).await;
@@ -491,7 +491,7 @@ async fn if_better_keeps_production_when_the_new_model_loses_on_the_same_split()
     assert_eq!(model["aliases"]["production"], 1, "{model}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_train_starts_a_job_follows_it_and_prints_the_outcome() {
     let env = TestEnv::new().await;
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
