@@ -47,8 +47,42 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
 
 /// A group consumer with auto offset store off: call `store_offset_from_message` once a message's
 /// effects are durable; the background auto-commit then commits it.
-pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<SluiceConsumer, KafkaError> {
-    consumer_config(config, group_id).create_with_context(CommitOnRevoke)
+pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<ClosesInBackground<SluiceConsumer>, KafkaError> {
+    consumer_config(config, group_id).create_with_context(CommitOnRevoke).map(ClosesInBackground::new)
+}
+
+/// A consumer that is closed on a thread of its own when dropped. Closing a group consumer can
+/// hang forever inside librdkafka: the revoke callback's `rd_kafka_assign` is never answered
+/// (confluentinc/librdkafka#4884, fede1024/rust-rdkafka#509; seen here as a test that never
+/// ended). Dropped on the async runtime, that would stall a worker thread and shutdown with it.
+/// Nothing is lost by not waiting: offsets are committed synchronously on revoke and at the end
+/// of every consume loop, before the drop.
+#[derive(Debug)]
+pub struct ClosesInBackground<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> ClosesInBackground<T> {
+    pub fn new(consumer: T) -> Self {
+        Self(Some(consumer))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for ClosesInBackground<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for ClosesInBackground<T> {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            let closing = std::thread::Builder::new().name("kafka-close".into()).spawn(move || drop(consumer));
+            if let Err(err) = closing {
+                tracing::warn!(error = %err, "cannot start a thread to close a Kafka consumer; leaking it");
+            }
+        }
+    }
 }
 
 /// The properties of [`consumer`], for callers that need a different consumer type.
@@ -149,7 +183,7 @@ where
 
 /// Exports `sluice_consumer_lag{group, topic, partition}` for the consumer's assigned partitions
 /// every 10 s (high watermark minus committed offset) until aborted.
-pub async fn report_lag(consumer: std::sync::Arc<SluiceConsumer>, topic: String, group: String) {
+pub async fn report_lag(consumer: std::sync::Arc<ClosesInBackground<SluiceConsumer>>, topic: String, group: String) {
     metrics::describe_gauge!("sluice_consumer_lag", "Messages not yet committed by a consumer group, per partition.");
     loop {
         tokio::time::sleep(Duration::from_secs(10)).await;

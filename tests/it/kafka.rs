@@ -23,7 +23,7 @@ use crate::support::{create_topic, produce};
 type Received = (i32, String);
 
 /// Polls `consumer` forever in a task, forwarding what arrives (polling also keeps it in the group).
-fn drain(consumer: Arc<SluiceConsumer>) -> mpsc::UnboundedReceiver<Received> {
+fn drain(consumer: Arc<kafka::ClosesInBackground<SluiceConsumer>>) -> mpsc::UnboundedReceiver<Received> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stream = consumer.stream();

@@ -76,7 +76,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown, cache: snapshot::Cache) {
     kafka::keep_consuming("trainer worker", &shutdown, || consume(&ctx, &shutdown, &cache, &worker)).await;
 }
 
-fn trial_consumer(ctx: &Context) -> Result<SluiceConsumer, rdkafka::error::KafkaError> {
+fn trial_consumer(ctx: &Context) -> Result<kafka::ClosesInBackground<SluiceConsumer>, rdkafka::error::KafkaError> {
     let trainer = &ctx.config.trainer;
     let mut config = kafka::consumer_config(&ctx.config.kafka, &trainer.group_id);
     // Trials are placed round the partitions in order; round-robin assignment then gives every
@@ -85,7 +85,7 @@ fn trial_consumer(ctx: &Context) -> Result<SluiceConsumer, rdkafka::error::Kafka
         .set("partition.assignment.strategy", "roundrobin")
         .set("max.poll.interval.ms", (trainer.max_trial_secs * 1000).min(i32::MAX as u64).to_string())
         .set("queued.max.messages.kbytes", "64");
-    config.create_with_context(CommitOnRevoke)
+    config.create_with_context(CommitOnRevoke).map(kafka::ClosesInBackground::new)
 }
 
 async fn consume(

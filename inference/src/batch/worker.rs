@@ -69,11 +69,11 @@ pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
     kafka::keep_consuming("batch predictions", &shutdown, || consume(&served, &shutdown)).await;
 }
 
-fn consumer(ctx: &Context) -> Result<SluiceConsumer, rdkafka::error::KafkaError> {
+fn consumer(ctx: &Context) -> Result<kafka::ClosesInBackground<SluiceConsumer>, rdkafka::error::KafkaError> {
     let mut config = kafka::consumer_config(&ctx.config.kafka, &ctx.config.inference.batch_group_id);
     // A job runs between two polls: allow long jobs, and prefetch little (jobs are small events).
     config.set("max.poll.interval.ms", "21600000").set("queued.max.messages.kbytes", "64");
-    config.create_with_context(CommitOnRevoke)
+    config.create_with_context(CommitOnRevoke).map(kafka::ClosesInBackground::new)
 }
 
 async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {
