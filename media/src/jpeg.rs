@@ -347,15 +347,14 @@ impl<'a> Jpeg<'a> {
                 } else {
                     None
                 },
-                predictor: 0,
             });
         }
         let (mcus_x, mcus_y) =
             if single { geometry.blocks(scan.components[0].index) } else { (geometry.mcus_x, geometry.mcus_y) };
         if self.progressive {
-            progressive_dc(scan, &mut lanes, planes, (mcus_x, mcus_y))
+            progressive_dc(scan, &lanes, planes, (mcus_x, mcus_y))
         } else {
-            sequential_dc(scan, &mut lanes, planes, (mcus_x, mcus_y))
+            sequential_dc(scan, &lanes, planes, (mcus_x, mcus_y))
         }
     }
 }
@@ -364,19 +363,20 @@ impl<'a> Jpeg<'a> {
 /// approximation) and the refinements (one raw bit per block). AC scans are never decoded.
 fn progressive_dc(
     scan: &Scan<'_>,
-    lanes: &mut [Lane<'_>],
+    lanes: &[Lane<'_>],
     planes: &mut [Vec<i32>],
     (mcus_x, mcus_y): (usize, usize),
 ) -> Result<(), JpegError> {
     let mut bits = Bits::new(scan.data);
     let mut restarts = Restarts::new(scan.restart_interval);
+    let mut predictors = [0i32; 4];
     let shift = u32::from(scan.al);
     for my in 0..mcus_y {
         for mx in 0..mcus_x {
             if restarts.before_mcu(&mut bits)? {
-                lanes.iter_mut().for_each(|lane| lane.predictor = 0);
+                predictors = [0; 4];
             }
-            for lane in lanes.iter_mut() {
+            for (lane, predictor) in lanes.iter().zip(predictors.iter_mut()) {
                 let plane = &mut planes[lane.index];
                 let (bw, bh) = lane.blocks;
                 for by in 0..bh {
@@ -385,8 +385,8 @@ fn progressive_dc(
                         bits.ensure();
                         match lane.dc {
                             Some(dc) => {
-                                lane.predictor = lane.predictor.wrapping_add(dc.decode_difference(&mut bits)?);
-                                *coefficient = lane.predictor.wrapping_shl(shift);
+                                *predictor = predictor.wrapping_add(dc.decode_difference(&mut bits)?);
+                                *coefficient = predictor.wrapping_shl(shift);
                             }
                             None => {
                                 if bits.take(1) == 1 {
@@ -439,7 +439,7 @@ impl Restarts {
 /// block order of an MCU is resolved once.
 fn sequential_dc(
     scan: &Scan<'_>,
-    lanes: &mut [Lane<'_>],
+    lanes: &[Lane<'_>],
     planes: &mut [Vec<i32>],
     (mcus_x, mcus_y): (usize, usize),
 ) -> Result<(), JpegError> {
@@ -519,7 +519,6 @@ struct Lane<'t> {
     ac: Option<&'t Huffman>,
     /// Set for components decoded with the 2×2 inverse DCT.
     quant: Option<Quant>,
-    predictor: i32,
 }
 
 /// The MCU grid and each component's block grid.
