@@ -104,15 +104,17 @@ impl Application {
         let ctx = Context::new(config).await.context("building clients")?;
         ctx.bootstrap().await.context("preparing dependencies (run `sluice doctor` to see what is missing)")?;
         let mut router = http::ops_router(ctx.clone());
+        if !services.is_empty() {
+            router = router.merge(sluice_core::tokens_api::router(ctx.clone()));
+        }
         let mut workers = Vec::new();
         for service in services {
             let parts = service.build(&ctx);
             router = router.merge(parts.router);
             workers.push(parts.workers);
         }
-        let router = http::with_request_metrics(router)
-            .layer(tower_http::trace::TraceLayer::new_for_http())
-            .layer(axum::extract::DefaultBodyLimit::disable());
+        let router = http::with_limits(http::with_request_metrics(router), &ctx.config.http)
+            .layer(tower_http::trace::TraceLayer::new_for_http());
         let listener = TcpListener::bind(ctx.config.http.addr)
             .await
             .with_context(|| format!("binding {}", ctx.config.http.addr))?;
@@ -144,7 +146,8 @@ impl Application {
         if !self.services.is_empty() {
             workers.push(tokio::spawn(sluice_core::outbox::run(self.ctx.clone(), workers_stop.clone())));
         }
-        let served = axum::serve(self.listener, self.router)
+        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
+        let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
             .context("HTTP server failed");

@@ -205,6 +205,13 @@ enum TokenCommand {
         #[arg(long, value_delimiter = ',', required = true)]
         scope: Vec<sluice_core::auth::Scope>,
     },
+    /// Lists every token (id, name, scopes, created, revoked); never the tokens themselves.
+    List,
+    /// Revokes a token by id; every process refuses it within a few seconds.
+    Revoke {
+        /// The token's id (`sluice token list`).
+        id: uuid::Uuid,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -347,6 +354,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ctx = Context::new(config).await?;
             migrate::run(&ctx.db).await.context("applying migrations")?;
             println!("{}", sluice_core::auth::create_token(&ctx.db, &name, &scope).await?);
+        }
+        Command::Token { what: TokenCommand::List } => {
+            let ctx = Context::new(config).await?;
+            migrate::run(&ctx.db).await.context("applying migrations")?;
+            println!("{:<36}  {:<24}  {:<22}  {:<20}  REVOKED", "ID", "NAME", "SCOPES", "CREATED");
+            for token in sluice_core::auth::list_tokens(&ctx.db).await? {
+                println!(
+                    "{:<36}  {:<24}  {:<22}  {:<20}  {}",
+                    token.id,
+                    token.name,
+                    token.scopes.join(","),
+                    token.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                    token.revoked_at.map_or_else(|| "-".to_owned(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                );
+            }
+        }
+        Command::Token { what: TokenCommand::Revoke { id } } => {
+            let ctx = Context::new(config).await?;
+            migrate::run(&ctx.db).await.context("applying migrations")?;
+            match sluice_core::auth::revoke_token(&ctx.db, id).await? {
+                Some(token) => println!("revoked {} ({}); refused everywhere within a few seconds", token.id, token.name),
+                None => anyhow::bail!("no token has id {id} (see `sluice token list`)"),
+            }
         }
         Command::Config { what: ConfigCommand::Show } => println!("{config:#?}"),
         Command::Config { what: ConfigCommand::Defaults } => unreachable!("handled before loading"),

@@ -91,6 +91,12 @@ pub struct InferenceConfig {
     pub max_wait_us: u64,
     /// Images whose header claims more pixels are refused.
     pub max_image_pixels: u64,
+    /// Largest predict request body (one image, or multipart with several), in bytes.
+    pub max_predict_bytes: usize,
+    /// Most model versions held in memory at once; the least recently used one is dropped.
+    pub max_loaded_versions: usize,
+    /// Most bytes of model weights held in memory at once.
+    pub max_loaded_bytes: u64,
     /// Predictions written per database batch.
     pub record_batch: usize,
     /// Longest a prediction waits before being written, in milliseconds.
@@ -165,8 +171,18 @@ pub struct IngestConfig {
 pub struct HttpConfig {
     /// Listener for every HTTP API of this process; port 0 picks a free port.
     pub addr: SocketAddr,
-    /// Largest request body accepted, in bytes.
+    /// Largest media upload accepted (`POST /v1/media`, streamed to S3), in bytes.
     pub max_body_bytes: u64,
+    /// Largest body of every other route unless the route sets its own (JSON requests), in bytes.
+    pub max_request_bytes: usize,
+    /// Most `file` parts in one multipart upload or predict request.
+    pub max_parts: usize,
+    /// Longest a request may take end to end before it is answered 503, in seconds.
+    pub request_timeout_secs: u64,
+    /// Failed authentications one client address may make in a burst (refilled at one per
+    /// second) before its requests get 429; 0 turns the limit off (behind a proxy that hides
+    /// client addresses, for example).
+    pub auth_failure_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -304,6 +320,9 @@ impl Config {
             .map_err(|e| ConfigError::Rule(format!("database.url is not a PostgreSQL URL: {e}")))?;
         rule(self.database.max_connections >= 1, "database.max_connections must be at least 1")?;
         rule(self.http.max_body_bytes >= 1, "http.max_body_bytes must be at least 1")?;
+        rule(self.http.max_request_bytes >= 1024, "http.max_request_bytes must be at least 1024")?;
+        rule(self.http.max_parts >= 1, "http.max_parts must be at least 1")?;
+        rule(self.http.request_timeout_secs >= 1, "http.request_timeout_secs must be at least 1")?;
         rule(self.ingest.max_image_pixels >= 1, "ingest.max_image_pixels must be at least 1")?;
         rule(
             self.ingest.multipart_part_bytes >= 5 * 1024 * 1024,
@@ -331,6 +350,8 @@ impl Config {
         rule(trainer.load_concurrency >= 1, "trainer.load_concurrency must be at least 1")?;
         let inference = &self.inference;
         rule((1..=1024).contains(&inference.max_batch), "inference.max_batch must be between 1 and 1024")?;
+        rule(inference.max_loaded_versions >= 1, "inference.max_loaded_versions must be at least 1")?;
+        rule(inference.max_predict_bytes >= 1024, "inference.max_predict_bytes must be at least 1024")?;
         rule(inference.max_wait_us <= 1_000_000, "inference.max_wait_us must be at most 1000000 (1 s)")?;
         rule(inference.record_batch >= 1, "inference.record_batch must be at least 1")?;
         rule(

@@ -32,6 +32,8 @@ pub struct Context {
     pub metrics: PrometheusHandle,
     /// Recently verified API tokens (see [`crate::auth::TokenCache`]).
     pub tokens: Arc<crate::auth::TokenCache>,
+    /// Failed authentications per client address (see [`crate::auth::FailureLimiter`]).
+    pub auth_failures: Arc<crate::auth::FailureLimiter>,
 }
 
 impl std::fmt::Debug for Context {
@@ -50,6 +52,7 @@ impl Context {
             kafka_admin: Arc::new(kafka::admin(&config.kafka)?),
             metrics: telemetry::metrics(),
             tokens: Arc::default(),
+            auth_failures: Arc::new(crate::auth::FailureLimiter::new(config.http.auth_failure_burst)),
             config: Arc::new(config),
         })
     }

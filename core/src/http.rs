@@ -69,6 +69,79 @@ pub fn with_request_metrics(router: Router) -> Router {
     router.layer(middleware::from_fn(record_request))
 }
 
+/// The limits every route gets unless it sets its own: a body limit enforced while the body
+/// streams (an over-limit body is refused with 413 without being buffered whole), a deadline
+/// for the whole request, and error answers in the API's JSON shape even where the refusal
+/// comes from the framework (a body over the limit, a malformed path or query, an unknown route).
+pub fn with_limits(router: Router, config: &crate::config::HttpConfig) -> Router {
+    let timeout = Duration::from_secs(config.request_timeout_secs);
+    router
+        .layer(middleware::from_fn(json_errors))
+        .layer(axum::extract::DefaultBodyLimit::max(config.max_request_bytes))
+        .layer(middleware::from_fn(move |request: Request, next: Next| async move {
+            match tokio::time::timeout(timeout, next.run(request)).await {
+                Ok(response) => response,
+                Err(_) => ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    format!("The request took longer than {} s; retry it.", timeout.as_secs()),
+                )
+                .into_response(),
+            }
+        }))
+}
+
+/// Most bytes of a framework's plain-text refusal kept as the JSON error's message.
+const MAX_REFUSAL_TEXT: usize = 1024;
+
+/// Rewrites error answers that are not JSON (axum's extractor rejections, 404 and 405 for
+/// unknown routes) into `{"error": {"code", "message"}}` with the same status.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_REFUSAL_TEXT * 4).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text[..text.len().min(MAX_REFUSAL_TEXT)]).trim().to_owned();
+    let (code, fallback) = refusal(status);
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "The request body is larger than this route accepts; send less per request.".to_owned()
+    } else if text.is_empty() {
+        fallback.to_owned()
+    } else {
+        format!("{text}.").replace("..", ".")
+    };
+    let mut rewritten = ApiError::new(status, code, message).into_response();
+    for name in [header::RETRY_AFTER, header::ALLOW, header::WWW_AUTHENTICATE] {
+        if let Some(value) = parts.headers.get(&name) {
+            rewritten.headers_mut().insert(name, value.clone());
+        }
+    }
+    rewritten
+}
+
+/// The error code and a default message for a status the framework answered on its own.
+fn refusal(status: StatusCode) -> (&'static str, &'static str) {
+    match status {
+        StatusCode::NOT_FOUND => ("not_found", "No such route; see ../shared/API.md for the routes."),
+        StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "This route does not accept this method."),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", "The request body is too large."),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "Send the body with a supported Content-Type."),
+        StatusCode::UNPROCESSABLE_ENTITY => ("invalid_request", "The request is well-formed but cannot be used."),
+        StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "Too many requests; retry later."),
+        StatusCode::REQUEST_TIMEOUT => ("timeout", "The request took too long."),
+        s if s.is_server_error() => ("internal", "Something went wrong on our side; it has been logged."),
+        _ => ("invalid_request", "The request is malformed."),
+    }
+}
+
 async fn record_request(request: Request, next: Next) -> Response {
     let route =
         request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
@@ -176,15 +249,26 @@ pub struct Caller(pub crate::auth::Principal);
 
 impl Caller {
     pub fn require(&self, scope: crate::auth::Scope) -> Result<(), ApiError> {
-        if self.0.allows(scope) {
+        self.require_any(&[scope])
+    }
+
+    /// Passes when the token holds one of `scopes` (or `admin`); the README's scope matrix says
+    /// which scopes each route accepts.
+    pub fn require_any(&self, scopes: &[crate::auth::Scope]) -> Result<(), ApiError> {
+        if scopes.iter().any(|scope| self.0.allows(*scope)) {
             Ok(())
         } else {
+            let names: Vec<String> = scopes.iter().map(|s| format!("`{s}`")).collect();
             Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
-                format!("This token lacks the `{scope}` scope needed here."),
+                format!("This token lacks the {} scope needed here.", names.join(" or ")),
             ))
         }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.0.scopes.contains(&crate::auth::Scope::Admin)
     }
 }
 
@@ -194,13 +278,33 @@ where
     S: Send + Sync,
     Context: axum::extract::FromRef<S>,
 {
-    type Rejection = ApiError;
+    type Rejection = AuthRejection;
 
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, AuthRejection> {
         let ctx = &<Context as axum::extract::FromRef<S>>::from_ref(state);
-        let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message);
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|info| info.0.ip());
+        if let Some(retry_after) = client.and_then(|ip| ctx.auth_failures.blocked_for(ip)) {
+            let mut refused = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("Too many failed authentications from this address; retry in {retry_after} s."),
+            )
+            .into_response();
+            refused.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            return Err(AuthRejection::Response(refused));
+        }
+        let failed = |message: &str| {
+            if let Some(ip) = client {
+                ctx.auth_failures.failed(ip);
+            }
+            metrics::counter!("sluice_http_auth_failures_total").increment(1);
+            AuthRejection::Api(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message))
+        };
         let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            unauthorized("Send `Authorization: Bearer <token>`; `sluice up` writes one to .sluice/token.")
+            failed("Send `Authorization: Bearer <token>`; `sluice up` writes one to .sluice/token.")
         })?;
         let token = header
             .to_str()
@@ -208,14 +312,34 @@ where
             .and_then(|value| value.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|token| !token.is_empty())
-            .ok_or_else(|| unauthorized("The Authorization header must be `Bearer <token>`."))?;
+            .filter(|token| token.len() <= MAX_TOKEN_CHARS)
+            .ok_or_else(|| failed("The Authorization header must be `Bearer <token>`."))?;
         match ctx.tokens.verify(&ctx.db, token).await {
             Ok(Some(principal)) => Ok(Self(principal)),
-            Ok(None) => Err(unauthorized("This token is unknown or revoked.")),
+            Ok(None) => Err(failed("This token is unknown or revoked.")),
             Err(err) => {
                 tracing::warn!(error = %err, "token check failed");
-                Err(ApiError::unavailable("The token store (PostgreSQL) is unreachable; retry shortly."))
+                Err(AuthRejection::Api(ApiError::unavailable("The token store (PostgreSQL) is unreachable; retry shortly.")))
             }
+        }
+    }
+}
+
+/// Longest bearer token looked up; Sluice's own are 68 characters.
+const MAX_TOKEN_CHARS: usize = 256;
+
+/// Why a request was not authenticated: an [`ApiError`], or a 429 with `Retry-After`.
+#[derive(Debug)]
+pub enum AuthRejection {
+    Api(ApiError),
+    Response(Response),
+}
+
+impl IntoResponse for AuthRejection {
+    fn into_response(self) -> Response {
+        match self {
+            AuthRejection::Api(err) => err.into_response(),
+            AuthRejection::Response(response) => response,
         }
     }
 }

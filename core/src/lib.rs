@@ -23,6 +23,7 @@ pub mod reference;
 pub mod s3;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tokens_api;
 pub mod tools;
 pub mod topics;
 pub mod training;

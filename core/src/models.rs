@@ -13,6 +13,7 @@
 mod artifact;
 mod events;
 mod names;
+mod policy;
 mod store;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +24,7 @@ use uuid::Uuid;
 pub use artifact::load_artifact;
 pub use events::{AliasMoved, AliasRemoved, ModelEvent, ModelVersionRegistered};
 pub use names::{AliasName, ModelName};
+pub use policy::{AutoPromote, MAX_PROTECTED_ALIASES, Policy, policy, set_policy};
 pub use store::{
     aliases, get_template, get_version, move_alias, register, remove_alias, resolve_alias, set_template, versions,
 };

@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use axum::{
     Router,
+    extract::DefaultBodyLimit,
     routing::{get, post},
 };
 use sluice_core::{Context, Shutdown};
@@ -68,7 +69,10 @@ impl Inference {
 
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/v1/models/{name}/predict", post(predict::predict))
+            .route(
+                "/v1/models/{name}/predict",
+                post(predict::predict).layer(DefaultBodyLimit::max(self.state.served.ctx.config.inference.max_predict_bytes)),
+            )
             .route("/v1/models/{name}/drift", get(routes::drift))
             .route("/v1/models/{name}/routing", get(routes::get_routing).put(routes::put_routing))
             .route("/v1/feedback", post(routes::feedback))
@@ -115,6 +119,10 @@ fn describe_metrics() {
     describe_histogram!("sluice_inference_confidence", "Calibrated top-1 confidence of predictions.");
     describe_counter!("sluice_inference_errors_total", "Refused or failed predict requests, by reason.");
     describe_counter!("sluice_inference_model_loads_total", "Model version loads, by outcome (loaded, refused).");
+    describe_counter!(
+        "sluice_inference_model_evictions_total",
+        "Loaded model versions dropped to keep inference.max_loaded_versions and max_loaded_bytes."
+    );
     describe_gauge!("sluice_inference_served_version", "Version each served alias points at in this process.");
     describe_gauge!("sluice_inference_live_accuracy", "Accuracy over the latest feedback, per version.");
     describe_gauge!(

@@ -34,9 +34,6 @@ use crate::{
     serving::{Loaded, ServeError, Target},
 };
 
-/// Most images in one multipart request.
-const MAX_IMAGES: usize = 256;
-
 #[derive(Debug, Deserialize)]
 pub struct PredictQuery {
     alias: Option<String>,
@@ -81,7 +78,7 @@ pub fn model_name(raw: &str) -> Result<ModelName, ApiError> {
     ModelName::parse(raw).map_err(|e| bad("invalid_request", StatusCode::BAD_REQUEST, format!("`model`: {e}.")))
 }
 
-async fn images(request: Request) -> Result<Vec<Bytes>, ApiError> {
+async fn images(request: Request, max_images: usize) -> Result<Vec<Bytes>, ApiError> {
     let multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -92,22 +89,34 @@ async fn images(request: Request) -> Result<Vec<Bytes>, ApiError> {
     };
     let mut found = Vec::new();
     if multipart {
-        let mut form = Multipart::from_request(request, &()).await.map_err(|e| unreadable(&e))?;
-        while let Some(field) = form.next_field().await.map_err(|e| unreadable(&e))? {
-            if field.name() != Some("file") {
-                continue;
+        let too_many = || {
+            bad(
+                "too_many_images",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("At most {max_images} `file` parts (and nothing else) per request."),
+            )
+        };
+        let mut form = Multipart::from_request(request, &()).await.map_err(|e| unreadable_body(&e))?;
+        let mut parts = 0usize;
+        while let Some(field) = form.next_field().await.map_err(|e| unreadable_part(&e))? {
+            parts += 1;
+            if parts > max_images {
+                return Err(too_many());
             }
-            found.push(field.bytes().await.map_err(|e| unreadable(&e))?);
-            if found.len() > MAX_IMAGES {
+            if field.name() != Some("file") {
                 return Err(bad(
-                    "too_many_images",
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("At most {MAX_IMAGES} images per request."),
+                    "invalid_request",
+                    StatusCode::BAD_REQUEST,
+                    "Predict takes multipart `file` parts only.",
                 ));
             }
+            found.push(field.bytes().await.map_err(|e| unreadable_part(&e))?);
         }
     } else {
-        let body = Bytes::from_request(request, &()).await.map_err(|e| unreadable(&e))?;
+        let body = Bytes::from_request(request, &()).await.map_err(|e| match e.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => too_large(),
+            _ => unreadable(&e),
+        })?;
         found.push(body);
     }
     if found.is_empty() || found.iter().any(Bytes::is_empty) {
@@ -118,6 +127,25 @@ async fn images(request: Request) -> Result<Vec<Bytes>, ApiError> {
         ));
     }
     Ok(found)
+}
+
+fn too_large() -> ApiError {
+    bad(
+        "too_large",
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "The request body is over `inference.max_predict_bytes`; send fewer or smaller images per request.",
+    )
+}
+
+fn unreadable_part(err: &axum::extract::multipart::MultipartError) -> ApiError {
+    if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large();
+    }
+    bad("invalid_request", StatusCode::BAD_REQUEST, format!("The multipart body could not be read: {}.", err.body_text()))
+}
+
+fn unreadable_body(err: &axum::extract::multipart::MultipartRejection) -> ApiError {
+    bad("invalid_request", StatusCode::BAD_REQUEST, format!("The multipart body could not be read: {}.", err.body_text()))
 }
 
 /// Decodes and prepares one image exactly as the version's training data was prepared.
@@ -164,8 +192,9 @@ async fn run(
     let unknown = || "unknown".to_owned();
     caller.require(Scope::Predict).map_err(|e| (unknown(), e))?;
     let model = model_name(name).map_err(|e| (unknown(), e))?;
-    let label = model.to_string();
-    let fail = |e: ApiError| (label.clone(), e);
+    // Until the model resolves, failures are counted under `unknown`: a name from the URL
+    // becomes a metric label only once it names a served model.
+    let fail = |e: ApiError| (unknown(), e);
     let top_k = query.top_k.unwrap_or(3);
     if top_k == 0 {
         return Err(fail(bad("invalid_request", StatusCode::BAD_REQUEST, "`top_k` must be 1 or more.")));
@@ -183,8 +212,10 @@ async fn run(
         }
         (None, None) => unreachable!("routing is read when no target is given"),
     };
-    let bodies = images(request).await.map_err(fail)?;
+    let bodies = images(request, state.served.ctx.config.http.max_parts).await.map_err(fail)?;
     let loaded = state.served.resolve(&model, &target).await.map_err(|e| fail(serve_error(e)))?;
+    let label = model.to_string();
+    let fail = |e: ApiError| (label.clone(), e);
     let max_pixels = state.served.ctx.config.inference.max_image_pixels;
     let prepared = prepare_all(bodies.clone(), loaded.clone(), max_pixels).await.map_err(fail)?;
     let predictions = score(state, &loaded, &prepared, top_k, alias.as_deref(), false).await.map_err(fail)?;

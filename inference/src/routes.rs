@@ -54,15 +54,16 @@ pub async fn feedback(State(state): State<AppState>, caller: Caller, body: Bytes
         Ok(label) => label,
         Err(err) => return bad(format!("`label`: {err}.")).into_response(),
     };
-    let client = match state.served.ctx.db.get().await {
-        Ok(client) => client,
-        Err(err) => return unavailable(&err).into_response(),
-    };
     // Predictions are written in batches a moment after they are served: feedback sent right
-    // after a prediction waits for its record rather than failing.
+    // after a prediction waits for its record rather than failing. No pooled connection is held
+    // while waiting, so slow feedback cannot starve the pool.
     let wait = Duration::from_millis(state.served.ctx.config.inference.record_interval_ms * 2 + 500);
     let deadline = tokio::time::Instant::now() + wait;
     let known = loop {
+        let client = match state.served.ctx.db.get().await {
+            Ok(client) => client,
+            Err(err) => return unavailable(&err).into_response(),
+        };
         let found = client
             .query_opt(
                 "SELECT p.model, p.version, v.labels FROM predictions p
@@ -71,6 +72,7 @@ pub async fn feedback(State(state): State<AppState>, caller: Caller, body: Bytes
                 &[&feedback.prediction_id],
             )
             .await;
+        drop(client);
         if !matches!(found, Ok(None)) || tokio::time::Instant::now() >= deadline {
             break found;
         }
@@ -96,6 +98,10 @@ pub async fn feedback(State(state): State<AppState>, caller: Caller, body: Bytes
         )
         .into_response();
     }
+    let client = match state.served.ctx.db.get().await {
+        Ok(client) => client,
+        Err(err) => return unavailable(&err).into_response(),
+    };
     if let Err(err) = client
         .execute(
             "UPDATE predictions SET feedback_label = $2, feedback_at = now() WHERE id = $1",
@@ -120,10 +126,13 @@ pub struct DriftQuery {
 /// `GET /v1/models/{name}/drift`: the served version's window statistics, thresholds and state.
 pub async fn drift(
     State(state): State<AppState>,
-    _caller: Caller,
+    caller: Caller,
     Path(name): Path<String>,
     Query(query): Query<DriftQuery>,
 ) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Predict, Scope::Train]) {
+        return err.into_response();
+    }
     let model = match model_name(&name) {
         Ok(model) => model,
         Err(err) => return err.into_response(),
@@ -178,7 +187,10 @@ struct Canary {
 }
 
 /// `GET /v1/models/{name}/routing`.
-pub async fn get_routing(State(state): State<AppState>, _caller: Caller, Path(name): Path<String>) -> Response {
+pub async fn get_routing(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Predict, Scope::Train]) {
+        return err.into_response();
+    }
     match model_name(&name) {
         Ok(model) => Json(state.served.routing(&model).await).into_response(),
         Err(err) => err.into_response(),

@@ -77,11 +77,20 @@ pub struct Routing {
 
 type VersionKey = (String, i32);
 
+/// A version this process has loaded or is loading, and when a request last used it.
+#[derive(Debug)]
+struct Slot {
+    cell: Arc<OnceCell<Arc<Loaded>>>,
+    last_used: Instant,
+}
+
 /// Everything this process serves.
 #[derive(Debug)]
 pub struct Served {
     pub ctx: Context,
-    versions: Mutex<HashMap<VersionKey, Arc<OnceCell<Arc<Loaded>>>>>,
+    /// Loaded versions, bounded by `inference.max_loaded_versions` and `max_loaded_bytes`
+    /// (least recently used first out); only versions that exist ever get a slot kept.
+    versions: Mutex<HashMap<VersionKey, Slot>>,
     aliases: RwLock<HashMap<(String, String), i32>>,
     revisions: Mutex<HashMap<String, i64>>,
     routing: Mutex<HashMap<String, (Instant, Routing)>>,
@@ -90,6 +99,8 @@ pub struct Served {
 
 /// How long routing settings are cached.
 const ROUTING_TTL: Duration = Duration::from_secs(2);
+/// Most models whose routing is cached; past it, expired entries are dropped, then all.
+const MAX_ROUTING_ENTRIES: usize = 1024;
 
 impl Served {
     pub fn new(ctx: Context) -> Arc<Self> {
@@ -144,16 +155,67 @@ impl Served {
     }
 
     /// Loads a version once (concurrent first requests share one load); failures are not kept,
-    /// so a later request tries again.
+    /// so a later request tries again and a version that does not exist holds no memory.
     pub async fn load(&self, model: &ModelName, version: i32) -> Result<Arc<Loaded>, ServeError> {
-        let cell = self
-            .versions
-            .lock()
-            .expect("versions lock")
-            .entry((model.as_str().to_owned(), version))
-            .or_default()
-            .clone();
-        cell.get_or_try_init(|| self.load_uncached(model, version)).await.cloned()
+        let key = (model.as_str().to_owned(), version);
+        let cell = {
+            let mut versions = self.versions.lock().expect("versions lock");
+            let slot = versions
+                .entry(key.clone())
+                .or_insert_with(|| Slot { cell: Arc::default(), last_used: Instant::now() });
+            slot.last_used = Instant::now();
+            slot.cell.clone()
+        };
+        let fresh = !cell.initialized();
+        let loaded = cell.get_or_try_init(|| self.load_uncached(model, version)).await.cloned();
+        match &loaded {
+            Err(_) => {
+                let mut versions = self.versions.lock().expect("versions lock");
+                if versions.get(&key).is_some_and(|slot| Arc::ptr_eq(&slot.cell, &cell) && !cell.initialized()) {
+                    versions.remove(&key);
+                }
+            }
+            Ok(_) if fresh => self.evict(&key),
+            Ok(_) => {}
+        }
+        loaded
+    }
+
+    /// Drops the least recently used loaded versions until the bounds hold, versions no alias
+    /// of this process serves first; `keep` (just loaded) stays.
+    fn evict(&self, keep: &VersionKey) {
+        let config = &self.ctx.config.inference;
+        let aliased: std::collections::HashSet<VersionKey> =
+            self.aliases.read().expect("alias lock").iter().map(|((m, _), v)| (m.clone(), *v)).collect();
+        let mut versions = self.versions.lock().expect("versions lock");
+        let mut loaded: Vec<(bool, Instant, VersionKey, u64)> = versions
+            .iter()
+            .filter_map(|(key, slot)| {
+                let size = u64::try_from(slot.cell.get()?.version.size_bytes).unwrap_or(0);
+                Some((aliased.contains(key), slot.last_used, key.clone(), size))
+            })
+            .collect();
+        loaded.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut count = loaded.len();
+        let mut bytes: u64 = loaded.iter().map(|entry| entry.3).sum();
+        for (_, _, key, size) in loaded {
+            if count <= config.max_loaded_versions && bytes <= config.max_loaded_bytes {
+                break;
+            }
+            if &key == keep {
+                continue;
+            }
+            versions.remove(&key);
+            count -= 1;
+            bytes = bytes.saturating_sub(size);
+            metrics::counter!("sluice_inference_model_evictions_total").increment(1);
+            tracing::info!(model = %key.0, version = key.1, "unloaded the least recently used model version");
+        }
+    }
+
+    /// Versions loaded in this process now.
+    pub fn loaded_versions(&self) -> usize {
+        self.versions.lock().expect("versions lock").values().filter(|slot| slot.cell.initialized()).count()
     }
 
     /// The version a target names now (aliases read from PostgreSQL), checked to exist but not
@@ -304,7 +366,14 @@ impl Served {
                 .unwrap_or_default(),
             Err(_) => Routing::default(),
         };
-        self.routing.lock().expect("routing lock").insert(model.as_str().to_owned(), (Instant::now(), routing.clone()));
+        let mut cached = self.routing.lock().expect("routing lock");
+        if cached.len() >= MAX_ROUTING_ENTRIES {
+            cached.retain(|_, (at, _)| at.elapsed() < ROUTING_TTL);
+            if cached.len() >= MAX_ROUTING_ENTRIES {
+                cached.clear();
+            }
+        }
+        cached.insert(model.as_str().to_owned(), (Instant::now(), routing.clone()));
         routing
     }
 

@@ -14,6 +14,8 @@ pub enum IngestError {
     Empty,
     #[error("the upload is larger than {limit} bytes")]
     TooLarge { limit: u64 },
+    #[error("the upload has more than {max} files")]
+    TooManyParts { max: usize },
     #[error("the bytes are not a supported image or video")]
     Unsupported,
     #[error("declared {declared} but the bytes are {actual}")]
@@ -54,6 +56,7 @@ impl IngestError {
         match self {
             Self::Empty => "empty",
             Self::TooLarge { .. } => "too_large",
+            Self::TooManyParts { .. } => "too_many_parts",
             Self::Unsupported => "unsupported_media_type",
             Self::TypeMismatch { .. } => "type_mismatch",
             Self::Header(HeaderError::TooManyPixels { .. }) => "too_many_pixels",
@@ -71,6 +74,9 @@ impl IngestError {
         let message = match self {
             Self::Empty => "The upload is empty; send the file's bytes.".to_owned(),
             Self::TooLarge { limit } => format!("The upload is larger than the {limit}-byte limit."),
+            Self::TooManyParts { max } => {
+                format!("One upload holds at most {max} files (and one of each text part); send the rest in another request.")
+            }
             Self::Unsupported => {
                 "The bytes are not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF) or video (MP4, MOV, WebM, MKV, AVI)."
                     .to_owned()
@@ -90,6 +96,7 @@ impl IngestError {
         let (status, code) = match self {
             Self::Empty => (StatusCode::BAD_REQUEST, "empty_upload"),
             Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::TooManyParts { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_parts"),
             Self::Unsupported => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::TypeMismatch { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type_mismatch"),
             Self::Header(HeaderError::TooManyPixels { .. }) => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels"),

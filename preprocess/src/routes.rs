@@ -40,7 +40,10 @@ fn describe(spec: &PipelineSpec) -> Value {
     json!({"spec": spec, "spec_hash": spec.hash()})
 }
 
-async fn get_pipeline(State(ctx): State<Context>, _caller: Caller, Path(name): Path<String>) -> Response {
+async fn get_pipeline(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Ingest, Scope::Train]) {
+        return err.into_response();
+    }
     let name = match dataset(&name) {
         Ok(name) => name,
         Err(err) => return err.into_response(),

@@ -1,8 +1,13 @@
 //! Videos (and animated GIFs): `ffmpeg` as a subprocess, never in-process. Input from a temp
 //! file, frames out through a pipe as raw pixels already sampled, scaled and cropped by ffmpeg,
 //! under a wall-clock timeout and an address-space limit; stderr becomes the failure reason.
+//! ffmpeg may open only files and pipes (a playlist naming `http://` or `concat:` is refused),
+//! its demuxer is the one the sniffed type names (never probed from hostile bytes), and what it
+//! writes back is bounded: the frames asked for, and the last lines of its log.
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{collections::VecDeque, path::Path, process::Stdio, time::Duration};
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
 use sluice_core::pipeline::{Color, Fit, PipelineSpec};
 use tokio::process::Command;
@@ -47,9 +52,25 @@ fn filter(spec: &PipelineSpec) -> String {
     format!("{sampling}{scale},format={pixel},showinfo")
 }
 
-/// Extracts the spec's frames from `input`.
+/// The ffmpeg demuxer for a sniffed content type; `None` for types ffmpeg is never given.
+pub fn demuxer(content_type: &str) -> Option<&'static str> {
+    match content_type {
+        "video/mp4" | "video/quicktime" => Some("mov"),
+        "video/webm" | "video/x-matroska" => Some("matroska"),
+        "video/x-msvideo" => Some("avi"),
+        "image/gif" => Some("gif"),
+        _ => None,
+    }
+}
+
+/// Log lines kept for the failure reason; longer lines are cut.
+const KEPT_LOG_LINES: usize = 8;
+const MAX_LOG_LINE: usize = 4096;
+
+/// Extracts the spec's frames from `input`, read with the `demuxer` the sniffed type names.
 pub async fn extract(
     input: &Path,
+    demuxer: &str,
     spec: &PipelineSpec,
     timeout_ms: u64,
     memory_mib: u64,
@@ -66,6 +87,7 @@ pub async fn extract(
         command.args(["-skip_frame", "nokey"]);
     }
     command
+        .args(["-protocol_whitelist", "file,pipe", "-f", demuxer])
         .arg("-i")
         .arg(input)
         .args(["-an", "-sn", "-vf", &filter(spec), "-fps_mode", "vfr"])
@@ -74,29 +96,31 @@ pub async fn extract(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let child = command.spawn().map_err(|e| VideoError::Spawn(e.to_string()))?;
-    let output = tokio::time::timeout(Duration::from_millis(timeout_ms), child.wait_with_output())
-        .await
-        .map_err(|_| VideoError::Timeout(timeout_ms))?
-        .map_err(|e| VideoError::Spawn(e.to_string()))?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        let reason: Vec<&str> =
-            stderr.lines().filter(|l| !l.contains("showinfo") && !l.trim().is_empty()).rev().take(3).collect();
-        let reason: Vec<&str> = reason.into_iter().rev().collect();
-        return Err(VideoError::Ffmpeg(format!("exit {}: {}", output.status, reason.join(" | "))));
-    }
-    let timestamps: Vec<i64> = stderr
-        .lines()
-        .filter(|l| l.contains("showinfo") && l.contains("pts_time:"))
-        .filter_map(|l| l.split("pts_time:").nth(1)?.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|t| (t * 1000.0).round() as i64)
-        .collect();
+    let mut child = command.spawn().map_err(|e| VideoError::Spawn(e.to_string()))?;
     let channels = match spec.color {
         Color::Rgb => 3,
         Color::Gray => 1,
     };
     let frame_len = (spec.width * spec.height) as usize * channels;
+    let stdout = child.stdout.take().ok_or_else(|| VideoError::Spawn("no stdout pipe".into()))?;
+    let stderr = child.stderr.take().ok_or_else(|| VideoError::Spawn("no stderr pipe".into()))?;
+    // At most the frames asked for; anything beyond is never read into memory.
+    let max_stdout = frame_len * spec.video.max_frames as usize;
+    let run = async {
+        let (frames, log, status) =
+            tokio::join!(read_bounded(stdout, max_stdout), read_log(stderr, spec.video.max_frames as usize), child.wait());
+        (frames, log, status)
+    };
+    let (stdout, (timestamps, last_lines), status) = tokio::time::timeout(Duration::from_millis(timeout_ms), run)
+        .await
+        .map_err(|_| VideoError::Timeout(timeout_ms))?;
+    let status = status.map_err(|e| VideoError::Spawn(e.to_string()))?;
+    let stdout = stdout.map_err(|e| VideoError::Ffmpeg(format!("reading frames: {e}")))?;
+    if !status.success() {
+        let reason: Vec<&str> = last_lines.iter().map(String::as_str).collect();
+        return Err(VideoError::Ffmpeg(format!("exit {status}: {}", reason.join(" | "))));
+    }
+    let output = Output { stdout };
     let (width, height, fps, color) = (spec.width, spec.height, spec.video.fps, spec.color);
     // PNG encoding is CPU work: off the async runtime.
     let frames = tokio::task::spawn_blocking(move || {
@@ -129,4 +153,71 @@ pub async fn extract(
     }
     metrics::counter!("sluice_preprocess_frames_extracted_total").increment(frames.len() as u64);
     Ok(frames)
+}
+
+/// Frames read back from ffmpeg.
+struct Output {
+    stdout: Vec<u8>,
+}
+
+/// Reads `reader` to its end, keeping at most `max` bytes (the rest is read and dropped, so the
+/// child never blocks on a full pipe).
+async fn read_bounded(mut reader: impl AsyncRead + Unpin, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(kept);
+        }
+        let room = max.saturating_sub(kept.len());
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+    }
+}
+
+/// Reads ffmpeg's log: the `showinfo` timestamps of the first `max_frames` frames, and the last
+/// few other lines (the failure reason). Memory is bounded whatever ffmpeg writes.
+async fn read_log(reader: impl AsyncRead + Unpin, max_frames: usize) -> (Vec<i64>, VecDeque<String>) {
+    let mut reader = BufReader::new(reader);
+    let mut timestamps = Vec::new();
+    let mut last = VecDeque::with_capacity(KEPT_LOG_LINES);
+    let mut line = Vec::with_capacity(MAX_LOG_LINE);
+    let take_line = |line: &[u8], timestamps: &mut Vec<i64>, last: &mut VecDeque<String>| {
+        let text = String::from_utf8_lossy(line);
+        if text.contains("showinfo") {
+            if timestamps.len() < max_frames
+                && let Some(t) =
+                    text.split("pts_time:").nth(1).and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+            {
+                timestamps.push((t * 1000.0).round() as i64);
+            }
+        } else if !text.trim().is_empty() {
+            if last.len() == KEPT_LOG_LINES {
+                last.pop_front();
+            }
+            last.push_back(text.trim().to_owned());
+        }
+    };
+    loop {
+        let buf = match reader.fill_buf().await {
+            Ok(buf) if !buf.is_empty() => buf,
+            _ => break,
+        };
+        let (used, ends) = match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => (at + 1, true),
+            None => (buf.len(), false),
+        };
+        // Lines are cut at MAX_LOG_LINE bytes; the rest of an overlong line is dropped.
+        let room = MAX_LOG_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..used.min(room)]);
+        reader.consume(used);
+        if ends {
+            take_line(&line, &mut timestamps, &mut last);
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        take_line(&line, &mut timestamps, &mut last);
+    }
+    (timestamps, last)
 }

@@ -281,7 +281,11 @@ async fn sample_frames(
     let input = dir.path().join("input");
     tokio::fs::write(&input, bytes).await.map_err(|e| Failure::Transient(e.to_string()))?;
     let config = &ctx.config.preprocess;
-    let frames = match video::extract(&input, spec, config.ffmpeg_timeout_ms, config.ffmpeg_memory_mib).await {
+    let Some(demuxer) = video::demuxer(&item.content_type) else {
+        return Err(Failure::Poison(format!("{} is not a video type ffmpeg is given", item.content_type)));
+    };
+    let frames = match video::extract(&input, demuxer, spec, config.ffmpeg_timeout_ms, config.ffmpeg_memory_mib).await
+    {
         Ok(frames) => frames,
         Err(video::VideoError::NoFrames) => Vec::new(),
         Err(err @ video::VideoError::Spawn(_)) => return Err(Failure::Transient(err.to_string())),

@@ -1,7 +1,8 @@
 //! `/v1/models/...`: models, versions, aliases and their audit trail.
 //!
-//! Reads need any valid token. Moving or deleting `production` needs `admin`; other aliases need
-//! `train`. A refused request writes nothing: the scope is checked before the transaction opens.
+//! Reads need `predict` or `train`. Moving or deleting `production`, or an alias the model's
+//! policy protects, needs `admin`; other aliases need `train`. Setting the policy needs `admin`.
+//! A refused request writes nothing: the scope is checked before the transaction opens.
 
 use std::collections::BTreeMap;
 
@@ -40,15 +41,18 @@ pub fn router(ctx: Context) -> Router {
         .route("/v1/models/{name}/versions/{version}", get(get_version))
         .route("/v1/models/{name}/aliases/{alias}", get(get_alias).put(put_alias).delete(delete_alias))
         .route("/v1/models/{name}/aliases/{alias}/history", get(alias_history))
+        .route("/v1/models/{name}/policy", get(get_policy).put(put_policy))
         .with_state(ctx)
 }
 
-async fn list_models(State(ctx): State<Context>, _caller: Caller) -> Answer {
+async fn list_models(State(ctx): State<Context>, caller: Caller) -> Answer {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
     let client = ctx.db.get().await?;
     Ok(Json(json!({ "models": store::models(&client).await? })))
 }
 
-async fn get_model(State(ctx): State<Context>, _caller: Caller, Path(name): Path<String>) -> Answer {
+async fn get_model(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>) -> Answer {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
     let name = model_name(&name)?;
     let client = ctx.db.get().await?;
     let Some(model) = store::model(&client, &name).await? else {
@@ -61,7 +65,8 @@ async fn get_model(State(ctx): State<Context>, _caller: Caller, Path(name): Path
     Ok(Json(body))
 }
 
-async fn list_versions(State(ctx): State<Context>, _caller: Caller, Path(name): Path<String>) -> Answer {
+async fn list_versions(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>) -> Answer {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
     let name = model_name(&name)?;
     let client = ctx.db.get().await?;
     if !store::model_exists(&client, &name).await? {
@@ -74,9 +79,10 @@ async fn list_versions(State(ctx): State<Context>, _caller: Caller, Path(name): 
 
 async fn get_version(
     State(ctx): State<Context>,
-    _caller: Caller,
+    caller: Caller,
     Path((name, version)): Path<(String, String)>,
 ) -> Answer {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
     let name = model_name(&name)?;
     let version = version_number(&version)?;
     let client = ctx.db.get().await?;
@@ -94,9 +100,10 @@ async fn get_version(
 
 async fn get_alias(
     State(ctx): State<Context>,
-    _caller: Caller,
+    caller: Caller,
     Path((name, alias)): Path<(String, String)>,
 ) -> Answer<Json<store::Alias>> {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
     let client = ctx.db.get().await?;
     match store::alias(&client, &name, &alias).await? {
@@ -110,9 +117,10 @@ async fn get_alias(
 
 async fn alias_history(
     State(ctx): State<Context>,
-    _caller: Caller,
+    caller: Caller,
     Path((name, alias)): Path<(String, String)>,
 ) -> Answer {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
     let client = ctx.db.get().await?;
     if !store::model_exists(&client, &name).await? {
@@ -139,7 +147,7 @@ async fn put_alias(
     body: Body,
 ) -> Answer<Json<AliasMove>> {
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
-    require_move_scope(&caller, &alias)?;
+    require_move_scope(&ctx, &caller, &name, &alias).await?;
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
         .await
         .map_err(|_| bad_request(format!("The body must be at most {MAX_BODY_BYTES} bytes.")))?;
@@ -173,7 +181,7 @@ async fn delete_alias(
     Query(query): Query<DeleteQuery>,
 ) -> Answer {
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
-    require_move_scope(&caller, &alias)?;
+    require_move_scope(&ctx, &caller, &name, &alias).await?;
     let reason = checked_reason(query.reason)?;
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
@@ -185,9 +193,61 @@ async fn delete_alias(
     Ok(Json(json!({"model": name, "alias": alias, "removed_version": from, "actor": actor, "reason": reason})))
 }
 
-/// `production` is what inference serves by default: only `admin` moves it.
-fn require_move_scope(caller: &Caller, alias: &AliasName) -> Result<(), Failure> {
-    Ok(caller.require(if alias.is_production() { Scope::Admin } else { Scope::Train })?)
+/// `production` is what inference serves by default: only `admin` moves it, and any alias the
+/// model's policy protects.
+async fn require_move_scope(
+    ctx: &Context,
+    caller: &Caller,
+    model: &models::ModelName,
+    alias: &AliasName,
+) -> Result<(), Failure> {
+    caller.require(Scope::Train)?;
+    if caller.is_admin() {
+        return Ok(());
+    }
+    let policy = models::policy(&ctx.db.get().await?, model).await?;
+    Ok(caller.require(if policy.protects(alias) { Scope::Admin } else { Scope::Train })?)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyRequest {
+    auto_promote: models::AutoPromote,
+    #[serde(default)]
+    protected_aliases: Vec<String>,
+}
+
+/// `GET /v1/models/{name}/policy`: the promotion policy (the default when none was set).
+async fn get_policy(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>) -> Answer {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
+    let name = model_name(&name)?;
+    let policy = models::policy(&ctx.db.get().await?, &name).await?;
+    Ok(Json(json!({"model": name, "policy": policy})))
+}
+
+/// `PUT /v1/models/{name}/policy {"auto_promote": "never"|"if_better"|"always",
+/// "protected_aliases": [...]}` (scope `admin`): what jobs and retrains that no admin started may
+/// do to `production`, and which other aliases only an admin may move. The model need not have
+/// versions yet.
+async fn put_policy(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>, body: Body) -> Answer {
+    caller.require(Scope::Admin)?;
+    let name = model_name(&name)?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| bad_request(format!("The body must be at most {MAX_BODY_BYTES} bytes.")))?;
+    let request: PolicyRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        bad_request(format!(
+            "Send {{\"auto_promote\": \"never\"|\"if_better\"|\"always\", \"protected_aliases\": [...]}} ({e})."
+        ))
+    })?;
+    if request.protected_aliases.len() > models::MAX_PROTECTED_ALIASES {
+        return Err(bad_request(format!("`protected_aliases`: at most {}.", models::MAX_PROTECTED_ALIASES)).into());
+    }
+    let protected = request.protected_aliases.iter().map(|a| alias_name(a)).collect::<Result<Vec<_>, _>>()?;
+    let client = ctx.db.get().await?;
+    let policy = models::set_policy(&client, &name, request.auto_promote, &protected, &actor(&caller)).await?;
+    tracing::info!(model = %name, policy = ?policy, "promotion policy set");
+    Ok(Json(json!({"model": name, "policy": policy})))
 }
 
 /// Who the audit trail names: the token's name and id.

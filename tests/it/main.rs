@@ -16,5 +16,6 @@ mod push;
 mod readyz;
 mod registry;
 mod s3;
+mod security;
 mod support;
 mod training;

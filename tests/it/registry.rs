@@ -241,7 +241,7 @@ async fn moving_production_without_admin_is_403_and_leaves_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_need_a_valid_token_of_any_scope() {
+async fn reads_need_a_valid_token_with_the_predict_or_train_scope() {
     let env = TestEnv::new().await;
     let app = registry_app(&env).await;
     versions(&app, "shapes", 1).await;
@@ -256,6 +256,9 @@ async fn reads_need_a_valid_token_of_any_scope() {
     let (status, listed) = get(&app, &predict, "/v1/models").await;
     assert_eq!(status, 200, "{listed}");
     assert_eq!(listed["models"][0]["name"], "shapes");
+    let ingest = app.token(&[Scope::Ingest]).await;
+    let (status, refused) = get(&app, &ingest, "/v1/models").await;
+    assert_eq!((status, refused["error"]["code"].clone()), (403, json!("forbidden")), "{refused}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,12 +2,16 @@
 //! search, then create the job, its trials and their events in one transaction. Used by
 //! `POST /v1/training-jobs` and by retraining requests.
 
-use sluice_core::{Context, domain::DatasetName, models::ModelName};
+use sluice_core::{
+    Context,
+    domain::DatasetName,
+    models::{self, AutoPromote, ModelName},
+};
 use sluice_nn::Architecture;
 use uuid::Uuid;
 
 use crate::{
-    search::{self, InvalidSearch, JobRequest, Limits},
+    search::{self, InvalidSearch, JobRequest, Limits, Promote},
     snapshot,
     store::{self, NewJob, NewTrial, Origin},
 };
@@ -25,8 +29,52 @@ pub enum StartError {
     Search(#[from] InvalidSearch),
     #[error("{0}")]
     Unavailable(String),
+    /// The job asks to move `production` further than its starter may.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
+/// Who vouches for a job's `promote`: moving `production` needs `admin`, or the model's
+/// auto-promotion policy (set by an admin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// Started by an admin token: `promote` as requested.
+    Admin,
+    /// Started by a non-admin token. `explicit`: the request named `promote`, so asking for more
+    /// than the policy grants is refused (403); an omitted `promote` falls back to the policy.
+    Caller { explicit: bool },
+    /// A retrain (drift, feedback): the template's `promote`, capped by the policy.
+    Retrain,
+}
+
+fn promote_of(policy: AutoPromote) -> Promote {
+    match policy {
+        AutoPromote::Never => Promote::Never,
+        AutoPromote::IfBetter => Promote::IfBetter,
+        AutoPromote::Always => Promote::Always,
+    }
+}
+
+/// The `promote` the job runs with under `grant`, or why the request is refused.
+async fn authorize_promotion(
+    ctx: &Context,
+    model: &ModelName,
+    requested: Promote,
+    grant: Grant,
+) -> Result<Promote, StartError> {
+    if grant == Grant::Admin || requested == Promote::Never {
+        return Ok(requested);
+    }
+    let client = ctx.db.get().await.map_err(|e| StartError::Unavailable(e.to_string()))?;
+    let allowed = promote_of(models::policy(&client, model).await.map_err(|e| StartError::Unavailable(e.to_string()))?.auto_promote);
+    match grant {
+        Grant::Caller { explicit: true } if requested > allowed => Err(StartError::Forbidden(format!(
+            "`promote`: {requested:?} moves production, which needs the admin scope or an auto-promotion policy \
+             an admin sets with PUT /v1/models/{model}/policy (now {allowed:?}); use \"never\" and promote by hand"
+        ))),
+        _ => Ok(requested.min(allowed)),
+    }
+}
 impl From<store::StoreError> for StartError {
     fn from(err: store::StoreError) -> Self {
         Self::Unavailable(err.to_string())
@@ -44,8 +92,11 @@ pub fn limits(ctx: &Context) -> Limits {
 }
 
 /// Validates and starts a job; nothing is written anywhere unless it is accepted.
-pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin) -> Result<Uuid, StartError> {
-    ModelName::parse(&request.model).map_err(|e| StartError::Invalid(format!("`model`: {e}.")))?;
+pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: Grant) -> Result<Uuid, StartError> {
+    let model = ModelName::parse(&request.model).map_err(|e| StartError::Invalid(format!("`model`: {e}.")))?;
+    let mut request = request.clone();
+    request.promote = authorize_promotion(ctx, &model, request.promote, grant).await?;
+    let request = &request;
     let dataset = DatasetName::parse(&request.dataset).map_err(|e| StartError::Invalid(format!("`dataset`: {e}.")))?;
     request.architecture.parse::<Architecture>().map_err(|_| {
         StartError::Invalid(format!("`architecture`: unknown architecture {:?}; use mlp or cnn.", request.architecture))

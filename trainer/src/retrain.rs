@@ -20,7 +20,7 @@ use sluice_core::{
 use uuid::Uuid;
 
 use crate::{
-    jobs::{self, StartError},
+    jobs::{self, Grant, StartError},
     search::JobRequest,
     store::Origin,
 };
@@ -88,7 +88,7 @@ async fn handle(ctx: &Context, event_id: Uuid, request: &RetrainRequested) -> Re
                     requested_by: request.requested_by.clone(),
                     evidence: Some(json!({"reason": request.reason, "evidence": request.evidence})),
                 };
-                match jobs::start(ctx, &template, origin).await {
+                match jobs::start(ctx, &template, origin, Grant::Retrain).await {
                     Ok(job) => {
                         metrics::counter!("sluice_trainer_retrain_jobs_total").increment(1);
                         ("started".to_owned(), Some(job))

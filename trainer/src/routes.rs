@@ -18,7 +18,7 @@ use sluice_core::{
 use uuid::Uuid;
 
 use crate::{
-    jobs::{self, StartError},
+    jobs::{self, Grant, StartError},
     search::JobRequest,
     store::{self, Cancelled, Origin},
 };
@@ -44,7 +44,12 @@ async fn create(State(ctx): State<Context>, caller: Caller, body: Bytes) -> Resp
     if let Err(err) = caller.require(Scope::Train) {
         return err.into_response();
     }
-    let request: JobRequest = match serde_json::from_slice(&body) {
+    let mut explicit_promote = false;
+    let request: JobRequest = match serde_json::from_slice::<serde_json::Value>(&body)
+        .and_then(|value| {
+            explicit_promote = value.get("promote").is_some();
+            serde_json::from_value(value)
+        }) {
         Ok(request) => request,
         Err(err) => {
             return ApiError::new(
@@ -56,7 +61,8 @@ async fn create(State(ctx): State<Context>, caller: Caller, body: Bytes) -> Resp
         }
     };
     let origin = Origin { kind: "api", requested_by: caller.0.name.clone(), evidence: None };
-    match jobs::start(&ctx, &request, origin).await {
+    let grant = if caller.is_admin() { Grant::Admin } else { Grant::Caller { explicit: explicit_promote } };
+    match jobs::start(&ctx, &request, origin, grant).await {
         Ok(id) => (StatusCode::ACCEPTED, Json(json!({"id": id, "status": "queued"}))).into_response(),
         Err(err) => start_error(err).into_response(),
     }
@@ -74,6 +80,7 @@ fn start_error(err: StartError) -> ApiError {
         StartError::Unusable(message) => ApiError::new(unprocessable, "dataset_not_trainable", format!("{message}.")),
         StartError::Search(err) => ApiError::new(unprocessable, "invalid_search", format!("{err}.")),
         StartError::Unavailable(message) => unavailable(&message),
+        StartError::Forbidden(message) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("{message}.")),
     }
 }
 
@@ -83,7 +90,10 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list(State(ctx): State<Context>, _caller: Caller, Query(query): Query<ListQuery>) -> Response {
+async fn list(State(ctx): State<Context>, caller: Caller, Query(query): Query<ListQuery>) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Train]) {
+        return err.into_response();
+    }
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
     match store::list_jobs(&ctx, query.model.as_deref(), limit).await {
         Ok(jobs) => Json(json!({"jobs": jobs})).into_response(),
@@ -91,7 +101,10 @@ async fn list(State(ctx): State<Context>, _caller: Caller, Query(query): Query<L
     }
 }
 
-async fn show(State(ctx): State<Context>, _caller: Caller, Path(id): Path<String>) -> Response {
+async fn show(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Train]) {
+        return err.into_response();
+    }
     let id = match job_id(&id) {
         Ok(id) => id,
         Err(err) => return err.into_response(),

@@ -47,8 +47,9 @@ pub struct SearchRequest {
     pub min_epochs: Option<u32>,
 }
 
-/// What happens to the best model when a job ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// What happens to the best model when a job ends. Ordered by how much it may move
+/// `production` (`Never < IfBetter < Always`), to compare with a model's auto-promotion policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Promote {
     Never,
@@ -62,6 +63,9 @@ pub enum Promote {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidSearch(pub String);
+
+/// Most values one parameter's list may hold (checked before anything is expanded).
+const MAX_CHOICES: usize = 1024;
 
 fn invalid(message: impl Into<String>) -> InvalidSearch {
     InvalidSearch(message.into())
@@ -89,6 +93,10 @@ impl Domain {
             Value::Array(values) if values.is_empty() => {
                 Err(invalid(format!("search.space.{name} is an empty list; give at least one value")))
             }
+            Value::Array(values) if values.len() > MAX_CHOICES => Err(invalid(format!(
+                "search.space.{name} has {} values; a list holds at most {MAX_CHOICES}",
+                values.len()
+            ))),
             Value::Array(values) => Ok(Domain::Choice(values.clone())),
             Value::Object(map) if map.len() == 1 => {
                 let (kind, arg) = map.iter().next().expect("one entry");
@@ -183,6 +191,17 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
             if search.reduction_factor.is_some() || search.min_epochs.is_some() {
                 return Err(invalid("reduction_factor and min_epochs apply to the halving strategy only"));
             }
+            // Count the combinations before making any of them.
+            let cap = search.max_trials.unwrap_or(limits.max_trials) as usize;
+            let count = domains.values().try_fold(1usize, |count, domain| match domain {
+                Domain::Choice(values) => count.checked_mul(values.len()),
+                _ => Some(count),
+            });
+            if count.is_none_or(|count| count > cap) {
+                return Err(invalid(format!(
+                    "the grid has more combinations than max_trials ({cap}); shorten a list or raise search.max_trials"
+                )));
+            }
             let mut combos: Vec<BTreeMap<String, Value>> = vec![BTreeMap::new()];
             for (name, domain) in &domains {
                 let Domain::Choice(values) = domain else {
@@ -200,15 +219,6 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
                         })
                     })
                     .collect();
-                if combos.len() > limits.max_trials as usize {
-                    break;
-                }
-            }
-            let cap = search.max_trials.unwrap_or(limits.max_trials) as usize;
-            if combos.len() > cap {
-                return Err(invalid(format!(
-                    "the grid has more combinations than max_trials ({cap}); shorten a list or raise search.max_trials"
-                )));
             }
             let trials = combos.iter().map(build).collect::<Result<_, _>>()?;
             Ok(Plan { strategy: Strategy::Grid, trials })
@@ -338,6 +348,11 @@ mod tests {
             json!({"strategy": "random", "max_trials": 2, "space": {"learning_rate": {"gaussian": [0.1, 0.2]}}}),
             json!({"strategy": "grid", "space": {"epochs": [1000]}}),
             json!({"strategy": "grid", "max_trials": 3, "space": {"learning_rate": [0.1, 0.2], "batch_size": [8, 16]}}),
+            json!({"strategy": "grid", "space": {"learning_rate": (0..2000).map(|i| 0.001 * f64::from(i)).collect::<Vec<_>>()}}),
+            json!({"strategy": "grid", "space": {
+                "learning_rate": (0..40).map(|i| 0.001 * f64::from(i + 1)).collect::<Vec<_>>(),
+                "dropout": (0..40).map(|i| 0.01 * f64::from(i)).collect::<Vec<_>>(),
+            }}),
         ];
         for case in cases {
             let s = search(case.clone());

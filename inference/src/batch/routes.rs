@@ -115,7 +115,10 @@ async fn submit(state: &AppState, caller: &Caller, body: &[u8]) -> Result<serde_
 }
 
 /// `GET /v1/batch-predictions/{id}`: status, progress, and the result parts written so far.
-pub async fn show(State(state): State<AppState>, _caller: Caller, Path(id): Path<String>) -> Response {
+pub async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
+    if let Err(err) = caller.require(Scope::Predict) {
+        return err.into_response();
+    }
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "No batch prediction has this id.");
     let Ok(id) = Uuid::parse_str(&id) else { return not_found().into_response() };
     match store::status_json(&state.served.ctx, id).await {

@@ -19,14 +19,20 @@ use uuid::Uuid;
 use super::MAX_METADATA_BYTES;
 use crate::{error::IngestError, store};
 
-pub(super) async fn list_datasets(State(ctx): State<Context>, _caller: Caller) -> Response {
+pub(super) async fn list_datasets(State(ctx): State<Context>, caller: Caller) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Ingest, Scope::Train]) {
+        return err.into_response();
+    }
     match store::dataset_stats(&ctx, None).await {
         Ok(datasets) => Json(json!({ "datasets": datasets })).into_response(),
         Err(err) => err.into_response(),
     }
 }
 
-pub(super) async fn get_dataset(State(ctx): State<Context>, _caller: Caller, Path(name): Path<String>) -> Response {
+pub(super) async fn get_dataset(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Ingest, Scope::Train]) {
+        return err.into_response();
+    }
     let name = match DatasetName::parse(&name) {
         Ok(name) => name,
         Err(e) => return IngestError::BadField { field: "dataset", message: e.0 }.into_response(),
@@ -122,7 +128,10 @@ pub(super) async fn post_import(
     }
 }
 
-pub(super) async fn get_import(State(ctx): State<Context>, _caller: Caller, Path(id): Path<String>) -> Response {
+pub(super) async fn get_import(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Ingest]) {
+        return err.into_response();
+    }
     let id = match Uuid::parse_str(&id) {
         Ok(id) => id,
         Err(_) => return ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "Import ids are UUIDs.").into_response(),

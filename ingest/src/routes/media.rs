@@ -182,7 +182,14 @@ async fn read_multipart(
     limit: u64,
 ) -> Result<(), IngestError> {
     let mut used: u64 = 0;
+    let max_parts = ctx.config.http.max_parts;
+    let mut parts = 0usize;
     while let Some(field) = multipart.next_field().await.map_err(|e| IngestError::BadRequest(e.body_text()))? {
+        parts += 1;
+        // Files, plus at most one of each text part; anything past that is a part flood.
+        if parts > max_parts + TEXT_PARTS.len() || (field.name() == Some("file") && stored.len() >= max_parts) {
+            return Err(IngestError::TooManyParts { max: max_parts });
+        }
         let name = field.name().unwrap_or_default().to_owned();
         match name.as_str() {
             "file" => {
@@ -200,7 +207,7 @@ async fn read_multipart(
                 used += file.bytes as u64;
                 stored.push(file);
             }
-            "dataset" | "label" | "metadata" | "source" => {
+            text if TEXT_PARTS.contains(&text) => {
                 if !stored.is_empty() {
                     return Err(IngestError::BadRequest(format!(
                         "send the `{name}` part before the `file` parts it applies to"
@@ -225,6 +232,9 @@ async fn read_multipart(
     }
     Ok(())
 }
+
+/// The text parts an upload may carry, each before the files it applies to.
+const TEXT_PARTS: [&str; 4] = ["dataset", "label", "metadata", "source"];
 
 /// Reads a text part, refusing it as soon as it passes `max` bytes.
 async fn read_bounded(mut field: axum::extract::multipart::Field<'_>, max: usize) -> Result<Vec<u8>, String> {
@@ -299,7 +309,10 @@ fn parse_query(query: &str, common: &mut Common) -> Result<(), IngestError> {
     Ok(())
 }
 
-pub(super) async fn get_media(State(ctx): State<Context>, _caller: Caller, Path(id): Path<String>) -> Response {
+pub(super) async fn get_media(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Ingest, Scope::Train]) {
+        return err.into_response();
+    }
     let id = match parse_id(&id) {
         Ok(id) => id,
         Err(err) => return err.into_response(),

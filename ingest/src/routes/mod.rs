@@ -3,18 +3,24 @@
 mod datasets;
 mod media;
 
-use axum::{Router, http::StatusCode, routing::get};
+use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, routing::get};
 use sluice_core::{Context, http::ApiError};
 use uuid::Uuid;
 
 /// Largest `metadata` part (and JSON request body) accepted, in bytes.
 pub(crate) const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Room for multipart boundaries and text parts on top of the files' byte limit.
+const MULTIPART_FRAMING_BYTES: usize = 1024 * 1024;
 /// Longest `source` accepted, in characters.
 pub(crate) const MAX_SOURCE_CHARS: usize = 512;
 
 pub fn router(ctx: Context) -> Router {
+    // Uploads stream to S3 under `http.max_body_bytes` (counted on the files' bytes, so the
+    // framework's limit leaves room for multipart framing), not the JSON routes' default limit.
+    let files_limit = usize::try_from(ctx.config.http.max_body_bytes).unwrap_or(usize::MAX);
+    let upload_limit = DefaultBodyLimit::max(files_limit.saturating_add(MULTIPART_FRAMING_BYTES));
     Router::new()
-        .route("/v1/media", axum::routing::post(media::post_media))
+        .route("/v1/media", axum::routing::post(media::post_media).layer(upload_limit))
         .route("/v1/media/{id}", get(media::get_media).patch(media::patch_media))
         .route("/v1/datasets", get(datasets::list_datasets))
         .route("/v1/datasets/{name}", get(datasets::get_dataset))

@@ -1,0 +1,103 @@
+//! Per-model promotion policy (`model_policies`), set by an admin with
+//! `PUT /v1/models/{name}/policy`: how far a training job or a retrain that no admin started may
+//! move `production` on its own, and which other aliases only an admin may move.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use serde::{Deserialize, Serialize};
+
+use super::{AliasName, ModelName, RegistryError};
+
+/// What a job may do to `production` without an admin: ordered, so a job asking for more than
+/// the policy grants can be told apart (`Never < IfBetter < Always`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoPromote {
+    #[default]
+    Never,
+    IfBetter,
+    Always,
+}
+
+impl AutoPromote {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutoPromote::Never => "never",
+            AutoPromote::IfBetter => "if_better",
+            AutoPromote::Always => "always",
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Self, RegistryError> {
+        match raw {
+            "never" => Ok(AutoPromote::Never),
+            "if_better" => Ok(AutoPromote::IfBetter),
+            "always" => Ok(AutoPromote::Always),
+            other => Err(RegistryError::Corrupt(format!("auto_promote {other:?}"))),
+        }
+    }
+}
+
+/// Most protected aliases one model may list.
+pub const MAX_PROTECTED_ALIASES: usize = 32;
+
+/// A model's policy; a model without a row has the default (never, nothing protected).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Policy {
+    pub auto_promote: AutoPromote,
+    /// Aliases besides `production` that only an admin may move or delete.
+    pub protected_aliases: Vec<String>,
+    pub updated_by: Option<String>,
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl Policy {
+    /// Whether moving `alias` needs the `admin` scope.
+    pub fn protects(&self, alias: &AliasName) -> bool {
+        alias.is_production() || self.protected_aliases.iter().any(|a| a == alias.as_str())
+    }
+}
+
+/// The model's policy (the default when none was set).
+pub async fn policy(client: &impl GenericClient, model: &ModelName) -> Result<Policy, RegistryError> {
+    let row = client
+        .query_opt(
+            "SELECT auto_promote, protected_aliases, updated_by, updated_at FROM model_policies WHERE model = $1",
+            &[&model.as_str()],
+        )
+        .await
+        .map_err(crate::db::DbError::Query)?;
+    let Some(row) = row else { return Ok(Policy::default()) };
+    Ok(Policy {
+        auto_promote: AutoPromote::parse(row.get("auto_promote"))?,
+        protected_aliases: row.get("protected_aliases"),
+        updated_by: row.get("updated_by"),
+        updated_at: row.get("updated_at"),
+    })
+}
+
+/// Sets the model's policy (whether or not the model has versions yet) and returns it.
+pub async fn set_policy(
+    client: &impl GenericClient,
+    model: &ModelName,
+    auto_promote: AutoPromote,
+    protected_aliases: &[AliasName],
+    actor: &str,
+) -> Result<Policy, RegistryError> {
+    let mut protected: Vec<String> = protected_aliases.iter().map(|a| a.as_str().to_owned()).collect();
+    protected.sort();
+    protected.dedup();
+    if protected.len() > MAX_PROTECTED_ALIASES {
+        return Err(RegistryError::Invalid(format!("at most {MAX_PROTECTED_ALIASES} protected aliases")));
+    }
+    client
+        .execute(
+            "INSERT INTO model_policies (model, auto_promote, protected_aliases, updated_by) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (model) DO UPDATE SET auto_promote = $2, protected_aliases = $3, updated_by = $4,
+                 updated_at = now()",
+            &[&model.as_str(), &auto_promote.as_str(), &protected, &actor],
+        )
+        .await
+        .map_err(crate::db::DbError::Query)?;
+    policy(client, model).await
+}
