@@ -40,6 +40,17 @@ pub enum Command {
         #[arg(long, default_value = "production")]
         alias: String,
     },
+    /// Show the model's promotion policy, or set it (admin): how far jobs and retrains that no
+    /// admin started may move `production`, and which other aliases only an admin may move.
+    Policy {
+        name: String,
+        /// never, if_better or always.
+        #[arg(long)]
+        auto_promote: Option<String>,
+        /// Aliases besides production that only an admin may move (replaces the list).
+        #[arg(long, value_delimiter = ',')]
+        protect: Option<Vec<String>>,
+    },
 }
 
 /// The registry API at `url`, called with `token`.
@@ -130,6 +141,17 @@ pub async fn run(command: Command, api: &Api, json_output: bool) -> anyhow::Resu
         Command::History { name, alias } => {
             render(&api.get(&["v1", "models", &name, "aliases", &alias, "history"]).await?, history_text)
         }
+        Command::Policy { name, auto_promote: None, protect: None } => {
+            render(&api.get(&["v1", "models", &name, "policy"]).await?, policy_text)
+        }
+        Command::Policy { name, auto_promote, protect } => {
+            let current = api.get(&["v1", "models", &name, "policy"]).await?;
+            let body = json!({
+                "auto_promote": auto_promote.map_or_else(|| current["policy"]["auto_promote"].clone(), Value::from),
+                "protected_aliases": protect.map_or_else(|| current["policy"]["protected_aliases"].clone(), |p| json!(p)),
+            });
+            render(&api.put(&["v1", "models", &name, "policy"], &body).await?, policy_text)
+        }
     })
 }
 
@@ -200,6 +222,16 @@ fn version_text(v: &Value) -> String {
         out.push_str(&format!("  {key:<13}{value}\n"));
     }
     out
+}
+
+fn policy_text(body: &Value) -> String {
+    let policy = &body["policy"];
+    format!(
+        "model {}: auto-promote {}, protected aliases: production{}\n",
+        text(&body["model"]),
+        text(&policy["auto_promote"]),
+        items(&policy["protected_aliases"]).iter().map(|a| format!(", {}", text(a))).collect::<String>()
+    )
 }
 
 fn move_text(m: &Value) -> String {

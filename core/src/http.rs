@@ -78,6 +78,7 @@ pub fn with_limits(router: Router, config: &crate::config::HttpConfig) -> Router
     router
         .layer(middleware::from_fn(json_errors))
         .layer(axum::extract::DefaultBodyLimit::max(config.max_request_bytes))
+        .layer(middleware::from_fn(linger))
         .layer(middleware::from_fn(move |request: Request, next: Next| async move {
             match tokio::time::timeout(timeout, next.run(request)).await {
                 Ok(response) => response,
@@ -89,6 +90,55 @@ pub fn with_limits(router: Router, config: &crate::config::HttpConfig) -> Router
                 .into_response(),
             }
         }))
+}
+
+/// After a handler stops reading a request body (it refused it early: too large, bad type), up to
+/// this much more of it is read and discarded, for at most [`LINGER_TIME`], so the client gets
+/// the answer instead of a reset connection ("lingering close", as nginx and Apache do).
+const LINGER_BYTES: u64 = 64 * 1024 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// Hands the handler the request body through a channel; if the handler drops it before the
+/// end, the rest is drained (bounded) in the background while the answer goes out.
+async fn linger(request: Request, next: Next) -> Response {
+    use axum::body::HttpBody;
+    use futures::StreamExt;
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let (parts, body) = request.into_parts();
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, axum::Error>>(2);
+    tokio::spawn(async move {
+        let mut stream = body.into_data_stream();
+        let mut handler_reads = true;
+        let mut drained = 0u64;
+        let mut deadline = None;
+        loop {
+            let next = match deadline {
+                None => stream.next().await,
+                Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => return,
+                },
+            };
+            let Some(chunk) = next else { return };
+            if handler_reads {
+                if sender.send(chunk).await.is_err() {
+                    handler_reads = false;
+                    deadline = Some(tokio::time::Instant::now() + LINGER_TIME);
+                }
+            } else {
+                drained += chunk.map_or(0, |c| c.len() as u64);
+                if drained > LINGER_BYTES {
+                    return;
+                }
+            }
+        }
+    });
+    let stream = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|chunk| (chunk, receiver))
+    });
+    next.run(Request::from_parts(parts, axum::body::Body::from_stream(stream))).await
 }
 
 /// Most bytes of a framework's plain-text refusal kept as the JSON error's message.

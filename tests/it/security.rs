@@ -365,3 +365,285 @@ async fn unknown_models_leave_no_cache_entry_or_metric_series() {
     assert!(!metrics.contains("ghost-"), "a name from the URL became a metric label");
     assert!(metrics.contains("sluice_inference_errors_total{model=\"unknown\""), "refusals are still counted");
 }
+
+/// A JPEG made of `tables` Huffman-table segments that define nothing, then a 8×8 gray frame.
+fn dht_flood_jpeg(tables: usize) -> Vec<u8> {
+    let mut jpeg = vec![0xFF, 0xD8];
+    for i in 0..tables {
+        jpeg.extend_from_slice(&[0xFF, 0xC4, 0x00, 0x13, (i % 2 * 0x10 + i % 4) as u8]);
+        jpeg.extend_from_slice(&[0; 16]);
+    }
+    jpeg.extend_from_slice(&gray_frame_tail(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+    jpeg
+}
+
+/// SOF0 8×8 gray, a DQT, one DC and one AC table with `counts`, a scan and EOI.
+fn gray_frame_tail(counts: &[u8; 16]) -> Vec<u8> {
+    let mut tail = vec![0xFF, 0xDB, 0x00, 0x43, 0x00];
+    tail.extend_from_slice(&[1; 64]);
+    tail.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x0B, 0x08, 0x00, 0x08, 0x00, 0x08, 0x01, 0x01, 0x11, 0x00]);
+    let symbols: usize = counts.iter().map(|&c| usize::from(c)).sum();
+    for class in [0x00u8, 0x10] {
+        tail.extend_from_slice(&[0xFF, 0xC4, 0x00, (2 + 1 + 16 + symbols) as u8, class]);
+        tail.extend_from_slice(counts);
+        tail.extend((0..symbols).map(|s| s as u8));
+    }
+    tail.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x00, 0x3F, 0x00]);
+    tail.extend_from_slice(&[0x00, 0x00, 0x00, 0x00, 0xFF, 0xD9]);
+    tail
+}
+
+/// A PNG whose header claims `width`×`height` (no pixel data follows).
+fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    png.extend_from_slice(&13u32.to_be_bytes());
+    png.extend_from_slice(&ihdr);
+    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
+    png.extend_from_slice(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]);
+    png
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}
+
+/// `sluice up` as a child process on a free port, against `env`'s stack; its address once listening.
+fn spawn_sluice_up(env: &TestEnv) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("up")
+        .envs(crate::support::sluice_env(env))
+        .env("SLUICE_TELEMETRY_LOG_FORMAT", "json")
+        .env("SLUICE_HTTP_AUTH_FAILURE_BURST", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn sluice up");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx.recv_timeout(Duration::from_secs(90)).expect("sluice up logs `listening` within 90 s");
+        if let Ok(log) = serde_json::from_str::<Value>(&line)
+            && log["message"] == "listening"
+        {
+            let addr = log["addr"].as_str().expect("addr").to_owned();
+            std::thread::spawn(move || rx.into_iter().for_each(drop));
+            return (child, addr);
+        }
+    }
+}
+
+/// Peak resident memory of process `pid` so far, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_corpus_gets_4xx_and_grows_peak_memory_by_at_most_256_mib() {
+    let env = TestEnv::new().await;
+    let registry = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
+    crate::inference::register_trained(&registry, "target", 1, 1).await;
+    crate::inference::move_alias(&registry, "target", "production", 1).await;
+    let admin = registry.admin_token.clone();
+    let (mut child, addr) = spawn_sluice_up(&env);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("client");
+    let url = |path: &str| format!("http://{addr}{path}");
+    let post = |path: &str, content_type: &str, body: Vec<u8>| {
+        http.post(url(path)).bearer_auth(&admin).header("content-type", content_type).body(body).send()
+    };
+    // Warm up: the model loads and the allocator settles before the baseline is read.
+    let good = crate::inference::png(&crate::inference::samples(1, 1), 0, 0);
+    for _ in 0..5 {
+        let (status, body) = json_of(post("/v1/models/target/predict", "image/png", good.clone()).await.expect("predict")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let baseline = peak_rss_kib(child.id());
+
+    let mut oversubscribed = vec![0xFF, 0xD8];
+    oversubscribed.extend_from_slice(&gray_frame_tail(&[3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+    let mut comments = vec![0xFF, 0xD8];
+    for _ in 0..60_000 {
+        comments.extend_from_slice(&[0xFF, 0xFE, 0x00, 0x22]);
+        comments.extend_from_slice(&[b'x'; 32]);
+    }
+    comments.extend_from_slice(&gray_frame_tail(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+    let gif_screen = b"GIF89a\xff\xff\xff\xff\x00\x00\x00\x3b".to_vec();
+    let tiff = {
+        let mut tiff = b"II*\x00\x08\x00\x00\x00\x02\x00".to_vec();
+        tiff.extend_from_slice(&[0x00, 0x01, 0x04, 0x00, 0x01, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0x00]);
+        tiff.extend_from_slice(&[0x01, 0x01, 0x04, 0x00, 0x01, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0x00]);
+        tiff.extend_from_slice(&[0, 0, 0, 0]);
+        tiff
+    };
+    let cases: Vec<(&str, &str, &str, Vec<u8>)> = vec![
+        ("2 MiB of empty Huffman tables", "/v1/models/target/predict", "image/jpeg", dht_flood_jpeg(100_000)),
+        ("20 MiB of empty Huffman tables", "/v1/models/target/predict", "image/jpeg", dht_flood_jpeg(1_000_000)),
+        ("an over-subscribed Huffman table", "/v1/models/target/predict", "image/jpeg", oversubscribed),
+        ("2 MiB of comment segments", "/v1/models/target/predict", "image/jpeg", comments),
+        ("a PNG claiming 100000x100000", "/v1/models/target/predict", "image/png", png_claiming(100_000, 100_000)),
+        ("a PNG claiming 100000x100000", "/v1/media?dataset=hostile", "image/png", png_claiming(100_000, 100_000)),
+        ("a GIF with a 65535x65535 screen", "/v1/models/target/predict", "image/gif", gif_screen.clone()),
+        ("a TIFF claiming 16M x 16M", "/v1/models/target/predict", "image/tiff", tiff),
+        ("a 100 MiB predict body", "/v1/models/target/predict", "image/jpeg", vec![0xFF; 100 * 1024 * 1024]),
+        ("a 2 MiB feedback body", "/v1/feedback", "application/json", vec![b'['; 2 * 1024 * 1024]),
+        ("deeply nested JSON", "/v1/training-jobs", "application/json", vec![b'['; 512 * 1024]),
+    ];
+    let mut wrong = Vec::new();
+    for (what, path, content_type, body) in cases {
+        let (status, answer) = json_of(post(path, content_type, body).await.expect(what)).await;
+        if !(400..500).contains(&status) || !answer["error"]["message"].is_string() {
+            wrong.push(format!("{what} → {status} {}", answer.to_string().chars().take(300).collect::<String>()));
+        }
+    }
+    let flood = (0..1000).fold(reqwest::multipart::Form::new(), |form, i| {
+        form.part("file", reqwest::multipart::Part::bytes(b"GIF89a\x01\x00\x01\x00\x00".to_vec()).file_name(format!("{i}.gif")))
+    });
+    let (status, _) =
+        json_of(http.post(url("/v1/media?dataset=hostile")).bearer_auth(&admin).multipart(flood).send().await.expect("flood"))
+            .await;
+    if status != 413 {
+        wrong.push(format!("a 1000-part upload → {status}"));
+    }
+    let values: Vec<f64> = (1..=100_000).map(|i| f64::from(i) * 1e-6).collect();
+    let job = json!({"model": "target", "dataset": "hostile", "architecture": "mlp",
+        "search": {"strategy": "grid", "space": {"learning_rate": values}}});
+    let (status, _) = json_of(http.post(url("/v1/training-jobs")).bearer_auth(&admin).json(&job).send().await.expect("job")).await;
+    if status != 422 {
+        wrong.push(format!("a 100,000-value grid → {status}"));
+    }
+    // Still serving, and still right.
+    let (status, body) = json_of(post("/v1/models/target/predict", "image/png", good).await.expect("predict")).await;
+    assert_eq!(status, 200, "the process survives the corpus: {body}");
+    let grown_mib = peak_rss_kib(child.id()).saturating_sub(baseline) / 1024;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert!(grown_mib <= 256, "peak RSS grew by {grown_mib} MiB over the hostile corpus");
+    assert_eq!(registry.count("SELECT count(*) FROM media").await, 0, "nothing hostile was stored");
+}
+
+/// A JPEG of `width`×`height` made by the image crate.
+fn plain_jpeg(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 90]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(image).write_to(&mut out, image::ImageFormat::Jpeg).expect("encode JPEG");
+    out.into_inner()
+}
+
+/// What `ffmpeg` writes for `args` (an animated WebP, for example).
+fn ffmpeg_output(args: &[&str], extension: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(format!("out.{extension}"));
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y"])
+        .args(args)
+        .arg(&path)
+        .status()
+        .expect("run ffmpeg (deploy/local/stack.sh installs it)");
+    assert!(status.success(), "ffmpeg {args:?}");
+    std::fs::read(path).expect("ffmpeg output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_but_unusual_files_are_accepted_stored_whole_and_decoded() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    crate::inference::register_trained(&app, "any", 1, 1).await;
+    crate::inference::move_alias(&app, "any", "production", 1).await;
+    let base = plain_jpeg(40, 30);
+    // A phone's motion photo: the still, then a video appended after its end-of-image marker.
+    let mut motion = base.clone();
+    motion.extend_from_slice(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom\x00\x00\x00\x08free");
+    motion.extend(std::iter::repeat_n(0x5Au8, 4096));
+    // Metadata a maker appends after the image, and comment and APPn segments before the frame.
+    let mut trailer = base.clone();
+    trailer.extend_from_slice(b"\xFF\xD8junk after EOI\x00\xFF\xFF");
+    let mut segments = base[..2].to_vec();
+    segments.extend_from_slice(b"\xFF\xFE\x00\x0Ea comment!!!");
+    segments.extend_from_slice(b"\xFF\xE2\x00\x10ICC_PROFILE\x00\x01\x01");
+    segments.extend_from_slice(b"\xFF\xEB\x00\x06JP\x00\x00");
+    segments.extend_from_slice(&base[2..]);
+    let animated_gif = {
+        let mut out = Vec::new();
+        {
+            let mut encoder = image::codecs::gif::GifEncoder::new(&mut out);
+            encoder.set_repeat(image::codecs::gif::Repeat::Infinite).expect("repeat");
+            for shade in [20u8, 200] {
+                let frame = image::RgbaImage::from_pixel(24, 24, image::Rgba([shade, 80, 80, 255]));
+                let delay = image::Delay::from_numer_denom_ms(500, 1);
+                encoder.encode_frame(image::Frame::from_parts(frame, 0, 0, delay)).expect("frame");
+            }
+        }
+        out
+    };
+    let animated_webp =
+        ffmpeg_output(&["-f", "lavfi", "-i", "testsrc=size=32x32:rate=4", "-t", "1", "-loop", "0"], "webp");
+    let gray16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(30, 30, |x, _| image::Luma([x as u16 * 2000]));
+    let mut png16 = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageLuma16(gray16).write_to(&mut png16, image::ImageFormat::Png).expect("16-bit PNG");
+    let files: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("data after EOI (motion photo)", "image/jpeg", motion),
+        ("metadata after EOI", "image/jpeg", trailer),
+        ("comment and APP segments", "image/jpeg", segments),
+        ("restart markers", "image/jpeg", include_bytes!("../../media/testdata/restart_422.jpg").to_vec()),
+        ("progressive", "image/jpeg", include_bytes!("../../media/testdata/progressive_422.jpg").to_vec()),
+        ("CMYK", "image/jpeg", include_bytes!("fixtures/cmyk.jpg").to_vec()),
+        ("16-bit PNG", "image/png", png16.into_inner()),
+        ("animated GIF", "image/gif", animated_gif),
+        ("animated WebP", "image/webp", animated_webp),
+    ];
+    let mut wrong = Vec::new();
+    let mut accepted = Vec::new();
+    for (what, content_type, body) in &files {
+        let predict = app.http.post(app.url("/v1/models/any/predict")).bearer_auth(&app.admin_token);
+        let (status, answer) = json_of(predict.header("content-type", *content_type).body(body.clone()).send().await.expect("predict")).await;
+        if status != 200 {
+            wrong.push(format!("predict {what}: {status} {answer}"));
+        }
+        let upload = app.http.post(app.url("/v1/media?dataset=unusual&label=a")).bearer_auth(&app.admin_token);
+        let (status, answer) = json_of(upload.header("content-type", *content_type).body(body.clone()).send().await.expect("upload")).await;
+        match (status, answer["items"][0]["id"].as_str()) {
+            (202, Some(id)) => accepted.push((*what, id.to_owned(), body.clone())),
+            _ => wrong.push(format!("upload {what}: {status} {answer}")),
+        }
+    }
+    for (what, id, body) in accepted {
+        let item = eventually(Duration::from_secs(60), "the item settles", || async {
+            let request = app.http.get(app.url(&format!("/v1/media/{id}"))).bearer_auth(&app.admin_token);
+            let (_, item) = json_of(request.send().await.ok()?).await;
+            matches!(item["status"].as_str(), Some("processed" | "failed")).then_some(item)
+        })
+        .await;
+        if item["status"] != "processed" {
+            wrong.push(format!("preprocess {what}: {item}"));
+            continue;
+        }
+        let key = item["raw"]["key"].as_str().expect("raw key");
+        let stored = sluice_core::s3::get_bytes(&app.ctx.s3, &app.ctx.config.s3.bucket, key).await.expect("get");
+        if stored.as_deref() != Some(body.as_slice()) {
+            wrong.push(format!("{what}: the raw object is not the upload, byte for byte"));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
