@@ -75,6 +75,10 @@ fn describe() {
         "sluice_dependency_up",
         "1 when the last readiness check reached the dependency (kafka, s3, postgres), else 0."
     );
+    metrics::describe_counter!(
+        "sluice_http_auth_failures_total",
+        "Requests refused 401: no, malformed, unknown or revoked token (brute force shows here)."
+    );
     metrics::describe_gauge!("sluice_build_info", "Always 1; labels carry the version.");
     metrics::gauge!("sluice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

@@ -13,6 +13,7 @@ use sluice_core::{
     Context,
     events::Envelope,
     models::{self, AliasName, ModelName, ModelVersion, RegistryError},
+    outbox,
     reference::Reference,
     topics::Topic,
     training::RetrainRequested,
@@ -382,8 +383,10 @@ impl Served {
         self.routing.lock().expect("routing lock").remove(model.as_str());
     }
 
-    /// Publishes a retrain request unless one went out for the model within the cooldown.
-    pub async fn request_retrain(&self, model: &str, reason: &str, evidence: serde_json::Value) {
+    /// Requests retraining unless a request went out for the model within the cooldown. The
+    /// request goes through the outbox in the background: the prediction that noticed the need
+    /// never waits on Kafka (or on PostgreSQL).
+    pub async fn request_retrain(self: &Arc<Self>, model: &str, reason: &str, evidence: serde_json::Value) {
         let cooldown = Duration::from_secs(self.ctx.config.inference.retrain_cooldown_secs);
         {
             let mut last = self.last_retrain.lock().expect("retrain lock");
@@ -398,20 +401,25 @@ impl Served {
             evidence,
             requested_by: format!("inference:{}", std::process::id()),
         });
-        let topic = self.ctx.topic(Topic::RetrainRequests);
-        let payload = event.to_json();
-        let record = rdkafka::producer::FutureRecord::to(topic.as_str()).key(model).payload(&payload);
-        match self.ctx.producer.send(record, Duration::from_secs(30)).await {
-            Ok(_) => {
-                metrics::counter!("sluice_inference_retrain_requests_total", "model" => model.to_owned(), "reason" => reason.to_owned())
-                    .increment(1);
-                tracing::warn!(model, reason, "requested retraining");
+        let (served, model, reason) = (Arc::clone(self), model.to_owned(), reason.to_owned());
+        tokio::spawn(async move {
+            let topic = served.ctx.topic(Topic::RetrainRequests);
+            let enqueued = match served.ctx.db.get().await {
+                Ok(client) => outbox::enqueue(&client, &topic, &model, &event).await.map_err(|e| e.to_string()),
+                Err(err) => Err(sluice_core::error_chain(&err)),
+            };
+            match enqueued {
+                Ok(()) => {
+                    metrics::counter!("sluice_inference_retrain_requests_total", "model" => model.clone(), "reason" => reason.clone())
+                        .increment(1);
+                    tracing::warn!(model, reason, "requested retraining");
+                }
+                Err(err) => {
+                    // Let the next check try again.
+                    served.last_retrain.lock().expect("retrain lock").remove(&model);
+                    tracing::warn!(model, error = %err, "cannot enqueue a retrain request");
+                }
             }
-            Err((err, _)) => {
-                // Let the next check try again.
-                self.last_retrain.lock().expect("retrain lock").remove(model);
-                tracing::warn!(model, error = %err, "cannot publish a retrain request");
-            }
-        }
+        });
     }
 }
