@@ -113,6 +113,8 @@ impl Application {
             router = router.merge(parts.router);
             workers.push(parts.workers);
         }
+        // A handler bug answers 500 in the API's error shape instead of dropping the connection.
+        let router = router.layer(tower_http::catch_panic::CatchPanicLayer::custom(handler_panicked));
         let router = http::with_limits(http::with_request_metrics(router), &ctx.config.http)
             .layer(tower_http::trace::TraceLayer::new_for_http());
         let listener = TcpListener::bind(ctx.config.http.addr)
@@ -165,6 +167,16 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+fn handler_panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned());
+    http::ApiError::internal(&format!("a request handler panicked: {message}")).into_response()
 }
 
 /// Probes Kafka, S3 and PostgreSQL every 10 s so `sluice_dependency_up` stays current between
