@@ -512,7 +512,9 @@ async fn a_hostile_corpus_gets_4xx_and_grows_peak_memory_by_at_most_256_mib() {
     let mut wrong = Vec::new();
     for (what, path, content_type, body) in cases {
         let (status, answer) = json_of(post(path, content_type, body).await.expect(what)).await;
-        if !(400..500).contains(&status) || !answer["error"]["message"].is_string() {
+        // Thousands of comments are odd but legal: decoded or refused, never a failure of ours.
+        let legal = what.contains("comment") && status == 200;
+        if !legal && (!(400..500).contains(&status) || !answer["error"]["message"].is_string()) {
             wrong.push(format!("{what} → {status} {}", answer.to_string().chars().take(300).collect::<String>()));
         }
     }
