@@ -135,9 +135,11 @@ async fn linger(request: Request, next: Next) -> Response {
             }
         }
     });
+    // Fused: a handler may poll its body again after it ended.
     let stream = futures::stream::unfold(receiver, |mut receiver| async move {
         receiver.recv().await.map(|chunk| (chunk, receiver))
-    });
+    })
+    .fuse();
     next.run(Request::from_parts(parts, axum::body::Body::from_stream(stream))).await
 }
 

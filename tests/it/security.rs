@@ -276,12 +276,12 @@ async fn a_client_that_keeps_failing_to_authenticate_is_slowed_down_with_429() {
     let mut config = env.config.clone();
     config.http.auth_failure_burst = 5;
     let app = RunningApp::spawn_services(config, &[Service::Registry]).await;
-    let statuses: Vec<u16> = futures::future::join_all((0..8).map(|i| {
+    let mut statuses = Vec::new();
+    for i in 0..8 {
         let request = app.http.get(app.url("/v1/models")).bearer_auth(format!("slc_random{i}"));
-        async move { request.send().await.expect("get").status().as_u16() }
-    }))
-    .await;
-    assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 5, "{statuses:?}");
+        statuses.push(request.send().await.expect("get").status().as_u16());
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
     let refused = app.http.get(app.url("/v1/models")).bearer_auth("slc_x").send().await.expect("get");
     assert_eq!(refused.status().as_u16(), 429);
     assert!(refused.headers().get("retry-after").is_some());
@@ -311,11 +311,11 @@ async fn oversized_bodies_part_floods_and_huge_search_spaces_are_refused_in_json
             wrong.push(format!("{path}: {status} {body}"));
         }
     }
-    // One 11-byte GIF many times over: each part would be an object and a row.
-    let gif: &[u8] = b"GIF89a\x01\x00\x01\x00\x00";
+    // One tiny GIF many times over: each part would be an object and a row.
+    let gif = tiny_gif();
     let flood = |count: usize| {
         (0..count).fold(reqwest::multipart::Form::new(), |form, i| {
-            form.part("file", reqwest::multipart::Part::bytes(gif.to_vec()).file_name(format!("{i}.gif")))
+            form.part("file", reqwest::multipart::Part::bytes(gif.clone()).file_name(format!("{i}.gif")))
         })
     };
     let max_parts = app.ctx.config.http.max_parts;
@@ -330,10 +330,10 @@ async fn oversized_bodies_part_floods_and_huge_search_spaces_are_refused_in_json
         wrong.push(format!("predict flood: {status} {body}"));
     }
     // Search spaces are counted before they are expanded.
-    let values: Vec<f64> = (1..=100_000).map(|i| f64::from(i) * 1e-6).collect();
+    let values: Vec<u32> = (1..=100_000).collect();
     let thousand: Vec<f64> = (1..=1000).map(|i| f64::from(i) * 1e-4).collect();
     for space in [
-        json!({"learning_rate": values}),
+        json!({"batch_size": values}),
         json!({"learning_rate": thousand, "dropout": (0..100).map(|i| f64::from(i) / 200.0).collect::<Vec<_>>(),
             "batch_size": (1..=100).collect::<Vec<_>>()}),
     ] {
@@ -364,6 +364,15 @@ async fn unknown_models_leave_no_cache_entry_or_metric_series() {
     let metrics = metrics.as_str().unwrap_or_default().to_owned();
     assert!(!metrics.contains("ghost-"), "a name from the URL became a metric label");
     assert!(metrics.contains("sluice_inference_errors_total{model=\"unknown\""), "refusals are still counted");
+}
+
+/// A complete 1×1 GIF (a few dozen bytes).
+fn tiny_gif() -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgba8(image::RgbaImage::from_pixel(1, 1, image::Rgba([9, 9, 9, 255])))
+        .write_to(&mut out, image::ImageFormat::Gif)
+        .expect("encode GIF");
+    out.into_inner()
 }
 
 /// A JPEG made of `tables` Huffman-table segments that define nothing, then a 8×8 gray frame.
@@ -519,7 +528,7 @@ async fn a_hostile_corpus_gets_4xx_and_grows_peak_memory_by_at_most_256_mib() {
         }
     }
     let flood = (0..1000).fold(reqwest::multipart::Form::new(), |form, i| {
-        form.part("file", reqwest::multipart::Part::bytes(b"GIF89a\x01\x00\x01\x00\x00".to_vec()).file_name(format!("{i}.gif")))
+        form.part("file", reqwest::multipart::Part::bytes(tiny_gif()).file_name(format!("{i}.gif")))
     });
     let (status, _) =
         json_of(http.post(url("/v1/media?dataset=hostile")).bearer_auth(&admin).multipart(flood).send().await.expect("flood"))
@@ -527,9 +536,9 @@ async fn a_hostile_corpus_gets_4xx_and_grows_peak_memory_by_at_most_256_mib() {
     if status != 413 {
         wrong.push(format!("a 1000-part upload → {status}"));
     }
-    let values: Vec<f64> = (1..=100_000).map(|i| f64::from(i) * 1e-6).collect();
+    let values: Vec<u32> = (1..=100_000).collect();
     let job = json!({"model": "target", "dataset": "hostile", "architecture": "mlp",
-        "search": {"strategy": "grid", "space": {"learning_rate": values}}});
+        "search": {"strategy": "grid", "space": {"batch_size": values}}});
     let (status, _) = json_of(http.post(url("/v1/training-jobs")).bearer_auth(&admin).json(&job).send().await.expect("job")).await;
     if status != 422 {
         wrong.push(format!("a 100,000-value grid → {status}"));
