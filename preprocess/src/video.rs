@@ -221,3 +221,33 @@ async fn read_log(reader: impl AsyncRead + Unpin, max_frames: usize) -> (Vec<i64
     }
     (timestamps, last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sniffed_video_types_get_a_demuxer() {
+        assert_eq!(demuxer("video/mp4"), Some("mov"));
+        assert_eq!(demuxer("video/x-matroska"), Some("matroska"));
+        assert_eq!(demuxer("image/gif"), Some("gif"));
+        assert_eq!(demuxer("application/vnd.apple.mpegurl"), None);
+        assert_eq!(demuxer("image/png"), None);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_log_output_keeps_the_timestamps_asked_for_and_the_last_lines() {
+        let mut log = Vec::new();
+        for i in 0..10_000 {
+            log.extend_from_slice(format!("[Parsed_showinfo_2] n:{i} pts_time:{}.5 fmt:rgb24\n", i).as_bytes());
+        }
+        log.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+        log.extend_from_slice(b"\nError opening input: boom\n");
+        let (timestamps, last) = read_log(log.as_slice(), 3).await;
+        assert_eq!(timestamps, [500, 1500, 2500]);
+        assert!(last.len() <= KEPT_LOG_LINES && last.iter().all(|l| l.len() <= MAX_LOG_LINE));
+        assert_eq!(last.back().map(String::as_str), Some("Error opening input: boom"));
+        let kept = read_bounded(vec![7u8; 1_000_000].as_slice(), 1000).await.expect("read");
+        assert_eq!(kept.len(), 1000);
+    }
+}
