@@ -61,6 +61,8 @@ pub struct Config {
 pub struct OutboxConfig {
     /// Most outbox rows one relay publishes per batch.
     pub batch: i64,
+    /// Refusals by Kafka (while it accepts other rows) before a row is parked as failed.
+    pub max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +131,8 @@ pub struct InferenceConfig {
     pub batch_group_id: String,
     /// Items per batch-prediction chunk.
     pub batch_chunk: usize,
+    /// Attempts at one chunk (counted before each) before it is parked as failed.
+    pub batch_max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +154,13 @@ pub struct TrainerConfig {
     pub load_concurrency: usize,
     /// Retrain requests within this long of the last retraining start no new job.
     pub retrain_cooldown_secs: u64,
+    /// Deliveries that may start a trial (counted before it runs, so a worker that dies on it
+    /// counts) before it is failed and parked.
+    pub max_trial_attempts: u32,
+    /// Failed attempts at a job's next step before the coordinator fails the job.
+    pub max_step_attempts: u32,
+    /// Largest network a trial may build, in parameters; checked before any memory is taken.
+    pub max_trial_parameters: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -164,6 +175,8 @@ pub struct IngestConfig {
     pub orphan_grace_secs: u64,
     /// Buckets besides Sluice's own that bulk imports may read from.
     pub import_buckets: Vec<String>,
+    /// Attempts at one import object (counted before each) before it is recorded as rejected.
+    pub import_max_attempts: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -329,6 +342,8 @@ impl Config {
             "ingest.multipart_part_bytes must be at least 5 MiB (S3's minimum part size)",
         )?;
         rule(self.outbox.batch >= 1, "outbox.batch must be at least 1")?;
+        rule(self.outbox.max_attempts >= 1, "outbox.max_attempts must be at least 1")?;
+        rule(self.ingest.import_max_attempts >= 1, "ingest.import_max_attempts must be at least 1")?;
         rule(self.preprocess.concurrency >= 1, "preprocess.concurrency must be at least 1")?;
         rule(!self.preprocess.group_id.is_empty(), "preprocess.group_id must not be empty")?;
         rule(self.preprocess.max_attempts >= 1, "preprocess.max_attempts must be at least 1")?;
@@ -348,6 +363,9 @@ impl Config {
             "trainer.max_trial_secs must be between 60 and 2000000",
         )?;
         rule(trainer.load_concurrency >= 1, "trainer.load_concurrency must be at least 1")?;
+        rule(trainer.max_trial_attempts >= 1, "trainer.max_trial_attempts must be at least 1")?;
+        rule(trainer.max_step_attempts >= 1, "trainer.max_step_attempts must be at least 1")?;
+        rule(trainer.max_trial_parameters >= 1, "trainer.max_trial_parameters must be at least 1")?;
         let inference = &self.inference;
         rule((1..=1024).contains(&inference.max_batch), "inference.max_batch must be between 1 and 1024")?;
         rule(inference.max_loaded_versions >= 1, "inference.max_loaded_versions must be at least 1")?;
@@ -371,6 +389,7 @@ impl Config {
         )?;
         rule(inference.live_accuracy_window >= 1, "inference.live_accuracy_window must be at least 1")?;
         rule(inference.batch_chunk >= 1, "inference.batch_chunk must be at least 1")?;
+        rule(inference.batch_max_attempts >= 1, "inference.batch_max_attempts must be at least 1")?;
         rule(inference.alias_reconcile_secs >= 1, "inference.alias_reconcile_secs must be at least 1")?;
         Ok(())
     }

@@ -18,6 +18,7 @@ pub mod media;
 pub mod migrate;
 pub mod models;
 pub mod outbox;
+pub mod parking;
 pub mod pipeline;
 pub mod reference;
 pub mod s3;

@@ -21,10 +21,14 @@ pub enum Topic {
     RetrainRequests,
     /// Batch prediction work items.
     PredictionsBatch,
+    /// Work of any kind parked after its attempts ran out (`work.parked`): an outbox row Kafka
+    /// refused, a trial that killed its workers, a batch chunk, an import object, a
+    /// coordinator step.
+    WorkDlq,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 8] = [
+    pub const ALL: [Topic; 9] = [
         Topic::MediaIngested,
         Topic::MediaProcessed,
         Topic::MediaDlq,
@@ -33,6 +37,7 @@ impl Topic {
         Topic::ModelsEvents,
         Topic::RetrainRequests,
         Topic::PredictionsBatch,
+        Topic::WorkDlq,
     ];
 
     /// The name without prefix, as written in `../shared/API.md`.
@@ -46,6 +51,7 @@ impl Topic {
             Topic::ModelsEvents => "models.events",
             Topic::RetrainRequests => "retrain.requests",
             Topic::PredictionsBatch => "predictions.batch",
+            Topic::WorkDlq => "work.dlq",
         }
     }
 
@@ -54,7 +60,7 @@ impl Topic {
     pub fn configs(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Topic::ModelsEvents => &[("cleanup.policy", "compact")],
-            Topic::MediaDlq => &[("retention.ms", "2592000000")],
+            Topic::MediaDlq | Topic::WorkDlq => &[("retention.ms", "2592000000")],
             _ => &[],
         }
     }
