@@ -6,19 +6,36 @@
 //! never publish the same row at once. A relay killed between publishing and marking rolls its
 //! transaction back and the rows are published again: at least once, never lost. Consumers
 //! deduplicate on the event id and the media id.
+//!
+//! Poison rows do not block the rest: an event over [`MAX_EVENT_BYTES`] is refused by
+//! [`enqueue`] before it is written, and a row Kafka refuses anyway (a cluster with a lower
+//! message limit, a partition that does not exist) counts an attempt each time it is refused
+//! while Kafka is otherwise up; after `outbox.max_attempts` it is parked (`failed_at`, `error`)
+//! with a `work.parked` event and `sluice_outbox_parked_total`, and the relay skips it.
 
 use std::time::{Duration, Instant};
 
-use crate::{Context, Shutdown};
+use crate::{
+    Context, Shutdown,
+    parking::{self, WorkKind, WorkParked},
+    topics::Topic,
+};
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use rdkafka::producer::FutureRecord;
+use serde_json::json;
 use uuid::Uuid;
 
 /// How long a relay waits before looking again when the outbox is empty.
 const IDLE_POLL: Duration = Duration::from_millis(100);
 /// Longest back-off after a failure (Kafka or PostgreSQL down).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Largest event (key and JSON payload) [`enqueue`] accepts, in bytes: below Kafka's default
+/// message limit (`message.max.bytes`, 1,000,000 in librdkafka and close to it on brokers), with
+/// room for the record's overhead. Events carry ids, keys and metadata, never media bytes, so one
+/// this large is a bug upstream; refusing it at the source keeps it from ever reaching the relay.
+pub const MAX_EVENT_BYTES: usize = 900_000;
 
 /// Why a batch did not go out completely.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +44,9 @@ pub enum RelayError {
     Db(#[from] crate::db::DbError),
     #[error("kafka: {failed} of {total} events not acknowledged: {first}")]
     Kafka { failed: usize, total: usize, first: String },
+    /// The event could never be published: refused before it was written.
+    #[error("a {bytes}-byte event for {topic} is over the {limit}-byte limit of a Kafka message")]
+    TooLarge { topic: String, bytes: usize, limit: usize },
 }
 
 impl From<tokio_postgres::Error> for RelayError {
@@ -70,6 +90,7 @@ where
     T: crate::events::Event,
 {
     let payload = serde_json::to_value(event).expect("events serialise");
+    check_size(topic.as_str(), key, &payload)?;
     let statement = client
         .prepare_cached("INSERT INTO outbox (id, topic, key, payload, partition) VALUES ($1, $2, $3, $4, $5)")
         .await?;
@@ -77,9 +98,30 @@ where
     Ok(())
 }
 
+/// Refuses an event whose key and compact JSON (what the relay publishes) exceed
+/// [`MAX_EVENT_BYTES`].
+fn check_size(topic: &str, key: &str, payload: &serde_json::Value) -> Result<(), RelayError> {
+    let bytes = key.len() + serde_json::to_vec(payload).expect("JSON values serialise").len();
+    if bytes > MAX_EVENT_BYTES {
+        metrics::counter!("sluice_outbox_oversized_total").increment(1);
+        tracing::error!(topic, key, bytes, limit = MAX_EVENT_BYTES, "refused an event over Kafka's message limit");
+        return Err(RelayError::TooLarge { topic: topic.to_owned(), bytes, limit: MAX_EVENT_BYTES });
+    }
+    Ok(())
+}
+
 /// Runs until `shutdown`, publishing batches as they appear.
 pub async fn run(ctx: Context, shutdown: Shutdown) {
     metrics::describe_gauge!("sluice_outbox_pending", "Outbox events committed but not yet published to Kafka.");
+    metrics::describe_counter!(
+        "sluice_outbox_parked_total",
+        "Outbox rows Kafka refused outbox.max_attempts times, parked as failed and skipped."
+    );
+    metrics::describe_counter!(
+        "sluice_outbox_oversized_total",
+        "Events refused before they were enqueued because they exceed the Kafka message limit."
+    );
+    metrics::counter!("sluice_outbox_parked_total").increment(0);
     metrics::describe_histogram!(
         "sluice_outbox_publish_delay_seconds",
         metrics::Unit::Seconds,
@@ -122,25 +164,39 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
     }
 }
 
-/// Claims up to one batch of unsent rows, publishes them pipelined, marks the acknowledged ones.
-/// Returns how many rows were claimed.
+/// Claims up to one batch of unsent rows, publishes them pipelined, marks the acknowledged ones
+/// and counts an attempt for each refused one (parking those out of attempts). Returns how many
+/// rows were claimed; an error when some row was neither acknowledged nor parked.
 pub async fn publish_batch(ctx: &Context) -> Result<usize, RelayError> {
     let mut client = ctx.db.get().await?;
     let Some(claimed) = Claimed::claim(&mut client, ctx.config.outbox.batch).await? else {
         return Ok(0);
     };
     let total = claimed.events.len();
-    let (sent, first_error) = claimed.publish(ctx).await;
-    claimed.mark_sent(&sent).await?;
+    let outcomes = claimed.send(ctx).await;
+    let sent: Vec<Delivered> = outcomes.iter().filter_map(|o| o.as_ref().ok().copied()).collect();
+    let refused: Vec<(Uuid, String)> = claimed
+        .events
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(event, outcome)| outcome.as_ref().err().map(|err| (event.id, err.clone())))
+        .collect();
+    // A refusal is the row's own fault only while Kafka takes other events; during an outage
+    // every row is refused and none of them counts an attempt.
+    let blame_rows = !refused.is_empty() && (!sent.is_empty() || parking::kafka_up(ctx).await);
+    let parked = claimed.settle(ctx, &sent, if blame_rows { &refused } else { &[] }).await?;
     metrics::counter!("sluice_outbox_published_total").increment(sent.len() as u64);
-    match first_error {
-        None => Ok(total),
-        Some(first) => Err(RelayError::Kafka { failed: total - sent.len(), total, first }),
+    metrics::counter!("sluice_outbox_parked_total").increment(parked as u64);
+    match refused.first() {
+        Some((_, first)) if refused.len() > parked => {
+            Err(RelayError::Kafka { failed: refused.len(), total, first: first.clone() })
+        }
+        _ => Ok(total),
     }
 }
 
 /// Outbox rows locked by this relay's open transaction; other relays skip them until it ends.
-/// Dropping it without [`Claimed::mark_sent`] (a crash) releases the rows for the next relay.
+/// Dropping it without [`Claimed::settle`] (a crash) releases the rows for the next relay.
 #[derive(Debug)]
 pub struct Claimed<'a> {
     tx: deadpool_postgres::Transaction<'a>,
@@ -152,7 +208,8 @@ struct OutboxEvent {
     id: Uuid,
     topic: String,
     key: String,
-    payload: String,
+    /// Compact JSON: the size [`enqueue`] checked (PostgreSQL's text form of JSONB is longer).
+    payload: Vec<u8>,
     created_at: DateTime<Utc>,
     partition: Option<i32>,
 }
@@ -163,8 +220,8 @@ impl<'a> Claimed<'a> {
         let tx = client.transaction().await?;
         let rows = tx
             .query(
-                "SELECT id, topic, key, payload::text, created_at, partition FROM outbox
-                 WHERE sent_at IS NULL ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "SELECT id, topic, key, payload, created_at, partition FROM outbox
+                 WHERE sent_at IS NULL AND failed_at IS NULL ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED",
                 &[&batch],
             )
             .await?;
@@ -177,7 +234,7 @@ impl<'a> Claimed<'a> {
                 id: r.get(0),
                 topic: r.get(1),
                 key: r.get(2),
-                payload: r.get(3),
+                payload: serde_json::to_vec(&r.get::<_, serde_json::Value>(3)).expect("JSON values serialise"),
                 created_at: r.get(4),
                 partition: r.get(5),
             })
@@ -197,6 +254,13 @@ impl<'a> Claimed<'a> {
     /// Sends every claimed event (pipelined) and returns the acknowledged ones (with where Kafka
     /// stored them) and the first error.
     pub async fn publish(&self, ctx: &Context) -> (Vec<Delivered>, Option<String>) {
+        let outcomes = self.send(ctx).await;
+        let first_error = outcomes.iter().find_map(|o| o.as_ref().err().cloned());
+        (outcomes.into_iter().filter_map(Result::ok).collect(), first_error)
+    }
+
+    /// Sends every claimed event (pipelined); one outcome per event, in claim order.
+    async fn send(&self, ctx: &Context) -> Vec<Result<Delivered, String>> {
         let sends = self.events.iter().map(|event| {
             let mut record = FutureRecord::to(&event.topic).key(&event.key).payload(&event.payload);
             if let Some(partition) = event.partition {
@@ -206,26 +270,29 @@ impl<'a> Claimed<'a> {
         });
         let results = join_all(sends).await;
         let now = Utc::now();
-        let mut sent = Vec::with_capacity(self.events.len());
-        let mut first_error = None;
-        for (event, result) in self.events.iter().zip(results) {
-            match result {
+        self.events
+            .iter()
+            .zip(results)
+            .map(|(event, result)| match result {
                 Ok(delivery) => {
-                    sent.push(Delivered { id: event.id, partition: delivery.partition, offset: delivery.offset });
                     let delay = (now - event.created_at).num_milliseconds().max(0) as f64 / 1000.0;
                     metrics::histogram!("sluice_outbox_publish_delay_seconds").record(delay);
+                    Ok(Delivered { id: event.id, partition: delivery.partition, offset: delivery.offset })
                 }
-                Err((err, _)) => {
-                    first_error.get_or_insert_with(|| err.to_string());
-                }
-            }
-        }
-        (sent, first_error)
+                Err((err, _)) => Err(err.to_string()),
+            })
+            .collect()
     }
 
-    /// Marks `sent` as published, with their partitions and offsets, and commits, releasing the
-    /// rest for a later attempt.
-    pub async fn mark_sent(self, sent: &[Delivered]) -> Result<(), RelayError> {
+    /// Marks `sent` as published (with their partitions and offsets), counts an attempt for each
+    /// `refused` row, parks the ones out of attempts with a `work.parked` event, and commits,
+    /// releasing the rest for a later batch. Returns how many rows were parked.
+    pub async fn settle(
+        self,
+        ctx: &Context,
+        sent: &[Delivered],
+        refused: &[(Uuid, String)],
+    ) -> Result<usize, RelayError> {
         let ids: Vec<Uuid> = sent.iter().map(|d| d.id).collect();
         let partitions: Vec<i32> = sent.iter().map(|d| d.partition).collect();
         let offsets: Vec<i64> = sent.iter().map(|d| d.offset).collect();
@@ -237,8 +304,40 @@ impl<'a> Claimed<'a> {
                 &[&ids, &partitions, &offsets],
             )
             .await?;
+        let mut parked = 0;
+        if !refused.is_empty() {
+            let ids: Vec<Uuid> = refused.iter().map(|(id, _)| *id).collect();
+            let errors: Vec<String> = refused.iter().map(|(_, err)| parking::clip(err.clone())).collect();
+            let max_attempts = ctx.config.outbox.max_attempts as i32;
+            let out_of_attempts = self
+                .tx
+                .query(
+                    "UPDATE outbox o SET attempts = o.attempts + 1, error = d.error,
+                         failed_at = CASE WHEN o.attempts + 1 >= $3 THEN now() END
+                     FROM unnest($1::uuid[], $2::text[]) AS d(id, error)
+                     WHERE o.id = d.id
+                     RETURNING o.id, o.topic, o.key, o.attempts, o.error, o.failed_at IS NOT NULL",
+                    &[&ids, &errors, &max_attempts],
+                )
+                .await?;
+            let dlq = ctx.topic(Topic::WorkDlq);
+            for row in out_of_attempts.iter().filter(|r| r.get::<_, bool>(5)) {
+                let (id, topic, key, attempts): (Uuid, String, String, i32) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3));
+                let error: Option<String> = row.get(4);
+                let reason = parking::gave_up(attempts, error.as_deref());
+                tracing::error!(%id, %topic, %key, attempts, %reason, "outbox row parked: Kafka keeps refusing it");
+                parked += 1;
+                // A parked event about a parked event would only be refused the same way.
+                if topic != dlq.as_str() {
+                    let detail = json!({"topic": topic, "key": key});
+                    let event = WorkParked { kind: WorkKind::OutboxRow, id: id.to_string(), attempts, reason, detail };
+                    parking::enqueue(&self.tx, ctx, event).await?;
+                }
+            }
+        }
         self.tx.commit().await?;
-        Ok(())
+        Ok(parked)
     }
 }
 
@@ -253,11 +352,35 @@ pub struct Delivered {
 /// Events committed but not yet acknowledged by Kafka.
 pub async fn pending(ctx: &Context) -> Result<i64, RelayError> {
     let client = ctx.db.get().await?;
-    Ok(client.query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL", &[]).await?.get(0))
+    Ok(client.query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL", &[]).await?.get(0))
 }
 
-/// Forgets events published more than a day ago.
+/// Forgets events published more than a day ago, and parked ones after `work.dlq`'s retention.
 async fn prune(ctx: &Context) -> Result<u64, RelayError> {
     let client = ctx.db.get().await?;
-    Ok(client.execute("DELETE FROM outbox WHERE sent_at < now() - interval '1 day'", &[]).await?)
+    Ok(client
+        .execute(
+            "DELETE FROM outbox WHERE sent_at < now() - interval '1 day' OR failed_at < now() - interval '30 days'",
+            &[],
+        )
+        .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_over_the_kafka_message_limit_are_refused_before_they_are_written() {
+        let small = json!({"event_id": "e", "data": {"aliases": {"production": 1}}});
+        assert!(check_size("t", "k", &small).is_ok());
+        let huge = json!({"data": "x".repeat(MAX_EVENT_BYTES)});
+        match check_size("sluice.models.events", "shapes", &huge) {
+            Err(RelayError::TooLarge { topic, bytes, limit }) => {
+                assert_eq!((topic.as_str(), limit), ("sluice.models.events", MAX_EVENT_BYTES));
+                assert!(bytes > MAX_EVENT_BYTES);
+            }
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+    }
 }

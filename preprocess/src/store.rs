@@ -223,10 +223,11 @@ pub async fn reconcile(ctx: &Context, older_than_secs: f64) -> Result<Reconciled
         .get()
         .await?
         .query(
-            "SELECT m.id, o.id IS NOT NULL, o.sent_at IS NOT NULL, o.sent_partition, o.sent_offset
+            "SELECT m.id, o.id IS NOT NULL, o.sent_at IS NOT NULL OR o.failed_at IS NOT NULL, o.sent_partition,
+                    o.sent_offset
              FROM media m
              LEFT JOIN LATERAL (
-                 SELECT id, sent_at, sent_partition, sent_offset FROM outbox
+                 SELECT id, sent_at, failed_at, sent_partition, sent_offset FROM outbox
                  WHERE key = m.id::text AND topic = $2 ORDER BY created_at DESC LIMIT 1
              ) o ON true
              WHERE m.status IN ('accepted', 'processing') AND m.updated_at < now() - make_interval(secs => $1)
@@ -256,8 +257,9 @@ pub async fn reconcile(ctx: &Context, older_than_secs: f64) -> Result<Reconciled
                 Some(positions) => positions.get(&partition).is_some_and(|p| p.still_queued(offset)),
                 None => true,
             },
-            // No record of the event (pruned, or never written), or one from before delivery
-            // positions were recorded: the deadline alone decides.
+            // No record of the event (pruned, or never written), one the relay parked (Kafka
+            // refused it), or one from before delivery positions were recorded: the deadline
+            // alone decides.
             _ => false,
         };
         if still_queued {
