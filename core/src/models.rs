@@ -7,7 +7,9 @@
 //! event through the outbox, keyed by model name on the compacted `models.events` topic. Every
 //! event carries the model's whole alias map after the change, so the last event kept for a model
 //! is enough to rebuild its aliases, and a consumer drops an event whose `revision` is not above
-//! the last one it applied (relays may publish out of order). Artifacts (safetensors in S3) are
+//! the last one it applied (relays may publish out of order). So that this map, and with it every
+//! event, stays far below Kafka's message limit, a model has at most [`MAX_ALIASES`] aliases
+//! (names are at most 63 characters: about 7 KB at most). Artifacts (safetensors in S3) are
 //! checked against their registered size and SHA-256 on every [`load_artifact`].
 
 mod artifact;
@@ -26,7 +28,8 @@ pub use events::{AliasMoved, AliasRemoved, ModelEvent, ModelVersionRegistered};
 pub use names::{AliasName, ModelName};
 pub use policy::{AutoPromote, MAX_PROTECTED_ALIASES, Policy, policy, set_policy};
 pub use store::{
-    aliases, get_template, get_version, move_alias, register, remove_alias, resolve_alias, set_template, versions,
+    MAX_ALIASES, aliases, get_template, get_version, move_alias, register, remove_alias, resolve_alias, set_template,
+    versions,
 };
 
 use crate::{db::DbError, outbox::RelayError, pipeline::PipelineSpec, s3::S3Error};
@@ -133,6 +136,9 @@ pub enum RegistryError {
     UnknownVersion { model: String, version: i32 },
     #[error("model {model} has no alias {alias}")]
     UnknownAlias { model: String, alias: String },
+    /// Every `models.events` event carries the whole alias map: it must stay small.
+    #[error("model {model} already has {limit} aliases, the most a model may have; remove one first")]
+    TooManyAliases { model: String, limit: usize },
     #[error("invalid model version: {0}")]
     Invalid(String),
     #[error("artifact {key} is missing from object storage")]

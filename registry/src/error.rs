@@ -8,6 +8,7 @@ use sluice_core::{
     db::DbError,
     http::ApiError,
     models::{AliasName, ModelName, RegistryError},
+    outbox::RelayError,
 };
 
 /// A handler's failure: every error converts into it, so handlers can use `?`.
@@ -58,6 +59,10 @@ fn api_error(err: RegistryError) -> ApiError {
             "unknown_version",
             format!("Model {model} has no version {version}; `GET /v1/models/{model}/versions` lists them."),
         ),
+        err @ RegistryError::TooManyAliases { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "too_many_aliases", format!("{}.", capitalised(&err.to_string())))
+        }
+        RegistryError::Outbox(err @ RelayError::TooLarge { .. }) => ApiError::internal(&err),
         RegistryError::Invalid(message) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_version", format!("{message}."))
         }
@@ -70,6 +75,12 @@ fn api_error(err: RegistryError) -> ApiError {
             ApiError::internal(&err)
         }
     }
+}
+
+/// `text` with its first letter upper-cased, as API messages are written.
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
 pub(crate) fn not_found(code: &'static str, message: String) -> ApiError {

@@ -17,6 +17,11 @@ use crate::{
     topics::Topic,
 };
 
+/// Most aliases one model may have. Every `models.events` event carries the model's whole alias
+/// map (so the last event kept by compaction rebuilds it), so the map must stay bounded: 100
+/// aliases of at most 63 characters are about 7 KB, far below Kafka's message limit.
+pub const MAX_ALIASES: usize = 100;
+
 /// The columns [`version_from_row`] reads, in a `model_versions` query.
 const VERSION_COLUMNS: &str = "model, version, artifact_key, sha256, size_bytes, architecture, \
      input_spec, labels, hyperparameters, metrics, reference, job_id, trial_id, snapshot_id, dataset, spec_hash, \
@@ -95,8 +100,8 @@ pub async fn register(
     Ok(registered)
 }
 
-/// Points `alias` at `version` (creating the alias), records the move in `alias_history` and
-/// enqueues `model.alias_moved`. Moving an alias to the version it already points at changes
+/// Points `alias` at `version` (creating the alias, unless the model already has
+/// [`MAX_ALIASES`]), records the move in `alias_history` and enqueues `model.alias_moved`. Moving an alias to the version it already points at changes
 /// nothing: no history row, no event, `changed: false` (so a retried PUT is harmless).
 pub async fn move_alias(
     tx: &Transaction<'_>,
@@ -133,6 +138,13 @@ pub async fn move_alias(
     };
     if from == Some(version) {
         return Ok(moved);
+    }
+    if from.is_none() {
+        let count: i64 =
+            tx.query_one("SELECT count(*) FROM model_aliases WHERE model = $1", &[&model.as_str()]).await?.get(0);
+        if count as usize >= MAX_ALIASES {
+            return Err(RegistryError::TooManyAliases { model: model.to_string(), limit: MAX_ALIASES });
+        }
     }
     tx.execute(
         "INSERT INTO model_aliases (model, alias, version, updated_by) VALUES ($1, $2, $3, $4)
