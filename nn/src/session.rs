@@ -29,6 +29,17 @@ pub struct SessionSpec {
 }
 
 impl SessionSpec {
+    /// Trainable parameters of the network this spec builds (saturating), known before any
+    /// memory is taken, so a caller can refuse an absurd size (a huge `hidden` over a large
+    /// input) instead of letting the allocation abort its process.
+    pub fn parameters(&self) -> u64 {
+        self.model_spec()
+            .layout()
+            .iter()
+            .map(|p| p.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64)))
+            .fold(0u64, u64::saturating_add)
+    }
+
     fn model_spec(&self) -> ModelSpec {
         ModelSpec {
             architecture: self.architecture,

@@ -7,7 +7,7 @@ use sluice_core::{
     domain::DatasetName,
     models::{self, AutoPromote, ModelName},
 };
-use sluice_nn::Architecture;
+use sluice_nn::{Architecture, SessionSpec};
 use uuid::Uuid;
 
 use crate::{
@@ -87,6 +87,20 @@ impl From<snapshot::SnapshotError> for StartError {
     }
 }
 
+/// Refuses a network over `max` parameters before any memory is taken: a huge `hidden` over a
+/// large input would otherwise abort the worker that builds it (and the next one, and the next).
+pub fn check_network_size(spec: &SessionSpec, max: u64) -> Result<(), String> {
+    let parameters = spec.parameters();
+    if parameters <= max {
+        return Ok(());
+    }
+    let shape = spec.shape;
+    Err(format!(
+        "a {} with hidden = {} over {}×{}×{} inputs has {parameters} parameters, more than trainer.max_trial_parameters ({max}); use fewer hidden units or a smaller pipeline size",
+        spec.architecture, spec.hyper.hidden, shape.channels, shape.height, shape.width
+    ))
+}
+
 pub fn limits(ctx: &Context) -> Limits {
     Limits { max_trials: ctx.config.trainer.max_trials, max_epochs: ctx.config.trainer.max_epochs }
 }
@@ -98,7 +112,7 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
     request.promote = authorize_promotion(ctx, &model, request.promote, grant).await?;
     let request = &request;
     let dataset = DatasetName::parse(&request.dataset).map_err(|e| StartError::Invalid(format!("`dataset`: {e}.")))?;
-    request.architecture.parse::<Architecture>().map_err(|_| {
+    let architecture = request.architecture.parse::<Architecture>().map_err(|_| {
         StartError::Invalid(format!("`architecture`: unknown architecture {:?}; use mlp or cnn.", request.architecture))
     })?;
     if !(request.validation_split > 0.0 && request.validation_split < 1.0) {
@@ -137,6 +151,13 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
             request.dataset,
             snapshot.items.len()
         )));
+    }
+    // Later rungs change only the epochs, so the first rung's trials bound every network.
+    let shape = snapshot::input_shape(&snapshot.spec);
+    for hyper in &plan.trials {
+        let spec = SessionSpec { architecture, shape, classes: snapshot.labels.len(), hyper: hyper.clone(), seed: 0 };
+        check_network_size(&spec, ctx.config.trainer.max_trial_parameters)
+            .map_err(|e| StartError::Invalid(format!("`search`: {e}.")))?;
     }
     let snapshot_id = snapshot.id();
     let snapshot_key = snapshot::store(ctx, &snapshot).await?;

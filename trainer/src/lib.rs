@@ -50,6 +50,8 @@ fn describe_metrics() {
     }
     metrics::counter!("sluice_trainer_trials_resumed_total").increment(0);
     metrics::counter!("sluice_trainer_retrain_jobs_total").increment(0);
+    metrics::counter!("sluice_trainer_trials_parked_total").increment(0);
+    metrics::counter!("sluice_trainer_steps_parked_total").increment(0);
     for source in ["memory", "s3"] {
         metrics::counter!("sluice_trainer_snapshot_loads_total", "source" => source).increment(0);
     }
@@ -58,6 +60,14 @@ fn describe_metrics() {
     metrics::describe_counter!("sluice_trainer_trials_total", "Trials ended on this worker, by outcome.");
     metrics::describe_counter!("sluice_trainer_trials_resumed_total", "Trials resumed from an epoch checkpoint.");
     metrics::describe_counter!("sluice_trainer_retrain_jobs_total", "Jobs started by retrain requests.");
+    metrics::describe_counter!(
+        "sluice_trainer_trials_parked_total",
+        "Trials failed without running again after trainer.max_trial_attempts deliveries started them."
+    );
+    metrics::describe_counter!(
+        "sluice_trainer_steps_parked_total",
+        "Jobs failed because the coordinator's next step failed trainer.max_step_attempts times."
+    );
     metrics::describe_counter!("sluice_trainer_snapshot_loads_total", "Snapshot loads, by source (memory or s3).");
     metrics::describe_histogram!(
         "sluice_trainer_epoch_duration_seconds",

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt, stream};
 use sluice_core::{
     Context,
-    pipeline::{Color, current_spec},
+    pipeline::{Color, PipelineSpec, current_spec},
     s3::{self, S3Error},
     training::{Snapshot, SnapshotItem, snapshot_key},
 };
@@ -125,12 +125,7 @@ async fn fetch(ctx: &Context, key: &str, id: &str) -> Result<Loaded, SnapshotErr
     if snapshot.id() != id {
         return Err(SnapshotError::Unusable(format!("snapshot manifest {key} does not hash to {id}")));
     }
-    let spec = snapshot.spec.clone();
-    let shape = InputShape {
-        channels: if spec.color == Color::Gray { 1 } else { 3 },
-        height: spec.height as usize,
-        width: spec.width as usize,
-    };
+    let shape = input_shape(&snapshot.spec);
     let keys: Vec<(usize, String)> =
         snapshot.items.iter().enumerate().flat_map(|(i, item)| item.keys.iter().map(move |k| (i, k.clone()))).collect();
     let mut frames = vec![Vec::new(); snapshot.items.len()];
@@ -152,6 +147,15 @@ async fn fetch(ctx: &Context, key: &str, id: &str) -> Result<Loaded, SnapshotErr
         frames[item].extend_from_slice(&pixels);
     }
     Ok(Loaded { id: id.to_owned(), snapshot, shape, frames })
+}
+
+/// The shape of the images a pipeline spec makes: what a network trained on them takes in.
+pub fn input_shape(spec: &PipelineSpec) -> InputShape {
+    InputShape {
+        channels: if spec.color == Color::Gray { 1 } else { 3 },
+        height: spec.height as usize,
+        width: spec.width as usize,
+    }
 }
 
 /// Decodes one processed output to `u8` CHW at the snapshot's shape (outputs are made at that

@@ -152,14 +152,22 @@ pub async fn trial_state(ctx: &Context, trial_id: Uuid) -> Result<Option<(String
     Ok(row.map(|r| (r.get(0), r.get(1))))
 }
 
-/// A worker took the trial: it and its job are running.
-pub async fn mark_running(ctx: &Context, job_id: Uuid, trial_id: Uuid, worker: &str) -> Result<(), StoreError> {
+/// A worker took the trial: it and its job are running, and one more attempt has started
+/// (counted before the trial runs, so a worker that dies on it counts). Returns the trial's
+/// attempts and the last failure recorded by [`attempt_failed`]; `None` when it already ended.
+pub async fn mark_running(
+    ctx: &Context,
+    job_id: Uuid,
+    trial_id: Uuid,
+    worker: &str,
+) -> Result<Option<(i32, Option<String>)>, StoreError> {
     let client = ctx.db.get().await?;
-    client
-        .execute(
+    let row = client
+        .query_opt(
             "UPDATE training_trials SET status = 'running', worker = $2, started_at = coalesce(started_at, now()),
-                    heartbeat_at = now()
-             WHERE id = $1 AND status IN ('queued', 'running')",
+                    heartbeat_at = now(), attempts = attempts + 1
+             WHERE id = $1 AND status IN ('queued', 'running')
+             RETURNING attempts, error",
             &[&trial_id, &worker],
         )
         .await?;
@@ -170,6 +178,74 @@ pub async fn mark_running(ctx: &Context, job_id: Uuid, trial_id: Uuid, worker: &
             &[&job_id],
         )
         .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// An attempt at a running trial failed through its own fault: its error is kept for the reason
+/// the trial is parked with if it runs out of attempts.
+pub async fn attempt_failed(ctx: &Context, trial_id: Uuid, error: &str) -> Result<(), StoreError> {
+    let client = ctx.db.get().await?;
+    let error = sluice_core::parking::clip(error.to_owned());
+    client
+        .execute(
+            "UPDATE training_trials SET error = $2 WHERE id = $1 AND status IN ('queued', 'running')",
+            &[&trial_id, &error],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Gives back the attempt of a run that stopped through no fault of the trial (a dependency was
+/// away, or the worker is shutting down).
+pub async fn give_back_attempt(ctx: &Context, trial_id: Uuid) -> Result<(), StoreError> {
+    let client = ctx.db.get().await?;
+    client
+        .execute(
+            "UPDATE training_trials SET attempts = greatest(attempts - 1, 0)
+             WHERE id = $1 AND status IN ('queued', 'running')",
+            &[&trial_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The coordinator's step after a rung of an active job begins: one more attempt, counted before
+/// it runs. Returns the job's step attempts and the last failure [`step_failed`] kept; `None`
+/// when the job already ended.
+pub async fn begin_step(ctx: &Context, job_id: Uuid) -> Result<Option<(i32, Option<String>)>, StoreError> {
+    let client = ctx.db.get().await?;
+    let row = client
+        .query_opt(
+            "UPDATE training_jobs SET step_attempts = step_attempts + 1
+             WHERE id = $1 AND status IN ('queued', 'running') RETURNING step_attempts, step_error",
+            &[&job_id],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// The step failed through its own fault: its error is kept for the reason the job fails with if
+/// the step runs out of attempts.
+pub async fn step_failed(ctx: &Context, job_id: Uuid, error: &str) -> Result<(), StoreError> {
+    let client = ctx.db.get().await?;
+    let error = sluice_core::parking::clip(error.to_owned());
+    client.execute("UPDATE training_jobs SET step_error = $2 WHERE id = $1", &[&job_id, &error]).await?;
+    Ok(())
+}
+
+/// Gives back the attempt of a step that failed because a dependency was away.
+pub async fn give_back_step(ctx: &Context, job_id: Uuid) -> Result<(), StoreError> {
+    let client = ctx.db.get().await?;
+    client
+        .execute("UPDATE training_jobs SET step_attempts = greatest(step_attempts - 1, 0) WHERE id = $1", &[&job_id])
+        .await?;
+    Ok(())
+}
+
+/// Enqueues a `work.parked` event (one statement, its own transaction).
+pub async fn parked(ctx: &Context, parked: sluice_core::parking::WorkParked) -> Result<(), StoreError> {
+    let client = ctx.db.get().await?;
+    sluice_core::parking::enqueue(&client, ctx, parked).await?;
     Ok(())
 }
 

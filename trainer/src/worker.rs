@@ -7,6 +7,12 @@
 //! progress event after each; write the best weights and a manifest to S3; publish the result;
 //! and only then store the message's offset. A worker killed mid-trial leaves the offset
 //! unstored: the group hands the trial to another worker, which resumes from the checkpoint.
+//!
+//! Poison trials: every run counts an attempt before it starts (given back when it stopped for
+//! an outage or a shutdown), so a trial that kills its worker (an allocation abort) is seen by
+//! the next delivery with its attempts used up: after `trainer.max_trial_attempts` it is failed
+//! without running, with a `work.parked` event, and the trials queued behind it flow. A network
+//! over `trainer.max_trial_parameters` is refused before any memory is taken.
 
 use std::{
     sync::Arc,
@@ -20,6 +26,7 @@ use sluice_core::{
     Context, Shutdown,
     events::{Envelope, Event},
     kafka::{self, CommitOnRevoke, SluiceConsumer},
+    parking::{self, WorkKind, WorkParked},
     reference::Reference,
     s3,
     topics::Topic,
@@ -30,13 +37,15 @@ use sluice_core::{
 };
 use sluice_nn::{Architecture, Hyper, Samples, Session, SessionSpec};
 
-use crate::{snapshot, store};
+use crate::{jobs, snapshot, store};
 
 /// How a trial attempt ended short of publishing its result.
 #[derive(Debug)]
 enum Stop {
     /// The trial can never succeed (bad parameters, unusable data, a training error).
     Failed(String),
+    /// The trial used its attempts: it is failed and parked without running again.
+    Parked { attempts: i32, reason: String },
     /// A dependency is away: retry with backoff, offset not stored.
     Transient(String),
     /// Shutting down: leave the offset unstored; the trial resumes elsewhere from its checkpoint.
@@ -131,9 +140,29 @@ async fn handle(
                 tracing::warn!(trial = %trial.trial_id, %reason, "trial failed");
                 ended(trial, worker, TrialOutcome::Failed, Some(reason), started)
             }
-            Err(Stop::Shutdown) => return false,
+            Err(Stop::Parked { attempts, reason }) => {
+                tracing::error!(trial = %trial.trial_id, attempts, %reason, "trial parked");
+                if !park(ctx, trial, attempts, &reason, shutdown).await {
+                    return false;
+                }
+                ended(trial, worker, TrialOutcome::Failed, Some(reason), started)
+            }
+            Err(Stop::Shutdown) => {
+                give_back(ctx, trial).await;
+                return false;
+            }
             Err(Stop::Transient(reason)) => {
-                tracing::warn!(trial = %trial.trial_id, %reason, retry_in = ?backoff, "trial interrupted; retrying");
+                // The attempt stands only when the failure was the trial's own.
+                let counts = parking::dependencies_up(ctx, &[]).await;
+                let recorded = if counts {
+                    store::attempt_failed(ctx, trial.trial_id, &reason).await
+                } else {
+                    store::give_back_attempt(ctx, trial.trial_id).await
+                };
+                if let Err(err) = recorded {
+                    tracing::warn!(error = %err, "cannot record the failed attempt");
+                }
+                tracing::warn!(trial = %trial.trial_id, %reason, counts, retry_in = ?backoff, "trial interrupted; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return false,
                     () = tokio::time::sleep(backoff) => {}
@@ -163,6 +192,40 @@ async fn handle(
                 }
             }
         }
+    }
+}
+
+/// Records that the trial is parked (`work.parked`, the metric); `false` when shutdown came first.
+async fn park(ctx: &Context, trial: &TrialAssigned, attempts: i32, reason: &str, shutdown: &Shutdown) -> bool {
+    let event = WorkParked {
+        kind: WorkKind::Trial,
+        id: trial.trial_id.to_string(),
+        attempts,
+        reason: reason.to_owned(),
+        detail: json!({"job_id": trial.job_id, "model": trial.model, "params": trial.params}),
+    };
+    loop {
+        match store::parked(ctx, event.clone()).await {
+            Ok(()) => {
+                metrics::counter!("sluice_trainer_trials_parked_total").increment(1);
+                return true;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot record a parked trial; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Gives back the attempt of a run that stopped through no fault of the trial (best effort).
+async fn give_back(ctx: &Context, trial: &TrialAssigned) {
+    let done = tokio::time::timeout(Duration::from_secs(2), store::give_back_attempt(ctx, trial.trial_id));
+    if !matches!(done.await, Ok(Ok(()))) {
+        tracing::warn!(trial = %trial.trial_id, "could not give back the attempt of an interrupted trial");
     }
 }
 
@@ -223,13 +286,24 @@ async fn train(
         .map_err(|e| Stop::Failed(format!("unreadable parameters: {e}")))?;
     let architecture: Architecture =
         trial.architecture.parse().map_err(|_| Stop::Failed(format!("unknown architecture {}", trial.architecture)))?;
-    store::mark_running(ctx, trial.job_id, trial.trial_id, worker).await?;
+    // Counted before anything can go wrong, so a run that kills this process counts too.
+    let Some((attempts, last_error)) = store::mark_running(ctx, trial.job_id, trial.trial_id, worker).await? else {
+        return Ok(None);
+    };
+    let max_attempts = ctx.config.trainer.max_trial_attempts as i32;
+    if attempts > max_attempts {
+        return Err(Stop::Parked {
+            attempts: attempts - 1,
+            reason: parking::gave_up(attempts - 1, last_error.as_deref()),
+        });
+    }
     let loaded = cache.load(ctx, &trial.snapshot_key, &trial.snapshot_id).await?;
+    let classes = loaded.snapshot.labels.len();
+    let spec = SessionSpec { architecture, shape: loaded.shape, classes, hyper: hyper.clone(), seed: trial.seed };
+    jobs::check_network_size(&spec, ctx.config.trainer.max_trial_parameters).map_err(Stop::Failed)?;
     let (train_items, val_items) = loaded.snapshot.split(trial.seed, trial.validation_split);
     let train_set = Arc::new(loaded.samples(&train_items));
     let val_set = Arc::new(loaded.samples(&val_items));
-    let classes = loaded.snapshot.labels.len();
-    let spec = SessionSpec { architecture, shape: loaded.shape, classes, hyper: hyper.clone(), seed: trial.seed };
     let bucket = &ctx.config.s3.bucket;
     let own_checkpoint = checkpoint_key(trial.job_id, trial.trial_id);
     let mut session = match s3::get_bytes(&ctx.s3, bucket, &own_checkpoint).await? {

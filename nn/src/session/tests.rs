@@ -145,3 +145,18 @@ fn rejects_invalid_specs_and_mismatched_samples() {
     assert!(session.run_epoch(&train, &Samples::new(val.shape)).is_err());
     assert_eq!(session.epochs_done(), 0);
 }
+
+#[test]
+fn parameters_are_counted_from_the_spec_without_building_the_network() {
+    let small = spec(Architecture::Mlp, 4, 3, Hyper { hidden: 8, ..Hyper::default() });
+    // dense 48 → 8 (+8 biases), dense 8 → 3 (+3 biases).
+    assert_eq!(small.parameters(), 48 * 8 + 8 + 8 * 3 + 3);
+    let cnn = spec(Architecture::Cnn, 8, 2, Hyper { hidden: 4, ..Hyper::default() });
+    // Two conv blocks, then 32 channels of 2×2 into 4 hidden units, then 2 classes.
+    assert_eq!(cnn.parameters(), (16 * 3 * 9 + 16) + (32 * 16 * 9 + 32) + (4 * 32 * 2 * 2 + 4) + (2 * 4 + 2));
+    let absurd = SessionSpec {
+        shape: InputShape { channels: 3, height: 4096, width: 4096 },
+        ..spec(Architecture::Mlp, 4, 3, Hyper { hidden: 65_536, ..Hyper::default() })
+    };
+    assert!(absurd.parameters() > 3_000_000_000_000, "{}", absurd.parameters());
+}
