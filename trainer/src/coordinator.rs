@@ -5,6 +5,11 @@
 //! the next rung from the best trials' checkpoints; a finished search registers the best trial's
 //! model and applies the job's `promote` policy. Registration, the alias move and the job's end
 //! are one transaction, so a coordinator killed half-way redoes all of it or none.
+//!
+//! That step (the next rung's plan, or registration) counts an attempt before it runs and keeps
+//! it when it fails while PostgreSQL, S3 and Kafka answer (an outage gives it back). After
+//! `trainer.max_step_attempts` the job is failed with the reason and a `work.parked` event
+//! instead of being retried forever, and the results behind it flow.
 
 use std::time::Duration;
 
@@ -15,6 +20,7 @@ use sluice_core::{
     events::Envelope,
     kafka,
     models::{self, AliasName, Lineage, ModelName, NewVersion},
+    parking::{self, WorkKind, WorkParked},
     topics::Topic,
     training::{TrialFinished, TrialProgress, event_type},
 };
@@ -44,6 +50,9 @@ async fn consume(
         let payload = message.payload().unwrap_or_default();
         let mut backoff = Duration::from_millis(200);
         while let Err(err) = handle(ctx, cache, payload).await {
+            if let Some(job_id) = err.step {
+                blame_step(ctx, job_id, &err.message).await;
+            }
             tracing::warn!(error = %err, retry_in = ?backoff, "cannot record a training result; retrying");
             tokio::select! {
                 () = shutdown.cancelled() => return false,
@@ -56,32 +65,57 @@ async fn consume(
     .await
 }
 
-/// A failure worth retrying (PostgreSQL, S3 or the registry away).
+/// A job's step failed: its attempt stands when the dependencies answer (the failure was the
+/// step's own, kept as the reason it may be parked with), and is given back when one does not.
+async fn blame_step(ctx: &Context, job_id: Uuid, error: &str) {
+    let counts = parking::dependencies_up(ctx, &[]).await;
+    let recorded =
+        if counts { store::step_failed(ctx, job_id, error).await } else { store::give_back_step(ctx, job_id).await };
+    if let Err(err) = recorded {
+        tracing::warn!(job = %job_id, error = %err, "cannot record the failed step attempt");
+    }
+}
+
+/// A failure worth retrying (PostgreSQL, S3 or the registry away, or a step that failed).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Retry(String);
+#[error("{message}")]
+pub struct Retry {
+    message: String,
+    /// The job whose step (plan or registration) failed: its attempt is kept or given back.
+    step: Option<Uuid>,
+}
+
+impl Retry {
+    fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), step: None }
+    }
+
+    fn in_step(self, job_id: Uuid) -> Self {
+        Self { step: Some(job_id), ..self }
+    }
+}
 
 impl From<StoreError> for Retry {
     fn from(err: StoreError) -> Self {
-        Self(err.to_string())
+        Self::new(err.to_string())
     }
 }
 
 impl From<tokio_postgres::Error> for Retry {
     fn from(err: tokio_postgres::Error) -> Self {
-        Self(sluice_core::error_chain(&err))
+        Self::new(sluice_core::error_chain(&err))
     }
 }
 
 impl From<deadpool_postgres::PoolError> for Retry {
     fn from(err: deadpool_postgres::PoolError) -> Self {
-        Self(sluice_core::error_chain(&err))
+        Self::new(sluice_core::error_chain(&err))
     }
 }
 
 impl From<models::RegistryError> for Retry {
     fn from(err: models::RegistryError) -> Self {
-        Self(err.to_string())
+        Self::new(err.to_string())
     }
 }
 
@@ -157,10 +191,31 @@ async fn advance(ctx: &Context, cache: &snapshot::Cache, job_id: Uuid) -> Result
     if trials.iter().any(|t| matches!(t.status.as_str(), "queued" | "running")) {
         return Ok(());
     }
+    // The rung has ended: the step begins. Counted before it runs, so a coordinator that dies
+    // on it counts too.
+    let Some((attempts, last_error)) = store::begin_step(ctx, job_id).await? else {
+        return Ok(());
+    };
+    if attempts > ctx.config.trainer.max_step_attempts as i32 {
+        let reason = parking::gave_up(attempts - 1, last_error.as_deref());
+        return park_step(ctx, job_id, &request.model, attempts - 1, &reason).await;
+    }
+    step(ctx, cache, job_id, &job, &request, &trials).await.map_err(|err| err.in_step(job_id))
+}
+
+/// Plans the next rung, or registers the best trial: what follows a rung's end.
+async fn step(
+    ctx: &Context,
+    cache: &snapshot::Cache,
+    job_id: Uuid,
+    job: &tokio_postgres::Row,
+    request: &JobRequest,
+    trials: &[TrialRow],
+) -> Result<(), Retry> {
     let rung = trials.iter().map(|t| t.rung).max().unwrap_or(0);
     let mut ranked: Vec<&TrialRow> = trials.iter().filter(|t| t.rung == rung && t.status == "succeeded").collect();
     ranked.sort_by(by_score);
-    let strategy = search::strategy_of(&request, limits(ctx)).map_err(|e| Retry(e.to_string()))?;
+    let strategy = search::strategy_of(request, limits(ctx)).map_err(|e| Retry::new(e.to_string()))?;
     if let Some((keep, epochs)) = search::next_rung(&strategy, rung as u32, ranked.len()) {
         let promoted = ranked[..keep]
             .iter()
@@ -182,7 +237,9 @@ async fn advance(ctx: &Context, cache: &snapshot::Cache, job_id: Uuid) -> Result
             .is_some();
         if matches!(locked.as_str(), "queued" | "running") && !next_exists {
             let ordinal = trials.len() as i32;
-            store::queue_trials(ctx, &tx, job_id, &request, &snapshot_id, &snapshot_key, ordinal, promoted).await?;
+            store::queue_trials(ctx, &tx, job_id, request, &snapshot_id, &snapshot_key, ordinal, promoted).await?;
+            tx.execute("UPDATE training_jobs SET step_attempts = 0, step_error = NULL WHERE id = $1", &[&job_id])
+                .await?;
             tx.commit().await?;
             tracing::info!(job = %job_id, rung = rung + 1, keep, epochs, "successive halving: next rung queued");
         }
@@ -191,7 +248,38 @@ async fn advance(ctx: &Context, cache: &snapshot::Cache, job_id: Uuid) -> Result
     let Some(best) = ranked.first() else {
         return fail(ctx, job_id, "every trial failed; see the trials' errors").await;
     };
-    finish(ctx, cache, job_id, &request, &job.get::<_, String>(2), best).await
+    finish(ctx, cache, job_id, request, &job.get::<_, String>(2), best).await
+}
+
+/// Gives up on a job whose step used its attempts: the job fails with the reason, a
+/// `work.parked` event is enqueued with it, and the coordinator moves on.
+async fn park_step(ctx: &Context, job_id: Uuid, model: &str, attempts: i32, reason: &str) -> Result<(), Retry> {
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let updated = tx
+        .execute(
+            "UPDATE training_jobs SET status = 'failed', error = $2, finished_at = now()
+             WHERE id = $1 AND status IN ('queued', 'running')",
+            &[&job_id, &reason],
+        )
+        .await?;
+    if updated == 1 {
+        let event = WorkParked {
+            kind: WorkKind::CoordinatorStep,
+            id: job_id.to_string(),
+            attempts,
+            reason: reason.to_owned(),
+            detail: json!({"job_id": job_id, "model": model}),
+        };
+        parking::enqueue(&tx, ctx, event).await.map_err(StoreError::from)?;
+    }
+    tx.commit().await?;
+    if updated == 1 {
+        metrics::counter!("sluice_trainer_steps_parked_total").increment(1);
+        metrics::counter!("sluice_trainer_jobs_finished_total", "status" => "failed").increment(1);
+        tracing::error!(job = %job_id, attempts, reason, "training job failed: its next step was parked");
+    }
+    Ok(())
 }
 
 async fn fail(ctx: &Context, job_id: Uuid, error: &str) -> Result<(), Retry> {
@@ -219,7 +307,7 @@ async fn finish(
     snapshot_id: &str,
     best: &TrialRow,
 ) -> Result<(), Retry> {
-    let model = ModelName::parse(&request.model).map_err(|e| Retry(e.to_string()))?;
+    let model = ModelName::parse(&request.model).map_err(|e| Retry::new(e.to_string()))?;
     let production = AliasName::parse(AliasName::PRODUCTION).expect("a valid alias");
     let client = ctx.db.get().await?;
     let row = client
@@ -232,7 +320,7 @@ async fn finish(
         .await?;
     let labels: Vec<String> = serde_json::from_value(row.get(6)).unwrap_or_default();
     let snapshot_key: String = row.get(7);
-    let loaded = cache.load(ctx, &snapshot_key, snapshot_id).await.map_err(|e| Retry(e.to_string()))?;
+    let loaded = cache.load(ctx, &snapshot_key, snapshot_id).await.map_err(|e| Retry::new(e.to_string()))?;
     let (candidate_accuracy, negative_loss) = best.score();
     let candidate_loss = -negative_loss;
     let current = models::resolve_alias(&client, &model, &production).await?;
@@ -303,7 +391,7 @@ async fn finish(
     }
     tx.execute(
         "UPDATE training_jobs SET status = 'succeeded', best_trial = $2, registered_version = $3, promotion = $4,
-                finished_at = now()
+                finished_at = now(), step_attempts = 0, step_error = NULL
          WHERE id = $1",
         &[&job_id, &best.id, &version.version, &decision],
     )
@@ -356,7 +444,7 @@ async fn production_score(
         Ok((correct as f64 / n.max(1) as f64, loss / n.max(1) as f64))
     })
     .await
-    .map_err(|e| Retry(e.to_string()))?;
+    .map_err(|e| Retry::new(e.to_string()))?;
     match score {
         Ok(score) => Ok(Some(score)),
         Err(err) => {
