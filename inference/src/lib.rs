@@ -100,6 +100,7 @@ impl Inference {
 fn describe_metrics() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     metrics::counter!("sluice_inference_records_dropped_total").increment(0);
+    metrics::counter!("sluice_inference_batch_chunks_parked_total").increment(0);
     describe_counter!(
         "sluice_inference_requests_total",
         "Predict requests answered, by model, version, alias, status."
@@ -137,7 +138,11 @@ fn describe_metrics() {
     describe_counter!("sluice_inference_retrain_requests_total", "Retrain requests published, by reason.");
     describe_counter!(
         "sluice_inference_batch_items_total",
-        "Batch-prediction items written, by model and outcome (predicted, missing, undecodable)."
+        "Batch-prediction items written, by model and outcome (predicted, missing, undecodable, parked)."
+    );
+    describe_counter!(
+        "sluice_inference_batch_chunks_parked_total",
+        "Batch-prediction chunks parked as failed after inference.batch_max_attempts attempts."
     );
     describe_counter!(
         "sluice_inference_records_dropped_total",

@@ -107,6 +107,21 @@ pub async fn score(
     Ok(scored)
 }
 
+/// The part object of a chunk parked after its attempts ran out: each of its items gets its line,
+/// with `reason` as its error, so every item of the job still has exactly one line.
+pub fn parked(job: &Job, manifest: &BatchManifest, chunk: usize, reason: &str) -> (Vec<u8>, u64) {
+    let indices = range(job, chunk);
+    let mut lines = Vec::new();
+    let items = &manifest.items[indices.clone()];
+    for (index, item) in indices.zip(items) {
+        let mut line = describe(index, item);
+        line.insert("error".into(), json!(reason));
+        serde_json::to_writer(&mut lines, &line).expect("lines serialise");
+        lines.push(b'\n');
+    }
+    (lines, items.len() as u64)
+}
+
 /// What a line says of its item before scoring: index, key, and media id and label when known.
 fn describe(index: usize, item: &BatchItem) -> Map<String, Value> {
     let mut line = Map::new();

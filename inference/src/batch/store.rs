@@ -9,6 +9,7 @@ use sluice_core::{
     events::Envelope,
     inference::{BatchPredictionRequested, batch_part_key},
     outbox::{self, RelayError},
+    parking::{self, WorkKind, WorkParked},
     topics::Topic,
 };
 use uuid::Uuid;
@@ -125,7 +126,7 @@ pub async fn start(ctx: &Context, id: Uuid) -> Result<(), DbError> {
 }
 
 /// Records chunk `chunk` as written, unless the job has moved on (another worker wrote it too):
-/// `true` when this call advanced it.
+/// `true` when this call advanced it. The next chunk starts with no attempts.
 pub async fn advance(ctx: &Context, id: Uuid, chunk: usize) -> Result<bool, DbError> {
     let (done, next) = (chunk as i32, chunk as i32 + 1);
     let updated = ctx
@@ -133,7 +134,7 @@ pub async fn advance(ctx: &Context, id: Uuid, chunk: usize) -> Result<bool, DbEr
         .get()
         .await?
         .execute(
-            "UPDATE batch_predictions SET chunks_done = $3, updated_at = now()
+            "UPDATE batch_predictions SET chunks_done = $3, chunk_attempts = 0, chunk_error = NULL, updated_at = now()
              WHERE id = $1 AND chunks_done = $2 AND status = 'running'",
             &[&id, &done, &next],
         )
@@ -141,16 +142,103 @@ pub async fn advance(ctx: &Context, id: Uuid, chunk: usize) -> Result<bool, DbEr
     Ok(updated == 1)
 }
 
-/// Ends the job: `succeeded` when `error` is `None`, else `failed` with the reason.
+/// An attempt at chunk `chunk` starts: counted before it runs, so a chunk that kills its worker
+/// counts too. Returns the chunk's attempts and the last failure [`chunk_failed`] kept; `None`
+/// when the job has moved past it or ended.
+pub async fn begin_chunk(ctx: &Context, id: Uuid, chunk: usize) -> Result<Option<(i32, Option<String>)>, DbError> {
+    let row = ctx
+        .db
+        .get()
+        .await?
+        .query_opt(
+            "UPDATE batch_predictions SET chunk_attempts = chunk_attempts + 1, updated_at = now()
+             WHERE id = $1 AND chunks_done = $2 AND status = 'running'
+             RETURNING chunk_attempts, chunk_error",
+            &[&id, &(chunk as i32)],
+        )
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
+/// The attempt at chunk `chunk` failed: with `counts` (the failure was the chunk's own) its error
+/// is kept for the reason the chunk may be parked with; without (a dependency was away), the
+/// attempt is given back.
+pub async fn chunk_failed(ctx: &Context, id: Uuid, chunk: usize, error: &str, counts: bool) -> Result<(), DbError> {
+    let client = ctx.db.get().await?;
+    let chunk = chunk as i32;
+    if counts {
+        let error = parking::clip(error.to_owned());
+        client
+            .execute(
+                "UPDATE batch_predictions SET chunk_error = $3 WHERE id = $1 AND chunks_done = $2",
+                &[&id, &chunk, &error],
+            )
+            .await?;
+    } else {
+        client
+            .execute(
+                "UPDATE batch_predictions SET chunk_attempts = greatest(chunk_attempts - 1, 0)
+                 WHERE id = $1 AND chunks_done = $2",
+                &[&id, &chunk],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Parks chunk `chunk` (its part object already written with the reason on every line): the job
+/// moves past it, records it in `failed_chunks`, and a `work.parked` event is enqueued, in one
+/// transaction. `false` when the job had already moved on.
+pub async fn park_chunk(
+    ctx: &Context,
+    id: Uuid,
+    chunk: usize,
+    attempts: i32,
+    reason: &str,
+    detail: Value,
+) -> Result<bool, RelayError> {
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let (done, next) = (chunk as i32, chunk as i32 + 1);
+    let failed = json!([{"chunk": chunk, "attempts": attempts, "reason": reason}]);
+    let updated = tx
+        .execute(
+            "UPDATE batch_predictions
+             SET chunks_done = $3, chunk_attempts = 0, chunk_error = NULL, failed_chunks = failed_chunks || $4,
+                 updated_at = now()
+             WHERE id = $1 AND chunks_done = $2 AND status = 'running'",
+            &[&id, &done, &next, &failed],
+        )
+        .await?;
+    if updated == 1 {
+        let parked = WorkParked {
+            kind: WorkKind::BatchChunk,
+            id: format!("{id}/{chunk}"),
+            attempts,
+            reason: reason.to_owned(),
+            detail,
+        };
+        parking::enqueue(&tx, ctx, parked).await?;
+    }
+    tx.commit().await?;
+    Ok(updated == 1)
+}
+
+/// Ends the job: `succeeded` when `error` is `None`, else `failed` with the reason. A job whose
+/// every chunk was parked scored nothing: it fails too, pointing at `failed_chunks`.
 pub async fn finish(ctx: &Context, id: Uuid, error: Option<&str>) -> Result<(), DbError> {
-    let status = if error.is_some() { "failed" } else { "succeeded" };
     ctx.db
         .get()
         .await?
         .execute(
-            "UPDATE batch_predictions SET status = $2, error = $3, finished_at = now(), updated_at = now()
+            "UPDATE batch_predictions
+             SET status = CASE WHEN $2::text IS NOT NULL OR jsonb_array_length(failed_chunks) = chunks
+                               THEN 'failed' ELSE 'succeeded' END,
+                 error = coalesce($2, CASE WHEN jsonb_array_length(failed_chunks) = chunks
+                                           THEN 'every chunk was parked; see failed_chunks' END),
+                 finished_at = now(), updated_at = now()
              WHERE id = $1 AND status IN ('queued', 'running')",
-            &[&id, &status, &error],
+            &[&id, &error],
         )
         .await?;
     Ok(())
@@ -168,7 +256,8 @@ pub async fn status_json(ctx: &Context, id: Uuid) -> Result<Option<Value>, DbErr
         .await?
         .query_opt(
             "SELECT model, alias, version, source, top_k, status, total, chunk_size, chunks, chunks_done,
-                    manifest_key, result_prefix, error, requested_by, created_at, started_at, updated_at, finished_at
+                    manifest_key, result_prefix, error, requested_by, created_at, started_at, updated_at, finished_at,
+                    failed_chunks
              FROM batch_predictions WHERE id = $1",
             &[&id],
         )
@@ -195,6 +284,7 @@ pub async fn status_json(ctx: &Context, id: Uuid) -> Result<Option<Value>, DbErr
         "result_prefix": row.get::<_, String>(11),
         "parts": parts,
         "error": row.get::<_, Option<String>>(12),
+        "failed_chunks": row.get::<_, Value>(18),
         "requested_by": row.get::<_, String>(13),
         "created_at": rfc3339(row.get(14)),
         "started_at": rfc3339(row.get(15)),

@@ -7,6 +7,12 @@
 //! else did. A worker killed mid-job redoes at most the chunk it was on, overwriting the same
 //! object with the same lines. The offset is stored once the job has ended (`succeeded`, or
 //! `failed` for what can never work); S3 and PostgreSQL outages are retried with backoff.
+//!
+//! A poison chunk does not hold the job: each attempt at a chunk is counted before it runs (and
+//! given back when it failed because a dependency was away), and once a chunk has used
+//! `inference.batch_max_attempts` its part object is written with the reason on each of its
+//! items' lines, it is recorded in `failed_chunks` with a `work.parked` event and
+//! `sluice_inference_batch_chunks_parked_total`, and the job goes on with the next chunk.
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,13 +24,14 @@ use sluice_core::{
     inference::{BatchManifest, BatchPredictionRequested, batch_part_key},
     kafka::{self, CommitOnRevoke, SluiceConsumer},
     models::ModelName,
+    parking,
     s3::{self, S3Error},
     topics::Topic,
 };
 use uuid::Uuid;
 
 use super::{
-    chunk::{self, ChunkError},
+    chunk,
     store::{self, Job},
 };
 use crate::{
@@ -54,12 +61,6 @@ impl From<DbError> for Stop {
 
 impl From<S3Error> for Stop {
     fn from(err: S3Error) -> Self {
-        Stop::Transient(err.to_string())
-    }
-}
-
-impl From<ChunkError> for Stop {
-    fn from(err: ChunkError) -> Self {
         Stop::Transient(err.to_string())
     }
 }
@@ -136,20 +137,31 @@ async fn work(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), Stop
         other => Stop::Failed(other.to_string()),
     })?;
     let manifest = manifest(ctx, &job).await?;
+    let max_attempts = ctx.config.inference.batch_max_attempts as i32;
     let mut next = job.chunks_done;
     while next < job.chunks {
         if shutdown.is_cancelled() {
             return Err(Stop::Shutdown);
         }
-        let scored = chunk::score(ctx, &loaded, &job, &manifest, next).await?;
-        recorder::insert(ctx, &scored.records).await.map_err(Stop::Transient)?;
-        let key = batch_part_key(id, next);
-        s3::put_bytes(&ctx.s3, &ctx.config.s3.bucket, &key, scored.lines, "application/x-ndjson").await?;
-        if store::advance(ctx, id, next).await? {
-            for (outcome, count) in scored.outcomes {
-                metrics::counter!("sluice_inference_batch_items_total", "model" => job.model.clone(), "outcome" => outcome)
-                    .increment(count);
+        // Counted before the chunk runs, so a chunk that kills its worker counts too.
+        let begun = store::begin_chunk(ctx, id, next).await?;
+        let advanced = match begun {
+            None => false,
+            Some((attempts, last_error)) if attempts > max_attempts => {
+                let reason = parking::gave_up(attempts - 1, last_error.as_deref());
+                park(ctx, &job, &manifest, next, attempts - 1, &reason).await?
             }
+            Some(_) => match write_chunk(served, &loaded, &job, &manifest, next).await {
+                Ok(advanced) => advanced,
+                Err(reason) => {
+                    // The attempt stands only when the failure was the chunk's own.
+                    let counts = parking::dependencies_up(ctx, &[manifest.bucket.as_str()]).await;
+                    store::chunk_failed(ctx, id, next, &reason, counts).await?;
+                    return Err(Stop::Transient(format!("chunk {next}: {reason}")));
+                }
+            },
+        };
+        if advanced {
             next += 1;
         } else {
             // Another worker got here too (a rebalance): go on from where the job stands.
@@ -164,8 +176,60 @@ async fn work(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), Stop
         }
     }
     store::finish(ctx, id, None).await?;
-    tracing::info!(job = %id, items = job.total, chunks = job.chunks, "batch prediction succeeded");
+    tracing::info!(job = %id, items = job.total, chunks = job.chunks, "batch prediction ended");
     Ok(())
+}
+
+/// Scores, records and writes one chunk and advances the job past it; `Ok(false)` when the job
+/// had already moved on. Any failure is the chunk's attempt failing.
+async fn write_chunk(
+    served: &Served,
+    loaded: &crate::serving::Loaded,
+    job: &Job,
+    manifest: &BatchManifest,
+    chunk: usize,
+) -> Result<bool, String> {
+    let ctx = &served.ctx;
+    let scored = chunk::score(ctx, loaded, job, manifest, chunk).await.map_err(|e| e.to_string())?;
+    recorder::insert(ctx, &scored.records).await?;
+    let key = batch_part_key(job.id, chunk);
+    s3::put_bytes(&ctx.s3, &ctx.config.s3.bucket, &key, scored.lines, "application/x-ndjson")
+        .await
+        .map_err(|e| e.to_string())?;
+    let advanced = store::advance(ctx, job.id, chunk).await.map_err(|e| sluice_core::error_chain(&e))?;
+    if advanced {
+        for (outcome, count) in scored.outcomes {
+            metrics::counter!("sluice_inference_batch_items_total", "model" => job.model.clone(), "outcome" => outcome)
+                .increment(count);
+        }
+    }
+    Ok(advanced)
+}
+
+/// Parks a chunk out of attempts: its part object says why on each item's line, then the job
+/// moves past it. `Ok(false)` when the job had already moved on.
+async fn park(
+    ctx: &Context,
+    job: &Job,
+    manifest: &BatchManifest,
+    chunk: usize,
+    attempts: i32,
+    reason: &str,
+) -> Result<bool, Stop> {
+    tracing::error!(job = %job.id, chunk, attempts, reason, "batch chunk parked");
+    let (lines, items) = chunk::parked(job, manifest, chunk, reason);
+    let key = batch_part_key(job.id, chunk);
+    s3::put_bytes(&ctx.s3, &ctx.config.s3.bucket, &key, lines, "application/x-ndjson").await?;
+    let detail = serde_json::json!({"job_id": job.id, "chunk": chunk, "model": job.model, "part": key});
+    let parked = store::park_chunk(ctx, job.id, chunk, attempts, reason, detail)
+        .await
+        .map_err(|e| Stop::Transient(e.to_string()))?;
+    if parked {
+        metrics::counter!("sluice_inference_batch_chunks_parked_total").increment(1);
+        metrics::counter!("sluice_inference_batch_items_total", "model" => job.model.clone(), "outcome" => "parked")
+            .increment(items);
+    }
+    Ok(parked)
 }
 
 /// The job's frozen item list; a missing or unreadable one fails the job.
