@@ -6,6 +6,13 @@
 //! object is recorded (`import_items`) in the same transaction as its media row, and the cursor
 //! advances once a page is done. A worker that dies stops renewing; when the lease expires
 //! another worker (or the restarted one) continues after the cursor and skips recorded objects.
+//!
+//! A poison object does not hold the import: each attempt at an object is counted
+//! (`import_attempts`) before it is tried, so one that kills its worker counts too, and given
+//! back when it failed because a dependency was away. A failed attempt lets the import be taken
+//! again after a back-off that doubles per attempt; once an object has used
+//! `ingest.import_max_attempts` it is recorded as rejected (`gave_up`, with the reason) with a
+//! `work.parked` event and `sluice_ingest_import_objects_parked_total`, and the import goes on.
 
 use std::time::Duration;
 
@@ -13,6 +20,8 @@ use serde_json::{Value, json};
 use sluice_core::{
     Context, Shutdown,
     domain::{DatasetName, Label},
+    outbox::RelayError,
+    parking::{self, WorkKind, WorkParked},
     s3::S3Error,
 };
 use uuid::Uuid;
@@ -27,6 +36,8 @@ use crate::{
 const LEASE: &str = "30 seconds";
 /// Objects listed per page (and per lease renewal).
 const PAGE: i32 = 100;
+/// Longest wait before an import whose object failed is taken again, in seconds.
+const MAX_RETRY_SECS: f64 = 30.0;
 
 /// Queues an import; a worker picks it up.
 pub async fn create(ctx: &Context, dataset: &DatasetName, bucket: &str, prefix: &str) -> Result<Uuid, IngestError> {
@@ -92,7 +103,8 @@ pub async fn run_once(ctx: &Context, budget: Option<usize>) -> Result<bool, Inge
                 .get()
                 .await?
                 .execute(
-                    "UPDATE imports SET status = 'succeeded', finished_at = now(), updated_at = now(), lease_until = NULL
+                    "WITH done AS (DELETE FROM import_attempts WHERE import_id = $1)
+                     UPDATE imports SET status = 'succeeded', finished_at = now(), updated_at = now(), lease_until = NULL
                      WHERE id = $1",
                     &[&import.id],
                 )
@@ -202,12 +214,18 @@ impl Import {
     }
 
     /// Validates and stores one object; client-side problems become a rejected item, dependency
-    /// failures propagate (the import is retried).
+    /// failures propagate (the import is retried), and an object out of attempts is parked.
     async fn import_one(&self, ctx: &Context, dataset: &DatasetName, key: &str) -> Result<(), IngestError> {
+        // Counted before the object is tried, so an object that kills its worker counts too.
+        let (attempts, last_error) = self.begin_attempt(ctx, key).await?;
+        if attempts > ctx.config.ingest.import_max_attempts as i32 {
+            return self.park(ctx, key, attempts - 1, &parking::gave_up(attempts - 1, last_error.as_deref())).await;
+        }
         let outcome = self.try_import(ctx, dataset, key).await;
         let err = match outcome {
             Ok(()) => return Ok(()),
             Err(err @ (IngestError::Storage(_) | IngestError::Database(_) | IngestError::BodyRead(_))) => {
+                self.attempt_failed(ctx, key, attempts, &err).await;
                 return Err(err);
             }
             Err(err) => err,
@@ -223,6 +241,97 @@ impl Import {
             )
             .await?;
         metrics::counter!("sluice_ingest_rejected_total", "reason" => err.reason()).increment(1);
+        Ok(())
+    }
+
+    /// One more attempt at `key` starts; returns its attempts and the last failure kept.
+    async fn begin_attempt(&self, ctx: &Context, key: &str) -> Result<(i32, Option<String>), IngestError> {
+        let row = ctx
+            .db
+            .get()
+            .await?
+            .query_one(
+                "INSERT INTO import_attempts (import_id, source_key, attempts) VALUES ($1, $2, 1)
+                 ON CONFLICT (import_id, source_key) DO UPDATE SET attempts = import_attempts.attempts + 1
+                 RETURNING attempts, last_error",
+                &[&self.id, &key],
+            )
+            .await?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    /// An attempt at `key` failed. When the dependencies answer, the failure was the object's
+    /// own: its error is kept and the import is taken again after a back-off that doubles with
+    /// each attempt; when one does not, the attempt is given back (the lease's expiry paces the
+    /// retry). Best effort: the import is retried either way.
+    async fn attempt_failed(&self, ctx: &Context, key: &str, attempts: i32, err: &IngestError) {
+        let counts = parking::dependencies_up(ctx, &[self.bucket.as_str()]).await;
+        let recorded = async {
+            let client = ctx.db.get().await?;
+            if counts {
+                let retry_in = 2f64.powi(attempts).min(MAX_RETRY_SECS);
+                let error = parking::clip(err.to_string());
+                client
+                    .execute(
+                        "UPDATE import_attempts SET last_error = $3 WHERE import_id = $1 AND source_key = $2",
+                        &[&self.id, &key, &error],
+                    )
+                    .await?;
+                client
+                    .execute(
+                        "UPDATE imports SET lease_until = now() + make_interval(secs => $2), updated_at = now()
+                         WHERE id = $1",
+                        &[&self.id, &retry_in],
+                    )
+                    .await?;
+            } else {
+                client
+                    .execute(
+                        "UPDATE import_attempts SET attempts = greatest(attempts - 1, 0)
+                         WHERE import_id = $1 AND source_key = $2",
+                        &[&self.id, &key],
+                    )
+                    .await?;
+            }
+            Ok::<_, IngestError>(())
+        };
+        if let Err(error) = recorded.await {
+            tracing::warn!(import = %self.id, key, %error, "cannot record a failed import attempt");
+        }
+    }
+
+    /// Records `key` as rejected for good (`gave_up`) with a `work.parked` event, in one
+    /// transaction, so the import goes on without it.
+    async fn park(&self, ctx: &Context, key: &str, attempts: i32, reason: &str) -> Result<(), IngestError> {
+        tracing::error!(import = %self.id, key, attempts, reason, "import object parked");
+        let mut client = ctx.db.get().await?;
+        let tx = client.transaction().await?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO import_items (import_id, source_key, outcome, error_code, error_message)
+                 VALUES ($1, $2, 'rejected', 'gave_up', $3) ON CONFLICT DO NOTHING",
+                &[&self.id, &key, &reason],
+            )
+            .await?;
+        tx.execute("DELETE FROM import_attempts WHERE import_id = $1 AND source_key = $2", &[&self.id, &key]).await?;
+        if inserted == 1 {
+            let parked = WorkParked {
+                kind: WorkKind::ImportObject,
+                id: format!("{}/{key}", self.id),
+                attempts,
+                reason: reason.to_owned(),
+                detail: json!({"import_id": self.id, "dataset": self.dataset, "bucket": self.bucket, "key": key}),
+            };
+            parking::enqueue(&tx, ctx, parked).await.map_err(|e| match e {
+                RelayError::Db(err) => IngestError::Database(err),
+                // A parked event is a few KB (its reason is clipped): never refused for its size.
+                other => IngestError::BadRequest(other.to_string()),
+            })?;
+        }
+        tx.commit().await?;
+        if inserted == 1 {
+            metrics::counter!("sluice_ingest_import_objects_parked_total").increment(1);
+        }
         Ok(())
     }
 

@@ -50,6 +50,11 @@ fn describe_metrics() {
         "Time to accept one upload request, from first byte to answer."
     );
     metrics::describe_counter!("sluice_ingest_orphans_removed_total", "Unreferenced raw objects and uploads removed.");
+    metrics::describe_counter!(
+        "sluice_ingest_import_objects_parked_total",
+        "Import objects recorded as rejected (gave_up) after ingest.import_max_attempts attempts."
+    );
     // Series exist from start-up, so rates and alerts see the first event.
     metrics::counter!("sluice_ingest_orphans_removed_total").increment(0);
+    metrics::counter!("sluice_ingest_import_objects_parked_total").increment(0);
 }
