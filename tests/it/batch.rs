@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{
     inference::{move_alias, png, register_trained, samples},
-    support::{RunningApp, json_of, sluice_command, sluice_env},
+    support::{RunningApp, json_of, parked_events, put_locked_object, sluice_command, sluice_env},
     training::seed_dataset,
 };
 
@@ -365,4 +365,57 @@ async fn refused_batch_requests_leave_no_job_event_or_object() {
     )
     .await;
     assert_eq!(status, 404);
+}
+
+/// An object the store refuses to serve (encrypted with a key Sluice does not hold) poisons the
+/// first chunk: after `inference.batch_max_attempts` attempts it is parked, with the reason on
+/// each of its items' lines and a `work.parked` event, and the next chunk is scored as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_that_keeps_failing_is_parked_and_the_next_chunk_is_scored() {
+    let env = TestEnv::new().await;
+    let mut config = chunked(&env, 2);
+    config.inference.batch_max_attempts = 2;
+    let app = batch_app(config).await;
+    served_model(&app, "poisoned", 81).await;
+    let images = samples(4, 82);
+    let bucket = app.ctx.config.s3.bucket.clone();
+    put_locked_object(&app.ctx.s3, &bucket, "incoming/a-locked.png", png(&images, 0, 0)).await;
+    for (i, name) in ["b", "c", "d"].iter().enumerate() {
+        sluice_core::s3::put_bytes(
+            &app.ctx.s3,
+            &bucket,
+            &format!("incoming/{name}.png"),
+            png(&images, i + 1, 0),
+            "image/png",
+        )
+        .await
+        .expect("put image");
+    }
+    let job = run_batch(&app, &json!({"model": "poisoned", "bucket": bucket, "prefix": "incoming/"})).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!((job["chunks"].as_i64(), job["chunks_done"].as_i64()), (Some(2), Some(2)), "{job:#}");
+    let failed = job["failed_chunks"].as_array().expect("failed_chunks");
+    assert_eq!(failed.len(), 1, "{job:#}");
+    assert_eq!((failed[0]["chunk"].as_i64(), failed[0]["attempts"].as_i64()), (Some(0), Some(2)), "{job:#}");
+    let reason = failed[0]["reason"].as_str().expect("reason");
+    assert!(reason.starts_with("gave up after 2 attempts; the last one failed"), "{reason}");
+
+    let lines = lines(&app, &job).await;
+    assert_eq!(indices(&lines), [0, 1, 2, 3], "every item still has exactly one line");
+    for line in &lines[..2] {
+        assert_eq!(line["error"], reason, "the parked chunk's lines carry its reason: {line}");
+        assert!(line.get("prediction_id").is_none(), "{line}");
+    }
+    for line in &lines[2..] {
+        assert!(line.get("error").is_none() && line["prediction_id"].is_string(), "the next chunk is scored: {line}");
+    }
+    let id = job["id"].as_str().expect("id");
+    assert_eq!(app.count(&format!("SELECT count(*) FROM predictions WHERE batch_id = '{id}'")).await, 2);
+    let parked = parked_events(&app, "batch_chunk", 1).await;
+    assert_eq!(parked[0]["data"]["id"], format!("{id}/0"), "{parked:#?}");
+    assert_eq!(parked[0]["data"]["attempts"], 2);
+    let metrics = app.get("/metrics").await.1;
+    let metrics = metrics.as_str().expect("text");
+    assert!(metrics.contains("sluice_inference_batch_chunks_parked_total 1"), "{metrics}");
+    assert!(metrics.contains("sluice_inference_batch_items_total{model=\"poisoned\",outcome=\"parked\"} 2"));
 }

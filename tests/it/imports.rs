@@ -9,7 +9,7 @@ use sluice_testkit::{TestEnv, eventually};
 
 use crate::{
     ingest::{jpeg, png},
-    support::{RunningApp, json_of},
+    support::{RunningApp, json_of, parked_events, put_locked_object},
 };
 
 /// Puts the fixture layout under `incoming/`: five good images in two label folders, one file
@@ -122,4 +122,48 @@ async fn an_import_resumes_after_its_worker_dies_without_double_counting() {
     assert_eq!(status["rejected"], 1, "{status}");
     let media: i64 = db.query_one("SELECT count(*) FROM media", &[]).await.expect("count").get(0);
     assert_eq!(media, 6);
+}
+
+/// An object the store refuses to serve (encrypted with a key Sluice does not hold) stops the
+/// import on every pass until it has used `ingest.import_max_attempts`; then it is recorded as
+/// rejected (`gave_up`) with a `work.parked` event, and the objects after it are imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_that_keeps_failing_is_given_up_and_the_rest_is_imported() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.ingest.import_max_attempts = 2;
+    let app = RunningApp::spawn(config).await;
+    let bucket = app.ctx.config.s3.bucket.clone();
+    put_locked_object(&app.ctx.s3, &bucket, "incoming/cat/0-locked.png", png(10, 10, 20)).await;
+    for (key, body) in [("incoming/cat/1.png", png(11, 10, 21)), ("incoming/dog/2.png", png(12, 10, 22))] {
+        app.ctx.s3.put_object().bucket(&bucket).key(key).body(ByteStream::from(body)).send().await.expect("put");
+    }
+    let response = app
+        .http
+        .post(app.url("/v1/datasets/locked/imports"))
+        .bearer_auth(&app.admin_token)
+        .json(&serde_json::json!({"bucket": bucket, "prefix": "incoming"}))
+        .send()
+        .await
+        .expect("post import");
+    let (status, created) = json_of(response).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let done = eventually(Duration::from_secs(60), "the import to finish", || async {
+        let response = app.http.get(app.url(&format!("/v1/imports/{id}"))).bearer_auth(&app.admin_token).send();
+        let (_, status) = json_of(response.await.expect("get")).await;
+        (status["status"] != "queued" && status["status"] != "running").then_some(status)
+    })
+    .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!((done["accepted"].as_i64(), done["rejected"].as_i64()), (Some(2), Some(1)), "{done}");
+    assert_eq!(done["errors"][0]["key"], "incoming/cat/0-locked.png", "{done}");
+    assert_eq!(done["errors"][0]["code"], "gave_up", "{done}");
+    let message = done["errors"][0]["message"].as_str().expect("message");
+    assert!(message.starts_with("gave up after 2 attempts; the last one failed"), "{message}");
+    let parked = parked_events(&app, "import_object", 1).await;
+    assert_eq!(parked[0]["data"]["id"], format!("{id}/incoming/cat/0-locked.png"), "{parked:#?}");
+    assert_eq!(parked[0]["data"]["detail"]["bucket"], bucket.as_str());
+    let metrics = app.get("/metrics").await.1;
+    assert!(metrics.as_str().expect("text").contains("sluice_ingest_import_objects_parked_total 1"), "{metrics}");
 }

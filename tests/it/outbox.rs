@@ -245,3 +245,106 @@ async fn the_sweeper_removes_objects_no_row_references() {
     assert!(orphan.is_err(), "the orphan was removed");
     assert_eq!(raw_objects(&app).await.len(), 1, "the referenced object stays");
 }
+
+/// Rows as an older build (or a writer bypassing `enqueue`) could have left them: a whole batch
+/// of events over Kafka's message limit, then a good one behind them. Each refusal counts an
+/// attempt while Kafka is up; after `outbox.max_attempts` the poison rows are parked with a
+/// `work.parked` event each, and the good row is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_rows_are_parked_and_the_row_behind_them_is_published() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.outbox.batch = 2;
+    config.outbox.max_attempts = 2;
+    // No application: the only relay is the one this test drives.
+    let ctx = Context::new(config).await.expect("context");
+    ctx.bootstrap().await.expect("bootstrap");
+    let topic = ctx.topic(Topic::MediaIngested).to_string();
+    let client = ctx.db.get().await.expect("conn");
+    let mut poison = Vec::new();
+    for i in 0..3 {
+        let id = uuid::Uuid::now_v7();
+        let payload = serde_json::json!({"event_id": id, "blob": "x".repeat(1_100_000)});
+        client
+            .execute(
+                "INSERT INTO outbox (id, topic, key, payload, created_at) VALUES ($1, $2, $3, $4, now() - interval '1 minute')",
+                &[&id, &topic, &format!("huge-{i}"), &payload],
+            )
+            .await
+            .expect("insert a poison row");
+        poison.push(id);
+    }
+    let good = uuid::Uuid::now_v7();
+    client
+        .execute(
+            "INSERT INTO outbox (id, topic, key, payload) VALUES ($1, $2, 'good', $3)",
+            &[&good, &topic, &serde_json::json!({"event_id": good})],
+        )
+        .await
+        .expect("insert the good row");
+
+    // The relay's loop, driven by hand: batches until nothing is pending (the parked events
+    // included), each claimed at once; a bounded number of them.
+    let mut batches = 0;
+    while outbox::pending(&ctx).await.expect("pending") > 0 {
+        batches += 1;
+        assert!(batches <= 12, "rows still pending after {batches} batches");
+        let _ = outbox::publish_batch(&ctx).await;
+    }
+    let good_sent: bool =
+        client.query_one("SELECT sent_at IS NOT NULL FROM outbox WHERE id = $1", &[&good]).await.expect("good").get(0);
+    assert!(good_sent, "the row behind the poison was published");
+    let rows = client
+        .query(
+            "SELECT attempts, failed_at IS NOT NULL, sent_at IS NULL, error FROM outbox WHERE id = ANY($1)",
+            &[&poison],
+        )
+        .await
+        .expect("poison rows");
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        let (attempts, parked, unsent, error): (i32, bool, bool, Option<String>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!((attempts, parked, unsent), (2, true, true), "parked after two refusals, never sent");
+        assert!(error.as_deref().is_some_and(|e| e.contains("too large")), "{error:?}");
+    }
+    assert_eq!(outbox::publish_batch(&ctx).await.expect("an empty batch"), 0, "the relay skips parked rows");
+
+    // The good row went out once, and the parked events too (through the outbox, like any event).
+    let published = read_topic(&ctx.config, &topic, 2, Duration::from_secs(5)).await;
+    assert_eq!(published.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), ["good"], "{published:?}");
+    let dlq = ctx.topic(Topic::WorkDlq).to_string();
+    let parked = read_topic(&ctx.config, &dlq, 3, Duration::from_secs(5)).await;
+    let mut ids: Vec<String> = parked.iter().map(|(_, e)| e["data"]["id"].as_str().expect("id").to_owned()).collect();
+    ids.sort();
+    let mut expected: Vec<String> = poison.iter().map(ToString::to_string).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "{parked:#?}");
+    for (key, event) in &parked {
+        assert_eq!(event["type"], "work.parked");
+        assert_eq!(event["data"]["kind"], "outbox_row");
+        assert_eq!(event["data"]["attempts"], 2);
+        assert_eq!(event["data"]["detail"]["topic"], topic.as_str());
+        assert_eq!(key, event["data"]["id"].as_str().expect("id"));
+        assert!(event["data"]["reason"].as_str().expect("reason").starts_with("gave up after 2 attempts"), "{event}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_message_limit_is_refused_before_it_is_written() {
+    let env = TestEnv::new().await;
+    let ctx = Context::new(env.config.clone()).await.expect("context");
+    ctx.bootstrap().await.expect("bootstrap");
+    let client = ctx.db.get().await.expect("conn");
+    let huge = sluice_core::events::Envelope::new(sluice_core::parking::WorkParked {
+        kind: sluice_core::parking::WorkKind::OutboxRow,
+        id: "x".into(),
+        attempts: 1,
+        reason: "r".repeat(outbox::MAX_EVENT_BYTES),
+        detail: serde_json::json!({}),
+    });
+    let refused = outbox::enqueue(&client, &ctx.topic(Topic::WorkDlq), "x", &huge).await;
+    assert!(matches!(refused, Err(outbox::RelayError::TooLarge { .. })), "{refused:?}");
+    let rows: i64 = client.query_one("SELECT count(*) FROM outbox", &[]).await.expect("count").get(0);
+    assert_eq!(rows, 0, "nothing written");
+}

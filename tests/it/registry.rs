@@ -383,3 +383,50 @@ async fn sluice_models_promotes_rolls_back_and_shows_the_history() {
     let (ok, out) = sluice(&["rollback", "shapes", "--alias", "staging"]);
     assert!(!ok && out.contains("nothing to roll back"), "{out}");
 }
+
+/// Every `models.events` event carries the model's whole alias map, so the number of aliases is
+/// bounded: past `MAX_ALIASES` a new alias is refused (existing ones still move), and the
+/// largest event stays far below Kafka's message limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_refuses_aliases_past_the_limit_so_its_events_stay_small() {
+    let env = TestEnv::new().await;
+    let app = registry_app(&env).await;
+    let registered = versions(&app, "crowded", 2).await;
+    let model = ModelName::parse("crowded").expect("model");
+    {
+        let mut client = app.ctx.db.get().await.expect("connection");
+        let tx = client.transaction().await.expect("transaction");
+        for i in 0..models::MAX_ALIASES {
+            // The longest names allowed, so the map is as large as it can get.
+            let alias = models::AliasName::parse(&format!("a{i:03}{}", "x".repeat(59))).expect("alias");
+            models::move_alias(&tx, &app.ctx.config.kafka.topic_prefix, &model, &alias, 1, "test", "fill")
+                .await
+                .expect("an alias within the limit");
+        }
+        tx.commit().await.expect("commit");
+    }
+    let path = "/v1/models/crowded/aliases/one-too-many";
+    let (status, refused) = move_alias(&app, &app.admin_token, path, json!({"version": 1, "reason": "x"})).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "too_many_aliases", "{refused}");
+    let (status, _) = get(&app, &app.admin_token, "/v1/models/crowded/aliases/one-too-many").await;
+    assert_eq!(status, 404, "nothing was created");
+    let existing = format!("/v1/models/crowded/aliases/a000{}", "x".repeat(59));
+    let (status, moved) =
+        move_alias(&app, &app.admin_token, &existing, json!({"version": registered[1].version, "reason": "y"})).await;
+    assert_eq!(status, 200, "an existing alias still moves: {moved}");
+    let largest: i32 = app
+        .ctx
+        .db
+        .get()
+        .await
+        .expect("connection")
+        .query_one(
+            "SELECT max(octet_length(payload::text)) FROM outbox WHERE topic = $1",
+            &[&app.ctx.topic(Topic::ModelsEvents).as_str()],
+        )
+        .await
+        .expect("largest event")
+        .get(0);
+    assert!(largest < 16 * 1024, "the largest models.events event is {largest} bytes");
+}

@@ -233,3 +233,51 @@ pub fn sluice_command() -> std::process::Command {
     }
     command
 }
+
+/// A customer key (SSE-C) only the test holds: 32 bytes, base64, and the base64 of its MD5.
+const SSE_C_KEY: &str = "c2x1aWNlLXRlc3Qtc3NlLWMta2V5LTAxMjM0NTY3ODk=";
+const SSE_C_KEY_MD5: &str = "rUyKxyRdERcWFodH05YJEQ==";
+
+/// Puts an object encrypted with a customer key (SSE-C) that Sluice does not have: listings show
+/// it like any other, but every GET without the key is refused (400, "Object is encrypted"), so
+/// it is a real poison object for work that reads it, not a simulated one.
+pub async fn put_locked_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .sse_customer_algorithm("AES256")
+        .sse_customer_key(SSE_C_KEY)
+        .sse_customer_key_md5(SSE_C_KEY_MD5)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put the SSE-C object {key}: {}", sluice_core::error_chain(&e)));
+    let refused = s3.get_object().bucket(bucket).key(key).send().await;
+    assert!(refused.is_err(), "a GET without the customer key must be refused");
+}
+
+/// `work.parked` events on the test's `work.dlq` of `kind`, once the outbox has published them.
+pub async fn parked_events(app: &RunningApp, kind: &str, expected: usize) -> Vec<serde_json::Value> {
+    use sluice_core::topics::Topic;
+    let topic = app.ctx.topic(Topic::WorkDlq).to_string();
+    let events = sluice_testkit::eventually(Duration::from_secs(60), "work.parked events", || async {
+        let events = read_topic(&app.ctx.config, &topic, expected, Duration::from_secs(3)).await;
+        let matching: Vec<serde_json::Value> =
+            events.into_iter().map(|(_, e)| e).filter(|e| e["data"]["kind"] == kind).collect();
+        (matching.len() >= expected).then_some(matching)
+    })
+    .await;
+    assert!(events.iter().all(|e| e["type"] == "work.parked"), "{events:#?}");
+    events
+}
+
+/// [`sluice_command`] started through `sh` after `setup` (for example `ulimit -v 8388608`), so a
+/// test can give the process limits without unsafe code; arguments added to it reach `sluice`.
+pub fn sluice_command_after(setup: &str) -> std::process::Command {
+    let mut command = std::process::Command::new("sh");
+    command.arg("-c").arg(format!("{setup} && exec \"$0\" \"$@\"")).arg(env!("CARGO_BIN_EXE_sluice"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("SLUICE_")) {
+        command.env_remove(key);
+    }
+    command
+}

@@ -17,7 +17,9 @@ use sluice_nn::synthetic::{self, SyntheticSpec};
 use sluice_testkit::{TestEnv, eventually};
 use uuid::Uuid;
 
-use crate::support::{RunningApp, json_of, read_topic, sluice_command, sluice_env};
+use crate::support::{
+    RunningApp, json_of, parked_events, read_topic, sluice_command, sluice_command_after, sluice_env,
+};
 
 /// Writes a processed, labelled synthetic dataset as preprocess would have left it: PNG outputs in
 /// S3 under the dataset's spec, media rows `processed`, output rows. Returns the labels.
@@ -519,4 +521,134 @@ async fn sluice_train_starts_a_job_follows_it_and_prints_the_outcome() {
     assert!(stderr.contains("queued"), "{stderr}");
     assert!(stderr.contains("trial 0 succeeded epoch 2/2"), "{stderr}");
     assert!(stderr.contains("registered cli version 1"), "{stderr}");
+}
+
+/// A grid over `hidden` on an MLP over 128×128 RGB inputs: 65,536 hidden units make a
+/// 12.9 GB weight matrix (3.2 billion parameters), 8 make a small network.
+fn huge_and_small(model: &str, dataset: &str) -> Value {
+    json!({"model": model, "dataset": dataset, "architecture": "mlp", "seed": 3, "promote": "never",
+           "search": {"strategy": "grid", "space": {"hidden": [65536, 8], "epochs": 2, "batch_size": 4}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_too_large_for_its_input_is_refused_before_anything_is_queued() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
+    seed_dataset(&app, "large", 2, 3, 128, 11).await;
+    let (status, answer) = post_job(&app, &app.admin_token, &huge_and_small("huge", "large")).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_request", "{answer}");
+    let message = answer["error"]["message"].as_str().expect("message");
+    assert!(message.contains("hidden = 65536") && message.contains("trainer.max_trial_parameters"), "{message}");
+    assert_eq!(app.count("SELECT count(*) FROM training_jobs").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0, "no trial was queued");
+}
+
+/// The size check is lifted so the poison reaches the workers: a trial whose network cannot be
+/// allocated aborts every trainer process that takes it (each started, like a supervisor would,
+/// with an 8 GiB address-space limit so the allocation fails on any machine). Its attempts are
+/// counted before it runs, so after `trainer.max_trial_attempts` deaths the next worker fails it
+/// without running it, and the other trial of the job trains and is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trial_that_kills_its_workers_is_parked_and_the_next_trial_completes() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.trainer.max_trial_parameters = 1_000_000_000_000_000;
+    let app = RunningApp::spawn_services(config, &[Service::Registry]).await;
+    seed_dataset(&app, "large", 2, 3, 128, 12).await;
+    let trainer_routes = sluice_trainer::router(app.ctx.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, trainer_routes).await });
+    let spawn_worker = || {
+        let mut command = sluice_command_after("ulimit -v 8388608 && ulimit -c 0");
+        command
+            .args(["serve", "trainer"])
+            .envs(sluice_env(&env))
+            .env("SLUICE_KAFKA_SESSION_TIMEOUT_MS", "6000")
+            .env("SLUICE_TRAINER_MAX_TRIAL_ATTEMPTS", "2")
+            .env("SLUICE_TRAINER_MAX_TRIAL_PARAMETERS", "1000000000000000");
+        command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn a trainer worker")
+    };
+    let post = app.http.post(format!("{base}/v1/training-jobs")).bearer_auth(&app.admin_token);
+    let (status, created) = json_of(post.json(&huge_and_small("fragile", "large")).send().await.expect("post")).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+
+    // A supervisor: whenever the worker dies, another one starts.
+    let mut worker = spawn_worker();
+    let mut deaths = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+    let job = loop {
+        if let Some(status) = worker.try_wait().expect("worker status") {
+            deaths.push(status);
+            assert!(deaths.len() <= 3, "the poison trial was never parked: {deaths:?}");
+            worker = spawn_worker();
+        }
+        let response = app.http.get(format!("{base}/v1/training-jobs/{id}")).bearer_auth(&app.admin_token).send();
+        let (_, job) = json_of(response.await.expect("get job")).await;
+        if !matches!(job["status"].as_str(), Some("queued" | "running")) {
+            break job;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the job never ended: {job:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    assert_eq!(deaths.len(), 2, "two workers died on the trial, the third parked it: {deaths:?}");
+    assert!(deaths.iter().all(|d| d.signal() == Some(6)), "each died of the allocation abort: {deaths:?}");
+    let trials = job["trials"].as_array().expect("trials");
+    let poison = trials.iter().find(|t| t["params"]["hidden"] == 65536).expect("the poison trial");
+    let small = trials.iter().find(|t| t["params"]["hidden"] == 8).expect("the small trial");
+    assert_eq!(poison["status"], "failed", "{job:#}");
+    assert_eq!(poison["error"], "gave up after 2 attempts: each one stopped its worker before it ended", "{job:#}");
+    assert_eq!(small["status"], "succeeded", "{job:#}");
+    assert_eq!(job["best_trial"], small["id"], "the job went on with the trial that could run");
+    assert_eq!(job["registered_version"], 1, "{job:#}");
+    let parked = parked_events(&app, "trial", 1).await;
+    assert_eq!(parked[0]["data"]["id"], poison["id"], "{parked:#?}");
+    assert_eq!(parked[0]["data"]["attempts"], 2);
+}
+
+/// The coordinator's re-plan can fail for good: here a halving job accepted under one limit
+/// (routes of a process allowing 200 epochs) meets a coordinator whose configuration now allows
+/// 2, so planning its next rung (3 epochs) fails every time. After `trainer.max_step_attempts`
+/// the job fails with the reason and a `work.parked` event, and the next job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_step_that_keeps_failing_fails_the_job_and_the_next_job_completes() {
+    let env = TestEnv::new().await;
+    let mut strict = env.config.clone();
+    strict.trainer.max_epochs = 2;
+    strict.trainer.max_step_attempts = 2;
+    let app = RunningApp::spawn_services(strict, &[Service::Trainer, Service::Registry]).await;
+    seed_dataset(&app, "shapes", 2, 8, 16, 13).await;
+    let lenient = sluice_core::Context::new(env.config.clone()).await.expect("context");
+    let lenient_routes = sluice_trainer::router(lenient);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, lenient_routes).await });
+    let halving = json!({"model": "replanned", "dataset": "shapes", "architecture": "mlp", "seed": 4, "promote": "never",
+        "search": {"strategy": "halving", "max_trials": 2, "reduction_factor": 2, "min_epochs": 1,
+                   "space": {"epochs": 3, "hidden": 8, "learning_rate": {"log_uniform": [0.001, 0.05]}}}});
+    let post = app.http.post(format!("{base}/v1/training-jobs")).bearer_auth(&app.admin_token).json(&halving);
+    let (status, created) = json_of(post.send().await.expect("post")).await;
+    assert_eq!(status, 202, "{created}");
+    let stuck = wait_job(&app, created["id"].as_str().expect("id"), Duration::from_secs(120)).await;
+    assert_eq!(stuck["status"], "failed", "{stuck:#}");
+    let error = stuck["error"].as_str().expect("error");
+    assert!(error.starts_with("gave up after 2 attempts; the last one failed"), "{error}");
+    assert!(error.contains("epochs must be at most 2"), "{error}");
+    assert!(stuck["trials"].as_array().expect("trials").iter().all(|t| t["rung"] == 0), "no rung was planned");
+
+    let next = json!({"model": "after", "dataset": "shapes", "architecture": "mlp", "seed": 5, "promote": "never",
+        "search": {"strategy": "grid", "space": {"epochs": 1, "hidden": 8}}});
+    let done = run_job(&app, &next, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    let parked = parked_events(&app, "coordinator_step", 1).await;
+    assert_eq!(parked[0]["data"]["id"], stuck["id"], "{parked:#?}");
+    assert_eq!(parked[0]["data"]["attempts"], 2);
+    let metrics = app.get("/metrics").await.1;
+    assert!(metrics.as_str().expect("text").contains("sluice_trainer_steps_parked_total 1"), "{metrics}");
 }
