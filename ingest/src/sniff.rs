@@ -1,5 +1,7 @@
 //! Media type detection from the bytes themselves, image dimensions from the header (no pixel
-//! decoding), and end-of-file checks that catch truncated uploads.
+//! decoding), and end-of-file checks that catch truncated uploads. A JPEG ends at the
+//! end-of-image marker after its last scan, not at the end of the file: motion photos append an
+//! MP4 and some makers append metadata, and such files are complete.
 
 /// Whether an upload is a still image or a video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -284,13 +286,16 @@ fn tiff_dimensions(b: &[u8]) -> Option<(u32, u32)> {
 
 /// Checks the end of a complete upload for the format's terminator or declared length, catching
 /// truncated files. `tail` holds the last bytes (at least 64 when the file is that long);
-/// `total` is the full length.
+/// `total` is the full length. A JPEG is complete when its image has ended, whatever follows:
+/// that is known when the end lies within `head` (or the whole file is the head); past the head
+/// only a file that ends with the end-of-image marker can be told complete here, so uploads
+/// larger than the head should be fed to an [`EndCheck`] instead.
 pub fn is_complete(format: Format, head: &[u8], tail: &[u8], total: u64) -> bool {
     match format {
         Format::Jpeg => {
-            // EOI, allowing the zero padding some encoders append.
-            let trimmed = tail.iter().rposition(|&b| b != 0).map_or(&tail[..0], |p| &tail[..=p]);
-            trimmed.ends_with(&[0xFF, 0xD9])
+            let structure = JpegEnd::of(head);
+            let whole_file_read = total <= head.len() as u64;
+            structure.ended() || (!whole_file_read && jpeg_tail_is_end(tail))
         }
         Format::Png => tail.ends_with(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]),
         Format::Gif => tail.last() == Some(&0x3B),
@@ -300,6 +305,159 @@ pub fn is_complete(format: Format, head: &[u8], tail: &[u8], total: u64) -> bool
         }
         Format::Bmp => u32_le(head, 2).is_some_and(|size| u64::from(size) <= total),
         Format::Tiff | Format::Mp4 | Format::Mov | Format::Webm | Format::Mkv => total >= 16,
+    }
+}
+
+/// Whether the file's last bytes are an end-of-image marker, allowing the zero padding some
+/// encoders append (a truncated file may end so too, at a thumbnail's marker: a fallback only).
+fn jpeg_tail_is_end(tail: &[u8]) -> bool {
+    let trimmed = tail.iter().rposition(|&b| b != 0).map_or(&tail[..0], |p| &tail[..=p]);
+    trimmed.ends_with(&[0xFF, 0xD9])
+}
+
+/// How many trailing bytes an [`EndCheck`] keeps.
+const END_TAIL_LEN: usize = 64;
+
+/// What [`is_complete`] needs of an upload that arrives in chunks, gathered as they pass: the
+/// last bytes, the length and, for a JPEG, whether its image has ended (wherever in the file).
+#[derive(Debug, Clone)]
+pub struct EndCheck {
+    format: Format,
+    tail: Vec<u8>,
+    total: u64,
+    jpeg: JpegEnd,
+}
+
+impl EndCheck {
+    pub fn new(format: Format) -> Self {
+        EndCheck { format, tail: Vec::with_capacity(2 * END_TAIL_LEN), total: 0, jpeg: JpegEnd::default() }
+    }
+
+    /// Takes the next bytes of the upload (every chunk, in order, the head included).
+    pub fn feed(&mut self, chunk: &[u8]) {
+        self.total += chunk.len() as u64;
+        if self.format == Format::Jpeg {
+            self.jpeg.feed(chunk);
+        }
+        self.tail.extend_from_slice(&chunk[chunk.len().saturating_sub(END_TAIL_LEN)..]);
+        let excess = self.tail.len().saturating_sub(END_TAIL_LEN);
+        self.tail.drain(..excess);
+    }
+
+    /// Whether the upload fed so far is a complete file; `head` is its first bytes, as given to
+    /// [`sniff`].
+    pub fn is_complete(&self, head: &[u8]) -> bool {
+        match self.format {
+            Format::Jpeg => self.jpeg.ended(),
+            format => is_complete(format, head, &self.tail, self.total),
+        }
+    }
+}
+
+/// Follows a JPEG's marker structure as its bytes go past: segments are skipped by their
+/// length (so an EXIF thumbnail's markers are never mistaken for the image's), entropy-coded
+/// data up to the next marker that is not a restart marker or a stuffed byte. The image has
+/// ended at an end-of-image marker outside any segment; whatever follows it is not the image's.
+#[derive(Debug, Clone, Default)]
+pub struct JpegEnd {
+    state: JpegState,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum JpegState {
+    /// Nothing read yet.
+    #[default]
+    Start,
+    /// The `0xFF` of the start-of-image marker read.
+    StartMarker,
+    /// Between segments, looking for the next marker's `0xFF` (libjpeg skips stray bytes).
+    BetweenSegments,
+    /// Inside entropy-coded data, looking for a `0xFF`.
+    Entropy,
+    /// After a `0xFF`; `in_scan` when it came in entropy-coded data.
+    Marker {
+        in_scan: bool,
+    },
+    /// A segment's length, first or second byte.
+    LengthHigh {
+        scan: bool,
+    },
+    LengthLow {
+        high: u8,
+        scan: bool,
+    },
+    /// A segment's payload, `left` bytes to go; entropy-coded data follows a scan header.
+    Payload {
+        left: u16,
+        scan: bool,
+    },
+    /// The end-of-image marker has been read.
+    Ended,
+    /// Not a JPEG structure: no start-of-image marker, or a segment length under 2.
+    Invalid,
+}
+
+impl JpegEnd {
+    /// The state after reading all of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        let mut end = JpegEnd::default();
+        end.feed(bytes);
+        end
+    }
+
+    /// Whether the end-of-image marker has gone past.
+    pub fn ended(&self) -> bool {
+        self.state == JpegState::Ended
+    }
+
+    /// Reads the next bytes of the file.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        use JpegState::*;
+        while let Some((&byte, rest)) = bytes.split_first() {
+            match self.state {
+                Ended | Invalid => return,
+                BetweenSegments | Entropy => {
+                    // Skip to the next 0xFF in one step.
+                    let Some(at) = bytes.iter().position(|&b| b == 0xFF) else { return };
+                    self.state = Marker { in_scan: self.state == Entropy };
+                    bytes = &bytes[at + 1..];
+                    continue;
+                }
+                Payload { left, scan } => {
+                    let skip = bytes.len().min(usize::from(left));
+                    bytes = &bytes[skip..];
+                    let left = left - skip as u16;
+                    self.state = match (left, scan) {
+                        (0, true) => Entropy,
+                        (0, false) => BetweenSegments,
+                        _ => Payload { left, scan },
+                    };
+                    continue;
+                }
+                Start => self.state = if byte == 0xFF { StartMarker } else { Invalid },
+                StartMarker => self.state = if byte == 0xD8 { BetweenSegments } else { Invalid },
+                Marker { in_scan } => {
+                    self.state = match byte {
+                        0xFF => Marker { in_scan },
+                        // A stuffed 0xFF data byte or a restart marker: the scan goes on.
+                        0x00 | 0xD0..=0xD7 if in_scan => Entropy,
+                        0x00 | 0x01 | 0xD0..=0xD8 => BetweenSegments,
+                        0xD9 => Ended,
+                        marker => LengthHigh { scan: marker == 0xDA },
+                    }
+                }
+                LengthHigh { scan } => self.state = LengthLow { high: byte, scan },
+                LengthLow { high, scan } => {
+                    self.state = match u16::from_be_bytes([high, byte]) {
+                        0 | 1 => Invalid,
+                        2 if scan => Entropy,
+                        2 => BetweenSegments,
+                        length => Payload { left: length - 2, scan },
+                    }
+                }
+            }
+            bytes = rest;
+        }
     }
 }
 
@@ -354,6 +512,94 @@ mod tests {
         let jpeg = [0xFF, 0xD8, 0xFF, 0xDB, 0x00, 0x02, 0xFF, 0xD9, 0, 0];
         assert!(is_complete(Format::Jpeg, &jpeg, &jpeg, 10));
         assert!(!is_complete(Format::Jpeg, &jpeg[..6], &jpeg[..6], 6));
+        // Larger than the head: the terminator at the end still tells.
+        assert!(is_complete(Format::Jpeg, &jpeg[..4], &jpeg, 1 << 30));
+    }
+
+    fn segment(marker: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0xFF, marker];
+        out.extend(u16::try_from(payload.len() + 2).expect("short").to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// A 24×16 JPEG's structure: an EXIF segment holding a thumbnail's markers, a frame, one
+    /// scan of `entropy` and the end-of-image marker.
+    fn jpeg_with(entropy: &[u8]) -> Vec<u8> {
+        let mut b = vec![0xFF, 0xD8];
+        b.extend(segment(0xE1, b"Exif\0\0 a thumbnail: \xFF\xD8\xFF\xDB\0\x04\xFF\xD9 end"));
+        b.extend(segment(0xFE, b"a comment"));
+        b.extend(segment(0xC0, &[8, 0, 16, 0, 24, 1, 1, 0x11, 0]));
+        b.extend(segment(0xDA, &[1, 1, 0, 0, 63, 0]));
+        b.extend_from_slice(entropy);
+        b.extend_from_slice(&[0xFF, 0xD9]);
+        b
+    }
+
+    /// What a motion photo appends: an MP4 (with marker-like bytes in its data).
+    fn mp4() -> Vec<u8> {
+        let mut b = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom\0\0\x04\x08mdat".to_vec();
+        b.extend((0..1024u32).map(|i| if i % 3 == 0 { 0xFF } else { (i % 256) as u8 }));
+        b.extend([0xFF, 0xD9, 0x12, 0x34]);
+        b
+    }
+
+    fn tail(bytes: &[u8]) -> &[u8] {
+        &bytes[bytes.len().saturating_sub(64)..]
+    }
+
+    #[test]
+    fn a_jpeg_followed_by_other_data_is_complete() {
+        let still = jpeg_with(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56, 0xFF, 0xFF, 0xD1, 0x78]);
+        let motion = [&still[..], &mp4()].concat();
+        assert_eq!(sniff(&motion), Some(Format::Jpeg));
+        assert_eq!(image_dimensions(Format::Jpeg, &motion, 50_000_000), Ok((24, 16)));
+        for (name, file) in [("plain", &still), ("motion photo", &motion)] {
+            assert!(JpegEnd::of(file).ended(), "{name}");
+            assert!(is_complete(Format::Jpeg, file, tail(file), file.len() as u64), "{name}");
+        }
+        let metadata = [&still[..], b"maker notes \0\x01 and more", &[0; 100]].concat();
+        assert!(is_complete(Format::Jpeg, &metadata, tail(&metadata), metadata.len() as u64));
+    }
+
+    #[test]
+    fn a_jpeg_cut_anywhere_before_its_end_is_truncated() {
+        let still = jpeg_with(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56]);
+        for cut in 0..still.len() - 1 {
+            let part = &still[..cut];
+            assert!(!JpegEnd::of(part).ended(), "cut at {cut}");
+            assert!(!is_complete(Format::Jpeg, part, tail(part), cut as u64), "cut at {cut}");
+        }
+        // The thumbnail's end-of-image marker inside the EXIF segment is not the image's.
+        let thumbnail_end = still.windows(2).position(|w| w == [0xFF, 0xD9]).expect("in the EXIF segment");
+        assert!(!JpegEnd::of(&still[..thumbnail_end + 2]).ended());
+        assert!(!JpegEnd::of(b"GIF89a\xFF\xD9").ended(), "not a JPEG");
+        let bad_length = [&[0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x01][..], &[0xFF, 0xD9]].concat();
+        assert!(!JpegEnd::of(&bad_length).ended(), "a segment length under 2");
+    }
+
+    #[test]
+    fn an_end_check_fed_in_chunks_finds_an_end_past_the_head() {
+        // The image ends well past the head that `is_complete` sees; the check sees every chunk.
+        let still = jpeg_with(&vec![0x55; 300_000]);
+        let motion = [&still[..], &mp4()].concat();
+        let head = &motion[..HEAD_LEN];
+        assert!(!is_complete(Format::Jpeg, head, tail(&motion), motion.len() as u64), "the head alone cannot tell");
+        for chunk in [1, 7, 4096, 1 << 20] {
+            let mut check = EndCheck::new(Format::Jpeg);
+            motion.chunks(chunk).for_each(|c| check.feed(c));
+            assert!(check.is_complete(head), "chunks of {chunk}");
+            let mut cut = EndCheck::new(Format::Jpeg);
+            still[..still.len() - 1].chunks(chunk).for_each(|c| cut.feed(c));
+            assert!(!cut.is_complete(head), "truncated, chunks of {chunk}");
+        }
+        let png = png(3, 3);
+        let mut check = EndCheck::new(Format::Png);
+        png.chunks(5).for_each(|c| check.feed(c));
+        assert!(check.is_complete(&png), "other formats keep their terminator checks");
+        let mut cut = EndCheck::new(Format::Png);
+        cut.feed(&png[..png.len() - 1]);
+        assert!(!cut.is_complete(&png));
     }
 
     #[test]

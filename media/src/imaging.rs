@@ -1,8 +1,16 @@
 //! Images: decode with explicit limits, honour EXIF orientation, convert colour types, resize
 //! with a quality filter (SIMD, `fast_image_resize`), encode PNG. Pure CPU work: callers run it
 //! on the blocking pool.
+//!
+//! Every decode runs under a memory budget derived from the pixel limit ([`limits`]) and inside
+//! a panic boundary ([`contained`]), so a hostile file or a decoder bug becomes an
+//! [`ImageError`] (a 422, a failed item with a reason), never a 500 or a dead process.
 
-use std::{io::Cursor, time::Instant};
+use std::{
+    io::Cursor,
+    panic::{AssertUnwindSafe, catch_unwind},
+    time::Instant,
+};
 
 use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
 use image::{
@@ -26,7 +34,44 @@ pub enum ImageError {
     /// A progressive JPEG with more scans than any encoder writes (a CPU bomb): nothing decoded.
     #[error("the JPEG has more than {limit} scans")]
     TooManyScans { limit: usize },
+    /// A decoder panicked on this file (a decoder bug that the input reached). The panic was
+    /// contained; `detail` is its message, for logs rather than for the client.
+    #[error("the decoder failed on this file")]
+    DecoderCrashed { detail: String },
 }
+
+/// Runs `work` inside a panic boundary: a panic (a decoder bug reached by crafted input) becomes
+/// [`ImageError::DecoderCrashed`] instead of unwinding into the caller's thread. Nothing `work`
+/// touched is used after a panic (its inputs are only read, its outputs are dropped), so
+/// asserting unwind safety is sound.
+pub fn contained<T>(work: impl FnOnce() -> Result<T, ImageError>) -> Result<T, ImageError> {
+    catch_unwind(AssertUnwindSafe(work)).unwrap_or_else(|payload| {
+        let detail = payload
+            .downcast_ref::<&str>()
+            .map(|message| (*message).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        metrics::counter!("sluice_image_decoder_crashes_total").increment(1);
+        Err(ImageError::DecoderCrashed { detail })
+    })
+}
+
+/// The memory budget of image-rs decoders for `max_pixels`: no side longer than the pixel limit
+/// and no allocation over 8 bytes a pixel (RGBA with 16-bit samples, the widest output), so a
+/// decompression bomb (a header claiming huge dimensions, a GIF frame larger than its screen, a
+/// TIFF strip or PNG chunk larger than the image) fails before allocating.
+pub fn limits(max_pixels: u64) -> Limits {
+    let side = u32::try_from(max_pixels).unwrap_or(u32::MAX);
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(MIN_ALLOC));
+    limits
+}
+
+/// The smallest allocation budget, whatever the pixel limit: decoders need some working memory
+/// of their own (PNG's inflate window, TIFF's strip buffers) even for small images.
+const MIN_ALLOC: u64 = 64 * 1024 * 1024;
 
 impl From<JpegError> for ImageError {
     fn from(err: JpegError) -> Self {
@@ -56,8 +101,13 @@ impl Pixels {
 /// Decodes `bytes` within `max_pixels` and a memory budget, applies the EXIF orientation and
 /// converts to the spec's colour: alpha is composited over black, 16-bit and palette images are
 /// reduced to 8-bit, CMYK JPEGs are converted by the decoder. A JPEG's structure is read first,
-/// so one over the pixel or scan limits is refused before any decoder sees its data.
+/// so one over the pixel or scan limits is refused before any decoder sees its data. Runs inside
+/// [`contained`]: a decoder panic is an error.
 pub fn decode(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Result<Pixels, ImageError> {
+    contained(|| decode_uncontained(bytes, spec, max_pixels))
+}
+
+fn decode_uncontained(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Result<Pixels, ImageError> {
     let started = Instant::now();
     let color = spec.color;
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
@@ -75,12 +125,7 @@ pub fn decode(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Result<Pixe
     let decode_err = |e: image::ImageError| ImageError::Decode(e.to_string());
     let mut reader =
         ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| ImageError::Decode(e.to_string()))?;
-    let side = u32::try_from(max_pixels.min(u64::from(u32::MAX))).unwrap_or(u32::MAX);
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(side);
-    limits.max_image_height = Some(side);
-    limits.max_alloc = Some((max_pixels * 8).max(64 * 1024 * 1024));
-    reader.limits(limits);
+    reader.limits(limits(max_pixels));
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     let (width, height) = decoder.dimensions();
     if u64::from(width) * u64::from(height) > max_pixels {
@@ -303,13 +348,18 @@ pub fn encode_png(pixels: &Pixels) -> Vec<u8> {
     out
 }
 
-/// Decode, resize and encode one image: the whole CPU path.
+/// Decode, resize and encode one image: the whole CPU path, inside [`contained`].
 pub fn process(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Result<(Vec<u8>, u32, u32), ImageError> {
-    let decoded = decode(bytes, spec, max_pixels)?;
-    let resized = resize(&decoded, spec)?;
-    let (w, h) = resized.dimensions();
-    Ok((encode_png(&resized), w, h))
+    contained(|| {
+        let decoded = decode(bytes, spec, max_pixels)?;
+        let resized = resize(&decoded, spec)?;
+        let (w, h) = resized.dimensions();
+        Ok((encode_png(&resized), w, h))
+    })
 }
+
+#[cfg(test)]
+mod hostile_inputs;
 
 #[cfg(test)]
 mod tests {

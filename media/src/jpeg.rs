@@ -5,7 +5,10 @@
 //!
 //! [`Jpeg::parse`] reads the markers and counts the scans, so a progressive "scan bomb" (thousands
 //! of scans, each costing a pass over every block in a general decoder) is refused before any
-//! decoding, whichever decoder runs next. [`Jpeg::decode_eighth`] decodes the 1/8-scale image of
+//! decoding, whichever decoder runs next. Parsing costs memory in proportion to the scans only:
+//! Huffman tables are kept as their definitions (a few hundred bytes) and built when a scan that
+//! uses them is decoded, at most one per slot, and files with absurd numbers of markers or table
+//! segments are refused. [`Jpeg::decode_eighth`] decodes the 1/8-scale image of
 //! baseline, extended and progressive Huffman JPEGs with 8-bit samples in gray or YCbCr; anything
 //! else (arithmetic coding, 12-bit samples, CMYK, RGB-coded) reports itself unsupported and is
 //! left to libjpeg-turbo. Like TurboJPEG, problems libjpeg would only warn about (a truncated
@@ -14,13 +17,26 @@
 mod bits;
 mod huffman;
 
+use std::sync::Arc;
+
 use bits::Bits;
-use huffman::Huffman;
+use huffman::{Definition, Huffman, Tables};
 use image::{DynamicImage, GrayImage, RgbImage};
 
 /// Most scans a JPEG may have. Ordinary progressive files have about 10 (mozjpeg's at most a few
 /// dozen); libjpeg-turbo's fuzzers and `djpeg -maxscans` use limits of the same order.
 pub const MAX_SCANS: usize = 256;
+
+/// Most markers a JPEG may have (segments and standalone markers outside the entropy-coded data).
+/// Photos have a few dozen; even a 256-scan progressive file with tables before every scan and
+/// a multi-segment ICC profile stays far below.
+pub const MAX_MARKERS: usize = 4096;
+
+/// Most DHT plus DQT segments a JPEG may have: one of each before every scan fits with room.
+pub const MAX_TABLE_SEGMENTS: usize = 1024;
+
+/// Huffman table definitions in force, by slot (0–3).
+type Slots = [Option<Arc<Definition>>; 4];
 
 /// Why a JPEG cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +47,9 @@ pub enum JpegError {
     Unsupported(&'static str),
     #[error("the JPEG has more than {limit} scans (a progressive scan bomb)")]
     TooManyScans { limit: usize },
+    /// More markers, or table segments, than any encoder writes: refused while parsing.
+    #[error("the JPEG has more than {limit} {what}")]
+    TooManyMarkers { what: &'static str, limit: usize },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +64,8 @@ struct Component {
 struct ScanComponent {
     /// Index into the frame's components.
     index: usize,
+    /// Table slots as written (0–15); only 0–3 exist, checked when a table is used, as
+    /// libjpeg does (a progressive DC scan's unused AC selector may hold anything).
     dc_table: usize,
     ac_table: usize,
 }
@@ -53,12 +74,13 @@ struct ScanComponent {
 struct Scan<'a> {
     components: Vec<ScanComponent>,
     ss: u8,
+    se: u8,
     ah: u8,
     al: u8,
     restart_interval: usize,
-    /// Huffman tables in force for this scan (indices into [`Jpeg::tables`]), DC then AC.
-    dc: [Option<usize>; 4],
-    ac: [Option<usize>; 4],
+    /// Huffman table definitions in force for this scan, DC then AC.
+    dc: Slots,
+    ac: Slots,
     /// The entropy-coded data, restart markers included.
     data: &'a [u8],
 }
@@ -73,7 +95,6 @@ pub struct Jpeg<'a> {
     components: Vec<Component>,
     /// Each component's quantisation table (natural order), latched at its first scan.
     quant: Vec<Option<Quant>>,
-    tables: Vec<Huffman>,
     scans: Vec<Scan<'a>>,
     /// Why [`Jpeg::decode_eighth`] does not apply, if it does not.
     unsupported: Option<&'static str>,
@@ -93,16 +114,16 @@ impl<'a> Jpeg<'a> {
             progressive: false,
             components: Vec::new(),
             quant: Vec::new(),
-            tables: Vec::new(),
             scans: Vec::new(),
             unsupported: None,
             adobe_transform: None,
             jfif: false,
         };
         let mut quant = [None::<Quant>; 4];
-        let (mut dc, mut ac) = ([None; 4], [None; 4]);
+        let (mut dc, mut ac) = (Slots::default(), Slots::default());
         let mut restart_interval = 0;
         let mut frame_seen = false;
+        let (mut markers, mut table_segments) = (0, 0);
         let mut pos = 2;
         while pos < bytes.len() {
             // libjpeg skips stray bytes before a marker (with a warning), and 0xFF fill bytes.
@@ -115,6 +136,16 @@ impl<'a> Jpeg<'a> {
             }
             let Some(&marker) = bytes.get(pos) else { break };
             pos += 1;
+            markers += 1;
+            if markers > MAX_MARKERS {
+                return Err(JpegError::TooManyMarkers { what: "markers", limit: MAX_MARKERS });
+            }
+            if matches!(marker, 0xC4 | 0xDB) {
+                table_segments += 1;
+                if table_segments > MAX_TABLE_SEGMENTS {
+                    return Err(JpegError::TooManyMarkers { what: "table segments", limit: MAX_TABLE_SEGMENTS });
+                }
+            }
             match marker {
                 0xD9 => break,
                 0x00 | 0x01 | 0xD0..=0xD7 => continue,
@@ -131,17 +162,17 @@ impl<'a> Jpeg<'a> {
                 .ok_or(JpegError::Corrupt("a marker segment runs past the end"))?;
             pos += length;
             match marker {
-                0xC0..=0xC2 => {
+                0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
                     if frame_seen {
                         return Err(JpegError::Corrupt("two frame headers"));
                     }
                     frame_seen = true;
                     jpeg.progressive = marker == 0xC2;
+                    if marker > 0xC2 {
+                        jpeg.unsupported.get_or_insert("arithmetic, lossless or hierarchical coding");
+                    }
+                    // Read whatever the coding, so the pixel limit applies to every JPEG.
                     jpeg.read_frame(segment)?;
-                }
-                0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
-                    frame_seen = true;
-                    jpeg.unsupported.get_or_insert("arithmetic, lossless or hierarchical coding");
                 }
                 0xCC => {
                     jpeg.unsupported.get_or_insert("arithmetic coding");
@@ -149,7 +180,7 @@ impl<'a> Jpeg<'a> {
                 0xDC => {
                     jpeg.unsupported.get_or_insert("a DNL marker");
                 }
-                0xC4 => read_huffman_tables(segment, &mut jpeg.tables, &mut dc, &mut ac)?,
+                0xC4 => read_huffman_tables(segment, &mut dc, &mut ac)?,
                 0xDB => read_quant_tables(segment, &mut quant)?,
                 0xDD => {
                     let &[hi, lo] = segment else { return Err(JpegError::Corrupt("a bad restart interval")) };
@@ -169,7 +200,7 @@ impl<'a> Jpeg<'a> {
                     let end = entropy_end(bytes, pos);
                     let mut scan = jpeg.read_scan(segment, &bytes[pos..end])?;
                     scan.restart_interval = restart_interval;
-                    (scan.dc, scan.ac) = (dc, ac);
+                    (scan.dc, scan.ac) = (dc.clone(), ac.clone());
                     for c in &scan.components {
                         let quant_index = jpeg.components[c.index].quant;
                         if jpeg.quant[c.index].is_none() {
@@ -209,6 +240,12 @@ impl<'a> Jpeg<'a> {
             // libjpeg decodes such chroma with a 2×2 inverse DCT, which needs the AC scans.
             return Some("progressive with chroma subsampled in both directions");
         }
+        if self.progressive && (0..self.components.len()).any(|i| !self.has_low_ac_scan(i)) {
+            // libjpeg-turbo (since 2.1) then interpolates the component's DC values from their
+            // 5×5 neighbourhood ("block smoothing" of a DC-only image), and so changes even the
+            // 1/8-scale output.
+            return Some("a progressive component without AC scans");
+        }
         match self.components.len() {
             1 => None,
             3 => {
@@ -224,17 +261,28 @@ impl<'a> Jpeg<'a> {
         }
     }
 
+    /// Whether some scan brings AC coefficients 1–9 of component `i`: libjpeg-turbo interpolates
+    /// the DC values of a progressive component without (`change_dc` in `decompress_smooth_data`).
+    fn has_low_ac_scan(&self, i: usize) -> bool {
+        self.scans.iter().any(|scan| scan.ss <= 9 && scan.se >= 1 && scan.components.iter().any(|c| c.index == i))
+    }
+
     /// The image at 1/8 scale (`ceil(width / 8)` × `ceil(height / 8)`), without EXIF orientation.
     pub fn decode_eighth(&self) -> Result<DynamicImage, JpegError> {
         if let Some(reason) = self.eighth_unsupported() {
             return Err(JpegError::Unsupported(reason));
         }
+        if self.scans.is_empty() {
+            // libjpeg: "JPEG datastream contains no image".
+            return Err(JpegError::Corrupt("no scan"));
+        }
         let geometry = Geometry::new(self);
         let mut planes: Vec<Vec<i32>> =
             (0..self.components.len()).map(|i| vec![0; geometry.plane_width(i) * geometry.plane_height(i)]).collect();
+        let mut tables = Tables::default();
         for scan in &self.scans {
             if scan.ss == 0 {
-                self.decode_scan(scan, &geometry, &mut planes)?;
+                self.decode_scan(scan, &geometry, &mut planes, &mut tables)?;
             }
         }
         let samples: Vec<Vec<u8>> = planes
@@ -245,8 +293,9 @@ impl<'a> Jpeg<'a> {
                     // Already samples, from the 2×2 inverse DCT.
                     return plane.iter().map(|&sample| sample as u8).collect();
                 }
-                let q = i64::from(self.quant[i].map_or(1, |table| table[0]));
-                plane.iter().map(|&dc| ((i64::from(dc) * q + 4) >> 3).saturating_add(128).clamp(0, 255) as u8).collect()
+                // libjpeg's 1×1 inverse DCT: a 16-bit coefficient times a 16-bit multiplier.
+                let q = i32::from(self.quant[i].map_or(1, |table| table[0]) as i16);
+                plane.iter().map(|&dc| range_limit((dc * q + 4) >> 3)).collect()
             })
             .collect();
         let (w, h) = (self.width.div_ceil(8), self.height.div_ceil(8));
@@ -269,6 +318,9 @@ impl<'a> Jpeg<'a> {
     fn read_frame(&mut self, segment: &[u8]) -> Result<(), JpegError> {
         let corrupt = JpegError::Corrupt("a bad frame header");
         let &[precision, h1, h0, w1, w0, count, ref rest @ ..] = segment else { return Err(corrupt) };
+        if count == 0 || rest.len() != 3 * usize::from(count) {
+            return Err(corrupt);
+        }
         self.height = u32::from(u16::from_be_bytes([h1, h0]));
         self.width = u32::from(u16::from_be_bytes([w1, w0]));
         if self.width == 0 || self.height == 0 {
@@ -277,10 +329,7 @@ impl<'a> Jpeg<'a> {
         if precision != 8 {
             self.unsupported.get_or_insert("samples that are not 8-bit");
         }
-        if count == 0 || rest.len() < 3 * usize::from(count) {
-            return Err(corrupt);
-        }
-        for chunk in rest.chunks_exact(3).take(usize::from(count)) {
+        for chunk in rest.chunks_exact(3) {
             let (h, v) = (usize::from(chunk[1] >> 4), usize::from(chunk[1] & 15));
             if !(1..=4).contains(&h) || !(1..=4).contains(&v) || chunk[2] > 3 {
                 return Err(corrupt);
@@ -298,17 +347,20 @@ impl<'a> Jpeg<'a> {
         if !(1..=4).contains(&count) || rest.len() != 2 * count + 3 {
             return Err(corrupt);
         }
-        let mut components = Vec::with_capacity(count);
+        let mut components: Vec<ScanComponent> = Vec::with_capacity(count);
         for pair in rest[..2 * count].chunks_exact(2) {
             let index = self
                 .components
                 .iter()
                 .position(|c| c.id == pair[0])
                 .ok_or(JpegError::Corrupt("a scan names a component the frame does not have"))?;
+            if components.iter().any(|c| c.index == index) {
+                return Err(JpegError::Corrupt("a component twice in one scan"));
+            }
             components.push(ScanComponent {
                 index,
-                dc_table: usize::from(pair[1] >> 4) & 3,
-                ac_table: usize::from(pair[1] & 15) & 3,
+                dc_table: usize::from(pair[1] >> 4),
+                ac_table: usize::from(pair[1] & 15),
             });
         }
         let tail = &rest[2 * count..];
@@ -319,16 +371,29 @@ impl<'a> Jpeg<'a> {
         {
             return Err(JpegError::Corrupt("bad spectral selection or approximation in a scan"));
         }
-        Ok(Scan { components, ss, ah, al, restart_interval: 0, dc: [None; 4], ac: [None; 4], data })
+        Ok(Scan { components, ss, se, ah, al, restart_interval: 0, dc: Slots::default(), ac: Slots::default(), data })
     }
 
     /// Decodes the DC coefficients of one scan into `planes` (skipping AC in sequential scans,
     /// whole blocks of 2×2 components).
-    fn decode_scan(&self, scan: &Scan<'_>, geometry: &Geometry, planes: &mut [Vec<i32>]) -> Result<(), JpegError> {
-        let table = |slot: Option<usize>| {
-            slot.map(|i| &self.tables[i]).ok_or(JpegError::Corrupt("a scan uses an undefined Huffman table"))
-        };
+    fn decode_scan(
+        &self,
+        scan: &Scan<'_>,
+        geometry: &Geometry,
+        planes: &mut [Vec<i32>],
+        tables: &mut Tables,
+    ) -> Result<(), JpegError> {
         let refining = self.progressive && scan.ah > 0;
+        // Build the tables this scan uses (and only those), then borrow them.
+        for c in &scan.components {
+            if !refining {
+                tables.prepare(true, c.dc_table, &scan.dc)?;
+            }
+            if !self.progressive {
+                tables.prepare(false, c.ac_table, &scan.ac)?;
+            }
+        }
+        let tables = &*tables;
         // An interleaved scan covers whole MCUs; a single-component scan covers that component's
         // blocks only, one block per MCU.
         let single = scan.components.len() == 1;
@@ -340,8 +405,8 @@ impl<'a> Jpeg<'a> {
                 index: c.index,
                 blocks: if single { (1, 1) } else { (comp.h, comp.v) },
                 stride: geometry.plane_width(c.index),
-                dc: if refining { None } else { Some(table(scan.dc[c.dc_table])?) },
-                ac: if self.progressive { None } else { Some(table(scan.ac[c.ac_table])?) },
+                dc: if refining { None } else { Some(tables.get(true, c.dc_table)?) },
+                ac: if self.progressive { None } else { Some(tables.get(false, c.ac_table)?) },
                 quant: if reduced {
                     Some(self.quant[c.index].ok_or(JpegError::Corrupt("a missing quantisation table"))?)
                 } else {
@@ -386,7 +451,8 @@ fn progressive_dc(
                         match lane.dc {
                             Some(dc) => {
                                 *predictor = predictor.wrapping_add(dc.decode_difference(&mut bits)?);
-                                *coefficient = predictor.wrapping_shl(shift);
+                                // Kept in 16 bits, as libjpeg's coefficients are.
+                                *coefficient = i32::from(predictor.wrapping_shl(shift) as i16);
                             }
                             None => {
                                 if bits.take(1) == 1 {
@@ -447,9 +513,6 @@ fn sequential_dc(
     let mut tables = Vec::with_capacity(lanes.len());
     for lane in lanes.iter() {
         tables.push((lane.dc.ok_or_else(missing)?, lane.ac.ok_or_else(missing)?));
-        if lanes.iter().filter(|other| other.index == lane.index).count() > 1 {
-            return Err(JpegError::Corrupt("a component twice in one scan"));
-        }
     }
     // Each block of an MCU: its lane and its offset from the lane's MCU origin (in samples: a
     // 2×2 component's blocks are two samples wide and tall).
@@ -479,16 +542,18 @@ fn sequential_dc(
                 let (dc, ac) = tables[l];
                 bits.ensure();
                 predictors[l] = predictors[l].wrapping_add(dc.decode_difference(&mut bits)?);
+                // Kept in 16 bits, as libjpeg's coefficients are.
+                let coefficient = i32::from(predictors[l] as i16);
                 let plane = &mut planes[lanes[l].index];
                 let at = origins[l] + offset;
                 match &lanes[l].quant {
                     None => {
-                        plane[at] = predictors[l];
+                        plane[at] = coefficient;
                         ac.skip_block(&mut bits)?;
                     }
                     Some(quant) => {
                         let mut block = [0i32; 64];
-                        block[0] = predictors[l];
+                        block[0] = coefficient;
                         ac.decode_block(&mut bits, &mut block)?;
                         let out = idct_2x2(&block, quant);
                         let stride = lanes[l].stride;
@@ -611,31 +676,50 @@ const ZIGZAG: [usize; 64] = [
     47, 55, 62, 63,
 ];
 
-/// libjpeg's reduced 2×2 inverse DCT (`jpeg_idct_2x2` in jidctred.c, LL&M with 13-bit
-/// constants): the four quadrant averages of a block, as samples in row-major order.
+/// libjpeg-turbo's reduced 2×2 inverse DCT (LL&M with 13-bit constants): the four quadrant
+/// averages of a block, as samples in row-major order. The arithmetic is that of its SSE2 kernel
+/// (`jsimd_idct_2x2_sse2`, what TurboJPEG runs on x86-64 in place of `jpeg_idct_2x2`): 16-bit
+/// dequantisation products, 32-bit wrapping sums, the odd part of the second pass saturated to
+/// 16 bits and the output saturated to a sample. For any data an encoder writes this is the
+/// exact arithmetic of jidctred.c too; only corrupt or extreme data (coefficients times
+/// quantisers past 16 bits) tells the two apart, and then this gives TurboJPEG's samples.
 fn idct_2x2(block: &[i32; 64], quant: &Quant) -> [i32; 4] {
     const CONST_BITS: u32 = 13;
     const PASS1_BITS: u32 = 2;
-    let descale = |x: i64, n: u32| (x + (1 << (n - 1))) >> n;
-    let odd = |c7: i64, c5: i64, c3: i64, c1: i64| -5906 * c7 + 6967 * c5 - 10426 * c3 + 29692 * c1;
-    let coef = |i: usize| i64::from(block[i]) * i64::from(quant[i]);
-    let mut work = [0i64; 16];
+    // `pmaddwd` pairs of the odd part: 16-bit inputs, constants under 2^15, so each pair's sum
+    // fits 32 bits; the two pairs add with wrapping (`paddd`).
+    let odd = |c1: i16, c3: i16, c5: i16, c7: i16| {
+        let pair = |a: i16, fa: i32, b: i16, fb: i32| i32::from(a) * fa + i32::from(b) * fb;
+        pair(c1, 29692, c3, -10426).wrapping_add(pair(c5, 6967, c7, -5906))
+    };
+    let descale = |x: i32, n: u32| x.wrapping_add(1 << (n - 1)) >> n;
+    // `pmullw`: the low 16 bits of coefficient times quantiser.
+    let z = |i: usize| (block[i] as i16).wrapping_mul(quant[i] as i16);
+    let mut work = [[0i32; 8]; 2];
     for column in [0, 1, 3, 5, 7] {
-        let even = coef(column) << (CONST_BITS + 2);
-        let odd = odd(coef(56 + column), coef(40 + column), coef(24 + column), coef(8 + column));
-        work[column] = descale(even + odd, CONST_BITS - PASS1_BITS + 2);
-        work[8 + column] = descale(even - odd, CONST_BITS - PASS1_BITS + 2);
+        let even = i32::from(z(column)) << (CONST_BITS + 2);
+        let odd = odd(z(8 + column), z(24 + column), z(40 + column), z(56 + column));
+        work[0][column] = descale(even.wrapping_add(odd), CONST_BITS - PASS1_BITS + 2);
+        work[1][column] = descale(even.wrapping_sub(odd), CONST_BITS - PASS1_BITS + 2);
     }
+    let saturate16 = |x: i32| x.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16;
     let mut out = [0i32; 4];
-    for row in 0..2 {
-        let w = &work[8 * row..8 * row + 8];
-        let even = w[0] << (CONST_BITS + 2);
-        let odd = odd(w[7], w[5], w[3], w[1]);
-        let sample = |x: i64| (descale(x, CONST_BITS + PASS1_BITS + 3 + 2) + 128).clamp(0, 255) as i32;
-        out[2 * row] = sample(even + odd);
-        out[2 * row + 1] = sample(even - odd);
+    for (row, w) in work.iter().enumerate() {
+        let even = w[0].wrapping_shl(CONST_BITS + 2);
+        let odd = odd(saturate16(w[1]), saturate16(w[3]), saturate16(w[5]), saturate16(w[7]));
+        let sample = |x: i32| descale(x, CONST_BITS + PASS1_BITS + 3 + 2).clamp(-128, 127) + 128;
+        out[2 * row] = sample(even.wrapping_add(odd));
+        out[2 * row + 1] = sample(even.wrapping_sub(odd));
     }
     out
+}
+
+/// libjpeg's post-IDCT range limiting (`range_limit[x & RANGE_MASK]` in jdmaster.c): `x` is
+/// taken modulo 1024 as a signed 10-bit value, offset by 128 and clamped to a sample. Valid
+/// data stays within the 10 bits, where this is a plain clamp; corrupt data wraps like libjpeg.
+fn range_limit(x: i32) -> u8 {
+    let wrapped = ((x & 1023) ^ 512) - 512;
+    (wrapped + 128).clamp(0, 255) as u8
 }
 
 /// libjpeg's YCbCr → RGB (JFIF, full range), in 16-bit fixed point.
@@ -663,24 +747,25 @@ fn entropy_end(bytes: &[u8], mut pos: usize) -> usize {
     bytes.len()
 }
 
-fn read_huffman_tables(
-    mut segment: &[u8],
-    tables: &mut Vec<Huffman>,
-    dc: &mut [Option<usize>; 4],
-    ac: &mut [Option<usize>; 4],
-) -> Result<(), JpegError> {
+/// Reads a DHT segment into the slots: a definition replaces the slot's previous one, so at
+/// most eight are in force however many the file has; they are built when used.
+fn read_huffman_tables(mut segment: &[u8], dc: &mut Slots, ac: &mut Slots) -> Result<(), JpegError> {
     while let Some((&class_id, rest)) = segment.split_first() {
         let counts: [u8; 16] =
             rest.get(..16).and_then(|c| c.try_into().ok()).ok_or(JpegError::Corrupt("a short Huffman table"))?;
         let total: usize = counts.iter().map(|&c| usize::from(c)).sum();
+        if total > 256 {
+            return Err(JpegError::Corrupt("a bad Huffman table"));
+        }
         let symbols = rest.get(16..16 + total).ok_or(JpegError::Corrupt("a short Huffman table"))?;
         let (class, id) = (class_id >> 4, usize::from(class_id & 15));
-        if class > 1 || id > 3 {
-            return Err(JpegError::Corrupt("a bad Huffman table class or id"));
+        let slot = match class {
+            0 => dc.get_mut(id),
+            1 => ac.get_mut(id),
+            _ => None,
         }
-        tables.push(Huffman::new(&counts, symbols, class == 0)?);
-        let slot = if class == 0 { &mut dc[id] } else { &mut ac[id] };
-        *slot = Some(tables.len() - 1);
+        .ok_or(JpegError::Corrupt("a bad Huffman table class or id"))?;
+        *slot = Some(Arc::new(Definition { counts, symbols: symbols.to_vec() }));
         segment = &rest[16 + total..];
     }
     Ok(())

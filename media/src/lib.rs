@@ -14,6 +14,10 @@ pub fn describe_metrics() {
         metrics::Unit::Seconds,
         "Time per image stage (decode, resize, encode), in whichever service runs it."
     );
+    metrics::describe_counter!(
+        "sluice_image_decoder_crashes_total",
+        "Images whose decoding panicked (a decoder bug reached by the input); each became an error."
+    );
 }
 
 /// The pixels as `u8` CHW planes (channels, then rows), the layout the networks take.
@@ -50,13 +54,16 @@ pub fn png_from_chw(chw: &[u8], width: u32, height: u32) -> Option<Vec<u8>> {
 }
 
 /// Decodes and resizes one image for a model trained under `spec`: `u8` CHW at the spec's size.
+/// Runs inside [`imaging::contained`]: a decoder panic is an error.
 pub fn prepare(
     bytes: &[u8],
     spec: &sluice_core::pipeline::PipelineSpec,
     max_pixels: u64,
 ) -> Result<Vec<u8>, ImageError> {
-    let decoded = imaging::decode(bytes, spec, max_pixels)?;
-    Ok(to_chw(&imaging::resize(&decoded, spec)?))
+    imaging::contained(|| {
+        let decoded = imaging::decode(bytes, spec, max_pixels)?;
+        Ok(to_chw(&imaging::resize(&decoded, spec)?))
+    })
 }
 
 #[cfg(test)]

@@ -1,7 +1,62 @@
 //! Huffman tables: a lookup on the next [`LOOKAHEAD`] bits for short codes (almost all of them),
 //! libjpeg's canonical-code walk for the rest.
 
+use std::sync::Arc;
+
 use super::{JpegError, bits::Bits};
+
+/// A DHT table as the file defines it: code counts per length and symbols, at most 272 bytes.
+/// Parsing keeps only these; the ~25 KB of lookup tables are built when a scan that uses the
+/// table is decoded ([`Tables`]), so a file of thousands of DHT segments costs no memory.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Definition {
+    pub(super) counts: [u8; 16],
+    pub(super) symbols: Vec<u8>,
+}
+
+/// Where slot `id` of a class is kept in [`Tables::slots`]: `None` past the four JPEG has.
+fn slot(dc: bool, id: usize) -> Option<usize> {
+    (id < 4).then(|| usize::from(!dc) * 4 + id)
+}
+
+/// The built tables a decode works with: one per slot JPEG defines (DC 0–3, AC 0–3), rebuilt
+/// only when a scan uses a different definition for the slot than the previous scan did.
+#[derive(Debug, Default)]
+pub(super) struct Tables {
+    slots: [Option<(Arc<Definition>, Huffman)>; 8],
+}
+
+impl Tables {
+    /// Makes the table of slot `id` (0–3) that `defined` holds for a scan ready for
+    /// [`Tables::get`]; an error when the scan names a slot with no table, or the table is bad.
+    pub(super) fn prepare(
+        &mut self,
+        dc: bool,
+        id: usize,
+        defined: &[Option<Arc<Definition>>; 4],
+    ) -> Result<(), JpegError> {
+        let definition = defined
+            .get(id)
+            .and_then(Option::as_ref)
+            .ok_or(JpegError::Corrupt("a scan uses an undefined Huffman table"))?;
+        let slot =
+            slot(dc, id).and_then(|i| self.slots.get_mut(i)).ok_or(JpegError::Corrupt("a bad Huffman table id"))?;
+        if slot.as_ref().is_some_and(|(built, _)| Arc::ptr_eq(built, definition) || **built == **definition) {
+            return Ok(());
+        }
+        let table = Huffman::new(&definition.counts, &definition.symbols, dc)?;
+        *slot = Some((Arc::clone(definition), table));
+        Ok(())
+    }
+
+    /// A table made ready by [`Tables::prepare`].
+    pub(super) fn get(&self, dc: bool, id: usize) -> Result<&Huffman, JpegError> {
+        slot(dc, id)
+            .and_then(|i| self.slots[i].as_ref())
+            .map(|(_, table)| table)
+            .ok_or(JpegError::Corrupt("a scan uses an undefined Huffman table"))
+    }
+}
 
 /// Bits looked at in one table lookup.
 pub(super) const LOOKAHEAD: u32 = 10;
@@ -37,8 +92,19 @@ impl Huffman {
     /// symbols, over-subscribed lengths, DC sizes over 15).
     pub(super) fn new(counts: &[u8; 16], symbols: &[u8], dc: bool) -> Result<Self, JpegError> {
         let bad = JpegError::Corrupt("a bad Huffman table");
-        if symbols.len() > 256 || (dc && symbols.iter().any(|&s| s > 15)) {
+        let total: usize = counts.iter().map(|&n| usize::from(n)).sum();
+        if total != symbols.len() || total > 256 || (dc && symbols.iter().any(|&s| s > 15)) {
             return Err(bad);
+        }
+        // The codes of each length must fit in that many bits, leaving the all-ones code unused
+        // (libjpeg's check); checked first, so that filling the lookup tables stays in bounds.
+        let mut next = 0u32;
+        for (length, &n) in (1..=16u32).zip(counts) {
+            next += u32::from(n);
+            if next >= 1 << length {
+                return Err(bad);
+            }
+            next <<= 1;
         }
         let mut fast = Box::new([0u16; 1 << LOOKAHEAD]);
         let mut skip = Box::new([0u16; 1 << LOOKAHEAD]);
@@ -59,9 +125,6 @@ impl Huffman {
             }
             k += n;
             if n > 0 {
-                if code >= 1 << length {
-                    return Err(bad);
-                }
                 max_code[length as usize] = code as i32 - 1;
             }
             code <<= 1;
