@@ -374,7 +374,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let ctx = Context::new(config).await?;
             migrate::run(&ctx.db).await.context("applying migrations")?;
             match sluice_core::auth::revoke_token(&ctx.db, id).await? {
-                Some(token) => println!("revoked {} ({}); refused everywhere within a few seconds", token.id, token.name),
+                Some(token) => {
+                    println!("revoked {} ({}); refused everywhere within a few seconds", token.id, token.name)
+                }
                 None => anyhow::bail!("no token has id {id} (see `sluice token list`)"),
             }
         }

@@ -152,8 +152,11 @@ pub async fn revoke_token(pool: &Pool, id: Uuid) -> Result<Option<TokenInfo>, Db
 /// every process within the TTL.
 #[derive(Debug, Default)]
 pub struct TokenCache {
-    entries: std::sync::Mutex<std::collections::HashMap<Vec<u8>, (Option<Principal>, std::time::Instant)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<Vec<u8>, CachedAnswer>>,
 }
+
+/// What a token's hash was found to be (`None`: unknown or revoked), and when.
+type CachedAnswer = (Option<Principal>, std::time::Instant);
 
 impl TokenCache {
     pub const TTL: std::time::Duration = std::time::Duration::from_secs(3);

@@ -185,7 +185,9 @@ fn refusal(status: StatusCode) -> (&'static str, &'static str) {
         StatusCode::NOT_FOUND => ("not_found", "No such route; see ../shared/API.md for the routes."),
         StatusCode::METHOD_NOT_ALLOWED => ("method_not_allowed", "This route does not accept this method."),
         StatusCode::PAYLOAD_TOO_LARGE => ("too_large", "The request body is too large."),
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => ("unsupported_media_type", "Send the body with a supported Content-Type."),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported_media_type", "Send the body with a supported Content-Type.")
+        }
         StatusCode::UNPROCESSABLE_ENTITY => ("invalid_request", "The request is well-formed but cannot be used."),
         StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "Too many requests; retry later."),
         StatusCode::REQUEST_TIMEOUT => ("timeout", "The request took too long."),
@@ -334,10 +336,7 @@ where
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, AuthRejection> {
         let ctx = &<Context as axum::extract::FromRef<S>>::from_ref(state);
-        let client = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|info| info.0.ip());
+        let client = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());
         if let Some(retry_after) = client.and_then(|ip| ctx.auth_failures.blocked_for(ip)) {
             let mut refused = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -355,9 +354,10 @@ where
             metrics::counter!("sluice_http_auth_failures_total").increment(1);
             AuthRejection::Api(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message))
         };
-        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            failed("Send `Authorization: Bearer <token>`; `sluice up` writes one to .sluice/token.")
-        })?;
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| failed("Send `Authorization: Bearer <token>`; `sluice up` writes one to .sluice/token."))?;
         let token = header
             .to_str()
             .ok()
@@ -371,7 +371,9 @@ where
             Ok(None) => Err(failed("This token is unknown or revoked.")),
             Err(err) => {
                 tracing::warn!(error = %err, "token check failed");
-                Err(AuthRejection::Api(ApiError::unavailable("The token store (PostgreSQL) is unreachable; retry shortly.")))
+                Err(AuthRejection::Api(ApiError::unavailable(
+                    "The token store (PostgreSQL) is unreachable; retry shortly.",
+                )))
             }
         }
     }

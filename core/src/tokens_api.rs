@@ -21,10 +21,7 @@ use crate::{
 const MAX_NAME_CHARS: usize = 200;
 
 pub fn router(ctx: Context) -> Router {
-    Router::new()
-        .route("/v1/tokens", get(list).post(create))
-        .route("/v1/tokens/{id}", delete(revoke))
-        .with_state(ctx)
+    Router::new().route("/v1/tokens", get(list).post(create)).route("/v1/tokens/{id}", delete(revoke)).with_state(ctx)
 }
 
 fn unavailable(err: &dyn std::fmt::Display) -> ApiError {

@@ -71,7 +71,8 @@ impl Inference {
         Router::new()
             .route(
                 "/v1/models/{name}/predict",
-                post(predict::predict).layer(DefaultBodyLimit::max(self.state.served.ctx.config.inference.max_predict_bytes)),
+                post(predict::predict)
+                    .layer(DefaultBodyLimit::max(self.state.served.ctx.config.inference.max_predict_bytes)),
             )
             .route("/v1/models/{name}/drift", get(routes::drift))
             .route("/v1/models/{name}/routing", get(routes::get_routing).put(routes::put_routing))

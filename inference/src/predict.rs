@@ -141,11 +141,19 @@ fn unreadable_part(err: &axum::extract::multipart::MultipartError) -> ApiError {
     if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return too_large();
     }
-    bad("invalid_request", StatusCode::BAD_REQUEST, format!("The multipart body could not be read: {}.", err.body_text()))
+    bad(
+        "invalid_request",
+        StatusCode::BAD_REQUEST,
+        format!("The multipart body could not be read: {}.", err.body_text()),
+    )
 }
 
 fn unreadable_body(err: &axum::extract::multipart::MultipartRejection) -> ApiError {
-    bad("invalid_request", StatusCode::BAD_REQUEST, format!("The multipart body could not be read: {}.", err.body_text()))
+    bad(
+        "invalid_request",
+        StatusCode::BAD_REQUEST,
+        format!("The multipart body could not be read: {}.", err.body_text()),
+    )
 }
 
 /// Decodes and prepares one image exactly as the version's training data was prepared.

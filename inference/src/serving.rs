@@ -161,9 +161,8 @@ impl Served {
         let key = (model.as_str().to_owned(), version);
         let cell = {
             let mut versions = self.versions.lock().expect("versions lock");
-            let slot = versions
-                .entry(key.clone())
-                .or_insert_with(|| Slot { cell: Arc::default(), last_used: Instant::now() });
+            let slot =
+                versions.entry(key.clone()).or_insert_with(|| Slot { cell: Arc::default(), last_used: Instant::now() });
             slot.last_used = Instant::now();
             slot.cell.clone()
         };
@@ -196,7 +195,7 @@ impl Served {
                 Some((aliased.contains(key), slot.last_used, key.clone(), size))
             })
             .collect();
-        loaded.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        loaded.sort_by_key(|entry| (entry.0, entry.1));
         let mut count = loaded.len();
         let mut bytes: u64 = loaded.iter().map(|entry| entry.3).sum();
         for (_, _, key, size) in loaded {

@@ -107,8 +107,11 @@ pub async fn extract(
     // At most the frames asked for; anything beyond is never read into memory.
     let max_stdout = frame_len * spec.video.max_frames as usize;
     let run = async {
-        let (frames, log, status) =
-            tokio::join!(read_bounded(stdout, max_stdout), read_log(stderr, spec.video.max_frames as usize), child.wait());
+        let (frames, log, status) = tokio::join!(
+            read_bounded(stdout, max_stdout),
+            read_log(stderr, spec.video.max_frames as usize),
+            child.wait()
+        );
         (frames, log, status)
     };
     let (stdout, (timestamps, last_lines), status) = tokio::time::timeout(Duration::from_millis(timeout_ms), run)

@@ -284,8 +284,7 @@ async fn sample_frames(
     let Some(demuxer) = video::demuxer(&item.content_type) else {
         return Err(Failure::Poison(format!("{} is not a video type ffmpeg is given", item.content_type)));
     };
-    let frames = match video::extract(&input, demuxer, spec, config.ffmpeg_timeout_ms, config.ffmpeg_memory_mib).await
-    {
+    let frames = match video::extract(&input, demuxer, spec, config.ffmpeg_timeout_ms, config.ffmpeg_memory_mib).await {
         Ok(frames) => frames,
         Err(video::VideoError::NoFrames) => Vec::new(),
         Err(err @ video::VideoError::Spawn(_)) => return Err(Failure::Transient(err.to_string())),

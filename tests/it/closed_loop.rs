@@ -95,7 +95,8 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
     // Retrains are started by inference, not by an admin: they may promote only under the
     // model's auto-promotion policy.
     let policy = app.http.put(app.url("/v1/models/loop/policy")).bearer_auth(&app.admin_token);
-    let (status, body) = json_of(policy.json(&json!({"auto_promote": "if_better"})).send().await.expect("policy")).await;
+    let (status, body) =
+        json_of(policy.json(&json!({"auto_promote": "if_better"})).send().await.expect("policy")).await;
     assert_eq!(status, 200, "{body}");
 
     // Ingest → preprocess → train → register → promote.

@@ -182,7 +182,8 @@ async fn a_train_token_cannot_move_production_through_a_training_job_without_a_p
         }
         body
     };
-    let post = |token: &str, body: Value| app.http.post(app.url("/v1/training-jobs")).bearer_auth(token).json(&body).send();
+    let post =
+        |token: &str, body: Value| app.http.post(app.url("/v1/training-jobs")).bearer_auth(token).json(&body).send();
     for promote in ["always", "if_better"] {
         let (status, body) = json_of(post(&train, job(Some(promote))).await.expect("post")).await;
         assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")), "{promote}: {body}");
@@ -264,7 +265,12 @@ async fn a_revoked_token_is_refused_within_seconds_and_tokens_are_listed_without
     let line = text.lines().find(|l| l.starts_with(&id)).expect("listed by the CLI");
     assert!(line.contains("dashboard") && line.contains("predict") && !line.ends_with('-'), "{line}");
     let (status, _) = json_of(
-        app.http.delete(app.url(&format!("/v1/tokens/{}", Uuid::now_v7()))).bearer_auth(&app.admin_token).send().await.expect("delete"),
+        app.http
+            .delete(app.url(&format!("/v1/tokens/{}", Uuid::now_v7())))
+            .bearer_auth(&app.admin_token)
+            .send()
+            .await
+            .expect("delete"),
     )
     .await;
     assert_eq!(status, 404);
@@ -357,7 +363,9 @@ async fn unknown_models_leave_no_cache_entry_or_metric_series() {
     let png = crate::inference::png(&crate::inference::samples(1, 1), 0, 0);
     for i in 0..50 {
         let url = app.url(&format!("/v1/models/ghost-{i}/predict"));
-        let (status, _) = json_of(app.http.post(url).bearer_auth(&app.admin_token).body(png.clone()).send().await.expect("predict")).await;
+        let (status, _) =
+            json_of(app.http.post(url).bearer_auth(&app.admin_token).body(png.clone()).send().await.expect("predict"))
+                .await;
         assert_eq!(status, 404);
     }
     let (_, metrics) = app.get("/metrics").await;
@@ -427,8 +435,24 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
+/// A child process killed and reaped when dropped, so a failing test leaves no `sluice` behind.
+struct Reaped(std::process::Child);
+
+impl Reaped {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `sluice up` as a child process on a free port, against `env`'s stack; its address once listening.
-fn spawn_sluice_up(env: &TestEnv) -> (std::process::Child, String) {
+fn spawn_sluice_up(env: &TestEnv) -> (Reaped, String) {
     use std::io::{BufRead, BufReader};
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("up")
@@ -440,6 +464,7 @@ fn spawn_sluice_up(env: &TestEnv) -> (std::process::Child, String) {
         .spawn()
         .expect("spawn sluice up");
     let stdout = child.stdout.take().expect("stdout");
+    let child = Reaped(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -475,7 +500,7 @@ async fn a_hostile_corpus_gets_4xx_and_grows_peak_memory_by_at_most_256_mib() {
     crate::inference::register_trained(&registry, "target", 1, 1).await;
     crate::inference::move_alias(&registry, "target", "production", 1).await;
     let admin = registry.admin_token.clone();
-    let (mut child, addr) = spawn_sluice_up(&env);
+    let (child, addr) = spawn_sluice_up(&env);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().expect("client");
     let url = |path: &str| format!("http://{addr}{path}");
     let post = |path: &str, content_type: &str, body: Vec<u8>| {
@@ -484,7 +509,8 @@ async fn a_hostile_corpus_gets_4xx_and_grows_peak_memory_by_at_most_256_mib() {
     // Warm up: the model loads and the allocator settles before the baseline is read.
     let good = crate::inference::png(&crate::inference::samples(1, 1), 0, 0);
     for _ in 0..5 {
-        let (status, body) = json_of(post("/v1/models/target/predict", "image/png", good.clone()).await.expect("predict")).await;
+        let (status, body) =
+            json_of(post("/v1/models/target/predict", "image/png", good.clone()).await.expect("predict")).await;
         assert_eq!(status, 200, "{body}");
     }
     let baseline = peak_rss_kib(child.id());
@@ -530,16 +556,18 @@ async fn a_hostile_corpus_gets_4xx_and_grows_peak_memory_by_at_most_256_mib() {
     let flood = (0..1000).fold(reqwest::multipart::Form::new(), |form, i| {
         form.part("file", reqwest::multipart::Part::bytes(tiny_gif()).file_name(format!("{i}.gif")))
     });
-    let (status, _) =
-        json_of(http.post(url("/v1/media?dataset=hostile")).bearer_auth(&admin).multipart(flood).send().await.expect("flood"))
-            .await;
+    let (status, _) = json_of(
+        http.post(url("/v1/media?dataset=hostile")).bearer_auth(&admin).multipart(flood).send().await.expect("flood"),
+    )
+    .await;
     if status != 413 {
         wrong.push(format!("a 1000-part upload → {status}"));
     }
     let values: Vec<u32> = (1..=100_000).collect();
     let job = json!({"model": "target", "dataset": "hostile", "architecture": "mlp",
         "search": {"strategy": "grid", "space": {"batch_size": values}}});
-    let (status, _) = json_of(http.post(url("/v1/training-jobs")).bearer_auth(&admin).json(&job).send().await.expect("job")).await;
+    let (status, _) =
+        json_of(http.post(url("/v1/training-jobs")).bearer_auth(&admin).json(&job).send().await.expect("job")).await;
     if status != 422 {
         wrong.push(format!("a 100,000-value grid → {status}"));
     }
@@ -547,8 +575,7 @@ async fn a_hostile_corpus_gets_4xx_and_grows_peak_memory_by_at_most_256_mib() {
     let (status, body) = json_of(post("/v1/models/target/predict", "image/png", good).await.expect("predict")).await;
     assert_eq!(status, 200, "the process survives the corpus: {body}");
     let grown_mib = peak_rss_kib(child.id()).saturating_sub(baseline) / 1024;
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(child);
     assert!(wrong.is_empty(), "{wrong:#?}");
     assert!(grown_mib <= 256, "peak RSS grew by {grown_mib} MiB over the hostile corpus");
     assert_eq!(registry.count("SELECT count(*) FROM media").await, 0, "nothing hostile was stored");
@@ -628,12 +655,16 @@ async fn valid_but_unusual_files_are_accepted_stored_whole_and_decoded() {
     let mut accepted = Vec::new();
     for (what, content_type, body) in &files {
         let predict = app.http.post(app.url("/v1/models/any/predict")).bearer_auth(&app.admin_token);
-        let (status, answer) = json_of(predict.header("content-type", *content_type).body(body.clone()).send().await.expect("predict")).await;
+        let (status, answer) =
+            json_of(predict.header("content-type", *content_type).body(body.clone()).send().await.expect("predict"))
+                .await;
         if status != 200 {
             wrong.push(format!("predict {what}: {status} {answer}"));
         }
         let upload = app.http.post(app.url("/v1/media?dataset=unusual&label=a")).bearer_auth(&app.admin_token);
-        let (status, answer) = json_of(upload.header("content-type", *content_type).body(body.clone()).send().await.expect("upload")).await;
+        let (status, answer) =
+            json_of(upload.header("content-type", *content_type).body(body.clone()).send().await.expect("upload"))
+                .await;
         match (status, answer["items"][0]["id"].as_str()) {
             (202, Some(id)) => accepted.push((*what, id.to_owned(), body.clone())),
             _ => wrong.push(format!("upload {what}: {status} {answer}")),

@@ -66,7 +66,9 @@ async fn authorize_promotion(
         return Ok(requested);
     }
     let client = ctx.db.get().await.map_err(|e| StartError::Unavailable(e.to_string()))?;
-    let allowed = promote_of(models::policy(&client, model).await.map_err(|e| StartError::Unavailable(e.to_string()))?.auto_promote);
+    let allowed = promote_of(
+        models::policy(&client, model).await.map_err(|e| StartError::Unavailable(e.to_string()))?.auto_promote,
+    );
     match grant {
         Grant::Caller { explicit: true } if requested > allowed => Err(StartError::Forbidden(format!(
             "`promote`: {requested:?} moves production, which needs the admin scope or an auto-promotion policy \

@@ -45,11 +45,10 @@ async fn create(State(ctx): State<Context>, caller: Caller, body: Bytes) -> Resp
         return err.into_response();
     }
     let mut explicit_promote = false;
-    let request: JobRequest = match serde_json::from_slice::<serde_json::Value>(&body)
-        .and_then(|value| {
-            explicit_promote = value.get("promote").is_some();
-            serde_json::from_value(value)
-        }) {
+    let request: JobRequest = match serde_json::from_slice::<serde_json::Value>(&body).and_then(|value| {
+        explicit_promote = value.get("promote").is_some();
+        serde_json::from_value(value)
+    }) {
         Ok(request) => request,
         Err(err) => {
             return ApiError::new(
