@@ -114,16 +114,7 @@ pub async fn list_tokens(pool: &Pool) -> Result<Vec<TokenInfo>, DbError> {
     let rows = client
         .query("SELECT id, name, scopes, created_at, revoked_at FROM api_tokens ORDER BY created_at DESC, id", &[])
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| TokenInfo {
-            id: row.get("id"),
-            name: row.get("name"),
-            scopes: row.get("scopes"),
-            created_at: row.get("created_at"),
-            revoked_at: row.get("revoked_at"),
-        })
-        .collect())
+    Ok(rows.iter().map(token_info).collect())
 }
 
 /// Revokes a token by id; `None` when no token has this id. Revoking twice keeps the first time.
@@ -137,13 +128,17 @@ pub async fn revoke_token(pool: &Pool, id: Uuid) -> Result<Option<TokenInfo>, Db
             &[&id],
         )
         .await?;
-    Ok(row.map(|row| TokenInfo {
+    Ok(row.as_ref().map(token_info))
+}
+
+fn token_info(row: &tokio_postgres::Row) -> TokenInfo {
+    TokenInfo {
         id: row.get("id"),
         name: row.get("name"),
         scopes: row.get("scopes"),
         created_at: row.get("created_at"),
         revoked_at: row.get("revoked_at"),
-    }))
+    }
 }
 
 /// Remembers verified tokens, and tokens found unknown, for [`TokenCache::TTL`], so the hot path
