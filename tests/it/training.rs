@@ -367,6 +367,8 @@ async fn a_retrain_burst_starts_one_job_from_the_last_template() {
 /// survivor finishes that trial from its last epoch checkpoint, recorded once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_trial_is_replaced_by_the_survivor_resuming_from_its_checkpoint() {
+    // Long enough that the kill lands mid-trial on a quiet machine too (24 epochs took under 4 s).
+    const EPOCHS: i64 = 80;
     let env = TestEnv::new().await;
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
     seed_dataset(&app, "shapes", 2, 60, 32, 9).await;
@@ -382,7 +384,7 @@ async fn a_worker_killed_mid_trial_is_replaced_by_the_survivor_resuming_from_its
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, trainer_routes).await });
     let body = json!({"model": "sturdy", "dataset": "shapes", "architecture": "cnn", "seed": 5, "promote": "never",
-        "search": {"strategy": "grid", "space": {"learning_rate": [0.002, 0.003], "epochs": 24, "patience": 0}}});
+        "search": {"strategy": "grid", "space": {"learning_rate": [0.002, 0.003], "epochs": EPOCHS, "patience": 0}}});
     let post = app.http.post(format!("{base}/v1/training-jobs")).bearer_auth(&app.admin_token).json(&body);
     let (status, created) = json_of(post.send().await.expect("post")).await;
     assert_eq!(status, 202, "{created}");
@@ -459,7 +461,7 @@ async fn a_worker_killed_mid_trial_is_replaced_by_the_survivor_resuming_from_its
             .collect();
         // Each epoch recorded once, in order; only the epoch a killed worker checkpointed but
         // never reported may be missing.
-        let expected: Vec<i64> = (1..=24)
+        let expected: Vec<i64> = (1..=EPOCHS)
             .filter(|&e| trial["id"] != victim_trial["id"] || e != resumed_from || epochs.contains(&e))
             .collect();
         assert_eq!(epochs, expected, "each epoch recorded once: {trial:#}");
