@@ -17,9 +17,6 @@ use crate::{
     sniff::{self, Format, HEAD_LEN},
 };
 
-/// How many trailing bytes are kept to check a file's terminator.
-const TAIL_LEN: usize = 64;
-
 /// An object now in S3, not yet recorded in PostgreSQL.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -77,7 +74,9 @@ where
     let key = raw_key(dataset, id, format.extension());
     let bucket = &ctx.config.s3.bucket;
     if reader.ended {
-        if !sniff::is_complete(format, &head, tail_of(&buffer), reader.total) {
+        let mut end = sniff::EndCheck::new(format);
+        end.feed(&buffer);
+        if !end.is_complete(&head) {
             return Err(IngestError::Truncated(format.extension()));
         }
         hasher.update(&buffer);
@@ -120,7 +119,8 @@ where
     E: std::fmt::Display,
 {
     let mut parts = Vec::new();
-    let mut tail = Vec::with_capacity(TAIL_LEN);
+    // Sees every byte in order, so a JPEG's end is found even with a video appended after it.
+    let mut end = sniff::EndCheck::new(format);
     loop {
         reader.fill(&mut buffer, part_size).await?;
         if buffer.is_empty() {
@@ -128,27 +128,17 @@ where
         }
         let part = buffer.split().freeze();
         hasher.update(&part);
-        remember_tail(&mut tail, &part);
+        end.feed(&part);
         parts.push(upload.part(parts.len() as i32 + 1, part).await?);
         if reader.ended {
             break;
         }
     }
     // The parts are uploaded but not assembled: a truncated file is aborted, never completed.
-    if !sniff::is_complete(format, head, &tail, reader.total) {
+    if !end.is_complete(head) {
         return Err(IngestError::Truncated(format.extension()));
     }
     Ok(parts)
-}
-
-fn tail_of(buffer: &[u8]) -> &[u8] {
-    &buffer[buffer.len().saturating_sub(TAIL_LEN)..]
-}
-
-fn remember_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
-    tail.extend_from_slice(tail_of(chunk));
-    let excess = tail.len().saturating_sub(TAIL_LEN);
-    tail.drain(..excess);
 }
 
 /// The request body, counted against the size limit as it is read.

@@ -610,8 +610,19 @@ async fn valid_but_unusual_files_are_accepted_stored_whole_and_decoded() {
     crate::inference::register_trained(&app, "any", 1, 1).await;
     crate::inference::move_alias(&app, "any", "production", 1).await;
     let base = plain_jpeg(40, 30);
-    // A phone's motion photo: the still, then a video appended after its end-of-image marker.
-    let mut motion = base.clone();
+    // A phone's motion photo: a still of phone-photo size (past any head buffer), then a video
+    // appended after its end-of-image marker.
+    let still = {
+        let noise = image::RgbImage::from_fn(1200, 900, |x, y| {
+            let v = (x.wrapping_mul(2_654_435_761) ^ y.wrapping_mul(40_503)).wrapping_mul(2_246_822_519);
+            image::Rgb([(v >> 8) as u8, (v >> 16) as u8, (v >> 24) as u8])
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(noise).write_to(&mut out, image::ImageFormat::Jpeg).expect("encode JPEG");
+        out.into_inner()
+    };
+    assert!(still.len() > 512 * 1024, "the still is {} bytes", still.len());
+    let mut motion = still;
     motion.extend_from_slice(b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom\x00\x00\x00\x08free");
     motion.extend(std::iter::repeat_n(0x5Au8, 4096));
     // Metadata a maker appends after the image, and comment and APPn segments before the frame.
