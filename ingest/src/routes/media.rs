@@ -57,33 +57,18 @@ pub(super) async fn post_media(State(ctx): State<Context>, caller: Caller, reque
 
 async fn ingest_request(ctx: &Context, request: Request) -> Result<Vec<store::Accepted>, IngestError> {
     let limit = ctx.config.http.max_body_bytes;
-    let (content_type, mut common) = match check_request(&request, limit) {
-        Ok(checked) => checked,
-        Err(err) => {
-            drain(request.into_body().into_data_stream()).await;
-            return Err(err);
-        }
-    };
+    // A refused body is drained by the listener's lingering close (`http::with_limits`).
+    let (content_type, mut common) = check_request(&request, limit)?;
     let mut stored = Vec::new();
     let result = if content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
         match Multipart::from_request(request, &()).await {
-            Ok(mut multipart) => {
-                let result = read_multipart(ctx, &mut multipart, &mut common, &mut stored, limit).await;
-                if result.is_err() {
-                    drain_multipart(&mut multipart).await;
-                }
-                result
-            }
+            Ok(mut multipart) => read_multipart(ctx, &mut multipart, &mut common, &mut stored, limit).await,
             Err(e) => Err(IngestError::BadRequest(e.body_text())),
         }
     } else {
         let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-        let mut body = request.into_body().into_data_stream();
-        let result = upload::store(ctx, &common.dataset, Some(&essence), &mut body, limit).await;
-        if result.is_err() {
-            drain(&mut body).await;
-        }
-        result.map(|s| stored.push(s))
+        let body = request.into_body().into_data_stream();
+        upload::store(ctx, &common.dataset, Some(&essence), body, limit).await.map(|s| stored.push(s))
     };
     if let Err(err) = result {
         let keys: Vec<String> = stored.iter().map(|s| s.key.clone()).collect();
@@ -144,34 +129,6 @@ fn check_request(request: &Request, limit: u64) -> Result<(String, Common), Inge
     let mut common = Common::default();
     parse_query(request.uri().query().unwrap_or_default(), &mut common)?;
     Ok((content_type, common))
-}
-
-/// After an early rejection, how much of the rest of the body is read (and discarded) before the
-/// connection closes. Closing a socket with unread data resets it, and many clients then lose the
-/// error answer they were about to read ("lingering close", as nginx and Apache do).
-const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
-const DRAIN_MAX_TIME: std::time::Duration = std::time::Duration::from_secs(5);
-
-async fn drain<S, E>(mut body: S)
-where
-    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
-{
-    use futures::StreamExt;
-    let mut drained = 0u64;
-    let deadline = tokio::time::Instant::now() + DRAIN_MAX_TIME;
-    while drained < DRAIN_MAX_BYTES {
-        match tokio::time::timeout_at(deadline, body.next()).await {
-            Ok(Some(Ok(chunk))) => drained += chunk.len() as u64,
-            _ => break,
-        }
-    }
-}
-
-async fn drain_multipart(multipart: &mut Multipart) {
-    let deadline = tokio::time::Instant::now() + DRAIN_MAX_TIME;
-    while let Ok(Ok(Some(field))) = tokio::time::timeout_at(deadline, multipart.next_field()).await {
-        drain(field).await;
-    }
 }
 
 async fn read_multipart(
