@@ -377,8 +377,8 @@ def models():
         timeseries("Drift statistics", [(
             f"max by (model, version, statistic) (sluice_inference_drift_score{{{MSEL}}})",
             "{{model}} v{{version}} {{statistic}}")],
-            desc="class_psi: predicted-class distribution; confidence_ks: top-1 confidence; brightness_psi: "
-                 "input brightness. Thresholds: GET /v1/models/{name}/drift.", min0=False),
+            desc="|t| of each test of the last drift window: class:<label> (class mix), and the confidence, "
+                 "brightness and sharpness residuals (inputs). Levels: GET /v1/models/{name}/drift.", min0=False),
         timeseries("Predicted class share", [(
             f"sum by (model, class) (rate(sluice_inference_predictions_total{{{MSEL}}}[{RI}]))"
             f" / on (model) group_left sum by (model) (rate(sluice_inference_predictions_total{{{MSEL}}}[{RI}]))",

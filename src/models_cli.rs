@@ -221,6 +221,44 @@ fn version_text(v: &Value) -> String {
     for (key, value) in fields {
         out.push_str(&format!("  {key:<13}{value}\n"));
     }
+    out + &held_out_text(&v["metrics"], &v["labels"])
+}
+
+/// The test split's metrics (held out from training, selection and calibration): accuracy,
+/// macro-F1, calibration error, split sizes, per-class precision and recall, confusion matrix.
+fn held_out_text(metrics: &Value, labels: &Value) -> String {
+    let test = &metrics["test"];
+    if !test.is_object() {
+        return String::new();
+    }
+    let mut out = format!(
+        "  {:<13}accuracy={} macro_f1={} ece={} on {} held-out items\n",
+        "test",
+        text(&test["accuracy"]),
+        text(&test["macro_f1"]),
+        text(&test["expected_calibration_error"]),
+        text(&test["items"])
+    );
+    out.push_str(&format!("  {:<13}{}\n", "splits", pairs(&metrics["splits"])));
+    let rows = items(&test["per_class"])
+        .iter()
+        .map(|c| vec![text(&c["label"]), text(&c["precision"]), text(&c["recall"]), text(&c["f1"]), text(&c["support"])])
+        .collect();
+    for line in table(&["CLASS", "PRECISION", "RECALL", "F1", "ITEMS"], rows).lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
+    let names: Vec<String> = items(labels).iter().map(text).collect();
+    let mut rows = Vec::new();
+    for (i, row) in items(&test["confusion_matrix"]).iter().enumerate() {
+        let mut cells = vec![names.get(i).cloned().unwrap_or_default()];
+        cells.extend(items(row).iter().map(text));
+        rows.push(cells);
+    }
+    let mut headers = vec!["TRUE \\ PREDICTED"];
+    headers.extend(names.iter().map(String::as_str));
+    for line in table(&headers, rows).lines() {
+        out.push_str(&format!("    {line}\n"));
+    }
     out
 }
 
@@ -269,9 +307,16 @@ fn text(value: &Value) -> String {
     }
 }
 
-/// `{"a": 1, "b": 2}` as `a=1 b=2`.
+/// `{"a": 1, "b": 2}` as `a=1 b=2` (nested objects, shown on their own, are left out).
 fn pairs(value: &Value) -> String {
-    entries(value, " ", |key, value| format!("{key}={}", text(value)))
+    match value.as_object() {
+        Some(map) => {
+            let flat: serde_json::Map<String, Value> =
+                map.iter().filter(|(_, v)| !v.is_object() && !v.is_array()).map(|(k, v)| (k.clone(), v.clone())).collect();
+            entries(&Value::Object(flat), " ", |key, value| format!("{key}={}", text(value)))
+        }
+        None => "-".into(),
+    }
 }
 
 /// An alias map as `production=v2, staging=v3`.

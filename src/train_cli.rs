@@ -31,8 +31,18 @@ pub struct TrainArgs {
     pub max_trials: Option<u32>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 0.2)]
+    /// Fraction of items for early stopping and ranking.
+    #[arg(long, default_value_t = 0.15)]
     pub validation_split: f64,
+    /// Fraction of items that calibrate confidences (0: the validation split does).
+    #[arg(long, default_value_t = 0.1)]
+    pub calibration_split: f64,
+    /// Fraction of items held out for test metrics and the promotion gate.
+    #[arg(long, default_value_t = 0.15)]
+    pub test_split: f64,
+    /// Seeds the item-to-split hash; keep it fixed across a model's jobs.
+    #[arg(long, default_value_t = 0)]
+    pub split_seed: u64,
     /// never, if_better or always.
     #[arg(long, default_value = "if_better")]
     pub promote: String,
@@ -77,7 +87,8 @@ fn request(args: &TrainArgs) -> anyhow::Result<Value> {
     }
     Ok(json!({
         "model": args.model, "dataset": args.dataset, "architecture": args.architecture, "search": search,
-        "seed": args.seed, "validation_split": args.validation_split, "promote": args.promote,
+        "seed": args.seed, "validation_split": args.validation_split, "calibration_split": args.calibration_split,
+        "test_split": args.test_split, "split_seed": args.split_seed, "promote": args.promote,
     }))
 }
 

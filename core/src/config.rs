@@ -103,18 +103,17 @@ pub struct InferenceConfig {
     pub record_batch: usize,
     /// Longest a prediction waits before being written, in milliseconds.
     pub record_interval_ms: u64,
-    /// Predictions in each version's sliding drift window.
+    /// Predictions per drift check; windows do not overlap.
     pub drift_window: usize,
-    /// Predictions needed before any drift verdict.
-    pub drift_min_samples: usize,
-    /// Drift statistics are recomputed every this many predictions.
-    pub drift_check_every: usize,
-    /// PSI above this is drift.
-    pub drift_psi_threshold: f64,
-    /// KS p-value below this is drift.
-    pub drift_ks_p_value: f64,
+    /// Batches (of whole requests) a window is cut into for the batch-means tests.
+    pub drift_batches: usize,
+    /// Family-wise false-alarm probability of one drift check (Bonferroni over its tests).
+    pub drift_alpha: f64,
     /// Consecutive drifted checks before a retrain request.
     pub drift_sustain_checks: u32,
+    /// Whether a shift of the class mix alone (inputs that still look familiar) requests
+    /// retraining; covariate shift always does (with `retrain_on_drift`).
+    pub retrain_on_label_shift: bool,
     /// Whether sustained drift or low live accuracy publishes retrain requests.
     pub retrain_on_drift: bool,
     /// Live accuracy below this requests retraining (0 disables).
@@ -161,6 +160,11 @@ pub struct TrainerConfig {
     pub max_step_attempts: u32,
     /// Largest network a trial may build, in parameters; checked before any memory is taken.
     pub max_trial_parameters: u64,
+    /// `promote: if_better`: the level of the one-sided exact McNemar test the candidate must
+    /// pass against production on held-out test items.
+    pub promotion_alpha: f64,
+    /// `promote: if_better`: the least test-accuracy gain over production that promotes.
+    pub promotion_min_margin: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +181,8 @@ pub struct IngestConfig {
     pub import_buckets: Vec<String>,
     /// Attempts at one import object (counted before each) before it is recorded as rejected.
     pub import_max_attempts: u32,
+    /// Consumer group storing served inputs that capture policies keep (`media.captures`).
+    pub capture_group_id: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -346,6 +352,7 @@ impl Config {
         rule(self.ingest.import_max_attempts >= 1, "ingest.import_max_attempts must be at least 1")?;
         rule(self.preprocess.concurrency >= 1, "preprocess.concurrency must be at least 1")?;
         rule(!self.preprocess.group_id.is_empty(), "preprocess.group_id must not be empty")?;
+        rule(!self.ingest.capture_group_id.is_empty(), "ingest.capture_group_id must not be empty")?;
         rule(self.preprocess.max_attempts >= 1, "preprocess.max_attempts must be at least 1")?;
         let trainer = &self.trainer;
         rule(
@@ -366,21 +373,28 @@ impl Config {
         rule(trainer.max_trial_attempts >= 1, "trainer.max_trial_attempts must be at least 1")?;
         rule(trainer.max_step_attempts >= 1, "trainer.max_step_attempts must be at least 1")?;
         rule(trainer.max_trial_parameters >= 1, "trainer.max_trial_parameters must be at least 1")?;
+        rule(
+            trainer.promotion_alpha > 0.0 && trainer.promotion_alpha <= 1.0,
+            "trainer.promotion_alpha must be above 0 and at most 1",
+        )?;
+        rule(
+            (0.0..1.0).contains(&trainer.promotion_min_margin),
+            "trainer.promotion_min_margin must be at least 0 and below 1",
+        )?;
         let inference = &self.inference;
         rule((1..=1024).contains(&inference.max_batch), "inference.max_batch must be between 1 and 1024")?;
         rule(inference.max_loaded_versions >= 1, "inference.max_loaded_versions must be at least 1")?;
         rule(inference.max_predict_bytes >= 1024, "inference.max_predict_bytes must be at least 1024")?;
         rule(inference.max_wait_us <= 1_000_000, "inference.max_wait_us must be at most 1000000 (1 s)")?;
         rule(inference.record_batch >= 1, "inference.record_batch must be at least 1")?;
+        rule(inference.drift_window >= 20, "inference.drift_window must be at least 20")?;
         rule(
-            inference.drift_min_samples >= 10 && inference.drift_min_samples <= inference.drift_window,
-            "inference.drift_min_samples must be at least 10 and at most inference.drift_window",
+            (5..=1000).contains(&inference.drift_batches) && inference.drift_batches <= inference.drift_window,
+            "inference.drift_batches must be between 5 and 1000 and at most inference.drift_window",
         )?;
-        rule(inference.drift_check_every >= 1, "inference.drift_check_every must be at least 1")?;
-        rule(inference.drift_psi_threshold > 0.0, "inference.drift_psi_threshold must be above 0")?;
         rule(
-            inference.drift_ks_p_value > 0.0 && inference.drift_ks_p_value < 1.0,
-            "inference.drift_ks_p_value must be between 0 and 1",
+            inference.drift_alpha > 0.0 && inference.drift_alpha < 1.0,
+            "inference.drift_alpha must be between 0 and 1",
         )?;
         rule(inference.drift_sustain_checks >= 1, "inference.drift_sustain_checks must be at least 1")?;
         rule(

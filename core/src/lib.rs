@@ -6,6 +6,7 @@
 //! the shared HTTP surface (`/healthz`, `/readyz`, `/metrics`, error bodies) is in [`http`].
 
 pub mod auth;
+pub mod capture;
 pub mod config;
 pub mod context;
 pub mod db;

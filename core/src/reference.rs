@@ -1,5 +1,5 @@
 //! Reference statistics a model version carries for drift detection and label-free accuracy
-//! estimates: computed by the trainer on the validation split, compared by inference against
+//! estimates: computed by the trainer on the calibration split, compared by inference against
 //! live traffic. Both sides compute input statistics with the same functions here.
 
 use serde::{Deserialize, Serialize};
@@ -33,6 +33,29 @@ pub struct Reference {
     pub temperature: f64,
     /// Top-1 accuracy on the split.
     pub accuracy: f64,
+    /// Mean calibrated top-1 confidence of the samples predicted as each class. Drift compares
+    /// served inputs with these class by class, so a change in the class mix alone (label shift)
+    /// does not look like new inputs (covariate shift).
+    #[serde(default)]
+    pub class_confidence: Vec<f64>,
+    /// Mean brightness of the samples predicted as each class.
+    #[serde(default)]
+    pub class_brightness: Vec<f64>,
+    /// Mean sharpness ([`sharpness`]) of the samples predicted as each class.
+    #[serde(default)]
+    pub class_sharpness: Vec<f64>,
+    /// Variance of each sample's confidence, brightness and sharpness around its predicted
+    /// class's mean: the spread the served residuals are compared against.
+    #[serde(default)]
+    pub residual_variances: Residuals,
+}
+
+/// Per-sample variances around the class means, one per input statistic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Residuals {
+    pub confidence: f64,
+    pub brightness: f64,
+    pub sharpness: f64,
 }
 
 /// Sorted values, thinned evenly to at most 1,000.
@@ -62,6 +85,40 @@ pub fn image_stats(chw: &[u8], channels: usize) -> (f64, Vec<f64>) {
         .map(|c| chw[c * plane..(c + 1) * plane].iter().map(|&v| v as f64).sum::<f64>() / (plane.max(1) as f64 * 255.0))
         .collect();
     (means.iter().sum::<f64>() / channels.max(1) as f64, means)
+}
+
+/// Mean absolute difference between neighbouring pixels of the first channel, in [0, 1]: high
+/// for crisp edges and noise, low for blurred or flat images. Rows are read one after another,
+/// so the one pair per row that spans two rows adds a little noise and no bias between images of
+/// one size.
+pub fn sharpness(chw: &[u8], channels: usize) -> f64 {
+    let plane = &chw[..chw.len() / channels.max(1)];
+    if plane.len() < 2 {
+        return 0.0;
+    }
+    let total: u64 = plane.windows(2).map(|w| u64::from(w[0].abs_diff(w[1]))).sum();
+    total as f64 / ((plane.len() - 1) as f64 * 255.0)
+}
+
+/// Per-class means of `values` (by `classes[i]`), the overall mean for a class with no sample,
+/// and the variance of the values around their class's mean.
+pub fn class_means(values: &[f64], classes: &[usize], count: usize) -> (Vec<f64>, f64) {
+    let overall = values.iter().sum::<f64>() / values.len().max(1) as f64;
+    let mut sums = vec![(0.0, 0usize); count];
+    for (&v, &c) in values.iter().zip(classes) {
+        if c < count {
+            sums[c].0 += v;
+            sums[c].1 += 1;
+        }
+    }
+    let means: Vec<f64> = sums.iter().map(|&(s, n)| if n == 0 { overall } else { s / n as f64 }).collect();
+    let variance = values
+        .iter()
+        .zip(classes)
+        .map(|(&v, &c)| (v - means.get(c).copied().unwrap_or(overall)).powi(2))
+        .sum::<f64>()
+        / values.len().max(1) as f64;
+    (means, variance)
 }
 
 /// Fractions of `values` (in [0, 1]) per equal-width bin.
@@ -112,9 +169,11 @@ impl Reference {
         let mut predicted = vec![0.0; classes];
         let mut truth = vec![0.0; classes];
         let mut confidences = Vec::with_capacity(n);
+        let mut predicted_classes = Vec::with_capacity(n);
         let mut correct = 0usize;
         for (l, &y) in logits.iter().zip(labels) {
             let (class, confidence) = top1(&softmax(l, temperature));
+            predicted_classes.push(class);
             predicted[class] += 1.0;
             truth[y as usize] += 1.0;
             correct += usize::from(class == y as usize);
@@ -128,6 +187,10 @@ impl Reference {
         let variance = brightness.iter().map(|b| (b - brightness_mean).powi(2)).sum::<f64>() / denominator;
         let channel_means = (0..channels).map(|c| stats.iter().map(|(_, m)| m[c]).sum::<f64>() / denominator).collect();
         let confidence_histogram = histogram(confidences.iter().copied());
+        let sharpnesses: Vec<f64> = (0..n).map(|i| sharpness(&images[i * frame..(i + 1) * frame], channels)).collect();
+        let (class_confidence, confidence_var) = class_means(&confidences, &predicted_classes, classes);
+        let (class_brightness, brightness_var) = class_means(&brightness, &predicted_classes, classes);
+        let (class_sharpness, sharpness_var) = class_means(&sharpnesses, &predicted_classes, classes);
         Self {
             samples: n,
             predicted_class_frequencies: predicted.iter().map(|c| c / denominator).collect(),
@@ -141,6 +204,14 @@ impl Reference {
             channel_means,
             temperature,
             accuracy: correct as f64 / denominator,
+            class_confidence,
+            class_brightness,
+            class_sharpness,
+            residual_variances: Residuals {
+                confidence: confidence_var,
+                brightness: brightness_var,
+                sharpness: sharpness_var,
+            },
         }
     }
 }

@@ -25,10 +25,12 @@ pub enum Topic {
     /// refused, a trial that killed its workers, a batch chunk, an import object, a
     /// coordinator step.
     WorkDlq,
+    /// Served inputs a model's capture policy keeps, for ingest to store as unlabelled media.
+    MediaCaptures,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 9] = [
+    pub const ALL: [Topic; 10] = [
         Topic::MediaIngested,
         Topic::MediaProcessed,
         Topic::MediaDlq,
@@ -38,6 +40,7 @@ impl Topic {
         Topic::RetrainRequests,
         Topic::PredictionsBatch,
         Topic::WorkDlq,
+        Topic::MediaCaptures,
     ];
 
     /// The name without prefix, as written in `../shared/API.md`.
@@ -52,6 +55,7 @@ impl Topic {
             Topic::RetrainRequests => "retrain.requests",
             Topic::PredictionsBatch => "predictions.batch",
             Topic::WorkDlq => "work.dlq",
+            Topic::MediaCaptures => "media.captures",
         }
     }
 

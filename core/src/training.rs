@@ -1,5 +1,5 @@
 //! The training contract: dataset snapshots (what a job trains on, frozen and content-addressed),
-//! their deterministic train/validation split, the S3 layout of snapshots, checkpoints and
+//! their deterministic train/validation/calibration/test split, the S3 layout of snapshots, checkpoints and
 //! artifacts, and the events on `training.trials`, `training.results` and `retrain.requests`.
 
 use serde::{Deserialize, Serialize};
@@ -52,38 +52,137 @@ impl Snapshot {
         serde_json::to_vec(self).expect("snapshots serialise")
     }
 
-    /// Splits the items into (train, validation) indices, deterministically from `seed`:
-    /// stratified by label, each label's items ordered by a seeded hash of their media id and
-    /// the first `fraction` of them (at least one when a label has two or more items) held out.
-    /// Items, not frames, are split, so frames of one video never straddle the split.
-    pub fn split(&self, seed: u64, fraction: f64) -> (Vec<usize>, Vec<usize>) {
-        let mut train = Vec::new();
-        let mut validation = Vec::new();
-        for label in &self.labels {
-            let mut members: Vec<(String, usize)> = self
-                .items
-                .iter()
-                .enumerate()
-                .filter(|(_, item)| &item.label == label)
-                .map(|(index, item)| {
-                    let mut hasher = Sha256::new();
-                    hasher.update(seed.to_le_bytes());
-                    hasher.update(item.media_id.as_bytes());
-                    (hex::encode(hasher.finalize()), index)
-                })
-                .collect();
-            members.sort();
-            let held = if members.len() >= 2 {
-                ((members.len() as f64 * fraction).round() as usize).clamp(1, members.len() - 1)
-            } else {
-                0
-            };
-            validation.extend(members[..held].iter().map(|(_, index)| *index));
-            train.extend(members[held..].iter().map(|(_, index)| *index));
+    /// Each item's split under `splits`, as indices into `items`. Items, not frames, are split,
+    /// so the frames of one video stay together. Only when the hash leaves the validation split
+    /// empty (a dataset of a handful of items) does the training item with the lowest draw move
+    /// there, so early stopping has something to look at.
+    pub fn partition(&self, splits: &Splits) -> Partition {
+        let mut partition = Partition::default();
+        let mut lowest_train: Option<(f64, usize)> = None;
+        for (index, item) in self.items.iter().enumerate() {
+            let draw = splits.draw(&self.dataset, item.media_id);
+            match splits.split_of_draw(draw) {
+                Split::Train => {
+                    partition.train.push(index);
+                    if lowest_train.is_none_or(|(lowest, _)| draw < lowest) {
+                        lowest_train = Some((draw, index));
+                    }
+                }
+                Split::Validation => partition.validation.push(index),
+                Split::Calibration => partition.calibration.push(index),
+                Split::Test => partition.test.push(index),
+            }
         }
-        train.sort_unstable();
-        validation.sort_unstable();
-        (train, validation)
+        if partition.validation.is_empty()
+            && partition.train.len() >= 2
+            && let Some((_, index)) = lowest_train
+        {
+            partition.train.retain(|&i| i != index);
+            partition.validation.push(index);
+        }
+        partition
+    }
+}
+
+/// The part of a dataset an item belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// Fits the weights.
+    Train,
+    /// Early stopping and ranking trials.
+    Validation,
+    /// Fits the softmax temperature behind the label-free accuracy estimate and the drift
+    /// reference.
+    Calibration,
+    /// Only for reporting and for the promotion gate.
+    Test,
+}
+
+/// How a job divides its dataset: the fractions held out of training, and the seed of the hash
+/// that assigns items. An item's split is a pure function of (dataset, media id, seed), so it
+/// never changes as the dataset grows: an item a model trained on never lands in a later job's
+/// test split under the same seed.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Splits {
+    pub validation: f64,
+    pub calibration: f64,
+    pub test: f64,
+    pub seed: u64,
+}
+
+impl Default for Splits {
+    fn default() -> Self {
+        Self { validation: 0.15, calibration: 0.1, test: 0.15, seed: 0 }
+    }
+}
+
+impl Splits {
+    /// Each fraction in [0, 1), validation above 0, and at least 10 % left to train on.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in [("validation", self.validation), ("calibration", self.calibration), ("test", self.test)] {
+            if !(value.is_finite() && (0.0..1.0).contains(&value)) {
+                return Err(format!("the {name} fraction must be at least 0 and below 1, got {value}"));
+            }
+        }
+        if self.validation <= 0.0 {
+            return Err("the validation fraction must be above 0 (it drives early stopping)".into());
+        }
+        if self.validation + self.calibration + self.test > 0.9 {
+            return Err("validation, calibration and test together may hold out at most 0.9".into());
+        }
+        Ok(())
+    }
+
+    /// The split of one item: the first 8 bytes of SHA-256(dataset, NUL, media id, seed), as a
+    /// fraction of 2^64, against the cumulative fractions (test first, then calibration, then
+    /// validation; the rest trains).
+    pub fn of(&self, dataset: &str, media_id: Uuid) -> Split {
+        self.split_of_draw(self.draw(dataset, media_id))
+    }
+
+    /// An item's uniform draw in [0, 1).
+    fn draw(&self, dataset: &str, media_id: Uuid) -> f64 {
+        let mut hasher = Sha256::new();
+        hasher.update(dataset.as_bytes());
+        hasher.update([0]);
+        hasher.update(media_id.as_bytes());
+        hasher.update(self.seed.to_le_bytes());
+        let digest = hasher.finalize();
+        u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")) as f64 / 2f64.powi(64)
+    }
+
+    fn split_of_draw(&self, draw: f64) -> Split {
+        if draw < self.test {
+            Split::Test
+        } else if draw < self.test + self.calibration {
+            Split::Calibration
+        } else if draw < self.test + self.calibration + self.validation {
+            Split::Validation
+        } else {
+            Split::Train
+        }
+    }
+}
+
+/// A snapshot's items by split (indices into its `items`, ascending).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Partition {
+    pub train: Vec<usize>,
+    pub validation: Vec<usize>,
+    pub calibration: Vec<usize>,
+    pub test: Vec<usize>,
+}
+
+impl Partition {
+    /// Item counts per split, as versions and jobs report them.
+    pub fn sizes(&self) -> serde_json::Value {
+        serde_json::json!({
+            "train": self.train.len(),
+            "validation": self.validation.len(),
+            "calibration": self.calibration.len(),
+            "test": self.test.len(),
+        })
     }
 }
 
@@ -121,6 +220,10 @@ pub struct TrialAssigned {
     pub params: serde_json::Value,
     pub seed: u64,
     pub validation_split: f64,
+    /// The job's splits; absent in trials queued before three-way splits, which held out
+    /// `validation_split` only.
+    #[serde(default)]
+    pub splits: Option<Splits>,
     /// Successive-halving rung (0 for grid and random).
     pub rung: u32,
     /// A trial of an earlier rung whose checkpoint this one continues from.
@@ -255,24 +358,67 @@ mod tests {
     }
 
     #[test]
-    fn split_is_stratified_deterministic_and_seeded() {
-        let items: Vec<_> = (0..100).map(|n| item(n, if n % 2 == 0 { "even" } else { "odd" })).collect();
+    fn splits_follow_the_fractions_and_are_seeded() {
+        let items: Vec<_> = (0..4000).map(|n| item(n, if n % 2 == 0 { "even" } else { "odd" })).collect();
         let snapshot = Snapshot::new("d", PipelineSpec::default(), items);
-        let (train, validation) = snapshot.split(7, 0.2);
-        assert_eq!(validation.len(), 20);
-        assert_eq!(train.len(), 80);
-        let held_even = validation.iter().filter(|&&i| snapshot.items[i].label == "even").count();
-        assert_eq!(held_even, 10);
-        assert_eq!(snapshot.split(7, 0.2), (train.clone(), validation.clone()));
-        assert_ne!(snapshot.split(8, 0.2).1, validation);
+        let splits = Splits::default();
+        let partition = snapshot.partition(&splits);
+        let share = |part: &Vec<usize>| part.len() as f64 / 4000.0;
+        assert!((share(&partition.test) - 0.15).abs() < 0.03, "{}", share(&partition.test));
+        assert!((share(&partition.calibration) - 0.1).abs() < 0.03);
+        assert!((share(&partition.validation) - 0.15).abs() < 0.03);
+        assert!((share(&partition.train) - 0.6).abs() < 0.03);
+        assert_eq!(snapshot.partition(&splits), partition);
+        let reseeded = snapshot.partition(&Splits { seed: 1, ..splits });
+        assert_ne!(reseeded.test, partition.test);
+        let elsewhere = Snapshot::new("e", PipelineSpec::default(), snapshot.items.clone()).partition(&splits);
+        assert_ne!(elsewhere.test, partition.test, "the dataset name is part of the hash");
     }
 
     #[test]
-    fn split_keeps_one_item_per_label_for_training() {
-        let snapshot = Snapshot::new("d", PipelineSpec::default(), vec![item(1, "a"), item(2, "a"), item(3, "b")]);
-        let (train, validation) = snapshot.split(1, 0.9);
-        assert_eq!(validation.len(), 1);
-        assert_eq!(train.len(), 2);
+    fn an_items_split_never_changes_as_the_dataset_grows() {
+        let splits = Splits::default();
+        let small = Snapshot::new("d", PipelineSpec::default(), (0..200).map(|n| item(n, "a")).collect());
+        let grown = Snapshot::new("d", PipelineSpec::default(), (0..1000).map(|n| item(n * 7 % 1000, "a")).collect());
+        let partition = grown.partition(&splits);
+        for (index, item) in small.items.iter().enumerate() {
+            let before = splits.of("d", item.media_id);
+            let after = grown.items.iter().position(|i| i.media_id == item.media_id).expect("still there");
+            let now = [
+                (&partition.train, Split::Train),
+                (&partition.validation, Split::Validation),
+                (&partition.calibration, Split::Calibration),
+                (&partition.test, Split::Test),
+            ]
+            .into_iter()
+            .find(|(part, _)| part.contains(&after))
+            .map(|(_, split)| split);
+            assert_eq!(now, Some(before), "item {index}");
+        }
+    }
+
+    #[test]
+    fn a_tiny_dataset_still_gets_a_validation_item() {
+        let splits = Splits::default();
+        for seed in 0..50u128 {
+            let items = (0..4).map(|n| item(seed * 100 + n, "a")).collect();
+            let partition = Snapshot::new("d", PipelineSpec::default(), items).partition(&splits);
+            let held = partition.validation.len() + partition.calibration.len() + partition.test.len();
+            if partition.train.len() + partition.validation.len() >= 2 {
+                assert!(!partition.validation.is_empty(), "{partition:?}");
+            }
+            assert_eq!(partition.train.len() + held, 4);
+        }
+    }
+
+    #[test]
+    fn splits_validate_their_fractions() {
+        assert!(Splits::default().validate().is_ok());
+        assert!(Splits { validation: 0.0, ..Splits::default() }.validate().is_err());
+        assert!(Splits { test: -0.1, ..Splits::default() }.validate().is_err());
+        assert!(Splits { test: f64::NAN, ..Splits::default() }.validate().is_err());
+        assert!(Splits { validation: 0.5, calibration: 0.3, test: 0.2, seed: 0 }.validate().is_err());
+        assert!(Splits { calibration: 0.0, test: 0.0, ..Splits::default() }.validate().is_ok());
     }
 
     #[test]

@@ -1,130 +1,561 @@
-//! Drift detection: a sliding window of a served version's recent predictions compared with the
-//! reference statistics measured on its validation split at training time.
+//! Drift detection that holds on real traffic.
 //!
-//! Three tests, each with a configurable threshold: the predicted-class distribution (population
-//! stability index), the top-1 confidence distribution (two-sample Kolmogorov–Smirnov against the
-//! reference sample), and mean input brightness (PSI over the reference histogram). A verdict
-//! needs `drift_min_samples` predictions; a retrain request needs drift on
-//! `drift_sustain_checks` consecutive checks. The window also yields the label-free accuracy
-//! estimate: the mean calibrated top-1 confidence.
-
-use std::collections::VecDeque;
+//! Predictions are not independent: a camera looks at one thing for a while, one request carries
+//! many images of one thing, traffic comes in bursts. So the unit is never the image:
+//! - a **request** is never split;
+//! - consecutive requests whose predictions are (80 % or more) one and the same class form one
+//!   **segment**, a run of one thing: it counts as one independent unit, however many images it
+//!   has (the images of a mixed request count one each);
+//! - a window closes once it holds `drift_window` predictions in at least [`MIN_BATCHES`]
+//!   requests (or four times `drift_window` predictions);
+//! - its requests are grouped, in arrival order, into about `drift_batches` batches, a statistic's
+//!   value is computed per batch, and a t test compares the batches' mean with the reference value.
+//!   The variance of that mean is the batches' own spread (inflated by their lag-1
+//!   autocorrelation), but never less than the reference's per-unit variance over the number of
+//!   independent units; the reference's own sampling error (a finite calibration split) is added.
+//!
+//! So a stream of long one-class runs is judged by how many runs it holds, not by how many images:
+//! a window of a single run is no evidence of anything a run of that object could not explain,
+//! while a model that suddenly sees every input far from its reference (and answers one class for
+//! all of them) is still flagged. For class frequencies the spread is measured around the
+//! reference value (a score test): a window of few runs, most classes absent from it, is no
+//! evidence of a new class mix.
+//!
+//! Statistics, each one test:
+//! - **label**: the frequency of each predicted class (a change in the class mix);
+//! - **input**: confidence, brightness and sharpness, each as the residual from the reference's
+//!   mean *for the predicted class*, so that a new class mix alone does not look like new inputs.
+//!   (A network that meets inputs unlike its training data also grows less sure, so confidence is
+//!   the input statistic that sees most kinds of covariate shift.)
+//!
+//! The tests of one check are Bonferroni-corrected to a family-wise false-alarm probability of
+//! `drift_alpha`. Windows do not overlap (each check is on new data), so checks are independent
+//! under stationarity, and a retrain request needs `drift_sustain_checks` consecutive drifted
+//! checks: with the defaults (α = 0.002, two checks, windows of at least 400 predictions) a
+//! stationary stream makes a false request about once per 10⁸ predictions, far inside the budget
+//! of one per 100,000, and 2,000 stationary predictions see a flagged check about once in a
+//! hundred streams (simulated on correlated streams in `drift/tests.rs`).
+//!
+//! The verdict says which statistics fired and what kind of shift it is: `covariate_shift` when
+//! an input statistic fired (the inputs look new), `label_shift` when only class frequencies did.
+//! The window also yields the label-free accuracy estimate: the mean calibrated top-1 confidence,
+//! with a 95 % interval from the batches, marked unreliable under covariate shift (temperature
+//! scaling assumes inputs like the calibration split's).
 
 use serde::Serialize;
-use sluice_core::{
-    config::InferenceConfig,
-    reference::{self, Reference},
-};
+use sluice_core::{config::InferenceConfig, reference::Reference};
 
-/// Floor for empty bins, so PSI stays finite.
-const EPSILON: f64 = 1e-4;
+/// Fewer batches than this give no verdict (the t test would have almost no degrees of freedom).
+pub const MIN_BATCHES: usize = 5;
+/// A request is "of one class" when at least this share of its predictions are.
+const PURE_SHARE: f64 = 0.8;
+/// A window that has not reached `MIN_BATCHES` requests by this many times `drift_window`
+/// predictions is judged anyway (and says `insufficient_data` if it still has too few).
+const MAX_WINDOW_FACTOR: usize = 4;
+/// Lag-1 autocorrelation above this is treated as this (the AR(1) inflation would explode).
+const MAX_AUTOCORRELATION: f64 = 0.9;
 
-/// Population stability index of `actual` against `expected` (both fractions summing to 1).
-pub fn psi(expected: &[f64], actual: &[f64]) -> f64 {
-    expected
-        .iter()
-        .zip(actual)
-        .map(|(&e, &a)| {
-            let (e, a) = (e.max(EPSILON), a.max(EPSILON));
-            (a - e) * (a / e).ln()
+
+/// One prediction as the window sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation {
+    pub class: usize,
+    /// Calibrated (temperature-scaled) top-1 confidence.
+    pub confidence: f64,
+    pub brightness: f64,
+    pub sharpness: f64,
+}
+
+/// The reference's per-class means and per-sample residual variances.
+#[derive(Debug, Clone)]
+struct Expectations {
+    class_frequencies: Vec<f64>,
+    confidence: Vec<f64>,
+    brightness: Vec<f64>,
+    /// Empty for references made before sharpness was measured: that test is left out.
+    sharpness: Vec<f64>,
+    residual_variances: [f64; 3],
+    samples: f64,
+}
+
+impl Expectations {
+    fn of(reference: &Reference) -> Self {
+        let classes = reference.predicted_class_frequencies.len();
+        let r = &reference.residual_variances;
+        if reference.class_confidence.len() == classes && classes > 0 {
+            return Self {
+                class_frequencies: reference.predicted_class_frequencies.clone(),
+                confidence: reference.class_confidence.clone(),
+                brightness: reference.class_brightness.clone(),
+                sharpness: reference.class_sharpness.clone(),
+                residual_variances: [r.confidence, r.brightness, r.sharpness],
+                samples: reference.samples.max(1) as f64,
+            };
+        }
+        // An older reference: overall means only.
+        let sample = &reference.confidence_sample;
+        let mean = sample.iter().sum::<f64>() / sample.len().max(1) as f64;
+        let variance = sample.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / sample.len().max(1) as f64;
+        Self {
+            class_frequencies: reference.predicted_class_frequencies.clone(),
+            confidence: vec![mean; classes],
+            brightness: vec![reference.brightness_mean; classes],
+            sharpness: Vec::new(),
+            residual_variances: [variance, reference.brightness_std.powi(2), 0.0],
+            samples: reference.samples.max(1) as f64,
+        }
+    }
+}
+
+/// One request's predictions (or several merged into a segment or a batch): counts and sums.
+#[derive(Debug, Clone)]
+struct Block {
+    n: usize,
+    /// The predicted class of (almost) every prediction in it; `None` for a mixed request.
+    class: Option<usize>,
+    counts: Vec<f64>,
+    /// Sums of the residuals from the predicted class's reference mean: confidence, brightness,
+    /// sharpness.
+    residuals: [f64; 3],
+    /// Sum of the calibrated confidences themselves (the accuracy estimate).
+    calibrated: f64,
+}
+
+impl Block {
+    fn empty(classes: usize) -> Self {
+        Self {
+            n: 0,
+            class: None,
+            counts: vec![0.0; classes],
+            residuals: [0.0; 3],
+            calibrated: 0.0,
+        }
+    }
+
+    fn add(&mut self, other: &Block) {
+        self.n += other.n;
+        self.counts.iter_mut().zip(&other.counts).for_each(|(a, b)| *a += b);
+        self.residuals.iter_mut().zip(other.residuals).for_each(|(a, b)| *a += b);
+        self.calibrated += other.calibrated;
+    }
+
+    fn mean(&self, sum: f64) -> f64 {
+        sum / self.n.max(1) as f64
+    }
+}
+
+/// One test of a check.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Statistic {
+    /// `class:<label>`, `confidence`, `brightness` or `sharpness`.
+    pub name: String,
+    /// `label` (class mix) or `input` (what the inputs look like).
+    pub kind: &'static str,
+    /// The batches' mean: a class frequency, or a mean residual.
+    pub value: f64,
+    /// What the reference expects (a class frequency, or 0 for residuals).
+    pub expected: f64,
+    pub t: f64,
+    /// Effective degrees of freedom.
+    pub df: f64,
+    pub p_value: f64,
+    /// The per-test level after the Bonferroni correction.
+    pub threshold: f64,
+    pub drifted: bool,
+}
+
+/// The verdict of the last completed window.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Verdict {
+    /// `insufficient_data`, `ok` or `drift`.
+    pub state: &'static str,
+    /// `none`, `label_shift` or `covariate_shift`.
+    pub kind: &'static str,
+    /// Predictions in the window.
+    pub window: usize,
+    /// Requests in the window (never split).
+    pub requests: usize,
+    /// Runs of consecutive requests of one predicted class (never split either).
+    pub segments: usize,
+    pub batches: usize,
+    /// Family-wise false-alarm probability of one check.
+    pub alpha: f64,
+    pub statistics: Vec<Statistic>,
+    /// Names of the statistics that drifted.
+    pub fired: Vec<String>,
+    /// Consecutive drifted checks, this one included.
+    pub consecutive: u32,
+    /// Checks run since the version was loaded.
+    pub checks: u64,
+    /// Mean calibrated top-1 confidence: accuracy estimated without labels.
+    pub expected_accuracy: Option<f64>,
+    /// 95 % interval of that estimate (sampling error of the window).
+    pub expected_accuracy_interval: Option<[f64; 2]>,
+    /// False under covariate shift: the calibration no longer holds.
+    pub expected_accuracy_reliable: bool,
+    /// The reference's own accuracy on its calibration split.
+    pub reference_accuracy: f64,
+}
+
+/// A served version's current window and last verdict.
+#[derive(Debug)]
+pub struct Window {
+    reference: Reference,
+    labels: Vec<String>,
+    expectations: Expectations,
+    blocks: Vec<Block>,
+    predictions: usize,
+    consecutive: u32,
+    checks: u64,
+    verdict: Option<Verdict>,
+}
+
+impl Window {
+    pub fn new(reference: Reference, labels: Vec<String>) -> Self {
+        let expectations = Expectations::of(&reference);
+        Self {
+            reference,
+            labels,
+            expectations,
+            blocks: Vec::new(),
+            predictions: 0,
+            consecutive: 0,
+            checks: 0,
+            verdict: None,
+        }
+    }
+
+    pub fn reference(&self) -> &Reference {
+        &self.reference
+    }
+
+    /// Whether the last completed window drifted.
+    pub fn drifting(&self) -> bool {
+        self.verdict.as_ref().is_some_and(|v| v.state == "drift")
+    }
+
+    /// Adds one request's predictions; returns the verdict when this closed a window.
+    pub fn observe(&mut self, request: &[Observation], config: &InferenceConfig) -> Option<&Verdict> {
+        if request.is_empty() {
+            return None;
+        }
+        let e = &self.expectations;
+        let classes = e.class_frequencies.len();
+        let mut block = Block::empty(classes);
+        for o in request {
+            block.n += 1;
+            block.calibrated += o.confidence;
+            let Some(&expected) = e.confidence.get(o.class) else { continue };
+            block.counts[o.class] += 1.0;
+            let residuals = [
+                o.confidence - expected,
+                o.brightness - e.brightness[o.class],
+                e.sharpness.get(o.class).map_or(0.0, |s| o.sharpness - s),
+            ];
+            block.residuals.iter_mut().zip(residuals).for_each(|(sum, r)| *sum += r);
+        }
+        block.class = dominant(&block.counts);
+        self.predictions += block.n;
+        self.blocks.push(block);
+        let full = self.predictions >= config.drift_window && self.blocks.len() >= MIN_BATCHES;
+        if !full && self.predictions < config.drift_window * MAX_WINDOW_FACTOR {
+            return None;
+        }
+        let mut verdict = self.evaluate(config);
+        self.blocks.clear();
+        self.predictions = 0;
+        self.checks += 1;
+        self.consecutive = if verdict.state == "drift" { self.consecutive + 1 } else { 0 };
+        verdict.consecutive = self.consecutive;
+        verdict.checks = self.checks;
+        self.verdict = Some(verdict);
+        self.verdict.as_ref()
+    }
+
+    /// The last completed window's verdict; before the first, the window so far, as
+    /// `insufficient_data`.
+    pub fn verdict(&self, config: &InferenceConfig) -> Verdict {
+        self.verdict.clone().unwrap_or_else(|| {
+            let mut partial = self.evaluate(config);
+            partial.state = "insufficient_data";
+            partial.kind = "none";
+            partial.fired.clear();
+            partial.statistics.iter_mut().for_each(|s| s.drifted = false);
+            partial
         })
-        .sum()
-}
+    }
 
-/// Two-sample Kolmogorov–Smirnov statistic and its asymptotic p-value.
-pub fn ks(reference: &[f64], observed: &[f64]) -> (f64, f64) {
-    if reference.is_empty() || observed.is_empty() {
-        return (0.0, 1.0);
-    }
-    let mut a = reference.to_vec();
-    let mut b = observed.to_vec();
-    a.sort_by(f64::total_cmp);
-    b.sort_by(f64::total_cmp);
-    let (mut i, mut j, mut d) = (0usize, 0usize, 0f64);
-    while i < a.len() && j < b.len() {
-        let x = a[i].min(b[j]);
-        while i < a.len() && a[i] <= x {
-            i += 1;
-        }
-        while j < b.len() && b[j] <= x {
-            j += 1;
-        }
-        d = d.max((i as f64 / a.len() as f64 - j as f64 / b.len() as f64).abs());
-    }
-    let n = (a.len() * b.len()) as f64 / (a.len() + b.len()) as f64;
-    let lambda = (n.sqrt() + 0.12 + 0.11 / n.sqrt()) * d;
-    (d, kolmogorov_q(lambda))
-}
-
-/// p-value of a chi-square test that two count vectors (a 2×k contingency table) come from one
-/// distribution; categories empty in both are left out.
-pub fn chi_square_two_sample(a: &[f64], b: &[f64]) -> f64 {
-    let (total_a, total_b): (f64, f64) = (a.iter().sum(), b.iter().sum());
-    let total = total_a + total_b;
-    if total_a <= 0.0 || total_b <= 0.0 {
-        return 1.0;
-    }
-    let mut statistic = 0.0;
-    let mut categories = 0usize;
-    for (&x, &y) in a.iter().zip(b) {
-        let column = x + y;
-        if column <= 0.0 {
-            continue;
-        }
-        categories += 1;
-        for (observed, row) in [(x, total_a), (y, total_b)] {
-            let expected = row * column / total;
-            statistic += (observed - expected).powi(2) / expected;
-        }
-    }
-    if categories < 2 {
-        return 1.0;
-    }
-    chi_square_survival(statistic, (categories - 1) as f64)
-}
-
-/// P(X > x) for a chi-square variable with `k` degrees of freedom: the regularized upper
-/// incomplete gamma Q(k/2, x/2), by its series (small x) or continued fraction (large x).
-fn chi_square_survival(x: f64, k: f64) -> f64 {
-    let (a, x) = (k / 2.0, x / 2.0);
-    if x <= 0.0 {
-        return 1.0;
-    }
-    let log_prefix = a * x.ln() - x - ln_gamma(a);
-    if x < a + 1.0 {
-        let (mut sum, mut term, mut n) = (1.0 / a, 1.0 / a, a);
-        for _ in 0..500 {
-            n += 1.0;
-            term *= x / n;
-            sum += term;
-            if term < sum * 1e-14 {
-                break;
+    fn evaluate(&self, config: &InferenceConfig) -> Verdict {
+        let e = &self.expectations;
+        let classes = e.class_frequencies.len();
+        let batches = batch(&self.blocks, config.drift_batches, classes);
+        let segments = segments(&self.blocks, classes);
+        // Independent units: a one-class segment is one (its images may all show one thing), a
+        // mixed request's images one each. The window's mean weighs a unit by its images, so the
+        // effective count is (Σ n)² / Σ n²: one long run among short ones counts for nearly all.
+        let (sum, squares) = segments.iter().fold((0.0, 0.0), |(sum, squares), s| {
+            let n = s.n as f64;
+            if s.class.is_some() { (sum + n, squares + n * n) } else { (sum + n, squares + n) }
+        });
+        let units = if squares > 0.0 { (sum * sum / squares).max(1.0) } else { 1.0 };
+        let inputs = if e.sharpness.is_empty() { 2 } else { 3 };
+        let tests = classes + inputs;
+        let alpha = config.drift_alpha;
+        let threshold = alpha / tests as f64;
+        let mut statistics = Vec::with_capacity(tests);
+        let enough = batches.len() >= MIN_BATCHES;
+        if enough {
+            for c in 0..classes {
+                let values: Vec<f64> = batches.iter().map(|b| b.mean(b.counts[c])).collect();
+                let pi = e.class_frequencies[c];
+                let name = format!("class:{}", self.labels.get(c).map_or("?", String::as_str));
+                let unit = pi * (1.0 - pi);
+                let variances = Variances { reference: unit / e.samples, floor: unit / units };
+                statistics.push(t_test(name, "label", &values, pi, variances, threshold, true));
+            }
+            for (i, name) in ["confidence", "brightness", "sharpness"].into_iter().enumerate().take(inputs) {
+                let values: Vec<f64> = batches.iter().map(|b| b.mean(b.residuals[i])).collect();
+                let unit = e.residual_variances[i];
+                let variances = Variances { reference: unit / e.samples, floor: unit / units };
+                statistics.push(t_test(name.to_owned(), "input", &values, 0.0, variances, threshold, false));
             }
         }
-        (1.0 - sum * log_prefix.exp()).clamp(0.0, 1.0)
+        let fired: Vec<String> = statistics.iter().filter(|s| s.drifted).map(|s| s.name.clone()).collect();
+        let covariate = statistics.iter().any(|s| s.drifted && s.kind == "input");
+        let (state, kind) = match (enough, fired.is_empty(), covariate) {
+            (false, _, _) => ("insufficient_data", "none"),
+            (true, true, _) => ("ok", "none"),
+            (true, false, true) => ("drift", "covariate_shift"),
+            (true, false, false) => ("drift", "label_shift"),
+        };
+        let n = self.predictions;
+        let calibrated: f64 = self.blocks.iter().map(|b| b.calibrated).sum();
+        let expected_accuracy = (n > 0).then(|| calibrated / n as f64);
+        let expected_accuracy_interval = (batches.len() >= 2).then(|| {
+            let values: Vec<f64> = batches.iter().map(|b| b.mean(b.calibrated)).collect();
+            let (se, df) = standard_error(&values, 0.0, 0.0, None);
+            let half = student_t_quantile(0.975, df) * se;
+            let centre = expected_accuracy.unwrap_or(0.0);
+            [(centre - half).max(0.0), (centre + half).min(1.0)]
+        });
+        Verdict {
+            state,
+            kind,
+            window: n,
+            requests: self.blocks.len(),
+            segments: segments.len(),
+            batches: batches.len(),
+            alpha,
+            statistics,
+            fired,
+            consecutive: self.consecutive,
+            checks: self.checks,
+            expected_accuracy,
+            expected_accuracy_interval,
+            expected_accuracy_reliable: !covariate,
+            reference_accuracy: self.reference.accuracy,
+        }
+    }
+}
+
+/// The class of at least [`PURE_SHARE`] of a block's predictions, if there is one.
+fn dominant(counts: &[f64]) -> Option<usize> {
+    let total: f64 = counts.iter().sum();
+    let (class, top) = counts.iter().enumerate().fold((0, 0.0), |best, (c, &n)| if n > best.1 { (c, n) } else { best });
+    (total > 0.0 && top >= PURE_SHARE * total).then_some(class)
+}
+
+/// Consecutive blocks of one dominant class merged: runs of one thing. Mixed requests stay alone.
+fn segments(blocks: &[Block], classes: usize) -> Vec<Block> {
+    let mut out: Vec<Block> = Vec::new();
+    for block in blocks {
+        match out.last_mut() {
+            Some(last) if last.class.is_some() && last.class == block.class => last.add(block),
+            _ => {
+                let mut segment = Block::empty(classes);
+                segment.add(block);
+                segment.class = block.class;
+                out.push(segment);
+            }
+        }
+    }
+    out
+}
+
+/// Groups blocks, in order, into about `target` batches of similar prediction counts; a block is
+/// never split, and a small remainder joins the last batch.
+fn batch(blocks: &[Block], target: usize, classes: usize) -> Vec<Block> {
+    let total: usize = blocks.iter().map(|b| b.n).sum();
+    let per = (total as f64 / target.max(1) as f64).max(1.0);
+    let mut out: Vec<Block> = Vec::new();
+    let mut current = Block::empty(classes);
+    for block in blocks {
+        current.add(block);
+        if current.n as f64 >= per {
+            out.push(std::mem::replace(&mut current, Block::empty(classes)));
+        }
+    }
+    if current.n > 0 {
+        match out.last_mut() {
+            Some(last) if (current.n as f64) < per / 2.0 => last.add(&current),
+            _ => out.push(current),
+        }
+    }
+    out
+}
+
+/// Standard error of the mean of `values` (serially dependent batch means: the variance is
+/// inflated by (1 + ρ) / (1 − ρ) for their lag-1 autocorrelation ρ > 0) combined with a
+/// reference's variance of its mean, and the Welch–Satterthwaite degrees of freedom
+/// (`reference_df` 0: the reference is exact). With `around` set, the spread is measured around
+/// that value instead of the values' mean (a score test's variance, right under the null).
+fn standard_error(values: &[f64], reference_var: f64, reference_df: f64, around: Option<f64>) -> (f64, f64) {
+    let k = values.len() as f64;
+    if values.len() < 2 {
+        return (reference_var.sqrt(), reference_df.max(1.0));
+    }
+    let mean = values.iter().sum::<f64>() / k;
+    let var = match around {
+        Some(centre) => values.iter().map(|v| (v - centre).powi(2)).sum::<f64>() / k,
+        None => values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1.0),
+    };
+    // Autocorrelation is about the values' own fluctuation, so around their mean either way.
+    let own = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (k - 1.0);
+    let rho = if own > 0.0 {
+        let lagged: f64 = values.windows(2).map(|w| (w[0] - mean) * (w[1] - mean)).sum();
+        (lagged / ((k - 1.0) * own)).clamp(0.0, MAX_AUTOCORRELATION)
     } else {
-        // Lentz's continued fraction for Q(a, x).
-        let tiny = 1e-300;
-        let mut b = x + 1.0 - a;
-        let mut c = 1.0 / tiny;
-        let mut d = 1.0 / b;
-        let mut h = d;
-        for i in 1..500 {
-            let an = -(i as f64) * (i as f64 - a);
-            b += 2.0;
-            d = an * d + b;
-            d = if d.abs() < tiny { tiny } else { d };
-            c = b + an / c;
-            c = if c.abs() < tiny { tiny } else { c };
-            d = 1.0 / d;
-            let delta = d * c;
-            h *= delta;
-            if (delta - 1.0).abs() < 1e-14 {
-                break;
-            }
-        }
-        (log_prefix.exp() * h).clamp(0.0, 1.0)
+        0.0
+    };
+    let inflation = (1.0 + rho) / (1.0 - rho);
+    let batch_var = var / k * inflation;
+    let batch_df = ((k - 1.0) / inflation).max(1.0);
+    let total = batch_var + reference_var;
+    let df = if total <= 0.0 {
+        batch_df
+    } else {
+        let reference_part = if reference_df > 0.0 { reference_var.powi(2) / reference_df } else { 0.0 };
+        (total.powi(2) / (batch_var.powi(2) / batch_df + reference_part)).clamp(1.0, 1e6)
+    };
+    (total.sqrt(), df)
+}
+
+/// The variances a test's mean is judged with, besides the batches' own spread.
+#[derive(Debug, Clone, Copy)]
+struct Variances {
+    /// The reference value's sampling error.
+    reference: f64,
+    /// The least variance of the window's mean: the reference's per-unit variance over the
+    /// effective number of independent units (runs of one thing count once).
+    floor: f64,
+}
+
+/// A two-sided t test of the batches' mean against `expected` (`score`: the spread measured
+/// around `expected`).
+fn t_test(
+    name: String,
+    kind: &'static str,
+    values: &[f64],
+    expected: f64,
+    variances: Variances,
+    threshold: f64,
+    score: bool,
+) -> Statistic {
+    let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+    let (se, df) = standard_error(values, 0.0, 0.0, score.then_some(expected));
+    // Below the floor the batches' spread understates the dependence (runs longer than a batch):
+    // then the floor, a known variance, rules (a z test).
+    let (window_var, df) = if se * se >= variances.floor { (se * se, df) } else { (variances.floor, 1e6) };
+    let total = window_var + variances.reference;
+    let df = if variances.reference > 0.0 && df < 1e6 {
+        (total.powi(2) / (window_var.powi(2) / df + variances.reference.powi(2) / 1e6)).clamp(1.0, 1e6)
+    } else {
+        df
+    };
+    let se = total.sqrt();
+    let (t, p_value) = if se > 0.0 {
+        let t = (mean - expected) / se;
+        (t, student_t_two_sided(t.abs(), df))
+    } else if (mean - expected).abs() < 1e-12 {
+        (0.0, 1.0)
+    } else {
+        // No spread at all and a difference: as sure as it gets (kept finite for JSON).
+        (1e9f64.copysign(mean - expected), 0.0)
+    };
+    Statistic { name, kind, value: mean, expected, t, df, p_value, threshold, drifted: p_value < threshold }
+}
+
+/// P(|T| > t) for Student's t with `df` degrees of freedom: I_{df/(df+t²)}(df/2, 1/2).
+pub fn student_t_two_sided(t: f64, df: f64) -> f64 {
+    if !t.is_finite() {
+        return 0.0;
     }
+    regularized_beta(df / (df + t * t), df / 2.0, 0.5).clamp(0.0, 1.0)
+}
+
+/// The q-quantile (q > 0.5) of Student's t, by bisection on the two-sided tail.
+fn student_t_quantile(q: f64, df: f64) -> f64 {
+    let tail = 2.0 * (1.0 - q);
+    let (mut lo, mut hi) = (0.0f64, 1e3f64);
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if student_t_two_sided(mid, df) > tail {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
+/// The regularized incomplete beta function I_x(a, b) (continued fraction, Lentz's method).
+fn regularized_beta(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    // The fraction converges fast for x < (a + 1) / (a + b + 2); use the symmetry otherwise.
+    if x < (a + 1.0) / (a + b + 2.0) {
+        ln_front.exp() * beta_fraction(x, a, b) / a
+    } else {
+        1.0 - ln_front.exp() * beta_fraction(1.0 - x, b, a) / b
+    }
+}
+
+fn beta_fraction(x: f64, a: f64, b: f64) -> f64 {
+    let tiny = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    d = if d.abs() < tiny { tiny } else { d };
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..300 {
+        let m = m as f64;
+        let m2 = 2.0 * m;
+        let aa = m * (b - m) * x / ((qam + m2) * (a + m2));
+        d = 1.0 + aa * d;
+        d = if d.abs() < tiny { tiny } else { d };
+        c = 1.0 + aa / c;
+        c = if c.abs() < tiny { tiny } else { c };
+        d = 1.0 / d;
+        h *= d * c;
+        let aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2));
+        d = 1.0 + aa * d;
+        d = if d.abs() < tiny { tiny } else { d };
+        c = 1.0 + aa / c;
+        c = if c.abs() < tiny { tiny } else { c };
+        d = 1.0 / d;
+        let delta = d * c;
+        h *= delta;
+        if (delta - 1.0).abs() < 1e-14 {
+            break;
+        }
+    }
+    h
 }
 
 /// ln Γ(x) (Lanczos approximation, g = 7).
@@ -150,200 +581,5 @@ fn ln_gamma(x: f64) -> f64 {
     0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + series.ln()
 }
 
-/// The Kolmogorov distribution's survival function Q(λ) = 2 Σ (-1)^(k-1) e^(-2k²λ²).
-fn kolmogorov_q(lambda: f64) -> f64 {
-    if lambda < 1e-3 {
-        return 1.0;
-    }
-    let mut sum = 0.0;
-    for k in 1..=100 {
-        let k = k as f64;
-        let term = (-2.0 * k * k * lambda * lambda).exp();
-        sum += if k as u64 % 2 == 1 { term } else { -term };
-        if term < 1e-12 {
-            break;
-        }
-    }
-    (2.0 * sum).clamp(0.0, 1.0)
-}
-
-/// One prediction as the window keeps it.
-#[derive(Debug, Clone, Copy)]
-pub struct Observation {
-    pub class: usize,
-    pub confidence: f64,
-    /// Calibrated (temperature-scaled) top-1 confidence.
-    pub calibrated: f64,
-    pub brightness: f64,
-}
-
-/// A test's value, its threshold and verdict.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Statistic {
-    pub value: f64,
-    pub threshold: f64,
-    pub drifted: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub p_value: Option<f64>,
-}
-
-/// The window's current verdict.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Verdict {
-    /// `insufficient_data`, `ok` or `drift`.
-    pub state: &'static str,
-    pub window: usize,
-    pub min_samples: usize,
-    pub class_psi: Statistic,
-    pub confidence_ks: Statistic,
-    pub brightness_psi: Statistic,
-    /// Consecutive checks that found drift.
-    pub consecutive: u32,
-    /// Mean calibrated top-1 confidence over the window: accuracy estimated without labels.
-    pub expected_accuracy: Option<f64>,
-    /// The reference's own accuracy on the validation split, for comparison.
-    pub reference_accuracy: f64,
-}
-
-/// The sliding window of one served version.
-#[derive(Debug)]
-pub struct Window {
-    reference: Reference,
-    observations: VecDeque<Observation>,
-    since_check: usize,
-    consecutive: u32,
-    verdict: Option<Verdict>,
-}
-
-impl Window {
-    pub fn new(reference: Reference) -> Self {
-        Self { reference, observations: VecDeque::new(), since_check: 0, consecutive: 0, verdict: None }
-    }
-
-    pub fn reference(&self) -> &Reference {
-        &self.reference
-    }
-
-    /// Adds an observation; returns the new verdict when a check ran.
-    pub fn observe(&mut self, observation: Observation, config: &InferenceConfig) -> Option<&Verdict> {
-        self.observations.push_back(observation);
-        while self.observations.len() > config.drift_window {
-            self.observations.pop_front();
-        }
-        self.since_check += 1;
-        if self.since_check < config.drift_check_every {
-            return None;
-        }
-        self.since_check = 0;
-        let verdict = self.evaluate(config);
-        self.consecutive = if verdict.state == "drift" { self.consecutive + 1 } else { 0 };
-        self.verdict = Some(Verdict { consecutive: self.consecutive, ..verdict });
-        self.verdict.as_ref()
-    }
-
-    /// The last verdict, or one computed now when no check has run yet.
-    pub fn verdict(&self, config: &InferenceConfig) -> Verdict {
-        self.verdict.clone().unwrap_or_else(|| self.evaluate(config))
-    }
-
-    fn evaluate(&self, config: &InferenceConfig) -> Verdict {
-        let n = self.observations.len();
-        let classes = self.reference.predicted_class_frequencies.len();
-        let mut counts = vec![0.0; classes];
-        for o in &self.observations {
-            if o.class < classes {
-                counts[o.class] += 1.0;
-            }
-        }
-        let denominator = n.max(1) as f64;
-        let class_freq: Vec<f64> = counts.iter().map(|c| c / denominator).collect();
-        let class_psi = psi(&self.reference.predicted_class_frequencies, &class_freq);
-        let confidences: Vec<f64> = self.observations.iter().map(|o| o.confidence).collect();
-        let (d, p_value) = ks(&self.reference.confidence_sample, &confidences);
-        let brightness = reference::histogram(self.observations.iter().map(|o| o.brightness));
-        let brightness_psi = psi(&self.reference.brightness_histogram, &brightness);
-        let brightnesses: Vec<f64> = self.observations.iter().map(|o| o.brightness).collect();
-        let (_, brightness_p) = ks(&self.reference.brightness_sample, &brightnesses);
-        let enough = n >= config.drift_min_samples;
-        let threshold = config.drift_psi_threshold;
-        // The reference is measured on a validation split that may be small, so a large PSI must
-        // also be significant (a two-sample test that accounts for both sample sizes) to count.
-        let reference_counts: Vec<f64> =
-            self.reference.predicted_class_frequencies.iter().map(|f| f * self.reference.samples as f64).collect();
-        let class_p = chi_square_two_sample(&reference_counts, &counts);
-        let class_psi = Statistic {
-            value: class_psi,
-            threshold,
-            drifted: enough && class_psi > threshold && class_p < config.drift_ks_p_value,
-            p_value: Some(class_p),
-        };
-        let confidence_ks = Statistic {
-            value: d,
-            threshold: config.drift_ks_p_value,
-            drifted: enough && p_value < config.drift_ks_p_value,
-            p_value: Some(p_value),
-        };
-        let brightness_psi = Statistic {
-            value: brightness_psi,
-            threshold,
-            drifted: enough && brightness_psi > threshold && brightness_p < config.drift_ks_p_value,
-            p_value: Some(brightness_p),
-        };
-        let state = if !enough {
-            "insufficient_data"
-        } else if class_psi.drifted || confidence_ks.drifted || brightness_psi.drifted {
-            "drift"
-        } else {
-            "ok"
-        };
-        let expected_accuracy = (n > 0).then(|| self.observations.iter().map(|o| o.calibrated).sum::<f64>() / n as f64);
-        Verdict {
-            state,
-            window: n,
-            min_samples: config.drift_min_samples,
-            class_psi,
-            confidence_ks,
-            brightness_psi,
-            consecutive: self.consecutive,
-            expected_accuracy,
-            reference_accuracy: self.reference.accuracy,
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn psi_is_zero_for_equal_distributions_and_grows_with_shift() {
-        assert!(psi(&[0.5, 0.5], &[0.5, 0.5]).abs() < 1e-12);
-        assert!(psi(&[0.5, 0.5], &[0.6, 0.4]) < 0.1);
-        assert!(psi(&[0.5, 0.5], &[0.95, 0.05]) > 0.2);
-    }
-
-    #[test]
-    fn chi_square_matches_known_values_and_accounts_for_sample_size() {
-        // Q(x = 3.841, k = 1) = 0.05 and Q(x = 5.991, k = 2) = 0.05 (standard table values).
-        assert!((chi_square_survival(3.841, 1.0) - 0.05).abs() < 1e-3);
-        assert!((chi_square_survival(5.991, 2.0) - 0.05).abs() < 1e-3);
-        assert!((chi_square_survival(30.0, 2.0) - (-15f64).exp()).abs() < 1e-9);
-        // The same proportions are not significant from 48 samples, and are from 4,800.
-        let small = chi_square_two_sample(&[12.0, 20.0, 16.0], &[42.0, 42.0, 41.0]);
-        let large = chi_square_two_sample(&[1200.0, 2000.0, 1600.0], &[4200.0, 4200.0, 4100.0]);
-        assert!(small > 0.05, "p {small}");
-        assert!(large < 1e-6, "p {large}");
-        assert_eq!(chi_square_two_sample(&[5.0, 5.0], &[5.0, 5.0]), 1.0);
-    }
-
-    #[test]
-    fn ks_separates_shifted_samples_and_accepts_equal_ones() {
-        let a: Vec<f64> = (0..500).map(|i| i as f64 / 500.0).collect();
-        let same: Vec<f64> = (0..300).map(|i| (i as f64 + 0.5) / 300.0).collect();
-        let shifted: Vec<f64> = same.iter().map(|x| x * 0.5).collect();
-        let (d, p) = ks(&a, &same);
-        assert!(d < 0.05 && p > 0.5, "d {d} p {p}");
-        let (d, p) = ks(&a, &shifted);
-        assert!(d > 0.4 && p < 1e-6, "d {d} p {p}");
-    }
-}
+mod tests;

@@ -76,6 +76,7 @@ impl Inference {
             )
             .route("/v1/models/{name}/drift", get(routes::drift))
             .route("/v1/models/{name}/routing", get(routes::get_routing).put(routes::put_routing))
+            .route("/v1/models/{name}/capture", get(routes::get_capture).put(routes::put_capture))
             .route("/v1/feedback", post(routes::feedback))
             .route("/v1/batch-predictions", post(batch::routes::create))
             .route("/v1/batch-predictions/{id}", get(batch::routes::show))
@@ -129,11 +130,16 @@ fn describe_metrics() {
     describe_gauge!("sluice_inference_live_accuracy", "Accuracy over the latest feedback, per version.");
     describe_gauge!(
         "sluice_inference_expected_accuracy",
-        "Mean calibrated confidence over the drift window: accuracy estimated without labels."
+        "Mean calibrated confidence over the last drift window: accuracy estimated without labels."
     );
     describe_gauge!(
         "sluice_inference_drift_score",
-        "Drift statistics of the window (class_psi, confidence_ks, brightness_psi)."
+        "|t| of each drift test of the last window (class:<label>, confidence, brightness, sharpness)."
+    );
+    describe_counter!("sluice_inference_drift_checks_total", "Drift checks run, by state and kind of shift.");
+    describe_counter!(
+        "sluice_inference_captures_total",
+        "Served inputs kept by capture policies, by why (random, low_confidence, drift) and outcome (enqueued, dropped, failed)."
     );
     describe_gauge!("sluice_inference_drift_detected", "1 while the window's verdict is drift.");
     describe_counter!("sluice_inference_retrain_requests_total", "Retrain requests published, by reason.");

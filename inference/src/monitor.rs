@@ -1,5 +1,6 @@
-//! Live monitoring of served versions: every prediction feeds its version's drift window; each
-//! check exports the statistics as gauges, and sustained drift requests retraining. Feedback
+//! Live monitoring of served versions: every request's predictions feed its version's drift
+//! window ([`crate::drift`]); each check exports the statistics, and sustained covariate shift
+//! requests retraining. Feedback
 //! (ground truth for a prediction id) updates the version's rolling live accuracy, which can
 //! request retraining too.
 
@@ -8,30 +9,29 @@ use sluice_core::config::InferenceConfig;
 
 use crate::{AppState, drift::Observation, serving::Loaded};
 
-/// Adds a prediction to its version's window; acts on the verdict when a check ran.
-pub async fn observe(state: &AppState, loaded: &Loaded, observation: Observation, config: &InferenceConfig) {
+/// Adds one request's predictions to its version's window; acts on the verdict when a check ran.
+pub async fn observe(state: &AppState, loaded: &Loaded, request: &[Observation], config: &InferenceConfig) {
     let verdict = {
         let mut window = loaded.window.lock().expect("window lock");
-        window.observe(observation, config).cloned()
+        window.observe(request, config).cloned()
     };
     let Some(verdict) = verdict else { return };
     let model = loaded.version.model.to_string();
     let version = loaded.version.version.to_string();
-    for (statistic, value) in [
-        ("class_psi", verdict.class_psi.value),
-        ("confidence_ks", verdict.confidence_ks.value),
-        ("brightness_psi", verdict.brightness_psi.value),
-    ] {
-        metrics::gauge!("sluice_inference_drift_score", "model" => model.clone(), "version" => version.clone(), "statistic" => statistic)
-            .set(value);
+    for statistic in &verdict.statistics {
+        metrics::gauge!("sluice_inference_drift_score", "model" => model.clone(), "version" => version.clone(), "statistic" => statistic.name.clone())
+            .set(statistic.t.abs().min(1e6));
     }
     metrics::gauge!("sluice_inference_drift_detected", "model" => model.clone(), "version" => version.clone())
         .set(if verdict.state == "drift" { 1.0 } else { 0.0 });
+    metrics::counter!("sluice_inference_drift_checks_total", "model" => model.clone(), "state" => verdict.state, "kind" => verdict.kind)
+        .increment(1);
     if let Some(expected) = verdict.expected_accuracy {
         metrics::gauge!("sluice_inference_expected_accuracy", "model" => model.clone(), "version" => version.clone())
             .set(expected);
     }
-    if verdict.state == "drift" && verdict.consecutive >= config.drift_sustain_checks && config.retrain_on_drift {
+    let wanted = verdict.kind == "covariate_shift" || config.retrain_on_label_shift;
+    if verdict.state == "drift" && wanted && verdict.consecutive >= config.drift_sustain_checks && config.retrain_on_drift {
         let evidence = json!({"version": loaded.version.version, "verdict": verdict});
         state.served.request_retrain(&model, "drift", evidence).await;
     }

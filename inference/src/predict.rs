@@ -22,7 +22,7 @@ use sluice_core::{
     auth::Scope,
     http::{ApiError, Caller},
     models::{AliasName, ModelName},
-    reference::{image_stats, softmax},
+    reference::{image_stats, sharpness, softmax},
 };
 use sluice_media::ImageError;
 use uuid::Uuid;
@@ -31,7 +31,7 @@ use crate::{
     AppState,
     drift::Observation,
     recorder::Record,
-    serving::{Loaded, ServeError, Target},
+    serving::{Captured, Loaded, ServeError, Target},
 };
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +227,7 @@ async fn run(
     let max_pixels = state.served.ctx.config.inference.max_image_pixels;
     let prepared = prepare_all(bodies.clone(), loaded.clone(), max_pixels).await.map_err(fail)?;
     let predictions = score(state, &loaded, &prepared, top_k, alias.as_deref(), false).await.map_err(fail)?;
+    capture(state, &model, &loaded, &bodies, &predictions).await;
     if let Some(shadow) = routing.and_then(|r| r.shadow_alias).filter(|s| Some(s) != alias.as_ref()) {
         let (state, model) = (state.clone(), model.clone());
         tokio::spawn(async move { shadow_score(&state, &model, &shadow, bodies, top_k).await });
@@ -238,6 +239,33 @@ async fn run(
     metrics::histogram!("sluice_inference_request_duration_seconds", "model" => label.clone(), "alias" => alias.clone().unwrap_or_default())
         .record(started.elapsed().as_secs_f64());
     Ok(json!({"model": label, "version": version, "alias": alias, "predictions": predictions}))
+}
+
+/// Keeps the inputs the model's capture policy selects ([`sluice_core::capture`]); in the
+/// background, so the answer never waits on it.
+async fn capture(state: &AppState, model: &ModelName, loaded: &Loaded, bodies: &[Bytes], predictions: &[Value]) {
+    let Some(policy) = state.served.capture_policy(model).await else { return };
+    let drifting = loaded.window.lock().expect("window lock").drifting();
+    let mut rng = rand::rng();
+    let kept: Vec<Captured> = bodies
+        .iter()
+        .zip(predictions)
+        .filter_map(|(bytes, prediction)| {
+            let confidence = prediction["top"][0]["score"].as_f64()?;
+            let why = policy.keeps(confidence, drifting, rng.random::<f64>())?;
+            Some(Captured {
+                prediction_id: prediction["id"].as_str()?.parse().ok()?,
+                version: loaded.version.version,
+                bytes: bytes.clone(),
+                predicted: prediction["top"][0]["label"].as_str()?.to_owned(),
+                confidence,
+                why,
+            })
+        })
+        .collect();
+    if !kept.is_empty() {
+        state.served.capture(model, &policy.dataset, kept);
+    }
 }
 
 async fn prepare_all(bodies: Vec<Bytes>, loaded: Arc<Loaded>, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
@@ -258,6 +286,7 @@ pub(crate) struct Ranked {
     pub class: usize,
     pub confidence: f64,
     pub brightness: f64,
+    pub sharpness: f64,
     pub record: Record,
 }
 
@@ -275,6 +304,7 @@ pub(crate) fn rank(loaded: &Loaded, logits: &[f32], pixels: &[u8], top_k: usize,
     let (class, confidence) = ranked[0];
     let channels = pixels.len() / (version.input_spec.width * version.input_spec.height) as usize;
     let (brightness, channel_means) = image_stats(pixels, channels);
+    let sharpness = sharpness(pixels, channels);
     let record = Record {
         id,
         model: version.model.to_string(),
@@ -283,11 +313,11 @@ pub(crate) fn rank(loaded: &Loaded, logits: &[f32], pixels: &[u8], top_k: usize,
         label: version.labels[class].clone(),
         confidence,
         top: Value::from(top),
-        stats: json!({"brightness": brightness, "channel_means": channel_means}),
+        stats: json!({"brightness": brightness, "channel_means": channel_means, "sharpness": sharpness}),
         shadow: false,
         batch: None,
     };
-    Ranked { class, confidence, brightness, record }
+    Ranked { class, confidence, brightness, sharpness, record }
 }
 
 /// Runs prepared images through the version; records and observes each prediction.
@@ -310,9 +340,10 @@ async fn score(
     let version_label = loaded.version.version.to_string();
     let config = &state.served.ctx.config.inference;
     let mut out = Vec::with_capacity(count);
+    let mut observations = Vec::with_capacity(count);
     for (i, row) in logits.iter().enumerate() {
         let id = Uuid::now_v7();
-        let Ranked { class, confidence, brightness, mut record } =
+        let Ranked { class, confidence, brightness, sharpness, mut record } =
             rank(loaded, row, &prepared[i * frame..(i + 1) * frame], top_k, id);
         record.alias = alias.map(str::to_owned);
         record.shadow = shadow;
@@ -322,11 +353,12 @@ async fn score(
         metrics::histogram!("sluice_inference_confidence", "model" => model.clone(), "version" => version_label.clone())
             .record(confidence);
         state.recorder.record(record);
-        if !shadow {
-            let observation = Observation { class, confidence, calibrated: confidence, brightness };
-            crate::monitor::observe(state, loaded, observation, config).await;
-        }
+        observations.push(Observation { class, confidence, brightness, sharpness });
         out.push(json!({"id": id, "top": top}));
+    }
+    // The request is one unit of the drift window: its images may all show one thing.
+    if !shadow {
+        crate::monitor::observe(state, loaded, &observations, config).await;
     }
     Ok(out)
 }

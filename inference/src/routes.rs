@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sluice_core::{
     auth::Scope,
+    capture::{self, CapturePolicy},
     domain::Label,
     http::{ApiError, Caller},
     models::{AliasName, ModelName},
@@ -111,10 +112,72 @@ pub async fn feedback(State(state): State<AppState>, caller: Caller, body: Bytes
     {
         return unavailable(&err).into_response();
     }
+    // Ground truth for the input too, if a capture policy kept it (a capture not stored yet takes
+    // the label when it is).
+    let labelled = match capture::label_captured(&client, feedback.prediction_id, label.as_str()).await {
+        Ok(labelled) => labelled,
+        Err(err) => return unavailable(&err).into_response(),
+    };
     drop(client);
     monitor::after_feedback(&state, &model, version).await;
-    Json(json!({"prediction_id": feedback.prediction_id, "label": label.as_str(), "model": model, "version": version}))
-        .into_response()
+    Json(json!({"prediction_id": feedback.prediction_id, "label": label.as_str(), "model": model, "version": version,
+                "labelled_captured_input": labelled}))
+    .into_response()
+}
+
+/// `GET /v1/models/{name}/capture`: the model's capture policy, or `null`.
+pub async fn get_capture(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Predict, Scope::Train]) {
+        return err.into_response();
+    }
+    let model = match model_name(&name) {
+        Ok(model) => model,
+        Err(err) => return err.into_response(),
+    };
+    let client = match state.served.ctx.db.get().await {
+        Ok(client) => client,
+        Err(err) => return unavailable(&err).into_response(),
+    };
+    match capture::policy(&client, model.as_str()).await {
+        Ok(policy) => Json(json!({"model": model.as_str(), "capture": policy})).into_response(),
+        Err(err) => unavailable(&err).into_response(),
+    }
+}
+
+/// `PUT /v1/models/{name}/capture {"dataset", "random_rate", "below_confidence",
+/// "during_drift_rate"}` or `null` to stop (scope `admin`): which served inputs are stored into a
+/// dataset as unlabelled media, for labelling and the next retrain.
+pub async fn put_capture(State(state): State<AppState>, caller: Caller, Path(name): Path<String>, body: Bytes) -> Response {
+    if let Err(err) = caller.require(Scope::Admin) {
+        return err.into_response();
+    }
+    let model = match model_name(&name) {
+        Ok(model) => model,
+        Err(err) => return err.into_response(),
+    };
+    let policy: Option<CapturePolicy> = match serde_json::from_slice(&body) {
+        Ok(policy) => policy,
+        Err(err) => return bad(format!("Malformed capture policy: {err}.")).into_response(),
+    };
+    if let Some(Err(err)) = policy.as_ref().map(CapturePolicy::validate) {
+        return bad(format!("{err}.")).into_response();
+    }
+    let client = match state.served.ctx.db.get().await {
+        Ok(client) => client,
+        Err(err) => return unavailable(&err).into_response(),
+    };
+    match client.query_opt("SELECT 1 FROM models WHERE name = $1", &[&model.as_str()]).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("No model named {model}.")).into_response();
+        }
+        Err(err) => return unavailable(&err).into_response(),
+    }
+    if let Err(err) = capture::set_policy(&client, model.as_str(), policy.as_ref(), &caller.0.name).await {
+        return unavailable(&err).into_response();
+    }
+    state.served.forget_capture(&model);
+    Json(json!({"model": model.as_str(), "capture": policy})).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,16 +217,20 @@ pub async fn drift(
         "version": loaded.version.version,
         "alias": match &target { Target::Alias(a) => Some(a.to_string()), Target::Version(_) => None },
         "state": verdict.state,
+        "kind": verdict.kind,
+        "fired": verdict.fired,
         "window": verdict.window,
-        "min_samples": verdict.min_samples,
+        "window_size": config.drift_window,
+        "requests": verdict.requests,
+        "batches": verdict.batches,
+        "alpha": verdict.alpha,
+        "checks": verdict.checks,
         "consecutive_drift_checks": verdict.consecutive,
         "sustain_checks": config.drift_sustain_checks,
-        "statistics": {
-            "class_psi": verdict.class_psi,
-            "confidence_ks": verdict.confidence_ks,
-            "brightness_psi": verdict.brightness_psi,
-        },
+        "statistics": verdict.statistics,
         "expected_accuracy": verdict.expected_accuracy,
+        "expected_accuracy_interval": verdict.expected_accuracy_interval,
+        "expected_accuracy_reliable": verdict.expected_accuracy_reliable,
         "reference_accuracy": verdict.reference_accuracy,
         "live_accuracy": live.map(|(accuracy, _)| accuracy),
         "live_accuracy_answers": live.map(|(_, answers)| answers).unwrap_or(0),

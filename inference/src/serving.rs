@@ -5,19 +5,25 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use sluice_core::{
     Context,
+    capture::{self, CapturePolicy, MediaCaptured, capture_key},
     events::Envelope,
     models::{self, AliasName, ModelName, ModelVersion, RegistryError},
     outbox,
     reference::Reference,
+    s3,
     topics::Topic,
     training::RetrainRequested,
 };
+use uuid::Uuid;
 use sluice_nn::Network;
 use tokio::sync::OnceCell;
 
@@ -95,8 +101,25 @@ pub struct Served {
     aliases: RwLock<HashMap<(String, String), i32>>,
     revisions: Mutex<HashMap<String, i64>>,
     routing: Mutex<HashMap<String, (Instant, Routing)>>,
+    captures: Mutex<HashMap<String, (Instant, Option<CapturePolicy>)>>,
+    /// Captured inputs written to S3 but not yet enqueued (bounded: beyond it they are dropped).
+    captures_in_flight: AtomicUsize,
     last_retrain: Mutex<HashMap<String, Instant>>,
 }
+
+/// One served input a capture policy keeps.
+#[derive(Debug)]
+pub struct Captured {
+    pub prediction_id: Uuid,
+    pub version: i32,
+    pub bytes: axum::body::Bytes,
+    pub predicted: String,
+    pub confidence: f64,
+    pub why: &'static str,
+}
+
+/// Most captured inputs waiting for S3 and the outbox at once, per process.
+const MAX_CAPTURES_IN_FLIGHT: usize = 64;
 
 /// How long routing settings are cached.
 const ROUTING_TTL: Duration = Duration::from_secs(2);
@@ -111,6 +134,8 @@ impl Served {
             aliases: RwLock::default(),
             revisions: Mutex::default(),
             routing: Mutex::default(),
+            captures: Mutex::default(),
+            captures_in_flight: AtomicUsize::new(0),
             last_retrain: Mutex::default(),
         })
     }
@@ -281,7 +306,8 @@ impl Served {
             "version" => version.to_string(), "outcome" => "refused")
         .increment(0);
         tracing::info!(model = %model, version, seconds = started.elapsed().as_secs_f64(), "model version loaded");
-        Ok(Arc::new(Loaded { version: record, batcher, window: Mutex::new(Window::new(reference)), temperature }))
+        let window = Mutex::new(Window::new(reference, record.labels.clone()));
+        Ok(Arc::new(Loaded { version: record, batcher, window, temperature }))
     }
 
     /// Applies a `models.events` state (every alias of `model` at `revision`): aliases this
@@ -375,6 +401,77 @@ impl Served {
         }
         cached.insert(model.as_str().to_owned(), (Instant::now(), routing.clone()));
         routing
+    }
+
+    /// The model's capture policy, cached like routing.
+    pub async fn capture_policy(&self, model: &ModelName) -> Option<CapturePolicy> {
+        if let Some((at, policy)) = self.captures.lock().expect("capture lock").get(model.as_str())
+            && at.elapsed() < ROUTING_TTL
+        {
+            return policy.clone();
+        }
+        let policy = match self.ctx.db.get().await {
+            Ok(client) => capture::policy(&client, model.as_str()).await.ok().flatten(),
+            Err(_) => None,
+        };
+        let mut cached = self.captures.lock().expect("capture lock");
+        if cached.len() >= MAX_ROUTING_ENTRIES {
+            cached.clear();
+        }
+        cached.insert(model.as_str().to_owned(), (Instant::now(), policy.clone()));
+        policy
+    }
+
+    /// Forgets a cached capture policy (after this process changed it).
+    pub fn forget_capture(&self, model: &ModelName) {
+        self.captures.lock().expect("capture lock").remove(model.as_str());
+    }
+
+    /// Stores kept inputs for ingest, in the background: the bytes to `captures/`, then a
+    /// `media.captured` event through the outbox. Predict never waits on it; past
+    /// `MAX_CAPTURES_IN_FLIGHT` inputs are dropped (and counted), so capture cannot take the
+    /// process's memory.
+    pub fn capture(self: &Arc<Self>, model: &ModelName, dataset: &str, kept: Vec<Captured>) {
+        for item in kept {
+            let why = item.why;
+            if self.captures_in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_CAPTURES_IN_FLIGHT {
+                self.captures_in_flight.fetch_sub(1, Ordering::SeqCst);
+                metrics::counter!("sluice_inference_captures_total", "why" => why, "outcome" => "dropped").increment(1);
+                continue;
+            }
+            let (served, model, dataset) = (Arc::clone(self), model.to_string(), dataset.to_owned());
+            tokio::spawn(async move {
+                let outcome = match served.store_capture(&model, &dataset, item).await {
+                    Ok(()) => "enqueued",
+                    Err(err) => {
+                        tracing::warn!(model, error = %err, "cannot store a captured input");
+                        "failed"
+                    }
+                };
+                served.captures_in_flight.fetch_sub(1, Ordering::SeqCst);
+                metrics::counter!("sluice_inference_captures_total", "why" => why, "outcome" => outcome).increment(1);
+            });
+        }
+    }
+
+    async fn store_capture(&self, model: &str, dataset: &str, item: Captured) -> Result<(), String> {
+        let key = capture_key(model, item.prediction_id);
+        let bucket = &self.ctx.config.s3.bucket;
+        s3::put_bytes(&self.ctx.s3, bucket, &key, item.bytes.to_vec(), "application/octet-stream")
+            .await
+            .map_err(|e| e.to_string())?;
+        let event = Envelope::new(MediaCaptured {
+            prediction_id: item.prediction_id,
+            model: model.to_owned(),
+            version: item.version,
+            dataset: dataset.to_owned(),
+            key,
+            predicted: item.predicted,
+            confidence: item.confidence,
+            why: item.why.to_owned(),
+        });
+        let client = self.ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;
+        outbox::enqueue(&client, &self.ctx.topic(Topic::MediaCaptures), model, &event).await.map_err(|e| e.to_string())
     }
 
     /// Forgets cached routing (after this process changed it).

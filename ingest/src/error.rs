@@ -51,6 +51,11 @@ impl From<deadpool_postgres::PoolError> for IngestError {
 }
 
 impl IngestError {
+    /// An outage (S3 or PostgreSQL), worth retrying; everything else is about the input.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Storage(_) | Self::Database(_))
+    }
+
     /// The label used for `sluice_ingest_rejected_total{reason}`.
     pub fn reason(&self) -> &'static str {
         match self {

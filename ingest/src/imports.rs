@@ -355,7 +355,8 @@ impl Import {
         let body = futures::stream::unfold(object.body, |mut body| async move {
             body.next().await.map(|chunk| (chunk.map_err(|e| e.to_string()), body))
         });
-        let stored = upload::store(ctx, dataset, None, Box::pin(body), ctx.config.http.max_body_bytes).await?;
+        let limits = upload::Limits::from_config(&ctx.config, ctx.config.http.max_body_bytes);
+        let stored = upload::store(&upload::S3(ctx), limits, dataset, None, Box::pin(body)).await?;
         let item = NewMedia {
             stored: stored.clone(),
             dataset: dataset.clone(),
@@ -363,6 +364,7 @@ impl Import {
             source: Some(format!("s3://{}/{key}", self.bucket)),
             metadata: json!({}),
             import: Some((self.id, key.to_owned())),
+            captured_from: None,
         };
         match store::record(ctx, vec![item]).await {
             Ok((_, redundant)) => {

@@ -7,7 +7,9 @@
 //! Objects whose transaction failed are deleted at once or by the [`sweeper`]. Objects already in
 //! S3 come in through resumable bulk [`imports`].
 
+pub mod captures;
 pub mod error;
+pub mod form;
 pub mod imports;
 mod routes;
 pub mod sniff;
@@ -28,12 +30,14 @@ pub fn router(ctx: Context) -> Router {
     routes::router(ctx)
 }
 
-/// The background work of an ingest process: bulk imports and the orphan sweeper (the process's
+/// The background work of an ingest process: bulk imports, the orphan sweeper and captured
+/// served inputs (the process's
 /// one outbox relay is started by the application).
 pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
     vec![
         tokio::spawn(imports::run(ctx.clone(), shutdown.clone())),
         tokio::spawn(sweeper::run(ctx.clone(), shutdown.clone())),
+        tokio::spawn(captures::run(ctx.clone(), shutdown.clone())),
     ]
 }
 
@@ -57,4 +61,8 @@ fn describe_metrics() {
     // Series exist from start-up, so rates and alerts see the first event.
     metrics::counter!("sluice_ingest_orphans_removed_total").increment(0);
     metrics::counter!("sluice_ingest_import_objects_parked_total").increment(0);
+    metrics::describe_counter!(
+        "sluice_ingest_captures_total",
+        "Served inputs kept by capture policies, by outcome (stored, duplicate, refused, redelivered, missing)."
+    );
 }

@@ -25,6 +25,8 @@ pub struct NewMedia {
     pub metadata: Value,
     /// The bulk import and source key this item came from, recorded in the same transaction.
     pub import: Option<(Uuid, String)>,
+    /// The prediction whose input this is (a served input kept by a capture policy).
+    pub captured_from: Option<Uuid>,
 }
 
 /// The answer for one file of a `POST /v1/media`.
@@ -48,8 +50,9 @@ const INSERT_MEDIA: &str = "
     WITH ds AS (
         INSERT INTO datasets (name) VALUES ($2) ON CONFLICT DO NOTHING
     ), m AS (
-        INSERT INTO media (id, dataset, label, kind, content_type, bytes, sha256, width, height, raw_key, source, metadata)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+        INSERT INTO media (id, dataset, label, kind, content_type, bytes, sha256, width, height, raw_key, source, metadata,
+                           captured_from)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $17)
         ON CONFLICT (dataset, sha256) DO NOTHING
         RETURNING id
     ), o AS (
@@ -139,6 +142,7 @@ async fn record_one<C: GenericClient>(
                 &topic,
                 &stored.id.to_string(),
                 &payload,
+                &item.captured_from,
             ],
         )
         .await?;
@@ -272,4 +276,41 @@ pub async fn dataset_stats(ctx: &Context, name: Option<&DatasetName>) -> Result<
         *slot = json!(slot.as_i64().unwrap_or(0) + count);
     }
     Ok(datasets)
+}
+
+/// A dataset's unlabelled items, most informative first: captured inputs by ascending model
+/// confidence, then everything else newest first. `None` for an unknown dataset.
+pub async fn labelling_queue(ctx: &Context, dataset: &DatasetName, limit: i64) -> Result<Option<Value>, IngestError> {
+    let client = ctx.db.get().await?;
+    let exists = client.query_opt("SELECT 1 FROM datasets WHERE name = $1", &[&dataset.as_str()]).await?.is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let unlabelled: i64 = client
+        .query_one("SELECT count(*) FROM media WHERE dataset = $1 AND label IS NULL", &[&dataset.as_str()])
+        .await?
+        .get(0);
+    let rows = client
+        .query(
+            "SELECT id, kind, status, source, metadata, captured_from, created_at,
+                    (metadata -> 'capture' ->> 'confidence')::float8 AS confidence
+             FROM media WHERE dataset = $1 AND label IS NULL
+             ORDER BY confidence ASC NULLS LAST, created_at DESC LIMIT $2",
+            &[&dataset.as_str(), &limit],
+        )
+        .await?;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            let metadata: Value = r.get("metadata");
+            json!({
+                "id": r.get::<_, Uuid>("id"), "kind": r.get::<_, String>("kind"),
+                "status": r.get::<_, String>("status"), "source": r.get::<_, Option<String>>("source"),
+                "captured_from": r.get::<_, Option<Uuid>>("captured_from"),
+                "capture": metadata.get("capture").cloned(),
+                "created_at": rfc3339(r.get("created_at")),
+            })
+        })
+        .collect();
+    Ok(Some(json!({"dataset": dataset.as_str(), "unlabelled": unlabelled, "items": items})))
 }

@@ -9,7 +9,7 @@ use aws_sdk_s3::{
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use sluice_core::{Context, domain::DatasetName, media::raw_key, s3::S3Error};
+use sluice_core::{Config, Context, domain::DatasetName, media::raw_key, s3::S3Error};
 use uuid::Uuid;
 
 use crate::{
@@ -29,21 +29,140 @@ pub struct Stored {
     pub height: Option<i32>,
 }
 
-/// Reads `body` into `raw/<dataset>/<id>.<ext>`. `declared` is the client's content type, if any;
-/// `limit` the largest accepted size. Nothing is stored unless every check passes.
-pub async fn store<S, E>(
-    ctx: &Context,
+/// What one upload may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest accepted file, in bytes.
+    pub max_bytes: u64,
+    /// Files up to this size go in one PUT; larger ones in parts of this size.
+    pub part_bytes: usize,
+    /// Images whose header claims more pixels are refused.
+    pub max_image_pixels: u64,
+}
+
+impl Limits {
+    pub fn from_config(config: &Config, max_bytes: u64) -> Self {
+        Self {
+            max_bytes,
+            part_bytes: config.ingest.multipart_part_bytes,
+            max_image_pixels: config.ingest.max_image_pixels,
+        }
+    }
+}
+
+/// One uploaded part of a multipart object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartTag {
+    pub number: i32,
+    pub etag: Option<String>,
+}
+
+/// Where an upload's bytes go: [`S3`] in production; the fuzz targets keep them in memory, so
+/// the whole request path runs without a server.
+pub trait Sink: Sync {
+    fn put(&self, key: &str, content_type: &'static str, bytes: Bytes) -> impl Future<Output = Result<(), IngestError>> + Send;
+    /// Starts a multipart object; returns its upload id.
+    fn start(&self, key: &str, content_type: &'static str) -> impl Future<Output = Result<String, IngestError>> + Send;
+    fn part(&self, key: &str, upload: &str, number: i32, bytes: Bytes) -> impl Future<Output = Result<PartTag, IngestError>> + Send;
+    fn complete(&self, key: &str, upload: &str, parts: Vec<PartTag>) -> impl Future<Output = Result<(), IngestError>> + Send;
+    /// Best effort: an upload that cannot be aborted now is removed by S3's lifecycle rules or
+    /// the orphan sweeper.
+    fn abort(&self, key: &str, upload: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// The configured bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct S3<'a>(pub &'a Context);
+
+impl Sink for S3<'_> {
+    async fn put(&self, key: &str, content_type: &'static str, bytes: Bytes) -> Result<(), IngestError> {
+        let ctx = self.0;
+        ctx.s3
+            .put_object()
+            .bucket(&ctx.config.s3.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| IngestError::Storage(S3Error::from_sdk("PutObject", e)))?;
+        Ok(())
+    }
+
+    async fn start(&self, key: &str, content_type: &'static str) -> Result<String, IngestError> {
+        let ctx = self.0;
+        let created = ctx
+            .s3
+            .create_multipart_upload()
+            .bucket(&ctx.config.s3.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(|e| IngestError::Storage(S3Error::from_sdk("CreateMultipartUpload", e)))?;
+        Ok(created.upload_id().unwrap_or_default().to_owned())
+    }
+
+    async fn part(&self, key: &str, upload: &str, number: i32, bytes: Bytes) -> Result<PartTag, IngestError> {
+        let ctx = self.0;
+        let sent = ctx
+            .s3
+            .upload_part()
+            .bucket(&ctx.config.s3.bucket)
+            .key(key)
+            .upload_id(upload)
+            .part_number(number)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| IngestError::Storage(S3Error::from_sdk("UploadPart", e)))?;
+        Ok(PartTag { number, etag: sent.e_tag().map(str::to_owned) })
+    }
+
+    async fn complete(&self, key: &str, upload: &str, parts: Vec<PartTag>) -> Result<(), IngestError> {
+        let ctx = self.0;
+        let parts = parts
+            .into_iter()
+            .map(|part| CompletedPart::builder().part_number(part.number).set_e_tag(part.etag).build())
+            .collect();
+        ctx.s3
+            .complete_multipart_upload()
+            .bucket(&ctx.config.s3.bucket)
+            .key(key)
+            .upload_id(upload)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| IngestError::Storage(S3Error::from_sdk("CompleteMultipartUpload", e)))?;
+        Ok(())
+    }
+
+    async fn abort(&self, key: &str, upload: &str) {
+        let ctx = self.0;
+        let aborted =
+            ctx.s3.abort_multipart_upload().bucket(&ctx.config.s3.bucket).key(key).upload_id(upload).send().await;
+        if let Err(err) = aborted {
+            tracing::warn!(key, error = %S3Error::from_sdk("AbortMultipartUpload", err), "abort failed");
+        }
+    }
+}
+
+/// Reads `body` into `raw/<dataset>/<id>.<ext>`. `declared` is the client's content type, if any.
+/// Nothing is stored unless every check passes.
+pub async fn store<K, S, E>(
+    sink: &K,
+    limits: Limits,
     dataset: &DatasetName,
     declared: Option<&str>,
     body: S,
-    limit: u64,
 ) -> Result<Stored, IngestError>
 where
+    K: Sink,
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let part_size = ctx.config.ingest.multipart_part_bytes;
-    let mut reader = Reader { body, total: 0, limit, ended: false };
+    let part_size = limits.part_bytes.max(1);
+    let mut reader = Reader { body, total: 0, limit: limits.max_bytes, ended: false };
     let mut buffer = BytesMut::new();
     let mut hasher = Sha256::new();
 
@@ -61,7 +180,7 @@ where
     }
     let (width, height) = match format.kind() {
         sniff::MediaKind::Image => {
-            let (w, h) = sniff::image_dimensions(format, &head, ctx.config.ingest.max_image_pixels)?;
+            let (w, h) = sniff::image_dimensions(format, &head, limits.max_image_pixels)?;
             (Some(w as i32), Some(h as i32))
         }
         sniff::MediaKind::Video => (None, None),
@@ -72,7 +191,6 @@ where
 
     let id = Uuid::now_v7();
     let key = raw_key(dataset, id, format.extension());
-    let bucket = &ctx.config.s3.bucket;
     if reader.ended {
         let mut end = sniff::EndCheck::new(format);
         end.feed(&buffer);
@@ -80,22 +198,19 @@ where
             return Err(IngestError::Truncated(format.extension()));
         }
         hasher.update(&buffer);
-        ctx.s3
-            .put_object()
-            .bucket(bucket)
-            .key(&key)
-            .content_type(format.content_type())
-            .body(ByteStream::from(buffer.freeze()))
-            .send()
-            .await
-            .map_err(|e| IngestError::Storage(S3Error::from_sdk("PutObject", e)))?;
+        sink.put(&key, format.content_type(), buffer.freeze()).await?;
     } else {
-        let upload = Multipart::start(ctx, &key, format).await?;
-        let result = stream_parts(&upload, &mut reader, buffer, &mut hasher, part_size, format, &head).await;
+        let upload = sink.start(&key, format.content_type()).await?;
+        let result = stream_parts(sink, &key, &upload, &mut reader, buffer, &mut hasher, part_size, format, &head).await;
         match result {
-            Ok(parts) => upload.complete(parts).await?,
+            Ok(parts) => {
+                if let Err(err) = sink.complete(&key, &upload, parts).await {
+                    sink.abort(&key, &upload).await;
+                    return Err(err);
+                }
+            }
             Err(err) => {
-                upload.abort().await;
+                sink.abort(&key, &upload).await;
                 return Err(err);
             }
         }
@@ -105,16 +220,20 @@ where
     Ok(Stored { id, key, format, bytes: total as i64, sha256: hex::encode(hasher.finalize()), width, height })
 }
 
-async fn stream_parts<S, E>(
-    upload: &Multipart<'_>,
+#[allow(clippy::too_many_arguments)]
+async fn stream_parts<K, S, E>(
+    sink: &K,
+    key: &str,
+    upload: &str,
     reader: &mut Reader<S>,
     mut buffer: BytesMut,
     hasher: &mut Sha256,
     part_size: usize,
     format: Format,
     head: &[u8],
-) -> Result<Vec<CompletedPart>, IngestError>
+) -> Result<Vec<PartTag>, IngestError>
 where
+    K: Sink,
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
@@ -129,7 +248,7 @@ where
         let part = buffer.split().freeze();
         hasher.update(&part);
         end.feed(&part);
-        parts.push(upload.part(parts.len() as i32 + 1, part).await?);
+        parts.push(sink.part(key, upload, parts.len() as i32 + 1, part).await?);
         if reader.ended {
             break;
         }
@@ -171,76 +290,6 @@ where
             }
         }
         Ok(())
-    }
-}
-
-/// An S3 multipart upload in progress.
-struct Multipart<'a> {
-    ctx: &'a Context,
-    key: &'a str,
-    upload_id: String,
-}
-
-impl<'a> Multipart<'a> {
-    async fn start(ctx: &'a Context, key: &'a str, format: Format) -> Result<Self, IngestError> {
-        let created = ctx
-            .s3
-            .create_multipart_upload()
-            .bucket(&ctx.config.s3.bucket)
-            .key(key)
-            .content_type(format.content_type())
-            .send()
-            .await
-            .map_err(|e| IngestError::Storage(S3Error::from_sdk("CreateMultipartUpload", e)))?;
-        let upload_id = created.upload_id().unwrap_or_default().to_owned();
-        Ok(Self { ctx, key, upload_id })
-    }
-
-    async fn part(&self, number: i32, bytes: Bytes) -> Result<CompletedPart, IngestError> {
-        let sent = self
-            .ctx
-            .s3
-            .upload_part()
-            .bucket(&self.ctx.config.s3.bucket)
-            .key(self.key)
-            .upload_id(&self.upload_id)
-            .part_number(number)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(|e| IngestError::Storage(S3Error::from_sdk("UploadPart", e)))?;
-        Ok(CompletedPart::builder().part_number(number).set_e_tag(sent.e_tag().map(str::to_owned)).build())
-    }
-
-    async fn complete(&self, parts: Vec<CompletedPart>) -> Result<(), IngestError> {
-        self.ctx
-            .s3
-            .complete_multipart_upload()
-            .bucket(&self.ctx.config.s3.bucket)
-            .key(self.key)
-            .upload_id(&self.upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-            .send()
-            .await
-            .map_err(|e| IngestError::Storage(S3Error::from_sdk("CompleteMultipartUpload", e)))?;
-        Ok(())
-    }
-
-    /// Best effort: an upload that cannot be aborted now is removed by S3's lifecycle rules or
-    /// the orphan sweeper.
-    async fn abort(&self) {
-        let aborted = self
-            .ctx
-            .s3
-            .abort_multipart_upload()
-            .bucket(&self.ctx.config.s3.bucket)
-            .key(self.key)
-            .upload_id(&self.upload_id)
-            .send()
-            .await;
-        if let Err(err) = aborted {
-            tracing::warn!(key = self.key, error = %S3Error::from_sdk("AbortMultipartUpload", err), "abort failed");
-        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! Hyper-parameters: defaults, validation, and setting one by name from a search space.
 
 use serde::{Deserialize, Serialize};
+
+use crate::augment::Augment;
 use serde_json::Value;
 
 /// Which update rule trains the weights.
@@ -31,6 +33,7 @@ impl Schedule {
     /// The learning rate of `epoch` (0-based) for a budget of `epochs`.
     pub fn rate(self, base: f64, epoch: usize, epochs: usize) -> f64 {
         let epochs = epochs.max(1);
+        let epoch = epoch.min(epochs);
         match self {
             Schedule::Constant => base,
             Schedule::Cosine => base * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / epochs as f64).cos()),
@@ -71,6 +74,14 @@ pub struct Hyper {
     pub schedule: Schedule,
     /// Stop after this many epochs without a lower validation loss; 0 turns early stopping off.
     pub patience: usize,
+    /// The epochs the learning-rate schedule spans, when they differ from `epochs`: successive
+    /// halving sets a trial's whole budget, so a schedule runs once across its rungs instead of
+    /// restarting at each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub horizon: Option<usize>,
+    /// Training-time augmentation (none by default); set per job, not searched.
+    #[serde(skip_serializing_if = "Augment::is_identity")]
+    pub augment: Augment,
 }
 
 impl Default for Hyper {
@@ -86,6 +97,8 @@ impl Default for Hyper {
             hidden: 64,
             schedule: Schedule::Constant,
             patience: 3,
+            horizon: None,
+            augment: Augment::default(),
         }
     }
 }
@@ -96,6 +109,11 @@ const MAX_EPOCHS: usize = 10_000;
 const MAX_HIDDEN: usize = 65_536;
 
 impl Hyper {
+    /// The epochs the learning-rate schedule spans.
+    pub fn schedule_epochs(&self) -> usize {
+        self.horizon.unwrap_or(self.epochs)
+    }
+
     /// Names of the fields a search space may set, as accepted by [`Hyper::set`].
     pub const PARAMS: &[&str] = &[
         "learning_rate",
@@ -133,7 +151,12 @@ impl Hyper {
         if !(1..=MAX_HIDDEN).contains(&self.hidden) {
             return Err(format!("hidden must be between 1 and {MAX_HIDDEN}, got {}", self.hidden));
         }
-        Ok(())
+        if let Some(horizon) = self.horizon
+            && !(1..=MAX_EPOCHS).contains(&horizon)
+        {
+            return Err(format!("horizon must be between 1 and {MAX_EPOCHS}, got {horizon}"));
+        }
+        self.augment.validate()
     }
 
     /// Sets the field `name` from a JSON value (a number, or a string for `optimizer` and

@@ -18,6 +18,7 @@
 //! the cores); on CUDA (`cuda` feature, chosen at run time) the same network uses candle's own
 //! ops. Weights use PyTorch's layouts (`[out, in, 3, 3]`, `[out, in]`) on NCHW activations.
 
+mod augment;
 mod checkpoint;
 mod data;
 mod error;
@@ -36,6 +37,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use augment::Augment;
 pub use error::{NnError, Result};
 pub use eval::Evaluation;
 pub use hyper::{Hyper, Optimizer, Schedule};

@@ -50,11 +50,12 @@ impl OptimState {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
             let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
             let mut w: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+            // Biases (the one-dimensional parameters) are not decayed: shrinking them towards
+            // zero regularises nothing and only shifts the activations.
+            let decay = if model.layout[i].shape.len() == 1 { 0.0 } else { hyper.weight_decay };
             match hyper.optimizer {
-                Optimizer::Adamw => {
-                    adamw(&mut w, &g, &mut self.first[i], &mut self.second[i], self.step, lr, hyper.weight_decay)
-                }
-                Optimizer::Sgd => sgd(&mut w, &g, &mut self.first[i], lr, hyper.momentum, hyper.weight_decay),
+                Optimizer::Adamw => adamw(&mut w, &g, &mut self.first[i], &mut self.second[i], self.step, lr, decay),
+                Optimizer::Sgd => sgd(&mut w, &g, &mut self.first[i], lr, hyper.momentum, decay),
             }
             var.set(&Tensor::from_vec(w, var.shape(), var.device())?)?;
         }

@@ -11,6 +11,7 @@ pub(crate) enum Purpose {
     Shuffle = 2,
     Dropout = 3,
     Synthetic = 4,
+    Augment = 5,
 }
 
 /// The generator for `purpose` in `epoch` (0 for things that happen once, like initialisation).

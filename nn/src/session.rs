@@ -165,6 +165,20 @@ impl Session {
         })
     }
 
+    /// A promoted trial's start (successive halving's next rung): the parent's checkpoint, but
+    /// continuing from its best weights and best epoch, with early stopping reset, so neither the
+    /// epochs after its best nor a stop that fired in the parent's rung carry over.
+    pub fn promote(spec: SessionSpec, parent: &[u8]) -> Result<Self> {
+        let mut session = Self::resume(spec, parent)?;
+        if let Some(best) = &session.best {
+            session.model = Model::from_values(session.spec.model_spec(), best.values.clone(), &session.device)?;
+            session.epochs_done = best.epoch;
+        }
+        session.bad_epochs = 0;
+        session.stopped = false;
+        Ok(session)
+    }
+
     /// Epochs completed so far.
     pub fn epochs_done(&self) -> usize {
         self.epochs_done
@@ -195,13 +209,25 @@ impl Session {
         let started = Instant::now();
         let hyper = &self.spec.hyper;
         let epoch = self.epochs_done;
-        let lr = hyper.schedule.rate(hyper.learning_rate, epoch, hyper.epochs);
+        let lr = hyper.schedule.rate(hyper.learning_rate, epoch, hyper.schedule_epochs());
         let mut order: Vec<usize> = (0..train.len()).collect();
         order.shuffle(&mut stream(self.spec.seed, Purpose::Shuffle, epoch));
         let mut dropout = stream(self.spec.seed, Purpose::Dropout, epoch);
         let (mut loss_sum, mut correct) = (0f64, 0usize);
+        let mut augment = stream(self.spec.seed, Purpose::Augment, epoch);
+        let mut augmented = Vec::new();
         for batch in order.chunks(hyper.batch_size) {
-            let x = data::batch(&train.images, self.spec.shape, batch, &self.device)?;
+            let x = if hyper.augment.is_identity() {
+                data::batch(&train.images, self.spec.shape, batch, &self.device)?
+            } else {
+                let len = self.spec.shape.len();
+                augmented.clear();
+                for &i in batch {
+                    hyper.augment.apply(&train.images[i * len..(i + 1) * len], self.spec.shape, &mut augment, &mut augmented);
+                }
+                let positions: Vec<usize> = (0..batch.len()).collect();
+                data::batch(&augmented, self.spec.shape, &positions, &self.device)?
+            };
             let y = data::labels(&train.labels, batch, &self.device)?;
             let mask = self.dropout_mask(&mut dropout, batch.len())?;
             let logits = self.model.forward(&x, true, mask.as_ref())?;

@@ -55,10 +55,11 @@ async fn processed(app: &RunningApp, count: i64) {
     .await;
 }
 
-/// Predicts `batch` (multipart, 50 at a time); returns (served version, accuracy).
+/// Predicts `batch` (multipart, 10 at a time: each request is one unit of the drift window);
+/// returns (served version, accuracy).
 async fn serve(app: &RunningApp, batch: &[(Vec<u8>, String)]) -> (Vec<i64>, f64) {
     let (mut versions, mut correct) = (Vec::new(), 0usize);
-    for chunk in batch.chunks(50) {
+    for chunk in batch.chunks(10) {
         let mut form = reqwest::multipart::Form::new();
         for (i, (png, _)) in chunk.iter().enumerate() {
             form = form.part("file", reqwest::multipart::Part::bytes(png.clone()).file_name(format!("{i}.png")));
@@ -83,9 +84,7 @@ async fn model(app: &RunningApp) -> Value {
 async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served() {
     let env = TestEnv::new().await;
     let mut config = env.config.clone();
-    config.inference.drift_window = 200;
-    config.inference.drift_min_samples = 100;
-    config.inference.drift_check_every = 25;
+    config.inference.drift_window = 100;
     config.inference.drift_sustain_checks = 2;
     let app = RunningApp::spawn(config).await;
     let pipeline = app.http.put(app.url("/v1/datasets/loop/pipeline")).bearer_auth(&app.admin_token);
@@ -100,8 +99,8 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
     assert_eq!(status, 200, "{body}");
 
     // Ingest → preprocess → train → register → promote.
-    upload(&app, &images(240, 1, 0)).await;
-    processed(&app, 240).await;
+    upload(&app, &images(300, 1, 0)).await;
+    processed(&app, 300).await;
     let job = json!({"model": "loop", "dataset": "loop", "architecture": "cnn", "seed": 3, "promote": "if_better",
         "search": {"strategy": "grid", "space": {"epochs": 12, "batch_size": 16, "learning_rate": 0.003, "patience": 0}}});
     let (status, created) = json_of(
@@ -119,16 +118,17 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
     assert!(accuracy >= 0.8, "accuracy {accuracy} on the training distribution");
 
     // The world changes: brighter images arrive, labelled ones are uploaded too.
-    let shifted = images(240, 3, 160);
+    let shifted = images(300, 3, 160);
     upload(&app, &shifted).await;
-    processed(&app, 480).await;
-    let (_, shifted_accuracy) = serve(&app, &images(200, 4, 160)).await;
+    processed(&app, 600).await;
+    let (_, shifted_accuracy) = serve(&app, &images(300, 4, 160)).await;
     let drift = json_of(
         app.http.get(app.url("/v1/models/loop/drift")).bearer_auth(&app.admin_token).send().await.expect("drift"),
     )
     .await
     .1;
     assert_eq!(drift["state"], "drift", "{drift:#}");
+    assert_eq!(drift["kind"], "covariate_shift", "{drift:#}");
 
     // Inference asked for retraining; the trainer trained on the current data and promoted it.
     let retrained = eventually(Duration::from_secs(60), "a retraining job", || async {
@@ -139,7 +139,7 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
     .await;
     let second = wait_job(&app, &retrained, Duration::from_secs(300)).await;
     assert_eq!(second["status"], "succeeded", "{second:#}");
-    assert_eq!(second["items"], 480, "trained on the current data: {second:#}");
+    assert_eq!(second["items"], 600, "trained on the current data: {second:#}");
     assert_eq!(second["evidence"]["reason"], "drift");
     assert_eq!(second["promotion"]["promoted"], true, "{second:#}");
     assert_eq!(model(&app).await["aliases"]["production"], 2);
@@ -175,4 +175,86 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
         .and_then(|v| v.trim().parse().ok())
         .expect("sluice_trainer_retrain_jobs_total is exported");
     assert!(retrain_jobs >= 1.0, "{retrain_jobs}");
+}
+
+/// Production data back into training: a capture policy keeps served inputs; ingest stores them
+/// as unlabelled media (preprocessed like uploads); they wait in the labelling queue, least
+/// confident first; feedback on a prediction labels its input, which leaves the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_inputs_are_captured_into_a_dataset_and_feedback_labels_them() {
+    use crate::inference::{move_alias, png, register_trained, samples};
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    let version = register_trained(&app, "seen", 31, 2).await;
+    move_alias(&app, "seen", "production", version).await;
+    let capture = app.http.put(app.url("/v1/models/seen/capture")).bearer_auth(&app.admin_token);
+    let (status, body) =
+        json_of(capture.json(&json!({"dataset": "field", "random_rate": 1.0})).send().await.expect("capture")).await;
+    assert_eq!(status, 200, "{body}");
+    let predict_token = app.token(&[sluice_core::auth::Scope::Predict]).await;
+    let put = app.http.put(app.url("/v1/models/seen/capture")).bearer_auth(&predict_token).json(&json!(null));
+    assert_eq!(put.send().await.expect("capture").status().as_u16(), 403, "only an admin sets capture");
+
+    let images = samples(6, 32);
+    let mut form = reqwest::multipart::Form::new();
+    for i in 0..6 {
+        form = form.part("file", reqwest::multipart::Part::bytes(png(&images, i, 0)).file_name(format!("{i}.png")));
+    }
+    let response = app.http.post(app.url("/v1/models/seen/predict")).bearer_auth(&app.admin_token).multipart(form);
+    let (status, answer) = json_of(response.send().await.expect("predict")).await;
+    assert_eq!(status, 200, "{answer}");
+    let ids: Vec<String> = answer["predictions"]
+        .as_array()
+        .expect("predictions")
+        .iter()
+        .map(|p| p["id"].as_str().expect("id").to_owned())
+        .collect();
+
+    // Stored through ingest (S3, dedup, outbox) and preprocessed like any upload.
+    eventually(Duration::from_secs(60), "six captured inputs processed", || async {
+        (app.count("SELECT count(*) FROM media WHERE dataset = 'field' AND captured_from IS NOT NULL AND status = 'processed'")
+            .await
+            == 6)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM media WHERE dataset = 'field' AND label IS NOT NULL").await, 0);
+    let queue = || async {
+        json_of(
+            app.http
+                .get(app.url("/v1/datasets/field/labelling-queue"))
+                .bearer_auth(&app.admin_token)
+                .send()
+                .await
+                .expect("queue"),
+        )
+        .await
+    };
+    let (status, listed) = queue().await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["unlabelled"], 6, "{listed:#}");
+    let confidences: Vec<f64> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["capture"]["confidence"].as_f64().expect("a confidence"))
+        .collect();
+    assert!(confidences.windows(2).all(|w| w[0] <= w[1]), "least confident first: {confidences:?}");
+
+    // Feedback labels the captured input.
+    let truth = synthetic::labels(3);
+    for (i, id) in ids.iter().take(2).enumerate() {
+        let label = &truth[images.labels[i] as usize];
+        let feedback = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
+        let (status, body) =
+            json_of(feedback.json(&json!({"prediction_id": id, "label": label})).send().await.expect("feedback")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["labelled_captured_input"], true, "{body}");
+    }
+    let (_, listed) = queue().await;
+    assert_eq!(listed["unlabelled"], 4, "{listed:#}");
+    assert_eq!(app.count("SELECT count(*) FROM media WHERE dataset = 'field' AND label IS NOT NULL").await, 2);
+    // Nothing is left waiting under captures/.
+    let left = app.ctx.s3.list_objects_v2().bucket(&app.ctx.config.s3.bucket).prefix("captures/").send().await;
+    assert_eq!(left.expect("list").key_count(), Some(0));
 }

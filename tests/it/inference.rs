@@ -374,15 +374,19 @@ async fn a_stationary_stream_raises_no_alarm_and_its_accuracy_is_estimated_witho
     let answers = stream(&app, "steady", 5000, 12, 0).await;
     let drift = drift_state(&app, "steady").await;
     assert_eq!(drift["state"], "ok", "{drift:#}");
-    assert_eq!(drift["window"], 500);
+    // The last completed window: 400 predictions in eight requests of 50 (each request one unit).
+    assert_eq!(drift["window"], 400);
+    assert_eq!(drift["requests"], 8);
+    assert_eq!(drift["checks"], 12);
     let retrain = app.ctx.topic(Topic::RetrainRequests);
     assert!(
         read_topic(&app.ctx.config, retrain.as_str(), 1, Duration::from_secs(2)).await.is_empty(),
         "no retrain request"
     );
     // The label-free estimate (mean calibrated confidence) is close to the true accuracy of the
-    // window's 500 predictions, which the test knows and the server does not.
-    let recent = &answers[answers.len() - 500..];
+    // window's 400 predictions (the last full window: 4,400 to 4,800), which the test knows and
+    // the server does not.
+    let recent = &answers[4400..4800];
     let accuracy = recent.iter().filter(|(p, t)| p == t).count() as f64 / recent.len() as f64;
     let expected = drift["expected_accuracy"].as_f64().expect("an estimate");
     assert!((expected - accuracy).abs() < 0.1, "estimated {expected:.3}, true {accuracy:.3}: {drift:#}");
@@ -394,12 +398,15 @@ async fn a_shifted_stream_is_detected_and_one_retrain_request_is_published() {
     let app = inference_app(&env).await;
     let version = register_trained(&app, "shifty", 21, 3).await;
     move_alias(&app, "shifty", "production", version).await;
-    stream(&app, "shifty", 300, 22, 0).await;
+    stream(&app, "shifty", 400, 22, 0).await;
     assert_eq!(drift_state(&app, "shifty").await["state"], "ok");
     stream(&app, "shifty", 800, 23, 90).await;
     let drift = drift_state(&app, "shifty").await;
     assert_eq!(drift["state"], "drift", "{drift:#}");
-    assert_eq!(drift["statistics"]["brightness_psi"]["drifted"], true, "{drift:#}");
+    assert_eq!(drift["kind"], "covariate_shift", "{drift:#}");
+    let fired: Vec<&str> = drift["fired"].as_array().expect("fired").iter().filter_map(Value::as_str).collect();
+    assert!(fired.contains(&"brightness"), "{drift:#}");
+    assert_eq!(drift["expected_accuracy_reliable"], false, "{drift:#}");
     let retrain = app.ctx.topic(Topic::RetrainRequests);
     let requests = read_topic(&app.ctx.config, retrain.as_str(), 2, Duration::from_secs(3)).await;
     assert_eq!(requests.len(), 1, "one request despite many drifted checks (cooldown): {requests:?}");

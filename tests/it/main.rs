@@ -4,6 +4,7 @@
 mod batch;
 mod cli;
 mod closed_loop;
+mod digits;
 mod imports;
 mod inference;
 mod ingest;

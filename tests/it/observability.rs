@@ -82,8 +82,6 @@ async fn every_dashboard_and_rule_query_returns_data_from_a_real_prometheus() {
     let env = TestEnv::new().await;
     let mut config = env.config.clone();
     config.inference.drift_window = 100;
-    config.inference.drift_min_samples = 50;
-    config.inference.drift_check_every = 10;
     let app = RunningApp::spawn(config).await;
     let prometheus = PrivatePrometheus::start(app.base_url.trim_start_matches("http://"));
 

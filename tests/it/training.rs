@@ -150,6 +150,28 @@ async fn grid_search_trains_every_trial_registers_the_best_and_promotes_it() {
     assert_eq!(version["lineage"]["snapshot_id"], job["snapshot_id"]);
     assert_eq!(version["labels"], json!(["circle", "square", "triangle"]));
     assert!(version["reference"]["temperature"].as_f64().expect("a fitted temperature") > 0.0);
+    // Held-out evidence, reported apart from validation: the test split's metrics and every
+    // split's size (72 items: 0.6 / 0.15 / 0.1 / 0.15 by hash).
+    let metrics = &version["metrics"];
+    let splits = &metrics["splits"];
+    let sizes: Vec<u64> = ["train", "validation", "calibration", "test"]
+        .iter()
+        .map(|s| splits[s].as_u64().expect("a split size"))
+        .collect();
+    assert_eq!(sizes.iter().sum::<u64>(), 72, "{metrics:#}");
+    assert!(sizes.iter().all(|&n| n > 0), "{metrics:#}");
+    let test = &metrics["test"];
+    assert_eq!(test["items"], splits["test"], "{metrics:#}");
+    assert_eq!(metrics["test_accuracy"], test["accuracy"]);
+    let confusion = test["confusion_matrix"].as_array().expect("a confusion matrix");
+    assert_eq!(confusion.len(), 3);
+    let total: u64 = confusion.iter().flat_map(|row| row.as_array().expect("a row")).map(|n| n.as_u64().expect("n")).sum();
+    assert_eq!(Some(total), test["items"].as_u64());
+    assert_eq!(test["per_class"].as_array().expect("per class").len(), 3);
+    for key in ["macro_f1", "expected_calibration_error", "accuracy"] {
+        assert!((0.0..=1.0).contains(&test[key].as_f64().expect(key)), "{key}: {test:#}");
+    }
+    assert_eq!(metrics["calibrated_on"], "calibration");
     let key = version["artifact_key"].as_str().expect("artifact key");
     let bytes =
         sluice_core::s3::get_bytes(&app.ctx.s3, &app.ctx.config.s3.bucket, key).await.expect("get").expect("artifact");
@@ -331,6 +353,34 @@ async fn a_retrain_burst_starts_one_job_from_the_last_template() {
     let first = run_job(&app, &body, Duration::from_secs(120)).await;
     assert_eq!(first["status"], "succeeded", "{first:#}");
     let topic = app.ctx.topic(Topic::RetrainRequests);
+    // Nothing new since production's snapshot: the request is skipped, with the reason.
+    let stale = Envelope::new(RetrainRequested {
+        model: "loop".into(),
+        reason: "drift".into(),
+        evidence: json!({}),
+        requested_by: "test".into(),
+    });
+    crate::support::produce(&app.ctx.producer, topic.as_str(), &[(0, String::from_utf8(stale.to_json()).expect("utf-8"))])
+        .await;
+    eventually(Duration::from_secs(60), "the stale retrain request recorded", || async {
+        (app.count("SELECT count(*) FROM retrain_requests").await == 1).then_some(())
+    })
+    .await;
+    let listed = app
+        .http
+        .get(app.url("/v1/retrain-requests?model=loop"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .expect("list");
+    let (status, listed) = json_of(listed).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["requests"][0]["outcome"], "skipped", "{listed:#}");
+    let detail = listed["requests"][0]["detail"].as_str().expect("a reason");
+    assert!(detail.contains("has not changed since production v1"), "{detail}");
+    assert_eq!(app.count("SELECT count(*) FROM training_jobs WHERE origin = 'retrain'").await, 0);
+    // New labelled items arrive: the next burst starts one job.
+    seed_dataset(&app, "shapes", 2, 4, 16, 9).await;
     let requests: Vec<(i32, String)> = (0..3)
         .map(|i| {
             let event = Envelope::new(RetrainRequested {
@@ -343,8 +393,8 @@ async fn a_retrain_burst_starts_one_job_from_the_last_template() {
         })
         .collect();
     crate::support::produce(&app.ctx.producer, topic.as_str(), &requests).await;
-    eventually(Duration::from_secs(60), "three retrain requests recorded", || async {
-        (app.count("SELECT count(*) FROM retrain_requests").await == 3).then_some(())
+    eventually(Duration::from_secs(60), "three more retrain requests recorded", || async {
+        (app.count("SELECT count(*) FROM retrain_requests").await == 4).then_some(())
     })
     .await;
     assert_eq!(app.count("SELECT count(*) FROM retrain_requests WHERE outcome = 'started'").await, 1);
@@ -492,9 +542,36 @@ async fn if_better_keeps_production_when_the_new_model_loses_on_the_same_split()
     assert_eq!(promotion["promoted"], false, "{promotion}");
     assert_eq!(promotion["production_version"], 1);
     assert!(promotion["production_accuracy"].as_f64() > promotion["candidate_accuracy"].as_f64(), "{promotion}");
+    // Both were scored on the same held-out items, with a paired test.
+    assert!(promotion["items"].as_u64() > Some(0), "{promotion}");
+    assert!(promotion["p_value"].as_f64().is_some_and(|p| p > 0.05), "{promotion}");
+    assert!(promotion["reason"].as_str().is_some_and(|r| r.contains("McNemar")), "{promotion}");
     let alias =
         app.http.get(app.url("/v1/models/guarded")).bearer_auth(&app.admin_token).send().await.expect("get model");
     let (_, model) = json_of(alias).await;
+    assert_eq!(model["aliases"]["production"], 1, "{model}");
+}
+
+/// A candidate about as good as production (the same recipe, another seed) is not promoted:
+/// a slightly higher test accuracy is not evidence. The history keeps production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_better_needs_a_significant_win_on_held_out_items() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer, Service::Registry]).await;
+    seed_dataset(&app, "shapes", 2, 40, 24, 10).await;
+    let space = json!({"epochs": 12, "learning_rate": 0.003, "batch_size": 8, "hidden": 32, "patience": 0});
+    let first = run_job(&app, &grid("peers", "shapes", space.clone(), "always"), Duration::from_secs(180)).await;
+    assert_eq!(first["status"], "succeeded", "{first:#}");
+    let mut twin = grid("peers", "shapes", space, "if_better");
+    twin["seed"] = json!(8);
+    let second = run_job(&app, &twin, Duration::from_secs(180)).await;
+    assert_eq!(second["status"], "succeeded", "{second:#}");
+    let promotion = &second["promotion"];
+    assert_eq!(promotion["promoted"], false, "{promotion}");
+    assert!(promotion["p_value"].as_f64().expect("a p-value") > 0.05, "{promotion}");
+    assert!(promotion["items"].as_u64() > Some(0), "{promotion}");
+    let model = app.http.get(app.url("/v1/models/peers")).bearer_auth(&app.admin_token).send().await.expect("model");
+    let (_, model) = json_of(model).await;
     assert_eq!(model["aliases"]["production"], 1, "{model}");
 }
 

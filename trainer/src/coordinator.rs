@@ -3,7 +3,8 @@
 //! It records every epoch and every trial outcome (idempotently: a trial ends once, a replayed
 //! epoch changes nothing), and after each outcome advances the job: successive halving queues
 //! the next rung from the best trials' checkpoints; a finished search registers the best trial's
-//! model and applies the job's `promote` policy. Registration, the alias move and the job's end
+//! model and applies the job's `promote` policy (`if_better`: a paired test on held-out items,
+//! [`crate::evaluation`]). Registration, the alias move and the job's end
 //! are one transaction, so a coordinator killed half-way redoes all of it or none.
 //!
 //! That step (the next rung's plan, or registration) counts an attempt before it runs and keeps
@@ -11,6 +12,8 @@
 //! `trainer.max_step_attempts` the job is failed with the reason and a `work.parked` event
 //! instead of being retried forever, and the results behind it flow.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::{Message, consumer::Consumer};
@@ -21,16 +24,19 @@ use sluice_core::{
     kafka,
     models::{self, AliasName, Lineage, ModelName, NewVersion},
     parking::{self, WorkKind, WorkParked},
+    reference::top1,
+    s3,
     topics::Topic,
-    training::{TrialFinished, TrialProgress, event_type},
+    training::{Split, TrialFinished, TrialProgress, event_type},
 };
 use sluice_nn::{Hyper, Network};
 use uuid::Uuid;
 
 use crate::{
+    evaluation::{self, Paired, TestReport},
     jobs::limits,
     search::{self, JobRequest, Promote},
-    snapshot,
+    snapshot::{self, Loaded},
     store::{self, NewTrial, StoreError},
 };
 
@@ -147,6 +153,8 @@ struct TrialRow {
     status: String,
     params: Value,
     metrics: Option<Value>,
+    /// `None` for trials made before trials had their own seeds (they used the job's).
+    seed: Option<i64>,
 }
 
 impl TrialRow {
@@ -180,12 +188,19 @@ async fn advance(ctx: &Context, cache: &snapshot::Cache, job_id: Uuid) -> Result
     };
     let trials: Vec<TrialRow> = client
         .query(
-            "SELECT id, rung, status, params, metrics FROM training_trials WHERE job_id = $1 ORDER BY ordinal",
+            "SELECT id, rung, status, params, metrics, seed FROM training_trials WHERE job_id = $1 ORDER BY ordinal",
             &[&job_id],
         )
         .await?
         .iter()
-        .map(|r| TrialRow { id: r.get(0), rung: r.get(1), status: r.get(2), params: r.get(3), metrics: r.get(4) })
+        .map(|r| TrialRow {
+            id: r.get(0),
+            rung: r.get(1),
+            status: r.get(2),
+            params: r.get(3),
+            metrics: r.get(4),
+            seed: r.get(5),
+        })
         .collect();
     drop(client);
     if trials.iter().any(|t| matches!(t.status.as_str(), "queued" | "running")) {
@@ -216,13 +231,17 @@ async fn step(
     let mut ranked: Vec<&TrialRow> = trials.iter().filter(|t| t.rung == rung && t.status == "succeeded").collect();
     ranked.sort_by(by_score);
     let strategy = search::strategy_of(request, limits(ctx)).map_err(|e| Retry::new(e.to_string()))?;
-    if let Some((keep, epochs)) = search::next_rung(&strategy, rung as u32, ranked.len()) {
+    let hyper_of = |t: &TrialRow| serde_json::from_value::<Hyper>(t.params.clone()).unwrap_or_default();
+    let budget = ranked.first().map(|t| hyper_of(t).epochs as u32).unwrap_or(0);
+    if let Some((keep, epochs)) = search::next_rung(&strategy, budget, ranked.len()) {
         let promoted = ranked[..keep]
             .iter()
             .map(|t| {
-                let mut hyper: Hyper = serde_json::from_value(t.params.clone()).unwrap_or_default();
+                let mut hyper = hyper_of(t);
                 hyper.epochs = epochs as usize;
-                NewTrial { hyper, rung: rung as u32 + 1, parent: Some(t.id) }
+                // A promoted trial continues its parent's checkpoint, so it keeps its seed.
+                let seed = t.seed.map_or(request.seed, |seed| seed as u64);
+                NewTrial { hyper, rung: rung as u32 + 1, parent: Some(t.id), seed }
             })
             .collect();
         let snapshot_id: String = job.get(2);
@@ -248,7 +267,8 @@ async fn step(
     let Some(best) = ranked.first() else {
         return fail(ctx, job_id, "every trial failed; see the trials' errors").await;
     };
-    finish(ctx, cache, job_id, request, &job.get::<_, String>(2), best).await
+    // Boxed: registration's future (scoring two models, the paired test) is large and deep.
+    Box::pin(finish(ctx, cache, job_id, request, &job.get::<_, String>(2), best)).await
 }
 
 /// Gives up on a job whose step used its attempts: the job fails with the reason, a
@@ -321,39 +341,28 @@ async fn finish(
     let labels: Vec<String> = serde_json::from_value(row.get(6)).unwrap_or_default();
     let snapshot_key: String = row.get(7);
     let loaded = cache.load(ctx, &snapshot_key, snapshot_id).await.map_err(|e| Retry::new(e.to_string()))?;
-    let (candidate_accuracy, negative_loss) = best.score();
-    let candidate_loss = -negative_loss;
     let current = models::resolve_alias(&client, &model, &production).await?;
     drop(client);
+    let partition = loaded.snapshot.partition(&request.splits());
+    let temperature = row.get::<_, Option<Value>>(4).and_then(|r| r["temperature"].as_f64()).unwrap_or(1.0);
+    let candidate_artifact: String = row.get(0);
+    let candidate = held_out(ctx, &loaded, &partition.test, &candidate_artifact, temperature).await?;
+    let test_report = candidate.as_ref().map(|c| c.report(&labels));
     let decision = match (request.promote, &current) {
         (Promote::Never, _) => json!({"policy": "never", "promoted": false}),
         (Promote::Always, _) | (Promote::IfBetter, None) => json!({
             "policy": request.promote, "promoted": true,
             "reason": if current.is_none() { "no production version yet" } else { "policy always" },
-            "candidate_accuracy": candidate_accuracy,
+            "candidate_test_accuracy": test_report.as_ref().map(|r| r.accuracy),
         }),
-        (Promote::IfBetter, Some(current)) => {
-            let (_, validation) = loaded.snapshot.split(request.seed, request.validation_split);
-            let samples = loaded.samples(&validation);
-            match production_score(ctx, current, &labels, &loaded.snapshot.spec_hash, &samples).await? {
-                // Better: more accurate, or as accurate with a lower loss (more confident when right).
-                Some((accuracy, loss)) => json!({
-                    "policy": "if_better",
-                    "promoted": candidate_accuracy > accuracy || (candidate_accuracy == accuracy && candidate_loss < loss),
-                    "candidate_accuracy": candidate_accuracy, "candidate_loss": candidate_loss,
-                    "production_version": current.version, "production_accuracy": accuracy, "production_loss": loss,
-                    "reason": format!(
-                        "validation accuracy {candidate_accuracy:.4} (loss {candidate_loss:.4}) vs production v{} {accuracy:.4} (loss {loss:.4}) on the same split",
-                        current.version
-                    ),
-                }),
-                None => json!({
-                    "policy": "if_better", "promoted": false, "production_version": current.version,
-                    "reason": "production was trained on another input spec; not comparable on this split",
-                }),
-            }
-        }
+        (Promote::IfBetter, Some(current)) => gate(ctx, &loaded, candidate.as_ref(), current).await?,
     };
+    let mut metrics = row.get::<_, Option<Value>>(3).unwrap_or_else(|| json!({}));
+    if let Some(report) = &test_report {
+        metrics["test"] = serde_json::to_value(report).expect("reports serialise");
+        metrics["test_accuracy"] = json!(report.accuracy);
+    }
+    metrics["splits"] = partition.sizes();
     let new_version = NewVersion {
         model: model.clone(),
         artifact_key: row.get(0),
@@ -363,7 +372,7 @@ async fn finish(
         input_spec: loaded.snapshot.spec.clone(),
         labels,
         hyperparameters: row.get(5),
-        metrics: row.get::<_, Option<Value>>(3).unwrap_or(Value::Null),
+        metrics,
         reference: row.get::<_, Option<Value>>(4).unwrap_or(Value::Null),
         lineage: Lineage {
             job_id,
@@ -405,19 +414,154 @@ async fn finish(
     Ok(())
 }
 
-/// The production version's accuracy and mean cross-entropy on this job's validation samples,
-/// matching classes by label name (a label it does not know counts as wrong); `None` when it was
-/// trained on inputs of another shape.
-async fn production_score(
+/// A model's per-item probabilities on a job's test items (`None` when there are none).
+struct HeldOut {
+    /// Indices into the snapshot's items.
+    items: Vec<usize>,
+    probabilities: Vec<Vec<f64>>,
+    truth: Vec<u32>,
+}
+
+impl HeldOut {
+    fn report(&self, labels: &[String]) -> TestReport {
+        evaluation::report(labels, &self.probabilities, &self.truth)
+    }
+
+    /// Per item: is the top class the true one?
+    fn correct(&self) -> Vec<bool> {
+        self.probabilities.iter().zip(&self.truth).map(|(p, &t)| top1(p).0 == t as usize).collect()
+    }
+}
+
+/// Scores the artifact at `key` on the snapshot's `items`.
+async fn held_out(
     ctx: &Context,
-    current: &models::ModelVersion,
-    labels: &[String],
-    spec_hash: &str,
-    samples: &sluice_nn::Samples,
-) -> Result<Option<(f64, f64)>, Retry> {
-    if current.input_spec.hash() != spec_hash {
+    loaded: &Arc<Loaded>,
+    items: &[usize],
+    key: &str,
+    temperature: f64,
+) -> Result<Option<HeldOut>, Retry> {
+    if items.is_empty() {
         return Ok(None);
     }
+    let bytes = s3::get_bytes(&ctx.s3, &ctx.config.s3.bucket, key)
+        .await
+        .map_err(|e| Retry::new(e.to_string()))?
+        .ok_or_else(|| Retry::new(format!("the candidate's artifact {key} is missing")))?;
+    let loaded = loaded.clone();
+    let items = items.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let samples = loaded.samples(&items);
+        let frames = loaded.frame_counts(&items);
+        let network = Network::load(&bytes).map_err(|e| Retry::new(format!("the candidate does not load: {e}")))?;
+        let logits = network.logits(&samples.images, samples.labels.len()).map_err(|e| Retry::new(e.to_string()))?;
+        let probabilities = evaluation::item_probabilities(&logits, &frames, temperature);
+        let truth = items
+            .iter()
+            .map(|&i| loaded.snapshot.labels.binary_search(&loaded.snapshot.items[i].label).unwrap_or(0) as u32)
+            .collect();
+        Ok(Some(HeldOut { items, probabilities, truth }))
+    })
+    .await
+    .map_err(|e| Retry::new(format!("scoring panicked: {e}")))?
+}
+
+/// `promote: if_better` against a production version: both are scored on the job's test items
+/// that production was neither trained, selected nor calibrated on, and the candidate must win
+/// the exact McNemar test at `trainer.promotion_alpha` by at least `trainer.promotion_min_margin`.
+async fn gate(
+    ctx: &Context,
+    loaded: &Arc<Loaded>,
+    candidate: Option<&HeldOut>,
+    current: &models::ModelVersion,
+) -> Result<Value, Retry> {
+    let refuse = |reason: String| json!({"policy": "if_better", "promoted": false, "production_version": current.version, "reason": reason});
+    if current.input_spec.hash() != loaded.snapshot.spec_hash {
+        return Ok(refuse(format!(
+            "production v{} was trained on another input spec; not comparable on this job's items",
+            current.version
+        )));
+    }
+    let Some(candidate) = candidate else {
+        return Ok(refuse("the job has no test items (test_split 0, or too few items); no held-out evidence".into()));
+    };
+    let seen = production_seen(ctx, current).await;
+    let eligible: Vec<usize> = candidate
+        .items
+        .iter()
+        .enumerate()
+        .filter(|&(_, &item)| seen.as_ref().is_none_or(|seen| !seen.contains(&loaded.snapshot.items[item].media_id)))
+        .map(|(position, _)| position)
+        .collect();
+    if eligible.is_empty() {
+        return Ok(refuse(format!(
+            "every test item of this job was in production v{}'s training, validation or calibration split",
+            current.version
+        )));
+    }
+    let items: Vec<usize> = eligible.iter().map(|&p| candidate.items[p]).collect();
+    let Some(theirs) = production_correct(ctx, loaded, current, &items).await? else {
+        return Ok(refuse(format!("production v{}'s artifact cannot be scored; not comparable", current.version)));
+    };
+    let ours: Vec<bool> = {
+        let all = candidate.correct();
+        eligible.iter().map(|&p| all[p]).collect()
+    };
+    let paired = Paired::new(&ours, &theirs);
+    let (alpha, margin) = (ctx.config.trainer.promotion_alpha, ctx.config.trainer.promotion_min_margin);
+    let promoted = paired.candidate_wins(alpha, margin);
+    let reason = format!(
+        "test accuracy {:.4} vs production v{} {:.4} on {} held-out items{}; right where production was wrong on {}, the reverse on {}; exact McNemar p = {:.3e} (alpha {alpha}, margin {margin})",
+        paired.candidate_accuracy,
+        current.version,
+        paired.production_accuracy,
+        paired.items,
+        if seen.is_some() { " neither model trained, selected or calibrated on" } else { " (production's training data is unknown)" },
+        paired.candidate_only,
+        paired.production_only,
+        paired.p_value,
+    );
+    Ok(json!({
+        "policy": "if_better", "promoted": promoted, "production_version": current.version,
+        "candidate_accuracy": paired.candidate_accuracy, "production_accuracy": paired.production_accuracy,
+        "items": paired.items, "candidate_only": paired.candidate_only, "production_only": paired.production_only,
+        "p_value": paired.p_value, "alpha": alpha, "min_margin": margin, "reason": reason,
+    }))
+}
+
+/// The media ids production trained, selected or calibrated on: its snapshot's items outside
+/// its job's test split. `None` when its job or snapshot cannot be found (then every test item
+/// is used, and the reason says so).
+async fn production_seen(ctx: &Context, current: &models::ModelVersion) -> Option<HashSet<Uuid>> {
+    let client = ctx.db.get().await.ok()?;
+    let row = client
+        .query_opt("SELECT request, snapshot_key FROM training_jobs WHERE id = $1", &[&current.lineage.job_id])
+        .await
+        .ok()??;
+    drop(client);
+    let request: JobRequest = serde_json::from_value(row.get::<_, Value>(0)).ok()?;
+    let key: Option<String> = row.get(1);
+    let snapshot = snapshot::manifest(ctx, &key?, &current.lineage.snapshot_id).await.ok()?;
+    let splits = request.splits();
+    Some(
+        snapshot
+            .items
+            .iter()
+            .filter(|item| splits.of(&snapshot.dataset, item.media_id) != Split::Test)
+            .map(|item| item.media_id)
+            .collect(),
+    )
+}
+
+/// Whether production's top class is each item's label (matched by name; a label it does not
+/// know is wrong), items scored by their frames' mean probabilities. `None` when it cannot be
+/// loaded or run.
+async fn production_correct(
+    ctx: &Context,
+    loaded: &Arc<Loaded>,
+    current: &models::ModelVersion,
+    items: &[usize],
+) -> Result<Option<Vec<bool>>, Retry> {
     let bytes = match models::load_artifact(&ctx.s3, &ctx.config.s3.bucket, current).await {
         Ok(bytes) => bytes,
         Err(err @ (models::RegistryError::Tampered { .. } | models::RegistryError::MissingArtifact { .. })) => {
@@ -427,26 +571,24 @@ async fn production_score(
         Err(err) => return Err(err.into()),
     };
     let their_labels = current.labels.clone();
-    let truth: Vec<String> = samples.labels.iter().map(|&i| labels[i as usize].clone()).collect();
-    let images = samples.images.clone();
-    let n = samples.labels.len();
-    let score = tokio::task::spawn_blocking(move || -> Result<(f64, f64), String> {
+    let loaded = loaded.clone();
+    let items = items.to_vec();
+    let scored = tokio::task::spawn_blocking(move || -> Result<Vec<bool>, String> {
+        let samples = loaded.samples(&items);
+        let frames = loaded.frame_counts(&items);
         let network = Network::load(&bytes).map_err(|e| e.to_string())?;
-        let logits = network.logits(&images, n).map_err(|e| e.to_string())?;
-        let (mut correct, mut loss) = (0usize, 0f64);
-        for (row, truth) in logits.iter().zip(&truth) {
-            let probabilities = sluice_core::reference::softmax(row, 1.0);
-            let (predicted, _) = sluice_core::reference::top1(&probabilities);
-            correct += usize::from(their_labels.get(predicted) == Some(truth));
-            let p = their_labels.iter().position(|l| l == truth).map(|i| probabilities[i]).unwrap_or(0.0);
-            loss -= p.max(1e-12).ln();
-        }
-        Ok((correct as f64 / n.max(1) as f64, loss / n.max(1) as f64))
+        let logits = network.logits(&samples.images, samples.labels.len()).map_err(|e| e.to_string())?;
+        let probabilities = evaluation::item_probabilities(&logits, &frames, 1.0);
+        Ok(probabilities
+            .iter()
+            .zip(&items)
+            .map(|(p, &i)| their_labels.get(top1(p).0) == Some(&loaded.snapshot.items[i].label))
+            .collect())
     })
     .await
     .map_err(|e| Retry::new(e.to_string()))?;
-    match score {
-        Ok(score) => Ok(Some(score)),
+    match scored {
+        Ok(correct) => Ok(Some(correct)),
         Err(err) => {
             tracing::warn!(error = %err, "cannot score the production model; treating it as not comparable");
             Ok(None)

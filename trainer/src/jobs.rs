@@ -2,17 +2,20 @@
 //! search, then create the job, its trials and their events in one transaction. Used by
 //! `POST /v1/training-jobs` and by retraining requests.
 
+use std::collections::HashSet;
+
 use sluice_core::{
     Context,
     domain::DatasetName,
-    models::{self, AutoPromote, ModelName},
+    models::{self, AliasName, AutoPromote, ModelName},
+    training::{Snapshot, snapshot_key},
 };
 use sluice_nn::{Architecture, SessionSpec};
 use uuid::Uuid;
 
 use crate::{
     search::{self, InvalidSearch, JobRequest, Limits, Promote},
-    snapshot,
+    snapshot::{self, SnapshotError},
     store::{self, NewJob, NewTrial, Origin},
 };
 
@@ -32,6 +35,9 @@ pub enum StartError {
     /// The job asks to move `production` further than its starter may.
     #[error("{0}")]
     Forbidden(String),
+    /// A retrain found no labelled data that production has not already seen.
+    #[error("{0}")]
+    NothingNew(String),
 }
 
 /// Who vouches for a job's `promote`: moving `production` needs `admin`, or the model's
@@ -83,8 +89,8 @@ impl From<store::StoreError> for StartError {
     }
 }
 
-impl From<snapshot::SnapshotError> for StartError {
-    fn from(err: snapshot::SnapshotError) -> Self {
+impl From<SnapshotError> for StartError {
+    fn from(err: SnapshotError) -> Self {
         Self::Unavailable(err.to_string())
     }
 }
@@ -103,6 +109,48 @@ pub fn check_network_size(spec: &SessionSpec, max: u64) -> Result<(), String> {
     ))
 }
 
+/// Why a retrain would learn nothing new: the snapshot holds no item (or label) that production's
+/// snapshot did not, under the same pipeline spec. `None` when there is something new, or no
+/// production version to compare with.
+async fn nothing_new(ctx: &Context, model: &ModelName, snapshot: &Snapshot) -> Result<Option<String>, StartError> {
+    let unavailable = |e: &dyn std::fmt::Display| StartError::Unavailable(e.to_string());
+    let client = ctx.db.get().await.map_err(|e| unavailable(&e))?;
+    let production = AliasName::parse(AliasName::PRODUCTION).expect("a valid alias");
+    let Some(current) = models::resolve_alias(&client, model, &production).await.map_err(|e| unavailable(&e))? else {
+        return Ok(None);
+    };
+    drop(client);
+    let lineage = &current.lineage;
+    if lineage.spec_hash != snapshot.spec_hash || lineage.dataset != snapshot.dataset {
+        return Ok(None);
+    }
+    if lineage.snapshot_id == snapshot.id() {
+        return Ok(Some(format!(
+            "the dataset has not changed since production v{}'s snapshot ({} items)",
+            current.version,
+            snapshot.items.len()
+        )));
+    }
+    let key = snapshot_key(&lineage.dataset, &lineage.snapshot_id);
+    let theirs = match snapshot::manifest(ctx, &key, &lineage.snapshot_id).await {
+        Ok(theirs) => theirs,
+        // Its snapshot is gone: nothing says the data is old, so train.
+        Err(SnapshotError::Unusable(_)) => return Ok(None),
+        Err(err) => return Err(unavailable(&err)),
+    };
+    let known: HashSet<(Uuid, &str)> = theirs.items.iter().map(|i| (i.media_id, i.label.as_str())).collect();
+    let new = snapshot.items.iter().filter(|i| !known.contains(&(i.media_id, i.label.as_str()))).count();
+    if new == 0 {
+        return Ok(Some(format!(
+            "no labelled item is new or relabelled since production v{}'s snapshot ({} items then, {} now)",
+            current.version,
+            theirs.items.len(),
+            snapshot.items.len()
+        )));
+    }
+    Ok(None)
+}
+
 pub fn limits(ctx: &Context) -> Limits {
     Limits { max_trials: ctx.config.trainer.max_trials, max_epochs: ctx.config.trainer.max_epochs }
 }
@@ -117,10 +165,13 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
     let architecture = request.architecture.parse::<Architecture>().map_err(|_| {
         StartError::Invalid(format!("`architecture`: unknown architecture {:?}; use mlp or cnn.", request.architecture))
     })?;
-    if !(request.validation_split > 0.0 && request.validation_split < 1.0) {
-        return Err(StartError::Invalid("`validation_split` must be above 0 and below 1.".into()));
+    let splits = request.splits();
+    splits.validate().map_err(|e| StartError::Invalid(format!("`validation_split`, `calibration_split`, `test_split`: {e}.")))?;
+    let mut plan = search::plan(&request.search, request.seed, limits(ctx))?;
+    if let Some(augment) = request.augment {
+        augment.validate().map_err(|e| StartError::Invalid(format!("`augment`: {e}.")))?;
+        plan.trials.iter_mut().for_each(|trial| trial.augment = augment);
     }
-    let plan = search::plan(&request.search, request.seed, limits(ctx))?;
     let exists = ctx
         .db
         .get()
@@ -146,13 +197,20 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
             request.dataset, snapshot.labels[0]
         )));
     }
-    let (train, validation) = snapshot.split(request.seed, request.validation_split);
-    if train.is_empty() || validation.is_empty() {
+    let partition = snapshot.partition(&splits);
+    if partition.train.is_empty() || partition.validation.is_empty() {
         return Err(StartError::Unusable(format!(
-            "dataset {:?} has too few items ({}) to hold out a validation split",
+            "dataset {:?} has too few items ({}) for its splits (train {}, validation {}): push more labelled media",
             request.dataset,
-            snapshot.items.len()
+            snapshot.items.len(),
+            partition.train.len(),
+            partition.validation.len()
         )));
+    }
+    if grant == Grant::Retrain
+        && let Some(reason) = nothing_new(ctx, &model, &snapshot).await?
+    {
+        return Err(StartError::NothingNew(reason));
     }
     // Later rungs change only the epochs, so the first rung's trials bound every network.
     let shape = snapshot::input_shape(&snapshot.spec);
@@ -164,7 +222,12 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
     let snapshot_id = snapshot.id();
     let snapshot_key = snapshot::store(ctx, &snapshot).await?;
     let id = Uuid::now_v7();
-    let trials = plan.trials.into_iter().map(|hyper| NewTrial { hyper, rung: 0, parent: None }).collect();
+    let trials = plan
+        .trials
+        .into_iter()
+        .enumerate()
+        .map(|(ordinal, hyper)| NewTrial { hyper, rung: 0, parent: None, seed: request.trial_seed(ordinal) })
+        .collect();
     store::create_job(
         ctx,
         NewJob {

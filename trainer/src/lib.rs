@@ -9,6 +9,7 @@
 //! `retrain.requests` into jobs from the model's last template.
 
 pub mod coordinator;
+pub mod evaluation;
 pub mod jobs;
 pub mod retrain;
 mod routes;

@@ -2,7 +2,10 @@
 //!
 //! A request starts a job from the model's last job template on the dataset's current data,
 //! unless the model already has a job queued or running, or a retraining started within
-//! `trainer.retrain_cooldown_secs`: a burst of requests starts one job. Every request is recorded
+//! `trainer.retrain_cooldown_secs`: a burst of requests starts one job; or when the dataset holds
+//! no labelled item production's snapshot did not (the retrain would learn nothing new: it is
+//! `skipped`, with the reason, in `GET /v1/retrain-requests` and
+//! `sluice_trainer_retrains_skipped_total`). Every request is recorded
 //! by event id with its outcome, so a redelivered request is recognised and changes nothing.
 
 use std::time::Duration;
@@ -94,6 +97,10 @@ async fn handle(ctx: &Context, event_id: Uuid, request: &RetrainRequested) -> Re
                         ("started".to_owned(), Some(job))
                     }
                     Err(StartError::Unavailable(message)) => return Err(message),
+                    Err(StartError::NothingNew(reason)) => {
+                        metrics::counter!("sluice_trainer_retrains_skipped_total", "reason" => "no_new_data").increment(1);
+                        (format!("skipped: {reason}"), None)
+                    }
                     Err(refused) => (format!("refused: {refused}"), None),
                 }
             }

@@ -1,4 +1,5 @@
-//! `POST /v1/training-jobs`, `GET /v1/training-jobs[/{id}]`, `POST /v1/training-jobs/{id}/cancel`.
+//! `POST /v1/training-jobs`, `GET /v1/training-jobs[/{id}]`, `POST /v1/training-jobs/{id}/cancel`,
+//! `GET /v1/retrain-requests`.
 
 use axum::{
     Json, Router,
@@ -28,6 +29,7 @@ pub fn router(ctx: Context) -> Router {
         .route("/v1/training-jobs", post(create).get(list))
         .route("/v1/training-jobs/{id}", get(show))
         .route("/v1/training-jobs/{id}/cancel", post(cancel))
+        .route("/v1/retrain-requests", get(retrain_requests))
         .with_state(ctx)
 }
 
@@ -80,6 +82,21 @@ fn start_error(err: StartError) -> ApiError {
         StartError::Search(err) => ApiError::new(unprocessable, "invalid_search", format!("{err}.")),
         StartError::Unavailable(message) => unavailable(&message),
         StartError::Forbidden(message) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("{message}.")),
+        StartError::NothingNew(message) => ApiError::new(StatusCode::CONFLICT, "nothing_new", format!("{message}.")),
+    }
+}
+
+/// `GET /v1/retrain-requests[?model=&limit=]`: the retrain requests received (drift, feedback),
+/// newest first, with what each did: `started` (and the job), `coalesced` into a running or
+/// recent job, `skipped` (nothing new to learn) or `refused`.
+async fn retrain_requests(State(ctx): State<Context>, caller: Caller, Query(query): Query<ListQuery>) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Train]) {
+        return err.into_response();
+    }
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    match store::retrain_requests(&ctx, query.model.as_deref(), limit).await {
+        Ok(requests) => Json(json!({"requests": requests})).into_response(),
+        Err(err) => unavailable(&err).into_response(),
     }
 }
 

@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sluice_nn::Hyper;
+use sluice_core::training::Splits;
+use sluice_nn::{Augment, Hyper};
 
 /// What `POST /v1/training-jobs` takes; stored whole as the job's template.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,16 +23,69 @@ pub struct JobRequest {
     pub dataset: String,
     pub architecture: String,
     pub search: SearchRequest,
+    /// Fraction of items for early stopping and ranking trials.
     #[serde(default = "default_validation_split")]
     pub validation_split: f64,
+    /// Fraction of items that fit the softmax temperature and the drift reference (0: the
+    /// validation split does).
+    #[serde(default = "default_calibration_split")]
+    pub calibration_split: f64,
+    /// Fraction of items held out for the reported test metrics and the promotion gate.
+    #[serde(default = "default_test_split")]
+    pub test_split: f64,
+    /// Seeds the hash that assigns items to splits. Keep it fixed across a model's jobs, so that
+    /// no item one version trained on is in another's test split.
+    #[serde(default)]
+    pub split_seed: u64,
+    /// The job's seed: each first-rung trial's seed is derived from it and the trial's ordinal,
+    /// so trials differ and the same job reproduces the same artifacts.
     #[serde(default)]
     pub seed: u64,
+    /// Training-time augmentation for every trial (random shifts, rotation, zoom, brightness and
+    /// contrast jitter, flips), seeded by the trial's seed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
+    /// Every trial uses `seed` itself (trials then differ only in their hyper-parameters).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed_seed: bool,
     #[serde(default)]
     pub promote: Promote,
 }
 
+/// SplitMix64's finaliser: a well-mixed 64-bit value from any input.
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
 fn default_validation_split() -> f64 {
-    0.2
+    Splits::default().validation
+}
+
+fn default_calibration_split() -> f64 {
+    Splits::default().calibration
+}
+
+fn default_test_split() -> f64 {
+    Splits::default().test
+}
+
+impl JobRequest {
+    /// The seed of the job's `ordinal`-th first-rung trial (promoted trials keep their parent's).
+    pub fn trial_seed(&self, ordinal: usize) -> u64 {
+        if self.fixed_seed { self.seed } else { splitmix64(self.seed ^ (ordinal as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) }
+    }
+
+    pub fn splits(&self) -> Splits {
+        Splits {
+            validation: self.validation_split,
+            calibration: self.calibration_split,
+            test: self.test_split,
+            seed: self.split_seed,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -253,6 +307,7 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
             }
             for trial in &mut trials {
                 trial.epochs = min_epochs as usize;
+                trial.horizon = Some(max_epochs as usize);
             }
             Ok(Plan { strategy: Strategy::Halving { reduction_factor, min_epochs, max_epochs }, trials })
         }
@@ -260,19 +315,20 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
     }
 }
 
-/// Successive halving's next rung: `None` when the search is over, else how many of the rung's
-/// best trials continue and with what epoch budget.
-pub fn next_rung(strategy: &Strategy, rung: u32, finished_in_rung: usize) -> Option<(usize, u32)> {
-    let Strategy::Halving { reduction_factor, min_epochs, max_epochs } = *strategy else {
+/// Successive halving's next rung, after a rung whose trials had an epoch budget of `epochs`
+/// and of which `finished` succeeded: `None` when the search is over, else how many of the
+/// rung's best trials continue and with what budget. The last survivor always gets the whole
+/// budget (`max_epochs`), however few rungs there were.
+pub fn next_rung(strategy: &Strategy, epochs: u32, finished: usize) -> Option<(usize, u32)> {
+    let Strategy::Halving { reduction_factor, max_epochs, .. } = *strategy else {
         return None;
     };
-    let current = min_epochs.saturating_mul(reduction_factor.saturating_pow(rung)).min(max_epochs);
-    if finished_in_rung <= 1 || current >= max_epochs {
+    if finished == 0 || epochs >= max_epochs {
         return None;
     }
-    let keep = (finished_in_rung / reduction_factor as usize).max(1);
-    let epochs = current.saturating_mul(reduction_factor).min(max_epochs);
-    Some((keep, epochs))
+    let keep = (finished / reduction_factor as usize).max(1);
+    let next = if keep == 1 { max_epochs } else { epochs.saturating_mul(reduction_factor).min(max_epochs) };
+    Some((keep, next))
 }
 
 /// Rebuilds the strategy of a stored request (its plan was validated when the job was made).
@@ -326,11 +382,49 @@ mod tests {
             json!({"strategy": "halving", "max_trials": 9, "space": {"epochs": 9, "learning_rate": {"log_uniform": [0.001, 0.1]}}}),
         );
         let plan = plan(&s, 1, LIMITS).expect("valid");
-        assert!(plan.trials.iter().all(|t| t.epochs == 1));
-        assert_eq!(next_rung(&plan.strategy, 0, 9), Some((3, 3)));
-        assert_eq!(next_rung(&plan.strategy, 1, 3), Some((1, 9)));
-        assert_eq!(next_rung(&plan.strategy, 2, 1), None);
-        assert_eq!(next_rung(&Strategy::Grid, 0, 4), None);
+        assert!(plan.trials.iter().all(|t| t.epochs == 1 && t.horizon == Some(9)));
+        assert_eq!(next_rung(&plan.strategy, 1, 9), Some((3, 3)));
+        assert_eq!(next_rung(&plan.strategy, 3, 3), Some((1, 9)));
+        assert_eq!(next_rung(&plan.strategy, 9, 1), None);
+        assert_eq!(next_rung(&Strategy::Grid, 1, 4), None);
+    }
+
+    #[test]
+    fn halvings_winner_trains_the_whole_budget() {
+        // Nine trials, factor 3, a 50-epoch budget: 9 × 1, 3 × 3, then the winner goes to 50
+        // (before, it stopped at 9 of 50).
+        let s = search(
+            json!({"strategy": "halving", "max_trials": 9, "space": {"epochs": 50, "learning_rate": {"log_uniform": [0.001, 0.1]}}}),
+        );
+        let plan = plan(&s, 1, LIMITS).expect("valid");
+        let mut rungs = vec![(plan.trials.len(), 1)];
+        let (mut alive, mut epochs) = (plan.trials.len(), 1);
+        while let Some((keep, next)) = next_rung(&plan.strategy, epochs, alive) {
+            (alive, epochs) = (keep, next);
+            rungs.push((alive, epochs));
+        }
+        assert_eq!(rungs, vec![(9, 1), (3, 3), (1, 50)]);
+        // Two trials: the better one goes straight to the whole budget.
+        let pair = search(json!({"strategy": "halving", "max_trials": 2, "space": {"epochs": 20}}));
+        let pair = super::plan(&pair, 1, LIMITS).expect("valid");
+        assert_eq!(next_rung(&pair.strategy, 1, 2), Some((1, 20)));
+        assert_eq!(next_rung(&pair.strategy, 20, 1), None);
+        // Every trial of a rung failed: the search is over.
+        assert_eq!(next_rung(&pair.strategy, 1, 0), None);
+    }
+
+    #[test]
+    fn trial_seeds_differ_unless_the_job_fixes_one() {
+        let mut request: JobRequest = serde_json::from_value(json!({
+            "model": "m", "dataset": "d", "architecture": "mlp", "seed": 5,
+            "search": {"strategy": "grid", "space": {}}
+        }))
+        .expect("a request");
+        let seeds: std::collections::BTreeSet<u64> = (0..16).map(|i| request.trial_seed(i)).collect();
+        assert_eq!(seeds.len(), 16);
+        assert_eq!(request.trial_seed(3), request.trial_seed(3));
+        request.fixed_seed = true;
+        assert!((0..16).all(|i| request.trial_seed(i) == 5));
     }
 
     #[test]

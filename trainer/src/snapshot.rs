@@ -81,6 +81,12 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Each item's number of frames (its rows in [`Loaded::samples`]).
+    pub fn frame_counts(&self, items: &[usize]) -> Vec<usize> {
+        let frame_len = self.shape.channels * self.shape.height * self.shape.width;
+        items.iter().map(|&index| self.frames[index].len() / frame_len.max(1)).collect()
+    }
+
     /// The samples (every frame of every item) of the given item indices.
     pub fn samples(&self, items: &[usize]) -> Samples {
         let frame_len = self.shape.channels * self.shape.height * self.shape.width;
@@ -115,9 +121,9 @@ impl Cache {
     }
 }
 
-async fn fetch(ctx: &Context, key: &str, id: &str) -> Result<Loaded, SnapshotError> {
-    let bucket = &ctx.config.s3.bucket;
-    let manifest = s3::get_bytes(&ctx.s3, bucket, key)
+/// A stored snapshot's manifest (its item list), without its images.
+pub async fn manifest(ctx: &Context, key: &str, id: &str) -> Result<Snapshot, SnapshotError> {
+    let manifest = s3::get_bytes(&ctx.s3, &ctx.config.s3.bucket, key)
         .await?
         .ok_or_else(|| SnapshotError::Unusable(format!("snapshot manifest {key} is missing")))?;
     let snapshot: Snapshot = serde_json::from_slice(&manifest)
@@ -125,6 +131,12 @@ async fn fetch(ctx: &Context, key: &str, id: &str) -> Result<Loaded, SnapshotErr
     if snapshot.id() != id {
         return Err(SnapshotError::Unusable(format!("snapshot manifest {key} does not hash to {id}")));
     }
+    Ok(snapshot)
+}
+
+async fn fetch(ctx: &Context, key: &str, id: &str) -> Result<Loaded, SnapshotError> {
+    let bucket = &ctx.config.s3.bucket;
+    let snapshot = manifest(ctx, key, id).await?;
     let shape = input_shape(&snapshot.spec);
     let keys: Vec<(usize, String)> =
         snapshot.items.iter().enumerate().flat_map(|(i, item)| item.keys.iter().map(move |k| (i, k.clone()))).collect();

@@ -53,6 +53,8 @@ pub struct NewTrial {
     pub hyper: Hyper,
     pub rung: u32,
     pub parent: Option<Uuid>,
+    /// Seeds the trial's initial weights, shuffling and dropout ([`crate::search::JobRequest::trial_seed`]).
+    pub seed: u64,
 }
 
 /// Everything a job needs to be created.
@@ -115,9 +117,18 @@ pub async fn queue_trials(
         let trial_id = Uuid::now_v7();
         let params = serde_json::to_value(&trial.hyper).expect("hyper-parameters serialise");
         tx.execute(
-            "INSERT INTO training_trials (id, job_id, ordinal, rung, parent, params, epochs)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            &[&trial_id, &job_id, &ordinal, &(trial.rung as i32), &trial.parent, &params, &(trial.hyper.epochs as i32)],
+            "INSERT INTO training_trials (id, job_id, ordinal, rung, parent, params, epochs, seed)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &trial_id,
+                &job_id,
+                &ordinal,
+                &(trial.rung as i32),
+                &trial.parent,
+                &params,
+                &(trial.hyper.epochs as i32),
+                &(trial.seed as i64),
+            ],
         )
         .await?;
         let event = Envelope::new(TrialAssigned {
@@ -128,8 +139,9 @@ pub async fn queue_trials(
             snapshot_key: snapshot_key.to_owned(),
             snapshot_id: snapshot_id.to_owned(),
             params,
-            seed: request.seed,
+            seed: trial.seed,
             validation_split: request.validation_split,
+            splits: Some(request.splits()),
             rung: trial.rung,
             parent: trial.parent,
         });
@@ -401,6 +413,35 @@ pub async fn list_jobs(ctx: &Context, model: Option<&str>, limit: i64) -> Result
                 "status": r.get::<_, String>(3), "origin": r.get::<_, String>(4),
                 "registered_version": r.get::<_, Option<i32>>(5), "created_at": rfc3339(r.get(6)),
                 "finished_at": rfc3339(r.get(7)), "trials": r.get::<_, i64>(8),
+            })
+        })
+        .collect())
+}
+
+/// Retrain requests, newest first (`GET /v1/retrain-requests`).
+pub async fn retrain_requests(ctx: &Context, model: Option<&str>, limit: i64) -> Result<Vec<Value>, StoreError> {
+    let client = ctx.db.get().await?;
+    let rows = client
+        .query(
+            "SELECT event_id, model, reason, evidence, outcome, job_id, received_at FROM retrain_requests
+             WHERE ($1::text IS NULL OR model = $1) ORDER BY received_at DESC LIMIT $2",
+            &[&model, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let outcome: String = r.get("outcome");
+            // `skipped: <reason>` and `refused: <reason>` keep their reason in the same column.
+            let (kind, detail) = match outcome.split_once(": ") {
+                Some((kind, detail)) => (kind.to_owned(), Some(detail.to_owned())),
+                None => (outcome.clone(), None),
+            };
+            json!({
+                "event_id": r.get::<_, Uuid>("event_id"), "model": r.get::<_, String>("model"),
+                "reason": r.get::<_, String>("reason"), "evidence": r.get::<_, Value>("evidence"),
+                "outcome": kind, "detail": detail, "job_id": r.get::<_, Option<Uuid>>("job_id"),
+                "received_at": rfc3339(r.get("received_at")),
             })
         })
         .collect())

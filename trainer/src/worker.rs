@@ -31,7 +31,7 @@ use sluice_core::{
     s3,
     topics::Topic,
     training::{
-        ArtifactRef, EpochMetrics, TrialAssigned, TrialFinished, TrialOutcome, TrialProgress, artifact_key,
+        ArtifactRef, EpochMetrics, Splits, TrialAssigned, TrialFinished, TrialOutcome, TrialProgress, artifact_key,
         checkpoint_key, manifest_key,
     },
 };
@@ -301,9 +301,20 @@ async fn train(
     let classes = loaded.snapshot.labels.len();
     let spec = SessionSpec { architecture, shape: loaded.shape, classes, hyper: hyper.clone(), seed: trial.seed };
     jobs::check_network_size(&spec, ctx.config.trainer.max_trial_parameters).map_err(Stop::Failed)?;
-    let (train_items, val_items) = loaded.snapshot.split(trial.seed, trial.validation_split);
-    let train_set = Arc::new(loaded.samples(&train_items));
-    let val_set = Arc::new(loaded.samples(&val_items));
+    // Trials queued before three-way splits held out `validation_split` only.
+    let splits = trial.splits.unwrap_or(Splits {
+        validation: trial.validation_split,
+        calibration: 0.0,
+        test: 0.0,
+        seed: trial.seed,
+    });
+    let partition = loaded.snapshot.partition(&splits);
+    let train_set = Arc::new(loaded.samples(&partition.train));
+    let val_set = Arc::new(loaded.samples(&partition.validation));
+    // The temperature and the drift reference are fitted apart from early stopping; with no
+    // calibration split (a job that asked for none) the validation split does it.
+    let calibration_set =
+        if partition.calibration.is_empty() { None } else { Some(loaded.samples(&partition.calibration)) };
     let bucket = &ctx.config.s3.bucket;
     let own_checkpoint = checkpoint_key(trial.job_id, trial.trial_id);
     let mut session = match s3::get_bytes(&ctx.s3, bucket, &own_checkpoint).await? {
@@ -317,7 +328,7 @@ async fn train(
                 let bytes = s3::get_bytes(&ctx.s3, bucket, &checkpoint_key(trial.job_id, parent))
                     .await?
                     .ok_or_else(|| Stop::Failed(format!("the checkpoint of parent trial {parent} is missing")))?;
-                Session::resume(spec, &bytes).map_err(|e| Stop::Failed(format!("unusable parent checkpoint: {e}")))?
+                Session::promote(spec, &bytes).map_err(|e| Stop::Failed(format!("unusable parent checkpoint: {e}")))?
             }
             None => Session::new(spec).map_err(|e| Stop::Failed(e.to_string()))?,
         },
@@ -363,7 +374,16 @@ async fn train(
             .await
             .map_err(Stop::Transient)?;
     }
-    finish(ctx, trial, &session, &val_set, classes, worker, started).await.map(Some)
+    let sets = Sets { validation: &val_set, calibration: calibration_set.as_ref(), sizes: partition.sizes() };
+    finish(ctx, trial, &session, sets, classes, worker, started).await.map(Some)
+}
+
+/// The held-out samples a finished trial is described with.
+struct Sets<'a> {
+    validation: &'a Samples,
+    calibration: Option<&'a Samples>,
+    /// Items per split.
+    sizes: serde_json::Value,
 }
 
 /// Writes the best weights and their manifest, and describes the result.
@@ -371,15 +391,27 @@ async fn finish(
     ctx: &Context,
     trial: &TrialAssigned,
     session: &Session,
-    val_set: &Samples,
+    sets: Sets<'_>,
     classes: usize,
     worker: &str,
     started: Instant,
 ) -> Result<TrialFinished, Stop> {
     let artifact = session.export_best().map_err(|e| Stop::Failed(e.to_string()))?;
-    let evaluation = session.evaluate_best(val_set).map_err(|e| Stop::Failed(e.to_string()))?;
-    let reference =
-        Reference::compute(&val_set.images, val_set.shape.channels, &val_set.labels, &evaluation.logits, classes);
+    let evaluation = session.evaluate_best(sets.validation).map_err(|e| Stop::Failed(e.to_string()))?;
+    let (calibrated_on, calibration, calibration_eval) = match sets.calibration {
+        Some(samples) => {
+            let eval = session.evaluate_best(samples).map_err(|e| Stop::Failed(e.to_string()))?;
+            ("calibration", samples, eval)
+        }
+        None => ("validation", sets.validation, evaluation.clone()),
+    };
+    let reference = Reference::compute(
+        &calibration.images,
+        calibration.shape.channels,
+        &calibration.labels,
+        &calibration_eval.logits,
+        classes,
+    );
     let sha256 = hex::encode(Sha256::digest(&artifact));
     let size_bytes = artifact.len() as i64;
     let key = artifact_key(&trial.model, trial.job_id, trial.trial_id);
@@ -389,7 +421,10 @@ async fn finish(
         "val_loss": evaluation.loss,
         "epochs": session.epochs_done(),
         "calibrated_temperature": reference.temperature,
-        "validation_samples": val_set.labels.len(),
+        "calibrated_on": calibrated_on,
+        "validation_samples": sets.validation.labels.len(),
+        "calibration_samples": calibration.labels.len(),
+        "splits": sets.sizes,
     });
     let manifest = json!({
         "job_id": trial.job_id, "trial_id": trial.trial_id, "model": trial.model,

@@ -16,7 +16,7 @@ use sluice_core::{
 };
 use uuid::Uuid;
 
-use super::MAX_METADATA_BYTES;
+use crate::form::MAX_METADATA_BYTES;
 use crate::{error::IngestError, store};
 
 pub(super) async fn list_datasets(State(ctx): State<Context>, caller: Caller) -> Response {
@@ -40,6 +40,35 @@ pub(super) async fn get_dataset(State(ctx): State<Context>, caller: Caller, Path
     match store::dataset_stats(&ctx, Some(&name)).await {
         Ok(mut datasets) if !datasets.is_empty() => Json(datasets.remove(0)).into_response(),
         Ok(_) => IngestError::NotFound(format!("dataset named {name}")).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct QueueQuery {
+    limit: Option<i64>,
+}
+
+/// `GET /v1/datasets/{name}/labelling-queue[?limit=]`: the dataset's unlabelled items, most
+/// informative first (captured inputs the model was least sure of, then the newest). Label one
+/// with `PATCH /v1/media/{id}`, or by feedback on the prediction it was captured from.
+pub(super) async fn labelling_queue(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<QueueQuery>,
+) -> Response {
+    if let Err(err) = caller.require_any(&[Scope::Ingest, Scope::Train]) {
+        return err.into_response();
+    }
+    let name = match DatasetName::parse(&name) {
+        Ok(name) => name,
+        Err(e) => return IngestError::BadField { field: "dataset", message: e.0 }.into_response(),
+    };
+    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    match store::labelling_queue(&ctx, &name, limit).await {
+        Ok(Some(queue)) => Json(queue).into_response(),
+        Ok(None) => IngestError::NotFound(format!("dataset named {name}")).into_response(),
         Err(err) => err.into_response(),
     }
 }

@@ -7,12 +7,8 @@ use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, routing::get};
 use sluice_core::{Context, http::ApiError};
 use uuid::Uuid;
 
-/// Largest `metadata` part (and JSON request body) accepted, in bytes.
-pub(crate) const MAX_METADATA_BYTES: usize = 64 * 1024;
 /// Room for multipart boundaries and text parts on top of the files' byte limit.
 const MULTIPART_FRAMING_BYTES: usize = 1024 * 1024;
-/// Longest `source` accepted, in characters.
-pub(crate) const MAX_SOURCE_CHARS: usize = 512;
 
 pub fn router(ctx: Context) -> Router {
     // Uploads stream to S3 under `http.max_body_bytes` (counted on the files' bytes, so the
@@ -24,6 +20,7 @@ pub fn router(ctx: Context) -> Router {
         .route("/v1/media/{id}", get(media::get_media).patch(media::patch_media))
         .route("/v1/datasets", get(datasets::list_datasets))
         .route("/v1/datasets/{name}", get(datasets::get_dataset))
+        .route("/v1/datasets/{name}/labelling-queue", get(datasets::labelling_queue))
         .route("/v1/datasets/{name}/imports", axum::routing::post(datasets::post_import))
         .route("/v1/imports/{id}", get(datasets::get_import))
         .with_state(ctx)

@@ -115,6 +115,28 @@ fn early_stopping_keeps_the_weights_of_the_lowest_validation_loss() {
     // The stop survives a checkpoint.
     let resumed = Session::resume(session.spec().clone(), &session.checkpoint().expect("checkpoint")).expect("resume");
     assert!(resumed.finished());
+    // Promoted to a larger budget (successive halving's next rung), it continues from its best
+    // epoch's weights, and the early stop of the last rung does not carry over.
+    let best_epoch = reports.iter().position(|r| r.val_loss == best).expect("the best epoch") + 1;
+    let bigger = SessionSpec { hyper: Hyper { epochs: 40, ..session.spec().hyper.clone() }, ..session.spec().clone() };
+    let promoted = Session::promote(bigger, &session.checkpoint().expect("checkpoint")).expect("promote");
+    assert!(!promoted.finished());
+    assert_eq!(promoted.epochs_done(), best_epoch);
+    assert_eq!(promoted.evaluate_best(&val).expect("evaluate").loss, best);
+}
+
+#[test]
+fn augmented_training_is_deterministic_and_differs_from_plain() {
+    let (train, val) = (data(16, 3, 90, 11), data(16, 3, 30, 12));
+    let augment = crate::Augment { translate: 0.1, rotate: 10.0, brightness: 0.1, ..crate::Augment::default() };
+    let plain = Hyper { epochs: 2, batch_size: 16, ..Hyper::default() };
+    let augmented = Hyper { augment, ..plain.clone() };
+    let train_with = |hyper: Hyper| {
+        let mut session = Session::new(spec(Architecture::Mlp, 16, 3, hyper)).expect("session");
+        timeless(run(&mut session, 2, &train, &val))
+    };
+    assert_eq!(train_with(augmented.clone()), train_with(augmented.clone()));
+    assert_ne!(train_with(augmented), train_with(plain));
 }
 
 #[test]
