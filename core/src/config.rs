@@ -128,6 +128,8 @@ pub struct InferenceConfig {
     pub alias_reconcile_secs: u64,
     /// Consumer group of the batch prediction workers.
     pub batch_group_id: String,
+    /// Consumer group of the cluster-wide drift monitor (`inference.observations`).
+    pub monitor_group_id: String,
     /// Items per batch-prediction chunk.
     pub batch_chunk: usize,
     /// Attempts at one chunk (counted before each) before it is parked as failed.

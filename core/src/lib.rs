@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod reference;
 pub mod s3;
 pub mod shutdown;
+pub mod stats;
 pub mod telemetry;
 pub mod tokens_api;
 pub mod tools;

@@ -27,10 +27,12 @@ pub enum Topic {
     WorkDlq,
     /// Served inputs a model's capture policy keeps, for ingest to store as unlabelled media.
     MediaCaptures,
+    /// Every served request's prediction statistics, for the cluster-wide drift monitor.
+    InferenceObservations,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 10] = [
+    pub const ALL: [Topic; 11] = [
         Topic::MediaIngested,
         Topic::MediaProcessed,
         Topic::MediaDlq,
@@ -41,6 +43,7 @@ impl Topic {
         Topic::PredictionsBatch,
         Topic::WorkDlq,
         Topic::MediaCaptures,
+        Topic::InferenceObservations,
     ];
 
     /// The name without prefix, as written in `../shared/API.md`.
@@ -56,6 +59,7 @@ impl Topic {
             Topic::PredictionsBatch => "predictions.batch",
             Topic::WorkDlq => "work.dlq",
             Topic::MediaCaptures => "media.captures",
+            Topic::InferenceObservations => "inference.observations",
         }
     }
 
@@ -65,6 +69,8 @@ impl Topic {
         match self {
             Topic::ModelsEvents => &[("cleanup.policy", "compact")],
             Topic::MediaDlq | Topic::WorkDlq => &[("retention.ms", "2592000000")],
+            // Statistics only matter while a window forms: a day is plenty.
+            Topic::InferenceObservations => &[("retention.ms", "86400000")],
             _ => &[],
         }
     }

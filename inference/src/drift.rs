@@ -26,7 +26,7 @@
 //! - **input**: confidence, brightness and sharpness, each as the residual from the reference's
 //!   mean *for the predicted class*, so that a new class mix alone does not look like new inputs.
 //!   (A network that meets inputs unlike its training data also grows less sure, so confidence is
-//!   the input statistic that sees most kinds of covariate shift.)
+//!   the input statistic that sees most kinds of covariate shift; only a drop counts, one-sided.)
 //!
 //! The tests of one check are Bonferroni-corrected to a family-wise false-alarm probability of
 //! `drift_alpha`. Windows do not overlap (each check is on new data), so checks are independent
@@ -229,6 +229,12 @@ impl Window {
         &self.reference
     }
 
+    /// Continues the check counts of a version whose window moved here from another monitor.
+    pub fn continue_counts(&mut self, consecutive: u32, checks: u64) {
+        self.consecutive = consecutive;
+        self.checks = checks;
+    }
+
     /// Whether the last completed window drifted.
     pub fn drifting(&self) -> bool {
         self.verdict.as_ref().is_some_and(|v| v.state == "drift")
@@ -317,7 +323,14 @@ impl Window {
                 let values: Vec<f64> = batches.iter().map(|b| b.mean(b.residuals[i])).collect();
                 let unit = e.residual_variances[i];
                 let variances = Variances { reference: unit / e.samples, floor: unit / units };
-                statistics.push(t_test(name.to_owned(), "input", &values, 0.0, variances, threshold, false));
+                let mut statistic = t_test(name.to_owned(), "input", &values, 0.0, variances, threshold, false);
+                if name == "confidence" {
+                    // Only a drop counts: inputs the network is surer of than its calibration
+                    // split (its own training images, say) are no reason to retrain.
+                    statistic.p_value = if statistic.t < 0.0 { statistic.p_value / 2.0 } else { 1.0 };
+                    statistic.drifted = statistic.p_value < threshold;
+                }
+                statistics.push(statistic);
             }
         }
         let fired: Vec<String> = statistics.iter().filter(|s| s.drifted).map(|s| s.name.clone()).collect();

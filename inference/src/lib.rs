@@ -83,11 +83,12 @@ impl Inference {
             .with_state(self.state.clone())
     }
 
-    /// The follower, the batch-prediction worker, and the recorder's shutdown: it stops with the workers, writing what it holds.
+    /// The follower, the batch-prediction worker, the drift monitor, and the recorder's shutdown: it stops with the workers, writing what it holds.
     pub fn spawn_workers(self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
         let served = &self.state.served;
         let follower = tokio::spawn(follower::run(served.clone(), shutdown.clone()));
         let batch = tokio::spawn(batch::worker::run(served.clone(), shutdown.clone()));
+        let monitor = tokio::spawn(monitor::run(served.clone(), shutdown.clone()));
         let (stop, done) = (self.stop_recorder, self.recorder);
         let workers_stop = shutdown.clone();
         let recorder = tokio::spawn(async move {
@@ -95,7 +96,7 @@ impl Inference {
             stop.cancel();
             let _ = done.await;
         });
-        vec![follower, batch, recorder]
+        vec![follower, batch, monitor, recorder]
     }
 }
 
@@ -137,6 +138,18 @@ fn describe_metrics() {
         "|t| of each drift test of the last window (class:<label>, confidence, brightness, sharpness)."
     );
     describe_counter!("sluice_inference_drift_checks_total", "Drift checks run, by state and kind of shift.");
+    describe_gauge!(
+        "sluice_inference_shadow_agreement",
+        "Share of the latest shadowed inputs on which the shadow and the answered version agree."
+    );
+    describe_gauge!(
+        "sluice_inference_shadow_accuracy_difference",
+        "Shadow accuracy minus answered accuracy on the latest shadowed inputs that got feedback."
+    );
+    describe_counter!(
+        "sluice_inference_observations_total",
+        "Requests' prediction statistics sent to the drift monitor, by outcome (published, dropped)."
+    );
     describe_counter!(
         "sluice_inference_captures_total",
         "Served inputs kept by capture policies, by why (random, low_confidence, drift) and outcome (enqueued, dropped, failed)."

@@ -226,11 +226,12 @@ async fn run(
     let fail = |e: ApiError| (label.clone(), e);
     let max_pixels = state.served.ctx.config.inference.max_image_pixels;
     let prepared = prepare_all(bodies.clone(), loaded.clone(), max_pixels).await.map_err(fail)?;
-    let predictions = score(state, &loaded, &prepared, top_k, alias.as_deref(), false).await.map_err(fail)?;
+    let predictions = score(state, &loaded, &prepared, top_k, alias.as_deref(), None).await.map_err(fail)?;
     capture(state, &model, &loaded, &bodies, &predictions).await;
     if let Some(shadow) = routing.and_then(|r| r.shadow_alias).filter(|s| Some(s) != alias.as_ref()) {
         let (state, model) = (state.clone(), model.clone());
-        tokio::spawn(async move { shadow_score(&state, &model, &shadow, bodies, top_k).await });
+        let answered: Vec<Uuid> = predictions.iter().filter_map(|p| p["id"].as_str()?.parse().ok()).collect();
+        tokio::spawn(async move { shadow_score(&state, &model, &shadow, bodies, top_k, answered).await });
     }
     let version = loaded.version.version;
     metrics::counter!("sluice_inference_requests_total", "model" => label.clone(), "version" => version.to_string(),
@@ -245,7 +246,8 @@ async fn run(
 /// background, so the answer never waits on it.
 async fn capture(state: &AppState, model: &ModelName, loaded: &Loaded, bodies: &[Bytes], predictions: &[Value]) {
     let Some(policy) = state.served.capture_policy(model).await else { return };
-    let drifting = loaded.window.lock().expect("window lock").drifting();
+    let drifting = policy.during_drift_rate > 0.0
+        && crate::monitor::drifting(state, loaded.version.model.as_str(), loaded.version.version).await;
     let mut rng = rand::rng();
     let kept: Vec<Captured> = bodies
         .iter()
@@ -315,6 +317,7 @@ pub(crate) fn rank(loaded: &Loaded, logits: &[f32], pixels: &[u8], top_k: usize,
         top: Value::from(top),
         stats: json!({"brightness": brightness, "channel_means": channel_means, "sharpness": sharpness}),
         shadow: false,
+        shadow_of: None,
         batch: None,
     };
     Ranked { class, confidence, brightness, sharpness, record }
@@ -327,8 +330,9 @@ async fn score(
     prepared: &[u8],
     top_k: usize,
     alias: Option<&str>,
-    shadow: bool,
+    shadow_of: Option<&[Uuid]>,
 ) -> Result<Vec<Value>, ApiError> {
+    let shadow = shadow_of.is_some();
     let frame = loaded.batcher.frame();
     let count = prepared.len() / frame;
     let logits = loaded
@@ -338,7 +342,6 @@ async fn score(
         .map_err(|e| ApiError::unavailable(format!("The model could not score the request: {e}.")))?;
     let model = loaded.version.model.to_string();
     let version_label = loaded.version.version.to_string();
-    let config = &state.served.ctx.config.inference;
     let mut out = Vec::with_capacity(count);
     let mut observations = Vec::with_capacity(count);
     for (i, row) in logits.iter().enumerate() {
@@ -347,6 +350,7 @@ async fn score(
             rank(loaded, row, &prepared[i * frame..(i + 1) * frame], top_k, id);
         record.alias = alias.map(str::to_owned);
         record.shadow = shadow;
+        record.shadow_of = shadow_of.and_then(|ids| ids.get(i).copied());
         let top = record.top.clone();
         metrics::counter!("sluice_inference_predictions_total", "model" => model.clone(), "version" => version_label.clone(), "class" => record.label.clone())
             .increment(1);
@@ -358,18 +362,25 @@ async fn score(
     }
     // The request is one unit of the drift window: its images may all show one thing.
     if !shadow {
-        crate::monitor::observe(state, loaded, &observations, config).await;
+        crate::monitor::publish(&state.served, loaded, &observations);
     }
     Ok(out)
 }
 
-async fn shadow_score(state: &AppState, model: &ModelName, alias: &str, bodies: Vec<Bytes>, top_k: usize) {
+async fn shadow_score(
+    state: &AppState,
+    model: &ModelName,
+    alias: &str,
+    bodies: Vec<Bytes>,
+    top_k: usize,
+    answered: Vec<Uuid>,
+) {
     let Ok(alias_name) = AliasName::parse(alias) else { return };
     let result = async {
         let loaded = state.served.resolve(model, &Target::Alias(alias_name)).await.map_err(serve_error)?;
         let max_pixels = state.served.ctx.config.inference.max_image_pixels;
         let prepared = prepare_all(bodies, loaded.clone(), max_pixels).await?;
-        score(state, &loaded, &prepared, top_k, Some(alias), true).await
+        score(state, &loaded, &prepared, top_k, Some(alias), Some(&answered)).await
     }
     .await;
     if let Err(err) = result {

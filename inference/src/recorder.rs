@@ -23,6 +23,8 @@ pub struct Record {
     pub top: Value,
     pub stats: Value,
     pub shadow: bool,
+    /// For a shadow prediction, the answered prediction of the same input.
+    pub shadow_of: Option<Uuid>,
     /// The batch-prediction job that scored it; `None` for served requests.
     pub batch: Option<Uuid>,
 }
@@ -105,13 +107,14 @@ pub(crate) async fn insert(ctx: &Context, batch: &[Record]) -> Result<(), String
     let stats: Vec<&Value> = batch.iter().map(|r| &r.stats).collect();
     let shadows: Vec<bool> = batch.iter().map(|r| r.shadow).collect();
     let jobs: Vec<Option<Uuid>> = batch.iter().map(|r| r.batch).collect();
+    let shadowed: Vec<Option<Uuid>> = batch.iter().map(|r| r.shadow_of).collect();
     client
         .execute(
-            "INSERT INTO predictions (id, model, version, alias, label, confidence, top, stats, shadow, batch_id)
+            "INSERT INTO predictions (id, model, version, alias, label, confidence, top, stats, shadow, batch_id, shadow_of)
              SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::float8[],
-                                  $7::jsonb[], $8::jsonb[], $9::bool[], $10::uuid[])
+                                  $7::jsonb[], $8::jsonb[], $9::bool[], $10::uuid[], $11::uuid[])
              ON CONFLICT (id) DO NOTHING",
-            &[&ids, &models, &versions, &aliases, &labels, &confidences, &tops, &stats, &shadows, &jobs],
+            &[&ids, &models, &versions, &aliases, &labels, &confidences, &tops, &stats, &shadows, &jobs, &shadowed],
         )
         .await
         .map_err(|e| sluice_core::error_chain(&e))?;

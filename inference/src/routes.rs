@@ -105,7 +105,8 @@ pub async fn feedback(State(state): State<AppState>, caller: Caller, body: Bytes
     };
     if let Err(err) = client
         .execute(
-            "UPDATE predictions SET feedback_label = $2, feedback_at = now() WHERE id = $1",
+            // The shadow predictions of the same input are scored with it.
+            "UPDATE predictions SET feedback_label = $2, feedback_at = now() WHERE id = $1 OR shadow_of = $1",
             &[&feedback.prediction_id, &label.as_str()],
         )
         .await
@@ -186,7 +187,8 @@ pub struct DriftQuery {
     version: Option<i32>,
 }
 
-/// `GET /v1/models/{name}/drift`: the served version's window statistics, thresholds and state.
+/// `GET /v1/models/{name}/drift`: the served version's cluster-wide drift verdict (the monitor's
+/// last check: statistics, levels, kind of shift, accuracy estimate) and its live accuracy.
 pub async fn drift(
     State(state): State<AppState>,
     caller: Caller,
@@ -210,32 +212,33 @@ pub async fn drift(
         Err(err) => return serve_error(err).into_response(),
     };
     let config = &state.served.ctx.config.inference;
-    let verdict = loaded.window.lock().expect("window lock").verdict(config);
-    let live = monitor::live_accuracy(&state, model.as_str(), loaded.version.version).await.ok().flatten();
-    Json(json!({
+    let version = loaded.version.version;
+    let verdict = match monitor::verdict(&state, model.as_str(), version).await {
+        Ok(verdict) => verdict,
+        Err(err) => return unavailable(&err).into_response(),
+    };
+    let live = monitor::live_accuracy(&state, model.as_str(), version).await.ok().flatten();
+    // Before the first check of this version: nothing to say yet.
+    let mut answer = verdict.unwrap_or_else(|| {
+        json!({"state": "insufficient_data", "kind": "none", "fired": [], "statistics": [], "window": 0, "checks": 0,
+               "consecutive": 0, "expected_accuracy": null, "expected_accuracy_interval": null,
+               "expected_accuracy_reliable": true})
+    });
+    let extra = json!({
         "model": model.as_str(),
-        "version": loaded.version.version,
+        "version": version,
         "alias": match &target { Target::Alias(a) => Some(a.to_string()), Target::Version(_) => None },
-        "state": verdict.state,
-        "kind": verdict.kind,
-        "fired": verdict.fired,
-        "window": verdict.window,
         "window_size": config.drift_window,
-        "requests": verdict.requests,
-        "batches": verdict.batches,
-        "alpha": verdict.alpha,
-        "checks": verdict.checks,
-        "consecutive_drift_checks": verdict.consecutive,
         "sustain_checks": config.drift_sustain_checks,
-        "statistics": verdict.statistics,
-        "expected_accuracy": verdict.expected_accuracy,
-        "expected_accuracy_interval": verdict.expected_accuracy_interval,
-        "expected_accuracy_reliable": verdict.expected_accuracy_reliable,
-        "reference_accuracy": verdict.reference_accuracy,
+        "consecutive_drift_checks": answer["consecutive"].clone(),
         "live_accuracy": live.map(|(accuracy, _)| accuracy),
         "live_accuracy_answers": live.map(|(_, answers)| answers).unwrap_or(0),
-        "scope": "this inference process",
-    }))
+        "scope": "cluster: one verdict per model version across all inference replicas",
+    });
+    if let (Some(answer), Some(extra)) = (answer.as_object_mut(), extra.as_object()) {
+        answer.extend(extra.clone());
+    }
+    Json(answer)
     .into_response()
 }
 
@@ -258,10 +261,16 @@ pub async fn get_routing(State(state): State<AppState>, caller: Caller, Path(nam
     if let Err(err) = caller.require_any(&[Scope::Predict, Scope::Train]) {
         return err.into_response();
     }
-    match model_name(&name) {
-        Ok(model) => Json(state.served.routing(&model).await).into_response(),
-        Err(err) => err.into_response(),
+    let model = match model_name(&name) {
+        Ok(model) => model,
+        Err(err) => return err.into_response(),
+    };
+    let mut routing = serde_json::to_value(state.served.routing(&model).await).expect("routing serialises");
+    match monitor::shadow_comparison(&state, model.as_str()).await {
+        Ok(comparison) => routing["shadow_comparison"] = json!(comparison),
+        Err(err) => return unavailable(&err).into_response(),
     }
+    Json(routing).into_response()
 }
 
 /// `PUT /v1/models/{name}/routing {"canary": {"alias", "percent"} | null, "shadow": alias | null}`

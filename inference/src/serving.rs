@@ -1,6 +1,6 @@
 //! What this process serves: model versions loaded on first use (artifact verified against its
 //! sha256) and kept, the alias → version map (resolved from PostgreSQL on first use, then moved
-//! by `models.events`), each version's micro-batcher and drift window, and per-model routing
+//! by `models.events`), each version's micro-batcher, and per-model routing
 //! (canary, shadow).
 
 use std::{
@@ -27,7 +27,7 @@ use uuid::Uuid;
 use sluice_nn::Network;
 use tokio::sync::OnceCell;
 
-use crate::{batcher::Batcher, drift::Window};
+use crate::batcher::Batcher;
 
 /// Which version a request wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,12 +64,11 @@ impl From<deadpool_postgres::PoolError> for ServeError {
     }
 }
 
-/// One loaded version: its registry record, network, batcher and drift window.
+/// One loaded version: its registry record, network and batcher.
 #[derive(Debug)]
 pub struct Loaded {
     pub version: ModelVersion,
     pub batcher: Batcher,
-    pub window: Mutex<Window>,
     /// Softmax temperature fitted at training time (calibrated scores).
     pub temperature: f64,
 }
@@ -306,8 +305,7 @@ impl Served {
             "version" => version.to_string(), "outcome" => "refused")
         .increment(0);
         tracing::info!(model = %model, version, seconds = started.elapsed().as_secs_f64(), "model version loaded");
-        let window = Mutex::new(Window::new(reference, record.labels.clone()));
-        Ok(Arc::new(Loaded { version: record, batcher, window, temperature }))
+        Ok(Arc::new(Loaded { version: record, batcher, temperature }))
     }
 
     /// Applies a `models.events` state (every alias of `model` at `revision`): aliases this

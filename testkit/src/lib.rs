@@ -48,6 +48,10 @@ impl TestEnv {
         config.database.max_connections = 4;
         config.kafka.topic_prefix = format!("test.{id}.");
         config.kafka.session_timeout_ms = 6_000;
+        // Groups whose members every test's app starts: one group per test, so one test's apps
+        // joining and leaving never rebalance another's.
+        config.ingest.capture_group_id = format!("test.{id}.ingest-captures");
+        config.inference.monitor_group_id = format!("test.{id}.inference-monitor");
         config.s3.bucket = format!("sluice-test-{id}");
         config.http.addr = ([127, 0, 0, 1], 0).into();
         config.state_dir = std::env::temp_dir().join(format!("sluice-test-{id}"));

@@ -327,10 +327,14 @@ async fn canary_splits_traffic_and_shadow_scores_without_answering() {
     assert_eq!(json_of(put.send().await.expect("put routing")).await.0, 403);
     let body = png(&samples(1, 8), 0, 0);
     let mut canary = 0;
+    let mut shadowed = Vec::new();
     for _ in 0..200 {
         let (status, answer) = predict(&app, &app.admin_token, "routed", "", body.clone()).await;
         assert_eq!(status, 200, "{answer}");
         canary += usize::from(answer["version"] == candidate);
+        if answer["version"] == stable {
+            shadowed.push(answer["predictions"][0]["id"].as_str().expect("id").to_owned());
+        }
     }
     assert!((30..=95).contains(&canary), "{canary} of 200 requests went to the 30% canary");
     eventually(Duration::from_secs(10), "shadow predictions recorded", || async {
@@ -340,6 +344,22 @@ async fn canary_splits_traffic_and_shadow_scores_without_answering() {
     })
     .await;
     assert_eq!(app.count("SELECT count(*) FROM predictions WHERE NOT shadow").await, 200);
+    // Each shadow prediction names the answer it shadowed; feedback on the answer scores both.
+    assert_eq!(app.count("SELECT count(*) FROM predictions WHERE shadow AND shadow_of IS NULL").await, 0);
+    let id = &shadowed[0];
+    let feedback = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
+    let label = synthetic::labels(CLASSES)[0].clone();
+    let (status, body) =
+        json_of(feedback.json(&json!({"prediction_id": id, "label": label})).send().await.expect("feedback")).await;
+    assert_eq!(status, 200, "{body}");
+    let sql = format!("SELECT count(*) FROM predictions WHERE (id = '{id}' OR shadow_of = '{id}') AND feedback_label IS NOT NULL");
+    assert_eq!(app.count(&sql).await, 2, "the answer and its shadow are both scored");
+    let routing = app.http.get(app.url("/v1/models/routed/routing")).bearer_auth(&app.admin_token).send().await;
+    let (_, routing) = json_of(routing.expect("routing")).await;
+    let comparison = &routing["shadow_comparison"];
+    assert_eq!(comparison["pairs"], 200 - canary as i64, "{routing:#}");
+    assert_eq!(comparison["with_feedback"], 1, "{routing:#}");
+    assert!((0.0..=1.0).contains(&comparison["agreement"].as_f64().expect("agreement")), "{routing:#}");
 }
 
 /// Streams `count` images (drawn with `seed`, shifted by `shift`) in batches of 50.
@@ -372,12 +392,17 @@ async fn a_stationary_stream_raises_no_alarm_and_its_accuracy_is_estimated_witho
     let version = register_trained(&app, "steady", 11, 6).await;
     move_alias(&app, "steady", "production", version).await;
     let answers = stream(&app, "steady", 5000, 12, 0).await;
-    let drift = drift_state(&app, "steady").await;
+    // The monitor checks asynchronously (the statistics go through Kafka): wait for the 12th check.
+    let drift = eventually(Duration::from_secs(60), "twelve drift checks", || async {
+        let drift = drift_state(&app, "steady").await;
+        (drift["checks"] == 12).then_some(drift)
+    })
+    .await;
     assert_eq!(drift["state"], "ok", "{drift:#}");
     // The last completed window: 400 predictions in eight requests of 50 (each request one unit).
     assert_eq!(drift["window"], 400);
     assert_eq!(drift["requests"], 8);
-    assert_eq!(drift["checks"], 12);
+    assert_eq!(drift["scope"], "cluster: one verdict per model version across all inference replicas");
     let retrain = app.ctx.topic(Topic::RetrainRequests);
     assert!(
         read_topic(&app.ctx.config, retrain.as_str(), 1, Duration::from_secs(2)).await.is_empty(),
@@ -389,7 +414,8 @@ async fn a_stationary_stream_raises_no_alarm_and_its_accuracy_is_estimated_witho
     let recent = &answers[4400..4800];
     let accuracy = recent.iter().filter(|(p, t)| p == t).count() as f64 / recent.len() as f64;
     let expected = drift["expected_accuracy"].as_f64().expect("an estimate");
-    assert!((expected - accuracy).abs() < 0.1, "estimated {expected:.3}, true {accuracy:.3}: {drift:#}");
+    eprintln!("label-free accuracy estimate {expected:.3}, realised {accuracy:.3} over 400 predictions");
+    assert!((expected - accuracy).abs() < 0.05, "estimated {expected:.3}, true {accuracy:.3}: {drift:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,9 +425,18 @@ async fn a_shifted_stream_is_detected_and_one_retrain_request_is_published() {
     let version = register_trained(&app, "shifty", 21, 3).await;
     move_alias(&app, "shifty", "production", version).await;
     stream(&app, "shifty", 400, 22, 0).await;
-    assert_eq!(drift_state(&app, "shifty").await["state"], "ok");
+    let first = eventually(Duration::from_secs(60), "the first check", || async {
+        let drift = drift_state(&app, "shifty").await;
+        (drift["checks"] == 1).then_some(drift)
+    })
+    .await;
+    assert_eq!(first["state"], "ok", "{first:#}");
     stream(&app, "shifty", 800, 23, 90).await;
-    let drift = drift_state(&app, "shifty").await;
+    let drift = eventually(Duration::from_secs(60), "two more checks", || async {
+        let drift = drift_state(&app, "shifty").await;
+        (drift["checks"] == 3).then_some(drift)
+    })
+    .await;
     assert_eq!(drift["state"], "drift", "{drift:#}");
     assert_eq!(drift["kind"], "covariate_shift", "{drift:#}");
     let fired: Vec<&str> = drift["fired"].as_array().expect("fired").iter().filter_map(Value::as_str).collect();
@@ -479,4 +514,37 @@ async fn an_alias_move_without_an_event_is_picked_up_from_postgres() {
         (status == 200 && answer["version"] == second).then_some(())
     })
     .await;
+}
+
+/// Two inference replicas serve one model, each getting half the requests: the drift monitor
+/// keeps one window for the version, so both answer the same cluster-wide verdict, the checks
+/// count every request of both, and a shift requests retraining once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_drift_verdict() {
+    let env = TestEnv::new().await;
+    let first = inference_app(&env).await;
+    let second = RunningApp::spawn_services(env.config.clone(), &[Service::Inference]).await;
+    let version = register_trained(&first, "twin", 31, 3).await;
+    move_alias(&first, "twin", "production", version).await;
+    let images = samples(800, 32);
+    for start in (0..800).step_by(50) {
+        let replica = if (start / 50) % 2 == 0 { &first } else { &second };
+        let batch: Vec<Vec<u8>> = (start..start + 50).map(|i| png(&images, i, 90)).collect();
+        let (status, answer) = predict_many(replica, "twin", batch).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    // 800 predictions across both replicas: two checks of one window series, not one per replica.
+    let one = eventually(Duration::from_secs(60), "two checks", || async {
+        let drift = drift_state(&first, "twin").await;
+        (drift["checks"] == 2).then_some(drift)
+    })
+    .await;
+    let other = drift_state(&second, "twin").await;
+    assert_eq!(one["checks"], other["checks"]);
+    assert_eq!(one["checked_at"], other["checked_at"], "the same verdict from either replica");
+    assert_eq!(one["state"], "drift", "{one:#}");
+    assert_eq!(first.count("SELECT count(*) FROM drift_verdicts WHERE model = 'twin'").await, 1);
+    let retrain = first.ctx.topic(Topic::RetrainRequests);
+    let requests = read_topic(&first.ctx.config, retrain.as_str(), 2, Duration::from_secs(3)).await;
+    assert_eq!(requests.len(), 1, "one retrain request for the model, not one per replica: {requests:?}");
 }
