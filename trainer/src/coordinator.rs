@@ -35,7 +35,7 @@ use uuid::Uuid;
 use crate::{
     evaluation::{self, Paired, TestReport},
     jobs::limits,
-    search::{self, JobRequest, Promote},
+    search::{self, JobRequest, Promote, Strategy},
     snapshot::{self, Loaded},
     store::{self, NewTrial, StoreError},
 };
@@ -155,6 +155,7 @@ struct TrialRow {
     metrics: Option<Value>,
     /// `None` for trials made before trials had their own seeds (they used the job's).
     seed: Option<i64>,
+    parent: Option<Uuid>,
 }
 
 impl TrialRow {
@@ -188,7 +189,7 @@ async fn advance(ctx: &Context, cache: &snapshot::Cache, job_id: Uuid) -> Result
     };
     let trials: Vec<TrialRow> = client
         .query(
-            "SELECT id, rung, status, params, metrics, seed FROM training_trials WHERE job_id = $1 ORDER BY ordinal",
+            "SELECT id, rung, status, params, metrics, seed, parent FROM training_trials WHERE job_id = $1 ORDER BY ordinal",
             &[&job_id],
         )
         .await?
@@ -200,10 +201,25 @@ async fn advance(ctx: &Context, cache: &snapshot::Cache, job_id: Uuid) -> Result
             params: r.get(3),
             metrics: r.get(4),
             seed: r.get(5),
+            parent: r.get(6),
         })
         .collect();
     drop(client);
-    if trials.iter().any(|t| matches!(t.status.as_str(), "queued" | "running")) {
+    let strategy = search::strategy_of(&request, limits(ctx)).map_err(|e| Retry::new(e.to_string()))?;
+    let running = trials.iter().any(|t| matches!(t.status.as_str(), "queued" | "running"));
+    if matches!(strategy, Strategy::Asha { .. }) {
+        let finished = asha_view(&trials);
+        let mut promotions = search::asha_promotions(&strategy, &finished);
+        if promotions.is_empty() && !running {
+            promotions.extend(search::asha_final(&strategy, &finished));
+        }
+        if !promotions.is_empty() {
+            return promote(ctx, job_id, &job, &request, &trials, promotions).await;
+        }
+        if running {
+            return Ok(());
+        }
+    } else if running {
         return Ok(());
     }
     // The rung has ended: the step begins. Counted before it runs, so a coordinator that dies
@@ -216,6 +232,64 @@ async fn advance(ctx: &Context, cache: &snapshot::Cache, job_id: Uuid) -> Result
         return park_step(ctx, job_id, &request.model, attempts - 1, &reason).await;
     }
     step(ctx, cache, job_id, &job, &request, &trials).await.map_err(|err| err.in_step(job_id))
+}
+
+/// ASHA's view of a job's succeeded trials.
+fn asha_view(trials: &[TrialRow]) -> Vec<search::Finished<Uuid>> {
+    let parents: HashSet<Uuid> = trials.iter().filter_map(|t| t.parent).collect();
+    trials
+        .iter()
+        .filter(|t| t.status == "succeeded")
+        .map(|t| search::Finished {
+            id: t.id,
+            rung: t.rung as u32,
+            epochs: serde_json::from_value::<Hyper>(t.params.clone()).map(|h| h.epochs as u32).unwrap_or(0),
+            score: t.score(),
+            promoted: parents.contains(&t.id),
+        })
+        .collect()
+}
+
+/// Queues ASHA's promotions (each continuing its parent's checkpoint, with its seed), unless
+/// the job has ended or a promotion already exists (a redelivered result).
+async fn promote(
+    ctx: &Context,
+    job_id: Uuid,
+    job: &tokio_postgres::Row,
+    request: &JobRequest,
+    trials: &[TrialRow],
+    promotions: Vec<(Uuid, u32, u32)>,
+) -> Result<(), Retry> {
+    let by_id: std::collections::HashMap<Uuid, &TrialRow> = trials.iter().map(|t| (t.id, t)).collect();
+    let new: Vec<NewTrial> = promotions
+        .iter()
+        .filter_map(|&(parent, rung, epochs)| {
+            let t = by_id.get(&parent)?;
+            let mut hyper: Hyper = serde_json::from_value(t.params.clone()).unwrap_or_default();
+            hyper.epochs = epochs as usize;
+            let seed = t.seed.map_or(request.seed, |seed| seed as u64);
+            Some(NewTrial { hyper, rung, parent: Some(parent), seed })
+        })
+        .collect();
+    let parents: Vec<Uuid> = promotions.iter().map(|p| p.0).collect();
+    let (snapshot_id, snapshot_key): (String, String) = (job.get(2), job.get(3));
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let locked: String =
+        tx.query_one("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await?.get(0);
+    let taken = tx
+        .query_opt("SELECT 1 FROM training_trials WHERE job_id = $1 AND parent = ANY($2)", &[&job_id, &parents])
+        .await?
+        .is_some();
+    if matches!(locked.as_str(), "queued" | "running") && !taken {
+        let ordinal: i64 =
+            tx.query_one("SELECT count(*) FROM training_trials WHERE job_id = $1", &[&job_id]).await?.get(0);
+        let count = new.len();
+        store::queue_trials(ctx, &tx, job_id, request, &snapshot_id, &snapshot_key, ordinal as i32, new).await?;
+        tx.commit().await?;
+        tracing::info!(job = %job_id, promoted = count, "asha: trials promoted");
+    }
+    Ok(())
 }
 
 /// Plans the next rung, or registers the best trial: what follows a rung's end.
@@ -231,6 +305,7 @@ async fn step(
     let mut ranked: Vec<&TrialRow> = trials.iter().filter(|t| t.rung == rung && t.status == "succeeded").collect();
     ranked.sort_by(by_score);
     let strategy = search::strategy_of(request, limits(ctx)).map_err(|e| Retry::new(e.to_string()))?;
+    // (ASHA promotes as trials finish, in `advance`; here its search is over.)
     let hyper_of = |t: &TrialRow| serde_json::from_value::<Hyper>(t.params.clone()).unwrap_or_default();
     let budget = ranked.first().map(|t| hyper_of(t).epochs as u32).unwrap_or(0);
     if let Some((keep, epochs)) = search::next_rung(&strategy, budget, ranked.len()) {

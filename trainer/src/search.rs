@@ -99,6 +99,11 @@ pub struct SearchRequest {
     pub reduction_factor: Option<u32>,
     /// Successive halving: the first rung's epoch budget (default 1).
     pub min_epochs: Option<u32>,
+    /// `median`: a trial stops (keeping its best weights) once its best validation accuracy is
+    /// below the median of the other trials of its rung at the same epoch.
+    pub early_stopping: Option<String>,
+    /// Epochs every trial trains before the median rule may stop it (default 2).
+    pub grace_epochs: Option<u32>,
 }
 
 /// What happens to the best model when a job ends. Ordered by how much it may move
@@ -195,6 +200,10 @@ pub enum Strategy {
     Grid,
     Random,
     Halving { reduction_factor: u32, min_epochs: u32, max_epochs: u32 },
+    /// Asynchronous successive halving (ASHA): a trial that finishes a rung is promoted as soon
+    /// as it ranks in the top 1/`reduction_factor` of the trials that finished that rung so far,
+    /// so no rung waits for its slowest trial.
+    Asha { reduction_factor: u32, max_epochs: u32 },
 }
 
 /// The first trials of a job and how later rungs are made.
@@ -214,6 +223,13 @@ pub struct Limits {
 
 /// Expands a search into its first trials, checking every parameter and limit.
 pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, InvalidSearch> {
+    match search.early_stopping.as_deref() {
+        None | Some("median") => {}
+        Some(other) => return Err(invalid(format!("unknown early_stopping {other:?}; use median"))),
+    }
+    if search.grace_epochs == Some(0) || (search.grace_epochs.is_some() && search.early_stopping.is_none()) {
+        return Err(invalid("search.grace_epochs must be at least 1, with early_stopping set"));
+    }
     if let Some(max) = search.max_trials
         && (max == 0 || max > limits.max_trials)
     {
@@ -277,7 +293,7 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
             let trials = combos.iter().map(build).collect::<Result<_, _>>()?;
             Ok(Plan { strategy: Strategy::Grid, trials })
         }
-        "random" | "halving" => {
+        "random" | "halving" | "asha" => {
             let count = search
                 .max_trials
                 .ok_or_else(|| invalid(format!("{} search needs search.max_trials", search.strategy)))?;
@@ -290,7 +306,7 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
             }
             if search.strategy == "random" {
                 if search.reduction_factor.is_some() || search.min_epochs.is_some() {
-                    return Err(invalid("reduction_factor and min_epochs apply to the halving strategy only"));
+                    return Err(invalid("reduction_factor and min_epochs apply to halving and asha only"));
                 }
                 return Ok(Plan { strategy: Strategy::Random, trials });
             }
@@ -309,9 +325,14 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
                 trial.epochs = min_epochs as usize;
                 trial.horizon = Some(max_epochs as usize);
             }
-            Ok(Plan { strategy: Strategy::Halving { reduction_factor, min_epochs, max_epochs }, trials })
+            let strategy = if search.strategy == "asha" {
+                Strategy::Asha { reduction_factor, max_epochs }
+            } else {
+                Strategy::Halving { reduction_factor, min_epochs, max_epochs }
+            };
+            Ok(Plan { strategy, trials })
         }
-        other => Err(invalid(format!("unknown search strategy {other:?}; use grid, random or halving"))),
+        other => Err(invalid(format!("unknown search strategy {other:?}; use grid, random, halving or asha"))),
     }
 }
 
@@ -329,6 +350,66 @@ pub fn next_rung(strategy: &Strategy, epochs: u32, finished: usize) -> Option<(u
     let keep = (finished / reduction_factor as usize).max(1);
     let next = if keep == 1 { max_epochs } else { epochs.saturating_mul(reduction_factor).min(max_epochs) };
     Some((keep, next))
+}
+
+/// The median stopping rule: whether a trial whose best validation accuracy so far is `own`
+/// stops at `epoch`, given the best-so-far accuracies of the other trials of its rung at that
+/// epoch. Needs at least three others, and `epoch` past the grace epochs.
+pub fn median_stops(own: f64, others: &[f64], epoch: u32, grace: u32) -> bool {
+    if epoch < grace || others.len() < 3 {
+        return false;
+    }
+    let mut sorted = others.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    let median = if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 };
+    own < median
+}
+
+/// A trial as ASHA sees it: its rung, epoch budget, score (higher is better) and whether it has
+/// already been promoted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Finished<Id> {
+    pub id: Id,
+    pub rung: u32,
+    pub epochs: u32,
+    pub score: (f64, f64),
+    pub promoted: bool,
+}
+
+/// ASHA's promotions now: on every rung below the whole budget, the trials in the top
+/// 1/`reduction_factor` of those that finished it that are not promoted yet, each with the next
+/// rung's budget (the whole budget at the last). `finished` holds every succeeded trial.
+pub fn asha_promotions<Id: Copy>(strategy: &Strategy, finished: &[Finished<Id>]) -> Vec<(Id, u32, u32)> {
+    let Strategy::Asha { reduction_factor, max_epochs } = *strategy else {
+        return Vec::new();
+    };
+    let top_rung = finished.iter().map(|t| t.rung).max().unwrap_or(0);
+    let mut out = Vec::new();
+    for rung in 0..=top_rung {
+        let mut on: Vec<&Finished<Id>> = finished.iter().filter(|t| t.rung == rung).collect();
+        let Some(epochs) = on.first().map(|t| t.epochs) else { continue };
+        if epochs >= max_epochs {
+            continue;
+        }
+        on.sort_by(|a, b| b.score.0.total_cmp(&a.score.0).then(b.score.1.total_cmp(&a.score.1)));
+        let next = epochs.saturating_mul(reduction_factor).min(max_epochs);
+        let keep = on.len() / reduction_factor as usize;
+        out.extend(on[..keep].iter().filter(|t| !t.promoted).map(|t| (t.id, rung + 1, next)));
+    }
+    out
+}
+
+/// ASHA once nothing runs and nothing more can be promoted: the best trial of the highest rung
+/// gets the whole budget if it has not had it, so the winner always trained fully.
+pub fn asha_final<Id: Copy>(strategy: &Strategy, finished: &[Finished<Id>]) -> Option<(Id, u32, u32)> {
+    let Strategy::Asha { max_epochs, .. } = *strategy else { return None };
+    let top_rung = finished.iter().map(|t| t.rung).max()?;
+    let best = finished
+        .iter()
+        .filter(|t| t.rung == top_rung)
+        .max_by(|a, b| a.score.0.total_cmp(&b.score.0).then(a.score.1.total_cmp(&b.score.1)))?;
+    (best.epochs < max_epochs && !best.promoted).then_some((best.id, top_rung + 1, max_epochs))
 }
 
 /// Rebuilds the strategy of a stored request (its plan was validated when the job was made).
@@ -411,6 +492,48 @@ mod tests {
         assert_eq!(next_rung(&pair.strategy, 20, 1), None);
         // Every trial of a rung failed: the search is over.
         assert_eq!(next_rung(&pair.strategy, 1, 0), None);
+    }
+
+    #[test]
+    fn asha_promotes_without_waiting_for_the_rung() {
+        let s = search(json!({"strategy": "asha", "max_trials": 9, "space": {"epochs": 9, "learning_rate": {"log_uniform": [0.001, 0.1]}}}));
+        let plan = plan(&s, 1, LIMITS).expect("valid");
+        assert_eq!(plan.strategy, Strategy::Asha { reduction_factor: 3, max_epochs: 9 });
+        let trial = |id: u32, rung: u32, epochs: u32, score: f64, promoted: bool| Finished {
+            id,
+            rung,
+            epochs,
+            score: (score, 0.0),
+            promoted,
+        };
+        // Two of nine first-rung trials done: none is yet in a top third of at least three.
+        assert!(asha_promotions(&plan.strategy, &[trial(1, 0, 1, 0.5, false), trial(2, 0, 1, 0.7, false)]).is_empty());
+        // A third finishes: the best of the three goes on at once, the others still running.
+        let three = [trial(1, 0, 1, 0.5, false), trial(2, 0, 1, 0.7, false), trial(3, 0, 1, 0.6, false)];
+        assert_eq!(asha_promotions(&plan.strategy, &three), vec![(2, 1, 3)]);
+        // Already promoted: nothing new.
+        let promoted = [trial(1, 0, 1, 0.5, false), trial(2, 0, 1, 0.7, true), trial(3, 0, 1, 0.6, false)];
+        assert!(asha_promotions(&plan.strategy, &promoted).is_empty());
+        // At the end the best of the top rung trains the whole budget.
+        let ended = [trial(1, 0, 1, 0.5, false), trial(2, 0, 1, 0.7, true), trial(4, 1, 3, 0.8, false)];
+        assert_eq!(asha_final(&plan.strategy, &ended), Some((4, 2, 9)));
+        assert_eq!(asha_final(&plan.strategy, &[trial(5, 2, 9, 0.9, false)]), None);
+    }
+
+    #[test]
+    fn the_median_rule_stops_the_laggards_after_the_grace_epochs() {
+        let others = [0.6, 0.7, 0.8];
+        assert!(median_stops(0.65, &others, 3, 2));
+        assert!(!median_stops(0.75, &others, 3, 2));
+        assert!(!median_stops(0.1, &others, 1, 2), "within the grace epochs");
+        assert!(!median_stops(0.1, &[0.9, 0.9], 5, 2), "too few others to judge");
+        assert!(median_stops(0.5, &[0.4, 0.6, 0.7, 0.9], 4, 2), "median 0.65 of an even count");
+        let with_rule = search(json!({"strategy": "random", "max_trials": 4, "early_stopping": "median", "grace_epochs": 2, "space": {}}));
+        assert!(plan(&with_rule, 1, LIMITS).is_ok());
+        let unknown = search(json!({"strategy": "random", "max_trials": 4, "early_stopping": "mean", "space": {}}));
+        assert!(plan(&unknown, 1, LIMITS).is_err());
+        let orphan = search(json!({"strategy": "random", "max_trials": 4, "grace_epochs": 2, "space": {}}));
+        assert!(plan(&orphan, 1, LIMITS).is_err());
     }
 
     #[test]

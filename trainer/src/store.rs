@@ -446,3 +446,41 @@ pub async fn retrain_requests(ctx: &Context, model: Option<&str>, limit: i64) ->
         })
         .collect())
 }
+
+/// The job's median-rule grace epochs, when its search asked for `early_stopping: median`.
+pub async fn median_rule(ctx: &Context, job_id: Uuid) -> Result<Option<u32>, StoreError> {
+    let client = ctx.db.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT request -> 'search' ->> 'early_stopping', (request -> 'search' ->> 'grace_epochs')::int
+             FROM training_jobs WHERE id = $1",
+            &[&job_id],
+        )
+        .await?;
+    Ok(row.and_then(|r| {
+        let rule: Option<String> = r.get(0);
+        (rule.as_deref() == Some("median")).then(|| r.get::<_, Option<i32>>(1).unwrap_or(2).max(1) as u32)
+    }))
+}
+
+/// The best validation accuracy up to `epoch` of every other trial of the job's `rung` that has
+/// reported `epoch` (or later).
+pub async fn peers_at_epoch(
+    ctx: &Context,
+    job_id: Uuid,
+    trial_id: Uuid,
+    rung: u32,
+    epoch: u32,
+) -> Result<Vec<f64>, StoreError> {
+    let client = ctx.db.get().await?;
+    let rows = client
+        .query(
+            "SELECT (SELECT max((h ->> 'val_accuracy')::float8) FROM jsonb_array_elements(t.history) h
+                     WHERE (h ->> 'epoch')::int <= $4)
+             FROM training_trials t
+             WHERE t.job_id = $1 AND t.id <> $2 AND t.rung = $3 AND t.epoch >= $4",
+            &[&job_id, &trial_id, &(rung as i32), &(epoch as i32)],
+        )
+        .await?;
+    Ok(rows.iter().filter_map(|r| r.get::<_, Option<f64>>(0)).collect())
+}

@@ -37,7 +37,7 @@ use sluice_core::{
 };
 use sluice_nn::{Architecture, Hyper, Samples, Session, SessionSpec};
 
-use crate::{jobs, snapshot, store};
+use crate::{jobs, search, snapshot, store};
 
 /// How a trial attempt ended short of publishing its result.
 #[derive(Debug)]
@@ -334,6 +334,9 @@ async fn train(
         },
     };
     let resumed_from = session.epochs_done() as u32;
+    let median_grace = store::median_rule(ctx, trial.job_id).await?;
+    let mut best_accuracy = f64::MIN;
+    let mut pruned_at = None;
     while !session.finished() {
         if shutdown.is_cancelled() {
             return Err(Stop::Shutdown);
@@ -373,8 +376,21 @@ async fn train(
         publish(ctx, Topic::TrainingResults, &trial.job_id.to_string(), &Envelope::new(progress))
             .await
             .map_err(Stop::Transient)?;
+        best_accuracy = best_accuracy.max(report.val_accuracy);
+        if let Some(grace) = median_grace
+            && !session.finished()
+        {
+            let epoch = report.epoch as u32;
+            let peers = store::peers_at_epoch(ctx, trial.job_id, trial.trial_id, trial.rung, epoch).await?;
+            if search::median_stops(best_accuracy, &peers, epoch, grace) {
+                tracing::info!(trial = %trial.trial_id, epoch, "median rule: below the median of its peers; stopping");
+                metrics::counter!("sluice_trainer_trials_pruned_total").increment(1);
+                pruned_at = Some(epoch);
+                break;
+            }
+        }
     }
-    let sets = Sets { validation: &val_set, calibration: calibration_set.as_ref(), sizes: partition.sizes() };
+    let sets = Sets { validation: &val_set, calibration: calibration_set.as_ref(), sizes: partition.sizes(), pruned_at };
     finish(ctx, trial, &session, sets, classes, worker, started).await.map(Some)
 }
 
@@ -384,6 +400,8 @@ struct Sets<'a> {
     calibration: Option<&'a Samples>,
     /// Items per split.
     sizes: serde_json::Value,
+    /// The epoch the median rule stopped the trial at, if it did.
+    pruned_at: Option<u32>,
 }
 
 /// Writes the best weights and their manifest, and describes the result.
@@ -425,6 +443,7 @@ async fn finish(
         "validation_samples": sets.validation.labels.len(),
         "calibration_samples": calibration.labels.len(),
         "splits": sets.sizes,
+        "pruned_at_epoch": sets.pruned_at,
     });
     let manifest = json!({
         "job_id": trial.job_id, "trial_id": trial.trial_id, "model": trial.model,
