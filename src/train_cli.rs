@@ -20,7 +20,7 @@ pub struct TrainArgs {
     /// mlp or cnn.
     #[arg(long, default_value = "cnn")]
     pub architecture: String,
-    /// grid, random, halving or asha.
+    /// grid, random, halving, asha or tpe.
     #[arg(long, default_value = "grid")]
     pub strategy: String,
     /// A search dimension: `name=v1,v2` (a list), `name=v` (fixed), or

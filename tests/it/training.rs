@@ -299,6 +299,26 @@ async fn the_median_rule_stops_laggards_after_the_grace_epochs() {
     assert!(lr(best) >= 0.003, "{job:#}");
 }
 
+/// TPE: five random trials, then one proposal per ended trial, up to max_trials; the job ends
+/// with the best of all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tpe_proposes_trials_from_the_results_so_far() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
+    seed_dataset(&app, "shapes", 2, 16, 16, 15).await;
+    let body = json!({"model": "guided", "dataset": "shapes", "architecture": "mlp", "seed": 6, "promote": "never",
+        "search": {"strategy": "tpe", "max_trials": 8,
+                   "space": {"epochs": 2, "learning_rate": {"log_uniform": [0.0001, 0.05]}, "hidden": {"int_uniform": [8, 32]}}}});
+    let job = run_job(&app, &body, Duration::from_secs(180)).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let trials = job["trials"].as_array().expect("trials");
+    assert_eq!(trials.len(), 8, "{job:#}");
+    assert!(trials.iter().all(|t| t["status"] == "succeeded"), "{job:#}");
+    let score = |t: &Value| t["metrics"]["val_accuracy"].as_f64().unwrap_or(0.0);
+    let best = trials.iter().find(|t| t["id"] == job["best_trial"]).expect("the best trial");
+    assert!(trials.iter().all(|t| score(t) <= score(best)), "{job:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_training_requests_get_a_clear_4xx_and_leave_nothing_behind() {
     let env = TestEnv::new().await;

@@ -219,6 +219,16 @@ async fn advance(ctx: &Context, cache: &snapshot::Cache, job_id: Uuid) -> Result
         if running {
             return Ok(());
         }
+    } else if let Strategy::Tpe { max_trials } = strategy {
+        // Each ended trial makes room for one proposed from the results so far.
+        let ended = trials.iter().filter(|t| !matches!(t.status.as_str(), "queued" | "running")).count();
+        let allowed = (search::TPE_STARTUP + ended).min(max_trials as usize);
+        if trials.len() < allowed {
+            return propose(ctx, job_id, &job, &request, &trials, allowed).await;
+        }
+        if running {
+            return Ok(());
+        }
     } else if running {
         return Ok(());
     }
@@ -288,6 +298,41 @@ async fn promote(
         store::queue_trials(ctx, &tx, job_id, request, &snapshot_id, &snapshot_key, ordinal as i32, new).await?;
         tx.commit().await?;
         tracing::info!(job = %job_id, promoted = count, "asha: trials promoted");
+    }
+    Ok(())
+}
+
+/// Queues TPE proposals up to `allowed` trials, unless another delivery already did.
+async fn propose(
+    ctx: &Context,
+    job_id: Uuid,
+    job: &tokio_postgres::Row,
+    request: &JobRequest,
+    trials: &[TrialRow],
+    allowed: usize,
+) -> Result<(), Retry> {
+    let finished: Vec<(Value, f64)> =
+        trials.iter().filter(|t| t.status == "succeeded").map(|t| (t.params.clone(), t.score().0)).collect();
+    let mut new = Vec::new();
+    for index in trials.len()..allowed {
+        let mut hyper = search::tpe_propose(&request.search, request.seed, index, &finished, limits(ctx))
+            .map_err(|e| Retry::new(e.to_string()))?;
+        if let Some(augment) = request.augment {
+            hyper.augment = augment;
+        }
+        new.push(NewTrial { hyper, rung: 0, parent: None, seed: request.trial_seed(index) });
+    }
+    let (snapshot_id, snapshot_key): (String, String) = (job.get(2), job.get(3));
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let locked: String =
+        tx.query_one("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await?.get(0);
+    let count: i64 = tx.query_one("SELECT count(*) FROM training_trials WHERE job_id = $1", &[&job_id]).await?.get(0);
+    if matches!(locked.as_str(), "queued" | "running") && count as usize == trials.len() {
+        let proposed = new.len();
+        store::queue_trials(ctx, &tx, job_id, request, &snapshot_id, &snapshot_key, count as i32, new).await?;
+        tx.commit().await?;
+        tracing::info!(job = %job_id, proposed, "tpe: trials proposed from the results so far");
     }
     Ok(())
 }

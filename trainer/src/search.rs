@@ -184,6 +184,51 @@ impl Domain {
         }
     }
 
+    /// TPE's pick for this parameter: among candidates drawn around the good values, the one
+    /// with the highest ratio of good to bad density.
+    fn tpe(&self, good: &[Value], bad: &[Value], rng: &mut StdRng) -> Value {
+        match self {
+            Domain::Choice(values) => {
+                // Smoothed category frequencies (a count of 1 for each category as the prior).
+                let weights = |set: &[Value]| -> Vec<f64> {
+                    values.iter().map(|v| 1.0 + set.iter().filter(|x| *x == v).count() as f64).collect()
+                };
+                let (l, g) = (weights(good), weights(bad));
+                let (l_sum, g_sum): (f64, f64) = (l.iter().sum(), g.iter().sum());
+                let mut best = (0, f64::MIN);
+                for _ in 0..TPE_CANDIDATES {
+                    let mut u = rng.random::<f64>() * l_sum;
+                    let mut pick = values.len() - 1;
+                    for (i, w) in l.iter().enumerate() {
+                        if u < *w {
+                            pick = i;
+                            break;
+                        }
+                        u -= w;
+                    }
+                    let ratio = (l[pick] / l_sum) / (g[pick] / g_sum);
+                    if ratio > best.1 {
+                        best = (pick, ratio);
+                    }
+                }
+                values[best.0].clone()
+            }
+            Domain::Uniform(lo, hi) | Domain::LogUniform(lo, hi) => {
+                let log = matches!(self, Domain::LogUniform(..));
+                let to = |x: f64| if log { x.ln() } else { x };
+                let (lo_t, hi_t) = (to(*lo), to(*hi));
+                let points = |set: &[Value]| -> Vec<f64> { set.iter().filter_map(Value::as_f64).map(to).collect() };
+                let t = parzen_pick(&points(good), &points(bad), lo_t, hi_t, rng);
+                Value::from(if log { t.exp().clamp(*lo, *hi) } else { t })
+            }
+            Domain::IntUniform(lo, hi) => {
+                let points = |set: &[Value]| -> Vec<f64> { set.iter().filter_map(Value::as_f64).collect() };
+                let t = parzen_pick(&points(good), &points(bad), *lo as f64 - 0.5, *hi as f64 + 0.5, rng);
+                Value::from((t.round() as i64).clamp(*lo, *hi))
+            }
+        }
+    }
+
     fn sample(&self, rng: &mut StdRng) -> Value {
         match self {
             Domain::Choice(values) => values[rng.random_range(0..values.len())].clone(),
@@ -204,6 +249,9 @@ pub enum Strategy {
     /// as it ranks in the top 1/`reduction_factor` of the trials that finished that rung so far,
     /// so no rung waits for its slowest trial.
     Asha { reduction_factor: u32, max_epochs: u32 },
+    /// Tree-structured Parzen estimator: [`TPE_STARTUP`] random trials, then each finished
+    /// trial makes room for one proposed from the results so far ([`tpe_propose`]).
+    Tpe { max_trials: u32 },
 }
 
 /// The first trials of a job and how later rungs are made.
@@ -221,6 +269,71 @@ pub struct Limits {
     pub max_epochs: u32,
 }
 
+/// The space's parameters and their domains, checked.
+fn domains(search: &SearchRequest) -> Result<BTreeMap<String, Domain>, InvalidSearch> {
+    let mut domains = BTreeMap::new();
+    for (name, raw) in &search.space {
+        if !Hyper::PARAMS.contains(&name.as_str()) {
+            return Err(invalid(format!(
+                "search.space: unknown parameter {name:?}; known parameters: {}",
+                Hyper::PARAMS.join(", ")
+            )));
+        }
+        domains.insert(name.clone(), Domain::parse(name, raw)?);
+    }
+    Ok(domains)
+}
+
+/// The hyper-parameters of one assignment, validated against the limits.
+fn build(assignment: &BTreeMap<String, Value>, limits: Limits) -> Result<Hyper, InvalidSearch> {
+    let mut hyper = Hyper::default();
+    for (name, value) in assignment {
+        hyper.set(name, value).map_err(|e| invalid(format!("search.space.{name}: {e}")))?;
+    }
+    hyper.validate().map_err(|e| invalid(format!("search.space: {e}")))?;
+    if hyper.epochs as u32 > limits.max_epochs {
+        return Err(invalid(format!("epochs must be at most {}", limits.max_epochs)));
+    }
+    Ok(hyper)
+}
+
+/// Random trials TPE starts with before it models anything.
+pub const TPE_STARTUP: usize = 5;
+/// Candidates TPE draws from the good trials' density per parameter.
+const TPE_CANDIDATES: usize = 24;
+
+/// Tree-structured Parzen estimator: the next trial of a `tpe` search, from the scores of the
+/// trials finished so far (`(params, score)`, higher is better). Finished trials are split into
+/// the best quarter and the rest; for each parameter, candidates are drawn from a Parzen density
+/// around the good values (plus the prior) and the one most likelier under the good density than
+/// under the bad one is kept (parameters independently, as Optuna's default). Deterministic in
+/// `seed` and `index` (the new trial's ordinal).
+pub fn tpe_propose(
+    search: &SearchRequest,
+    seed: u64,
+    index: usize,
+    finished: &[(Value, f64)],
+    limits: Limits,
+) -> Result<Hyper, InvalidSearch> {
+    let domains = domains(search)?;
+    let mut rng = StdRng::seed_from_u64(seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut ranked: Vec<&(Value, f64)> = finished.iter().collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let n_good = ranked.len().div_ceil(4).max(1).min(ranked.len());
+    let (good, bad) = ranked.split_at(n_good);
+    let mut assignment = BTreeMap::new();
+    for (name, domain) in &domains {
+        let values = |set: &[&(Value, f64)]| -> Vec<Value> { set.iter().filter_map(|(p, _)| p.get(name).cloned()).collect() };
+        let value = if good.is_empty() {
+            domain.sample(&mut rng)
+        } else {
+            domain.tpe(&values(good), &values(if bad.is_empty() { good } else { bad }), &mut rng)
+        };
+        assignment.insert(name.clone(), value);
+    }
+    build(&assignment, limits)
+}
+
 /// Expands a search into its first trials, checking every parameter and limit.
 pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, InvalidSearch> {
     match search.early_stopping.as_deref() {
@@ -235,27 +348,8 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
     {
         return Err(invalid(format!("search.max_trials must be between 1 and {}", limits.max_trials)));
     }
-    let mut domains = BTreeMap::new();
-    for (name, raw) in &search.space {
-        if !Hyper::PARAMS.contains(&name.as_str()) {
-            return Err(invalid(format!(
-                "search.space: unknown parameter {name:?}; known parameters: {}",
-                Hyper::PARAMS.join(", ")
-            )));
-        }
-        domains.insert(name.clone(), Domain::parse(name, raw)?);
-    }
-    let build = |assignment: &BTreeMap<String, Value>| -> Result<Hyper, InvalidSearch> {
-        let mut hyper = Hyper::default();
-        for (name, value) in assignment {
-            hyper.set(name, value).map_err(|e| invalid(format!("search.space.{name}: {e}")))?;
-        }
-        hyper.validate().map_err(|e| invalid(format!("search.space: {e}")))?;
-        if hyper.epochs as u32 > limits.max_epochs {
-            return Err(invalid(format!("epochs must be at most {}", limits.max_epochs)));
-        }
-        Ok(hyper)
-    };
+    let domains = domains(search)?;
+    let build = |assignment: &BTreeMap<String, Value>| build(assignment, limits);
     match search.strategy.as_str() {
         "grid" => {
             if search.reduction_factor.is_some() || search.min_epochs.is_some() {
@@ -293,7 +387,7 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
             let trials = combos.iter().map(build).collect::<Result<_, _>>()?;
             Ok(Plan { strategy: Strategy::Grid, trials })
         }
-        "random" | "halving" | "asha" => {
+        "random" | "halving" | "asha" | "tpe" => {
             let count = search
                 .max_trials
                 .ok_or_else(|| invalid(format!("{} search needs search.max_trials", search.strategy)))?;
@@ -303,6 +397,13 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
                 let assignment: BTreeMap<String, Value> =
                     domains.iter().map(|(name, domain)| (name.clone(), domain.sample(&mut rng))).collect();
                 trials.push(build(&assignment)?);
+            }
+            if search.strategy == "tpe" {
+                if search.reduction_factor.is_some() || search.min_epochs.is_some() {
+                    return Err(invalid("reduction_factor and min_epochs apply to halving and asha only"));
+                }
+                trials.truncate(TPE_STARTUP);
+                return Ok(Plan { strategy: Strategy::Tpe { max_trials: count }, trials });
             }
             if search.strategy == "random" {
                 if search.reduction_factor.is_some() || search.min_epochs.is_some() {
@@ -332,7 +433,7 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
             };
             Ok(Plan { strategy, trials })
         }
-        other => Err(invalid(format!("unknown search strategy {other:?}; use grid, random, halving or asha"))),
+        other => Err(invalid(format!("unknown search strategy {other:?}; use grid, random, halving, asha or tpe"))),
     }
 }
 
@@ -364,6 +465,41 @@ pub fn median_stops(own: f64, others: &[f64], epoch: u32, grace: u32) -> bool {
     let mid = sorted.len() / 2;
     let median = if sorted.len() % 2 == 1 { sorted[mid] } else { (sorted[mid - 1] + sorted[mid]) / 2.0 };
     own < median
+}
+
+/// A Parzen density over [lo, hi]: a Gaussian at each point (bandwidth shrinking with their
+/// number) plus the uniform prior as one more component.
+fn parzen(points: &[f64], lo: f64, hi: f64, x: f64) -> f64 {
+    let width = (hi - lo).max(1e-12);
+    let sigma = width / (points.len() as f64 + 1.0).powf(0.2) / 2.0;
+    let gauss: f64 = points
+        .iter()
+        .map(|p| (-(x - p).powi(2) / (2.0 * sigma * sigma)).exp() / (sigma * (2.0 * std::f64::consts::PI).sqrt()))
+        .sum();
+    (gauss + 1.0 / width) / (points.len() as f64 + 1.0)
+}
+
+/// Draws candidates from the good points' density and keeps the best good/bad ratio.
+fn parzen_pick(good: &[f64], bad: &[f64], lo: f64, hi: f64, rng: &mut StdRng) -> f64 {
+    let width = (hi - lo).max(1e-12);
+    let sigma = width / (good.len() as f64 + 1.0).powf(0.2) / 2.0;
+    let mut best = (lo + width * rng.random::<f64>(), f64::MIN);
+    for _ in 0..TPE_CANDIDATES {
+        let component = rng.random_range(0..=good.len());
+        let x = if component == good.len() {
+            lo + width * rng.random::<f64>()
+        } else {
+            // Box–Muller around the chosen good point.
+            let (u, v) = (rng.random::<f64>().max(1e-12), rng.random::<f64>());
+            good[component] + sigma * (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+        };
+        let x = x.clamp(lo, hi);
+        let ratio = parzen(good, lo, hi, x) / parzen(bad, lo, hi, x);
+        if ratio > best.1 {
+            best = (x, ratio);
+        }
+    }
+    best.0
 }
 
 /// A trial as ASHA sees it: its rung, epoch budget, score (higher is better) and whether it has
@@ -534,6 +670,31 @@ mod tests {
         assert!(plan(&unknown, 1, LIMITS).is_err());
         let orphan = search(json!({"strategy": "random", "max_trials": 4, "grace_epochs": 2, "space": {}}));
         assert!(plan(&orphan, 1, LIMITS).is_err());
+    }
+
+    #[test]
+    fn tpe_starts_random_then_proposes_near_the_best() {
+        let s = search(json!({"strategy": "tpe", "max_trials": 12,
+            "space": {"learning_rate": {"log_uniform": [0.0001, 0.1]}, "hidden": {"int_uniform": [8, 128]}, "optimizer": ["adamw", "sgd"]}}));
+        let plan = plan(&s, 3, LIMITS).expect("valid");
+        assert_eq!(plan.strategy, Strategy::Tpe { max_trials: 12 });
+        assert_eq!(plan.trials.len(), TPE_STARTUP);
+        // Results where small learning rates and adamw win: proposals lean that way.
+        let finished: Vec<(Value, f64)> = (0..20)
+            .map(|i| {
+                let lr = 0.0001 * 10f64.powf(i as f64 / 19.0 * 3.0);
+                let optimizer = if i % 2 == 0 { "adamw" } else { "sgd" };
+                let score = 1.0 - lr * 5.0 - if optimizer == "sgd" { 0.2 } else { 0.0 };
+                (json!({"learning_rate": lr, "hidden": 64, "optimizer": optimizer}), score)
+            })
+            .collect();
+        let proposals: Vec<Hyper> = (5..25).map(|i| tpe_propose(&s, 3, i, &finished, LIMITS).expect("valid")).collect();
+        let small = proposals.iter().filter(|h| h.learning_rate < 0.001).count();
+        let adamw = proposals.iter().filter(|h| h.optimizer == sluice_nn::Optimizer::Adamw).count();
+        assert!(small >= 14, "{small} of 20 proposals near the best learning rates");
+        assert!(adamw >= 14, "{adamw} of 20 proposals with the better optimiser");
+        assert!(proposals.iter().all(|h| (0.0001..=0.1).contains(&h.learning_rate) && (8..=128).contains(&h.hidden)));
+        assert_eq!(tpe_propose(&s, 3, 7, &finished, LIMITS).ok(), tpe_propose(&s, 3, 7, &finished, LIMITS).ok());
     }
 
     #[test]
