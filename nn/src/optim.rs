@@ -1,8 +1,10 @@
-//! AdamW and SGD with momentum, with their state in plain vectors so a checkpoint can hold it
-//! (candle-nn's optimisers keep theirs private).
+//! AdamW and SGD with momentum. The moments live as tensors on the model's device and every
+//! update is tensor arithmetic there, so a step never copies parameters to the host (a CUDA
+//! session stays on the GPU); checkpoints read the moments out as plain vectors (candle-nn's
+//! optimisers keep their state private).
 
-use candle_core::Tensor;
 use candle_core::backprop::GradStore;
+use candle_core::{Device, Tensor};
 
 use crate::hyper::{Hyper, Optimizer};
 use crate::model::Model;
@@ -10,37 +12,59 @@ use crate::{NnError, Result};
 
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
-const EPSILON: f32 = 1e-8;
+const EPSILON: f64 = 1e-8;
 
 /// Optimiser state, one entry per parameter in layout order.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub(crate) struct OptimState {
     /// Steps taken (Adam's bias correction needs it).
     pub step: u64,
     /// AdamW's first moment, or SGD's momentum buffer.
-    pub first: Vec<Vec<f32>>,
+    first: Vec<Tensor>,
     /// AdamW's second moment; empty for SGD.
-    pub second: Vec<Vec<f32>>,
+    second: Vec<Tensor>,
 }
 
 impl OptimState {
     /// Zero state for `model` under `optimizer`.
-    pub(crate) fn new(optimizer: Optimizer, model: &Model) -> Self {
-        let zeros: Vec<Vec<f32>> = model.layout.iter().map(|p| vec![0f32; p.shape.iter().product()]).collect();
+    pub(crate) fn new(optimizer: Optimizer, model: &Model) -> Result<Self> {
+        let zeros = model.vars.iter().map(|v| Ok(v.as_tensor().zeros_like()?)).collect::<Result<Vec<_>>>()?;
         let second = if optimizer == Optimizer::Adamw { zeros.clone() } else { Vec::new() };
-        OptimState { step: 0, first: zeros, second }
+        Ok(OptimState { step: 0, first: zeros, second })
     }
 
-    /// Checks restored state has one vector per parameter with the parameter's length.
-    pub(crate) fn check(&self, optimizer: Optimizer, model: &Model) -> Result<()> {
-        let expected = Self::new(optimizer, model);
-        let fits =
-            |a: &[Vec<f32>], b: &[Vec<f32>]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.len() == y.len());
-        if fits(&self.first, &expected.first) && fits(&self.second, &expected.second) {
-            Ok(())
-        } else {
-            Err(NnError::InvalidFile("optimiser state does not fit the model".into()))
+    /// State restored from a checkpoint's vectors; each must fit its parameter.
+    pub(crate) fn restore(
+        optimizer: Optimizer,
+        model: &Model,
+        step: u64,
+        first: Vec<Vec<f32>>,
+        second: Vec<Vec<f32>>,
+        device: &Device,
+    ) -> Result<Self> {
+        let wanted_second = if optimizer == Optimizer::Adamw { model.vars.len() } else { 0 };
+        let fits = |values: &[Vec<f32>], count: usize| {
+            values.len() == count && values.iter().zip(&model.vars).all(|(v, var)| v.len() == var.as_tensor().elem_count())
+        };
+        if !fits(&first, model.vars.len()) || !fits(&second, wanted_second) {
+            return Err(NnError::InvalidFile("optimiser state does not fit the model".into()));
         }
+        let load = |values: Vec<Vec<f32>>| -> Result<Vec<Tensor>> {
+            values
+                .into_iter()
+                .zip(&model.vars)
+                .map(|(v, var)| Ok(Tensor::from_vec(v, var.shape(), device)?))
+                .collect()
+        };
+        Ok(OptimState { step, first: load(first)?, second: load(second)? })
+    }
+
+    /// The first and second moments as vectors, for a checkpoint.
+    pub(crate) fn values(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        let read = |tensors: &[Tensor]| -> Result<Vec<Vec<f32>>> {
+            tensors.iter().map(|t| Ok(t.flatten_all()?.to_vec1()?)).collect()
+        };
+        Ok((read(&self.first)?, read(&self.second)?))
     }
 
     /// One update of every parameter of `model` from `grads` at learning rate `lr`.
@@ -48,72 +72,79 @@ impl OptimState {
         self.step += 1;
         for (i, var) in model.vars.iter().enumerate() {
             let Some(grad) = grads.get(var.as_tensor()) else { continue };
-            let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
-            let mut w: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
             // Biases (the one-dimensional parameters) are not decayed: shrinking them towards
             // zero regularises nothing and only shifts the activations.
             let decay = if model.layout[i].shape.len() == 1 { 0.0 } else { hyper.weight_decay };
-            match hyper.optimizer {
-                Optimizer::Adamw => adamw(&mut w, &g, &mut self.first[i], &mut self.second[i], self.step, lr, decay),
-                Optimizer::Sgd => sgd(&mut w, &g, &mut self.first[i], lr, hyper.momentum, decay),
-            }
-            var.set(&Tensor::from_vec(w, var.shape(), var.device())?)?;
+            let w = var.as_tensor();
+            let updated = match hyper.optimizer {
+                Optimizer::Adamw => {
+                    let (w, m, v) = adamw(w, grad, &self.first[i], &self.second[i], self.step, lr, decay)?;
+                    self.first[i] = m;
+                    self.second[i] = v;
+                    w
+                }
+                Optimizer::Sgd => {
+                    let (w, b) = sgd(w, grad, &self.first[i], lr, hyper.momentum, decay)?;
+                    self.first[i] = b;
+                    w
+                }
+            };
+            var.set(&updated)?;
         }
         Ok(())
     }
 }
 
 /// Adam with decoupled weight decay (Loshchilov & Hutter): w ← w(1 − lr·wd) − lr·m̂/(√v̂ + ε).
-fn adamw(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], step: u64, lr: f64, wd: f64) {
+/// Returns the new weights and moments.
+fn adamw(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, step: u64, lr: f64, wd: f64) -> Result<(Tensor, Tensor, Tensor)> {
     let t = i32::try_from(step).unwrap_or(i32::MAX);
-    let correction1 = (1.0 - BETA1.powi(t)) as f32;
-    let correction2 = (1.0 - BETA2.powi(t)) as f32;
-    let (b1, b2) = (BETA1 as f32, BETA2 as f32);
-    let (lr, decay) = (lr as f32, (1.0 - lr * wd) as f32);
-    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-        *m = b1 * *m + (1.0 - b1) * g;
-        *v = b2 * *v + (1.0 - b2) * g * g;
-        let m_hat = *m / correction1;
-        let v_hat = *v / correction2;
-        *w = *w * decay - lr * m_hat / (v_hat.sqrt() + EPSILON);
-    }
+    let (correction1, correction2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
+    let m = ((m * BETA1)? + (g * (1.0 - BETA1))?)?;
+    let v = ((v * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
+    let denominator = ((&v / correction2)?.sqrt()? + EPSILON)?;
+    let update = ((&m / correction1)? / denominator)?;
+    let w = ((w * (1.0 - lr * wd))? - (update * lr)?)?;
+    Ok((w, m, v))
 }
 
 /// SGD with momentum and L2 decay (as PyTorch): b ← μb + g + wd·w; w ← w − lr·b.
-fn sgd(w: &mut [f32], g: &[f32], buf: &mut [f32], lr: f64, momentum: f64, wd: f64) {
-    let (lr, momentum, wd) = (lr as f32, momentum as f32, wd as f32);
-    for ((w, &g), b) in w.iter_mut().zip(g).zip(buf.iter_mut()) {
-        *b = momentum * *b + g + wd * *w;
-        *w -= lr * *b;
-    }
+fn sgd(w: &Tensor, g: &Tensor, buffer: &Tensor, lr: f64, momentum: f64, wd: f64) -> Result<(Tensor, Tensor)> {
+    let b = (((buffer * momentum)? + g)? + (w * wd)?)?;
+    let w = (w - (&b * lr)?)?;
+    Ok((w, b))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn t(values: &[f32]) -> Tensor {
+        Tensor::new(values, &Device::Cpu).expect("a tensor")
+    }
+
+    fn host(tensor: &Tensor) -> Vec<f32> {
+        tensor.to_vec1().expect("values")
+    }
+
     #[test]
     fn adamw_first_step_moves_each_weight_by_the_learning_rate() {
-        let mut w = vec![1.0f32, -1.0];
-        let (mut m, mut v) = (vec![0.0; 2], vec![0.0; 2]);
-        adamw(&mut w, &[0.5, -2.0], &mut m, &mut v, 1, 0.1, 0.0);
+        let (w, _, _) = adamw(&t(&[1.0, -1.0]), &t(&[0.5, -2.0]), &t(&[0.0, 0.0]), &t(&[0.0, 0.0]), 1, 0.1, 0.0)
+            .expect("a step");
+        let w = host(&w);
         assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] + 0.9).abs() < 1e-6, "{w:?}");
     }
 
     #[test]
     fn adamw_decay_shrinks_weights_without_gradient() {
-        let mut w = vec![2.0f32];
-        let (mut m, mut v) = (vec![0.0], vec![0.0]);
-        adamw(&mut w, &[0.0], &mut m, &mut v, 1, 0.1, 0.5);
-        assert!((w[0] - 1.9).abs() < 1e-6, "{w:?}");
+        let (w, _, _) = adamw(&t(&[2.0]), &t(&[0.0]), &t(&[0.0]), &t(&[0.0]), 1, 0.1, 0.5).expect("a step");
+        assert!((host(&w)[0] - 1.9).abs() < 1e-6, "{w:?}");
     }
 
     #[test]
     fn sgd_accumulates_momentum() {
-        let mut w = vec![0.0f32];
-        let mut b = vec![0.0];
-        sgd(&mut w, &[1.0], &mut b, 0.1, 0.9, 0.0);
-        sgd(&mut w, &[1.0], &mut b, 0.1, 0.9, 0.0);
-        assert!((w[0] + 0.29).abs() < 1e-6, "{w:?}");
+        let (w, b) = sgd(&t(&[0.0]), &t(&[1.0]), &t(&[0.0]), 0.1, 0.9, 0.0).expect("a step");
+        let (w, _) = sgd(&w, &t(&[1.0]), &b, 0.1, 0.9, 0.0).expect("a step");
+        assert!((host(&w)[0] + 0.29).abs() < 1e-6, "{w:?}");
     }
 }

@@ -112,7 +112,7 @@ impl Session {
         spec.hyper.validate().map_err(NnError::InvalidSpec)?;
         let device = device()?;
         let model = Model::init(spec.model_spec(), spec.seed, &device)?;
-        let optim = OptimState::new(spec.hyper.optimizer, &model);
+        let optim = OptimState::new(spec.hyper.optimizer, &model)?;
         Ok(Session { spec, device, model, optim, epochs_done: 0, best: None, bad_epochs: 0, stopped: false })
     }
 
@@ -151,8 +151,7 @@ impl Session {
             _ => return Err(NnError::InvalidFile("incomplete best-weights record".into())),
         };
         let model = Model::from_values(spec.model_spec(), weights, &device)?;
-        let optim = OptimState { step: m.step, first, second };
-        optim.check(spec.hyper.optimizer, &model)?;
+        let optim = OptimState::restore(spec.hyper.optimizer, &model, m.step, first, second, &device)?;
         Ok(Session {
             spec,
             device,
@@ -312,9 +311,10 @@ impl Session {
             stopped: self.stopped,
         };
         let weights = self.model.values()?;
-        let mut groups: Vec<(&str, &[Vec<f32>])> = vec![("weights", &weights), ("first", &self.optim.first)];
-        if !self.optim.second.is_empty() {
-            groups.push(("second", &self.optim.second));
+        let (first, second) = self.optim.values()?;
+        let mut groups: Vec<(&str, &[Vec<f32>])> = vec![("weights", &weights), ("first", &first)];
+        if !second.is_empty() {
+            groups.push(("second", &second));
         }
         if let Some(best) = &self.best {
             groups.push(("best", &best.values));
