@@ -53,7 +53,9 @@ async fn register_bench_model(ctx: &Context) -> anyhow::Result<String> {
         let mut session = Session::new(session_spec)?;
         session.run_epoch(&train, &val)?;
         let evaluation = session.evaluate_best(&val)?;
-        let reference = Reference::compute(&val.images, 3, &val.labels, &evaluation.logits, CLASSES);
+        let mut reference = Reference::compute(&val.images, 3, &val.labels, &evaluation.logits, CLASSES);
+        let (logits, embeddings) = session.scores_best(&val)?;
+        reference.add_embeddings(&logits, &embeddings);
         Ok((session.export_best()?, reference))
     })
     .await??;

@@ -23,12 +23,15 @@ pub struct RequestObserved {
 }
 
 /// One prediction: its class, calibrated top-1 confidence, and input brightness and sharpness.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObservedImage {
     pub class: u32,
     pub confidence: f32,
     pub brightness: f32,
     pub sharpness: f32,
+    /// The penultimate-layer embedding's projections (`reference::project`).
+    #[serde(default)]
+    pub embedding: Vec<f32>,
 }
 
 impl Event for RequestObserved {

@@ -48,6 +48,48 @@ pub struct Reference {
     /// class's mean: the spread the served residuals are compared against.
     #[serde(default)]
     pub residual_variances: Residuals,
+    /// Mean projection of the penultimate-layer embedding ([`project`]) of the samples predicted
+    /// as each class, one row per class; empty for versions made before embeddings were kept.
+    #[serde(default)]
+    pub class_embedding: Vec<Vec<f64>>,
+    /// Variance of each projection around its class's mean.
+    #[serde(default)]
+    pub embedding_variances: Vec<f64>,
+}
+
+/// Directions the penultimate-layer embeddings are projected on for drift tests.
+pub const EMBEDDING_DIRECTIONS: usize = 4;
+
+/// An embedding projected on [`EMBEDDING_DIRECTIONS`] fixed pseudo-random unit directions (the
+/// same for every embedding of a length, on the trainer's side and on inference's): what the
+/// network sees, reduced to a few numbers a drift test can follow.
+pub fn project(embedding: &[f32]) -> [f64; EMBEDDING_DIRECTIONS] {
+    let mut out = [0.0; EMBEDDING_DIRECTIONS];
+    for (k, value) in out.iter_mut().enumerate() {
+        let (mut dot, mut norm) = (0.0, 0.0);
+        for (j, &e) in embedding.iter().enumerate() {
+            let g = gaussian(((k as u64) << 32) | j as u64);
+            dot += g * f64::from(e);
+            norm += g * g;
+        }
+        *value = if norm > 0.0 { dot / norm.sqrt() } else { 0.0 };
+    }
+    out
+}
+
+/// A standard normal value from an index (SplitMix64 then Box–Muller): deterministic, no state.
+fn gaussian(index: u64) -> f64 {
+    let mix = |mut x: u64| {
+        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        x ^ (x >> 31)
+    };
+    let a = mix(index.wrapping_mul(2));
+    let b = mix(index.wrapping_mul(2) + 1);
+    let u = ((a >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let v = (b >> 11) as f64 / (1u64 << 53) as f64;
+    (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
 }
 
 /// Per-sample variances around the class means, one per input statistic.
@@ -160,6 +202,26 @@ pub fn fit_temperature(logits: &[Vec<f32>], labels: &[u32]) -> f64 {
 }
 
 impl Reference {
+    /// Adds the embedding statistics: the projections' per-class means (by predicted class) and
+    /// their variance around them, from the split's logits and penultimate-layer embeddings.
+    pub fn add_embeddings(&mut self, logits: &[Vec<f32>], embeddings: &[Vec<f32>]) {
+        let classes = self.predicted_class_frequencies.len();
+        let predicted: Vec<usize> = logits.iter().map(|l| top1(&softmax(l, self.temperature)).0).collect();
+        let projected: Vec<[f64; EMBEDDING_DIRECTIONS]> = embeddings.iter().map(|e| project(e)).collect();
+        let mut means = vec![vec![0.0; EMBEDDING_DIRECTIONS]; classes];
+        self.embedding_variances = (0..EMBEDDING_DIRECTIONS)
+            .map(|k| {
+                let values: Vec<f64> = projected.iter().map(|p| p[k]).collect();
+                let (class_means, variance) = class_means(&values, &predicted, classes);
+                for (c, mean) in class_means.into_iter().enumerate() {
+                    means[c][k] = mean;
+                }
+                variance
+            })
+            .collect();
+        self.class_embedding = means;
+    }
+
     /// Computes the statistics from the split's images (`u8` CHW, one after another), labels and
     /// the model's logits for them.
     pub fn compute(images: &[u8], channels: usize, labels: &[u32], logits: &[Vec<f32>], classes: usize) -> Self {
@@ -212,6 +274,8 @@ impl Reference {
                 brightness: brightness_var,
                 sharpness: sharpness_var,
             },
+            class_embedding: Vec::new(),
+            embedding_variances: Vec::new(),
         }
     }
 }
@@ -229,6 +293,20 @@ mod tests {
         assert!(t > 5.0, "temperature {t}");
         let calibrated = top1(&softmax(&logits[0], t)).1;
         assert!((calibrated - 0.5).abs() < 0.1, "calibrated confidence {calibrated}");
+    }
+
+    #[test]
+    fn projections_are_fixed_unit_directions() {
+        let e: Vec<f32> = (0..64).map(|i| (i % 7) as f32).collect();
+        assert_eq!(project(&e), project(&e));
+        // Linear, and a unit direction: scaling the input scales the projection.
+        let doubled: Vec<f32> = e.iter().map(|v| v * 2.0).collect();
+        for (a, b) in project(&e).iter().zip(project(&doubled)) {
+            assert!((2.0 * a - b).abs() < 1e-9);
+        }
+        let unit: Vec<f32> = (0..64).map(|i| if i == 3 { 1.0 } else { 0.0 }).collect();
+        assert!(project(&unit).iter().all(|p| p.abs() < 1.0));
+        assert_ne!(project(&e)[0], project(&e)[1], "the directions differ");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use sluice_nn::Network;
+use sluice_nn::{Network, Scores};
 use tokio::sync::{mpsc, oneshot};
 
 /// Requests waiting beyond this many are refused (503) rather than queued without bound.
@@ -14,7 +14,7 @@ const QUEUE: usize = 4096;
 struct Job {
     images: Vec<u8>,
     count: usize,
-    reply: oneshot::Sender<Result<Vec<Vec<f32>>, String>>,
+    reply: oneshot::Sender<Result<Vec<Scores>, String>>,
 }
 
 /// The queue of one model version.
@@ -43,8 +43,8 @@ impl Batcher {
         self.frame
     }
 
-    /// Scores `count` images laid back to back; returns one row of logits per image.
-    pub async fn score(&self, images: Vec<u8>, count: usize) -> Result<Vec<Vec<f32>>, String> {
+    /// Scores `count` images laid back to back; returns the logits and embedding of each.
+    pub async fn score(&self, images: Vec<u8>, count: usize) -> Result<Vec<Scores>, String> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .try_send(Job { images, count, reply })
@@ -103,7 +103,7 @@ async fn run(
         let images: Vec<u8> = jobs.iter().flat_map(|job| job.images.iter().copied()).collect();
         let network = network.clone();
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || network.logits(&images, count))
+        let result = tokio::task::spawn_blocking(move || network.scores(&images, count))
             .await
             .map_err(|e| format!("scoring panicked: {e}"))
             .and_then(|r| r.map_err(|e| e.to_string()));

@@ -23,7 +23,9 @@
 //!
 //! Statistics, each one test:
 //! - **label**: the frequency of each predicted class (a change in the class mix);
-//! - **input**: confidence, brightness and sharpness, each as the residual from the reference's
+//! - **input**: confidence, brightness, sharpness and four projections of the penultimate-layer
+//!   embedding (what the network sees: a new camera, a translation or a blur moves it even when
+//!   brightness stays), each as the residual from the reference's
 //!   mean *for the predicted class*, so that a new class mix alone does not look like new inputs.
 //!   (A network that meets inputs unlike its training data also grows less sure, so confidence is
 //!   the input statistic that sees most kinds of covariate shift; only a drop counts, one-sided.)
@@ -43,7 +45,10 @@
 //! scaling assumes inputs like the calibration split's).
 
 use serde::Serialize;
-use sluice_core::{config::InferenceConfig, reference::Reference};
+use sluice_core::{
+    config::InferenceConfig,
+    reference::{EMBEDDING_DIRECTIONS, Reference},
+};
 
 /// Fewer batches than this give no verdict (the t test would have almost no degrees of freedom).
 pub const MIN_BATCHES: usize = 5;
@@ -64,7 +69,14 @@ pub struct Observation {
     pub confidence: f64,
     pub brightness: f64,
     pub sharpness: f64,
+    /// The penultimate-layer embedding's projections ([`sluice_core::reference::project`]); `None` when the
+    /// replica that served it did not send them.
+    pub embedding: Option<[f64; EMBEDDING_DIRECTIONS]>,
 }
+
+/// Input statistics tested per prediction: confidence, brightness, sharpness, then the
+/// embedding's projections.
+const INPUTS: usize = 3 + EMBEDDING_DIRECTIONS;
 
 /// The reference's per-class means and per-sample residual variances.
 #[derive(Debug, Clone)]
@@ -74,8 +86,24 @@ struct Expectations {
     brightness: Vec<f64>,
     /// Empty for references made before sharpness was measured: that test is left out.
     sharpness: Vec<f64>,
-    residual_variances: [f64; 3],
+    /// Per class, the embedding projections' means; empty for references without embeddings.
+    embedding: Vec<Vec<f64>>,
+    residual_variances: [f64; INPUTS],
     samples: f64,
+}
+
+impl Expectations {
+    /// Which input tests this reference supports.
+    fn inputs(&self) -> Vec<(usize, String)> {
+        let mut out = vec![(0, "confidence".to_owned()), (1, "brightness".to_owned())];
+        if !self.sharpness.is_empty() {
+            out.push((2, "sharpness".to_owned()));
+        }
+        if !self.embedding.is_empty() {
+            out.extend((0..EMBEDDING_DIRECTIONS).map(|k| (3 + k, format!("embedding:{}", k + 1))));
+        }
+        out
+    }
 }
 
 impl Expectations {
@@ -83,12 +111,21 @@ impl Expectations {
         let classes = reference.predicted_class_frequencies.len();
         let r = &reference.residual_variances;
         if reference.class_confidence.len() == classes && classes > 0 {
+            let with_embedding = reference.class_embedding.len() == classes
+                && reference.class_embedding.iter().all(|row| row.len() == EMBEDDING_DIRECTIONS)
+                && reference.embedding_variances.len() == EMBEDDING_DIRECTIONS;
+            let mut residual_variances = [0.0; INPUTS];
+            residual_variances[..3].copy_from_slice(&[r.confidence, r.brightness, r.sharpness]);
+            if with_embedding {
+                residual_variances[3..].copy_from_slice(&reference.embedding_variances);
+            }
             return Self {
                 class_frequencies: reference.predicted_class_frequencies.clone(),
                 confidence: reference.class_confidence.clone(),
                 brightness: reference.class_brightness.clone(),
                 sharpness: reference.class_sharpness.clone(),
-                residual_variances: [r.confidence, r.brightness, r.sharpness],
+                embedding: if with_embedding { reference.class_embedding.clone() } else { Vec::new() },
+                residual_variances,
                 samples: reference.samples.max(1) as f64,
             };
         }
@@ -101,7 +138,13 @@ impl Expectations {
             confidence: vec![mean; classes],
             brightness: vec![reference.brightness_mean; classes],
             sharpness: Vec::new(),
-            residual_variances: [variance, reference.brightness_std.powi(2), 0.0],
+            embedding: Vec::new(),
+            residual_variances: {
+                let mut v = [0.0; INPUTS];
+                v[0] = variance;
+                v[1] = reference.brightness_std.powi(2);
+                v
+            },
             samples: reference.samples.max(1) as f64,
         }
     }
@@ -114,9 +157,8 @@ struct Block {
     /// The predicted class of (almost) every prediction in it; `None` for a mixed request.
     class: Option<usize>,
     counts: Vec<f64>,
-    /// Sums of the residuals from the predicted class's reference mean: confidence, brightness,
-    /// sharpness.
-    residuals: [f64; 3],
+    /// Sums of the residuals from the predicted class's reference mean, per input statistic.
+    residuals: [f64; INPUTS],
     /// Sum of the calibrated confidences themselves (the accuracy estimate).
     calibrated: f64,
 }
@@ -127,7 +169,7 @@ impl Block {
             n: 0,
             class: None,
             counts: vec![0.0; classes],
-            residuals: [0.0; 3],
+            residuals: [0.0; INPUTS],
             calibrated: 0.0,
         }
     }
@@ -253,12 +295,14 @@ impl Window {
             block.calibrated += o.confidence;
             let Some(&expected) = e.confidence.get(o.class) else { continue };
             block.counts[o.class] += 1.0;
-            let residuals = [
-                o.confidence - expected,
-                o.brightness - e.brightness[o.class],
-                e.sharpness.get(o.class).map_or(0.0, |s| o.sharpness - s),
-            ];
-            block.residuals.iter_mut().zip(residuals).for_each(|(sum, r)| *sum += r);
+            block.residuals[0] += o.confidence - expected;
+            block.residuals[1] += o.brightness - e.brightness[o.class];
+            block.residuals[2] += e.sharpness.get(o.class).map_or(0.0, |s| o.sharpness - s);
+            if let (Some(means), Some(embedding)) = (e.embedding.get(o.class), o.embedding) {
+                for k in 0..EMBEDDING_DIRECTIONS {
+                    block.residuals[3 + k] += embedding[k] - means[k];
+                }
+            }
         }
         block.class = dominant(&block.counts);
         self.predictions += block.n;
@@ -304,8 +348,8 @@ impl Window {
             if s.class.is_some() { (sum + n, squares + n * n) } else { (sum + n, squares + n) }
         });
         let units = if squares > 0.0 { (sum * sum / squares).max(1.0) } else { 1.0 };
-        let inputs = if e.sharpness.is_empty() { 2 } else { 3 };
-        let tests = classes + inputs;
+        let inputs = e.inputs();
+        let tests = classes + inputs.len();
         let alpha = config.drift_alpha;
         let threshold = alpha / tests as f64;
         let mut statistics = Vec::with_capacity(tests);
@@ -319,11 +363,11 @@ impl Window {
                 let variances = Variances { reference: unit / e.samples, floor: unit / units };
                 statistics.push(t_test(name, "label", &values, pi, variances, threshold, true));
             }
-            for (i, name) in ["confidence", "brightness", "sharpness"].into_iter().enumerate().take(inputs) {
+            for (i, name) in inputs {
                 let values: Vec<f64> = batches.iter().map(|b| b.mean(b.residuals[i])).collect();
                 let unit = e.residual_variances[i];
                 let variances = Variances { reference: unit / e.samples, floor: unit / units };
-                let mut statistic = t_test(name.to_owned(), "input", &values, 0.0, variances, threshold, false);
+                let mut statistic = t_test(name.clone(), "input", &values, 0.0, variances, threshold, false);
                 if name == "confidence" {
                     // Only a drop counts: inputs the network is surer of than its calibration
                     // split (its own training images, say) are no reason to retrain.

@@ -24,7 +24,7 @@ use sluice_core::{
     inference::{ObservedImage, RequestObserved},
     kafka,
     models::{self, ModelName},
-    reference::Reference,
+    reference::{EMBEDDING_DIRECTIONS, Reference},
     topics::Topic,
 };
 
@@ -47,6 +47,7 @@ pub fn publish(served: &Served, loaded: &Loaded, observations: &[Observation]) {
                 confidence: o.confidence as f32,
                 brightness: o.brightness as f32,
                 sharpness: o.sharpness as f32,
+                embedding: o.embedding.map(|e| e.iter().map(|&v| v as f32).collect()).unwrap_or_default(),
             })
             .collect(),
     });
@@ -125,6 +126,7 @@ async fn observe(
             confidence: f64::from(i.confidence),
             brightness: f64::from(i.brightness),
             sharpness: f64::from(i.sharpness),
+            embedding: <[f32; EMBEDDING_DIRECTIONS]>::try_from(i.embedding.as_slice()).ok().map(|e| e.map(f64::from)),
         })
         .collect();
     let Some(verdict) = window.observe(&observations, config).cloned() else {

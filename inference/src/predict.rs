@@ -335,7 +335,7 @@ async fn score(
     let shadow = shadow_of.is_some();
     let frame = loaded.batcher.frame();
     let count = prepared.len() / frame;
-    let logits = loaded
+    let scored = loaded
         .batcher
         .score(prepared.to_vec(), count)
         .await
@@ -344,10 +344,10 @@ async fn score(
     let version_label = loaded.version.version.to_string();
     let mut out = Vec::with_capacity(count);
     let mut observations = Vec::with_capacity(count);
-    for (i, row) in logits.iter().enumerate() {
+    for (i, row) in scored.iter().enumerate() {
         let id = Uuid::now_v7();
         let Ranked { class, confidence, brightness, sharpness, mut record } =
-            rank(loaded, row, &prepared[i * frame..(i + 1) * frame], top_k, id);
+            rank(loaded, &row.logits, &prepared[i * frame..(i + 1) * frame], top_k, id);
         record.alias = alias.map(str::to_owned);
         record.shadow = shadow;
         record.shadow_of = shadow_of.and_then(|ids| ids.get(i).copied());
@@ -357,7 +357,8 @@ async fn score(
         metrics::histogram!("sluice_inference_confidence", "model" => model.clone(), "version" => version_label.clone())
             .record(confidence);
         state.recorder.record(record);
-        observations.push(Observation { class, confidence, brightness, sharpness });
+        let embedding = sluice_core::reference::project(&row.embedding);
+        observations.push(Observation { class, confidence, brightness, sharpness, embedding: Some(embedding) });
         out.push(json!({"id": id, "top": top}));
     }
     // The request is one unit of the drift window: its images may all show one thing.

@@ -24,6 +24,25 @@ pub struct Evaluation {
     pub logits: Vec<Vec<f32>>,
 }
 
+/// Logits and hidden-layer activations for `n` images (CHW u8, back to back), in order.
+pub(crate) fn logits_and_hidden(
+    model: &Model,
+    images: &[u8],
+    shape: InputShape,
+    n: usize,
+    device: &Device,
+) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    let (mut logits, mut hidden) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let indices: Vec<usize> = (0..n).collect();
+    for chunk in indices.chunks(EVAL_BATCH) {
+        let x = data::batch(images, shape, chunk, device)?;
+        let (l, h) = model.forward_with_hidden(&x, false, None)?;
+        logits.extend(l.to_vec2::<f32>()?);
+        hidden.extend(h.to_vec2::<f32>()?);
+    }
+    Ok((logits, hidden))
+}
+
 /// Logits for `n` images (CHW u8, back to back), in order.
 pub(crate) fn logits(
     model: &Model,

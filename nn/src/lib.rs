@@ -41,7 +41,7 @@ pub use augment::Augment;
 pub use error::{NnError, Result};
 pub use eval::Evaluation;
 pub use hyper::{Hyper, Optimizer, Schedule};
-pub use network::Network;
+pub use network::{Network, Scores};
 pub use session::{EpochReport, Session, SessionSpec};
 
 /// The device networks train and run on: CUDA device 0 when built with the `cuda` feature and a

@@ -134,6 +134,17 @@ impl Model {
     /// reads detached weights so nothing is recorded. `dropout` is a `[n, hidden]` mask already
     /// scaled by 1/(1-p), applied after the hidden ReLU.
     pub(crate) fn forward(&self, x: &Tensor, train: bool, dropout: Option<&Tensor>) -> Result<Tensor> {
+        Ok(self.forward_with_hidden(x, train, dropout)?.0)
+    }
+
+    /// Logits and the hidden layer's activations (the penultimate layer, after its ReLU and any
+    /// dropout): what the network "sees", for drift references.
+    pub(crate) fn forward_with_hidden(
+        &self,
+        x: &Tensor,
+        train: bool,
+        dropout: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
         let p = |i: usize| if train { self.vars[i].as_tensor().clone() } else { self.vars[i].as_detached_tensor() };
         let n = x.dim(0)?;
         let (features, next) = match self.spec.architecture {
@@ -148,7 +159,8 @@ impl Model {
         if let Some(mask) = dropout {
             hidden = hidden.mul(mask)?;
         }
-        Ok(dense(&hidden, &p(next + 2), &p(next + 3))?)
+        let logits = dense(&hidden, &p(next + 2), &p(next + 3))?;
+        Ok((logits, hidden))
     }
 }
 

@@ -7,6 +7,14 @@ use crate::eval;
 use crate::model::{Model, ModelSpec};
 use crate::{Architecture, InputShape, NnError, Result};
 
+/// One image through a network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scores {
+    pub logits: Vec<f32>,
+    /// The hidden layer's activations.
+    pub embedding: Vec<f32>,
+}
+
 /// A loaded network that scores batches of images.
 #[derive(Debug)]
 pub struct Network {
@@ -37,6 +45,17 @@ impl Network {
             return Err(NnError::InvalidSamples(format!("{} bytes for {n} images of {:?}", batch.len(), shape)));
         }
         eval::logits(&self.model, batch, shape, n, &self.device)
+    }
+
+    /// Logits and hidden-layer activations (the penultimate layer: what the network sees) for
+    /// `n` u8 CHW images laid back to back, one [`Scores`] per image.
+    pub fn scores(&self, batch: &[u8], n: usize) -> Result<Vec<Scores>> {
+        let shape = self.shape();
+        if batch.len() != n * shape.len() {
+            return Err(NnError::InvalidSamples(format!("{} bytes for {n} images of {:?}", batch.len(), shape)));
+        }
+        let (logits, hidden) = eval::logits_and_hidden(&self.model, batch, shape, n, &self.device)?;
+        Ok(logits.into_iter().zip(hidden).map(|(logits, embedding)| Scores { logits, embedding }).collect())
     }
 
     /// The network family.

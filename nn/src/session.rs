@@ -292,6 +292,13 @@ impl Session {
         Ok(Evaluation::from_logits(logits, &val.labels))
     }
 
+    /// The best weights' logits and hidden-layer activations for `samples` (drift references).
+    pub fn scores_best(&self, samples: &Samples) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+        samples.validate(self.spec.shape, self.spec.classes)?;
+        let model = Model::from_values(self.spec.model_spec(), self.best_values()?, &self.device)?;
+        eval::logits_and_hidden(&model, &samples.images, self.spec.shape, samples.len(), &self.device)
+    }
+
     /// Safetensors bytes that [`Session::resume`] continues from: current and best weights,
     /// optimiser moments, and the counters in metadata.
     pub fn checkpoint(&self) -> Result<Vec<u8>> {

@@ -117,10 +117,11 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
     assert!(versions.iter().all(|v| *v == 1));
     assert!(accuracy >= 0.8, "accuracy {accuracy} on the training distribution");
 
-    // The world changes: brighter images arrive, labelled ones are uploaded too.
-    let shifted = images(300, 3, 160);
+    // The world changes: brighter images arrive, labelled ones are uploaded too (more than of the
+    // old world, so the held-out items that decide promotion are mostly of the new one).
+    let shifted = images(500, 3, 160);
     upload(&app, &shifted).await;
-    processed(&app, 600).await;
+    processed(&app, 800).await;
     let (_, shifted_accuracy) = serve(&app, &images(300, 4, 160)).await;
     let drift = eventually(Duration::from_secs(60), "a drifted check", || async {
         let drift = json_of(
@@ -142,7 +143,7 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
     .await;
     let second = wait_job(&app, &retrained, Duration::from_secs(300)).await;
     assert_eq!(second["status"], "succeeded", "{second:#}");
-    assert_eq!(second["items"], 600, "trained on the current data: {second:#}");
+    assert_eq!(second["items"], 800, "trained on the current data: {second:#}");
     assert_eq!(second["evidence"]["reason"], "drift");
     assert_eq!(second["promotion"]["promoted"], true, "{second:#}");
     assert_eq!(model(&app).await["aliases"]["production"], 2);

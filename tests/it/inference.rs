@@ -57,7 +57,9 @@ pub(crate) async fn register_trained(app: &RunningApp, model: &str, seed: u64, e
             session.run_epoch(&train, &val).expect("epoch");
         }
         let evaluation = session.evaluate_best(&val).expect("evaluate");
-        let reference = Reference::compute(&val.images, 3, &val.labels, &evaluation.logits, CLASSES);
+        let mut reference = Reference::compute(&val.images, 3, &val.labels, &evaluation.logits, CLASSES);
+        let (logits, embeddings) = session.scores_best(&val).expect("scores");
+        reference.add_embeddings(&logits, &embeddings);
         (session.export_best().expect("export"), reference, evaluation.accuracy)
     })
     .await

@@ -205,9 +205,12 @@ async fn advance(ctx: &Context, cache: &snapshot::Cache, job_id: Uuid) -> Result
         })
         .collect();
     drop(client);
-    let strategy = search::strategy_of(&request, limits(ctx)).map_err(|e| Retry::new(e.to_string()))?;
+    // A request that no longer plans (the limits changed) is left to the counted step below,
+    // which fails the job after its attempts instead of retrying forever.
+    let strategy = search::strategy_of(&request, limits(ctx)).ok();
     let running = trials.iter().any(|t| matches!(t.status.as_str(), "queued" | "running"));
-    if matches!(strategy, Strategy::Asha { .. }) {
+    if let Some(strategy @ Strategy::Asha { .. }) = &strategy {
+        let strategy = strategy.clone();
         let finished = asha_view(&trials);
         let mut promotions = search::asha_promotions(&strategy, &finished);
         if promotions.is_empty() && !running {
@@ -219,7 +222,7 @@ async fn advance(ctx: &Context, cache: &snapshot::Cache, job_id: Uuid) -> Result
         if running {
             return Ok(());
         }
-    } else if let Strategy::Tpe { max_trials } = strategy {
+    } else if let Some(Strategy::Tpe { max_trials }) = strategy {
         // Each ended trial makes room for one proposed from the results so far.
         let ended = trials.iter().filter(|t| !matches!(t.status.as_str(), "queued" | "running")).count();
         let allowed = (search::TPE_STARTUP + ended).min(max_trials as usize);

@@ -423,13 +423,15 @@ async fn finish(
         }
         None => ("validation", sets.validation, evaluation.clone()),
     };
-    let reference = Reference::compute(
+    let mut reference = Reference::compute(
         &calibration.images,
         calibration.shape.channels,
         &calibration.labels,
         &calibration_eval.logits,
         classes,
     );
+    let (logits, embeddings) = session.scores_best(calibration).map_err(|e| Stop::Failed(e.to_string()))?;
+    reference.add_embeddings(&logits, &embeddings);
     let sha256 = hex::encode(Sha256::digest(&artifact));
     let size_bytes = artifact.len() as i64;
     let key = artifact_key(&trial.model, trial.job_id, trial.trial_id);

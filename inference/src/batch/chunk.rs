@@ -142,7 +142,8 @@ async fn logits(loaded: &Loaded, pixels: &[&[u8]], max_batch: usize) -> Result<V
     let mut rows = Vec::with_capacity(pixels.len());
     for slice in pixels.chunks(max_batch.max(1)) {
         let images: Vec<u8> = slice.concat();
-        rows.extend(loaded.batcher.score(images, slice.len()).await.map_err(ChunkError::Scoring)?);
+        let scored = loaded.batcher.score(images, slice.len()).await.map_err(ChunkError::Scoring)?;
+        rows.extend(scored.into_iter().map(|s| s.logits));
     }
     Ok(rows)
 }

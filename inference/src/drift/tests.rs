@@ -4,7 +4,10 @@
 //! independent traffic (2,000 in runs of 40 predictions of one object).
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sluice_core::{Config, reference::Residuals};
+use sluice_core::{
+    Config,
+    reference::{EMBEDDING_DIRECTIONS, Residuals},
+};
 
 use super::*;
 
@@ -116,7 +119,7 @@ impl World {
                 }
             }
         }
-        Observation { class, confidence: confidence.clamp(0.25, 1.0), brightness, sharpness }
+        Observation { class, confidence: confidence.clamp(0.25, 1.0), brightness, sharpness, embedding: None }
     }
 
     /// The reference a calibration split of `n` independent images would give.
@@ -148,6 +151,8 @@ impl World {
             class_brightness,
             class_sharpness,
             residual_variances: Residuals { confidence, brightness, sharpness },
+            class_embedding: Vec::new(),
+            embedding_variances: Vec::new(),
         }
     }
 }
@@ -320,4 +325,42 @@ fn the_accuracy_estimate_has_an_interval_around_it() {
     assert!(low < estimate && estimate < high, "{low} {estimate} {high}");
     assert!(low <= 0.84 && 0.84 <= high, "[{low}, {high}]");
     assert!(high - low < 0.05, "[{low}, {high}]");
+}
+
+#[test]
+fn a_shift_only_the_embedding_sees_is_caught_and_named() {
+    // A new camera: class mix, confidence, brightness and sharpness as before, but the network's
+    // penultimate layer sees something else.
+    let config = config();
+    let mut rng = StdRng::seed_from_u64(8);
+    let world = World::stationary();
+    let mut reference = world.reference(300, &mut rng);
+    let embedding = |class: usize, offset: f64, rng: &mut StdRng| {
+        let mut e = [0.0; EMBEDDING_DIRECTIONS];
+        for (k, v) in e.iter_mut().enumerate() {
+            *v = (class * 3 + k) as f64 * 0.5 + offset + 0.3 * normal(rng);
+        }
+        e
+    };
+    reference.class_embedding = (0..4).map(|c| (0..EMBEDDING_DIRECTIONS).map(|k| (c * 3 + k) as f64 * 0.5).collect()).collect();
+    reference.embedding_variances = vec![0.09; EMBEDDING_DIRECTIONS];
+    let mut window = Window::new(reference, (0..4).map(|c| c.to_string()).collect());
+    let feed = |offset: f64, count: usize, window: &mut Window, rng: &mut StdRng| {
+        let mut verdicts = Vec::new();
+        for request in requests(&world, Traffic::Independent, count, rng) {
+            let request: Vec<Observation> =
+                request.into_iter().map(|o| Observation { embedding: Some(embedding(o.class, offset, rng)), ..o }).collect();
+            if let Some(v) = window.observe(&request, &config) {
+                verdicts.push(v.clone());
+            }
+        }
+        verdicts
+    };
+    let stationary = feed(0.0, 2_000, &mut window, &mut rng);
+    assert!(stationary.iter().all(|v| v.state == "ok"), "{:?}", stationary.iter().map(|v| &v.fired).collect::<Vec<_>>());
+    let shifted = feed(0.5, 1_200, &mut window, &mut rng);
+    let last = shifted.last().expect("a check");
+    assert_eq!(last.kind, "covariate_shift", "{last:#?}");
+    assert!(last.fired.iter().all(|f| f.starts_with("embedding:")), "{:?}", last.fired);
+    assert!(last.consecutive >= 2);
 }
