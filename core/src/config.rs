@@ -130,6 +130,9 @@ pub struct InferenceConfig {
     pub batch_group_id: String,
     /// Consumer group of the cluster-wide drift monitor (`inference.observations`).
     pub monitor_group_id: String,
+    /// `promote: if_better_live`: answered inputs with feedback (scored by both versions) before
+    /// the live gate decides.
+    pub live_promotion_min_feedback: u64,
     /// Items per batch-prediction chunk.
     pub batch_chunk: usize,
     /// Attempts at one chunk (counted before each) before it is parked as failed.

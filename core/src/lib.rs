@@ -15,6 +15,7 @@ pub mod events;
 pub mod http;
 pub mod inference;
 pub mod kafka;
+pub mod live;
 pub mod media;
 pub mod migrate;
 pub mod models;

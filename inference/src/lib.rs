@@ -138,6 +138,10 @@ fn describe_metrics() {
         "|t| of each drift test of the last window (class:<label>, confidence, brightness, sharpness)."
     );
     describe_counter!("sluice_inference_drift_checks_total", "Drift checks run, by state and kind of shift.");
+    describe_counter!(
+        "sluice_inference_live_promotions_total",
+        "if_better_live decisions, by outcome (promoted, rejected)."
+    );
     describe_gauge!(
         "sluice_inference_shadow_agreement",
         "Share of the latest shadowed inputs on which the shadow and the answered version agree."

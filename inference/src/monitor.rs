@@ -22,7 +22,7 @@ use sluice_core::{
     Shutdown,
     events::Envelope,
     inference::{ObservedImage, RequestObserved},
-    kafka,
+    kafka, live,
     models::{self, ModelName},
     reference::{EMBEDDING_DIRECTIONS, Reference},
     topics::Topic,
@@ -252,6 +252,62 @@ pub async fn shadow_comparison(state: &AppState, model: &str) -> Result<Option<V
     })))
 }
 
+/// `promote: if_better_live` ([`sluice_core::live`]): moves `production` to the candidate once the
+/// feedback on the inputs both scored shows it significantly better, or gives the attempt up once
+/// it shows it significantly worse.
+async fn live_gate(state: &AppState, model: &str, comparison: &Value) -> Result<(), String> {
+    let served = &state.served;
+    let mut client = served.ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;
+    let Some(pending) = live::pending(&client, model).await.map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let versions = (comparison["versions"]["primary"].as_i64(), comparison["versions"]["shadow"].as_i64());
+    if versions != (Some(i64::from(pending.production)), Some(i64::from(pending.candidate))) {
+        return Ok(());
+    }
+    let answers = comparison["with_feedback"].as_u64().unwrap_or(0);
+    if answers < served.ctx.config.inference.live_promotion_min_feedback {
+        return Ok(());
+    }
+    let (shadow_only, primary_only) =
+        (comparison["shadow_only_right"].as_u64().unwrap_or(0), comparison["primary_only_right"].as_u64().unwrap_or(0));
+    let gain = comparison["shadow_accuracy"].as_f64().unwrap_or(0.0) - comparison["primary_accuracy"].as_f64().unwrap_or(0.0);
+    let (alpha, margin) = (served.ctx.config.trainer.promotion_alpha, served.ctx.config.trainer.promotion_min_margin);
+    let better = sluice_core::stats::mcnemar_one_sided(shadow_only, primary_only);
+    let worse = sluice_core::stats::mcnemar_one_sided(primary_only, shadow_only);
+    let reason = format!(
+        "live: candidate v{} vs production v{} on {answers} answered inputs both scored: right alone on {shadow_only}, \
+         wrong alone on {primary_only}, accuracy gain {gain:.4}; exact McNemar p = {better:.3e} (alpha {alpha}, margin {margin})",
+        pending.candidate, pending.production
+    );
+    let tx = client.transaction().await.map_err(|e| sluice_core::error_chain(&e))?;
+    let outcome = if better <= alpha && gain >= margin && shadow_only > primary_only {
+        let name = ModelName::parse(model).map_err(|e| e.to_string())?;
+        let production = models::AliasName::parse(models::AliasName::PRODUCTION).expect("a valid alias");
+        if !live::decide(&tx, model, "promoted", &reason).await.map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        let prefix = &served.ctx.config.kafka.topic_prefix;
+        models::move_alias(&tx, prefix, &name, &production, pending.candidate, "inference:live-gate", &reason)
+            .await
+            .map_err(|e| e.to_string())?;
+        "promoted"
+    } else if worse <= alpha {
+        if !live::decide(&tx, model, "rejected", &reason).await.map_err(|e| e.to_string())? {
+            return Ok(());
+        }
+        "rejected"
+    } else {
+        return Ok(());
+    };
+    tx.commit().await.map_err(|e| sluice_core::error_chain(&e))?;
+    served.forget_routing(&ModelName::parse(model).map_err(|e| e.to_string())?);
+    metrics::counter!("sluice_inference_live_promotions_total", "model" => model.to_owned(), "outcome" => outcome)
+        .increment(1);
+    tracing::warn!(model, outcome, reason, "live promotion decided");
+    Ok(())
+}
+
 /// Whether the version's last cluster-wide verdict is drift.
 pub async fn drifting(state: &AppState, model: &str, version: i32) -> bool {
     let Ok(client) = state.served.ctx.db.get().await else { return false };
@@ -303,8 +359,14 @@ pub async fn live_accuracy(state: &AppState, model: &str, version: i32) -> Resul
 /// accuracy is too low.
 pub async fn after_feedback(state: &AppState, model: &str, version: i32) {
     let config = &state.served.ctx.config.inference;
-    if let Err(err) = shadow_comparison(state, model).await {
-        tracing::warn!(error = %err, "cannot compare the shadow");
+    match shadow_comparison(state, model).await {
+        Ok(Some(comparison)) => {
+            if let Err(err) = live_gate(state, model, &comparison).await {
+                tracing::warn!(model, error = %err, "live promotion check failed; the next feedback retries");
+            }
+        }
+        Ok(None) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot compare the shadow"),
     }
     match live_accuracy(state, model, version).await {
         Ok(Some((accuracy, answers))) => {

@@ -262,3 +262,67 @@ async fn served_inputs_are_captured_into_a_dataset_and_feedback_labels_them() {
     let left = app.ctx.s3.list_objects_v2().bucket(&app.ctx.config.s3.bucket).prefix("captures/").send().await;
     assert_eq!(left.expect("list").key_count(), Some(0));
 }
+
+/// `promote: if_better_live`: the new version is registered as `candidate` and shadows
+/// production; feedback on the answers scores both, and once the candidate is significantly
+/// better on that live traffic, production moves to it and the shadow stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_better_live_promotes_the_candidate_once_live_feedback_shows_it_better() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    let pipeline = app.http.put(app.url("/v1/datasets/loop/pipeline")).bearer_auth(&app.admin_token);
+    let (status, body) =
+        json_of(pipeline.json(&json!({"width": SIZE, "height": SIZE})).send().await.expect("pipeline")).await;
+    assert_eq!(status, 200, "{body}");
+    upload(&app, &images(240, 1, 0)).await;
+    processed(&app, 240).await;
+    let job = |promote: &str, epochs: u32, learning_rate: f64| {
+        json!({"model": "loop", "dataset": "loop", "architecture": "cnn", "seed": 3, "promote": promote,
+               "search": {"strategy": "grid", "space": {"epochs": epochs, "batch_size": 16, "hidden": 16,
+                                                        "learning_rate": learning_rate, "patience": 0}}})
+    };
+    let weak = crate::training::run_job(&app, &job("always", 1, 0.00001), Duration::from_secs(300)).await;
+    assert_eq!(weak["status"], "succeeded", "{weak:#}");
+    let strong = crate::training::run_job(&app, &job("if_better_live", 12, 0.003), Duration::from_secs(300)).await;
+    assert_eq!(strong["status"], "succeeded", "{strong:#}");
+    assert_eq!(strong["promotion"]["pending"], true, "{strong:#}");
+    let aliases = model(&app).await["aliases"].clone();
+    assert_eq!((aliases["production"].clone(), aliases["candidate"].clone()), (json!(1), json!(2)), "{aliases}");
+
+    // Live traffic with ground truth: the candidate shadows every answer, until the gate moves
+    // production (answers then come from version 2).
+    let mut last = None;
+    let mut answered_by_v1 = 0;
+    for (png, label) in images(60, 7, 0) {
+        let response = app.http.post(app.url("/v1/models/loop/predict")).bearer_auth(&app.admin_token);
+        let (status, answer) = json_of(response.header("content-type", "image/png").body(png).send().await.expect("predict")).await;
+        assert_eq!(status, 200, "{answer}");
+        if answer["version"] == 2 {
+            break;
+        }
+        answered_by_v1 += 1;
+        let id = answer["predictions"][0]["id"].as_str().expect("id").to_owned();
+        let feedback = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
+        let (status, body) =
+            json_of(feedback.json(&json!({"prediction_id": id, "label": label})).send().await.expect("feedback")).await;
+        assert_eq!(status, 200, "{body}");
+        last = Some((id, label));
+    }
+    let (id, label) = last.expect("a prediction");
+    eventually(Duration::from_secs(30), "production to move to the candidate", || async {
+        // Each feedback re-checks (the last shadow scores may have landed after it).
+        let feedback = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
+        let _ = feedback.json(&json!({"prediction_id": id, "label": label})).send().await;
+        (model(&app).await["aliases"]["production"] == 2).then_some(())
+    })
+    .await;
+    assert!(answered_by_v1 >= 30, "no decision before 30 answers with feedback ({answered_by_v1})");
+    assert_eq!(app.count("SELECT count(*) FROM live_promotions WHERE outcome = 'promoted'").await, 1);
+    let routing = app.http.get(app.url("/v1/models/loop/routing")).bearer_auth(&app.admin_token).send().await;
+    let (_, routing) = json_of(routing.expect("routing")).await;
+    assert!(routing["shadow_alias"].is_null(), "the shadow stops: {routing:#}");
+    let history = app.http.get(app.url("/v1/models/loop/aliases/production/history")).bearer_auth(&app.admin_token);
+    let (_, history) = json_of(history.send().await.expect("history")).await;
+    let reason = history["history"][0]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.starts_with("live:") && reason.contains("McNemar"), "{history:#}");
+}

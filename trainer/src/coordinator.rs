@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use sluice_core::{
     Context, Shutdown,
     events::Envelope,
-    kafka,
+    kafka, live,
     models::{self, AliasName, Lineage, ModelName, NewVersion},
     parking::{self, WorkKind, WorkParked},
     reference::top1,
@@ -473,12 +473,21 @@ async fn finish(
     let test_report = candidate.as_ref().map(|c| c.report(&labels));
     let decision = match (request.promote, &current) {
         (Promote::Never, _) => json!({"policy": "never", "promoted": false}),
-        (Promote::Always, _) | (Promote::IfBetter, None) => json!({
+        (Promote::Always, _) | (Promote::IfBetter | Promote::IfBetterLive, None) => json!({
             "policy": request.promote, "promoted": true,
             "reason": if current.is_none() { "no production version yet" } else { "policy always" },
             "candidate_test_accuracy": test_report.as_ref().map(|r| r.accuracy),
         }),
         (Promote::IfBetter, Some(current)) => gate(ctx, &loaded, candidate.as_ref(), current).await?,
+        (Promote::IfBetterLive, Some(current)) => json!({
+            "policy": "if_better_live", "promoted": false, "pending": true,
+            "candidate_alias": live::CANDIDATE_ALIAS, "production_version": current.version,
+            "candidate_test_accuracy": test_report.as_ref().map(|r| r.accuracy),
+            "reason": format!(
+                "registered as `{}`, shadowing production v{}; production moves once feedback on live traffic shows it significantly better",
+                live::CANDIDATE_ALIAS, current.version
+            ),
+        }),
     };
     let mut metrics = row.get::<_, Option<Value>>(3).unwrap_or_else(|| json!({}));
     if let Some(report) = &test_report {
@@ -520,6 +529,14 @@ async fn finish(
     if decision["promoted"] == true {
         let reason = format!("training job {job_id}: {}", decision["reason"].as_str().unwrap_or("promoted"));
         models::move_alias(&tx, prefix, &model, &production, version.version, "trainer", &reason).await?;
+    }
+    if decision["pending"] == true
+        && let Some(current) = decision["production_version"].as_i64()
+    {
+        let candidate = AliasName::parse(live::CANDIDATE_ALIAS).expect("a valid alias");
+        let reason = format!("training job {job_id}: candidate for live promotion (if_better_live)");
+        models::move_alias(&tx, prefix, &model, &candidate, version.version, "trainer", &reason).await?;
+        live::start(&tx, model.as_str(), version.version, current as i32, job_id).await.map_err(|e| Retry::new(e.to_string()))?;
     }
     tx.execute(
         "UPDATE training_jobs SET status = 'succeeded', best_trial = $2, registered_version = $3, promotion = $4,

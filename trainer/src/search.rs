@@ -106,13 +106,19 @@ pub struct SearchRequest {
     pub grace_epochs: Option<u32>,
 }
 
-/// What happens to the best model when a job ends. Ordered by how much it may move
-/// `production` (`Never < IfBetter < Always`), to compare with a model's auto-promotion policy.
+/// What happens to the best model when a job ends. Ordered by how far it may move `production`
+/// on its own (`Never < IfBetterLive < IfBetter < Always`: live evidence is the stricter gate),
+/// to compare with a model's auto-promotion policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Promote {
     Never,
-    /// `production` moves only when the new model beats it on this job's validation split.
+    /// The model is registered under `candidate` and shadows production; inference moves
+    /// `production` to it once feedback on live traffic shows it significantly better
+    /// ([`sluice_core::live`]).
+    IfBetterLive,
+    /// `production` moves only when the new model is significantly better on held-out test items
+    /// neither was trained, selected or calibrated on.
     #[default]
     IfBetter,
     Always,
