@@ -242,7 +242,9 @@ fn held_out_text(metrics: &Value, labels: &Value) -> String {
     out.push_str(&format!("  {:<13}{}\n", "splits", pairs(&metrics["splits"])));
     let rows = items(&test["per_class"])
         .iter()
-        .map(|c| vec![text(&c["label"]), text(&c["precision"]), text(&c["recall"]), text(&c["f1"]), text(&c["support"])])
+        .map(|c| {
+            vec![text(&c["label"]), text(&c["precision"]), text(&c["recall"]), text(&c["f1"]), text(&c["support"])]
+        })
         .collect();
     for line in table(&["CLASS", "PRECISION", "RECALL", "F1", "ITEMS"], rows).lines() {
         out.push_str(&format!("    {line}\n"));
@@ -311,8 +313,11 @@ fn text(value: &Value) -> String {
 fn pairs(value: &Value) -> String {
     match value.as_object() {
         Some(map) => {
-            let flat: serde_json::Map<String, Value> =
-                map.iter().filter(|(_, v)| !v.is_object() && !v.is_array()).map(|(k, v)| (k.clone(), v.clone())).collect();
+            let flat: serde_json::Map<String, Value> = map
+                .iter()
+                .filter(|(_, v)| !v.is_object() && !v.is_array())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             entries(&Value::Object(flat), " ", |key, value| format!("{key}={}", text(value)))
         }
         None => "-".into(),

@@ -154,12 +154,9 @@ pub fn class_means(values: &[f64], classes: &[usize], count: usize) -> (Vec<f64>
         }
     }
     let means: Vec<f64> = sums.iter().map(|&(s, n)| if n == 0 { overall } else { s / n as f64 }).collect();
-    let variance = values
-        .iter()
-        .zip(classes)
-        .map(|(&v, &c)| (v - means.get(c).copied().unwrap_or(overall)).powi(2))
-        .sum::<f64>()
-        / values.len().max(1) as f64;
+    let variance =
+        values.iter().zip(classes).map(|(&v, &c)| (v - means.get(c).copied().unwrap_or(overall)).powi(2)).sum::<f64>()
+            / values.len().max(1) as f64;
     (means, variance)
 }
 

@@ -20,8 +20,8 @@ fn round_trip<T: Event>(bytes: &[u8]) {
     assert_eq!(first.event_type, T::TYPE);
     assert!(first.schema_version <= T::SCHEMA_VERSION);
     let encoded = first.to_json();
-    let second = Envelope::<T>::decode(&encoded)
-        .unwrap_or_else(|e| panic!("{} re-encoded does not decode: {e}", T::TYPE));
+    let second =
+        Envelope::<T>::decode(&encoded).unwrap_or_else(|e| panic!("{} re-encoded does not decode: {e}", T::TYPE));
     assert_eq!(
         (second.event_id, &second.event_type, second.schema_version),
         (first.event_id, &first.event_type, first.schema_version)

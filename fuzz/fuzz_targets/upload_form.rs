@@ -24,10 +24,8 @@ use sluice_ingest::{
     upload::{Limits, PartTag, Sink},
 };
 
-const LIMITS: FormLimits = FormLimits {
-    upload: Limits { max_bytes: 64 * 1024, part_bytes: 4096, max_image_pixels: 1 << 20 },
-    max_parts: 4,
-};
+const LIMITS: FormLimits =
+    FormLimits { upload: Limits { max_bytes: 64 * 1024, part_bytes: 4096, max_image_pixels: 1 << 20 }, max_parts: 4 };
 
 #[derive(Default)]
 struct Memory {

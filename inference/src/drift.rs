@@ -60,7 +60,6 @@ const MAX_WINDOW_FACTOR: usize = 4;
 /// Lag-1 autocorrelation above this is treated as this (the AR(1) inflation would explode).
 const MAX_AUTOCORRELATION: f64 = 0.9;
 
-
 /// One prediction as the window sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Observation {
@@ -165,13 +164,7 @@ struct Block {
 
 impl Block {
     fn empty(classes: usize) -> Self {
-        Self {
-            n: 0,
-            class: None,
-            counts: vec![0.0; classes],
-            residuals: [0.0; INPUTS],
-            calibrated: 0.0,
-        }
+        Self { n: 0, class: None, counts: vec![0.0; classes], residuals: [0.0; INPUTS], calibrated: 0.0 }
     }
 
     fn add(&mut self, other: &Block) {

@@ -135,7 +135,11 @@ async fn observe(
     record(served, &event.model, event.version, &verdict).await?;
     export(&event.model, event.version, &verdict);
     let wanted = verdict.kind == "covariate_shift" || config.retrain_on_label_shift;
-    if verdict.state == "drift" && wanted && verdict.consecutive >= config.drift_sustain_checks && config.retrain_on_drift {
+    if verdict.state == "drift"
+        && wanted
+        && verdict.consecutive >= config.drift_sustain_checks
+        && config.retrain_on_drift
+    {
         let evidence = json!({"version": event.version, "verdict": verdict});
         served.request_retrain(&event.model, "drift", evidence).await;
     }
@@ -158,7 +162,10 @@ async fn open_window(served: &Served, model: &str, version: i32) -> Result<Optio
         return Ok(None);
     };
     let counts = client
-        .query_opt("SELECT consecutive, checks FROM drift_verdicts WHERE model = $1 AND version = $2", &[&model, &version])
+        .query_opt(
+            "SELECT consecutive, checks FROM drift_verdicts WHERE model = $1 AND version = $2",
+            &[&model, &version],
+        )
         .await
         .map_err(|e| sluice_core::error_chain(&e))?
         .map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1) as u64));
@@ -178,7 +185,15 @@ async fn record(served: &Served, model: &str, version: i32, verdict: &Verdict) -
              VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (model, version) DO UPDATE SET state = $3, kind = $4, consecutive = $5, checks = $6,
                  verdict = $7, updated_at = now()",
-            &[&model, &version, &verdict.state, &verdict.kind, &(verdict.consecutive as i32), &(verdict.checks as i64), &json],
+            &[
+                &model,
+                &version,
+                &verdict.state,
+                &verdict.kind,
+                &(verdict.consecutive as i32),
+                &(verdict.checks as i64),
+                &json,
+            ],
         )
         .await
         .map_err(|e| sluice_core::error_chain(&e))?;
@@ -271,7 +286,8 @@ async fn live_gate(state: &AppState, model: &str, comparison: &Value) -> Result<
     }
     let (shadow_only, primary_only) =
         (comparison["shadow_only_right"].as_u64().unwrap_or(0), comparison["primary_only_right"].as_u64().unwrap_or(0));
-    let gain = comparison["shadow_accuracy"].as_f64().unwrap_or(0.0) - comparison["primary_accuracy"].as_f64().unwrap_or(0.0);
+    let gain =
+        comparison["shadow_accuracy"].as_f64().unwrap_or(0.0) - comparison["primary_accuracy"].as_f64().unwrap_or(0.0);
     let (alpha, margin) = (served.ctx.config.trainer.promotion_alpha, served.ctx.config.trainer.promotion_min_margin);
     let better = sluice_core::stats::mcnemar_one_sided(shadow_only, primary_only);
     let worse = sluice_core::stats::mcnemar_one_sided(primary_only, shadow_only);
@@ -312,7 +328,10 @@ async fn live_gate(state: &AppState, model: &str, comparison: &Value) -> Result<
 pub async fn drifting(state: &AppState, model: &str, version: i32) -> bool {
     let Ok(client) = state.served.ctx.db.get().await else { return false };
     client
-        .query_opt("SELECT 1 FROM drift_verdicts WHERE model = $1 AND version = $2 AND state = 'drift'", &[&model, &version])
+        .query_opt(
+            "SELECT 1 FROM drift_verdicts WHERE model = $1 AND version = $2 AND state = 'drift'",
+            &[&model, &version],
+        )
         .await
         .ok()
         .flatten()

@@ -148,7 +148,12 @@ pub async fn get_capture(State(state): State<AppState>, caller: Caller, Path(nam
 /// `PUT /v1/models/{name}/capture {"dataset", "random_rate", "below_confidence",
 /// "during_drift_rate"}` or `null` to stop (scope `admin`): which served inputs are stored into a
 /// dataset as unlabelled media, for labelling and the next retrain.
-pub async fn put_capture(State(state): State<AppState>, caller: Caller, Path(name): Path<String>, body: Bytes) -> Response {
+pub async fn put_capture(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
     if let Err(err) = caller.require(Scope::Admin) {
         return err.into_response();
     }
@@ -170,7 +175,8 @@ pub async fn put_capture(State(state): State<AppState>, caller: Caller, Path(nam
     match client.query_opt("SELECT 1 FROM models WHERE name = $1", &[&model.as_str()]).await {
         Ok(Some(_)) => {}
         Ok(None) => {
-            return ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("No model named {model}.")).into_response();
+            return ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("No model named {model}."))
+                .into_response();
         }
         Err(err) => return unavailable(&err).into_response(),
     }
@@ -238,8 +244,7 @@ pub async fn drift(
     if let (Some(answer), Some(extra)) = (answer.as_object_mut(), extra.as_object()) {
         answer.extend(extra.clone());
     }
-    Json(answer)
-    .into_response()
+    Json(answer).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -23,9 +23,9 @@ use sluice_core::{
     topics::Topic,
     training::RetrainRequested,
 };
-use uuid::Uuid;
 use sluice_nn::Network;
 use tokio::sync::OnceCell;
+use uuid::Uuid;
 
 use crate::batcher::Batcher;
 

@@ -73,15 +73,14 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
 /// Stores one captured input; `Ok` with what happened, `Err` for a refusal or an outage.
 async fn handle(ctx: &Context, event: &MediaCaptured) -> Result<&'static str, IngestError> {
     let client = ctx.db.get().await?;
-    let recorded = client
-        .query_opt("SELECT id FROM media WHERE captured_from = $1", &[&event.prediction_id])
-        .await?
-        .is_some();
+    let recorded =
+        client.query_opt("SELECT id FROM media WHERE captured_from = $1", &[&event.prediction_id]).await?.is_some();
     if recorded {
         discard(ctx, &event.key).await;
         return Ok("redelivered");
     }
-    let dataset = DatasetName::parse(&event.dataset).map_err(|e| IngestError::BadField { field: "dataset", message: e.0 })?;
+    let dataset =
+        DatasetName::parse(&event.dataset).map_err(|e| IngestError::BadField { field: "dataset", message: e.0 })?;
     let feedback = capture::feedback_label(&client, event.prediction_id).await?;
     drop(client);
     let label = feedback.as_deref().and_then(|l| Label::parse(l).ok());

@@ -222,4 +222,3 @@ fn parse_query(query: &str, common: &mut Fields) -> Result<(), IngestError> {
     }
     Ok(())
 }
-

@@ -60,11 +60,27 @@ pub struct PartTag {
 /// Where an upload's bytes go: [`S3`] in production; the fuzz targets keep them in memory, so
 /// the whole request path runs without a server.
 pub trait Sink: Sync {
-    fn put(&self, key: &str, content_type: &'static str, bytes: Bytes) -> impl Future<Output = Result<(), IngestError>> + Send;
+    fn put(
+        &self,
+        key: &str,
+        content_type: &'static str,
+        bytes: Bytes,
+    ) -> impl Future<Output = Result<(), IngestError>> + Send;
     /// Starts a multipart object; returns its upload id.
     fn start(&self, key: &str, content_type: &'static str) -> impl Future<Output = Result<String, IngestError>> + Send;
-    fn part(&self, key: &str, upload: &str, number: i32, bytes: Bytes) -> impl Future<Output = Result<PartTag, IngestError>> + Send;
-    fn complete(&self, key: &str, upload: &str, parts: Vec<PartTag>) -> impl Future<Output = Result<(), IngestError>> + Send;
+    fn part(
+        &self,
+        key: &str,
+        upload: &str,
+        number: i32,
+        bytes: Bytes,
+    ) -> impl Future<Output = Result<PartTag, IngestError>> + Send;
+    fn complete(
+        &self,
+        key: &str,
+        upload: &str,
+        parts: Vec<PartTag>,
+    ) -> impl Future<Output = Result<(), IngestError>> + Send;
     /// Best effort: an upload that cannot be aborted now is removed by S3's lifecycle rules or
     /// the orphan sweeper.
     fn abort(&self, key: &str, upload: &str) -> impl Future<Output = ()> + Send;
@@ -201,7 +217,8 @@ where
         sink.put(&key, format.content_type(), buffer.freeze()).await?;
     } else {
         let upload = sink.start(&key, format.content_type()).await?;
-        let result = stream_parts(sink, &key, &upload, &mut reader, buffer, &mut hasher, part_size, format, &head).await;
+        let result =
+            stream_parts(sink, &key, &upload, &mut reader, buffer, &mut hasher, part_size, format, &head).await;
         match result {
             Ok(parts) => {
                 if let Err(err) = sink.complete(&key, &upload, parts).await {

@@ -31,7 +31,7 @@ pub(crate) fn logits_and_hidden(
     shape: InputShape,
     n: usize,
     device: &Device,
-) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+) -> Result<(crate::Rows, crate::Rows)> {
     let (mut logits, mut hidden) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let indices: Vec<usize> = (0..n).collect();
     for chunk in indices.chunks(EVAL_BATCH) {

@@ -38,6 +38,9 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use augment::Augment;
+
+/// One row per image (logits, or hidden-layer activations).
+pub type Rows = Vec<Vec<f32>>;
 pub use error::{NnError, Result};
 pub use eval::Evaluation;
 pub use hyper::{Hyper, Optimizer, Schedule};

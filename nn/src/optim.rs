@@ -44,23 +44,20 @@ impl OptimState {
     ) -> Result<Self> {
         let wanted_second = if optimizer == Optimizer::Adamw { model.vars.len() } else { 0 };
         let fits = |values: &[Vec<f32>], count: usize| {
-            values.len() == count && values.iter().zip(&model.vars).all(|(v, var)| v.len() == var.as_tensor().elem_count())
+            values.len() == count
+                && values.iter().zip(&model.vars).all(|(v, var)| v.len() == var.as_tensor().elem_count())
         };
         if !fits(&first, model.vars.len()) || !fits(&second, wanted_second) {
             return Err(NnError::InvalidFile("optimiser state does not fit the model".into()));
         }
         let load = |values: Vec<Vec<f32>>| -> Result<Vec<Tensor>> {
-            values
-                .into_iter()
-                .zip(&model.vars)
-                .map(|(v, var)| Ok(Tensor::from_vec(v, var.shape(), device)?))
-                .collect()
+            values.into_iter().zip(&model.vars).map(|(v, var)| Ok(Tensor::from_vec(v, var.shape(), device)?)).collect()
         };
         Ok(OptimState { step, first: load(first)?, second: load(second)? })
     }
 
     /// The first and second moments as vectors, for a checkpoint.
-    pub(crate) fn values(&self) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    pub(crate) fn values(&self) -> Result<(crate::Rows, crate::Rows)> {
         let read = |tensors: &[Tensor]| -> Result<Vec<Vec<f32>>> {
             tensors.iter().map(|t| Ok(t.flatten_all()?.to_vec1()?)).collect()
         };
@@ -97,7 +94,15 @@ impl OptimState {
 
 /// Adam with decoupled weight decay (Loshchilov & Hutter): w ← w(1 − lr·wd) − lr·m̂/(√v̂ + ε).
 /// Returns the new weights and moments.
-fn adamw(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, step: u64, lr: f64, wd: f64) -> Result<(Tensor, Tensor, Tensor)> {
+fn adamw(
+    w: &Tensor,
+    g: &Tensor,
+    m: &Tensor,
+    v: &Tensor,
+    step: u64,
+    lr: f64,
+    wd: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let t = i32::try_from(step).unwrap_or(i32::MAX);
     let (correction1, correction2) = (1.0 - BETA1.powi(t), 1.0 - BETA2.powi(t));
     let m = ((m * BETA1)? + (g * (1.0 - BETA1))?)?;
@@ -129,8 +134,8 @@ mod tests {
 
     #[test]
     fn adamw_first_step_moves_each_weight_by_the_learning_rate() {
-        let (w, _, _) = adamw(&t(&[1.0, -1.0]), &t(&[0.5, -2.0]), &t(&[0.0, 0.0]), &t(&[0.0, 0.0]), 1, 0.1, 0.0)
-            .expect("a step");
+        let (w, _, _) =
+            adamw(&t(&[1.0, -1.0]), &t(&[0.5, -2.0]), &t(&[0.0, 0.0]), &t(&[0.0, 0.0]), 1, 0.1, 0.0).expect("a step");
         let w = host(&w);
         assert!((w[0] - 0.9).abs() < 1e-6 && (w[1] + 0.9).abs() < 1e-6, "{w:?}");
     }

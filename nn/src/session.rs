@@ -222,7 +222,12 @@ impl Session {
                 let len = self.spec.shape.len();
                 augmented.clear();
                 for &i in batch {
-                    hyper.augment.apply(&train.images[i * len..(i + 1) * len], self.spec.shape, &mut augment, &mut augmented);
+                    hyper.augment.apply(
+                        &train.images[i * len..(i + 1) * len],
+                        self.spec.shape,
+                        &mut augment,
+                        &mut augmented,
+                    );
                 }
                 let positions: Vec<usize> = (0..batch.len()).collect();
                 data::batch(&augmented, self.spec.shape, &positions, &self.device)?
@@ -293,7 +298,7 @@ impl Session {
     }
 
     /// The best weights' logits and hidden-layer activations for `samples` (drift references).
-    pub fn scores_best(&self, samples: &Samples) -> Result<(Vec<Vec<f32>>, Vec<Vec<f32>>)> {
+    pub fn scores_best(&self, samples: &Samples) -> Result<(crate::Rows, crate::Rows)> {
         samples.validate(self.spec.shape, self.spec.classes)?;
         let model = Model::from_values(self.spec.model_spec(), self.best_values()?, &self.device)?;
         eval::logits_and_hidden(&model, &samples.images, self.spec.shape, samples.len(), &self.device)

@@ -124,11 +124,10 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
     processed(&app, 800).await;
     let (_, shifted_accuracy) = serve(&app, &images(300, 4, 160)).await;
     let drift = eventually(Duration::from_secs(60), "a drifted check", || async {
-        let drift = json_of(
-            app.http.get(app.url("/v1/models/loop/drift")).bearer_auth(&app.admin_token).send().await.ok()?,
-        )
-        .await
-        .1;
+        let drift =
+            json_of(app.http.get(app.url("/v1/models/loop/drift")).bearer_auth(&app.admin_token).send().await.ok()?)
+                .await
+                .1;
         (drift["state"] == "drift").then_some(drift)
     })
     .await;
@@ -216,8 +215,10 @@ async fn served_inputs_are_captured_into_a_dataset_and_feedback_labels_them() {
 
     // Stored through ingest (S3, dedup, outbox) and preprocessed like any upload.
     eventually(Duration::from_secs(120), "six captured inputs processed", || async {
-        (app.count("SELECT count(*) FROM media WHERE dataset = 'field' AND captured_from IS NOT NULL AND status = 'processed'")
-            .await
+        (app.count(
+            "SELECT count(*) FROM media WHERE dataset = 'field' AND captured_from IS NOT NULL AND status = 'processed'",
+        )
+        .await
             == 6)
             .then_some(())
     })
@@ -295,7 +296,8 @@ async fn if_better_live_promotes_the_candidate_once_live_feedback_shows_it_bette
     let mut answered_by_v1 = 0;
     for (png, label) in images(60, 7, 0) {
         let response = app.http.post(app.url("/v1/models/loop/predict")).bearer_auth(&app.admin_token);
-        let (status, answer) = json_of(response.header("content-type", "image/png").body(png).send().await.expect("predict")).await;
+        let (status, answer) =
+            json_of(response.header("content-type", "image/png").body(png).send().await.expect("predict")).await;
         assert_eq!(status, 200, "{answer}");
         if answer["version"] == 2 {
             break;

@@ -354,7 +354,9 @@ async fn canary_splits_traffic_and_shadow_scores_without_answering() {
     let (status, body) =
         json_of(feedback.json(&json!({"prediction_id": id, "label": label})).send().await.expect("feedback")).await;
     assert_eq!(status, 200, "{body}");
-    let sql = format!("SELECT count(*) FROM predictions WHERE (id = '{id}' OR shadow_of = '{id}') AND feedback_label IS NOT NULL");
+    let sql = format!(
+        "SELECT count(*) FROM predictions WHERE (id = '{id}' OR shadow_of = '{id}') AND feedback_label IS NOT NULL"
+    );
     assert_eq!(app.count(&sql).await, 2, "the answer and its shadow are both scored");
     let routing = app.http.get(app.url("/v1/models/routed/routing")).bearer_auth(&app.admin_token).send().await;
     let (_, routing) = json_of(routing.expect("routing")).await;

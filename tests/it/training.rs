@@ -165,7 +165,8 @@ async fn grid_search_trains_every_trial_registers_the_best_and_promotes_it() {
     assert_eq!(metrics["test_accuracy"], test["accuracy"]);
     let confusion = test["confusion_matrix"].as_array().expect("a confusion matrix");
     assert_eq!(confusion.len(), 3);
-    let total: u64 = confusion.iter().flat_map(|row| row.as_array().expect("a row")).map(|n| n.as_u64().expect("n")).sum();
+    let total: u64 =
+        confusion.iter().flat_map(|row| row.as_array().expect("a row")).map(|n| n.as_u64().expect("n")).sum();
     assert_eq!(Some(total), test["items"].as_u64());
     assert_eq!(test["per_class"].as_array().expect("per class").len(), 3);
     for key in ["macro_f1", "expected_calibration_error", "accuracy"] {
@@ -436,8 +437,12 @@ async fn a_retrain_burst_starts_one_job_from_the_last_template() {
         evidence: json!({}),
         requested_by: "test".into(),
     });
-    crate::support::produce(&app.ctx.producer, topic.as_str(), &[(0, String::from_utf8(stale.to_json()).expect("utf-8"))])
-        .await;
+    crate::support::produce(
+        &app.ctx.producer,
+        topic.as_str(),
+        &[(0, String::from_utf8(stale.to_json()).expect("utf-8"))],
+    )
+    .await;
     eventually(Duration::from_secs(60), "the stale retrain request recorded", || async {
         (app.count("SELECT count(*) FROM retrain_requests").await == 1).then_some(())
     })

@@ -536,7 +536,9 @@ async fn finish(
         let candidate = AliasName::parse(live::CANDIDATE_ALIAS).expect("a valid alias");
         let reason = format!("training job {job_id}: candidate for live promotion (if_better_live)");
         models::move_alias(&tx, prefix, &model, &candidate, version.version, "trainer", &reason).await?;
-        live::start(&tx, model.as_str(), version.version, current as i32, job_id).await.map_err(|e| Retry::new(e.to_string()))?;
+        live::start(&tx, model.as_str(), version.version, current as i32, job_id)
+            .await
+            .map_err(|e| Retry::new(e.to_string()))?;
     }
     tx.execute(
         "UPDATE training_jobs SET status = 'succeeded', best_trial = $2, registered_version = $3, promotion = $4,
@@ -656,7 +658,11 @@ async fn gate(
         current.version,
         paired.production_accuracy,
         paired.items,
-        if seen.is_some() { " neither model trained, selected or calibrated on" } else { " (production's training data is unknown)" },
+        if seen.is_some() {
+            " neither model trained, selected or calibrated on"
+        } else {
+            " (production's training data is unknown)"
+        },
         paired.candidate_only,
         paired.production_only,
         paired.p_value,

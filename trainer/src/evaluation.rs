@@ -83,11 +83,14 @@ pub fn report(labels: &[String], probabilities: &[Vec<f64>], truth: &[u32]) -> T
         })
         .collect();
     let present: Vec<&ClassReport> = per_class.iter().filter(|c| c.support > 0).collect();
-    let macro_f1 = if present.is_empty() { 0.0 } else { present.iter().map(|c| c.f1).sum::<f64>() / present.len() as f64 };
+    let macro_f1 =
+        if present.is_empty() { 0.0 } else { present.iter().map(|c| c.f1).sum::<f64>() / present.len() as f64 };
     let ece = bins
         .iter()
         .filter(|(count, _, _)| *count > 0)
-        .map(|&(count, confidence, right)| (count as f64 / n as f64) * (confidence / count as f64 - right as f64 / count as f64).abs())
+        .map(|&(count, confidence, right)| {
+            (count as f64 / n as f64) * (confidence / count as f64 - right as f64 / count as f64).abs()
+        })
         .sum();
     TestReport {
         items: n,

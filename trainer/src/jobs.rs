@@ -166,7 +166,9 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
         StartError::Invalid(format!("`architecture`: unknown architecture {:?}; use mlp or cnn.", request.architecture))
     })?;
     let splits = request.splits();
-    splits.validate().map_err(|e| StartError::Invalid(format!("`validation_split`, `calibration_split`, `test_split`: {e}.")))?;
+    splits
+        .validate()
+        .map_err(|e| StartError::Invalid(format!("`validation_split`, `calibration_split`, `test_split`: {e}.")))?;
     let mut plan = search::plan(&request.search, request.seed, limits(ctx))?;
     if let Some(augment) = request.augment {
         augment.validate().map_err(|e| StartError::Invalid(format!("`augment`: {e}.")))?;

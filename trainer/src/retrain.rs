@@ -98,7 +98,8 @@ async fn handle(ctx: &Context, event_id: Uuid, request: &RetrainRequested) -> Re
                     }
                     Err(StartError::Unavailable(message)) => return Err(message),
                     Err(StartError::NothingNew(reason)) => {
-                        metrics::counter!("sluice_trainer_retrains_skipped_total", "reason" => "no_new_data").increment(1);
+                        metrics::counter!("sluice_trainer_retrains_skipped_total", "reason" => "no_new_data")
+                            .increment(1);
                         (format!("skipped: {reason}"), None)
                     }
                     Err(refused) => (format!("refused: {refused}"), None),

@@ -75,7 +75,11 @@ fn default_test_split() -> f64 {
 impl JobRequest {
     /// The seed of the job's `ordinal`-th first-rung trial (promoted trials keep their parent's).
     pub fn trial_seed(&self, ordinal: usize) -> u64 {
-        if self.fixed_seed { self.seed } else { splitmix64(self.seed ^ (ordinal as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)) }
+        if self.fixed_seed {
+            self.seed
+        } else {
+            splitmix64(self.seed ^ (ordinal as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        }
     }
 
     pub fn splits(&self) -> Splits {
@@ -250,14 +254,23 @@ impl Domain {
 pub enum Strategy {
     Grid,
     Random,
-    Halving { reduction_factor: u32, min_epochs: u32, max_epochs: u32 },
+    Halving {
+        reduction_factor: u32,
+        min_epochs: u32,
+        max_epochs: u32,
+    },
     /// Asynchronous successive halving (ASHA): a trial that finishes a rung is promoted as soon
     /// as it ranks in the top 1/`reduction_factor` of the trials that finished that rung so far,
     /// so no rung waits for its slowest trial.
-    Asha { reduction_factor: u32, max_epochs: u32 },
+    Asha {
+        reduction_factor: u32,
+        max_epochs: u32,
+    },
     /// Tree-structured Parzen estimator: [`TPE_STARTUP`] random trials, then each finished
     /// trial makes room for one proposed from the results so far ([`tpe_propose`]).
-    Tpe { max_trials: u32 },
+    Tpe {
+        max_trials: u32,
+    },
 }
 
 /// The first trials of a job and how later rungs are made.
@@ -329,7 +342,8 @@ pub fn tpe_propose(
     let (good, bad) = ranked.split_at(n_good);
     let mut assignment = BTreeMap::new();
     for (name, domain) in &domains {
-        let values = |set: &[&(Value, f64)]| -> Vec<Value> { set.iter().filter_map(|(p, _)| p.get(name).cloned()).collect() };
+        let values =
+            |set: &[&(Value, f64)]| -> Vec<Value> { set.iter().filter_map(|(p, _)| p.get(name).cloned()).collect() };
         let value = if good.is_empty() {
             domain.sample(&mut rng)
         } else {
@@ -638,7 +652,9 @@ mod tests {
 
     #[test]
     fn asha_promotes_without_waiting_for_the_rung() {
-        let s = search(json!({"strategy": "asha", "max_trials": 9, "space": {"epochs": 9, "learning_rate": {"log_uniform": [0.001, 0.1]}}}));
+        let s = search(
+            json!({"strategy": "asha", "max_trials": 9, "space": {"epochs": 9, "learning_rate": {"log_uniform": [0.001, 0.1]}}}),
+        );
         let plan = plan(&s, 1, LIMITS).expect("valid");
         assert_eq!(plan.strategy, Strategy::Asha { reduction_factor: 3, max_epochs: 9 });
         let trial = |id: u32, rung: u32, epochs: u32, score: f64, promoted: bool| Finished {
@@ -670,7 +686,9 @@ mod tests {
         assert!(!median_stops(0.1, &others, 1, 2), "within the grace epochs");
         assert!(!median_stops(0.1, &[0.9, 0.9], 5, 2), "too few others to judge");
         assert!(median_stops(0.5, &[0.4, 0.6, 0.7, 0.9], 4, 2), "median 0.65 of an even count");
-        let with_rule = search(json!({"strategy": "random", "max_trials": 4, "early_stopping": "median", "grace_epochs": 2, "space": {}}));
+        let with_rule = search(
+            json!({"strategy": "random", "max_trials": 4, "early_stopping": "median", "grace_epochs": 2, "space": {}}),
+        );
         assert!(plan(&with_rule, 1, LIMITS).is_ok());
         let unknown = search(json!({"strategy": "random", "max_trials": 4, "early_stopping": "mean", "space": {}}));
         assert!(plan(&unknown, 1, LIMITS).is_err());

@@ -390,7 +390,8 @@ async fn train(
             }
         }
     }
-    let sets = Sets { validation: &val_set, calibration: calibration_set.as_ref(), sizes: partition.sizes(), pruned_at };
+    let sets =
+        Sets { validation: &val_set, calibration: calibration_set.as_ref(), sizes: partition.sizes(), pruned_at };
     finish(ctx, trial, &session, sets, classes, worker, started).await.map(Some)
 }
 

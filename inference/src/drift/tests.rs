@@ -209,7 +209,11 @@ fn requests(world: &World, traffic: Traffic, predictions: usize, rng: &mut StdRn
 
 /// Feeds requests; returns (checks, flagged checks, retrain triggers, predictions at the first
 /// trigger).
-fn replay(window: &mut Window, requests: &[Vec<Observation>], config: &InferenceConfig) -> (u64, u64, u64, Option<usize>) {
+fn replay(
+    window: &mut Window,
+    requests: &[Vec<Observation>],
+    config: &InferenceConfig,
+) -> (u64, u64, u64, Option<usize>) {
     let (mut checks, mut flagged, mut triggers, mut first, mut seen) = (0, 0, 0, None, 0usize);
     for request in requests {
         seen += request.len();
@@ -342,14 +346,17 @@ fn a_shift_only_the_embedding_sees_is_caught_and_named() {
         }
         e
     };
-    reference.class_embedding = (0..4).map(|c| (0..EMBEDDING_DIRECTIONS).map(|k| (c * 3 + k) as f64 * 0.5).collect()).collect();
+    reference.class_embedding =
+        (0..4).map(|c| (0..EMBEDDING_DIRECTIONS).map(|k| (c * 3 + k) as f64 * 0.5).collect()).collect();
     reference.embedding_variances = vec![0.09; EMBEDDING_DIRECTIONS];
     let mut window = Window::new(reference, (0..4).map(|c| c.to_string()).collect());
     let feed = |offset: f64, count: usize, window: &mut Window, rng: &mut StdRng| {
         let mut verdicts = Vec::new();
         for request in requests(&world, Traffic::Independent, count, rng) {
-            let request: Vec<Observation> =
-                request.into_iter().map(|o| Observation { embedding: Some(embedding(o.class, offset, rng)), ..o }).collect();
+            let request: Vec<Observation> = request
+                .into_iter()
+                .map(|o| Observation { embedding: Some(embedding(o.class, offset, rng)), ..o })
+                .collect();
             if let Some(v) = window.observe(&request, &config) {
                 verdicts.push(v.clone());
             }
@@ -357,7 +364,11 @@ fn a_shift_only_the_embedding_sees_is_caught_and_named() {
         verdicts
     };
     let stationary = feed(0.0, 2_000, &mut window, &mut rng);
-    assert!(stationary.iter().all(|v| v.state == "ok"), "{:?}", stationary.iter().map(|v| &v.fired).collect::<Vec<_>>());
+    assert!(
+        stationary.iter().all(|v| v.state == "ok"),
+        "{:?}",
+        stationary.iter().map(|v| &v.fired).collect::<Vec<_>>()
+    );
     let shifted = feed(0.5, 1_200, &mut window, &mut rng);
     let last = shifted.last().expect("a check");
     assert_eq!(last.kind, "covariate_shift", "{last:#?}");

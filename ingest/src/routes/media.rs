@@ -10,12 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
-use sluice_core::{
-    Context,
-    auth::Scope,
-    domain::Label,
-    http::Caller,
-};
+use sluice_core::{Context, auth::Scope, domain::Label, http::Caller};
 
 use super::parse_id;
 use crate::{
