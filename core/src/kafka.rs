@@ -141,6 +141,33 @@ where
     }
 }
 
+/// Runs `attempt` until it succeeds, waiting after each failure (logged with `what`) with
+/// exponential backoff from 200 ms to 10 s and ±50 % jitter, so replicas retrying one outage do
+/// not retry in step. `None` when `shutdown` comes first. For outages only: an input that can
+/// never succeed must be answered with `Ok` (recorded as refused), or it is retried forever.
+pub async fn retry_until<T, E, F, Fut>(shutdown: &crate::Shutdown, what: &str, mut attempt: F) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Ok(value) => return Some(value),
+            Err(err) => {
+                let wait = backoff.mul_f64(rand::random_range(0.5..1.5));
+                tracing::warn!(error = %err, retry_in = ?wait, "{what}; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
 /// The sequential at-least-once loop of a work-queue consumer: hands each message to `handle` in
 /// turn and stores its offset once `handle` answers `true` (its effects are durable, or it can
 /// never succeed and was recorded as such). `false` (shutting down mid-message) stops without

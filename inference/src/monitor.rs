@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rdkafka::{Message, consumer::Consumer, producer::FutureRecord};
 use serde_json::{Value, json};
@@ -81,20 +80,11 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
                 return true;
             }
         };
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match observe(served, &mut *windows.lock().await, &event).await {
-                Ok(()) => return true,
-                Err(err) => {
-                    tracing::warn!(model = event.model, error = %err, retry_in = ?backoff, "drift monitor cannot record a check; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return false,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
+        kafka::retry_until(shutdown, "the drift monitor cannot record a check", || async {
+            observe(served, &mut *windows.lock().await, &event).await
+        })
+        .await
+        .is_some()
     })
     .await
 }

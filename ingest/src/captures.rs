@@ -8,8 +8,6 @@
 //! recorded (or refused). Redelivery is harmless: an item already recorded for the prediction is
 //! not recorded twice.
 
-use std::time::Duration;
-
 use rdkafka::{Message, consumer::Consumer};
 use serde_json::json;
 use sluice_core::{
@@ -42,30 +40,22 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
                 return true;
             }
         };
-        let mut backoff = Duration::from_millis(200);
-        loop {
+        let outcome = kafka::retry_until(shutdown, "cannot store a captured input yet", || async {
             match handle(ctx, &event).await {
-                Ok(outcome) => {
-                    metrics::counter!("sluice_ingest_captures_total", "outcome" => outcome).increment(1);
-                    return true;
-                }
-                Err(err) if err.is_transient() => {
-                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot store a captured input yet; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return false,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-                Err(err) => {
-                    // The bytes cannot become media (not an image Sluice takes, too large): drop them.
+                Err(err) if !err.is_transient() => {
+                    // The bytes cannot become media (not an image Sluice takes, too large).
                     tracing::warn!(prediction = %event.prediction_id, error = %err, "captured input refused");
                     discard(ctx, &event.key).await;
-                    metrics::counter!("sluice_ingest_captures_total", "outcome" => "refused").increment(1);
-                    return true;
+                    Ok("refused")
                 }
+                other => other,
             }
+        })
+        .await;
+        if let Some(outcome) = outcome {
+            metrics::counter!("sluice_ingest_captures_total", "outcome" => outcome).increment(1);
         }
+        outcome.is_some()
     })
     .await
 }

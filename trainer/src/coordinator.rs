@@ -264,7 +264,7 @@ fn asha_view(trials: &[TrialRow]) -> Vec<search::Finished<Uuid>> {
 }
 
 /// Queues ASHA's promotions (each continuing its parent's checkpoint, with its seed), unless
-/// the job has ended or a promotion already exists (a redelivered result).
+/// the job has ended or a redelivered result already queued them.
 async fn promote(
     ctx: &Context,
     job_id: Uuid,
@@ -284,22 +284,8 @@ async fn promote(
             Some(NewTrial { hyper, rung, parent: Some(parent), seed })
         })
         .collect();
-    let parents: Vec<Uuid> = promotions.iter().map(|p| p.0).collect();
-    let (snapshot_id, snapshot_key): (String, String) = (job.get(2), job.get(3));
-    let mut client = ctx.db.get().await?;
-    let tx = client.transaction().await?;
-    let locked: String =
-        tx.query_one("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await?.get(0);
-    let taken = tx
-        .query_opt("SELECT 1 FROM training_trials WHERE job_id = $1 AND parent = ANY($2)", &[&job_id, &parents])
-        .await?
-        .is_some();
-    if matches!(locked.as_str(), "queued" | "running") && !taken {
-        let ordinal: i64 =
-            tx.query_one("SELECT count(*) FROM training_trials WHERE job_id = $1", &[&job_id]).await?.get(0);
-        let count = new.len();
-        store::queue_trials(ctx, &tx, job_id, request, &snapshot_id, &snapshot_key, ordinal as i32, new).await?;
-        tx.commit().await?;
+    let count = new.len();
+    if store::queue_after(ctx, job_id, request, job, trials.len(), new).await? {
         tracing::info!(job = %job_id, promoted = count, "asha: trials promoted");
     }
     Ok(())
@@ -325,16 +311,8 @@ async fn propose(
         }
         new.push(NewTrial { hyper, rung: 0, parent: None, seed: request.trial_seed(index) });
     }
-    let (snapshot_id, snapshot_key): (String, String) = (job.get(2), job.get(3));
-    let mut client = ctx.db.get().await?;
-    let tx = client.transaction().await?;
-    let locked: String =
-        tx.query_one("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await?.get(0);
-    let count: i64 = tx.query_one("SELECT count(*) FROM training_trials WHERE job_id = $1", &[&job_id]).await?.get(0);
-    if matches!(locked.as_str(), "queued" | "running") && count as usize == trials.len() {
-        let proposed = new.len();
-        store::queue_trials(ctx, &tx, job_id, request, &snapshot_id, &snapshot_key, count as i32, new).await?;
-        tx.commit().await?;
+    let proposed = new.len();
+    if store::queue_after(ctx, job_id, request, job, trials.len(), new).await? {
         tracing::info!(job = %job_id, proposed, "tpe: trials proposed from the results so far");
     }
     Ok(())
@@ -367,22 +345,7 @@ async fn step(
                 NewTrial { hyper, rung: rung as u32 + 1, parent: Some(t.id), seed }
             })
             .collect();
-        let snapshot_id: String = job.get(2);
-        let snapshot_key: String = job.get(3);
-        let mut client = ctx.db.get().await?;
-        let tx = client.transaction().await?;
-        let locked: String =
-            tx.query_one("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await?.get(0);
-        let next_exists = tx
-            .query_opt("SELECT 1 FROM training_trials WHERE job_id = $1 AND rung > $2", &[&job_id, &rung])
-            .await?
-            .is_some();
-        if matches!(locked.as_str(), "queued" | "running") && !next_exists {
-            let ordinal = trials.len() as i32;
-            store::queue_trials(ctx, &tx, job_id, request, &snapshot_id, &snapshot_key, ordinal, promoted).await?;
-            tx.execute("UPDATE training_jobs SET step_attempts = 0, step_error = NULL WHERE id = $1", &[&job_id])
-                .await?;
-            tx.commit().await?;
+        if store::queue_after(ctx, job_id, request, job, trials.len(), promoted).await? {
             tracing::info!(job = %job_id, rung = rung + 1, keep, epochs, "successive halving: next rung queued");
         }
         return Ok(());

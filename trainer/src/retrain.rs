@@ -8,8 +8,6 @@
 //! `sluice_trainer_retrains_skipped_total`). Every request is recorded
 //! by event id with its outcome, so a redelivered request is recognised and changes nothing.
 
-use std::time::Duration;
-
 use rdkafka::{Message, consumer::Consumer};
 use serde_json::json;
 use sluice_core::{
@@ -43,16 +41,9 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
                 return true;
             }
         };
-        let mut backoff = Duration::from_millis(500);
-        while let Err(err) = handle(ctx, event.event_id, &event.data).await {
-            tracing::warn!(error = %err, retry_in = ?backoff, "cannot act on a retrain request; retrying");
-            tokio::select! {
-                () = shutdown.cancelled() => return false,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-        true
+        kafka::retry_until(shutdown, "cannot act on a retrain request", || handle(ctx, event.event_id, &event.data))
+            .await
+            .is_some()
     })
     .await
 }

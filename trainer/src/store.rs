@@ -152,6 +152,32 @@ pub async fn queue_trials(
     Ok(())
 }
 
+/// Queues `new` trials for a job whose trials the caller planned from (`seen` of them), in one
+/// transaction that also clears the step's failed attempts; nothing when the job has ended or
+/// trials were queued since (a redelivered result got there first). Returns whether it queued.
+pub async fn queue_after(
+    ctx: &Context,
+    job_id: Uuid,
+    request: &JobRequest,
+    job: &tokio_postgres::Row,
+    seen: usize,
+    new: Vec<NewTrial>,
+) -> Result<bool, StoreError> {
+    let (snapshot_id, snapshot_key): (String, String) = (job.get("snapshot_id"), job.get("snapshot_key"));
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let status: String =
+        tx.query_one("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await?.get(0);
+    let count: i64 = tx.query_one("SELECT count(*) FROM training_trials WHERE job_id = $1", &[&job_id]).await?.get(0);
+    if !matches!(status.as_str(), "queued" | "running") || count as usize != seen {
+        return Ok(false);
+    }
+    queue_trials(ctx, &tx, job_id, request, &snapshot_id, &snapshot_key, seen as i32, new).await?;
+    tx.execute("UPDATE training_jobs SET step_attempts = 0, step_error = NULL WHERE id = $1", &[&job_id]).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
 /// A trial's status and its job's status; `None` for an unknown trial.
 pub async fn trial_state(ctx: &Context, trial_id: Uuid) -> Result<Option<(String, String)>, StoreError> {
     let client = ctx.db.get().await?;
