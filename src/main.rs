@@ -124,8 +124,9 @@ struct ServerArgs {
     /// Base URL of the API; defaults to http://<http.addr>.
     #[arg(long, global = true)]
     url: Option<String>,
-    /// Bearer token; defaults to the local admin token file (`sluice up` writes it).
-    #[arg(long, global = true)]
+    /// Bearer token (or `SLUICE_TOKEN`); defaults to the local admin token file (`sluice up`
+    /// writes it).
+    #[arg(long, global = true, env = "SLUICE_TOKEN", hide_env_values = true)]
     token: Option<String>,
 }
 
@@ -216,7 +217,7 @@ enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
-    /// The effective configuration, secrets redacted.
+    /// The effective configuration as TOML (files, then environment), secrets redacted.
     Show,
     /// The annotated built-in defaults (a starting point for a config file).
     Defaults,
@@ -380,7 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 None => anyhow::bail!("no token has id {id} (see `sluice token list`)"),
             }
         }
-        Command::Config { what: ConfigCommand::Show } => println!("{config:#?}"),
+        Command::Config { what: ConfigCommand::Show } => print!("{}", config.to_toml()),
         Command::Config { what: ConfigCommand::Defaults } => unreachable!("handled before loading"),
     }
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,5 @@
 //! `sluice push`: upload files or folders to ingest, concurrently, with progress, retries on
-//! 503 and a summary. A folder of sub-folders is a labelled dataset: each sub-folder's name is
+//! 429 and 502–504 (after the server's `Retry-After` at least, with jitter) and a summary. A folder of sub-folders is a labelled dataset: each sub-folder's name is
 //! the label of the files under it.
 
 use std::{
@@ -137,18 +137,20 @@ async fn upload_with_retries(client: &reqwest::Client, push: &Push, job: &Job) -
     let mut delay = Duration::from_millis(500);
     let mut attempt = 1;
     loop {
-        let retryable = match upload_once(client, push, job).await {
-            Ok((202, body)) if body["duplicate"] == true => return Outcome::Duplicate,
-            Ok((202, _)) => return Outcome::Accepted,
-            Ok((502..=504, body)) => rejected(&body, "unavailable"),
-            Ok((_, body)) => return rejected(&body, "rejected"),
-            Err(err) => Outcome::Rejected { code: "connection".into(), message: err },
+        let (retryable, retry_after) = match upload_once(client, push, job).await {
+            Ok((202, body, _)) if body["duplicate"] == true => return Outcome::Duplicate,
+            Ok((202, _, _)) => return Outcome::Accepted,
+            Ok((429 | 502..=504, body, retry_after)) => (rejected(&body, "unavailable"), retry_after),
+            Ok((_, body, _)) => return rejected(&body, "rejected"),
+            Err(err) => (Outcome::Rejected { code: "connection".into(), message: err }, None),
         };
         if attempt >= push.attempts.max(1) {
             return retryable;
         }
         attempt += 1;
-        tokio::time::sleep(delay).await;
+        // The server's Retry-After is a floor; jitter keeps many pushers from retrying in step.
+        let wait = retry_after.unwrap_or_default().max(delay).mul_f64(rand::random_range(1.0..1.5));
+        tokio::time::sleep(wait).await;
         delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
@@ -160,7 +162,12 @@ fn rejected(body: &Value, fallback: &str) -> Outcome {
     }
 }
 
-async fn upload_once(client: &reqwest::Client, push: &Push, job: &Job) -> Result<(u16, Value), String> {
+/// One upload: the status, the body, and the server's Retry-After (seconds) if it sent one.
+async fn upload_once(
+    client: &reqwest::Client,
+    push: &Push,
+    job: &Job,
+) -> Result<(u16, Value, Option<Duration>), String> {
     let file = tokio::fs::File::open(&job.path).await.map_err(|e| format!("{}: {e}", job.path.display()))?;
     let mut query = vec![("dataset", push.dataset.clone())];
     if let Some(label) = &job.label {
@@ -180,12 +187,18 @@ async fn upload_once(client: &reqwest::Client, push: &Push, job: &Job) -> Result
         .await
         .map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|seconds| Duration::from_secs(seconds.min(300)));
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if status == 202 {
         let duplicate = body["items"][0]["duplicate"].as_bool().unwrap_or(false);
-        return Ok((status, serde_json::json!({ "duplicate": duplicate })));
+        return Ok((status, serde_json::json!({ "duplicate": duplicate }), None));
     }
-    Ok((status, body))
+    Ok((status, body, retry_after))
 }
 
 /// What a push did, file by file, added up.

@@ -16,7 +16,7 @@ use figment::{
     providers::{Env, Format, Toml},
 };
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Sections of the configuration; an env var `SLUICE_<SECTION>_<KEY>` sets `<section>.<key>`.
 const SECTIONS: &[&str] =
@@ -38,7 +38,7 @@ pub enum ConfigError {
 }
 
 /// Everything a Sluice process needs to find its dependencies.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Local state (the admin token, the local stack's data); git-ignored.
@@ -56,7 +56,7 @@ pub struct Config {
     pub inference: InferenceConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboxConfig {
     /// Most outbox rows one relay publishes per batch.
@@ -65,7 +65,7 @@ pub struct OutboxConfig {
     pub max_attempts: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PreprocessConfig {
     /// Kafka consumer group shared by every preprocess worker.
@@ -84,7 +84,7 @@ pub struct PreprocessConfig {
     pub max_attempts: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct InferenceConfig {
     /// Most images scored in one batch (1 disables micro-batching).
@@ -139,7 +139,7 @@ pub struct InferenceConfig {
     pub batch_max_attempts: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainerConfig {
     /// Consumer group of the trainer workers.
@@ -172,7 +172,7 @@ pub struct TrainerConfig {
     pub promotion_min_margin: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestConfig {
     /// Images whose header claims more pixels are refused (decompression bombs).
@@ -190,7 +190,7 @@ pub struct IngestConfig {
     pub capture_group_id: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Listener for every HTTP API of this process; port 0 picks a free port.
@@ -209,7 +209,7 @@ pub struct HttpConfig {
     pub auth_failure_burst: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`; use `127.0.0.1`, not `localhost`, for the local broker.
@@ -223,10 +223,11 @@ pub struct KafkaConfig {
     pub session_timeout_ms: u32,
     /// Extra librdkafka properties (for example `security.protocol`, `sasl.*`) for managed
     /// clusters. Values are secret: they often hold passwords.
+    #[serde(serialize_with = "redacted_map")]
     pub extra: std::collections::BTreeMap<String, SecretString>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     /// Custom endpoint (Garage, MinIO); empty means AWS's regional endpoint.
@@ -235,20 +236,22 @@ pub struct S3Config {
     pub bucket: String,
     /// Static credentials; when both are empty the AWS default chain (env, profile, IAM role) is used.
     pub access_key_id: String,
+    #[serde(serialize_with = "redacted")]
     pub secret_access_key: SecretString,
     /// Path-style addressing (`endpoint/bucket/key`), needed by most self-hosted servers.
     pub force_path_style: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `postgres://user:password@host:port/db`; secret because it usually holds a password.
+    #[serde(serialize_with = "redacted_url")]
     pub url: SecretString,
     pub max_connections: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// JSON when stdout is not a terminal, human-readable text when it is.
@@ -257,7 +260,7 @@ pub enum LogFormat {
     Text,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetryConfig {
     pub log_format: LogFormat,
@@ -265,7 +268,7 @@ pub struct TelemetryConfig {
     pub log_filter: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Where `sluice up` writes the local admin token and the CLI reads it from;
@@ -273,8 +276,38 @@ pub struct AuthConfig {
     pub token_file: PathBuf,
 }
 
+/// A secret as `sluice config show` prints it: `***` when set.
+fn redacted<S: serde::Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(if secret.expose_secret().is_empty() { "" } else { "***" })
+}
+
+fn redacted_map<S: serde::Serializer>(
+    map: &std::collections::BTreeMap<String, SecretString>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut out = serializer.serialize_map(Some(map.len()))?;
+    for key in map.keys() {
+        out.serialize_entry(key, "***")?;
+    }
+    out.end()
+}
+
+fn redacted_url<S: serde::Serializer>(url: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redact_url(url.expose_secret()))
+}
+
+impl Config {
+    /// The effective configuration as TOML, secrets redacted (`sluice config show`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot show the configuration: {e}\n"))
+    }
+}
+
 /// `SLUICE_CONFIG` names the TOML file; it is not itself a configuration key.
 const CONFIG_FILE_KEY: &str = "config";
+/// `SLUICE_TOKEN` is the CLI's bearer token, not a configuration key either.
+const CLIENT_TOKEN_KEY: &str = "token";
 
 /// The built-in defaults, also the annotated reference of every key (`sluice config defaults`).
 pub const DEFAULTS_TOML: &str = include_str!("default.toml");
@@ -289,7 +322,7 @@ impl Default for Config {
 impl Config {
     /// Loads defaults, then `file` (if given, it must exist), then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(file, Env::prefixed("SLUICE_").ignore(&[CONFIG_FILE_KEY]))
+        Self::load_from(file, Env::prefixed("SLUICE_").ignore(&[CONFIG_FILE_KEY, CLIENT_TOKEN_KEY]))
     }
 
     fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
@@ -476,6 +509,18 @@ pub fn redact_url(url: &str) -> String {
 #[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_effective_configuration_prints_as_toml_that_loads_again_without_secrets() {
+        let mut config = Config::default();
+        config.s3.secret_access_key = SecretString::from("s3cr3t".to_owned());
+        config.database.url = SecretString::from("postgres://sluice:hunter2@db:5432/sluice".to_owned());
+        let text = config.to_toml();
+        assert!(!text.contains("s3cr3t") && !text.contains("hunter2"), "{text}");
+        assert!(text.contains("[inference]") && text.contains("drift_window = 400"), "{text}");
+        let parsed: Config = toml::from_str(&text).expect("the printed TOML is a configuration");
+        assert_eq!(parsed.inference.drift_window, config.inference.drift_window);
+    }
 
     #[test]
     fn env_names_map_onto_sections() {

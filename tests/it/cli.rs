@@ -73,7 +73,8 @@ fn config_show_never_prints_secrets() {
         .expect("run sluice config show");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("GKabc"), "{stdout}");
+    assert!(stdout.contains("access_key_id = \"GKabc\""), "TOML: {stdout}");
+    assert!(stdout.contains("[s3]") && stdout.contains("[inference]"), "TOML sections: {stdout}");
     assert!(!stdout.contains("hunter2") && !stdout.contains("topsecretvalue"), "{stdout}");
 }
 

@@ -67,3 +67,58 @@ async fn push_retries_while_the_server_answers_503() {
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("accepted 2, duplicate 0, rejected 0"), "{stdout}");
 }
+
+/// A server that asks to come back later (429 with `Retry-After: 1`) is retried no sooner; the
+/// token can come from `SLUICE_TOKEN`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_honours_retry_after_and_reads_the_token_from_the_environment() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(std::time::Instant, Option<String>)>>> = Arc::default();
+    let log = seen.clone();
+    let router = axum::Router::new().route(
+        "/v1/media",
+        axum::routing::post(move |headers: axum::http::HeaderMap| {
+            let log = log.clone();
+            async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let first = {
+                    let mut log = log.lock().expect("log");
+                    log.push((std::time::Instant::now(), auth));
+                    log.len() == 1
+                };
+                if first {
+                    (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [("retry-after", "1")],
+                        axum::Json(serde_json::json!({"error": {"code": "rate_limited", "message": "later"}})),
+                    )
+                } else {
+                    (
+                        axum::http::StatusCode::ACCEPTED,
+                        [("retry-after", "0")],
+                        axum::Json(serde_json::json!({"items": [{"duplicate": false}]})),
+                    )
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("a.png"), png(9, 9, 7)).expect("write");
+    let mut command = sluice_command();
+    command
+        .args(["push", dir.path().to_str().expect("utf-8"), "--dataset", "later", "--url", &url])
+        .env("SLUICE_TOKEN", "from-the-environment")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let output = tokio::task::spawn_blocking(move || command.output()).await.expect("join").expect("run");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("accepted 1"), "{stdout}");
+    let seen = seen.lock().expect("log");
+    assert_eq!(seen.len(), 2);
+    assert!(seen[1].0 - seen[0].0 >= Duration::from_secs(1), "retried before Retry-After");
+    assert_eq!(seen[0].1.as_deref(), Some("Bearer from-the-environment"));
+}
