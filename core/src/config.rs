@@ -165,6 +165,9 @@ pub struct TrainerConfig {
     pub max_step_attempts: u32,
     /// Largest network a trial may build, in parameters; checked before any memory is taken.
     pub max_trial_parameters: u64,
+    /// A retrain starts only when at least this many labelled items are new (or relabelled)
+    /// since production's snapshot; otherwise it is recorded as skipped.
+    pub retrain_min_new_items: u64,
     /// `promote: if_better`: the level of the one-sided exact McNemar test the candidate must
     /// pass against production on held-out test items.
     pub promotion_alpha: f64,

@@ -109,8 +109,9 @@ pub fn check_network_size(spec: &SessionSpec, max: u64) -> Result<(), String> {
     ))
 }
 
-/// Why a retrain would learn nothing new: the snapshot holds no item (or label) that production's
-/// snapshot did not, under the same pipeline spec. `None` when there is something new, or no
+/// Why a retrain would learn nothing new: the snapshot holds fewer than
+/// `trainer.retrain_min_new_items` items (or labels) that production's snapshot did not, under
+/// the same pipeline spec. `None` when there is something new, or no
 /// production version to compare with.
 async fn nothing_new(ctx: &Context, model: &ModelName, snapshot: &Snapshot) -> Result<Option<String>, StartError> {
     let unavailable = |e: &dyn std::fmt::Display| StartError::Unavailable(e.to_string());
@@ -140,9 +141,11 @@ async fn nothing_new(ctx: &Context, model: &ModelName, snapshot: &Snapshot) -> R
     };
     let known: HashSet<(Uuid, &str)> = theirs.items.iter().map(|i| (i.media_id, i.label.as_str())).collect();
     let new = snapshot.items.iter().filter(|i| !known.contains(&(i.media_id, i.label.as_str()))).count();
-    if new == 0 {
+    let wanted = ctx.config.trainer.retrain_min_new_items.max(1) as usize;
+    if new < wanted {
         return Ok(Some(format!(
-            "no labelled item is new or relabelled since production v{}'s snapshot ({} items then, {} now)",
+            "{new} labelled items are new or relabelled since production v{}'s snapshot ({} items then, {} now); \
+             a retrain needs {wanted} (trainer.retrain_min_new_items)",
             current.version,
             theirs.items.len(),
             snapshot.items.len()
