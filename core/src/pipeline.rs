@@ -170,6 +170,19 @@ impl Event for MediaFailed {
 mod tests {
     use super::*;
 
+    /// Found by the `pipeline_spec` fuzz target: without exact float parsing, a spec with an
+    /// `fps` of many digits hashed differently after a trip through its own JSON (and so through
+    /// PostgreSQL), and preprocess would have written its outputs under another spec hash.
+    #[test]
+    fn a_specs_hash_survives_its_own_json_whatever_the_digits() {
+        let text = r#"{"width": 62, "height": 63, "fit": "cover", "color": "rgb", "format": "png",
+            "video": {"fps": 0.01110000014528416505301053836, "max_frames": 32, "keyframes": false}}"#;
+        let spec: PipelineSpec = serde_json::from_str(text).expect("a spec");
+        let again: PipelineSpec = serde_json::from_slice(&serde_json::to_vec(&spec).expect("json")).expect("a spec");
+        assert_eq!(again, spec);
+        assert_eq!(again.hash(), spec.hash());
+    }
+
     #[test]
     fn the_hash_changes_with_the_spec_and_only_then() {
         let a = PipelineSpec::default();
