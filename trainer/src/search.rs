@@ -179,9 +179,14 @@ impl Domain {
                         (lo, hi) if lo > 0.0 => Ok(Domain::LogUniform(lo, hi)),
                         _ => Err(invalid(format!("search.space.{name}.log_uniform bounds must be above 0"))),
                     },
-                    "int_uniform" => {
-                        bounds(arg).map(|(lo, hi)| Domain::IntUniform(lo.ceil() as i64, hi.floor() as i64))
-                    }
+                    "int_uniform" => match bounds(arg)? {
+                        // Found by the search_space fuzz target: [0.0001, 0.1] holds no integer,
+                        // and sampling an empty range panicked.
+                        (lo, hi) if lo.ceil() > hi.floor() => Err(invalid(format!(
+                            "search.space.{name}.int_uniform bounds hold no integer"
+                        ))),
+                        (lo, hi) => Ok(Domain::IntUniform(lo.ceil() as i64, hi.floor() as i64)),
+                    },
                     other => Err(invalid(format!(
                         "search.space.{name}: unknown distribution {other:?}; use choice, uniform, log_uniform or int_uniform"
                     ))),
@@ -748,6 +753,7 @@ mod tests {
             json!({"strategy": "random", "space": {}}),
             json!({"strategy": "grid", "space": {"learning_rate": {"uniform": [0.1, 0.2]}}}),
             json!({"strategy": "random", "max_trials": 2, "space": {"learning_rate": {"gaussian": [0.1, 0.2]}}}),
+            json!({"strategy": "random", "max_trials": 5, "space": {"hidden": {"int_uniform": [0.0001, 0.1]}}}),
             json!({"strategy": "grid", "space": {"epochs": [1000]}}),
             json!({"strategy": "grid", "max_trials": 3, "space": {"learning_rate": [0.1, 0.2], "batch_size": [8, 16]}}),
             json!({"strategy": "grid", "space": {"learning_rate": (0..2000).map(|i| 0.001 * f64::from(i)).collect::<Vec<_>>()}}),
