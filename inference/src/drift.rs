@@ -57,8 +57,10 @@ const PURE_SHARE: f64 = 0.8;
 /// A window that has not reached `MIN_BATCHES` requests by this many times `drift_window`
 /// predictions is judged anyway (and says `insufficient_data` if it still has too few).
 const MAX_WINDOW_FACTOR: usize = 4;
-/// Lag-1 autocorrelation above this is treated as this (the AR(1) inflation would explode).
-const MAX_AUTOCORRELATION: f64 = 0.9;
+/// Lag-1 autocorrelation above this is treated as this: beyond it the variance floor of the
+/// independent units guards against long runs, and a shift that starts mid-window (which looks
+/// like strong autocorrelation) is not explained away.
+const MAX_AUTOCORRELATION: f64 = 0.5;
 
 /// One prediction as the window sees it.
 #[derive(Debug, Clone, Copy)]

@@ -182,9 +182,9 @@ impl Domain {
                     "int_uniform" => match bounds(arg)? {
                         // Found by the search_space fuzz target: [0.0001, 0.1] holds no integer,
                         // and sampling an empty range panicked.
-                        (lo, hi) if lo.ceil() > hi.floor() => Err(invalid(format!(
-                            "search.space.{name}.int_uniform bounds hold no integer"
-                        ))),
+                        (lo, hi) if lo.ceil() > hi.floor() => {
+                            Err(invalid(format!("search.space.{name}.int_uniform bounds hold no integer")))
+                        }
                         (lo, hi) => Ok(Domain::IntUniform(lo.ceil() as i64, hi.floor() as i64)),
                     },
                     other => Err(invalid(format!(

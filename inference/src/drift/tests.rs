@@ -375,3 +375,21 @@ fn a_shift_only_the_embedding_sees_is_caught_and_named() {
     assert!(last.fired.iter().all(|f| f.starts_with("embedding:")), "{:?}", last.fired);
     assert!(last.consecutive >= 2);
 }
+
+#[test]
+fn a_shift_that_starts_mid_window_requests_a_retrain_within_1200_predictions() {
+    let config = config();
+    for shift in [Shift::Brighter, Shift::Blur, Shift::Translation] {
+        let mut rng = StdRng::seed_from_u64(11);
+        let world = World::stationary();
+        let mut window = Window::new(world.reference(300, &mut rng), (0..4).map(|c| c.to_string()).collect());
+        // 150 stationary predictions in mixed requests of 50, then the shift.
+        let mut stream: Vec<Vec<Observation>> =
+            (0..3).map(|_| (0..50).map(|_| world.image(&world.object(&mut rng), &mut rng)).collect()).collect();
+        let shifted = World { shift, ..World::stationary() };
+        stream.extend((0..24).map(|_| (0..50).map(|_| shifted.image(&shifted.object(&mut rng), &mut rng)).collect()));
+        let (_, _, triggers, first) = replay(&mut window, &stream, &config);
+        assert!(triggers >= 1, "{shift:?}: no retrain request");
+        assert!(first.is_some_and(|at| at <= 150 + 1_200), "{shift:?}: requested at {first:?}");
+    }
+}
