@@ -314,20 +314,6 @@ async fn live_gate(state: &AppState, model: &str, comparison: &Value) -> Result<
     Ok(())
 }
 
-/// Whether the version's last cluster-wide verdict is drift.
-pub async fn drifting(state: &AppState, model: &str, version: i32) -> bool {
-    let Ok(client) = state.served.ctx.db.get().await else { return false };
-    client
-        .query_opt(
-            "SELECT 1 FROM drift_verdicts WHERE model = $1 AND version = $2 AND state = 'drift'",
-            &[&model, &version],
-        )
-        .await
-        .ok()
-        .flatten()
-        .is_some()
-}
-
 /// The cluster-wide verdict of a version, as the monitor last recorded it.
 pub async fn verdict(state: &AppState, model: &str, version: i32) -> Result<Option<Value>, String> {
     let client = state.served.ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;

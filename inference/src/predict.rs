@@ -247,7 +247,7 @@ async fn run(
 async fn capture(state: &AppState, model: &ModelName, loaded: &Loaded, bodies: &[Bytes], predictions: &[Value]) {
     let Some(policy) = state.served.capture_policy(model).await else { return };
     let drifting = policy.during_drift_rate > 0.0
-        && crate::monitor::drifting(state, loaded.version.model.as_str(), loaded.version.version).await;
+        && state.served.drifting(loaded.version.model.as_str(), loaded.version.version).await;
     let mut rng = rand::rng();
     let kept: Vec<Captured> = bodies
         .iter()

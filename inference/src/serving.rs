@@ -99,8 +99,10 @@ pub struct Served {
     versions: Mutex<HashMap<VersionKey, Slot>>,
     aliases: RwLock<HashMap<(String, String), i32>>,
     revisions: Mutex<HashMap<String, i64>>,
-    routing: Mutex<HashMap<String, (Instant, Routing)>>,
-    captures: Mutex<HashMap<String, (Instant, Option<CapturePolicy>)>>,
+    routing: Brief<Routing>,
+    captures: Brief<Option<CapturePolicy>>,
+    /// Whether a version's last cluster-wide drift verdict is drift, by `model/version`.
+    drifting: Brief<bool>,
     /// Captured inputs written to S3 but not yet enqueued (bounded: beyond it they are dropped).
     captures_in_flight: AtomicUsize,
     last_retrain: Mutex<HashMap<String, Instant>>,
@@ -120,10 +122,43 @@ pub struct Captured {
 /// Most captured inputs waiting for S3 and the outbox at once, per process.
 const MAX_CAPTURES_IN_FLIGHT: usize = 64;
 
-/// How long routing settings are cached.
+/// How long routing settings (and capture policies, and drift states) are cached.
 const ROUTING_TTL: Duration = Duration::from_secs(2);
 /// Most models whose routing is cached; past it, expired entries are dropped, then all.
 const MAX_ROUTING_ENTRIES: usize = 1024;
+
+/// Per-model settings read from PostgreSQL and kept [`ROUTING_TTL`], at most
+/// [`MAX_ROUTING_ENTRIES`] of them.
+#[derive(Debug)]
+struct Brief<V>(Mutex<HashMap<String, (Instant, V)>>);
+
+impl<V> Default for Brief<V> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<V: Clone> Brief<V> {
+    fn get(&self, key: &str) -> Option<V> {
+        let cached = self.0.lock().expect("cache lock");
+        cached.get(key).filter(|(at, _)| at.elapsed() < ROUTING_TTL).map(|(_, value)| value.clone())
+    }
+
+    fn put(&self, key: &str, value: V) {
+        let mut cached = self.0.lock().expect("cache lock");
+        if cached.len() >= MAX_ROUTING_ENTRIES {
+            cached.retain(|_, (at, _)| at.elapsed() < ROUTING_TTL);
+            if cached.len() >= MAX_ROUTING_ENTRIES {
+                cached.clear();
+            }
+        }
+        cached.insert(key.to_owned(), (Instant::now(), value));
+    }
+
+    fn forget(&self, key: &str) {
+        self.0.lock().expect("cache lock").remove(key);
+    }
+}
 
 impl Served {
     pub fn new(ctx: Context) -> Arc<Self> {
@@ -132,8 +167,9 @@ impl Served {
             versions: Mutex::default(),
             aliases: RwLock::default(),
             revisions: Mutex::default(),
-            routing: Mutex::default(),
-            captures: Mutex::default(),
+            routing: Brief::default(),
+            captures: Brief::default(),
+            drifting: Brief::default(),
             captures_in_flight: AtomicUsize::new(0),
             last_retrain: Mutex::default(),
         })
@@ -372,10 +408,8 @@ impl Served {
 
     /// The model's routing, cached briefly.
     pub async fn routing(&self, model: &ModelName) -> Routing {
-        if let Some((at, routing)) = self.routing.lock().expect("routing lock").get(model.as_str())
-            && at.elapsed() < ROUTING_TTL
-        {
-            return routing.clone();
+        if let Some(routing) = self.routing.get(model.as_str()) {
+            return routing;
         }
         let routing = match self.ctx.db.get().await {
             Ok(client) => client
@@ -390,39 +424,49 @@ impl Served {
                 .unwrap_or_default(),
             Err(_) => Routing::default(),
         };
-        let mut cached = self.routing.lock().expect("routing lock");
-        if cached.len() >= MAX_ROUTING_ENTRIES {
-            cached.retain(|_, (at, _)| at.elapsed() < ROUTING_TTL);
-            if cached.len() >= MAX_ROUTING_ENTRIES {
-                cached.clear();
-            }
-        }
-        cached.insert(model.as_str().to_owned(), (Instant::now(), routing.clone()));
+        self.routing.put(model.as_str(), routing.clone());
         routing
     }
 
     /// The model's capture policy, cached like routing.
     pub async fn capture_policy(&self, model: &ModelName) -> Option<CapturePolicy> {
-        if let Some((at, policy)) = self.captures.lock().expect("capture lock").get(model.as_str())
-            && at.elapsed() < ROUTING_TTL
-        {
-            return policy.clone();
+        if let Some(policy) = self.captures.get(model.as_str()) {
+            return policy;
         }
         let policy = match self.ctx.db.get().await {
             Ok(client) => capture::policy(&client, model.as_str()).await.ok().flatten(),
             Err(_) => None,
         };
-        let mut cached = self.captures.lock().expect("capture lock");
-        if cached.len() >= MAX_ROUTING_ENTRIES {
-            cached.clear();
-        }
-        cached.insert(model.as_str().to_owned(), (Instant::now(), policy.clone()));
+        self.captures.put(model.as_str(), policy.clone());
         policy
     }
 
     /// Forgets a cached capture policy (after this process changed it).
     pub fn forget_capture(&self, model: &ModelName) {
-        self.captures.lock().expect("capture lock").remove(model.as_str());
+        self.captures.forget(model.as_str());
+    }
+
+    /// Whether the version's last cluster-wide drift verdict is drift, cached like routing (it is
+    /// asked on the predict path when a capture policy keeps more during drift).
+    pub async fn drifting(&self, model: &str, version: i32) -> bool {
+        let key = format!("{model}/{version}");
+        if let Some(drifting) = self.drifting.get(&key) {
+            return drifting;
+        }
+        let drifting = match self.ctx.db.get().await {
+            Ok(client) => client
+                .query_opt(
+                    "SELECT 1 FROM drift_verdicts WHERE model = $1 AND version = $2 AND state = 'drift'",
+                    &[&model, &version],
+                )
+                .await
+                .ok()
+                .flatten()
+                .is_some(),
+            Err(_) => false,
+        };
+        self.drifting.put(&key, drifting);
+        drifting
     }
 
     /// Stores kept inputs for ingest, in the background: the bytes to `captures/`, then a
@@ -474,7 +518,7 @@ impl Served {
 
     /// Forgets cached routing (after this process changed it).
     pub fn forget_routing(&self, model: &ModelName) {
-        self.routing.lock().expect("routing lock").remove(model.as_str());
+        self.routing.forget(model.as_str());
     }
 
     /// Requests retraining unless a request went out for the model within the cooldown. The

@@ -164,6 +164,19 @@ impl TrialRow {
         let metric = |name: &str| self.metrics.as_ref().and_then(|m| m[name].as_f64());
         (metric("val_accuracy").unwrap_or(f64::MIN), -metric("val_loss").unwrap_or(f64::MAX))
     }
+
+    fn hyper(&self) -> Hyper {
+        serde_json::from_value(self.params.clone()).unwrap_or_default()
+    }
+
+    /// The trial that continues this one's checkpoint on `rung` with a budget of `epochs`
+    /// (halving's next rung, an ASHA promotion): same parameters and seed.
+    fn child(&self, rung: u32, epochs: u32, job_seed: u64) -> NewTrial {
+        let mut hyper = self.hyper();
+        hyper.epochs = epochs as usize;
+        let seed = self.seed.map_or(job_seed, |seed| seed as u64);
+        NewTrial { hyper, rung, parent: Some(self.id), seed }
+    }
 }
 
 fn by_score(a: &&TrialRow, b: &&TrialRow) -> std::cmp::Ordering {
@@ -256,7 +269,7 @@ fn asha_view(trials: &[TrialRow]) -> Vec<search::Finished<Uuid>> {
         .map(|t| search::Finished {
             id: t.id,
             rung: t.rung as u32,
-            epochs: serde_json::from_value::<Hyper>(t.params.clone()).map(|h| h.epochs as u32).unwrap_or(0),
+            epochs: t.hyper().epochs as u32,
             score: t.score(),
             promoted: parents.contains(&t.id),
         })
@@ -276,13 +289,7 @@ async fn promote(
     let by_id: std::collections::HashMap<Uuid, &TrialRow> = trials.iter().map(|t| (t.id, t)).collect();
     let new: Vec<NewTrial> = promotions
         .iter()
-        .filter_map(|&(parent, rung, epochs)| {
-            let t = by_id.get(&parent)?;
-            let mut hyper: Hyper = serde_json::from_value(t.params.clone()).unwrap_or_default();
-            hyper.epochs = epochs as usize;
-            let seed = t.seed.map_or(request.seed, |seed| seed as u64);
-            Some(NewTrial { hyper, rung, parent: Some(parent), seed })
-        })
+        .filter_map(|&(parent, rung, epochs)| Some(by_id.get(&parent)?.child(rung, epochs, request.seed)))
         .collect();
     let count = new.len();
     if store::queue_after(ctx, job_id, request, job, trials.len(), new).await? {
@@ -332,19 +339,9 @@ async fn step(
     ranked.sort_by(by_score);
     let strategy = search::strategy_of(request, limits(ctx)).map_err(|e| Retry::new(e.to_string()))?;
     // (ASHA promotes as trials finish, in `advance`; here its search is over.)
-    let hyper_of = |t: &TrialRow| serde_json::from_value::<Hyper>(t.params.clone()).unwrap_or_default();
-    let budget = ranked.first().map(|t| hyper_of(t).epochs as u32).unwrap_or(0);
+    let budget = ranked.first().map(|t| t.hyper().epochs as u32).unwrap_or(0);
     if let Some((keep, epochs)) = search::next_rung(&strategy, budget, ranked.len()) {
-        let promoted = ranked[..keep]
-            .iter()
-            .map(|t| {
-                let mut hyper = hyper_of(t);
-                hyper.epochs = epochs as usize;
-                // A promoted trial continues its parent's checkpoint, so it keeps its seed.
-                let seed = t.seed.map_or(request.seed, |seed| seed as u64);
-                NewTrial { hyper, rung: rung as u32 + 1, parent: Some(t.id), seed }
-            })
-            .collect();
+        let promoted = ranked[..keep].iter().map(|t| t.child(rung as u32 + 1, epochs, request.seed)).collect();
         if store::queue_after(ctx, job_id, request, job, trials.len(), promoted).await? {
             tracing::info!(job = %job_id, rung = rung + 1, keep, epochs, "successive halving: next rung queued");
         }
