@@ -56,6 +56,7 @@ async fn register_bench_model(ctx: &Context) -> anyhow::Result<String> {
         let mut reference = Reference::compute(&val.images, 3, &val.labels, &evaluation.logits, CLASSES);
         let (logits, embeddings) = session.scores_best(&val)?;
         reference.add_embeddings(&logits, &embeddings);
+        reference.add_embedding_sample(&logits, &embeddings);
         Ok((session.export_best()?, reference))
     })
     .await??;

@@ -29,7 +29,8 @@ pub struct ObservedImage {
     pub confidence: f32,
     pub brightness: f32,
     pub sharpness: f32,
-    /// The penultimate-layer embedding's projections (`reference::project`).
+    /// The penultimate-layer embedding's sketch (`reference::sketch`, 16 values; replicas from
+    /// before sketches sent 4, which the monitor ignores).
     #[serde(default)]
     pub embedding: Vec<f32>,
 }

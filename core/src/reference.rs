@@ -55,16 +55,35 @@ pub struct Reference {
     /// Variance of each projection around its class's mean.
     #[serde(default)]
     pub embedding_variances: Vec<f64>,
+    /// Held-out samples' embedding sketches ([`sketch`]) with their predicted classes: the
+    /// reference sample the served sketches are compared against (a kernel two-sample test);
+    /// empty for versions made before it was kept.
+    #[serde(default)]
+    pub embedding_sample: Vec<SketchedSample>,
 }
 
-/// Directions the penultimate-layer embeddings are projected on for drift tests.
-pub const EMBEDDING_DIRECTIONS: usize = 4;
+/// One held-out sample of [`Reference::embedding_sample`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SketchedSample {
+    pub class: u32,
+    /// [`SKETCH_DIMENSIONS`] values.
+    pub sketch: Vec<f32>,
+}
 
-/// An embedding projected on [`EMBEDDING_DIRECTIONS`] fixed pseudo-random unit directions (the
-/// same for every embedding of a length, on the trainer's side and on inference's): what the
-/// network sees, reduced to a few numbers a drift test can follow.
-pub fn project(embedding: &[f32]) -> [f64; EMBEDDING_DIRECTIONS] {
-    let mut out = [0.0; EMBEDDING_DIRECTIONS];
+/// Directions whose per-class means the drift window follows (the first of the sketch's).
+pub const EMBEDDING_DIRECTIONS: usize = 4;
+/// Directions of an embedding's sketch: enough to keep the distances between embeddings roughly
+/// (a Johnson–Lindenstrauss projection), few enough to ship with every prediction.
+pub const SKETCH_DIMENSIONS: usize = 16;
+/// At most this many samples are kept in [`Reference::embedding_sample`].
+pub const SKETCH_SAMPLE: usize = 600;
+
+/// An embedding projected on [`SKETCH_DIMENSIONS`] fixed pseudo-random unit directions (the same
+/// for every embedding of a length, on the trainer's side and on inference's): what the network
+/// sees, reduced to a few numbers that travel with each prediction. The first
+/// [`EMBEDDING_DIRECTIONS`] are the directions the per-class means are kept for.
+pub fn sketch(embedding: &[f32]) -> [f32; SKETCH_DIMENSIONS] {
+    let mut out = [0.0; SKETCH_DIMENSIONS];
     for (k, value) in out.iter_mut().enumerate() {
         let (mut dot, mut norm) = (0.0, 0.0);
         for (j, &e) in embedding.iter().enumerate() {
@@ -72,9 +91,14 @@ pub fn project(embedding: &[f32]) -> [f64; EMBEDDING_DIRECTIONS] {
             dot += g * f64::from(e);
             norm += g * g;
         }
-        *value = if norm > 0.0 { dot / norm.sqrt() } else { 0.0 };
+        *value = if norm > 0.0 { (dot / norm.sqrt()) as f32 } else { 0.0 };
     }
     out
+}
+
+/// The first [`EMBEDDING_DIRECTIONS`] values of a sketch.
+pub fn projections(sketch: &[f32; SKETCH_DIMENSIONS]) -> [f64; EMBEDDING_DIRECTIONS] {
+    std::array::from_fn(|k| f64::from(sketch[k]))
 }
 
 /// A standard normal value from an index (SplitMix64 then Box–Muller): deterministic, no state.
@@ -204,7 +228,7 @@ impl Reference {
     pub fn add_embeddings(&mut self, logits: &[Vec<f32>], embeddings: &[Vec<f32>]) {
         let classes = self.predicted_class_frequencies.len();
         let predicted: Vec<usize> = logits.iter().map(|l| top1(&softmax(l, self.temperature)).0).collect();
-        let projected: Vec<[f64; EMBEDDING_DIRECTIONS]> = embeddings.iter().map(|e| project(e)).collect();
+        let projected: Vec<[f64; EMBEDDING_DIRECTIONS]> = embeddings.iter().map(|e| projections(&sketch(e))).collect();
         let mut means = vec![vec![0.0; EMBEDDING_DIRECTIONS]; classes];
         self.embedding_variances = (0..EMBEDDING_DIRECTIONS)
             .map(|k| {
@@ -217,6 +241,21 @@ impl Reference {
             })
             .collect();
         self.class_embedding = means;
+    }
+
+    /// Keeps the sketches of held-out samples (the calibration and validation splits: neither
+    /// trained the weights) as the reference sample of the embedding two-sample test, evenly
+    /// thinned to [`SKETCH_SAMPLE`].
+    pub fn add_embedding_sample(&mut self, logits: &[Vec<f32>], embeddings: &[Vec<f32>]) {
+        let n = logits.len().min(embeddings.len());
+        let step = (n as f64 / SKETCH_SAMPLE as f64).max(1.0);
+        self.embedding_sample = (0..n.min(SKETCH_SAMPLE))
+            .map(|i| (i as f64 * step) as usize)
+            .map(|i| SketchedSample {
+                class: top1(&softmax(&logits[i], 1.0)).0 as u32,
+                sketch: sketch(&embeddings[i]).to_vec(),
+            })
+            .collect();
     }
 
     /// Computes the statistics from the split's images (`u8` CHW, one after another), labels and
@@ -273,6 +312,7 @@ impl Reference {
             },
             class_embedding: Vec::new(),
             embedding_variances: Vec::new(),
+            embedding_sample: Vec::new(),
         }
     }
 }
@@ -293,17 +333,40 @@ mod tests {
     }
 
     #[test]
-    fn projections_are_fixed_unit_directions() {
+    fn sketches_are_fixed_unit_directions() {
         let e: Vec<f32> = (0..64).map(|i| (i % 7) as f32).collect();
-        assert_eq!(project(&e), project(&e));
+        assert_eq!(sketch(&e), sketch(&e));
         // Linear, and a unit direction: scaling the input scales the projection.
         let doubled: Vec<f32> = e.iter().map(|v| v * 2.0).collect();
-        for (a, b) in project(&e).iter().zip(project(&doubled)) {
-            assert!((2.0 * a - b).abs() < 1e-9);
+        for (a, b) in sketch(&e).iter().zip(sketch(&doubled)) {
+            assert!((2.0 * a - b).abs() < 1e-4);
         }
         let unit: Vec<f32> = (0..64).map(|i| if i == 3 { 1.0 } else { 0.0 }).collect();
-        assert!(project(&unit).iter().all(|p| p.abs() < 1.0));
-        assert_ne!(project(&e)[0], project(&e)[1], "the directions differ");
+        assert!(sketch(&unit).iter().all(|p| p.abs() < 1.0));
+        assert_ne!(sketch(&e)[0], sketch(&e)[1], "the directions differ");
+        // Each direction is a unit vector, so over the 64 axes the sketches' squared lengths
+        // average 16 / 64: distances shrink by one common factor.
+        let length: f32 = (0..64)
+            .map(|j| {
+                let u: Vec<f32> = (0..64).map(|i| if i == j { 1.0 } else { 0.0 }).collect();
+                sketch(&u).iter().map(|v| v * v).sum::<f32>()
+            })
+            .sum::<f32>()
+            / 64.0;
+        assert!((length - 0.25).abs() < 1e-3, "mean squared length {length}");
+    }
+
+    #[test]
+    fn the_embedding_sample_is_thinned_and_labelled_by_prediction() {
+        let logits: Vec<Vec<f32>> =
+            (0..2500).map(|i| if i % 2 == 0 { vec![3.0, 0.0] } else { vec![0.0, 3.0] }).collect();
+        let embeddings: Vec<Vec<f32>> = (0..2500).map(|i| vec![i as f32; 8]).collect();
+        let mut reference = Reference::compute(&[0u8; 2500], 1, &vec![0; 2500], &logits, 2);
+        reference.add_embedding_sample(&logits, &embeddings);
+        assert_eq!(reference.embedding_sample.len(), SKETCH_SAMPLE);
+        assert!(reference.embedding_sample.iter().all(|s| s.sketch.len() == SKETCH_DIMENSIONS));
+        assert!(reference.embedding_sample.iter().any(|s| s.class == 0));
+        assert!(reference.embedding_sample.iter().any(|s| s.class == 1));
     }
 
     #[test]

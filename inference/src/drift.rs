@@ -29,6 +29,9 @@
 //!   mean *for the predicted class*, so that a new class mix alone does not look like new inputs.
 //!   (A network that meets inputs unlike its training data also grows less sure, so confidence is
 //!   the input statistic that sees most kinds of covariate shift; only a drop counts, one-sided.)
+//! - **input, `embedding:mmd`**: a kernel two-sample test (maximum mean discrepancy with a
+//!   permutation test, [`mmd`]) of the served embedding sketches against the version's held-out
+//!   sample, class by class: it sees changes the means miss (a wider spread, a new mode).
 //!
 //! The tests of one check are Bonferroni-corrected to a family-wise false-alarm probability of
 //! `drift_alpha`. Windows do not overlap (each check is on new data), so checks are independent
@@ -47,8 +50,10 @@
 use serde::Serialize;
 use sluice_core::{
     config::InferenceConfig,
-    reference::{EMBEDDING_DIRECTIONS, Reference},
+    reference::{EMBEDDING_DIRECTIONS, Reference, SKETCH_DIMENSIONS, projections},
 };
+
+pub mod mmd;
 
 /// Fewer batches than this give no verdict (the t test would have almost no degrees of freedom).
 pub const MIN_BATCHES: usize = 5;
@@ -70,9 +75,9 @@ pub struct Observation {
     pub confidence: f64,
     pub brightness: f64,
     pub sharpness: f64,
-    /// The penultimate-layer embedding's projections ([`sluice_core::reference::project`]); `None` when the
-    /// replica that served it did not send them.
-    pub embedding: Option<[f64; EMBEDDING_DIRECTIONS]>,
+    /// The penultimate-layer embedding's sketch ([`sluice_core::reference::sketch`]); `None` when
+    /// the replica that served it did not send one.
+    pub embedding: Option<[f32; SKETCH_DIMENSIONS]>,
 }
 
 /// Input statistics tested per prediction: confidence, brightness, sharpness, then the
@@ -240,7 +245,11 @@ pub struct Window {
     reference: Reference,
     labels: Vec<String>,
     expectations: Expectations,
+    /// The held-out sketches the served ones are compared against (`None`: no such test).
+    pool: Option<mmd::Pool>,
     blocks: Vec<Block>,
+    /// The window's sketches with the index of the block (request) each came in.
+    sketches: Vec<(usize, usize, [f32; SKETCH_DIMENSIONS])>,
     predictions: usize,
     consecutive: u32,
     checks: u64,
@@ -250,11 +259,14 @@ pub struct Window {
 impl Window {
     pub fn new(reference: Reference, labels: Vec<String>) -> Self {
         let expectations = Expectations::of(&reference);
+        let pool = mmd::Pool::of(&reference, expectations.class_frequencies.len());
         Self {
             reference,
             labels,
             expectations,
+            pool,
             blocks: Vec::new(),
+            sketches: Vec::new(),
             predictions: 0,
             consecutive: 0,
             checks: 0,
@@ -294,9 +306,13 @@ impl Window {
             block.residuals[1] += o.brightness - e.brightness[o.class];
             block.residuals[2] += e.sharpness.get(o.class).map_or(0.0, |s| o.sharpness - s);
             if let (Some(means), Some(embedding)) = (e.embedding.get(o.class), o.embedding) {
+                let projected = projections(&embedding);
                 for k in 0..EMBEDDING_DIRECTIONS {
-                    block.residuals[3 + k] += embedding[k] - means[k];
+                    block.residuals[3 + k] += projected[k] - means[k];
                 }
+            }
+            if let (Some(_), Some(embedding)) = (&self.pool, o.embedding) {
+                self.sketches.push((self.blocks.len(), o.class, embedding));
             }
         }
         block.class = dominant(&block.counts);
@@ -308,6 +324,7 @@ impl Window {
         }
         let mut verdict = self.evaluate(config);
         self.blocks.clear();
+        self.sketches.clear();
         self.predictions = 0;
         self.checks += 1;
         self.consecutive = if verdict.state == "drift" { self.consecutive + 1 } else { 0 };
@@ -344,7 +361,7 @@ impl Window {
         });
         let units = if squares > 0.0 { (sum * sum / squares).max(1.0) } else { 1.0 };
         let inputs = e.inputs();
-        let tests = classes + inputs.len();
+        let tests = classes + inputs.len() + usize::from(self.pool.is_some());
         let alpha = config.drift_alpha;
         let threshold = alpha / tests as f64;
         let mut statistics = Vec::with_capacity(tests);
@@ -369,6 +386,9 @@ impl Window {
                     statistic.p_value = if statistic.t < 0.0 { statistic.p_value / 2.0 } else { 1.0 };
                     statistic.drifted = statistic.p_value < threshold;
                 }
+                statistics.push(statistic);
+            }
+            if let Some(statistic) = self.embedding_test(config, threshold) {
                 statistics.push(statistic);
             }
         }
@@ -410,6 +430,52 @@ impl Window {
     }
 }
 
+impl Window {
+    /// The kernel two-sample test of the window's sketches, its units grouped like the batches
+    /// but from segments (a run of one class is never split across groups).
+    fn embedding_test(&self, config: &InferenceConfig, threshold: f64) -> Option<Statistic> {
+        let pool = self.pool.as_ref()?;
+        let segment_of = segment_ids(&self.blocks);
+        let mut sizes = vec![0; segment_of.last().map_or(0, |s| s + 1)];
+        for (block, &segment) in self.blocks.iter().zip(&segment_of) {
+            sizes[segment] += block.n;
+        }
+        let group_of = grouping(&sizes, config.drift_batches);
+        let served: Vec<mmd::Served> = self
+            .sketches
+            .iter()
+            .map(|&(block, class, sketch)| mmd::Served { group: group_of[segment_of[block]], class, sketch })
+            .collect();
+        let name = "embedding:mmd".to_owned();
+        let Some(outcome) = mmd::test(pool, &served, threshold, self.checks) else {
+            // Too few units to say anything: reported, never drifted.
+            let statistic = Statistic {
+                name,
+                kind: "input",
+                value: 0.0,
+                expected: 0.0,
+                t: 0.0,
+                df: 0.0,
+                p_value: 1.0,
+                threshold,
+                drifted: false,
+            };
+            return Some(statistic);
+        };
+        Some(Statistic {
+            name,
+            kind: "input",
+            value: outcome.mmd2,
+            expected: 0.0,
+            t: outcome.z,
+            df: outcome.groups as f64,
+            p_value: outcome.p_value,
+            threshold,
+            drifted: outcome.p_value < threshold,
+        })
+    }
+}
+
 /// The class of at least [`PURE_SHARE`] of a block's predictions, if there is one.
 fn dominant(counts: &[f64]) -> Option<usize> {
     let total: f64 = counts.iter().sum();
@@ -417,41 +483,68 @@ fn dominant(counts: &[f64]) -> Option<usize> {
     (total > 0.0 && top >= PURE_SHARE * total).then_some(class)
 }
 
-/// Consecutive blocks of one dominant class merged: runs of one thing. Mixed requests stay alone.
+/// Each block's segment: consecutive blocks of one dominant class share one (runs of one thing);
+/// mixed requests stay alone.
+fn segment_ids(blocks: &[Block]) -> Vec<usize> {
+    let mut out: Vec<usize> = Vec::with_capacity(blocks.len());
+    for (i, block) in blocks.iter().enumerate() {
+        let same = i > 0 && block.class.is_some() && blocks[i - 1].class == block.class;
+        out.push(match out.last() {
+            Some(&last) if same => last,
+            Some(&last) => last + 1,
+            None => 0,
+        });
+    }
+    out
+}
+
+/// The segments themselves, merged.
 fn segments(blocks: &[Block], classes: usize) -> Vec<Block> {
-    let mut out: Vec<Block> = Vec::new();
-    for block in blocks {
-        match out.last_mut() {
-            Some(last) if last.class.is_some() && last.class == block.class => last.add(block),
-            _ => {
-                let mut segment = Block::empty(classes);
-                segment.add(block);
-                segment.class = block.class;
-                out.push(segment);
-            }
+    merge(blocks, &segment_ids(blocks), classes)
+}
+
+/// Each element's group when elements of these sizes are grouped, in order, into about `target`
+/// groups of similar totals; an element is never split, and a small remainder joins the last
+/// group.
+fn grouping(sizes: &[usize], target: usize) -> Vec<usize> {
+    let total: usize = sizes.iter().sum();
+    let per = (total as f64 / target.max(1) as f64).max(1.0);
+    let mut out = Vec::with_capacity(sizes.len());
+    let (mut group, mut current) = (0, 0usize);
+    for &size in sizes {
+        out.push(group);
+        current += size;
+        if current as f64 >= per {
+            group += 1;
+            current = 0;
+        }
+    }
+    if current > 0 && group > 0 && (current as f64) < per / 2.0 {
+        for g in out.iter_mut().rev().take_while(|g| **g == group) {
+            *g = group - 1;
         }
     }
     out
 }
 
-/// Groups blocks, in order, into about `target` batches of similar prediction counts; a block is
-/// never split, and a small remainder joins the last batch.
+/// Groups blocks, in order, into about `target` batches of similar prediction counts ([`grouping`]).
 fn batch(blocks: &[Block], target: usize, classes: usize) -> Vec<Block> {
-    let total: usize = blocks.iter().map(|b| b.n).sum();
-    let per = (total as f64 / target.max(1) as f64).max(1.0);
+    let sizes: Vec<usize> = blocks.iter().map(|b| b.n).collect();
+    let mut batches = merge(blocks, &grouping(&sizes, target), classes);
+    batches.iter_mut().for_each(|b| b.class = None);
+    batches
+}
+
+/// Blocks merged by their (ascending) group ids; a group keeps its first block's class.
+fn merge(blocks: &[Block], ids: &[usize], classes: usize) -> Vec<Block> {
     let mut out: Vec<Block> = Vec::new();
-    let mut current = Block::empty(classes);
-    for block in blocks {
-        current.add(block);
-        if current.n as f64 >= per {
-            out.push(std::mem::replace(&mut current, Block::empty(classes)));
+    for (block, &id) in blocks.iter().zip(ids) {
+        if id >= out.len() {
+            let mut merged = Block::empty(classes);
+            merged.class = block.class;
+            out.push(merged);
         }
-    }
-    if current.n > 0 {
-        match out.last_mut() {
-            Some(last) if (current.n as f64) < per / 2.0 => last.add(&current),
-            _ => out.push(current),
-        }
+        out[id].add(block);
     }
     out
 }

@@ -23,7 +23,7 @@ use sluice_core::{
     inference::{ObservedImage, RequestObserved},
     kafka, live,
     models::{self, ModelName},
-    reference::{EMBEDDING_DIRECTIONS, Reference},
+    reference::{Reference, SKETCH_DIMENSIONS},
     topics::Topic,
 };
 
@@ -46,7 +46,7 @@ pub fn publish(served: &Served, loaded: &Loaded, observations: &[Observation]) {
                 confidence: o.confidence as f32,
                 brightness: o.brightness as f32,
                 sharpness: o.sharpness as f32,
-                embedding: o.embedding.map(|e| e.iter().map(|&v| v as f32).collect()).unwrap_or_default(),
+                embedding: o.embedding.map(|e| e.to_vec()).unwrap_or_default(),
             })
             .collect(),
     });
@@ -116,7 +116,7 @@ async fn observe(
             confidence: f64::from(i.confidence),
             brightness: f64::from(i.brightness),
             sharpness: f64::from(i.sharpness),
-            embedding: <[f32; EMBEDDING_DIRECTIONS]>::try_from(i.embedding.as_slice()).ok().map(|e| e.map(f64::from)),
+            embedding: <[f32; SKETCH_DIMENSIONS]>::try_from(i.embedding.as_slice()).ok(),
         })
         .collect();
     let Some(verdict) = window.observe(&observations, config).cloned() else {

@@ -357,7 +357,7 @@ async fn score(
         metrics::histogram!("sluice_inference_confidence", "model" => model.clone(), "version" => version_label.clone())
             .record(confidence);
         state.recorder.record(record);
-        let embedding = sluice_core::reference::project(&row.embedding);
+        let embedding = sluice_core::reference::sketch(&row.embedding);
         observations.push(Observation { class, confidence, brightness, sharpness, embedding: Some(embedding) });
         out.push(json!({"id": id, "top": top}));
     }

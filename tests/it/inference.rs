@@ -60,6 +60,7 @@ pub(crate) async fn register_trained(app: &RunningApp, model: &str, seed: u64, e
         let mut reference = Reference::compute(&val.images, 3, &val.labels, &evaluation.logits, CLASSES);
         let (logits, embeddings) = session.scores_best(&val).expect("scores");
         reference.add_embeddings(&logits, &embeddings);
+        reference.add_embedding_sample(&logits, &embeddings);
         (session.export_best().expect("export"), reference, evaluation.accuracy)
     })
     .await
@@ -407,6 +408,12 @@ async fn a_stationary_stream_raises_no_alarm_and_its_accuracy_is_estimated_witho
     assert_eq!(drift["window"], 400);
     assert_eq!(drift["requests"], 8);
     assert_eq!(drift["scope"], "cluster: one verdict per model version across all inference replicas");
+    // The embedding sketches travelled with the statistics: the kernel test ran on the window's
+    // eight units (each request one) against the version's held-out sample.
+    let statistics = drift["statistics"].as_array().expect("statistics");
+    let kernel = statistics.iter().find(|s| s["name"] == "embedding:mmd").expect("the kernel test");
+    assert_eq!(kernel["df"], 8.0, "{kernel:#}");
+    assert_eq!(kernel["drifted"], false, "{kernel:#}");
     let retrain = app.ctx.topic(Topic::RetrainRequests);
     assert!(
         read_topic(&app.ctx.config, retrain.as_str(), 1, Duration::from_secs(2)).await.is_empty(),
@@ -457,6 +464,62 @@ async fn a_shifted_stream_is_detected_and_one_retrain_request_is_published() {
     assert!(
         metrics.as_str().expect("text").contains("sluice_inference_drift_detected{model=\"shifty\",version=\"1\"} 1")
     );
+}
+
+/// Image `i` of `samples` as PNG bytes, rolled `dx` pixels to the right (wrapping round, so
+/// brightness and most of the sharpness stay as they were).
+fn rolled_png(samples: &Samples, i: usize, dx: usize) -> Vec<u8> {
+    let frame = samples.shape.len();
+    let image = &samples.images[i * frame..(i + 1) * frame];
+    let mut chw = vec![0u8; frame];
+    for (row, out) in image.chunks(SIZE).zip(chw.chunks_mut(SIZE)) {
+        for x in 0..SIZE {
+            out[(x + dx) % SIZE] = row[x];
+        }
+    }
+    sluice_media::png_from_chw(&chw, SIZE as u32, SIZE as u32).expect("an image")
+}
+
+/// A translation leaves every pixel statistic where it was; the kernel test on what the network
+/// sees (its embedding sketches against the version's held-out sample) catches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_translation_is_caught_by_the_embedding_test() {
+    let env = TestEnv::new().await;
+    let app = inference_app(&env).await;
+    let version = register_trained(&app, "moved", 51, 4).await;
+    move_alias(&app, "moved", "production", version).await;
+    // Requests of five mixed images: 80 units per window of 400.
+    let send = |images: Samples, dx: usize| {
+        let app = &app;
+        async move {
+            for start in (0..images.labels.len()).step_by(5) {
+                let batch = (start..start + 5).map(|i| rolled_png(&images, i, dx)).collect();
+                let (status, answer) = predict_many(app, "moved", batch).await;
+                assert_eq!(status, 200, "{answer}");
+            }
+        }
+    };
+    send(samples(400, 52), 0).await;
+    let first = eventually(Duration::from_secs(60), "the first check", || async {
+        let drift = drift_state(&app, "moved").await;
+        (drift["checks"] == 1).then_some(drift)
+    })
+    .await;
+    assert_eq!(first["state"], "ok", "{first:#}");
+    send(samples(800, 53), 9).await;
+    let drift = eventually(Duration::from_secs(60), "two more checks", || async {
+        let drift = drift_state(&app, "moved").await;
+        (drift["checks"] == 3).then_some(drift)
+    })
+    .await;
+    let statistic =
+        |name: &str| drift["statistics"].as_array().expect("statistics").iter().find(|s| s["name"] == name).cloned();
+    eprintln!("translated: fired {} kernel {:#}", drift["fired"], statistic("embedding:mmd").unwrap_or_default());
+    assert_eq!(drift["state"], "drift", "{drift:#}");
+    assert_eq!(drift["kind"], "covariate_shift", "{drift:#}");
+    let fired: Vec<&str> = drift["fired"].as_array().expect("fired").iter().filter_map(Value::as_str).collect();
+    assert!(fired.contains(&"embedding:mmd"), "{drift:#}");
+    assert!(!fired.contains(&"brightness"), "a roll keeps the brightness: {drift:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

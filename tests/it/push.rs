@@ -73,7 +73,9 @@ async fn push_retries_while_the_server_answers_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_honours_retry_after_and_reads_the_token_from_the_environment() {
     use std::sync::{Arc, Mutex};
-    let seen: Arc<Mutex<Vec<(std::time::Instant, Option<String>)>>> = Arc::default();
+    /// When each upload came, and its bearer token.
+    type Seen = Vec<(std::time::Instant, Option<String>)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let log = seen.clone();
     let router = axum::Router::new().route(
         "/v1/media",

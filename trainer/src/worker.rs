@@ -431,8 +431,16 @@ async fn finish(
         &calibration_eval.logits,
         classes,
     );
-    let (logits, embeddings) = session.scores_best(calibration).map_err(|e| Stop::Failed(e.to_string()))?;
+    let (mut logits, mut embeddings) = session.scores_best(calibration).map_err(|e| Stop::Failed(e.to_string()))?;
     reference.add_embeddings(&logits, &embeddings);
+    if sets.calibration.is_some() {
+        // Validation only chose the epoch: its embeddings are as unseen as calibration's.
+        let (more_logits, more_embeddings) =
+            session.scores_best(sets.validation).map_err(|e| Stop::Failed(e.to_string()))?;
+        logits.extend(more_logits);
+        embeddings.extend(more_embeddings);
+    }
+    reference.add_embedding_sample(&logits, &embeddings);
     let sha256 = hex::encode(Sha256::digest(&artifact));
     let size_bytes = artifact.len() as i64;
     let key = artifact_key(&trial.model, trial.job_id, trial.trial_id);

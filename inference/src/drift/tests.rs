@@ -6,7 +6,7 @@
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use sluice_core::{
     Config,
-    reference::{EMBEDDING_DIRECTIONS, Residuals},
+    reference::{EMBEDDING_DIRECTIONS, Residuals, SKETCH_DIMENSIONS, SketchedSample, projections},
 };
 
 use super::*;
@@ -54,12 +54,22 @@ enum Shift {
     Brighter,
     Blur,
     Translation,
+    /// A new camera: every statistic's mean as before, but what the network sees is spread
+    /// wider around each class.
+    Spread,
 }
 
 struct Object {
     class: usize,
     brightness: f64,
     sharpness: f64,
+    /// Where this object sits around its class in embedding space (images of it vary around it).
+    embedding: [f64; SKETCH_DIMENSIONS],
+}
+
+/// A class's centre in embedding space.
+fn centre(class: usize, d: usize) -> f64 {
+    (((class * 7 + d * 3) % 11) as f64 - 5.0) * 0.25
 }
 
 impl World {
@@ -90,6 +100,7 @@ impl World {
             class,
             brightness: self.brightness[class] + 0.05 * normal(rng),
             sharpness: self.sharpness[class] + 0.02 * normal(rng),
+            embedding: std::array::from_fn(|d| centre(class, d) + 0.3 * normal(rng)),
         }
     }
 
@@ -98,6 +109,7 @@ impl World {
         let mut sharpness = (object.sharpness + 0.01 * normal(rng)).clamp(0.0, 1.0);
         let mut confidence = self.confidence[object.class] + 0.08 * normal(rng);
         let mut class = object.class;
+        let mut embedding: [f64; SKETCH_DIMENSIONS] = std::array::from_fn(|d| object.embedding[d] + 0.2 * normal(rng));
         match self.shift {
             Shift::None => {}
             // The simulated network's outputs are what a real one does with such inputs: inverted
@@ -111,15 +123,29 @@ impl World {
                 }
             }
             Shift::Brighter => brightness = (brightness + 0.2).min(1.0),
-            Shift::Blur => sharpness *= 0.4,
+            Shift::Blur => {
+                sharpness *= 0.4;
+                embedding
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(d, e)| *e = centre(object.class, d) + 0.5 * (*e - centre(object.class, d)));
+            }
             Shift::Translation => {
                 confidence -= 0.25;
                 if rng.random::<f64>() < 0.3 {
                     class = rng.random_range(0..4);
                 }
+                embedding.iter_mut().for_each(|e| *e += 0.4);
+            }
+            Shift::Spread => {
+                embedding
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(d, e)| *e = centre(object.class, d) + 2.5 * (*e - centre(object.class, d)));
             }
         }
-        Observation { class, confidence: confidence.clamp(0.25, 1.0), brightness, sharpness, embedding: None }
+        let embedding = Some(embedding.map(|e| e as f32));
+        Observation { class, confidence: confidence.clamp(0.25, 1.0), brightness, sharpness, embedding }
     }
 
     /// The reference a calibration split of `n` independent images would give.
@@ -134,6 +160,21 @@ impl World {
         let (class_sharpness, sharpness) = sluice_core::reference::class_means(&column(|o| o.sharpness), &classes, 4);
         let mut frequencies = vec![0.0; 4];
         classes.iter().for_each(|&c| frequencies[c] += 1.0 / n as f64);
+        let projected: Vec<[f64; EMBEDDING_DIRECTIONS]> =
+            observations.iter().map(|o| projections(&o.embedding.expect("simulated"))).collect();
+        let mut class_embedding = vec![vec![0.0; EMBEDDING_DIRECTIONS]; 4];
+        let embedding_variances = (0..EMBEDDING_DIRECTIONS)
+            .map(|k| {
+                let values: Vec<f64> = projected.iter().map(|p| p[k]).collect();
+                let (means, variance) = sluice_core::reference::class_means(&values, &classes, 4);
+                means.into_iter().enumerate().for_each(|(c, m)| class_embedding[c][k] = m);
+                variance
+            })
+            .collect();
+        let embedding_sample = observations
+            .iter()
+            .map(|o| SketchedSample { class: o.class as u32, sketch: o.embedding.expect("simulated").to_vec() })
+            .collect();
         Reference {
             samples: n,
             predicted_class_frequencies: frequencies.clone(),
@@ -151,8 +192,9 @@ impl World {
             class_brightness,
             class_sharpness,
             residual_variances: Residuals { confidence, brightness, sharpness },
-            class_embedding: Vec::new(),
-            embedding_variances: Vec::new(),
+            class_embedding,
+            embedding_variances,
+            embedding_sample,
         }
     }
 }
@@ -214,10 +256,21 @@ fn replay(
     requests: &[Vec<Observation>],
     config: &InferenceConfig,
 ) -> (u64, u64, u64, Option<usize>) {
+    replay_seeing(window, requests, config, |_| {})
+}
+
+/// [`replay`], showing each verdict to `see`.
+fn replay_seeing(
+    window: &mut Window,
+    requests: &[Vec<Observation>],
+    config: &InferenceConfig,
+    mut see: impl FnMut(&Verdict),
+) -> (u64, u64, u64, Option<usize>) {
     let (mut checks, mut flagged, mut triggers, mut first, mut seen) = (0, 0, 0, None, 0usize);
     for request in requests {
         seen += request.len();
         if let Some(verdict) = window.observe(request, config) {
+            see(verdict);
             checks += 1;
             if verdict.state == "drift" {
                 flagged += 1;
@@ -238,19 +291,29 @@ fn stationary_correlated_traffic_stays_inside_the_false_alarm_budget() {
         [Traffic::Independent, Traffic::Runs, Traffic::SingleClassRequests, Traffic::MixedRequests, Traffic::Bursts]
     {
         let (mut checks, mut flagged, mut triggers) = (0, 0, 0);
+        let mut kernel_p_values = Vec::new();
         // Several versions (references from different calibration draws), 100,000 predictions each.
         for seed in 0..3 {
             let mut rng = StdRng::seed_from_u64(seed);
             let world = World::stationary();
             let mut window = Window::new(world.reference(300, &mut rng), (0..4).map(|c| c.to_string()).collect());
             let stream = requests(&world, traffic, 100_000, &mut rng);
-            let (c, f, t, _) = replay(&mut window, &stream, &config);
+            let (c, f, t, _) = replay_seeing(&mut window, &stream, &config, |verdict| {
+                let tested = verdict.statistics.iter().filter(|s| s.name == "embedding:mmd" && s.df > 0.0);
+                kernel_p_values.extend(tested.map(|s| s.p_value));
+            });
             (checks, flagged, triggers) = (checks + c, flagged + f, triggers + t);
         }
         // α = 0.002 per check: about 1.4 flagged checks expected in ~700; no pair of consecutive ones.
         assert_eq!(triggers, 0, "{traffic:?}: {triggers} false retrain requests in 300,000 predictions");
         assert!(flagged <= 6, "{traffic:?}: {flagged} of {checks} checks flagged");
         assert!(checks >= 60, "{traffic:?}: only {checks} checks");
+        // The kernel test's p-values are about uniform on correlated streams too: its swaps
+        // respect the units (a test that ignored the runs would reject nearly every window).
+        let share =
+            |level: f64| kernel_p_values.iter().filter(|&&p| p < level).count() as f64 / kernel_p_values.len() as f64;
+        assert!(kernel_p_values.len() >= 100, "{traffic:?}: the kernel test ran {} times", kernel_p_values.len());
+        assert!(share(0.05) <= 0.12 && share(0.01) <= 0.03, "{traffic:?}: {} {}", share(0.05), share(0.01));
     }
 }
 
@@ -261,7 +324,8 @@ fn a_large_single_class_request_raises_no_alarm() {
     let world = World::stationary();
     let mut window = Window::new(world.reference(300, &mut rng), (0..4).map(|c| c.to_string()).collect());
     let mut stream = requests(&world, Traffic::Independent, 600, &mut rng);
-    let object = Object { class: 3, brightness: 0.4, sharpness: 0.12 };
+    let object =
+        Object { class: 3, brightness: 0.4, sharpness: 0.12, embedding: std::array::from_fn(|d| centre(3, d)) };
     stream.insert(200, (0..256).map(|_| world.image(&object, &mut rng)).collect());
     stream.extend(requests(&world, Traffic::Independent, 600, &mut rng));
     let (checks, flagged, _, _) = replay(&mut window, &stream, &config);
@@ -332,48 +396,54 @@ fn the_accuracy_estimate_has_an_interval_around_it() {
 }
 
 #[test]
-fn a_shift_only_the_embedding_sees_is_caught_and_named() {
-    // A new camera: class mix, confidence, brightness and sharpness as before, but the network's
-    // penultimate layer sees something else.
+fn a_shift_only_the_embedding_sees_is_caught_by_the_kernel_test() {
+    // A new camera: class mix, confidence, brightness, sharpness and even the embedding's means
+    // as before, but the network's penultimate layer sees each class spread wider.
     let config = config();
     let mut rng = StdRng::seed_from_u64(8);
     let world = World::stationary();
-    let mut reference = world.reference(300, &mut rng);
-    let embedding = |class: usize, offset: f64, rng: &mut StdRng| {
-        let mut e = [0.0; EMBEDDING_DIRECTIONS];
-        for (k, v) in e.iter_mut().enumerate() {
-            *v = (class * 3 + k) as f64 * 0.5 + offset + 0.3 * normal(rng);
-        }
-        e
-    };
-    reference.class_embedding =
-        (0..4).map(|c| (0..EMBEDDING_DIRECTIONS).map(|k| (c * 3 + k) as f64 * 0.5).collect()).collect();
-    reference.embedding_variances = vec![0.09; EMBEDDING_DIRECTIONS];
-    let mut window = Window::new(reference, (0..4).map(|c| c.to_string()).collect());
-    let feed = |offset: f64, count: usize, window: &mut Window, rng: &mut StdRng| {
-        let mut verdicts = Vec::new();
-        for request in requests(&world, Traffic::Independent, count, rng) {
-            let request: Vec<Observation> = request
-                .into_iter()
-                .map(|o| Observation { embedding: Some(embedding(o.class, offset, rng)), ..o })
-                .collect();
+    let mut window = Window::new(world.reference(300, &mut rng), (0..4).map(|c| c.to_string()).collect());
+    let verdicts = |world: &World, count: usize, window: &mut Window, rng: &mut StdRng| {
+        let mut out = Vec::new();
+        for request in requests(world, Traffic::Independent, count, rng) {
             if let Some(v) = window.observe(&request, &config) {
-                verdicts.push(v.clone());
+                out.push(v.clone());
             }
         }
-        verdicts
+        out
     };
-    let stationary = feed(0.0, 2_000, &mut window, &mut rng);
+    let stationary = verdicts(&world, 2_000, &mut window, &mut rng);
     assert!(
         stationary.iter().all(|v| v.state == "ok"),
         "{:?}",
         stationary.iter().map(|v| &v.fired).collect::<Vec<_>>()
     );
-    let shifted = feed(0.5, 1_200, &mut window, &mut rng);
+    let mmd =
+        |v: &Verdict| v.statistics.iter().find(|s| s.name == "embedding:mmd").cloned().expect("the kernel test ran");
+    assert!(stationary.iter().all(|v| mmd(v).df >= mmd::MIN_GROUPS as f64), "every window had enough units");
+    let shifted = verdicts(&World { shift: Shift::Spread, ..World::stationary() }, 1_200, &mut window, &mut rng);
     let last = shifted.last().expect("a check");
     assert_eq!(last.kind, "covariate_shift", "{last:#?}");
-    assert!(last.fired.iter().all(|f| f.starts_with("embedding:")), "{:?}", last.fired);
+    assert_eq!(last.fired, vec!["embedding:mmd".to_owned()], "only the kernel test sees a wider spread");
     assert!(last.consecutive >= 2);
+    assert!(mmd(last).value > 0.0);
+}
+
+#[test]
+fn the_kernel_test_does_not_mistake_a_new_class_mix_for_new_inputs() {
+    let config = config();
+    let mut rng = StdRng::seed_from_u64(12);
+    let world = World::stationary();
+    let mut window = Window::new(world.reference(300, &mut rng), (0..4).map(|c| c.to_string()).collect());
+    let shifted = World { prior: [0.05, 0.05, 0.1, 0.8], ..World::stationary() };
+    let mut p_values = Vec::new();
+    for request in requests(&shifted, Traffic::Independent, 4_000, &mut rng) {
+        if let Some(v) = window.observe(&request, &config) {
+            p_values.extend(v.statistics.iter().filter(|s| s.name == "embedding:mmd").map(|s| s.p_value));
+        }
+    }
+    assert!(p_values.len() >= 8);
+    assert!(p_values.iter().all(|&p| p > 1e-3), "{p_values:?}");
 }
 
 #[test]
