@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod bench_predict;
+pub mod client;
 pub mod doctor;
 pub mod generate;
 pub mod models_cli;
@@ -18,6 +19,9 @@ use axum::Router;
 use rdkafka::producer::Producer;
 use sluice_core::{Config, Context, Shutdown, auth, http};
 use tokio::{net::TcpListener, task::JoinHandle};
+
+/// How long a stopping process waits for all of its workers together to finish what they hold.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// One of Sluice's services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -137,7 +141,8 @@ impl Application {
     }
 
     /// Serves and runs the services' workers until `shutdown` fires; then lets in-flight requests
-    /// finish, stops the workers (each drains against its own deadline), and flushes the producer.
+    /// finish, stops the workers (all draining at once, within [`DRAIN_DEADLINE`]), and flushes
+    /// the producer. Nothing runs before this is called.
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
         let workers_stop = Shutdown::new();
         let mut workers: Vec<_> = self.workers.into_iter().flat_map(|spawn| spawn(&workers_stop)).collect();
@@ -154,10 +159,21 @@ impl Application {
             .await
             .context("HTTP server failed");
         workers_stop.cancel();
-        for worker in workers {
-            if tokio::time::timeout(Duration::from_secs(30), worker).await.is_err() {
-                tracing::warn!("a worker did not stop within 30 s");
+        // Every worker drains at once, against one deadline for them all.
+        let total = workers.len();
+        let mut draining: futures::stream::FuturesUnordered<_> = workers.into_iter().collect();
+        let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+            while let Some(ended) = futures::StreamExt::next(&mut draining).await {
+                if let Err(err) = ended
+                    && err.is_panic()
+                {
+                    tracing::error!(error = %err, "a worker panicked");
+                }
             }
+        });
+        if drained.await.is_err() {
+            tracing::warn!(left = draining.len(), total, deadline = ?DRAIN_DEADLINE, "workers still draining at the deadline; stopping them");
+            draining.iter().for_each(JoinHandle::abort);
         }
         served?;
         let producer = self.ctx.producer.clone();

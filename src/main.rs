@@ -5,8 +5,8 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice::{
-    Application, Service, bench, bench_predict, doctor, ensure_admin_token, generate, models_cli, predict_cli, push,
-    tail, train_cli,
+    Application, Service, bench, bench_predict, client, doctor, ensure_admin_token, generate, models_cli, predict_cli,
+    push, tail, train_cli,
 };
 use sluice_core::{Config, Context, config::DEFAULTS_TOML, migrate, shutdown, telemetry};
 
@@ -329,17 +329,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Predict { model, files, alias, version, top_k, json, server } => {
             let (url, token) = server.resolve(&config)?;
-            let api = models_cli::Api::new(&url, &token);
+            let api = client::Api::new(&url, &token);
             let answer = predict_cli::run(&api, &model, &files, alias.as_deref(), version, top_k).await?;
             print!("{}", if json { format!("{answer}\n") } else { predict_cli::render(&answer, &files) });
         }
         Command::Models { what, json, server } => {
             let (url, token) = server.resolve(&config)?;
-            print!("{}", models_cli::run(what, &models_cli::Api::new(&url, &token), json).await?);
+            print!("{}", models_cli::run(what, &client::Api::new(&url, &token), json).await?);
         }
         Command::Train { args, json, server } => {
             let (url, token) = server.resolve(&config)?;
-            let job = train_cli::run(&args, &models_cli::Api::new(&url, &token)).await?;
+            let job = train_cli::run(&args, &client::Api::new(&url, &token)).await?;
             if json {
                 println!("{job}");
             }

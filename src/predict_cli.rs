@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use serde_json::Value;
 
-use crate::models_cli::{Api, table};
+use crate::client::{Api, table};
 
 pub async fn run(
     api: &Api,

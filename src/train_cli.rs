@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, io::IsTerminal, path::PathBuf, time::Duration};
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::models_cli::{Api, table};
+use crate::client::{Api, table};
 
 /// What `sluice train` was asked to do.
 #[derive(Debug, clap::Args)]

@@ -3,6 +3,7 @@
 //! Producers are idempotent with `acks=all`. Consumers commit automatically but only offsets the
 //! code stored explicitly (`enable.auto.offset.store=false`), after a message's effects are durable;
 //! they commit synchronously when partitions are revoked, so a rebalance never replays finished work.
+//! The loop that stores those offsets, and the retrying around it, are in [`crate::work`].
 
 use std::time::Duration;
 
@@ -43,6 +44,21 @@ pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")
         .create()
+}
+
+/// Publishes one event straight to its topic and waits for the broker's acknowledgement (up to
+/// 30 s). For events a worker must see acknowledged before it stores its own offset; events
+/// that follow a database change go through the outbox instead.
+pub async fn send<T: crate::events::Event>(
+    ctx: &crate::Context,
+    topic: Topic,
+    key: &str,
+    event: &crate::events::Envelope<T>,
+) -> Result<(), String> {
+    let payload = event.to_json();
+    let topic = ctx.topic(topic);
+    let record = rdkafka::producer::FutureRecord::to(topic.as_str()).key(key).payload(&payload);
+    ctx.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(err, _)| err.to_string())
 }
 
 /// A group consumer with auto offset store off: call `store_offset_from_message` once a message's
@@ -139,73 +155,6 @@ where
             }
         }
     }
-}
-
-/// Runs `attempt` until it succeeds, waiting after each failure (logged with `what`) with
-/// exponential backoff from 200 ms to 10 s and ±50 % jitter, so replicas retrying one outage do
-/// not retry in step. `None` when `shutdown` comes first. For outages only: an input that can
-/// never succeed must be answered with `Ok` (recorded as refused), or it is retried forever.
-pub async fn retry_until<T, E, F, Fut>(shutdown: &crate::Shutdown, what: &str, mut attempt: F) -> Option<T>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match attempt().await {
-            Ok(value) => return Some(value),
-            Err(err) => {
-                let wait = backoff.mul_f64(rand::random_range(0.5..1.5));
-                tracing::warn!(error = %err, retry_in = ?wait, "{what}; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(wait) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-}
-
-/// The sequential at-least-once loop of a work-queue consumer: hands each message to `handle` in
-/// turn and stores its offset once `handle` answers `true` (its effects are durable, or it can
-/// never succeed and was recorded as such). `false` (shutting down mid-message) stops without
-/// storing it, so the message is redelivered. Ends on `shutdown` or a consumer error, after a
-/// synchronous commit of what was stored.
-pub async fn consume_in_order<F, Fut>(
-    consumer: &SluiceConsumer,
-    shutdown: &crate::Shutdown,
-    mut handle: F,
-) -> Result<(), KafkaError>
-where
-    F: FnMut(rdkafka::message::OwnedMessage) -> Fut,
-    Fut: Future<Output = bool>,
-{
-    use futures::StreamExt;
-    let mut stream = consumer.stream();
-    let result = loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break Ok(()),
-            next = stream.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => break Err(err),
-                None => break Ok(()),
-            },
-        };
-        if !handle(message.detach()).await {
-            break Ok(());
-        }
-        if let Err(err) = consumer.store_offset_from_message(&message) {
-            break Err(err);
-        }
-    };
-    drop(stream);
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(err) => tracing::warn!(error = %err, "final commit failed"),
-    }
-    result
 }
 
 /// Exports `sluice_consumer_lag{group, topic, partition}` for the consumer's assigned partitions

@@ -6,6 +6,7 @@
 //! the shared HTTP surface (`/healthz`, `/readyz`, `/metrics`, error bodies) is in [`http`].
 
 pub mod auth;
+pub mod batch_predictions;
 pub mod capture;
 pub mod config;
 pub mod context;
@@ -13,12 +14,11 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod http;
-pub mod inference;
 pub mod kafka;
 pub mod live;
-pub mod media;
 pub mod migrate;
 pub mod models;
+pub mod observations;
 pub mod outbox;
 pub mod parking;
 pub mod pipeline;
@@ -31,6 +31,8 @@ pub mod tokens_api;
 pub mod tools;
 pub mod topics;
 pub mod training;
+pub mod uploads;
+pub mod work;
 
 pub use config::Config;
 pub use context::Context;

@@ -6,13 +6,15 @@
 
 use libfuzzer_sys::fuzz_target;
 use sluice_core::{
+    batch_predictions::BatchPredictionRequested,
+    capture::MediaCaptured,
     events::{Envelope, Event},
-    inference::BatchPredictionRequested,
-    media::MediaIngested,
     models::{AliasMoved, AliasRemoved, ModelEvent, ModelVersionRegistered},
+    observations::RequestObserved,
     parking::WorkParked,
     pipeline::{MediaFailed, MediaProcessed},
     training::{self, RetrainRequested, TrialAssigned, TrialFinished, TrialProgress},
+    uploads::MediaIngested,
 };
 
 fn round_trip<T: Event>(bytes: &[u8]) {
@@ -43,6 +45,8 @@ fuzz_target!(|data: &[u8]| {
     round_trip::<AliasRemoved>(data);
     round_trip::<WorkParked>(data);
     round_trip::<BatchPredictionRequested>(data);
+    round_trip::<RequestObserved>(data);
+    round_trip::<MediaCaptured>(data);
     if let Ok(event) = ModelEvent::decode(data) {
         let (model, _, aliases) = event.state();
         assert!(model.len() <= data.len() && aliases.len() <= data.len());

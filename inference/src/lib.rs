@@ -4,19 +4,19 @@
 //! Requests enter at `POST /v1/models/{name}/predict` ([`predict`]); the version is loaded on
 //! first use and verified against its registered sha256 ([`serving`]); images are prepared with
 //! the version's input spec by `sluice-media`, the same code preprocess used for its training
-//! data, and scored through the version's micro-batcher ([`batcher`]). Predictions are recorded
+//! data, and scored through the version's micro-batcher ([`microbatch`]). Predictions are recorded
 //! in PostgreSQL off the request path ([`recorder`]) and feed the version's drift window
 //! ([`drift`], [`monitor`]), whose verdicts and label-free accuracy estimate are exported as
 //! metrics and at `GET /v1/models/{name}/drift`. Alias moves arrive on `models.events`
 //! ([`follower`]); sustained drift or low live accuracy publishes `retrain.requests`.
 //!
-//! Batch predictions ([`batch`]) enter at `POST /v1/batch-predictions`, travel as
+//! Batch predictions ([`batch_jobs`]) enter at `POST /v1/batch-predictions`, travel as
 //! `predictions.batch` events through the outbox, and leave as JSON lines in S3.
 
-pub mod batch;
-pub mod batcher;
+pub mod batch_jobs;
 pub mod drift;
 pub mod follower;
+pub mod microbatch;
 pub mod monitor;
 pub mod predict;
 pub mod recorder;
@@ -54,17 +54,16 @@ impl axum::extract::FromRef<AppState> for Context {
 #[derive(Debug)]
 pub struct Inference {
     state: AppState,
-    recorder: JoinHandle<()>,
-    stop_recorder: Shutdown,
+    writer: recorder::Writer,
 }
 
 impl Inference {
+    /// The routes' state; nothing runs until [`Inference::spawn_workers`].
     pub fn new(ctx: Context) -> Self {
         describe_metrics();
         sluice_media::describe_metrics();
-        let stop_recorder = Shutdown::new();
-        let (recorder, handle) = recorder::Recorder::spawn(ctx.clone(), stop_recorder.clone());
-        Self { state: AppState { served: serving::Served::new(ctx), recorder }, recorder: handle, stop_recorder }
+        let (recorder, writer) = recorder::Recorder::new();
+        Self { state: AppState { served: serving::Served::new(ctx), recorder }, writer }
     }
 
     pub fn router(&self) -> Router {
@@ -78,25 +77,20 @@ impl Inference {
             .route("/v1/models/{name}/routing", get(routes::get_routing).put(routes::put_routing))
             .route("/v1/models/{name}/capture", get(routes::get_capture).put(routes::put_capture))
             .route("/v1/feedback", post(routes::feedback))
-            .route("/v1/batch-predictions", post(batch::routes::create))
-            .route("/v1/batch-predictions/{id}", get(batch::routes::show))
+            .route("/v1/batch-predictions", post(batch_jobs::routes::create))
+            .route("/v1/batch-predictions/{id}", get(batch_jobs::routes::show))
             .with_state(self.state.clone())
     }
 
-    /// The follower, the batch-prediction worker, the drift monitor, and the recorder's shutdown: it stops with the workers, writing what it holds.
+    /// The follower, the batch-prediction worker, the drift monitor and the prediction writer
+    /// (which, on shutdown, writes what it holds: the process stops it after its last request).
     pub fn spawn_workers(self, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
         let served = &self.state.served;
         let follower = tokio::spawn(follower::run(served.clone(), shutdown.clone()));
-        let batch = tokio::spawn(batch::worker::run(served.clone(), shutdown.clone()));
+        let batch = tokio::spawn(batch_jobs::worker::run(served.clone(), shutdown.clone()));
         let monitor = tokio::spawn(monitor::run(served.clone(), shutdown.clone()));
-        let (stop, done) = (self.stop_recorder, self.recorder);
-        let workers_stop = shutdown.clone();
-        let recorder = tokio::spawn(async move {
-            workers_stop.cancelled().await;
-            stop.cancel();
-            let _ = done.await;
-        });
-        vec![follower, batch, monitor, recorder]
+        let writer = tokio::spawn(self.writer.run(served.ctx.clone(), shutdown.clone()));
+        vec![follower, batch, monitor, writer]
     }
 }
 

@@ -20,22 +20,23 @@ use serde_json::{Value, json};
 use sluice_core::{
     Shutdown,
     events::Envelope,
-    inference::{ObservedImage, RequestObserved},
     kafka, live,
     models::{self, ModelName},
+    observations::{ObservedImage, RequestObserved},
     reference::{Reference, SKETCH_DIMENSIONS},
     topics::Topic,
+    work::{self, Backoff},
 };
 
 use crate::{
     AppState,
     drift::{Observation, Verdict, Window},
-    serving::{Loaded, Served},
+    serving::{LoadedVersion, Served},
 };
 
 /// Publishes one request's predictions for the monitor. Never waits: a full producer queue drops
 /// them (counted), which only thins the window.
-pub fn publish(served: &Served, loaded: &Loaded, observations: &[Observation]) {
+pub fn publish(served: &Served, loaded: &LoadedVersion, observations: &[Observation]) {
     let event = Envelope::new(RequestObserved {
         model: loaded.version.model.to_string(),
         version: loaded.version.version,
@@ -72,7 +73,7 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
     // The windows of the models this monitor holds (a fresh map after every reconnect).
     let windows = tokio::sync::Mutex::new(HashMap::<(String, i32), Window>::new());
     let windows = &windows;
-    kafka::consume_in_order(&consumer, shutdown, |message| async move {
+    work::consume(&consumer, shutdown, 1, |message| async move {
         let event = match Envelope::<RequestObserved>::decode(message.payload().unwrap_or_default()) {
             Ok(event) => event.data,
             Err(err) => {
@@ -80,7 +81,7 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
                 return true;
             }
         };
-        kafka::retry_until(shutdown, "the drift monitor cannot record a check", || async {
+        work::retry_until(shutdown, Backoff::DEPENDENCY, "the drift monitor cannot record a check", || async {
             observe(served, &mut *windows.lock().await, &event).await
         })
         .await

@@ -31,7 +31,7 @@ use crate::{
     AppState,
     drift::Observation,
     recorder::Record,
-    serving::{Captured, Loaded, ServeError, Target},
+    serving::{Captured, LoadedVersion, ServeError, Target},
 };
 
 #[derive(Debug, Deserialize)]
@@ -157,7 +157,7 @@ fn unreadable_body(err: &axum::extract::multipart::MultipartRejection) -> ApiErr
 }
 
 /// Decodes and prepares one image exactly as the version's training data was prepared.
-fn prepare(bytes: &[u8], loaded: &Loaded, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
+fn prepare(bytes: &[u8], loaded: &LoadedVersion, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
     if image::guess_format(bytes).is_err() {
         return Err(bad(
             "unsupported_media_type",
@@ -244,7 +244,7 @@ async fn run(
 
 /// Keeps the inputs the model's capture policy selects ([`sluice_core::capture`]); in the
 /// background, so the answer never waits on it.
-async fn capture(state: &AppState, model: &ModelName, loaded: &Loaded, bodies: &[Bytes], predictions: &[Value]) {
+async fn capture(state: &AppState, model: &ModelName, loaded: &LoadedVersion, bodies: &[Bytes], predictions: &[Value]) {
     let Some(policy) = state.served.capture_policy(model).await else { return };
     let drifting = policy.during_drift_rate > 0.0
         && state.served.drifting(loaded.version.model.as_str(), loaded.version.version).await;
@@ -270,7 +270,7 @@ async fn capture(state: &AppState, model: &ModelName, loaded: &Loaded, bodies: &
     }
 }
 
-async fn prepare_all(bodies: Vec<Bytes>, loaded: Arc<Loaded>, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
+async fn prepare_all(bodies: Vec<Bytes>, loaded: Arc<LoadedVersion>, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
     tokio::task::spawn_blocking(move || {
         let mut all = Vec::with_capacity(bodies.len() * loaded.batcher.frame());
         for body in &bodies {
@@ -293,7 +293,7 @@ pub(crate) struct Ranked {
 }
 
 /// Ranks one image's logits by calibrated score and describes its prepared pixels.
-pub(crate) fn rank(loaded: &Loaded, logits: &[f32], pixels: &[u8], top_k: usize, id: Uuid) -> Ranked {
+pub(crate) fn rank(loaded: &LoadedVersion, logits: &[f32], pixels: &[u8], top_k: usize, id: Uuid) -> Ranked {
     let version = &loaded.version;
     let probabilities = softmax(logits, loaded.temperature);
     let mut ranked: Vec<(usize, f64)> = probabilities.iter().copied().enumerate().collect();
@@ -326,7 +326,7 @@ pub(crate) fn rank(loaded: &Loaded, logits: &[f32], pixels: &[u8], top_k: usize,
 /// Runs prepared images through the version; records and observes each prediction.
 async fn score(
     state: &AppState,
-    loaded: &Loaded,
+    loaded: &LoadedVersion,
     prepared: &[u8],
     top_k: usize,
     alias: Option<&str>,

@@ -33,11 +33,22 @@ pub struct Record {
 #[derive(Debug, Clone)]
 pub struct Recorder(mpsc::Sender<Record>);
 
+/// The writing side: runs once the process runs (building a process starts nothing).
+#[derive(Debug)]
+pub struct Writer(mpsc::Receiver<Record>);
+
+impl Writer {
+    /// Writes records in batches until `shutdown`, then writes what it holds and returns.
+    pub async fn run(self, ctx: Context, shutdown: Shutdown) {
+        write(ctx, self.0, shutdown).await;
+    }
+}
+
 impl Recorder {
-    /// Starts the writer task.
-    pub fn spawn(ctx: Context, shutdown: Shutdown) -> (Self, tokio::task::JoinHandle<()>) {
+    /// A recorder and the writer that empties it.
+    pub fn new() -> (Self, Writer) {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        (Self(sender), tokio::spawn(write(ctx, receiver, shutdown)))
+        (Self(sender), Writer(receiver))
     }
 
     pub fn record(&self, record: Record) {
@@ -110,9 +121,15 @@ pub(crate) async fn insert(ctx: &Context, batch: &[Record]) -> Result<(), String
     let shadowed: Vec<Option<Uuid>> = batch.iter().map(|r| r.shadow_of).collect();
     client
         .execute(
-            "INSERT INTO predictions (id, model, version, alias, label, confidence, top, stats, shadow, batch_id, shadow_of)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::float8[],
-                                  $7::jsonb[], $8::jsonb[], $9::bool[], $10::uuid[], $11::uuid[])
+            // A shadow prediction written after its answer got feedback takes that feedback:
+            // the shadow is scored late, and the comparison must not lose it.
+            "INSERT INTO predictions (id, model, version, alias, label, confidence, top, stats, shadow, batch_id,
+                                      shadow_of, feedback_label, feedback_at)
+             SELECT n.*, answered.feedback_label, answered.feedback_at
+             FROM UNNEST($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::float8[],
+                         $7::jsonb[], $8::jsonb[], $9::bool[], $10::uuid[], $11::uuid[])
+                  AS n(id, model, version, alias, label, confidence, top, stats, shadow, batch_id, shadow_of)
+             LEFT JOIN predictions answered ON answered.id = n.shadow_of
              ON CONFLICT (id) DO NOTHING",
             &[&ids, &models, &versions, &aliases, &labels, &confidences, &tops, &stats, &shadows, &jobs, &shadowed],
         )

@@ -27,7 +27,7 @@ use sluice_nn::Network;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use crate::batcher::Batcher;
+use crate::microbatch::Batcher;
 
 /// Which version a request wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +66,7 @@ impl From<deadpool_postgres::PoolError> for ServeError {
 
 /// One loaded version: its registry record, network and batcher.
 #[derive(Debug)]
-pub struct Loaded {
+pub struct LoadedVersion {
     pub version: ModelVersion,
     pub batcher: Batcher,
     /// Softmax temperature fitted at training time (calibrated scores).
@@ -86,7 +86,7 @@ type VersionKey = (String, i32);
 /// A version this process has loaded or is loading, and when a request last used it.
 #[derive(Debug)]
 struct Slot {
-    cell: Arc<OnceCell<Arc<Loaded>>>,
+    cell: Arc<OnceCell<Arc<LoadedVersion>>>,
     last_used: Instant,
 }
 
@@ -176,7 +176,7 @@ impl Served {
     }
 
     /// The loaded version a request resolves to.
-    pub async fn resolve(&self, model: &ModelName, target: &Target) -> Result<Arc<Loaded>, ServeError> {
+    pub async fn resolve(&self, model: &ModelName, target: &Target) -> Result<Arc<LoadedVersion>, ServeError> {
         let version = match target {
             Target::Version(version) => *version,
             Target::Alias(alias) => self.alias_version(model, alias).await?,
@@ -217,7 +217,7 @@ impl Served {
 
     /// Loads a version once (concurrent first requests share one load); failures are not kept,
     /// so a later request tries again and a version that does not exist holds no memory.
-    pub async fn load(&self, model: &ModelName, version: i32) -> Result<Arc<Loaded>, ServeError> {
+    pub async fn load(&self, model: &ModelName, version: i32) -> Result<Arc<LoadedVersion>, ServeError> {
         let key = (model.as_str().to_owned(), version);
         let cell = {
             let mut versions = self.versions.lock().expect("versions lock");
@@ -299,7 +299,7 @@ impl Served {
         }
     }
 
-    async fn load_uncached(&self, model: &ModelName, version: i32) -> Result<Arc<Loaded>, ServeError> {
+    async fn load_uncached(&self, model: &ModelName, version: i32) -> Result<Arc<LoadedVersion>, ServeError> {
         let started = Instant::now();
         let record = self.record(model, version).await?;
         let outcome = |outcome: &'static str| {
@@ -341,7 +341,7 @@ impl Served {
             "version" => version.to_string(), "outcome" => "refused")
         .increment(0);
         tracing::info!(model = %model, version, seconds = started.elapsed().as_secs_f64(), "model version loaded");
-        Ok(Arc::new(Loaded { version: record, batcher, temperature }))
+        Ok(Arc::new(LoadedVersion { version: record, batcher, temperature }))
     }
 
     /// Applies a `models.events` state (every alias of `model` at `revision`): aliases this

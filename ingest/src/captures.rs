@@ -17,6 +17,7 @@ use sluice_core::{
     events::Envelope,
     kafka, s3,
     topics::Topic,
+    work::{self, Backoff},
 };
 
 use crate::{
@@ -32,7 +33,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
 async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {
     let consumer = kafka::consumer(&ctx.config.kafka, &ctx.config.ingest.capture_group_id)?;
     consumer.subscribe(&[ctx.topic(Topic::MediaCaptures).as_str()])?;
-    kafka::consume_in_order(&consumer, shutdown, |message| async move {
+    work::consume(&consumer, shutdown, 1, |message| async move {
         let event = match Envelope::<MediaCaptured>::decode(message.payload().unwrap_or_default()) {
             Ok(event) => event.data,
             Err(err) => {
@@ -40,7 +41,7 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
                 return true;
             }
         };
-        let outcome = kafka::retry_until(shutdown, "cannot store a captured input yet", || async {
+        let outcome = work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot store a captured input yet", || async {
             match handle(ctx, &event).await {
                 Err(err) if !err.is_transient() => {
                     // The bytes cannot become media (not an image Sluice takes, too large).

@@ -8,8 +8,8 @@ use sluice_core::{
     Context,
     domain::{DatasetName, Label},
     events::Envelope,
-    media::MediaIngested,
     topics::Topic,
+    uploads::MediaIngested,
 };
 use uuid::Uuid;
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aws_smithy_types_convert::date_time::DateTimeExt;
 use chrono::Utc;
-use sluice_core::{Context, Shutdown, media::RAW_PREFIX, s3::S3Error};
+use sluice_core::{Context, Shutdown, s3::S3Error, uploads::RAW_PREFIX};
 
 use crate::error::IngestError;
 

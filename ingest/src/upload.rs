@@ -9,7 +9,7 @@ use aws_sdk_s3::{
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
-use sluice_core::{Config, Context, domain::DatasetName, media::raw_key, s3::S3Error};
+use sluice_core::{Config, Context, domain::DatasetName, s3::S3Error, uploads::raw_key};
 use uuid::Uuid;
 
 use crate::{

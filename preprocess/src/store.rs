@@ -5,11 +5,10 @@ use sluice_core::{
     Context,
     db::DbError,
     events::Envelope,
-    kafka,
-    media::MediaIngested,
-    outbox,
+    kafka, outbox,
     pipeline::{MediaFailed, MediaProcessed, Output, PipelineSpec},
     topics::Topic,
+    uploads::MediaIngested,
 };
 use uuid::Uuid;
 

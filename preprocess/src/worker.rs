@@ -1,46 +1,37 @@
 //! The `media.ingested` consumer: exactly-once effects over at-least-once delivery.
 //!
-//! Messages are taken in small batches and processed concurrently; a batch's offsets are stored
-//! only when every item in it is durable (outputs in S3, rows committed) or recorded as failed,
-//! so a crash or rebalance replays at most the unfinished batch, and replays change nothing
-//! (outputs are keyed by media, spec and frame; rows are upserts; finished items are skipped).
-//! Transient failures (S3 or PostgreSQL away) retry with backoff without advancing the offset.
+//! Up to `preprocess.concurrency` messages are processed at once ([`work::consume`]): a
+//! partition's offset is stored only up to its first unfinished item, so a crash or rebalance
+//! replays only what had not finished, while a slow item (a long video) holds no other item
+//! back. Replays change nothing (outputs are keyed by media, spec and frame; rows are upserts;
+//! finished items are skipped). Transient failures (S3 or PostgreSQL away) retry with backoff
+//! without advancing the offset; what can never be processed is recorded as failed.
 
 use std::{
-    sync::Arc,
-    time::{Duration, Instant},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
 };
 
-use futures::{StreamExt, future::join_all};
-use rdkafka::{
-    Message,
-    consumer::{CommitMode, Consumer},
-    message::BorrowedMessage,
-};
+use rdkafka::{Message, consumer::Consumer, message::OwnedMessage};
 use sluice_core::{
     Context, Shutdown,
     events::Envelope,
     kafka,
-    media::MediaIngested,
     pipeline::{MediaFailed, Output, PipelineSpec, output_key},
     s3::S3Error,
     topics::Topic,
+    uploads::MediaIngested,
+    work::{self, Backoff, Failure},
 };
 
 use crate::{imaging, store, video};
 
-/// How a step failed.
-#[derive(Debug)]
-enum Failure {
-    /// The input can never be processed: record it as failed and move on.
-    Poison(String),
-    /// A dependency is away: retry later, do not advance.
-    Transient(String),
-}
-
 impl From<store::StoreError> for Failure {
     fn from(err: store::StoreError) -> Self {
-        Failure::Transient(err.to_string())
+        Failure::Retry(err.to_string())
     }
 }
 
@@ -55,48 +46,14 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
     consumer.subscribe(&[topic.as_str()])?;
     let lag =
         tokio::spawn(kafka::report_lag(consumer.clone(), topic.to_string(), ctx.config.preprocess.group_id.clone()));
-    let mut stream = consumer.stream();
     let concurrency = ctx.config.preprocess.concurrency;
-    let result = loop {
-        let first = tokio::select! {
-            () = shutdown.cancelled() => break Ok(()),
-            next = stream.next() => match next {
-                Some(Ok(message)) => message,
-                Some(Err(err)) => break Err(err),
-                None => break Ok(()),
-            },
-        };
-        let mut batch = vec![first];
-        while batch.len() < concurrency {
-            match tokio::time::timeout(Duration::from_millis(5), stream.next()).await {
-                Ok(Some(Ok(message))) => batch.push(message),
-                _ => break,
-            }
-        }
-        // Two copies of one item in a batch (a duplicate event) are handled once.
-        let mut seen = std::collections::HashSet::new();
-        let unique: Vec<_> = batch.iter().filter(|m| m.key().is_none_or(|k| seen.insert(k.to_vec()))).collect();
-        let done = join_all(unique.into_iter().map(|m| handle(ctx, m, shutdown))).await;
-        if done.iter().all(|d| *d) {
-            for message in &batch {
-                consumer.store_offset_from_message(message)?;
-            }
-        } else {
-            // Shutting down mid-retry: store nothing of this batch; it is redelivered.
-            break Ok(());
-        }
-    };
+    let result = work::consume(&consumer, shutdown, concurrency, |message| handle(ctx, message, shutdown)).await;
     lag.abort();
-    drop(stream);
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(rdkafka::error::KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(err) => tracing::warn!(error = %err, "final commit failed"),
-    }
     result
 }
 
 /// Processes one message to a durable end; `false` only when shutdown interrupted its retries.
-async fn handle(ctx: &Context, message: &BorrowedMessage<'_>, shutdown: &Shutdown) -> bool {
+async fn handle(ctx: &Context, message: OwnedMessage, shutdown: &Shutdown) -> bool {
     let source = format!("{}/{}/{}", message.topic(), message.partition(), message.offset());
     let event = match Envelope::<MediaIngested>::decode(message.payload().unwrap_or_default()) {
         Ok(envelope) => envelope.data,
@@ -105,31 +62,19 @@ async fn handle(ctx: &Context, message: &BorrowedMessage<'_>, shutdown: &Shutdow
             return record_failure(ctx, failed, None, "undecodable_event", "unknown", shutdown).await;
         }
     };
-    let mut backoff = Duration::from_millis(200);
     // Only the first try of a delivery counts as an attempt; retries after a transient failure
     // within it do not.
-    let mut first_attempt = true;
-    loop {
+    let first_attempt = AtomicBool::new(true);
+    let (event, source, first_attempt) = (&event, &source, &first_attempt);
+    let settled = work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot preprocess an item yet", || async move {
         let started = Instant::now();
-        let spec = match store::spec(ctx, &event.dataset).await {
-            Ok(spec) => spec,
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot read the pipeline spec; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
+        let spec = store::spec(ctx, &event.dataset).await?;
         let spec_hash = spec.hash();
-        let new_attempt = std::mem::take(&mut first_attempt);
-        match process(ctx, &event, &spec, &spec_hash, new_attempt).await {
+        match process(ctx, event, &spec, &spec_hash, first_attempt.swap(false, Ordering::Relaxed)).await {
             Ok(()) => {
                 metrics::histogram!("sluice_preprocess_item_duration_seconds", "kind" => event.kind.clone())
                     .record(started.elapsed().as_secs_f64());
-                return true;
+                Ok(true)
             }
             Err(Failure::Poison(reason)) => {
                 tracing::info!(media = %event.media_id, %reason, "media failed preprocessing");
@@ -139,21 +84,19 @@ async fn handle(ctx: &Context, message: &BorrowedMessage<'_>, shutdown: &Shutdow
                     reason,
                     source: source.clone(),
                 };
-                return record_failure(ctx, failed, Some(&spec_hash), "undecodable_media", &event.kind, shutdown).await;
+                Ok(record_failure(ctx, failed, Some(&spec_hash), "undecodable_media", &event.kind, shutdown).await)
             }
-            Err(Failure::Transient(reason)) => {
-                tracing::warn!(media = %event.media_id, %reason, retry_in = ?backoff, "transient failure; retrying");
+            Err(Failure::Interrupted) => Ok(false),
+            Err(retry @ Failure::Retry(_)) => {
                 metrics::counter!("sluice_preprocess_retries_total").increment(1);
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                Err(retry)
             }
         }
-    }
+    });
+    settled.await.unwrap_or(false)
 }
 
+/// Records an item that can never be processed; `false` when shutdown came first.
 async fn record_failure(
     ctx: &Context,
     failed: MediaFailed,
@@ -162,24 +105,14 @@ async fn record_failure(
     kind: &str,
     shutdown: &Shutdown,
 ) -> bool {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match store::fail(ctx, failed.clone(), spec_hash).await {
-            Ok(()) => {
-                metrics::counter!("sluice_preprocess_failed_total", "kind" => kind.to_owned(), "reason" => reason)
-                    .increment(1);
-                return true;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "could not record a failure; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+    let recorded = work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot record a failure", || {
+        store::fail(ctx, failed.clone(), spec_hash)
+    });
+    if recorded.await.is_none() {
+        return false;
     }
+    metrics::counter!("sluice_preprocess_failed_total", "kind" => kind.to_owned(), "reason" => reason).increment(1);
+    true
 }
 
 /// One item: skip when already processed under the current spec, else fetch, transform, store.
@@ -216,10 +149,10 @@ async fn process(
         if err.code() == Some("NoSuchKey") {
             Failure::Poison(format!("the raw object {} is missing", item.raw_key))
         } else {
-            Failure::Transient(err.to_string())
+            Failure::Retry(err.to_string())
         }
     })?;
-    let bytes = object.body.collect().await.map_err(|e| Failure::Transient(e.to_string()))?.into_bytes();
+    let bytes = object.body.collect().await.map_err(|e| Failure::Retry(e.to_string()))?.into_bytes();
     metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "fetch")
         .record(fetch_started.elapsed().as_secs_f64());
 
@@ -258,7 +191,7 @@ async fn process(
             .body(png.clone().into())
             .send()
             .await
-            .map_err(|e| Failure::Transient(S3Error::from_sdk("PutObject", e).to_string()))?;
+            .map_err(|e| Failure::Retry(S3Error::from_sdk("PutObject", e).to_string()))?;
     }
     let outputs: Vec<Output> = outputs.into_iter().map(|(o, _)| o).collect();
     store::finish(ctx, item, spec_hash, &outputs, started.elapsed().as_millis() as i64).await?;
@@ -277,9 +210,9 @@ async fn sample_frames(
     spec_hash: &str,
     bytes: &[u8],
 ) -> Result<Vec<(Output, Vec<u8>)>, Failure> {
-    let dir = tempfile::tempdir().map_err(|e| Failure::Transient(e.to_string()))?;
+    let dir = tempfile::tempdir().map_err(|e| Failure::Retry(e.to_string()))?;
     let input = dir.path().join("input");
-    tokio::fs::write(&input, bytes).await.map_err(|e| Failure::Transient(e.to_string()))?;
+    tokio::fs::write(&input, bytes).await.map_err(|e| Failure::Retry(e.to_string()))?;
     let config = &ctx.config.preprocess;
     let Some(demuxer) = video::demuxer(&item.content_type) else {
         return Err(Failure::Poison(format!("{} is not a video type ffmpeg is given", item.content_type)));
@@ -287,7 +220,7 @@ async fn sample_frames(
     let frames = match video::extract(&input, demuxer, spec, config.ffmpeg_timeout_ms, config.ffmpeg_memory_mib).await {
         Ok(frames) => frames,
         Err(video::VideoError::NoFrames) => Vec::new(),
-        Err(err @ video::VideoError::Spawn(_)) => return Err(Failure::Transient(err.to_string())),
+        Err(err @ video::VideoError::Spawn(_)) => return Err(Failure::Retry(err.to_string())),
         Err(err) => return Err(Failure::Poison(err.to_string())),
     };
     Ok(frames

@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, process::Stdio, time::Duration};
 
 use serde_json::{Value, json};
 use sluice::Service;
-use sluice_core::{Config, auth::Scope, inference::batch_part_key};
+use sluice_core::{Config, auth::Scope, batch_predictions::batch_part_key};
 use sluice_testkit::{TestEnv, eventually};
 use uuid::Uuid;
 

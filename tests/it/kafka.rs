@@ -194,3 +194,81 @@ async fn a_member_killed_with_sigkill_has_its_partitions_taken_over() {
         }
     }
 }
+
+/// The one work loop: four in flight, a slow item does not hold the others, two messages of one
+/// key never run at once, and the partition's offset is committed only past finished items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_loop_lets_no_slow_item_hold_the_rest_and_commits_only_past_finished_ones() {
+    use std::sync::{
+        Mutex,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    use rdkafka::producer::FutureRecord;
+    use sluice_core::work;
+
+    let env = TestEnv::new().await;
+    let topic = create_topic(&env, "work", 1).await;
+    let producer = kafka::producer(&env.config.kafka).expect("producer");
+    for i in 0..12 {
+        let payload = i.to_string();
+        let key = if i == 5 || i == 6 { "same".to_owned() } else { format!("k{i}") };
+        let record = FutureRecord::to(&topic).partition(0).key(&key).payload(&payload);
+        producer.send(record, Duration::from_secs(10)).await.expect("produce");
+    }
+    let group = format!("{topic}-group");
+    let consumer = Arc::new(kafka::consumer(&env.config.kafka, &group).expect("consumer"));
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let shutdown = sluice_core::Shutdown::new();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let finished = Arc::new(Mutex::new(Vec::<u32>::new()));
+    let (same_running, same_overlap) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let worker = {
+        let (consumer, shutdown, release, finished) =
+            (consumer.clone(), shutdown.clone(), release.clone(), finished.clone());
+        let (same_running, same_overlap) = (same_running.clone(), same_overlap.clone());
+        tokio::spawn(async move {
+            work::consume(&consumer, &shutdown, 4, |message| {
+                let payload = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+                let item: u32 = payload.parse().expect("a number");
+                let (release, finished) = (release.clone(), finished.clone());
+                let (same_running, same_overlap) = (same_running.clone(), same_overlap.clone());
+                async move {
+                    match item {
+                        0 => release.notified().await,
+                        5 | 6 => {
+                            if same_running.fetch_add(1, Ordering::SeqCst) > 0 {
+                                same_overlap.fetch_add(1, Ordering::SeqCst);
+                            }
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            same_running.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        _ => {}
+                    }
+                    finished.lock().expect("lock").push(item);
+                    true
+                }
+            })
+            .await
+        })
+    };
+    eventually(Duration::from_secs(30), "the eleven quick items", || {
+        let done = finished.lock().expect("lock").len();
+        async move { (done == 11).then_some(()) }
+    })
+    .await;
+    assert!(!finished.lock().expect("lock").contains(&0), "item 0 is still running");
+    assert_eq!(same_overlap.load(Ordering::SeqCst), 0, "two messages of one key ran at once");
+    // Past the auto-commit interval, nothing is committed: the first item has not finished.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let position = kafka::group_positions(&env.config.kafka, &group, &topic).await.expect("positions")[&0];
+    assert!(position.committed.unwrap_or(0) == 0, "committed past an unfinished item: {position:?}");
+    release.notify_one();
+    eventually(Duration::from_secs(15), "the offset past all twelve", || async {
+        let positions = kafka::group_positions(&env.config.kafka, &group, &topic).await.ok()?;
+        (positions[&0].committed == Some(12)).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    worker.await.expect("worker").expect("consume ended cleanly");
+}

@@ -14,7 +14,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rdkafka::{Message, consumer::Consumer};
 use serde_json::{Value, json};
@@ -28,6 +27,7 @@ use sluice_core::{
     s3,
     topics::Topic,
     training::{Split, TrialFinished, TrialProgress, event_type},
+    work::{self, Backoff},
 };
 use sluice_nn::{Hyper, Network};
 use uuid::Uuid;
@@ -36,7 +36,7 @@ use crate::{
     evaluation::{self, Paired, TestReport},
     jobs::limits,
     search::{self, JobRequest, Promote, Strategy},
-    snapshot::{self, Loaded},
+    snapshot::{self, LoadedSnapshot},
     store::{self, NewTrial, StoreError},
 };
 
@@ -52,21 +52,16 @@ async fn consume(
 ) -> Result<(), rdkafka::error::KafkaError> {
     let consumer = kafka::consumer(&ctx.config.kafka, &ctx.config.trainer.coordinator_group_id)?;
     consumer.subscribe(&[ctx.topic(Topic::TrainingResults).as_str()])?;
-    kafka::consume_in_order(&consumer, shutdown, |message| async move {
+    work::consume(&consumer, shutdown, 1, |message| async move {
         let payload = message.payload().unwrap_or_default();
-        let mut backoff = Duration::from_millis(200);
-        while let Err(err) = handle(ctx, cache, payload).await {
-            if let Some(job_id) = err.step {
-                blame_step(ctx, job_id, &err.message).await;
+        let recorded = work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot record a training result", || async {
+            let handled = handle(ctx, cache, payload).await;
+            if let Err(Retry { step: Some(job_id), message }) = &handled {
+                blame_step(ctx, *job_id, message).await;
             }
-            tracing::warn!(error = %err, retry_in = ?backoff, "cannot record a training result; retrying");
-            tokio::select! {
-                () = shutdown.cancelled() => return false,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-        true
+            handled
+        });
+        recorded.await.is_some()
     })
     .await
 }
@@ -538,7 +533,7 @@ impl HeldOut {
 /// Scores the artifact at `key` on the snapshot's `items`.
 async fn held_out(
     ctx: &Context,
-    loaded: &Arc<Loaded>,
+    loaded: &Arc<LoadedSnapshot>,
     items: &[usize],
     key: &str,
     temperature: f64,
@@ -573,7 +568,7 @@ async fn held_out(
 /// the exact McNemar test at `trainer.promotion_alpha` by at least `trainer.promotion_min_margin`.
 async fn gate(
     ctx: &Context,
-    loaded: &Arc<Loaded>,
+    loaded: &Arc<LoadedSnapshot>,
     candidate: Option<&HeldOut>,
     current: &models::ModelVersion,
 ) -> Result<Value, Retry> {
@@ -664,7 +659,7 @@ async fn production_seen(ctx: &Context, current: &models::ModelVersion) -> Optio
 /// loaded or run.
 async fn production_correct(
     ctx: &Context,
-    loaded: &Arc<Loaded>,
+    loaded: &Arc<LoadedSnapshot>,
     current: &models::ModelVersion,
     items: &[usize],
 ) -> Result<Option<Vec<bool>>, Retry> {

@@ -17,6 +17,7 @@ use sluice_core::{
     models::{self, ModelName},
     topics::Topic,
     training::RetrainRequested,
+    work::{self, Backoff},
 };
 use uuid::Uuid;
 
@@ -33,7 +34,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
 async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {
     let consumer = kafka::consumer(&ctx.config.kafka, &ctx.config.trainer.retrain_group_id)?;
     consumer.subscribe(&[ctx.topic(Topic::RetrainRequests).as_str()])?;
-    kafka::consume_in_order(&consumer, shutdown, |message| async move {
+    work::consume(&consumer, shutdown, 1, |message| async move {
         let event = match Envelope::<RetrainRequested>::decode(message.payload().unwrap_or_default()) {
             Ok(event) => event,
             Err(err) => {
@@ -41,9 +42,11 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
                 return true;
             }
         };
-        kafka::retry_until(shutdown, "cannot act on a retrain request", || handle(ctx, event.event_id, &event.data))
-            .await
-            .is_some()
+        work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot act on a retrain request", || {
+            handle(ctx, event.event_id, &event.data)
+        })
+        .await
+        .is_some()
     })
     .await
 }

@@ -73,15 +73,15 @@ pub async fn store(ctx: &Context, snapshot: &Snapshot) -> Result<String, Snapsho
 
 /// A snapshot decoded into memory: each item's frames, `u8` CHW, one after another.
 #[derive(Debug)]
-pub struct Loaded {
+pub struct LoadedSnapshot {
     pub id: String,
     pub snapshot: Snapshot,
     pub shape: InputShape,
     frames: Vec<Vec<u8>>,
 }
 
-impl Loaded {
-    /// Each item's number of frames (its rows in [`Loaded::samples`]).
+impl LoadedSnapshot {
+    /// Each item's number of frames (its rows in [`LoadedSnapshot::samples`]).
     pub fn frame_counts(&self, items: &[usize]) -> Vec<usize> {
         let frame_len = self.shape.channels * self.shape.height * self.shape.width;
         items.iter().map(|&index| self.frames[index].len() / frame_len.max(1)).collect()
@@ -105,11 +105,11 @@ impl Loaded {
 
 /// The last snapshot this process loaded, shared by the trials that follow.
 #[derive(Debug, Default, Clone)]
-pub struct Cache(Arc<Mutex<Option<Arc<Loaded>>>>);
+pub struct Cache(Arc<Mutex<Option<Arc<LoadedSnapshot>>>>);
 
 impl Cache {
     /// Returns the snapshot, loading it from S3 unless it is the one already in memory.
-    pub async fn load(&self, ctx: &Context, key: &str, id: &str) -> Result<Arc<Loaded>, SnapshotError> {
+    pub async fn load(&self, ctx: &Context, key: &str, id: &str) -> Result<Arc<LoadedSnapshot>, SnapshotError> {
         if let Some(hit) = self.0.lock().expect("cache lock").as_ref().filter(|loaded| loaded.id == id) {
             metrics::counter!("sluice_trainer_snapshot_loads_total", "source" => "memory").increment(1);
             return Ok(hit.clone());
@@ -134,7 +134,7 @@ pub async fn manifest(ctx: &Context, key: &str, id: &str) -> Result<Snapshot, Sn
     Ok(snapshot)
 }
 
-async fn fetch(ctx: &Context, key: &str, id: &str) -> Result<Loaded, SnapshotError> {
+async fn fetch(ctx: &Context, key: &str, id: &str) -> Result<LoadedSnapshot, SnapshotError> {
     let bucket = &ctx.config.s3.bucket;
     let snapshot = manifest(ctx, key, id).await?;
     let shape = input_shape(&snapshot.spec);
@@ -158,7 +158,7 @@ async fn fetch(ctx: &Context, key: &str, id: &str) -> Result<Loaded, SnapshotErr
     while let Some((item, pixels)) = decoded.try_next().await? {
         frames[item].extend_from_slice(&pixels);
     }
-    Ok(Loaded { id: id.to_owned(), snapshot, shape, frames })
+    Ok(LoadedSnapshot { id: id.to_owned(), snapshot, shape, frames })
 }
 
 /// The shape of the images a pipeline spec makes: what a network trained on them takes in.

@@ -19,12 +19,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rdkafka::{Message, consumer::Consumer, producer::FutureRecord};
+use rdkafka::{Message, consumer::Consumer};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sluice_core::{
     Context, Shutdown,
-    events::{Envelope, Event},
+    events::Envelope,
     kafka::{self, CommitOnRevoke, SluiceConsumer},
     parking::{self, WorkKind, WorkParked},
     reference::Reference,
@@ -34,41 +34,24 @@ use sluice_core::{
         ArtifactRef, EpochMetrics, Splits, TrialAssigned, TrialFinished, TrialOutcome, TrialProgress, artifact_key,
         checkpoint_key, manifest_key,
     },
+    work::{self, Backoff, Failure, Settled},
 };
 use sluice_nn::{Architecture, Hyper, Samples, Session, SessionSpec};
 
 use crate::{jobs, search, snapshot, store};
 
-/// How a trial attempt ended short of publishing its result.
-#[derive(Debug)]
-enum Stop {
-    /// The trial can never succeed (bad parameters, unusable data, a training error).
-    Failed(String),
-    /// The trial used its attempts: it is failed and parked without running again.
-    Parked { attempts: i32, reason: String },
-    /// A dependency is away: retry with backoff, offset not stored.
-    Transient(String),
-    /// Shutting down: leave the offset unstored; the trial resumes elsewhere from its checkpoint.
-    Shutdown,
-}
-
-impl From<store::StoreError> for Stop {
+// Outages of the trial's dependencies are retried; what comes of the trial itself fails it.
+impl From<store::StoreError> for Failure {
     fn from(err: store::StoreError) -> Self {
-        Stop::Transient(err.to_string())
+        Failure::Retry(err.to_string())
     }
 }
 
-impl From<s3::S3Error> for Stop {
-    fn from(err: s3::S3Error) -> Self {
-        Stop::Transient(err.to_string())
-    }
-}
-
-impl From<snapshot::SnapshotError> for Stop {
+impl From<snapshot::SnapshotError> for Failure {
     fn from(err: snapshot::SnapshotError) -> Self {
         match err {
-            snapshot::SnapshotError::Unusable(message) => Stop::Failed(message),
-            other => Stop::Transient(other.to_string()),
+            snapshot::SnapshotError::Unusable(message) => Failure::Poison(message),
+            other => Failure::Retry(other.to_string()),
         }
     }
 }
@@ -107,7 +90,7 @@ async fn consume(
     let topic = ctx.topic(Topic::TrainingTrials);
     consumer.subscribe(&[topic.as_str()])?;
     let lag = tokio::spawn(kafka::report_lag(consumer.clone(), topic.to_string(), ctx.config.trainer.group_id.clone()));
-    let result = kafka::consume_in_order(&consumer, shutdown, |message| async move {
+    let result = work::consume(&consumer, shutdown, 1, |message| async move {
         match Envelope::<TrialAssigned>::decode(message.payload().unwrap_or_default()) {
             Ok(envelope) => handle(ctx, &envelope.data, shutdown, cache, worker).await,
             Err(err) => {
@@ -130,28 +113,10 @@ async fn handle(
     worker: &str,
 ) -> bool {
     let started = Instant::now();
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let outcome = train(ctx, trial, shutdown, cache, worker, started).await;
-        let finished = match outcome {
-            Ok(None) => return true,
-            Ok(Some(finished)) => finished,
-            Err(Stop::Failed(reason)) => {
-                tracing::warn!(trial = %trial.trial_id, %reason, "trial failed");
-                ended(trial, worker, TrialOutcome::Failed, Some(reason), started)
-            }
-            Err(Stop::Parked { attempts, reason }) => {
-                tracing::error!(trial = %trial.trial_id, attempts, %reason, "trial parked");
-                if !park(ctx, trial, attempts, &reason, shutdown).await {
-                    return false;
-                }
-                ended(trial, worker, TrialOutcome::Failed, Some(reason), started)
-            }
-            Err(Stop::Shutdown) => {
-                give_back(ctx, trial).await;
-                return false;
-            }
-            Err(Stop::Transient(reason)) => {
+    let backoff = Backoff { first: Duration::from_millis(500), max: Duration::from_secs(10) };
+    let settled = work::settle(shutdown, backoff, "trial interrupted", || async {
+        match train(ctx, trial, shutdown, cache, worker, started).await {
+            Err(Failure::Retry(reason)) => {
                 // The attempt stands only when the failure was the trial's own.
                 let counts = parking::dependencies_up(ctx, &[]).await;
                 let recorded = if counts {
@@ -162,37 +127,36 @@ async fn handle(
                 if let Err(err) = recorded {
                     tracing::warn!(error = %err, "cannot record the failed attempt");
                 }
-                tracing::warn!(trial = %trial.trial_id, %reason, counts, retry_in = ?backoff, "trial interrupted; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                continue;
+                Err(Failure::Retry(format!("trial {} (attempt counted: {counts}): {reason}", trial.trial_id)))
             }
-        };
-        // The result must be acknowledged before the offset is stored.
-        loop {
-            match publish(ctx, Topic::TrainingResults, &trial.job_id.to_string(), &Envelope::new(finished.clone()))
-                .await
-            {
-                Ok(()) => {
-                    metrics::counter!("sluice_trainer_trials_total", "outcome" => finished.outcome.as_str())
-                        .increment(1);
-                    metrics::histogram!("sluice_trainer_trial_duration_seconds")
-                        .record(started.elapsed().as_secs_f64());
-                    return true;
-                }
-                Err(err) => {
-                    tracing::warn!(error = %err, "cannot publish a trial result; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return false,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
+            Err(Failure::Interrupted) => {
+                give_back(ctx, trial).await;
+                Err(Failure::Interrupted)
             }
+            other => other,
         }
+    });
+    let finished = match settled.await {
+        None => return false,
+        Some(Settled::Done(None)) => return true,
+        Some(Settled::Done(Some(finished))) => finished,
+        Some(Settled::Poison(reason)) => {
+            tracing::warn!(trial = %trial.trial_id, %reason, "trial failed");
+            ended(trial, worker, TrialOutcome::Failed, Some(reason), started)
+        }
+    };
+    // The result must be acknowledged before the offset is stored.
+    let key = trial.job_id.to_string();
+    let event = Envelope::new(finished.clone());
+    let published = work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot publish a trial result", || {
+        kafka::send(ctx, Topic::TrainingResults, &key, &event)
+    });
+    if published.await.is_none() {
+        return false;
     }
+    metrics::counter!("sluice_trainer_trials_total", "outcome" => finished.outcome.as_str()).increment(1);
+    metrics::histogram!("sluice_trainer_trial_duration_seconds").record(started.elapsed().as_secs_f64());
+    true
 }
 
 /// Records that the trial is parked (`work.parked`, the metric); `false` when shutdown came first.
@@ -204,21 +168,14 @@ async fn park(ctx: &Context, trial: &TrialAssigned, attempts: i32, reason: &str,
         reason: reason.to_owned(),
         detail: json!({"job_id": trial.job_id, "model": trial.model, "params": trial.params}),
     };
-    loop {
-        match store::parked(ctx, event.clone()).await {
-            Ok(()) => {
-                metrics::counter!("sluice_trainer_trials_parked_total").increment(1);
-                return true;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot record a parked trial; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
-        }
+    let recorded = work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot record a parked trial", || {
+        store::parked(ctx, event.clone())
+    });
+    if recorded.await.is_none() {
+        return false;
     }
+    metrics::counter!("sluice_trainer_trials_parked_total").increment(1);
+    true
 }
 
 /// Gives back the attempt of a run that stopped through no fault of the trial (best effort).
@@ -249,19 +206,9 @@ fn ended(
     }
 }
 
-async fn publish<T: Event>(ctx: &Context, topic: Topic, key: &str, event: &Envelope<T>) -> Result<(), String> {
-    let payload = event.to_json();
-    let topic = ctx.topic(topic);
-    ctx.producer
-        .send(FutureRecord::to(topic.as_str()).key(key).payload(&payload), Duration::from_secs(30))
-        .await
-        .map(|_| ())
-        .map_err(|(err, _)| err.to_string())
-}
-
 /// Whether the trial should still run: `Err` carries the result to publish instead (cancelled),
 /// `Ok(false)` means skip silently (already ended: a duplicate delivery).
-async fn still_wanted(ctx: &Context, trial: &TrialAssigned) -> Result<bool, Stop> {
+async fn still_wanted(ctx: &Context, trial: &TrialAssigned) -> Result<bool, Failure> {
     match store::trial_state(ctx, trial.trial_id).await? {
         None => Ok(false),
         Some((trial_status, job_status)) => Ok(matches!(trial_status.as_str(), "queued" | "running")
@@ -277,30 +224,34 @@ async fn train(
     cache: &snapshot::Cache,
     worker: &str,
     started: Instant,
-) -> Result<Option<TrialFinished>, Stop> {
+) -> Result<Option<TrialFinished>, Failure> {
     if !still_wanted(ctx, trial).await? {
         tracing::info!(trial = %trial.trial_id, "trial already ended or its job was cancelled; skipping");
         return Ok(None);
     }
     let hyper: Hyper = serde_json::from_value(trial.params.clone())
-        .map_err(|e| Stop::Failed(format!("unreadable parameters: {e}")))?;
-    let architecture: Architecture =
-        trial.architecture.parse().map_err(|_| Stop::Failed(format!("unknown architecture {}", trial.architecture)))?;
+        .map_err(|e| Failure::Poison(format!("unreadable parameters: {e}")))?;
+    let architecture: Architecture = trial
+        .architecture
+        .parse()
+        .map_err(|_| Failure::Poison(format!("unknown architecture {}", trial.architecture)))?;
     // Counted before anything can go wrong, so a run that kills this process counts too.
     let Some((attempts, last_error)) = store::mark_running(ctx, trial.job_id, trial.trial_id, worker).await? else {
         return Ok(None);
     };
     let max_attempts = ctx.config.trainer.max_trial_attempts as i32;
     if attempts > max_attempts {
-        return Err(Stop::Parked {
-            attempts: attempts - 1,
-            reason: parking::gave_up(attempts - 1, last_error.as_deref()),
-        });
+        let reason = parking::gave_up(attempts - 1, last_error.as_deref());
+        tracing::error!(trial = %trial.trial_id, attempts = attempts - 1, %reason, "trial parked");
+        if !park(ctx, trial, attempts - 1, &reason, shutdown).await {
+            return Err(Failure::Interrupted);
+        }
+        return Err(Failure::Poison(reason));
     }
     let loaded = cache.load(ctx, &trial.snapshot_key, &trial.snapshot_id).await?;
     let classes = loaded.snapshot.labels.len();
     let spec = SessionSpec { architecture, shape: loaded.shape, classes, hyper: hyper.clone(), seed: trial.seed };
-    jobs::check_network_size(&spec, ctx.config.trainer.max_trial_parameters).map_err(Stop::Failed)?;
+    jobs::check_network_size(&spec, ctx.config.trainer.max_trial_parameters).map_err(Failure::Poison)?;
     // Trials queued before three-way splits held out `validation_split` only.
     let splits = trial.splits.unwrap_or(Splits {
         validation: trial.validation_split,
@@ -321,16 +272,17 @@ async fn train(
         Some(bytes) => {
             tracing::info!(trial = %trial.trial_id, "resuming the trial from its last checkpoint");
             metrics::counter!("sluice_trainer_trials_resumed_total").increment(1);
-            Session::resume(spec, &bytes).map_err(|e| Stop::Failed(format!("unusable checkpoint: {e}")))?
+            Session::resume(spec, &bytes).map_err(|e| Failure::Poison(format!("unusable checkpoint: {e}")))?
         }
         None => match trial.parent {
             Some(parent) => {
                 let bytes = s3::get_bytes(&ctx.s3, bucket, &checkpoint_key(trial.job_id, parent))
                     .await?
-                    .ok_or_else(|| Stop::Failed(format!("the checkpoint of parent trial {parent} is missing")))?;
-                Session::promote(spec, &bytes).map_err(|e| Stop::Failed(format!("unusable parent checkpoint: {e}")))?
+                    .ok_or_else(|| Failure::Poison(format!("the checkpoint of parent trial {parent} is missing")))?;
+                Session::promote(spec, &bytes)
+                    .map_err(|e| Failure::Poison(format!("unusable parent checkpoint: {e}")))?
             }
-            None => Session::new(spec).map_err(|e| Stop::Failed(e.to_string()))?,
+            None => Session::new(spec).map_err(|e| Failure::Poison(e.to_string()))?,
         },
     };
     let resumed_from = session.epochs_done() as u32;
@@ -339,7 +291,7 @@ async fn train(
     let mut pruned_at = None;
     while !session.finished() {
         if shutdown.is_cancelled() {
-            return Err(Stop::Shutdown);
+            return Err(Failure::Interrupted);
         }
         if !still_wanted(ctx, trial).await? {
             tracing::info!(trial = %trial.trial_id, "job cancelled; stopping the trial");
@@ -351,11 +303,11 @@ async fn train(
             (session, report)
         })
         .await
-        .map_err(|e| Stop::Failed(format!("training panicked: {e}")))?;
+        .map_err(|e| Failure::Poison(format!("training panicked: {e}")))?;
         session = returned;
-        let report = report.map_err(|e| Stop::Failed(format!("training failed: {e}")))?;
+        let report = report.map_err(|e| Failure::Poison(format!("training failed: {e}")))?;
         metrics::histogram!("sluice_trainer_epoch_duration_seconds").record(report.seconds);
-        let checkpoint = session.checkpoint().map_err(|e| Stop::Failed(e.to_string()))?;
+        let checkpoint = session.checkpoint().map_err(|e| Failure::Poison(e.to_string()))?;
         s3::put_bytes(&ctx.s3, bucket, &own_checkpoint, checkpoint, "application/octet-stream").await?;
         let progress = TrialProgress {
             job_id: trial.job_id,
@@ -373,9 +325,9 @@ async fn train(
             },
             resumed_from,
         };
-        publish(ctx, Topic::TrainingResults, &trial.job_id.to_string(), &Envelope::new(progress))
+        kafka::send(ctx, Topic::TrainingResults, &trial.job_id.to_string(), &Envelope::new(progress))
             .await
-            .map_err(Stop::Transient)?;
+            .map_err(Failure::Retry)?;
         best_accuracy = best_accuracy.max(report.val_accuracy);
         if let Some(grace) = median_grace
             && !session.finished()
@@ -414,12 +366,12 @@ async fn finish(
     classes: usize,
     worker: &str,
     started: Instant,
-) -> Result<TrialFinished, Stop> {
-    let artifact = session.export_best().map_err(|e| Stop::Failed(e.to_string()))?;
-    let evaluation = session.evaluate_best(sets.validation).map_err(|e| Stop::Failed(e.to_string()))?;
+) -> Result<TrialFinished, Failure> {
+    let artifact = session.export_best().map_err(|e| Failure::Poison(e.to_string()))?;
+    let evaluation = session.evaluate_best(sets.validation).map_err(|e| Failure::Poison(e.to_string()))?;
     let (calibrated_on, calibration, calibration_eval) = match sets.calibration {
         Some(samples) => {
-            let eval = session.evaluate_best(samples).map_err(|e| Stop::Failed(e.to_string()))?;
+            let eval = session.evaluate_best(samples).map_err(|e| Failure::Poison(e.to_string()))?;
             ("calibration", samples, eval)
         }
         None => ("validation", sets.validation, evaluation.clone()),
@@ -431,12 +383,12 @@ async fn finish(
         &calibration_eval.logits,
         classes,
     );
-    let (mut logits, mut embeddings) = session.scores_best(calibration).map_err(|e| Stop::Failed(e.to_string()))?;
+    let (mut logits, mut embeddings) = session.scores_best(calibration).map_err(|e| Failure::Poison(e.to_string()))?;
     reference.add_embeddings(&logits, &embeddings);
     if sets.calibration.is_some() {
         // Validation only chose the epoch: its embeddings are as unseen as calibration's.
         let (more_logits, more_embeddings) =
-            session.scores_best(sets.validation).map_err(|e| Stop::Failed(e.to_string()))?;
+            session.scores_best(sets.validation).map_err(|e| Failure::Poison(e.to_string()))?;
         logits.extend(more_logits);
         embeddings.extend(more_embeddings);
     }

@@ -5,9 +5,9 @@
 use axum::http::StatusCode;
 use sluice_core::{
     Context,
+    batch_predictions::{BatchItem, BatchManifest},
     domain::DatasetName,
     http::ApiError,
-    inference::{BatchItem, BatchManifest},
     pipeline::current_spec,
     s3::{self, S3Error},
 };

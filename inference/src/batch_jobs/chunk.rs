@@ -8,12 +8,12 @@ use futures::{StreamExt, TryStreamExt, stream};
 use serde_json::{Map, Value, json};
 use sluice_core::{
     Context,
-    inference::{BatchItem, BatchManifest, batch_prediction_id},
+    batch_predictions::{BatchItem, BatchManifest, batch_prediction_id},
     s3::{self, S3Error},
 };
 
 use super::store::Job;
-use crate::{predict::rank, recorder::Record, serving::Loaded};
+use crate::{predict::rank, recorder::Record, serving::LoadedVersion};
 
 /// Objects fetched at once per chunk.
 const FETCH_CONCURRENCY: usize = 16;
@@ -46,7 +46,7 @@ pub fn range(job: &Job, chunk: usize) -> Range<usize> {
 
 pub async fn score(
     ctx: &Context,
-    loaded: &Loaded,
+    loaded: &LoadedVersion,
     job: &Job,
     manifest: &BatchManifest,
     chunk: usize,
@@ -138,7 +138,7 @@ fn describe(index: usize, item: &BatchItem) -> Map<String, Value> {
 
 /// Scores prepared images through the version's batcher, `max_batch` at a time so live requests
 /// on the same version keep their turn.
-async fn logits(loaded: &Loaded, pixels: &[&[u8]], max_batch: usize) -> Result<Vec<Vec<f32>>, ChunkError> {
+async fn logits(loaded: &LoadedVersion, pixels: &[&[u8]], max_batch: usize) -> Result<Vec<Vec<f32>>, ChunkError> {
     let mut rows = Vec::with_capacity(pixels.len());
     for slice in pixels.chunks(max_batch.max(1)) {
         let images: Vec<u8> = slice.concat();

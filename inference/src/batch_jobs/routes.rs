@@ -11,9 +11,9 @@ use serde::Deserialize;
 use serde_json::json;
 use sluice_core::{
     auth::Scope,
+    batch_predictions::{BatchManifest, batch_manifest_key, batch_prefix},
     domain::DatasetName,
     http::{ApiError, Caller},
-    inference::{BatchManifest, batch_manifest_key, batch_prefix},
     models::AliasName,
 };
 use uuid::Uuid;

@@ -1,4 +1,4 @@
-//! The media contract shared by ingest and preprocess: S3 key layout and the
+//! The upload contract shared by ingest and preprocess: S3 key layout and the
 //! `media.ingested` event.
 
 use serde::{Deserialize, Serialize};

@@ -19,14 +19,13 @@ use std::{sync::Arc, time::Duration};
 use rdkafka::{Message, consumer::Consumer};
 use sluice_core::{
     Context, Shutdown,
-    db::DbError,
+    batch_predictions::{BatchManifest, BatchPredictionRequested, batch_part_key},
     events::Envelope,
-    inference::{BatchManifest, BatchPredictionRequested, batch_part_key},
     kafka::{self, CommitOnRevoke, SluiceConsumer},
     models::ModelName,
-    parking,
-    s3::{self, S3Error},
+    parking, s3,
     topics::Topic,
+    work::{self, Backoff, Failure, Settled},
 };
 use uuid::Uuid;
 
@@ -39,31 +38,8 @@ use crate::{
     serving::{ServeError, Served},
 };
 
-/// Longest wait between retries of a job whose dependencies are away.
-const MAX_BACKOFF: Duration = Duration::from_secs(10);
-
-/// How a job attempt stopped short of ending.
-#[derive(Debug)]
-enum Stop {
-    /// The job can never succeed (missing manifest, unloadable version): it fails.
-    Failed(String),
-    /// A dependency is away: retry with backoff, offset not stored.
-    Transient(String),
-    /// Shutting down: leave the offset unstored; the job resumes from `chunks_done`.
-    Shutdown,
-}
-
-impl From<DbError> for Stop {
-    fn from(err: DbError) -> Self {
-        Stop::Transient(sluice_core::error_chain(&err))
-    }
-}
-
-impl From<S3Error> for Stop {
-    fn from(err: S3Error) -> Self {
-        Stop::Transient(err.to_string())
-    }
-}
+/// How long to wait between retries of a job whose dependencies are away.
+const BACKOFF: Backoff = Backoff { first: Duration::from_millis(500), max: Duration::from_secs(10) };
 
 /// Runs the worker until `shutdown`, recreating the consumer after Kafka errors.
 pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
@@ -81,7 +57,7 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
     let ctx = &served.ctx;
     let consumer = consumer(ctx)?;
     consumer.subscribe(&[ctx.topic(Topic::PredictionsBatch).as_str()])?;
-    kafka::consume_in_order(&consumer, shutdown, |message| async move {
+    work::consume(&consumer, shutdown, 1, |message| async move {
         match Envelope::<BatchPredictionRequested>::decode(message.payload().unwrap_or_default()) {
             Ok(envelope) => handle(served, envelope.data.job_id, shutdown).await,
             Err(err) => {
@@ -93,35 +69,25 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
     .await
 }
 
-/// Runs one job to its end; `false` when shutdown interrupted it.
+/// Runs one job to its end (`failed` for what can never work); `false` when shutdown
+/// interrupted it.
 async fn handle(served: &Served, id: Uuid, shutdown: &Shutdown) -> bool {
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        let outcome = match work(served, id, shutdown).await {
-            Err(Stop::Failed(reason)) => {
-                tracing::warn!(job = %id, %reason, "batch prediction failed");
-                store::finish(&served.ctx, id, Some(&reason)).await.map_err(Stop::from)
-            }
-            other => other,
-        };
-        match outcome {
-            Ok(()) => return true,
-            Err(Stop::Shutdown) => return false,
-            Err(Stop::Failed(_)) => unreachable!("failures end the job above"),
-            Err(Stop::Transient(reason)) => {
-                tracing::warn!(job = %id, %reason, retry_in = ?backoff, "batch prediction interrupted; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return false,
-                    () = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
+    let settled = work::settle(shutdown, BACKOFF, "batch prediction interrupted", || run_job(served, id, shutdown));
+    match settled.await {
+        None => false,
+        Some(Settled::Done(())) => true,
+        Some(Settled::Poison(reason)) => {
+            tracing::warn!(job = %id, %reason, "batch prediction failed");
+            let failed = work::retry_until(shutdown, BACKOFF, "cannot record a failed batch prediction", || {
+                store::finish(&served.ctx, id, Some(&reason))
+            });
+            failed.await.is_some()
         }
     }
 }
 
 /// Scores the job's remaining chunks and ends it.
-async fn work(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), Stop> {
+async fn run_job(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), Failure> {
     let ctx = &served.ctx;
     let Some(job) = store::load(ctx, id).await? else {
         tracing::warn!(job = %id, "no batch prediction has this id; skipping its event");
@@ -131,17 +97,17 @@ async fn work(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), Stop
         return Ok(());
     }
     store::start(ctx, id).await?;
-    let model = ModelName::parse(&job.model).map_err(|e| Stop::Failed(format!("model name: {e}")))?;
+    let model = ModelName::parse(&job.model).map_err(|e| Failure::Poison(format!("model name: {e}")))?;
     let loaded = served.load(&model, job.version).await.map_err(|err| match err {
-        ServeError::Unavailable(reason) => Stop::Transient(reason),
-        other => Stop::Failed(other.to_string()),
+        ServeError::Unavailable(reason) => Failure::Retry(reason),
+        other => Failure::Poison(other.to_string()),
     })?;
     let manifest = manifest(ctx, &job).await?;
     let max_attempts = ctx.config.inference.batch_max_attempts as i32;
     let mut next = job.chunks_done;
     while next < job.chunks {
         if shutdown.is_cancelled() {
-            return Err(Stop::Shutdown);
+            return Err(Failure::Interrupted);
         }
         // Counted before the chunk runs, so a chunk that kills its worker counts too.
         let begun = store::begin_chunk(ctx, id, next).await?;
@@ -157,7 +123,7 @@ async fn work(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), Stop
                     // The attempt stands only when the failure was the chunk's own.
                     let counts = parking::dependencies_up(ctx, &[manifest.bucket.as_str()]).await;
                     store::chunk_failed(ctx, id, next, &reason, counts).await?;
-                    return Err(Stop::Transient(format!("chunk {next}: {reason}")));
+                    return Err(Failure::Retry(format!("chunk {next}: {reason}")));
                 }
             },
         };
@@ -170,7 +136,7 @@ async fn work(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), Stop
                 Some(now) if now.chunks_done > next => next = now.chunks_done,
                 now => {
                     let done = now.map(|job| job.chunks_done);
-                    return Err(Stop::Transient(format!("chunk {next} was written but the job shows {done:?} done")));
+                    return Err(Failure::Retry(format!("chunk {next} was written but the job shows {done:?} done")));
                 }
             }
         }
@@ -184,7 +150,7 @@ async fn work(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), Stop
 /// had already moved on. Any failure is the chunk's attempt failing.
 async fn write_chunk(
     served: &Served,
-    loaded: &crate::serving::Loaded,
+    loaded: &crate::serving::LoadedVersion,
     job: &Job,
     manifest: &BatchManifest,
     chunk: usize,
@@ -215,7 +181,7 @@ async fn park(
     chunk: usize,
     attempts: i32,
     reason: &str,
-) -> Result<bool, Stop> {
+) -> Result<bool, Failure> {
     tracing::error!(job = %job.id, chunk, attempts, reason, "batch chunk parked");
     let (lines, items) = chunk::parked(job, manifest, chunk, reason);
     let key = batch_part_key(job.id, chunk);
@@ -223,7 +189,7 @@ async fn park(
     let detail = serde_json::json!({"job_id": job.id, "chunk": chunk, "model": job.model, "part": key});
     let parked = store::park_chunk(ctx, job.id, chunk, attempts, reason, detail)
         .await
-        .map_err(|e| Stop::Transient(e.to_string()))?;
+        .map_err(|e| Failure::Retry(e.to_string()))?;
     if parked {
         metrics::counter!("sluice_inference_batch_chunks_parked_total").increment(1);
         metrics::counter!("sluice_inference_batch_items_total", "model" => job.model.clone(), "outcome" => "parked")
@@ -233,15 +199,15 @@ async fn park(
 }
 
 /// The job's frozen item list; a missing or unreadable one fails the job.
-async fn manifest(ctx: &Context, job: &Job) -> Result<BatchManifest, Stop> {
+async fn manifest(ctx: &Context, job: &Job) -> Result<BatchManifest, Failure> {
     let key = &job.manifest_key;
     let bytes = s3::get_bytes(&ctx.s3, &ctx.config.s3.bucket, key)
         .await?
-        .ok_or_else(|| Stop::Failed(format!("the manifest {key} is missing")))?;
-    let manifest: BatchManifest =
-        serde_json::from_slice(&bytes).map_err(|e| Stop::Failed(format!("the manifest {key} is unreadable: {e}")))?;
+        .ok_or_else(|| Failure::Poison(format!("the manifest {key} is missing")))?;
+    let manifest: BatchManifest = serde_json::from_slice(&bytes)
+        .map_err(|e| Failure::Poison(format!("the manifest {key} is unreadable: {e}")))?;
     if manifest.job_id != job.id || manifest.items.len() != job.total {
-        return Err(Stop::Failed(format!("the manifest {key} does not match the job ({} items)", job.total)));
+        return Err(Failure::Poison(format!("the manifest {key} does not match the job ({} items)", job.total)));
     }
     Ok(manifest)
 }

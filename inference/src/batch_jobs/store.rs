@@ -5,9 +5,9 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use sluice_core::{
     Context,
+    batch_predictions::{BatchPredictionRequested, batch_part_key},
     db::DbError,
     events::Envelope,
-    inference::{BatchPredictionRequested, batch_part_key},
     outbox::{self, RelayError},
     parking::{self, WorkKind, WorkParked},
     topics::Topic,
