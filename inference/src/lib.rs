@@ -22,6 +22,7 @@ pub mod predict;
 pub mod recorder;
 mod routes;
 pub mod serving;
+pub mod v2;
 
 use std::sync::Arc;
 
@@ -67,6 +68,7 @@ impl Inference {
     }
 
     pub fn router(&self) -> Router {
+        let max_predict_bytes = self.state.served.ctx.config.inference.max_predict_bytes;
         Router::new()
             .route(
                 "/v1/models/{name}/predict",
@@ -77,6 +79,18 @@ impl Inference {
             .route("/v1/models/{name}/routing", get(routes::get_routing).put(routes::put_routing))
             .route("/v1/models/{name}/capture", get(routes::get_capture).put(routes::put_capture))
             .route("/v1/feedback", post(routes::feedback))
+            .route("/v2", get(v2::server_metadata))
+            .route("/v2/health/live", get(v2::live))
+            .route("/v2/health/ready", get(v2::ready))
+            .route("/v2/models/{name}", get(v2::model_metadata))
+            .route("/v2/models/{name}/versions/{version}", get(v2::model_metadata))
+            .route("/v2/models/{name}/ready", get(v2::model_ready))
+            .route("/v2/models/{name}/versions/{version}/ready", get(v2::model_ready))
+            .route("/v2/models/{name}/infer", post(v2::infer).layer(DefaultBodyLimit::max(max_predict_bytes)))
+            .route(
+                "/v2/models/{name}/versions/{version}/infer",
+                post(v2::infer).layer(DefaultBodyLimit::max(max_predict_bytes)),
+            )
             .route("/v1/batch-predictions", post(batch_jobs::routes::create))
             .route("/v1/batch-predictions/{id}", get(batch_jobs::routes::show))
             .with_state(self.state.clone())

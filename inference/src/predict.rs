@@ -208,7 +208,47 @@ async fn run(
         return Err(fail(bad("invalid_request", StatusCode::BAD_REQUEST, "`top_k` must be 1 or more.")));
     }
     let explicit = target(query.alias.as_deref(), query.version).map_err(fail)?;
-    let routing = if explicit.is_none() { Some(state.served.routing(&model).await) } else { None };
+    let bodies = images(request, state.served.ctx.config.http.max_parts).await.map_err(fail)?;
+    let served = serve(state, &model, explicit, Inputs::Encoded(bodies), top_k, started).await?;
+    let label = model.to_string();
+    Ok(json!({"model": label, "version": served.loaded.version.version, "alias": served.alias,
+              "predictions": served.predictions}))
+}
+
+/// What a predict request scores: encoded images (decoded and prepared as the version's training
+/// data was), or pixels already prepared (`u8` CHW, one image after another), checked against the
+/// version's frame size once it is resolved.
+pub(crate) enum Inputs {
+    Encoded(Vec<Bytes>),
+    Prepared(Vec<u8>),
+}
+
+/// A request's answer: the version that scored it, the alias it was routed to, and each image's
+/// prediction (`{"id", "top"}`).
+pub(crate) struct Answer {
+    pub loaded: Arc<LoadedVersion>,
+    pub alias: Option<String>,
+    pub predictions: Vec<Value>,
+    /// Each image's calibrated probabilities, in label order.
+    pub probabilities: Vec<Vec<f64>>,
+}
+
+/// Serves one predict request, whatever protocol it came in: resolves the target (or the model's
+/// routing: production, maybe a canary), prepares and scores the inputs through the version's
+/// micro-batcher, records and observes each prediction, applies the capture policy, has the
+/// shadow alias score the same inputs, and counts the request. Errors carry the metric label of
+/// the model (`unknown` until it resolves).
+pub(crate) async fn serve(
+    state: &AppState,
+    model: &ModelName,
+    explicit: Option<Target>,
+    inputs: Inputs,
+    top_k: usize,
+    started: Instant,
+) -> Result<Answer, (String, ApiError)> {
+    let unknown = || "unknown".to_owned();
+    let fail = |e: ApiError| (unknown(), e);
+    let routing = if explicit.is_none() { Some(state.served.routing(model).await) } else { None };
     let (target, alias) = match (&explicit, &routing) {
         (Some(Target::Alias(a)), _) => (Target::Alias(a.clone()), Some(a.to_string())),
         (Some(t), _) => (t.clone(), None),
@@ -220,18 +260,44 @@ async fn run(
         }
         (None, None) => unreachable!("routing is read when no target is given"),
     };
-    let bodies = images(request, state.served.ctx.config.http.max_parts).await.map_err(fail)?;
-    let loaded = state.served.resolve(&model, &target).await.map_err(|e| fail(serve_error(e)))?;
+    let loaded = state.served.resolve(model, &target).await.map_err(|e| fail(serve_error(e)))?;
     let label = model.to_string();
     let fail = |e: ApiError| (label.clone(), e);
     let max_pixels = state.served.ctx.config.inference.max_image_pixels;
-    let prepared = prepare_all(bodies.clone(), loaded.clone(), max_pixels).await.map_err(fail)?;
-    let predictions = score(state, &loaded, &prepared, top_k, alias.as_deref(), None).await.map_err(fail)?;
-    capture(state, &model, &loaded, &bodies, &predictions).await;
-    if let Some(shadow) = routing.and_then(|r| r.shadow_alias).filter(|s| Some(s) != alias.as_ref()) {
-        let (state, model) = (state.clone(), model.clone());
-        let answered: Vec<Uuid> = predictions.iter().filter_map(|p| p["id"].as_str()?.parse().ok()).collect();
-        tokio::spawn(async move { shadow_score(&state, &model, &shadow, bodies, top_k, answered).await });
+    let (prepared, bodies) = match inputs {
+        Inputs::Encoded(bodies) => {
+            (prepare_all(bodies.clone(), loaded.clone(), max_pixels).await.map_err(fail)?, Some(bodies))
+        }
+        Inputs::Prepared(pixels) => {
+            let frame = loaded.batcher.frame();
+            if pixels.is_empty() || pixels.len() % frame != 0 {
+                let spec = &loaded.version.input_spec;
+                return Err(fail(bad(
+                    "invalid_request",
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "Prepared pixels must be whole {}x{}x{} images (channels, height, width) for version {}.",
+                        frame / (spec.width * spec.height) as usize,
+                        spec.height,
+                        spec.width,
+                        loaded.version.version
+                    ),
+                )));
+            }
+            (pixels, None)
+        }
+    };
+    let (predictions, probabilities) =
+        score(state, &loaded, &prepared, top_k, alias.as_deref(), None).await.map_err(fail)?;
+    // Capture and shadow scoring need the encoded images (a shadow version may prepare them
+    // differently): prepared pixels are only answered, recorded and observed.
+    if let Some(bodies) = bodies {
+        capture(state, model, &loaded, &bodies, &predictions).await;
+        if let Some(shadow) = routing.and_then(|r| r.shadow_alias).filter(|s| Some(s) != alias.as_ref()) {
+            let (state, model) = (state.clone(), model.clone());
+            let answered: Vec<Uuid> = predictions.iter().filter_map(|p| p["id"].as_str()?.parse().ok()).collect();
+            tokio::spawn(async move { shadow_score(&state, &model, &shadow, bodies, top_k, answered).await });
+        }
     }
     let version = loaded.version.version;
     metrics::counter!("sluice_inference_requests_total", "model" => label.clone(), "version" => version.to_string(),
@@ -239,7 +305,7 @@ async fn run(
     .increment(1);
     metrics::histogram!("sluice_inference_request_duration_seconds", "model" => label.clone(), "alias" => alias.clone().unwrap_or_default())
         .record(started.elapsed().as_secs_f64());
-    Ok(json!({"model": label, "version": version, "alias": alias, "predictions": predictions}))
+    Ok(Answer { loaded, alias, predictions, probabilities })
 }
 
 /// Keeps the inputs the model's capture policy selects ([`sluice_core::capture`]); in the
@@ -285,6 +351,8 @@ async fn prepare_all(bodies: Vec<Bytes>, loaded: Arc<LoadedVersion>, max_pixels:
 /// One scored image: its best class and confidence, input brightness, and the prediction record
 /// (top classes with calibrated scores, input statistics) with no alias, shadow or batch set.
 pub(crate) struct Ranked {
+    /// Calibrated probabilities in label order.
+    pub probabilities: Vec<f64>,
     pub class: usize,
     pub confidence: f64,
     pub brightness: f64,
@@ -320,10 +388,11 @@ pub(crate) fn rank(loaded: &LoadedVersion, logits: &[f32], pixels: &[u8], top_k:
         shadow_of: None,
         batch: None,
     };
-    Ranked { class, confidence, brightness, sharpness, record }
+    Ranked { probabilities, class, confidence, brightness, sharpness, record }
 }
 
-/// Runs prepared images through the version; records and observes each prediction.
+/// Runs prepared images through the version; records and observes each prediction. Returns each
+/// image's answer (`{"id", "top"}`) and its calibrated probabilities.
 async fn score(
     state: &AppState,
     loaded: &LoadedVersion,
@@ -331,7 +400,7 @@ async fn score(
     top_k: usize,
     alias: Option<&str>,
     shadow_of: Option<&[Uuid]>,
-) -> Result<Vec<Value>, ApiError> {
+) -> Result<(Vec<Value>, Vec<Vec<f64>>), ApiError> {
     let shadow = shadow_of.is_some();
     let frame = loaded.batcher.frame();
     let count = prepared.len() / frame;
@@ -344,9 +413,10 @@ async fn score(
     let version_label = loaded.version.version.to_string();
     let mut out = Vec::with_capacity(count);
     let mut observations = Vec::with_capacity(count);
+    let mut all = Vec::with_capacity(count);
     for (i, row) in scored.iter().enumerate() {
         let id = Uuid::now_v7();
-        let Ranked { class, confidence, brightness, sharpness, mut record } =
+        let Ranked { probabilities, class, confidence, brightness, sharpness, mut record } =
             rank(loaded, &row.logits, &prepared[i * frame..(i + 1) * frame], top_k, id);
         record.alias = alias.map(str::to_owned);
         record.shadow = shadow;
@@ -360,12 +430,13 @@ async fn score(
         let embedding = sluice_core::reference::sketch(&row.embedding);
         observations.push(Observation { class, confidence, brightness, sharpness, embedding: Some(embedding) });
         out.push(json!({"id": id, "top": top}));
+        all.push(probabilities);
     }
     // The request is one unit of the drift window: its images may all show one thing.
     if !shadow {
         crate::monitor::publish(&state.served, loaded, &observations);
     }
-    Ok(out)
+    Ok((out, all))
 }
 
 async fn shadow_score(
@@ -381,7 +452,7 @@ async fn shadow_score(
         let loaded = state.served.resolve(model, &Target::Alias(alias_name)).await.map_err(serve_error)?;
         let max_pixels = state.served.ctx.config.inference.max_image_pixels;
         let prepared = prepare_all(bodies, loaded.clone(), max_pixels).await?;
-        score(state, &loaded, &prepared, top_k, Some(alias), Some(&answered)).await
+        score(state, &loaded, &prepared, top_k, Some(alias), Some(&answered)).await.map(|_| ())
     }
     .await;
     if let Err(err) = result {

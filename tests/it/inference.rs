@@ -118,7 +118,7 @@ async fn predict(app: &RunningApp, token: &str, model: &str, query: &str, body: 
     json_of(app.http.post(url).bearer_auth(token).body(body).send().await.expect("predict")).await
 }
 
-async fn predict_many(app: &RunningApp, model: &str, images: Vec<Vec<u8>>) -> (u16, Value) {
+pub(crate) async fn predict_many(app: &RunningApp, model: &str, images: Vec<Vec<u8>>) -> (u16, Value) {
     let mut form = reqwest::multipart::Form::new();
     for (i, image) in images.into_iter().enumerate() {
         form = form.part("file", reqwest::multipart::Part::bytes(image).file_name(format!("{i}.png")));
@@ -127,7 +127,7 @@ async fn predict_many(app: &RunningApp, model: &str, images: Vec<Vec<u8>>) -> (u
     json_of(app.http.post(url).bearer_auth(&app.admin_token).multipart(form).send().await.expect("predict")).await
 }
 
-async fn inference_app(env: &TestEnv) -> RunningApp {
+pub(crate) async fn inference_app(env: &TestEnv) -> RunningApp {
     RunningApp::spawn_services(env.config.clone(), &[Service::Inference, Service::Registry]).await
 }
 

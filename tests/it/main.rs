@@ -20,3 +20,4 @@ mod s3;
 mod security;
 mod support;
 mod training;
+mod v2;

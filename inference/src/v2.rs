@@ -1,0 +1,694 @@
+//! The Open Inference Protocol, V2 REST (KServe's "V2 protocol", Triton's HTTP API), beside
+//! `/v1`: existing clients (`tritonclient.http`, the KServe SDK) call Sluice unchanged.
+//!
+//! - `GET /v2`, `/v2/health/live`, `/v2/health/ready`: server metadata and health (no token).
+//! - `GET /v2/models/{name}[/versions/{v}]`: the version's metadata, built from its input spec
+//!   and labels; `…/ready`: 200 once the version loads. Without a version, the version
+//!   `production` points at.
+//! - `POST /v2/models/{name}[/versions/{v}]/infer`: one input tensor, either
+//!   - `BYTES` `[n]` (or `[n, 1]`): encoded images, decoded and prepared exactly as the version's
+//!     training data was (in JSON each element is the image in base64; in the binary extension,
+//!     each is a 4-byte little-endian length and the bytes), or
+//!   - `FP32` `[n, C, H, W]` in [0, 1] (or `UINT8` in [0, 255]): pixels already in the model's
+//!     input shape.
+//!
+//!   Outputs: `probabilities` (`FP32 [n, classes]`, calibrated, label order; with the
+//!   classification extension's `classification: k` parameter, `BYTES [n, k]` of
+//!   `score:index:label` instead), `labels` (`BYTES [n, k]`, best first; `k` from its
+//!   `classification` or `top_k` parameter, default 1) and `prediction_ids` (`BYTES [n]`, for
+//!   `POST /v1/feedback`). `binary_data` is honoured per output (and `binary_data_output` for all).
+//!   `parameters.alias` picks an alias (default: the model's routing, production or a canary);
+//!   canary and shadow routing, micro-batching, recording and drift apply exactly as on `/v1`
+//!   (prepared pixels are not captured nor shadow-scored: both need the encoded image).
+//! - Errors are `{"error": "..."}` with the status `/v1` would answer.
+
+use std::time::Instant;
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use sluice_core::{
+    auth::Scope,
+    http::{ApiError, AuthRejection, Caller},
+    models::{self, AliasName, ModelName},
+    pipeline::Color,
+};
+
+use crate::{
+    AppState,
+    predict::{self, Inputs},
+    serving::{LoadedVersion, Target},
+};
+
+/// The binary extension's header: the length of the JSON part before the binary data.
+const HEADER_LENGTH: &str = "inference-header-content-length";
+/// Output names.
+const PROBABILITIES: &str = "probabilities";
+const LABELS: &str = "labels";
+const PREDICTION_IDS: &str = "prediction_ids";
+
+/// A V2 error: `{"error": "..."}`.
+#[derive(Debug)]
+pub struct V2Error {
+    status: StatusCode,
+    message: String,
+}
+
+impl V2Error {
+    fn bad(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+}
+
+impl From<ApiError> for V2Error {
+    fn from(err: ApiError) -> Self {
+        Self { status: err.status, message: err.message }
+    }
+}
+
+impl IntoResponse for V2Error {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({"error": self.message}))).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+/// The answer to a caller without the `predict` scope (in the V2 shape); `None` to go on.
+fn refused(caller: Result<Caller, AuthRejection>) -> Option<Response> {
+    let caller = match caller {
+        Ok(caller) => caller,
+        Err(AuthRejection::Api(err)) => return Some(V2Error::from(err).into_response()),
+        Err(AuthRejection::Response(response)) => return Some(response),
+    };
+    caller.require(Scope::Predict).err().map(|e| V2Error::from(e).into_response())
+}
+
+/// `GET /v2`.
+pub async fn server_metadata() -> Json<Value> {
+    Json(json!({
+        "name": "sluice",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "classification"],
+    }))
+}
+
+/// `GET /v2/health/live`.
+pub async fn live() -> Json<Value> {
+    Json(json!({"live": true}))
+}
+
+/// `GET /v2/health/ready`: PostgreSQL, S3 and Kafka answer.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let readiness = sluice_core::http::probe(&state.served.ctx).await;
+    let ready = readiness.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let dependencies: Map<String, Value> =
+        readiness.checks.into_iter().map(|(name, result)| (name.to_owned(), json!(result.err()))).collect();
+    (status, Json(json!({"ready": ready, "failing": dependencies}))).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ModelPath {
+    name: String,
+    version: Option<String>,
+}
+
+/// The version a path names (the one `production` points at without `/versions/{v}`), unless
+/// the request's `parameters.alias` names another alias.
+fn path_target(path: &ModelPath, alias: Option<&str>) -> Result<(ModelName, Option<Target>), V2Error> {
+    let model = ModelName::parse(&path.name).map_err(|e| V2Error::bad(format!("model name: {e}")))?;
+    let version = match &path.version {
+        None => None,
+        Some(raw) => match raw.parse::<i32>() {
+            Ok(v) if v >= 1 => Some(v),
+            _ => return Err(V2Error::bad(format!("model version must be a number from 1, got {raw:?}"))),
+        },
+    };
+    let target = match (version, alias) {
+        (Some(_), Some(_)) => return Err(V2Error::bad("give a version in the path or `parameters.alias`, not both")),
+        (Some(v), None) => Some(Target::Version(v)),
+        (None, Some(alias)) => {
+            Some(Target::Alias(AliasName::parse(alias).map_err(|e| V2Error::bad(format!("`parameters.alias`: {e}")))?))
+        }
+        (None, None) => None,
+    };
+    Ok((model, target))
+}
+
+fn production() -> Target {
+    Target::Alias(AliasName::parse(AliasName::PRODUCTION).expect("a valid alias"))
+}
+
+/// The input tensor's shape for a version: `[-1, C, H, W]`.
+fn pixel_shape(loaded: &LoadedVersion) -> [i64; 4] {
+    let spec = &loaded.version.input_spec;
+    let channels = match spec.color {
+        Color::Rgb => 3,
+        Color::Gray => 1,
+    };
+    [-1, channels, i64::from(spec.height), i64::from(spec.width)]
+}
+
+/// `GET /v2/models/{name}[/versions/{v}]`.
+pub async fn model_metadata(
+    State(state): State<AppState>,
+    caller: Result<Caller, AuthRejection>,
+    Path(path): Path<ModelPath>,
+) -> Response {
+    if let Some(response) = refused(caller) {
+        return response;
+    }
+    let result = async {
+        let (model, target) = path_target(&path, None)?;
+        let loaded =
+            state.served.resolve(&model, &target.unwrap_or_else(production)).await.map_err(predict::serve_error)?;
+        let client = state.served.ctx.db.get().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let versions = models::versions(&client, &model).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let classes = loaded.version.labels.len();
+        Ok::<_, V2Error>(Json(json!({
+            "name": model.to_string(),
+            "versions": versions.iter().map(|v| v.version.to_string()).collect::<Vec<_>>(),
+            "platform": "sluice_candle",
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": [-1],
+                 "parameters": {"content": "an encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF), prepared as training was"}},
+                {"name": "pixels", "datatype": "FP32", "shape": pixel_shape(&loaded),
+                 "parameters": {"content": "prepared pixels in [0, 1], channels first (UINT8 in [0, 255] also taken)"}},
+            ],
+            "outputs": [
+                {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, classes]},
+                {"name": LABELS, "datatype": "BYTES", "shape": [-1, -1]},
+                {"name": PREDICTION_IDS, "datatype": "BYTES", "shape": [-1]},
+            ],
+            "parameters": {
+                "version": loaded.version.version,
+                "labels": loaded.version.labels,
+                "input_spec": loaded.version.input_spec,
+            },
+        })))
+    }
+    .await;
+    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+}
+
+/// `GET /v2/models/{name}[/versions/{v}]/ready`: 200 once the version is loaded.
+pub async fn model_ready(
+    State(state): State<AppState>,
+    caller: Result<Caller, AuthRejection>,
+    Path(path): Path<ModelPath>,
+) -> Response {
+    if let Some(response) = refused(caller) {
+        return response;
+    }
+    let result = async {
+        let (model, target) = path_target(&path, None)?;
+        let loaded =
+            state.served.resolve(&model, &target.unwrap_or_else(production)).await.map_err(predict::serve_error)?;
+        Ok::<_, V2Error>(Json(
+            json!({"name": model.to_string(), "version": loaded.version.version.to_string(), "ready": true}),
+        ))
+    }
+    .await;
+    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+}
+
+#[derive(Debug, Deserialize)]
+struct InferRequest {
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<InputTensor>,
+    outputs: Option<Vec<RequestedOutput>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InputTensor {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    data: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// One output to answer: which, how many classes (`labels` and classification), binary or not.
+struct Wanted {
+    name: String,
+    k: Option<usize>,
+    binary: bool,
+}
+
+/// `POST /v2/models/{name}[/versions/{v}]/infer`.
+pub async fn infer(
+    State(state): State<AppState>,
+    caller: Result<Caller, AuthRejection>,
+    Path(path): Path<ModelPath>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    if let Some(response) = refused(caller) {
+        return response;
+    }
+    match run(&state, &path, &headers, body, started).await {
+        Ok(response) => response,
+        Err((model, err)) => {
+            let reason = match err.status {
+                StatusCode::NOT_FOUND => "not_found",
+                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+                _ => "invalid_request",
+            };
+            metrics::counter!("sluice_inference_errors_total", "model" => model, "reason" => reason).increment(1);
+            err.into_response()
+        }
+    }
+}
+
+async fn run(
+    state: &AppState,
+    path: &ModelPath,
+    headers: &HeaderMap,
+    body: Bytes,
+    started: Instant,
+) -> Result<Response, (String, V2Error)> {
+    let fail = |e: V2Error| ("unknown".to_owned(), e);
+    let (header, mut binary) = split(headers, &body).map_err(fail)?;
+    let request: InferRequest =
+        serde_json::from_slice(header).map_err(|e| fail(V2Error::bad(format!("malformed inference request: {e}"))))?;
+    let alias = match request.parameters.get("alias") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(alias)) => Some(alias.as_str()),
+        Some(_) => return Err(fail(V2Error::bad("`parameters.alias` must be a string"))),
+    };
+    let (model, target) = path_target(path, alias).map_err(fail)?;
+    let [input] = request.inputs.as_slice() else {
+        return Err(fail(V2Error::bad(format!(
+            "send exactly one input tensor (BYTES images or FP32 pixels), got {}",
+            request.inputs.len()
+        ))));
+    };
+    let max_images = state.served.ctx.config.http.max_parts;
+    let inputs = decode_input(input, &mut binary, max_images).map_err(fail)?;
+    if !binary.is_empty() {
+        return Err(fail(V2Error::bad(format!("{} bytes of binary data are not claimed by any input", binary.len()))));
+    }
+    let wanted = outputs(&request).map_err(fail)?;
+    let top_k = wanted.iter().filter_map(|w| w.k).max().unwrap_or(1);
+    let answer = predict::serve(state, &model, target, inputs, top_k, started)
+        .await
+        .map_err(|(label, err)| (label, V2Error::from(err)))?;
+    Ok(respond(&request, &answer, &wanted))
+}
+
+/// The JSON part and the binary part of a request body.
+fn split<'a>(headers: &HeaderMap, body: &'a Bytes) -> Result<(&'a [u8], &'a [u8]), V2Error> {
+    let Some(value) = headers.get(HEADER_LENGTH) else { return Ok((body, &[])) };
+    let length = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .ok_or_else(|| V2Error::bad(format!("{HEADER_LENGTH} must be a number of bytes")))?;
+    if length > body.len() {
+        return Err(V2Error::bad(format!("{HEADER_LENGTH} is {length} but the body has {} bytes", body.len())));
+    }
+    Ok(body.split_at(length))
+}
+
+/// Takes `size` bytes off the front of the binary part.
+fn take<'a>(binary: &mut &'a [u8], size: usize, name: &str) -> Result<&'a [u8], V2Error> {
+    if size > binary.len() {
+        return Err(V2Error::bad(format!(
+            "input {name:?} claims {size} bytes of binary data, {} are left",
+            binary.len()
+        )));
+    }
+    let (taken, rest) = binary.split_at(size);
+    *binary = rest;
+    Ok(taken)
+}
+
+/// The number of elements a shape holds, refusing negative or overflowing dimensions.
+fn elements(shape: &[i64], name: &str) -> Result<usize, V2Error> {
+    shape.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d)
+            .ok()
+            .and_then(|d| n.checked_mul(d))
+            .ok_or_else(|| V2Error::bad(format!("input {name:?} has an invalid shape {shape:?}")))
+    })
+}
+
+fn decode_input(input: &InputTensor, binary: &mut &[u8], max_images: usize) -> Result<Inputs, V2Error> {
+    let name = input.name.as_str();
+    let raw = match input.parameters.get("binary_data_size") {
+        None => None,
+        Some(size) => {
+            let size = size
+                .as_u64()
+                .and_then(|s| usize::try_from(s).ok())
+                .ok_or_else(|| V2Error::bad(format!("input {name:?}: `binary_data_size` must be a number of bytes")))?;
+            Some(take(binary, size, name)?)
+        }
+    };
+    if raw.is_some() && input.data.is_some() {
+        return Err(V2Error::bad(format!("input {name:?} has both `data` and binary data")));
+    }
+    let count = elements(&input.shape, name)?;
+    match input.datatype.as_str() {
+        "BYTES" => {
+            let images = input.shape.first().copied().unwrap_or(0);
+            if input.shape.len() > 2 || (input.shape.len() == 2 && input.shape[1] != 1) {
+                return Err(V2Error::bad(format!(
+                    "input {name:?}: BYTES images take the shape [n] or [n, 1], got {:?}",
+                    input.shape
+                )));
+            }
+            if images < 1 || images as usize > max_images {
+                return Err(V2Error::bad(format!("input {name:?}: send 1 to {max_images} images, got {images}")));
+            }
+            let items = match raw {
+                Some(raw) => length_prefixed(raw, name)?,
+                None => base64_elements(input.data.as_ref(), name)?,
+            };
+            if items.len() != count {
+                return Err(V2Error::bad(format!(
+                    "input {name:?} has shape {:?} but holds {} elements",
+                    input.shape,
+                    items.len()
+                )));
+            }
+            if items.iter().any(Bytes::is_empty) {
+                return Err(V2Error::bad(format!("input {name:?} holds an empty image")));
+            }
+            Ok(Inputs::Encoded(items))
+        }
+        datatype @ ("FP32" | "UINT8") => {
+            if input.shape.len() != 4 {
+                return Err(V2Error::bad(format!(
+                    "input {name:?}: {datatype} pixels take the shape [n, channels, height, width], got {:?}",
+                    input.shape
+                )));
+            }
+            let images = input.shape[0];
+            if images < 1 || images as usize > max_images {
+                return Err(V2Error::bad(format!("input {name:?}: send 1 to {max_images} images, got {images}")));
+            }
+            let pixels = match (datatype, raw) {
+                ("FP32", Some(raw)) => {
+                    if raw.len() != count * 4 {
+                        return Err(V2Error::bad(format!(
+                            "input {name:?}: {count} FP32 values take {} bytes, got {}",
+                            count * 4,
+                            raw.len()
+                        )));
+                    }
+                    raw.chunks_exact(4)
+                        .map(|b| unit_to_byte(f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])), name))
+                        .collect::<Result<Vec<u8>, _>>()?
+                }
+                (_, Some(raw)) => {
+                    if raw.len() != count {
+                        return Err(V2Error::bad(format!(
+                            "input {name:?}: {count} UINT8 values, got {} bytes",
+                            raw.len()
+                        )));
+                    }
+                    raw.to_vec()
+                }
+                (datatype, None) => {
+                    let mut values = Vec::with_capacity(count);
+                    flatten_numbers(input.data.as_ref(), &mut values, count, name)?;
+                    if values.len() != count {
+                        return Err(V2Error::bad(format!(
+                            "input {name:?} has shape {:?} but holds {} values",
+                            input.shape,
+                            values.len()
+                        )));
+                    }
+                    if datatype == "FP32" {
+                        values.into_iter().map(|v| unit_to_byte(v, name)).collect::<Result<Vec<u8>, _>>()?
+                    } else {
+                        values
+                            .into_iter()
+                            .map(|v| {
+                                (v.fract() == 0.0 && (0.0..=255.0).contains(&v)).then_some(v as u8).ok_or_else(|| {
+                                    V2Error::bad(format!("input {name:?}: UINT8 values are whole numbers in [0, 255]"))
+                                })
+                            })
+                            .collect::<Result<Vec<u8>, _>>()?
+                    }
+                }
+            };
+            Ok(Inputs::Prepared(pixels))
+        }
+        other => Err(V2Error::bad(format!(
+            "input {name:?}: datatype {other} is not taken; send BYTES (encoded images) or FP32 (pixels)"
+        ))),
+    }
+}
+
+/// A pixel in [0, 1] as the byte the network reads.
+fn unit_to_byte(value: f64, name: &str) -> Result<u8, V2Error> {
+    if !(0.0..=1.0).contains(&value) {
+        return Err(V2Error::bad(format!("input {name:?}: FP32 pixels are in [0, 1], got {value}")));
+    }
+    Ok((value * 255.0).round() as u8)
+}
+
+/// The binary extension's BYTES elements: each a 4-byte little-endian length, then the bytes.
+fn length_prefixed(mut raw: &[u8], name: &str) -> Result<Vec<Bytes>, V2Error> {
+    let mut items = Vec::new();
+    while !raw.is_empty() {
+        let Some((length, rest)) = raw.split_first_chunk::<4>() else {
+            return Err(V2Error::bad(format!("input {name:?}: truncated BYTES element length")));
+        };
+        let length = u32::from_le_bytes(*length) as usize;
+        if length > rest.len() {
+            return Err(V2Error::bad(format!(
+                "input {name:?}: a BYTES element claims {length} bytes, {} are left",
+                rest.len()
+            )));
+        }
+        items.push(Bytes::copy_from_slice(&rest[..length]));
+        raw = &rest[length..];
+    }
+    Ok(items)
+}
+
+/// JSON BYTES elements: base64 strings (an image is not text), in a flat or nested array.
+fn base64_elements(data: Option<&Value>, name: &str) -> Result<Vec<Bytes>, V2Error> {
+    fn walk(value: &Value, out: &mut Vec<Bytes>, name: &str, depth: usize) -> Result<(), V2Error> {
+        match value {
+            Value::Array(items) if depth < 3 => items.iter().try_for_each(|v| walk(v, out, name, depth + 1)),
+            Value::String(text) => {
+                let decoded = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| {
+                    V2Error::bad(format!(
+                        "input {name:?}: BYTES elements in JSON are base64-encoded images (or use the binary extension)"
+                    ))
+                })?;
+                out.push(Bytes::from(decoded));
+                Ok(())
+            }
+            _ => Err(V2Error::bad(format!("input {name:?}: BYTES `data` is an array of base64 strings"))),
+        }
+    }
+    let data = data.ok_or_else(|| V2Error::bad(format!("input {name:?} has no `data` and no binary data")))?;
+    let mut out = Vec::new();
+    walk(data, &mut out, name, 0)?;
+    Ok(out)
+}
+
+/// Numbers of a flat or nested (row-major) array, at most `limit` of them.
+fn flatten_numbers(data: Option<&Value>, out: &mut Vec<f64>, limit: usize, name: &str) -> Result<(), V2Error> {
+    fn walk(value: &Value, out: &mut Vec<f64>, limit: usize, name: &str, depth: usize) -> Result<(), V2Error> {
+        match value {
+            Value::Array(items) if depth < 5 => items.iter().try_for_each(|v| walk(v, out, limit, name, depth + 1)),
+            Value::Number(number) => {
+                if out.len() >= limit {
+                    return Err(V2Error::bad(format!("input {name:?} holds more values than its shape")));
+                }
+                out.push(number.as_f64().unwrap_or(f64::NAN));
+                Ok(())
+            }
+            _ => Err(V2Error::bad(format!("input {name:?}: `data` is an array of numbers"))),
+        }
+    }
+    let data = data.ok_or_else(|| V2Error::bad(format!("input {name:?} has no `data` and no binary data")))?;
+    walk(data, out, limit, name, 0)
+}
+
+/// The outputs to answer: those requested, or all of them.
+fn outputs(request: &InferRequest) -> Result<Vec<Wanted>, V2Error> {
+    let all_binary = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
+    let count = |parameters: &Map<String, Value>, key: &str| -> Result<Option<usize>, V2Error> {
+        match parameters.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => match value.as_u64() {
+                Some(k) if (1..=1000).contains(&k) => Ok(Some(k as usize)),
+                _ => Err(V2Error::bad(format!("`{key}` must be a number from 1 to 1000"))),
+            },
+        }
+    };
+    let Some(requested) = &request.outputs else {
+        return Ok([PROBABILITIES, LABELS, PREDICTION_IDS]
+            .into_iter()
+            .map(|name| Wanted { name: name.to_owned(), k: (name == LABELS).then_some(1), binary: all_binary })
+            .collect());
+    };
+    if requested.is_empty() || requested.len() > 3 {
+        return Err(V2Error::bad("request 1 to 3 outputs: probabilities, labels, prediction_ids"));
+    }
+    requested
+        .iter()
+        .map(|output| {
+            let binary = output.parameters.get("binary_data").and_then(Value::as_bool).unwrap_or(all_binary);
+            let classification = count(&output.parameters, "classification")?;
+            let k = match output.name.as_str() {
+                PROBABILITIES => classification,
+                LABELS => Some(classification.or(count(&output.parameters, "top_k")?).unwrap_or(1)),
+                PREDICTION_IDS => None,
+                other => {
+                    return Err(V2Error::bad(format!(
+                        "no output named {other:?}; the outputs are probabilities, labels and prediction_ids"
+                    )));
+                }
+            };
+            Ok(Wanted { name: output.name.clone(), k, binary })
+        })
+        .collect()
+}
+
+/// Builds the response: JSON, or a JSON header followed by the binary outputs.
+fn respond(request: &InferRequest, answer: &predict::Answer, wanted: &[Wanted]) -> Response {
+    let labels = &answer.loaded.version.labels;
+    let n = answer.predictions.len();
+    let ranked: Vec<Vec<(usize, f64)>> = answer
+        .probabilities
+        .iter()
+        .map(|p| {
+            let mut ranked: Vec<(usize, f64)> = p.iter().copied().enumerate().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            ranked
+        })
+        .collect();
+    let mut binary: Vec<u8> = Vec::new();
+    let mut tensors = Vec::with_capacity(wanted.len());
+    for output in wanted {
+        // Each output as (shape, datatype, JSON data, binary bytes).
+        let (shape, datatype, data, bytes): (Vec<usize>, &str, Value, Vec<u8>) = match (output.name.as_str(), output.k)
+        {
+            (PROBABILITIES, None) => {
+                let values: Vec<f32> = answer.probabilities.iter().flatten().map(|&p| p as f32).collect();
+                let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (vec![n, labels.len()], "FP32", json!(values), bytes)
+            }
+            (PROBABILITIES, Some(k)) => {
+                let k = k.min(labels.len());
+                let items: Vec<String> = ranked
+                    .iter()
+                    .flat_map(|r| r.iter().take(k).map(|&(class, p)| format!("{p}:{class}:{}", labels[class])))
+                    .collect();
+                (vec![n, k], "BYTES", json!(items), length_prefix(&items))
+            }
+            (LABELS, k) => {
+                let k = k.unwrap_or(1).min(labels.len());
+                let items: Vec<String> =
+                    ranked.iter().flat_map(|r| r.iter().take(k).map(|&(class, _)| labels[class].clone())).collect();
+                (vec![n, k], "BYTES", json!(items), length_prefix(&items))
+            }
+            _ => {
+                let items: Vec<String> =
+                    answer.predictions.iter().map(|p| p["id"].as_str().unwrap_or_default().to_owned()).collect();
+                (vec![n], "BYTES", json!(items), length_prefix(&items))
+            }
+        };
+        let mut tensor = json!({"name": output.name, "shape": shape, "datatype": datatype});
+        if output.binary {
+            tensor["parameters"] = json!({"binary_data_size": bytes.len()});
+            binary.extend(bytes);
+        } else {
+            tensor["data"] = data;
+        }
+        tensors.push(tensor);
+    }
+    let mut body = json!({
+        "model_name": answer.loaded.version.model.to_string(),
+        "model_version": answer.loaded.version.version.to_string(),
+        "outputs": tensors,
+        "parameters": {"alias": answer.alias},
+    });
+    if let Some(id) = &request.id {
+        body["id"] = json!(id);
+    }
+    let header = serde_json::to_vec(&body).unwrap_or_default();
+    if wanted.iter().all(|w| !w.binary) {
+        return ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], header).into_response();
+    }
+    let length = header.len();
+    let mut all = header;
+    all.extend(binary);
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (header::HeaderName::from_static(HEADER_LENGTH), HeaderValue::from(length)),
+        ],
+        all,
+    )
+        .into_response()
+}
+
+/// BYTES elements in the binary extension's layout.
+fn length_prefix(items: &[String]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(items.iter().map(|s| s.len() + 4).sum());
+    for item in items {
+        out.extend((item.len() as u32).to_le_bytes());
+        out.extend(item.as_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_prefixed_bytes_round_trip_and_truncation_is_refused() {
+        let items = vec!["ab".to_owned(), String::new(), "xyz".to_owned()];
+        let encoded = length_prefix(&items);
+        let decoded = length_prefixed(&encoded, "x").expect("decodes");
+        assert_eq!(decoded, vec![Bytes::from("ab"), Bytes::new(), Bytes::from("xyz")]);
+        assert!(length_prefixed(&encoded[..encoded.len() - 1], "x").is_err());
+        assert!(length_prefixed(&[1, 0], "x").is_err());
+    }
+
+    #[test]
+    fn shapes_must_be_non_negative_and_not_overflow() {
+        assert_eq!(elements(&[2, 3, 4], "x").expect("24"), 24);
+        assert!(elements(&[-1, 3], "x").is_err());
+        assert!(elements(&[i64::MAX, i64::MAX], "x").is_err());
+    }
+
+    #[test]
+    fn pixels_outside_the_unit_range_are_refused() {
+        assert_eq!(unit_to_byte(1.0, "x").expect("255"), 255);
+        assert_eq!(unit_to_byte(0.5, "x").expect("128"), 128);
+        assert!(unit_to_byte(1.5, "x").is_err());
+        assert!(unit_to_byte(f64::NAN, "x").is_err());
+    }
+}
