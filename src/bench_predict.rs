@@ -1,5 +1,6 @@
 //! `sluice bench predict`: prediction throughput and latency of the default 64×64 CNN, with and
-//! without micro-batching, at several concurrencies, plus the model-only time per image.
+//! without micro-batching, at several concurrencies, through `/v1` and (with micro-batching)
+//! through the Open Inference Protocol's `/v2/.../infer`, plus the model-only time per image.
 //!
 //! The benchmark registers a model (`bench-cnn64` unless `--model` names an existing one), then
 //! starts an in-process inference server on an ephemeral port for each batching setting, so
@@ -108,17 +109,47 @@ fn request_body() -> anyhow::Result<Vec<u8>> {
     sluice_media::png_from_chw(&samples.images, 64, 64).context("image size")
 }
 
-/// Runs `requests` predictions at `concurrency` against `url`.
-async fn phase(name: &'static str, url: &str, token: &str, body: &[u8], concurrency: usize, requests: usize) -> Stats {
+/// The same image as an Open Inference Protocol (V2) request: a JSON header and the image as a
+/// binary BYTES element; the answer's labels in JSON. Returns the body and the header's length.
+fn v2_request_body(image: &[u8]) -> (Vec<u8>, usize) {
+    let header = serde_json::json!({
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
+                    "parameters": {"binary_data_size": image.len() + 4}}],
+        "outputs": [{"name": "labels"}, {"name": "prediction_ids"}],
+    });
+    let mut body = serde_json::to_vec(&header).expect("JSON");
+    let length = body.len();
+    body.extend((image.len() as u32).to_le_bytes());
+    body.extend(image);
+    (body, length)
+}
+
+/// One kind of request to time: where it goes and what it sends.
+struct Request<'a> {
+    url: String,
+    body: &'a [u8],
+    /// The V2 binary extension's header length, for V2 requests.
+    header_length: Option<usize>,
+}
+
+/// Runs `requests` predictions at `concurrency`.
+async fn phase(name: &'static str, request: &Request<'_>, token: &str, concurrency: usize, requests: usize) -> Stats {
     let http = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build().expect("HTTP client");
-    let body = bytes::Bytes::copy_from_slice(body);
+    let body = bytes::Bytes::copy_from_slice(request.body);
+    let (url, header_length) = (request.url.as_str(), request.header_length);
     let started = Instant::now();
     let results: Vec<Result<Duration, String>> = stream::iter(0..requests)
         .map(|_| {
             let (http, body) = (http.clone(), body.clone());
             async move {
                 let sent = Instant::now();
-                let response = http.post(url).bearer_auth(token).body(body).send().await.map_err(|e| e.to_string())?;
+                let mut post = http.post(url).bearer_auth(token).body(body);
+                if let Some(length) = header_length {
+                    post = post
+                        .header("inference-header-content-length", length)
+                        .header("content-type", "application/octet-stream");
+                }
+                let response = post.send().await.map_err(|e| e.to_string())?;
                 let status = response.status();
                 let _ = response.bytes().await;
                 if status.is_success() { Ok(sent.elapsed()) } else { Err(format!("HTTP {status}")) }
@@ -140,6 +171,7 @@ pub async fn predict(config: &Config, options: &Options) -> anyhow::Result<Vec<S
     };
     let token = sluice_core::auth::create_token(&ctx.db, "bench", &[sluice_core::auth::Scope::Predict]).await?;
     let body = request_body()?;
+    let (v2_body, v2_header) = v2_request_body(&body);
     let mut lines = Vec::new();
 
     // Model-only time per image, at batch 1 and at the configured batch size.
@@ -171,14 +203,28 @@ pub async fn predict(config: &Config, options: &Options) -> anyhow::Result<Vec<S
         server_config.http.addr = "127.0.0.1:0".parse().expect("an address");
         server_config.inference.max_batch = max_batch;
         let app = Application::build(server_config, &[Service::Inference]).await?;
-        let url = format!("http://{}/v1/models/{model}/predict", app.local_addr());
+        let v1 = Request {
+            url: format!("http://{}/v1/models/{model}/predict", app.local_addr()),
+            body: &body,
+            header_length: None,
+        };
+        let v2 = Request {
+            url: format!("http://{}/v2/models/{model}/infer", app.local_addr()),
+            body: &v2_body,
+            header_length: Some(v2_header),
+        };
         let shutdown = Shutdown::new();
         let server = tokio::spawn(app.run_until_stopped(shutdown.clone()));
         // Warm up: loads the version and fills connection pools.
-        phase("warm-up", &url, &token, &body, 8, 200).await;
+        phase("warm-up", &v1, &token, 8, 200).await;
         for &concurrency in &options.concurrencies {
-            let stats = phase("predict", &url, &token, &body, concurrency, options.requests).await;
-            lines.push(format!("{label:<15} concurrency {concurrency:>3}: {stats}"));
+            let stats = phase("predict", &v1, &token, concurrency, options.requests).await;
+            lines.push(format!("{label:<15} /v1 concurrency {concurrency:>3}: {stats}"));
+            if max_batch > 1 {
+                // The Open Inference Protocol on the same server: what the protocol costs.
+                let stats = phase("infer", &v2, &token, concurrency, options.requests).await;
+                lines.push(format!("{label:<15} /v2 concurrency {concurrency:>3}: {stats}"));
+            }
         }
         shutdown.cancel();
         let _ = server.await;

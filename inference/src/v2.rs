@@ -305,7 +305,7 @@ async fn run(
         ))));
     };
     let max_images = state.served.ctx.config.http.max_parts;
-    let inputs = decode_input(input, &mut binary, max_images).map_err(fail)?;
+    let inputs = decode_input(input, &mut binary, &body, max_images).map_err(fail)?;
     if !binary.is_empty() {
         return Err(fail(V2Error::bad(format!("{} bytes of binary data are not claimed by any input", binary.len()))));
     }
@@ -354,7 +354,9 @@ fn elements(shape: &[i64], name: &str) -> Result<usize, V2Error> {
     })
 }
 
-fn decode_input(input: &InputTensor, binary: &mut &[u8], max_images: usize) -> Result<Inputs, V2Error> {
+/// The input tensor as what `serve` takes; images are sliced out of `body` (the whole request
+/// body), not copied.
+fn decode_input(input: &InputTensor, binary: &mut &[u8], body: &Bytes, max_images: usize) -> Result<Inputs, V2Error> {
     let name = input.name.as_str();
     let raw = match input.parameters.get("binary_data_size") {
         None => None,
@@ -383,7 +385,7 @@ fn decode_input(input: &InputTensor, binary: &mut &[u8], max_images: usize) -> R
                 return Err(V2Error::bad(format!("input {name:?}: send 1 to {max_images} images, got {images}")));
             }
             let items = match raw {
-                Some(raw) => length_prefixed(raw, name)?,
+                Some(raw) => length_prefixed(body.slice_ref(raw), name)?,
                 None => base64_elements(input.data.as_ref(), name)?,
             };
             if items.len() != count {
@@ -471,22 +473,23 @@ fn unit_to_byte(value: f64, name: &str) -> Result<u8, V2Error> {
     Ok((value * 255.0).round() as u8)
 }
 
-/// The binary extension's BYTES elements: each a 4-byte little-endian length, then the bytes.
-fn length_prefixed(mut raw: &[u8], name: &str) -> Result<Vec<Bytes>, V2Error> {
+/// The binary extension's BYTES elements: each a 4-byte little-endian length, then the bytes
+/// (slices of `raw`, not copies).
+fn length_prefixed(mut raw: Bytes, name: &str) -> Result<Vec<Bytes>, V2Error> {
     let mut items = Vec::new();
     while !raw.is_empty() {
-        let Some((length, rest)) = raw.split_first_chunk::<4>() else {
+        let Some(length) = raw.first_chunk::<4>() else {
             return Err(V2Error::bad(format!("input {name:?}: truncated BYTES element length")));
         };
         let length = u32::from_le_bytes(*length) as usize;
-        if length > rest.len() {
+        let left = raw.len() - 4;
+        if length > left {
             return Err(V2Error::bad(format!(
-                "input {name:?}: a BYTES element claims {length} bytes, {} are left",
-                rest.len()
+                "input {name:?}: a BYTES element claims {length} bytes, {left} are left"
             )));
         }
-        items.push(Bytes::copy_from_slice(&rest[..length]));
-        raw = &rest[length..];
+        items.push(raw.slice(4..4 + length));
+        raw = raw.slice(4 + length..);
     }
     Ok(items)
 }
@@ -671,10 +674,11 @@ mod tests {
     fn length_prefixed_bytes_round_trip_and_truncation_is_refused() {
         let items = vec!["ab".to_owned(), String::new(), "xyz".to_owned()];
         let encoded = length_prefix(&items);
-        let decoded = length_prefixed(&encoded, "x").expect("decodes");
+        let encoded = Bytes::from(encoded);
+        let decoded = length_prefixed(encoded.clone(), "x").expect("decodes");
         assert_eq!(decoded, vec![Bytes::from("ab"), Bytes::new(), Bytes::from("xyz")]);
-        assert!(length_prefixed(&encoded[..encoded.len() - 1], "x").is_err());
-        assert!(length_prefixed(&[1, 0], "x").is_err());
+        assert!(length_prefixed(encoded.slice(..encoded.len() - 1), "x").is_err());
+        assert!(length_prefixed(Bytes::from_static(&[1, 0]), "x").is_err());
     }
 
     #[test]

@@ -129,6 +129,32 @@ async fn every_route_answers_every_scope_as_the_scope_matrix_says() {
             }
         }
     }
+    // The Open Inference Protocol's routes: `predict` (or `admin`) for models, nothing for health
+    // and server metadata; refusals in the protocol's shape, `{"error": "..."}`.
+    let v2 = [
+        (Method::GET, "/v2/models/nope", true),
+        (Method::GET, "/v2/models/nope/versions/1", true),
+        (Method::GET, "/v2/models/nope/ready", true),
+        (Method::GET, "/v2/models/nope/versions/1/ready", true),
+        (Method::POST, "/v2/models/nope/infer", true),
+        (Method::POST, "/v2/models/nope/versions/1/infer", true),
+        (Method::GET, "/v2", false),
+        (Method::GET, "/v2/health/live", false),
+    ];
+    for (method, path, guarded) in v2 {
+        let (status, body) = call(&app, &method, path, None).await;
+        if guarded != (status == 401 && body["error"].is_string()) {
+            wrong.push(format!("{method} {path} without a token: {status} {body}"));
+        }
+        for (scope, token) in &tokens {
+            let (status, body) = call(&app, &method, path, Some(token)).await;
+            let refused = status == 403 && body["error"].is_string();
+            let allowed = !guarded || matches!(scope, Scope::Predict | Scope::Admin);
+            if allowed == refused || status == 401 {
+                wrong.push(format!("{method} {path} with {scope}: {status} {body}"));
+            }
+        }
+    }
     assert!(wrong.is_empty(), "{} routes disagree with the matrix:\n{}", wrong.len(), wrong.join("\n"));
     let after = (app.count("SELECT count(*) FROM outbox").await, app.count("SELECT count(*) FROM media").await);
     assert_eq!(before, after, "refused and invalid requests leave nothing behind");

@@ -83,6 +83,9 @@ async fn infer(app: &RunningApp, path: &str, headers: &[(&str, String)], body: V
     json_of(request.send().await.expect("infer")).await
 }
 
+/// What a bad request is, its extra headers, its body and the status it must get.
+type Case = (&'static str, Vec<(&'static str, String)>, Vec<u8>, u16);
+
 /// Hostile or malformed V2 requests: a clear 400/404 `{"error": ...}`, and nothing recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_v2_requests_get_the_protocols_errors_and_record_nothing() {
@@ -94,7 +97,7 @@ async fn bad_v2_requests_get_the_protocols_errors_and_record_nothing() {
     let json_body = |value: Value| serde_json::to_vec(&value).expect("json");
     let bytes_input =
         |shape: Value, data: Value| json!({"name": "image", "datatype": "BYTES", "shape": shape, "data": data});
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>, u16)> = vec![
+    let cases: Vec<Case> = vec![
         ("not JSON", vec![], b"{".to_vec(), 400),
         ("no inputs", vec![], json_body(json!({"inputs": []})), 400),
         (
