@@ -224,6 +224,8 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// A consumer that stops heartbeating for this long loses its partitions.
     pub session_timeout_ms: u32,
+    /// `fetch.wait.max.ms` of the background consumers ([`crate::kafka::background`]).
+    pub background_fetch_wait_ms: u32,
     /// Extra librdkafka properties (for example `security.protocol`, `sasl.*`) for managed
     /// clusters. Values are secret: they often hold passwords.
     #[serde(serialize_with = "redacted_map")]
@@ -359,6 +361,10 @@ impl Config {
         rule(
             (1_000..=300_000).contains(&self.kafka.session_timeout_ms),
             "kafka.session_timeout_ms must be between 1000 and 300000",
+        )?;
+        rule(
+            (100..=4_000).contains(&self.kafka.background_fetch_wait_ms),
+            "kafka.background_fetch_wait_ms must be between 100 and 4000",
         )?;
         rule(
             crate::s3::is_valid_bucket_name(&self.s3.bucket),

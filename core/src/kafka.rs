@@ -119,6 +119,24 @@ pub fn consumer_config(config: &KafkaConfig, group_id: &str) -> ClientConfig {
     client
 }
 
+/// Makes `client` a background consumer: the broker may hold its empty fetches for
+/// `kafka.background_fetch_wait_ms` (librdkafka's default is 500 ms). For consumers whose work is
+/// not waited on interactively; the broker answers each fetch round with a storage read per
+/// partition, so this is what an idle consumer costs it.
+pub fn background<'a>(client: &'a mut ClientConfig, config: &KafkaConfig) -> &'a mut ClientConfig {
+    client.set("fetch.wait.max.ms", config.background_fetch_wait_ms.to_string())
+}
+
+/// [`consumer`] for a background consumer ([`background`]).
+pub fn background_consumer(
+    config: &KafkaConfig,
+    group_id: &str,
+) -> Result<ClosesInBackground<SluiceConsumer>, KafkaError> {
+    background(&mut consumer_config(config, group_id), config)
+        .create_with_context(CommitOnRevoke)
+        .map(ClosesInBackground::new)
+}
+
 /// Commits stored offsets synchronously before partitions are taken away, so the next owner
 /// starts after the last finished message instead of replaying up to one auto-commit interval.
 #[derive(Debug, Clone, Copy, Default)]
@@ -257,7 +275,11 @@ pub async fn ensure_topic_set(config: &KafkaConfig, topics: &[Topic]) -> Result<
         .zip(&names)
         .map(|(topic, name)| {
             topic.configs().iter().fold(
-                NewTopic::new(name, config.partitions, TopicReplication::Fixed(config.replication_factor)),
+                NewTopic::new(
+                    name,
+                    topic.partitions(config.partitions),
+                    TopicReplication::Fixed(config.replication_factor),
+                ),
                 |new, (k, v)| new.set(k, v),
             )
         })

@@ -75,6 +75,16 @@ impl Topic {
         }
     }
 
+    /// Partitions to create the topic with: `default` (`kafka.partitions`), except for the
+    /// low-volume control topics, which one partition carries (every consumer fetch costs the
+    /// broker a read per partition, idle or not).
+    pub fn partitions(self, default: i32) -> i32 {
+        match self {
+            Topic::ModelsEvents | Topic::RetrainRequests => 1,
+            _ => default,
+        }
+    }
+
     /// The full topic name under `prefix`.
     pub fn qualified(self, prefix: &str) -> TopicName {
         TopicName(format!("{prefix}{}", self.name()))

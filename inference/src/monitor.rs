@@ -68,7 +68,7 @@ pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
 
 async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {
     let ctx = &served.ctx;
-    let consumer = kafka::consumer(&ctx.config.kafka, &ctx.config.inference.monitor_group_id)?;
+    let consumer = kafka::background_consumer(&ctx.config.kafka, &ctx.config.inference.monitor_group_id)?;
     consumer.subscribe(&[ctx.topic(Topic::InferenceObservations).as_str()])?;
     // The windows of the models this monitor holds (a fresh map after every reconnect).
     let windows = tokio::sync::Mutex::new(HashMap::<(String, i32), Window>::new());

@@ -31,7 +31,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
 }
 
 async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {
-    let consumer = kafka::consumer(&ctx.config.kafka, &ctx.config.ingest.capture_group_id)?;
+    let consumer = kafka::background_consumer(&ctx.config.kafka, &ctx.config.ingest.capture_group_id)?;
     consumer.subscribe(&[ctx.topic(Topic::MediaCaptures).as_str()])?;
     work::consume(&consumer, shutdown, 1, |message| async move {
         let event = match Envelope::<MediaCaptured>::decode(message.payload().unwrap_or_default()) {

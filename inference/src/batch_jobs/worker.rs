@@ -48,6 +48,7 @@ pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
 
 fn consumer(ctx: &Context) -> Result<kafka::ClosesInBackground<SluiceConsumer>, rdkafka::error::KafkaError> {
     let mut config = kafka::consumer_config(&ctx.config.kafka, &ctx.config.inference.batch_group_id);
+    kafka::background(&mut config, &ctx.config.kafka);
     // A job runs between two polls: allow long jobs, and prefetch little (jobs are small events).
     config.set("max.poll.interval.ms", "21600000").set("queued.max.messages.kbytes", "64");
     config.create_with_context(CommitOnRevoke).map(kafka::ClosesInBackground::new)
