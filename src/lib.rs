@@ -2,6 +2,7 @@
 //! one of them alone (`sluice serve <service>`), behind one HTTP listener with the ops endpoints.
 
 pub mod bench;
+pub mod bench_pipeline;
 pub mod bench_predict;
 pub mod client;
 pub mod doctor;

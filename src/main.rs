@@ -5,8 +5,8 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sluice::{
-    Application, Service, bench, bench_predict, client, doctor, ensure_admin_token, generate, models_cli, predict_cli,
-    push, tail, train_cli,
+    Application, Service, bench, bench_pipeline, bench_predict, client, doctor, ensure_admin_token, generate,
+    models_cli, predict_cli, push, tail, train_cli,
 };
 use sluice_core::{Config, Context, config::DEFAULTS_TOML, migrate, shutdown, telemetry};
 
@@ -162,6 +162,17 @@ enum BenchCommand {
         #[arg(long, default_value_t = 32)]
         max_batch: usize,
     },
+    /// Accepted-to-processed rate of ingest + preprocess next to decode+resize alone, one run.
+    Pipeline {
+        #[arg(long, default_value_t = 150)]
+        images: usize,
+        #[arg(long, default_value_t = 1920)]
+        width: u32,
+        #[arg(long, default_value_t = 1080)]
+        height: u32,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
     /// Upload rate and latency of POST /v1/media next to raw S3 PUTs of the same bodies.
     Ingest {
         #[arg(long, default_value_t = 32)]
@@ -307,6 +318,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             if rejected_count > 0 {
                 return Ok(ExitCode::FAILURE);
+            }
+        }
+        Command::Bench { what: BenchCommand::Pipeline { images, width, height, concurrency } } => {
+            let options = bench_pipeline::Options { images, width, height, concurrency };
+            for line in bench_pipeline::pipeline(&config, &options).await? {
+                println!("{line}");
             }
         }
         Command::Bench { what: BenchCommand::Ingest { concurrency, requests, size, server } } => {
