@@ -71,7 +71,6 @@ pub async fn run(ctx: Context, shutdown: Shutdown, cache: snapshot::Cache) {
 fn trial_consumer(ctx: &Context) -> Result<kafka::ClosesInBackground<SluiceConsumer>, rdkafka::error::KafkaError> {
     let trainer = &ctx.config.trainer;
     let mut config = kafka::consumer_config(&ctx.config.kafka, &trainer.group_id);
-    kafka::background(&mut config, &ctx.config.kafka);
     // Trials are placed round the partitions in order; round-robin assignment then gives every
     // worker an even share. A trial runs between two polls, so the poll interval bounds a trial.
     config
