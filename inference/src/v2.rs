@@ -411,6 +411,14 @@ fn decode_input(input: &InputTensor, binary: &mut &[u8], body: &Bytes, max_image
             if images < 1 || images as usize > max_images {
                 return Err(V2Error::bad(format!("input {name:?}: send 1 to {max_images} images, got {images}")));
             }
+            // Every value takes at least one byte of the request, however it is encoded: a shape
+            // claiming more is refused before anything is allocated for it.
+            if count > body.len() {
+                return Err(V2Error::bad(format!(
+                    "input {name:?}: the shape {:?} holds more values than the request carries",
+                    input.shape
+                )));
+            }
             let pixels = match (datatype, raw) {
                 ("FP32", Some(raw)) => {
                     if raw.len() != count * 4 {

@@ -139,6 +139,15 @@ async fn bad_v2_requests_get_the_protocols_errors_and_record_nothing() {
             400,
         ),
         (
+            "a shape far larger than the request",
+            vec![],
+            json_body(
+                json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 3, 1_000_000_000, 1_000_000_000],
+                                         "data": [0.5]}]}),
+            ),
+            400,
+        ),
+        (
             "pixels of the wrong size",
             vec![],
             json_body(
