@@ -50,7 +50,7 @@ async fn consume(
     shutdown: &Shutdown,
     cache: &snapshot::Cache,
 ) -> Result<(), rdkafka::error::KafkaError> {
-    let consumer = kafka::background_consumer(&ctx.config.kafka, &ctx.config.trainer.coordinator_group_id)?;
+    let consumer = kafka::consumer(&ctx.config.kafka, &ctx.config.trainer.coordinator_group_id)?;
     consumer.subscribe(&[ctx.topic(Topic::TrainingResults).as_str()])?;
     work::consume(&consumer, shutdown, 1, |message| async move {
         let payload = message.payload().unwrap_or_default();
