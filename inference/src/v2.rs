@@ -159,46 +159,68 @@ fn pixel_shape(loaded: &LoadedVersion) -> [i64; 4] {
     [-1, channels, i64::from(spec.height), i64::from(spec.width)]
 }
 
+/// The caller's right to it checked, the model and the version a model path names, loaded.
+async fn resolved(
+    state: &AppState,
+    caller: Result<Caller, AuthRejection>,
+    path: &ModelPath,
+) -> Result<(ModelName, std::sync::Arc<LoadedVersion>), Response> {
+    if let Some(response) = refused(caller) {
+        return Err(response);
+    }
+    let (model, target) = path_target(path, None).map_err(IntoResponse::into_response)?;
+    let loaded = state
+        .served
+        .resolve(&model, &target.unwrap_or_else(production))
+        .await
+        .map_err(|e| V2Error::from(predict::serve_error(e)).into_response())?;
+    Ok((model, loaded))
+}
+
 /// `GET /v2/models/{name}[/versions/{v}]`.
 pub async fn model_metadata(
     State(state): State<AppState>,
     caller: Result<Caller, AuthRejection>,
     Path(path): Path<ModelPath>,
 ) -> Response {
-    if let Some(response) = refused(caller) {
-        return response;
-    }
-    let result = async {
-        let (model, target) = path_target(&path, None)?;
-        let loaded =
-            state.served.resolve(&model, &target.unwrap_or_else(production)).await.map_err(predict::serve_error)?;
-        let client = state.served.ctx.db.get().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-        let versions = models::versions(&client, &model).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-        let classes = loaded.version.labels.len();
-        Ok::<_, V2Error>(Json(json!({
-            "name": model.to_string(),
-            "versions": versions.iter().map(|v| v.version.to_string()).collect::<Vec<_>>(),
-            "platform": "sluice_candle",
-            "inputs": [
-                {"name": "image", "datatype": "BYTES", "shape": [-1],
-                 "parameters": {"content": "an encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF), prepared as training was"}},
-                {"name": "pixels", "datatype": "FP32", "shape": pixel_shape(&loaded),
-                 "parameters": {"content": "prepared pixels in [0, 1], channels first (UINT8 in [0, 255] also taken)"}},
-            ],
-            "outputs": [
-                {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, classes]},
-                {"name": LABELS, "datatype": "BYTES", "shape": [-1, -1]},
-                {"name": PREDICTION_IDS, "datatype": "BYTES", "shape": [-1]},
-            ],
-            "parameters": {
-                "version": loaded.version.version,
-                "labels": loaded.version.labels,
-                "input_spec": loaded.version.input_spec,
-            },
-        })))
-    }
-    .await;
-    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
+    let (model, loaded) = match resolved(&state, caller, &path).await {
+        Ok(found) => found,
+        Err(response) => return response,
+    };
+    let versions = async {
+        let client = state.served.ctx.db.get().await.map_err(|e| e.to_string())?;
+        models::versions(&client, &model).await.map_err(|e| e.to_string())
+    };
+    let versions = match versions.await {
+        Ok(versions) => versions,
+        Err(cause) => {
+            tracing::warn!(error = %cause, "cannot list a model's versions");
+            return V2Error::from(ApiError::unavailable("The registry is unreachable; retry shortly.")).into_response();
+        }
+    };
+    let classes = loaded.version.labels.len();
+    Json(json!({
+        "name": model.to_string(),
+        "versions": versions.iter().map(|v| v.version.to_string()).collect::<Vec<_>>(),
+        "platform": "sluice_candle",
+        "inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [-1],
+             "parameters": {"content": "an encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF), prepared as training was"}},
+            {"name": "pixels", "datatype": "FP32", "shape": pixel_shape(&loaded),
+             "parameters": {"content": "prepared pixels in [0, 1], channels first (UINT8 in [0, 255] also taken)"}},
+        ],
+        "outputs": [
+            {"name": PROBABILITIES, "datatype": "FP32", "shape": [-1, classes]},
+            {"name": LABELS, "datatype": "BYTES", "shape": [-1, -1]},
+            {"name": PREDICTION_IDS, "datatype": "BYTES", "shape": [-1]},
+        ],
+        "parameters": {
+            "version": loaded.version.version,
+            "labels": loaded.version.labels,
+            "input_spec": loaded.version.input_spec,
+        },
+    }))
+    .into_response()
 }
 
 /// `GET /v2/models/{name}[/versions/{v}]/ready`: 200 once the version is loaded.
@@ -207,19 +229,13 @@ pub async fn model_ready(
     caller: Result<Caller, AuthRejection>,
     Path(path): Path<ModelPath>,
 ) -> Response {
-    if let Some(response) = refused(caller) {
-        return response;
+    match resolved(&state, caller, &path).await {
+        Ok((model, loaded)) => {
+            Json(json!({"name": model.to_string(), "version": loaded.version.version.to_string(), "ready": true}))
+                .into_response()
+        }
+        Err(response) => response,
     }
-    let result = async {
-        let (model, target) = path_target(&path, None)?;
-        let loaded =
-            state.served.resolve(&model, &target.unwrap_or_else(production)).await.map_err(predict::serve_error)?;
-        Ok::<_, V2Error>(Json(
-            json!({"name": model.to_string(), "version": loaded.version.version.to_string(), "ready": true}),
-        ))
-    }
-    .await;
-    result.map_or_else(IntoResponse::into_response, IntoResponse::into_response)
 }
 
 #[derive(Debug, Deserialize)]
