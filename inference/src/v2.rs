@@ -427,6 +427,9 @@ fn decode_input(input: &InputTensor, binary: &mut &[u8], body: &Bytes, max_image
             if images < 1 || images as usize > max_images {
                 return Err(V2Error::bad(format!("input {name:?}: send 1 to {max_images} images, got {images}")));
             }
+            if count == 0 {
+                return Err(V2Error::bad(format!("input {name:?}: the shape {:?} holds no pixels", input.shape)));
+            }
             // Every value takes at least one byte of the request, however it is encoded: a shape
             // claiming more is refused before anything is allocated for it.
             if count > body.len() {
@@ -710,6 +713,96 @@ mod tests {
         assert_eq!(elements(&[2, 3, 4], "x").expect("24"), 24);
         assert!(elements(&[-1, 3], "x").is_err());
         assert!(elements(&[i64::MAX, i64::MAX], "x").is_err());
+    }
+
+    /// Random and half-valid tensors (shapes with huge, negative and zero dimensions, every
+    /// datatype, JSON and binary data of random sizes): decoding never panics, never allocates
+    /// for more values than the body holds, and whatever it accepts is within the limits.
+    #[test]
+    fn random_tensors_are_refused_or_bounded_never_a_panic() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(17);
+        let dims = [-1i64, 0, 1, 2, 3, 24, 255, 256, 257, 1 << 20, 1 << 40, i64::MAX];
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let rank = rng.random_range(0..6);
+            let shape: Vec<i64> = (0..rank).map(|_| dims[rng.random_range(0..dims.len())]).collect();
+            let datatype = ["BYTES", "FP32", "UINT8", "INT64", ""][rng.random_range(0..5)];
+            let binary: Vec<u8> = (0..rng.random_range(0..64)).map(|_| rng.random()).collect();
+            let use_binary = rng.random_bool(0.5);
+            let data = match rng.random_range(0..4) {
+                0 => Value::Null,
+                1 => json!((0..rng.random_range(0..8)).map(|_| rng.random::<f64>() * 2.0).collect::<Vec<_>>()),
+                2 => json!(["aGVsbG8=", "%%%", ""]),
+                _ => json!([[0.5, 0.25], [1.0]]),
+            };
+            let mut parameters = Map::new();
+            if use_binary {
+                let claimed = if rng.random_bool(0.8) { binary.len() as u64 } else { rng.random_range(0..1 << 40) };
+                parameters.insert("binary_data_size".into(), json!(claimed));
+            }
+            let mut input = InputTensor {
+                name: "x".into(),
+                shape,
+                datatype: datatype.into(),
+                parameters,
+                data: (!data.is_null()).then_some(data),
+            };
+            // A third are well formed, so the accepting paths run too.
+            match rng.random_range(0..9) {
+                0 => {
+                    let n = rng.random_range(1..4);
+                    input = InputTensor {
+                        name: "image".into(),
+                        shape: vec![n],
+                        datatype: "BYTES".into(),
+                        parameters: Map::new(),
+                        data: Some(json!(vec!["aGVsbG8="; n as usize])),
+                    };
+                }
+                1 => {
+                    let n = rng.random_range(1..6);
+                    input = InputTensor {
+                        name: "pixels".into(),
+                        shape: vec![1, 1, 1, n],
+                        datatype: "FP32".into(),
+                        parameters: Map::new(),
+                        data: Some(json!((0..n).map(|_| rng.random::<f64>()).collect::<Vec<_>>())),
+                    };
+                }
+                2 if !binary.is_empty() => {
+                    input = InputTensor {
+                        name: "pixels".into(),
+                        shape: vec![1, 1, 1, binary.len() as i64],
+                        datatype: "UINT8".into(),
+                        parameters: [("binary_data_size".to_owned(), json!(binary.len()))].into_iter().collect(),
+                        data: None,
+                    };
+                }
+                _ => {}
+            }
+            // The JSON part stands in for the request's header: the data lies within it.
+            let header = json!({"inputs": [input.data.clone()]}).to_string().into_bytes();
+            let body = Bytes::from([header.clone(), binary.clone()].concat());
+            let mut rest: &[u8] = &body[header.len()..];
+            match decode_input(&input, &mut rest, &body, 256) {
+                Ok(Inputs::Prepared(pixels)) => {
+                    accepted += 1;
+                    assert!(!pixels.is_empty() && pixels.len() <= body.len(), "{input:?}");
+                }
+                Ok(Inputs::Encoded(images)) => {
+                    accepted += 1;
+                    assert!((1..=256).contains(&images.len()), "{input:?}");
+                    assert!(images.iter().map(Bytes::len).sum::<usize>() <= body.len(), "{input:?}");
+                }
+                Err(err) => {
+                    refused += 1;
+                    assert_eq!(err.status, StatusCode::BAD_REQUEST);
+                    assert!(!err.message.is_empty());
+                }
+            }
+        }
+        assert!(accepted > 0 && refused > 0, "accepted {accepted}, refused {refused}");
     }
 
     #[test]
