@@ -216,11 +216,18 @@ async fn run(
 }
 
 /// What a predict request scores: encoded images (decoded and prepared as the version's training
-/// data was), or pixels already prepared (`u8` CHW, one image after another), checked against the
-/// version's frame size once it is resolved.
+/// data was), or pixels already prepared (`u8` CHW, one image after another) with the per-image
+/// shape the client declared, checked against the version's once it is resolved.
 pub(crate) enum Inputs {
     Encoded(Vec<Bytes>),
-    Prepared(Vec<u8>),
+    Prepared { pixels: Vec<u8>, shape: [usize; 3] },
+}
+
+/// A version's input per image: channels, height, width.
+pub(crate) fn input_shape(loaded: &LoadedVersion) -> [usize; 3] {
+    let spec = &loaded.version.input_spec;
+    let (height, width) = (spec.height as usize, spec.width as usize);
+    [loaded.batcher.frame() / (height * width), height, width]
 }
 
 /// A request's answer: the version that scored it, the alias it was routed to, and each image's
@@ -268,19 +275,18 @@ pub(crate) async fn serve(
         Inputs::Encoded(bodies) => {
             (prepare_all(bodies.clone(), loaded.clone(), max_pixels).await.map_err(fail)?, Some(bodies))
         }
-        Inputs::Prepared(pixels) => {
-            let frame = loaded.batcher.frame();
-            if pixels.is_empty() || pixels.len() % frame != 0 {
-                let spec = &loaded.version.input_spec;
+        Inputs::Prepared { pixels, shape } => {
+            // The same number of values in another shape is another image: refused, not reshaped.
+            let expected = input_shape(&loaded);
+            if shape != expected || pixels.is_empty() || pixels.len() % loaded.batcher.frame() != 0 {
+                let [c, h, w] = expected;
                 return Err(fail(bad(
                     "invalid_request",
                     StatusCode::BAD_REQUEST,
                     format!(
-                        "Prepared pixels must be whole {}x{}x{} images (channels, height, width) for version {}.",
-                        frame / (spec.width * spec.height) as usize,
-                        spec.height,
-                        spec.width,
-                        loaded.version.version
+                        "Prepared pixels of version {} take the shape [n, {c}, {h}, {w}] (channels, height, width); \
+                         got [n, {}, {}, {}].",
+                        loaded.version.version, shape[0], shape[1], shape[2]
                     ),
                 )));
             }

@@ -38,7 +38,6 @@ use sluice_core::{
     auth::Scope,
     http::{ApiError, AuthRejection, Caller},
     models::{self, AliasName, ModelName},
-    pipeline::Color,
 };
 
 use crate::{
@@ -151,12 +150,8 @@ fn production() -> Target {
 
 /// The input tensor's shape for a version: `[-1, C, H, W]`.
 fn pixel_shape(loaded: &LoadedVersion) -> [i64; 4] {
-    let spec = &loaded.version.input_spec;
-    let channels = match spec.color {
-        Color::Rgb => 3,
-        Color::Gray => 1,
-    };
-    [-1, channels, i64::from(spec.height), i64::from(spec.width)]
+    let [c, h, w] = predict::input_shape(loaded);
+    [-1, c as i64, h as i64, w as i64]
 }
 
 /// The caller's right to it checked, the model and the version a model path names, loaded.
@@ -484,7 +479,9 @@ fn decode_input(input: &InputTensor, binary: &mut &[u8], body: &Bytes, max_image
                     }
                 }
             };
-            Ok(Inputs::Prepared(pixels))
+            // Each dimension is at least 1 and their product at most the body's length (checked above).
+            let shape = [input.shape[1] as usize, input.shape[2] as usize, input.shape[3] as usize];
+            Ok(Inputs::Prepared { pixels, shape })
         }
         other => Err(V2Error::bad(format!(
             "input {name:?}: datatype {other} is not taken; send BYTES (encoded images) or FP32 (pixels)"
@@ -786,7 +783,7 @@ mod tests {
             let body = Bytes::from([header.clone(), binary.clone()].concat());
             let mut rest: &[u8] = &body[header.len()..];
             match decode_input(&input, &mut rest, &body, 256) {
-                Ok(Inputs::Prepared(pixels)) => {
+                Ok(Inputs::Prepared { pixels, .. }) => {
                     accepted += 1;
                     assert!(!pixels.is_empty() && pixels.len() <= body.len(), "{input:?}");
                 }

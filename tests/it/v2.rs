@@ -148,6 +148,13 @@ async fn bad_v2_requests_get_the_protocols_errors_and_record_nothing() {
             400,
         ),
         (
+            "pixels of the right count in the wrong shape",
+            vec![],
+            json_body(json!({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 1, 24, 72],
+                                         "data": vec![0.5; 24 * 72]}]})),
+            400,
+        ),
+        (
             "pixels of the wrong size",
             vec![],
             json_body(
