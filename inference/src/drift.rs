@@ -351,7 +351,8 @@ impl Window {
         let e = &self.expectations;
         let classes = e.class_frequencies.len();
         let batches = batch(&self.blocks, config.drift_batches, classes);
-        let segments = segments(&self.blocks, classes);
+        let segment_of = segment_ids(&self.blocks);
+        let segments = merge(&self.blocks, &segment_of, classes);
         // Independent units: a one-class segment is one (its images may all show one thing), a
         // mixed request's images one each. The window's mean weighs a unit by its images, so the
         // effective count is (Σ n)² / Σ n²: one long run among short ones counts for nearly all.
@@ -388,7 +389,7 @@ impl Window {
                 }
                 statistics.push(statistic);
             }
-            if let Some(statistic) = self.embedding_test(config, threshold) {
+            if let Some(statistic) = self.embedding_test(config, threshold, &segment_of, &segments) {
                 statistics.push(statistic);
             }
         }
@@ -433,13 +434,15 @@ impl Window {
 impl Window {
     /// The kernel two-sample test of the window's sketches, its units grouped like the batches
     /// but from segments (a run of one class is never split across groups).
-    fn embedding_test(&self, config: &InferenceConfig, threshold: f64) -> Option<Statistic> {
+    fn embedding_test(
+        &self,
+        config: &InferenceConfig,
+        threshold: f64,
+        segment_of: &[usize],
+        segments: &[Block],
+    ) -> Option<Statistic> {
         let pool = self.pool.as_ref()?;
-        let segment_of = segment_ids(&self.blocks);
-        let mut sizes = vec![0; segment_of.last().map_or(0, |s| s + 1)];
-        for (block, &segment) in self.blocks.iter().zip(&segment_of) {
-            sizes[segment] += block.n;
-        }
+        let sizes: Vec<usize> = segments.iter().map(|s| s.n).collect();
         let group_of = grouping(&sizes, config.drift_batches);
         let served: Vec<mmd::Served> = self
             .sketches
@@ -496,11 +499,6 @@ fn segment_ids(blocks: &[Block]) -> Vec<usize> {
         });
     }
     out
-}
-
-/// The segments themselves, merged.
-fn segments(blocks: &[Block], classes: usize) -> Vec<Block> {
-    merge(blocks, &segment_ids(blocks), classes)
 }
 
 /// Each element's group when elements of these sizes are grouped, in order, into about `target`
