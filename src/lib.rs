@@ -193,7 +193,8 @@ fn handler_panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> axum::res
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "a panic without a message".to_owned());
-    http::ApiError::internal(&format!("a request handler panicked: {message}")).into_response()
+    let panicked: Box<dyn std::error::Error> = format!("a request handler panicked: {message}").into();
+    http::ApiError::internal(panicked.as_ref()).into_response()
 }
 
 /// Probes Kafka, S3 and PostgreSQL every 10 s so `sluice_dependency_up` stays current between

@@ -12,6 +12,16 @@ use uuid::Uuid;
 
 use crate::events::Event;
 
+crate::text_enum! {
+    /// A batch-prediction job's status (`batch_predictions.status`).
+    pub enum BatchStatus {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
+
 /// A queued batch-prediction job (on `predictions.batch`, keyed by job id). The job's row and
 /// manifest hold everything else.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use tokio_postgres::NoTls;
 
 use crate::config::DatabaseConfig;
 
-/// Why the database could not be used.
+/// Why the database could not be used: the one error type every store function returns.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("database.url is not a PostgreSQL URL: {0}")]
@@ -49,4 +49,147 @@ pub async fn check(pool: &Pool) -> Result<(), DbError> {
     let client = pool.get().await?;
     client.simple_query("SELECT 1").await?;
     Ok(())
+}
+
+impl DbError {
+    /// The server refused the statement (a constraint, a type, a bug of ours), as opposed to being
+    /// unreachable: retrying the same statement will not help.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Query(e) if e.code().is_some())
+    }
+
+    /// The HTTP answer: 500 when the server refused the statement, 503 (retry) when it could not
+    /// be reached. Both are logged with the whole cause chain.
+    pub fn to_api(&self) -> crate::http::ApiError {
+        if self.is_refusal() {
+            crate::http::ApiError::internal(self)
+        } else {
+            crate::http::ApiError::unavailable_because(
+                self,
+                "The database is unreachable; nothing was changed. Retry shortly.",
+            )
+        }
+    }
+}
+
+/// A stored text that is not one of a status enum's values (a row written by a newer release).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown {kind} {value:?}")]
+pub struct UnknownValue {
+    pub kind: &'static str,
+    pub value: String,
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, private::BytesMut};
+}
+
+/// A closed set of values stored as `TEXT` (statuses, kinds): the enum, `as_str`, `FromStr`,
+/// `Display`, serde as its text, and `ToSql`/`FromSql` so rows and parameters use the enum, never
+/// a bare string.
+#[macro_export]
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::db::UnknownValue;
+            fn from_str(text: &str) -> Result<Self, Self::Err> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    other => Err($crate::db::UnknownValue { kind: stringify!($name), value: other.to_owned() }),
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl ::serde::Serialize for $name {
+            fn serialize<S: ::serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $name {
+            fn deserialize<D: ::serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <::std::borrow::Cow<'de, str> as ::serde::Deserialize>::deserialize(deserializer)?;
+                text.parse().map_err(::serde::de::Error::custom)
+            }
+        }
+
+        impl<'a> $crate::db::__private::FromSql<'a> for $name {
+            fn from_sql(
+                ty: &$crate::db::__private::Type,
+                raw: &'a [u8],
+            ) -> Result<Self, Box<dyn ::std::error::Error + Sync + Send>> {
+                let text = <&str as $crate::db::__private::FromSql>::from_sql(ty, raw)?;
+                Ok(text.parse()?)
+            }
+            fn accepts(ty: &$crate::db::__private::Type) -> bool {
+                <&str as $crate::db::__private::FromSql>::accepts(ty)
+            }
+        }
+
+        impl $crate::db::__private::ToSql for $name {
+            fn to_sql(
+                &self,
+                ty: &$crate::db::__private::Type,
+                out: &mut $crate::db::__private::BytesMut,
+            ) -> Result<$crate::db::__private::IsNull, Box<dyn ::std::error::Error + Sync + Send>> {
+                self.as_str().to_sql(ty, out)
+            }
+            fn accepts(ty: &$crate::db::__private::Type) -> bool {
+                <&str as $crate::db::__private::ToSql>::accepts(ty)
+            }
+            fn to_sql_checked(
+                &self,
+                ty: &$crate::db::__private::Type,
+                out: &mut $crate::db::__private::BytesMut,
+            ) -> Result<$crate::db::__private::IsNull, Box<dyn ::std::error::Error + Sync + Send>> {
+                self.as_str().to_sql_checked(ty, out)
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_postgres::types::{FromSql, ToSql, Type};
+
+    crate::text_enum! {
+        /// A test status.
+        enum Colour { Red = "red", DarkBlue = "dark_blue" }
+    }
+
+    #[test]
+    fn a_text_enum_round_trips_through_text_serde_and_the_wire_format() {
+        for &colour in Colour::ALL {
+            assert_eq!(colour.as_str().parse::<Colour>().unwrap(), colour);
+            let json = serde_json::to_string(&colour).unwrap();
+            assert_eq!(serde_json::from_str::<Colour>(&json).unwrap(), colour);
+            let mut out = tokio_postgres::types::private::BytesMut::new();
+            colour.to_sql_checked(&Type::TEXT, &mut out).unwrap();
+            assert_eq!(Colour::from_sql(&Type::TEXT, &out).unwrap(), colour);
+        }
+        assert!("green".parse::<Colour>().is_err());
+        assert!(Colour::from_sql(&Type::TEXT, b"green").is_err());
+        assert!(serde_json::from_str::<Colour>("\"green\"").is_err());
+        assert_eq!(Colour::DarkBlue.to_string(), "dark_blue");
+    }
 }

@@ -33,14 +33,34 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", message)
     }
 
-    /// An unexpected failure; the cause is logged, not shown.
-    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
-        tracing::error!(error = %cause, "internal error");
+    /// A dependency is down because of `cause` (logged with its whole chain); clients should retry.
+    pub fn unavailable_because(cause: &dyn std::error::Error, message: impl Into<String>) -> Self {
+        tracing::warn!(error = %crate::error_chain(cause), "dependency unavailable");
+        Self::unavailable(message)
+    }
+
+    /// An unexpected failure; the cause is logged with its whole chain, not shown.
+    pub fn internal(cause: &dyn std::error::Error) -> Self {
+        tracing::error!(error = %crate::error_chain(cause), "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "Something went wrong on our side; it has been logged.",
         )
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<db::DbError> for ApiError {
+    fn from(err: db::DbError) -> Self {
+        err.to_api()
     }
 }
 

@@ -8,6 +8,24 @@ use uuid::Uuid;
 
 use crate::{events::Event, pipeline::PipelineSpec};
 
+crate::text_enum! {
+    /// A training job's or trial's status (`training_jobs.status`, `training_trials.status`).
+    pub enum RunStatus {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Cancelled = "cancelled",
+    }
+}
+
+impl RunStatus {
+    /// Whether nothing more will happen to it.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
+    }
+}
+
 /// One labelled item of a snapshot: a media item and its processed outputs (one image, or the
 /// sampled frames of a video, all with the item's label).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

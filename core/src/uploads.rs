@@ -6,6 +6,17 @@ use uuid::Uuid;
 
 use crate::{domain::DatasetName, events::Event};
 
+crate::text_enum! {
+    /// Where an upload is in the pipeline (`media.status`): ingest writes `accepted`, preprocess
+    /// moves it through `processing` to `processed` or `failed` (and back to `accepted` to redo it).
+    pub enum MediaStatus {
+        Accepted = "accepted",
+        Processing = "processing",
+        Processed = "processed",
+        Failed = "failed",
+    }
+}
+
 /// `raw/<dataset>/<id>.<ext>`: only a validated dataset name, a server-generated id and an
 /// extension chosen from the sniffed format; nothing a client typed verbatim.
 pub fn raw_key(dataset: &DatasetName, id: Uuid, extension: &str) -> String {
