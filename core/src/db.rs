@@ -20,6 +20,19 @@ pub enum DbError {
     Pool(#[from] deadpool_postgres::PoolError),
     #[error("PostgreSQL: {0}")]
     Query(#[from] tokio_postgres::Error),
+    /// An event refused by the outbox before anything was written (over the Kafka message
+    /// limit): a defect of the writer, never worth retrying.
+    #[error("outbox: {0}")]
+    Outbox(String),
+}
+
+impl From<crate::outbox::RelayError> for DbError {
+    fn from(err: crate::outbox::RelayError) -> Self {
+        match err {
+            crate::outbox::RelayError::Db(err) => err,
+            other => Self::Outbox(other.to_string()),
+        }
+    }
 }
 
 /// A pool for `config`. Connections open lazily; the first query reports an unreachable server.
@@ -55,7 +68,7 @@ impl DbError {
     /// The server refused the statement (a constraint, a type, a bug of ours), as opposed to being
     /// unreachable: retrying the same statement will not help.
     pub fn is_refusal(&self) -> bool {
-        matches!(self, Self::Query(e) if e.code().is_some())
+        matches!(self, Self::Query(e) if e.code().is_some()) || matches!(self, Self::Outbox(_))
     }
 
     /// The HTTP answer: 500 when the server refused the statement, 503 (retry) when it could not

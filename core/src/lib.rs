@@ -22,6 +22,7 @@ pub mod observations;
 pub mod outbox;
 pub mod parking;
 pub mod pipeline;
+pub mod processed;
 pub mod reference;
 pub mod s3;
 pub mod shutdown;

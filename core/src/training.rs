@@ -246,6 +246,10 @@ pub struct TrialAssigned {
     pub rung: u32,
     /// A trial of an earlier rung whose checkpoint this one continues from.
     pub parent: Option<Uuid>,
+    /// The production version the job compares its model with (`promote: if_better`): the
+    /// worker, which holds the data, scores it on the same test items as the trial's model.
+    #[serde(default)]
+    pub baseline_version: Option<i32>,
 }
 
 impl Event for TrialAssigned {
@@ -325,6 +329,59 @@ pub struct TrialFinished {
     pub reference: serde_json::Value,
     pub error: Option<String>,
     pub duration_ms: i64,
+    /// The model on the job's test split (none when the job holds no test items).
+    #[serde(default)]
+    pub test: Option<TestScores>,
+}
+
+/// A trial's model on its job's test split, scored by the worker that trained it and holds the
+/// data, so the coordinator registers and gates the best trial without loading the snapshot.
+/// Items are in the order of the snapshot's test split (`Snapshot::partition`), which the
+/// coordinator recomputes from the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TestScores {
+    /// Per item: is the model's top class (frames' mean, calibrated) the item's label?
+    pub correct: Hits,
+    /// Accuracy, macro F1, per-class metrics, confusion matrix and calibration on these items.
+    pub report: serde_json::Value,
+    /// The baseline version on the same items, when the trial was given one.
+    pub baseline: Option<BaselineScores>,
+}
+
+/// The baseline (production) version on a trial's test items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaselineScores {
+    pub version: i32,
+    /// Per item: is its top class the item's label (matched by name)? `None` when its artifact
+    /// could not be scored, `note` saying why.
+    pub correct: Option<Hits>,
+    pub note: Option<String>,
+}
+
+/// Right or wrong per item, written as a string of `1` and `0` so a result for a test split of
+/// 100,000 items stays far below a Kafka message's limit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Hits(pub Vec<bool>);
+
+impl Serialize for Hits {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text: String = self.0.iter().map(|&hit| if hit { '1' } else { '0' }).collect();
+        serializer.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Hits {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        text.chars()
+            .map(|c| match c {
+                '1' => Ok(true),
+                '0' => Ok(false),
+                other => Err(serde::de::Error::custom(format!("{other:?} in a hit string"))),
+            })
+            .collect::<Result<_, _>>()
+            .map(Hits)
+    }
 }
 
 impl Event for TrialFinished {
@@ -437,6 +494,17 @@ mod tests {
         assert!(Splits { test: f64::NAN, ..Splits::default() }.validate().is_err());
         assert!(Splits { validation: 0.5, calibration: 0.3, test: 0.2, seed: 0 }.validate().is_err());
         assert!(Splits { calibration: 0.0, test: 0.0, ..Splits::default() }.validate().is_ok());
+    }
+
+    #[test]
+    fn hits_round_trip_as_a_compact_string() {
+        let hits = Hits(vec![true, false, false, true]);
+        let json = serde_json::to_string(&hits).unwrap();
+        assert_eq!(json, "\"1001\"");
+        assert_eq!(serde_json::from_str::<Hits>(&json).unwrap(), hits);
+        assert!(serde_json::from_str::<Hits>("\"10x\"").is_err());
+        let big = Hits(vec![true; 100_000]);
+        assert!(serde_json::to_vec(&big).unwrap().len() < 100_010);
     }
 
     #[test]

@@ -6,8 +6,10 @@ use std::collections::HashSet;
 
 use sluice_core::{
     Context,
+    db::DbError,
     domain::DatasetName,
-    models::{self, AliasName, AutoPromote, ModelName},
+    models::{self, AliasName, AutoPromote, ModelName, ModelVersion, RegistryError},
+    processed,
     training::{Snapshot, snapshot_key},
 };
 use sluice_nn::{Architecture, SessionSpec};
@@ -30,8 +32,13 @@ pub enum StartError {
     Unusable(String),
     #[error(transparent)]
     Search(#[from] InvalidSearch),
-    #[error("{0}")]
-    Unavailable(String),
+    /// PostgreSQL, S3 or the registry could not be used: worth retrying.
+    #[error("database: {0}")]
+    Db(#[from] DbError),
+    #[error("snapshot: {0}")]
+    Snapshot(#[source] SnapshotError),
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
     /// The job asks to move `production` further than its starter may.
     #[error("{0}")]
     Forbidden(String),
@@ -71,10 +78,8 @@ async fn authorize_promotion(
     if grant == Grant::Admin || requested == Promote::Never {
         return Ok(requested);
     }
-    let client = ctx.db.get().await.map_err(|e| StartError::Unavailable(e.to_string()))?;
-    let allowed = promote_of(
-        models::policy(&client, model).await.map_err(|e| StartError::Unavailable(e.to_string()))?.auto_promote,
-    );
+    let client = ctx.db.get().await.map_err(DbError::from)?;
+    let allowed = promote_of(models::policy(&client, model).await?.auto_promote);
     match grant {
         Grant::Caller { explicit: true } if requested > allowed => Err(StartError::Forbidden(format!(
             "`promote`: {requested:?} moves production, which needs the admin scope or an auto-promotion policy \
@@ -83,15 +88,16 @@ async fn authorize_promotion(
         _ => Ok(requested.min(allowed)),
     }
 }
-impl From<store::StoreError> for StartError {
-    fn from(err: store::StoreError) -> Self {
-        Self::Unavailable(err.to_string())
+impl StartError {
+    /// An outage: the request may succeed when retried.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Db(_) | Self::Snapshot(_) | Self::Registry(_))
     }
 }
 
 impl From<SnapshotError> for StartError {
     fn from(err: SnapshotError) -> Self {
-        Self::Unavailable(err.to_string())
+        Self::Snapshot(err)
     }
 }
 
@@ -113,14 +119,14 @@ pub fn check_network_size(spec: &SessionSpec, max: u64) -> Result<(), String> {
 /// `trainer.retrain_min_new_items` items (or labels) that production's snapshot did not, under
 /// the same pipeline spec. `None` when there is something new, or no
 /// production version to compare with.
-async fn nothing_new(ctx: &Context, model: &ModelName, snapshot: &Snapshot) -> Result<Option<String>, StartError> {
-    let unavailable = |e: &dyn std::fmt::Display| StartError::Unavailable(e.to_string());
-    let client = ctx.db.get().await.map_err(|e| unavailable(&e))?;
-    let production = AliasName::parse(AliasName::PRODUCTION).expect("a valid alias");
-    let Some(current) = models::resolve_alias(&client, model, &production).await.map_err(|e| unavailable(&e))? else {
+async fn nothing_new(
+    ctx: &Context,
+    current: Option<&ModelVersion>,
+    snapshot: &Snapshot,
+) -> Result<Option<String>, StartError> {
+    let Some(current) = current else {
         return Ok(None);
     };
-    drop(client);
     let lineage = &current.lineage;
     if lineage.spec_hash != snapshot.spec_hash || lineage.dataset != snapshot.dataset {
         return Ok(None);
@@ -137,7 +143,7 @@ async fn nothing_new(ctx: &Context, model: &ModelName, snapshot: &Snapshot) -> R
         Ok(theirs) => theirs,
         // Its snapshot is gone: nothing says the data is old, so train.
         Err(SnapshotError::Unusable(_)) => return Ok(None),
-        Err(err) => return Err(unavailable(&err)),
+        Err(err) => return Err(err.into()),
     };
     let known: HashSet<(Uuid, &str)> = theirs.items.iter().map(|i| (i.media_id, i.label.as_str())).collect();
     let new = snapshot.items.iter().filter(|i| !known.contains(&(i.media_id, i.label.as_str()))).count();
@@ -177,15 +183,7 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
         augment.validate().map_err(|e| StartError::Invalid(format!("`augment`: {e}.")))?;
         plan.trials.iter_mut().for_each(|trial| trial.augment = augment);
     }
-    let exists = ctx
-        .db
-        .get()
-        .await
-        .map_err(|e| StartError::Unavailable(e.to_string()))?
-        .query_opt("SELECT 1 FROM datasets WHERE name = $1", &[&dataset.as_str()])
-        .await
-        .map_err(|e| StartError::Unavailable(e.to_string()))?
-        .is_some();
+    let exists = processed::dataset_exists(&ctx.db.get().await.map_err(DbError::from)?, dataset.as_str()).await?;
     if !exists {
         return Err(StartError::UnknownDataset(request.dataset.clone()));
     }
@@ -212,8 +210,13 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
             partition.validation.len()
         )));
     }
+    let current = {
+        let client = ctx.db.get().await.map_err(DbError::from)?;
+        let production = AliasName::parse(AliasName::PRODUCTION).expect("a valid alias");
+        models::resolve_alias(&client, &model, &production).await?
+    };
     if grant == Grant::Retrain
-        && let Some(reason) = nothing_new(ctx, &model, &snapshot).await?
+        && let Some(reason) = nothing_new(ctx, current.as_ref(), &snapshot).await?
     {
         return Err(StartError::NothingNew(reason));
     }
@@ -243,10 +246,19 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
             snapshot_key: &snapshot_key,
             trials,
             origin,
+            baseline_version: baseline(request.promote, current.as_ref(), &snapshot),
         },
     )
     .await?;
     metrics::counter!("sluice_trainer_jobs_started_total").increment(1);
     tracing::info!(job = %id, model = %request.model, dataset = %request.dataset, snapshot = %snapshot_id, "training job queued");
     Ok(id)
+}
+
+/// The production version a job's trials are scored against on the test split: for
+/// `promote: if_better`, production when its input spec is the snapshot's (otherwise the two
+/// are not comparable and the gate says so).
+fn baseline(promote: Promote, current: Option<&ModelVersion>, snapshot: &Snapshot) -> Option<i32> {
+    let current = current?;
+    (promote == Promote::IfBetter && current.input_spec.hash() == snapshot.spec_hash).then_some(current.version)
 }

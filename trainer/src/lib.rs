@@ -3,12 +3,20 @@
 //! `POST /v1/training-jobs` ([`jobs`]) freezes the dataset into a snapshot, expands the search
 //! space into trials ([`search`]) and queues them on `training.trials` through the outbox.
 //! Workers ([`worker`], group `trainer`) train one trial at a time with `sluice-nn`, checkpoint
-//! every epoch to S3, and report on `training.results`. The coordinator ([`coordinator`]) records
-//! every result in PostgreSQL, runs successive halving's later rungs, and registers the best
-//! model in the registry tables, applying the job's promotion policy. [`retrain`] turns
-//! `retrain.requests` into jobs from the model's last template.
+//! every epoch to S3, score their model (and the production version a job compares with) on the
+//! job's test split, and report on `training.results`. The coordinator ([`coordinator`]) records
+//! every result in PostgreSQL, runs the search's later rungs, and registers the best model in the
+//! registry tables, applying the job's promotion policy from what the workers reported: only
+//! workers load snapshots. [`retrain`] turns `retrain.requests` into jobs from the model's last
+//! template.
+//!
+//! Data flows one way: snapshots are frozen from preprocess's tables through
+//! `sluice_core::processed`, the registry's tables are written through `sluice_core::models`,
+//! and every statement on the trainer's own tables is in [`store`]. HTTP handlers answer with
+//! [`error::TrainerError`].
 
 pub mod coordinator;
+pub mod error;
 pub mod evaluation;
 pub mod jobs;
 pub mod retrain;
@@ -34,10 +42,9 @@ pub fn router(ctx: Context) -> Router {
 /// A trainer worker, the coordinator and the retrain consumer (trials and model events leave
 /// through the process's outbox relay, started by the application). Several trainer processes share trials through the `trainer` group.
 pub fn spawn_workers(ctx: &Context, shutdown: &Shutdown) -> Vec<JoinHandle<()>> {
-    let cache = snapshot::Cache::default();
     vec![
-        tokio::spawn(worker::run(ctx.clone(), shutdown.clone(), cache.clone())),
-        tokio::spawn(coordinator::run(ctx.clone(), shutdown.clone(), cache)),
+        tokio::spawn(worker::run(ctx.clone(), shutdown.clone(), snapshot::Cache::default())),
+        tokio::spawn(coordinator::run(ctx.clone(), shutdown.clone())),
         tokio::spawn(retrain::run(ctx.clone(), shutdown.clone())),
     ]
 }

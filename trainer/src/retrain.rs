@@ -12,6 +12,7 @@ use rdkafka::{Message, consumer::Consumer};
 use serde_json::json;
 use sluice_core::{
     Context, Shutdown,
+    db::DbError,
     events::Envelope,
     kafka,
     models::{self, ModelName},
@@ -24,7 +25,7 @@ use uuid::Uuid;
 use crate::{
     jobs::{self, Grant, StartError},
     search::JobRequest,
-    store::Origin,
+    store::{self, Origin},
 };
 
 pub async fn run(ctx: Context, shutdown: Shutdown) {
@@ -52,29 +53,14 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
 }
 
 /// Acts on one request; `Err` only for failures worth retrying.
+#[tracing::instrument(level = "debug", skip_all, fields(event_id = %event_id, model = %request.model))]
 async fn handle(ctx: &Context, event_id: Uuid, request: &RetrainRequested) -> Result<(), String> {
-    let db = |e: &dyn std::error::Error| sluice_core::error_chain(e);
-    let client = ctx.db.get().await.map_err(|e| db(&e))?;
-    if client
-        .query_opt("SELECT 1 FROM retrain_requests WHERE event_id = $1", &[&event_id])
-        .await
-        .map_err(|e| db(&e))?
-        .is_some()
-    {
+    let db = |e: DbError| sluice_core::error_chain(&e);
+    if store::retrain_seen(ctx, event_id).await.map_err(db)? {
         return Ok(());
     }
     let cooldown = ctx.config.trainer.retrain_cooldown_secs as f64;
-    let busy = client
-        .query_opt(
-            "SELECT id FROM training_jobs WHERE model = $1
-               AND (status IN ('queued', 'running')
-                    OR (origin = 'retrain' AND created_at > now() - make_interval(secs => $2)))
-             ORDER BY created_at DESC LIMIT 1",
-            &[&request.model, &cooldown],
-        )
-        .await
-        .map_err(|e| db(&e))?
-        .map(|row| row.get::<_, Uuid>(0));
+    let busy = store::busy_job(ctx, &request.model, cooldown).await.map_err(db)?;
     let (outcome, job_id) = match busy {
         Some(job) => ("coalesced".to_owned(), Some(job)),
         None => match template(ctx, &request.model).await? {
@@ -90,7 +76,7 @@ async fn handle(ctx: &Context, event_id: Uuid, request: &RetrainRequested) -> Re
                         metrics::counter!("sluice_trainer_retrain_jobs_total").increment(1);
                         ("started".to_owned(), Some(job))
                     }
-                    Err(StartError::Unavailable(message)) => return Err(message),
+                    Err(err) if err.is_transient() => return Err(sluice_core::error_chain(&err)),
                     Err(StartError::NothingNew(reason)) => {
                         metrics::counter!("sluice_trainer_retrains_skipped_total", "reason" => "no_new_data")
                             .increment(1);
@@ -102,15 +88,9 @@ async fn handle(ctx: &Context, event_id: Uuid, request: &RetrainRequested) -> Re
         },
     };
     tracing::info!(model = %request.model, reason = %request.reason, %outcome, job = ?job_id, "retrain request handled");
-    client
-        .execute(
-            "INSERT INTO retrain_requests (event_id, model, reason, evidence, outcome, job_id)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
-            &[&event_id, &request.model, &request.reason, &request.evidence, &outcome, &job_id],
-        )
+    store::record_retrain(ctx, event_id, &request.model, &request.reason, &request.evidence, &outcome, job_id)
         .await
-        .map_err(|e| db(&e))?;
-    Ok(())
+        .map_err(db)
 }
 
 /// The request of the model's last training job, the template a retraining repeats.
@@ -119,6 +99,6 @@ async fn template(ctx: &Context, model: &str) -> Result<Option<JobRequest>, Stri
         return Ok(None);
     };
     let client = ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;
-    let stored = models::get_template(&client, &name).await.map_err(|e| e.to_string())?;
+    let stored = models::get_template(&client, &name).await.map_err(|e| sluice_core::error_chain(&e))?;
     Ok(stored.and_then(|value| serde_json::from_value(value).ok()))
 }

@@ -6,11 +6,10 @@ use axum::{
     body::Bytes,
     extract::{Path, Query, State},
     http::StatusCode,
-    response::{IntoResponse, Response},
     routing::{get, post},
 };
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice_core::{
     Context,
     auth::Scope,
@@ -19,10 +18,13 @@ use sluice_core::{
 use uuid::Uuid;
 
 use crate::{
-    jobs::{self, Grant, StartError},
+    error::TrainerError,
+    jobs::{self, Grant},
     search::JobRequest,
     store::{self, Cancelled, Origin},
 };
+
+type Answer<T = Json<Value>> = Result<T, TrainerError>;
 
 pub fn router(ctx: Context) -> Router {
     Router::new()
@@ -33,71 +35,37 @@ pub fn router(ctx: Context) -> Router {
         .with_state(ctx)
 }
 
-fn unavailable(err: &dyn std::fmt::Display) -> ApiError {
-    tracing::warn!(error = %err, "training store failed");
-    ApiError::unavailable("A dependency (PostgreSQL or S3) is unreachable; retry shortly.")
+fn job_id(raw: &str) -> Result<Uuid, TrainerError> {
+    Uuid::parse_str(raw).map_err(|_| TrainerError::UnknownJob)
 }
 
-fn job_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "not_found", "No training job has this id."))
-}
-
-async fn create(State(ctx): State<Context>, caller: Caller, body: Bytes) -> Response {
-    if let Err(err) = caller.require(Scope::Train) {
-        return err.into_response();
-    }
+#[tracing::instrument(skip_all, fields(caller = %caller.0.name))]
+async fn create(State(ctx): State<Context>, caller: Caller, body: Bytes) -> Answer<(StatusCode, Json<Value>)> {
+    caller.require(Scope::Train)?;
     let mut explicit_promote = false;
-    let request: JobRequest = match serde_json::from_slice::<serde_json::Value>(&body).and_then(|value| {
-        explicit_promote = value.get("promote").is_some();
-        serde_json::from_value(value)
-    }) {
-        Ok(request) => request,
-        Err(err) => {
-            return ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                format!("Malformed training job: {err}."),
-            )
-            .into_response();
-        }
-    };
+    let request: JobRequest = serde_json::from_slice::<Value>(&body)
+        .and_then(|value| {
+            explicit_promote = value.get("promote").is_some();
+            serde_json::from_value(value)
+        })
+        .map_err(|err| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("Malformed training job: {err}."))
+        })?;
     let origin = Origin { kind: "api", requested_by: caller.0.name.clone(), evidence: None };
     let grant = if caller.is_admin() { Grant::Admin } else { Grant::Caller { explicit: explicit_promote } };
-    match jobs::start(&ctx, &request, origin, grant).await {
-        Ok(id) => (StatusCode::ACCEPTED, Json(json!({"id": id, "status": "queued"}))).into_response(),
-        Err(err) => start_error(err).into_response(),
-    }
-}
-
-fn start_error(err: StartError) -> ApiError {
-    let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
-    match err {
-        StartError::Invalid(message) => ApiError::new(unprocessable, "invalid_request", message),
-        StartError::UnknownDataset(name) => ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_dataset",
-            format!("Dataset {name:?} does not exist; push media to it first."),
-        ),
-        StartError::Unusable(message) => ApiError::new(unprocessable, "dataset_not_trainable", format!("{message}.")),
-        StartError::Search(err) => ApiError::new(unprocessable, "invalid_search", format!("{err}.")),
-        StartError::Unavailable(message) => unavailable(&message),
-        StartError::Forbidden(message) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", format!("{message}.")),
-        StartError::NothingNew(message) => ApiError::new(StatusCode::CONFLICT, "nothing_new", format!("{message}.")),
-    }
+    let id = jobs::start(&ctx, &request, origin, grant).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"id": id, "status": "queued"}))))
 }
 
 /// `GET /v1/retrain-requests[?model=&limit=]`: the retrain requests received (drift, feedback),
 /// newest first, with what each did: `started` (and the job), `coalesced` into a running or
 /// recent job, `skipped` (nothing new to learn) or `refused`.
-async fn retrain_requests(State(ctx): State<Context>, caller: Caller, Query(query): Query<ListQuery>) -> Response {
-    if let Err(err) = caller.require_any(&[Scope::Train]) {
-        return err.into_response();
-    }
+#[tracing::instrument(skip_all)]
+async fn retrain_requests(State(ctx): State<Context>, caller: Caller, Query(query): Query<ListQuery>) -> Answer {
+    caller.require_any(&[Scope::Train])?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
-    match store::retrain_requests(&ctx, query.model.as_deref(), limit).await {
-        Ok(requests) => Json(json!({"requests": requests})).into_response(),
-        Err(err) => unavailable(&err).into_response(),
-    }
+    let requests = store::retrain_requests(&ctx, query.model.as_deref(), limit).await?;
+    Ok(Json(json!({"requests": requests})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,54 +74,32 @@ struct ListQuery {
     limit: Option<i64>,
 }
 
-async fn list(State(ctx): State<Context>, caller: Caller, Query(query): Query<ListQuery>) -> Response {
-    if let Err(err) = caller.require_any(&[Scope::Train]) {
-        return err.into_response();
-    }
+#[tracing::instrument(skip_all)]
+async fn list(State(ctx): State<Context>, caller: Caller, Query(query): Query<ListQuery>) -> Answer {
+    caller.require_any(&[Scope::Train])?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
-    match store::list_jobs(&ctx, query.model.as_deref(), limit).await {
-        Ok(jobs) => Json(json!({"jobs": jobs})).into_response(),
-        Err(err) => unavailable(&err).into_response(),
-    }
+    let jobs = store::list_jobs(&ctx, query.model.as_deref(), limit).await?;
+    Ok(Json(json!({"jobs": jobs})))
 }
 
-async fn show(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Response {
-    if let Err(err) = caller.require_any(&[Scope::Train]) {
-        return err.into_response();
-    }
-    let id = match job_id(&id) {
-        Ok(id) => id,
-        Err(err) => return err.into_response(),
-    };
-    match store::job_view(&ctx, id).await {
-        Ok(Some(view)) => Json(view).into_response(),
-        Ok(None) => ApiError::new(StatusCode::NOT_FOUND, "not_found", "No training job has this id.").into_response(),
-        Err(err) => unavailable(&err).into_response(),
-    }
+#[tracing::instrument(skip_all, fields(job_id = %id))]
+async fn show(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Answer {
+    caller.require_any(&[Scope::Train])?;
+    let id = job_id(&id)?;
+    let view = store::job_view(&ctx, id).await?.ok_or(TrainerError::UnknownJob)?;
+    Ok(Json(view))
 }
 
-async fn cancel(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Response {
-    if let Err(err) = caller.require(Scope::Train) {
-        return err.into_response();
-    }
-    let id = match job_id(&id) {
-        Ok(id) => id,
-        Err(err) => return err.into_response(),
-    };
-    match store::cancel(&ctx, id).await {
-        Ok(Cancelled::Done) => {
+#[tracing::instrument(skip_all, fields(job_id = %id))]
+async fn cancel(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Answer {
+    caller.require(Scope::Train)?;
+    let id = job_id(&id)?;
+    match store::cancel(&ctx, id).await? {
+        Cancelled::Done => {
             metrics::counter!("sluice_trainer_jobs_finished_total", "status" => "cancelled").increment(1);
-            Json(json!({"id": id, "status": "cancelled"})).into_response()
+            Ok(Json(json!({"id": id, "status": "cancelled"})))
         }
-        Ok(Cancelled::NotFound) => {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "No training job has this id.").into_response()
-        }
-        Ok(Cancelled::AlreadyEnded(status)) => ApiError::new(
-            StatusCode::CONFLICT,
-            "job_finished",
-            format!("The job is already {status}; only queued or running jobs can be cancelled."),
-        )
-        .into_response(),
-        Err(err) => unavailable(&err).into_response(),
+        Cancelled::NotFound => Err(TrainerError::UnknownJob),
+        Cancelled::AlreadyEnded(status) => Err(TrainerError::JobEnded(status)),
     }
 }

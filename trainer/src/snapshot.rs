@@ -10,19 +10,20 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt, stream};
 use sluice_core::{
     Context,
+    db::DbError,
     pipeline::{Color, PipelineSpec, current_spec},
+    processed,
     s3::{self, S3Error},
-    training::{Snapshot, SnapshotItem, snapshot_key},
+    training::{Snapshot, snapshot_key},
 };
 use sluice_media::Pixels;
 use sluice_nn::{InputShape, Samples};
-use uuid::Uuid;
 
 /// Why a snapshot could not be made or loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     #[error("database: {0}")]
-    Db(#[from] sluice_core::db::DbError),
+    Db(#[from] DbError),
     #[error(transparent)]
     S3(#[from] S3Error),
     /// The data cannot be used (missing or undecodable objects): the trial fails.
@@ -30,36 +31,11 @@ pub enum SnapshotError {
     Unusable(String),
 }
 
-impl From<tokio_postgres::Error> for SnapshotError {
-    fn from(err: tokio_postgres::Error) -> Self {
-        Self::Db(err.into())
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for SnapshotError {
-    fn from(err: deadpool_postgres::PoolError) -> Self {
-        Self::Db(err.into())
-    }
-}
-
 /// Collects the dataset's processed, labelled items under its current spec.
 pub async fn collect(ctx: &Context, dataset: &str) -> Result<Snapshot, SnapshotError> {
-    let client = ctx.db.get().await?;
-    let spec = current_spec(&client, dataset).await?;
-    let spec_hash = spec.hash();
-    let rows = client
-        .query(
-            "SELECT m.id, m.label, array_agg(o.key ORDER BY o.frame_index NULLS FIRST, o.key)
-             FROM media m JOIN media_outputs o ON o.media_id = m.id AND o.spec_hash = $2
-             WHERE m.dataset = $1 AND m.status = 'processed' AND m.spec_hash = $2 AND m.label IS NOT NULL
-             GROUP BY m.id, m.label",
-            &[&dataset, &spec_hash],
-        )
-        .await?;
-    let items = rows
-        .iter()
-        .map(|row| SnapshotItem { media_id: row.get::<_, Uuid>(0), label: row.get(1), keys: row.get(2) })
-        .collect();
+    let client = ctx.db.get().await.map_err(DbError::from)?;
+    let spec = current_spec(&client, dataset).await.map_err(DbError::from)?;
+    let items = processed::labelled_outputs(&client, dataset, &spec.hash()).await?;
     Ok(Snapshot::new(dataset, spec, items))
 }
 

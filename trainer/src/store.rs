@@ -1,43 +1,25 @@
-//! Training jobs and trials in PostgreSQL: creating a job with its first trials and their events
-//! in one transaction, recording progress and outcomes idempotently, cancelling, and the job view
-//! of `GET /v1/training-jobs/{id}`.
+//! Training jobs and trials in PostgreSQL, and the retrain requests received: every statement
+//! the trainer runs. Creating a job with its first trials and their events is one transaction;
+//! progress and outcomes are recorded idempotently; registering the best trial, moving aliases
+//! and ending the job are one transaction. Functions return [`DbError`] and typed rows.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sluice_core::{
     Context,
+    db::DbError,
     events::Envelope,
+    live,
+    models::{self, AliasName, ModelName, ModelVersion, NewVersion, RegistryError},
     outbox,
+    parking::WorkParked,
     topics::Topic,
-    training::{Snapshot, TrialAssigned, TrialFinished, TrialProgress},
+    training::{RunStatus, Snapshot, TestScores, TrialAssigned, TrialFinished, TrialProgress},
 };
 use sluice_nn::Hyper;
 use uuid::Uuid;
 
 use crate::search::JobRequest;
-
-/// A storage failure (PostgreSQL or the outbox): transient, the caller retries or answers 503.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct StoreError(String);
-
-impl From<tokio_postgres::Error> for StoreError {
-    fn from(err: tokio_postgres::Error) -> Self {
-        Self(sluice_core::error_chain(&err))
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for StoreError {
-    fn from(err: deadpool_postgres::PoolError) -> Self {
-        Self(sluice_core::error_chain(&err))
-    }
-}
-
-impl From<outbox::RelayError> for StoreError {
-    fn from(err: outbox::RelayError) -> Self {
-        Self(err.to_string())
-    }
-}
 
 /// Where a job came from.
 #[derive(Debug, Clone)]
@@ -67,17 +49,82 @@ pub struct NewJob<'a> {
     pub snapshot_key: &'a str,
     pub trials: Vec<NewTrial>,
     pub origin: Origin,
+    /// The production version every trial is scored against on the test split.
+    pub baseline_version: Option<i32>,
 }
 
+/// A job as the coordinator plans from it.
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: Uuid,
+    pub status: RunStatus,
+    pub request: Value,
+    pub snapshot_id: String,
+    pub snapshot_key: String,
+    pub baseline_version: Option<i32>,
+}
+
+/// A trial as the coordinator plans from it.
+#[derive(Debug, Clone)]
+pub struct TrialRow {
+    pub id: Uuid,
+    pub rung: i32,
+    pub status: RunStatus,
+    pub params: Value,
+    pub metrics: Option<Value>,
+    /// `None` for trials made before trials had their own seeds (they used the job's).
+    pub seed: Option<i64>,
+    pub parent: Option<Uuid>,
+}
+
+/// Attempts at a unit of work (a trial, a coordinator step) and the last failure kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempts {
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+/// A trial's status and its job's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrialState {
+    pub trial: RunStatus,
+    pub job: RunStatus,
+}
+
+impl TrialState {
+    /// Whether the trial should (still) run.
+    pub fn wanted(self) -> bool {
+        !self.trial.is_final() && !self.job.is_final()
+    }
+}
+
+/// The best trial of a finished search, with what registering it needs.
+#[derive(Debug, Clone)]
+pub struct BestTrial {
+    pub artifact_key: String,
+    pub sha256: String,
+    pub size_bytes: i64,
+    pub metrics: Option<Value>,
+    pub reference: Option<Value>,
+    pub params: Value,
+    pub labels: Vec<String>,
+    pub snapshot_key: String,
+    pub architecture: String,
+    pub test: Option<TestScores>,
+}
+
+const ACTIVE: [RunStatus; 2] = [RunStatus::Queued, RunStatus::Running];
+
 /// Creates the job, its trials and their `training.trials` events in one transaction.
-pub async fn create_job(ctx: &Context, job: NewJob<'_>) -> Result<(), StoreError> {
+#[tracing::instrument(level = "debug", skip_all, fields(job_id = %job.id, model = %job.request.model))]
+pub async fn create_job(ctx: &Context, job: NewJob<'_>) -> Result<(), DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
     let request = serde_json::to_value(job.request).expect("requests serialise");
     tx.execute(
         "INSERT INTO training_jobs (id, model, dataset, architecture, request, snapshot_id, snapshot_key, labels,
-                                    items, origin, evidence, requested_by)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                    items, origin, evidence, requested_by, baseline_version)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         &[
             &job.id,
             &job.request.model,
@@ -91,26 +138,39 @@ pub async fn create_job(ctx: &Context, job: NewJob<'_>) -> Result<(), StoreError
             &job.origin.kind,
             &job.origin.evidence,
             &job.origin.requested_by,
+            &job.baseline_version,
         ],
     )
     .await?;
-    queue_trials(ctx, &tx, job.id, job.request, job.snapshot_id, job.snapshot_key, 0, job.trials).await?;
+    let queued = Queued {
+        job_id: job.id,
+        request: job.request,
+        snapshot_id: job.snapshot_id,
+        snapshot_key: job.snapshot_key,
+        baseline_version: job.baseline_version,
+    };
+    queue_trials(ctx, &tx, &queued, 0, job.trials).await?;
     tx.commit().await?;
     Ok(())
 }
 
+/// The job-wide fields of the trials queued for it.
+struct Queued<'a> {
+    job_id: Uuid,
+    request: &'a JobRequest,
+    snapshot_id: &'a str,
+    snapshot_key: &'a str,
+    baseline_version: Option<i32>,
+}
+
 /// Inserts trials (ordinals continuing after the job's existing ones) and their events.
-#[allow(clippy::too_many_arguments)]
-pub async fn queue_trials(
+async fn queue_trials(
     ctx: &Context,
     tx: &deadpool_postgres::Transaction<'_>,
-    job_id: Uuid,
-    request: &JobRequest,
-    snapshot_id: &str,
-    snapshot_key: &str,
+    job: &Queued<'_>,
     first_ordinal: i32,
     trials: Vec<NewTrial>,
-) -> Result<(), StoreError> {
+) -> Result<(), DbError> {
     let topic = ctx.topic(Topic::TrainingTrials);
     for (i, trial) in trials.into_iter().enumerate() {
         let ordinal = first_ordinal + i as i32;
@@ -121,7 +181,7 @@ pub async fn queue_trials(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 &trial_id,
-                &job_id,
+                &job.job_id,
                 &ordinal,
                 &(trial.rung as i32),
                 &trial.parent,
@@ -132,18 +192,19 @@ pub async fn queue_trials(
         )
         .await?;
         let event = Envelope::new(TrialAssigned {
-            job_id,
+            job_id: job.job_id,
             trial_id,
-            model: request.model.clone(),
-            architecture: request.architecture.clone(),
-            snapshot_key: snapshot_key.to_owned(),
-            snapshot_id: snapshot_id.to_owned(),
+            model: job.request.model.clone(),
+            architecture: job.request.architecture.clone(),
+            snapshot_key: job.snapshot_key.to_owned(),
+            snapshot_id: job.snapshot_id.to_owned(),
             params,
             seed: trial.seed,
-            validation_split: request.validation_split,
-            splits: Some(request.splits()),
+            validation_split: job.request.validation_split,
+            splits: Some(job.request.splits()),
             rung: trial.rung,
             parent: trial.parent,
+            baseline_version: job.baseline_version,
         });
         // Trials go round the partitions so every worker of the group gets its share.
         let partition = ordinal % ctx.config.kafka.partitions;
@@ -155,79 +216,92 @@ pub async fn queue_trials(
 /// Queues `new` trials for a job whose trials the caller planned from (`seen` of them), in one
 /// transaction that also clears the step's failed attempts; nothing when the job has ended or
 /// trials were queued since (a redelivered result got there first). Returns whether it queued.
+#[tracing::instrument(level = "debug", skip_all, fields(job_id = %job.id, new = new.len()))]
 pub async fn queue_after(
     ctx: &Context,
-    job_id: Uuid,
+    job: &JobRow,
     request: &JobRequest,
-    job: &tokio_postgres::Row,
     seen: usize,
     new: Vec<NewTrial>,
-) -> Result<bool, StoreError> {
-    let (snapshot_id, snapshot_key): (String, String) = (job.get("snapshot_id"), job.get("snapshot_key"));
+) -> Result<bool, DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
-    let status: String =
-        tx.query_one("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await?.get(0);
-    let count: i64 = tx.query_one("SELECT count(*) FROM training_trials WHERE job_id = $1", &[&job_id]).await?.get(0);
-    if !matches!(status.as_str(), "queued" | "running") || count as usize != seen {
+    let status: RunStatus =
+        tx.query_one("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job.id]).await?.get("status");
+    let count: i64 = tx
+        .query_one("SELECT count(*) AS trials FROM training_trials WHERE job_id = $1", &[&job.id])
+        .await?
+        .get("trials");
+    if status.is_final() || count as usize != seen {
         return Ok(false);
     }
-    queue_trials(ctx, &tx, job_id, request, &snapshot_id, &snapshot_key, seen as i32, new).await?;
-    tx.execute("UPDATE training_jobs SET step_attempts = 0, step_error = NULL WHERE id = $1", &[&job_id]).await?;
+    let queued = Queued {
+        job_id: job.id,
+        request,
+        snapshot_id: &job.snapshot_id,
+        snapshot_key: &job.snapshot_key,
+        baseline_version: job.baseline_version,
+    };
+    queue_trials(ctx, &tx, &queued, seen as i32, new).await?;
+    tx.execute("UPDATE training_jobs SET step_attempts = 0, step_error = NULL WHERE id = $1", &[&job.id]).await?;
     tx.commit().await?;
     Ok(true)
 }
 
-/// A trial's status and its job's status; `None` for an unknown trial.
-pub async fn trial_state(ctx: &Context, trial_id: Uuid) -> Result<Option<(String, String)>, StoreError> {
+/// A trial's status and its job's; `None` for an unknown trial.
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn trial_state(ctx: &Context, trial_id: Uuid) -> Result<Option<TrialState>, DbError> {
     let client = ctx.db.get().await?;
     let row = client
         .query_opt(
-            "SELECT t.status, j.status FROM training_trials t JOIN training_jobs j ON j.id = t.job_id WHERE t.id = $1",
+            "SELECT t.status AS trial_status, j.status AS job_status
+             FROM training_trials t JOIN training_jobs j ON j.id = t.job_id WHERE t.id = $1",
             &[&trial_id],
         )
         .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    Ok(row.map(|r| TrialState { trial: r.get("trial_status"), job: r.get("job_status") }))
 }
 
 /// A worker took the trial: it and its job are running, and one more attempt has started
 /// (counted before the trial runs, so a worker that dies on it counts). Returns the trial's
 /// attempts and the last failure recorded by [`attempt_failed`]; `None` when it already ended.
+#[tracing::instrument(level = "debug", skip(ctx))]
 pub async fn mark_running(
     ctx: &Context,
     job_id: Uuid,
     trial_id: Uuid,
     worker: &str,
-) -> Result<Option<(i32, Option<String>)>, StoreError> {
+) -> Result<Option<Attempts>, DbError> {
     let client = ctx.db.get().await?;
     let row = client
         .query_opt(
-            "UPDATE training_trials SET status = 'running', worker = $2, started_at = coalesce(started_at, now()),
+            "UPDATE training_trials SET status = $3, worker = $2, started_at = coalesce(started_at, now()),
                     heartbeat_at = now(), attempts = attempts + 1
-             WHERE id = $1 AND status IN ('queued', 'running')
+             WHERE id = $1 AND status = ANY($4)
              RETURNING attempts, error",
-            &[&trial_id, &worker],
+            &[&trial_id, &worker, &RunStatus::Running, &ACTIVE.as_slice()],
         )
         .await?;
     client
         .execute(
-            "UPDATE training_jobs SET status = 'running', started_at = coalesce(started_at, now())
-             WHERE id = $1 AND status = 'queued'",
-            &[&job_id],
+            "UPDATE training_jobs SET status = $2, started_at = coalesce(started_at, now())
+             WHERE id = $1 AND status = $3",
+            &[&job_id, &RunStatus::Running, &RunStatus::Queued],
         )
         .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    Ok(row.map(|r| Attempts { attempts: r.get("attempts"), last_error: r.get("error") }))
 }
 
 /// An attempt at a running trial failed through its own fault: its error is kept for the reason
 /// the trial is parked with if it runs out of attempts.
-pub async fn attempt_failed(ctx: &Context, trial_id: Uuid, error: &str) -> Result<(), StoreError> {
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn attempt_failed(ctx: &Context, trial_id: Uuid, error: &str) -> Result<(), DbError> {
     let client = ctx.db.get().await?;
     let error = sluice_core::parking::clip(error.to_owned());
     client
         .execute(
-            "UPDATE training_trials SET error = $2 WHERE id = $1 AND status IN ('queued', 'running')",
-            &[&trial_id, &error],
+            "UPDATE training_trials SET error = $2 WHERE id = $1 AND status = ANY($3)",
+            &[&trial_id, &error, &ACTIVE.as_slice()],
         )
         .await?;
     Ok(())
@@ -235,36 +309,82 @@ pub async fn attempt_failed(ctx: &Context, trial_id: Uuid, error: &str) -> Resul
 
 /// Gives back the attempt of a run that stopped through no fault of the trial (a dependency was
 /// away, or the worker is shutting down).
-pub async fn give_back_attempt(ctx: &Context, trial_id: Uuid) -> Result<(), StoreError> {
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn give_back_attempt(ctx: &Context, trial_id: Uuid) -> Result<(), DbError> {
     let client = ctx.db.get().await?;
     client
         .execute(
-            "UPDATE training_trials SET attempts = greatest(attempts - 1, 0)
-             WHERE id = $1 AND status IN ('queued', 'running')",
-            &[&trial_id],
+            "UPDATE training_trials SET attempts = greatest(attempts - 1, 0) WHERE id = $1 AND status = ANY($2)",
+            &[&trial_id, &ACTIVE.as_slice()],
         )
         .await?;
     Ok(())
 }
 
+/// A job, unless it is unknown.
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn job(ctx: &Context, job_id: Uuid) -> Result<Option<JobRow>, DbError> {
+    let client = ctx.db.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT id, status, request, snapshot_id, snapshot_key, baseline_version FROM training_jobs WHERE id = $1",
+            &[&job_id],
+        )
+        .await?;
+    Ok(row.map(|r| JobRow {
+        id: r.get("id"),
+        status: r.get("status"),
+        request: r.get("request"),
+        snapshot_id: r.get("snapshot_id"),
+        snapshot_key: r.get("snapshot_key"),
+        baseline_version: r.get("baseline_version"),
+    }))
+}
+
+/// A job's trials in the order they were queued.
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn trials(ctx: &Context, job_id: Uuid) -> Result<Vec<TrialRow>, DbError> {
+    let client = ctx.db.get().await?;
+    let rows = client
+        .query(
+            "SELECT id, rung, status, params, metrics, seed, parent FROM training_trials WHERE job_id = $1 ORDER BY ordinal",
+            &[&job_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| TrialRow {
+            id: r.get("id"),
+            rung: r.get("rung"),
+            status: r.get("status"),
+            params: r.get("params"),
+            metrics: r.get("metrics"),
+            seed: r.get("seed"),
+            parent: r.get("parent"),
+        })
+        .collect())
+}
+
 /// The coordinator's step after a rung of an active job begins: one more attempt, counted before
 /// it runs. Returns the job's step attempts and the last failure [`step_failed`] kept; `None`
 /// when the job already ended.
-pub async fn begin_step(ctx: &Context, job_id: Uuid) -> Result<Option<(i32, Option<String>)>, StoreError> {
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn begin_step(ctx: &Context, job_id: Uuid) -> Result<Option<Attempts>, DbError> {
     let client = ctx.db.get().await?;
     let row = client
         .query_opt(
             "UPDATE training_jobs SET step_attempts = step_attempts + 1
-             WHERE id = $1 AND status IN ('queued', 'running') RETURNING step_attempts, step_error",
-            &[&job_id],
+             WHERE id = $1 AND status = ANY($2) RETURNING step_attempts, step_error",
+            &[&job_id, &ACTIVE.as_slice()],
         )
         .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    Ok(row.map(|r| Attempts { attempts: r.get("step_attempts"), last_error: r.get("step_error") }))
 }
 
 /// The step failed through its own fault: its error is kept for the reason the job fails with if
 /// the step runs out of attempts.
-pub async fn step_failed(ctx: &Context, job_id: Uuid, error: &str) -> Result<(), StoreError> {
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn step_failed(ctx: &Context, job_id: Uuid, error: &str) -> Result<(), DbError> {
     let client = ctx.db.get().await?;
     let error = sluice_core::parking::clip(error.to_owned());
     client.execute("UPDATE training_jobs SET step_error = $2 WHERE id = $1", &[&job_id, &error]).await?;
@@ -272,7 +392,8 @@ pub async fn step_failed(ctx: &Context, job_id: Uuid, error: &str) -> Result<(),
 }
 
 /// Gives back the attempt of a step that failed because a dependency was away.
-pub async fn give_back_step(ctx: &Context, job_id: Uuid) -> Result<(), StoreError> {
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn give_back_step(ctx: &Context, job_id: Uuid) -> Result<(), DbError> {
     let client = ctx.db.get().await?;
     client
         .execute("UPDATE training_jobs SET step_attempts = greatest(step_attempts - 1, 0) WHERE id = $1", &[&job_id])
@@ -280,15 +401,38 @@ pub async fn give_back_step(ctx: &Context, job_id: Uuid) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Fails an active job with `error`, enqueueing `parked` (a `work.parked` event) with it when
+/// given, in one transaction. Returns whether the job was active (it is failed now).
+#[tracing::instrument(level = "debug", skip(ctx, parked))]
+pub async fn fail_job(ctx: &Context, job_id: Uuid, error: &str, parked: Option<WorkParked>) -> Result<bool, DbError> {
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let updated = tx
+        .execute(
+            "UPDATE training_jobs SET status = $3, error = $2, finished_at = now() WHERE id = $1 AND status = ANY($4)",
+            &[&job_id, &error, &RunStatus::Failed, &ACTIVE.as_slice()],
+        )
+        .await?;
+    if updated == 1
+        && let Some(parked) = parked
+    {
+        sluice_core::parking::enqueue(&tx, ctx, parked).await?;
+    }
+    tx.commit().await?;
+    Ok(updated == 1)
+}
+
 /// Enqueues a `work.parked` event (one statement, its own transaction).
-pub async fn parked(ctx: &Context, parked: sluice_core::parking::WorkParked) -> Result<(), StoreError> {
+#[tracing::instrument(level = "debug", skip_all, fields(id = %parked.id))]
+pub async fn parked(ctx: &Context, parked: WorkParked) -> Result<(), DbError> {
     let client = ctx.db.get().await?;
     sluice_core::parking::enqueue(&client, ctx, parked).await?;
     Ok(())
 }
 
 /// Records an epoch; a replayed or older epoch changes nothing.
-pub async fn record_progress(ctx: &Context, progress: &TrialProgress) -> Result<(), StoreError> {
+#[tracing::instrument(level = "debug", skip_all, fields(trial_id = %progress.trial_id, epoch = progress.metrics.epoch))]
+pub async fn record_progress(ctx: &Context, progress: &TrialProgress) -> Result<(), DbError> {
     let client = ctx.db.get().await?;
     let metrics = serde_json::to_value(&progress.metrics).expect("metrics serialise");
     client
@@ -296,24 +440,34 @@ pub async fn record_progress(ctx: &Context, progress: &TrialProgress) -> Result<
             "UPDATE training_trials
              SET epoch = $2, metrics = $3, worker = $4,
                  history = history || jsonb_build_array($3::jsonb || jsonb_build_object('worker', $4::text, 'resumed_from', $5::int)),
-                 heartbeat_at = now(), status = 'running', started_at = coalesce(started_at, now())
-             WHERE id = $1 AND status IN ('queued', 'running') AND epoch < $2",
-            &[&progress.trial_id, &(progress.metrics.epoch as i32), &metrics, &progress.worker, &(progress.resumed_from as i32)],
+                 heartbeat_at = now(), status = $6, started_at = coalesce(started_at, now())
+             WHERE id = $1 AND status = ANY($7) AND epoch < $2",
+            &[
+                &progress.trial_id,
+                &(progress.metrics.epoch as i32),
+                &metrics,
+                &progress.worker,
+                &(progress.resumed_from as i32),
+                &RunStatus::Running,
+                &ACTIVE.as_slice(),
+            ],
         )
         .await?;
     Ok(())
 }
 
 /// Records a trial's end; `false` when it had already ended (a duplicate result).
-pub async fn record_finished(ctx: &Context, finished: &TrialFinished) -> Result<bool, StoreError> {
+#[tracing::instrument(level = "debug", skip_all, fields(trial_id = %finished.trial_id, outcome = finished.outcome.as_str()))]
+pub async fn record_finished(ctx: &Context, finished: &TrialFinished) -> Result<bool, DbError> {
     let client = ctx.db.get().await?;
     let artifact = finished.artifact.as_ref();
+    let test = finished.test.as_ref().map(|t| serde_json::to_value(t).expect("scores serialise"));
     let updated = client
         .execute(
             "UPDATE training_trials
              SET status = $2, worker = $3, metrics = coalesce($4, metrics), artifact_key = $5, sha256 = $6,
-                 size_bytes = $7, reference = $8, error = $9, duration_ms = $10, finished_at = now()
-             WHERE id = $1 AND status IN ('queued', 'running')",
+                 size_bytes = $7, reference = $8, error = $9, duration_ms = $10, test_scores = $11, finished_at = now()
+             WHERE id = $1 AND status = ANY($12)",
             &[
                 &finished.trial_id,
                 &finished.outcome.as_str(),
@@ -325,10 +479,101 @@ pub async fn record_finished(ctx: &Context, finished: &TrialFinished) -> Result<
                 &Some(&finished.reference).filter(|r| !r.is_null()),
                 &finished.error,
                 &finished.duration_ms,
+                &test,
+                &ACTIVE.as_slice(),
             ],
         )
         .await?;
     Ok(updated == 1)
+}
+
+/// The best trial with its job's labels, snapshot and architecture; `None` if it is unknown.
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn best_trial(ctx: &Context, trial_id: Uuid) -> Result<Option<BestTrial>, DbError> {
+    let client = ctx.db.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT t.artifact_key, t.sha256, t.size_bytes, t.metrics, t.reference, t.params, t.test_scores,
+                    j.labels, j.snapshot_key, j.architecture
+             FROM training_trials t JOIN training_jobs j ON j.id = t.job_id WHERE t.id = $1",
+            &[&trial_id],
+        )
+        .await?;
+    Ok(row.map(|r| BestTrial {
+        artifact_key: r.get("artifact_key"),
+        sha256: r.get("sha256"),
+        size_bytes: r.get("size_bytes"),
+        metrics: r.get("metrics"),
+        reference: r.get("reference"),
+        params: r.get("params"),
+        labels: serde_json::from_value(r.get("labels")).unwrap_or_default(),
+        snapshot_key: r.get("snapshot_key"),
+        architecture: r.get("architecture"),
+        test: r.get::<_, Option<Value>>("test_scores").and_then(|v| serde_json::from_value(v).ok()),
+    }))
+}
+
+/// The request and snapshot of a job (the lineage of a registered version); `None` if unknown.
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn job_lineage(ctx: &Context, job_id: Uuid) -> Result<Option<(Value, Option<String>)>, DbError> {
+    let client = ctx.db.get().await?;
+    let row = client.query_opt("SELECT request, snapshot_key FROM training_jobs WHERE id = $1", &[&job_id]).await?;
+    Ok(row.map(|r| (r.get("request"), r.get("snapshot_key"))))
+}
+
+/// How a finished search is registered: the new version, the job's template, the promotion
+/// decision, and the alias moves it implies.
+#[derive(Debug)]
+pub struct Registration<'a> {
+    pub job_id: Uuid,
+    pub best_trial: Uuid,
+    pub version: &'a NewVersion,
+    pub template: &'a Value,
+    pub decision: &'a Value,
+    /// Move `production` to the new version, with this reason.
+    pub promote: Option<String>,
+    /// Register it as `candidate` shadowing this production version (`if_better_live`).
+    pub live_against: Option<i32>,
+}
+
+/// Registers the best trial's model, moves the aliases the decision asks for and ends the job,
+/// in one transaction. `None` when the job had already ended (a redelivered result).
+#[tracing::instrument(level = "debug", skip_all, fields(job_id = %r.job_id, model = %r.version.model))]
+pub async fn register(ctx: &Context, r: Registration<'_>) -> Result<Option<ModelVersion>, RegistryError> {
+    let mut client = ctx.db.get().await.map_err(DbError::from)?;
+    let tx = client.transaction().await.map_err(DbError::from)?;
+    let status: RunStatus = tx
+        .query_one("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&r.job_id])
+        .await
+        .map_err(DbError::from)?
+        .get("status");
+    if status.is_final() {
+        return Ok(None);
+    }
+    let prefix = &ctx.config.kafka.topic_prefix;
+    let model: &ModelName = &r.version.model;
+    let version = models::register(&tx, prefix, r.version).await?;
+    models::set_template(&tx, model, r.template).await?;
+    if let Some(reason) = &r.promote {
+        let production = AliasName::parse(AliasName::PRODUCTION).expect("a valid alias");
+        models::move_alias(&tx, prefix, model, &production, version.version, "trainer", reason).await?;
+    }
+    if let Some(current) = r.live_against {
+        let candidate = AliasName::parse(live::CANDIDATE_ALIAS).expect("a valid alias");
+        let reason = format!("training job {}: candidate for live promotion (if_better_live)", r.job_id);
+        models::move_alias(&tx, prefix, model, &candidate, version.version, "trainer", &reason).await?;
+        live::start(&tx, model.as_str(), version.version, current, r.job_id).await?;
+    }
+    tx.execute(
+        "UPDATE training_jobs SET status = $5, best_trial = $2, registered_version = $3, promotion = $4,
+                finished_at = now(), step_attempts = 0, step_error = NULL
+         WHERE id = $1",
+        &[&r.job_id, &r.best_trial, &version.version, r.decision, &RunStatus::Succeeded],
+    )
+    .await
+    .map_err(DbError::from)?;
+    tx.commit().await.map_err(DbError::from)?;
+    Ok(Some(version))
 }
 
 /// How a cancel request ended.
@@ -336,25 +581,29 @@ pub async fn record_finished(ctx: &Context, finished: &TrialFinished) -> Result<
 pub enum Cancelled {
     Done,
     NotFound,
-    AlreadyEnded(String),
+    AlreadyEnded(RunStatus),
 }
 
 /// Cancels a job: queued trials are skipped by workers, running ones stop after their epoch.
-pub async fn cancel(ctx: &Context, job_id: Uuid) -> Result<Cancelled, StoreError> {
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn cancel(ctx: &Context, job_id: Uuid) -> Result<Cancelled, DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
     let Some(row) = tx.query_opt("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await? else {
         return Ok(Cancelled::NotFound);
     };
-    let status: String = row.get(0);
-    if !matches!(status.as_str(), "queued" | "running") {
+    let status: RunStatus = row.get("status");
+    if status.is_final() {
         return Ok(Cancelled::AlreadyEnded(status));
     }
-    tx.execute("UPDATE training_jobs SET status = 'cancelled', finished_at = now() WHERE id = $1", &[&job_id]).await?;
     tx.execute(
-        "UPDATE training_trials SET status = 'cancelled', finished_at = now()
-         WHERE job_id = $1 AND status IN ('queued', 'running')",
-        &[&job_id],
+        "UPDATE training_jobs SET status = $2, finished_at = now() WHERE id = $1",
+        &[&job_id, &RunStatus::Cancelled],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE training_trials SET status = $2, finished_at = now() WHERE job_id = $1 AND status = ANY($3)",
+        &[&job_id, &RunStatus::Cancelled, &ACTIVE.as_slice()],
     )
     .await?;
     tx.commit().await?;
@@ -366,7 +615,8 @@ fn rfc3339(at: Option<DateTime<Utc>>) -> Value {
 }
 
 /// The public view of a job: status, every trial, the best trial and the registered version.
-pub async fn job_view(ctx: &Context, job_id: Uuid) -> Result<Option<Value>, StoreError> {
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn job_view(ctx: &Context, job_id: Uuid) -> Result<Option<Value>, DbError> {
     let client = ctx.db.get().await?;
     let Some(job) = client
         .query_opt(
@@ -391,42 +641,47 @@ pub async fn job_view(ctx: &Context, job_id: Uuid) -> Result<Option<Value>, Stor
         .iter()
         .map(|t| {
             json!({
-                "id": t.get::<_, Uuid>(0), "ordinal": t.get::<_, i32>(1), "rung": t.get::<_, i32>(2),
-                "parent": t.get::<_, Option<Uuid>>(3), "params": t.get::<_, Value>(4),
-                "status": t.get::<_, String>(5), "worker": t.get::<_, Option<String>>(6),
-                "epoch": t.get::<_, i32>(7), "epochs": t.get::<_, i32>(8), "metrics": t.get::<_, Option<Value>>(9),
-                "history": t.get::<_, Value>(10), "artifact_key": t.get::<_, Option<String>>(11),
-                "sha256": t.get::<_, Option<String>>(12), "error": t.get::<_, Option<String>>(13),
-                "duration_ms": t.get::<_, Option<i64>>(14), "started_at": rfc3339(t.get(15)),
-                "finished_at": rfc3339(t.get(16)),
+                "id": t.get::<_, Uuid>("id"), "ordinal": t.get::<_, i32>("ordinal"), "rung": t.get::<_, i32>("rung"),
+                "parent": t.get::<_, Option<Uuid>>("parent"), "params": t.get::<_, Value>("params"),
+                "status": t.get::<_, RunStatus>("status"), "worker": t.get::<_, Option<String>>("worker"),
+                "epoch": t.get::<_, i32>("epoch"), "epochs": t.get::<_, i32>("epochs"),
+                "metrics": t.get::<_, Option<Value>>("metrics"), "history": t.get::<_, Value>("history"),
+                "artifact_key": t.get::<_, Option<String>>("artifact_key"),
+                "sha256": t.get::<_, Option<String>>("sha256"), "error": t.get::<_, Option<String>>("error"),
+                "duration_ms": t.get::<_, Option<i64>>("duration_ms"), "started_at": rfc3339(t.get("started_at")),
+                "finished_at": rfc3339(t.get("finished_at")),
             })
         })
         .collect();
-    let count = |status: &str| trials.iter().filter(|t| t["status"] == status).count();
-    let summary = json!({
-        "total": trials.len(), "queued": count("queued"), "running": count("running"),
-        "succeeded": count("succeeded"), "failed": count("failed"), "cancelled": count("cancelled"),
-    });
+    let count = |status: RunStatus| trials.iter().filter(|t| t["status"] == status.as_str()).count();
+    let mut summary = json!({"total": trials.len()});
+    for &status in RunStatus::ALL {
+        summary[status.as_str()] = json!(count(status));
+    }
     Ok(Some(json!({
-        "id": job.get::<_, Uuid>(0), "model": job.get::<_, String>(1), "dataset": job.get::<_, String>(2),
-        "architecture": job.get::<_, String>(3), "request": job.get::<_, Value>(4), "status": job.get::<_, String>(5),
-        "snapshot_id": job.get::<_, String>(6), "labels": job.get::<_, Value>(7), "items": job.get::<_, i32>(8),
-        "origin": job.get::<_, String>(9), "evidence": job.get::<_, Option<Value>>(10),
-        "requested_by": job.get::<_, String>(11), "best_trial": job.get::<_, Option<Uuid>>(12),
-        "registered_version": job.get::<_, Option<i32>>(13), "promotion": job.get::<_, Option<Value>>(14),
-        "error": job.get::<_, Option<String>>(15), "created_at": rfc3339(job.get(16)),
-        "started_at": rfc3339(job.get(17)), "finished_at": rfc3339(job.get(18)),
+        "id": job.get::<_, Uuid>("id"), "model": job.get::<_, String>("model"),
+        "dataset": job.get::<_, String>("dataset"), "architecture": job.get::<_, String>("architecture"),
+        "request": job.get::<_, Value>("request"), "status": job.get::<_, RunStatus>("status"),
+        "snapshot_id": job.get::<_, String>("snapshot_id"), "labels": job.get::<_, Value>("labels"),
+        "items": job.get::<_, i32>("items"), "origin": job.get::<_, String>("origin"),
+        "evidence": job.get::<_, Option<Value>>("evidence"), "requested_by": job.get::<_, String>("requested_by"),
+        "best_trial": job.get::<_, Option<Uuid>>("best_trial"),
+        "registered_version": job.get::<_, Option<i32>>("registered_version"),
+        "promotion": job.get::<_, Option<Value>>("promotion"), "error": job.get::<_, Option<String>>("error"),
+        "created_at": rfc3339(job.get("created_at")), "started_at": rfc3339(job.get("started_at")),
+        "finished_at": rfc3339(job.get("finished_at")),
         "trials_summary": summary, "trials": trials,
     })))
 }
 
 /// The newest jobs, optionally of one model.
-pub async fn list_jobs(ctx: &Context, model: Option<&str>, limit: i64) -> Result<Vec<Value>, StoreError> {
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn list_jobs(ctx: &Context, model: Option<&str>, limit: i64) -> Result<Vec<Value>, DbError> {
     let client = ctx.db.get().await?;
     let rows = client
         .query(
             "SELECT j.id, j.model, j.dataset, j.status, j.origin, j.registered_version, j.created_at, j.finished_at,
-                    (SELECT count(*) FROM training_trials t WHERE t.job_id = j.id)
+                    (SELECT count(*) FROM training_trials t WHERE t.job_id = j.id) AS trials
              FROM training_jobs j WHERE ($1::text IS NULL OR j.model = $1) ORDER BY j.created_at DESC LIMIT $2",
             &[&model, &limit],
         )
@@ -435,17 +690,19 @@ pub async fn list_jobs(ctx: &Context, model: Option<&str>, limit: i64) -> Result
         .iter()
         .map(|r| {
             json!({
-                "id": r.get::<_, Uuid>(0), "model": r.get::<_, String>(1), "dataset": r.get::<_, String>(2),
-                "status": r.get::<_, String>(3), "origin": r.get::<_, String>(4),
-                "registered_version": r.get::<_, Option<i32>>(5), "created_at": rfc3339(r.get(6)),
-                "finished_at": rfc3339(r.get(7)), "trials": r.get::<_, i64>(8),
+                "id": r.get::<_, Uuid>("id"), "model": r.get::<_, String>("model"),
+                "dataset": r.get::<_, String>("dataset"), "status": r.get::<_, RunStatus>("status"),
+                "origin": r.get::<_, String>("origin"), "registered_version": r.get::<_, Option<i32>>("registered_version"),
+                "created_at": rfc3339(r.get("created_at")), "finished_at": rfc3339(r.get("finished_at")),
+                "trials": r.get::<_, i64>("trials"),
             })
         })
         .collect())
 }
 
 /// Retrain requests, newest first (`GET /v1/retrain-requests`).
-pub async fn retrain_requests(ctx: &Context, model: Option<&str>, limit: i64) -> Result<Vec<Value>, StoreError> {
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn retrain_requests(ctx: &Context, model: Option<&str>, limit: i64) -> Result<Vec<Value>, DbError> {
     let client = ctx.db.get().await?;
     let rows = client
         .query(
@@ -473,40 +730,89 @@ pub async fn retrain_requests(ctx: &Context, model: Option<&str>, limit: i64) ->
         .collect())
 }
 
-/// The job's median-rule grace epochs, when its search asked for `early_stopping: median`.
-pub async fn median_rule(ctx: &Context, job_id: Uuid) -> Result<Option<u32>, StoreError> {
+/// Whether a retrain request (by event id) was already acted on.
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn retrain_seen(ctx: &Context, event_id: Uuid) -> Result<bool, DbError> {
+    let client = ctx.db.get().await?;
+    let row = client.query_opt("SELECT 1 AS seen FROM retrain_requests WHERE event_id = $1", &[&event_id]).await?;
+    Ok(row.is_some())
+}
+
+/// The model's job a retrain request coalesces into: one queued or running, or a retrain
+/// started within `cooldown_secs`.
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn busy_job(ctx: &Context, model: &str, cooldown_secs: f64) -> Result<Option<Uuid>, DbError> {
     let client = ctx.db.get().await?;
     let row = client
         .query_opt(
-            "SELECT request -> 'search' ->> 'early_stopping', (request -> 'search' ->> 'grace_epochs')::int
+            "SELECT id FROM training_jobs WHERE model = $1
+               AND (status = ANY($3) OR (origin = 'retrain' AND created_at > now() - make_interval(secs => $2)))
+             ORDER BY created_at DESC LIMIT 1",
+            &[&model, &cooldown_secs, &ACTIVE.as_slice()],
+        )
+        .await?;
+    Ok(row.map(|r| r.get("id")))
+}
+
+/// Records what a retrain request did (once per event id).
+#[tracing::instrument(level = "debug", skip(ctx, evidence))]
+pub async fn record_retrain(
+    ctx: &Context,
+    event_id: Uuid,
+    model: &str,
+    reason: &str,
+    evidence: &Value,
+    outcome: &str,
+    job_id: Option<Uuid>,
+) -> Result<(), DbError> {
+    let client = ctx.db.get().await?;
+    client
+        .execute(
+            "INSERT INTO retrain_requests (event_id, model, reason, evidence, outcome, job_id)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+            &[&event_id, &model, &reason, evidence, &outcome, &job_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The job's median-rule grace epochs, when its search asked for `early_stopping: median`.
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn median_rule(ctx: &Context, job_id: Uuid) -> Result<Option<u32>, DbError> {
+    let client = ctx.db.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT request -> 'search' ->> 'early_stopping' AS rule,
+                    (request -> 'search' ->> 'grace_epochs')::int AS grace
              FROM training_jobs WHERE id = $1",
             &[&job_id],
         )
         .await?;
     Ok(row.and_then(|r| {
-        let rule: Option<String> = r.get(0);
-        (rule.as_deref() == Some("median")).then(|| r.get::<_, Option<i32>>(1).unwrap_or(2).max(1) as u32)
+        let rule: Option<String> = r.get("rule");
+        (rule.as_deref() == Some("median")).then(|| r.get::<_, Option<i32>>("grace").unwrap_or(2).max(1) as u32)
     }))
 }
 
 /// The best validation accuracy up to `epoch` of every other trial of the job's `rung` that has
 /// reported `epoch` (or later).
+#[tracing::instrument(level = "debug", skip(ctx))]
 pub async fn peers_at_epoch(
     ctx: &Context,
     job_id: Uuid,
     trial_id: Uuid,
     rung: u32,
     epoch: u32,
-) -> Result<Vec<f64>, StoreError> {
+) -> Result<Vec<f64>, DbError> {
     let client = ctx.db.get().await?;
     let rows = client
         .query(
             "SELECT (SELECT max((h ->> 'val_accuracy')::float8) FROM jsonb_array_elements(t.history) h
-                     WHERE (h ->> 'epoch')::int <= $4)
+                     WHERE (h ->> 'epoch')::int <= $4) AS best
              FROM training_trials t
              WHERE t.job_id = $1 AND t.id <> $2 AND t.rung = $3 AND t.epoch >= $4",
             &[&job_id, &trial_id, &(rung as i32), &(epoch as i32)],
         )
         .await?;
-    Ok(rows.iter().filter_map(|r| r.get::<_, Option<f64>>(0)).collect())
+    Ok(rows.iter().filter_map(|r| r.get::<_, Option<f64>>("best")).collect())
 }

@@ -26,26 +26,24 @@ use sluice_core::{
     Context, Shutdown,
     events::Envelope,
     kafka::{self, CommitOnRevoke, SluiceConsumer},
+    models::{self, ModelName, RegistryError},
     parking::{self, WorkKind, WorkParked},
-    reference::Reference,
+    reference::{Reference, top1},
     s3,
     topics::Topic,
     training::{
-        ArtifactRef, EpochMetrics, Splits, TrialAssigned, TrialFinished, TrialOutcome, TrialProgress, artifact_key,
-        checkpoint_key, manifest_key,
+        ArtifactRef, BaselineScores, EpochMetrics, Hits, Splits, TestScores, TrialAssigned, TrialFinished,
+        TrialOutcome, TrialProgress, artifact_key, checkpoint_key, manifest_key,
     },
     work::{self, Backoff, Failure, Settled},
 };
-use sluice_nn::{Architecture, Hyper, Samples, Session, SessionSpec};
+use sluice_nn::{Architecture, Hyper, Network, Samples, Session, SessionSpec};
 
-use crate::{jobs, search, snapshot, store};
-
-// Outages of the trial's dependencies are retried; what comes of the trial itself fails it.
-impl From<store::StoreError> for Failure {
-    fn from(err: store::StoreError) -> Self {
-        Failure::Retry(err.to_string())
-    }
-}
+use crate::{
+    evaluation, jobs, search,
+    snapshot::{self, LoadedSnapshot},
+    store::{self, Attempts},
+};
 
 impl From<snapshot::SnapshotError> for Failure {
     fn from(err: snapshot::SnapshotError) -> Self {
@@ -203,17 +201,14 @@ fn ended(
         reference: serde_json::Value::Null,
         error,
         duration_ms: started.elapsed().as_millis() as i64,
+        test: None,
     }
 }
 
 /// Whether the trial should still run: `Err` carries the result to publish instead (cancelled),
 /// `Ok(false)` means skip silently (already ended: a duplicate delivery).
 async fn still_wanted(ctx: &Context, trial: &TrialAssigned) -> Result<bool, Failure> {
-    match store::trial_state(ctx, trial.trial_id).await? {
-        None => Ok(false),
-        Some((trial_status, job_status)) => Ok(matches!(trial_status.as_str(), "queued" | "running")
-            && matches!(job_status.as_str(), "queued" | "running")),
-    }
+    Ok(store::trial_state(ctx, trial.trial_id).await?.is_some_and(|state| state.wanted()))
 }
 
 /// Trains the trial; `Ok(None)` when there is nothing to do (ended or cancelled job).
@@ -236,7 +231,9 @@ async fn train(
         .parse()
         .map_err(|_| Failure::Poison(format!("unknown architecture {}", trial.architecture)))?;
     // Counted before anything can go wrong, so a run that kills this process counts too.
-    let Some((attempts, last_error)) = store::mark_running(ctx, trial.job_id, trial.trial_id, worker).await? else {
+    let Some(Attempts { attempts, last_error }) =
+        store::mark_running(ctx, trial.job_id, trial.trial_id, worker).await?
+    else {
         return Ok(None);
     };
     let max_attempts = ctx.config.trainer.max_trial_attempts as i32;
@@ -342,8 +339,14 @@ async fn train(
             }
         }
     }
-    let sets =
-        Sets { validation: &val_set, calibration: calibration_set.as_ref(), sizes: partition.sizes(), pruned_at };
+    let sets = Sets {
+        validation: &val_set,
+        calibration: calibration_set.as_ref(),
+        test: &partition.test,
+        loaded: &loaded,
+        sizes: partition.sizes(),
+        pruned_at,
+    };
     finish(ctx, trial, &session, sets, classes, worker, started).await.map(Some)
 }
 
@@ -351,6 +354,10 @@ async fn train(
 struct Sets<'a> {
     validation: &'a Samples,
     calibration: Option<&'a Samples>,
+    /// The test items (indices into the snapshot), scored here so the coordinator need not load
+    /// the snapshot again.
+    test: &'a [usize],
+    loaded: &'a LoadedSnapshot,
     /// Items per split.
     sizes: serde_json::Value,
     /// The epoch the median rule stopped the trial at, if it did.
@@ -393,6 +400,7 @@ async fn finish(
         embeddings.extend(more_embeddings);
     }
     reference.add_embedding_sample(&logits, &embeddings);
+    let test = test_scores(ctx, trial, session, sets.loaded, sets.test, reference.temperature).await?;
     let sha256 = hex::encode(Sha256::digest(&artifact));
     let size_bytes = artifact.len() as i64;
     let key = artifact_key(&trial.model, trial.job_id, trial.trial_id);
@@ -434,5 +442,84 @@ async fn finish(
         reference: serde_json::to_value(reference).expect("references serialise"),
         error: None,
         duration_ms: started.elapsed().as_millis() as i64,
+        test,
     })
+}
+
+/// The trial's best weights on the test items (each item's frames averaged, at the calibrated
+/// `temperature`), and the baseline version on the same items when the trial names one.
+async fn test_scores(
+    ctx: &Context,
+    trial: &TrialAssigned,
+    session: &Session,
+    loaded: &LoadedSnapshot,
+    items: &[usize],
+    temperature: f64,
+) -> Result<Option<TestScores>, Failure> {
+    if items.is_empty() {
+        return Ok(None);
+    }
+    let samples = loaded.samples(items);
+    let frames = loaded.frame_counts(items);
+    let labels = &loaded.snapshot.labels;
+    let evaluation = session.evaluate_best(&samples).map_err(|e| Failure::Poison(e.to_string()))?;
+    let probabilities = evaluation::item_probabilities(&evaluation.logits, &frames, temperature);
+    let truth: Vec<u32> =
+        items.iter().map(|&i| labels.binary_search(&loaded.snapshot.items[i].label).unwrap_or(0) as u32).collect();
+    let correct = Hits(probabilities.iter().zip(&truth).map(|(p, &t)| top1(p).0 == t as usize).collect());
+    let report = evaluation::report(labels, &probabilities, &truth);
+    let baseline = match trial.baseline_version {
+        Some(version) => Some(baseline_scores(ctx, trial, version, loaded, items, samples).await?),
+        None => None,
+    };
+    Ok(Some(TestScores { correct, report: serde_json::to_value(report).expect("reports serialise"), baseline }))
+}
+
+/// Whether the baseline version's top class is each item's label (matched by name; a label it
+/// does not know is wrong). An artifact that cannot be loaded or run is reported as such (the
+/// gate then refuses); an outage is retried.
+async fn baseline_scores(
+    ctx: &Context,
+    trial: &TrialAssigned,
+    version: i32,
+    loaded: &LoadedSnapshot,
+    items: &[usize],
+    samples: Samples,
+) -> Result<BaselineScores, Failure> {
+    let unscored = |note: String| {
+        tracing::warn!(trial = %trial.trial_id, version, %note, "the baseline cannot be scored");
+        Ok(BaselineScores { version, correct: None, note: Some(note) })
+    };
+    let model = ModelName::parse(&trial.model).map_err(|e| Failure::Poison(e.to_string()))?;
+    let stored = {
+        let client = ctx.db.get().await.map_err(sluice_core::db::DbError::from)?;
+        models::get_version(&client, &model, version).await
+    };
+    let baseline = match stored {
+        Ok(Some(baseline)) => baseline,
+        Ok(None) => return unscored(format!("model {model} has no version {version}")),
+        Err(err) => return Err(Failure::Retry(sluice_core::error_chain(&err))),
+    };
+    let bytes = match models::load_artifact(&ctx.s3, &ctx.config.s3.bucket, &baseline).await {
+        Ok(bytes) => bytes,
+        Err(err @ (RegistryError::Tampered { .. } | RegistryError::MissingArtifact { .. })) => {
+            return unscored(err.to_string());
+        }
+        Err(err) => return Err(Failure::Retry(sluice_core::error_chain(&err))),
+    };
+    let frames = loaded.frame_counts(items);
+    let truth: Vec<String> = items.iter().map(|&i| loaded.snapshot.items[i].label.clone()).collect();
+    let their_labels = baseline.labels.clone();
+    let scored = tokio::task::spawn_blocking(move || -> Result<Vec<bool>, String> {
+        let network = Network::load(&bytes).map_err(|e| e.to_string())?;
+        let logits = network.logits(&samples.images, samples.labels.len()).map_err(|e| e.to_string())?;
+        let probabilities = evaluation::item_probabilities(&logits, &frames, 1.0);
+        Ok(probabilities.iter().zip(&truth).map(|(p, label)| their_labels.get(top1(p).0) == Some(label)).collect())
+    })
+    .await
+    .map_err(|e| Failure::Poison(format!("scoring the baseline panicked: {e}")))?;
+    match scored {
+        Ok(correct) => Ok(BaselineScores { version, correct: Some(Hits(correct)), note: None }),
+        Err(err) => unscored(err),
+    }
 }

@@ -1,0 +1,46 @@
+//! What preprocess hands to the rest of Sluice: the `media` and `media_outputs` tables.
+//!
+//! An item is ready for training once its row says `processed` under the dataset's current
+//! pipeline spec and its outputs are listed. Readers outside preprocess (the trainer freezing a
+//! snapshot) go through these functions, never through SQL of their own on preprocess's tables.
+//! The `media.processed` event announces the same hand-off to outside subscribers (see
+//! `API.md`); nothing inside Sluice needs to consume it, because the tables are the record.
+
+use deadpool_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::{db::DbError, training::SnapshotItem, uploads::MediaStatus};
+
+/// Whether the dataset exists (it does once anything was pushed to it).
+#[tracing::instrument(level = "debug", skip(client))]
+pub async fn dataset_exists(client: &impl GenericClient, dataset: &str) -> Result<bool, DbError> {
+    let row = client.query_opt("SELECT 1 AS found FROM datasets WHERE name = $1", &[&dataset]).await?;
+    Ok(row.is_some())
+}
+
+/// The dataset's processed, labelled items under the spec `spec_hash`, each with its output
+/// keys in frame order.
+#[tracing::instrument(level = "debug", skip(client))]
+pub async fn labelled_outputs(
+    client: &impl GenericClient,
+    dataset: &str,
+    spec_hash: &str,
+) -> Result<Vec<SnapshotItem>, DbError> {
+    let rows = client
+        .query(
+            "SELECT m.id, m.label, array_agg(o.key ORDER BY o.frame_index NULLS FIRST, o.key) AS keys
+             FROM media m JOIN media_outputs o ON o.media_id = m.id AND o.spec_hash = $2
+             WHERE m.dataset = $1 AND m.status = $3 AND m.spec_hash = $2 AND m.label IS NOT NULL
+             GROUP BY m.id, m.label",
+            &[&dataset, &spec_hash, &MediaStatus::Processed],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| SnapshotItem {
+            media_id: row.get::<_, Uuid>("id"),
+            label: row.get("label"),
+            keys: row.get("keys"),
+        })
+        .collect())
+}
