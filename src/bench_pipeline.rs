@@ -12,7 +12,7 @@ use std::{io::Cursor, time::Instant};
 
 use anyhow::Context as _;
 use futures::{StreamExt, stream};
-use sluice_core::{Config, Context, Shutdown, pipeline::PipelineSpec};
+use sluice_core::{Config, Context, Shutdown, pipeline::PipelineSpec, uploads::MediaStatus};
 
 use crate::{Application, Service};
 
@@ -116,14 +116,9 @@ pub async fn pipeline(config: &Config, options: &Options) -> anyhow::Result<Vec<
     let client = ctx.db.get().await?;
     let deadline = started + std::time::Duration::from_secs(600);
     loop {
-        let row = client
-            .query_one(
-                "SELECT count(*) FILTER (WHERE status = 'processed'), count(*) FILTER (WHERE status = 'failed')
-                 FROM media WHERE dataset = $1",
-                &[&dataset],
-            )
-            .await?;
-        let (processed, failed): (i64, i64) = (row.get(0), row.get(1));
+        let counts = sluice_core::processed::status_counts(&client, &dataset).await?;
+        let count = |status| counts.get(&status).copied().unwrap_or(0);
+        let (processed, failed) = (count(MediaStatus::Processed), count(MediaStatus::Failed));
         anyhow::ensure!(failed == 0, "{failed} items failed preprocessing");
         if processed as usize >= options.images {
             break;

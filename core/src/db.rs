@@ -193,12 +193,12 @@ mod tests {
     #[test]
     fn a_text_enum_round_trips_through_text_serde_and_the_wire_format() {
         for &colour in Colour::ALL {
-            assert_eq!(colour.as_str().parse::<Colour>().unwrap(), colour);
-            let json = serde_json::to_string(&colour).unwrap();
-            assert_eq!(serde_json::from_str::<Colour>(&json).unwrap(), colour);
+            assert_eq!(colour.as_str().parse::<Colour>().expect("test value"), colour);
+            let json = serde_json::to_string(&colour).expect("test value");
+            assert_eq!(serde_json::from_str::<Colour>(&json).expect("test value"), colour);
             let mut out = tokio_postgres::types::private::BytesMut::new();
-            colour.to_sql_checked(&Type::TEXT, &mut out).unwrap();
-            assert_eq!(Colour::from_sql(&Type::TEXT, &out).unwrap(), colour);
+            colour.to_sql_checked(&Type::TEXT, &mut out).expect("test value");
+            assert_eq!(Colour::from_sql(&Type::TEXT, &out).expect("test value"), colour);
         }
         assert!("green".parse::<Colour>().is_err());
         assert!(Colour::from_sql(&Type::TEXT, b"green").is_err());

@@ -98,6 +98,45 @@ where
     Ok(())
 }
 
+/// An event checked and serialised as [`enqueue`] would write it, for a hot path whose one
+/// statement writes the rows the event describes and its outbox row together (one round trip,
+/// atomic on its own): the statement takes its outbox part from [`insert_per_row`] and binds
+/// [`OutboxRow::params`]. Everywhere else, [`enqueue`].
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    id: Uuid,
+    topic: String,
+    key: String,
+    payload: serde_json::Value,
+}
+
+impl OutboxRow {
+    /// Refuses an event over [`MAX_EVENT_BYTES`], like [`enqueue`].
+    pub fn new<T: crate::events::Event>(
+        topic: &crate::topics::TopicName,
+        key: &str,
+        event: &crate::events::Envelope<T>,
+    ) -> Result<Self, RelayError> {
+        let payload = serde_json::to_value(event).expect("events serialise");
+        check_size(topic.as_str(), key, &payload)?;
+        Ok(Self { id: event.event_id, topic: topic.as_str().to_owned(), key: key.to_owned(), payload })
+    }
+
+    /// The four parameters [`insert_per_row`] numbers from `first`, in order.
+    pub fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 4] {
+        [&self.id, &self.topic, &self.key, &self.payload]
+    }
+}
+
+/// The body of a data-modifying CTE that writes one outbox row (parameters `$first` to
+/// `$first + 3`, bound to [`OutboxRow::params`]) for each row `source`, another CTE of the same
+/// statement, returns: none when `source` wrote nothing (a conflict), so the event exists exactly
+/// when its row does.
+pub fn insert_per_row(source: &str, first: usize) -> String {
+    let [id, topic, key, payload] = [first, first + 1, first + 2, first + 3];
+    format!("INSERT INTO outbox (id, topic, key, payload) SELECT ${id}, ${topic}, ${key}, ${payload} FROM {source}")
+}
+
 /// Refuses an event whose key and compact JSON (what the relay publishes) exceed
 /// [`MAX_EVENT_BYTES`].
 fn check_size(topic: &str, key: &str, payload: &serde_json::Value) -> Result<(), RelayError> {
@@ -382,5 +421,27 @@ mod tests {
             }
             other => panic!("expected TooLarge, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_one_statement_outbox_row_is_size_checked_and_numbers_its_parameters_from_first() {
+        let topic = Topic::WorkDlq.qualified("t.");
+        let parked = |detail| {
+            let reason = "refused".to_owned();
+            crate::events::Envelope::new(WorkParked {
+                kind: WorkKind::OutboxRow,
+                id: "k".into(),
+                attempts: 1,
+                reason,
+                detail,
+            })
+        };
+        assert!(OutboxRow::new(&topic, "k", &parked(json!({}))).is_ok());
+        let huge = parked(json!({"data": "x".repeat(MAX_EVENT_BYTES)}));
+        assert!(matches!(OutboxRow::new(&topic, "k", &huge), Err(RelayError::TooLarge { .. })));
+        assert_eq!(
+            insert_per_row("m", 14),
+            "INSERT INTO outbox (id, topic, key, payload) SELECT $14, $15, $16, $17 FROM m"
+        );
     }
 }

@@ -6,6 +6,8 @@
 //! The `media.processed` event announces the same hand-off to outside subscribers (see
 //! `API.md`); nothing inside Sluice needs to consume it, because the tables are the record.
 
+use std::collections::HashMap;
+
 use deadpool_postgres::GenericClient;
 use uuid::Uuid;
 
@@ -43,4 +45,13 @@ pub async fn labelled_outputs(
             keys: row.get("keys"),
         })
         .collect())
+}
+
+/// How many of the dataset's items are in each status (statuses with none are absent).
+#[tracing::instrument(level = "debug", skip(client))]
+pub async fn status_counts(client: &impl GenericClient, dataset: &str) -> Result<HashMap<MediaStatus, i64>, DbError> {
+    let rows = client
+        .query("SELECT status, count(*) AS items FROM media WHERE dataset = $1 GROUP BY status", &[&dataset])
+        .await?;
+    Ok(rows.iter().map(|row| (row.get("status"), row.get("items"))).collect())
 }

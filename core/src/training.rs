@@ -499,12 +499,12 @@ mod tests {
     #[test]
     fn hits_round_trip_as_a_compact_string() {
         let hits = Hits(vec![true, false, false, true]);
-        let json = serde_json::to_string(&hits).unwrap();
+        let json = serde_json::to_string(&hits).expect("test value");
         assert_eq!(json, "\"1001\"");
-        assert_eq!(serde_json::from_str::<Hits>(&json).unwrap(), hits);
+        assert_eq!(serde_json::from_str::<Hits>(&json).expect("test value"), hits);
         assert!(serde_json::from_str::<Hits>("\"10x\"").is_err());
         let big = Hits(vec![true; 100_000]);
-        assert!(serde_json::to_vec(&big).unwrap().len() < 100_010);
+        assert!(serde_json::to_vec(&big).expect("test value").len() < 100_010);
     }
 
     #[test]

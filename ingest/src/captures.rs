@@ -12,7 +12,7 @@ use rdkafka::{Message, consumer::Consumer};
 use serde_json::json;
 use sluice_core::{
     Context, Shutdown,
-    capture::{self, MediaCaptured},
+    capture::MediaCaptured,
     domain::{DatasetName, Label},
     events::Envelope,
     kafka, s3,
@@ -62,18 +62,15 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
 }
 
 /// Stores one captured input; `Ok` with what happened, `Err` for a refusal or an outage.
+#[tracing::instrument(skip_all, fields(prediction_id = %event.prediction_id, dataset = %event.dataset))]
 async fn handle(ctx: &Context, event: &MediaCaptured) -> Result<&'static str, IngestError> {
-    let client = ctx.db.get().await?;
-    let recorded =
-        client.query_opt("SELECT id FROM media WHERE captured_from = $1", &[&event.prediction_id]).await?.is_some();
-    if recorded {
+    if store::is_captured(ctx, event.prediction_id).await? {
         discard(ctx, &event.key).await;
         return Ok("redelivered");
     }
     let dataset =
         DatasetName::parse(&event.dataset).map_err(|e| IngestError::BadField { field: "dataset", message: e.0 })?;
-    let feedback = capture::feedback_label(&client, event.prediction_id).await?;
-    drop(client);
+    let feedback = store::feedback_label(ctx, event.prediction_id).await?;
     let label = feedback.as_deref().and_then(|l| Label::parse(l).ok());
     // At most one predict request's bytes (`inference.max_predict_bytes`).
     let Some(bytes) = s3::get_bytes(&ctx.s3, &ctx.config.s3.bucket, &event.key).await.map_err(IngestError::Storage)?
@@ -105,7 +102,7 @@ async fn handle(ctx: &Context, event: &MediaCaptured) -> Result<&'static str, In
         }
         Err(err) => {
             upload::discard_unrecorded(ctx, &[stored.key]).await;
-            Err(err)
+            Err(err.into())
         }
     }
 }

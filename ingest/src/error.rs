@@ -4,7 +4,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use sluice_core::{db::DbError, http::ApiError, s3::S3Error};
+use sluice_core::{db::DbError, http::ApiError, outbox::RelayError, s3::S3Error};
 
 use crate::sniff::HeaderError;
 
@@ -34,19 +34,24 @@ pub enum IngestError {
     Storage(S3Error),
     #[error("database: {0}")]
     Database(#[from] DbError),
+    /// An event the outbox refused before it was written (over Kafka's message limit): a bug
+    /// upstream, never the client's, and never worth retrying.
+    #[error("outbox: {0}")]
+    Outbox(#[source] RelayError),
     #[error("not found")]
     NotFound(String),
+    /// An answer already shaped by `sluice_core` (a missing scope, a malformed id, a bucket
+    /// that may not be read).
+    #[error(transparent)]
+    Refused(#[from] ApiError),
 }
 
-impl From<tokio_postgres::Error> for IngestError {
-    fn from(err: tokio_postgres::Error) -> Self {
-        Self::Database(DbError::Query(err))
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for IngestError {
-    fn from(err: deadpool_postgres::PoolError) -> Self {
-        Self::Database(DbError::Pool(err))
+impl From<RelayError> for IngestError {
+    fn from(err: RelayError) -> Self {
+        match err {
+            RelayError::Db(err) => Self::Database(err),
+            other => Self::Outbox(other),
+        }
     }
 }
 
@@ -71,59 +76,73 @@ impl IngestError {
             Self::BodyRead(_) => "body_read",
             Self::Storage(_) => "storage_unavailable",
             Self::Database(_) => "database_unavailable",
+            Self::Outbox(_) => "internal",
             Self::NotFound(_) => "not_found",
+            Self::Refused(_) => "refused",
         }
     }
 
+    /// The HTTP answer. 5xx answers log the whole cause chain (`sluice_core::http::ApiError`).
     pub fn to_api(&self) -> ApiError {
-        let message = match self {
-            Self::Empty => "The upload is empty; send the file's bytes.".to_owned(),
-            Self::TooLarge { limit } => format!("The upload is larger than the {limit}-byte limit."),
-            Self::TooManyParts { max } => {
-                format!("One upload holds at most {max} files (and one of each text part); send the rest in another request.")
+        use StatusCode as S;
+        let (status, code, message) = match self {
+            Self::Empty => (S::BAD_REQUEST, "empty_upload", "The upload is empty; send the file's bytes.".to_owned()),
+            Self::TooLarge { limit } => {
+                (S::PAYLOAD_TOO_LARGE, "too_large", format!("The upload is larger than the {limit}-byte limit."))
             }
-            Self::Unsupported => {
+            Self::TooManyParts { max } => (
+                S::PAYLOAD_TOO_LARGE,
+                "too_many_parts",
+                format!("One upload holds at most {max} files (and one of each text part); send the rest in another request."),
+            ),
+            Self::Unsupported => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
                 "The bytes are not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF) or video (MP4, MOV, WebM, MKV, AVI)."
-                    .to_owned()
+                    .to_owned(),
+            ),
+            Self::TypeMismatch { declared, actual } => (
+                S::UNSUPPORTED_MEDIA_TYPE,
+                "content_type_mismatch",
+                format!("The request declares {declared} but the bytes are {actual}; fix the Content-Type."),
+            ),
+            Self::Header(err @ HeaderError::TooManyPixels { .. }) => {
+                (S::UNPROCESSABLE_ENTITY, "too_many_pixels", format!("{err}."))
             }
-            Self::TypeMismatch { declared, actual } => {
-                format!("The request declares {declared} but the bytes are {actual}; fix the Content-Type.")
+            Self::Header(err @ HeaderError::Malformed(_)) => {
+                (S::UNPROCESSABLE_ENTITY, "malformed_media", format!("{err}."))
             }
-            Self::Header(err) => format!("{err}."),
-            Self::Truncated(ext) => format!("The {ext} file ends early (truncated); upload the complete file."),
-            Self::BadField { field, message } => format!("`{field}`: {message}."),
-            Self::BadRequest(message) => format!("{message}."),
-            Self::BodyRead(message) => format!("The request body could not be read: {message}."),
-            Self::Storage(_) => "Object storage is unreachable; nothing was stored. Retry shortly.".to_owned(),
-            Self::Database(_) => "The database is unreachable; nothing was stored. Retry shortly.".to_owned(),
-            Self::NotFound(what) => format!("No {what}."),
-        };
-        let (status, code) = match self {
-            Self::Empty => (StatusCode::BAD_REQUEST, "empty_upload"),
-            Self::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            Self::TooManyParts { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_parts"),
-            Self::Unsupported => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
-            Self::TypeMismatch { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "content_type_mismatch"),
-            Self::Header(HeaderError::TooManyPixels { .. }) => (StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels"),
-            Self::Header(HeaderError::Malformed(_)) => (StatusCode::UNPROCESSABLE_ENTITY, "malformed_media"),
-            Self::Truncated(_) => (StatusCode::UNPROCESSABLE_ENTITY, "truncated_media"),
-            Self::BadField { .. } | Self::BadRequest(_) | Self::BodyRead(_) => {
-                (StatusCode::BAD_REQUEST, "invalid_request")
+            Self::Truncated(ext) => (
+                S::UNPROCESSABLE_ENTITY,
+                "truncated_media",
+                format!("The {ext} file ends early (truncated); upload the complete file."),
+            ),
+            Self::BadField { field, message } => (S::BAD_REQUEST, "invalid_request", format!("`{field}`: {message}.")),
+            Self::BadRequest(message) => (S::BAD_REQUEST, "invalid_request", format!("{message}.")),
+            Self::BodyRead(message) => {
+                (S::BAD_REQUEST, "invalid_request", format!("The request body could not be read: {message}."))
             }
-            Self::Database(DbError::Query(e)) if e.code().is_some() => {
-                tracing::error!(error = %e, "database refused a statement");
-                return ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "The database refused the request; it has been logged.",
+            Self::NotFound(what) => (S::NOT_FOUND, "not_found", format!("No {what}.")),
+            Self::Storage(err) => {
+                return ApiError::unavailable_because(
+                    err,
+                    "Object storage is unreachable; nothing was stored. Retry shortly.",
                 );
             }
-            Self::Storage(_) | Self::Database(_) => (StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable"),
-            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Database(err) => {
+                // Status, code and the logged chain from core; the message says what ingest kept.
+                let mut api = err.to_api();
+                api.message = if err.is_refusal() {
+                    "The database refused the request; it has been logged."
+                } else {
+                    "The database is unreachable; nothing was stored. Retry shortly."
+                }
+                .to_owned();
+                return api;
+            }
+            Self::Outbox(err) => return ApiError::internal(err),
+            Self::Refused(api) => return api.clone(),
         };
-        if status.is_server_error() {
-            tracing::warn!(error = %self, "ingest dependency failure");
-        }
         ApiError::new(status, code, message)
     }
 }

@@ -6,6 +6,10 @@
 //! (`sluice_core::outbox`) publishes outbox rows to Kafka, so an accepted upload survives a broker outage.
 //! Objects whose transaction failed are deleted at once or by the [`sweeper`]. Objects already in
 //! S3 come in through resumable bulk [`imports`].
+//!
+//! Every SQL statement lives in a store module, [`store`] (datasets and media) or
+//! [`imports::store`] (imports), whose functions return typed rows and
+//! `sluice_core::db::DbError`; every handler answers with an [`error::IngestError`].
 
 pub mod captures;
 pub mod error;

@@ -1,19 +1,28 @@
-//! PostgreSQL records of media, written together with their outbox events.
+//! PostgreSQL records of media and datasets: every statement ingest runs on `datasets`, `media`
+//! and `media_outputs`. New media are written together with their `media.ingested` outbox events.
+
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sluice_core::{
-    Context,
+    Context, capture,
+    db::DbError,
     domain::{DatasetName, Label},
     events::Envelope,
-    topics::Topic,
-    uploads::MediaIngested,
+    outbox::{self, OutboxRow, RelayError},
+    topics::{Topic, TopicName},
+    uploads::{MediaIngested, MediaStatus},
 };
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::{error::IngestError, upload::Stored};
+use crate::{
+    imports::store::{self as import_store, ItemOutcome},
+    upload::Stored,
+};
 
 /// One uploaded file, validated and in S3, waiting to be recorded.
 #[derive(Debug)]
@@ -39,30 +48,30 @@ pub struct Accepted {
     pub content_type: String,
     pub bytes: i64,
     pub sha256: String,
-    pub status: String,
+    pub status: MediaStatus,
     pub duplicate: bool,
 }
 
 /// Inserts the dataset (if new), the media row and its outbox row in one statement, so a
 /// single-file upload costs one round trip and commits atomically on its own. Returns the media
 /// id when inserted, nothing when the bytes already exist in the dataset.
-const INSERT_MEDIA: &str = "
-    WITH ds AS (
-        INSERT INTO datasets (name) VALUES ($2) ON CONFLICT DO NOTHING
-    ), m AS (
-        INSERT INTO media (id, dataset, label, kind, content_type, bytes, sha256, width, height, raw_key, source, metadata,
-                           captured_from)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $17)
-        ON CONFLICT (dataset, sha256) DO NOTHING
-        RETURNING id
-    ), o AS (
-        INSERT INTO outbox (id, topic, key, payload)
-        SELECT $13, $14, $15, $16 FROM m
+static INSERT_MEDIA: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH ds AS (
+            INSERT INTO datasets (name) VALUES ($2) ON CONFLICT DO NOTHING
+        ), m AS (
+            INSERT INTO media (id, dataset, label, kind, content_type, bytes, sha256, width, height, raw_key, source,
+                               metadata, captured_from)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            ON CONFLICT (dataset, sha256) DO NOTHING
+            RETURNING id
+        ), o AS (
+            {}
+        )
+        SELECT id FROM m",
+        outbox::insert_per_row("m", 14)
     )
-    SELECT id FROM m";
-
-const INSERT_IMPORT_ITEM: &str =
-    "INSERT INTO import_items (import_id, source_key, outcome, media_id) VALUES ($1, $2, $3, $4)";
+});
 
 const SELECT_EXISTING: &str =
     "SELECT id, label, kind, content_type, bytes, status FROM media WHERE dataset = $1 AND sha256 = $2";
@@ -71,26 +80,53 @@ const SELECT_EXISTING: &str =
 /// statement for a single upload, one transaction for several files or an import item.
 /// Items whose bytes already exist in their dataset are answered with the existing record; their
 /// freshly written objects are returned so the caller deletes them.
-pub async fn record(ctx: &Context, items: Vec<NewMedia>) -> Result<(Vec<Accepted>, Vec<String>), IngestError> {
+#[tracing::instrument(level = "debug", skip_all, fields(items = items.len()))]
+pub async fn record(ctx: &Context, items: Vec<NewMedia>) -> Result<(Vec<Accepted>, Vec<String>), RelayError> {
+    let topic = ctx.topic(Topic::MediaIngested);
+    let events = items.iter().map(|item| ingested(&topic, item)).collect::<Result<Vec<_>, _>>()?;
+    Ok(record_all(ctx, &items, &events).await?)
+}
+
+/// The `media.ingested` event of `item`, checked for the outbox.
+fn ingested(topic: &TopicName, item: &NewMedia) -> Result<OutboxRow, RelayError> {
+    let stored = &item.stored;
+    let event = Envelope::new(MediaIngested {
+        media_id: stored.id,
+        dataset: item.dataset.to_string(),
+        label: item.label.as_ref().map(Label::to_string),
+        kind: stored.format.kind().as_str().to_owned(),
+        content_type: stored.format.content_type().to_owned(),
+        raw_key: stored.key.clone(),
+        bytes: stored.bytes,
+        sha256: stored.sha256.clone(),
+        width: stored.width,
+        height: stored.height,
+    });
+    OutboxRow::new(topic, &stored.id.to_string(), &event)
+}
+
+async fn record_all(
+    ctx: &Context,
+    items: &[NewMedia],
+    events: &[OutboxRow],
+) -> Result<(Vec<Accepted>, Vec<String>), DbError> {
     let mut client = ctx.db.get().await?;
-    let topic = ctx.topic(Topic::MediaIngested).to_string();
     let mut accepted = Vec::with_capacity(items.len());
     let mut redundant = Vec::new();
-    if let [item] = items.as_slice()
+    if let ([item], [event]) = (items, events)
         && item.import.is_none()
     {
-        let (answer, extra) = record_one(&client, &topic, item).await?;
+        let (answer, extra) = record_one(&client, item, event).await?;
         accepted.push(answer);
         redundant.extend(extra);
         return Ok((accepted, redundant));
     }
     let tx = client.transaction().await?;
-    for item in &items {
-        let (answer, extra) = record_one(&tx, &topic, item).await?;
+    for (item, event) in items.iter().zip(events) {
+        let (answer, extra) = record_one(&tx, item, event).await?;
         if let Some((import_id, source_key)) = &item.import {
-            let outcome = if answer.duplicate { "duplicate" } else { "accepted" };
-            let statement = tx.prepare_cached(INSERT_IMPORT_ITEM).await?;
-            tx.execute(&statement, &[import_id, source_key, &outcome, &answer.id]).await?;
+            let outcome = if answer.duplicate { ItemOutcome::Duplicate } else { ItemOutcome::Accepted };
+            import_store::record_item(&tx, *import_id, source_key, outcome, answer.id).await?;
         }
         accepted.push(answer);
         redundant.extend(extra);
@@ -99,53 +135,35 @@ pub async fn record(ctx: &Context, items: Vec<NewMedia>) -> Result<(Vec<Accepted
     Ok((accepted, redundant))
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(media_id = %item.stored.id, dataset = %item.dataset))]
 async fn record_one<C: GenericClient>(
     client: &C,
-    topic: &str,
     item: &NewMedia,
-) -> Result<(Accepted, Option<String>), IngestError> {
+    event: &OutboxRow,
+) -> Result<(Accepted, Option<String>), DbError> {
     let stored = &item.stored;
     let kind = stored.format.kind().as_str();
     let content_type = stored.format.content_type();
     let label = item.label.as_ref().map(Label::as_str);
-    let event = Envelope::new(MediaIngested {
-        media_id: stored.id,
-        dataset: item.dataset.to_string(),
-        label: label.map(str::to_owned),
-        kind: kind.to_owned(),
-        content_type: content_type.to_owned(),
-        raw_key: stored.key.clone(),
-        bytes: stored.bytes,
-        sha256: stored.sha256.clone(),
-        width: stored.width,
-        height: stored.height,
-    });
-    let payload = serde_json::to_value(&event).expect("events serialise");
-    let statement = client.prepare_cached(INSERT_MEDIA).await?;
-    let inserted = client
-        .query_opt(
-            &statement,
-            &[
-                &stored.id,
-                &item.dataset.as_str(),
-                &label,
-                &kind,
-                &content_type,
-                &stored.bytes,
-                &stored.sha256,
-                &stored.width,
-                &stored.height,
-                &stored.key,
-                &item.source,
-                &item.metadata,
-                &event.event_id,
-                &topic,
-                &stored.id.to_string(),
-                &payload,
-                &item.captured_from,
-            ],
-        )
-        .await?;
+    let dataset = item.dataset.as_str();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &stored.id,
+        &dataset,
+        &label,
+        &kind,
+        &content_type,
+        &stored.bytes,
+        &stored.sha256,
+        &stored.width,
+        &stored.height,
+        &stored.key,
+        &item.source,
+        &item.metadata,
+        &item.captured_from,
+    ];
+    params.extend(event.params());
+    let statement = client.prepare_cached(&INSERT_MEDIA).await?;
+    let inserted = client.query_opt(&statement, &params).await?;
     if inserted.is_some() {
         let answer = Accepted {
             id: stored.id,
@@ -155,33 +173,64 @@ async fn record_one<C: GenericClient>(
             content_type: content_type.to_owned(),
             bytes: stored.bytes,
             sha256: stored.sha256.clone(),
-            status: "accepted".into(),
+            status: MediaStatus::Accepted,
             duplicate: false,
         };
         return Ok((answer, None));
     }
     let statement = client.prepare_cached(SELECT_EXISTING).await?;
-    let row = client.query_one(&statement, &[&item.dataset.as_str(), &stored.sha256]).await?;
+    let row = client.query_one(&statement, &[&dataset, &stored.sha256]).await?;
     let answer = Accepted {
-        id: row.get(0),
+        id: row.get("id"),
         dataset: item.dataset.to_string(),
-        label: row.get(1),
-        kind: row.get(2),
-        content_type: row.get(3),
-        bytes: row.get(4),
+        label: row.get("label"),
+        kind: row.get("kind"),
+        content_type: row.get("content_type"),
+        bytes: row.get("bytes"),
         sha256: stored.sha256.clone(),
-        status: row.get(5),
+        status: row.get("status"),
         duplicate: true,
     };
     Ok((answer, Some(stored.key.clone())))
 }
 
-fn rfc3339(at: Option<DateTime<Utc>>) -> Value {
-    at.map_or(Value::Null, |t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+/// A media row and its processed outputs (`GET /v1/media/{id}`).
+#[derive(Debug)]
+pub struct Media {
+    pub id: Uuid,
+    pub dataset: String,
+    pub label: Option<String>,
+    pub kind: String,
+    pub content_type: String,
+    pub status: MediaStatus,
+    /// Why preprocessing failed, when it did.
+    pub error: Option<String>,
+    pub raw_key: String,
+    pub bytes: i64,
+    pub sha256: String,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub metadata: Value,
+    pub source: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub processed_at: Option<DateTime<Utc>>,
+    /// Resized images and extracted frames, unframed first, then by frame and key.
+    pub outputs: Vec<Output>,
 }
 
-/// `GET /v1/media/{id}` as JSON, or `None`.
-pub async fn media_json(ctx: &Context, id: Uuid) -> Result<Option<Value>, IngestError> {
+/// One processed output of a media item (`media_outputs`).
+#[derive(Debug)]
+pub struct Output {
+    pub key: String,
+    pub width: i32,
+    pub height: i32,
+    pub frame_index: Option<i32>,
+    pub timestamp_ms: Option<i64>,
+}
+
+/// The media item `id` with its outputs, or `None`.
+#[tracing::instrument(level = "debug", skip_all, fields(media_id = %id))]
+pub async fn media(ctx: &Context, id: Uuid) -> Result<Option<Media>, DbError> {
     let client = ctx.db.get().await?;
     let Some(row) = client
         .query_opt(
@@ -194,7 +243,7 @@ pub async fn media_json(ctx: &Context, id: Uuid) -> Result<Option<Value>, Ingest
     else {
         return Ok(None);
     };
-    let outputs: Vec<Value> = client
+    let outputs = client
         .query(
             "SELECT key, width, height, frame_index, timestamp_ms FROM media_outputs
              WHERE media_id = $1 ORDER BY frame_index NULLS FIRST, key",
@@ -202,34 +251,38 @@ pub async fn media_json(ctx: &Context, id: Uuid) -> Result<Option<Value>, Ingest
         )
         .await?
         .iter()
-        .map(|o| {
-            json!({
-                "key": o.get::<_, String>(0), "width": o.get::<_, i32>(1), "height": o.get::<_, i32>(2),
-                "frame_index": o.get::<_, Option<i32>>(3), "timestamp_ms": o.get::<_, Option<i64>>(4),
-            })
+        .map(|o| Output {
+            key: o.get("key"),
+            width: o.get("width"),
+            height: o.get("height"),
+            frame_index: o.get("frame_index"),
+            timestamp_ms: o.get("timestamp_ms"),
         })
         .collect();
-    Ok(Some(json!({
-        "id": row.get::<_, Uuid>(0),
-        "dataset": row.get::<_, String>(1),
-        "label": row.get::<_, Option<String>>(2),
-        "kind": row.get::<_, String>(3),
-        "content_type": row.get::<_, String>(4),
-        "status": row.get::<_, String>(5),
-        "error": row.get::<_, Option<String>>(6),
-        "raw": {"key": row.get::<_, String>(7), "bytes": row.get::<_, i64>(8), "sha256": row.get::<_, String>(9)},
-        "width": row.get::<_, Option<i32>>(10),
-        "height": row.get::<_, Option<i32>>(11),
-        "metadata": row.get::<_, Value>(12),
-        "source": row.get::<_, Option<String>>(13),
-        "outputs": outputs,
-        "created_at": rfc3339(Some(row.get(14))),
-        "processed_at": rfc3339(row.get(15)),
-    })))
+    Ok(Some(Media {
+        id: row.get("id"),
+        dataset: row.get("dataset"),
+        label: row.get("label"),
+        kind: row.get("kind"),
+        content_type: row.get("content_type"),
+        status: row.get("status"),
+        error: row.get("error"),
+        raw_key: row.get("raw_key"),
+        bytes: row.get("bytes"),
+        sha256: row.get("sha256"),
+        width: row.get("width"),
+        height: row.get("height"),
+        metadata: row.get("metadata"),
+        source: row.get("source"),
+        created_at: row.get("created_at"),
+        processed_at: row.get("processed_at"),
+        outputs,
+    }))
 }
 
 /// Sets or clears a label; `false` when the media does not exist.
-pub async fn set_label(ctx: &Context, id: Uuid, label: Option<&Label>) -> Result<bool, IngestError> {
+#[tracing::instrument(level = "debug", skip_all, fields(media_id = %id))]
+pub async fn set_label(ctx: &Context, id: Uuid, label: Option<&Label>) -> Result<bool, DbError> {
     let client = ctx.db.get().await?;
     let changed = client
         .execute("UPDATE media SET label = $2, updated_at = now() WHERE id = $1", &[&id, &label.map(Label::as_str)])
@@ -237,12 +290,24 @@ pub async fn set_label(ctx: &Context, id: Uuid, label: Option<&Label>) -> Result
     Ok(changed == 1)
 }
 
-/// Per-dataset counts by status and by label; one dataset when `name` is given.
-pub async fn dataset_stats(ctx: &Context, name: Option<&DatasetName>) -> Result<Vec<Value>, IngestError> {
+/// How many media of one dataset have one status and label (`count` is 0, with no status or
+/// label, for a dataset without media).
+#[derive(Debug)]
+pub struct DatasetCount {
+    pub dataset: String,
+    pub created_at: DateTime<Utc>,
+    pub status: Option<MediaStatus>,
+    pub label: Option<String>,
+    pub count: i64,
+}
+
+/// Media counts by dataset, status and label, ordered by dataset; one dataset when `name` is given.
+#[tracing::instrument(level = "debug", skip_all, fields(dataset = name.map(tracing::field::display)))]
+pub async fn dataset_counts(ctx: &Context, name: Option<&DatasetName>) -> Result<Vec<DatasetCount>, DbError> {
     let client = ctx.db.get().await?;
     let rows = client
         .query(
-            "SELECT d.name, d.created_at, m.status, m.label, count(m.id)
+            "SELECT d.name, d.created_at, m.status, m.label, count(m.id) AS count
              FROM datasets d LEFT JOIN media m ON m.dataset = d.name
              WHERE $1::text IS NULL OR d.name = $1
              GROUP BY d.name, d.created_at, m.status, m.label
@@ -250,46 +315,59 @@ pub async fn dataset_stats(ctx: &Context, name: Option<&DatasetName>) -> Result<
             &[&name.map(DatasetName::as_str)],
         )
         .await?;
-    let mut datasets: Vec<Value> = Vec::new();
-    for row in rows {
-        let dataset: String = row.get(0);
-        if datasets.last().is_none_or(|d| d["name"] != dataset.as_str()) {
-            datasets.push(json!({
-                "name": dataset, "created_at": rfc3339(Some(row.get(1))),
-                "total": 0, "by_status": {}, "by_label": {}, "unlabelled": 0,
-            }));
-        }
-        let entry = datasets.last_mut().expect("pushed above");
-        let count: i64 = row.get(4);
-        if count == 0 {
-            continue;
-        }
-        entry["total"] = json!(entry["total"].as_i64().unwrap_or(0) + count);
-        let status: String = row.get(2);
-        let by_status = &mut entry["by_status"][status.as_str()];
-        *by_status = json!(by_status.as_i64().unwrap_or(0) + count);
-        let label: Option<String> = row.get(3);
-        let slot = match label.as_deref() {
-            Some(label) => &mut entry["by_label"][label],
-            None => &mut entry["unlabelled"],
-        };
-        *slot = json!(slot.as_i64().unwrap_or(0) + count);
-    }
-    Ok(datasets)
+    Ok(rows
+        .iter()
+        .map(|r| DatasetCount {
+            dataset: r.get("name"),
+            created_at: r.get("created_at"),
+            status: r.get("status"),
+            label: r.get("label"),
+            count: r.get("count"),
+        })
+        .collect())
 }
 
-/// A dataset's unlabelled items, most informative first: captured inputs by ascending model
-/// confidence, then everything else newest first. `None` for an unknown dataset.
-pub async fn labelling_queue(ctx: &Context, dataset: &DatasetName, limit: i64) -> Result<Option<Value>, IngestError> {
+/// A dataset's unlabelled items, most informative first.
+#[derive(Debug)]
+pub struct LabellingQueue {
+    /// All of the dataset's unlabelled items, not only those in `items`.
+    pub unlabelled: i64,
+    pub items: Vec<Unlabelled>,
+}
+
+/// One unlabelled media item.
+#[derive(Debug)]
+pub struct Unlabelled {
+    pub id: Uuid,
+    pub kind: String,
+    pub status: MediaStatus,
+    pub source: Option<String>,
+    /// Holds `capture` (model, version, confidence…) for a captured input.
+    pub metadata: Value,
+    pub captured_from: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Up to `limit` unlabelled items of `dataset`: captured inputs by ascending model confidence,
+/// then everything else newest first. `None` for an unknown dataset.
+#[tracing::instrument(level = "debug", skip_all, fields(dataset = %dataset, limit = limit))]
+pub async fn labelling_queue(
+    ctx: &Context,
+    dataset: &DatasetName,
+    limit: i64,
+) -> Result<Option<LabellingQueue>, DbError> {
     let client = ctx.db.get().await?;
     let exists = client.query_opt("SELECT 1 FROM datasets WHERE name = $1", &[&dataset.as_str()]).await?.is_some();
     if !exists {
         return Ok(None);
     }
     let unlabelled: i64 = client
-        .query_one("SELECT count(*) FROM media WHERE dataset = $1 AND label IS NULL", &[&dataset.as_str()])
+        .query_one(
+            "SELECT count(*) AS unlabelled FROM media WHERE dataset = $1 AND label IS NULL",
+            &[&dataset.as_str()],
+        )
         .await?
-        .get(0);
+        .get("unlabelled");
     let rows = client
         .query(
             "SELECT id, kind, status, source, metadata, captured_from, created_at,
@@ -299,18 +377,39 @@ pub async fn labelling_queue(ctx: &Context, dataset: &DatasetName, limit: i64) -
             &[&dataset.as_str(), &limit],
         )
         .await?;
-    let items: Vec<Value> = rows
+    let items = rows
         .iter()
-        .map(|r| {
-            let metadata: Value = r.get("metadata");
-            json!({
-                "id": r.get::<_, Uuid>("id"), "kind": r.get::<_, String>("kind"),
-                "status": r.get::<_, String>("status"), "source": r.get::<_, Option<String>>("source"),
-                "captured_from": r.get::<_, Option<Uuid>>("captured_from"),
-                "capture": metadata.get("capture").cloned(),
-                "created_at": rfc3339(r.get("created_at")),
-            })
+        .map(|r| Unlabelled {
+            id: r.get("id"),
+            kind: r.get("kind"),
+            status: r.get("status"),
+            source: r.get("source"),
+            metadata: r.get("metadata"),
+            captured_from: r.get("captured_from"),
+            created_at: r.get("created_at"),
         })
         .collect();
-    Ok(Some(json!({"dataset": dataset.as_str(), "unlabelled": unlabelled, "items": items})))
+    Ok(Some(LabellingQueue { unlabelled, items }))
+}
+
+/// Whether a media item was already recorded from the prediction `prediction_id`'s input.
+#[tracing::instrument(level = "debug", skip_all, fields(prediction_id = %prediction_id))]
+pub async fn is_captured(ctx: &Context, prediction_id: Uuid) -> Result<bool, DbError> {
+    let client = ctx.db.get().await?;
+    Ok(client.query_opt("SELECT id FROM media WHERE captured_from = $1", &[&prediction_id]).await?.is_some())
+}
+
+/// The label given to the prediction `prediction_id` as feedback, if any.
+#[tracing::instrument(level = "debug", skip_all, fields(prediction_id = %prediction_id))]
+pub async fn feedback_label(ctx: &Context, prediction_id: Uuid) -> Result<Option<String>, DbError> {
+    let client = ctx.db.get().await?;
+    capture::feedback_label(&client, prediction_id).await
+}
+
+/// Which of `keys` a media row references (as its raw object).
+#[tracing::instrument(level = "debug", skip_all, fields(keys = keys.len()))]
+pub async fn recorded_keys(ctx: &Context, keys: &[String]) -> Result<Vec<String>, DbError> {
+    let client = ctx.db.get().await?;
+    let rows = client.query("SELECT raw_key FROM media WHERE raw_key = ANY($1)", &[&keys]).await?;
+    Ok(rows.iter().map(|r| r.get("raw_key")).collect())
 }

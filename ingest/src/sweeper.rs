@@ -7,7 +7,7 @@ use aws_smithy_types_convert::date_time::DateTimeExt;
 use chrono::Utc;
 use sluice_core::{Context, Shutdown, s3::S3Error, uploads::RAW_PREFIX};
 
-use crate::error::IngestError;
+use crate::{error::IngestError, store};
 
 /// Runs [`sweep_once`] every half grace period (at most every 5 minutes) until `shutdown`.
 pub async fn run(ctx: Context, shutdown: Shutdown) {
@@ -49,13 +49,7 @@ pub async fn sweep_once(ctx: &Context) -> Result<usize, IngestError> {
             .filter_map(|o| o.key().map(str::to_owned))
             .collect();
         if !old.is_empty() {
-            let client = ctx.db.get().await?;
-            let known: Vec<String> = client
-                .query("SELECT raw_key FROM media WHERE raw_key = ANY($1)", &[&old])
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
+            let known = store::recorded_keys(ctx, &old).await?;
             for key in old.iter().filter(|k| !known.contains(k)) {
                 ctx.s3
                     .delete_object()

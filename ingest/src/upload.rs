@@ -323,13 +323,9 @@ pub async fn discard(ctx: &Context, keys: &[String]) {
 /// cannot tell (it is down, or the commit's outcome is unknown), nothing is deleted and the
 /// orphan sweeper decides later, so an object whose row did commit is never removed.
 pub async fn discard_unrecorded(ctx: &Context, keys: &[String]) {
-    let recorded = async {
-        let client = ctx.db.get().await.ok()?;
-        let rows = client.query("SELECT raw_key FROM media WHERE raw_key = ANY($1)", &[&keys]).await.ok()?;
-        Some(rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>())
-    };
+    let recorded = crate::store::recorded_keys(ctx, keys);
     match tokio::time::timeout(std::time::Duration::from_secs(5), recorded).await {
-        Ok(Some(recorded)) => {
+        Ok(Ok(recorded)) => {
             let orphans: Vec<String> = keys.iter().filter(|k| !recorded.contains(k)).cloned().collect();
             discard(ctx, &orphans).await;
         }

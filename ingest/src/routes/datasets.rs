@@ -5,9 +5,8 @@ use axum::{
     body::Body,
     extract::{Path, State},
     http::StatusCode,
-    response::{IntoResponse, Response},
 };
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice_core::{
     Context,
     auth::Scope,
@@ -16,32 +15,60 @@ use sluice_core::{
 };
 use uuid::Uuid;
 
+use super::rfc3339;
 use crate::form::MAX_METADATA_BYTES;
-use crate::{error::IngestError, store};
+use crate::{error::IngestError, imports::store::ImportStatus, store};
 
-pub(super) async fn list_datasets(State(ctx): State<Context>, caller: Caller) -> Response {
-    if let Err(err) = caller.require_any(&[Scope::Ingest, Scope::Train]) {
-        return err.into_response();
-    }
-    match store::dataset_stats(&ctx, None).await {
-        Ok(datasets) => Json(json!({ "datasets": datasets })).into_response(),
-        Err(err) => err.into_response(),
-    }
+#[tracing::instrument(skip_all)]
+pub(super) async fn list_datasets(State(ctx): State<Context>, caller: Caller) -> Result<Json<Value>, IngestError> {
+    caller.require_any(&[Scope::Ingest, Scope::Train])?;
+    let datasets = stats_json(store::dataset_counts(&ctx, None).await?);
+    Ok(Json(json!({ "datasets": datasets })))
 }
 
-pub(super) async fn get_dataset(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>) -> Response {
-    if let Err(err) = caller.require_any(&[Scope::Ingest, Scope::Train]) {
-        return err.into_response();
+#[tracing::instrument(skip_all, fields(dataset = %name))]
+pub(super) async fn get_dataset(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, IngestError> {
+    caller.require_any(&[Scope::Ingest, Scope::Train])?;
+    let name = parse_dataset(&name)?;
+    let mut datasets = stats_json(store::dataset_counts(&ctx, Some(&name)).await?);
+    if datasets.is_empty() {
+        return Err(IngestError::NotFound(format!("dataset named {name}")));
     }
-    let name = match DatasetName::parse(&name) {
-        Ok(name) => name,
-        Err(e) => return IngestError::BadField { field: "dataset", message: e.0 }.into_response(),
-    };
-    match store::dataset_stats(&ctx, Some(&name)).await {
-        Ok(mut datasets) if !datasets.is_empty() => Json(datasets.remove(0)).into_response(),
-        Ok(_) => IngestError::NotFound(format!("dataset named {name}")).into_response(),
-        Err(err) => err.into_response(),
+    Ok(Json(datasets.remove(0)))
+}
+
+fn parse_dataset(name: &str) -> Result<DatasetName, IngestError> {
+    DatasetName::parse(name).map_err(|e| IngestError::BadField { field: "dataset", message: e.0 })
+}
+
+/// Per-dataset totals by status and by label, from counts ordered by dataset.
+fn stats_json(counts: Vec<store::DatasetCount>) -> Vec<Value> {
+    let mut datasets: Vec<Value> = Vec::new();
+    for row in counts {
+        if datasets.last().is_none_or(|d| d["name"] != row.dataset.as_str()) {
+            datasets.push(json!({
+                "name": row.dataset, "created_at": rfc3339(Some(row.created_at)),
+                "total": 0, "by_status": {}, "by_label": {}, "unlabelled": 0,
+            }));
+        }
+        let entry = datasets.last_mut().expect("pushed above");
+        let count = row.count;
+        // A dataset without media has one row: no status, a count of 0.
+        let Some(status) = row.status.filter(|_| count > 0) else { continue };
+        entry["total"] = json!(entry["total"].as_i64().unwrap_or(0) + count);
+        let by_status = &mut entry["by_status"][status.as_str()];
+        *by_status = json!(by_status.as_i64().unwrap_or(0) + count);
+        let slot = match row.label.as_deref() {
+            Some(label) => &mut entry["by_label"][label],
+            None => &mut entry["unlabelled"],
+        };
+        *slot = json!(slot.as_i64().unwrap_or(0) + count);
     }
+    datasets
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -52,25 +79,33 @@ pub(super) struct QueueQuery {
 /// `GET /v1/datasets/{name}/labelling-queue[?limit=]`: the dataset's unlabelled items, most
 /// informative first (captured inputs the model was least sure of, then the newest). Label one
 /// with `PATCH /v1/media/{id}`, or by feedback on the prediction it was captured from.
+#[tracing::instrument(skip_all, fields(dataset = %name))]
 pub(super) async fn labelling_queue(
     State(ctx): State<Context>,
     caller: Caller,
     Path(name): Path<String>,
     axum::extract::Query(query): axum::extract::Query<QueueQuery>,
-) -> Response {
-    if let Err(err) = caller.require_any(&[Scope::Ingest, Scope::Train]) {
-        return err.into_response();
-    }
-    let name = match DatasetName::parse(&name) {
-        Ok(name) => name,
-        Err(e) => return IngestError::BadField { field: "dataset", message: e.0 }.into_response(),
-    };
+) -> Result<Json<Value>, IngestError> {
+    caller.require_any(&[Scope::Ingest, Scope::Train])?;
+    let name = parse_dataset(&name)?;
     let limit = query.limit.unwrap_or(50).clamp(1, 500);
-    match store::labelling_queue(&ctx, &name, limit).await {
-        Ok(Some(queue)) => Json(queue).into_response(),
-        Ok(None) => IngestError::NotFound(format!("dataset named {name}")).into_response(),
-        Err(err) => err.into_response(),
-    }
+    let queue = store::labelling_queue(&ctx, &name, limit)
+        .await?
+        .ok_or_else(|| IngestError::NotFound(format!("dataset named {name}")))?;
+    let items: Vec<Value> = queue
+        .items
+        .iter()
+        .map(|item| {
+            json!({
+                "id": item.id, "kind": item.kind,
+                "status": item.status, "source": item.source,
+                "captured_from": item.captured_from,
+                "capture": item.metadata.get("capture").cloned(),
+                "created_at": rfc3339(Some(item.created_at)),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"dataset": name.as_str(), "unlabelled": queue.unlabelled, "items": items})))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -81,93 +116,80 @@ struct ImportRequest {
     prefix: String,
 }
 
+#[tracing::instrument(skip_all, fields(dataset = %name, import_id = tracing::field::Empty))]
 pub(super) async fn post_import(
     State(ctx): State<Context>,
     caller: Caller,
     Path(name): Path<String>,
     body: Body,
-) -> Response {
-    if let Err(err) = caller.require(Scope::Ingest) {
-        return err.into_response();
-    }
-    let dataset = match DatasetName::parse(&name) {
-        Ok(name) => name,
-        Err(e) => return IngestError::BadField { field: "dataset", message: e.0 }.into_response(),
-    };
-    let Ok(bytes) = axum::body::to_bytes(body, MAX_METADATA_BYTES).await else {
-        return IngestError::BadRequest("the body is too large".into()).into_response();
-    };
-    let request: ImportRequest = match serde_json::from_slice(&bytes) {
-        Ok(request) => request,
-        Err(e) => {
-            return IngestError::BadRequest(format!("send {{\"bucket\": \"...\", \"prefix\": \"...\"}} ({e})"))
-                .into_response();
-        }
-    };
+) -> Result<(StatusCode, Json<Value>), IngestError> {
+    caller.require(Scope::Ingest)?;
+    let dataset = parse_dataset(&name)?;
+    let bytes = axum::body::to_bytes(body, MAX_METADATA_BYTES)
+        .await
+        .map_err(|_| IngestError::BadRequest("the body is too large".into()))?;
+    let request: ImportRequest = serde_json::from_slice(&bytes)
+        .map_err(|e| IngestError::BadRequest(format!("send {{\"bucket\": \"...\", \"prefix\": \"...\"}} ({e})")))?;
     let bucket = request.bucket.unwrap_or_else(|| ctx.config.s3.bucket.clone());
     if !sluice_core::s3::is_valid_bucket_name(&bucket) {
-        return IngestError::BadField { field: "bucket", message: "is not a valid S3 bucket name".into() }
-            .into_response();
+        return Err(IngestError::BadField { field: "bucket", message: "is not a valid S3 bucket name".into() });
     }
     if request.prefix.len() > 1024 || request.prefix.chars().any(char::is_control) {
-        return IngestError::BadField { field: "prefix", message: "at most 1024 bytes, no control characters".into() }
-            .into_response();
+        return Err(IngestError::BadField {
+            field: "prefix",
+            message: "at most 1024 bytes, no control characters".into(),
+        });
     }
     let own = ctx.config.s3.bucket.as_str();
     if bucket != own && !ctx.config.ingest.import_buckets.iter().any(|b| b == &bucket) {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "bucket_not_allowed",
             format!(
                 "Imports may read from {own} and the buckets listed in ingest.import_buckets; {bucket} is not one."
             ),
         )
-        .into_response();
+        .into());
     }
     let prefix = crate::imports::normalize_prefix(&request.prefix);
     if bucket == own && ["raw/", "processed/"].iter().any(|p| prefix.starts_with(p) || p.starts_with(prefix.as_str())) {
-        return IngestError::BadField {
+        return Err(IngestError::BadField {
             field: "prefix",
             message: "must not overlap Sluice's own raw/ and processed/ areas; upload to another prefix".into(),
-        }
-        .into_response();
+        });
     }
     if let Err(err) = sluice_core::s3::check_bucket(&ctx.s3, &bucket).await {
-        let status = match err.code() {
-            Some("NotFound" | "NoSuchBucket") => Some("was not found"),
-            Some("Forbidden" | "AccessDenied") => Some("is not readable with Sluice's credentials"),
-            _ => None,
+        let why = match err.code() {
+            Some("NotFound" | "NoSuchBucket") => "was not found",
+            Some("Forbidden" | "AccessDenied") => "is not readable with Sluice's credentials",
+            _ => return Err(IngestError::Storage(err)),
         };
-        return match status {
-            Some(why) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unusable_bucket", format!("Bucket {bucket} {why}."))
-                    .into_response()
-            }
-            None => IngestError::Storage(err).into_response(),
-        };
-    }
-    match crate::imports::create(&ctx, &dataset, &bucket, &request.prefix).await {
-        Ok(id) => (
-            StatusCode::ACCEPTED,
-            Json(json!({"id": id, "status": "queued", "dataset": dataset, "bucket": bucket,
-                        "prefix": crate::imports::normalize_prefix(&request.prefix)})),
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unusable_bucket",
+            format!("Bucket {bucket} {why}."),
         )
-            .into_response(),
-        Err(err) => err.into_response(),
+        .into());
     }
+    let id = crate::imports::create(&ctx, &dataset, &bucket, &request.prefix).await?;
+    tracing::Span::current().record("import_id", tracing::field::display(id));
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "status": ImportStatus::Queued, "dataset": dataset, "bucket": bucket, "prefix": prefix})),
+    ))
 }
 
-pub(super) async fn get_import(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Response {
-    if let Err(err) = caller.require_any(&[Scope::Ingest]) {
-        return err.into_response();
-    }
-    let id = match Uuid::parse_str(&id) {
-        Ok(id) => id,
-        Err(_) => return ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "Import ids are UUIDs.").into_response(),
-    };
-    match crate::imports::status_json(&ctx, id).await {
-        Ok(Some(status)) => Json(status).into_response(),
-        Ok(None) => IngestError::NotFound(format!("import with id {id}")).into_response(),
-        Err(err) => err.into_response(),
-    }
+#[tracing::instrument(skip_all, fields(import_id = %id))]
+pub(super) async fn get_import(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, IngestError> {
+    caller.require_any(&[Scope::Ingest])?;
+    let id = Uuid::parse_str(&id)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "Import ids are UUIDs."))?;
+    let status = crate::imports::status_json(&ctx, id)
+        .await?
+        .ok_or_else(|| IngestError::NotFound(format!("import with id {id}")))?;
+    Ok(Json(status))
 }

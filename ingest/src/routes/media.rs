@@ -7,12 +7,11 @@ use axum::{
     body::Body,
     extract::{Path, Request, State},
     http::StatusCode,
-    response::{IntoResponse, Response},
 };
 use serde_json::{Value, json};
 use sluice_core::{Context, auth::Scope, domain::Label, http::Caller};
 
-use super::parse_id;
+use super::{parse_id, rfc3339};
 use crate::{
     error::IngestError,
     form::{self, FormLimits, MAX_METADATA_BYTES},
@@ -20,26 +19,24 @@ use crate::{
     upload,
 };
 
-pub(super) async fn post_media(State(ctx): State<Context>, caller: Caller, request: Request) -> Response {
+#[tracing::instrument(skip_all, fields(dataset = tracing::field::Empty, files = tracing::field::Empty))]
+pub(super) async fn post_media(
+    State(ctx): State<Context>,
+    caller: Caller,
+    request: Request,
+) -> Result<(StatusCode, Json<Value>), IngestError> {
     let started = Instant::now();
-    if let Err(err) = caller.require(Scope::Ingest) {
-        return err.into_response();
+    caller.require(Scope::Ingest)?;
+    let items = ingest_request(&ctx, request).await.inspect_err(|err| {
+        metrics::counter!("sluice_ingest_rejected_total", "reason" => err.reason()).increment(1);
+    })?;
+    metrics::histogram!("sluice_ingest_upload_duration_seconds").record(started.elapsed().as_secs_f64());
+    for item in &items {
+        let outcome = if item.duplicate { "duplicate" } else { "accepted" };
+        metrics::counter!("sluice_ingest_uploads_total", "kind" => item.kind.clone(), "outcome" => outcome)
+            .increment(1);
     }
-    match ingest_request(&ctx, request).await {
-        Ok(items) => {
-            metrics::histogram!("sluice_ingest_upload_duration_seconds").record(started.elapsed().as_secs_f64());
-            for item in &items {
-                let outcome = if item.duplicate { "duplicate" } else { "accepted" };
-                metrics::counter!("sluice_ingest_uploads_total", "kind" => item.kind.clone(), "outcome" => outcome)
-                    .increment(1);
-            }
-            (StatusCode::ACCEPTED, Json(json!({ "items": items }))).into_response()
-        }
-        Err(err) => {
-            metrics::counter!("sluice_ingest_rejected_total", "reason" => err.reason()).increment(1);
-            err.into_response()
-        }
-    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "items": items }))))
 }
 
 async fn ingest_request(ctx: &Context, request: Request) -> Result<Vec<store::Accepted>, IngestError> {
@@ -57,6 +54,9 @@ async fn ingest_request(ctx: &Context, request: Request) -> Result<Vec<store::Ac
             return Err(err);
         }
     };
+    let span = tracing::Span::current();
+    span.record("dataset", tracing::field::display(&fields.dataset));
+    span.record("files", stored.len());
     let keys: Vec<String> = stored.iter().map(|s| s.key.clone()).collect();
     let items = stored
         .into_iter()
@@ -77,64 +77,80 @@ async fn ingest_request(ctx: &Context, request: Request) -> Result<Vec<store::Ac
         }
         Err(err) => {
             upload::discard_unrecorded(ctx, &keys).await;
-            Err(err)
+            Err(err.into())
         }
     }
 }
 
-pub(super) async fn get_media(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Response {
-    if let Err(err) = caller.require_any(&[Scope::Ingest, Scope::Train]) {
-        return err.into_response();
-    }
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(err) => return err.into_response(),
-    };
-    match store::media_json(&ctx, id).await {
-        Ok(Some(media)) => Json(media).into_response(),
-        Ok(None) => IngestError::NotFound(format!("media with id {id}")).into_response(),
-        Err(err) => err.into_response(),
-    }
+#[tracing::instrument(skip_all, fields(media_id = %id))]
+pub(super) async fn get_media(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, IngestError> {
+    caller.require_any(&[Scope::Ingest, Scope::Train])?;
+    let id = parse_id(&id)?;
+    let media = store::media(&ctx, id).await?.ok_or_else(|| IngestError::NotFound(format!("media with id {id}")))?;
+    Ok(Json(media_json(&media)))
 }
 
+#[tracing::instrument(skip_all, fields(media_id = %id))]
 pub(super) async fn patch_media(
     State(ctx): State<Context>,
     caller: Caller,
     Path(id): Path<String>,
     body: Body,
-) -> Response {
-    if let Err(err) = caller.require(Scope::Ingest) {
-        return err.into_response();
-    }
-    let id = match parse_id(&id) {
-        Ok(id) => id,
-        Err(err) => return err.into_response(),
-    };
-    let bytes = match axum::body::to_bytes(body, MAX_METADATA_BYTES).await {
-        Ok(bytes) => bytes,
-        Err(_) => return IngestError::BadRequest("the body is too large for a label change".into()).into_response(),
-    };
+) -> Result<Json<Value>, IngestError> {
+    caller.require(Scope::Ingest)?;
+    let id = parse_id(&id)?;
+    let bytes = axum::body::to_bytes(body, MAX_METADATA_BYTES)
+        .await
+        .map_err(|_| IngestError::BadRequest("the body is too large for a label change".into()))?;
     let label = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) if map.len() == 1 && map.contains_key("label") => match &map["label"] {
             Value::Null => None,
-            Value::String(text) => match Label::parse(text) {
-                Ok(label) => Some(label),
-                Err(e) => return IngestError::BadField { field: "label", message: e.0 }.into_response(),
-            },
-            _ => {
-                return IngestError::BadField { field: "label", message: "must be a string or null".into() }
-                    .into_response();
+            Value::String(text) => {
+                Some(Label::parse(text).map_err(|e| IngestError::BadField { field: "label", message: e.0 })?)
             }
+            _ => return Err(IngestError::BadField { field: "label", message: "must be a string or null".into() }),
         },
-        _ => return IngestError::BadRequest("send {\"label\": \"...\"}".into()).into_response(),
+        _ => return Err(IngestError::BadRequest("send {\"label\": \"...\"}".into())),
     };
-    match store::set_label(&ctx, id, label.as_ref()).await {
-        Ok(true) => match store::media_json(&ctx, id).await {
-            Ok(Some(media)) => Json(media).into_response(),
-            Ok(None) => IngestError::NotFound(format!("media with id {id}")).into_response(),
-            Err(err) => err.into_response(),
-        },
-        Ok(false) => IngestError::NotFound(format!("media with id {id}")).into_response(),
-        Err(err) => err.into_response(),
+    let not_found = || IngestError::NotFound(format!("media with id {id}"));
+    if !store::set_label(&ctx, id, label.as_ref()).await? {
+        return Err(not_found());
     }
+    let media = store::media(&ctx, id).await?.ok_or_else(not_found)?;
+    Ok(Json(media_json(&media)))
+}
+
+/// The body of `GET /v1/media/{id}`.
+fn media_json(media: &store::Media) -> Value {
+    let outputs: Vec<Value> = media
+        .outputs
+        .iter()
+        .map(|o| {
+            json!({
+                "key": o.key, "width": o.width, "height": o.height,
+                "frame_index": o.frame_index, "timestamp_ms": o.timestamp_ms,
+            })
+        })
+        .collect();
+    json!({
+        "id": media.id,
+        "dataset": media.dataset,
+        "label": media.label,
+        "kind": media.kind,
+        "content_type": media.content_type,
+        "status": media.status,
+        "error": media.error,
+        "raw": {"key": media.raw_key, "bytes": media.bytes, "sha256": media.sha256},
+        "width": media.width,
+        "height": media.height,
+        "metadata": media.metadata,
+        "source": media.source,
+        "outputs": outputs,
+        "created_at": rfc3339(Some(media.created_at)),
+        "processed_at": rfc3339(media.processed_at),
+    })
 }

@@ -4,6 +4,8 @@ mod datasets;
 mod media;
 
 use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, routing::get};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
 use sluice_core::{Context, http::ApiError};
 use uuid::Uuid;
 
@@ -28,4 +30,9 @@ pub fn router(ctx: Context) -> Router {
 
 pub(crate) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "Media ids are UUIDs."))
+}
+
+/// A time as the API writes it (RFC 3339, milliseconds, `Z`), or `null`.
+fn rfc3339(at: Option<DateTime<Utc>>) -> Value {
+    at.map_or(Value::Null, |t| Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
 }
