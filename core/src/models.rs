@@ -161,12 +161,6 @@ impl From<tokio_postgres::Error> for RegistryError {
     }
 }
 
-impl From<deadpool_postgres::PoolError> for RegistryError {
-    fn from(err: deadpool_postgres::PoolError) -> Self {
-        Self::Db(DbError::Pool(err))
-    }
-}
-
 impl From<RelayError> for RegistryError {
     fn from(err: RelayError) -> Self {
         match err {

@@ -107,13 +107,14 @@ impl PipelineSpec {
 }
 
 /// A dataset's current spec: the one set with `PUT /v1/datasets/{name}/pipeline`, else the default.
+#[tracing::instrument(level = "debug", skip_all, fields(dataset = %dataset))]
 pub async fn current_spec<C>(client: &C, dataset: &str) -> Result<PipelineSpec, tokio_postgres::Error>
 where
     C: deadpool_postgres::GenericClient,
 {
     let statement = client.prepare_cached("SELECT spec FROM pipelines WHERE dataset = $1").await?;
     Ok(match client.query_opt(&statement, &[&dataset]).await? {
-        Some(row) => serde_json::from_value(row.get::<_, serde_json::Value>(0)).unwrap_or_default(),
+        Some(row) => serde_json::from_value(row.get::<_, serde_json::Value>("spec")).unwrap_or_default(),
         None => PipelineSpec::default(),
     })
 }

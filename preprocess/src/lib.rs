@@ -7,10 +7,12 @@
 //! media end `failed` with a reason and a `media.dlq` event. A reconciler re-enqueues items stuck
 //! in `accepted` or `processing` whose event was lost, telling them from items merely queued in
 //! a Kafka backlog by the event's recorded offset and the group's committed offset.
-//! Routes: `PUT/GET /v1/datasets/{name}/pipeline`, `POST /v1/datasets/{name}/reprocess`.
+//! Routes: `PUT/GET /v1/datasets/{name}/pipeline`, `POST /v1/datasets/{name}/reprocess`,
+//! failing with [`error::PreprocessError`]. Every PostgreSQL statement is in [`store`].
 
 /// Decoding and resizing live in `sluice-media`, shared with inference.
 pub use sluice_media::imaging;
+pub mod error;
 mod routes;
 pub mod store;
 pub mod video;

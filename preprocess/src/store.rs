@@ -1,5 +1,7 @@
 //! PostgreSQL state of preprocessing: specs, media status, outputs, and the events that go
-//! with them through the outbox.
+//! with them through the outbox. Every function returns [`DbError`]; the worker retries it.
+
+use std::collections::HashMap;
 
 use sluice_core::{
     Context,
@@ -8,44 +10,40 @@ use sluice_core::{
     kafka, outbox,
     pipeline::{MediaFailed, MediaProcessed, Output, PipelineSpec},
     topics::Topic,
-    uploads::MediaIngested,
+    uploads::{MediaIngested, MediaStatus},
 };
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-/// A failure of PostgreSQL (transient: retried).
-#[derive(Debug, thiserror::Error)]
-#[error("database: {0}")]
-pub struct StoreError(String);
+/// Where a media item stands: its status and the spec it was last processed (or failed) under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaState {
+    pub status: MediaStatus,
+    /// `None` until the item was first processed or failed.
+    pub spec_hash: Option<String>,
+}
 
-impl From<tokio_postgres::Error> for StoreError {
-    fn from(err: tokio_postgres::Error) -> Self {
-        Self(sluice_core::error_chain(&err))
+impl MediaState {
+    /// The item already ended (processed or failed) under `spec_hash`: nothing left to do.
+    pub fn settled_under(&self, spec_hash: &str) -> bool {
+        matches!(self.status, MediaStatus::Processed | MediaStatus::Failed)
+            && self.spec_hash.as_deref() == Some(spec_hash)
     }
 }
-impl From<deadpool_postgres::PoolError> for StoreError {
-    fn from(err: deadpool_postgres::PoolError) -> Self {
-        Self(err.to_string())
-    }
-}
-impl From<outbox::RelayError> for StoreError {
-    fn from(err: outbox::RelayError) -> Self {
-        Self(err.to_string())
-    }
-}
-impl From<DbError> for StoreError {
-    fn from(err: DbError) -> Self {
-        Self(err.to_string())
-    }
-}
+
+/// The statuses of items whose work is not finished: the reconciler looks among them.
+const UNFINISHED: [MediaStatus; 2] = [MediaStatus::Accepted, MediaStatus::Processing];
 
 /// The dataset's spec, or the default when none was set.
-pub async fn spec(ctx: &Context, dataset: &str) -> Result<PipelineSpec, StoreError> {
+#[tracing::instrument(level = "debug", skip_all, fields(dataset = %dataset))]
+pub async fn spec(ctx: &Context, dataset: &str) -> Result<PipelineSpec, DbError> {
     let client = ctx.db.get().await?;
     Ok(sluice_core::pipeline::current_spec(&client, dataset).await?)
 }
 
 /// Sets a dataset's spec (creating the dataset if it has no media yet).
-pub async fn put_spec(ctx: &Context, dataset: &str, spec: &PipelineSpec) -> Result<(), StoreError> {
+#[tracing::instrument(level = "debug", skip_all, fields(dataset = %dataset))]
+pub async fn put_spec(ctx: &Context, dataset: &str, spec: &PipelineSpec) -> Result<(), DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
     tx.execute("INSERT INTO datasets (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&dataset]).await?;
@@ -60,37 +58,47 @@ pub async fn put_spec(ctx: &Context, dataset: &str, spec: &PipelineSpec) -> Resu
     Ok(())
 }
 
-/// `(status, spec hash)` of a media item, or `None` when it does not exist.
-pub async fn state(ctx: &Context, id: Uuid) -> Result<Option<(String, Option<String>)>, StoreError> {
+/// The item's state, or `None` when it does not exist.
+#[tracing::instrument(level = "debug", skip_all, fields(media = %id))]
+pub async fn state(ctx: &Context, id: Uuid) -> Result<Option<MediaState>, DbError> {
     let client = ctx.db.get().await?;
     let statement = client.prepare_cached("SELECT status, spec_hash FROM media WHERE id = $1").await?;
-    Ok(client.query_opt(&statement, &[&id]).await?.map(|row| (row.get(0), row.get(1))))
+    let Some(row) = client.query_opt(&statement, &[&id]).await? else { return Ok(None) };
+    Ok(Some(MediaState { status: row.try_get("status")?, spec_hash: row.try_get("spec_hash")? }))
 }
 
 /// Marks the item `processing`; with `new_attempt`, also counts one more delivery that started
 /// work on it, and returns the count. The count is reset when the item ends (processed or
 /// failed), so it counts the deliveries that never finished: each one a worker that died on it.
-pub async fn mark_processing(ctx: &Context, id: Uuid, new_attempt: bool) -> Result<i32, StoreError> {
+#[tracing::instrument(level = "debug", skip_all, fields(media = %id, new_attempt = new_attempt))]
+pub async fn mark_processing(ctx: &Context, id: Uuid, new_attempt: bool) -> Result<i32, DbError> {
     let client = ctx.db.get().await?;
     let statement = client
         .prepare_cached(
-            "UPDATE media SET status = 'processing', updated_at = now(), attempts = attempts + $2::int
-             WHERE id = $1 AND status <> 'processed' RETURNING attempts",
+            "UPDATE media SET status = $3, updated_at = now(), attempts = attempts + $2::int
+             WHERE id = $1 AND status <> $4 RETURNING attempts",
         )
         .await?;
-    let row = client.query_opt(&statement, &[&id, &i32::from(new_attempt)]).await?;
-    Ok(row.map_or(0, |r| r.get(0)))
+    let row = client
+        .query_opt(&statement, &[&id, &i32::from(new_attempt), &MediaStatus::Processing, &MediaStatus::Processed])
+        .await?;
+    Ok(row.map_or(0, |r| r.get("attempts")))
 }
 
 /// Records the outputs (upserts on the natural key), marks the item processed under `spec_hash`
 /// and enqueues `media.processed`, in one transaction.
+#[tracing::instrument(
+    level = "debug",
+    skip_all,
+    fields(media = %item.media_id, spec_hash = spec_hash, outputs = outputs.len())
+)]
 pub async fn finish(
     ctx: &Context,
     item: &MediaIngested,
     spec_hash: &str,
     outputs: &[Output],
     duration_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<(), DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
     let upsert = tx
@@ -109,11 +117,11 @@ pub async fn finish(
     // rebalance replay, a duplicate event) finds it processed and publishes nothing.
     let updated = tx
         .query_opt(
-            "UPDATE media SET status = 'processed', spec_hash = $2, error = NULL, processed_at = now(), updated_at = now(),
+            "UPDATE media SET status = $3, spec_hash = $2, error = NULL, processed_at = now(), updated_at = now(),
                     attempts = 0
-             WHERE id = $1 AND NOT (status = 'processed' AND spec_hash IS NOT DISTINCT FROM $2)
+             WHERE id = $1 AND NOT (status = $3 AND spec_hash IS NOT DISTINCT FROM $2)
              RETURNING id",
-            &[&item.media_id, &spec_hash],
+            &[&item.media_id, &spec_hash, &MediaStatus::Processed],
         )
         .await?;
     if updated.is_none() {
@@ -139,15 +147,16 @@ pub async fn finish(
 /// Marks an item failed under `spec_hash` with `reason` (when it is known) and sends the event
 /// to `media.dlq`. An item another worker already processed under the spec stays processed and
 /// no DLQ event goes out.
-pub async fn fail(ctx: &Context, failed: MediaFailed, spec_hash: Option<&str>) -> Result<(), StoreError> {
+#[tracing::instrument(level = "debug", skip_all, fields(media = ?failed.media_id, spec_hash = spec_hash))]
+pub async fn fail(ctx: &Context, failed: MediaFailed, spec_hash: Option<&str>) -> Result<(), DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
     if let Some(id) = failed.media_id {
         let changed = tx
             .execute(
-                "UPDATE media SET status = 'failed', error = $2, spec_hash = $3, updated_at = now(), attempts = 0
-                 WHERE id = $1 AND NOT (status = 'processed' AND spec_hash IS NOT DISTINCT FROM $3)",
-                &[&id, &failed.reason, &spec_hash],
+                "UPDATE media SET status = $4, error = $2, spec_hash = $3, updated_at = now(), attempts = 0
+                 WHERE id = $1 AND NOT (status = $5 AND spec_hash IS NOT DISTINCT FROM $3)",
+                &[&id, &failed.reason, &spec_hash, &MediaStatus::Failed, &MediaStatus::Processed],
             )
             .await?;
         if changed == 0 {
@@ -162,12 +171,9 @@ pub async fn fail(ctx: &Context, failed: MediaFailed, spec_hash: Option<&str>) -
 }
 
 /// Enqueues `media.ingested` again for items matching `filter` (a WHERE clause over `media`
-/// with `$1` bound to `param`); returns how many.
-async fn reenqueue(
-    ctx: &Context,
-    filter: &str,
-    param: &(dyn tokio_postgres::types::ToSql + Sync),
-) -> Result<u64, StoreError> {
+/// with `$1`, `$2`, ... bound to `params`); returns how many.
+#[tracing::instrument(level = "debug", skip_all)]
+async fn reenqueue(ctx: &Context, filter: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
     let rows = tx
@@ -176,22 +182,22 @@ async fn reenqueue(
                 "UPDATE media SET updated_at = now() WHERE {filter}
                  RETURNING id, dataset, label, kind, content_type, raw_key, bytes, sha256, width, height"
             ),
-            &[param],
+            params,
         )
         .await?;
     let topic = ctx.topic(Topic::MediaIngested);
     for row in &rows {
         let event = Envelope::new(MediaIngested {
-            media_id: row.get(0),
-            dataset: row.get(1),
-            label: row.get(2),
-            kind: row.get(3),
-            content_type: row.get(4),
-            raw_key: row.get(5),
-            bytes: row.get(6),
-            sha256: row.get(7),
-            width: row.get(8),
-            height: row.get(9),
+            media_id: row.get("id"),
+            dataset: row.get("dataset"),
+            label: row.get("label"),
+            kind: row.get("kind"),
+            content_type: row.get("content_type"),
+            raw_key: row.get("raw_key"),
+            bytes: row.get("bytes"),
+            sha256: row.get("sha256"),
+            width: row.get("width"),
+            height: row.get("height"),
         });
         outbox::enqueue(&tx, &topic, &event.data.media_id.to_string(), &event).await?;
     }
@@ -209,29 +215,72 @@ pub struct Reconciled {
     pub queued: u64,
 }
 
+/// An overdue item and what the outbox knows of its latest `media.ingested` event.
+#[derive(Debug)]
+struct Overdue {
+    media_id: Uuid,
+    /// The outbox holds a record of the event.
+    recorded: bool,
+    /// The relay is done with it: published, or parked as undeliverable.
+    settled: bool,
+    /// Where it was published: `(partition, offset)`, when recorded.
+    at: Option<(i32, i64)>,
+}
+
+impl Overdue {
+    fn from_row(row: &tokio_postgres::Row) -> Self {
+        let partition: Option<i32> = row.get("sent_partition");
+        let offset: Option<i64> = row.get("sent_offset");
+        Self {
+            media_id: row.get("media_id"),
+            recorded: row.get("recorded"),
+            settled: row.get("settled"),
+            at: partition.zip(offset),
+        }
+    }
+
+    /// Whether the event is still on its way, given the group's committed positions (`None`
+    /// while Kafka cannot be asked).
+    fn still_queued(&self, positions: Option<&HashMap<i32, kafka::GroupPosition>>) -> bool {
+        match (self.recorded, self.settled, self.at) {
+            // The relay has not published it yet (Kafka away): it will.
+            (true, false, _) => true,
+            (true, true, Some((partition, offset))) => match positions {
+                Some(positions) => positions.get(&partition).is_some_and(|p| p.still_queued(offset)),
+                None => true,
+            },
+            // No record of the event (pruned, or never written), one the relay parked (Kafka
+            // refused it), or one from before delivery positions were recorded: the deadline
+            // alone decides.
+            _ => false,
+        }
+    }
+}
+
 /// Looks at items in `accepted` or `processing` for longer than `older_than_secs` and enqueues
 /// again those whose `media.ingested` event was lost: published at an offset the broker no longer
 /// has (truncated or deleted unread), or one the group has committed past without finishing the
 /// item, or with no outbox record at all. Items merely queued behind a backlog are left alone, so
 /// a long backlog is not doubled by re-enqueues. While Kafka cannot be asked, only items with no
 /// outbox record are re-enqueued.
-pub async fn reconcile(ctx: &Context, older_than_secs: f64) -> Result<Reconciled, StoreError> {
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn reconcile(ctx: &Context, older_than_secs: f64) -> Result<Reconciled, DbError> {
     let topic = ctx.topic(Topic::MediaIngested).to_string();
     let rows = ctx
         .db
         .get()
         .await?
         .query(
-            "SELECT m.id, o.id IS NOT NULL, o.sent_at IS NOT NULL OR o.failed_at IS NOT NULL, o.sent_partition,
-                    o.sent_offset
+            "SELECT m.id AS media_id, o.id IS NOT NULL AS recorded,
+                    (o.sent_at IS NOT NULL OR o.failed_at IS NOT NULL) AS settled, o.sent_partition, o.sent_offset
              FROM media m
              LEFT JOIN LATERAL (
                  SELECT id, sent_at, failed_at, sent_partition, sent_offset FROM outbox
                  WHERE key = m.id::text AND topic = $2 ORDER BY created_at DESC LIMIT 1
              ) o ON true
-             WHERE m.status IN ('accepted', 'processing') AND m.updated_at < now() - make_interval(secs => $1)
+             WHERE m.status = ANY($3) AND m.updated_at < now() - make_interval(secs => $1)
              ORDER BY m.updated_at LIMIT 10000",
-            &[&older_than_secs, &topic],
+            &[&older_than_secs, &topic, &UNFINISHED.as_slice()],
         )
         .await?;
     if rows.is_empty() {
@@ -244,38 +293,53 @@ pub async fn reconcile(ctx: &Context, older_than_secs: f64) -> Result<Reconciled
             None
         }
     };
-    let mut lost = Vec::new();
-    let mut queued = 0;
-    for row in &rows {
-        let (id, recorded, sent): (Uuid, bool, bool) = (row.get(0), row.get(1), row.get(2));
-        let at: Option<(i32, i64)> = row.get::<_, Option<i32>>(3).zip(row.get::<_, Option<i64>>(4));
-        let still_queued = match (recorded, sent, at) {
-            // The relay has not published it yet (Kafka away): it will.
-            (true, false, _) => true,
-            (true, true, Some((partition, offset))) => match &positions {
-                Some(positions) => positions.get(&partition).is_some_and(|p| p.still_queued(offset)),
-                None => true,
-            },
-            // No record of the event (pruned, or never written), one the relay parked (Kafka
-            // refused it), or one from before delivery positions were recorded: the deadline
-            // alone decides.
-            _ => false,
-        };
-        if still_queued {
+    let (mut lost, mut queued) = (Vec::new(), 0);
+    for overdue in rows.iter().map(Overdue::from_row) {
+        if overdue.still_queued(positions.as_ref()) {
             queued += 1;
         } else {
-            lost.push(id);
+            lost.push(overdue.media_id);
         }
     }
     let reenqueued = if lost.is_empty() {
         0
     } else {
-        reenqueue(ctx, "id = ANY($1) AND status IN ('accepted', 'processing')", &lost).await?
+        reenqueue(ctx, "id = ANY($1) AND status = ANY($2)", &[&lost, &UNFINISHED.as_slice()]).await?
     };
     Ok(Reconciled { reenqueued, queued })
 }
 
 /// Re-runs the dataset's current spec over every item of the dataset.
-pub async fn reprocess(ctx: &Context, dataset: &str) -> Result<u64, StoreError> {
-    reenqueue(ctx, "dataset = $1", &dataset).await
+#[tracing::instrument(level = "debug", skip_all, fields(dataset = %dataset))]
+pub async fn reprocess(ctx: &Context, dataset: &str) -> Result<u64, DbError> {
+    reenqueue(ctx, "dataset = $1", &[&dataset]).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_item_is_settled_only_once_it_ended_under_the_same_spec() {
+        let state = |status, hash: Option<&str>| MediaState { status, spec_hash: hash.map(str::to_owned) };
+        assert!(state(MediaStatus::Processed, Some("a")).settled_under("a"));
+        assert!(state(MediaStatus::Failed, Some("a")).settled_under("a"));
+        assert!(!state(MediaStatus::Processed, Some("b")).settled_under("a"), "another spec is redone");
+        assert!(!state(MediaStatus::Processing, Some("a")).settled_under("a"), "a worker died on it");
+        assert!(!state(MediaStatus::Accepted, None).settled_under("a"));
+    }
+
+    #[test]
+    fn an_overdue_event_is_lost_unless_the_outbox_or_the_group_still_holds_it() {
+        let overdue = |recorded, settled, at| Overdue { media_id: Uuid::nil(), recorded, settled, at };
+        let positions = HashMap::from([(0, kafka::GroupPosition { committed: Some(10), low: 5, high: 20 })]);
+        assert!(overdue(true, false, None).still_queued(Some(&positions)), "not yet published");
+        assert!(overdue(true, true, Some((0, 12))).still_queued(Some(&positions)), "behind a backlog");
+        assert!(overdue(true, true, Some((0, 12))).still_queued(None), "Kafka cannot be asked");
+        assert!(!overdue(true, true, Some((0, 9))).still_queued(Some(&positions)), "committed past");
+        assert!(!overdue(true, true, Some((0, 3))).still_queued(Some(&positions)), "truncated");
+        assert!(!overdue(true, true, Some((1, 12))).still_queued(Some(&positions)), "unknown partition");
+        assert!(!overdue(false, false, None).still_queued(Some(&positions)), "no record");
+        assert!(!overdue(true, true, None).still_queued(None), "parked or unpositioned");
+    }
 }

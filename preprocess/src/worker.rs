@@ -29,12 +29,6 @@ use sluice_core::{
 
 use crate::{imaging, store, video};
 
-impl From<store::StoreError> for Failure {
-    fn from(err: store::StoreError) -> Self {
-        Failure::Retry(err.to_string())
-    }
-}
-
 /// Runs the consumer until `shutdown`, recreating it after Kafka errors.
 pub async fn run(ctx: Context, shutdown: Shutdown) {
     kafka::keep_consuming("preprocess", &shutdown, || consume(&ctx, &shutdown)).await;
@@ -116,6 +110,7 @@ async fn record_failure(
 }
 
 /// One item: skip when already processed under the current spec, else fetch, transform, store.
+#[tracing::instrument(skip_all, fields(media = %item.media_id, dataset = %item.dataset, kind = %item.kind))]
 async fn process(
     ctx: &Context,
     item: &MediaIngested,
@@ -128,9 +123,7 @@ async fn process(
             tracing::warn!(media = %item.media_id, "event for unknown media; skipping");
             return Ok(());
         }
-        Some((status, hash)) if (status == "processed" || status == "failed") && hash.as_deref() == Some(spec_hash) => {
-            return Ok(());
-        }
+        Some(state) if state.settled_under(spec_hash) => return Ok(()),
         Some(_) => {}
     }
     let attempts = store::mark_processing(ctx, item.media_id, new_attempt).await?;

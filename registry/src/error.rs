@@ -11,44 +11,39 @@ use sluice_core::{
     outbox::RelayError,
 };
 
-/// A handler's failure: every error converts into it, so handlers can use `?`.
-#[derive(Debug)]
-pub(crate) struct Failure(pub ApiError);
+/// A handler's failure: every cause converts into it, so handlers use `?`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RegistryServiceError {
+    /// Already an answer: a scope refusal or a request mistake found by the handler.
+    #[error(transparent)]
+    Refused(#[from] ApiError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
 
-impl IntoResponse for Failure {
+impl RegistryServiceError {
+    /// The answer; 5xx are logged with their cause chain.
+    pub(crate) fn to_api(&self) -> ApiError {
+        match self {
+            Self::Refused(err) => err.clone(),
+            Self::Registry(err) => registry_answer(err),
+            Self::Db(err) => err.to_api(),
+        }
+    }
+}
+
+impl IntoResponse for RegistryServiceError {
     fn into_response(self) -> Response {
-        self.0.into_response()
-    }
-}
-
-impl From<ApiError> for Failure {
-    fn from(err: ApiError) -> Self {
-        Self(err)
-    }
-}
-
-impl From<RegistryError> for Failure {
-    fn from(err: RegistryError) -> Self {
-        Self(api_error(err))
-    }
-}
-
-impl From<deadpool_postgres::PoolError> for Failure {
-    fn from(err: deadpool_postgres::PoolError) -> Self {
-        RegistryError::from(err).into()
-    }
-}
-
-impl From<tokio_postgres::Error> for Failure {
-    fn from(err: tokio_postgres::Error) -> Self {
-        RegistryError::from(err).into()
+        self.to_api().into_response()
     }
 }
 
 /// The answer for a failed registry call. An unknown version named in a request body is 422 (the
 /// request is well-formed, the version it names does not exist); a version in the path answers
 /// 404 in the handler.
-fn api_error(err: RegistryError) -> ApiError {
+fn registry_answer(err: &RegistryError) -> ApiError {
     match err {
         RegistryError::UnknownModel(name) => not_found("unknown_model", format!("No model named {name}.")),
         RegistryError::UnknownAlias { model, alias } => {
@@ -59,20 +54,19 @@ fn api_error(err: RegistryError) -> ApiError {
             "unknown_version",
             format!("Model {model} has no version {version}; `GET /v1/models/{model}/versions` lists them."),
         ),
-        err @ RegistryError::TooManyAliases { .. } => {
+        RegistryError::TooManyAliases { .. } => {
             ApiError::new(StatusCode::CONFLICT, "too_many_aliases", format!("{}.", capitalised(&err.to_string())))
         }
-        RegistryError::Outbox(err @ RelayError::TooLarge { .. }) => ApiError::internal(&err),
         RegistryError::Invalid(message) => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_version", format!("{message}."))
         }
-        RegistryError::Db(DbError::Query(e)) if e.code().is_some() => ApiError::internal(&e),
-        err @ (RegistryError::Db(_) | RegistryError::S3(_) | RegistryError::Outbox(_)) => {
-            tracing::warn!(error = %err, "registry dependency failure");
-            ApiError::unavailable("The database is unreachable; nothing was changed. Retry shortly.")
-        }
-        err @ (RegistryError::MissingArtifact { .. } | RegistryError::Tampered { .. } | RegistryError::Corrupt(_)) => {
-            ApiError::internal(&err)
+        RegistryError::Db(db) => db.to_api(),
+        RegistryError::Outbox(RelayError::TooLarge { .. })
+        | RegistryError::MissingArtifact { .. }
+        | RegistryError::Tampered { .. }
+        | RegistryError::Corrupt(_) => ApiError::internal(err),
+        RegistryError::S3(_) | RegistryError::Outbox(_) => {
+            ApiError::unavailable_because(err, "The database is unreachable; nothing was changed. Retry shortly.")
         }
     }
 }
@@ -108,4 +102,36 @@ pub(crate) fn version_number(raw: &str) -> Result<i32, ApiError> {
 /// Versions are numbered from 1.
 pub(crate) fn positive_version(version: i32) -> Result<i32, ApiError> {
     if version > 0 { Ok(version) } else { Err(bad_request("`version`: version numbers are positive integers.".into())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(err: impl Into<RegistryServiceError>) -> (u16, &'static str, String) {
+        let api = err.into().to_api();
+        (api.status.as_u16(), api.code, api.message)
+    }
+
+    #[test]
+    fn registry_failures_keep_their_status_code_and_message() {
+        let unknown = RegistryError::UnknownVersion { model: "m".into(), version: 3 };
+        assert_eq!(
+            answer(unknown),
+            (422, "unknown_version", "Model m has no version 3; `GET /v1/models/m/versions` lists them.".into())
+        );
+        assert_eq!(answer(RegistryError::UnknownModel("m".into())), (404, "unknown_model", "No model named m.".into()));
+        let full = RegistryError::TooManyAliases { model: "m".into(), limit: 100 };
+        assert_eq!(
+            answer(full),
+            (
+                409,
+                "too_many_aliases",
+                "Model m already has 100 aliases, the most a model may have; remove one first.".into()
+            )
+        );
+        assert_eq!(answer(RegistryError::Corrupt("x".into())).0, 500);
+        let refused = bad_request("`reason`: at most 1000 characters.".into());
+        assert_eq!(answer(refused), (400, "invalid_request", "`reason`: at most 1000 characters.".into()));
+    }
 }

@@ -5,6 +5,8 @@
 //! over HTTP ([`routes`]: `/v1/models/...`) and moves aliases for people (promote, roll back,
 //! delete), each move audited in `alias_history` and published through the outbox. A registry
 //! process runs its own outbox relay, so `sluice serve registry` alone publishes every move.
+//! Every statement is in `store` or `sluice_core::models`; handlers fail with one error enum
+//! (`error::RegistryServiceError`) that becomes the HTTP answer.
 
 mod error;
 mod routes;

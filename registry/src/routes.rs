@@ -17,12 +17,12 @@ use serde_json::{Value, json};
 use sluice_core::{
     Context,
     auth::Scope,
-    http::Caller,
+    http::{ApiError, Caller},
     models::{self, AliasMove, AliasName, ModelVersion},
 };
 
 use crate::{
-    error::{Failure, alias_name, bad_request, model_name, not_found, positive_version, version_number},
+    error::{RegistryServiceError, alias_name, bad_request, model_name, not_found, positive_version, version_number},
     store,
 };
 
@@ -30,8 +30,6 @@ use crate::{
 const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest `reason` kept in the audit trail, in characters.
 const MAX_REASON_CHARS: usize = 1000;
-
-type Answer<T = Json<Value>> = Result<T, Failure>;
 
 pub fn router(ctx: Context) -> Router {
     Router::new()
@@ -45,88 +43,95 @@ pub fn router(ctx: Context) -> Router {
         .with_state(ctx)
 }
 
-async fn list_models(State(ctx): State<Context>, caller: Caller) -> Answer {
+#[tracing::instrument(skip_all)]
+async fn list_models(State(ctx): State<Context>, caller: Caller) -> Result<Json<Value>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
-    let client = ctx.db.get().await?;
-    Ok(Json(json!({ "models": store::models(&client).await? })))
+    Ok(Json(json!({ "models": store::models(&ctx).await? })))
 }
 
-async fn get_model(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>) -> Answer {
+#[tracing::instrument(skip_all, fields(model = %name))]
+async fn get_model(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     let name = model_name(&name)?;
-    let client = ctx.db.get().await?;
-    let Some(model) = store::model(&client, &name).await? else {
+    let Some(model) = store::model(&ctx, &name).await? else {
         return Err(unknown_model(&name));
     };
-    let versions: Vec<Value> =
-        models::versions(&client, &name).await?.iter().map(|v| summary(v, &model.aliases)).collect();
+    let versions: Vec<Value> = store::versions(&ctx, &name).await?.iter().map(|v| summary(v, &model.aliases)).collect();
     let mut body = serde_json::to_value(&model).expect("models serialise");
     body["versions"] = Value::Array(versions);
     Ok(Json(body))
 }
 
-async fn list_versions(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>) -> Answer {
+#[tracing::instrument(skip_all, fields(model = %name))]
+async fn list_versions(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     let name = model_name(&name)?;
-    let client = ctx.db.get().await?;
-    if !store::model_exists(&client, &name).await? {
+    if !store::model_exists(&ctx, &name).await? {
         return Err(unknown_model(&name));
     }
-    let aliases = models::aliases(&client, &name).await?;
-    let versions: Vec<Value> = models::versions(&client, &name).await?.iter().map(|v| summary(v, &aliases)).collect();
+    let aliases = store::aliases(&ctx, &name).await?;
+    let versions: Vec<Value> = store::versions(&ctx, &name).await?.iter().map(|v| summary(v, &aliases)).collect();
     Ok(Json(json!({"model": name, "versions": versions})))
 }
 
+#[tracing::instrument(skip_all, fields(model = %name, version = %version))]
 async fn get_version(
     State(ctx): State<Context>,
     caller: Caller,
     Path((name, version)): Path<(String, String)>,
-) -> Answer {
+) -> Result<Json<Value>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     let name = model_name(&name)?;
     let version = version_number(&version)?;
-    let client = ctx.db.get().await?;
-    let Some(found) = models::get_version(&client, &name, version).await? else {
-        if !store::model_exists(&client, &name).await? {
+    let Some(found) = store::version(&ctx, &name, version).await? else {
+        if !store::model_exists(&ctx, &name).await? {
             return Err(unknown_model(&name));
         }
         return Err(not_found("unknown_version", format!("Model {name} has no version {version}.")).into());
     };
-    let aliases = models::aliases(&client, &name).await?;
+    let aliases = store::aliases(&ctx, &name).await?;
     let mut body = serde_json::to_value(&found).expect("versions serialise");
     body["aliases"] = json!(pointing_at(&aliases, version));
     Ok(Json(body))
 }
 
+#[tracing::instrument(skip_all, fields(model = %name, alias = %alias))]
 async fn get_alias(
     State(ctx): State<Context>,
     caller: Caller,
     Path((name, alias)): Path<(String, String)>,
-) -> Answer<Json<store::Alias>> {
+) -> Result<Json<store::Alias>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
-    let client = ctx.db.get().await?;
-    match store::alias(&client, &name, &alias).await? {
+    match store::alias(&ctx, &name, &alias).await? {
         Some(found) => Ok(Json(found)),
-        None if store::model_exists(&client, &name).await? => {
+        None if store::model_exists(&ctx, &name).await? => {
             Err(not_found("unknown_alias", format!("Model {name} has no alias {alias}.")).into())
         }
         None => Err(unknown_model(&name)),
     }
 }
 
+#[tracing::instrument(skip_all, fields(model = %name, alias = %alias))]
 async fn alias_history(
     State(ctx): State<Context>,
     caller: Caller,
     Path((name, alias)): Path<(String, String)>,
-) -> Answer {
+) -> Result<Json<Value>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
-    let client = ctx.db.get().await?;
-    if !store::model_exists(&client, &name).await? {
+    if !store::model_exists(&ctx, &name).await? {
         return Err(unknown_model(&name));
     }
-    let history = store::history(&client, &name, &alias).await?;
+    let history = store::history(&ctx, &name, &alias).await?;
     Ok(Json(json!({"model": name, "alias": alias, "history": history})))
 }
 
@@ -140,12 +145,13 @@ struct MoveRequest {
 
 /// Promotes or rolls back: points the alias at `version`. Moving it where it already points is a
 /// `200` with `"changed": false` and leaves no history row or event, so retrying a PUT is safe.
+#[tracing::instrument(skip_all, fields(model = %name, alias = %alias))]
 async fn put_alias(
     State(ctx): State<Context>,
     caller: Caller,
     Path((name, alias)): Path<(String, String)>,
     body: Body,
-) -> Answer<Json<AliasMove>> {
+) -> Result<Json<AliasMove>, RegistryServiceError> {
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
     require_move_scope(&ctx, &caller, &name, &alias).await?;
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
@@ -155,11 +161,7 @@ async fn put_alias(
         .map_err(|e| bad_request(format!("Send {{\"version\": <number>, \"reason\": \"...\"}} ({e}).")))?;
     let version = positive_version(request.version)?;
     let reason = checked_reason(request.reason)?;
-    let mut client = ctx.db.get().await?;
-    let tx = client.transaction().await?;
-    let prefix = &ctx.config.kafka.topic_prefix;
-    let moved = models::move_alias(&tx, prefix, &name, &alias, version, &actor(&caller), &reason).await?;
-    tx.commit().await?;
+    let moved = store::move_alias(&ctx, &name, &alias, version, &actor(&caller), &reason).await?;
     if moved.changed {
         count_move(&alias);
         tracing::info!(model = %name, alias = %alias, from = ?moved.from, to = moved.to, actor = %moved.actor, "alias moved");
@@ -174,20 +176,18 @@ struct DeleteQuery {
 }
 
 /// Deletes an alias (`?reason=` is kept in the audit trail).
+#[tracing::instrument(skip_all, fields(model = %name, alias = %alias))]
 async fn delete_alias(
     State(ctx): State<Context>,
     caller: Caller,
     Path((name, alias)): Path<(String, String)>,
     Query(query): Query<DeleteQuery>,
-) -> Answer {
+) -> Result<Json<Value>, RegistryServiceError> {
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
     require_move_scope(&ctx, &caller, &name, &alias).await?;
     let reason = checked_reason(query.reason)?;
-    let mut client = ctx.db.get().await?;
-    let tx = client.transaction().await?;
     let actor = actor(&caller);
-    let from = models::remove_alias(&tx, &ctx.config.kafka.topic_prefix, &name, &alias, &actor, &reason).await?;
-    tx.commit().await?;
+    let from = store::remove_alias(&ctx, &name, &alias, &actor, &reason).await?;
     count_move(&alias);
     tracing::info!(model = %name, alias = %alias, from, actor = %actor, "alias deleted");
     Ok(Json(json!({"model": name, "alias": alias, "removed_version": from, "actor": actor, "reason": reason})))
@@ -200,12 +200,12 @@ async fn require_move_scope(
     caller: &Caller,
     model: &models::ModelName,
     alias: &AliasName,
-) -> Result<(), Failure> {
+) -> Result<(), RegistryServiceError> {
     caller.require(Scope::Train)?;
     if caller.is_admin() {
         return Ok(());
     }
-    let policy = models::policy(&ctx.db.get().await?, model).await?;
+    let policy = store::policy(ctx, model).await?;
     Ok(caller.require(if policy.protects(alias) { Scope::Admin } else { Scope::Train })?)
 }
 
@@ -218,10 +218,15 @@ struct PolicyRequest {
 }
 
 /// `GET /v1/models/{name}/policy`: the promotion policy (the default when none was set).
-async fn get_policy(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>) -> Answer {
+#[tracing::instrument(skip_all, fields(model = %name))]
+async fn get_policy(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     let name = model_name(&name)?;
-    let policy = models::policy(&ctx.db.get().await?, &name).await?;
+    let policy = store::policy(&ctx, &name).await?;
     Ok(Json(json!({"model": name, "policy": policy})))
 }
 
@@ -229,7 +234,13 @@ async fn get_policy(State(ctx): State<Context>, caller: Caller, Path(name): Path
 /// "protected_aliases": [...]}` (scope `admin`): what jobs and retrains that no admin started may
 /// do to `production`, and which other aliases only an admin may move. The model need not have
 /// versions yet.
-async fn put_policy(State(ctx): State<Context>, caller: Caller, Path(name): Path<String>, body: Body) -> Answer {
+#[tracing::instrument(skip_all, fields(model = %name))]
+async fn put_policy(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<Json<Value>, RegistryServiceError> {
     caller.require(Scope::Admin)?;
     let name = model_name(&name)?;
     let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
@@ -244,8 +255,7 @@ async fn put_policy(State(ctx): State<Context>, caller: Caller, Path(name): Path
         return Err(bad_request(format!("`protected_aliases`: at most {}.", models::MAX_PROTECTED_ALIASES)).into());
     }
     let protected = request.protected_aliases.iter().map(|a| alias_name(a)).collect::<Result<Vec<_>, _>>()?;
-    let client = ctx.db.get().await?;
-    let policy = models::set_policy(&client, &name, request.auto_promote, &protected, &actor(&caller)).await?;
+    let policy = store::set_policy(&ctx, &name, request.auto_promote, &protected, &actor(&caller)).await?;
     tracing::info!(model = %name, policy = ?policy, "promotion policy set");
     Ok(Json(json!({"model": name, "policy": policy})))
 }
@@ -255,12 +265,12 @@ fn actor(caller: &Caller) -> String {
     format!("{} ({})", caller.0.name, caller.0.token_id)
 }
 
-fn checked_reason(reason: String) -> Result<String, Failure> {
+fn checked_reason(reason: String) -> Result<String, ApiError> {
     if reason.chars().count() > MAX_REASON_CHARS {
-        return Err(bad_request(format!("`reason`: at most {MAX_REASON_CHARS} characters.")).into());
+        return Err(bad_request(format!("`reason`: at most {MAX_REASON_CHARS} characters.")));
     }
     if reason.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(bad_request("`reason`: no control characters other than line breaks.".into()).into());
+        return Err(bad_request("`reason`: no control characters other than line breaks.".into()));
     }
     Ok(reason)
 }
@@ -270,7 +280,7 @@ fn count_move(alias: &AliasName) {
     metrics::counter!("sluice_registry_alias_moves_total", "kind" => kind).increment(1);
 }
 
-fn unknown_model(name: &models::ModelName) -> Failure {
+fn unknown_model(name: &models::ModelName) -> RegistryServiceError {
     not_found("unknown_model", format!("No model named {name}.")).into()
 }
 

@@ -59,14 +59,14 @@ impl Policy {
 }
 
 /// The model's policy (the default when none was set).
+#[tracing::instrument(level = "debug", skip_all, fields(model = %model))]
 pub async fn policy(client: &impl GenericClient, model: &ModelName) -> Result<Policy, RegistryError> {
     let row = client
         .query_opt(
             "SELECT auto_promote, protected_aliases, updated_by, updated_at FROM model_policies WHERE model = $1",
             &[&model.as_str()],
         )
-        .await
-        .map_err(crate::db::DbError::Query)?;
+        .await?;
     let Some(row) = row else { return Ok(Policy::default()) };
     Ok(Policy {
         auto_promote: AutoPromote::parse(row.get("auto_promote"))?,
@@ -77,6 +77,7 @@ pub async fn policy(client: &impl GenericClient, model: &ModelName) -> Result<Po
 }
 
 /// Sets the model's policy (whether or not the model has versions yet) and returns it.
+#[tracing::instrument(level = "debug", skip_all, fields(model = %model, auto_promote = auto_promote.as_str()))]
 pub async fn set_policy(
     client: &impl GenericClient,
     model: &ModelName,
@@ -97,7 +98,6 @@ pub async fn set_policy(
                  updated_at = now()",
             &[&model.as_str(), &auto_promote.as_str(), &protected, &actor],
         )
-        .await
-        .map_err(crate::db::DbError::Query)?;
+        .await?;
     policy(client, model).await
 }

@@ -33,6 +33,7 @@ const VERSION_COLUMNS: &str = "model, version, artifact_key, sha256, size_bytes,
 /// back, so does the number. Idempotent per training trial: registering a trial that already has a
 /// version of this model returns that version and publishes nothing (a coordinator that crashed
 /// after registering can safely register again).
+#[tracing::instrument(level = "debug", skip_all, fields(model = %v.model, trial = %v.lineage.trial_id))]
 pub async fn register(
     tx: &Transaction<'_>,
     topics_prefix: &str,
@@ -53,7 +54,7 @@ pub async fn register(
             &[&model],
         )
         .await?;
-    let (version, revision): (i32, i64) = (row.get(0), row.get(1));
+    let (version, revision): (i32, i64) = (row.get("latest_version"), row.get("revision"));
     let input_spec = serde_json::to_value(&v.input_spec).expect("pipeline specs serialise");
     let l = &v.lineage;
     let insert = format!(
@@ -103,6 +104,7 @@ pub async fn register(
 /// Points `alias` at `version` (creating the alias, unless the model already has
 /// [`MAX_ALIASES`]), records the move in `alias_history` and enqueues `model.alias_moved`. Moving an alias to the version it already points at changes
 /// nothing: no history row, no event, `changed: false` (so a retried PUT is harmless).
+#[tracing::instrument(level = "debug", skip_all, fields(model = %model, alias = %alias, version = version))]
 pub async fn move_alias(
     tx: &Transaction<'_>,
     topics_prefix: &str,
@@ -125,7 +127,7 @@ pub async fn move_alias(
             &[&model.as_str(), &alias.as_str()],
         )
         .await?
-        .map(|row| row.get(0));
+        .map(|row| row.get("version"));
     let mut moved = AliasMove {
         model: model.clone(),
         alias: alias.clone(),
@@ -140,8 +142,10 @@ pub async fn move_alias(
         return Ok(moved);
     }
     if from.is_none() {
-        let count: i64 =
-            tx.query_one("SELECT count(*) FROM model_aliases WHERE model = $1", &[&model.as_str()]).await?.get(0);
+        let count: i64 = tx
+            .query_one("SELECT count(*) AS aliases FROM model_aliases WHERE model = $1", &[&model.as_str()])
+            .await?
+            .get("aliases");
         if count as usize >= MAX_ALIASES {
             return Err(RegistryError::TooManyAliases { model: model.to_string(), limit: MAX_ALIASES });
         }
@@ -171,6 +175,7 @@ pub async fn move_alias(
 
 /// Deletes `alias`, records it in `alias_history` (`to` empty) and enqueues `model.alias_removed`.
 /// Returns the version it pointed at.
+#[tracing::instrument(level = "debug", skip_all, fields(model = %model, alias = %alias))]
 pub async fn remove_alias(
     tx: &Transaction<'_>,
     topics_prefix: &str,
@@ -186,7 +191,7 @@ pub async fn remove_alias(
             &[&model.as_str(), &alias.as_str()],
         )
         .await?;
-    let Some(from) = removed.map(|row| row.get::<_, i32>(0)) else {
+    let Some(from) = removed.map(|row| row.get::<_, i32>("version")) else {
         return Err(RegistryError::UnknownAlias { model: model.to_string(), alias: alias.to_string() });
     };
     let (_, revision, aliases) = record_change(tx, model, alias, Some(from), None, actor, reason).await?;
@@ -204,6 +209,7 @@ pub async fn remove_alias(
 }
 
 /// One version, or `None` when the model or the version does not exist.
+#[tracing::instrument(level = "debug", skip_all, fields(model = %model, version = version))]
 pub async fn get_version(
     client: &impl GenericClient,
     model: &ModelName,
@@ -214,12 +220,14 @@ pub async fn get_version(
 }
 
 /// Every version of `model`, oldest first (empty for an unknown model).
+#[tracing::instrument(level = "debug", skip_all, fields(model = %model))]
 pub async fn versions(client: &impl GenericClient, model: &ModelName) -> Result<Vec<ModelVersion>, RegistryError> {
     let sql = format!("SELECT {VERSION_COLUMNS} FROM model_versions WHERE model = $1 ORDER BY version");
     client.query(sql.as_str(), &[&model.as_str()]).await?.iter().map(version_from_row).collect()
 }
 
 /// The version `alias` points at, or `None` when the model has no such alias.
+#[tracing::instrument(level = "debug", skip_all, fields(model = %model, alias = %alias))]
 pub async fn resolve_alias(
     client: &impl GenericClient,
     model: &ModelName,
@@ -238,13 +246,15 @@ pub async fn resolve_alias(
 }
 
 /// Every alias of `model` and the version it points at (empty for an unknown model).
+#[tracing::instrument(level = "debug", skip_all, fields(model = %model))]
 pub async fn aliases(client: &impl GenericClient, model: &ModelName) -> Result<BTreeMap<String, i32>, RegistryError> {
     let rows = client.query("SELECT alias, version FROM model_aliases WHERE model = $1", &[&model.as_str()]).await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    Ok(rows.iter().map(|row| (row.get("alias"), row.get("version"))).collect())
 }
 
 /// Stores the training-job template `model` was last trained with (for retraining), creating the
 /// model (with no versions yet) if needed.
+#[tracing::instrument(level = "debug", skip_all, fields(model = %model))]
 pub async fn set_template(
     client: &impl GenericClient,
     model: &ModelName,
@@ -261,9 +271,10 @@ pub async fn set_template(
 }
 
 /// The template stored by [`set_template`], if any.
+#[tracing::instrument(level = "debug", skip_all, fields(model = %model))]
 pub async fn get_template(client: &impl GenericClient, model: &ModelName) -> Result<Option<Value>, RegistryError> {
     let row = client.query_opt("SELECT template FROM models WHERE name = $1", &[&model.as_str()]).await?;
-    Ok(row.and_then(|row| row.get(0)))
+    Ok(row.and_then(|row| row.get("template")))
 }
 
 /// Takes the model's row lock for the rest of `tx`: every change to a model goes through it.
@@ -292,14 +303,14 @@ async fn record_change(
             &[&model.as_str(), &alias.as_str(), &from, &to, &actor, &reason],
         )
         .await?
-        .get(0);
+        .get("at");
     let revision: i64 = tx
         .query_one(
             "UPDATE models SET revision = revision + 1, updated_at = now() WHERE name = $1 RETURNING revision",
             &[&model.as_str()],
         )
         .await?
-        .get(0);
+        .get("revision");
     Ok((at, revision, aliases(tx, model).await?))
 }
 
