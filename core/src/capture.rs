@@ -89,6 +89,7 @@ pub fn capture_key(model: &str, prediction_id: Uuid) -> String {
 }
 
 /// The policy of `model`, if it has one.
+#[tracing::instrument(level = "debug", skip(client))]
 pub async fn policy<C: GenericClient>(client: &C, model: &str) -> Result<Option<CapturePolicy>, DbError> {
     let row = client
         .query_opt(
@@ -105,6 +106,7 @@ pub async fn policy<C: GenericClient>(client: &C, model: &str) -> Result<Option<
 }
 
 /// Sets (or with `None` removes) the policy of `model`.
+#[tracing::instrument(level = "debug", skip(client, policy))]
 pub async fn set_policy<C: GenericClient>(
     client: &C,
     model: &str,
@@ -132,6 +134,7 @@ pub async fn set_policy<C: GenericClient>(
 
 /// Labels the media item captured from `prediction_id`, if ingest has recorded it: feedback is
 /// ground truth for that input. Returns whether an item was labelled.
+#[tracing::instrument(level = "debug", skip(client, label))]
 pub async fn label_captured<C: GenericClient>(client: &C, prediction_id: Uuid, label: &str) -> Result<bool, DbError> {
     let updated = client
         .execute(
@@ -143,6 +146,7 @@ pub async fn label_captured<C: GenericClient>(client: &C, prediction_id: Uuid, l
 }
 
 /// The feedback label given to a prediction so far, for a capture recorded after its feedback.
+#[tracing::instrument(level = "debug", skip(client))]
 pub async fn feedback_label<C: GenericClient>(client: &C, prediction_id: Uuid) -> Result<Option<String>, DbError> {
     let row = client
         .query_opt("SELECT feedback_label FROM predictions WHERE id = $1 AND NOT shadow", &[&prediction_id])

@@ -17,6 +17,14 @@ use crate::db::DbError;
 /// The alias a live candidate is registered under.
 pub const CANDIDATE_ALIAS: &str = "candidate";
 
+crate::text_enum! {
+    /// How a live promotion was decided (`live_promotions.outcome`).
+    pub enum LiveOutcome {
+        Promoted = "promoted",
+        Rejected = "rejected",
+    }
+}
+
 /// A model's undecided live promotion.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
@@ -25,6 +33,7 @@ pub struct Pending {
 }
 
 /// Starts (or restarts) a live promotion: the candidate shadows production from now on.
+#[tracing::instrument(level = "debug", skip(client))]
 pub async fn start<C: GenericClient>(
     client: &C,
     model: &str,
@@ -52,6 +61,7 @@ pub async fn start<C: GenericClient>(
 }
 
 /// The model's undecided live promotion, if any.
+#[tracing::instrument(level = "debug", skip(client))]
 pub async fn pending<C: GenericClient>(client: &C, model: &str) -> Result<Option<Pending>, DbError> {
     let row = client
         .query_opt(
@@ -59,11 +69,17 @@ pub async fn pending<C: GenericClient>(client: &C, model: &str) -> Result<Option
             &[&model],
         )
         .await?;
-    Ok(row.map(|r| Pending { candidate: r.get(0), production: r.get(1) }))
+    Ok(row.map(|r| Pending { candidate: r.get("candidate_version"), production: r.get("production_version") }))
 }
 
 /// Records the decision and stops the shadowing; `false` when another process decided first.
-pub async fn decide<C: GenericClient>(client: &C, model: &str, outcome: &str, reason: &str) -> Result<bool, DbError> {
+#[tracing::instrument(level = "debug", skip(client, reason))]
+pub async fn decide<C: GenericClient>(
+    client: &C,
+    model: &str,
+    outcome: LiveOutcome,
+    reason: &str,
+) -> Result<bool, DbError> {
     let decided = client
         .execute(
             "UPDATE live_promotions SET decided_at = now(), outcome = $2, reason = $3

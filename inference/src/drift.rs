@@ -206,13 +206,29 @@ pub struct Statistic {
     pub drifted: bool,
 }
 
+sluice_core::text_enum! {
+    /// What a window shows (`drift_verdicts.state`).
+    pub enum DriftState {
+        InsufficientData = "insufficient_data",
+        Ok = "ok",
+        Drift = "drift",
+    }
+}
+
+sluice_core::text_enum! {
+    /// Which shift a drifted window shows (`drift_verdicts.kind`).
+    pub enum DriftKind {
+        None = "none",
+        LabelShift = "label_shift",
+        CovariateShift = "covariate_shift",
+    }
+}
+
 /// The verdict of the last completed window.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Verdict {
-    /// `insufficient_data`, `ok` or `drift`.
-    pub state: &'static str,
-    /// `none`, `label_shift` or `covariate_shift`.
-    pub kind: &'static str,
+    pub state: DriftState,
+    pub kind: DriftKind,
     /// Predictions in the window.
     pub window: usize,
     /// Requests in the window (never split).
@@ -286,7 +302,7 @@ impl Window {
 
     /// Whether the last completed window drifted.
     pub fn drifting(&self) -> bool {
-        self.verdict.as_ref().is_some_and(|v| v.state == "drift")
+        self.verdict.as_ref().is_some_and(|v| v.state == DriftState::Drift)
     }
 
     /// Adds one request's predictions; returns the verdict when this closed a window.
@@ -327,7 +343,7 @@ impl Window {
         self.sketches.clear();
         self.predictions = 0;
         self.checks += 1;
-        self.consecutive = if verdict.state == "drift" { self.consecutive + 1 } else { 0 };
+        self.consecutive = if verdict.state == DriftState::Drift { self.consecutive + 1 } else { 0 };
         verdict.consecutive = self.consecutive;
         verdict.checks = self.checks;
         self.verdict = Some(verdict);
@@ -339,8 +355,8 @@ impl Window {
     pub fn verdict(&self, config: &InferenceConfig) -> Verdict {
         self.verdict.clone().unwrap_or_else(|| {
             let mut partial = self.evaluate(config);
-            partial.state = "insufficient_data";
-            partial.kind = "none";
+            partial.state = DriftState::InsufficientData;
+            partial.kind = DriftKind::None;
             partial.fired.clear();
             partial.statistics.iter_mut().for_each(|s| s.drifted = false);
             partial
@@ -396,10 +412,10 @@ impl Window {
         let fired: Vec<String> = statistics.iter().filter(|s| s.drifted).map(|s| s.name.clone()).collect();
         let covariate = statistics.iter().any(|s| s.drifted && s.kind == "input");
         let (state, kind) = match (enough, fired.is_empty(), covariate) {
-            (false, _, _) => ("insufficient_data", "none"),
-            (true, true, _) => ("ok", "none"),
-            (true, false, true) => ("drift", "covariate_shift"),
-            (true, false, false) => ("drift", "label_shift"),
+            (false, _, _) => (DriftState::InsufficientData, DriftKind::None),
+            (true, true, _) => (DriftState::Ok, DriftKind::None),
+            (true, false, true) => (DriftState::Drift, DriftKind::CovariateShift),
+            (true, false, false) => (DriftState::Drift, DriftKind::LabelShift),
         };
         let n = self.predictions;
         let calibrated: f64 = self.blocks.iter().map(|b| b.calibrated).sum();

@@ -14,7 +14,7 @@ use sluice_core::{
     topics::Topic,
 };
 
-use crate::serving::Served;
+use crate::{serving::Served, store};
 
 pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
     let reconciler = tokio::spawn(reconcile(served.clone(), shutdown.clone()));
@@ -35,11 +35,11 @@ async fn reconcile(served: Arc<Served>, shutdown: Shutdown) {
         for model in served.served_models() {
             let Ok(name) = ModelName::parse(&model) else { continue };
             let Ok(client) = served.ctx.db.get().await else { break };
-            let revision = client.query_opt("SELECT revision FROM models WHERE name = $1", &[&model]).await;
+            let revision = store::model_revision(&client, &model).await;
             let aliases = models::aliases(&client, &name).await;
             drop(client);
-            if let (Ok(Some(row)), Ok(aliases)) = (revision, aliases) {
-                served.apply_aliases(&model, row.get(0), &aliases).await;
+            if let (Ok(Some(revision)), Ok(aliases)) = (revision, aliases) {
+                served.apply_aliases(&model, revision, &aliases).await;
             }
         }
     }

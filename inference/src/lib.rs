@@ -5,7 +5,7 @@
 //! first use and verified against its registered sha256 ([`serving`]); images are prepared with
 //! the version's input spec by `sluice-media`, the same code preprocess used for its training
 //! data, and scored through the version's micro-batcher ([`microbatch`]). Predictions are recorded
-//! in PostgreSQL off the request path ([`recorder`]) and feed the version's drift window
+//! in PostgreSQL off the request path ([`recorder`], [`store`]) and feed the version's drift window
 //! ([`drift`], [`monitor`]), whose verdicts and label-free accuracy estimate are exported as
 //! metrics and at `GET /v1/models/{name}/drift`. Alias moves arrive on `models.events`
 //! ([`follower`]); sustained drift or low live accuracy publishes `retrain.requests`.
@@ -15,6 +15,7 @@
 
 pub mod batch_jobs;
 pub mod drift;
+pub mod error;
 pub mod follower;
 pub mod microbatch;
 pub mod monitor;
@@ -22,6 +23,7 @@ pub mod predict;
 pub mod recorder;
 mod routes;
 pub mod serving;
+pub mod store;
 pub mod v2;
 
 use std::sync::Arc;

@@ -16,12 +16,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rdkafka::{Message, consumer::Consumer, producer::FutureRecord};
+use serde::Serialize;
 use serde_json::{Value, json};
 use sluice_core::{
     Shutdown,
+    db::DbError,
     events::Envelope,
-    kafka, live,
-    models::{self, ModelName},
+    kafka,
+    live::{self, LiveOutcome},
+    models::{self, ModelName, RegistryError},
     observations::{ObservedImage, RequestObserved},
     reference::{Reference, SKETCH_DIMENSIONS},
     topics::Topic,
@@ -30,9 +33,31 @@ use sluice_core::{
 
 use crate::{
     AppState,
-    drift::{Observation, Verdict, Window},
+    drift::{DriftKind, DriftState, Observation, Verdict, Window},
     serving::{LoadedVersion, Served},
+    store::{self, LiveAccuracy, ShadowPair},
 };
+
+/// Why the monitor or the live gate could not read or record what it needed.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+impl From<deadpool_postgres::PoolError> for MonitorError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self::Db(err.into())
+    }
+}
+
+impl From<deadpool_postgres::tokio_postgres::Error> for MonitorError {
+    fn from(err: deadpool_postgres::tokio_postgres::Error) -> Self {
+        Self::Db(err.into())
+    }
+}
 
 /// Publishes one request's predictions for the monitor. Never waits: a full producer queue drops
 /// them (counted), which only thins the window.
@@ -82,7 +107,7 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
             }
         };
         work::retry_until(shutdown, Backoff::DEPENDENCY, "the drift monitor cannot record a check", || async {
-            observe(served, &mut *windows.lock().await, &event).await
+            observe(served, &mut *windows.lock().await, &event).await.map_err(|e| sluice_core::error_chain(&e))
         })
         .await
         .is_some()
@@ -95,7 +120,7 @@ async fn observe(
     served: &Arc<Served>,
     windows: &mut HashMap<(String, i32), Window>,
     event: &RequestObserved,
-) -> Result<(), String> {
+) -> Result<(), MonitorError> {
     let config = &served.ctx.config.inference;
     let key = (event.model.clone(), event.version);
     if !windows.contains_key(&key) {
@@ -123,10 +148,12 @@ async fn observe(
     let Some(verdict) = window.observe(&observations, config).cloned() else {
         return Ok(());
     };
-    record(served, &event.model, event.version, &verdict).await?;
+    let client = served.ctx.db.get().await?;
+    store::record_verdict(&client, &event.model, event.version, &verdict).await?;
+    drop(client);
     export(&event.model, event.version, &verdict);
-    let wanted = verdict.kind == "covariate_shift" || config.retrain_on_label_shift;
-    if verdict.state == "drift"
+    let wanted = verdict.kind == DriftKind::CovariateShift || config.retrain_on_label_shift;
+    if verdict.state == DriftState::Drift
         && wanted
         && verdict.consecutive >= config.drift_sustain_checks
         && config.retrain_on_drift
@@ -142,53 +169,22 @@ const MAX_WINDOWS: usize = 4096;
 
 /// A window for a registered version, continuing the check counts recorded for it; `None` when
 /// the version does not exist.
-async fn open_window(served: &Served, model: &str, version: i32) -> Result<Option<Window>, String> {
+async fn open_window(served: &Served, model: &str, version: i32) -> Result<Option<Window>, MonitorError> {
     let Ok(name) = ModelName::parse(model) else { return Ok(None) };
-    let client = served.ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;
-    let Some(record) = models::get_version(&client, &name, version).await.map_err(|e| e.to_string())? else {
+    let client = served.ctx.db.get().await?;
+    let Some(record) = models::get_version(&client, &name, version).await? else {
         return Ok(None);
     };
     let Ok(reference) = serde_json::from_value::<Reference>(record.reference.clone()) else {
         tracing::warn!(model, version, "the version has no usable drift reference; not monitored");
         return Ok(None);
     };
-    let counts = client
-        .query_opt(
-            "SELECT consecutive, checks FROM drift_verdicts WHERE model = $1 AND version = $2",
-            &[&model, &version],
-        )
-        .await
-        .map_err(|e| sluice_core::error_chain(&e))?
-        .map(|row| (row.get::<_, i32>(0) as u32, row.get::<_, i64>(1) as u64));
+    let counts = store::check_counts(&client, model, version).await?;
     let mut window = Window::new(reference, record.labels.clone());
-    if let Some((consecutive, checks)) = counts {
-        window.continue_counts(consecutive, checks);
+    if let Some(counts) = counts {
+        window.continue_counts(counts.consecutive, counts.checks);
     }
     Ok(Some(window))
-}
-
-async fn record(served: &Served, model: &str, version: i32, verdict: &Verdict) -> Result<(), String> {
-    let client = served.ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;
-    let json = serde_json::to_value(verdict).expect("verdicts serialise");
-    client
-        .execute(
-            "INSERT INTO drift_verdicts (model, version, state, kind, consecutive, checks, verdict)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT (model, version) DO UPDATE SET state = $3, kind = $4, consecutive = $5, checks = $6,
-                 verdict = $7, updated_at = now()",
-            &[
-                &model,
-                &version,
-                &verdict.state,
-                &verdict.kind,
-                &(verdict.consecutive as i32),
-                &(verdict.checks as i64),
-                &json,
-            ],
-        )
-        .await
-        .map_err(|e| sluice_core::error_chain(&e))?;
-    Ok(())
 }
 
 fn export(model: &str, version: i32, verdict: &Verdict) {
@@ -198,40 +194,49 @@ fn export(model: &str, version: i32, verdict: &Verdict) {
             .set(statistic.t.abs().min(1e6));
     }
     metrics::gauge!("sluice_inference_drift_detected", "model" => model.clone(), "version" => version.clone())
-        .set(if verdict.state == "drift" { 1.0 } else { 0.0 });
-    metrics::counter!("sluice_inference_drift_checks_total", "model" => model.clone(), "state" => verdict.state, "kind" => verdict.kind)
+        .set(if verdict.state == DriftState::Drift { 1.0 } else { 0.0 });
+    metrics::counter!("sluice_inference_drift_checks_total", "model" => model.clone(), "state" => verdict.state.as_str(), "kind" => verdict.kind.as_str())
         .increment(1);
     if let Some(expected) = verdict.expected_accuracy {
         metrics::gauge!("sluice_inference_expected_accuracy", "model" => model, "version" => version).set(expected);
     }
 }
 
-/// The shadow compared with the version it shadows, on the latest `live_accuracy_window`
-/// inputs both scored: how often they agree and, where feedback came, each one's accuracy and a
-/// one-sided exact McNemar test of "the shadow is better". `None` without shadow predictions.
-pub async fn shadow_comparison(state: &AppState, model: &str) -> Result<Option<Value>, String> {
-    let window = state.served.ctx.config.inference.live_accuracy_window;
-    let client = state.served.ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;
-    let rows = client
-        .query(
-            "SELECT p.version, s.version, p.label, s.label, p.feedback_label FROM predictions s
-             JOIN predictions p ON p.id = s.shadow_of
-             WHERE s.model = $1 AND s.shadow ORDER BY s.created_at DESC LIMIT $2",
-            &[&model, &window],
-        )
-        .await
-        .map_err(|e| sluice_core::error_chain(&e))?;
-    if rows.is_empty() {
-        return Ok(None);
-    }
+/// The shadow compared with the version it shadows, on the latest inputs both scored: how often
+/// they agree and, where feedback came, each one's accuracy and a one-sided exact McNemar test of
+/// "the shadow is better".
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShadowComparison {
+    pub versions: ComparedVersions,
+    /// Inputs both scored.
+    pub pairs: usize,
+    pub agreement: f64,
+    /// Pairs whose answer got feedback.
+    pub with_feedback: usize,
+    pub primary_accuracy: Option<f64>,
+    pub shadow_accuracy: Option<f64>,
+    pub shadow_only_right: u64,
+    pub primary_only_right: u64,
+    pub p_value_shadow_better: f64,
+}
+
+/// The versions of the newest pair: the one that answered and the shadow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ComparedVersions {
+    pub primary: i32,
+    pub shadow: i32,
+}
+
+/// Compares the pairs (newest first); `None` without any.
+fn compare(pairs: &[ShadowPair]) -> Option<ShadowComparison> {
+    let newest = pairs.first()?;
     let (mut agree, mut scored, mut primary_right, mut shadow_right, mut shadow_only, mut primary_only) =
         (0usize, 0usize, 0usize, 0usize, 0u64, 0u64);
-    for row in &rows {
-        let (primary, shadow): (String, String) = (row.get(2), row.get(3));
-        agree += usize::from(primary == shadow);
-        if let Some(truth) = row.get::<_, Option<String>>(4) {
+    for pair in pairs {
+        agree += usize::from(pair.primary_label == pair.shadow_label);
+        if let Some(truth) = &pair.truth {
             scored += 1;
-            let (p, s) = (primary == truth, shadow == truth);
+            let (p, s) = (&pair.primary_label == truth, &pair.shadow_label == truth);
             primary_right += usize::from(p);
             shadow_right += usize::from(s);
             shadow_only += u64::from(s && !p);
@@ -239,46 +244,52 @@ pub async fn shadow_comparison(state: &AppState, model: &str) -> Result<Option<V
         }
     }
     let rate = |n: usize, of: usize| (of > 0).then(|| n as f64 / of as f64);
-    let (primary_accuracy, shadow_accuracy) = (rate(primary_right, scored), rate(shadow_right, scored));
-    if let (Some(p), Some(s)) = (primary_accuracy, shadow_accuracy) {
+    Some(ShadowComparison {
+        versions: ComparedVersions { primary: newest.primary_version, shadow: newest.shadow_version },
+        pairs: pairs.len(),
+        agreement: agree as f64 / pairs.len() as f64,
+        with_feedback: scored,
+        primary_accuracy: rate(primary_right, scored),
+        shadow_accuracy: rate(shadow_right, scored),
+        shadow_only_right: shadow_only,
+        primary_only_right: primary_only,
+        p_value_shadow_better: sluice_core::stats::mcnemar_one_sided(shadow_only, primary_only),
+    })
+}
+
+/// The model's shadow compared with the version it shadows on the latest `live_accuracy_window`
+/// inputs both scored (exported as metrics too); `None` without shadow predictions.
+pub async fn shadow_comparison(state: &AppState, model: &str) -> Result<Option<ShadowComparison>, DbError> {
+    let window = state.served.ctx.config.inference.live_accuracy_window;
+    let client = state.served.ctx.db.get().await?;
+    let pairs = store::shadow_pairs(&client, model, window).await?;
+    drop(client);
+    let Some(comparison) = compare(&pairs) else { return Ok(None) };
+    if let (Some(p), Some(s)) = (comparison.primary_accuracy, comparison.shadow_accuracy) {
         metrics::gauge!("sluice_inference_shadow_accuracy_difference", "model" => model.to_owned()).set(s - p);
     }
-    let agreement = agree as f64 / rows.len() as f64;
-    metrics::gauge!("sluice_inference_shadow_agreement", "model" => model.to_owned()).set(agreement);
-    Ok(Some(json!({
-        "versions": {"primary": rows[0].get::<_, i32>(0), "shadow": rows[0].get::<_, i32>(1)},
-        "pairs": rows.len(),
-        "agreement": agreement,
-        "with_feedback": scored,
-        "primary_accuracy": primary_accuracy,
-        "shadow_accuracy": shadow_accuracy,
-        "shadow_only_right": shadow_only,
-        "primary_only_right": primary_only,
-        "p_value_shadow_better": sluice_core::stats::mcnemar_one_sided(shadow_only, primary_only),
-    })))
+    metrics::gauge!("sluice_inference_shadow_agreement", "model" => model.to_owned()).set(comparison.agreement);
+    Ok(Some(comparison))
 }
 
 /// `promote: if_better_live` ([`sluice_core::live`]): moves `production` to the candidate once the
 /// feedback on the inputs both scored shows it significantly better, or gives the attempt up once
 /// it shows it significantly worse.
-async fn live_gate(state: &AppState, model: &str, comparison: &Value) -> Result<(), String> {
+async fn live_gate(state: &AppState, model: &ModelName, comparison: &ShadowComparison) -> Result<(), MonitorError> {
     let served = &state.served;
-    let mut client = served.ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;
-    let Some(pending) = live::pending(&client, model).await.map_err(|e| e.to_string())? else {
+    let mut client = served.ctx.db.get().await?;
+    let Some(pending) = live::pending(&client, model.as_str()).await? else {
         return Ok(());
     };
-    let versions = (comparison["versions"]["primary"].as_i64(), comparison["versions"]["shadow"].as_i64());
-    if versions != (Some(i64::from(pending.production)), Some(i64::from(pending.candidate))) {
+    if comparison.versions != (ComparedVersions { primary: pending.production, shadow: pending.candidate }) {
         return Ok(());
     }
-    let answers = comparison["with_feedback"].as_u64().unwrap_or(0);
+    let answers = comparison.with_feedback as u64;
     if answers < served.ctx.config.inference.live_promotion_min_feedback {
         return Ok(());
     }
-    let (shadow_only, primary_only) =
-        (comparison["shadow_only_right"].as_u64().unwrap_or(0), comparison["primary_only_right"].as_u64().unwrap_or(0));
-    let gain =
-        comparison["shadow_accuracy"].as_f64().unwrap_or(0.0) - comparison["primary_accuracy"].as_f64().unwrap_or(0.0);
+    let (shadow_only, primary_only) = (comparison.shadow_only_right, comparison.primary_only_right);
+    let gain = comparison.shadow_accuracy.unwrap_or(0.0) - comparison.primary_accuracy.unwrap_or(0.0);
     let (alpha, margin) = (served.ctx.config.trainer.promotion_alpha, served.ctx.config.trainer.promotion_min_margin);
     let better = sluice_core::stats::mcnemar_one_sided(shadow_only, primary_only);
     let worse = sluice_core::stats::mcnemar_one_sided(primary_only, shadow_only);
@@ -287,86 +298,66 @@ async fn live_gate(state: &AppState, model: &str, comparison: &Value) -> Result<
          wrong alone on {primary_only}, accuracy gain {gain:.4}; exact McNemar p = {better:.3e} (alpha {alpha}, margin {margin})",
         pending.candidate, pending.production
     );
-    let tx = client.transaction().await.map_err(|e| sluice_core::error_chain(&e))?;
+    let tx = client.transaction().await?;
     let outcome = if better <= alpha && gain >= margin && shadow_only > primary_only {
-        let name = ModelName::parse(model).map_err(|e| e.to_string())?;
         let production = models::AliasName::parse(models::AliasName::PRODUCTION).expect("a valid alias");
-        if !live::decide(&tx, model, "promoted", &reason).await.map_err(|e| e.to_string())? {
+        if !live::decide(&tx, model.as_str(), LiveOutcome::Promoted, &reason).await? {
             return Ok(());
         }
         let prefix = &served.ctx.config.kafka.topic_prefix;
-        models::move_alias(&tx, prefix, &name, &production, pending.candidate, "inference:live-gate", &reason)
-            .await
-            .map_err(|e| e.to_string())?;
-        "promoted"
+        models::move_alias(&tx, prefix, model, &production, pending.candidate, "inference:live-gate", &reason).await?;
+        LiveOutcome::Promoted
     } else if worse <= alpha {
-        if !live::decide(&tx, model, "rejected", &reason).await.map_err(|e| e.to_string())? {
+        if !live::decide(&tx, model.as_str(), LiveOutcome::Rejected, &reason).await? {
             return Ok(());
         }
-        "rejected"
+        LiveOutcome::Rejected
     } else {
         return Ok(());
     };
-    tx.commit().await.map_err(|e| sluice_core::error_chain(&e))?;
-    served.forget_routing(&ModelName::parse(model).map_err(|e| e.to_string())?);
-    metrics::counter!("sluice_inference_live_promotions_total", "model" => model.to_owned(), "outcome" => outcome)
+    tx.commit().await?;
+    served.forget_routing(model);
+    metrics::counter!("sluice_inference_live_promotions_total", "model" => model.to_string(), "outcome" => outcome.as_str())
         .increment(1);
-    tracing::warn!(model, outcome, reason, "live promotion decided");
+    tracing::warn!(%model, %outcome, reason, "live promotion decided");
     Ok(())
 }
 
-/// The cluster-wide verdict of a version, as the monitor last recorded it.
-pub async fn verdict(state: &AppState, model: &str, version: i32) -> Result<Option<Value>, String> {
-    let client = state.served.ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;
-    let row = client
-        .query_opt(
-            "SELECT verdict, updated_at FROM drift_verdicts WHERE model = $1 AND version = $2",
-            &[&model, &version],
-        )
-        .await
-        .map_err(|e| sluice_core::error_chain(&e))?;
-    Ok(row.map(|r| {
-        let mut verdict: Value = r.get(0);
-        let at: chrono::DateTime<chrono::Utc> = r.get(1);
-        verdict["checked_at"] = json!(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+/// The cluster-wide verdict of a version as the monitor last recorded it, with when
+/// (`checked_at`).
+pub async fn verdict(state: &AppState, model: &str, version: i32) -> Result<Option<Value>, DbError> {
+    let client = state.served.ctx.db.get().await?;
+    Ok(store::verdict(&client, model, version).await?.map(|stored| {
+        let mut verdict = stored.verdict;
+        verdict["checked_at"] = json!(stored.checked_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         verdict
     }))
 }
 
-/// Live accuracy of a version over its latest feedback: (accuracy, answers).
-pub async fn live_accuracy(state: &AppState, model: &str, version: i32) -> Result<Option<(f64, i64)>, String> {
+/// Live accuracy of a version over its latest `live_accuracy_window` answers with feedback.
+pub async fn live_accuracy(state: &AppState, model: &str, version: i32) -> Result<Option<LiveAccuracy>, DbError> {
     let window = state.served.ctx.config.inference.live_accuracy_window;
-    let client = state.served.ctx.db.get().await.map_err(|e| sluice_core::error_chain(&e))?;
-    let row = client
-        .query_one(
-            "SELECT avg((feedback_label = label)::int)::float8, count(*) FROM (
-                 SELECT label, feedback_label FROM predictions
-                 WHERE model = $1 AND version = $2 AND feedback_at IS NOT NULL AND NOT shadow
-                 ORDER BY feedback_at DESC LIMIT $3) recent",
-            &[&model, &version, &window],
-        )
-        .await
-        .map_err(|e| sluice_core::error_chain(&e))?;
-    let answers: i64 = row.get(1);
-    Ok(row.get::<_, Option<f64>>(0).map(|accuracy| (accuracy, answers)))
+    let client = state.served.ctx.db.get().await?;
+    store::live_accuracy(&client, model, version, window).await
 }
 
 /// After feedback: export live accuracy (and the shadow comparison) and request retraining when
 /// accuracy is too low.
-pub async fn after_feedback(state: &AppState, model: &str, version: i32) {
+#[tracing::instrument(skip_all, fields(%model, version))]
+pub async fn after_feedback(state: &AppState, model: &ModelName, version: i32) {
     let config = &state.served.ctx.config.inference;
-    match shadow_comparison(state, model).await {
+    match shadow_comparison(state, model.as_str()).await {
         Ok(Some(comparison)) => {
             if let Err(err) = live_gate(state, model, &comparison).await {
-                tracing::warn!(model, error = %err, "live promotion check failed; the next feedback retries");
+                tracing::warn!(%model, error = %sluice_core::error_chain(&err), "live promotion check failed; the next feedback retries");
             }
         }
         Ok(None) => {}
-        Err(err) => tracing::warn!(error = %err, "cannot compare the shadow"),
+        Err(err) => tracing::warn!(error = %sluice_core::error_chain(&err), "cannot compare the shadow"),
     }
-    match live_accuracy(state, model, version).await {
-        Ok(Some((accuracy, answers))) => {
-            metrics::gauge!("sluice_inference_live_accuracy", "model" => model.to_owned(), "version" => version.to_string())
+    match live_accuracy(state, model.as_str(), version).await {
+        Ok(Some(LiveAccuracy { accuracy, answers })) => {
+            metrics::gauge!("sluice_inference_live_accuracy", "model" => model.to_string(), "version" => version.to_string())
                 .set(accuracy);
             if config.retrain_on_drift
                 && config.retrain_below_accuracy > 0.0
@@ -375,10 +366,46 @@ pub async fn after_feedback(state: &AppState, model: &str, version: i32) {
             {
                 let evidence = json!({"version": version, "live_accuracy": accuracy, "answers": answers,
                                       "threshold": config.retrain_below_accuracy});
-                state.served.request_retrain(model, "live_accuracy", evidence).await;
+                state.served.request_retrain(model.as_str(), "live_accuracy", evidence).await;
             }
         }
         Ok(None) => {}
-        Err(err) => tracing::warn!(error = %err, "cannot compute live accuracy"),
+        Err(err) => tracing::warn!(error = %sluice_core::error_chain(&err), "cannot compute live accuracy"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(primary: &str, shadow: &str, truth: Option<&str>) -> ShadowPair {
+        ShadowPair {
+            primary_version: 1,
+            shadow_version: 2,
+            primary_label: primary.into(),
+            shadow_label: shadow.into(),
+            truth: truth.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_comparison_counts_agreement_and_who_alone_was_right() {
+        assert_eq!(compare(&[]), None);
+        let pairs = [
+            pair("a", "a", Some("a")),
+            pair("a", "b", Some("b")),
+            pair("a", "b", Some("b")),
+            pair("b", "a", Some("b")),
+            pair("a", "b", None),
+        ];
+        let comparison = compare(&pairs).expect("pairs");
+        assert_eq!(comparison.versions, ComparedVersions { primary: 1, shadow: 2 });
+        assert_eq!((comparison.pairs, comparison.with_feedback), (5, 4));
+        assert!((comparison.agreement - 0.2).abs() < 1e-12);
+        assert_eq!((comparison.shadow_only_right, comparison.primary_only_right), (2, 1));
+        assert_eq!((comparison.primary_accuracy, comparison.shadow_accuracy), (Some(0.5), Some(0.75)));
+        let json = serde_json::to_value(&comparison).expect("serialises");
+        assert_eq!(json["versions"], json!({"primary": 1, "shadow": 2}));
+        assert_eq!(json["with_feedback"], 4);
     }
 }

@@ -13,14 +13,13 @@ use axum::{
     body::Bytes,
     extract::{FromRequest, Multipart, Path, Query, Request, State},
     http::{StatusCode, header},
-    response::{IntoResponse, Response},
 };
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::{
     auth::Scope,
-    http::{ApiError, Caller},
+    http::Caller,
     models::{AliasName, ModelName},
     reference::{image_stats, sharpness, softmax},
 };
@@ -30,8 +29,9 @@ use uuid::Uuid;
 use crate::{
     AppState,
     drift::Observation,
+    error::InferenceError,
     recorder::Record,
-    serving::{Captured, LoadedVersion, ServeError, Target},
+    serving::{Captured, LoadedVersion, Target},
 };
 
 #[derive(Debug, Deserialize)]
@@ -41,58 +41,37 @@ pub struct PredictQuery {
     top_k: Option<usize>,
 }
 
-pub fn serve_error(err: ServeError) -> ApiError {
-    let message = format!("{}.", err);
-    match err {
-        ServeError::UnknownModel(_) | ServeError::UnknownAlias { .. } | ServeError::UnknownVersion { .. } => {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
-        }
-        ServeError::Unloadable { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "model_unloadable", message),
-        ServeError::Unavailable(cause) => {
-            tracing::warn!(error = %cause, "inference dependency failure");
-            ApiError::unavailable("The registry (PostgreSQL or S3) is unreachable; retry shortly.")
-        }
-    }
-}
-
-fn bad(code: &'static str, status: StatusCode, message: impl Into<String>) -> ApiError {
-    ApiError::new(status, code, message)
-}
-
 /// Which version the request names, or the default route (`production`, maybe a canary).
-pub fn target(alias: Option<&str>, version: Option<i32>) -> Result<Option<Target>, ApiError> {
+pub fn target(alias: Option<&str>, version: Option<i32>) -> Result<Option<Target>, InferenceError> {
     match (alias, version) {
-        (Some(_), Some(_)) => {
-            Err(bad("invalid_request", StatusCode::BAD_REQUEST, "Give `alias` or `version`, not both."))
-        }
+        (Some(_), Some(_)) => Err(InferenceError::invalid("Give `alias` or `version`, not both.")),
         (Some(alias), None) => AliasName::parse(alias)
             .map(|a| Some(Target::Alias(a)))
-            .map_err(|e| bad("invalid_request", StatusCode::BAD_REQUEST, format!("`alias`: {e}."))),
+            .map_err(|e| InferenceError::invalid(format!("`alias`: {e}."))),
         (None, Some(version)) if version >= 1 => Ok(Some(Target::Version(version))),
-        (None, Some(_)) => Err(bad("invalid_request", StatusCode::BAD_REQUEST, "`version` must be 1 or more.")),
+        (None, Some(_)) => Err(InferenceError::invalid("`version` must be 1 or more.")),
         (None, None) => Ok(None),
     }
 }
 
-pub fn model_name(raw: &str) -> Result<ModelName, ApiError> {
-    ModelName::parse(raw).map_err(|e| bad("invalid_request", StatusCode::BAD_REQUEST, format!("`model`: {e}.")))
+pub fn model_name(raw: &str) -> Result<ModelName, InferenceError> {
+    ModelName::parse(raw).map_err(|e| InferenceError::invalid(format!("`model`: {e}.")))
 }
 
-async fn images(request: Request, max_images: usize) -> Result<Vec<Bytes>, ApiError> {
+async fn images(request: Request, max_images: usize) -> Result<Vec<Bytes>, InferenceError> {
     let multipart = request
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let unreadable = |e: &dyn std::fmt::Display| {
-        bad("invalid_request", StatusCode::BAD_REQUEST, format!("The request body could not be read: {e}."))
-    };
+    let unreadable =
+        |e: &dyn std::fmt::Display| InferenceError::invalid(format!("The request body could not be read: {e}."));
     let mut found = Vec::new();
     if multipart {
         let too_many = || {
-            bad(
-                "too_many_images",
+            InferenceError::refused(
                 StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_images",
                 format!("At most {max_images} `file` parts (and nothing else) per request."),
             )
         };
@@ -104,11 +83,7 @@ async fn images(request: Request, max_images: usize) -> Result<Vec<Bytes>, ApiEr
                 return Err(too_many());
             }
             if field.name() != Some("file") {
-                return Err(bad(
-                    "invalid_request",
-                    StatusCode::BAD_REQUEST,
-                    "Predict takes multipart `file` parts only.",
-                ));
+                return Err(InferenceError::invalid("Predict takes multipart `file` parts only."));
             }
             found.push(field.bytes().await.map_err(|e| unreadable_part(&e))?);
         }
@@ -120,99 +95,102 @@ async fn images(request: Request, max_images: usize) -> Result<Vec<Bytes>, ApiEr
         found.push(body);
     }
     if found.is_empty() || found.iter().any(Bytes::is_empty) {
-        return Err(bad(
-            "empty_upload",
+        return Err(InferenceError::refused(
             StatusCode::BAD_REQUEST,
+            "empty_upload",
             "Send an image as the body, or multipart `file` parts.",
         ));
     }
     Ok(found)
 }
 
-fn too_large() -> ApiError {
-    bad(
-        "too_large",
+fn too_large() -> InferenceError {
+    InferenceError::refused(
         StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
         "The request body is over `inference.max_predict_bytes`; send fewer or smaller images per request.",
     )
 }
 
-fn unreadable_part(err: &axum::extract::multipart::MultipartError) -> ApiError {
+fn unreadable_part(err: &axum::extract::multipart::MultipartError) -> InferenceError {
     if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return too_large();
     }
-    bad(
-        "invalid_request",
-        StatusCode::BAD_REQUEST,
-        format!("The multipart body could not be read: {}.", err.body_text()),
-    )
+    InferenceError::invalid(format!("The multipart body could not be read: {}.", err.body_text()))
 }
 
-fn unreadable_body(err: &axum::extract::multipart::MultipartRejection) -> ApiError {
-    bad(
-        "invalid_request",
-        StatusCode::BAD_REQUEST,
-        format!("The multipart body could not be read: {}.", err.body_text()),
-    )
+fn unreadable_body(err: &axum::extract::multipart::MultipartRejection) -> InferenceError {
+    InferenceError::invalid(format!("The multipart body could not be read: {}.", err.body_text()))
 }
 
 /// Decodes and prepares one image exactly as the version's training data was prepared.
-fn prepare(bytes: &[u8], loaded: &LoadedVersion, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
+fn prepare(bytes: &[u8], loaded: &LoadedVersion, max_pixels: u64) -> Result<Vec<u8>, InferenceError> {
     if image::guess_format(bytes).is_err() {
-        return Err(bad(
-            "unsupported_media_type",
+        return Err(InferenceError::refused(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
             "The body is not a supported image (JPEG, PNG, WebP, GIF, BMP, TIFF).",
         ));
     }
     sluice_media::prepare(bytes, &loaded.version.input_spec, max_pixels).map_err(|err| match err {
-        ImageError::TooManyPixels { .. } => bad("too_many_pixels", StatusCode::UNPROCESSABLE_ENTITY, format!("{err}.")),
-        other => bad("invalid_image", StatusCode::UNPROCESSABLE_ENTITY, format!("The image cannot be used: {other}.")),
+        ImageError::TooManyPixels { .. } => {
+            InferenceError::refused(StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels", format!("{err}."))
+        }
+        other => InferenceError::refused(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_image",
+            format!("The image cannot be used: {other}."),
+        ),
     })
 }
 
+/// Counts a refused or failed request in `sluice_inference_errors_total` (by the answer's code),
+/// under `model` once it names a served model, else `unknown`: a name from the URL becomes a
+/// metric label only once it resolves. Returns the answer, rendered (and a 5xx logged) once.
+fn counted(err: InferenceError, model: Option<&ModelName>) -> InferenceError {
+    let answer = err.to_api();
+    let model = model.map_or_else(|| "unknown".to_owned(), ToString::to_string);
+    metrics::counter!("sluice_inference_errors_total", "model" => model, "reason" => answer.code).increment(1);
+    answer.into()
+}
+
+/// `POST /v1/models/{name}/predict`.
+#[tracing::instrument(skip_all, fields(model = %name))]
 pub async fn predict(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     Query(query): Query<PredictQuery>,
     request: Request,
-) -> Response {
+) -> Result<Json<Value>, InferenceError> {
     let started = Instant::now();
-    match run(&state, &caller, &name, &query, request, started).await {
-        Ok(answer) => Json(answer).into_response(),
-        Err((model, err)) => {
-            let reason = err.code;
-            metrics::counter!("sluice_inference_errors_total", "model" => model, "reason" => reason).increment(1);
-            err.into_response()
-        }
-    }
+    let (model, routed, bodies, top_k) =
+        accept(&state, &caller, &name, &query, request).await.map_err(|e| counted(e, None))?;
+    let answer = serve(&state, &model, routed, Inputs::Encoded(bodies), top_k, started)
+        .await
+        .map_err(|e| counted(e, Some(&model)))?;
+    Ok(Json(json!({"model": model.to_string(), "version": answer.loaded.version.version, "alias": answer.alias,
+                   "predictions": answer.predictions})))
 }
 
-async fn run(
+/// Checks a predict request, reads its images and resolves the version that will score them.
+async fn accept(
     state: &AppState,
     caller: &Caller,
     name: &str,
     query: &PredictQuery,
     request: Request,
-    started: Instant,
-) -> Result<Value, (String, ApiError)> {
-    let unknown = || "unknown".to_owned();
-    caller.require(Scope::Predict).map_err(|e| (unknown(), e))?;
-    let model = model_name(name).map_err(|e| (unknown(), e))?;
-    // Until the model resolves, failures are counted under `unknown`: a name from the URL
-    // becomes a metric label only once it names a served model.
-    let fail = |e: ApiError| (unknown(), e);
+) -> Result<(ModelName, Routed, Vec<Bytes>, usize), InferenceError> {
+    caller.require(Scope::Predict)?;
+    let model = model_name(name)?;
     let top_k = query.top_k.unwrap_or(3);
     if top_k == 0 {
-        return Err(fail(bad("invalid_request", StatusCode::BAD_REQUEST, "`top_k` must be 1 or more.")));
+        return Err(InferenceError::invalid("`top_k` must be 1 or more."));
     }
-    let explicit = target(query.alias.as_deref(), query.version).map_err(fail)?;
-    let bodies = images(request, state.served.ctx.config.http.max_parts).await.map_err(fail)?;
-    let served = serve(state, &model, explicit, Inputs::Encoded(bodies), top_k, started).await?;
-    let label = model.to_string();
-    Ok(json!({"model": label, "version": served.loaded.version.version, "alias": served.alias,
-              "predictions": served.predictions}))
+    let explicit = target(query.alias.as_deref(), query.version)?;
+    let bodies = images(request, state.served.ctx.config.http.max_parts).await?;
+    let routed = route(state, &model, explicit).await?;
+    Ok((model, routed, bodies, top_k))
 }
 
 /// What a predict request scores: encoded images (decoded and prepared as the version's training
@@ -240,76 +218,86 @@ pub(crate) struct Answer {
     pub probabilities: Vec<Vec<f64>>,
 }
 
-/// Serves one predict request, whatever protocol it came in: resolves the target (or the model's
-/// routing: production, maybe a canary), prepares and scores the inputs through the version's
-/// micro-batcher, records and observes each prediction, applies the capture policy, has the
-/// shadow alias score the same inputs, and counts the request. Errors carry the metric label of
-/// the model (`unknown` until it resolves).
-pub(crate) async fn serve(
+/// Where a request goes: the loaded version, the alias it was routed to, and the shadow alias
+/// that scores the same inputs (from the model's routing, when the request named no target).
+pub(crate) struct Routed {
+    loaded: Arc<LoadedVersion>,
+    alias: Option<String>,
+    shadow: Option<String>,
+}
+
+/// Resolves the request's target, or the model's routing (production, maybe a canary), to a
+/// loaded version.
+pub(crate) async fn route(
     state: &AppState,
     model: &ModelName,
     explicit: Option<Target>,
-    inputs: Inputs,
-    top_k: usize,
-    started: Instant,
-) -> Result<Answer, (String, ApiError)> {
-    let unknown = || "unknown".to_owned();
-    let fail = |e: ApiError| (unknown(), e);
-    let routing = if explicit.is_none() { Some(state.served.routing(model).await) } else { None };
-    let (target, alias) = match (&explicit, &routing) {
-        (Some(Target::Alias(a)), _) => (Target::Alias(a.clone()), Some(a.to_string())),
-        (Some(t), _) => (t.clone(), None),
-        (None, Some(routing)) => {
+) -> Result<Routed, InferenceError> {
+    let (target, alias, routing) = match explicit {
+        Some(Target::Alias(a)) => {
+            let alias = a.to_string();
+            (Target::Alias(a), Some(alias), None)
+        }
+        Some(target) => (target, None, None),
+        None => {
+            let routing = state.served.routing(model).await;
             let canary =
                 routing.canary_alias.as_ref().filter(|_| rand::rng().random::<f64>() * 100.0 < routing.canary_percent);
             let alias = canary.cloned().unwrap_or_else(|| AliasName::PRODUCTION.to_owned());
-            (Target::Alias(AliasName::parse(&alias).expect("stored aliases are valid")), Some(alias))
+            (Target::Alias(AliasName::parse(&alias).expect("stored aliases are valid")), Some(alias), Some(routing))
         }
-        (None, None) => unreachable!("routing is read when no target is given"),
     };
-    let loaded = state.served.resolve(model, &target).await.map_err(|e| fail(serve_error(e)))?;
-    let label = model.to_string();
-    let fail = |e: ApiError| (label.clone(), e);
+    let loaded = state.served.resolve(model, &target).await?;
+    let shadow = routing.and_then(|r| r.shadow_alias).filter(|s| Some(s) != alias.as_ref());
+    Ok(Routed { loaded, alias, shadow })
+}
+
+/// Serves one routed request, whatever protocol it came in: prepares and scores the inputs
+/// through the version's micro-batcher, records and observes each prediction, applies the
+/// capture policy, has the shadow alias score the same inputs, and counts the request.
+pub(crate) async fn serve(
+    state: &AppState,
+    model: &ModelName,
+    routed: Routed,
+    inputs: Inputs,
+    top_k: usize,
+    started: Instant,
+) -> Result<Answer, InferenceError> {
+    let Routed { loaded, alias, shadow } = routed;
     let max_pixels = state.served.ctx.config.inference.max_image_pixels;
     let (prepared, bodies) = match inputs {
-        Inputs::Encoded(bodies) => {
-            (prepare_all(bodies.clone(), loaded.clone(), max_pixels).await.map_err(fail)?, Some(bodies))
-        }
+        Inputs::Encoded(bodies) => (prepare_all(bodies.clone(), loaded.clone(), max_pixels).await?, Some(bodies)),
         Inputs::Prepared { pixels, shape } => {
             // The same number of values in another shape is another image: refused, not reshaped.
             let expected = input_shape(&loaded);
             if shape != expected || pixels.is_empty() || pixels.len() % loaded.batcher.frame() != 0 {
                 let [c, h, w] = expected;
-                return Err(fail(bad(
-                    "invalid_request",
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "Prepared pixels of version {} take the shape [n, {c}, {h}, {w}] (channels, height, width); \
-                         got [n, {}, {}, {}].",
-                        loaded.version.version, shape[0], shape[1], shape[2]
-                    ),
+                return Err(InferenceError::invalid(format!(
+                    "Prepared pixels of version {} take the shape [n, {c}, {h}, {w}] (channels, height, width); \
+                     got [n, {}, {}, {}].",
+                    loaded.version.version, shape[0], shape[1], shape[2]
                 )));
             }
             (pixels, None)
         }
     };
-    let (predictions, probabilities) =
-        score(state, &loaded, &prepared, top_k, alias.as_deref(), None).await.map_err(fail)?;
+    let (predictions, probabilities) = score(state, &loaded, &prepared, top_k, alias.as_deref(), None).await?;
     // Capture and shadow scoring need the encoded images (a shadow version may prepare them
     // differently): prepared pixels are only answered, recorded and observed.
     if let Some(bodies) = bodies {
         capture(state, model, &loaded, &bodies, &predictions).await;
-        if let Some(shadow) = routing.and_then(|r| r.shadow_alias).filter(|s| Some(s) != alias.as_ref()) {
+        if let Some(shadow) = shadow {
             let (state, model) = (state.clone(), model.clone());
             let answered: Vec<Uuid> = predictions.iter().filter_map(|p| p["id"].as_str()?.parse().ok()).collect();
             tokio::spawn(async move { shadow_score(&state, &model, &shadow, bodies, top_k, answered).await });
         }
     }
+    let label = model.to_string();
     let version = loaded.version.version;
     metrics::counter!("sluice_inference_requests_total", "model" => label.clone(), "version" => version.to_string(),
         "alias" => alias.clone().unwrap_or_default(), "status" => "ok")
     .increment(1);
-    metrics::histogram!("sluice_inference_request_duration_seconds", "model" => label.clone(), "alias" => alias.clone().unwrap_or_default())
+    metrics::histogram!("sluice_inference_request_duration_seconds", "model" => label, "alias" => alias.clone().unwrap_or_default())
         .record(started.elapsed().as_secs_f64());
     Ok(Answer { loaded, alias, predictions, probabilities })
 }
@@ -342,7 +330,11 @@ async fn capture(state: &AppState, model: &ModelName, loaded: &LoadedVersion, bo
     }
 }
 
-async fn prepare_all(bodies: Vec<Bytes>, loaded: Arc<LoadedVersion>, max_pixels: u64) -> Result<Vec<u8>, ApiError> {
+async fn prepare_all(
+    bodies: Vec<Bytes>,
+    loaded: Arc<LoadedVersion>,
+    max_pixels: u64,
+) -> Result<Vec<u8>, InferenceError> {
     tokio::task::spawn_blocking(move || {
         let mut all = Vec::with_capacity(bodies.len() * loaded.batcher.frame());
         for body in &bodies {
@@ -350,8 +342,7 @@ async fn prepare_all(bodies: Vec<Bytes>, loaded: Arc<LoadedVersion>, max_pixels:
         }
         Ok(all)
     })
-    .await
-    .map_err(|e| ApiError::internal(&e))?
+    .await?
 }
 
 /// One scored image: its best class and confidence, input brightness, and the prediction record
@@ -406,15 +397,11 @@ async fn score(
     top_k: usize,
     alias: Option<&str>,
     shadow_of: Option<&[Uuid]>,
-) -> Result<(Vec<Value>, Vec<Vec<f64>>), ApiError> {
+) -> Result<(Vec<Value>, Vec<Vec<f64>>), InferenceError> {
     let shadow = shadow_of.is_some();
     let frame = loaded.batcher.frame();
     let count = prepared.len() / frame;
-    let scored = loaded
-        .batcher
-        .score(prepared.to_vec(), count)
-        .await
-        .map_err(|e| ApiError::unavailable(format!("The model could not score the request: {e}.")))?;
+    let scored = loaded.batcher.score(prepared.to_vec(), count).await.map_err(InferenceError::Scoring)?;
     let model = loaded.version.model.to_string();
     let version_label = loaded.version.version.to_string();
     let mut out = Vec::with_capacity(count);
@@ -455,7 +442,7 @@ async fn shadow_score(
 ) {
     let Ok(alias_name) = AliasName::parse(alias) else { return };
     let result = async {
-        let loaded = state.served.resolve(model, &Target::Alias(alias_name)).await.map_err(serve_error)?;
+        let loaded = state.served.resolve(model, &Target::Alias(alias_name)).await?;
         let max_pixels = state.served.ctx.config.inference.max_image_pixels;
         let prepared = prepare_all(bodies, loaded.clone(), max_pixels).await?;
         score(state, &loaded, &prepared, top_k, Some(alias), Some(&answered)).await.map(|_| ())
@@ -464,6 +451,6 @@ async fn shadow_score(
     if let Err(err) = result {
         metrics::counter!("sluice_inference_errors_total", "model" => model.to_string(), "reason" => "shadow_failed")
             .increment(1);
-        tracing::debug!(model = %model, alias, error = ?err.code, "shadow scoring failed");
+        tracing::debug!(model = %model, alias, error = %sluice_core::error_chain(&err), "shadow scoring failed");
     }
 }

@@ -1,4 +1,4 @@
-//! Feedback, drift and routing routes (predict is in [`crate::predict`]).
+//! Feedback, drift, routing and capture routes (predict is in [`crate::predict`]).
 
 use std::time::Duration;
 
@@ -7,33 +7,27 @@ use axum::{
     body::Bytes,
     extract::{Path, Query, State},
     http::StatusCode,
-    response::{IntoResponse, Response},
 };
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice_core::{
     auth::Scope,
     capture::{self, CapturePolicy},
     domain::Label,
-    http::{ApiError, Caller},
+    http::Caller,
     models::{AliasName, ModelName},
 };
 use uuid::Uuid;
 
 use crate::{
-    AppState, monitor,
-    predict::{model_name, serve_error, target},
-    serving::Target,
+    AppState,
+    drift::{DriftKind, DriftState},
+    error::InferenceError,
+    monitor,
+    predict::{model_name, target},
+    serving::{Routing, Target},
+    store::{self, Answered},
 };
-
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-}
-
-fn unavailable(err: &dyn std::fmt::Display) -> ApiError {
-    tracing::warn!(error = %err, "inference store failed");
-    ApiError::unavailable("The database is unreachable; retry shortly.")
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,148 +37,105 @@ struct Feedback {
 }
 
 /// `POST /v1/feedback {"prediction_id", "label"}`: ground truth for a prediction.
-pub async fn feedback(State(state): State<AppState>, caller: Caller, body: Bytes) -> Response {
-    if let Err(err) = caller.require(Scope::Predict) {
-        return err.into_response();
-    }
-    let feedback: Feedback = match serde_json::from_slice(&body) {
-        Ok(feedback) => feedback,
-        Err(err) => return bad(format!("Malformed feedback: {err}.")).into_response(),
+#[tracing::instrument(skip_all, fields(prediction_id = tracing::field::Empty))]
+pub async fn feedback(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, InferenceError> {
+    caller.require(Scope::Predict)?;
+    let feedback: Feedback =
+        serde_json::from_slice(&body).map_err(|err| InferenceError::invalid(format!("Malformed feedback: {err}.")))?;
+    let id = feedback.prediction_id;
+    tracing::Span::current().record("prediction_id", tracing::field::display(id));
+    let label = Label::parse(&feedback.label).map_err(|err| InferenceError::invalid(format!("`label`: {err}.")))?;
+    let not_found = || {
+        InferenceError::not_found(
+            "No prediction has this id. Predictions are recorded within a second of being served; one served by \
+             another replica may not be written yet, so retry shortly.",
+        )
     };
-    let label = match Label::parse(&feedback.label) {
-        Ok(label) => label,
-        Err(err) => return bad(format!("`label`: {err}.")).into_response(),
-    };
-    // Predictions are written in batches a moment after they are served: feedback sent right
-    // after a prediction waits for its record rather than failing. No pooled connection is held
-    // while waiting, so slow feedback cannot starve the pool.
-    let wait = Duration::from_millis(state.served.ctx.config.inference.record_interval_ms * 2 + 500);
-    let deadline = tokio::time::Instant::now() + wait;
-    let known = loop {
-        let client = match state.served.ctx.db.get().await {
-            Ok(client) => client,
-            Err(err) => return unavailable(&err).into_response(),
-        };
-        let found = client
-            .query_opt(
-                "SELECT p.model, p.version, v.labels FROM predictions p
-                 JOIN model_versions v ON v.model = p.model AND v.version = p.version
-                 WHERE p.id = $1 AND NOT p.shadow",
-                &[&feedback.prediction_id],
-            )
-            .await;
-        drop(client);
-        if !matches!(found, Ok(None)) || tokio::time::Instant::now() >= deadline {
-            break found;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (model, version, labels): (String, i32, Vec<String>) = match known {
-        Ok(Some(row)) => (row.get(0), row.get(1), row.get(2)),
-        Ok(None) => {
-            return ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "No prediction has this id (predictions are recorded within a second of being served).",
-            )
-            .into_response();
-        }
-        Err(err) => return unavailable(&err).into_response(),
-    };
+    let Answered { model, version } = answered(&state, id).await?.ok_or_else(not_found)?;
+    // Recorded from a served version's name, so valid; otherwise no version has it.
+    let name = ModelName::parse(&model).map_err(|_| not_found())?;
+    let labels = state.served.labels(&name, version).await?.ok_or_else(not_found)?;
     if !labels.iter().any(|l| l == label.as_str()) {
-        return ApiError::new(
+        return Err(InferenceError::refused(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_label",
             format!("{:?} is not a class of {model} version {version}; its classes are {labels:?}.", label.as_str()),
-        )
-        .into_response();
+        ));
     }
-    let client = match state.served.ctx.db.get().await {
-        Ok(client) => client,
-        Err(err) => return unavailable(&err).into_response(),
-    };
-    if let Err(err) = client
-        .execute(
-            // The shadow predictions of the same input are scored with it.
-            "UPDATE predictions SET feedback_label = $2, feedback_at = now() WHERE id = $1 OR shadow_of = $1",
-            &[&feedback.prediction_id, &label.as_str()],
-        )
-        .await
-    {
-        return unavailable(&err).into_response();
-    }
+    let client = state.served.ctx.db.get().await?;
+    store::record_feedback(&client, id, label.as_str()).await?;
     // Ground truth for the input too, if a capture policy kept it (a capture not stored yet takes
     // the label when it is).
-    let labelled = match capture::label_captured(&client, feedback.prediction_id, label.as_str()).await {
-        Ok(labelled) => labelled,
-        Err(err) => return unavailable(&err).into_response(),
-    };
+    let labelled = capture::label_captured(&client, id, label.as_str()).await?;
     drop(client);
-    monitor::after_feedback(&state, &model, version).await;
-    Json(json!({"prediction_id": feedback.prediction_id, "label": label.as_str(), "model": model, "version": version,
-                "labelled_captured_input": labelled}))
-    .into_response()
+    monitor::after_feedback(&state, &name, version).await;
+    Ok(Json(json!({"prediction_id": id, "label": label.as_str(), "model": model, "version": version,
+                   "labelled_captured_input": labelled})))
+}
+
+/// The answered prediction `id`. Predictions are written in batches a moment after they are
+/// served: when this process holds `id` unwritten, the writer is asked to write now and the
+/// lookup waits for it (at most twice `record_interval_ms`, and half a second); an id this
+/// process does not hold is looked up once. No pooled connection is held while waiting.
+async fn answered(state: &AppState, id: Uuid) -> Result<Option<Answered>, InferenceError> {
+    let interval = state.served.ctx.config.inference.record_interval_ms;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(interval * 2 + 500);
+    let lookup = || async {
+        let client = state.served.ctx.db.get().await?;
+        Ok::<_, InferenceError>(store::answered(&client, id).await?)
+    };
+    if let Some(found) = lookup().await? {
+        return Ok(Some(found));
+    }
+    if !state.recorder.holds(id) {
+        return Ok(None);
+    }
+    state.recorder.written(id, deadline).await;
+    lookup().await
 }
 
 /// `GET /v1/models/{name}/capture`: the model's capture policy, or `null`.
-pub async fn get_capture(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Response {
-    if let Err(err) = caller.require_any(&[Scope::Predict, Scope::Train]) {
-        return err.into_response();
-    }
-    let model = match model_name(&name) {
-        Ok(model) => model,
-        Err(err) => return err.into_response(),
-    };
-    let client = match state.served.ctx.db.get().await {
-        Ok(client) => client,
-        Err(err) => return unavailable(&err).into_response(),
-    };
-    match capture::policy(&client, model.as_str()).await {
-        Ok(policy) => Json(json!({"model": model.as_str(), "capture": policy})).into_response(),
-        Err(err) => unavailable(&err).into_response(),
-    }
+#[tracing::instrument(skip_all, fields(model = %name))]
+pub async fn get_capture(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, InferenceError> {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
+    let model = model_name(&name)?;
+    let client = state.served.ctx.db.get().await?;
+    let policy = capture::policy(&client, model.as_str()).await?;
+    Ok(Json(json!({"model": model.as_str(), "capture": policy})))
 }
 
 /// `PUT /v1/models/{name}/capture {"dataset", "random_rate", "below_confidence",
 /// "during_drift_rate"}` or `null` to stop (scope `admin`): which served inputs are stored into a
 /// dataset as unlabelled media, for labelling and the next retrain.
+#[tracing::instrument(skip_all, fields(model = %name))]
 pub async fn put_capture(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     body: Bytes,
-) -> Response {
-    if let Err(err) = caller.require(Scope::Admin) {
-        return err.into_response();
-    }
-    let model = match model_name(&name) {
-        Ok(model) => model,
-        Err(err) => return err.into_response(),
-    };
-    let policy: Option<CapturePolicy> = match serde_json::from_slice(&body) {
-        Ok(policy) => policy,
-        Err(err) => return bad(format!("Malformed capture policy: {err}.")).into_response(),
-    };
+) -> Result<Json<Value>, InferenceError> {
+    caller.require(Scope::Admin)?;
+    let model = model_name(&name)?;
+    let policy: Option<CapturePolicy> = serde_json::from_slice(&body)
+        .map_err(|err| InferenceError::invalid(format!("Malformed capture policy: {err}.")))?;
     if let Some(Err(err)) = policy.as_ref().map(CapturePolicy::validate) {
-        return bad(format!("{err}.")).into_response();
+        return Err(InferenceError::invalid(format!("{err}.")));
     }
-    let client = match state.served.ctx.db.get().await {
-        Ok(client) => client,
-        Err(err) => return unavailable(&err).into_response(),
-    };
-    match client.query_opt("SELECT 1 FROM models WHERE name = $1", &[&model.as_str()]).await {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("No model named {model}."))
-                .into_response();
-        }
-        Err(err) => return unavailable(&err).into_response(),
+    let client = state.served.ctx.db.get().await?;
+    if !store::model_exists(&client, model.as_str()).await? {
+        return Err(InferenceError::not_found(format!("No model named {model}.")));
     }
-    if let Err(err) = capture::set_policy(&client, model.as_str(), policy.as_ref(), &caller.0.name).await {
-        return unavailable(&err).into_response();
-    }
+    capture::set_policy(&client, model.as_str(), policy.as_ref(), &caller.0.name).await?;
     state.served.forget_capture(&model);
-    Json(json!({"model": model.as_str(), "capture": policy})).into_response()
+    Ok(Json(json!({"model": model.as_str(), "capture": policy})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,38 +146,25 @@ pub struct DriftQuery {
 
 /// `GET /v1/models/{name}/drift`: the served version's cluster-wide drift verdict (the monitor's
 /// last check: statistics, levels, kind of shift, accuracy estimate) and its live accuracy.
+#[tracing::instrument(skip_all, fields(model = %name, alias = ?query.alias, version = ?query.version))]
 pub async fn drift(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     Query(query): Query<DriftQuery>,
-) -> Response {
-    if let Err(err) = caller.require_any(&[Scope::Predict, Scope::Train]) {
-        return err.into_response();
-    }
-    let model = match model_name(&name) {
-        Ok(model) => model,
-        Err(err) => return err.into_response(),
-    };
-    let target = match target(query.alias.as_deref(), query.version) {
-        Ok(Some(target)) => target,
-        Ok(None) => Target::Alias(AliasName::parse(AliasName::PRODUCTION).expect("a valid alias")),
-        Err(err) => return err.into_response(),
-    };
-    let loaded = match state.served.resolve(&model, &target).await {
-        Ok(loaded) => loaded,
-        Err(err) => return serve_error(err).into_response(),
-    };
+) -> Result<Json<Value>, InferenceError> {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
+    let model = model_name(&name)?;
+    let target = target(query.alias.as_deref(), query.version)?
+        .unwrap_or_else(|| Target::Alias(AliasName::parse(AliasName::PRODUCTION).expect("a valid alias")));
+    let loaded = state.served.resolve(&model, &target).await?;
     let config = &state.served.ctx.config.inference;
     let version = loaded.version.version;
-    let verdict = match monitor::verdict(&state, model.as_str(), version).await {
-        Ok(verdict) => verdict,
-        Err(err) => return unavailable(&err).into_response(),
-    };
+    let verdict = monitor::verdict(&state, model.as_str(), version).await?;
     let live = monitor::live_accuracy(&state, model.as_str(), version).await.ok().flatten();
     // Before the first check of this version: nothing to say yet.
     let mut answer = verdict.unwrap_or_else(|| {
-        json!({"state": "insufficient_data", "kind": "none", "fired": [], "statistics": [], "window": 0, "checks": 0,
+        json!({"state": DriftState::InsufficientData, "kind": DriftKind::None, "fired": [], "statistics": [], "window": 0, "checks": 0,
                "consecutive": 0, "expected_accuracy": null, "expected_accuracy_interval": null,
                "expected_accuracy_reliable": true})
     });
@@ -237,14 +175,14 @@ pub async fn drift(
         "window_size": config.drift_window,
         "sustain_checks": config.drift_sustain_checks,
         "consecutive_drift_checks": answer["consecutive"].clone(),
-        "live_accuracy": live.map(|(accuracy, _)| accuracy),
-        "live_accuracy_answers": live.map(|(_, answers)| answers).unwrap_or(0),
+        "live_accuracy": live.map(|live| live.accuracy),
+        "live_accuracy_answers": live.map(|live| live.answers).unwrap_or(0),
         "scope": "cluster: one verdict per model version across all inference replicas",
     });
     if let (Some(answer), Some(extra)) = (answer.as_object_mut(), extra.as_object()) {
         answer.extend(extra.clone());
     }
-    Json(answer).into_response()
+    Ok(Json(answer))
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,72 +200,50 @@ struct Canary {
 }
 
 /// `GET /v1/models/{name}/routing`.
-pub async fn get_routing(State(state): State<AppState>, caller: Caller, Path(name): Path<String>) -> Response {
-    if let Err(err) = caller.require_any(&[Scope::Predict, Scope::Train]) {
-        return err.into_response();
-    }
-    let model = match model_name(&name) {
-        Ok(model) => model,
-        Err(err) => return err.into_response(),
-    };
+#[tracing::instrument(skip_all, fields(model = %name))]
+pub async fn get_routing(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, InferenceError> {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
+    let model = model_name(&name)?;
     let mut routing = serde_json::to_value(state.served.routing(&model).await).expect("routing serialises");
-    match monitor::shadow_comparison(&state, model.as_str()).await {
-        Ok(comparison) => routing["shadow_comparison"] = json!(comparison),
-        Err(err) => return unavailable(&err).into_response(),
-    }
-    Json(routing).into_response()
+    routing["shadow_comparison"] = json!(monitor::shadow_comparison(&state, model.as_str()).await?);
+    Ok(Json(routing))
 }
 
 /// `PUT /v1/models/{name}/routing {"canary": {"alias", "percent"} | null, "shadow": alias | null}`
 /// (scope `admin`: it steers production traffic).
+#[tracing::instrument(skip_all, fields(model = %name))]
 pub async fn put_routing(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
     body: Bytes,
-) -> Response {
-    if let Err(err) = caller.require(Scope::Admin) {
-        return err.into_response();
-    }
-    let model: ModelName = match model_name(&name) {
-        Ok(model) => model,
-        Err(err) => return err.into_response(),
-    };
-    let routing: RoutingBody = match serde_json::from_slice(&body) {
-        Ok(routing) => routing,
-        Err(err) => return bad(format!("Malformed routing: {err}.")).into_response(),
-    };
+) -> Result<Json<Routing>, InferenceError> {
+    caller.require(Scope::Admin)?;
+    let model = model_name(&name)?;
+    let routing: RoutingBody =
+        serde_json::from_slice(&body).map_err(|err| InferenceError::invalid(format!("Malformed routing: {err}.")))?;
     if let Some(canary) = &routing.canary {
         if let Err(err) = AliasName::parse(&canary.alias) {
-            return bad(format!("`canary.alias`: {err}.")).into_response();
+            return Err(InferenceError::invalid(format!("`canary.alias`: {err}.")));
         }
         if !(0.0..=100.0).contains(&canary.percent) {
-            return bad("`canary.percent` must be between 0 and 100.").into_response();
+            return Err(InferenceError::invalid("`canary.percent` must be between 0 and 100."));
         }
     }
     if let Some(Err(err)) = routing.shadow.as_deref().map(AliasName::parse) {
-        return bad(format!("`shadow`: {err}.")).into_response();
+        return Err(InferenceError::invalid(format!("`shadow`: {err}.")));
     }
-    let client = match state.served.ctx.db.get().await {
-        Ok(client) => client,
-        Err(err) => return unavailable(&err).into_response(),
-    };
-    let (canary_alias, percent) = routing.canary.map(|c| (Some(c.alias), c.percent)).unwrap_or((None, 0.0));
-    let result = client
-        .execute(
-            "INSERT INTO model_routing (model, canary_alias, canary_percent, shadow_alias, updated_by)
-             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM models WHERE name = $1)
-             ON CONFLICT (model) DO UPDATE SET canary_alias = $2, canary_percent = $3, shadow_alias = $4,
-                 updated_by = $5, updated_at = now()",
-            &[&model.as_str(), &canary_alias, &percent, &routing.shadow, &caller.0.name],
-        )
-        .await;
-    match result {
-        Ok(0) => ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("No model named {model}.")).into_response(),
-        Ok(_) => {
-            state.served.forget_routing(&model);
-            Json(state.served.routing(&model).await).into_response()
-        }
-        Err(err) => unavailable(&err).into_response(),
+    let (canary_alias, canary_percent) = routing.canary.map(|c| (Some(c.alias), c.percent)).unwrap_or((None, 0.0));
+    let routing = Routing { canary_alias, canary_percent, shadow_alias: routing.shadow };
+    let client = state.served.ctx.db.get().await?;
+    if !store::set_routing(&client, model.as_str(), &routing, &caller.0.name).await? {
+        return Err(InferenceError::not_found(format!("No model named {model}.")));
     }
+    drop(client);
+    state.served.forget_routing(&model);
+    Ok(Json(state.served.routing(&model).await))
 }

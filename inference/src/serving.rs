@@ -15,6 +15,7 @@ use std::{
 use sluice_core::{
     Context,
     capture::{self, CapturePolicy, MediaCaptured, capture_key},
+    db::DbError,
     events::Envelope,
     models::{self, AliasName, ModelName, ModelVersion, RegistryError},
     outbox,
@@ -27,7 +28,7 @@ use sluice_nn::Network;
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use crate::microbatch::Batcher;
+use crate::{microbatch::Batcher, store};
 
 /// Which version a request wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +61,12 @@ impl From<RegistryError> for ServeError {
 
 impl From<deadpool_postgres::PoolError> for ServeError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
+        Self::Unavailable(sluice_core::error_chain(&err))
+    }
+}
+
+impl From<DbError> for ServeError {
+    fn from(err: DbError) -> Self {
         Self::Unavailable(sluice_core::error_chain(&err))
     }
 }
@@ -203,16 +210,25 @@ impl Served {
         if let Some(&version) = aliases.get(alias.as_str()) {
             return Ok(version);
         }
-        let known = client
-            .query_opt("SELECT 1 FROM models WHERE name = $1", &[&model.as_str()])
-            .await
-            .map_err(|e| ServeError::Unavailable(e.to_string()))?
-            .is_some();
-        Err(if known {
+        Err(if store::model_exists(&client, model.as_str()).await? {
             ServeError::UnknownAlias { model: model.to_string(), alias: alias.to_string() }
         } else {
             ServeError::UnknownModel(model.to_string())
         })
+    }
+
+    /// A version's class labels: the loaded version's when this process has it, else the
+    /// registry's; `None` when the version does not exist.
+    pub async fn labels(&self, model: &ModelName, version: i32) -> Result<Option<Vec<String>>, ServeError> {
+        let loaded = {
+            let versions = self.versions.lock().expect("versions lock");
+            versions.get(&(model.as_str().to_owned(), version)).and_then(|slot| slot.cell.get().cloned())
+        };
+        if let Some(loaded) = loaded {
+            return Ok(Some(loaded.version.labels.clone()));
+        }
+        let client = self.ctx.db.get().await?;
+        Ok(models::get_version(&client, model, version).await?.map(|record| record.labels))
     }
 
     /// Loads a version once (concurrent first requests share one load); failures are not kept,
@@ -412,16 +428,7 @@ impl Served {
             return routing;
         }
         let routing = match self.ctx.db.get().await {
-            Ok(client) => client
-                .query_opt(
-                    "SELECT canary_alias, canary_percent, shadow_alias FROM model_routing WHERE model = $1",
-                    &[&model.as_str()],
-                )
-                .await
-                .ok()
-                .flatten()
-                .map(|row| Routing { canary_alias: row.get(0), canary_percent: row.get(1), shadow_alias: row.get(2) })
-                .unwrap_or_default(),
+            Ok(client) => store::routing(&client, model.as_str()).await.ok().flatten().unwrap_or_default(),
             Err(_) => Routing::default(),
         };
         self.routing.put(model.as_str(), routing.clone());
@@ -454,15 +461,7 @@ impl Served {
             return drifting;
         }
         let drifting = match self.ctx.db.get().await {
-            Ok(client) => client
-                .query_opt(
-                    "SELECT 1 FROM drift_verdicts WHERE model = $1 AND version = $2 AND state = 'drift'",
-                    &[&model, &version],
-                )
-                .await
-                .ok()
-                .flatten()
-                .is_some(),
+            Ok(client) => store::drifting(&client, model, version).await.unwrap_or(false),
             Err(_) => false,
         };
         self.drifting.put(&key, drifting);

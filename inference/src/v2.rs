@@ -36,12 +36,14 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sluice_core::{
     auth::Scope,
+    db::DbError,
     http::{ApiError, AuthRejection, Caller},
     models::{self, AliasName, ModelName},
 };
 
 use crate::{
     AppState,
+    error::InferenceError,
     predict::{self, Inputs},
     serving::{LoadedVersion, Target},
 };
@@ -53,46 +55,54 @@ const PROBABILITIES: &str = "probabilities";
 const LABELS: &str = "labels";
 const PREDICTION_IDS: &str = "prediction_ids";
 
-/// A V2 error: `{"error": "..."}`.
+/// A V2 error: an [`InferenceError`] answered as `{"error": "..."}` with the status (and
+/// `Retry-After`) `/v1` would answer, or an authentication answer that is not an error body (too
+/// many failed attempts: 429 with `Retry-After`), passed on as it is.
 #[derive(Debug)]
-pub struct V2Error {
-    status: StatusCode,
-    message: String,
+pub enum V2Error {
+    Failed(InferenceError),
+    Throttled(Box<Response>),
 }
 
-impl V2Error {
-    fn bad(message: impl Into<String>) -> Self {
-        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+impl From<InferenceError> for V2Error {
+    fn from(err: InferenceError) -> Self {
+        Self::Failed(err)
     }
 }
 
 impl From<ApiError> for V2Error {
     fn from(err: ApiError) -> Self {
-        Self { status: err.status, message: err.message }
+        Self::Failed(err.into())
     }
 }
 
 impl IntoResponse for V2Error {
     fn into_response(self) -> Response {
-        let mut response = (self.status, Json(json!({"error": self.message}))).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        let answer = match self {
+            Self::Failed(err) => err.to_api(),
+            Self::Throttled(response) => return *response,
+        };
+        let mut response = (answer.status, Json(json!({"error": answer.message}))).into_response();
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
         }
         response
     }
 }
 
-/// The answer to a caller without the `predict` scope (in the V2 shape); `None` to go on.
-fn refused(caller: Result<Caller, AuthRejection>) -> Option<Response> {
+/// The caller, if authenticated and holding the `predict` scope.
+fn predictor(caller: Result<Caller, AuthRejection>) -> Result<Caller, V2Error> {
     let caller = match caller {
         Ok(caller) => caller,
-        Err(AuthRejection::Api(err)) => return Some(V2Error::from(err).into_response()),
-        Err(AuthRejection::Response(response)) => return Some(response),
+        Err(AuthRejection::Api(err)) => return Err(err.into()),
+        Err(AuthRejection::Response(response)) => return Err(V2Error::Throttled(Box::new(response))),
     };
-    caller.require(Scope::Predict).err().map(|e| V2Error::from(e).into_response())
+    caller.require(Scope::Predict)?;
+    Ok(caller)
 }
 
 /// `GET /v2`.
+#[tracing::instrument]
 pub async fn server_metadata() -> Json<Value> {
     Json(json!({
         "name": "sluice",
@@ -102,18 +112,20 @@ pub async fn server_metadata() -> Json<Value> {
 }
 
 /// `GET /v2/health/live`.
+#[tracing::instrument]
 pub async fn live() -> Json<Value> {
     Json(json!({"live": true}))
 }
 
 /// `GET /v2/health/ready`: PostgreSQL, S3 and Kafka answer.
-pub async fn ready(State(state): State<AppState>) -> Response {
+#[tracing::instrument(skip_all)]
+pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let readiness = sluice_core::http::probe(&state.served.ctx).await;
     let ready = readiness.is_ready();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let dependencies: Map<String, Value> =
         readiness.checks.into_iter().map(|(name, result)| (name.to_owned(), json!(result.err()))).collect();
-    (status, Json(json!({"ready": ready, "failing": dependencies}))).into_response()
+    (status, Json(json!({"ready": ready, "failing": dependencies})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,21 +136,23 @@ pub struct ModelPath {
 
 /// The version a path names (the one `production` points at without `/versions/{v}`), unless
 /// the request's `parameters.alias` names another alias.
-fn path_target(path: &ModelPath, alias: Option<&str>) -> Result<(ModelName, Option<Target>), V2Error> {
-    let model = ModelName::parse(&path.name).map_err(|e| V2Error::bad(format!("model name: {e}")))?;
+fn path_target(path: &ModelPath, alias: Option<&str>) -> Result<(ModelName, Option<Target>), InferenceError> {
+    let model = ModelName::parse(&path.name).map_err(|e| InferenceError::invalid(format!("model name: {e}")))?;
     let version = match &path.version {
         None => None,
         Some(raw) => match raw.parse::<i32>() {
             Ok(v) if v >= 1 => Some(v),
-            _ => return Err(V2Error::bad(format!("model version must be a number from 1, got {raw:?}"))),
+            _ => return Err(InferenceError::invalid(format!("model version must be a number from 1, got {raw:?}"))),
         },
     };
     let target = match (version, alias) {
-        (Some(_), Some(_)) => return Err(V2Error::bad("give a version in the path or `parameters.alias`, not both")),
-        (Some(v), None) => Some(Target::Version(v)),
-        (None, Some(alias)) => {
-            Some(Target::Alias(AliasName::parse(alias).map_err(|e| V2Error::bad(format!("`parameters.alias`: {e}")))?))
+        (Some(_), Some(_)) => {
+            return Err(InferenceError::invalid("give a version in the path or `parameters.alias`, not both"));
         }
+        (Some(v), None) => Some(Target::Version(v)),
+        (None, Some(alias)) => Some(Target::Alias(
+            AliasName::parse(alias).map_err(|e| InferenceError::invalid(format!("`parameters.alias`: {e}")))?,
+        )),
         (None, None) => None,
     };
     Ok((model, target))
@@ -159,42 +173,27 @@ async fn resolved(
     state: &AppState,
     caller: Result<Caller, AuthRejection>,
     path: &ModelPath,
-) -> Result<(ModelName, std::sync::Arc<LoadedVersion>), Response> {
-    if let Some(response) = refused(caller) {
-        return Err(response);
-    }
-    let (model, target) = path_target(path, None).map_err(IntoResponse::into_response)?;
-    let loaded = state
-        .served
-        .resolve(&model, &target.unwrap_or_else(production))
-        .await
-        .map_err(|e| V2Error::from(predict::serve_error(e)).into_response())?;
+) -> Result<(ModelName, std::sync::Arc<LoadedVersion>), V2Error> {
+    predictor(caller)?;
+    let (model, target) = path_target(path, None)?;
+    let loaded =
+        state.served.resolve(&model, &target.unwrap_or_else(production)).await.map_err(InferenceError::from)?;
     Ok((model, loaded))
 }
 
 /// `GET /v2/models/{name}[/versions/{v}]`.
+#[tracing::instrument(skip_all, fields(model = %path.name, version = ?path.version))]
 pub async fn model_metadata(
     State(state): State<AppState>,
     caller: Result<Caller, AuthRejection>,
     Path(path): Path<ModelPath>,
-) -> Response {
-    let (model, loaded) = match resolved(&state, caller, &path).await {
-        Ok(found) => found,
-        Err(response) => return response,
-    };
-    let versions = async {
-        let client = state.served.ctx.db.get().await.map_err(|e| e.to_string())?;
-        models::versions(&client, &model).await.map_err(|e| e.to_string())
-    };
-    let versions = match versions.await {
-        Ok(versions) => versions,
-        Err(cause) => {
-            tracing::warn!(error = %cause, "cannot list a model's versions");
-            return V2Error::from(ApiError::unavailable("The registry is unreachable; retry shortly.")).into_response();
-        }
-    };
+) -> Result<Json<Value>, V2Error> {
+    let (model, loaded) = resolved(&state, caller, &path).await?;
+    let client = state.served.ctx.db.get().await.map_err(|e| InferenceError::Registry(DbError::from(e).into()))?;
+    let versions = models::versions(&client, &model).await.map_err(InferenceError::from)?;
+    drop(client);
     let classes = loaded.version.labels.len();
-    Json(json!({
+    Ok(Json(json!({
         "name": model.to_string(),
         "versions": versions.iter().map(|v| v.version.to_string()).collect::<Vec<_>>(),
         "platform": "sluice_candle",
@@ -214,23 +213,18 @@ pub async fn model_metadata(
             "labels": loaded.version.labels,
             "input_spec": loaded.version.input_spec,
         },
-    }))
-    .into_response()
+    })))
 }
 
 /// `GET /v2/models/{name}[/versions/{v}]/ready`: 200 once the version is loaded.
+#[tracing::instrument(skip_all, fields(model = %path.name, version = ?path.version))]
 pub async fn model_ready(
     State(state): State<AppState>,
     caller: Result<Caller, AuthRejection>,
     Path(path): Path<ModelPath>,
-) -> Response {
-    match resolved(&state, caller, &path).await {
-        Ok((model, loaded)) => {
-            Json(json!({"name": model.to_string(), "version": loaded.version.version.to_string(), "ready": true}))
-                .into_response()
-        }
-        Err(response) => response,
-    }
+) -> Result<Json<Value>, V2Error> {
+    let (model, loaded) = resolved(&state, caller, &path).await?;
+    Ok(Json(json!({"name": model.to_string(), "version": loaded.version.version.to_string(), "ready": true})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -267,85 +261,106 @@ struct Wanted {
 }
 
 /// `POST /v2/models/{name}[/versions/{v}]/infer`.
+#[tracing::instrument(skip_all, fields(model = %path.name, version = ?path.version))]
 pub async fn infer(
     State(state): State<AppState>,
     caller: Result<Caller, AuthRejection>,
     Path(path): Path<ModelPath>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
+) -> Result<Response, V2Error> {
     let started = Instant::now();
-    if let Some(response) = refused(caller) {
-        return response;
-    }
-    match run(&state, &path, &headers, body, started).await {
-        Ok(response) => response,
-        Err((model, err)) => {
-            let reason = match err.status {
-                StatusCode::NOT_FOUND => "not_found",
-                StatusCode::SERVICE_UNAVAILABLE => "unavailable",
-                _ => "invalid_request",
-            };
-            metrics::counter!("sluice_inference_errors_total", "model" => model, "reason" => reason).increment(1);
-            err.into_response()
-        }
-    }
-}
-
-async fn run(
-    state: &AppState,
-    path: &ModelPath,
-    headers: &HeaderMap,
-    body: Bytes,
-    started: Instant,
-) -> Result<Response, (String, V2Error)> {
-    let fail = |e: V2Error| ("unknown".to_owned(), e);
-    let (header, mut binary) = split(headers, &body).map_err(fail)?;
-    let request: InferRequest =
-        serde_json::from_slice(header).map_err(|e| fail(V2Error::bad(format!("malformed inference request: {e}"))))?;
-    let alias = match request.parameters.get("alias") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(alias)) => Some(alias.as_str()),
-        Some(_) => return Err(fail(V2Error::bad("`parameters.alias` must be a string"))),
-    };
-    let (model, target) = path_target(path, alias).map_err(fail)?;
-    let [input] = request.inputs.as_slice() else {
-        return Err(fail(V2Error::bad(format!(
-            "send exactly one input tensor (BYTES images or FP32 pixels), got {}",
-            request.inputs.len()
-        ))));
-    };
-    let max_images = state.served.ctx.config.http.max_parts;
-    let inputs = decode_input(input, &mut binary, &body, max_images).map_err(fail)?;
-    if !binary.is_empty() {
-        return Err(fail(V2Error::bad(format!("{} bytes of binary data are not claimed by any input", binary.len()))));
-    }
-    let wanted = outputs(&request).map_err(fail)?;
-    let top_k = wanted.iter().filter_map(|w| w.k).max().unwrap_or(1);
-    let answer = predict::serve(state, &model, target, inputs, top_k, started)
-        .await
-        .map_err(|(label, err)| (label, V2Error::from(err)))?;
+    predictor(caller)?;
+    let accepted = accept(&state, &path, &headers, &body).await.map_err(|e| counted(e, None))?;
+    let Accepted { model, routed, inputs, request, wanted, top_k } = accepted;
+    let answer =
+        predict::serve(&state, &model, routed, inputs, top_k, started).await.map_err(|e| counted(e, Some(&model)))?;
     Ok(respond(&request, &answer, &wanted))
 }
 
+/// Counts a refused or failed request in `sluice_inference_errors_total` (by its status), under
+/// `model` once it names a served model, else `unknown`. Returns the answer, rendered (and a 5xx
+/// logged) once.
+fn counted(err: InferenceError, model: Option<&ModelName>) -> V2Error {
+    let answer = err.to_api();
+    let reason = match answer.status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        _ => "invalid_request",
+    };
+    let model = model.map_or_else(|| "unknown".to_owned(), ToString::to_string);
+    metrics::counter!("sluice_inference_errors_total", "model" => model, "reason" => reason).increment(1);
+    answer.into()
+}
+
+/// An inference request decoded and routed, ready to score.
+struct Accepted {
+    model: ModelName,
+    routed: predict::Routed,
+    inputs: Inputs,
+    request: InferRequest,
+    wanted: Vec<Wanted>,
+    top_k: usize,
+}
+
+/// Decodes an inference request (JSON, or JSON and binary data) and resolves the version that
+/// will score it.
+async fn accept(
+    state: &AppState,
+    path: &ModelPath,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Accepted, InferenceError> {
+    let (header, mut binary) = split(headers, body)?;
+    let request: InferRequest = serde_json::from_slice(header)
+        .map_err(|e| InferenceError::invalid(format!("malformed inference request: {e}")))?;
+    let alias = match request.parameters.get("alias") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(alias)) => Some(alias.as_str()),
+        Some(_) => return Err(InferenceError::invalid("`parameters.alias` must be a string")),
+    };
+    let (model, target) = path_target(path, alias)?;
+    let [input] = request.inputs.as_slice() else {
+        return Err(InferenceError::invalid(format!(
+            "send exactly one input tensor (BYTES images or FP32 pixels), got {}",
+            request.inputs.len()
+        )));
+    };
+    let max_images = state.served.ctx.config.http.max_parts;
+    let inputs = decode_input(input, &mut binary, body, max_images)?;
+    if !binary.is_empty() {
+        return Err(InferenceError::invalid(format!(
+            "{} bytes of binary data are not claimed by any input",
+            binary.len()
+        )));
+    }
+    let wanted = outputs(&request)?;
+    let top_k = wanted.iter().filter_map(|w| w.k).max().unwrap_or(1);
+    let routed = predict::route(state, &model, target).await?;
+    Ok(Accepted { model, routed, inputs, request, wanted, top_k })
+}
+
 /// The JSON part and the binary part of a request body.
-fn split<'a>(headers: &HeaderMap, body: &'a Bytes) -> Result<(&'a [u8], &'a [u8]), V2Error> {
+fn split<'a>(headers: &HeaderMap, body: &'a Bytes) -> Result<(&'a [u8], &'a [u8]), InferenceError> {
     let Some(value) = headers.get(HEADER_LENGTH) else { return Ok((body, &[])) };
     let length = value
         .to_str()
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
-        .ok_or_else(|| V2Error::bad(format!("{HEADER_LENGTH} must be a number of bytes")))?;
+        .ok_or_else(|| InferenceError::invalid(format!("{HEADER_LENGTH} must be a number of bytes")))?;
     if length > body.len() {
-        return Err(V2Error::bad(format!("{HEADER_LENGTH} is {length} but the body has {} bytes", body.len())));
+        return Err(InferenceError::invalid(format!(
+            "{HEADER_LENGTH} is {length} but the body has {} bytes",
+            body.len()
+        )));
     }
     Ok(body.split_at(length))
 }
 
 /// Takes `size` bytes off the front of the binary part.
-fn take<'a>(binary: &mut &'a [u8], size: usize, name: &str) -> Result<&'a [u8], V2Error> {
+fn take<'a>(binary: &mut &'a [u8], size: usize, name: &str) -> Result<&'a [u8], InferenceError> {
     if size > binary.len() {
-        return Err(V2Error::bad(format!(
+        return Err(InferenceError::invalid(format!(
             "input {name:?} claims {size} bytes of binary data, {} are left",
             binary.len()
         )));
@@ -356,79 +371,90 @@ fn take<'a>(binary: &mut &'a [u8], size: usize, name: &str) -> Result<&'a [u8], 
 }
 
 /// The number of elements a shape holds, refusing negative or overflowing dimensions.
-fn elements(shape: &[i64], name: &str) -> Result<usize, V2Error> {
+fn elements(shape: &[i64], name: &str) -> Result<usize, InferenceError> {
     shape.iter().try_fold(1usize, |n, &d| {
         usize::try_from(d)
             .ok()
             .and_then(|d| n.checked_mul(d))
-            .ok_or_else(|| V2Error::bad(format!("input {name:?} has an invalid shape {shape:?}")))
+            .ok_or_else(|| InferenceError::invalid(format!("input {name:?} has an invalid shape {shape:?}")))
     })
 }
 
 /// The input tensor as what `serve` takes; images are sliced out of `body` (the whole request
 /// body), not copied.
-fn decode_input(input: &InputTensor, binary: &mut &[u8], body: &Bytes, max_images: usize) -> Result<Inputs, V2Error> {
+fn decode_input(
+    input: &InputTensor,
+    binary: &mut &[u8],
+    body: &Bytes,
+    max_images: usize,
+) -> Result<Inputs, InferenceError> {
     let name = input.name.as_str();
     let raw = match input.parameters.get("binary_data_size") {
         None => None,
         Some(size) => {
-            let size = size
-                .as_u64()
-                .and_then(|s| usize::try_from(s).ok())
-                .ok_or_else(|| V2Error::bad(format!("input {name:?}: `binary_data_size` must be a number of bytes")))?;
+            let size = size.as_u64().and_then(|s| usize::try_from(s).ok()).ok_or_else(|| {
+                InferenceError::invalid(format!("input {name:?}: `binary_data_size` must be a number of bytes"))
+            })?;
             Some(take(binary, size, name)?)
         }
     };
     if raw.is_some() && input.data.is_some() {
-        return Err(V2Error::bad(format!("input {name:?} has both `data` and binary data")));
+        return Err(InferenceError::invalid(format!("input {name:?} has both `data` and binary data")));
     }
     let count = elements(&input.shape, name)?;
     match input.datatype.as_str() {
         "BYTES" => {
             let images = input.shape.first().copied().unwrap_or(0);
             if input.shape.len() > 2 || (input.shape.len() == 2 && input.shape[1] != 1) {
-                return Err(V2Error::bad(format!(
+                return Err(InferenceError::invalid(format!(
                     "input {name:?}: BYTES images take the shape [n] or [n, 1], got {:?}",
                     input.shape
                 )));
             }
             if images < 1 || images as usize > max_images {
-                return Err(V2Error::bad(format!("input {name:?}: send 1 to {max_images} images, got {images}")));
+                return Err(InferenceError::invalid(format!(
+                    "input {name:?}: send 1 to {max_images} images, got {images}"
+                )));
             }
             let items = match raw {
                 Some(raw) => length_prefixed(body.slice_ref(raw), name)?,
                 None => base64_elements(input.data.as_ref(), name)?,
             };
             if items.len() != count {
-                return Err(V2Error::bad(format!(
+                return Err(InferenceError::invalid(format!(
                     "input {name:?} has shape {:?} but holds {} elements",
                     input.shape,
                     items.len()
                 )));
             }
             if items.iter().any(Bytes::is_empty) {
-                return Err(V2Error::bad(format!("input {name:?} holds an empty image")));
+                return Err(InferenceError::invalid(format!("input {name:?} holds an empty image")));
             }
             Ok(Inputs::Encoded(items))
         }
         datatype @ ("FP32" | "UINT8") => {
             if input.shape.len() != 4 {
-                return Err(V2Error::bad(format!(
+                return Err(InferenceError::invalid(format!(
                     "input {name:?}: {datatype} pixels take the shape [n, channels, height, width], got {:?}",
                     input.shape
                 )));
             }
             let images = input.shape[0];
             if images < 1 || images as usize > max_images {
-                return Err(V2Error::bad(format!("input {name:?}: send 1 to {max_images} images, got {images}")));
+                return Err(InferenceError::invalid(format!(
+                    "input {name:?}: send 1 to {max_images} images, got {images}"
+                )));
             }
             if count == 0 {
-                return Err(V2Error::bad(format!("input {name:?}: the shape {:?} holds no pixels", input.shape)));
+                return Err(InferenceError::invalid(format!(
+                    "input {name:?}: the shape {:?} holds no pixels",
+                    input.shape
+                )));
             }
             // Every value takes at least one byte of the request, however it is encoded: a shape
             // claiming more is refused before anything is allocated for it.
             if count > body.len() {
-                return Err(V2Error::bad(format!(
+                return Err(InferenceError::invalid(format!(
                     "input {name:?}: the shape {:?} holds more values than the request carries",
                     input.shape
                 )));
@@ -436,7 +462,7 @@ fn decode_input(input: &InputTensor, binary: &mut &[u8], body: &Bytes, max_image
             let pixels = match (datatype, raw) {
                 ("FP32", Some(raw)) => {
                     if raw.len() != count * 4 {
-                        return Err(V2Error::bad(format!(
+                        return Err(InferenceError::invalid(format!(
                             "input {name:?}: {count} FP32 values take {} bytes, got {}",
                             count * 4,
                             raw.len()
@@ -448,7 +474,7 @@ fn decode_input(input: &InputTensor, binary: &mut &[u8], body: &Bytes, max_image
                 }
                 (_, Some(raw)) => {
                     if raw.len() != count {
-                        return Err(V2Error::bad(format!(
+                        return Err(InferenceError::invalid(format!(
                             "input {name:?}: {count} UINT8 values, got {} bytes",
                             raw.len()
                         )));
@@ -459,7 +485,7 @@ fn decode_input(input: &InputTensor, binary: &mut &[u8], body: &Bytes, max_image
                     let mut values = Vec::with_capacity(count);
                     flatten_numbers(input.data.as_ref(), &mut values, count, name)?;
                     if values.len() != count {
-                        return Err(V2Error::bad(format!(
+                        return Err(InferenceError::invalid(format!(
                             "input {name:?} has shape {:?} but holds {} values",
                             input.shape,
                             values.len()
@@ -472,7 +498,9 @@ fn decode_input(input: &InputTensor, binary: &mut &[u8], body: &Bytes, max_image
                             .into_iter()
                             .map(|v| {
                                 (v.fract() == 0.0 && (0.0..=255.0).contains(&v)).then_some(v as u8).ok_or_else(|| {
-                                    V2Error::bad(format!("input {name:?}: UINT8 values are whole numbers in [0, 255]"))
+                                    InferenceError::invalid(format!(
+                                        "input {name:?}: UINT8 values are whole numbers in [0, 255]"
+                                    ))
                                 })
                             })
                             .collect::<Result<Vec<u8>, _>>()?
@@ -483,32 +511,32 @@ fn decode_input(input: &InputTensor, binary: &mut &[u8], body: &Bytes, max_image
             let shape = [input.shape[1] as usize, input.shape[2] as usize, input.shape[3] as usize];
             Ok(Inputs::Prepared { pixels, shape })
         }
-        other => Err(V2Error::bad(format!(
+        other => Err(InferenceError::invalid(format!(
             "input {name:?}: datatype {other} is not taken; send BYTES (encoded images) or FP32 (pixels)"
         ))),
     }
 }
 
 /// A pixel in [0, 1] as the byte the network reads.
-fn unit_to_byte(value: f64, name: &str) -> Result<u8, V2Error> {
+fn unit_to_byte(value: f64, name: &str) -> Result<u8, InferenceError> {
     if !(0.0..=1.0).contains(&value) {
-        return Err(V2Error::bad(format!("input {name:?}: FP32 pixels are in [0, 1], got {value}")));
+        return Err(InferenceError::invalid(format!("input {name:?}: FP32 pixels are in [0, 1], got {value}")));
     }
     Ok((value * 255.0).round() as u8)
 }
 
 /// The binary extension's BYTES elements: each a 4-byte little-endian length, then the bytes
 /// (slices of `raw`, not copies).
-fn length_prefixed(mut raw: Bytes, name: &str) -> Result<Vec<Bytes>, V2Error> {
+fn length_prefixed(mut raw: Bytes, name: &str) -> Result<Vec<Bytes>, InferenceError> {
     let mut items = Vec::new();
     while !raw.is_empty() {
         let Some(length) = raw.first_chunk::<4>() else {
-            return Err(V2Error::bad(format!("input {name:?}: truncated BYTES element length")));
+            return Err(InferenceError::invalid(format!("input {name:?}: truncated BYTES element length")));
         };
         let length = u32::from_le_bytes(*length) as usize;
         let left = raw.len() - 4;
         if length > left {
-            return Err(V2Error::bad(format!(
+            return Err(InferenceError::invalid(format!(
                 "input {name:?}: a BYTES element claims {length} bytes, {left} are left"
             )));
         }
@@ -519,56 +547,58 @@ fn length_prefixed(mut raw: Bytes, name: &str) -> Result<Vec<Bytes>, V2Error> {
 }
 
 /// JSON BYTES elements: base64 strings (an image is not text), in a flat or nested array.
-fn base64_elements(data: Option<&Value>, name: &str) -> Result<Vec<Bytes>, V2Error> {
-    fn walk(value: &Value, out: &mut Vec<Bytes>, name: &str, depth: usize) -> Result<(), V2Error> {
+fn base64_elements(data: Option<&Value>, name: &str) -> Result<Vec<Bytes>, InferenceError> {
+    fn walk(value: &Value, out: &mut Vec<Bytes>, name: &str, depth: usize) -> Result<(), InferenceError> {
         match value {
             Value::Array(items) if depth < 3 => items.iter().try_for_each(|v| walk(v, out, name, depth + 1)),
             Value::String(text) => {
                 let decoded = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| {
-                    V2Error::bad(format!(
+                    InferenceError::invalid(format!(
                         "input {name:?}: BYTES elements in JSON are base64-encoded images (or use the binary extension)"
                     ))
                 })?;
                 out.push(Bytes::from(decoded));
                 Ok(())
             }
-            _ => Err(V2Error::bad(format!("input {name:?}: BYTES `data` is an array of base64 strings"))),
+            _ => Err(InferenceError::invalid(format!("input {name:?}: BYTES `data` is an array of base64 strings"))),
         }
     }
-    let data = data.ok_or_else(|| V2Error::bad(format!("input {name:?} has no `data` and no binary data")))?;
+    let data =
+        data.ok_or_else(|| InferenceError::invalid(format!("input {name:?} has no `data` and no binary data")))?;
     let mut out = Vec::new();
     walk(data, &mut out, name, 0)?;
     Ok(out)
 }
 
 /// Numbers of a flat or nested (row-major) array, at most `limit` of them.
-fn flatten_numbers(data: Option<&Value>, out: &mut Vec<f64>, limit: usize, name: &str) -> Result<(), V2Error> {
-    fn walk(value: &Value, out: &mut Vec<f64>, limit: usize, name: &str, depth: usize) -> Result<(), V2Error> {
+fn flatten_numbers(data: Option<&Value>, out: &mut Vec<f64>, limit: usize, name: &str) -> Result<(), InferenceError> {
+    fn walk(value: &Value, out: &mut Vec<f64>, limit: usize, name: &str, depth: usize) -> Result<(), InferenceError> {
         match value {
             Value::Array(items) if depth < 5 => items.iter().try_for_each(|v| walk(v, out, limit, name, depth + 1)),
             Value::Number(number) => {
                 if out.len() >= limit {
-                    return Err(V2Error::bad(format!("input {name:?} holds more values than its shape")));
+                    return Err(InferenceError::invalid(format!("input {name:?} holds more values than its shape")));
                 }
                 out.push(number.as_f64().unwrap_or(f64::NAN));
                 Ok(())
             }
-            _ => Err(V2Error::bad(format!("input {name:?}: `data` is an array of numbers"))),
+            _ => Err(InferenceError::invalid(format!("input {name:?}: `data` is an array of numbers"))),
         }
     }
-    let data = data.ok_or_else(|| V2Error::bad(format!("input {name:?} has no `data` and no binary data")))?;
+    let data =
+        data.ok_or_else(|| InferenceError::invalid(format!("input {name:?} has no `data` and no binary data")))?;
     walk(data, out, limit, name, 0)
 }
 
 /// The outputs to answer: those requested, or all of them.
-fn outputs(request: &InferRequest) -> Result<Vec<Wanted>, V2Error> {
+fn outputs(request: &InferRequest) -> Result<Vec<Wanted>, InferenceError> {
     let all_binary = request.parameters.get("binary_data_output").and_then(Value::as_bool).unwrap_or(false);
-    let count = |parameters: &Map<String, Value>, key: &str| -> Result<Option<usize>, V2Error> {
+    let count = |parameters: &Map<String, Value>, key: &str| -> Result<Option<usize>, InferenceError> {
         match parameters.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(value) => match value.as_u64() {
                 Some(k) if (1..=1000).contains(&k) => Ok(Some(k as usize)),
-                _ => Err(V2Error::bad(format!("`{key}` must be a number from 1 to 1000"))),
+                _ => Err(InferenceError::invalid(format!("`{key}` must be a number from 1 to 1000"))),
             },
         }
     };
@@ -579,7 +609,7 @@ fn outputs(request: &InferRequest) -> Result<Vec<Wanted>, V2Error> {
             .collect());
     };
     if requested.is_empty() || requested.len() > 3 {
-        return Err(V2Error::bad("request 1 to 3 outputs: probabilities, labels, prediction_ids"));
+        return Err(InferenceError::invalid("request 1 to 3 outputs: probabilities, labels, prediction_ids"));
     }
     requested
         .iter()
@@ -591,7 +621,7 @@ fn outputs(request: &InferRequest) -> Result<Vec<Wanted>, V2Error> {
                 LABELS => Some(classification.or(count(&output.parameters, "top_k")?).unwrap_or(1)),
                 PREDICTION_IDS => None,
                 other => {
-                    return Err(V2Error::bad(format!(
+                    return Err(InferenceError::invalid(format!(
                         "no output named {other:?}; the outputs are probabilities, labels and prediction_ids"
                     )));
                 }
@@ -794,8 +824,9 @@ mod tests {
                 }
                 Err(err) => {
                     refused += 1;
-                    assert_eq!(err.status, StatusCode::BAD_REQUEST);
-                    assert!(!err.message.is_empty());
+                    let answer = err.to_api();
+                    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+                    assert!(!answer.message.is_empty());
                 }
             }
         }

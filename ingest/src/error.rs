@@ -4,7 +4,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
-use sluice_core::{db::DbError, http::ApiError, outbox::RelayError, s3::S3Error};
+use sluice_core::{db::DbError, http::ApiError, s3::S3Error};
 
 use crate::sniff::HeaderError;
 
@@ -34,10 +34,6 @@ pub enum IngestError {
     Storage(S3Error),
     #[error("database: {0}")]
     Database(#[from] DbError),
-    /// An event the outbox refused before it was written (over Kafka's message limit): a bug
-    /// upstream, never the client's, and never worth retrying.
-    #[error("outbox: {0}")]
-    Outbox(#[source] RelayError),
     #[error("not found")]
     NotFound(String),
     /// An answer already shaped by `sluice_core` (a missing scope, a malformed id, a bucket
@@ -46,19 +42,10 @@ pub enum IngestError {
     Refused(#[from] ApiError),
 }
 
-impl From<RelayError> for IngestError {
-    fn from(err: RelayError) -> Self {
-        match err {
-            RelayError::Db(err) => Self::Database(err),
-            other => Self::Outbox(other),
-        }
-    }
-}
-
 impl IngestError {
     /// An outage (S3 or PostgreSQL), worth retrying; everything else is about the input.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Storage(_) | Self::Database(_))
+        matches!(self, Self::Storage(_)) || matches!(self, Self::Database(err) if !err.is_refusal())
     }
 
     /// The label used for `sluice_ingest_rejected_total{reason}`.
@@ -75,8 +62,8 @@ impl IngestError {
             Self::BadField { .. } | Self::BadRequest(_) => "bad_request",
             Self::BodyRead(_) => "body_read",
             Self::Storage(_) => "storage_unavailable",
+            Self::Database(err) if err.is_refusal() => "internal",
             Self::Database(_) => "database_unavailable",
-            Self::Outbox(_) => "internal",
             Self::NotFound(_) => "not_found",
             Self::Refused(_) => "refused",
         }
@@ -140,7 +127,6 @@ impl IngestError {
                 .to_owned();
                 return api;
             }
-            Self::Outbox(err) => return ApiError::internal(err),
             Self::Refused(api) => return api.clone(),
         };
         ApiError::new(status, code, message)

@@ -12,7 +12,7 @@ use sluice_core::{
     db::DbError,
     domain::{DatasetName, Label},
     events::Envelope,
-    outbox::{self, OutboxRow, RelayError},
+    outbox::{self, OutboxRow},
     topics::{Topic, TopicName},
     uploads::{MediaIngested, MediaStatus},
 };
@@ -81,14 +81,14 @@ const SELECT_EXISTING: &str =
 /// Items whose bytes already exist in their dataset are answered with the existing record; their
 /// freshly written objects are returned so the caller deletes them.
 #[tracing::instrument(level = "debug", skip_all, fields(items = items.len()))]
-pub async fn record(ctx: &Context, items: Vec<NewMedia>) -> Result<(Vec<Accepted>, Vec<String>), RelayError> {
+pub async fn record(ctx: &Context, items: Vec<NewMedia>) -> Result<(Vec<Accepted>, Vec<String>), DbError> {
     let topic = ctx.topic(Topic::MediaIngested);
     let events = items.iter().map(|item| ingested(&topic, item)).collect::<Result<Vec<_>, _>>()?;
-    Ok(record_all(ctx, &items, &events).await?)
+    record_all(ctx, &items, &events).await
 }
 
 /// The `media.ingested` event of `item`, checked for the outbox.
-fn ingested(topic: &TopicName, item: &NewMedia) -> Result<OutboxRow, RelayError> {
+fn ingested(topic: &TopicName, item: &NewMedia) -> Result<OutboxRow, DbError> {
     let stored = &item.stored;
     let event = Envelope::new(MediaIngested {
         media_id: stored.id,
@@ -102,7 +102,7 @@ fn ingested(topic: &TopicName, item: &NewMedia) -> Result<OutboxRow, RelayError>
         width: stored.width,
         height: stored.height,
     });
-    OutboxRow::new(topic, &stored.id.to_string(), &event)
+    Ok(OutboxRow::new(topic, &stored.id.to_string(), &event)?)
 }
 
 async fn record_all(

@@ -522,6 +522,44 @@ async fn a_translation_is_caught_by_the_embedding_test() {
     assert!(!fired.contains(&"brightness"), "a roll keeps the brightness: {drift:#}");
 }
 
+/// Feedback sent right after a prediction, long before the recorder's next scheduled write, asks
+/// this replica's writer to write the prediction now instead of waiting for it; feedback on an id
+/// no one holds is refused at once, not after the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_right_after_a_prediction_has_it_written_now_not_at_the_next_interval() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    // A batch gathers for 30 s: only a flush records the prediction before then.
+    config.inference.record_interval_ms = 30_000;
+    let app = RunningApp::spawn_services(config, &[Service::Inference, Service::Registry]).await;
+    let version = register_trained(&app, "prompt", 41, 1).await;
+    move_alias(&app, "prompt", "production", version).await;
+    let test = samples(3, 42);
+    let (status, answer) = predict(&app, &app.admin_token, "prompt", "", png(&test, 0, 0)).await;
+    assert_eq!(status, 200, "{answer}");
+    let id = answer["predictions"][0]["id"].as_str().expect("id");
+    let truth = synthetic::labels(CLASSES)[test.labels[0] as usize].clone();
+    let feedback =
+        |body: Value| app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token).json(&body).send();
+
+    let started = std::time::Instant::now();
+    let (status, body) = json_of(feedback(json!({"prediction_id": id, "label": truth})).await.expect("feedback")).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["prediction_id"], id);
+    assert!(waited < Duration::from_secs(10), "answered after {waited:?}: the writer was not asked to write now");
+    let recorded = format!("SELECT count(*) FROM predictions WHERE id = '{id}' AND feedback_label IS NOT NULL");
+    assert_eq!(app.count(&recorded).await, 1);
+
+    let started = std::time::Instant::now();
+    let (status, body) =
+        json_of(feedback(json!({"prediction_id": Uuid::now_v7(), "label": truth})).await.expect("feedback")).await;
+    let waited = started.elapsed();
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"]["message"].as_str().expect("message").contains("retry shortly"), "{body}");
+    assert!(waited < Duration::from_secs(10), "refused after {waited:?}: an id no one holds was waited for");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_live_accuracy_from_feedback_requests_retraining_once() {
     let env = TestEnv::new().await;

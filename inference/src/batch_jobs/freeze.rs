@@ -6,13 +6,18 @@ use axum::http::StatusCode;
 use sluice_core::{
     Context,
     batch_predictions::{BatchItem, BatchManifest},
+    db::DbError,
     domain::DatasetName,
-    http::ApiError,
     pipeline::current_spec,
+    processed,
     s3::{self, S3Error},
 };
 
-use super::{MAX_ITEMS, store::NewJob};
+use super::{
+    MAX_ITEMS,
+    store::{self, NewJob},
+};
+use crate::error::InferenceError;
 
 /// Where a job's items come from.
 #[derive(Debug, Clone)]
@@ -30,21 +35,16 @@ impl Source {
     }
 }
 
-fn unavailable(err: &dyn std::fmt::Display) -> ApiError {
-    tracing::warn!(error = %err, "batch prediction submission failed");
-    ApiError::unavailable("A dependency (PostgreSQL or S3) is unreachable; retry shortly.")
+fn unusable(code: &'static str, message: String) -> InferenceError {
+    InferenceError::refused(StatusCode::UNPROCESSABLE_ENTITY, code, message)
 }
 
-fn unusable(code: &'static str, message: String) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
-}
-
-fn too_many() -> ApiError {
+fn too_many() -> InferenceError {
     unusable("too_many_items", format!("A batch holds at most {MAX_ITEMS} items; split it over several prefixes."))
 }
 
 /// The items of `source` in scoring order, and the bucket they are in.
-pub async fn items(ctx: &Context, source: &Source) -> Result<(String, Vec<BatchItem>), ApiError> {
+pub async fn items(ctx: &Context, source: &Source) -> Result<(String, Vec<BatchItem>), InferenceError> {
     match source {
         Source::Dataset(dataset) => Ok((ctx.config.s3.bucket.clone(), dataset_items(ctx, dataset).await?)),
         Source::Prefix { bucket, prefix } => Ok((bucket.clone(), prefix_items(ctx, bucket, prefix).await?)),
@@ -52,44 +52,30 @@ pub async fn items(ctx: &Context, source: &Source) -> Result<(String, Vec<BatchI
 }
 
 /// The dataset's processed media (labelled or not), each by the output of its first frame.
-async fn dataset_items(ctx: &Context, dataset: &DatasetName) -> Result<Vec<BatchItem>, ApiError> {
-    let client = ctx.db.get().await.map_err(|e| unavailable(&e))?;
-    let known = client
-        .query_opt("SELECT 1 FROM datasets WHERE name = $1", &[&dataset.as_str()])
-        .await
-        .map_err(|e| unavailable(&e))?;
-    if known.is_none() {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("No dataset named {dataset}.")));
+async fn dataset_items(ctx: &Context, dataset: &DatasetName) -> Result<Vec<BatchItem>, InferenceError> {
+    let client = ctx.db.get().await?;
+    if !processed::dataset_exists(&client, dataset.as_str()).await? {
+        return Err(InferenceError::not_found(format!("No dataset named {dataset}.")));
     }
-    let spec_hash = current_spec(&client, dataset.as_str()).await.map_err(|e| unavailable(&e))?.hash();
-    let rows = client
-        .query(
-            "SELECT DISTINCT ON (m.id) m.id, m.label, o.key
-             FROM media m JOIN media_outputs o ON o.media_id = m.id AND o.spec_hash = $2
-             WHERE m.dataset = $1 AND m.status = 'processed' AND m.spec_hash = $2
-             ORDER BY m.id, o.frame_index NULLS FIRST, o.key
-             LIMIT $3",
-            &[&dataset.as_str(), &spec_hash, &(MAX_ITEMS as i64 + 1)],
-        )
-        .await
-        .map_err(|e| unavailable(&e))?;
-    if rows.is_empty() {
+    let spec_hash = current_spec(&client, dataset.as_str()).await.map_err(DbError::from)?.hash();
+    let items = store::dataset_items(&client, dataset.as_str(), &spec_hash, MAX_ITEMS as i64 + 1).await?;
+    if items.is_empty() {
         return Err(unusable(
             "no_processed_items",
             format!("Dataset {dataset} has no processed items under its current pipeline; wait for preprocessing."),
         ));
     }
-    if rows.len() > MAX_ITEMS {
+    if items.len() > MAX_ITEMS {
         return Err(too_many());
     }
-    Ok(rows.iter().map(|row| BatchItem { media_id: Some(row.get(0)), label: row.get(1), key: row.get(2) }).collect())
+    Ok(items)
 }
 
 /// Every object under `prefix` in `bucket` (folders markers left out), sorted by key.
-async fn prefix_items(ctx: &Context, bucket: &str, prefix: &str) -> Result<Vec<BatchItem>, ApiError> {
+async fn prefix_items(ctx: &Context, bucket: &str, prefix: &str) -> Result<Vec<BatchItem>, InferenceError> {
     let own = ctx.config.s3.bucket.as_str();
     if bucket != own && !ctx.config.ingest.import_buckets.iter().any(|b| b == bucket) {
-        return Err(ApiError::new(
+        return Err(InferenceError::refused(
             StatusCode::FORBIDDEN,
             "bucket_not_allowed",
             format!(
@@ -97,7 +83,7 @@ async fn prefix_items(ctx: &Context, bucket: &str, prefix: &str) -> Result<Vec<B
             ),
         ));
     }
-    let mut keys = s3::list_keys(&ctx.s3, bucket, prefix, MAX_ITEMS).await.map_err(|e| listing_error(bucket, &e))?;
+    let mut keys = s3::list_keys(&ctx.s3, bucket, prefix, MAX_ITEMS).await.map_err(|e| listing_error(bucket, e))?;
     if keys.len() > MAX_ITEMS {
         return Err(too_many());
     }
@@ -108,27 +94,27 @@ async fn prefix_items(ctx: &Context, bucket: &str, prefix: &str) -> Result<Vec<B
     Ok(keys.into_iter().map(|key| BatchItem { key, media_id: None, label: None }).collect())
 }
 
-fn listing_error(bucket: &str, err: &S3Error) -> ApiError {
+fn listing_error(bucket: &str, err: S3Error) -> InferenceError {
     let why = match err.code() {
         Some("NotFound" | "NoSuchBucket") => "was not found",
         Some("Forbidden" | "AccessDenied") => "is not readable with Sluice's credentials",
-        _ => return unavailable(err),
+        _ => return err.into(),
     };
     unusable("unusable_bucket", format!("Bucket {bucket} {why}."))
 }
 
 /// Writes the manifest, then the job row and its event in one transaction; removes the manifest
 /// again if the transaction fails.
-pub async fn store(ctx: &Context, job: &NewJob, manifest: &BatchManifest) -> Result<(), ApiError> {
+pub async fn store(ctx: &Context, job: &NewJob, manifest: &BatchManifest) -> Result<(), InferenceError> {
     let body = serde_json::to_vec(manifest).expect("manifests serialise");
     let bucket = &ctx.config.s3.bucket;
-    s3::put_bytes(&ctx.s3, bucket, &job.manifest_key, body, "application/json").await.map_err(|e| unavailable(&e))?;
-    if let Err(err) = super::store::queue(ctx, job).await {
+    s3::put_bytes(&ctx.s3, bucket, &job.manifest_key, body, "application/json").await?;
+    if let Err(err) = store::queue(ctx, job).await {
         if let Err(cleanup) = ctx.s3.delete_object().bucket(bucket).key(&job.manifest_key).send().await {
             tracing::warn!(error = %S3Error::from_sdk("DeleteObject", cleanup), key = %job.manifest_key,
                 "cannot remove the manifest of a job that was not queued");
         }
-        return Err(unavailable(&err));
+        return Err(err.into());
     }
     Ok(())
 }

@@ -5,26 +5,27 @@ use axum::{
     body::Bytes,
     extract::{Path, State},
     http::StatusCode,
-    response::{IntoResponse, Response},
 };
+use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice_core::{
     auth::Scope,
-    batch_predictions::{BatchManifest, batch_manifest_key, batch_prefix},
+    batch_predictions::{BatchManifest, BatchStatus, batch_manifest_key, batch_part_key, batch_prefix},
     domain::DatasetName,
-    http::{ApiError, Caller},
+    http::Caller,
     models::AliasName,
 };
 use uuid::Uuid;
 
 use super::{
     freeze::{self, Source},
-    store::{self, NewJob},
+    store::{self, JobView, NewJob},
 };
 use crate::{
     AppState,
-    predict::{model_name, serve_error, target},
+    error::InferenceError,
+    predict::{model_name, target},
     serving::Target,
 };
 
@@ -43,55 +44,51 @@ struct BatchRequest {
     top_k: Option<usize>,
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message)
-}
-
 /// Exactly one source: a dataset, or a bucket and a prefix.
-fn source(request: &BatchRequest) -> Result<Source, ApiError> {
+fn source(request: &BatchRequest) -> Result<Source, InferenceError> {
     match (&request.dataset, &request.bucket, &request.prefix) {
-        (Some(dataset), None, None) => {
-            DatasetName::parse(dataset).map(Source::Dataset).map_err(|e| bad(format!("`dataset`: {e}.")))
-        }
+        (Some(dataset), None, None) => DatasetName::parse(dataset)
+            .map(Source::Dataset)
+            .map_err(|e| InferenceError::invalid(format!("`dataset`: {e}."))),
         (None, Some(bucket), Some(prefix)) => {
             if !sluice_core::s3::is_valid_bucket_name(bucket) {
-                return Err(bad("`bucket` is not a valid S3 bucket name."));
+                return Err(InferenceError::invalid("`bucket` is not a valid S3 bucket name."));
             }
             if prefix.len() > 1024 || prefix.chars().any(char::is_control) {
-                return Err(bad("`prefix` is at most 1024 bytes, without control characters."));
+                return Err(InferenceError::invalid("`prefix` is at most 1024 bytes, without control characters."));
             }
             Ok(Source::Prefix { bucket: bucket.clone(), prefix: prefix.clone() })
         }
-        (None, None, None) => Err(bad("Give a `dataset`, or a `bucket` and a `prefix`, to score.")),
-        (Some(_), _, _) => Err(bad("Give a `dataset` or a `bucket` and a `prefix`, not both.")),
-        (None, _, _) => Err(bad("`bucket` and `prefix` go together.")),
+        (None, None, None) => Err(InferenceError::invalid("Give a `dataset`, or a `bucket` and a `prefix`, to score.")),
+        (Some(_), _, _) => Err(InferenceError::invalid("Give a `dataset` or a `bucket` and a `prefix`, not both.")),
+        (None, _, _) => Err(InferenceError::invalid("`bucket` and `prefix` go together.")),
     }
 }
 
 /// `POST /v1/batch-predictions`: pins the version, freezes the items, queues the job.
-pub async fn create(State(state): State<AppState>, caller: Caller, body: Bytes) -> Response {
-    match submit(&state, &caller, &body).await {
-        Ok(answer) => (StatusCode::ACCEPTED, Json(answer)).into_response(),
-        Err(err) => err.into_response(),
-    }
-}
-
-async fn submit(state: &AppState, caller: &Caller, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+#[tracing::instrument(skip_all, fields(batch_job = tracing::field::Empty, model = tracing::field::Empty))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), InferenceError> {
     caller.require(Scope::Predict)?;
-    let request: BatchRequest =
-        serde_json::from_slice(body).map_err(|e| bad(format!("Malformed batch prediction request: {e}.")))?;
+    let request: BatchRequest = serde_json::from_slice(&body)
+        .map_err(|e| InferenceError::invalid(format!("Malformed batch prediction request: {e}.")))?;
     let model = model_name(&request.model)?;
+    tracing::Span::current().record("model", tracing::field::display(&model));
     let top_k = request.top_k.unwrap_or(3);
     if !(1..=MAX_TOP_K).contains(&top_k) {
-        return Err(bad(format!("`top_k` must be between 1 and {MAX_TOP_K}.")));
+        return Err(InferenceError::invalid(format!("`top_k` must be between 1 and {MAX_TOP_K}.")));
     }
     let target = target(request.alias.as_deref(), request.version)?
         .unwrap_or_else(|| Target::Alias(AliasName::parse(AliasName::PRODUCTION).expect("a valid alias")));
     let source = source(&request)?;
     let ctx = &state.served.ctx;
-    let version = state.served.pin(&model, &target).await.map_err(serve_error)?;
+    let version = state.served.pin(&model, &target).await?;
     let (bucket, items) = freeze::items(ctx, &source).await?;
     let id = Uuid::now_v7();
+    tracing::Span::current().record("batch_job", tracing::field::display(id));
     let job = NewJob {
         id,
         model: model.to_string(),
@@ -110,32 +107,63 @@ async fn submit(state: &AppState, caller: &Caller, body: &[u8]) -> Result<serde_
     };
     freeze::store(ctx, &job, &BatchManifest { job_id: id, bucket, items }).await?;
     tracing::info!(job = %id, model = %model, version, items = job.total, "batch prediction queued");
-    Ok(json!({"id": id, "status": "queued", "model": job.model, "version": version, "total": job.total,
-              "chunks": job.chunks(), "result_prefix": job.result_prefix}))
+    let answer = json!({"id": id, "status": BatchStatus::Queued, "model": job.model, "version": version,
+                        "total": job.total, "chunks": job.chunks(), "result_prefix": job.result_prefix});
+    Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
 /// `GET /v1/batch-predictions/{id}`: status, progress, and the result parts written so far.
-pub async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Response {
-    if let Err(err) = caller.require(Scope::Predict) {
-        return err.into_response();
-    }
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "No batch prediction has this id.");
-    let Ok(id) = Uuid::parse_str(&id) else { return not_found().into_response() };
-    match store::status_json(&state.served.ctx, id).await {
-        Ok(Some(job)) => Json(job).into_response(),
-        Ok(None) => not_found().into_response(),
-        Err(err) => {
-            tracing::warn!(error = %err, "batch prediction store failed");
-            ApiError::unavailable("The database is unreachable; retry shortly.").into_response()
-        }
-    }
+#[tracing::instrument(skip_all, fields(batch_job = %id))]
+pub async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, InferenceError> {
+    caller.require(Scope::Predict)?;
+    let not_found = || InferenceError::not_found("No batch prediction has this id.");
+    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let job = store::view(&state.served.ctx, id).await?.ok_or_else(not_found)?;
+    Ok(Json(render(&job)))
+}
+
+fn rfc3339(at: Option<DateTime<Utc>>) -> Value {
+    at.map_or(Value::Null, |t| Value::from(t.to_rfc3339_opts(SecondsFormat::Millis, true)))
+}
+
+/// A job as the API shows it: its row, its progress and the part objects written so far.
+fn render(job: &JobView) -> Value {
+    let parts: Vec<String> = (0..job.chunks_done.max(0) as usize).map(|chunk| batch_part_key(job.id, chunk)).collect();
+    json!({
+        "id": job.id,
+        "model": job.model,
+        "alias": job.alias,
+        "version": job.version,
+        "source": job.source,
+        "top_k": job.top_k,
+        "status": job.status,
+        "total": job.total,
+        "chunk_size": job.chunk_size,
+        "chunks": job.chunks,
+        "chunks_done": job.chunks_done,
+        "progress": f64::from(job.chunks_done) / f64::from(job.chunks.max(1)),
+        "manifest_key": job.manifest_key,
+        "result_prefix": job.result_prefix,
+        "parts": parts,
+        "error": job.error,
+        "failed_chunks": job.failed_chunks,
+        "requested_by": job.requested_by,
+        "created_at": rfc3339(job.created_at),
+        "started_at": rfc3339(job.started_at),
+        "updated_at": rfc3339(job.updated_at),
+        "finished_at": rfc3339(job.finished_at),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn request(body: serde_json::Value) -> BatchRequest {
+    fn request(body: Value) -> BatchRequest {
         serde_json::from_value(body).expect("a well-formed request")
     }
 
@@ -156,7 +184,7 @@ mod tests {
             json!({"model": "m", "bucket": "sluice", "prefix": "a\nb"}),
         ] {
             let refused = source(&request(body.clone())).expect_err("refused");
-            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(refused.to_api().status, StatusCode::BAD_REQUEST, "{body}");
         }
     }
 

@@ -1,16 +1,18 @@
 //! The `batch_predictions` table: queuing a job with its outbox event, reading it back, and the
-//! worker's conditional progress updates.
+//! worker's conditional progress updates; and the read of a dataset's items a job freezes.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use serde_json::{Value, json};
 use sluice_core::{
     Context,
-    batch_predictions::{BatchPredictionRequested, batch_part_key},
+    batch_predictions::{BatchItem, BatchPredictionRequested, BatchStatus},
     db::DbError,
     events::Envelope,
-    outbox::{self, RelayError},
+    outbox,
     parking::{self, WorkKind, WorkParked},
     topics::Topic,
+    uploads::MediaStatus,
 };
 use uuid::Uuid;
 
@@ -43,7 +45,7 @@ pub struct Job {
     pub model: String,
     pub alias: Option<String>,
     pub version: i32,
-    pub status: String,
+    pub status: BatchStatus,
     pub top_k: usize,
     pub total: usize,
     pub chunk_size: usize,
@@ -54,12 +56,13 @@ pub struct Job {
 
 impl Job {
     pub fn is_finished(&self) -> bool {
-        matches!(self.status.as_str(), "succeeded" | "failed")
+        matches!(self.status, BatchStatus::Succeeded | BatchStatus::Failed)
     }
 }
 
 /// Records the job and its `predictions.batch` event in one transaction.
-pub async fn queue(ctx: &Context, job: &NewJob) -> Result<(), RelayError> {
+#[tracing::instrument(level = "debug", skip_all, fields(batch_job = %job.id, model = %job.model, version = job.version))]
+pub async fn queue(ctx: &Context, job: &NewJob) -> Result<(), DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
     tx.execute(
@@ -88,38 +91,46 @@ pub async fn queue(ctx: &Context, job: &NewJob) -> Result<(), RelayError> {
     Ok(())
 }
 
-const JOB_COLUMNS: &str =
-    "id, model, alias, version, status, top_k, total, chunk_size, chunks, chunks_done, manifest_key";
+/// A stored count as a size (the table's checks keep them non-negative).
+fn size(row: &deadpool_postgres::tokio_postgres::Row, column: &str) -> usize {
+    row.get::<_, i32>(column).max(0) as usize
+}
 
+#[tracing::instrument(level = "debug", skip(ctx), fields(batch_job = %id))]
 pub async fn load(ctx: &Context, id: Uuid) -> Result<Option<Job>, DbError> {
     let client = ctx.db.get().await?;
-    let row = client.query_opt(&format!("SELECT {JOB_COLUMNS} FROM batch_predictions WHERE id = $1"), &[&id]).await?;
-    let count = |row: &deadpool_postgres::tokio_postgres::Row, i: usize| row.get::<_, i32>(i).max(0) as usize;
+    let row = client
+        .query_opt(
+            "SELECT id, model, alias, version, status, top_k, total, chunk_size, chunks, chunks_done, manifest_key
+             FROM batch_predictions WHERE id = $1",
+            &[&id],
+        )
+        .await?;
     Ok(row.map(|row| Job {
-        id: row.get(0),
-        model: row.get(1),
-        alias: row.get(2),
-        version: row.get(3),
-        status: row.get(4),
-        top_k: count(&row, 5),
-        total: count(&row, 6),
-        chunk_size: count(&row, 7),
-        chunks: count(&row, 8),
-        chunks_done: count(&row, 9),
-        manifest_key: row.get(10),
+        id: row.get("id"),
+        model: row.get("model"),
+        alias: row.get("alias"),
+        version: row.get("version"),
+        status: row.get("status"),
+        top_k: size(&row, "top_k"),
+        total: size(&row, "total"),
+        chunk_size: size(&row, "chunk_size"),
+        chunks: size(&row, "chunks"),
+        chunks_done: size(&row, "chunks_done"),
+        manifest_key: row.get("manifest_key"),
     }))
 }
 
 /// Marks the job running (keeping its first start time).
+#[tracing::instrument(level = "debug", skip(ctx), fields(batch_job = %id))]
 pub async fn start(ctx: &Context, id: Uuid) -> Result<(), DbError> {
     ctx.db
         .get()
         .await?
         .execute(
-            "UPDATE batch_predictions SET status = 'running', started_at = COALESCE(started_at, now()),
-                 updated_at = now()
-             WHERE id = $1 AND status IN ('queued', 'running')",
-            &[&id],
+            "UPDATE batch_predictions SET status = $2, started_at = COALESCE(started_at, now()), updated_at = now()
+             WHERE id = $1 AND status IN ($3, $2)",
+            &[&id, &BatchStatus::Running, &BatchStatus::Queued],
         )
         .await?;
     Ok(())
@@ -127,6 +138,7 @@ pub async fn start(ctx: &Context, id: Uuid) -> Result<(), DbError> {
 
 /// Records chunk `chunk` as written, unless the job has moved on (another worker wrote it too):
 /// `true` when this call advanced it. The next chunk starts with no attempts.
+#[tracing::instrument(level = "debug", skip(ctx), fields(batch_job = %id))]
 pub async fn advance(ctx: &Context, id: Uuid, chunk: usize) -> Result<bool, DbError> {
     let (done, next) = (chunk as i32, chunk as i32 + 1);
     let updated = ctx
@@ -135,34 +147,43 @@ pub async fn advance(ctx: &Context, id: Uuid, chunk: usize) -> Result<bool, DbEr
         .await?
         .execute(
             "UPDATE batch_predictions SET chunks_done = $3, chunk_attempts = 0, chunk_error = NULL, updated_at = now()
-             WHERE id = $1 AND chunks_done = $2 AND status = 'running'",
-            &[&id, &done, &next],
+             WHERE id = $1 AND chunks_done = $2 AND status = $4",
+            &[&id, &done, &next, &BatchStatus::Running],
         )
         .await?;
     Ok(updated == 1)
 }
 
+/// The attempts at a chunk so far, this one included, and the last failure [`chunk_failed`]
+/// kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkAttempt {
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
 /// An attempt at chunk `chunk` starts: counted before it runs, so a chunk that kills its worker
-/// counts too. Returns the chunk's attempts and the last failure [`chunk_failed`] kept; `None`
-/// when the job has moved past it or ended.
-pub async fn begin_chunk(ctx: &Context, id: Uuid, chunk: usize) -> Result<Option<(i32, Option<String>)>, DbError> {
+/// counts too. `None` when the job has moved past it or ended.
+#[tracing::instrument(level = "debug", skip(ctx), fields(batch_job = %id))]
+pub async fn begin_chunk(ctx: &Context, id: Uuid, chunk: usize) -> Result<Option<ChunkAttempt>, DbError> {
     let row = ctx
         .db
         .get()
         .await?
         .query_opt(
             "UPDATE batch_predictions SET chunk_attempts = chunk_attempts + 1, updated_at = now()
-             WHERE id = $1 AND chunks_done = $2 AND status = 'running'
+             WHERE id = $1 AND chunks_done = $2 AND status = $3
              RETURNING chunk_attempts, chunk_error",
-            &[&id, &(chunk as i32)],
+            &[&id, &(chunk as i32), &BatchStatus::Running],
         )
         .await?;
-    Ok(row.map(|r| (r.get(0), r.get(1))))
+    Ok(row.map(|row| ChunkAttempt { attempts: row.get("chunk_attempts"), last_error: row.get("chunk_error") }))
 }
 
 /// The attempt at chunk `chunk` failed: with `counts` (the failure was the chunk's own) its error
 /// is kept for the reason the chunk may be parked with; without (a dependency was away), the
 /// attempt is given back.
+#[tracing::instrument(level = "debug", skip(ctx, error), fields(batch_job = %id))]
 pub async fn chunk_failed(ctx: &Context, id: Uuid, chunk: usize, error: &str, counts: bool) -> Result<(), DbError> {
     let client = ctx.db.get().await?;
     let chunk = chunk as i32;
@@ -189,6 +210,7 @@ pub async fn chunk_failed(ctx: &Context, id: Uuid, chunk: usize, error: &str, co
 /// Parks chunk `chunk` (its part object already written with the reason on every line): the job
 /// moves past it, records it in `failed_chunks`, and a `work.parked` event is enqueued, in one
 /// transaction. `false` when the job had already moved on.
+#[tracing::instrument(level = "debug", skip(ctx, reason, detail), fields(batch_job = %id))]
 pub async fn park_chunk(
     ctx: &Context,
     id: Uuid,
@@ -196,7 +218,7 @@ pub async fn park_chunk(
     attempts: i32,
     reason: &str,
     detail: Value,
-) -> Result<bool, RelayError> {
+) -> Result<bool, DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
     let (done, next) = (chunk as i32, chunk as i32 + 1);
@@ -206,8 +228,8 @@ pub async fn park_chunk(
             "UPDATE batch_predictions
              SET chunks_done = $3, chunk_attempts = 0, chunk_error = NULL, failed_chunks = failed_chunks || $4,
                  updated_at = now()
-             WHERE id = $1 AND chunks_done = $2 AND status = 'running'",
-            &[&id, &done, &next, &failed],
+             WHERE id = $1 AND chunks_done = $2 AND status = $5",
+            &[&id, &done, &next, &failed, &BatchStatus::Running],
         )
         .await?;
     if updated == 1 {
@@ -226,6 +248,7 @@ pub async fn park_chunk(
 
 /// Ends the job: `succeeded` when `error` is `None`, else `failed` with the reason. A job whose
 /// every chunk was parked scored nothing: it fails too, pointing at `failed_chunks`.
+#[tracing::instrument(level = "debug", skip(ctx), fields(batch_job = %id))]
 pub async fn finish(ctx: &Context, id: Uuid, error: Option<&str>) -> Result<(), DbError> {
     ctx.db
         .get()
@@ -233,24 +256,46 @@ pub async fn finish(ctx: &Context, id: Uuid, error: Option<&str>) -> Result<(), 
         .execute(
             "UPDATE batch_predictions
              SET status = CASE WHEN $2::text IS NOT NULL OR jsonb_array_length(failed_chunks) = chunks
-                               THEN 'failed' ELSE 'succeeded' END,
+                               THEN $3 ELSE $4 END,
                  error = coalesce($2, CASE WHEN jsonb_array_length(failed_chunks) = chunks
                                            THEN 'every chunk was parked; see failed_chunks' END),
                  finished_at = now(), updated_at = now()
-             WHERE id = $1 AND status IN ('queued', 'running')",
-            &[&id, &error],
+             WHERE id = $1 AND status IN ($5, $6)",
+            &[&id, &error, &BatchStatus::Failed, &BatchStatus::Succeeded, &BatchStatus::Queued, &BatchStatus::Running],
         )
         .await?;
     Ok(())
 }
 
-fn rfc3339(at: Option<DateTime<Utc>>) -> Value {
-    at.map_or(Value::Null, |t| Value::from(t.to_rfc3339_opts(SecondsFormat::Millis, true)))
+/// A job as `GET /v1/batch-predictions/{id}` shows it.
+#[derive(Debug, Clone)]
+pub struct JobView {
+    pub id: Uuid,
+    pub model: String,
+    pub alias: Option<String>,
+    pub version: i32,
+    pub source: Value,
+    pub top_k: i32,
+    pub status: BatchStatus,
+    pub total: i32,
+    pub chunk_size: i32,
+    pub chunks: i32,
+    pub chunks_done: i32,
+    pub manifest_key: String,
+    pub result_prefix: String,
+    pub error: Option<String>,
+    /// `[{"chunk", "attempts", "reason"}]`: the chunks parked after their attempts ran out.
+    pub failed_chunks: Value,
+    pub requested_by: String,
+    pub created_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub updated_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
 }
 
-/// `GET /v1/batch-predictions/{id}` as JSON, or `None`.
-pub async fn status_json(ctx: &Context, id: Uuid) -> Result<Option<Value>, DbError> {
-    let Some(row) = ctx
+#[tracing::instrument(level = "debug", skip(ctx), fields(batch_job = %id))]
+pub async fn view(ctx: &Context, id: Uuid) -> Result<Option<JobView>, DbError> {
+    let row = ctx
         .db
         .get()
         .await?
@@ -261,34 +306,55 @@ pub async fn status_json(ctx: &Context, id: Uuid) -> Result<Option<Value>, DbErr
              FROM batch_predictions WHERE id = $1",
             &[&id],
         )
-        .await?
-    else {
-        return Ok(None);
-    };
-    let (total, chunks, done): (i32, i32, i32) = (row.get(6), row.get(8), row.get(9));
-    let parts: Vec<String> = (0..done.max(0) as usize).map(|chunk| batch_part_key(id, chunk)).collect();
-    Ok(Some(json!({
-        "id": id,
-        "model": row.get::<_, String>(0),
-        "alias": row.get::<_, Option<String>>(1),
-        "version": row.get::<_, i32>(2),
-        "source": row.get::<_, Value>(3),
-        "top_k": row.get::<_, i32>(4),
-        "status": row.get::<_, String>(5),
-        "total": total,
-        "chunk_size": row.get::<_, i32>(7),
-        "chunks": chunks,
-        "chunks_done": done,
-        "progress": f64::from(done) / f64::from(chunks.max(1)),
-        "manifest_key": row.get::<_, String>(10),
-        "result_prefix": row.get::<_, String>(11),
-        "parts": parts,
-        "error": row.get::<_, Option<String>>(12),
-        "failed_chunks": row.get::<_, Value>(18),
-        "requested_by": row.get::<_, String>(13),
-        "created_at": rfc3339(row.get(14)),
-        "started_at": rfc3339(row.get(15)),
-        "updated_at": rfc3339(row.get(16)),
-        "finished_at": rfc3339(row.get(17)),
-    })))
+        .await?;
+    Ok(row.map(|row| JobView {
+        id,
+        model: row.get("model"),
+        alias: row.get("alias"),
+        version: row.get("version"),
+        source: row.get("source"),
+        top_k: row.get("top_k"),
+        status: row.get("status"),
+        total: row.get("total"),
+        chunk_size: row.get("chunk_size"),
+        chunks: row.get("chunks"),
+        chunks_done: row.get("chunks_done"),
+        manifest_key: row.get("manifest_key"),
+        result_prefix: row.get("result_prefix"),
+        error: row.get("error"),
+        failed_chunks: row.get("failed_chunks"),
+        requested_by: row.get("requested_by"),
+        created_at: row.get("created_at"),
+        started_at: row.get("started_at"),
+        updated_at: row.get("updated_at"),
+        finished_at: row.get("finished_at"),
+    }))
+}
+
+// A read of preprocess's tables that `sluice_core::processed` does not offer yet; it moves there
+// once it does.
+
+/// The dataset's processed items under the spec `spec_hash` (labelled or not), each by the
+/// output of its first frame, in media id order; at most `limit`.
+#[tracing::instrument(level = "debug", skip(client))]
+pub async fn dataset_items(
+    client: &impl GenericClient,
+    dataset: &str,
+    spec_hash: &str,
+    limit: i64,
+) -> Result<Vec<BatchItem>, DbError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT ON (m.id) m.id, m.label, o.key
+             FROM media m JOIN media_outputs o ON o.media_id = m.id AND o.spec_hash = $2
+             WHERE m.dataset = $1 AND m.status = $3 AND m.spec_hash = $2
+             ORDER BY m.id, o.frame_index NULLS FIRST, o.key
+             LIMIT $4",
+            &[&dataset, &spec_hash, &MediaStatus::Processed, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| BatchItem { media_id: Some(row.get("id")), label: row.get("label"), key: row.get("key") })
+        .collect())
 }

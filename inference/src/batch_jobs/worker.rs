@@ -20,6 +20,7 @@ use rdkafka::{Message, consumer::Consumer};
 use sluice_core::{
     Context, Shutdown,
     batch_predictions::{BatchManifest, BatchPredictionRequested, batch_part_key},
+    db::DbError,
     events::Envelope,
     kafka::{self, CommitOnRevoke, SluiceConsumer},
     models::ModelName,
@@ -31,10 +32,10 @@ use uuid::Uuid;
 
 use super::{
     chunk,
-    store::{self, Job},
+    store::{self, ChunkAttempt, Job},
 };
 use crate::{
-    recorder,
+    recorder::Record,
     serving::{ServeError, Served},
 };
 
@@ -114,7 +115,7 @@ async fn run_job(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), F
         let begun = store::begin_chunk(ctx, id, next).await?;
         let advanced = match begun {
             None => false,
-            Some((attempts, last_error)) if attempts > max_attempts => {
+            Some(ChunkAttempt { attempts, last_error }) if attempts > max_attempts => {
                 let reason = parking::gave_up(attempts - 1, last_error.as_deref());
                 park(ctx, &job, &manifest, next, attempts - 1, &reason).await?
             }
@@ -158,7 +159,7 @@ async fn write_chunk(
 ) -> Result<bool, String> {
     let ctx = &served.ctx;
     let scored = chunk::score(ctx, loaded, job, manifest, chunk).await.map_err(|e| e.to_string())?;
-    recorder::insert(ctx, &scored.records).await?;
+    record(ctx, &scored.records).await.map_err(|e| sluice_core::error_chain(&e))?;
     let key = batch_part_key(job.id, chunk);
     s3::put_bytes(&ctx.s3, &ctx.config.s3.bucket, &key, scored.lines, "application/x-ndjson")
         .await
@@ -171,6 +172,12 @@ async fn write_chunk(
         }
     }
     Ok(advanced)
+}
+
+/// Records the chunk's predictions (ids derived from job and item: a redone chunk adds nothing).
+async fn record(ctx: &Context, records: &[Record]) -> Result<(), DbError> {
+    let client = ctx.db.get().await?;
+    crate::store::insert_predictions(&client, records).await
 }
 
 /// Parks a chunk out of attempts: its part object says why on each item's line, then the job
@@ -188,9 +195,7 @@ async fn park(
     let key = batch_part_key(job.id, chunk);
     s3::put_bytes(&ctx.s3, &ctx.config.s3.bucket, &key, lines, "application/x-ndjson").await?;
     let detail = serde_json::json!({"job_id": job.id, "chunk": chunk, "model": job.model, "part": key});
-    let parked = store::park_chunk(ctx, job.id, chunk, attempts, reason, detail)
-        .await
-        .map_err(|e| Failure::Retry(e.to_string()))?;
+    let parked = store::park_chunk(ctx, job.id, chunk, attempts, reason, detail).await?;
     if parked {
         metrics::counter!("sluice_inference_batch_chunks_parked_total").increment(1);
         metrics::counter!("sluice_inference_batch_items_total", "model" => job.model.clone(), "outcome" => "parked")

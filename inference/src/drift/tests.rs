@@ -272,7 +272,7 @@ fn replay_seeing(
         if let Some(verdict) = window.observe(request, config) {
             see(verdict);
             checks += 1;
-            if verdict.state == "drift" {
+            if verdict.state == DriftState::Drift {
                 flagged += 1;
                 if verdict.consecutive == config.drift_sustain_checks {
                     triggers += 1;
@@ -355,7 +355,7 @@ fn strong_shifts_are_caught_quickly_and_named() {
             assert!(triggers >= 1, "{traffic:?}: {shift:?} never requested a retrain");
             assert!(first.is_some_and(|at| at <= within), "{traffic:?} {shift:?}: retrain requested at {first:?}");
             let verdict = window.verdict(&config);
-            assert_eq!(verdict.kind, "covariate_shift", "{verdict:#?}");
+            assert_eq!(verdict.kind, DriftKind::CovariateShift, "{verdict:#?}");
             assert!(verdict.fired.iter().any(|f| f == fired), "{traffic:?} expected {fired}: {:?}", verdict.fired);
             assert!(!verdict.expected_accuracy_reliable);
         }
@@ -372,8 +372,8 @@ fn a_new_class_mix_is_reported_as_label_shift() {
     let stream = requests(&shifted, Traffic::Independent, 1_200, &mut rng);
     replay(&mut window, &stream, &config);
     let verdict = window.verdict(&config);
-    assert_eq!(verdict.state, "drift", "{verdict:#?}");
-    assert_eq!(verdict.kind, "label_shift", "{verdict:#?}");
+    assert_eq!(verdict.state, DriftState::Drift, "{verdict:#?}");
+    assert_eq!(verdict.kind, DriftKind::LabelShift, "{verdict:#?}");
     assert!(verdict.fired.iter().all(|f| f.starts_with("class:")), "{:?}", verdict.fired);
     assert!(verdict.expected_accuracy_reliable);
 }
@@ -414,7 +414,7 @@ fn a_shift_only_the_embedding_sees_is_caught_by_the_kernel_test() {
     };
     let stationary = verdicts(&world, 2_000, &mut window, &mut rng);
     assert!(
-        stationary.iter().all(|v| v.state == "ok"),
+        stationary.iter().all(|v| v.state == DriftState::Ok),
         "{:?}",
         stationary.iter().map(|v| &v.fired).collect::<Vec<_>>()
     );
@@ -423,7 +423,7 @@ fn a_shift_only_the_embedding_sees_is_caught_by_the_kernel_test() {
     assert!(stationary.iter().all(|v| mmd(v).df >= mmd::MIN_GROUPS as f64), "every window had enough units");
     let shifted = verdicts(&World { shift: Shift::Spread, ..World::stationary() }, 1_200, &mut window, &mut rng);
     let last = shifted.last().expect("a check");
-    assert_eq!(last.kind, "covariate_shift", "{last:#?}");
+    assert_eq!(last.kind, DriftKind::CovariateShift, "{last:#?}");
     assert_eq!(last.fired, vec!["embedding:mmd".to_owned()], "only the kernel test sees a wider spread");
     assert!(last.consecutive >= 2);
     assert!(mmd(last).value > 0.0);

@@ -7,7 +7,6 @@ use serde_json::json;
 use sluice_core::{
     Context,
     db::DbError,
-    outbox::RelayError,
     parking::{self, WorkKind, WorkParked},
 };
 use uuid::Uuid;
@@ -250,7 +249,7 @@ pub async fn give_back_attempt(ctx: &Context, id: Uuid, key: &str) -> Result<(),
 /// Records `key` as rejected for good (`gave_up`, for `reason`) with a `work.parked` event, and
 /// forgets its attempts, in one transaction. `false` when it was already recorded (no event).
 #[tracing::instrument(level = "debug", skip_all, fields(import_id = %import.id, attempts = attempts))]
-pub async fn park(ctx: &Context, import: &Import, key: &str, attempts: i32, reason: &str) -> Result<bool, RelayError> {
+pub async fn park(ctx: &Context, import: &Import, key: &str, attempts: i32, reason: &str) -> Result<bool, DbError> {
     let mut client = ctx.db.get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;
     let inserted = tx
