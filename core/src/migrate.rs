@@ -91,9 +91,10 @@ pub async fn run(pool: &Pool) -> Result<Report, MigrateError> {
 /// Versions of the embedded migrations not yet applied (for `sluice doctor`).
 pub async fn pending(pool: &Pool) -> Result<Vec<i64>, MigrateError> {
     let client = pool.get().await?;
-    let exists: bool = client.query_one("SELECT to_regclass('sluice_migrations') IS NOT NULL", &[]).await?.get(0);
+    let exists: bool =
+        client.query_one("SELECT to_regclass('sluice_migrations') IS NOT NULL AS present", &[]).await?.get("present");
     let applied: Vec<i64> = if exists {
-        client.query("SELECT version FROM sluice_migrations", &[]).await?.iter().map(|r| r.get(0)).collect()
+        client.query("SELECT version FROM sluice_migrations", &[]).await?.iter().map(|r| r.get("version")).collect()
     } else {
         Vec::new()
     };
@@ -120,7 +121,7 @@ pub async fn apply(pool: &Pool, migrations: &[Migration]) -> Result<Report, Migr
             tx.query_opt("SELECT checksum FROM sluice_migrations WHERE version = $1", &[&migration.version]).await?;
         match existing {
             Some(row) => {
-                let checksum: String = row.get(0);
+                let checksum: String = row.get("checksum");
                 if checksum != migration.checksum {
                     return Err(MigrateError::Changed { version: migration.version, name: migration.name.clone() });
                 }

@@ -270,12 +270,12 @@ impl<'a> Claimed<'a> {
         let events = rows
             .iter()
             .map(|r| OutboxEvent {
-                id: r.get(0),
-                topic: r.get(1),
-                key: r.get(2),
-                payload: serde_json::to_vec(&r.get::<_, serde_json::Value>(3)).expect("JSON values serialise"),
-                created_at: r.get(4),
-                partition: r.get(5),
+                id: r.get("id"),
+                topic: r.get("topic"),
+                key: r.get("key"),
+                payload: serde_json::to_vec(&r.get::<_, serde_json::Value>("payload")).expect("JSON values serialise"),
+                created_at: r.get("created_at"),
+                partition: r.get("partition"),
             })
             .collect();
         Ok(Some(Self { tx, events }))
@@ -355,15 +355,15 @@ impl<'a> Claimed<'a> {
                          failed_at = CASE WHEN o.attempts + 1 >= $3 THEN now() END
                      FROM unnest($1::uuid[], $2::text[]) AS d(id, error)
                      WHERE o.id = d.id
-                     RETURNING o.id, o.topic, o.key, o.attempts, o.error, o.failed_at IS NOT NULL",
+                     RETURNING o.id, o.topic, o.key, o.attempts, o.error, o.failed_at IS NOT NULL AS parked",
                     &[&ids, &errors, &max_attempts],
                 )
                 .await?;
             let dlq = ctx.topic(Topic::WorkDlq);
-            for row in out_of_attempts.iter().filter(|r| r.get::<_, bool>(5)) {
+            for row in out_of_attempts.iter().filter(|r| r.get::<_, bool>("parked")) {
                 let (id, topic, key, attempts): (Uuid, String, String, i32) =
-                    (row.get(0), row.get(1), row.get(2), row.get(3));
-                let error: Option<String> = row.get(4);
+                    (row.get("id"), row.get("topic"), row.get("key"), row.get("attempts"));
+                let error: Option<String> = row.get("error");
                 let reason = parking::gave_up(attempts, error.as_deref());
                 tracing::error!(%id, %topic, %key, attempts, %reason, "outbox row parked: Kafka keeps refusing it");
                 parked += 1;
@@ -391,7 +391,10 @@ pub struct Delivered {
 /// Events committed but not yet acknowledged by Kafka.
 pub async fn pending(ctx: &Context) -> Result<i64, RelayError> {
     let client = ctx.db.get().await?;
-    Ok(client.query_one("SELECT count(*) FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL", &[]).await?.get(0))
+    Ok(client
+        .query_one("SELECT count(*) AS pending FROM outbox WHERE sent_at IS NULL AND failed_at IS NULL", &[])
+        .await?
+        .get("pending"))
 }
 
 /// Forgets events published more than a day ago, and parked ones after `work.dlq`'s retention.

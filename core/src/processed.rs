@@ -39,11 +39,7 @@ pub async fn labelled_outputs(
         .await?;
     Ok(rows
         .iter()
-        .map(|row| SnapshotItem {
-            media_id: row.get::<_, Uuid>("id"),
-            label: row.get("label"),
-            keys: row.get("keys"),
-        })
+        .map(|row| SnapshotItem { media_id: row.get::<_, Uuid>("id"), label: row.get("label"), keys: row.get("keys") })
         .collect())
 }
 
@@ -54,4 +50,37 @@ pub async fn status_counts(client: &impl GenericClient, dataset: &str) -> Result
         .query("SELECT status, count(*) AS items FROM media WHERE dataset = $1 GROUP BY status", &[&dataset])
         .await?;
     Ok(rows.iter().map(|row| (row.get("status"), row.get("items"))).collect())
+}
+
+/// One processed item and its first output (a video's first frame).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FirstOutput {
+    pub media_id: Uuid,
+    pub label: Option<String>,
+    pub key: String,
+}
+
+/// Up to `limit` of the dataset's processed items under the spec `spec_hash`, labelled or not,
+/// each with its first output, in media id order.
+#[tracing::instrument(level = "debug", skip(client))]
+pub async fn first_outputs(
+    client: &impl GenericClient,
+    dataset: &str,
+    spec_hash: &str,
+    limit: i64,
+) -> Result<Vec<FirstOutput>, DbError> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT ON (m.id) m.id, m.label, o.key
+             FROM media m JOIN media_outputs o ON o.media_id = m.id AND o.spec_hash = $2
+             WHERE m.dataset = $1 AND m.status = $3 AND m.spec_hash = $2
+             ORDER BY m.id, o.frame_index NULLS FIRST, o.key
+             LIMIT $4",
+            &[&dataset, &spec_hash, &MediaStatus::Processed, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| FirstOutput { media_id: row.get("id"), label: row.get("label"), key: row.get("key") })
+        .collect())
 }

@@ -14,7 +14,7 @@ use sluice_core::{
     topics::Topic,
 };
 
-use crate::{serving::Served, store};
+use crate::serving::Served;
 
 pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
     let reconciler = tokio::spawn(reconcile(served.clone(), shutdown.clone()));
@@ -35,7 +35,7 @@ async fn reconcile(served: Arc<Served>, shutdown: Shutdown) {
         for model in served.served_models() {
             let Ok(name) = ModelName::parse(&model) else { continue };
             let Ok(client) = served.ctx.db.get().await else { break };
-            let revision = store::model_revision(&client, &model).await;
+            let revision = models::revision(&client, &name).await;
             let aliases = models::aliases(&client, &name).await;
             drop(client);
             if let (Ok(Some(revision)), Ok(aliases)) = (revision, aliases) {

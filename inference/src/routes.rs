@@ -130,7 +130,7 @@ pub async fn put_capture(
         return Err(InferenceError::invalid(format!("{err}.")));
     }
     let client = state.served.ctx.db.get().await?;
-    if !store::model_exists(&client, model.as_str()).await? {
+    if !sluice_core::models::exists(&client, &model).await? {
         return Err(InferenceError::not_found(format!("No model named {model}.")));
     }
     capture::set_policy(&client, model.as_str(), policy.as_ref(), &caller.0.name).await?;

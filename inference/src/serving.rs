@@ -210,7 +210,7 @@ impl Served {
         if let Some(&version) = aliases.get(alias.as_str()) {
             return Ok(version);
         }
-        Err(if store::model_exists(&client, model.as_str()).await? {
+        Err(if models::exists(&client, model).await? {
             ServeError::UnknownAlias { model: model.to_string(), alias: alias.to_string() }
         } else {
             ServeError::UnknownModel(model.to_string())

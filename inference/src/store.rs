@@ -260,17 +260,3 @@ pub async fn drifting(client: &impl GenericClient, model: &str, version: i32) ->
 
 // Registry reads `sluice_core::models` does not offer yet (the registry owns `models`); they move
 // there once it does.
-
-/// Whether a model of this name exists (with or without versions).
-#[tracing::instrument(level = "debug", skip(client))]
-pub async fn model_exists(client: &impl GenericClient, model: &str) -> Result<bool, DbError> {
-    let row = client.query_opt("SELECT 1 AS found FROM models WHERE name = $1", &[&model]).await?;
-    Ok(row.is_some())
-}
-
-/// The model's revision (bumped by every alias change), or `None` for an unknown model.
-#[tracing::instrument(level = "debug", skip(client))]
-pub async fn model_revision(client: &impl GenericClient, model: &str) -> Result<Option<i64>, DbError> {
-    let row = client.query_opt("SELECT revision FROM models WHERE name = $1", &[&model]).await?;
-    Ok(row.map(|row| row.get("revision")))
-}

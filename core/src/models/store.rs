@@ -350,3 +350,18 @@ fn version_from_row(row: &Row) -> Result<ModelVersion, RegistryError> {
         created_at: row.get("created_at"),
     })
 }
+
+/// Whether the model exists (it does once a version was registered).
+#[tracing::instrument(level = "debug", skip(client))]
+pub async fn exists(client: &impl GenericClient, model: &ModelName) -> Result<bool, crate::db::DbError> {
+    let row = client.query_opt("SELECT 1 AS found FROM models WHERE name = $1", &[&model.as_str()]).await?;
+    Ok(row.is_some())
+}
+
+/// The model's revision (bumped by every alias change; followers compare it), or `None` for an
+/// unknown model.
+#[tracing::instrument(level = "debug", skip(client))]
+pub async fn revision(client: &impl GenericClient, model: &ModelName) -> Result<Option<i64>, crate::db::DbError> {
+    let row = client.query_opt("SELECT revision FROM models WHERE name = $1", &[&model.as_str()]).await?;
+    Ok(row.map(|row| row.get("revision")))
+}

@@ -58,7 +58,11 @@ async fn dataset_items(ctx: &Context, dataset: &DatasetName) -> Result<Vec<Batch
         return Err(InferenceError::not_found(format!("No dataset named {dataset}.")));
     }
     let spec_hash = current_spec(&client, dataset.as_str()).await.map_err(DbError::from)?.hash();
-    let items = store::dataset_items(&client, dataset.as_str(), &spec_hash, MAX_ITEMS as i64 + 1).await?;
+    let items: Vec<BatchItem> = processed::first_outputs(&client, dataset.as_str(), &spec_hash, MAX_ITEMS as i64 + 1)
+        .await?
+        .into_iter()
+        .map(|output| BatchItem { media_id: Some(output.media_id), label: output.label, key: output.key })
+        .collect();
     if items.is_empty() {
         return Err(unusable(
             "no_processed_items",

@@ -6,13 +6,12 @@ use deadpool_postgres::GenericClient;
 use serde_json::{Value, json};
 use sluice_core::{
     Context,
-    batch_predictions::{BatchItem, BatchPredictionRequested, BatchStatus},
+    batch_predictions::{BatchPredictionRequested, BatchStatus},
     db::DbError,
     events::Envelope,
     outbox,
     parking::{self, WorkKind, WorkParked},
     topics::Topic,
-    uploads::MediaStatus,
 };
 use uuid::Uuid;
 
@@ -333,28 +332,3 @@ pub async fn view(ctx: &Context, id: Uuid) -> Result<Option<JobView>, DbError> {
 
 // A read of preprocess's tables that `sluice_core::processed` does not offer yet; it moves there
 // once it does.
-
-/// The dataset's processed items under the spec `spec_hash` (labelled or not), each by the
-/// output of its first frame, in media id order; at most `limit`.
-#[tracing::instrument(level = "debug", skip(client))]
-pub async fn dataset_items(
-    client: &impl GenericClient,
-    dataset: &str,
-    spec_hash: &str,
-    limit: i64,
-) -> Result<Vec<BatchItem>, DbError> {
-    let rows = client
-        .query(
-            "SELECT DISTINCT ON (m.id) m.id, m.label, o.key
-             FROM media m JOIN media_outputs o ON o.media_id = m.id AND o.spec_hash = $2
-             WHERE m.dataset = $1 AND m.status = $3 AND m.spec_hash = $2
-             ORDER BY m.id, o.frame_index NULLS FIRST, o.key
-             LIMIT $4",
-            &[&dataset, &spec_hash, &MediaStatus::Processed, &limit],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|row| BatchItem { media_id: Some(row.get("id")), label: row.get("label"), key: row.get("key") })
-        .collect())
-}
