@@ -6,8 +6,8 @@
 - compose.yaml parses, and conforms to the Compose Specification's JSON schema
   (deploy/schemas/compose-spec.json, from github.com/compose-spec/compose-spec, Apache-2.0);
 - the services the deployment needs are there: kafka, minio (+ bucket creation), postgres,
-  prometheus, grafana, the one-shot `migrate`, and ingest, preprocess, trainer, registry and
-  inference each running `sluice serve <name>` from the same image, after `migrate` completed;
+  prometheus, grafana, the one-shot `migrate`, and ingest, preprocess, trainer, registry,
+  inference and webhooks each running `sluice serve <name>` from the same image, after `migrate` completed;
   preprocess and trainer run more than one replica by default;
 - every SLUICE_* variable is a real setting (core/src/default.toml): Sluice refuses unknown ones;
 - every file or folder bind-mounted from the repository exists;
@@ -30,7 +30,7 @@ DEPLOY = pathlib.Path(__file__).resolve().parent
 ROOT = DEPLOY.parent
 COMPOSE = DEPLOY / "compose.yaml"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
-SLUICE_SERVICES = ["ingest", "preprocess", "trainer", "registry", "inference"]
+SLUICE_SERVICES = ["ingest", "preprocess", "trainer", "registry", "inference", "webhooks"]
 REQUIRED = ["kafka", "minio", "minio-init", "postgres", "prometheus", "grafana", "migrate"] + SLUICE_SERVICES
 DEFAULT = re.compile(r"\$\{(\w+):-([^}]*)\}")
 

@@ -18,8 +18,9 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use anyhow::Context as _;
 use axum::Router;
 use rdkafka::producer::Producer;
-use sluice_core::{Config, Context, Shutdown, auth, http};
+use sluice_core::{Config, Context, Shutdown, api_doc, auth, http};
 use tokio::{net::TcpListener, task::JoinHandle};
+use utoipa_axum::router::OpenApiRouter;
 
 /// How long a stopping process waits for all of its workers together to finish what they hold.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -32,11 +33,18 @@ pub enum Service {
     Trainer,
     Registry,
     Inference,
+    Webhooks,
 }
 
 impl Service {
-    pub const ALL: [Service; 5] =
-        [Service::Ingest, Service::Preprocess, Service::Trainer, Service::Registry, Service::Inference];
+    pub const ALL: [Service; 6] = [
+        Service::Ingest,
+        Service::Preprocess,
+        Service::Trainer,
+        Service::Registry,
+        Service::Inference,
+        Service::Webhooks,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -45,6 +53,7 @@ impl Service {
             Service::Trainer => sluice_trainer::NAME,
             Service::Registry => sluice_registry::NAME,
             Service::Inference => sluice_inference::NAME,
+            Service::Webhooks => sluice_webhooks::NAME,
         }
     }
 
@@ -76,6 +85,9 @@ impl Service {
                     workers: Box::new(move |shutdown| inference.spawn_workers(shutdown)),
                 }
             }
+            Service::Webhooks => {
+                Parts { router: sluice_webhooks::router(ctx.clone()), workers: workers(sluice_webhooks::spawn_workers) }
+            }
         }
     }
 }
@@ -84,7 +96,8 @@ type Workers = Box<dyn FnOnce(&Shutdown) -> Vec<JoinHandle<()>> + Send>;
 
 /// What a service contributes to a process.
 struct Parts {
-    router: Router,
+    /// Its routes, each with its OpenAPI description.
+    router: OpenApiRouter,
     workers: Workers,
 }
 
@@ -108,16 +121,23 @@ impl Application {
     pub async fn build(config: Config, services: &[Service]) -> anyhow::Result<Self> {
         let ctx = Context::new(config).await.context("building clients")?;
         ctx.bootstrap().await.context("preparing dependencies (run `sluice doctor` to see what is missing)")?;
-        let mut router = http::ops_router(ctx.clone());
+        let published = api_doc::Published::default();
+        let mut api = OpenApiRouter::with_openapi(api_doc::base())
+            .merge(http::ops_router(ctx.clone()))
+            .merge(sluice_console::router(ctx.clone()))
+            .merge(api_doc::router(published.clone()));
         if !services.is_empty() {
-            router = router.merge(sluice_core::tokens_api::router(ctx.clone()));
+            api = api.merge(sluice_core::tokens_api::router(ctx.clone()));
         }
         let mut workers = Vec::new();
         for service in services {
             let parts = service.build(&ctx);
-            router = router.merge(parts.router);
+            api = api.merge(parts.router);
             workers.push(parts.workers);
         }
+        // Every route was registered with its description: the spec is complete by construction.
+        let (router, spec) = api.split_for_parts();
+        published.publish(&api_doc::finish(spec));
         // A handler bug answers 500 in the API's error shape instead of dropping the connection.
         let router = router.layer(tower_http::catch_panic::CatchPanicLayer::custom(handler_panicked));
         let router = http::with_limits(http::with_request_metrics(router), &ctx.config.http)

@@ -19,8 +19,20 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// Sections of the configuration; an env var `SLUICE_<SECTION>_<KEY>` sets `<section>.<key>`.
-const SECTIONS: &[&str] =
-    &["http", "kafka", "s3", "database", "telemetry", "auth", "ingest", "outbox", "preprocess", "trainer", "inference"];
+const SECTIONS: &[&str] = &[
+    "http",
+    "kafka",
+    "s3",
+    "database",
+    "telemetry",
+    "auth",
+    "ingest",
+    "outbox",
+    "preprocess",
+    "trainer",
+    "inference",
+    "webhooks",
+];
 
 /// Why configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +66,34 @@ pub struct Config {
     pub preprocess: PreprocessConfig,
     pub trainer: TrainerConfig,
     pub inference: InferenceConfig,
+    pub webhooks: WebhooksConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Consumer group that turns events into deliveries (`models.events`, `notifications`).
+    pub group_id: String,
+    /// Networks (CIDR) webhooks may be delivered to even though they are loopback, private,
+    /// link-local, shared (CGNAT) or otherwise not public; every other such address is refused.
+    pub allowed_networks: Vec<String>,
+    /// One delivery attempt (connect, send, answer) is abandoned after this long.
+    pub timeout_ms: u64,
+    /// Attempts at one delivery before it is recorded as failed.
+    pub max_attempts: u32,
+    /// Wait before the first retry; it doubles (with ±50 % jitter) up to `retry_max_ms`.
+    pub retry_first_ms: u64,
+    pub retry_max_ms: u64,
+    /// Deliveries one process attempts at once.
+    pub concurrency: usize,
+    /// Deliveries to one URL in flight at once, across every process.
+    pub max_in_flight_per_url: u32,
+    /// Most webhooks that may exist.
+    pub max_webhooks: u32,
+    /// How often due deliveries are looked for (new events wake the worker at once).
+    pub poll_interval_ms: u64,
+    /// Finished deliveries and their attempts are kept this long.
+    pub history_days: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -210,6 +250,12 @@ pub struct HttpConfig {
     /// second) before its requests get 429; 0 turns the limit off (behind a proxy that hides
     /// client addresses, for example).
     pub auth_failure_burst: u32,
+    /// Marks the console's session cookie `Secure` on every answer, for deployments served over
+    /// HTTPS by a proxy that does not send `X-Forwarded-Proto: https` (with it, the cookie is
+    /// `Secure` anyway).
+    pub secure_cookies: bool,
+    /// How long a console sign-in lasts before the browser must sign in again, in hours.
+    pub console_session_hours: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -389,6 +435,10 @@ impl Config {
         rule(self.http.max_request_bytes >= 1024, "http.max_request_bytes must be at least 1024")?;
         rule(self.http.max_parts >= 1, "http.max_parts must be at least 1")?;
         rule(self.http.request_timeout_secs >= 1, "http.request_timeout_secs must be at least 1")?;
+        rule(
+            (1..=24 * 30).contains(&self.http.console_session_hours),
+            "http.console_session_hours must be between 1 and 720",
+        )?;
         rule(self.ingest.max_image_pixels >= 1, "ingest.max_image_pixels must be at least 1")?;
         rule(
             self.ingest.multipart_part_bytes >= 5 * 1024 * 1024,
@@ -452,6 +502,30 @@ impl Config {
         rule(inference.batch_chunk >= 1, "inference.batch_chunk must be at least 1")?;
         rule(inference.batch_max_attempts >= 1, "inference.batch_max_attempts must be at least 1")?;
         rule(inference.alias_reconcile_secs >= 1, "inference.alias_reconcile_secs must be at least 1")?;
+        let webhooks = &self.webhooks;
+        rule(!webhooks.group_id.is_empty(), "webhooks.group_id must not be empty")?;
+        for network in &webhooks.allowed_networks {
+            network.parse::<ipnet::IpNet>().map_err(|_| {
+                ConfigError::Rule(format!(
+                    "webhooks.allowed_networks: {network:?} is not a network in CIDR form (10.0.0.0/8, fd00::/8)"
+                ))
+            })?;
+        }
+        rule((100..=300_000).contains(&webhooks.timeout_ms), "webhooks.timeout_ms must be between 100 and 300000")?;
+        rule((1..=50).contains(&webhooks.max_attempts), "webhooks.max_attempts must be between 1 and 50")?;
+        rule(
+            webhooks.retry_first_ms >= 1 && webhooks.retry_first_ms <= webhooks.retry_max_ms,
+            "webhooks.retry_first_ms must be at least 1 and at most webhooks.retry_max_ms",
+        )?;
+        rule(webhooks.retry_max_ms <= 86_400_000, "webhooks.retry_max_ms must be at most 86400000 (a day)")?;
+        rule((1..=1024).contains(&webhooks.concurrency), "webhooks.concurrency must be between 1 and 1024")?;
+        rule(webhooks.max_in_flight_per_url >= 1, "webhooks.max_in_flight_per_url must be at least 1")?;
+        rule(webhooks.max_webhooks >= 1, "webhooks.max_webhooks must be at least 1")?;
+        rule(
+            (10..=60_000).contains(&webhooks.poll_interval_ms),
+            "webhooks.poll_interval_ms must be between 10 and 60000",
+        )?;
+        rule(webhooks.history_days >= 1, "webhooks.history_days must be at least 1")?;
         Ok(())
     }
 
@@ -630,6 +704,19 @@ mod tests {
             jail.set_env("SLUICE_S3_BUCKET", "Not_A_Bucket");
             let text = Config::load(None).expect_err("bad bucket").to_string();
             assert!(text.contains("s3.bucket"), "{text}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn webhook_networks_must_be_cidr_and_lists_come_from_the_environment() {
+        jailed(|jail| {
+            jail.set_env("SLUICE_WEBHOOKS_ALLOWED_NETWORKS", "[\"10.20.0.0/16\", \"fd00::/8\"]");
+            let config = Config::load(None).expect("valid networks");
+            assert_eq!(config.webhooks.allowed_networks, ["10.20.0.0/16", "fd00::/8"]);
+            jail.set_env("SLUICE_WEBHOOKS_ALLOWED_NETWORKS", "[\"10.20.0.0\"]");
+            let text = Config::load(None).expect_err("no prefix length").to_string();
+            assert!(text.contains("webhooks.allowed_networks") && text.contains("10.20.0.0"), "{text}");
             Ok(())
         });
     }

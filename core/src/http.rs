@@ -9,9 +9,9 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
 };
 use serde_json::json;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{context::Context, db, kafka, s3};
 
@@ -76,12 +76,15 @@ impl IntoResponse for ApiError {
 }
 
 /// `/healthz`, `/readyz` and `/metrics`, which need no token.
-pub fn ops_router(ctx: Context) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(ctx)
+pub fn ops_router(ctx: Context) -> OpenApiRouter {
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics)).with_state(ctx)
+}
+
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process runs.", body = Object, example = json!({"status": "ok"}))))]
+async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
 }
 
 /// Wraps `router` with request counting and latency by matched route.
@@ -230,6 +233,9 @@ async fn record_request(request: Request, next: Next) -> Response {
     response
 }
 
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4.", body = String, content_type = "text/plain")))]
 async fn metrics(State(ctx): State<Context>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], ctx.metrics.render())
 }
@@ -280,6 +286,11 @@ pub async fn probe(ctx: &Context) -> Readiness {
     Readiness { checks }
 }
 
+/// Readiness: 200 when Kafka, S3 and PostgreSQL answer, else 503 naming what failed.
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Every dependency answers.", body = Object),
+    (status = 503, description = "A dependency is unreachable: the error, `failed` and `checks` name it.", body = crate::api_doc::ErrorBody),
+))]
 async fn readyz(State(ctx): State<Context>) -> Response {
     let readiness = probe(&ctx).await;
     let checks: serde_json::Map<String, serde_json::Value> = readiness
@@ -315,9 +326,11 @@ async fn readyz(State(ctx): State<Context>) -> Response {
     }
 }
 
-/// The verified caller: extract it in a handler to require a valid bearer token, then call
-/// [`Caller::require`] for a scope. Rejections are 401 (missing or unknown token), 403 (scope)
-/// and 503 (the token store is unreachable).
+/// The verified caller: extract it in a handler to require a valid bearer token (or a console
+/// session cookie, see [`crate::sessions`]), then call [`Caller::require`] for a scope.
+/// Rejections are 401 (missing or unknown token or session), 403 (scope; or `csrf_failed`: a
+/// cookie-authenticated request other than GET or HEAD without its CSRF token), 429 (too many
+/// failed authentications from this address) and 503 (the token store is unreachable).
 #[derive(Debug, Clone)]
 pub struct Caller(pub crate::auth::Principal);
 
@@ -356,6 +369,39 @@ where
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, AuthRejection> {
         let ctx = &<Context as axum::extract::FromRef<S>>::from_ref(state);
+        let attempt = AuthAttempt::start(ctx, parts)?;
+        if let Some(cookie) = crate::sessions::credential(&parts.headers) {
+            return attempt.session(ctx, cookie, &parts.method, &parts.headers).await;
+        }
+        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            attempt.failed(ctx, "Send `Authorization: Bearer <token>`; `sluice up` writes one to .sluice/token.")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+            .filter(|token| token.len() <= MAX_TOKEN_CHARS)
+            .ok_or_else(|| attempt.failed(ctx, "The Authorization header must be `Bearer <token>`."))?;
+        match attempt.verify_token(ctx, token).await? {
+            Some(principal) => Ok(Self(principal)),
+            None => Err(attempt.failed(ctx, "This token is unknown or revoked.")),
+        }
+    }
+}
+
+/// One attempt to authenticate, from a bearer token, a session cookie or the console's sign-in
+/// form: refused up front with 429 while its client address is over the failed-authentication
+/// limit (`http.auth_failure_burst`), and counted against that limit when it fails.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthAttempt {
+    client: Option<std::net::IpAddr>,
+}
+
+impl AuthAttempt {
+    /// Starts an attempt for the request's client address, or answers 429 with `Retry-After`.
+    pub fn start(ctx: &Context, parts: &axum::http::request::Parts) -> Result<Self, AuthRejection> {
         let client = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());
         if let Some(retry_after) = client.and_then(|ip| ctx.auth_failures.blocked_for(ip)) {
             let mut refused = ApiError::new(
@@ -365,38 +411,84 @@ where
             )
             .into_response();
             refused.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-            return Err(AuthRejection::Response(refused));
+            return Err(AuthRejection::Response(Box::new(refused)));
         }
-        let failed = |message: &str| {
-            if let Some(ip) = client {
-                ctx.auth_failures.failed(ip);
-            }
-            metrics::counter!("sluice_http_auth_failures_total").increment(1);
-            AuthRejection::Api(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message))
-        };
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| failed("Send `Authorization: Bearer <token>`; `sluice up` writes one to .sluice/token."))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|token| !token.is_empty())
-            .filter(|token| token.len() <= MAX_TOKEN_CHARS)
-            .ok_or_else(|| failed("The Authorization header must be `Bearer <token>`."))?;
-        match ctx.tokens.verify(&ctx.db, token).await {
-            Ok(Some(principal)) => Ok(Self(principal)),
-            Ok(None) => Err(failed("This token is unknown or revoked.")),
-            Err(err) => {
-                tracing::warn!(error = %err, "token check failed");
-                Err(AuthRejection::Api(ApiError::unavailable(
-                    "The token store (PostgreSQL) is unreachable; retry shortly.",
-                )))
-            }
-        }
+        Ok(Self { client })
     }
+
+    /// Counts a failure against the client address and answers 401 `unauthorized` with `message`.
+    pub fn failed(&self, ctx: &Context, message: &str) -> AuthRejection {
+        if let Some(ip) = self.client {
+            ctx.auth_failures.failed(ip);
+        }
+        metrics::counter!("sluice_http_auth_failures_total").increment(1);
+        AuthRejection::Api(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message))
+    }
+
+    /// Looks an API token up (through the cache); `None` when it is unknown, revoked or longer
+    /// than any token Sluice issues. A failure is not counted here: the caller words it.
+    pub async fn verify_token(
+        &self,
+        ctx: &Context,
+        token: &str,
+    ) -> Result<Option<crate::auth::Principal>, AuthRejection> {
+        if token.len() > MAX_TOKEN_CHARS {
+            return Ok(None);
+        }
+        ctx.tokens.verify(&ctx.db, token).await.map_err(token_store_down)
+    }
+
+    /// Authenticates with a console session cookie; a request other than GET or HEAD must also
+    /// carry the session's CSRF token, else 403 `csrf_failed`.
+    async fn session(
+        &self,
+        ctx: &Context,
+        cookie: &str,
+        method: &axum::http::Method,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Caller, AuthRejection> {
+        let ended = "This console session has ended (signed out, expired or its token revoked); sign in again.";
+        let secret = crate::sessions::SessionSecret::parse(cookie).ok_or_else(|| self.failed(ctx, ended))?;
+        let session = crate::sessions::find(&ctx.db, &secret)
+            .await
+            .map_err(token_store_down)?
+            .ok_or_else(|| self.failed(ctx, ended))?;
+        let safe = matches!(*method, axum::http::Method::GET | axum::http::Method::HEAD);
+        if !safe && !crate::sessions::csrf_presented(&secret, headers) {
+            return Err(AuthRejection::Api(csrf_failed()));
+        }
+        Ok(Caller(session.principal))
+    }
+}
+
+/// 403 `csrf_failed`: a cookie-authenticated request that changes state came without the
+/// session's CSRF token (counted in `sluice_http_csrf_failures_total`).
+pub fn csrf_failed() -> ApiError {
+    metrics::counter!("sluice_http_csrf_failures_total").increment(1);
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "csrf_failed",
+        "A request signed in with the console's cookie must send the session's `X-CSRF-Token` header; \
+         reload the console (or send `Authorization: Bearer <token>` instead of the cookie).",
+    )
+}
+
+/// Works with any router state that holds the [`Context`] (`Context: FromRef<S>`).
+impl<S> axum::extract::FromRequestParts<S> for AuthAttempt
+where
+    S: Send + Sync,
+    Context: axum::extract::FromRef<S>,
+{
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, AuthRejection> {
+        Self::start(&<Context as axum::extract::FromRef<S>>::from_ref(state), parts)
+    }
+}
+
+fn token_store_down(err: db::DbError) -> AuthRejection {
+    tracing::warn!(error = %crate::error_chain(&err), "token check failed");
+    AuthRejection::Api(ApiError::unavailable("The token store (PostgreSQL) is unreachable; retry shortly."))
 }
 
 /// Longest bearer token looked up; Sluice's own are 68 characters.
@@ -406,14 +498,14 @@ const MAX_TOKEN_CHARS: usize = 256;
 #[derive(Debug)]
 pub enum AuthRejection {
     Api(ApiError),
-    Response(Response),
+    Response(Box<Response>),
 }
 
 impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
         match self {
             AuthRejection::Api(err) => err.into_response(),
-            AuthRejection::Response(response) => response,
+            AuthRejection::Response(response) => *response,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! the client builders in [`kafka`], [`s3`] and [`db`]. Configuration enters through [`config`];
 //! the shared HTTP surface (`/healthz`, `/readyz`, `/metrics`, error bodies) is in [`http`].
 
+pub mod api_doc;
 pub mod auth;
 pub mod batch_predictions;
 pub mod capture;
@@ -18,6 +19,7 @@ pub mod kafka;
 pub mod live;
 pub mod migrate;
 pub mod models;
+pub mod notifications;
 pub mod observations;
 pub mod outbox;
 pub mod parking;
@@ -25,6 +27,7 @@ pub mod pipeline;
 pub mod processed;
 pub mod reference;
 pub mod s3;
+pub mod sessions;
 pub mod shutdown;
 pub mod stats;
 pub mod telemetry;

@@ -8,7 +8,7 @@ use uuid::Uuid;
 use crate::{domain::Invalid, events::Event};
 
 /// How an image is brought to the target size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Fit {
     /// Scale to cover the target, then crop the centre.
@@ -19,21 +19,23 @@ pub enum Fit {
     Fill,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Output channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Color {
     Rgb,
     Gray,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Output encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputFormat {
     Png,
 }
 
 /// Which video frames are kept.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VideoSampling {
     /// Frames per second sampled (ignored when `keyframes` is set).
@@ -46,10 +48,12 @@ pub struct VideoSampling {
 }
 
 /// What preprocess makes of every item of a dataset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
+    /// Output width in pixels, 1 to 4096.
     pub width: u32,
+    /// Output height in pixels, 1 to 4096.
     pub height: u32,
     pub fit: Fit,
     pub color: Color,

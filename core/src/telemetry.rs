@@ -79,6 +79,10 @@ fn describe() {
         "sluice_http_auth_failures_total",
         "Requests refused 401: no, malformed, unknown or revoked token (brute force shows here)."
     );
+    metrics::describe_counter!(
+        "sluice_http_csrf_failures_total",
+        "Console requests refused 403 csrf_failed: signed in by cookie, changing state, without the session's CSRF token."
+    );
     metrics::describe_gauge!("sluice_build_info", "Always 1; labels carry the version.");
     metrics::gauge!("sluice_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }

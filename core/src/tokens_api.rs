@@ -2,13 +2,14 @@
 //! operators and dashboards that cannot reach PostgreSQL. Tokens are shown once, at creation.
 
 use axum::{
-    Json, Router,
+    Json,
     extract::{Path, State},
     http::StatusCode,
-    routing::{delete, get},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use crate::{
@@ -20,8 +21,8 @@ use crate::{
 /// Longest token name, in characters.
 const MAX_NAME_CHARS: usize = 200;
 
-pub fn router(ctx: Context) -> Router {
-    Router::new().route("/v1/tokens", get(list).post(create)).route("/v1/tokens/{id}", delete(revoke)).with_state(ctx)
+pub fn router(ctx: Context) -> OpenApiRouter {
+    OpenApiRouter::new().routes(routes!(list, create)).routes(routes!(revoke)).with_state(ctx)
 }
 
 fn unavailable(err: &dyn std::fmt::Display) -> ApiError {
@@ -29,6 +30,9 @@ fn unavailable(err: &dyn std::fmt::Display) -> ApiError {
     ApiError::unavailable("The token store (PostgreSQL) is unreachable; retry shortly.")
 }
 
+/// The tokens (names, scopes, creation and revocation times; never the secrets).
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", security(("bearer" = ["admin"])),
+    responses((status = 200, description = "`{\"tokens\": [...]}`", body = Object)))]
 #[tracing::instrument(skip_all)]
 async fn list(State(ctx): State<Context>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;
@@ -36,13 +40,23 @@ async fn list(State(ctx): State<Context>, caller: Caller) -> Result<Json<Value>,
     Ok(Json(json!({ "tokens": tokens })))
 }
 
-#[derive(Debug, Deserialize)]
+/// A token to create.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
+    /// 1 to 200 printable characters.
     name: String,
+    /// Any of `ingest`, `predict`, `train`, `admin`.
     scopes: Vec<String>,
 }
 
+/// Creates a token and shows it once.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("bearer" = ["admin"])),
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "`{\"name\", \"scopes\", \"token\"}`: the token, shown this once.", body = Object),
+        (status = 400, description = "Malformed body, name or scopes.", body = crate::api_doc::ErrorBody),
+    ))]
 #[tracing::instrument(skip_all)]
 async fn create(
     State(ctx): State<Context>,
@@ -73,6 +87,13 @@ async fn create(
     Ok((StatusCode::CREATED, Json(json!({"name": name, "scopes": scopes, "token": token}))))
 }
 
+/// Revokes a token; requests with it are refused within the auth cache's lifetime.
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", security(("bearer" = ["admin"])),
+    params(("id" = String, Path, description = "The token's id.")),
+    responses(
+        (status = 200, description = "Revoked.", body = Object),
+        (status = 404, description = "No token has this id.", body = crate::api_doc::ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(token_id = %id))]
 async fn revoke(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;

@@ -29,10 +29,13 @@ pub enum Topic {
     MediaCaptures,
     /// Every served request's prediction statistics, for the cluster-wide drift monitor.
     InferenceObservations,
+    /// State changes announced to people outside Sluice (drift verdicts, finished training jobs,
+    /// skipped retrains; [`crate::notifications`]), which webhooks deliver.
+    Notifications,
 }
 
 impl Topic {
-    pub const ALL: [Topic; 11] = [
+    pub const ALL: [Topic; 12] = [
         Topic::MediaIngested,
         Topic::MediaProcessed,
         Topic::MediaDlq,
@@ -44,6 +47,7 @@ impl Topic {
         Topic::WorkDlq,
         Topic::MediaCaptures,
         Topic::InferenceObservations,
+        Topic::Notifications,
     ];
 
     /// The name without prefix, as written in `../shared/API.md`.
@@ -60,6 +64,7 @@ impl Topic {
             Topic::WorkDlq => "work.dlq",
             Topic::MediaCaptures => "media.captures",
             Topic::InferenceObservations => "inference.observations",
+            Topic::Notifications => "notifications",
         }
     }
 
@@ -80,7 +85,7 @@ impl Topic {
     /// broker a read per partition, idle or not).
     pub fn partitions(self, default: i32) -> i32 {
         match self {
-            Topic::ModelsEvents | Topic::RetrainRequests => 1,
+            Topic::ModelsEvents | Topic::RetrainRequests | Topic::Notifications => 1,
             _ => default,
         }
     }

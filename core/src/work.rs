@@ -81,9 +81,19 @@ impl Backoff {
     pub const DEPENDENCY: Self = Self { first: Duration::from_millis(200), max: Duration::from_secs(10) };
 
     fn waits(self) -> impl Iterator<Item = Duration> {
-        std::iter::successors(Some(self.first), move |w| Some((*w * 2).min(self.max)))
-            .map(|w| w.mul_f64(rand::random_range(0.5..1.5)))
+        std::iter::successors(Some(self.first), move |w| Some((*w * 2).min(self.max))).map(jittered)
     }
+
+    /// The wait before retry number `retry` (1 for the first), jittered the same way: for work
+    /// whose retries are scheduled in PostgreSQL rather than slept through (webhook deliveries).
+    pub fn nth(self, retry: u32) -> Duration {
+        let doublings = retry.saturating_sub(1).min(31);
+        jittered(self.first.saturating_mul(1 << doublings).min(self.max))
+    }
+}
+
+fn jittered(wait: Duration) -> Duration {
+    wait.mul_f64(rand::random_range(0.5..1.5))
 }
 
 /// Runs `attempt` until it succeeds, waiting after each failure (logged with `what`); `None`
@@ -279,6 +289,16 @@ mod tests {
         for (wait, bound) in waits.iter().zip(bounds) {
             let bound = Duration::from_millis(bound);
             assert!(*wait >= bound / 2 && *wait <= bound * 3 / 2, "{wait:?} for {bound:?}");
+        }
+    }
+
+    #[test]
+    fn the_nth_wait_follows_the_same_doubling_and_jitter() {
+        let backoff = Backoff { first: Duration::from_millis(100), max: Duration::from_millis(400) };
+        for (retry, bound) in [(0, 100), (1, 100), (2, 200), (3, 400), (40, 400)] {
+            let wait = backoff.nth(retry);
+            let bound = Duration::from_millis(bound);
+            assert!(wait >= bound / 2 && wait <= bound * 3 / 2, "retry {retry}: {wait:?} for {bound:?}");
         }
     }
 

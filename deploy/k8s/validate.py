@@ -34,7 +34,7 @@ import yaml
 
 K8S = pathlib.Path(__file__).resolve().parent
 ROOT = K8S.parent.parent
-SERVICES = ["ingest", "preprocess", "trainer", "registry", "inference"]
+SERVICES = ["ingest", "preprocess", "trainer", "registry", "inference", "webhooks"]
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
                   "PriorityClass", "StorageClass", "PersistentVolume"}
 KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "namespace", "images", "patches"}

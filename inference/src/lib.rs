@@ -28,13 +28,13 @@ pub mod v2;
 
 use std::sync::Arc;
 
-use axum::{
-    Router,
-    extract::DefaultBodyLimit,
-    routing::{get, post},
-};
+use axum::extract::DefaultBodyLimit;
 use sluice_core::{Context, Shutdown};
 use tokio::task::JoinHandle;
+use utoipa_axum::{
+    router::{OpenApiRouter, UtoipaMethodRouterExt},
+    routes,
+};
 
 /// The service's name in `sluice serve <name>`, logs and metrics.
 pub const NAME: &str = "inference";
@@ -69,33 +69,9 @@ impl Inference {
         Self { state: AppState { served: serving::Served::new(ctx), recorder }, writer }
     }
 
-    pub fn router(&self) -> Router {
-        let max_predict_bytes = self.state.served.ctx.config.inference.max_predict_bytes;
-        Router::new()
-            .route(
-                "/v1/models/{name}/predict",
-                post(predict::predict)
-                    .layer(DefaultBodyLimit::max(self.state.served.ctx.config.inference.max_predict_bytes)),
-            )
-            .route("/v1/models/{name}/drift", get(routes::drift))
-            .route("/v1/models/{name}/routing", get(routes::get_routing).put(routes::put_routing))
-            .route("/v1/models/{name}/capture", get(routes::get_capture).put(routes::put_capture))
-            .route("/v1/feedback", post(routes::feedback))
-            .route("/v2", get(v2::server_metadata))
-            .route("/v2/health/live", get(v2::live))
-            .route("/v2/health/ready", get(v2::ready))
-            .route("/v2/models/{name}", get(v2::model_metadata))
-            .route("/v2/models/{name}/versions/{version}", get(v2::model_metadata))
-            .route("/v2/models/{name}/ready", get(v2::model_ready))
-            .route("/v2/models/{name}/versions/{version}/ready", get(v2::model_ready))
-            .route("/v2/models/{name}/infer", post(v2::infer).layer(DefaultBodyLimit::max(max_predict_bytes)))
-            .route(
-                "/v2/models/{name}/versions/{version}/infer",
-                post(v2::infer).layer(DefaultBodyLimit::max(max_predict_bytes)),
-            )
-            .route("/v1/batch-predictions", post(batch_jobs::routes::create))
-            .route("/v1/batch-predictions/{id}", get(batch_jobs::routes::show))
-            .with_state(self.state.clone())
+    /// Every route with its OpenAPI description (`utoipa_axum::routes!` registers both at once).
+    pub fn router(&self) -> OpenApiRouter {
+        api(self.state.served.ctx.config.inference.max_predict_bytes).with_state(self.state.clone())
     }
 
     /// The follower, the batch-prediction worker, the drift monitor and the prediction writer
@@ -108,6 +84,28 @@ impl Inference {
         let writer = tokio::spawn(self.writer.run(served.ctx.clone(), shutdown.clone()));
         vec![follower, batch, monitor, writer]
     }
+}
+
+/// The routes, stateless: predict and V2 infer take bodies up to `max_predict_bytes`, the others
+/// the process-wide `http.max_request_bytes`. Each path is registered once, with all its methods.
+fn api(max_predict_bytes: usize) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(predict::predict).layer(DefaultBodyLimit::max(max_predict_bytes)))
+        .routes(routes!(routes::drift))
+        .routes(routes!(routes::get_routing, routes::put_routing))
+        .routes(routes!(routes::get_capture, routes::put_capture))
+        .routes(routes!(routes::feedback))
+        .routes(routes!(v2::server_metadata))
+        .routes(routes!(v2::live))
+        .routes(routes!(v2::ready))
+        .routes(routes!(v2::model_metadata))
+        .routes(routes!(v2::version_metadata))
+        .routes(routes!(v2::model_ready))
+        .routes(routes!(v2::version_ready))
+        .routes(routes!(v2::infer).layer(DefaultBodyLimit::max(max_predict_bytes)))
+        .routes(routes!(v2::version_infer).layer(DefaultBodyLimit::max(max_predict_bytes)))
+        .routes(routes!(batch_jobs::routes::create))
+        .routes(routes!(batch_jobs::routes::show))
 }
 
 fn describe_metrics() {
@@ -182,4 +180,65 @@ fn describe_metrics() {
         "sluice_inference_records_dropped_total",
         "Prediction records dropped because PostgreSQL fell behind."
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every route is in the description, with the scopes that grant it (none for the V2 server
+    /// metadata and health), and every operation is named once.
+    #[test]
+    fn every_route_is_described_with_its_scopes() {
+        let spec = api(1024).into_openapi();
+        let mut described = Vec::new();
+        let mut ids = std::collections::BTreeSet::new();
+        for (path, item) in &spec.paths.paths {
+            for (method, operation) in [
+                ("GET", &item.get),
+                ("PUT", &item.put),
+                ("POST", &item.post),
+                ("DELETE", &item.delete),
+                ("PATCH", &item.patch),
+            ] {
+                let Some(operation) = operation else { continue };
+                let scopes: Vec<String> = operation
+                    .security
+                    .iter()
+                    .flatten()
+                    .map(|requirement| serde_json::to_value(requirement).expect("serialises"))
+                    .flat_map(|value| value["bearer"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|scope| scope.as_str().map(str::to_owned))
+                    .collect();
+                assert!(ids.insert(operation.operation_id.clone()), "{method} {path}: a duplicate operation id");
+                assert!(
+                    operation.responses.responses.contains_key("200")
+                        || operation.responses.responses.contains_key("202")
+                );
+                described.push(format!("{method} {path} {}", scopes.join("|")));
+            }
+        }
+        described.sort();
+        let expected = [
+            "GET /v1/batch-predictions/{id} predict",
+            "GET /v1/models/{name}/capture predict|train",
+            "GET /v1/models/{name}/drift predict|train",
+            "GET /v1/models/{name}/routing predict|train",
+            "GET /v2 ",
+            "GET /v2/health/live ",
+            "GET /v2/health/ready ",
+            "GET /v2/models/{name} predict",
+            "GET /v2/models/{name}/ready predict",
+            "GET /v2/models/{name}/versions/{version} predict",
+            "GET /v2/models/{name}/versions/{version}/ready predict",
+            "POST /v1/batch-predictions predict",
+            "POST /v1/feedback predict",
+            "POST /v1/models/{name}/predict predict",
+            "POST /v2/models/{name}/infer predict",
+            "POST /v2/models/{name}/versions/{version}/infer predict",
+            "PUT /v1/models/{name}/capture admin",
+            "PUT /v1/models/{name}/routing admin",
+        ];
+        assert_eq!(described, expected);
+    }
 }

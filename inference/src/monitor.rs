@@ -148,8 +148,10 @@ async fn observe(
     let Some(verdict) = window.observe(&observations, config).cloned() else {
         return Ok(());
     };
-    let client = served.ctx.db.get().await?;
-    store::record_verdict(&client, &event.model, event.version, &verdict).await?;
+    let mut client = served.ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    store::record_verdict(&tx, &served.ctx.config.kafka.topic_prefix, &event.model, event.version, &verdict).await?;
+    tx.commit().await?;
     drop(client);
     export(&event.model, event.version, &verdict);
     let wanted = verdict.kind == DriftKind::CovariateShift || config.retrain_on_label_shift;

@@ -24,6 +24,7 @@ use sluice_core::{
     reference::{image_stats, sharpness, softmax},
 };
 use sluice_media::ImageError;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -154,7 +155,44 @@ fn counted(err: InferenceError, model: Option<&ModelName>) -> InferenceError {
     answer.into()
 }
 
-/// `POST /v1/models/{name}/predict`.
+/// An encoded image, as the body or as one multipart `file` part.
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct EncodedImage(Vec<u8>);
+
+/// Several images in one request: `file` parts only.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+struct PredictForm {
+    /// Encoded images (JPEG, PNG, WebP, GIF, BMP, TIFF), one per `file` part, at most `http.max_parts`.
+    file: Vec<EncodedImage>,
+}
+
+/// Scores images with a model version.
+///
+/// Each image is prepared exactly as the version's training data was, then scored through the
+/// version's micro-batcher; every prediction gets an id (for `POST /v1/feedback`), is recorded and
+/// feeds the version's drift window. Without `alias` or `version`, the model's routing answers
+/// (`production`, or a canary share of requests) and a shadow alias scores the same images.
+#[utoipa::path(post, path = "/v1/models/{name}/predict", tag = "inference",
+    security(("bearer" = ["predict"])),
+    params(
+        ("name" = String, Path, description = "The model's name."),
+        ("alias" = Option<String>, Query, description = "Score with the version this alias points at (not with `version`); default: the model's routing (`production`, maybe a canary)."),
+        ("version" = Option<i32>, Query, minimum = 1, description = "Score with this version (not with `alias`)."),
+        ("top_k" = Option<usize>, Query, minimum = 1, description = "Classes listed per image, best first (default 3)."),
+    ),
+    request_body(description = "One image as the whole body, or `multipart/form-data` with one or more `file` parts; at most `inference.max_predict_bytes` in all.",
+        content((EncodedImage = "image/*"), (PredictForm = "multipart/form-data"))),
+    responses(
+        (status = 200, description = "`{\"model\", \"version\", \"alias\", \"predictions\": [{\"id\", \"top\": [{\"label\", \"score\"}]}]}`, one prediction per image in order; scores are calibrated.", body = Object),
+        (status = 400, description = "A malformed model name or query (`alias` and `version` together, `version` or `top_k` below 1), an unreadable or empty body, or a multipart part not named `file`.", body = sluice_core::api_doc::ErrorBody),
+        (status = 404, description = "No such model, alias or version.", body = sluice_core::api_doc::ErrorBody),
+        (status = 413, description = "The body is over `inference.max_predict_bytes` (`too_large`), or has more than `http.max_parts` parts (`too_many_images`).", body = sluice_core::api_doc::ErrorBody),
+        (status = 415, description = "An image is not JPEG, PNG, WebP, GIF, BMP or TIFF.", body = sluice_core::api_doc::ErrorBody),
+        (status = 422, description = "An image cannot be decoded or prepared (`invalid_image`), is over `inference.max_image_pixels` (`too_many_pixels`), or the version's artifact cannot be loaded (`model_unloadable`).", body = sluice_core::api_doc::ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(model = %name))]
 pub async fn predict(
     State(state): State<AppState>,

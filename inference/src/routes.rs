@@ -11,12 +11,14 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::{
+    api_doc::ErrorBody,
     auth::Scope,
     capture::{self, CapturePolicy},
     domain::Label,
     http::Caller,
     models::{AliasName, ModelName},
 };
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::{
@@ -29,14 +31,30 @@ use crate::{
     store::{self, Answered},
 };
 
-#[derive(Debug, Deserialize)]
+/// The true class of a served prediction.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Feedback {
+    /// The prediction's id, from the predict (or V2 `prediction_ids`) answer.
     prediction_id: Uuid,
+    /// One of the version's classes.
     label: String,
 }
 
-/// `POST /v1/feedback {"prediction_id", "label"}`: ground truth for a prediction.
+/// Ground truth for a served prediction: `{"prediction_id", "label"}`.
+///
+/// Feeds the version's live accuracy (and `if_better_live` promotions), and labels the input if a
+/// capture policy kept it.
+#[utoipa::path(post, path = "/v1/feedback", tag = "inference",
+    security(("bearer" = ["predict"])),
+    request_body = Feedback,
+    responses(
+        (status = 200, description = "`{\"prediction_id\", \"label\", \"model\", \"version\", \"labelled_captured_input\"}`", body = Object),
+        (status = 400, description = "A malformed body or label.", body = ErrorBody),
+        (status = 404, description = "No prediction has this id (yet: one served by another replica may be written within a second; retry shortly).", body = ErrorBody),
+        (status = 413, description = "The body is over `http.max_request_bytes`.", body = ErrorBody),
+        (status = 422, description = "The label is not one of the version's classes (`unknown_label`).", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(prediction_id = tracing::field::Empty))]
 pub async fn feedback(
     State(state): State<AppState>,
@@ -98,7 +116,14 @@ async fn answered(state: &AppState, id: Uuid) -> Result<Option<Answered>, Infere
     lookup().await
 }
 
-/// `GET /v1/models/{name}/capture`: the model's capture policy, or `null`.
+/// The model's capture policy, or `null`.
+#[utoipa::path(get, path = "/v1/models/{name}/capture", tag = "inference",
+    security(("bearer" = ["predict"]), ("bearer" = ["train"])),
+    params(("name" = String, Path, description = "The model's name.")),
+    responses(
+        (status = 200, description = "`{\"model\", \"capture\"}`: the policy, or `null` when none is set (or no such model).", body = Object),
+        (status = 400, description = "A malformed model name.", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(model = %name))]
 pub async fn get_capture(
     State(state): State<AppState>,
@@ -112,9 +137,21 @@ pub async fn get_capture(
     Ok(Json(json!({"model": model.as_str(), "capture": policy})))
 }
 
-/// `PUT /v1/models/{name}/capture {"dataset", "random_rate", "below_confidence",
-/// "during_drift_rate"}` or `null` to stop (scope `admin`): which served inputs are stored into a
-/// dataset as unlabelled media, for labelling and the next retrain.
+/// Sets or stops the model's capture policy.
+///
+/// `{"dataset", "random_rate", "below_confidence", "during_drift_rate"}`, or `null` to stop
+/// (scope `admin`): which served inputs are stored into a dataset as unlabelled media, for
+/// labelling and the next retrain.
+#[utoipa::path(put, path = "/v1/models/{name}/capture", tag = "inference",
+    security(("bearer" = ["admin"])),
+    params(("name" = String, Path, description = "The model's name.")),
+    request_body(content = Option<CaptureBody>, description = "The policy, or `null` to stop capturing."),
+    responses(
+        (status = 200, description = "`{\"model\", \"capture\"}`: the policy now.", body = Object),
+        (status = 400, description = "A malformed model name or policy (a bad dataset name, a rate outside [0, 1]).", body = ErrorBody),
+        (status = 404, description = "No such model.", body = ErrorBody),
+        (status = 413, description = "The body is over `http.max_request_bytes`.", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(model = %name))]
 pub async fn put_capture(
     State(state): State<AppState>,
@@ -138,14 +175,47 @@ pub async fn put_capture(
     Ok(Json(json!({"model": model.as_str(), "capture": policy})))
 }
 
+/// The capture policy `PUT /v1/models/{name}/capture` takes (`sluice_core::capture::CapturePolicy`),
+/// described for the OpenAPI document only.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+struct CaptureBody {
+    /// The dataset captured inputs go to (created on first use).
+    dataset: String,
+    /// Fraction of all predictions kept, at random, 0 to 1 (default 0).
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    random_rate: Option<f64>,
+    /// Every prediction whose calibrated confidence is below this is kept, 0 to 1 (default 0: off).
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    below_confidence: Option<f64>,
+    /// While the model's drift verdict is `drift`, this fraction is kept too, 0 to 1 (default 0).
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    during_drift_rate: Option<f64>,
+}
+
 #[derive(Debug, Deserialize)]
 pub struct DriftQuery {
     alias: Option<String>,
     version: Option<i32>,
 }
 
-/// `GET /v1/models/{name}/drift`: the served version's cluster-wide drift verdict (the monitor's
-/// last check: statistics, levels, kind of shift, accuracy estimate) and its live accuracy.
+/// The served version's drift verdict and live accuracy.
+///
+/// Cluster-wide: the monitor's last check of the version across all replicas (statistics, levels,
+/// kind of shift, label-free accuracy estimate), and its accuracy on the latest feedback.
+#[utoipa::path(get, path = "/v1/models/{name}/drift", tag = "inference",
+    security(("bearer" = ["predict"]), ("bearer" = ["train"])),
+    params(
+        ("name" = String, Path, description = "The model's name."),
+        ("alias" = Option<String>, Query, description = "The version this alias points at (not with `version`); default `production`."),
+        ("version" = Option<i32>, Query, minimum = 1, description = "This version (not with `alias`)."),
+    ),
+    responses(
+        (status = 200, description = "The verdict (`state`, `kind`, `fired`, `statistics`, `window`, `checks`, expected accuracy), the served version, its live accuracy and the window settings. `state` is `insufficient_data` before the version's first check.", body = Object),
+        (status = 400, description = "A malformed model name or query (`alias` and `version` together, `version` below 1).", body = ErrorBody),
+        (status = 404, description = "No such model, alias or version.", body = ErrorBody),
+        (status = 422, description = "The version's artifact cannot be loaded (`model_unloadable`).", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(model = %name, alias = ?query.alias, version = ?query.version))]
 pub async fn drift(
     State(state): State<AppState>,
@@ -185,21 +255,35 @@ pub async fn drift(
     Ok(Json(answer))
 }
 
-#[derive(Debug, Deserialize)]
+/// How a model's requests that name no alias or version are routed.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RoutingBody {
+    /// A share of those requests answered by another alias; `null` for none.
     canary: Option<Canary>,
+    /// An alias that scores the same inputs in the background (recorded, never answered); `null`
+    /// for none.
     shadow: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A canary: `percent` of the requests go to `alias` instead of `production`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct Canary {
     alias: String,
+    /// 0 to 100.
+    #[schema(minimum = 0.0, maximum = 100.0)]
     percent: f64,
 }
 
-/// `GET /v1/models/{name}/routing`.
+/// The model's canary and shadow aliases, and how the shadow compares.
+#[utoipa::path(get, path = "/v1/models/{name}/routing", tag = "inference",
+    security(("bearer" = ["predict"]), ("bearer" = ["train"])),
+    params(("name" = String, Path, description = "The model's name.")),
+    responses(
+        (status = 200, description = "`{\"canary_alias\", \"canary_percent\", \"shadow_alias\", \"shadow_comparison\"}`: no canary nor shadow when none is set (or no such model).", body = Object),
+        (status = 400, description = "A malformed model name.", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(model = %name))]
 pub async fn get_routing(
     State(state): State<AppState>,
@@ -213,8 +297,20 @@ pub async fn get_routing(
     Ok(Json(routing))
 }
 
-/// `PUT /v1/models/{name}/routing {"canary": {"alias", "percent"} | null, "shadow": alias | null}`
-/// (scope `admin`: it steers production traffic).
+/// Sets the model's canary and shadow aliases.
+///
+/// `{"canary": {"alias", "percent"} | null, "shadow": alias | null}` (scope `admin`: it steers
+/// production traffic).
+#[utoipa::path(put, path = "/v1/models/{name}/routing", tag = "inference",
+    security(("bearer" = ["admin"])),
+    params(("name" = String, Path, description = "The model's name.")),
+    request_body = RoutingBody,
+    responses(
+        (status = 200, description = "`{\"canary_alias\", \"canary_percent\", \"shadow_alias\"}`: the routing now.", body = Object),
+        (status = 400, description = "A malformed model name or body (a bad alias, `percent` outside 0 to 100).", body = ErrorBody),
+        (status = 404, description = "No such model.", body = ErrorBody),
+        (status = 413, description = "The body is over `http.max_request_bytes`.", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(model = %name))]
 pub async fn put_routing(
     State(state): State<AppState>,

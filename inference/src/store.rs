@@ -8,11 +8,14 @@
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
-use sluice_core::db::DbError;
+use sluice_core::{
+    db::DbError,
+    notifications::{self, DriftVerdictChanged},
+};
 use uuid::Uuid;
 
 use crate::{
-    drift::{DriftState, Verdict},
+    drift::{DriftKind, DriftState, Verdict},
     recorder::Record,
     serving::Routing,
 };
@@ -198,15 +201,39 @@ pub async fn check_counts(
     }))
 }
 
-/// Records a version's latest verdict (one row per version).
+/// Records a version's latest verdict (one row per version). A verdict whose state or kind
+/// differs from the previous one (or a version's first) is announced with a
+/// `drift.verdict_changed` notification on `<prefix>notifications`: pass a transaction, so the
+/// event exists exactly when the verdict does.
 #[tracing::instrument(level = "debug", skip(client, verdict), fields(state = %verdict.state))]
 pub async fn record_verdict(
     client: &impl GenericClient,
+    prefix: &str,
     model: &str,
     version: i32,
     verdict: &Verdict,
 ) -> Result<(), DbError> {
     let json = serde_json::to_value(verdict).expect("verdicts serialise");
+    let previous = client
+        .query_opt(
+            "SELECT state, kind FROM drift_verdicts WHERE model = $1 AND version = $2 FOR UPDATE",
+            &[&model, &version],
+        )
+        .await?
+        .map(|row| (row.get::<_, DriftState>("state"), row.get::<_, DriftKind>("kind")));
+    if previous != Some((verdict.state, verdict.kind)) {
+        let changed = DriftVerdictChanged {
+            model: model.to_owned(),
+            version,
+            from: previous.map(|(state, _)| state.to_string()),
+            to: verdict.state.to_string(),
+            kind: verdict.kind.to_string(),
+            consecutive: verdict.consecutive,
+            checks: verdict.checks,
+            expected_accuracy: verdict.expected_accuracy,
+        };
+        notifications::enqueue(client, prefix, model, changed).await?;
+    }
     client
         .execute(
             "INSERT INTO drift_verdicts (model, version, state, kind, consecutive, checks, verdict)

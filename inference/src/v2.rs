@@ -35,11 +35,13 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sluice_core::{
+    api_doc::{ErrorBody, V2ErrorBody},
     auth::Scope,
     db::DbError,
     http::{ApiError, AuthRejection, Caller},
     models::{self, AliasName, ModelName},
 };
+use utoipa::ToSchema;
 
 use crate::{
     AppState,
@@ -95,13 +97,15 @@ fn predictor(caller: Result<Caller, AuthRejection>) -> Result<Caller, V2Error> {
     let caller = match caller {
         Ok(caller) => caller,
         Err(AuthRejection::Api(err)) => return Err(err.into()),
-        Err(AuthRejection::Response(response)) => return Err(V2Error::Throttled(Box::new(response))),
+        Err(AuthRejection::Response(response)) => return Err(V2Error::Throttled(response)),
     };
     caller.require(Scope::Predict)?;
     Ok(caller)
 }
 
-/// `GET /v2`.
+/// Server metadata: name, version and protocol extensions.
+#[utoipa::path(get, path = "/v2", tag = "v2",
+    responses((status = 200, description = "`{\"name\": \"sluice\", \"version\", \"extensions\": [\"binary_tensor_data\", \"classification\"]}`", body = Object)))]
 #[tracing::instrument]
 pub async fn server_metadata() -> Json<Value> {
     Json(json!({
@@ -111,13 +115,20 @@ pub async fn server_metadata() -> Json<Value> {
     }))
 }
 
-/// `GET /v2/health/live`.
+/// Liveness: 200 while the process runs.
+#[utoipa::path(get, path = "/v2/health/live", tag = "v2",
+    responses((status = 200, description = "`{\"live\": true}`", body = Object)))]
 #[tracing::instrument]
 pub async fn live() -> Json<Value> {
     Json(json!({"live": true}))
 }
 
-/// `GET /v2/health/ready`: PostgreSQL, S3 and Kafka answer.
+/// Readiness: PostgreSQL, S3 and Kafka answer.
+#[utoipa::path(get, path = "/v2/health/ready", tag = "v2",
+    responses(
+        (status = 200, description = "`{\"ready\": true, \"failing\": {...}}`: every dependency answers.", body = Object),
+        (status = 503, description = "`{\"ready\": false, \"failing\": {\"<dependency>\": \"<why>\" | null}}`: a dependency is unreachable (no `Retry-After`).", body = Object),
+    ))]
 #[tracing::instrument(skip_all)]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let readiness = sluice_core::http::probe(&state.served.ctx).await;
@@ -181,12 +192,55 @@ async fn resolved(
     Ok((model, loaded))
 }
 
-/// `GET /v2/models/{name}[/versions/{v}]`.
-#[tracing::instrument(skip_all, fields(model = %path.name, version = ?path.version))]
+/// The metadata of the version `production` points at.
+#[utoipa::path(get, path = "/v2/models/{name}", tag = "v2",
+    security(("bearer" = ["predict"])),
+    params(("name" = String, Path, description = "The model's name.")),
+    responses(
+        (status = 200, description = "`{\"name\", \"versions\", \"platform\", \"inputs\", \"outputs\", \"parameters\": {\"version\", \"labels\", \"input_spec\"}}`: the inputs (`image` BYTES, `pixels` FP32 `[-1, C, H, W]`) and outputs (`probabilities`, `labels`, `prediction_ids`) it takes and answers.", body = Object),
+        (status = 400, description = "A malformed model name.", body = V2ErrorBody),
+        (status = 404, description = "No such model, or it has no `production` alias.", body = V2ErrorBody),
+        (status = 422, description = "The version's artifact cannot be loaded.", body = V2ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ))]
 pub async fn model_metadata(
     State(state): State<AppState>,
     caller: Result<Caller, AuthRejection>,
-    Path(path): Path<ModelPath>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, V2Error> {
+    metadata(state, caller, ModelPath { name, version: None }).await
+}
+
+/// A version's metadata.
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}", tag = "v2",
+    security(("bearer" = ["predict"])),
+    params(
+        ("name" = String, Path, description = "The model's name."),
+        ("version" = String, Path, description = "The version number (1 or more)."),
+    ),
+    responses(
+        (status = 200, description = "`{\"name\", \"versions\", \"platform\", \"inputs\", \"outputs\", \"parameters\": {\"version\", \"labels\", \"input_spec\"}}`: the inputs (`image` BYTES, `pixels` FP32 `[-1, C, H, W]`) and outputs (`probabilities`, `labels`, `prediction_ids`) it takes and answers.", body = Object),
+        (status = 400, description = "A malformed model name or version.", body = V2ErrorBody),
+        (status = 404, description = "No such model or version.", body = V2ErrorBody),
+        (status = 422, description = "The version's artifact cannot be loaded.", body = V2ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ))]
+pub async fn version_metadata(
+    State(state): State<AppState>,
+    caller: Result<Caller, AuthRejection>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, V2Error> {
+    metadata(state, caller, ModelPath { name, version: Some(version) }).await
+}
+
+/// `GET /v2/models/{name}[/versions/{v}]`.
+#[tracing::instrument(name = "model_metadata", skip_all, fields(model = %path.name, version = ?path.version))]
+async fn metadata(
+    state: AppState,
+    caller: Result<Caller, AuthRejection>,
+    path: ModelPath,
 ) -> Result<Json<Value>, V2Error> {
     let (model, loaded) = resolved(&state, caller, &path).await?;
     let client = state.served.ctx.db.get().await.map_err(|e| InferenceError::Registry(DbError::from(e).into()))?;
@@ -216,42 +270,109 @@ pub async fn model_metadata(
     })))
 }
 
-/// `GET /v2/models/{name}[/versions/{v}]/ready`: 200 once the version is loaded.
-#[tracing::instrument(skip_all, fields(model = %path.name, version = ?path.version))]
+/// 200 once the version `production` points at is loaded.
+#[utoipa::path(get, path = "/v2/models/{name}/ready", tag = "v2",
+    security(("bearer" = ["predict"])),
+    params(("name" = String, Path, description = "The model's name.")),
+    responses(
+        (status = 200, description = "`{\"name\", \"version\", \"ready\": true}`: the version is loaded (this request loads it if needed).", body = Object),
+        (status = 400, description = "A malformed model name.", body = V2ErrorBody),
+        (status = 404, description = "No such model, or it has no `production` alias.", body = V2ErrorBody),
+        (status = 422, description = "The version's artifact cannot be loaded.", body = V2ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ))]
 pub async fn model_ready(
     State(state): State<AppState>,
     caller: Result<Caller, AuthRejection>,
-    Path(path): Path<ModelPath>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, V2Error> {
+    readiness(state, caller, ModelPath { name, version: None }).await
+}
+
+/// 200 once the version is loaded.
+#[utoipa::path(get, path = "/v2/models/{name}/versions/{version}/ready", tag = "v2",
+    security(("bearer" = ["predict"])),
+    params(
+        ("name" = String, Path, description = "The model's name."),
+        ("version" = String, Path, description = "The version number (1 or more)."),
+    ),
+    responses(
+        (status = 200, description = "`{\"name\", \"version\", \"ready\": true}`: the version is loaded (this request loads it if needed).", body = Object),
+        (status = 400, description = "A malformed model name or version.", body = V2ErrorBody),
+        (status = 404, description = "No such model or version.", body = V2ErrorBody),
+        (status = 422, description = "The version's artifact cannot be loaded.", body = V2ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ))]
+pub async fn version_ready(
+    State(state): State<AppState>,
+    caller: Result<Caller, AuthRejection>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<Value>, V2Error> {
+    readiness(state, caller, ModelPath { name, version: Some(version) }).await
+}
+
+/// `GET /v2/models/{name}[/versions/{v}]/ready`: 200 once the version is loaded.
+#[tracing::instrument(name = "model_ready", skip_all, fields(model = %path.name, version = ?path.version))]
+async fn readiness(
+    state: AppState,
+    caller: Result<Caller, AuthRejection>,
+    path: ModelPath,
 ) -> Result<Json<Value>, V2Error> {
     let (model, loaded) = resolved(&state, caller, &path).await?;
     Ok(Json(json!({"name": model.to_string(), "version": loaded.version.version.to_string(), "ready": true})))
 }
 
-#[derive(Debug, Deserialize)]
+/// An inference request (the JSON part, with the binary extension).
+#[derive(Debug, Deserialize, ToSchema)]
 struct InferRequest {
+    /// Echoed in the response.
     id: Option<String>,
+    /// `alias` (a string: score with the version this alias points at; not with a version in the
+    /// path) and `binary_data_output` (a boolean: every output as binary data).
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
+    /// Exactly one input tensor.
     inputs: Vec<InputTensor>,
+    /// The outputs to answer (1 to 3); default all three.
     outputs: Option<Vec<RequestedOutput>>,
 }
 
-#[derive(Debug, Deserialize)]
+/// One input tensor: `BYTES` `[n]` or `[n, 1]` of encoded images (base64 in JSON), or `FP32`
+/// `[n, C, H, W]` pixels in [0, 1] (`UINT8` in [0, 255]) in the model's input shape.
+#[derive(Debug, Deserialize, ToSchema)]
 struct InputTensor {
     name: String,
     shape: Vec<i64>,
+    /// `BYTES`, `FP32` or `UINT8`.
     datatype: String,
+    /// `binary_data_size`: the tensor's bytes in the binary part, instead of `data`.
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
+    /// The elements, flat or nested row-major.
     data: Option<Value>,
 }
 
-#[derive(Debug, Deserialize)]
+/// An output to answer: `probabilities`, `labels` or `prediction_ids`.
+#[derive(Debug, Deserialize, ToSchema)]
 struct RequestedOutput {
     name: String,
+    /// `binary_data` (a boolean), `classification` (1 to 1000: `probabilities` as `BYTES` `[n, k]`
+    /// of `score:index:label`; `labels` with `k` classes) and `top_k` (1 to 1000, for `labels`).
     #[serde(default)]
+    #[schema(value_type = Object)]
     parameters: Map<String, Value>,
 }
+
+/// The binary extension's body: the JSON request (`Inference-Header-Content-Length` bytes), then
+/// each binary tensor's bytes in input order.
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct BinaryBody(Vec<u8>);
 
 /// One output to answer: which, how many classes (`labels` and classification), binary or not.
 struct Wanted {
@@ -260,12 +381,80 @@ struct Wanted {
     binary: bool,
 }
 
-/// `POST /v2/models/{name}[/versions/{v}]/infer`.
-#[tracing::instrument(skip_all, fields(model = %path.name, version = ?path.version))]
+/// Scores images, or prepared pixels, with the version the model's routing picks.
+///
+/// The routing picks `production`, or a canary for a share of requests; `parameters.alias` picks
+/// another alias. Shadow scoring, micro-batching, recording and drift apply as on `/v1` predict.
+#[utoipa::path(post, path = "/v2/models/{name}/infer", tag = "v2",
+    security(("bearer" = ["predict"])),
+    params(
+        ("name" = String, Path, description = "The model's name."),
+        ("Inference-Header-Content-Length" = Option<usize>, Header, description = "Binary extension: the length of the JSON part; the rest of the body is binary tensor data."),
+    ),
+    request_body(description = "The inference request in JSON, or (binary extension) its JSON part followed by binary tensor data. At most `inference.max_predict_bytes`.",
+        content((InferRequest = "application/json"), (BinaryBody = "application/octet-stream"))),
+    responses(
+        (status = 200, description = "`{\"model_name\", \"model_version\", \"id\", \"outputs\": [...], \"parameters\": {\"alias\"}}`; with binary outputs, that JSON followed by their bytes (`application/octet-stream`).",
+            content((Object = "application/json"), (BinaryBody = "application/octet-stream")),
+            headers(("Inference-Header-Content-Length" = usize, description = "With binary outputs: the length of the JSON part."))),
+        (status = 400, description = "A malformed request: model name, JSON, `Inference-Header-Content-Length`, input tensor (count, datatype, shape, data, binary sizes), outputs or parameters.", body = V2ErrorBody),
+        (status = 404, description = "No such model or alias.", body = V2ErrorBody),
+        (status = 413, description = "The body is over `inference.max_predict_bytes`; answered by the framework in the `/v1` error shape.", body = ErrorBody),
+        (status = 415, description = "An image is not JPEG, PNG, WebP, GIF, BMP or TIFF.", body = V2ErrorBody),
+        (status = 422, description = "An image cannot be decoded or prepared, or is over `inference.max_image_pixels`, or the version's artifact cannot be loaded.", body = V2ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ))]
 pub async fn infer(
     State(state): State<AppState>,
     caller: Result<Caller, AuthRejection>,
-    Path(path): Path<ModelPath>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, V2Error> {
+    infer_at(state, caller, ModelPath { name, version: None }, headers, body).await
+}
+
+/// Scores images, or prepared pixels, with a version.
+///
+/// Micro-batching, recording and drift apply as on `/v1` predict.
+#[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "v2",
+    security(("bearer" = ["predict"])),
+    params(
+        ("name" = String, Path, description = "The model's name."),
+        ("version" = String, Path, description = "The version number (1 or more); not with `parameters.alias`."),
+        ("Inference-Header-Content-Length" = Option<usize>, Header, description = "Binary extension: the length of the JSON part; the rest of the body is binary tensor data."),
+    ),
+    request_body(description = "The inference request in JSON, or (binary extension) its JSON part followed by binary tensor data. At most `inference.max_predict_bytes`.",
+        content((InferRequest = "application/json"), (BinaryBody = "application/octet-stream"))),
+    responses(
+        (status = 200, description = "`{\"model_name\", \"model_version\", \"id\", \"outputs\": [...], \"parameters\": {\"alias\"}}`; with binary outputs, that JSON followed by their bytes (`application/octet-stream`).",
+            content((Object = "application/json"), (BinaryBody = "application/octet-stream")),
+            headers(("Inference-Header-Content-Length" = usize, description = "With binary outputs: the length of the JSON part."))),
+        (status = 400, description = "A malformed request: model name, version, JSON, `Inference-Header-Content-Length`, input tensor (count, datatype, shape, data, binary sizes), outputs or parameters (`parameters.alias` with a version).", body = V2ErrorBody),
+        (status = 404, description = "No such model or version.", body = V2ErrorBody),
+        (status = 413, description = "The body is over `inference.max_predict_bytes`; answered by the framework in the `/v1` error shape.", body = ErrorBody),
+        (status = 415, description = "An image is not JPEG, PNG, WebP, GIF, BMP or TIFF.", body = V2ErrorBody),
+        (status = 422, description = "An image cannot be decoded or prepared, or is over `inference.max_image_pixels`, or the version's artifact cannot be loaded.", body = V2ErrorBody),
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+    ))]
+pub async fn version_infer(
+    State(state): State<AppState>,
+    caller: Result<Caller, AuthRejection>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, V2Error> {
+    infer_at(state, caller, ModelPath { name, version: Some(version) }, headers, body).await
+}
+
+/// `POST /v2/models/{name}[/versions/{v}]/infer`.
+#[tracing::instrument(name = "infer", skip_all, fields(model = %path.name, version = ?path.version))]
+async fn infer_at(
+    state: AppState,
+    caller: Result<Caller, AuthRejection>,
+    path: ModelPath,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, V2Error> {

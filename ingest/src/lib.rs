@@ -21,7 +21,6 @@ pub mod store;
 pub mod sweeper;
 pub mod upload;
 
-use axum::Router;
 use sluice_core::{Context, Shutdown};
 use tokio::task::JoinHandle;
 
@@ -29,7 +28,7 @@ use tokio::task::JoinHandle;
 pub const NAME: &str = "ingest";
 
 /// This service's HTTP routes, merged with the ops endpoints by the `sluice` binary.
-pub fn router(ctx: Context) -> Router {
+pub fn router(ctx: Context) -> utoipa_axum::router::OpenApiRouter {
     describe_metrics();
     routes::router(ctx)
 }

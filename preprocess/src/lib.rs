@@ -20,7 +20,6 @@ pub mod worker;
 
 use std::time::Duration;
 
-use axum::Router;
 use sluice_core::{Context, Shutdown};
 use tokio::task::JoinHandle;
 
@@ -28,7 +27,7 @@ use tokio::task::JoinHandle;
 pub const NAME: &str = "preprocess";
 
 /// This service's HTTP routes, merged with the ops endpoints by the `sluice` binary.
-pub fn router(ctx: Context) -> Router {
+pub fn router(ctx: Context) -> utoipa_axum::router::OpenApiRouter {
     describe_metrics();
     routes::router(ctx)
 }

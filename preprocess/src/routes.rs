@@ -1,25 +1,49 @@
 //! `PUT/GET /v1/datasets/{name}/pipeline` and `POST /v1/datasets/{name}/reprocess`.
 
 use axum::{
-    Json, Router,
+    Json,
     body::Body,
     extract::{Path, State},
     http::StatusCode,
-    routing::{get, post},
 };
 use serde_json::{Value, json};
 use sluice_core::{Context, auth::Scope, domain::DatasetName, http::Caller, pipeline::PipelineSpec};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{error::PreprocessError, store};
 
 /// Largest pipeline spec body accepted.
 const MAX_SPEC_BYTES: usize = 64 * 1024;
 
-pub fn router(ctx: Context) -> Router {
-    Router::new()
-        .route("/v1/datasets/{name}/pipeline", get(get_pipeline).put(put_pipeline))
-        .route("/v1/datasets/{name}/reprocess", post(reprocess))
-        .with_state(ctx)
+pub fn router(ctx: Context) -> OpenApiRouter {
+    OpenApiRouter::new().routes(routes!(get_pipeline, put_pipeline)).routes(routes!(reprocess)).with_state(ctx)
+}
+
+/// A pipeline spec in which every field may be left out (it keeps its default).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct PartialSpec {
+    /// Output width in pixels, 1 to 4096 (default 64).
+    width: Option<u32>,
+    /// Output height in pixels, 1 to 4096 (default 64).
+    height: Option<u32>,
+    /// Default `cover`.
+    fit: Option<sluice_core::pipeline::Fit>,
+    /// Default `rgb`.
+    color: Option<sluice_core::pipeline::Color>,
+    /// Default `png`.
+    format: Option<sluice_core::pipeline::OutputFormat>,
+    /// Video frame sampling (default 1 fps, at most 32 frames).
+    video: Option<PartialVideo>,
+}
+
+/// Video sampling in which every field may be left out.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct PartialVideo {
+    fps: Option<f64>,
+    max_frames: Option<u32>,
+    keyframes: Option<bool>,
 }
 
 fn dataset(name: &str) -> Result<DatasetName, PreprocessError> {
@@ -30,6 +54,10 @@ fn describe(spec: &PipelineSpec) -> Json<Value> {
     Json(json!({"spec": spec, "spec_hash": spec.hash()}))
 }
 
+/// The dataset's pipeline spec (the default until one is set) and its hash.
+#[utoipa::path(get, path = "/v1/datasets/{name}/pipeline", tag = "preprocess",
+    security(("bearer" = ["ingest"]), ("bearer" = ["train"])), params(("name" = String, Path, description = "The dataset's name.")),
+    responses((status = 200, description = "`{\"spec\", \"spec_hash\"}`", body = Object), (status = 400, description = "A malformed dataset name or body.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(dataset = %name))]
 async fn get_pipeline(
     State(ctx): State<Context>,
@@ -42,6 +70,11 @@ async fn get_pipeline(
 }
 
 /// Takes a partial spec: given fields replace the defaults (nested `video` fields too).
+#[utoipa::path(put, path = "/v1/datasets/{name}/pipeline", tag = "preprocess", security(("bearer" = ["ingest"])), params(("name" = String, Path, description = "The dataset's name.")),
+    request_body(content = PartialSpec, description = "A partial spec: the fields given replace the defaults (nested `video` fields too)."),
+    responses((status = 200, description = "`{\"spec\", \"spec_hash\"}`: the spec now.", body = Object), (status = 400, description = "A malformed dataset name or body.", body = sluice_core::api_doc::ErrorBody),
+        (status = 413, description = "The body is over 64 KiB.", body = sluice_core::api_doc::ErrorBody),
+        (status = 422, description = "The spec is out of range (sizes, frame budget).", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(dataset = %name))]
 async fn put_pipeline(
     State(ctx): State<Context>,
@@ -70,6 +103,9 @@ async fn put_pipeline(
     Ok(describe(&spec))
 }
 
+/// Re-runs the dataset's current spec over every item not processed under it.
+#[utoipa::path(post, path = "/v1/datasets/{name}/reprocess", tag = "preprocess", security(("bearer" = ["ingest"])), params(("name" = String, Path, description = "The dataset's name.")),
+    responses((status = 202, description = "`{\"dataset\", \"enqueued\"}`: the items queued again.", body = Object), (status = 400, description = "A malformed dataset name or body.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(dataset = %name))]
 async fn reprocess(
     State(ctx): State<Context>,

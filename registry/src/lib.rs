@@ -12,7 +12,6 @@ mod error;
 mod routes;
 mod store;
 
-use axum::Router;
 use sluice_core::{Context, Shutdown};
 use tokio::task::JoinHandle;
 
@@ -20,7 +19,7 @@ use tokio::task::JoinHandle;
 pub const NAME: &str = "registry";
 
 /// This service's HTTP routes, merged with the ops endpoints by the `sluice` binary.
-pub fn router(ctx: Context) -> Router {
+pub fn router(ctx: Context) -> utoipa_axum::router::OpenApiRouter {
     metrics::describe_counter!(
         "sluice_registry_alias_moves_total",
         "Alias moves and deletions recorded (no-op moves are not counted), by kind (production, other)."

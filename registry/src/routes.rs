@@ -7,10 +7,9 @@
 use std::collections::BTreeMap;
 
 use axum::{
-    Json, Router,
+    Json,
     body::Body,
     extract::{Path, Query, State},
-    routing::get,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -20,6 +19,8 @@ use sluice_core::{
     http::{ApiError, Caller},
     models::{self, AliasMove, AliasName, ModelVersion},
 };
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     error::{RegistryServiceError, alias_name, bad_request, model_name, not_found, positive_version, version_number},
@@ -31,24 +32,28 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Longest `reason` kept in the audit trail, in characters.
 const MAX_REASON_CHARS: usize = 1000;
 
-pub fn router(ctx: Context) -> Router {
-    Router::new()
-        .route("/v1/models", get(list_models))
-        .route("/v1/models/{name}", get(get_model))
-        .route("/v1/models/{name}/versions", get(list_versions))
-        .route("/v1/models/{name}/versions/{version}", get(get_version))
-        .route("/v1/models/{name}/aliases/{alias}", get(get_alias).put(put_alias).delete(delete_alias))
-        .route("/v1/models/{name}/aliases/{alias}/history", get(alias_history))
-        .route("/v1/models/{name}/policy", get(get_policy).put(put_policy))
+pub fn router(ctx: Context) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list_models))
+        .routes(routes!(get_model))
+        .routes(routes!(list_versions))
+        .routes(routes!(get_version))
+        .routes(routes!(get_alias, put_alias, delete_alias))
+        .routes(routes!(alias_history))
+        .routes(routes!(get_policy, put_policy))
         .with_state(ctx)
 }
 
+#[utoipa::path(get, path = "/v1/models", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])),
+    responses((status = 200, description = "`{\"models\": [...]}` with their aliases.", body = Object)))]
 #[tracing::instrument(skip_all)]
 async fn list_models(State(ctx): State<Context>, caller: Caller) -> Result<Json<Value>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     Ok(Json(json!({ "models": store::models(&ctx).await? })))
 }
 
+#[utoipa::path(get, path = "/v1/models/{name}", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])), params(("name" = String, Path, description = "The model's name.")),
+    responses((status = 200, description = "The model, its aliases and its versions.", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name))]
 async fn get_model(
     State(ctx): State<Context>,
@@ -66,6 +71,8 @@ async fn get_model(
     Ok(Json(body))
 }
 
+#[utoipa::path(get, path = "/v1/models/{name}/versions", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])), params(("name" = String, Path, description = "The model's name.")),
+    responses((status = 200, description = "`{\"model\", \"versions\": [...]}`", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name))]
 async fn list_versions(
     State(ctx): State<Context>,
@@ -82,6 +89,9 @@ async fn list_versions(
     Ok(Json(json!({"model": name, "versions": versions})))
 }
 
+#[utoipa::path(get, path = "/v1/models/{name}/versions/{version}", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])),
+    params(("name" = String, Path, description = "The model's name."), ("version" = i32, Path, description = "The version number.")),
+    responses((status = 200, description = "Artifact key, sha256, architecture, input spec, labels, hyper-parameters, metrics, lineage.", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name, version = %version))]
 async fn get_version(
     State(ctx): State<Context>,
@@ -103,6 +113,8 @@ async fn get_version(
     Ok(Json(body))
 }
 
+#[utoipa::path(get, path = "/v1/models/{name}/aliases/{alias}", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])), params(("name" = String, Path, description = "The model's name."), ("alias" = String, Path, description = "An alias: `production`, `staging`, …")),
+    responses((status = 200, description = "The version the alias points at.", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name, alias = %alias))]
 async fn get_alias(
     State(ctx): State<Context>,
@@ -120,6 +132,8 @@ async fn get_alias(
     }
 }
 
+#[utoipa::path(get, path = "/v1/models/{name}/aliases/{alias}/history", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])), params(("name" = String, Path, description = "The model's name."), ("alias" = String, Path, description = "An alias: `production`, `staging`, …")),
+    responses((status = 200, description = "The alias's audit trail, newest first.", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name, alias = %alias))]
 async fn alias_history(
     State(ctx): State<Context>,
@@ -135,16 +149,26 @@ async fn alias_history(
     Ok(Json(json!({"model": name, "alias": alias, "history": history})))
 }
 
-#[derive(Debug, Deserialize)]
+/// Where to point an alias.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MoveRequest {
+    /// The version (≥ 1).
     version: i32,
+    /// Why, for the audit trail (at most 1,000 characters).
     #[serde(default)]
     reason: String,
 }
 
 /// Promotes or rolls back: points the alias at `version`. Moving it where it already points is a
 /// `200` with `"changed": false` and leaves no history row or event, so retrying a PUT is safe.
+#[utoipa::path(put, path = "/v1/models/{name}/aliases/{alias}", tag = "registry",
+    description = "Promotes or rolls back. `production` and aliases the model's policy protects need `admin`; other aliases `train`. A move to where the alias already points is `changed: false` and writes nothing.",
+    security(("bearer" = ["train"]), ("bearer" = ["admin"])), params(("name" = String, Path, description = "The model's name."), ("alias" = String, Path, description = "An alias: `production`, `staging`, …")), request_body = MoveRequest,
+    responses((status = 200, description = "The move, with `changed`.", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody),
+        (status = 409, description = "The model already has the most aliases it may have.", body = sluice_core::api_doc::ErrorBody),
+        (status = 413, description = "The body is over 64 KiB.", body = sluice_core::api_doc::ErrorBody),
+        (status = 422, description = "The model has no such version.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name, alias = %alias))]
 async fn put_alias(
     State(ctx): State<Context>,
@@ -176,6 +200,9 @@ struct DeleteQuery {
 }
 
 /// Deletes an alias (`?reason=` is kept in the audit trail).
+#[utoipa::path(delete, path = "/v1/models/{name}/aliases/{alias}", tag = "registry",
+    security(("bearer" = ["train"]), ("bearer" = ["admin"])), params(("name" = String, Path, description = "The model's name."), ("alias" = String, Path, description = "An alias: `production`, `staging`, …"), ("reason" = Option<String>, Query, description = "Kept in the audit trail.")),
+    responses((status = 200, description = "The alias and the version it pointed at.", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name, alias = %alias))]
 async fn delete_alias(
     State(ctx): State<Context>,
@@ -209,15 +236,21 @@ async fn require_move_scope(
     Ok(caller.require(if policy.protects(alias) { Scope::Admin } else { Scope::Train })?)
 }
 
-#[derive(Debug, Deserialize)]
+/// A model's promotion policy.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PolicyRequest {
+    /// What jobs and retrains no admin started may do to `production`.
+    #[schema(value_type = String, example = "if_better")]
     auto_promote: models::AutoPromote,
+    /// Aliases only an admin may move.
     #[serde(default)]
     protected_aliases: Vec<String>,
 }
 
 /// `GET /v1/models/{name}/policy`: the promotion policy (the default when none was set).
+#[utoipa::path(get, path = "/v1/models/{name}/policy", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])), params(("name" = String, Path, description = "The model's name.")),
+    responses((status = 200, description = "The promotion policy (the default when none was set).", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name))]
 async fn get_policy(
     State(ctx): State<Context>,
@@ -234,6 +267,11 @@ async fn get_policy(
 /// "protected_aliases": [...]}` (scope `admin`): what jobs and retrains that no admin started may
 /// do to `production`, and which other aliases only an admin may move. The model need not have
 /// versions yet.
+#[utoipa::path(put, path = "/v1/models/{name}/policy", tag = "registry", security(("bearer" = ["admin"])), params(("name" = String, Path, description = "The model's name.")),
+    request_body = PolicyRequest,
+    responses((status = 200, description = "The policy now.", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody),
+        (status = 413, description = "The body is over 64 KiB.", body = sluice_core::api_doc::ErrorBody),
+        (status = 422, description = "Too many protected aliases, or one that is not an alias name.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name))]
 async fn put_policy(
     State(ctx): State<Context>,

@@ -52,6 +52,7 @@ impl TestEnv {
         // joining and leaving never rebalance another's.
         config.ingest.capture_group_id = format!("test.{id}.ingest-captures");
         config.inference.monitor_group_id = format!("test.{id}.inference-monitor");
+        config.webhooks.group_id = format!("test.{id}.webhooks");
         config.s3.bucket = format!("sluice-test-{id}");
         config.http.addr = ([127, 0, 0, 1], 0).into();
         config.state_dir = std::env::temp_dir().join(format!("sluice-test-{id}"));

@@ -205,7 +205,7 @@ async fn parked_job(
     served_model(&app, model, seed).await;
     seed_dataset(&app, "shapes", 3, per_class, 24, seed + 1).await;
     let inference = sluice_inference::Inference::new(app.ctx.clone());
-    let router = inference.router();
+    let router: axum::Router = inference.router().into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let base = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, router).await });

@@ -18,7 +18,7 @@ use crate::{
 
 /// Who may call a route: the scopes that pass (admin always does).
 #[derive(Debug, Clone, Copy)]
-enum Allowed {
+pub(crate) enum Allowed {
     Ingest,
     IngestOrTrain,
     Train,
@@ -28,7 +28,7 @@ enum Allowed {
 }
 
 impl Allowed {
-    fn passes(self, scope: Scope) -> bool {
+    pub(crate) fn passes(self, scope: Scope) -> bool {
         use Scope::{Admin, Ingest, Predict, Train};
         scope == Admin
             || match self {
@@ -44,7 +44,7 @@ impl Allowed {
 
 /// The README's scope matrix, route by route. Bodies are deliberately unusable, so a request
 /// that passes the scope check is refused by validation and changes nothing.
-fn matrix() -> Vec<(Method, String, Allowed)> {
+pub(crate) fn matrix() -> Vec<(Method, String, Allowed)> {
     let id = Uuid::now_v7();
     use Allowed::*;
     vec![
@@ -88,6 +88,11 @@ fn matrix() -> Vec<(Method, String, Allowed)> {
         (Method::GET, "/v1/tokens".into(), AdminOnly),
         (Method::POST, "/v1/tokens".into(), AdminOnly),
         (Method::DELETE, format!("/v1/tokens/{id}"), AdminOnly),
+        (Method::GET, "/v1/webhooks".into(), AdminOnly),
+        (Method::POST, "/v1/webhooks".into(), AdminOnly),
+        (Method::GET, format!("/v1/webhooks/{id}"), AdminOnly),
+        (Method::DELETE, format!("/v1/webhooks/{id}"), AdminOnly),
+        (Method::GET, format!("/v1/webhooks/{id}/deliveries"), AdminOnly),
     ]
 }
 

@@ -281,3 +281,14 @@ pub fn sluice_command_after(setup: &str) -> std::process::Command {
     }
     command
 }
+
+/// The bin folder of the project-local Python environment with schemathesis and
+/// openapi-python-client (`tests/clients/api-tools-env.sh` creates it on first use).
+pub fn api_tools(root: &str) -> String {
+    let installed = std::process::Command::new("bash")
+        .arg(format!("{root}/tests/clients/api-tools-env.sh"))
+        .output()
+        .expect("api-tools-env.sh");
+    assert!(installed.status.success(), "api-tools-env.sh: {}", String::from_utf8_lossy(&installed.stderr));
+    String::from_utf8_lossy(&installed.stdout).trim().to_owned()
+}

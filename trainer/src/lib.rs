@@ -26,7 +26,6 @@ pub mod snapshot;
 pub mod store;
 pub mod worker;
 
-use axum::Router;
 use sluice_core::{Context, Shutdown};
 use tokio::task::JoinHandle;
 
@@ -34,7 +33,7 @@ use tokio::task::JoinHandle;
 pub const NAME: &str = "trainer";
 
 /// This service's HTTP routes, merged with the ops endpoints by the `sluice` binary.
-pub fn router(ctx: Context) -> Router {
+pub fn router(ctx: Context) -> utoipa_axum::router::OpenApiRouter {
     describe_metrics();
     routes::router(ctx)
 }

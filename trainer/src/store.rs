@@ -1,7 +1,9 @@
 //! Training jobs and trials in PostgreSQL, and the retrain requests received: every statement
 //! the trainer runs. Creating a job with its first trials and their events is one transaction;
 //! progress and outcomes are recorded idempotently; registering the best trial, moving aliases
-//! and ending the job are one transaction. Functions return [`DbError`] and typed rows.
+//! and ending the job are one transaction. A job's end (`training.job_finished`) and a skipped
+//! retrain (`retrain.skipped`) are announced on `notifications` in the transaction that records
+//! them. Functions return [`DbError`] and typed rows.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -11,6 +13,7 @@ use sluice_core::{
     events::Envelope,
     live,
     models::{self, AliasName, ModelName, ModelVersion, NewVersion, RegistryError},
+    notifications::{self, RetrainSkipped, TrainingJobFinished},
     outbox,
     parking::WorkParked,
     topics::Topic,
@@ -407,19 +410,42 @@ pub async fn give_back_step(ctx: &Context, job_id: Uuid) -> Result<(), DbError> 
 pub async fn fail_job(ctx: &Context, job_id: Uuid, error: &str, parked: Option<WorkParked>) -> Result<bool, DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
-    let updated = tx
-        .execute(
-            "UPDATE training_jobs SET status = $3, error = $2, finished_at = now() WHERE id = $1 AND status = ANY($4)",
+    let failed = tx
+        .query_opt(
+            "UPDATE training_jobs SET status = $3, error = $2, finished_at = now() WHERE id = $1 AND status = ANY($4)
+             RETURNING model",
             &[&job_id, &error, &RunStatus::Failed, &ACTIVE.as_slice()],
         )
         .await?;
-    if updated == 1
-        && let Some(parked) = parked
-    {
-        sluice_core::parking::enqueue(&tx, ctx, parked).await?;
+    if let Some(row) = &failed {
+        if let Some(parked) = parked {
+            sluice_core::parking::enqueue(&tx, ctx, parked).await?;
+        }
+        let model: String = row.get("model");
+        let finished = job_finished(job_id, &model, RunStatus::Failed, None, false, Some(error));
+        notifications::enqueue(&tx, &ctx.config.kafka.topic_prefix, &model, finished).await?;
     }
     tx.commit().await?;
-    Ok(updated == 1)
+    Ok(failed.is_some())
+}
+
+/// The `training.job_finished` notification, enqueued with every job's final status.
+fn job_finished(
+    job_id: Uuid,
+    model: &str,
+    status: RunStatus,
+    version: Option<i32>,
+    promoted: bool,
+    error: Option<&str>,
+) -> TrainingJobFinished {
+    TrainingJobFinished {
+        job_id,
+        model: model.to_owned(),
+        status,
+        version,
+        promoted,
+        error: error.map(|e| sluice_core::parking::clip(e.to_owned())),
+    }
 }
 
 /// Enqueues a `work.parked` event (one statement, its own transaction).
@@ -572,6 +598,9 @@ pub async fn register(ctx: &Context, r: Registration<'_>) -> Result<Option<Model
     )
     .await
     .map_err(DbError::from)?;
+    let finished =
+        job_finished(r.job_id, model.as_str(), RunStatus::Succeeded, Some(version.version), r.promote.is_some(), None);
+    notifications::enqueue(&tx, prefix, model.as_str(), finished).await?;
     tx.commit().await.map_err(DbError::from)?;
     Ok(Some(version))
 }
@@ -589,10 +618,13 @@ pub enum Cancelled {
 pub async fn cancel(ctx: &Context, job_id: Uuid) -> Result<Cancelled, DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
-    let Some(row) = tx.query_opt("SELECT status FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await? else {
+    let Some(row) =
+        tx.query_opt("SELECT status, model FROM training_jobs WHERE id = $1 FOR UPDATE", &[&job_id]).await?
+    else {
         return Ok(Cancelled::NotFound);
     };
     let status: RunStatus = row.get("status");
+    let model: String = row.get("model");
     if status.is_final() {
         return Ok(Cancelled::AlreadyEnded(status));
     }
@@ -606,6 +638,8 @@ pub async fn cancel(ctx: &Context, job_id: Uuid) -> Result<Cancelled, DbError> {
         &[&job_id, &RunStatus::Cancelled, &ACTIVE.as_slice()],
     )
     .await?;
+    let finished = job_finished(job_id, &model, RunStatus::Cancelled, None, false, None);
+    notifications::enqueue(&tx, &ctx.config.kafka.topic_prefix, &model, finished).await?;
     tx.commit().await?;
     Ok(Cancelled::Done)
 }
@@ -754,7 +788,8 @@ pub async fn busy_job(ctx: &Context, model: &str, cooldown_secs: f64) -> Result<
     Ok(row.map(|r| r.get("id")))
 }
 
-/// Records what a retrain request did (once per event id).
+/// Records what a retrain request did (once per event id). A skipped request (outcome
+/// `skipped: <why>`) is announced with a `retrain.skipped` notification in the same transaction.
 #[tracing::instrument(level = "debug", skip(ctx, evidence))]
 pub async fn record_retrain(
     ctx: &Context,
@@ -765,14 +800,27 @@ pub async fn record_retrain(
     outcome: &str,
     job_id: Option<Uuid>,
 ) -> Result<(), DbError> {
-    let client = ctx.db.get().await?;
-    client
+    let mut client = ctx.db.get().await?;
+    let tx = client.transaction().await?;
+    let recorded = tx
         .execute(
             "INSERT INTO retrain_requests (event_id, model, reason, evidence, outcome, job_id)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
             &[&event_id, &model, &reason, evidence, &outcome, &job_id],
         )
         .await?;
+    if recorded == 1
+        && let Some(why) = outcome.strip_prefix("skipped: ")
+    {
+        let skipped = RetrainSkipped {
+            model: model.to_owned(),
+            request_id: event_id,
+            requested_for: reason.to_owned(),
+            reason: why.to_owned(),
+        };
+        notifications::enqueue(&tx, &ctx.config.kafka.topic_prefix, model, skipped).await?;
+    }
+    tx.commit().await?;
     Ok(())
 }
 

@@ -10,12 +10,14 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sluice_core::{
+    api_doc::ErrorBody,
     auth::Scope,
     batch_predictions::{BatchManifest, BatchStatus, batch_manifest_key, batch_part_key, batch_prefix},
     domain::DatasetName,
     http::Caller,
     models::AliasName,
 };
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::{
@@ -32,15 +34,25 @@ use crate::{
 /// Most classes a line may list.
 const MAX_TOP_K: usize = 100;
 
-#[derive(Debug, Deserialize)]
+/// A batch prediction: one model version over a dataset, or over the objects under an S3 prefix.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BatchRequest {
+    /// The model's name.
     model: String,
+    /// The alias whose version is pinned at submission (not with `version`); default `production`.
     alias: Option<String>,
+    /// The version (not with `alias`).
+    #[schema(minimum = 1)]
     version: Option<i32>,
+    /// A dataset: its processed media under its current pipeline spec (not with `bucket`/`prefix`).
     dataset: Option<String>,
+    /// A bucket (Sluice's own, or one of `ingest.import_buckets`), with `prefix`.
     bucket: Option<String>,
+    /// Every object under this prefix of `bucket` (at most 1024 bytes).
     prefix: Option<String>,
+    /// Classes listed per item, 1 to 100 (default 3).
+    #[schema(minimum = 1, maximum = 100)]
     top_k: Option<usize>,
 }
 
@@ -65,7 +77,21 @@ fn source(request: &BatchRequest) -> Result<Source, InferenceError> {
     }
 }
 
-/// `POST /v1/batch-predictions`: pins the version, freezes the items, queues the job.
+/// Queues a batch prediction: pins the version, freezes the items, queues the job.
+///
+/// Results are written to S3 as JSON lines under `result_prefix`, one part per chunk; follow the
+/// job at `GET /v1/batch-predictions/{id}`.
+#[utoipa::path(post, path = "/v1/batch-predictions", tag = "batch",
+    security(("bearer" = ["predict"])),
+    request_body = BatchRequest,
+    responses(
+        (status = 202, description = "Queued: `{\"id\", \"status\", \"model\", \"version\", \"total\", \"chunks\", \"result_prefix\"}`.", body = Object),
+        (status = 400, description = "A malformed body, model name, alias, version, `top_k` or source (give a `dataset`, or a `bucket` and a `prefix`).", body = ErrorBody),
+        (status = 403, description = "The token lacks the `predict` scope, or the bucket is not one batch predictions may read (`bucket_not_allowed`: Sluice's bucket and `ingest.import_buckets`).", body = ErrorBody),
+        (status = 404, description = "No such model, alias, version or dataset.", body = ErrorBody),
+        (status = 413, description = "The body is over `http.max_request_bytes`.", body = ErrorBody),
+        (status = 422, description = "Nothing to score, or too much: the dataset has no processed items (`no_processed_items`), the prefix no objects (`no_objects`), the bucket is missing or unreadable (`unusable_bucket`), or there are over 100,000 items (`too_many_items`).", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(batch_job = tracing::field::Empty, model = tracing::field::Empty))]
 pub async fn create(
     State(state): State<AppState>,
@@ -112,7 +138,14 @@ pub async fn create(
     Ok((StatusCode::ACCEPTED, Json(answer)))
 }
 
-/// `GET /v1/batch-predictions/{id}`: status, progress, and the result parts written so far.
+/// A batch prediction's status, progress, and the result parts written so far.
+#[utoipa::path(get, path = "/v1/batch-predictions/{id}", tag = "batch",
+    security(("bearer" = ["predict"])),
+    params(("id" = String, Path, description = "The job's id (a UUID).")),
+    responses(
+        (status = 200, description = "The job: `status`, `progress`, `chunks_done` of `chunks`, the result `parts` written so far, `failed_chunks`, `error` and timestamps.", body = Object),
+        (status = 404, description = "No batch prediction has this id.", body = ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(batch_job = %id))]
 pub async fn show(
     State(state): State<AppState>,

@@ -19,6 +19,9 @@ use super::rfc3339;
 use crate::form::MAX_METADATA_BYTES;
 use crate::{error::IngestError, imports::store::ImportStatus, store};
 
+/// Every dataset with its counts by status and by label.
+#[utoipa::path(get, path = "/v1/datasets", tag = "ingest", security(("bearer" = ["ingest"]), ("bearer" = ["train"])),
+    responses((status = 200, description = "`{\"datasets\": [...]}`", body = Object)))]
 #[tracing::instrument(skip_all)]
 pub(super) async fn list_datasets(State(ctx): State<Context>, caller: Caller) -> Result<Json<Value>, IngestError> {
     caller.require_any(&[Scope::Ingest, Scope::Train])?;
@@ -26,6 +29,11 @@ pub(super) async fn list_datasets(State(ctx): State<Context>, caller: Caller) ->
     Ok(Json(json!({ "datasets": datasets })))
 }
 
+/// A dataset's counts by status and by label.
+#[utoipa::path(get, path = "/v1/datasets/{name}", tag = "ingest", security(("bearer" = ["ingest"]), ("bearer" = ["train"])), params(("name" = String, Path, description = "The dataset's name.")),
+    responses((status = 200, description = "The dataset.", body = Object),
+        (status = 400, description = "A malformed dataset name.", body = sluice_core::api_doc::ErrorBody),
+        (status = 404, description = "No dataset of this name.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(dataset = %name))]
 pub(super) async fn get_dataset(
     State(ctx): State<Context>,
@@ -79,6 +87,11 @@ pub(super) struct QueueQuery {
 /// `GET /v1/datasets/{name}/labelling-queue[?limit=]`: the dataset's unlabelled items, most
 /// informative first (captured inputs the model was least sure of, then the newest). Label one
 /// with `PATCH /v1/media/{id}`, or by feedback on the prediction it was captured from.
+#[utoipa::path(get, path = "/v1/datasets/{name}/labelling-queue", tag = "ingest", security(("bearer" = ["ingest"]), ("bearer" = ["train"])),
+    params(("name" = String, Path, description = "The dataset's name."), ("limit" = Option<i64>, Query, description = "At most this many, 1 to 500 (default 50).")),
+    responses((status = 200, description = "`{\"dataset\", \"unlabelled\", \"items\": [...]}`", body = Object),
+        (status = 400, description = "A malformed dataset name or query.", body = sluice_core::api_doc::ErrorBody),
+        (status = 404, description = "No dataset of this name.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(dataset = %name))]
 pub(super) async fn labelling_queue(
     State(ctx): State<Context>,
@@ -116,6 +129,13 @@ struct ImportRequest {
     prefix: String,
 }
 
+/// Imports objects already in S3, laid out as `prefix/<label>/<file>`.
+#[utoipa::path(post, path = "/v1/datasets/{name}/imports", tag = "ingest", security(("bearer" = ["ingest"])), params(("name" = String, Path, description = "The dataset's name.")),
+    request_body(content = Object, description = "`{\"bucket\"?, \"prefix\"}` (bucket: Sluice's own by default).", content_type = "application/json"),
+    responses((status = 202, description = "`{\"id\", \"status\": \"queued\", \"dataset\", \"bucket\", \"prefix\"}`", body = Object),
+        (status = 400, description = "A malformed dataset name, body, bucket or prefix.", body = sluice_core::api_doc::ErrorBody),
+        (status = 403, description = "The bucket is not one imports may read (`ingest.import_buckets`).", body = sluice_core::api_doc::ErrorBody),
+        (status = 422, description = "The bucket does not exist or is not readable.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(dataset = %name, import_id = tracing::field::Empty))]
 pub(super) async fn post_import(
     State(ctx): State<Context>,
@@ -179,6 +199,12 @@ pub(super) async fn post_import(
     ))
 }
 
+/// An import's progress: accepted, duplicate and rejected objects.
+#[utoipa::path(get, path = "/v1/imports/{id}", tag = "ingest", security(("bearer" = ["ingest"])),
+    params(("id" = String, Path, description = "The import's id (a UUID).")),
+    responses((status = 200, description = "The import.", body = Object),
+        (status = 400, description = "The id is not a UUID.", body = sluice_core::api_doc::ErrorBody),
+        (status = 404, description = "No import has this id.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(import_id = %id))]
 pub(super) async fn get_import(
     State(ctx): State<Context>,

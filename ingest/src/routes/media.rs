@@ -19,6 +19,45 @@ use crate::{
     upload,
 };
 
+/// A media file's bytes (JPEG, PNG, WebP, GIF, BMP, TIFF; MP4, MOV, WebM, MKV, AVI).
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct MediaBytes(Vec<u8>);
+
+/// Several files in one upload, with their dataset, label and metadata.
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// One or more files.
+    file: Vec<MediaBytes>,
+    /// The dataset (default `default`).
+    dataset: Option<String>,
+    /// The files' label.
+    label: Option<String>,
+    /// A JSON object kept with every file.
+    metadata: Option<String>,
+}
+
+/// Uploads media: a raw body (`Content-Type: image/*` or `video/*`, query `dataset`, `label`,
+/// `source`) or `multipart/form-data` with `file` parts and optional `dataset`, `label`,
+/// `metadata` (a JSON object) text parts. The type is sniffed from the bytes; the same bytes in
+/// the same dataset are stored once (`duplicate: true`).
+#[utoipa::path(post, path = "/v1/media", tag = "ingest", security(("bearer" = ["ingest"])),
+    params(
+        ("dataset" = Option<String>, Query, description = "The dataset (default `default`); raw bodies only."),
+        ("label" = Option<String>, Query, description = "The items' label; raw bodies only."),
+        ("source" = Option<String>, Query, description = "Where the file came from (kept as metadata); raw bodies only."),
+    ),
+    request_body(content((MediaBytes = "image/*"), (MediaBytes = "video/*"), (UploadForm = "multipart/form-data")),
+        description = "The file's bytes, or a multipart form."),
+    responses(
+        (status = 202, description = "`{\"items\": [{\"id\", \"dataset\", \"label\", \"kind\", \"content_type\", \"bytes\", \"sha256\", \"status\": \"accepted\", \"duplicate\"}]}`", body = Object),
+        (status = 400, description = "An empty upload, a malformed form, dataset, label or metadata.", body = sluice_core::api_doc::ErrorBody),
+        (status = 413, description = "Over the size limit, or too many files in one request.", body = sluice_core::api_doc::ErrorBody),
+        (status = 415, description = "Not a supported image or video, or a declared type the bytes contradict.", body = sluice_core::api_doc::ErrorBody),
+        (status = 422, description = "Truncated or malformed media, or too many pixels.", body = sluice_core::api_doc::ErrorBody),
+    ))]
 #[tracing::instrument(skip_all, fields(dataset = tracing::field::Empty, files = tracing::field::Empty))]
 pub(super) async fn post_media(
     State(ctx): State<Context>,
@@ -82,6 +121,11 @@ async fn ingest_request(ctx: &Context, request: Request) -> Result<Vec<store::Ac
     }
 }
 
+/// A media item: status, error, raw object and processed outputs.
+#[utoipa::path(get, path = "/v1/media/{id}", tag = "ingest", security(("bearer" = ["ingest"]), ("bearer" = ["train"])), params(("id" = String, Path, description = "The media item's id (a UUID).")),
+    responses((status = 200, description = "The item.", body = Object),
+        (status = 400, description = "The id is not a UUID.", body = sluice_core::api_doc::ErrorBody),
+        (status = 404, description = "No media item has this id.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(media_id = %id))]
 pub(super) async fn get_media(
     State(ctx): State<Context>,
@@ -94,6 +138,12 @@ pub(super) async fn get_media(
     Ok(Json(media_json(&media)))
 }
 
+/// Labels or relabels an item (`{"label": "..."}`, or `null` to clear it).
+#[utoipa::path(patch, path = "/v1/media/{id}", tag = "ingest", security(("bearer" = ["ingest"])), params(("id" = String, Path, description = "The media item's id (a UUID).")),
+    request_body(content = Object, description = "`{\"label\": \"...\" | null}`", content_type = "application/json"),
+    responses((status = 200, description = "The item after the change.", body = Object),
+        (status = 400, description = "The id is not a UUID, or the body is not `{\"label\": ...}` with a valid label.", body = sluice_core::api_doc::ErrorBody),
+        (status = 404, description = "No media item has this id.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(media_id = %id))]
 pub(super) async fn patch_media(
     State(ctx): State<Context>,

@@ -3,28 +3,32 @@
 mod datasets;
 mod media;
 
-use axum::{Router, extract::DefaultBodyLimit, http::StatusCode, routing::get};
+use axum::{extract::DefaultBodyLimit, http::StatusCode};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sluice_core::{Context, http::ApiError};
+use utoipa_axum::{
+    router::{OpenApiRouter, UtoipaMethodRouterExt},
+    routes,
+};
 use uuid::Uuid;
 
 /// Room for multipart boundaries and text parts on top of the files' byte limit.
 const MULTIPART_FRAMING_BYTES: usize = 1024 * 1024;
 
-pub fn router(ctx: Context) -> Router {
+pub fn router(ctx: Context) -> OpenApiRouter {
     // Uploads stream to S3 under `http.max_body_bytes` (counted on the files' bytes, so the
     // framework's limit leaves room for multipart framing), not the JSON routes' default limit.
     let files_limit = usize::try_from(ctx.config.http.max_body_bytes).unwrap_or(usize::MAX);
     let upload_limit = DefaultBodyLimit::max(files_limit.saturating_add(MULTIPART_FRAMING_BYTES));
-    Router::new()
-        .route("/v1/media", axum::routing::post(media::post_media).layer(upload_limit))
-        .route("/v1/media/{id}", get(media::get_media).patch(media::patch_media))
-        .route("/v1/datasets", get(datasets::list_datasets))
-        .route("/v1/datasets/{name}", get(datasets::get_dataset))
-        .route("/v1/datasets/{name}/labelling-queue", get(datasets::labelling_queue))
-        .route("/v1/datasets/{name}/imports", axum::routing::post(datasets::post_import))
-        .route("/v1/imports/{id}", get(datasets::get_import))
+    OpenApiRouter::new()
+        .routes(routes!(media::post_media).layer(upload_limit))
+        .routes(routes!(media::get_media, media::patch_media))
+        .routes(routes!(datasets::list_datasets))
+        .routes(routes!(datasets::get_dataset))
+        .routes(routes!(datasets::labelling_queue))
+        .routes(routes!(datasets::post_import))
+        .routes(routes!(datasets::get_import))
         .with_state(ctx)
 }
 

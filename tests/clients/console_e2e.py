@@ -1,0 +1,203 @@
+"""Drives the Sluice console in headless Chromium (Playwright, sync API), as tests/it/console.rs asks.
+
+usage: console_e2e.py BASE_URL ADMIN_TOKEN PREDICT_TOKEN MODEL SCREENSHOT_DIR CHROMIUM [JOB_ID]
+
+The model must have versions 1 and 2 with production on v1, registered without artifacts (so
+inference cannot load them), no routing and no capture policy. Signs in as admin, checks the
+Overview, the Training page (no job but JOB_ID), the Serving pages, opens the model, promotes v2
+and rolls back to v1 by clicking, signs out, signs in with the predict-only token and checks that
+no promote button is shown and that training is refused. With JOB_ID (a running job of MODEL
+whose trials span rungs 0 to 2 and have epoch histories), also checks the job's page and cancels
+it through the dialog. Saves a screenshot of each page. Waits for elements, never for time.
+Prints progress, then one JSON line: the result, and the predict session's cookie and CSRF token
+for the Rust test to replay against the API.
+"""
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+base, admin_token, predict_token, model, shots, chromium = sys.argv[1:7]
+job_id = sys.argv[7] if len(sys.argv) > 7 else None
+shots = Path(shots)
+expect.set_options(timeout=15_000)
+
+
+def step(text):
+    print(f"- {text}", flush=True)
+
+
+def shot(page, name):
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+
+def session_cookie(context):
+    return next((c for c in context.cookies() if c["name"] == "sluice_session"), None)
+
+
+def sign_in(page, token):
+    page.fill("#token", token)
+    page.click("#sign-in-button")
+
+
+with sync_playwright() as playwright:
+    # Chromium's sandbox needs a user namespace it is not given when the tests run as root.
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=args)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    problems = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("console", lambda message: problems.append(f"console {message.type}: {message.text}")
+            if message.type == "error" and "Failed to load resource" not in message.text else None)
+
+    step("a wrong token is refused, and no cookie is set")
+    page.goto(f"{base}/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    sign_in(page, "slc_not-a-token")
+    expect(page.locator("#sign-in-error")).to_contain_text("unknown or revoked")
+    assert session_cookie(context) is None, context.cookies()
+    shot(page, "sign-in")
+
+    step("the admin signs in and sees the Overview with the stack's health")
+    sign_in(page, admin_token)
+    expect(page.get_by_test_id("who-name")).to_have_text("test-admin")
+    expect(page.get_by_test_id("who-scopes")).to_have_text("admin")
+    expect(page.get_by_test_id("health-status")).to_have_text("ready")
+    for dependency in ["kafka", "s3", "postgres"]:
+        expect(page.get_by_test_id(f"health-{dependency}")).to_contain_text("up")
+    expect(page.get_by_test_id("datasets")).to_contain_text("shapes")
+    expect(page.get_by_test_id("jobs-running")).to_have_text("1" if job_id else "0")
+    expect(page.get_by_test_id("models").get_by_role("row", name=re.compile(model))).to_contain_text("v1")
+    cookie = session_cookie(context)
+    assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
+    assert "sluice_session" not in page.evaluate("document.cookie"), "scripts cannot read the session"
+    expect(page.locator(".updated")).to_contain_text("updated")
+    shot(page, "overview")
+
+    step("the pages not built yet say so")
+    page.click("nav a[data-page=datasets]")
+    expect(page.get_by_test_id("coming-next")).to_contain_text("Coming in the next phase")
+    shot(page, "datasets")
+
+    step("Training lists the jobs and the retrain requests")
+    page.click("nav a[data-page=training]")
+    jobs = page.get_by_test_id("job-list")
+    if job_id:
+        expect(page.get_by_test_id(f"job-{job_id}")).to_contain_text("running")
+        expect(page.get_by_test_id(f"job-{job_id}")).to_contain_text(model)
+    else:
+        expect(jobs).to_contain_text("No training job yet")
+    expect(page.get_by_test_id("retrain-requests")).to_be_visible()
+    expect(page.get_by_test_id("retrain-requests")).not_to_contain_text("scopes do not include")
+    shot(page, "training")
+
+    if job_id:
+        step("a job's page: summary, learning curves, rungs, sortable trials")
+        page.get_by_test_id(f"job-{job_id}").get_by_role("link", name=job_id[:8]).click()
+        expect(page.get_by_test_id("job-status")).to_have_text("running")
+        expect(page.get_by_test_id("curve-chart").locator("path.curve").first).to_be_attached()
+        for rung in range(3):
+            expect(page.get_by_test_id(f"rung-{rung}")).to_be_visible()
+        expect(page.get_by_test_id("rungs")).to_contain_text("promoted")
+        expect(page.get_by_test_id("scatter-chart")).to_be_visible()
+        page.select_option("[data-testid=curve-metric]", "val_loss")
+        expect(page.get_by_test_id("curve-metric")).to_have_value("val_loss")
+        page.click("th[data-sort=val_accuracy]")
+        expect(page.locator("th[data-sort=val_accuracy]")).to_have_attribute("aria-sort", "descending")
+        shot(page, "training-job")
+
+        step("cancel the job through the confirmation dialog")
+        page.get_by_test_id("cancel-job").click()
+        expect(page.locator("#confirm-dialog")).to_be_visible()
+        page.click("#confirm-ok")
+        expect(page.locator("#notice")).to_contain_text("cancelled")
+        expect(page.get_by_test_id("job-status")).to_have_text("cancelled")
+        expect(page.get_by_test_id("cancel-job")).to_have_count(0)
+
+    step("Serving shows each model's routing, drift, capture and traffic")
+    page.click("nav a[data-page=serving]")
+    row = page.get_by_test_id(f"serving-{model}")
+    expect(row).to_contain_text("v1")
+    expect(row).to_contain_text("all to production")
+    # Its versions were registered without artifacts: inference says it cannot load them.
+    expect(row).to_contain_text("cannot be loaded")
+    shot(page, "serving")
+    row.get_by_role("link", name=model).click()
+    expect(page.get_by_test_id("routing")).to_contain_text("production → v1")
+    expect(page.get_by_test_id("canary")).to_contain_text("100 % production (no canary)")
+    expect(page.get_by_test_id("shadow")).to_contain_text("none")
+    expect(page.get_by_test_id("drift")).to_contain_text("cannot be loaded")
+    expect(page.get_by_test_id("capture")).to_contain_text("No capture policy")
+    expect(page.get_by_test_id("predictions-unavailable")).to_contain_text("Not available yet")
+    # Request counts come from this process's /metrics, which every test in it shares: the
+    # card is there, whatever another test served.
+    expect(page.get_by_test_id("traffic")).to_be_visible()
+    expect(page.get_by_test_id("traffic")).not_to_contain_text("does not run inference")
+    shot(page, "serving-model")
+
+    step("Models lists the model; its page shows versions, metrics, lineage, aliases and history")
+    page.click("nav a[data-page=models]")
+    expect(page.get_by_test_id(f"model-{model}")).to_be_visible()
+    shot(page, "models")
+    page.get_by_test_id(f"model-{model}").click()
+    production = page.get_by_test_id("alias-production")
+    expect(production).to_have_text("production → v1")
+    expect(page.get_by_test_id("version-2")).to_contain_text("89.0 %")
+    expect(page.get_by_test_id("version-1")).to_contain_text("snap-1")
+    expect(page.get_by_test_id("history")).to_contain_text("first release")
+    expect(page.get_by_test_id("rollback")).to_have_count(0)
+
+    step("promote v2 by clicking")
+    page.locator("button[data-action=promote][data-version='2']").click()
+    expect(page.locator("#move-dialog")).to_be_visible()
+    expect(page.locator("#move-title")).to_have_text("Promote: production → v2")
+    page.click("#move-confirm")
+    expect(production).to_have_text("production → v2")
+    expect(page.locator("#notice")).to_contain_text("moved from v1 to v2")
+    expect(page.get_by_test_id("history")).to_contain_text("promoted v2 from the console")
+    expect(page.get_by_test_id("version-2")).to_contain_text("in production")
+    shot(page, "model")
+
+    step("roll back to v1 by clicking")
+    page.get_by_test_id("rollback").click()
+    expect(page.locator("#move-title")).to_have_text("Roll back: production → v1")
+    page.click("#move-confirm")
+    expect(production).to_have_text("production → v1")
+    expect(page.get_by_test_id("history")).to_contain_text("rolled back to v1 from the console")
+
+    step("sign out: the cookie is gone and a reload asks to sign in")
+    page.click("#sign-out")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert session_cookie(context) is None, context.cookies()
+    page.reload()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+
+    step("a predict-only token sees models but no promote or roll back button")
+    sign_in(page, predict_token)
+    expect(page.get_by_test_id("who-scopes")).to_have_text("predict")
+    # Signing in lands on the page the address names (the model's, before signing out).
+    page.click("nav a[data-page=overview]")
+    expect(page.get_by_test_id("datasets")).to_contain_text("scopes do not include")
+    page.click("nav a[data-page=training]")
+    expect(page.get_by_test_id("job-list")).to_contain_text("scopes do not include reading training jobs")
+    expect(page.get_by_test_id("retrain-requests")).to_contain_text("scopes do not include")
+    page.click("nav a[data-page=serving]")
+    expect(page.get_by_test_id(f"serving-{model}")).to_contain_text("v1")
+    page.goto(f"{base}/#/models/{model}")
+    expect(page.get_by_test_id("alias-production")).to_have_text("production → v1")
+    expect(page.get_by_test_id("needs-admin")).to_be_visible()
+    expect(page.get_by_test_id("version-2")).to_be_visible()
+    expect(page.locator("button[data-action=promote]")).to_have_count(0)
+    expect(page.get_by_test_id("rollback")).to_have_count(0)
+    shot(page, "model-predict")
+    csrf = page.evaluate("fetch('/console/session').then((r) => r.json()).then((me) => me.csrf_token)")
+    predict_cookie = session_cookie(context)["value"]
+
+    browser.close()
+    assert not problems, problems
+    print(json.dumps({"checks": "passed", "predict_cookie": predict_cookie, "predict_csrf": csrf}))

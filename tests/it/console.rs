@@ -1,0 +1,464 @@
+//! The web console: sign-in with an API token for an `HttpOnly` session cookie, the CSRF token
+//! every cookie-authenticated change must carry, sign-out, scopes exactly the token's, the page
+//! built into the binary, and the whole console driven end to end in headless Chromium.
+
+use std::{path::PathBuf, time::Duration};
+
+use reqwest::{Method, header};
+use serde_json::{Value, json};
+use sluice::Service;
+use sluice_core::{
+    auth::{self, Scope},
+    models::{self, Lineage, ModelName, NewVersion},
+    pipeline::PipelineSpec,
+};
+use sluice_testkit::TestEnv;
+use uuid::Uuid;
+
+use crate::support::{RunningApp, json_of};
+
+/// A signed-in browser, as the tests play it: the cookie it holds and the CSRF token it learnt.
+struct Session {
+    cookie: String,
+    csrf: String,
+    set_cookie: String,
+}
+
+impl Session {
+    fn header(&self) -> String {
+        format!("sluice_session={}", self.cookie)
+    }
+}
+
+async fn sign_in_raw(app: &RunningApp, token: &str, extra: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = app.http.post(app.url("/console/session")).json(&json!({ "token": token }));
+    for (name, value) in extra {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("sign-in request")
+}
+
+async fn sign_in(app: &RunningApp, token: &str) -> Session {
+    let response = sign_in_raw(app, token, &[]).await;
+    let set_cookie =
+        response.headers().get(header::SET_COOKIE).expect("a session cookie").to_str().expect("ascii").to_owned();
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 201, "{body}");
+    let cookie = set_cookie
+        .split(';')
+        .next()
+        .and_then(|pair| pair.strip_prefix("sluice_session="))
+        .expect("the session cookie comes first")
+        .to_owned();
+    Session { cookie, csrf: body["csrf_token"].as_str().expect("a CSRF token").to_owned(), set_cookie }
+}
+
+/// A request carrying the session cookie, and the CSRF header when `csrf` is given.
+async fn with_cookie(
+    app: &RunningApp,
+    method: Method,
+    path: &str,
+    session: &Session,
+    csrf: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = app.http.request(method, app.url(path)).header(header::COOKIE, session.header());
+    if let Some(csrf) = csrf {
+        request = request.header("x-csrf-token", csrf);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    json_of(request.send().await.expect("request")).await
+}
+
+/// Registers versions `1..=count` of `model` straight into the registry's tables (no artifact:
+/// nothing here loads one), with accuracies that rise by version.
+async fn register_versions(app: &RunningApp, model: &str, count: u8) {
+    for n in 1..=count {
+        let accuracy = 0.80 + f64::from(n) * 0.05;
+        let version = NewVersion {
+            model: ModelName::parse(model).expect("model name"),
+            artifact_key: format!("models/{model}/{n}"),
+            sha256: hex::encode([n; 32]),
+            size_bytes: 1024,
+            architecture: "cnn".into(),
+            input_spec: PipelineSpec::default(),
+            labels: vec!["circle".into(), "square".into(), "triangle".into()],
+            hyperparameters: json!({"learning_rate": 0.001, "batch_size": 32}),
+            metrics: json!({"val_accuracy": accuracy, "test_accuracy": accuracy - 0.01, "val_loss": 0.2, "epochs": 8}),
+            reference: json!({}),
+            lineage: Lineage {
+                job_id: Uuid::now_v7(),
+                trial_id: Uuid::now_v7(),
+                snapshot_id: format!("snap-{n}"),
+                dataset: "shapes".into(),
+                spec_hash: PipelineSpec::default().hash(),
+                sluice_version: env!("CARGO_PKG_VERSION").into(),
+            },
+        };
+        let mut client = app.ctx.db.get().await.expect("connection");
+        let tx = client.transaction().await.expect("transaction");
+        models::register(&tx, &app.ctx.config.kafka.topic_prefix, &version).await.expect("register");
+        tx.commit().await.expect("commit");
+    }
+}
+
+async fn move_production(app: &RunningApp, model: &str, version: i32, reason: &str) {
+    let path = format!("/v1/models/{model}/aliases/production");
+    let request = app.http.put(app.url(&path)).bearer_auth(&app.admin_token);
+    let (status, body) =
+        json_of(request.json(&json!({"version": version, "reason": reason})).send().await.expect("PUT")).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_in_with_a_bad_token_is_401_sets_no_cookie_and_counts_as_a_failed_authentication() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.http.auth_failure_burst = 4;
+    let app = RunningApp::spawn_services(config, &[Service::Registry]).await;
+
+    let long = format!("slc_{}", "a".repeat(300));
+    for bad in ["slc_not-a-token", "", long.as_str()] {
+        let response = sign_in_raw(&app, bad, &[]).await;
+        assert!(response.headers().get(header::SET_COOKIE).is_none(), "no cookie for {bad:?}");
+        let (status, body) = json_of(response).await;
+        assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthorized")), "{bad:?}: {body}");
+    }
+    // A form on another site cannot post JSON; the sign-in takes nothing else.
+    let form = app
+        .http
+        .post(app.url("/console/session"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", app.admin_token));
+    let response = form.send().await.expect("form post");
+    assert!(response.headers().get(header::SET_COOKIE).is_none());
+    assert_eq!(json_of(response).await.0, 415);
+    let (status, body) = json_of(
+        app.http
+            .post(app.url("/console/session"))
+            .header("content-type", "application/json")
+            .body("{\"token\": 5}")
+            .send()
+            .await
+            .expect("post"),
+    )
+    .await;
+    assert_eq!((status, body["error"]["code"].clone()), (400, json!("invalid_request")), "{body}");
+
+    // A session cookie nobody issued is one more failure; then the address is held off, even
+    // for a good token, exactly as for bearer tokens.
+    let forged = Session { cookie: "A".repeat(43), csrf: String::new(), set_cookie: String::new() };
+    let (status, body) = with_cookie(&app, Method::GET, "/v1/models", &forged, None, None).await;
+    assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthorized")), "{body}");
+    let response = sign_in_raw(&app, &app.admin_token, &[]).await;
+    assert!(response.headers().get(header::SET_COOKIE).is_none());
+    assert!(response.headers().get(header::RETRY_AFTER).is_some());
+    let (status, body) = json_of(response).await;
+    assert_eq!((status, body["error"]["code"].clone()), (429, json!("rate_limited")), "{body}");
+    assert_eq!(app.count("SELECT count(*) FROM console_sessions").await, 0, "no session was stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_reads_like_its_token_and_changes_state_only_with_the_sessions_csrf_token() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
+    register_versions(&app, "shapes", 2).await;
+    let session = sign_in(&app, &app.admin_token).await;
+    let attributes: Vec<&str> = session.set_cookie.split("; ").collect();
+    for wanted in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(attributes.contains(&wanted), "{wanted} in {}", session.set_cookie);
+    }
+    assert!(!attributes.contains(&"Secure"), "plain HTTP: a Secure cookie would be dropped");
+    assert_eq!(session.cookie.len(), 43);
+    assert!(!session.set_cookie.contains(&app.admin_token), "the cookie is a session, not the token");
+    let stored: Vec<u8> = app
+        .ctx
+        .db
+        .get()
+        .await
+        .expect("connection")
+        .query_one("SELECT secret_sha256 FROM console_sessions", &[])
+        .await
+        .expect("one session")
+        .get(0);
+    assert_ne!(stored, session.cookie.as_bytes(), "only a hash of the secret is stored");
+
+    let (status, models) = with_cookie(&app, Method::GET, "/v1/models", &session, None, None).await;
+    assert_eq!((status, models["models"][0]["name"].clone()), (200, json!("shapes")), "{models}");
+    let (status, me) = with_cookie(&app, Method::GET, "/console/session", &session, None, None).await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(
+        (me["name"].clone(), me["scopes"].clone(), me["via"].clone()),
+        (json!("test-admin"), json!(["admin"]), json!("cookie"))
+    );
+    assert_eq!(me["csrf_token"], session.csrf.as_str());
+    let (status, me) =
+        json_of(app.http.get(app.url("/console/session")).bearer_auth(&app.admin_token).send().await.expect("GET"))
+            .await;
+    assert_eq!((status, me["via"].clone(), me["csrf_token"].clone()), (200, json!("bearer"), Value::Null), "{me}");
+
+    let path = "/v1/models/shapes/aliases/production";
+    let promote = || Some(json!({"version": 2, "reason": "from the console"}));
+    let other = sign_in(&app, &app.admin_token).await;
+    for csrf in [None, Some(""), Some("not-the-token"), Some(other.csrf.as_str())] {
+        let (status, body) = with_cookie(&app, Method::PUT, path, &session, csrf, promote()).await;
+        assert_eq!((status, body["error"]["code"].clone()), (403, json!("csrf_failed")), "{csrf:?}: {body}");
+    }
+    let (status, body) = with_cookie(&app, Method::DELETE, path, &session, None, None).await;
+    assert_eq!((status, body["error"]["code"].clone()), (403, json!("csrf_failed")), "every method but GET and HEAD");
+    assert_eq!(app.count("SELECT count(*) FROM alias_history").await, 0, "a refused change writes nothing");
+
+    let (status, moved) = with_cookie(&app, Method::PUT, path, &session, Some(&session.csrf), promote()).await;
+    assert_eq!((status, moved["to"].clone(), moved["changed"].clone()), (200, json!(2), json!(true)), "{moved}");
+    assert!(moved["actor"].as_str().expect("actor").starts_with("test-admin ("), "{moved}");
+
+    // Bearer clients are judged by their header alone, cookie or not.
+    let request = app.http.put(app.url(path)).bearer_auth(&app.admin_token).header(header::COOKIE, session.header());
+    let (status, body) = json_of(request.json(&json!({"version": 1})).send().await.expect("PUT")).await;
+    assert_eq!(status, 200, "a bearer request needs no CSRF token: {body}");
+    let request = app.http.get(app.url("/v1/models")).bearer_auth("slc_wrong").header(header::COOKIE, session.header());
+    assert_eq!(
+        request.send().await.expect("GET").status().as_u16(),
+        401,
+        "a bad bearer token is not rescued by a cookie"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_ends_the_session_everywhere_and_clears_the_cookie() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
+    let session = sign_in(&app, &app.admin_token).await;
+    let (status, body) = with_cookie(&app, Method::DELETE, "/console/session", &session, None, None).await;
+    assert_eq!((status, body["error"]["code"].clone()), (403, json!("csrf_failed")), "{body}");
+    assert_eq!(with_cookie(&app, Method::GET, "/v1/models", &session, None, None).await.0, 200, "still signed in");
+
+    let response = app
+        .http
+        .delete(app.url("/console/session"))
+        .header(header::COOKIE, session.header())
+        .header("x-csrf-token", &session.csrf)
+        .send()
+        .await
+        .expect("sign out");
+    assert_eq!(response.status().as_u16(), 204);
+    let cleared = response.headers().get(header::SET_COOKIE).expect("a clearing cookie").to_str().expect("ascii");
+    assert!(cleared.starts_with("sluice_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
+    assert_eq!(app.count("SELECT count(*) FROM console_sessions").await, 0);
+
+    // A copy of the cookie kept elsewhere is dead too.
+    let (status, body) = with_cookie(&app, Method::GET, "/v1/models", &session, None, None).await;
+    assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthorized")), "{body}");
+    assert!(body["error"]["message"].as_str().expect("message").contains("sign in again"), "{body}");
+    // Signing out again, or with no cookie at all, only clears the cookie.
+    assert_eq!(with_cookie(&app, Method::DELETE, "/console/session", &session, None, None).await.0, 204);
+    assert_eq!(app.http.delete(app.url("/console/session")).send().await.expect("DELETE").status().as_u16(), 204);
+
+    // Signing in again replaces the previous session, and a revoked token ends its sessions.
+    let first = sign_in(&app, &app.admin_token).await;
+    let again = sign_in_raw(&app, &app.admin_token, &[("cookie", &first.header())]).await;
+    assert_eq!(again.status().as_u16(), 201);
+    assert_eq!(with_cookie(&app, Method::GET, "/v1/models", &first, None, None).await.0, 401, "replaced");
+    let doomed = app.token(&[Scope::Admin]).await;
+    let session = sign_in(&app, &doomed).await;
+    let doomed_id = auth::verify(&app.ctx.db, &doomed).await.expect("lookup").expect("token").token_id;
+    auth::revoke_token(&app.ctx.db, doomed_id).await.expect("revoke");
+    assert_eq!(with_cookie(&app, Method::GET, "/v1/models", &session, None, None).await.0, 401, "revoked token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cookie_is_secure_behind_tls_and_when_configured() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
+    let behind_proxy = sign_in_raw(&app, &app.admin_token, &[("x-forwarded-proto", "https")]).await;
+    let cookie = behind_proxy.headers()[header::SET_COOKIE].to_str().expect("ascii").to_owned();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    drop(app);
+
+    let mut config = env.config.clone();
+    config.http.secure_cookies = true;
+    config.http.console_session_hours = 1;
+    let app = RunningApp::spawn_services(config, &[Service::Registry]).await;
+    let session = sign_in(&app, &app.admin_token).await;
+    assert!(
+        session.set_cookie.contains("Max-Age=3600") && session.set_cookie.ends_with("; Secure"),
+        "{}",
+        session.set_cookie
+    );
+}
+
+/// The scope matrix of `security.rs`, with a console session in place of each bearer token:
+/// every route answers the cookie (with its CSRF token) exactly as it answers the token, and
+/// every route that is not GET refuses the cookie without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_grants_exactly_its_tokens_scopes_on_every_route() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.http.auth_failure_burst = 0;
+    let app = RunningApp::spawn(config).await;
+    let mut wrong = Vec::new();
+    for scope in [Scope::Ingest, Scope::Predict, Scope::Train, Scope::Admin] {
+        let token = app.token(&[scope]).await;
+        let session = sign_in(&app, &token).await;
+        for (method, path, allowed) in crate::security::matrix() {
+            let body = matches!(method, Method::POST | Method::PUT | Method::PATCH).then(|| json!({"unusable": true}));
+            let by_bearer = {
+                let mut request = app.http.request(method.clone(), app.url(&path)).bearer_auth(&token);
+                if let Some(body) = &body {
+                    request = request.json(body);
+                }
+                json_of(request.send().await.expect("request")).await
+            };
+            let by_cookie = with_cookie(&app, method.clone(), &path, &session, Some(&session.csrf), body.clone()).await;
+            let refused = by_cookie.0 == 403 && by_cookie.1["error"]["code"] == "forbidden";
+            if by_cookie.0 != by_bearer.0 || allowed.passes(scope) == refused {
+                wrong.push(format!(
+                    "{method} {path} as {scope}: cookie {} {}, bearer {}",
+                    by_cookie.0, by_cookie.1, by_bearer.0
+                ));
+            }
+            let without_csrf = with_cookie(&app, method.clone(), &path, &session, None, body).await;
+            let csrf_refused = without_csrf.0 == 403 && without_csrf.1["error"]["code"] == "csrf_failed";
+            if (method != Method::GET) != csrf_refused {
+                wrong.push(format!("{method} {path} as {scope} without CSRF: {} {}", without_csrf.0, without_csrf.1));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} answers differ:\n{}", wrong.len(), wrong.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_page_and_its_assets_are_served_from_the_binary_by_every_listener() {
+    let env = TestEnv::new().await;
+    for services in [&[Service::Registry][..], &[Service::Inference][..]] {
+        let app = RunningApp::spawn_services(env.config.clone(), services).await;
+        let page = app.http.get(app.url("/")).send().await.expect("page");
+        assert_eq!(page.status(), 200);
+        let headers = page.headers().clone();
+        assert!(headers[header::CONTENT_TYPE].to_str().expect("ascii").starts_with("text/html"));
+        let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().expect("ascii");
+        assert!(policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"), "{policy}");
+        assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+        let html = page.text().await.expect("html");
+        for nav in ["Overview", "Datasets", "Training", "Models", "Serving"] {
+            assert!(html.contains(&format!(">{nav}</a>")), "navigation to {nav}");
+        }
+        for (path, kind) in [
+            ("/console/console.js", "text/javascript"),
+            ("/console/console.css", "text/css"),
+            ("/console/icon.svg", "image/svg+xml"),
+        ] {
+            let asset = app.http.get(app.url(path)).send().await.expect("asset");
+            assert_eq!(asset.status(), 200, "{path}");
+            assert!(asset.headers()[header::CONTENT_TYPE].to_str().expect("ascii").starts_with(kind), "{path}");
+            // The SVG namespace is a name, not an address anything is fetched from.
+            let text = asset.text().await.expect("text").replace("http://www.w3.org/2000/svg", "");
+            assert!(!text.contains("http://") && !text.contains("https://"), "{path} loads nothing from elsewhere");
+            assert!(html.contains(&format!("\"{path}\"")), "the page uses {path}");
+        }
+        assert!(!html.contains("http://") && !html.contains("https://"), "the page loads nothing from elsewhere");
+    }
+}
+
+/// Where the browser test leaves its screenshots.
+fn screenshot_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
+}
+
+/// Headless Chromium, driven by Playwright: sign in, the Overview's health, a model's versions,
+/// promote and roll back by clicking, sign out, and a predict-only token that sees no buttons and
+/// whose cookie the API refuses a promotion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_browser() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    register_versions(&app, "shapes", 2).await;
+    move_production(&app, "shapes", 1, "first release").await;
+    for (seed, label) in [(1, "circle"), (2, "square"), (3, "triangle")] {
+        let (status, body) = crate::ingest::post_raw(
+            &app,
+            &format!("?dataset=shapes&label={label}"),
+            "image/png",
+            crate::ingest::png(32, 32, seed),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let predict = app.token(&[Scope::Predict]).await;
+
+    let root = env!("CARGO_MANIFEST_DIR");
+    let installed = std::process::Command::new("bash")
+        .arg(format!("{root}/tests/clients/browser-env.sh"))
+        .output()
+        .expect("browser-env.sh");
+    assert!(installed.status.success(), "browser-env.sh: {}", String::from_utf8_lossy(&installed.stderr));
+    let paths = String::from_utf8(installed.stdout).expect("paths");
+    let mut paths = paths.lines();
+    let (python, chromium) = (paths.next().expect("python").to_owned(), paths.next().expect("chromium").to_owned());
+    let shots = screenshot_dir();
+    std::fs::create_dir_all(&shots).expect("screenshot folder");
+    let args = [
+        format!("{root}/tests/clients/console_e2e.py"),
+        app.base_url.clone(),
+        app.admin_token.clone(),
+        predict.clone(),
+        "shapes".to_owned(),
+        shots.display().to_string(),
+        chromium,
+    ];
+    let run = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output());
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the browser run ends")
+        .expect("task")
+        .expect("python");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    eprintln!("{stdout}\nscreenshots: {}", shots.display());
+    assert!(output.status.success(), "the browser run failed:\n{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the script's JSON");
+    assert_eq!(report["checks"], "passed", "{report}");
+    for page in ["sign-in", "overview", "datasets", "training", "models", "model", "serving", "model-predict"] {
+        assert!(shots.join(format!("{page}.png")).is_file(), "a screenshot of {page}");
+    }
+
+    // The clicks went through the API: production moved to v2, then back to v1, by the admin.
+    let history = app.http.get(app.url("/v1/models/shapes/aliases/production/history")).bearer_auth(&app.admin_token);
+    let (status, history) = json_of(history.send().await.expect("history")).await;
+    assert_eq!(status, 200, "{history}");
+    let moves: Vec<(Value, Value, Value)> = history["history"]
+        .as_array()
+        .expect("moves")
+        .iter()
+        .map(|m| (m["from"].clone(), m["to"].clone(), m["reason"].clone()))
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            (json!(2), json!(1), json!("rolled back to v1 from the console")),
+            (json!(1), json!(2), json!("promoted v2 from the console")),
+            (Value::Null, json!(1), json!("first release")),
+        ],
+        "{history}"
+    );
+    assert!(history["history"][0]["actor"].as_str().expect("actor").starts_with("test-admin ("), "{history}");
+
+    // The predict-only session the browser held: the API refuses it a promotion, without the CSRF
+    // header (csrf_failed) and with it (the scope).
+    let held = Session {
+        cookie: report["predict_cookie"].as_str().expect("cookie").to_owned(),
+        csrf: report["predict_csrf"].as_str().expect("csrf").to_owned(),
+        set_cookie: String::new(),
+    };
+    let path = "/v1/models/shapes/aliases/production";
+    let body = || Some(json!({"version": 2}));
+    let (status, refused) = with_cookie(&app, Method::PUT, path, &held, None, body()).await;
+    assert_eq!((status, refused["error"]["code"].clone()), (403, json!("csrf_failed")), "{refused}");
+    let (status, refused) = with_cookie(&app, Method::PUT, path, &held, Some(&held.csrf), body()).await;
+    assert_eq!((status, refused["error"]["code"].clone()), (403, json!("forbidden")), "{refused}");
+    let (status, alias) = with_cookie(&app, Method::GET, path, &held, None, None).await;
+    assert_eq!((status, alias["version"].clone()), (200, json!(1)), "reads work, production stayed: {alias}");
+    let sessions = app.count("SELECT count(*) FROM console_sessions").await;
+    assert_eq!(sessions, 1, "the admin signed out; the predict session is the one left");
+}
