@@ -62,6 +62,38 @@ pub async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Result<Optio
     Ok(Some(body.into_bytes()))
 }
 
+/// An object being read: its length and a stream of its bytes.
+#[derive(Debug)]
+pub struct ObjectStream {
+    pub length: Option<u64>,
+    pub content_type: Option<String>,
+    pub body: aws_sdk_s3::primitives::ByteStream,
+}
+
+impl ObjectStream {
+    /// The body as a stream of chunks, to answer an HTTP request without holding the object.
+    pub fn into_chunks(self) -> impl futures::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send {
+        futures::stream::unfold(self.body, |mut body| async move {
+            body.next().await.map(|chunk| (chunk.map_err(std::io::Error::other), body))
+        })
+    }
+}
+
+/// Opens an object for reading without loading it; `None` when there is no such key.
+pub async fn get_stream(client: &Client, bucket: &str, key: &str) -> Result<Option<ObjectStream>, S3Error> {
+    match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(object) => Ok(Some(ObjectStream {
+            length: object.content_length.and_then(|n| u64::try_from(n).ok()),
+            content_type: object.content_type,
+            body: object.body,
+        })),
+        Err(err) => {
+            let err = S3Error::from_sdk("GetObject", err);
+            if err.code() == Some("NoSuchKey") { Ok(None) } else { Err(err) }
+        }
+    }
+}
+
 /// Writes a whole object in one PUT (small objects: manifests, checkpoints, model artifacts).
 pub async fn put_bytes(
     client: &Client,

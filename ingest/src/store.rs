@@ -413,3 +413,119 @@ pub async fn recorded_keys(ctx: &Context, keys: &[String]) -> Result<Vec<String>
     let rows = client.query("SELECT raw_key FROM media WHERE raw_key = ANY($1)", &[&keys]).await?;
     Ok(rows.iter().map(|r| r.get("raw_key")).collect())
 }
+
+/// Which of a dataset's items [`dataset_media`] lists.
+#[derive(Debug, Default)]
+pub struct MediaFilter {
+    pub status: Option<MediaStatus>,
+    /// Only items with this label.
+    pub label: Option<Label>,
+    /// Only items without a label.
+    pub unlabelled: bool,
+    /// Only items older than this one (the previous page's last item).
+    pub before: Option<Uuid>,
+}
+
+/// One item of a dataset page.
+#[derive(Debug)]
+pub struct ListedMedia {
+    pub id: Uuid,
+    pub kind: String,
+    pub content_type: String,
+    pub status: MediaStatus,
+    pub label: Option<String>,
+    pub error: Option<String>,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+    pub bytes: i64,
+    /// How many processed outputs it has under its current pipeline spec.
+    pub outputs: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Up to `limit` of `dataset`'s items, newest first, that pass `filter`; `None` for an unknown
+/// dataset. Keyset-paged on (created_at, id), so any page costs the same on a large dataset.
+#[tracing::instrument(level = "debug", skip_all, fields(dataset = %dataset, limit = limit))]
+pub async fn dataset_media(
+    ctx: &Context,
+    dataset: &DatasetName,
+    filter: &MediaFilter,
+    limit: i64,
+) -> Result<Option<Vec<ListedMedia>>, DbError> {
+    let client = ctx.db.get().await?;
+    let exists = client.query_opt("SELECT 1 FROM datasets WHERE name = $1", &[&dataset.as_str()]).await?.is_some();
+    if !exists {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT m.id, m.kind, m.content_type, m.status, m.label, m.error, m.width, m.height, m.bytes, m.created_at,
+                    (SELECT count(*) FROM media_outputs o WHERE o.media_id = m.id AND o.spec_hash = m.spec_hash) AS outputs
+             FROM media m
+             WHERE m.dataset = $1
+               AND ($2::text IS NULL OR m.status = $2)
+               AND ($3::text IS NULL OR m.label = $3)
+               AND (NOT $4 OR m.label IS NULL)
+               AND ($5::uuid IS NULL OR (m.created_at, m.id) < (SELECT b.created_at, b.id FROM media b WHERE b.id = $5))
+             ORDER BY m.created_at DESC, m.id DESC
+             LIMIT $6",
+            &[
+                &dataset.as_str(),
+                &filter.status,
+                &filter.label.as_ref().map(Label::as_str),
+                &filter.unlabelled,
+                &filter.before,
+                &limit,
+            ],
+        )
+        .await?;
+    Ok(Some(
+        rows.iter()
+            .map(|r| ListedMedia {
+                id: r.get("id"),
+                kind: r.get("kind"),
+                content_type: r.get("content_type"),
+                status: r.get("status"),
+                label: r.get("label"),
+                error: r.get("error"),
+                width: r.get("width"),
+                height: r.get("height"),
+                bytes: r.get("bytes"),
+                outputs: r.get("outputs"),
+                created_at: r.get("created_at"),
+            })
+            .collect(),
+    ))
+}
+
+/// Where a media item's bytes are: the raw upload and its outputs under its current spec.
+#[derive(Debug)]
+pub struct MediaObjects {
+    pub content_type: String,
+    pub raw_key: String,
+    /// Output keys in frame order.
+    pub outputs: Vec<String>,
+}
+
+/// The S3 keys of media `id`'s raw bytes and current outputs; `None` for an unknown id.
+#[tracing::instrument(level = "debug", skip_all, fields(media_id = %id))]
+pub async fn media_objects(ctx: &Context, id: Uuid) -> Result<Option<MediaObjects>, DbError> {
+    let client = ctx.db.get().await?;
+    let Some(row) =
+        client.query_opt("SELECT content_type, raw_key, spec_hash FROM media WHERE id = $1", &[&id]).await?
+    else {
+        return Ok(None);
+    };
+    let spec_hash: Option<String> = row.get("spec_hash");
+    let outputs = client
+        .query(
+            "SELECT key FROM media_outputs WHERE media_id = $1 AND spec_hash = $2
+             ORDER BY frame_index NULLS FIRST, key",
+            &[&id, &spec_hash],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get("key"))
+        .collect();
+    Ok(Some(MediaObjects { content_type: row.get("content_type"), raw_key: row.get("raw_key"), outputs }))
+}

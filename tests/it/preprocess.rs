@@ -590,3 +590,93 @@ async fn an_item_that_kept_killing_workers_is_dead_lettered_instead_of_retried_f
     assert_eq!(events.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), [doomed.as_str()], "{events:?}");
     assert_eq!(app.count("SELECT max(attempts)::bigint FROM media").await, 0, "ended items reset their count");
 }
+
+/// `GET /v1/datasets/{name}/media` pages newest first with filters; `GET /v1/media/{id}/content`
+/// streams the raw upload and each processed output, typed and under a policy that runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datasets_items_are_paged_with_filters_and_their_bytes_served_raw_and_processed() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    put_pipeline(&app, "browse", serde_json::json!({"width": 20, "height": 10, "fit": "fill"})).await;
+    let raw_cat = png(50, 40, 1);
+    let (status, answer) = post_raw(&app, "?dataset=browse&label=cat", "image/png", raw_cat.clone()).await;
+    assert_eq!(status, 202, "{answer}");
+    let cat = answer["items"][0]["id"].as_str().expect("id").to_owned();
+    let (status, answer) = post_raw(&app, "?dataset=browse&label=dog", "image/jpeg", jpeg(30, 30, 2)).await;
+    assert_eq!(status, 202, "{answer}");
+    let dog = answer["items"][0]["id"].as_str().expect("id").to_owned();
+    let mut corrupt = jpeg(64, 64, 3);
+    let len = corrupt.len();
+    corrupt[len / 3..len - 2].fill(0xA5);
+    let broken = upload(&app, "browse", "image/jpeg", corrupt).await;
+    for id in [&cat, &dog, &broken] {
+        settled(&app, id).await;
+    }
+
+    let get = |path: String| {
+        let app = &app;
+        async move { json_of(app.http.get(app.url(&path)).bearer_auth(&app.admin_token).send().await.expect("get")).await }
+    };
+    let page = |query: &'static str| {
+        let get = &get;
+        async move {
+            let (status, body) = get(format!("/v1/datasets/browse/media{query}")).await;
+            assert_eq!(status, 200, "{query}: {body}");
+            body
+        }
+    };
+    let ids = |body: &Value| -> Vec<String> {
+        body["items"].as_array().expect("items").iter().map(|i| i["id"].as_str().expect("id").to_owned()).collect()
+    };
+    let all = page("").await;
+    assert_eq!(ids(&all), [broken.clone(), dog.clone(), cat.clone()], "newest first: {all}");
+    assert_eq!(all["next_before"], Value::Null, "one page holds them all");
+    let failed = &all["items"][0];
+    assert_eq!((failed["status"].as_str(), failed["outputs"].as_i64()), (Some("failed"), Some(0)), "{failed}");
+    assert!(failed["error"].as_str().is_some_and(|e| !e.is_empty()), "a failed item says why: {failed}");
+    assert_eq!(all["items"][2]["outputs"], 1, "{all}");
+    assert_eq!(ids(&page("?label=cat").await), [cat.clone()]);
+    assert_eq!(ids(&page("?status=failed").await), [broken.clone()]);
+    assert_eq!(ids(&page("?unlabelled=true").await), [broken.clone()]);
+    let first = page("?limit=2").await;
+    assert_eq!(ids(&first), [broken.clone(), dog.clone()]);
+    assert_eq!(first["next_before"], dog.as_str(), "{first}");
+    let rest = get(format!("/v1/datasets/browse/media?limit=2&before={dog}")).await.1;
+    assert_eq!(ids(&rest), [cat.clone()], "the second page continues where the first ended");
+    for bad in
+        ["?status=done", "?limit=0", "?limit=201", "?before=nope", "?unlabelled=yes", "?label=cat&unlabelled=true"]
+    {
+        let (status, body) = get(format!("/v1/datasets/browse/media{bad}")).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_request")), "{bad}: {body}");
+    }
+    assert_eq!(get("/v1/datasets/nowhere/media".into()).await.0, 404);
+
+    let content = |query: String| {
+        let app = &app;
+        async move { app.http.get(app.url(&query)).bearer_auth(&app.admin_token).send().await.expect("content") }
+    };
+    let processed = content(format!("/v1/media/{cat}/content")).await;
+    assert_eq!(processed.status(), 200);
+    assert_eq!(processed.headers()["content-type"], "image/png");
+    assert_eq!(processed.headers()["x-content-type-options"], "nosniff");
+    assert!(processed.headers()["content-security-policy"].to_str().expect("ascii").contains("sandbox"));
+    let image = image::load_from_memory(&processed.bytes().await.expect("bytes")).expect("a PNG");
+    assert_eq!((image.width(), image.height()), (20, 10), "the processed output, at the spec's size");
+    let raw = content(format!("/v1/media/{cat}/content?variant=raw")).await;
+    assert_eq!((raw.status().as_u16(), raw.headers()["content-type"].clone()), (200, "image/png".parse().expect("hv")));
+    assert_eq!(raw.bytes().await.expect("bytes").to_vec(), raw_cat, "the raw bytes as uploaded");
+    let raw_dog = content(format!("/v1/media/{dog}/content?variant=raw")).await;
+    assert_eq!(raw_dog.headers()["content-type"], "image/jpeg");
+    for (query, status) in [
+        (format!("/v1/media/{broken}/content"), 404),
+        (format!("/v1/media/{cat}/content?output=1"), 404),
+        (format!("/v1/media/{cat}/content?output=-1"), 400),
+        (format!("/v1/media/{cat}/content?variant=thumbnail"), 400),
+        (format!("/v1/media/{}/content", uuid::Uuid::now_v7()), 404),
+        ("/v1/media/nope/content".to_owned(), 400),
+    ] {
+        let answer = content(query.clone()).await;
+        assert_eq!(answer.status().as_u16(), status, "{query}");
+        assert_eq!(answer.headers()["content-type"], "application/json", "{query}");
+    }
+}

@@ -54,6 +54,8 @@ pub(crate) fn matrix() -> Vec<(Method, String, Allowed)> {
         (Method::GET, "/v1/datasets".into(), IngestOrTrain),
         (Method::GET, "/v1/datasets/nope".into(), IngestOrTrain),
         (Method::GET, "/v1/datasets/nope/labelling-queue".into(), IngestOrTrain),
+        (Method::GET, "/v1/datasets/nope/media".into(), IngestOrTrain),
+        (Method::GET, format!("/v1/media/{id}/content"), IngestOrTrain),
         (Method::POST, "/v1/datasets/nope/imports".into(), Ingest),
         (Method::GET, format!("/v1/imports/{id}"), Ingest),
         (Method::GET, "/v1/datasets/nope/pipeline".into(), IngestOrTrain),

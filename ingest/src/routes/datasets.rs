@@ -10,8 +10,9 @@ use serde_json::{Value, json};
 use sluice_core::{
     Context,
     auth::Scope,
-    domain::DatasetName,
+    domain::{DatasetName, Label},
     http::{ApiError, Caller},
+    uploads::MediaStatus,
 };
 use uuid::Uuid;
 
@@ -119,6 +120,87 @@ pub(super) async fn labelling_queue(
         })
         .collect();
     Ok(Json(json!({"dataset": name.as_str(), "unlabelled": queue.unlabelled, "items": items})))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct MediaQuery {
+    status: Option<String>,
+    label: Option<String>,
+    unlabelled: Option<String>,
+    before: Option<String>,
+    limit: Option<String>,
+}
+
+/// `GET /v1/datasets/{name}/media`: a page of the dataset's items, newest first.
+#[utoipa::path(get, path = "/v1/datasets/{name}/media", tag = "ingest", security(("bearer" = ["ingest"]), ("bearer" = ["train"])),
+    params(("name" = String, Path, description = "The dataset's name."),
+        ("status" = Option<String>, Query, description = "Only items with this status: `accepted`, `processing`, `processed` or `failed`."),
+        ("label" = Option<String>, Query, description = "Only items with this label."),
+        ("unlabelled" = Option<bool>, Query, description = "`true`: only items without a label."),
+        ("before" = Option<String>, Query, description = "The next page: items older than this media id (the previous answer's `next_before`)."),
+        ("limit" = Option<i64>, Query, description = "At most this many, 1 to 200 (default 60).")),
+    responses((status = 200, description = "`{\"dataset\", \"items\": [{\"id\", \"kind\", \"content_type\", \"status\", \"label\", \"error\", \"width\", \"height\", \"bytes\", \"outputs\", \"created_at\"}], \"next_before\"}`; `next_before` is null on the last page.", body = Object),
+        (status = 400, description = "A malformed dataset name or query.", body = sluice_core::api_doc::ErrorBody),
+        (status = 404, description = "No dataset of this name.", body = sluice_core::api_doc::ErrorBody)))]
+#[tracing::instrument(skip_all, fields(dataset = %name))]
+pub(super) async fn list_media(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path(name): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<MediaQuery>,
+) -> Result<Json<Value>, IngestError> {
+    caller.require_any(&[Scope::Ingest, Scope::Train])?;
+    let name = parse_dataset(&name)?;
+    let bad = |field: &'static str, message: &str| IngestError::BadField { field, message: message.to_owned() };
+    let status = query
+        .status
+        .as_deref()
+        .map(|s| {
+            s.parse::<MediaStatus>().map_err(|_| bad("status", "must be accepted, processing, processed or failed"))
+        })
+        .transpose()?;
+    let label = query
+        .label
+        .as_deref()
+        .map(|l| Label::parse(l).map_err(|e| IngestError::BadField { field: "label", message: e.0 }))
+        .transpose()?;
+    let unlabelled = match query.unlabelled.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(bad("unlabelled", "must be true or false")),
+    };
+    if unlabelled && label.is_some() {
+        return Err(bad("unlabelled", "cannot be combined with label"));
+    }
+    let before = query
+        .before
+        .as_deref()
+        .map(|b| Uuid::parse_str(b).map_err(|_| bad("before", "must be a media id")))
+        .transpose()?;
+    let limit = match query.limit.as_deref() {
+        None => 60,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| bad("limit", "must be 1 to 200"))?,
+    };
+    let filter = store::MediaFilter { status, label, unlabelled, before };
+    let items = store::dataset_media(&ctx, &name, &filter, limit)
+        .await?
+        .ok_or_else(|| IngestError::NotFound(format!("dataset named {name}")))?;
+    let next_before = (items.len() as i64 == limit).then(|| items.last().map(|m| m.id)).flatten();
+    let items: Vec<Value> = items
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id, "kind": m.kind, "content_type": m.content_type, "status": m.status,
+                "label": m.label, "error": m.error, "width": m.width, "height": m.height,
+                "bytes": m.bytes, "outputs": m.outputs, "created_at": rfc3339(Some(m.created_at)),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"dataset": name.as_str(), "items": items, "next_before": next_before})))
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -9,7 +9,7 @@ use axum::{
     http::StatusCode,
 };
 use serde_json::{Value, json};
-use sluice_core::{Context, auth::Scope, domain::Label, http::Caller};
+use sluice_core::{Context, auth::Scope, domain::Label, http::Caller, s3};
 
 use super::{parse_id, rfc3339};
 use crate::{
@@ -172,6 +172,81 @@ pub(super) async fn patch_media(
     }
     let media = store::media(&ctx, id).await?.ok_or_else(not_found)?;
     Ok(Json(media_json(&media)))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct ContentQuery {
+    variant: Option<String>,
+    output: Option<String>,
+}
+
+/// What `GET /v1/media/{id}/content` may send: only types Sluice itself sniffed or wrote, each
+/// under a policy that runs nothing, so a hostile upload cannot become a page on this origin.
+const CONTENT_POLICY: &str = "default-src 'none'; sandbox";
+
+/// A media item's bytes: the raw upload, or one of its processed outputs (PNG).
+#[utoipa::path(get, path = "/v1/media/{id}/content", tag = "ingest", security(("bearer" = ["ingest"]), ("bearer" = ["train"])),
+    params(("id" = String, Path, description = "The media item's id (a UUID)."),
+        ("variant" = Option<String>, Query, description = "`processed` (default): an output of the current pipeline spec, as PNG; `raw`: the uploaded bytes."),
+        ("output" = Option<u32>, Query, description = "Which output, in frame order (default 0: the first; videos have one per extracted frame).")),
+    responses((status = 200, description = "The bytes, streamed.", content((MediaBytes = "image/png"), (MediaBytes = "image/*"), (MediaBytes = "video/*"))),
+        (status = 400, description = "The id is not a UUID, or a malformed variant or output.", body = sluice_core::api_doc::ErrorBody),
+        (status = 404, description = "No media item has this id, or it has no such output (yet).", body = sluice_core::api_doc::ErrorBody)))]
+#[tracing::instrument(skip_all, fields(media_id = %id))]
+pub(super) async fn get_content(
+    State(ctx): State<Context>,
+    caller: Caller,
+    Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ContentQuery>,
+) -> Result<axum::response::Response, IngestError> {
+    use axum::http::{HeaderValue, header};
+    caller.require_any(&[Scope::Ingest, Scope::Train])?;
+    let id = parse_id(&id)?;
+    let raw = match query.variant.as_deref() {
+        None | Some("processed") => false,
+        Some("raw") => true,
+        Some(_) => {
+            return Err(IngestError::BadField { field: "variant", message: "must be `raw` or `processed`".into() });
+        }
+    };
+    let index = match query.output.as_deref() {
+        None => 0,
+        Some(text) => text.parse::<usize>().map_err(|_| IngestError::BadField {
+            field: "output",
+            message: "must be a whole number (0 is the first output)".into(),
+        })?,
+    };
+    let objects =
+        store::media_objects(&ctx, id).await?.ok_or_else(|| IngestError::NotFound(format!("media with id {id}")))?;
+    let (key, content_type) = if raw {
+        (objects.raw_key, objects.content_type)
+    } else {
+        let key = objects.outputs.into_iter().nth(index).ok_or_else(|| {
+            IngestError::NotFound(format!("output {index} of media {id} (it may not be processed yet)"))
+        })?;
+        (key, "image/png".to_owned())
+    };
+    let object = s3::get_stream(&ctx.s3, &ctx.config.s3.bucket, &key)
+        .await
+        .map_err(IngestError::Storage)?
+        .ok_or_else(|| IngestError::NotFound(format!("stored bytes of media {id}")))?;
+    let length = object.length;
+    let mut response = axum::response::Response::new(Body::from_stream(object.into_chunks()));
+    let headers = response.headers_mut();
+    // Only the types ingest sniffed (image/*, video/*) or preprocess wrote (PNG) are ever sent.
+    let content_type = HeaderValue::from_str(&content_type)
+        .ok()
+        .filter(|_| content_type.starts_with("image/") || content_type.starts_with("video/"))
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_TYPE, content_type);
+    if let Some(length) = length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_POLICY));
+    // An output's key names its spec, and raw bytes never change: browsers may keep them a while.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=300"));
+    Ok(response)
 }
 
 /// The body of `GET /v1/media/{id}`.
