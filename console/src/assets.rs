@@ -21,6 +21,20 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     response
 }
 
+/// The console's script: its parts, in order, as one file (one request, one scope). `console.js`
+/// holds the shell (sign-in, routing, polling, Overview, Models); each page family has its own.
+const SCRIPT: &str = concat!(
+    include_str!("assets/console.js"),
+    "\n",
+    include_str!("assets/charts.js"),
+    "\n",
+    include_str!("assets/training.js"),
+    "\n",
+    include_str!("assets/serving.js"),
+    "\n",
+    include_str!("assets/datasets.js"),
+);
+
 /// The console's page: navigation, sign-in, and the pages (rendered by `console.js`).
 #[utoipa::path(get, path = "/", tag = "console",
     responses((status = 200, description = "The console's HTML page, built into the binary.", body = String, content_type = "text/html")))]
@@ -37,7 +51,7 @@ pub(crate) async fn index() -> Response {
 #[utoipa::path(get, path = "/console/console.js", tag = "console",
     responses((status = 200, description = "JavaScript, built into the binary.", body = String, content_type = "text/javascript")))]
 pub(crate) async fn script() -> Response {
-    asset(include_str!("assets/console.js"), "text/javascript; charset=utf-8")
+    asset(SCRIPT, "text/javascript; charset=utf-8")
 }
 
 /// The console's style sheet.

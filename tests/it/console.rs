@@ -362,6 +362,95 @@ async fn the_console_page_and_its_assets_are_served_from_the_binary_by_every_lis
     }
 }
 
+/// A running successive-halving job of `model` on `dataset`, inserted into the trainer's tables
+/// (no event: nothing trains it): six trials of 3 epochs on rung 0, the best two continued to
+/// epoch 6 on rung 1, and the best of those on rung 2, running at epoch 8 of 10.
+async fn insert_training_job(app: &RunningApp, model: &str, dataset: &str) -> Uuid {
+    let job_id = Uuid::now_v7();
+    let client = app.ctx.db.get().await.expect("connection");
+    let request = json!({"model": model, "dataset": dataset, "architecture": "mlp",
+        "search": {"strategy": "halving", "max_trials": 6, "reduction_factor": 3, "min_epochs": 3,
+                   "space": {"learning_rate": {"log_uniform": [0.0001, 0.1]}, "epochs": 10}},
+        "validation_split": 0.2, "seed": 7, "promote": "never"});
+    client
+        .execute(
+            "INSERT INTO training_jobs (id, model, dataset, architecture, request, status, snapshot_id, snapshot_key,
+                                        labels, items, requested_by, started_at)
+             VALUES ($1, $2, $3, 'mlp', $4, 'running', 'snap-console', 'snapshots/snap-console', $5, 3, 'test-admin', now())",
+            &[&job_id, &model, &dataset, &request, &json!(["circle", "square", "triangle"])],
+        )
+        .await
+        .expect("job");
+    // (ordinal, rung, parent ordinal, learning rate, epoch budget, first epoch, last epoch, status)
+    type Trial = (i32, i32, Option<i32>, f64, i32, i32, i32, &'static str);
+    let plan: [Trial; 9] = [
+        (0, 0, None, 0.0003, 3, 1, 3, "succeeded"),
+        (1, 0, None, 0.001, 3, 1, 3, "succeeded"),
+        (2, 0, None, 0.003, 3, 1, 3, "succeeded"),
+        (3, 0, None, 0.01, 3, 1, 3, "succeeded"),
+        (4, 0, None, 0.03, 3, 1, 3, "succeeded"),
+        (5, 0, None, 0.1, 3, 1, 3, "succeeded"),
+        (6, 1, Some(2), 0.003, 6, 4, 6, "succeeded"),
+        (7, 1, Some(1), 0.001, 6, 4, 6, "succeeded"),
+        (8, 2, Some(6), 0.003, 10, 7, 8, "running"),
+    ];
+    let mut ids: Vec<Uuid> = Vec::new();
+    for (ordinal, rung, parent, learning_rate, epochs, first, last, status) in plan {
+        // Closer to 0.003 learns better; every epoch a little more.
+        let quality = 0.95 - 0.08 * (learning_rate / 0.003_f64).log10().powi(2);
+        let epoch_metrics = |e: i32| {
+            let accuracy = quality * (1.0 - 0.6 * (-f64::from(e) / 2.0).exp());
+            json!({"epoch": e, "epochs": epochs, "train_loss": 1.2 - accuracy, "train_accuracy": accuracy + 0.02,
+                   "val_loss": 1.3 - accuracy, "val_accuracy": accuracy, "learning_rate": learning_rate, "seconds": 2.5})
+        };
+        let history: Vec<Value> = (first..=last)
+            .map(|e| {
+                let mut entry = epoch_metrics(e);
+                entry["worker"] = json!("test-worker");
+                entry["resumed_from"] = json!(first - 1);
+                entry
+            })
+            .collect();
+        let metrics = if status == "succeeded" {
+            let best = epoch_metrics(last);
+            json!({"val_accuracy": best["val_accuracy"], "val_loss": best["val_loss"], "epochs": last})
+        } else {
+            epoch_metrics(last)
+        };
+        let params = json!({"learning_rate": learning_rate, "batch_size": 32, "epochs": epochs, "optimizer": "adamw",
+                            "momentum": 0.9, "weight_decay": 0.0001, "dropout": 0.0, "hidden": 64,
+                            "schedule": "cosine", "patience": 0, "horizon": 10});
+        let id = Uuid::now_v7();
+        let parent = parent.map(|p| ids[p as usize]);
+        let duration_ms = (status == "succeeded").then_some(i64::from(last - first + 1) * 2500);
+        client
+            .execute(
+                "INSERT INTO training_trials (id, job_id, ordinal, rung, parent, params, status, worker, epoch, epochs,
+                                              metrics, history, duration_ms, started_at, finished_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'test-worker', $8, $9, $10, $11, $12, now(),
+                         CASE WHEN $7::text = 'running' THEN NULL ELSE now() END)",
+                &[
+                    &id,
+                    &job_id,
+                    &ordinal,
+                    &rung,
+                    &parent,
+                    &params,
+                    &status,
+                    &last,
+                    &epochs,
+                    &metrics,
+                    &Value::from(history),
+                    &duration_ms,
+                ],
+            )
+            .await
+            .expect("trial");
+        ids.push(id);
+    }
+    job_id
+}
+
 /// Where the browser test leaves its screenshots.
 fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
@@ -387,6 +476,7 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
         assert_eq!(status, 202, "{body}");
     }
     let predict = app.token(&[Scope::Predict]).await;
+    let job = insert_training_job(&app, "shapes", "shapes").await;
 
     let root = env!("CARGO_MANIFEST_DIR");
     let installed = std::process::Command::new("bash")
@@ -407,6 +497,7 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
         "shapes".to_owned(),
         shots.display().to_string(),
         chromium,
+        job.to_string(),
     ];
     let run = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output());
     let output = tokio::time::timeout(Duration::from_secs(120), run)
@@ -419,9 +510,33 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
     assert!(output.status.success(), "the browser run failed:\n{stdout}\n{stderr}");
     let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the script's JSON");
     assert_eq!(report["checks"], "passed", "{report}");
-    for page in ["sign-in", "overview", "datasets", "training", "models", "model", "serving", "model-predict"] {
+    for page in [
+        "sign-in",
+        "overview",
+        "datasets",
+        "training",
+        "training-job",
+        "models",
+        "model",
+        "serving",
+        "serving-model",
+        "model-predict",
+    ] {
         assert!(shots.join(format!("{page}.png")).is_file(), "a screenshot of {page}");
     }
+
+    // The Cancel click went through the API.
+    let (status, view) = json_of(
+        app.http
+            .get(app.url(&format!("/v1/training-jobs/{job}")))
+            .bearer_auth(&app.admin_token)
+            .send()
+            .await
+            .expect("job"),
+    )
+    .await;
+    assert_eq!((status, view["status"].clone()), (200, json!("cancelled")), "{view}");
+    assert_eq!(view["trials_summary"]["cancelled"], 1, "the running trial was cancelled: {view}");
 
     // The clicks went through the API: production moved to v2, then back to v1, by the admin.
     let history = app.http.get(app.url("/v1/models/shapes/aliases/production/history")).bearer_auth(&app.admin_token);

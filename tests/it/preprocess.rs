@@ -629,20 +629,20 @@ async fn a_datasets_items_are_paged_with_filters_and_their_bytes_served_raw_and_
         body["items"].as_array().expect("items").iter().map(|i| i["id"].as_str().expect("id").to_owned()).collect()
     };
     let all = page("").await;
-    assert_eq!(ids(&all), [broken.clone(), dog.clone(), cat.clone()], "newest first: {all}");
+    assert_eq!(ids(&all), [broken.as_str(), dog.as_str(), cat.as_str()], "newest first: {all}");
     assert_eq!(all["next_before"], Value::Null, "one page holds them all");
     let failed = &all["items"][0];
     assert_eq!((failed["status"].as_str(), failed["outputs"].as_i64()), (Some("failed"), Some(0)), "{failed}");
     assert!(failed["error"].as_str().is_some_and(|e| !e.is_empty()), "a failed item says why: {failed}");
     assert_eq!(all["items"][2]["outputs"], 1, "{all}");
-    assert_eq!(ids(&page("?label=cat").await), [cat.clone()]);
-    assert_eq!(ids(&page("?status=failed").await), [broken.clone()]);
-    assert_eq!(ids(&page("?unlabelled=true").await), [broken.clone()]);
+    assert_eq!(ids(&page("?label=cat").await), [cat.as_str()]);
+    assert_eq!(ids(&page("?status=failed").await), [broken.as_str()]);
+    assert_eq!(ids(&page("?unlabelled=true").await), [broken.as_str()]);
     let first = page("?limit=2").await;
-    assert_eq!(ids(&first), [broken.clone(), dog.clone()]);
+    assert_eq!(ids(&first), [broken.as_str(), dog.as_str()]);
     assert_eq!(first["next_before"], dog.as_str(), "{first}");
     let rest = get(format!("/v1/datasets/browse/media?limit=2&before={dog}")).await.1;
-    assert_eq!(ids(&rest), [cat.clone()], "the second page continues where the first ended");
+    assert_eq!(ids(&rest), [cat.as_str()], "the second page continues where the first ended");
     for bad in
         ["?status=done", "?limit=0", "?limit=201", "?before=nope", "?unlabelled=yes", "?label=cat&unlabelled=true"]
     {
