@@ -3,14 +3,17 @@
 usage: console_e2e.py BASE_URL ADMIN_TOKEN PREDICT_TOKEN MODEL SCREENSHOT_DIR CHROMIUM [JOB_ID]
 
 The model must have versions 1 and 2 with production on v1, registered without artifacts (so
-inference cannot load them), no routing and no capture policy. Signs in as admin, checks the
-Overview, the Training page (no job but JOB_ID), the Serving pages, opens the model, promotes v2
-and rolls back to v1 by clicking, signs out, signs in with the predict-only token and checks that
-no promote button is shown and that training is refused. With JOB_ID (a running job of MODEL
+inference cannot load them), no routing and no capture policy; dataset `shapes` must hold three
+uploads, labelled circle, square and triangle. Signs in as admin, checks the Overview, the
+Datasets list and the dataset's page (processed thumbnails served, raw beside processed, relabels
+the circle `disc` in the item's dialog), the Training page (no job but JOB_ID), the Serving
+pages, opens the model, promotes v2 and rolls back to v1 by clicking, signs out, signs in with
+the predict-only token and checks that no promote button is shown and that datasets and training
+are refused. With JOB_ID (a running job of MODEL
 whose trials span rungs 0 to 2 and have epoch histories), also checks the job's page and cancels
 it through the dialog. Saves a screenshot of each page. Waits for elements, never for time.
-Prints progress, then one JSON line: the result, and the predict session's cookie and CSRF token
-for the Rust test to replay against the API.
+Prints progress, then one JSON line: the result, the predict session's cookie and CSRF token
+for the Rust test to replay against the API, and the item relabelled (`{"id", "label"}`).
 """
 
 import json
@@ -23,6 +26,10 @@ from playwright.sync_api import expect, sync_playwright
 
 base, admin_token, predict_token, model, shots, chromium = sys.argv[1:7]
 job_id = sys.argv[7] if len(sys.argv) > 7 else None
+# What tests/it/console.rs uploads before the run: one 32×32 PNG per label into this dataset.
+DATASET = "shapes"
+LABELS = ["circle", "square", "triangle"]
+RELABEL = "disc"
 shots = Path(shots)
 expect.set_options(timeout=15_000)
 
@@ -79,10 +86,46 @@ with sync_playwright() as playwright:
     expect(page.locator(".updated")).to_contain_text("updated")
     shot(page, "overview")
 
-    step("the pages not built yet say so")
+    step("Datasets lists shapes with its counts")
     page.click("nav a[data-page=datasets]")
-    expect(page.get_by_test_id("coming-next")).to_contain_text("Coming in the next phase")
+    row = page.get_by_test_id(f"dataset-{DATASET}")
+    # Items, labels and unlabelled: the three uploads, one per label.
+    for cell, text in [(1, "3"), (3, "3"), (4, "0")]:
+        expect(row.locator("td").nth(cell)).to_have_text(text)
     shot(page, "datasets")
+
+    step("the dataset's page shows the processed thumbnails, counts by status and label, the pipeline")
+    row.get_by_role("link", name=DATASET).click()
+    expect(page.get_by_test_id("count-total")).to_have_text("3")
+    # The preprocess service processes the uploads; each tile shows its PNG once it is served.
+    page.wait_for_function(f"() => [...document.querySelectorAll('[data-testid=tiles] img')]"
+                           f".filter((i) => i.complete && i.naturalWidth > 0).length === {len(LABELS)}", timeout=45_000)
+    expect(page.get_by_test_id("count-processed")).to_have_text("3")
+    for label in LABELS:
+        expect(page.get_by_test_id(f"label-pill-{label}")).to_contain_text("1")
+    expect(page.get_by_test_id("labelling-queue")).to_contain_text("Every item has a label")
+    expect(page.get_by_test_id("failed-items")).to_contain_text("No item failed")
+    expect(page.get_by_test_id("pipeline-spec")).to_have_value(re.compile(r'"width": 64'))
+
+    step("a tile opens raw beside processed; the admin relabels it in the dialog")
+    tile = page.locator("[data-testid=tiles] .tile").filter(has=page.get_by_test_id("tile-label").get_by_text(LABELS[0], exact=True))
+    relabelled_id = tile.get_attribute("data-id")
+    tile.click()
+    expect(page.get_by_test_id("media-dialog")).to_be_visible()
+    expect(page.get_by_test_id("media-label")).to_have_text(LABELS[0])
+    for picture in ["media-raw", "media-processed"]:
+        page.wait_for_function("(id) => { const i = document.querySelector(`[data-testid=${id}]`); return i && i.complete && i.naturalWidth > 0; }",
+                               arg=picture)
+    page.screenshot(path=str(shots / "dataset-item.png"))
+    page.fill("[data-testid=label-input]", RELABEL)
+    page.click("[data-testid=label-save]")
+    expect(page.get_by_test_id("media-label")).to_have_text(RELABEL)
+    page.get_by_test_id("media-close").click()
+    expect(page.get_by_test_id("media-dialog")).to_be_hidden()
+    expect(page.locator(f"[data-testid=tiles] .tile[data-id='{relabelled_id}'] [data-testid=tile-label]")).to_have_text(RELABEL)
+    expect(page.get_by_test_id(f"label-pill-{RELABEL}")).to_contain_text("1")
+    expect(page.get_by_test_id(f"label-pill-{LABELS[0]}")).to_have_count(0)
+    shot(page, "dataset")
 
     step("Training lists the jobs and the retrain requests")
     page.click("nav a[data-page=training]")
@@ -183,6 +226,8 @@ with sync_playwright() as playwright:
     # Signing in lands on the page the address names (the model's, before signing out).
     page.click("nav a[data-page=overview]")
     expect(page.get_by_test_id("datasets")).to_contain_text("scopes do not include")
+    page.click("nav a[data-page=datasets]")
+    expect(page.get_by_test_id("dataset-list")).to_contain_text("scopes do not include reading datasets")
     page.click("nav a[data-page=training]")
     expect(page.get_by_test_id("job-list")).to_contain_text("scopes do not include reading training jobs")
     expect(page.get_by_test_id("retrain-requests")).to_contain_text("scopes do not include")
@@ -200,4 +245,5 @@ with sync_playwright() as playwright:
 
     browser.close()
     assert not problems, problems
-    print(json.dumps({"checks": "passed", "predict_cookie": predict_cookie, "predict_csrf": csrf}))
+    print(json.dumps({"checks": "passed", "predict_cookie": predict_cookie, "predict_csrf": csrf,
+                      "relabelled": {"id": relabelled_id, "label": RELABEL}}))

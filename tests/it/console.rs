@@ -514,6 +514,8 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
         "sign-in",
         "overview",
         "datasets",
+        "dataset",
+        "dataset-item",
         "training",
         "training-job",
         "models",
@@ -524,6 +526,13 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
     ] {
         assert!(shots.join(format!("{page}.png")).is_file(), "a screenshot of {page}");
     }
+
+    // The relabelling in the item's dialog went through the API.
+    let relabelled = &report["relabelled"];
+    let media = format!("/v1/media/{}", relabelled["id"].as_str().expect("a relabelled id"));
+    let (status, item) =
+        json_of(app.http.get(app.url(&media)).bearer_auth(&app.admin_token).send().await.expect("media")).await;
+    assert_eq!((status, item["label"].clone()), (200, relabelled["label"].clone()), "{item}");
 
     // The Cancel click went through the API.
     let (status, view) = json_of(

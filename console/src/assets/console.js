@@ -5,15 +5,6 @@
 
 const POLL_MS = 4000;
 const PAGES = ["overview", "datasets", "training", "models", "serving"];
-const NEXT_PHASE = {
-  datasets: {
-    title: "Datasets",
-    lines: ["Each dataset's items by status and by label, and its preprocessing pipeline",
-      "Uploads and bulk imports as they progress", "The labelling queue"],
-    api: "GET /v1/datasets, GET /v1/datasets/{name}, GET /v1/imports/{id}",
-  },
-};
-
 const state = { me: null, csrf: null, generation: 0, timer: null, shown: "",
   // What the reader chose on the Training and Serving pages; kept across polls and pages.
   view: { metric: "val_accuracy", param: null, score: "val_accuracy", sort: { key: "ordinal", dir: 1 } } };
@@ -165,7 +156,8 @@ function route() {
   else if (name === "training") poll(training);
   else if (name === "serving" && rest.length) poll((g) => servingModel(g, decodeURIComponent(rest.join("/"))));
   else if (name === "serving") poll(serving);
-  else comingNext(name);
+  else if (name === "datasets" && rest.length) poll((g) => dataset(g, decodeURIComponent(rest.join("/"))));
+  else poll(datasets);
 }
 
 /** Replaces the page's content, unless nothing changed since the last render (polling). */
@@ -183,21 +175,6 @@ function show(generation, key, build) {
 
 function head(title, ...extra) {
   return el("div", { class: "page-head" }, el("h1", {}, title), ...extra, el("span", { class: "updated" }, "Live"));
-}
-
-function comingNext(name) {
-  stopPolling();
-  const plan = NEXT_PHASE[name];
-  $("page").replaceChildren(
-    el("div", { class: "page-head" }, el("h1", {}, plan.title)),
-    el("div", { class: "card soon", "data-testid": "coming-next" },
-      el("h2", {}, "Coming in the next phase"),
-      el("p", { class: "muted" }, "This page is not built yet. It will show:"),
-      el("ul", {}, plan.lines.map((line) => el("li", {}, line))),
-      el("p", { class: "muted" }, "Until then the API has it: ", el("code", {}, plan.api), " (see ",
-        el("a", { href: "/docs" }, "the API reference"), ")."),
-    ),
-  );
 }
 
 // ---------- Overview ----------
@@ -247,7 +224,7 @@ function datasetsCard(result) {
     el("thead", {}, el("tr", {}, el("th", {}, "Dataset"), el("th", { class: "num" }, "Items"),
       statuses.map((s) => el("th", { class: "num" }, s)))),
     el("tbody", {}, datasets.map((d) => el("tr", {},
-      el("td", {}, d.name), el("td", { class: "num" }, d.total),
+      el("td", {}, el("a", { href: `#/datasets/${encodeURIComponent(d.name)}` }, d.name)), el("td", { class: "num" }, d.total),
       statuses.map((s) => el("td", { class: "num" }, (d.by_status || {})[s] || 0)))))));
   return card;
 }
