@@ -145,6 +145,18 @@ pub async fn label_captured<C: GenericClient>(client: &C, prediction_id: Uuid, l
     Ok(updated > 0)
 }
 
+/// The media items ingest recorded from the inputs of `prediction_ids` (prediction id → media
+/// id), for the predictions a capture policy kept.
+#[tracing::instrument(level = "debug", skip_all, fields(predictions = prediction_ids.len()))]
+pub async fn captured_media<C: GenericClient>(
+    client: &C,
+    prediction_ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Uuid>, DbError> {
+    let rows =
+        client.query("SELECT captured_from, id FROM media WHERE captured_from = ANY($1)", &[&prediction_ids]).await?;
+    Ok(rows.iter().map(|row| (row.get("captured_from"), row.get("id"))).collect())
+}
+
 /// The feedback label given to a prediction so far, for a capture recorded after its feedback.
 #[tracing::instrument(level = "debug", skip(client))]
 pub async fn feedback_label<C: GenericClient>(client: &C, prediction_id: Uuid) -> Result<Option<String>, DbError> {

@@ -92,6 +92,7 @@ fn api(max_predict_bytes: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(predict::predict).layer(DefaultBodyLimit::max(max_predict_bytes)))
         .routes(routes!(routes::drift))
+        .routes(routes!(routes::recent_predictions))
         .routes(routes!(routes::get_routing, routes::put_routing))
         .routes(routes!(routes::get_capture, routes::put_capture))
         .routes(routes!(routes::feedback))

@@ -116,6 +116,68 @@ async fn answered(state: &AppState, id: Uuid) -> Result<Option<Answered>, Infere
     lookup().await
 }
 
+#[derive(Debug, Deserialize)]
+pub struct RecentQuery {
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+/// The model's newest served predictions (not shadow scores or batch jobs), with the feedback
+/// each got and, where a capture policy kept the input, the media item holding it (its bytes:
+/// `GET /v1/media/{id}/content`).
+#[utoipa::path(get, path = "/v1/models/{name}/predictions", tag = "inference",
+    security(("bearer" = ["predict"]), ("bearer" = ["train"])),
+    params(("name" = String, Path, description = "The model's name."),
+        ("limit" = Option<i64>, Query, description = "At most this many, 1 to 200 (default 50)."),
+        ("before" = Option<String>, Query, description = "The next page: predictions older than this prediction id.")),
+    responses(
+        (status = 200, description = "`{\"model\", \"predictions\": [{\"id\", \"version\", \"alias\", \"label\", \"confidence\", \"top\", \"feedback_label\", \"captured_media_id\", \"created_at\"}]}`, newest first.", body = Object),
+        (status = 400, description = "A malformed model name, limit or `before`.", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(model = %name))]
+pub async fn recent_predictions(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(query): Query<RecentQuery>,
+) -> Result<Json<Value>, InferenceError> {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
+    let model = model_name(&name)?;
+    let limit = match query.limit.as_deref() {
+        None => 50,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=200).contains(n))
+            .ok_or_else(|| bad_query("`limit` must be 1 to 200."))?,
+    };
+    let before = query
+        .before
+        .as_deref()
+        .map(|text| Uuid::parse_str(text).map_err(|_| bad_query("`before` must be a prediction id.")))
+        .transpose()?;
+    let client = state.served.ctx.db.get().await?;
+    let predictions = store::recent_predictions(&client, model.as_str(), before, limit).await?;
+    let ids: Vec<Uuid> = predictions.iter().map(|p| p.id).collect();
+    let captured = capture::captured_media(&client, &ids).await?;
+    let predictions: Vec<Value> = predictions
+        .iter()
+        .map(|p| {
+            json!({
+                "id": p.id, "version": p.version, "alias": p.alias, "label": p.label,
+                "confidence": p.confidence, "top": p.top, "feedback_label": p.feedback_label,
+                "captured_media_id": captured.get(&p.id),
+                "created_at": p.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            })
+        })
+        .collect();
+    Ok(Json(json!({"model": model.as_str(), "predictions": predictions})))
+}
+
+fn bad_query(message: &str) -> InferenceError {
+    InferenceError::Refused(sluice_core::http::ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message))
+}
+
 /// The model's capture policy, or `null`.
 #[utoipa::path(get, path = "/v1/models/{name}/capture", tag = "inference",
     security(("bearer" = ["predict"]), ("bearer" = ["train"])),

@@ -66,6 +66,52 @@ pub async fn answered(client: &impl GenericClient, id: Uuid) -> Result<Option<An
     Ok(row.map(|row| Answered { model: row.get("model"), version: row.get("version") }))
 }
 
+/// A served prediction, as `GET /v1/models/{name}/predictions` lists it.
+#[derive(Debug)]
+pub struct RecentPrediction {
+    pub id: Uuid,
+    pub version: i32,
+    pub alias: Option<String>,
+    pub label: String,
+    pub confidence: f64,
+    pub top: Value,
+    pub feedback_label: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// The newest `limit` predictions served for `model` (not shadow scores, not batch jobs), older
+/// than the prediction `before` when given.
+#[tracing::instrument(level = "debug", skip(client))]
+pub async fn recent_predictions(
+    client: &impl GenericClient,
+    model: &str,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<RecentPrediction>, DbError> {
+    let rows = client
+        .query(
+            "SELECT id, version, alias, label, confidence, top, feedback_label, created_at FROM predictions p
+             WHERE model = $1 AND batch_id IS NULL AND NOT shadow
+               AND ($2::uuid IS NULL OR (created_at, id) < (SELECT b.created_at, b.id FROM predictions b WHERE b.id = $2))
+             ORDER BY created_at DESC, id DESC LIMIT $3",
+            &[&model, &before, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| RecentPrediction {
+            id: row.get("id"),
+            version: row.get("version"),
+            alias: row.get("alias"),
+            label: row.get("label"),
+            confidence: row.get("confidence"),
+            top: row.get("top"),
+            feedback_label: row.get("feedback_label"),
+            created_at: row.get("created_at"),
+        })
+        .collect())
+}
+
 /// Ground truth for prediction `id` and the shadow predictions of the same input (scored with it).
 #[tracing::instrument(level = "debug", skip(client, label))]
 pub async fn record_feedback(client: &impl GenericClient, id: Uuid, label: &str) -> Result<(), DbError> {

@@ -176,7 +176,7 @@ with sync_playwright() as playwright:
     expect(page.get_by_test_id("shadow")).to_contain_text("none")
     expect(page.get_by_test_id("drift")).to_contain_text("cannot be loaded")
     expect(page.get_by_test_id("capture")).to_contain_text("No capture policy")
-    expect(page.get_by_test_id("predictions-unavailable")).to_contain_text("Not available yet")
+    expect(page.get_by_test_id("predictions")).to_contain_text("No prediction served yet")
     # Request counts come from this process's /metrics, which every test in it shares: the
     # card is there, whatever another test served.
     expect(page.get_by_test_id("traffic")).to_be_visible()

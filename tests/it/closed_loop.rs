@@ -264,6 +264,24 @@ async fn served_inputs_are_captured_into_a_dataset_and_feedback_labels_them() {
     let (_, listed) = queue().await;
     assert_eq!(listed["unlabelled"], 4, "{listed:#}");
     assert_eq!(app.count("SELECT count(*) FROM media WHERE dataset = 'field' AND label IS NOT NULL").await, 2);
+    // The model's recent predictions point at the media holding their inputs, whose processed
+    // bytes the console shows.
+    let recent = app.http.get(app.url("/v1/models/seen/predictions")).bearer_auth(&app.admin_token);
+    let (status, recent) = json_of(recent.send().await.expect("predictions")).await;
+    assert_eq!(status, 200, "{recent}");
+    let captured: Vec<&str> = recent["predictions"]
+        .as_array()
+        .expect("predictions")
+        .iter()
+        .filter_map(|p| p["captured_media_id"].as_str())
+        .collect();
+    assert_eq!(captured.len(), 6, "every served input was captured: {recent:#}");
+    let thumbnail = app.http.get(app.url(&format!("/v1/media/{}/content", captured[0]))).bearer_auth(&app.admin_token);
+    let thumbnail = thumbnail.send().await.expect("content");
+    assert_eq!(
+        (thumbnail.status().as_u16(), thumbnail.headers()["content-type"].clone()),
+        (200, "image/png".parse().expect("hv"))
+    );
     // Nothing is left waiting under captures/.
     let left = app.ctx.s3.list_objects_v2().bucket(&app.ctx.config.s3.bucket).prefix("captures/").send().await;
     assert_eq!(left.expect("list").key_count(), Some(0));

@@ -203,6 +203,31 @@ async fn predictions_use_the_training_preprocessing_and_are_recorded() {
     )
     .await;
     assert_eq!(drift["live_accuracy_answers"], 1, "{drift}");
+    // The newest served predictions, with the feedback each got; paged by `before`.
+    let recent = |query: String| {
+        let app = &app;
+        async move {
+            let url = app.url(&format!("/v1/models/shapes/predictions{query}"));
+            json_of(app.http.get(url).bearer_auth(&app.admin_token).send().await.expect("predictions")).await
+        }
+    };
+    let (status, listed) = recent(String::new()).await;
+    assert_eq!(status, 200, "{listed}");
+    let listed = listed["predictions"].as_array().expect("predictions").clone();
+    assert_eq!(listed.len(), 6, "{listed:?}");
+    let times: Vec<&str> = listed.iter().map(|p| p["created_at"].as_str().expect("time")).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    let with_feedback: Vec<&Value> = listed.iter().filter(|p| p["feedback_label"] == truth.as_str()).collect();
+    assert_eq!(with_feedback.len(), 1, "{listed:?}");
+    assert_eq!(with_feedback[0]["id"], id);
+    assert!(listed.iter().all(|p| p["version"] == version && p["captured_media_id"].is_null()), "{listed:?}");
+    let (_, first) = recent("?limit=4".into()).await;
+    let (_, rest) = recent(format!("?limit=4&before={}", first["predictions"][3]["id"].as_str().expect("id"))).await;
+    assert_eq!(rest["predictions"].as_array().expect("rest").len(), 2, "{rest}");
+    assert_eq!(rest["predictions"][1]["id"], listed[5]["id"]);
+    for bad in ["?limit=0", "?limit=201", "?before=nope"] {
+        assert_eq!(recent(bad.into()).await.0, 400, "{bad}");
+    }
     let metrics = app.get("/metrics").await.1;
     let metrics = metrics.as_str().expect("text");
     assert!(metrics.contains("sluice_inference_predictions_total{"), "{metrics}");

@@ -180,18 +180,232 @@ function head(title, ...extra) {
 // ---------- Overview ----------
 
 async function overview(generation) {
-  const [ready, datasets, jobs, listed] = await Promise.all([
+  const [ready, datasets, jobs, listed, metrics] = await Promise.all([
     fetch("/readyz", { cache: "no-store" }).then(async (r) => ({ status: r.status, body: await r.json() }))
       .catch((err) => ({ status: 0, body: { error: { message: err.message } } })),
     api("GET", "/v1/datasets"),
     api("GET", "/v1/training-jobs?limit=100"),
     api("GET", "/v1/models"),
+    pipelineMetrics(),
   ]);
+  if (!current(generation)) return;
+  const view = pipelineView(metrics, jobs);
+  // The pipeline's numbers move every poll: they are patched in place below, not part of the key.
   show(generation, [ready.body, datasets, jobs, listed], () => [
     head("Overview"),
     healthCard(ready),
+    pipelineCard(view),
     el("div", { class: "grid" }, datasetsCard(datasets), jobsCard(jobs), modelsCard(listed)),
   ]);
+  const shown = $("page").querySelector("[data-testid=pipeline]");
+  if (current(generation) && shown) morph(shown, pipelineCard(view));
+}
+
+/** Makes `old` look like `fresh` (same text and attributes), touching only what differs: no flicker, hover kept. */
+function morph(old, fresh) {
+  if (old.nodeType !== fresh.nodeType || old.nodeName !== fresh.nodeName) {
+    old.replaceWith(fresh);
+    return;
+  }
+  if (old.nodeType === Node.TEXT_NODE) {
+    if (old.data !== fresh.data) old.data = fresh.data;
+    return;
+  }
+  if (old.nodeType !== Node.ELEMENT_NODE) return;
+  for (const { name, value } of fresh.attributes) if (old.getAttribute(name) !== value) old.setAttribute(name, value);
+  for (const { name } of [...old.attributes]) if (!fresh.hasAttribute(name)) old.removeAttribute(name);
+  const [was, now] = [[...old.childNodes], [...fresh.childNodes]];
+  if (was.length !== now.length) {
+    old.replaceChildren(...now);
+    return;
+  }
+  was.forEach((child, i) => morph(child, now[i]));
+}
+
+// ---------- Overview: the pipeline, from this process's /metrics ----------
+
+/** Samples of the pipeline's numbers, one per Overview poll, kept across pages (the last PIPELINE_KEEP). */
+const PIPELINE_KEEP = 90; // six minutes at one poll every 4 s
+const pipeline = { samples: [] };
+
+/**
+ * What the Overview shows, by metric (names and labels as the services export them). `counter`:
+ * shown as a rate per second between polls, and the total since the process started. `service`:
+ * a prefix every process running that service exports from start-up, so an absent counter there
+ * means zero, and an absent prefix means the service does not run on this listener.
+ */
+const PIPELINE_STATS = [
+  { id: "uploads", label: "Uploads", metric: "sluice_ingest_uploads_total", counter: true, service: "sluice_ingest_", runs: "ingest" },
+  { id: "processed", label: "Items processed", metric: "sluice_preprocess_processed_total", counter: true,
+    service: "sluice_preprocess_", runs: "preprocess" },
+  { id: "failed", label: "Items failed", metric: "sluice_preprocess_failed_total", counter: true, service: "sluice_preprocess_",
+    runs: "preprocess", kind: "bad" },
+  { id: "jobs-running", label: "Jobs running", jobs: true },
+  { id: "versions-served", label: "Versions served", metric: "sluice_inference_served_version", count: true,
+    service: "sluice_inference_", runs: "inference", zero: "no alias loaded yet (on the first predict)" },
+  { id: "outbox-pending", label: "Outbox backlog", metric: "sluice_outbox_pending", service: "sluice_outbox_",
+    runs: "an outbox relay", wait: "first count within a second", kind: "warn" },
+  { id: "webhooks-pending", label: "Webhooks pending", metric: "sluice_webhooks_pending", service: "sluice_webhooks_",
+    runs: "webhooks", wait: "first count within seconds", kind: "warn" },
+  { id: "overdue-queued", label: "Overdue, still queued", metric: "sluice_preprocess_overdue_queued", service: "sluice_preprocess_",
+    runs: "preprocess", wait: "counted at the first reconcile", kind: "warn" },
+];
+
+/** `/metrics` (no token needed), parsed: every Sluice series. */
+async function pipelineMetrics() {
+  try {
+    const response = await fetch("/metrics", { cache: "no-store", credentials: "same-origin" });
+    if (!response.ok) return { status: response.status, series: [] };
+    return { status: 200, series: parseMetrics(await response.text(), "sluice_") };
+  } catch (err) {
+    return { status: 0, series: [], error: err.message };
+  }
+}
+
+/** Records this poll's sample and returns what the card shows: per stat, its value, rate, total, note and history. */
+function pipelineView(metrics, jobs) {
+  const series = metrics.series;
+  const named = (name) => series.filter((s) => s.name === name);
+  const runs = (prefix) => series.some((s) => s.name.startsWith(prefix));
+  const sum = (found) => found.reduce((total, s) => total + s.value, 0);
+  const values = {};
+  const notes = {};
+  for (const stat of PIPELINE_STATS) {
+    if (stat.jobs) {
+      values[stat.id] = jobs.status === 200 ? (jobs.body.jobs || []).filter((j) => j.status === "running").length : null;
+      if (jobs.status !== 200) notes[stat.id] = refusal(jobs, "training jobs");
+      continue;
+    }
+    const found = named(stat.metric);
+    if (metrics.status !== 200) {
+      values[stat.id] = null;
+      notes[stat.id] = metrics.status ? `/metrics answered HTTP ${metrics.status}` : "/metrics did not answer";
+    } else if (found.length) {
+      values[stat.id] = stat.count ? found.length : sum(found);
+    } else if (!runs(stat.service)) {
+      values[stat.id] = null;
+      notes[stat.id] = `${stat.runs} does not run on this listener`;
+    } else if (stat.counter || stat.count) {
+      values[stat.id] = 0; // the service runs, and exports the series on its first event
+      if (stat.zero) notes[stat.id] = stat.zero;
+    } else {
+      values[stat.id] = null;
+      notes[stat.id] = stat.wait;
+    }
+  }
+  const lag = {};
+  const topics = {};
+  for (const s of named("sluice_consumer_lag")) {
+    const group = s.labels.group || "?";
+    lag[group] = (lag[group] || 0) + s.value;
+    (topics[group] = topics[group] || new Set()).add(s.labels.topic || "?");
+  }
+  const at = Date.now() / 1000;
+  const samples = pipeline.samples;
+  const last = samples[samples.length - 1];
+  if (last && at - last.at < 1) samples.pop(); // a re-render right after a poll: replace, too close for a rate
+  const previous = samples[samples.length - 1];
+  samples.push({ at, values, lag });
+  if (samples.length > PIPELINE_KEEP) samples.splice(0, samples.length - PIPELINE_KEEP);
+  const rateOf = (a, b, id) => {
+    const [v0, v1] = [a.values[id], b.values[id]];
+    if (v0 === null || v0 === undefined || v1 === null || v1 === undefined || !(b.at > a.at)) return null;
+    return (v1 >= v0 ? v1 - v0 : v1) / (b.at - a.at); // a smaller total: the process restarted
+  };
+  const stats = PIPELINE_STATS.map((stat) => {
+    const value = values[stat.id];
+    const history = stat.counter
+      ? samples.slice(1).map((s, i) => [s.at, rateOf(samples[i], s, stat.id)])
+      : samples.map((s) => [s.at, s.values[stat.id] === undefined ? null : s.values[stat.id]]);
+    return { ...stat, value, note: notes[stat.id], history,
+      rate: stat.counter && previous ? rateOf(previous, samples[samples.length - 1], stat.id) : null };
+  });
+  const duplicates = sum(named("sluice_ingest_uploads_total").filter((s) => s.labels.outcome === "duplicate"));
+  const served = named("sluice_inference_served_version")
+    .map((s) => ({ model: s.labels.model, alias: s.labels.alias, version: s.value }))
+    .sort((a, b) => `${a.model}\u0000${a.alias}`.localeCompare(`${b.model}\u0000${b.alias}`));
+  const groups = Object.keys(lag).sort().map((group, i) => ({ group, lag: lag[group], topics: [...topics[group]].sort(),
+    colour: colourOf(i), history: samples.map((s) => [s.at, s.lag[group] === undefined ? null : s.lag[group]]) }));
+  return { status: metrics.status, error: metrics.error, stats, duplicates, served, groups,
+    window: [Math.min(samples[0].at, at - (PIPELINE_KEEP - 1) * (POLL_MS / 1000)), at] };
+}
+
+/** A whole number with thin spaces between thousands. */
+const whole = (v) => String(Math.round(v)).replace(/\B(?=(\d{3})+(?!\d))/g, "\u202f");
+
+/** A rate per second, short. */
+const perSecond = (v) => (v === 0 ? "0" : v < 0.01 ? "<0.01" : compact(v));
+
+/**
+ * A small line of `points` ([t, value or null]) over the time `window`, from 0 to its highest
+ * value; a gap where a value is missing or polls stopped (another page was shown).
+ */
+function sparkline(points, window, { testid, colour, kind = "", label = "" } = {}) {
+  const [width, height, pad] = [160, 30, 2.5];
+  const known = points.filter(([, v]) => typeof v === "number" && Number.isFinite(v));
+  const top = Math.max(...known.map(([, v]) => v), 0);
+  const sx = scale(window, [pad, width - pad]);
+  const sy = scale([0, top > 0 ? top : 1], [height - pad, pad]);
+  const runs = [];
+  let run = [];
+  let before = null;
+  for (const [t, v] of points) {
+    const known = typeof v === "number" && Number.isFinite(v);
+    if (!known || (before !== null && t - before > 2.5 * (POLL_MS / 1000))) {
+      if (run.length) runs.push(run);
+      run = [];
+    }
+    if (known) run.push([sx(t), sy(v)]);
+    before = t;
+  }
+  if (run.length) runs.push(run);
+  const end = known[known.length - 1];
+  return svg("svg", { class: `spark ${kind}`, viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img",
+    "aria-label": label, "data-testid": testid },
+  svg("title", {}, known.length ? `${label}: highest ${compact(top)} over the last ${Math.round((window[1] - window[0]) / 60)} min` : `${label}: no value yet`),
+  svg("line", { class: "base", x1: pad, x2: width - pad, y1: height - pad, y2: height - pad }),
+  runs.map((r) => (r.length > 1 ? svg("path", { class: "line", d: pathOf(r), stroke: colour }) : null)),
+  end ? svg("circle", { class: "end", cx: r1(sx(end[0])), cy: r1(sy(end[1])), r: 2.2, fill: colour }) : null);
+}
+
+function pipelineCard(view) {
+  const card = el("div", { class: "card", "data-testid": "pipeline" },
+    el("div", { class: "page-head" }, el("h2", {}, "Pipeline"),
+      el("span", { class: "muted small" }, "This process's /metrics · rates per second between polls · last 6 min")));
+  if (view.status !== 200) {
+    card.append(el("p", { class: "empty", "data-testid": "pipeline-unavailable" },
+      view.status ? `/metrics answered HTTP ${view.status}: no pipeline numbers.` : `/metrics did not answer${view.error ? ` (${view.error})` : ""}.`));
+  }
+  card.append(el("div", { class: "tiles" }, view.stats.map((stat) => {
+    const missing = stat.value === null || stat.value === undefined;
+    const shown = stat.counter ? (stat.rate === null || missing ? null : `${perSecond(stat.rate)}`) : missing ? null : whole(stat.value);
+    const sub = missing ? stat.note
+      : stat.counter ? [`${whole(stat.value)} since start`, stat.id === "uploads" && view.duplicates ? ` (${whole(view.duplicates)} duplicate)` : "",
+        stat.rate === null ? " · rate from the next poll" : ""].join("")
+        : stat.note || (stat.id === "versions-served" ? view.served.map((s) => `${s.model} ${s.alias} v${s.version}`).join(", ")
+          : stat.id === "jobs-running" ? "training jobs, all workers" : "now");
+    const value = stat.counter ? `${stat.id}-rate` : stat.jobs ? "pipeline-jobs-running" : stat.id;
+    const alarm = !missing && stat.kind && (stat.counter ? stat.rate > 0 : stat.value > 0);
+    return el("div", { class: `tile${missing ? " absent" : ""}${alarm ? ` ${stat.kind}` : ""}`, "data-testid": `tile-${stat.id}` },
+      el("span", { class: "label" }, stat.label),
+      el("div", { class: "figure" },
+        el("b", { "data-testid": value }, shown === null ? "—" : shown),
+        stat.counter && shown !== null ? el("span", { class: "unit" }, "/s") : null),
+      el("span", { class: `sub${missing ? " note" : ""}`, "data-testid": stat.counter ? `${stat.id}-total` : null, title: sub }, sub),
+      sparkline(stat.history, view.window, { testid: `spark-${stat.id}`, kind: stat.kind && alarm ? stat.kind : "",
+        label: stat.counter ? `${stat.label} per second` : stat.label }));
+  })));
+  card.append(el("div", { class: "lag", "data-testid": "consumer-lag" },
+    el("h3", {}, "Consumer lag ", el("span", { class: "muted small" }, "messages not yet committed, per group (reported every 10 s)")),
+    view.status !== 200 ? el("p", { class: "empty" }, "—")
+      : !view.groups.length
+        ? el("p", { class: "empty" }, "— No consumer in this process has reported its lag yet (preprocess and trainer workers report every 10 s).")
+        : el("table", {}, el("tbody", {}, view.groups.map((g) => el("tr", { "data-testid": `lag-${g.group}` },
+          el("td", { class: "mono" }, g.group),
+          el("td", { class: "muted small" }, g.topics.join(", ")),
+          el("td", { class: "num" }, el("b", { "data-testid": `consumer-lag-${g.group}` }, whole(g.lag))),
+          el("td", { class: "spark-cell" }, sparkline(g.history, view.window, { colour: g.colour, label: `${g.group} lag` }))))))));
+  return card;
 }
 
 function healthCard(ready) {

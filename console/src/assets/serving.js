@@ -10,11 +10,11 @@
 const watch = { previous: null, traffic: new Map(), checks: new Map() };
 const KEEP = 90; // points per model: six minutes at one poll every 4 s
 
-/** `/metrics` (Prometheus text), parsed: the inference series only. */
-function parseMetrics(text) {
+/** `/metrics` (Prometheus text), parsed: the series whose names start with `prefix` (the inference ones unless told). */
+function parseMetrics(text, prefix = "sluice_inference_") {
   const series = [];
   for (const line of text.split("\n")) {
-    if (!line.startsWith("sluice_inference_")) continue;
+    if (!line.startsWith(prefix)) continue;
     const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)/.exec(line);
     if (!match) continue;
     const labels = {};
@@ -177,18 +177,18 @@ function servingListCard(listed, rows, metrics) {
 
 async function servingModel(generation, name) {
   const path = (what) => `/v1/models/${encodeURIComponent(name)}${what}`;
-  const [found, routing, drift, capture, metrics] = await Promise.all([api("GET", path("")), api("GET", path("/routing")),
-    api("GET", path("/drift")), api("GET", path("/capture")), metricsSample()]);
+  const [found, routing, drift, capture, metrics, recent] = await Promise.all([api("GET", path("")), api("GET", path("/routing")),
+    api("GET", path("/drift")), api("GET", path("/capture")), metricsSample(), api("GET", path("/predictions?limit=24"))]);
   if (!current(generation)) return;
   const traffic = modelTraffic(metrics, name);
   if (drift.status === 200) remember(name, drift.body);
-  show(generation, [found, routing, drift, capture, traffic && [traffic.requests, traffic.rate, traffic.p95, traffic.errors], metrics.status], () => {
+  show(generation, [found, routing, drift, capture, recent, traffic && [traffic.requests, traffic.rate, traffic.p95, traffic.errors], metrics.status], () => {
     const back = el("a", { href: "#/serving" }, "← All models");
     if (found.status !== 200) return [back, head(name), el("div", { class: "card" }, el("p", { class: "empty" }, refusal(found, "this model")))];
     return [back, head(name),
       el("div", { class: "grid pair" }, trafficCard(name, traffic, metrics), routingCard(found.body, routing)),
       driftCard(name, drift),
-      el("div", { class: "grid pair" }, captureCard(capture), predictionsCard(traffic, metrics))];
+      el("div", { class: "grid pair" }, captureCard(capture), predictionsCard(recent, traffic, metrics))];
   });
 }
 
@@ -385,11 +385,28 @@ function captureCard(capture) {
   return card;
 }
 
-function predictionsCard(traffic, metrics) {
+/** The newest served predictions: the input's image where a capture policy kept it, the answer,
+ * its confidence, and the feedback it got. */
+function predictionsCard(recent, traffic, metrics) {
   const card = el("div", { class: "card", "data-testid": "predictions" }, el("h2", {}, "Recent predictions"));
-  card.append(el("p", { class: "muted", "data-testid": "predictions-unavailable" },
-    "Not available yet: no API serves recent predictions or their images. Predictions are recorded for feedback and drift, ",
-    "and a capture policy keeps inputs in a dataset, but nothing reads them back here."));
+  const listed = (recent.status === 200 && recent.body.predictions) || [];
+  if (recent.status !== 200) card.append(el("p", { class: "empty" }, refusal(recent, "recent predictions")));
+  else if (!listed.length) card.append(el("p", { class: "empty" }, "No prediction served yet."));
+  else {
+    card.append(el("div", { class: "predictions", "data-testid": "recent-predictions" }, listed.map((p) => {
+      const right = p.feedback_label ? p.feedback_label === p.label : null;
+      return el("div", { class: "prediction", "data-testid": "prediction", title: p.id },
+        p.captured_media_id
+          ? el("img", { src: `/v1/media/${encodeURIComponent(p.captured_media_id)}/content`, alt: `input of ${p.id}`, loading: "lazy" })
+          : el("div", { class: "no-image", title: "No capture policy kept this input" }, "no image"),
+        el("div", {}, el("b", {}, p.label), " ", el("span", { class: "muted" }, percent(p.confidence))),
+        el("div", { class: "muted" }, `v${p.version}`, p.alias ? ` · ${p.alias}` : "", " · ", when(p.created_at)),
+        right === null ? null : pill(right ? `✓ ${p.feedback_label}` : `✗ ${p.feedback_label}`, right ? "ok" : "bad"));
+    })));
+    if (!listed.some((p) => p.captured_media_id)) {
+      card.append(el("p", { class: "muted" }, "Inputs are kept only under a capture policy (see Capture); these were not."));
+    }
+  }
   const classes = traffic ? [...traffic.classes].sort((a, b) => b[1] - a[1]) : [];
   if (metrics.status === 200 && classes.length) {
     const total = classes.reduce((sum, [, c]) => sum + c, 0);
