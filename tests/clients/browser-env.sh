@@ -6,22 +6,12 @@
 # project-local, git-ignored virtual environment .sluice/browser-venv.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-VENV="$ROOT/.sluice/browser-venv"
-PACKAGES=("playwright==1.65.3")
-STAMP="$VENV/.installed"
 browser() { command -v chromium || true; }
 if [[ -z "$(browser)" ]]; then
   "$ROOT/deploy/local/stack.sh" packages chromium >&2
 fi
 CHROMIUM="$(browser)"
 [[ -n "$CHROMIUM" ]] || { echo "chromium is not on PATH after installing it" >&2; exit 1; }
-if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "${PACKAGES[*]}" ]]; then
-  if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
-    "$ROOT/deploy/local/stack.sh" packages python3-venv >&2
-    python3 -m venv "$VENV"
-  fi
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PACKAGES[@]}" >&2
-  echo "${PACKAGES[*]}" > "$STAMP"
-fi
+VENV=$("$ROOT/tests/clients/venv.sh" browser-venv "playwright==1.65.3")
 echo "$VENV/bin/python"
 echo "$CHROMIUM"
