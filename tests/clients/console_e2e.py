@@ -26,6 +26,9 @@ from playwright.sync_api import expect, sync_playwright
 
 base, admin_token, predict_token, model, shots, chromium = sys.argv[1:7]
 job_id = sys.argv[7] if len(sys.argv) > 7 else None
+# A served model whose drift verdict is "ok": once the page shows it, the script writes
+# SCREENSHOT_DIR/ready-for-drift and the Rust test streams shifted images to it.
+drift_model = sys.argv[8] if len(sys.argv) > 8 else None
 # What tests/it/console.rs uploads before the run: one 32×32 PNG per label into this dataset.
 DATASET = "shapes"
 LABELS = ["circle", "square", "triangle"]
@@ -80,6 +83,13 @@ with sync_playwright() as playwright:
     expect(page.get_by_test_id("datasets")).to_contain_text("shapes")
     expect(page.get_by_test_id("jobs-running")).to_have_text("1" if job_id else "0")
     expect(page.get_by_test_id("models").get_by_role("row", name=re.compile(model))).to_contain_text("v1")
+    # The pipeline card reads /metrics: every service runs here, so the outbox relay reports its
+    # backlog, ingest counted the three uploads, and preprocess exports its failure counter.
+    expect(page.get_by_test_id("pipeline")).to_be_visible()
+    expect(page.get_by_test_id("outbox-pending")).to_have_text(re.compile(r"^\d[\d\u202f]*$"))
+    expect(page.get_by_test_id("uploads-total")).to_contain_text("since start")
+    expect(page.get_by_test_id("failed-total")).to_contain_text("since start")
+    expect(page.get_by_test_id("pipeline-jobs-running")).to_have_text("1" if job_id else "0")
     cookie = session_cookie(context)
     assert cookie and cookie["httpOnly"] and cookie["sameSite"] == "Strict", cookie
     assert "sluice_session" not in page.evaluate("document.cookie"), "scripts cannot read the session"
@@ -182,6 +192,17 @@ with sync_playwright() as playwright:
     expect(page.get_by_test_id("traffic")).to_be_visible()
     expect(page.get_by_test_id("traffic")).not_to_contain_text("does not run inference")
     shot(page, "serving-model")
+
+    if drift_model:
+        step(f"stream shifted images to {drift_model} and watch its drift verdict change")
+        page.goto(f"{base}/#/serving/{drift_model}")
+        expect(page.get_by_test_id("drift-state")).to_have_text("ok")
+        expect(page.get_by_test_id("recent-predictions")).to_be_visible()
+        shot(page, "serving-drift-before")
+        (shots / "ready-for-drift").write_text("the verdict reads ok")
+        expect(page.get_by_test_id("drift-state")).to_have_text("drift", timeout=150_000)
+        expect(page.get_by_test_id("drift")).to_contain_text("covariate shift")
+        shot(page, "serving-drift")
 
     step("Models lists the model; its page shows versions, metrics, lineage, aliases and history")
     page.click("nav a[data-page=models]")

@@ -477,6 +477,15 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
     }
     let predict = app.token(&[Scope::Predict]).await;
     let job = insert_training_job(&app, "shapes", "shapes").await;
+    // A served model with one drift check, "ok", for the browser to watch turn to "drift".
+    let drifting = "drifty";
+    let version = crate::inference::register_trained(&app, drifting, 21, 3).await;
+    crate::inference::move_alias(&app, drifting, "production", version).await;
+    crate::inference::stream(&app, drifting, 400, 22, 0).await;
+    sluice_testkit::eventually(Duration::from_secs(60), "the first drift check", || async {
+        (crate::inference::drift_state(&app, drifting).await["checks"] == 1).then_some(())
+    })
+    .await;
 
     let root = env!("CARGO_MANIFEST_DIR");
     let installed = std::process::Command::new("bash")
@@ -498,13 +507,24 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
         shots.display().to_string(),
         chromium,
         job.to_string(),
+        drifting.to_owned(),
     ];
+    let ready = shots.join("ready-for-drift");
+    let _ = std::fs::remove_file(&ready);
     let run = tokio::task::spawn_blocking(move || std::process::Command::new(python).args(args).output());
-    let output = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("the browser run ends")
-        .expect("task")
-        .expect("python");
+    // Once the page shows the verdict "ok", the world shifts: brighter images, as in
+    // inference::a_shifted_stream_is_detected_and_one_retrain_request_is_published.
+    let shift = async {
+        for _ in 0..300 {
+            if ready.exists() {
+                crate::inference::stream(&app, drifting, 800, 23, 90).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let (output, ()) = tokio::join!(tokio::time::timeout(Duration::from_secs(300), run), shift);
+    let output = output.expect("the browser run ends").expect("task").expect("python");
     let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     eprintln!("{stdout}\nscreenshots: {}", shots.display());
     assert!(output.status.success(), "the browser run failed:\n{stdout}\n{stderr}");
@@ -522,6 +542,7 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
         "model",
         "serving",
         "serving-model",
+        "serving-drift",
         "model-predict",
     ] {
         assert!(shots.join(format!("{page}.png")).is_file(), "a screenshot of {page}");

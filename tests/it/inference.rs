@@ -393,7 +393,13 @@ async fn canary_splits_traffic_and_shadow_scores_without_answering() {
 }
 
 /// Streams `count` images (drawn with `seed`, shifted by `shift`) in batches of 50.
-async fn stream(app: &RunningApp, model: &str, count: usize, seed: u64, shift: i16) -> Vec<(String, String)> {
+pub(crate) async fn stream(
+    app: &RunningApp,
+    model: &str,
+    count: usize,
+    seed: u64,
+    shift: i16,
+) -> Vec<(String, String)> {
     let images = samples(count, seed);
     let labels = synthetic::labels(CLASSES);
     let mut answers = Vec::new();
@@ -409,7 +415,7 @@ async fn stream(app: &RunningApp, model: &str, count: usize, seed: u64, shift: i
     answers
 }
 
-async fn drift_state(app: &RunningApp, model: &str) -> Value {
+pub(crate) async fn drift_state(app: &RunningApp, model: &str) -> Value {
     let response =
         app.http.get(app.url(&format!("/v1/models/{model}/drift"))).bearer_auth(&app.admin_token).send().await;
     json_of(response.expect("drift")).await.1

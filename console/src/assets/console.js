@@ -190,15 +190,21 @@ async function overview(generation) {
   ]);
   if (!current(generation)) return;
   const view = pipelineView(metrics, jobs);
-  // The pipeline's numbers move every poll: they are patched in place below, not part of the key.
-  show(generation, [ready.body, datasets, jobs, listed], () => [
-    head("Overview"),
-    healthCard(ready),
-    pipelineCard(view),
-    el("div", { class: "grid" }, datasetsCard(datasets), jobsCard(jobs), modelsCard(listed)),
-  ]);
-  const shown = $("page").querySelector("[data-testid=pipeline]");
-  if (current(generation) && shown) morph(shown, pipelineCard(view));
+  // The pipeline's numbers move every poll: not part of the key, its card is patched in place
+  // (kept, the same node, even when the rest of the page is rebuilt).
+  const patched = () => {
+    const shown = $("page").querySelector("[data-testid=pipeline]");
+    if (!shown) return pipelineCard(view);
+    morph(shown, pipelineCard(view));
+    return shown;
+  };
+  let built = false;
+  show(generation, [ready.body, datasets, jobs, listed], () => {
+    built = true;
+    return [head("Overview"), healthCard(ready), patched(),
+      el("div", { class: "grid" }, datasetsCard(datasets), jobsCard(jobs), modelsCard(listed))];
+  });
+  if (!built && current(generation)) patched();
 }
 
 /** Makes `old` look like `fresh` (same text and attributes), touching only what differs: no flicker, hover kept. */
@@ -240,15 +246,15 @@ const PIPELINE_STATS = [
     service: "sluice_preprocess_", runs: "preprocess" },
   { id: "failed", label: "Items failed", metric: "sluice_preprocess_failed_total", counter: true, service: "sluice_preprocess_",
     runs: "preprocess", kind: "bad" },
-  { id: "jobs-running", label: "Jobs running", jobs: true },
+  { id: "jobs-running", label: "Jobs running", jobs: true, desc: "training jobs, on every worker" },
   { id: "versions-served", label: "Versions served", metric: "sluice_inference_served_version", count: true,
     service: "sluice_inference_", runs: "inference", zero: "no alias loaded yet (on the first predict)" },
   { id: "outbox-pending", label: "Outbox backlog", metric: "sluice_outbox_pending", service: "sluice_outbox_",
-    runs: "an outbox relay", wait: "first count within a second", kind: "warn" },
+    runs: "the outbox relay", wait: "first count within a second", kind: "warn", desc: "events not yet published to Kafka" },
   { id: "webhooks-pending", label: "Webhooks pending", metric: "sluice_webhooks_pending", service: "sluice_webhooks_",
-    runs: "webhooks", wait: "first count within seconds", kind: "warn" },
+    runs: "webhook delivery", wait: "first count within seconds", kind: "warn", desc: "deliveries not yet made" },
   { id: "overdue-queued", label: "Overdue, still queued", metric: "sluice_preprocess_overdue_queued", service: "sluice_preprocess_",
-    runs: "preprocess", wait: "counted at the first reconcile", kind: "warn" },
+    runs: "preprocess", wait: "counted at the first reconcile", kind: "warn", desc: "items past the deadline, event unread" },
 ];
 
 /** `/metrics` (no token needed), parsed: every Sluice series. */
@@ -327,21 +333,18 @@ function pipelineView(metrics, jobs) {
   const groups = Object.keys(lag).sort().map((group, i) => ({ group, lag: lag[group], topics: [...topics[group]].sort(),
     colour: colourOf(i), history: samples.map((s) => [s.at, s.lag[group] === undefined ? null : s.lag[group]]) }));
   return { status: metrics.status, error: metrics.error, stats, duplicates, served, groups,
-    window: [Math.min(samples[0].at, at - (PIPELINE_KEEP - 1) * (POLL_MS / 1000)), at] };
+    window: [Math.min(samples[0].at, at - 60), at] }; // a minute at least: the first points do not fill the line
 }
 
 /** A whole number with thin spaces between thousands. */
 const whole = (v) => String(Math.round(v)).replace(/\B(?=(\d{3})+(?!\d))/g, "\u202f");
-
-/** A rate per second, short. */
-const perSecond = (v) => (v === 0 ? "0" : v < 0.01 ? "<0.01" : compact(v));
 
 /**
  * A small line of `points` ([t, value or null]) over the time `window`, from 0 to its highest
  * value; a gap where a value is missing or polls stopped (another page was shown).
  */
 function sparkline(points, window, { testid, colour, kind = "", label = "" } = {}) {
-  const [width, height, pad] = [160, 30, 2.5];
+  const [width, height, pad] = [220, 30, 2.5];
   const known = points.filter(([, v]) => typeof v === "number" && Number.isFinite(v));
   const top = Math.max(...known.map(([, v]) => v), 0);
   const sx = scale(window, [pad, width - pad]);
@@ -370,34 +373,34 @@ function sparkline(points, window, { testid, colour, kind = "", label = "" } = {
 
 function pipelineCard(view) {
   const card = el("div", { class: "card", "data-testid": "pipeline" },
-    el("div", { class: "page-head" }, el("h2", {}, "Pipeline"),
-      el("span", { class: "muted small" }, "This process's /metrics · rates per second between polls · last 6 min")));
+    el("div", { class: "page-head wrap" }, el("h2", {}, "Pipeline"),
+      el("span", { class: "muted small" }, "This process's /metrics · rates between polls, totals since it started · lines over the last 6 min")));
   if (view.status !== 200) {
     card.append(el("p", { class: "empty", "data-testid": "pipeline-unavailable" },
       view.status ? `/metrics answered HTTP ${view.status}: no pipeline numbers.` : `/metrics did not answer${view.error ? ` (${view.error})` : ""}.`));
   }
-  card.append(el("div", { class: "tiles" }, view.stats.map((stat) => {
+  card.append(el("div", { class: "pstats" }, view.stats.map((stat) => {
     const missing = stat.value === null || stat.value === undefined;
-    const shown = stat.counter ? (stat.rate === null || missing ? null : `${perSecond(stat.rate)}`) : missing ? null : whole(stat.value);
+    // perSecond (serving.js): "0/s", "2.40/s", "1.5/min".
+    const shown = stat.counter ? (stat.rate === null || missing ? null : perSecond(stat.rate)) : missing ? null : whole(stat.value);
     const sub = missing ? stat.note
       : stat.counter ? [`${whole(stat.value)} since start`, stat.id === "uploads" && view.duplicates ? ` (${whole(view.duplicates)} duplicate)` : "",
-        stat.rate === null ? " · rate from the next poll" : ""].join("")
+        stat.rate === null ? " · rate at the next poll" : ""].join("")
         : stat.note || (stat.id === "versions-served" ? view.served.map((s) => `${s.model} ${s.alias} v${s.version}`).join(", ")
-          : stat.id === "jobs-running" ? "training jobs, all workers" : "now");
+          : stat.desc);
     const value = stat.counter ? `${stat.id}-rate` : stat.jobs ? "pipeline-jobs-running" : stat.id;
     const alarm = !missing && stat.kind && (stat.counter ? stat.rate > 0 : stat.value > 0);
-    return el("div", { class: `tile${missing ? " absent" : ""}${alarm ? ` ${stat.kind}` : ""}`, "data-testid": `tile-${stat.id}` },
+    return el("div", { class: `pstat${missing ? " absent" : ""}${alarm ? ` ${stat.kind}` : ""}`, "data-testid": `stat-${stat.id}` },
       el("span", { class: "label" }, stat.label),
       el("div", { class: "figure" },
-        el("b", { "data-testid": value }, shown === null ? "—" : shown),
-        stat.counter && shown !== null ? el("span", { class: "unit" }, "/s") : null),
+        el("b", { "data-testid": value }, shown === null ? "—" : shown)),
       el("span", { class: `sub${missing ? " note" : ""}`, "data-testid": stat.counter ? `${stat.id}-total` : null, title: sub }, sub),
-      sparkline(stat.history, view.window, { testid: `spark-${stat.id}`, kind: stat.kind && alarm ? stat.kind : "",
+      sparkline(stat.history, view.window, { testid: `spark-${stat.id}`, kind: stat.kind,
         label: stat.counter ? `${stat.label} per second` : stat.label }));
   })));
   card.append(el("div", { class: "lag", "data-testid": "consumer-lag" },
     el("h3", {}, "Consumer lag ", el("span", { class: "muted small" }, "messages not yet committed, per group (reported every 10 s)")),
-    view.status !== 200 ? el("p", { class: "empty" }, "—")
+    view.status !== 200 ? el("p", { class: "empty" }, "— No /metrics to read it from.")
       : !view.groups.length
         ? el("p", { class: "empty" }, "— No consumer in this process has reported its lag yet (preprocess and trainer workers report every 10 s).")
         : el("table", {}, el("tbody", {}, view.groups.map((g) => el("tr", { "data-testid": `lag-${g.group}` },
@@ -433,13 +436,14 @@ function datasetsCard(result) {
   if (result.status !== 200) return note(card, refusal(result, "datasets"));
   const datasets = result.body.datasets || [];
   if (!datasets.length) return note(card, "No datasets yet: upload with `sluice push`.");
-  const statuses = ["accepted", "processing", "processed", "failed"];
-  card.append(el("table", {},
+  // Short headings: the card is half the page wide.
+  const statuses = [["accepted", "queued"], ["processing", "busy"], ["processed", "done"], ["failed", "failed"]];
+  card.append(el("table", { class: "compact" },
     el("thead", {}, el("tr", {}, el("th", {}, "Dataset"), el("th", { class: "num" }, "Items"),
-      statuses.map((s) => el("th", { class: "num" }, s)))),
+      statuses.map(([s, short]) => el("th", { class: "num", title: s }, short)))),
     el("tbody", {}, datasets.map((d) => el("tr", {},
       el("td", {}, el("a", { href: `#/datasets/${encodeURIComponent(d.name)}` }, d.name)), el("td", { class: "num" }, d.total),
-      statuses.map((s) => el("td", { class: "num" }, (d.by_status || {})[s] || 0)))))));
+      statuses.map(([s]) => el("td", { class: "num" }, (d.by_status || {})[s] || 0)))))));
   return card;
 }
 
