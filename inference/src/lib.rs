@@ -224,6 +224,7 @@ mod tests {
             "GET /v1/batch-predictions/{id} predict",
             "GET /v1/models/{name}/capture predict|train",
             "GET /v1/models/{name}/drift predict|train",
+            "GET /v1/models/{name}/predictions predict|train",
             "GET /v1/models/{name}/routing predict|train",
             "GET /v2 ",
             "GET /v2/health/live ",

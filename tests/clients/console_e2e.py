@@ -212,6 +212,13 @@ with sync_playwright() as playwright:
     production = page.get_by_test_id("alias-production")
     expect(production).to_have_text("production → v1")
     expect(page.get_by_test_id("version-2")).to_contain_text("89.0 %")
+    # The test report: per-class metrics and the confusion matrix (true class by row).
+    page.get_by_test_id("version-2").locator("details.test-report summary").click()
+    matrix = page.get_by_test_id("confusion-2")
+    triangle = matrix.locator("tbody tr").nth(2)
+    expect(triangle.locator("th")).to_have_text("triangle")
+    expect(triangle.locator("td")).to_have_text(["1", "1", "8"])
+    expect(page.get_by_test_id("version-2").locator("details.test-report")).to_contain_text("86.0 %")
     expect(page.get_by_test_id("version-1")).to_contain_text("snap-1")
     expect(page.get_by_test_id("history")).to_contain_text("first release")
     expect(page.get_by_test_id("rollback")).to_have_count(0)

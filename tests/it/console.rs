@@ -86,7 +86,14 @@ async fn register_versions(app: &RunningApp, model: &str, count: u8) {
             input_spec: PipelineSpec::default(),
             labels: vec!["circle".into(), "square".into(), "triangle".into()],
             hyperparameters: json!({"learning_rate": 0.001, "batch_size": 32}),
-            metrics: json!({"val_accuracy": accuracy, "test_accuracy": accuracy - 0.01, "val_loss": 0.2, "epochs": 8}),
+            // The shape of the report trainer::evaluation writes for the test split.
+            metrics: json!({"val_accuracy": accuracy, "test_accuracy": accuracy - 0.01, "val_loss": 0.2, "epochs": 8,
+                "test": {"items": 30, "accuracy": accuracy - 0.01, "macro_f1": 0.87, "expected_calibration_error": 0.04,
+                    "per_class": [
+                        {"label": "circle", "precision": 0.9, "recall": 0.9, "f1": 0.9, "support": 10},
+                        {"label": "square", "precision": 0.82, "recall": 0.9, "f1": 0.86, "support": 10},
+                        {"label": "triangle", "precision": 0.89, "recall": 0.8, "f1": 0.84, "support": 10}],
+                    "confusion_matrix": [[9, 1, 0], [0, 9, 1], [1, 1, 8]]}}),
             reference: json!({}),
             lineage: Lineage {
                 job_id: Uuid::now_v7(),
@@ -465,16 +472,24 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
     let app = RunningApp::spawn(env.config.clone()).await;
     register_versions(&app, "shapes", 2).await;
     move_production(&app, "shapes", 1, "first release").await;
+    // A labelled folder, pushed as a user would: `sluice push DIR --dataset shapes`.
+    let folder = tempfile::tempdir().expect("temp dir");
     for (seed, label) in [(1, "circle"), (2, "square"), (3, "triangle")] {
-        let (status, body) = crate::ingest::post_raw(
-            &app,
-            &format!("?dataset=shapes&label={label}"),
-            "image/png",
-            crate::ingest::png(32, 32, seed),
-        )
-        .await;
-        assert_eq!(status, 202, "{body}");
+        std::fs::create_dir_all(folder.path().join(label)).expect("mkdir");
+        std::fs::write(folder.path().join(label).join(format!("{label}.png")), crate::ingest::png(32, 32, seed))
+            .expect("write");
     }
+    let mut push = crate::support::sluice_command();
+    push.arg("push").arg(folder.path()).args([
+        "--dataset",
+        "shapes",
+        "--url",
+        &app.base_url,
+        "--token",
+        &app.admin_token,
+    ]);
+    let pushed = tokio::task::spawn_blocking(move || push.output()).await.expect("task").expect("sluice push");
+    assert!(pushed.status.success(), "sluice push: {}", String::from_utf8_lossy(&pushed.stderr));
     let predict = app.token(&[Scope::Predict]).await;
     let job = insert_training_job(&app, "shapes", "shapes").await;
     // A served model with one drift check, "ok", for the browser to watch turn to "drift".

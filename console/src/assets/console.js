@@ -554,7 +554,7 @@ function versionsCard(m, history) {
         el("td", {}, el("b", {}, `v${v.version}`), " ", el("span", { class: "muted" }, v.architecture), el("br"),
           (v.aliases || []).map((a) => pill(a, "alias"))),
         el("td", { class: "num" }, percent(headline(v.metrics))),
-        el("td", {}, metricsList(v.metrics), versionDetails(m.name, v.version)),
+        el("td", {}, metricsList(v.metrics), testReport(v.metrics && v.metrics.test, v.version), versionDetails(m.name, v.version)),
         el("td", { class: "lineage" }, lineage(v.lineage)),
         el("td", {}, when(v.created_at)),
         isAdmin() ? el("td", {}, v.version === production ? el("span", { class: "muted" }, "in production")
@@ -567,6 +567,31 @@ function metricsList(metrics) {
   const scalars = Object.entries(metrics || {}).filter(([, value]) => typeof value === "number");
   return el("div", { class: "metrics" }, scalars.length === 0 ? el("span", { class: "muted" }, "none")
     : scalars.map(([key, value]) => el("span", {}, el("span", { class: "key" }, key.replaceAll("_", " ")), " ", number(value))));
+}
+
+/** The version's test-split report, when training wrote one: per-class precision, recall and F1,
+ * and the confusion matrix (rows: true class, columns: predicted), shaded by share of the row. */
+function testReport(report, version) {
+  if (!report || !Array.isArray(report.per_class) || !Array.isArray(report.confusion_matrix)) return null;
+  const labels = report.per_class.map((c) => c.label);
+  const matrix = el("table", { class: "confusion", "data-testid": `confusion-${version}` },
+    el("thead", {}, el("tr", {}, el("th", { title: "true class ↓, predicted →" }, "true \\ predicted"),
+      labels.map((l) => el("th", { class: "num" }, l)))),
+    el("tbody", {}, report.confusion_matrix.map((row, t) => {
+      const total = row.reduce((sum, n) => sum + n, 0) || 1;
+      return el("tr", {}, el("th", {}, labels[t] ?? `#${t}`), row.map((n, p) => {
+        const cell = el("td", { class: `num ${t === p ? "hit" : n ? "miss" : ""}`, title: `${n} of ${total}` }, n);
+        cell.style.setProperty("--share", String(n / total));
+        return cell;
+      }));
+    })));
+  const classes = el("table", { class: "compact" },
+    el("thead", {}, el("tr", {}, el("th", {}, "class"), el("th", { class: "num" }, "precision"), el("th", { class: "num" }, "recall"),
+      el("th", { class: "num" }, "F1"), el("th", { class: "num" }, "items"))),
+    el("tbody", {}, report.per_class.map((c) => el("tr", {}, el("td", {}, c.label), el("td", { class: "num" }, percent(c.precision)),
+      el("td", { class: "num" }, percent(c.recall)), el("td", { class: "num" }, percent(c.f1)), el("td", { class: "num" }, c.support)))));
+  return el("details", { class: "test-report" },
+    el("summary", {}, `test report: ${report.items} items, macro F1 ${percent(report.macro_f1)}`), classes, matrix);
 }
 
 function lineage(l) {
