@@ -75,6 +75,36 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// One page of a list read newest first, as its query asked: `limit` (1 to `max`, `default`
+/// when left out) items older than the item `before` (a UUID: the previous page's last id).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Page {
+    pub limit: i64,
+    pub before: Option<uuid::Uuid>,
+}
+
+impl Page {
+    /// The page the query's `limit` and `before` texts ask for; 400 `invalid_request` otherwise.
+    pub fn parse(limit: Option<&str>, before: Option<&str>, default: i64, max: i64) -> Result<Self, ApiError> {
+        let invalid = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message);
+        let limit = match limit {
+            None => default,
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| invalid(format!("`limit` must be 1 to {max}.")))?,
+        };
+        let before = before
+            .map(|text| {
+                uuid::Uuid::parse_str(text)
+                    .map_err(|_| invalid("`before` must be an id from the previous page.".into()))
+            })
+            .transpose()?;
+        Ok(Self { limit, before })
+    }
+}
+
 /// `/healthz`, `/readyz` and `/metrics`, which need no token.
 pub fn ops_router(ctx: Context) -> OpenApiRouter {
     OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics)).with_state(ctx)
@@ -506,6 +536,29 @@ impl IntoResponse for AuthRejection {
         match self {
             AuthRejection::Api(err) => err.into_response(),
             AuthRejection::Response(response) => *response,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_a_bounded_limit_and_an_optional_id() {
+        assert_eq!(Page::parse(None, None, 60, 200).expect("defaults"), Page { limit: 60, before: None });
+        let id = uuid::Uuid::now_v7();
+        let page = Page::parse(Some("200"), Some(&id.to_string()), 60, 200).expect("a page");
+        assert_eq!(page, Page { limit: 200, before: Some(id) });
+        for (limit, before) in
+            [(Some("0"), None), (Some("201"), None), (Some("-1"), None), (Some("x"), None), (None, Some("nope"))]
+        {
+            let refused = Page::parse(limit, before, 60, 200).expect_err("refused");
+            assert_eq!(
+                (refused.status, refused.code),
+                (StatusCode::BAD_REQUEST, "invalid_request"),
+                "{limit:?} {before:?}"
+            );
         }
     }
 }

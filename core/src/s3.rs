@@ -45,23 +45,6 @@ impl S3Error {
     }
 }
 
-/// Reads a whole object; `None` when there is no such key.
-pub async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Result<Option<bytes::Bytes>, S3Error> {
-    let object = match client.get_object().bucket(bucket).key(key).send().await {
-        Ok(object) => object,
-        Err(err) => {
-            let err = S3Error::from_sdk("GetObject", err);
-            return if err.code() == Some("NoSuchKey") { Ok(None) } else { Err(err) };
-        }
-    };
-    let body = object.body.collect().await.map_err(|e| S3Error::Call {
-        operation: "GetObject",
-        code: None,
-        message: format!("reading the body of {key}: {e}"),
-    })?;
-    Ok(Some(body.into_bytes()))
-}
-
 /// An object being read: its length and a stream of its bytes.
 #[derive(Debug)]
 pub struct ObjectStream {
@@ -92,6 +75,17 @@ pub async fn get_stream(client: &Client, bucket: &str, key: &str) -> Result<Opti
             if err.code() == Some("NoSuchKey") { Ok(None) } else { Err(err) }
         }
     }
+}
+
+/// Reads a whole object; `None` when there is no such key.
+pub async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Result<Option<bytes::Bytes>, S3Error> {
+    let Some(object) = get_stream(client, bucket, key).await? else { return Ok(None) };
+    let body = object.body.collect().await.map_err(|e| S3Error::Call {
+        operation: "GetObject",
+        code: None,
+        message: format!("reading the body of {key}: {e}"),
+    })?;
+    Ok(Some(body.into_bytes()))
 }
 
 /// Writes a whole object in one PUT (small objects: manifests, checkpoints, model artifacts).

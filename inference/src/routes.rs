@@ -15,7 +15,7 @@ use sluice_core::{
     auth::Scope,
     capture::{self, CapturePolicy},
     domain::Label,
-    http::Caller,
+    http::{Caller, Page},
     models::{AliasName, ModelName},
 };
 use utoipa::ToSchema;
@@ -143,21 +143,9 @@ pub async fn recent_predictions(
 ) -> Result<Json<Value>, InferenceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     let model = model_name(&name)?;
-    let limit = match query.limit.as_deref() {
-        None => 50,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=200).contains(n))
-            .ok_or_else(|| bad_query("`limit` must be 1 to 200."))?,
-    };
-    let before = query
-        .before
-        .as_deref()
-        .map(|text| Uuid::parse_str(text).map_err(|_| bad_query("`before` must be a prediction id.")))
-        .transpose()?;
+    let page = Page::parse(query.limit.as_deref(), query.before.as_deref(), 50, 200)?;
     let client = state.served.ctx.db.get().await?;
-    let predictions = store::recent_predictions(&client, model.as_str(), before, limit).await?;
+    let predictions = store::recent_predictions(&client, model.as_str(), page.before, page.limit).await?;
     let ids: Vec<Uuid> = predictions.iter().map(|p| p.id).collect();
     let captured = capture::captured_media(&client, &ids).await?;
     let predictions: Vec<Value> = predictions
@@ -172,10 +160,6 @@ pub async fn recent_predictions(
         })
         .collect();
     Ok(Json(json!({"model": model.as_str(), "predictions": predictions})))
-}
-
-fn bad_query(message: &str) -> InferenceError {
-    InferenceError::Refused(sluice_core::http::ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message))
 }
 
 /// The model's capture policy, or `null`.

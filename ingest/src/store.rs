@@ -327,6 +327,11 @@ pub async fn dataset_counts(ctx: &Context, name: Option<&DatasetName>) -> Result
         .collect())
 }
 
+/// Whether `dataset` exists (it does once anything was pushed to it).
+async fn dataset_exists(client: &impl GenericClient, dataset: &DatasetName) -> Result<bool, DbError> {
+    Ok(client.query_opt("SELECT 1 FROM datasets WHERE name = $1", &[&dataset.as_str()]).await?.is_some())
+}
+
 /// A dataset's unlabelled items, most informative first.
 #[derive(Debug)]
 pub struct LabellingQueue {
@@ -357,8 +362,7 @@ pub async fn labelling_queue(
     limit: i64,
 ) -> Result<Option<LabellingQueue>, DbError> {
     let client = ctx.db.get().await?;
-    let exists = client.query_opt("SELECT 1 FROM datasets WHERE name = $1", &[&dataset.as_str()]).await?.is_some();
-    if !exists {
+    if !dataset_exists(&client, dataset).await? {
         return Ok(None);
     }
     let unlabelled: i64 = client
@@ -453,8 +457,7 @@ pub async fn dataset_media(
     limit: i64,
 ) -> Result<Option<Vec<ListedMedia>>, DbError> {
     let client = ctx.db.get().await?;
-    let exists = client.query_opt("SELECT 1 FROM datasets WHERE name = $1", &[&dataset.as_str()]).await?.is_some();
-    if !exists {
+    if !dataset_exists(&client, dataset).await? {
         return Ok(None);
     }
     let rows = client

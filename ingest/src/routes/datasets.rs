@@ -11,7 +11,7 @@ use sluice_core::{
     Context,
     auth::Scope,
     domain::{DatasetName, Label},
-    http::{ApiError, Caller},
+    http::{ApiError, Caller, Page},
     uploads::MediaStatus,
 };
 use uuid::Uuid;
@@ -172,24 +172,12 @@ pub(super) async fn list_media(
     if unlabelled && label.is_some() {
         return Err(bad("unlabelled", "cannot be combined with label"));
     }
-    let before = query
-        .before
-        .as_deref()
-        .map(|b| Uuid::parse_str(b).map_err(|_| bad("before", "must be a media id")))
-        .transpose()?;
-    let limit = match query.limit.as_deref() {
-        None => 60,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=200).contains(n))
-            .ok_or_else(|| bad("limit", "must be 1 to 200"))?,
-    };
-    let filter = store::MediaFilter { status, label, unlabelled, before };
-    let items = store::dataset_media(&ctx, &name, &filter, limit)
+    let page = Page::parse(query.limit.as_deref(), query.before.as_deref(), 60, 200)?;
+    let filter = store::MediaFilter { status, label, unlabelled, before: page.before };
+    let items = store::dataset_media(&ctx, &name, &filter, page.limit)
         .await?
         .ok_or_else(|| IngestError::NotFound(format!("dataset named {name}")))?;
-    let next_before = (items.len() as i64 == limit).then(|| items.last().map(|m| m.id)).flatten();
+    let next_before = (items.len() as i64 == page.limit).then(|| items.last().map(|m| m.id)).flatten();
     let items: Vec<Value> = items
         .iter()
         .map(|m| {
