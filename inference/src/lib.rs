@@ -92,6 +92,7 @@ fn api(max_predict_bytes: usize) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(predict::predict).layer(DefaultBodyLimit::max(max_predict_bytes)))
         .routes(routes!(routes::drift))
+        .routes(routes!(routes::drift_history))
         .routes(routes!(routes::recent_predictions))
         .routes(routes!(routes::get_routing, routes::put_routing))
         .routes(routes!(routes::get_capture, routes::put_capture))
@@ -224,6 +225,7 @@ mod tests {
             "GET /v1/batch-predictions/{id} predict",
             "GET /v1/models/{name}/capture predict|train",
             "GET /v1/models/{name}/drift predict|train",
+            "GET /v1/models/{name}/drift/history predict|train",
             "GET /v1/models/{name}/predictions predict|train",
             "GET /v1/models/{name}/routing predict|train",
             "GET /v2 ",

@@ -149,8 +149,10 @@ async fn observe(
         return Ok(());
     };
     let mut client = served.ctx.db.get().await?;
+    let live = store::live_accuracy(&client, &event.model, event.version, config.live_accuracy_window).await?;
     let tx = client.transaction().await?;
     store::record_verdict(&tx, &served.ctx.config.kafka.topic_prefix, &event.model, event.version, &verdict).await?;
+    store::record_check(&tx, &event.model, event.version, &verdict, live).await?;
     tx.commit().await?;
     drop(client);
     export(&event.model, event.version, &verdict);
@@ -334,6 +336,18 @@ pub async fn verdict(state: &AppState, model: &str, version: i32) -> Result<Opti
         verdict["checked_at"] = json!(stored.checked_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
         verdict
     }))
+}
+
+/// The version's recorded checks, newest first.
+pub async fn history(
+    state: &AppState,
+    model: &str,
+    version: i32,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<store::DriftCheck>, DbError> {
+    let client = state.served.ctx.db.get().await?;
+    store::drift_history(&client, model, version, before, limit).await
 }
 
 /// Live accuracy of a version over its latest `live_accuracy_window` answers with feedback.

@@ -301,6 +301,56 @@ pub async fn drift(
     Ok(Json(answer))
 }
 
+#[derive(Debug, Deserialize)]
+pub struct DriftHistoryQuery {
+    alias: Option<String>,
+    version: Option<i32>,
+    limit: Option<String>,
+    before: Option<String>,
+}
+
+/// A served version's drift checks over time, newest first: each check's verdict, statistics,
+/// expected (label-free) and live (feedback) accuracy.
+///
+/// The monitor records one row per check (every `inference.drift_window` predictions) and keeps
+/// the newest 1,000 of each version. Reading the history does not load the version.
+#[utoipa::path(get, path = "/v1/models/{name}/drift/history", tag = "inference",
+    security(("bearer" = ["predict"]), ("bearer" = ["train"])),
+    params(
+        ("name" = String, Path, description = "The model's name."),
+        ("alias" = Option<String>, Query, description = "The version this alias points at (not with `version`); default `production`."),
+        ("version" = Option<i32>, Query, minimum = 1, description = "This version (not with `alias`)."),
+        ("limit" = Option<i64>, Query, description = "At most this many checks, 1 to 1000 (default 200)."),
+        ("before" = Option<i64>, Query, description = "The next page: checks numbered below this one."),
+    ),
+    responses(
+        (status = 200, description = "`{\"model\", \"version\", \"checks\": [{\"check\", \"checked_at\", \"state\", \"kind\", \"expected_accuracy\", \"live_accuracy\", \"live_accuracy_answers\", \"statistics\"}]}`, newest first.", body = Object),
+        (status = 400, description = "A malformed model name or query (`alias` and `version` together, `version` below 1, `limit` or `before` out of range).", body = ErrorBody),
+        (status = 404, description = "No such model, alias or version.", body = ErrorBody),
+    ))]
+#[tracing::instrument(skip_all, fields(model = %name, alias = ?query.alias, version = ?query.version))]
+pub async fn drift_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Query(query): Query<DriftHistoryQuery>,
+) -> Result<Json<Value>, InferenceError> {
+    caller.require_any(&[Scope::Predict, Scope::Train])?;
+    let model = model_name(&name)?;
+    let target = target(query.alias.as_deref(), query.version)?
+        .unwrap_or_else(|| Target::Alias(AliasName::parse(AliasName::PRODUCTION).expect("a valid alias")));
+    let page = Page::parse(query.limit.as_deref(), None, 200, 1_000)?;
+    let before = query
+        .before
+        .as_deref()
+        .map(|text| text.parse::<i64>().ok().filter(|n| *n >= 1))
+        .map(|parsed| parsed.ok_or_else(|| InferenceError::invalid("`before` must be a check number (1 or more).")))
+        .transpose()?;
+    let version = state.served.version_of(&model, &target).await?;
+    let checks = monitor::history(&state, model.as_str(), version, before, page.limit).await?;
+    Ok(Json(json!({"model": model.as_str(), "version": version, "checks": checks})))
+}
+
 /// How a model's requests that name no alias or version are routed.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]

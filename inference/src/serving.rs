@@ -191,6 +191,21 @@ impl Served {
         self.load(model, version).await
     }
 
+    /// The version `target` names, without loading it (the same 404s as [`Self::resolve`]).
+    pub async fn version_of(&self, model: &ModelName, target: &Target) -> Result<i32, ServeError> {
+        match target {
+            Target::Alias(alias) => self.alias_version(model, alias).await,
+            Target::Version(version) => match self.labels(model, *version).await? {
+                Some(_) => Ok(*version),
+                None => Err(if models::exists(&self.ctx.db.get().await?, model).await? {
+                    ServeError::UnknownVersion { model: model.to_string(), version: *version }
+                } else {
+                    ServeError::UnknownModel(model.to_string())
+                }),
+            },
+        }
+    }
+
     async fn alias_version(&self, model: &ModelName, alias: &AliasName) -> Result<i32, ServeError> {
         let key = (model.as_str().to_owned(), alias.as_str().to_owned());
         if let Some(version) = self.aliases.read().expect("alias lock").get(&key) {

@@ -7,6 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
+use serde::Serialize;
 use serde_json::Value;
 use sluice_core::{
     db::DbError,
@@ -298,6 +299,98 @@ pub async fn record_verdict(
         )
         .await?;
     Ok(())
+}
+
+/// Checks kept per version in `drift_checks`; older ones are deleted as new ones arrive.
+pub const CHECKS_KEPT: i64 = 1_000;
+
+/// Appends a check to the version's history (a replayed check number is kept once) and forgets
+/// checks older than the newest [`CHECKS_KEPT`].
+#[tracing::instrument(level = "debug", skip(client, verdict))]
+pub async fn record_check(
+    client: &impl GenericClient,
+    model: &str,
+    version: i32,
+    verdict: &Verdict,
+    live: Option<LiveAccuracy>,
+) -> Result<(), DbError> {
+    let check = verdict.checks as i64;
+    let statistics = serde_json::to_value(&verdict.statistics).expect("statistics serialise");
+    client
+        .execute(
+            "INSERT INTO drift_checks (model, version, check_no, state, kind, expected_accuracy, live_accuracy,
+                 live_answers, statistics)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (model, version, check_no) DO NOTHING",
+            &[
+                &model,
+                &version,
+                &check,
+                &verdict.state,
+                &verdict.kind,
+                &verdict.expected_accuracy,
+                &live.map(|l| l.accuracy),
+                &live.map_or(0, |l| l.answers),
+                &statistics,
+            ],
+        )
+        .await?;
+    client
+        .execute(
+            "DELETE FROM drift_checks WHERE model = $1 AND version = $2 AND check_no <= $3",
+            &[&model, &version, &(check - CHECKS_KEPT)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// One recorded drift check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftCheck {
+    /// The version's check count at this check.
+    pub check: i64,
+    pub checked_at: DateTime<Utc>,
+    pub state: DriftState,
+    pub kind: DriftKind,
+    /// Mean calibrated confidence: accuracy estimated without labels.
+    pub expected_accuracy: Option<f64>,
+    /// Accuracy on the latest answers with feedback when the check ran.
+    pub live_accuracy: Option<f64>,
+    pub live_accuracy_answers: i64,
+    /// Each statistic: `name`, `kind`, `value`, `expected`, `t`, `p_value`, `threshold`, `drifted`.
+    pub statistics: Value,
+}
+
+/// The version's newest `limit` checks before check number `before` (all when `None`), newest first.
+#[tracing::instrument(level = "debug", skip(client))]
+pub async fn drift_history(
+    client: &impl GenericClient,
+    model: &str,
+    version: i32,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<DriftCheck>, DbError> {
+    let rows = client
+        .query(
+            "SELECT check_no, checked_at, state, kind, expected_accuracy, live_accuracy, live_answers, statistics
+             FROM drift_checks WHERE model = $1 AND version = $2 AND ($3::bigint IS NULL OR check_no < $3)
+             ORDER BY check_no DESC LIMIT $4",
+            &[&model, &version, &before, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| DriftCheck {
+            check: row.get("check_no"),
+            checked_at: row.get("checked_at"),
+            state: row.get("state"),
+            kind: row.get("kind"),
+            expected_accuracy: row.get("expected_accuracy"),
+            live_accuracy: row.get("live_accuracy"),
+            live_accuracy_answers: row.get("live_answers"),
+            statistics: row.get("statistics"),
+        })
+        .collect())
 }
 
 /// A version's verdict as the monitor last recorded it.

@@ -1,6 +1,6 @@
 """Drives the Sluice console in headless Chromium (Playwright, sync API), as tests/it/console.rs asks.
 
-usage: console_e2e.py BASE_URL ADMIN_TOKEN PREDICT_TOKEN MODEL SCREENSHOT_DIR CHROMIUM [JOB_ID]
+usage: console_e2e.py BASE_URL ADMIN_TOKEN PREDICT_TOKEN MODEL SCREENSHOT_DIR CHROMIUM [JOB_ID [DRIFT_MODEL [LIVE_DATASET]]]
 
 The model must have versions 1 and 2 with production on v1, registered without artifacts (so
 inference cannot load them), no routing and no capture policy; dataset `shapes` must hold three
@@ -11,7 +11,10 @@ pages, opens the model, promotes v2 and rolls back to v1 by clicking, signs out,
 the predict-only token and checks that no promote button is shown and that datasets and training
 are refused. With JOB_ID (a running job of MODEL
 whose trials span rungs 0 to 2 and have epoch histories), also checks the job's page and cancels
-it through the dialog. Saves a screenshot of each page. Waits for elements, never for time.
+it through the dialog. With LIVE_DATASET (300 processed, labelled images), starts a 200-epoch job
+on it from the New job dialog, watches the learning curve grow on the job's page (at least three
+intermediate lengths, never shrinking) and cancels it. Saves a screenshot of each page. Waits for
+elements, not for time (the curve is sampled until it has grown or 150 s have passed).
 Prints progress, then one JSON line: the result, the predict session's cookie and CSRF token
 for the Rust test to replay against the API, and the item relabelled (`{"id", "label"}`).
 """
@@ -20,6 +23,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from playwright.sync_api import expect, sync_playwright
@@ -29,6 +33,7 @@ job_id = sys.argv[7] if len(sys.argv) > 7 else None
 # A served model whose drift verdict is "ok": once the page shows it, the script writes
 # SCREENSHOT_DIR/ready-for-drift and the Rust test streams shifted images to it.
 drift_model = sys.argv[8] if len(sys.argv) > 8 else None
+live_dataset = sys.argv[9] if len(sys.argv) > 9 else None
 # What tests/it/console.rs uploads before the run: one 32×32 PNG per label into this dataset.
 DATASET = "shapes"
 LABELS = ["circle", "square", "triangle"]
@@ -54,6 +59,7 @@ def sign_in(page, token):
     page.click("#sign-in-button")
 
 
+report = {}
 with sync_playwright() as playwright:
     # Chromium's sandbox needs a user namespace it is not given when the tests run as root.
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
@@ -172,6 +178,43 @@ with sync_playwright() as playwright:
         expect(page.get_by_test_id("job-status")).to_have_text("cancelled")
         expect(page.get_by_test_id("cancel-job")).to_have_count(0)
 
+    if live_dataset:
+        step("start a job from the New job dialog; a bad space is refused with the API's reason")
+        page.click("nav a[data-page=training]")
+        page.get_by_test_id("new-job").click()
+        expect(page.locator("#job-dialog")).to_be_visible()
+        page.select_option("#job-dataset", live_dataset)
+        page.fill("#job-model", live_dataset)
+        page.select_option("#job-promote", "never")
+        page.fill("#job-params", "epochs=0")
+        page.click("#job-start")
+        expect(page.locator("#job-error")).to_contain_text("epochs")
+        page.fill("#job-params", "epochs=200\npatience=0\nbatch_size=16\nlearning_rate=0.003")
+        shot(page, "training-new")
+        page.click("#job-start")
+        page.wait_for_url(re.compile(r"#/training/[0-9a-f-]{36}$"))
+        report["live_job"] = page.url.rsplit("/", 1)[1]
+
+        step("watch the job's learning curve grow, epoch by epoch, without reloading")
+        series = page.locator("[data-testid=curve-chart] g.series").first
+        seen = []
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and len([n for n in seen if 0 < n < 200]) < 3:
+            if series.count():
+                points = int(series.get_attribute("data-points") or 0)
+                if not seen or points != seen[-1]:
+                    seen.append(points)
+            time.sleep(0.25)
+        report["curve_points_seen"] = seen
+        assert len([n for n in seen if 0 < n < 200]) >= 3, f"the curve did not grow while watched: {seen}"
+        assert seen == sorted(seen), f"the curve shrank: {seen}"
+        expect(page.get_by_test_id("job-status")).to_have_text("running")
+        expect(page.locator("[data-testid=curve-chart] circle.dot.live")).to_have_count(1)
+        shot(page, "training-live")
+        page.get_by_test_id("cancel-job").click()
+        page.click("#confirm-ok")
+        expect(page.get_by_test_id("job-status")).to_have_text("cancelled")
+
     step("Serving shows each model's routing, drift, capture and traffic")
     page.click("nav a[data-page=serving]")
     row = page.get_by_test_id(f"serving-{model}")
@@ -202,6 +245,11 @@ with sync_playwright() as playwright:
         (shots / "ready-for-drift").write_text("the verdict reads ok")
         expect(page.get_by_test_id("drift-state")).to_have_text("drift", timeout=150_000)
         expect(page.get_by_test_id("drift")).to_contain_text("covariate shift")
+        # The recorded checks, ok then drift, drawn over time from GET …/drift/history.
+        expect(page.get_by_test_id("drift-history-chart")).to_be_visible()
+        expect(page.get_by_test_id("drift-verdicts").locator(".pill.ok")).to_have_count(1)
+        expect(page.get_by_test_id("drift-verdicts").locator(".pill.bad").first).to_be_visible()
+        expect(page.get_by_test_id("accuracy-chart")).to_be_visible()
         shot(page, "serving-drift")
 
     step("Models lists the model; its page shows versions, metrics, lineage, aliases and history")
@@ -273,5 +321,5 @@ with sync_playwright() as playwright:
 
     browser.close()
     assert not problems, problems
-    print(json.dumps({"checks": "passed", "predict_cookie": predict_cookie, "predict_csrf": csrf,
+    print(json.dumps({**report, "checks": "passed", "predict_cookie": predict_cookie, "predict_csrf": csrf,
                       "relabelled": {"id": relabelled_id, "label": RELABEL}}))

@@ -40,7 +40,7 @@ fn wash(value: u8, shift: i16) -> u8 {
     if shift > 0 { (i16::from(value) / 4 + shift).clamp(0, 255) as u8 } else { value }
 }
 
-async fn upload(app: &RunningApp, dataset: &str, batch: &[(Vec<u8>, String)]) {
+pub(crate) async fn upload(app: &RunningApp, dataset: &str, batch: &[(Vec<u8>, String)]) {
     for (png, label) in batch {
         let (status, body) =
             post_raw(app, &format!("?dataset={dataset}&label={label}"), "image/png", png.clone()).await;
@@ -48,7 +48,7 @@ async fn upload(app: &RunningApp, dataset: &str, batch: &[(Vec<u8>, String)]) {
     }
 }
 
-async fn processed(app: &RunningApp, dataset: &str, count: i64) {
+pub(crate) async fn processed(app: &RunningApp, dataset: &str, count: i64) {
     eventually(Duration::from_secs(120), "uploads to be preprocessed", || async {
         let sql = format!("SELECT count(*) FROM media WHERE dataset = '{dataset}' AND status = 'processed'");
         (app.count(&sql).await >= count).then_some(())

@@ -490,6 +490,26 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
     ]);
     let pushed = tokio::task::spawn_blocking(move || push.output()).await.expect("task").expect("sluice push");
     assert!(pushed.status.success(), "sluice push: {}", String::from_utf8_lossy(&pushed.stderr));
+    // A second, larger labelled folder the browser starts a real training job on (from the
+    // Training page's New job dialog) and watches its learning curve grow.
+    let live = "live";
+    let live_folder = tempfile::tempdir().expect("temp dir");
+    for (i, (png, label)) in crate::closed_loop::images(300, 5, 0).into_iter().enumerate() {
+        std::fs::create_dir_all(live_folder.path().join(&label)).expect("mkdir");
+        std::fs::write(live_folder.path().join(&label).join(format!("{i}.png")), png).expect("write");
+    }
+    let mut push = crate::support::sluice_command();
+    push.arg("push").arg(live_folder.path()).args([
+        "--dataset",
+        live,
+        "--url",
+        &app.base_url,
+        "--token",
+        &app.admin_token,
+    ]);
+    let pushed = tokio::task::spawn_blocking(move || push.output()).await.expect("task").expect("sluice push");
+    assert!(pushed.status.success(), "sluice push: {}", String::from_utf8_lossy(&pushed.stderr));
+    crate::closed_loop::processed(&app, live, 300).await;
     let predict = app.token(&[Scope::Predict]).await;
     let job = insert_training_job(&app, "shapes", "shapes").await;
     // A served model with one drift check, "ok", for the browser to watch turn to "drift".
@@ -523,6 +543,7 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
         chromium,
         job.to_string(),
         drifting.to_owned(),
+        live.to_owned(),
     ];
     let ready = shots.join("ready-for-drift");
     let _ = std::fs::remove_file(&ready);
@@ -553,6 +574,8 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
         "dataset-item",
         "training",
         "training-job",
+        "training-new",
+        "training-live",
         "models",
         "model",
         "serving",
@@ -582,6 +605,25 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
     .await;
     assert_eq!((status, view["status"].clone()), (200, json!("cancelled")), "{view}");
     assert_eq!(view["trials_summary"]["cancelled"], 1, "the running trial was cancelled: {view}");
+
+    // The job the browser started ran on the live dataset and was cancelled mid-way, its curve
+    // having grown while the page was open.
+    let started = report["live_job"].as_str().expect("the started job's id");
+    let (status, view) = json_of(
+        app.http
+            .get(app.url(&format!("/v1/training-jobs/{started}")))
+            .bearer_auth(&app.admin_token)
+            .send()
+            .await
+            .expect("job"),
+    )
+    .await;
+    assert_eq!((status, &view["model"], &view["dataset"]), (200, &json!(live), &json!(live)), "{view}");
+    assert_eq!(view["status"], "cancelled", "{view}");
+    assert_eq!(view["request"]["search"]["space"]["epochs"], 200, "{view}");
+    let epochs = view["trials"][0]["history"].as_array().map_or(0, Vec::len);
+    assert!((3..200).contains(&epochs), "cancelled after {epochs} epochs: {view}");
+    eprintln!("the live curve showed {} points in turn", report["curve_points_seen"]);
 
     // The clicks went through the API: production moved to v2, then back to v1, by the admin.
     let history = app.http.get(app.url("/v1/models/shapes/aliases/production/history")).bearer_auth(&app.admin_token);

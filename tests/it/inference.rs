@@ -495,6 +495,44 @@ async fn a_shifted_stream_is_detected_and_one_retrain_request_is_published() {
     assert!(
         metrics.as_str().expect("text").contains("sluice_inference_drift_detected{model=\"shifty\",version=\"1\"} 1")
     );
+
+    // Every check is kept, newest first, each with its statistics and accuracies.
+    let history_of = |query: String| {
+        let app = &app;
+        async move {
+            let url = app.url(&format!("/v1/models/{query}"));
+            json_of(app.http.get(url).bearer_auth(&app.admin_token).send().await.expect("history")).await
+        }
+    };
+    let (status, history) = history_of("shifty/drift/history".into()).await;
+    assert_eq!(status, 200, "{history}");
+    assert_eq!(history["version"], version, "{history}");
+    let checks = history["checks"].as_array().expect("checks");
+    let summary: Vec<(i64, &str)> =
+        checks.iter().map(|c| (c["check"].as_i64().expect("number"), c["state"].as_str().expect("state"))).collect();
+    assert_eq!(summary, [(3, "drift"), (2, "drift"), (1, "ok")], "{history:#}");
+    assert_eq!(checks[0]["kind"], "covariate_shift", "{history:#}");
+    assert_eq!(checks[0]["statistics"], drift["statistics"], "the newest check is the verdict's");
+    assert_eq!(checks[2]["expected_accuracy"], first["expected_accuracy"], "{history:#}");
+    assert!(checks.iter().all(|c| c["live_accuracy"].is_null() && c["live_accuracy_answers"] == 0), "no feedback yet");
+    let (status, page) = history_of("shifty/drift/history?limit=1&before=3".into()).await;
+    assert_eq!((status, page["checks"].as_array().map(Vec::len)), (200, Some(1)), "{page}");
+    assert_eq!(page["checks"][0]["check"], 2, "{page}");
+    let (status, by_version) = history_of(format!("shifty/drift/history?version={version}&limit=2")).await;
+    assert_eq!((status, by_version["checks"].as_array().map(Vec::len)), (200, Some(2)), "{by_version}");
+    for (query, expected) in [
+        ("?version=99", 404),
+        ("?alias=staging", 404),
+        ("?limit=0", 400),
+        ("?limit=1001", 400),
+        ("?before=0", 400),
+        ("?before=x", 400),
+        ("?version=1&alias=production", 400),
+    ] {
+        let (status, body) = history_of(format!("shifty/drift/history{query}")).await;
+        assert_eq!(status, expected, "{query}: {body}");
+    }
+    assert_eq!(history_of("nobody/drift/history".into()).await.0, 404);
 }
 
 /// Image `i` of `samples` as PNG bytes, rolled `dx` pixels to the right (wrapping round, so

@@ -80,6 +80,7 @@ pub(crate) fn matrix() -> Vec<(Method, String, Allowed)> {
         (Method::PUT, "/v1/models/nope/policy".into(), AdminOnly),
         (Method::POST, "/v1/models/nope/predict".into(), Predict),
         (Method::GET, "/v1/models/nope/drift".into(), PredictOrTrain),
+        (Method::GET, "/v1/models/nope/drift/history".into(), PredictOrTrain),
         (Method::GET, "/v1/models/nope/predictions".into(), PredictOrTrain),
         (Method::GET, "/v1/models/nope/routing".into(), PredictOrTrain),
         (Method::PUT, "/v1/models/nope/routing".into(), AdminOnly),

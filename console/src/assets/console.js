@@ -676,6 +676,8 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("move-cancel").addEventListener("click", () => $("move-dialog").close());
   $("confirm-form").addEventListener("submit", cancelConfirmed);
   $("confirm-cancel").addEventListener("click", () => $("confirm-dialog").close());
+  $("job-form").addEventListener("submit", startJob);
+  $("job-cancel").addEventListener("click", () => $("job-dialog").close());
   window.addEventListener("hashchange", route);
   const result = await api("GET", "/console/session");
   if (result.status === 200 && result.body.via === "cookie") signedIn(result.body);

@@ -4,10 +4,9 @@
 
 /**
  * What the console remembers between polls while it stays open: the previous `/metrics` sample
- * (rates are differences of two), each model's recent traffic, and the drift checks seen (the
- * API keeps only a version's latest).
+ * (rates are differences of two) and each model's recent traffic.
  */
-const watch = { previous: null, traffic: new Map(), checks: new Map() };
+const watch = { previous: null, traffic: new Map() };
 const KEEP = 90; // points per model: six minutes at one poll every 4 s
 
 /** `/metrics` (Prometheus text), parsed: the series whose names start with `prefix` (the inference ones unless told). */
@@ -181,27 +180,24 @@ async function servingModel(generation, name) {
     api("GET", path("/drift")), api("GET", path("/capture")), metricsSample(), api("GET", path("/predictions?limit=24"))]);
   if (!current(generation)) return;
   const traffic = modelTraffic(metrics, name);
-  if (drift.status === 200) remember(name, drift.body);
-  show(generation, [found, routing, drift, capture, recent, traffic && [traffic.requests, traffic.rate, traffic.p95, traffic.errors], metrics.status], () => {
+  // The checks of the version the verdict is about (named, so an alias moving between the two reads cannot mix versions).
+  const history = drift.status === 200
+    ? await api("GET", path(`/drift/history?version=${drift.body.version}&limit=200`)) : null;
+  if (!current(generation)) return;
+  show(generation, [found, routing, drift, history, capture, recent, traffic && [traffic.requests, traffic.rate, traffic.p95, traffic.errors], metrics.status], () => {
     const back = el("a", { href: "#/serving" }, "← All models");
     if (found.status !== 200) return [back, head(name), el("div", { class: "card" }, el("p", { class: "empty" }, refusal(found, "this model")))];
     return [back, head(name),
       el("div", { class: "grid pair" }, trafficCard(name, traffic, metrics), routingCard(found.body, routing)),
-      driftCard(name, drift),
+      driftCard(name, drift, checksOf(history)),
       el("div", { class: "grid pair" }, captureCard(capture), predictionsCard(recent, traffic, metrics))];
   });
 }
 
-/** Keeps each drift check seen (by version and time) for the history chart. */
-function remember(name, d) {
-  if (!d.checked_at) return;
-  const key = `${name}\u0000${d.version}`;
-  const seen = watch.checks.get(key) || [];
-  if (!seen.some((c) => c.checked_at === d.checked_at)) {
-    seen.push({ checked_at: d.checked_at, at: Date.parse(d.checked_at) / 1000, expected: d.expected_accuracy, live: d.live_accuracy,
-      state: d.state, fired: (d.fired || []).length });
-    watch.checks.set(key, seen.slice(-KEEP));
-  }
+/** A version's recorded checks, oldest first, as the charts draw them. */
+function checksOf(history) {
+  if (!history || history.status !== 200) return [];
+  return [...(history.body.checks || [])].reverse().map((c) => ({ ...c, at: Date.parse(c.checked_at) / 1000 }));
 }
 
 const clock = (seconds) => new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
@@ -283,7 +279,7 @@ function routingCard(model, routing) {
   return card;
 }
 
-function driftCard(name, drift) {
+function driftCard(name, drift, checks) {
   const card = el("div", { class: "card", "data-testid": "drift" });
   if (drift.status !== 200) {
     card.append(el("h2", {}, "Drift and accuracy"));
@@ -302,7 +298,8 @@ function driftCard(name, drift) {
       `Drifted ${d.consecutive_drift_checks} check${d.consecutive_drift_checks === 1 ? "" : "s"} in a row (a retrain needs ${d.sustain_checks}).`));
     card.append(statisticsTable(d));
   }
-  card.append(accuracyPanel(name, d));
+  if (checks.length >= 2) card.append(evidenceChart(checks));
+  card.append(accuracyPanel(d, checks));
   return card;
 }
 
@@ -331,8 +328,30 @@ function statisticsTable(d) {
       el("td", {}, bar(s)), el("td", {}, s.drifted ? pill("drifted", "bad") : null)))));
 }
 
-/** Expected (label-free) against live (feedback) accuracy, and their history while the page is open. */
-function accuracyPanel(name, d) {
+/** Each statistic's evidence against the reference over the recorded checks, as a multiple of its level: above 1 it drifted. */
+function evidenceChart(checks) {
+  const ratio = (s) => (s.p_value > 0 && s.threshold > 0 && s.threshold < 1
+    ? Math.min(10, Math.log10(s.p_value) / Math.log10(s.threshold)) : 0);
+  const names = [...new Set(checks.flatMap((c) => (c.statistics || []).map((s) => s.name)))].sort();
+  const lines = names.map((name, i) => ({
+    name, colour: colourOf(i),
+    points: checks.flatMap((c) => (c.statistics || []).filter((s) => s.name === name).map((s) => [c.at, ratio(s)])),
+  })).filter((l) => l.points.length);
+  const top = Math.max(1.5, ...lines.flatMap((l) => l.points.map((p) => p[1])));
+  const wrap = el("div", { "data-testid": "drift-history" },
+    el("h3", {}, "Statistics over time ", el("span", { class: "muted small" }, "(evidence against the reference as a multiple of the level: above 1 it drifted)")));
+  wrap.append(timeChart({ lines: [...lines, { name: "level", colour: "#c92a2a", points: [[checks[0].at, 1], [checks[checks.length - 1].at, 1]] }],
+    yFormat: compact, testid: "drift-history-chart", label: "drift statistics by check", y: [0, top * 1.05], width: 960, height: 190 }));
+  const verdicts = el("div", { class: "legend", "data-testid": "drift-verdicts" },
+    el("span", { class: "muted small" }, "Verdicts: "),
+    checks.slice(-40).map((c) => pill(c.state === "drift" ? "drift" : c.state === "ok" ? "ok" : "…", c.state === "drift" ? "bad" : c.state === "ok" ? "ok" : "",
+      { title: `check ${c.check} · ${c.state}${c.kind !== "none" ? ` (${c.kind.replaceAll("_", " ")})` : ""} · ${new Date(c.at * 1000).toLocaleTimeString()}` })));
+  wrap.append(el("div", { class: "legend" }, lines.map((l) => el("span", { class: "item" }, swatch(l.colour), l.name))), verdicts);
+  return wrap;
+}
+
+/** Expected (label-free) against live (feedback) accuracy, and their history over the recorded checks. */
+function accuracyPanel(d, checks) {
   const rows = [
     { name: "Expected (no labels)", value: d.expected_accuracy, interval: d.expected_accuracy_interval, kind: "expected",
       note: d.expected_accuracy_reliable === false ? "unreliable under covariate shift" : "mean calibrated confidence" },
@@ -356,19 +375,18 @@ function accuracyPanel(name, d) {
       r.interval ? svg("line", { class: "whisker", x1: at(r.interval[0]), x2: at(r.interval[1]), y1: 7, y2: 7 }) : null,
       svg("title", {}, percent(r.value), r.interval ? ` (95 % interval ${percent(r.interval[0])} to ${percent(r.interval[1])})` : ""))),
     el("td", { class: "muted small" }, r.note))))));
-  const seen = (watch.checks.get(`${name}\u0000${d.version}`) || []);
   const lines = [
-    { points: seen.filter((c) => typeof c.expected === "number").map((c) => [c.at, c.expected]), colour: "#2456d6", name: "expected accuracy" },
-    { points: seen.filter((c) => typeof c.live === "number").map((c) => [c.at, c.live]), colour: "#2f9e44", name: "live accuracy" },
+    { points: checks.filter((c) => typeof c.expected_accuracy === "number").map((c) => [c.at, c.expected_accuracy]), colour: "#2456d6", name: "expected accuracy" },
+    { points: checks.filter((c) => typeof c.live_accuracy === "number").map((c) => [c.at, c.live_accuracy]), colour: "#2f9e44", name: "live accuracy" },
   ].filter((l) => l.points.length);
-  if (seen.length >= 2 && lines.length) {
+  if (checks.length >= 2 && lines.length) {
     panel.append(timeChart({ lines, yFormat: (v) => `${Math.round(v * 100)}%`, testid: "accuracy-chart", label: "accuracy by check",
       y: [Math.max(0, Math.min(...lines.flatMap((l) => l.points.map((p) => p[1]))) - 0.05), 1], width: 960, height: 170 }),
     el("div", { class: "legend" }, lines.map((l) => el("span", { class: "item" }, swatch(l.colour), l.name))));
+    panel.append(el("p", { class: "muted small" }, `Over the version's last ${checks.length} recorded checks (GET …/drift/history).`));
+  } else {
+    panel.append(el("p", { class: "muted small" }, "A chart of accuracy over time starts with the version's second check."));
   }
-  panel.append(el("p", { class: "muted small" }, "The API keeps each version's latest check only; ",
-    seen.length >= 2 ? `this chart holds the ${seen.length} checks seen since the page opened.`
-      : "a chart of the checks starts once a second one arrives while this page is open."));
   return panel;
 }
 

@@ -95,7 +95,8 @@ async function training(generation) {
   const views = await Promise.all(stale.map((j) => api("GET", `/v1/training-jobs/${encodeURIComponent(j.id)}`)));
   for (const view of views) if (view.status === 200) jobSummaries.set(view.body.id, summarise(view.body));
   show(generation, [listed, retrains, jobs.map((j) => jobSummaries.get(j.id) || null)], () => [
-    head("Training"), jobListCard(listed), retrainCard(retrains)]);
+    head("Training", canTrain() ? el("button", { type: "button", "data-testid": "new-job", onclick: openNewJob }, "New job") : null),
+    jobListCard(listed), retrainCard(retrains)]);
 }
 
 function statusBar(summary, width = 110) {
@@ -107,7 +108,7 @@ function jobListCard(result) {
   const card = el("div", { class: "card", "data-testid": "job-list" }, el("h2", {}, "Jobs"));
   if (result.status !== 200) return note(card, refusal(result, "training jobs"));
   const jobs = result.body.jobs || [];
-  if (!jobs.length) return note(card, "No training job yet: start one with `sluice train`.");
+  if (!jobs.length) return note(card, "No training job yet: start one with New job or `sluice train`.");
   card.append(el("table", { class: "jobs" },
     el("thead", {}, el("tr", {}, el("th", {}, "Status"), el("th", {}, "Job"), el("th", {}, "Model"), el("th", {}, "Dataset"),
       el("th", {}, "Search"), el("th", {}, "Trials"), el("th", { class: "num" }, "Best val. acc."), el("th", {}, "Registered"),
@@ -271,7 +272,8 @@ function curvesCard(info) {
       const [epoch, value] = points[points.length - 1];
       const tip = `${trialName(t)} · rung ${t.rung} · ${t.status} · ${metricName(key)} ${metricValue(key, value)} at epoch ${epoch}`
         + (info.varying.length ? ` · ${paramsText(t, info.varying)}` : "");
-      return svg("g", { class: `series${t === best ? " best" : ""}${t.status === "running" ? " running" : ""}`, "data-trial": t.ordinal },
+      return svg("g", { class: `series${t === best ? " best" : ""}${t.status === "running" ? " running" : ""}`, "data-trial": t.ordinal,
+        "data-points": points.length },
         svg("path", { class: "curve", d: pathOf(scaled), stroke: info.colour.get(t.id) }, svg("title", {}, tip)),
         scaled.length === 1 || t === best || t.status === "running"
           ? svg("circle", { class: t.status === "running" ? "dot live" : "dot", cx: r1(last[0]), cy: r1(last[1]), r: t === best ? 4 : 3,
@@ -434,7 +436,7 @@ function trialsCard(info) {
   if (!info.trials.length) return note(card, "No trial planned yet: the job is freezing its dataset into a snapshot.");
   card.append(el("div", { class: "scroll" }, el("table", { class: "trials", "data-testid": "trial-table" },
     el("thead", {}, el("tr", {}, columns.map(header))),
-    el("tbody", {}, rows.map((t) => el("tr", { "data-testid": `trial-${t.ordinal}`, class: t === info.best ? "best" : "" },
+    el("tbody", {}, rows.map((t) => el("tr", { "data-testid": `trial-${t.ordinal}`, "data-epoch": t.epoch, class: t === info.best ? "best" : "" },
       columns.map((c) => el("td", { class: c.num ? "num" : "" }, c.cell(t)))))))));
   return card;
 }
@@ -471,4 +473,82 @@ async function cancelConfirmed(event) {
   notice.className = "notice";
   notice.textContent = `Job ${short(id)} cancelled: queued trials are skipped, running ones stop after their epoch.`;
   notice.hidden = false;
+}
+
+// ----- starting a job -----
+
+/** One search-space line, `name=v1,v2`, `name=v` or `name=uniform:low:high`, read as `sluice train --param` reads it. */
+function parseParam(line) {
+  const at = line.indexOf("=");
+  if (at < 1) throw new Error(`"${line}": expected name=values`);
+  const name = line.slice(0, at).trim();
+  const values = line.slice(at + 1).trim();
+  const scalar = (text) => {
+    const t = text.trim();
+    try { return JSON.parse(t); } catch { return t; }
+  };
+  for (const kind of ["uniform", "log_uniform", "int_uniform"]) {
+    if (values.startsWith(`${kind}:`)) {
+      const bounds = values.slice(kind.length + 1).split(":");
+      if (bounds.length !== 2) throw new Error(`"${line}": expected ${kind}:low:high`);
+      return [name, { [kind]: bounds.map(scalar) }];
+    }
+  }
+  const list = values.split(",").map(scalar);
+  return [name, list.length === 1 ? list[0] : list];
+}
+
+/** The job request the dialog describes (the API validates it and says what is wrong). */
+function jobRequest() {
+  const space = {};
+  for (const line of $("job-params").value.split("\n").map((l) => l.trim()).filter((l) => l && !l.startsWith("#"))) {
+    const [name, value] = parseParam(line);
+    space[name] = value;
+  }
+  const search = { strategy: $("job-strategy").value, space };
+  const max = $("job-max-trials").value.trim();
+  if (max) search.max_trials = Number(max);
+  return { model: $("job-model").value.trim(), dataset: $("job-dataset").value, architecture: $("job-architecture").value,
+    promote: $("job-promote").value, search };
+}
+
+async function openNewJob() {
+  const dialog = $("job-dialog");
+  $("job-error").hidden = true;
+  $("job-start").disabled = false;
+  const listed = await api("GET", "/v1/datasets");
+  const names = ((listed.status === 200 && listed.body.datasets) || []).map((d) => d.name);
+  const picker = $("job-dataset");
+  const chosen = picker.value;
+  picker.replaceChildren(...names.map((n) => el("option", { value: n }, n)));
+  if (names.includes(chosen)) picker.value = chosen;
+  if (!names.length) {
+    $("job-error").textContent = listed.status === 200 ? "No dataset yet: push labelled media first." : refusal(listed, "datasets");
+    $("job-error").hidden = false;
+  }
+  if (!$("job-model").value) $("job-model").value = picker.value || "";
+  dialog.showModal();
+}
+
+async function startJob(event) {
+  event.preventDefault();
+  const error = $("job-error");
+  let request;
+  try {
+    request = jobRequest();
+  } catch (err) {
+    error.textContent = err.message;
+    error.hidden = false;
+    return;
+  }
+  $("job-start").disabled = true;
+  const result = await api("POST", "/v1/training-jobs", request);
+  $("job-start").disabled = false;
+  if (result.status !== 202) {
+    error.textContent = (result.body && result.body.error && result.body.error.message) || `HTTP ${result.status}`;
+    error.hidden = false;
+    return;
+  }
+  $("job-dialog").close();
+  location.hash = `#/training/${result.body.id}`;
 }
