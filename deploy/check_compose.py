@@ -10,6 +10,9 @@
   inference and webhooks each running `sluice serve <name>` from the same image, after `migrate` completed;
   preprocess and trainer run more than one replica by default;
 - every SLUICE_* variable is a real setting (core/src/default.toml): Sluice refuses unknown ones;
+- ports agree: each Sluice service publishes and health-checks the port SLUICE_HTTP_ADDR listens
+  on, no host port is published twice, the Kafka, S3 and PostgreSQL addresses name a compose
+  service on a port it listens on, and Prometheus scrapes every Sluice service on that port;
 - every file or folder bind-mounted from the repository exists;
 - the Dockerfile is multi-stage, runs as a non-root user, ships ffmpeg and starts `sluice`.
 When `docker compose` is installed, `docker compose config --quiet` must accept the file too.
@@ -107,6 +110,7 @@ def check_compose(problems):
                     problems.append(f"compose.yaml: {name} does not set {k}")
             if with_defaults(env.get("SLUICE_HTTP_ADDR", "")).split(":")[0] != "0.0.0.0":
                 problems.append(f"compose.yaml: {name} must listen on 0.0.0.0 to be reachable")
+    check_ports(services, problems)
     if len(images) > 1:
         problems.append(f"compose.yaml: the Sluice services use different images {sorted(map(str, images))}")
     for name in ("preprocess", "trainer"):
@@ -123,6 +127,83 @@ def check_compose(problems):
         print("compose.yaml: docker compose config accepts it")
     else:
         problems.append(f"docker compose config: {run.stderr.strip()}")
+
+
+def default_http_port():
+    defaults = tomllib.loads((ROOT / "core" / "src" / "default.toml").read_text())
+    return int(defaults["http"]["addr"].rsplit(":", 1)[1])
+
+
+def host_port(url, default_port):
+    """(host, port) of `kafka:9092`, `http://minio:9000` or `postgres://u:p@postgres:5432/db`."""
+    rest = url.split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1]
+    host, _, port = rest.partition(":")
+    return host, int(port) if port else default_port
+
+
+def check_ports(services, problems):
+    """Every port Sluice's settings name is one the compose file opens, and the other way round."""
+    published = {}
+    for name, svc in services.items():
+        for mapping in svc.get("ports", []):
+            text = with_defaults(mapping if isinstance(mapping, str) else mapping.get("published", ""))
+            parts = text.split(":")
+            if len(parts) >= 2:
+                host = ":".join(parts[:-1])
+                if host in published:
+                    problems.append(f"compose.yaml: {name} and {published[host]} both publish {host}")
+                published[host] = name
+    for name in SLUICE_SERVICES:
+        svc = services.get(name) or {}
+        env = svc.get("environment") or {}
+        addr = with_defaults(env.get("SLUICE_HTTP_ADDR", ""))
+        listens = int(addr.rsplit(":", 1)[1]) if addr else default_http_port()
+        for mapping in svc.get("ports", []):
+            target = str(with_defaults(mapping if isinstance(mapping, str) else mapping.get("target", ""))).split(":")[-1]
+            if target != str(listens):
+                problems.append(f"compose.yaml: {name} publishes container port {target}, Sluice listens on {listens}")
+        test = " ".join((svc.get("healthcheck") or {}).get("test", []))
+        for port in re.findall(r"https?://[^/:\s]+:(\d+)", test):
+            if int(port) != listens:
+                problems.append(f"compose.yaml: {name}'s healthcheck calls port {port}, Sluice listens on {listens}")
+        if name == "ingest":
+            checks = [("SLUICE_KAFKA_BROKERS", 9092), ("SLUICE_S3_ENDPOINT", 443), ("SLUICE_DATABASE_URL", 5432)]
+            for variable, default in checks:
+                for target in with_defaults(env.get(variable, "")).split(","):
+                    if not target:
+                        continue
+                    host, port = host_port(target, default)
+                    dep = services.get(host)
+                    if dep is None:
+                        problems.append(f"compose.yaml: {variable} names {host}, which is not a compose service")
+                        continue
+                    opens = dependency_ports(host, dep)
+                    if port not in opens:
+                        problems.append(f"compose.yaml: {variable} reaches {host} on {port}; {host} listens on {sorted(opens)}")
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "compose.yml").read_text())
+    for job in prometheus.get("scrape_configs", []):
+        if job.get("job_name") != "sluice":
+            continue
+        for sd in job.get("dns_sd_configs", []):
+            if sorted(sd.get("names", [])) != sorted(SLUICE_SERVICES):
+                problems.append(f"prometheus/compose.yml scrapes {sd.get('names')}, compose runs {SLUICE_SERVICES}")
+            if sd.get("port") != default_http_port() and sd.get("port") != int(
+                    with_defaults((services.get("ingest") or {}).get("environment", {}).get("SLUICE_HTTP_ADDR", ":0")).rsplit(":", 1)[1]):
+                problems.append(f"prometheus/compose.yml scrapes port {sd.get('port')}, not the port Sluice listens on")
+
+
+def dependency_ports(name, svc):
+    """The ports a dependency's container listens on, from its settings (or the image's default)."""
+    env = svc.get("environment") or {}
+    command = " ".join(map(str, svc.get("command") or []))
+    if "KAFKA_ADVERTISED_LISTENERS" in env:
+        return {int(p) for p in re.findall(r":(\d+)", str(env["KAFKA_ADVERTISED_LISTENERS"]))}
+    if str(svc.get("image", "")).startswith(("quay.io/minio/minio", "minio/minio")):
+        address = re.search(r"--address[ =]\S*:(\d+)", command)
+        return {int(address.group(1)) if address else 9000}
+    if str(svc.get("image", "")).startswith("postgres"):
+        return {int(env.get("PGPORT", 5432))}
+    return set()
 
 
 def check_dockerfile(problems):

@@ -13,7 +13,9 @@
 3. KEDA ScaledObjects (their CRD is not in those schemas): checked field by field.
 4. Sluice's own rules: every Deployment runs `sluice serve <its component>` with /healthz
    liveness, /readyz readiness, resource requests and a memory limit; every SLUICE_* key in the
-   ConfigMap and Secret is a real setting (core/src/default.toml); references (envFrom,
+   ConfigMap, Secret and env lists is a real setting (core/src/default.toml); the container's
+   `http` port, its probes, its Service's targetPort and the prometheus.io/port annotation are the
+   port SLUICE_HTTP_ADDR listens on (on every interface); references (envFrom,
    serviceAccountName, Service selectors, autoscaler targets) resolve; no Deployment is scaled by
    both an HPA and KEDA; preprocess and trainer scale on their consumer group's lag.
 
@@ -237,6 +239,53 @@ def sluice_settings():
     return names
 
 
+def default_http_port():
+    """The port of http.addr in the built-in defaults (what a pod without SLUICE_HTTP_ADDR listens on)."""
+    defaults = tomllib.loads((ROOT / "core" / "src" / "default.toml").read_text())
+    return int(defaults["http"]["addr"].rsplit(":", 1)[1])
+
+
+def container_env(container, by_kind):
+    """The variables a container sees: its envFrom ConfigMaps and Secrets, then its env list."""
+    env = {}
+    for ref in container.get("envFrom", []):
+        for kind, field, data in (("ConfigMap", "configMapRef", "data"), ("Secret", "secretRef", "stringData")):
+            if field in ref:
+                env.update((by_kind.get(kind, {}).get(ref[field]["name"]) or {}).get(data) or {})
+    for item in container.get("env", []):
+        env[item["name"]] = item.get("value", "")
+    return env
+
+
+def check_ports(d, svc, by_kind, where, problems):
+    """The pod's port, probes, Service and scrape annotation all name the port Sluice listens on."""
+    ps = pod_spec(d)
+    (c,) = ps.get("containers", [{}])[:1] or [{}]
+    env = container_env(c, by_kind)
+    addr = env.get("SLUICE_HTTP_ADDR")
+    listens = int(str(addr).rsplit(":", 1)[1]) if addr else default_http_port()
+    if addr and str(addr).rsplit(":", 1)[0] not in ("0.0.0.0", "[::]"):
+        problems.append(f"{where}: SLUICE_HTTP_ADDR {addr} does not listen on every interface; the Service cannot reach it")
+    named = {p.get("name"): p.get("containerPort") for p in c.get("ports", [])}
+    if named.get("http") != listens:
+        problems.append(f"{where}: container port http is {named.get('http')}, Sluice listens on {listens} (SLUICE_HTTP_ADDR)")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        port = (c.get(probe) or {}).get("httpGet", {}).get("port")
+        if port is not None and named.get(port, port) != listens:
+            problems.append(f"{where}: {probe} probes port {port}, Sluice listens on {listens}")
+    annotations = d["spec"]["template"]["metadata"].get("annotations", {})
+    if "prometheus.io/port" in annotations and int(annotations["prometheus.io/port"]) != listens:
+        problems.append(f"{where}: prometheus.io/port is {annotations['prometheus.io/port']}, Sluice listens on {listens}")
+    svc_obj = by_kind.get("Service", {}).get(svc)
+    for port in (svc_obj or {}).get("spec", {}).get("ports", []):
+        target = port.get("targetPort", port.get("port"))
+        if named.get(target, target) != listens:
+            problems.append(f"{where}: Service {svc} port {port.get('port')} targets {target}, Sluice listens on {listens}")
+    for k in env:
+        if k.startswith("SLUICE_") and k not in sluice_settings():
+            problems.append(f"{where}: sets {k}, which is not a Sluice setting; Sluice would refuse to start")
+
+
 def check_keda(obj, where, problems):
     spec = obj.get("spec")
     allowed = {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "pollingInterval", "cooldownPeriod",
@@ -319,6 +368,7 @@ def check_sluice(objects, name, problems):
         svc_obj = by_kind.get("Service", {}).get(svc)
         if not svc_obj or any(labels.get(k) != v for k, v in svc_obj["spec"]["selector"].items()):
             problems.append(f"{where}: no Service {svc} selecting its pods")
+        check_ports(d, svc, by_kind, where, problems)
     for o in objects:
         for c in pod_containers(o):
             for ref in c.get("envFrom", []):
