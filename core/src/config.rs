@@ -270,6 +270,9 @@ pub struct KafkaConfig {
     pub replication_factor: i32,
     /// A consumer that stops heartbeating for this long loses its partitions.
     pub session_timeout_ms: u32,
+    /// `fetch.wait.max.ms` of the work consumers (preprocess, the trainer's workers and
+    /// coordinator, the models.events follower).
+    pub fetch_wait_ms: u32,
     /// `fetch.wait.max.ms` of the background consumers ([`crate::kafka::background`]).
     pub background_fetch_wait_ms: u32,
     /// Extra librdkafka properties (for example `security.protocol`, `sasl.*`) for managed
@@ -291,6 +294,8 @@ pub struct S3Config {
     pub secret_access_key: SecretString,
     /// Path-style addressing (`endpoint/bucket/key`), needed by most self-hosted servers.
     pub force_path_style: bool,
+    /// Seconds an S3 request may go unanswered before it is abandoned and retried.
+    pub attempt_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -300,6 +305,10 @@ pub struct DatabaseConfig {
     #[serde(serialize_with = "redacted_url")]
     pub url: SecretString,
     pub max_connections: usize,
+    /// Ask the server (startup options) to probe and drop connections whose client vanished, so a
+    /// host cut off mid-transaction does not hold its row locks for hours. Off only behind a
+    /// pooler that refuses startup options.
+    pub server_keepalives: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -408,9 +417,14 @@ impl Config {
             (1_000..=300_000).contains(&self.kafka.session_timeout_ms),
             "kafka.session_timeout_ms must be between 1000 and 300000",
         )?;
+        rule((100..=4_000).contains(&self.kafka.fetch_wait_ms), "kafka.fetch_wait_ms must be between 100 and 4000")?;
         rule(
             (100..=4_000).contains(&self.kafka.background_fetch_wait_ms),
             "kafka.background_fetch_wait_ms must be between 100 and 4000",
+        )?;
+        rule(
+            (1..=3_600).contains(&self.s3.attempt_timeout_secs),
+            "s3.attempt_timeout_secs must be between 1 and 3600",
         )?;
         rule(
             crate::s3::is_valid_bucket_name(&self.s3.bucket),

@@ -112,6 +112,7 @@ pub fn consumer_config(config: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", config.session_timeout_ms.to_string())
+        .set("fetch.wait.max.ms", config.fetch_wait_ms.to_string())
         // Workers retry a batch through S3 or PostgreSQL outages without polling; allow 30 min
         // before the group gives their partitions away.
         .set("max.poll.interval.ms", "1800000")
@@ -120,7 +121,7 @@ pub fn consumer_config(config: &KafkaConfig, group_id: &str) -> ClientConfig {
 }
 
 /// Makes `client` a background consumer: the broker may hold its empty fetches for
-/// `kafka.background_fetch_wait_ms` (librdkafka's default is 500 ms). For consumers whose work is
+/// `kafka.background_fetch_wait_ms` instead of `kafka.fetch_wait_ms`. For consumers whose work is
 /// not waited on interactively; the broker answers each fetch round with a storage read per
 /// partition, so this is what an idle consumer costs it.
 pub fn background<'a>(client: &'a mut ClientConfig, config: &KafkaConfig) -> &'a mut ClientConfig {
@@ -147,7 +148,13 @@ impl ClientContext for CommitOnRevoke {}
 impl ConsumerContext for CommitOnRevoke {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
-            if partitions.count() == 0 {
+            for topic in topics(partitions) {
+                metrics::gauge!("sluice_consumer_assigned_partitions", "topic" => topic).set(0.0);
+            }
+            // Lost, not revoked (the session expired, e.g. cut off from the broker): the group
+            // has moved on, a commit would be refused, and a synchronous one blocks while the
+            // broker is unreachable.
+            if partitions.count() == 0 || consumer.assignment_lost() {
                 return;
             }
             match consumer.commit_consumer_state(CommitMode::Sync) {
@@ -156,6 +163,27 @@ impl ConsumerContext for CommitOnRevoke {
             }
         }
     }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            metrics::describe_gauge!(
+                "sluice_consumer_assigned_partitions",
+                "Partitions of a topic this process's consumer holds now (0 while it has none, e.g. cut off from the broker)."
+            );
+            let mut counts = std::collections::BTreeMap::<String, usize>::new();
+            for element in partitions.elements() {
+                *counts.entry(element.topic().to_owned()).or_default() += 1;
+            }
+            for (topic, count) in counts {
+                metrics::gauge!("sluice_consumer_assigned_partitions", "topic" => topic).set(count as f64);
+            }
+        }
+    }
+}
+
+/// The topics of a partition list, once each.
+fn topics(partitions: &rdkafka::TopicPartitionList) -> std::collections::BTreeSet<String> {
+    partitions.elements().iter().map(|e| e.topic().to_owned()).collect()
 }
 
 /// Runs a consumer loop until `shutdown`, recreating it two seconds after a Kafka error.

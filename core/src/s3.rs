@@ -3,6 +3,8 @@
 //! Sluice's PostgreSQL records are the source of truth for what is stored; S3 holds bytes only.
 //! No code relies on bucket versioning or conditional PUTs (see `../shared/STACK.md`).
 
+use std::time::Duration;
+
 use aws_sdk_s3::{
     Client,
     config::{BehaviorVersion, Credentials, Region},
@@ -152,6 +154,18 @@ pub async fn client(config: &S3Config) -> Client {
     if !config.endpoint.is_empty() {
         builder = builder.endpoint_url(config.endpoint.clone());
     }
+    // Without these a request on a pooled connection to a server that dropped off the network
+    // waits until TCP gives up (minutes). Each attempt is bounded, and so is the whole operation:
+    // during an outage every retry lands on another stale pooled connection and would wait its
+    // full attempt time (three attempts: a minute, measured in tests/it/hosts.rs).
+    let attempt = Duration::from_secs(config.attempt_timeout_secs);
+    builder = builder.timeout_config(
+        aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .read_timeout(attempt)
+            .operation_timeout(attempt * 2 + Duration::from_secs(5))
+            .build(),
+    );
     Client::from_conf(builder.build())
 }
 

@@ -270,9 +270,14 @@ where
         }
     }
     drop(stream);
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(err) => tracing::warn!(error = %err, "final commit failed"),
+    // After a Kafka error the consumer is replaced: its session is likely gone (a commit would
+    // be refused) and a synchronous commit to an unreachable broker would block this thread.
+    // Offsets it stored were auto-committed while it could; the next owner redoes the rest.
+    if result.is_ok() && !consumer.assignment_lost() {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(err) => tracing::warn!(error = %err, "final commit failed"),
+        }
     }
     result
 }
