@@ -14,6 +14,7 @@
   on, no host port is published twice, the Kafka, S3 and PostgreSQL addresses name a compose
   service on a port it listens on, and Prometheus scrapes every Sluice service on that port;
 - every file or folder bind-mounted from the repository exists;
+- the Sluice services compose starts are those the multi-host test runs (deploy/local/hosts.sh services);
 - the Dockerfile is multi-stage, runs as a non-root user, ships ffmpeg and starts `sluice`.
 When `docker compose` is installed, `docker compose config --quiet` must accept the file too.
 Exits 1 with every problem listed. Needs PyYAML and jsonschema.
@@ -206,6 +207,18 @@ def dependency_ports(name, svc):
     return set()
 
 
+def check_hosts(problems):
+    """The services compose starts are the ones the multi-host test places (hosts.sh services)."""
+    run = subprocess.run(["bash", str(ROOT / "deploy" / "local" / "hosts.sh"), "services"], capture_output=True, text=True)
+    if run.returncode != 0:
+        problems.append(f"deploy/local/hosts.sh services failed: {run.stderr.strip()}")
+        return
+    placed = {line.split()[0] for line in run.stdout.splitlines() if line.strip()}
+    if placed != set(SLUICE_SERVICES):
+        problems.append(f"compose.yaml runs {sorted(SLUICE_SERVICES)}, the multi-host test (hosts.sh services) "
+                        f"runs {sorted(placed)}")
+
+
 def check_dockerfile(problems):
     text = DOCKERFILE.read_text()
     stages = re.findall(r"^FROM\s+\S+(?:\s+AS\s+(\S+))?", text, re.M | re.I)
@@ -228,6 +241,7 @@ def check_dockerfile(problems):
 def main():
     problems = []
     check_compose(problems)
+    check_hosts(problems)
     check_dockerfile(problems)
     for p in problems:
         print(f"FAIL {p}", file=sys.stderr)

@@ -17,7 +17,8 @@
    `http` port, its probes, its Service's targetPort and the prometheus.io/port annotation are the
    port SLUICE_HTTP_ADDR listens on (on every interface); references (envFrom,
    serviceAccountName, Service selectors, autoscaler targets) resolve; no Deployment is scaled by
-   both an HPA and KEDA; preprocess and trainer scale on their consumer group's lag.
+   both an HPA and KEDA; preprocess and trainer scale on their consumer group's lag; the
+   Deployments are the services the multi-host test runs (deploy/local/hosts.sh services).
 
 Exits 1 with every problem listed. Needs PyYAML and kubernetes-validate (deploy/check.sh
 installs them).
@@ -402,6 +403,10 @@ def check_sluice(objects, name, problems):
         env = md.get("bootstrapServersFromEnv")
         if env and env not in env_names:
             problems.append(f"{name}: ScaledObject {svc} reads {env}, which no ConfigMap or Secret of {svc} sets")
+    placed = subprocess.run(["bash", str(ROOT / "deploy" / "local" / "hosts.sh"), "services"],
+                            capture_output=True, text=True).stdout.split()[::2]
+    if set(placed) != set(SERVICES):
+        problems.append(f"{name}: Deployments {sorted(SERVICES)}, the multi-host test (hosts.sh services) runs {sorted(set(placed))}")
     for svc in ("ingest", "registry", "inference"):
         if scaled.get(svc) != "HorizontalPodAutoscaler":
             problems.append(f"{name}: Deployment {svc} has no HorizontalPodAutoscaler")

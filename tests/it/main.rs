@@ -6,6 +6,7 @@ mod cli;
 mod closed_loop;
 mod console;
 mod digits;
+mod hosts;
 mod imports;
 mod inference;
 mod ingest;
