@@ -26,7 +26,7 @@ pub struct Options {
 }
 
 /// A photo-like JPEG: gradients and a few discs, different for every `seed`.
-fn photo(width: u32, height: u32, seed: u64) -> anyhow::Result<Vec<u8>> {
+pub fn photo(width: u32, height: u32, seed: u64) -> anyhow::Result<Vec<u8>> {
     let s = seed as f64;
     let discs: Vec<(f64, f64, f64, [u8; 3])> = (0..6)
         .map(|i| {

@@ -189,6 +189,19 @@ enum BenchCommand {
 
 #[derive(Debug, Subcommand)]
 enum GenerateCommand {
+    /// Photo-like JPEGs (gradients and discs, as `sluice bench pipeline` uses), all labelled
+    /// `photo`: DIR/photo/NNNNN.jpg.
+    Photos {
+        dir: PathBuf,
+        #[arg(long, default_value_t = 300)]
+        count: usize,
+        #[arg(long, default_value_t = 1920)]
+        width: u32,
+        #[arg(long, default_value_t = 1080)]
+        height: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Coloured shapes on noisy backgrounds, one class per shape.
     Shapes {
         dir: PathBuf,
@@ -363,6 +376,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if job["status"] == "failed" {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Generate { what: GenerateCommand::Photos { dir, count, width, height, seed } } => {
+            let folder = dir.join("photo");
+            std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+            for i in 0..count as u64 {
+                let jpeg = bench_pipeline::photo(width, height, seed.wrapping_mul(1_000_003).wrapping_add(i))?;
+                let path = folder.join(format!("{i:05}.jpg"));
+                std::fs::write(&path, jpeg).with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("wrote {count} {width}x{height} JPEGs to {}", folder.display());
         }
         Command::Generate { what: GenerateCommand::Shapes { dir, classes, count, size, seed, shift } } => {
             let labels = generate::shapes(&dir, classes, count, size, seed, shift)?;

@@ -70,7 +70,14 @@ cargo_tool() { # binary crate version minutes [extra cargo flags]
   local bin=$1 crate=$2 version=$3 minutes=$4; shift 4
   if command -v "$bin" >/dev/null && "$bin" --version 2>/dev/null | grep -q "$version"; then return 0; fi
   say "building $crate $version with cargo install (about $minutes minutes on 2 cores, once per machine)"
-  cargo install "$crate@$version" --locked "$@"
+  # A lighter release profile than the crates' own (opt-level 3) for the Rust code: local
+  # development runs the broker and the object store far below their ceilings, and it shortens
+  # the build (docs/capacity.md has both builds' times and throughput). The embedded SQLite C
+  # library (nisshi's storage) stays at -O3: the broker's idle polling is SQLite statements.
+  # SLUICE_TOOLS_OPT_LEVEL=3 builds everything as published.
+  cargo install "$crate@$version" --locked \
+    --config "profile.release.opt-level=${SLUICE_TOOLS_OPT_LEVEL:-1}" \
+    --config 'profile.release.package.libsql-ffi.opt-level=3' "$@"
 }
 
 install() {
