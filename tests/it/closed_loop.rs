@@ -23,13 +23,17 @@ const CLASSES: usize = 3;
 /// every pixel `v` becomes `v / 4 + shift` (contrast cut to a quarter, nothing clipped, so the
 /// shapes stay learnable but look different to a model trained on the originals).
 pub fn images(count: usize, seed: u64, shift: i16) -> Vec<(Vec<u8>, String)> {
+    world(count, seed, |v| wash(v, shift))
+}
+
+/// `count` labelled images with `pixel` applied to every channel value.
+fn world(count: usize, seed: u64, pixel: impl Fn(u8) -> u8) -> Vec<(Vec<u8>, String)> {
     let samples = synthetic::generate(&SyntheticSpec::rgb(SIZE as usize, CLASSES, count, seed)).expect("images");
     let labels = synthetic::labels(CLASSES);
     let plane = (SIZE * SIZE) as usize;
     (0..count)
         .map(|i| {
-            let chw: Vec<u8> =
-                samples.images[i * 3 * plane..(i + 1) * 3 * plane].iter().map(|&v| wash(v, shift)).collect();
+            let chw: Vec<u8> = samples.images[i * 3 * plane..(i + 1) * 3 * plane].iter().map(|&v| pixel(v)).collect();
             let png = sluice_media::png_from_chw(&chw, SIZE, SIZE).expect("an image");
             (png, labels[samples.labels[i] as usize].clone())
         })
@@ -41,17 +45,7 @@ pub fn images(count: usize, seed: u64, shift: i16) -> Vec<(Vec<u8>, String)> {
 /// sometimes borne by the first version of the captured-inputs loop: 0.81 on held-out items in
 /// one CI run of many, where it usually scores chance.)
 fn inverted(count: usize, seed: u64) -> Vec<(Vec<u8>, String)> {
-    let samples = synthetic::generate(&SyntheticSpec::rgb(SIZE as usize, CLASSES, count, seed)).expect("images");
-    let labels = synthetic::labels(CLASSES);
-    let plane = (SIZE * SIZE) as usize;
-    (0..count)
-        .map(|i| {
-            let chw: Vec<u8> =
-                samples.images[i * 3 * plane..(i + 1) * 3 * plane].iter().map(|&v| (255 - v) / 2 + 128).collect();
-            let png = sluice_media::png_from_chw(&chw, SIZE, SIZE).expect("an image");
-            (png, labels[samples.labels[i] as usize].clone())
-        })
-        .collect()
+    world(count, seed, |v| (255 - v) / 2 + 128)
 }
 
 fn wash(value: u8, shift: i16) -> u8 {

@@ -298,9 +298,8 @@ async fn processed(cluster: &Cluster, dataset: &str) -> i64 {
     cluster.count("SELECT count(*) FROM media WHERE dataset = $1 AND status = 'processed'", &[&dataset]).await
 }
 
-/// Puts a 32×32 pipeline on `dataset`, uploads `count` distinct images and waits until they are
-/// processed; returns how many.
-async fn seed(cluster: &Cluster, dataset: &str, count: usize, seed: u64) -> i64 {
+/// Puts a 32×32 pipeline on `dataset` (through preprocess on host b).
+async fn pipeline(cluster: &Cluster, dataset: &str) {
     let response = cluster
         .http
         .put(cluster.url("b", "preprocess", &format!("/v1/datasets/{dataset}/pipeline")))
@@ -310,6 +309,34 @@ async fn seed(cluster: &Cluster, dataset: &str, count: usize, seed: u64) -> i64 
         .await
         .expect("pipeline");
     assert_eq!(response.status().as_u16(), 200, "{}", response.text().await.unwrap_or_default());
+}
+
+/// Every accepted upload of `dataset` came out once in effect: `total` media rows, output rows,
+/// raw objects and processed objects, and nothing failed.
+async fn each_once(cluster: &Cluster, dataset: &str, total: i64) {
+    let rows = cluster
+        .count(
+            "SELECT count(*) FROM media_outputs o JOIN media m ON m.id = o.media_id WHERE m.dataset = $1",
+            &[&dataset],
+        )
+        .await;
+    let media = cluster.count("SELECT count(*) FROM media WHERE dataset = $1", &[&dataset]).await;
+    assert_eq!((media, rows), (total, total), "one media row and one output row per accepted upload");
+    assert_eq!(cluster.objects(&format!("raw/{dataset}/")).await as i64, total, "one raw object per accepted upload");
+    assert_eq!(
+        cluster.objects(&format!("processed/{dataset}/")).await as i64,
+        total,
+        "one processed object per accepted upload"
+    );
+    let failed =
+        cluster.count("SELECT count(*) FROM media WHERE dataset = $1 AND status <> 'processed'", &[&dataset]).await;
+    assert_eq!(failed, 0);
+}
+
+/// Puts a 32×32 pipeline on `dataset`, uploads `count` distinct images and waits until they are
+/// processed; returns how many.
+async fn seed(cluster: &Cluster, dataset: &str, count: usize, seed: u64) -> i64 {
+    pipeline(cluster, dataset).await;
     let images = distinct_images(count, seed);
     let seeded = images.len() as i64;
     assert_eq!(upload(cluster, dataset, images, 8).await as i64, seeded);
@@ -551,15 +578,7 @@ async fn a_host_cut_off_mid_stream_loses_nothing_and_rejoins_without_duplicating
 
     // A small labelled dataset to search on, processed first.
     seed(&cluster, "seed", 150, 31).await;
-    let response = cluster
-        .http
-        .put(cluster.url("b", "preprocess", "/v1/datasets/flow/pipeline"))
-        .bearer_auth(&cluster.admin)
-        .json(&json!({"width": 32, "height": 32}))
-        .send()
-        .await
-        .expect("pipeline");
-    assert_eq!(response.status().as_u16(), 200);
+    pipeline(&cluster, "flow").await;
 
     // A grid of eight trials over the two trainer hosts.
     let job = json!({"model": "spread", "dataset": "seed", "architecture": "cnn", "seed": 1, "promote": "always",
@@ -651,19 +670,7 @@ async fn a_host_cut_off_mid_stream_loses_nothing_and_rejoins_without_duplicating
     );
     // Give a stale write from c (its in-flight item or trial) time to land, then count effects.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let dataset = "flow";
-    let rows = cluster
-        .count(
-            "SELECT count(*) FROM media_outputs o JOIN media m ON m.id = o.media_id WHERE m.dataset = $1",
-            &[&dataset],
-        )
-        .await;
-    let media = cluster.count("SELECT count(*) FROM media WHERE dataset = $1", &[&dataset]).await;
-    assert_eq!((media, rows), (total, total), "one media row and one output row per accepted upload");
-    assert_eq!(cluster.objects("raw/flow/").await as i64, total, "one raw object per accepted upload");
-    assert_eq!(cluster.objects("processed/flow/").await as i64, total, "one processed object per accepted upload");
-    let failed = cluster.count("SELECT count(*) FROM media WHERE status <> 'processed'", &[]).await;
-    assert_eq!(failed, 0);
+    each_once(&cluster, "flow", total).await;
 
     // Every trial ended once, succeeded; one version registered; c's late result changed nothing.
     let trials = view["trials"].as_array().expect("trials");
@@ -699,15 +706,7 @@ async fn a_lossy_slow_link_slows_a_host_but_loses_and_duplicates_nothing() {
     let _one = HOSTS.lock().await;
     let cluster = Cluster::start().await;
     seed(&cluster, "seed", 100, 41).await;
-    let response = cluster
-        .http
-        .put(cluster.url("b", "preprocess", "/v1/datasets/rough/pipeline"))
-        .bearer_auth(&cluster.admin)
-        .json(&json!({"width": 32, "height": 32}))
-        .send()
-        .await
-        .expect("pipeline");
-    assert_eq!(response.status().as_u16(), 200);
+    pipeline(&cluster, "rough").await;
     hosts(&["degrade", "c", "5", "20mbit"]).await;
     let degraded = Instant::now();
 
@@ -735,17 +734,7 @@ async fn a_lossy_slow_link_slows_a_host_but_loses_and_duplicates_nothing() {
     );
     assert!(c_items > 0.0, "host c kept taking part over its lossy link");
 
-    let dataset = "rough";
-    let rows = cluster
-        .count(
-            "SELECT count(*) FROM media_outputs o JOIN media m ON m.id = o.media_id WHERE m.dataset = $1",
-            &[&dataset],
-        )
-        .await;
-    let media = cluster.count("SELECT count(*) FROM media WHERE dataset = $1", &[&dataset]).await;
-    assert_eq!((media, rows), (total, total), "one media row and one output row per accepted upload");
-    assert_eq!(cluster.objects("raw/rough/").await as i64, total, "one raw object per accepted upload");
-    assert_eq!(cluster.objects("processed/rough/").await as i64, total, "one processed object per accepted upload");
+    each_once(&cluster, "rough", total).await;
     let trials = view["trials"].as_array().expect("trials");
     assert_eq!(trials.len(), 4, "{view:#}");
     assert!(trials.iter().all(|t| t["status"] == "succeeded"), "{view:#}");
