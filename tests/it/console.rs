@@ -588,36 +588,24 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
 
     // The relabelling in the item's dialog went through the API.
     let relabelled = &report["relabelled"];
+    // GET as an admin: (status, JSON).
+    let get = |path: String| {
+        let request = app.http.get(app.url(&path)).bearer_auth(&app.admin_token);
+        async move { json_of(request.send().await.expect("GET")).await }
+    };
     let media = format!("/v1/media/{}", relabelled["id"].as_str().expect("a relabelled id"));
-    let (status, item) =
-        json_of(app.http.get(app.url(&media)).bearer_auth(&app.admin_token).send().await.expect("media")).await;
+    let (status, item) = get(media).await;
     assert_eq!((status, item["label"].clone()), (200, relabelled["label"].clone()), "{item}");
 
     // The Cancel click went through the API.
-    let (status, view) = json_of(
-        app.http
-            .get(app.url(&format!("/v1/training-jobs/{job}")))
-            .bearer_auth(&app.admin_token)
-            .send()
-            .await
-            .expect("job"),
-    )
-    .await;
+    let (status, view) = get(format!("/v1/training-jobs/{job}")).await;
     assert_eq!((status, view["status"].clone()), (200, json!("cancelled")), "{view}");
     assert_eq!(view["trials_summary"]["cancelled"], 1, "the running trial was cancelled: {view}");
 
     // The job the browser started ran on the live dataset and was cancelled mid-way, its curve
     // having grown while the page was open.
     let started = report["live_job"].as_str().expect("the started job's id");
-    let (status, view) = json_of(
-        app.http
-            .get(app.url(&format!("/v1/training-jobs/{started}")))
-            .bearer_auth(&app.admin_token)
-            .send()
-            .await
-            .expect("job"),
-    )
-    .await;
+    let (status, view) = get(format!("/v1/training-jobs/{started}")).await;
     assert_eq!((status, &view["model"], &view["dataset"]), (200, &json!(live), &json!(live)), "{view}");
     assert_eq!(view["status"], "cancelled", "{view}");
     assert_eq!(view["request"]["search"]["space"]["epochs"], 200, "{view}");
