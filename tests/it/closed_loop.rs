@@ -133,12 +133,12 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
     // usually 0.8-0.9, 0.79 in one fresh-clone run.
     assert!(accuracy >= 0.75, "accuracy {accuracy} on the training distribution");
 
-    // The world changes: brighter images arrive, labelled ones are uploaded too (more than of the
+    // The world changes: inverted, brighter images arrive, labelled ones are uploaded too (more than of the
     // old world, so the held-out items that decide promotion are mostly of the new one).
-    let shifted = images(500, 3, 160);
+    let shifted = inverted(500, 3);
     upload(&app, "loop", &shifted).await;
     processed(&app, "loop", 800).await;
-    let (_, shifted_accuracy) = serve(&app, "loop", &images(300, 4, 160)).await;
+    let (_, shifted_accuracy) = serve(&app, "loop", &inverted(300, 4)).await;
     let drift = eventually(Duration::from_secs(60), "a drifted check", || async {
         let drift =
             json_of(app.http.get(app.url("/v1/models/loop/drift")).bearer_auth(&app.admin_token).send().await.ok()?)
@@ -166,7 +166,7 @@ async fn drift_triggers_retraining_on_current_data_and_the_new_version_is_served
 
     // The server hot-swapped: new requests are answered by version 2, better on the new data.
     let (versions, new_accuracy) = eventually(Duration::from_secs(30), "version 2 to be served", || async {
-        let (versions, accuracy) = serve(&app, "loop", &images(100, 5, 160)).await;
+        let (versions, accuracy) = serve(&app, "loop", &inverted(100, 5)).await;
         versions.iter().all(|v| *v == 2).then_some((versions, accuracy))
     })
     .await;
