@@ -463,6 +463,14 @@ fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
 }
 
+/// `sluice push DIR --dataset DATASET`, as a user would, against `app`.
+async fn push(app: &RunningApp, dir: &std::path::Path, dataset: &str) {
+    let mut push = crate::support::sluice_command();
+    push.arg("push").arg(dir).args(["--dataset", dataset, "--url", &app.base_url, "--token", &app.admin_token]);
+    let pushed = tokio::task::spawn_blocking(move || push.output()).await.expect("task").expect("sluice push");
+    assert!(pushed.status.success(), "sluice push: {}", String::from_utf8_lossy(&pushed.stderr));
+}
+
 /// Headless Chromium, driven by Playwright: sign in, the Overview's health, a model's versions,
 /// promote and roll back by clicking, sign out, and a predict-only token that sees no buttons and
 /// whose cookie the API refuses a promotion.
@@ -479,17 +487,7 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
         std::fs::write(folder.path().join(label).join(format!("{label}.png")), crate::ingest::png(32, 32, seed))
             .expect("write");
     }
-    let mut push = crate::support::sluice_command();
-    push.arg("push").arg(folder.path()).args([
-        "--dataset",
-        "shapes",
-        "--url",
-        &app.base_url,
-        "--token",
-        &app.admin_token,
-    ]);
-    let pushed = tokio::task::spawn_blocking(move || push.output()).await.expect("task").expect("sluice push");
-    assert!(pushed.status.success(), "sluice push: {}", String::from_utf8_lossy(&pushed.stderr));
+    push(&app, folder.path(), "shapes").await;
     // A second, larger labelled folder the browser starts a real training job on (from the
     // Training page's New job dialog) and watches its learning curve grow.
     let live = "live";
@@ -498,17 +496,7 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
         std::fs::create_dir_all(live_folder.path().join(&label)).expect("mkdir");
         std::fs::write(live_folder.path().join(&label).join(format!("{i}.png")), png).expect("write");
     }
-    let mut push = crate::support::sluice_command();
-    push.arg("push").arg(live_folder.path()).args([
-        "--dataset",
-        live,
-        "--url",
-        &app.base_url,
-        "--token",
-        &app.admin_token,
-    ]);
-    let pushed = tokio::task::spawn_blocking(move || push.output()).await.expect("task").expect("sluice push");
-    assert!(pushed.status.success(), "sluice push: {}", String::from_utf8_lossy(&pushed.stderr));
+    push(&app, live_folder.path(), live).await;
     crate::closed_loop::processed(&app, live, 300).await;
     let predict = app.token(&[Scope::Predict]).await;
     let job = insert_training_job(&app, "shapes", "shapes").await;
