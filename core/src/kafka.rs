@@ -148,7 +148,7 @@ impl ClientContext for CommitOnRevoke {}
 impl ConsumerContext for CommitOnRevoke {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
-            for topic in topics(partitions) {
+            for topic in per_topic(partitions).into_keys() {
                 metrics::gauge!("sluice_consumer_assigned_partitions", "topic" => topic).set(0.0);
             }
             // Lost, not revoked (the session expired, e.g. cut off from the broker): the group
@@ -170,20 +170,20 @@ impl ConsumerContext for CommitOnRevoke {
                 "sluice_consumer_assigned_partitions",
                 "Partitions of a topic this process's consumer holds now (0 while it has none, e.g. cut off from the broker)."
             );
-            let mut counts = std::collections::BTreeMap::<String, usize>::new();
-            for element in partitions.elements() {
-                *counts.entry(element.topic().to_owned()).or_default() += 1;
-            }
-            for (topic, count) in counts {
+            for (topic, count) in per_topic(partitions) {
                 metrics::gauge!("sluice_consumer_assigned_partitions", "topic" => topic).set(count as f64);
             }
         }
     }
 }
 
-/// The topics of a partition list, once each.
-fn topics(partitions: &rdkafka::TopicPartitionList) -> std::collections::BTreeSet<String> {
-    partitions.elements().iter().map(|e| e.topic().to_owned()).collect()
+/// How many partitions of each topic a partition list holds.
+fn per_topic(partitions: &rdkafka::TopicPartitionList) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for element in partitions.elements() {
+        *counts.entry(element.topic().to_owned()).or_default() += 1;
+    }
+    counts
 }
 
 /// Runs a consumer loop until `shutdown`, recreating it two seconds after a Kafka error.
