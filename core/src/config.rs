@@ -275,6 +275,11 @@ pub struct KafkaConfig {
     pub fetch_wait_ms: u32,
     /// `fetch.wait.max.ms` of the background consumers ([`crate::kafka::background`]).
     pub background_fetch_wait_ms: u32,
+    /// A work-queue consumer that received nothing for this long pauses its fetches
+    /// ([`crate::idle`]); 0 never pauses.
+    pub idle_pause_ms: u64,
+    /// How often a paused consumer compares its partitions' ends with its position.
+    pub idle_check_ms: u32,
     /// Extra librdkafka properties (for example `security.protocol`, `sasl.*`) for managed
     /// clusters. Values are secret: they often hold passwords.
     #[serde(serialize_with = "redacted_map")]
@@ -422,6 +427,11 @@ impl Config {
             (100..=4_000).contains(&self.kafka.background_fetch_wait_ms),
             "kafka.background_fetch_wait_ms must be between 100 and 4000",
         )?;
+        rule(
+            self.kafka.idle_pause_ms == 0 || (1_000..=86_400_000).contains(&self.kafka.idle_pause_ms),
+            "kafka.idle_pause_ms must be 0 (never pause) or between 1000 and 86400000",
+        )?;
+        rule((100..=60_000).contains(&self.kafka.idle_check_ms), "kafka.idle_check_ms must be between 100 and 60000")?;
         rule(
             (1..=3_600).contains(&self.s3.attempt_timeout_secs),
             "s3.attempt_timeout_secs must be between 1 and 3600",

@@ -58,13 +58,26 @@ pub async fn send<T: crate::events::Event>(
     let payload = event.to_json();
     let topic = ctx.topic(topic);
     let record = rdkafka::producer::FutureRecord::to(topic.as_str()).key(key).payload(&payload);
-    ctx.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|(err, _)| err.to_string())
+    ctx.producer.send(record, Duration::from_secs(30)).await.map_err(|(err, _)| err.to_string())?;
+    crate::idle::ring(topic.as_str());
+    Ok(())
 }
 
 /// A group consumer with auto offset store off: call `store_offset_from_message` once a message's
 /// effects are durable; the background auto-commit then commits it.
 pub fn consumer(config: &KafkaConfig, group_id: &str) -> Result<ClosesInBackground<SluiceConsumer>, KafkaError> {
-    consumer_config(config, group_id).create_with_context(CommitOnRevoke).map(ClosesInBackground::new)
+    create(&consumer_config(config, group_id), config)
+}
+
+/// A Sluice consumer from `client` ([`consumer_config`], adjusted): it commits on revoke and
+/// pauses its fetches while idle ([`crate::idle`]).
+pub fn create(client: &ClientConfig, config: &KafkaConfig) -> Result<ClosesInBackground<SluiceConsumer>, KafkaError> {
+    let idle = crate::idle::Settings {
+        after: (config.idle_pause_ms > 0).then(|| Duration::from_millis(config.idle_pause_ms)),
+        check: Duration::from_millis(config.idle_check_ms.into()),
+        client: client.clone(),
+    };
+    client.create_with_context(CommitOnRevoke { idle }).map(ClosesInBackground::new)
 }
 
 /// A consumer that is closed on a thread of its own when dropped. Closing a group consumer can
@@ -133,15 +146,16 @@ pub fn background_consumer(
     config: &KafkaConfig,
     group_id: &str,
 ) -> Result<ClosesInBackground<SluiceConsumer>, KafkaError> {
-    background(&mut consumer_config(config, group_id), config)
-        .create_with_context(CommitOnRevoke)
-        .map(ClosesInBackground::new)
+    create(background(&mut consumer_config(config, group_id), config), config)
 }
 
 /// Commits stored offsets synchronously before partitions are taken away, so the next owner
-/// starts after the last finished message instead of replaying up to one auto-commit interval.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CommitOnRevoke;
+/// starts after the last finished message instead of replaying up to one auto-commit interval;
+/// carries the consumer's idle-pause settings ([`crate::idle`]).
+#[derive(Debug, Clone)]
+pub struct CommitOnRevoke {
+    pub idle: crate::idle::Settings,
+}
 
 impl ClientContext for CommitOnRevoke {}
 

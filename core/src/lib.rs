@@ -15,6 +15,7 @@ pub mod db;
 pub mod domain;
 pub mod events;
 pub mod http;
+pub mod idle;
 pub mod kafka;
 pub mod live;
 pub mod migrate;

@@ -174,7 +174,8 @@ async fn tagged<Fut: Future<Output = bool>>(
 /// the message's effects are durable (or it can never succeed and was recorded as such), and
 /// `false` when shutdown interrupted it. Each partition's offset is stored up to the first
 /// message not yet finished. Ends on `shutdown`, a `false`, or a consumer error, once the
-/// messages in flight have ended, after a synchronous commit of what was stored.
+/// messages in flight have ended, after a synchronous commit of what was stored. With nothing
+/// received or in flight for `kafka.idle_pause_ms`, its fetches pause ([`crate::idle`]).
 pub async fn consume<F, Fut>(
     consumer: &SluiceConsumer,
     shutdown: &Shutdown,
@@ -187,6 +188,7 @@ where
 {
     let concurrency = concurrency.max(1);
     let mut stream = consumer.stream();
+    let mut idle = crate::idle::IdlePause::new(consumer);
     let mut running = FuturesUnordered::new();
     // Per partition: offsets received, with whether each has finished.
     let mut open: HashMap<(String, i32), BTreeMap<i64, bool>> = HashMap::new();
@@ -211,8 +213,12 @@ where
         let room = !stopping && running.len() + held < concurrency;
         tokio::select! {
             () = shutdown.cancelled(), if !stopping => stopping = true,
+            check = idle.wait(), if !stopping => if check {
+                idle.check(running.is_empty() && held == 0).await;
+            },
             Some((at, key, finished)) = running.next(), if !running.is_empty() => {
                 let (at, key, finished): (Position, Option<Vec<u8>>, bool) = (at, key, finished);
+                idle.active();
                 if finished {
                     let partition = open.entry((at.topic.clone(), at.partition)).or_default();
                     partition.insert(at.offset, true);
@@ -250,6 +256,7 @@ where
             },
             next = stream.next(), if room => match next {
                 Some(Ok(message)) => {
+                    idle.received(&message);
                     let message = message.detach();
                     let partition = open.entry((message.topic().to_owned(), message.partition())).or_default();
                     partition.entry(message.offset()).or_insert(false);

@@ -51,21 +51,34 @@ async fn follow(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafka
     let consumer = kafka::consumer(&ctx.config.kafka, &group)?;
     let topic = ctx.topic(Topic::ModelsEvents);
     let metadata = consumer.fetch_metadata(Some(topic.as_str()), Duration::from_secs(10))?;
+    // From each partition's end, looked up here rather than left to librdkafka (`Offset::End`),
+    // so that an idle pause knows where the follower stands before its first event.
     let mut assignment = TopicPartitionList::new();
     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        assignment.add_partition_offset(topic.as_str(), partition.id(), Offset::End)?;
+        let (_, end) = consumer.fetch_watermarks(topic.as_str(), partition.id(), Duration::from_secs(10))?;
+        assignment.add_partition_offset(topic.as_str(), partition.id(), Offset::Offset(end))?;
     }
     consumer.assign(&assignment)?;
     let mut stream = consumer.stream();
+    // Hot swaps wait on this consumer: while paused it checks as often as it would fetch.
+    let check_every = Duration::from_millis(ctx.config.kafka.fetch_wait_ms.into());
+    let mut idle = sluice_core::idle::IdlePause::new(&consumer).starting_at(&assignment).checking_every(check_every);
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
+            check = idle.wait() => {
+                if check {
+                    idle.check(true).await;
+                }
+                continue;
+            }
             next = stream.next() => match next {
                 Some(Ok(message)) => message,
                 Some(Err(err)) => return Err(err),
                 None => return Ok(()),
             },
         };
+        idle.received(&message);
         match ModelEvent::decode(message.payload().unwrap_or_default()) {
             Ok(event) => {
                 let (model, revision, aliases) = event.state();

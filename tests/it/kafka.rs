@@ -272,3 +272,89 @@ async fn the_work_loop_lets_no_slow_item_hold_the_rest_and_commits_only_past_fin
     shutdown.cancel();
     worker.await.expect("worker").expect("consume ended cleanly");
 }
+
+/// A consumer loop driven like the work loop's: forwards payloads, publishes whether it is paused.
+fn idle_loop(
+    consumer: Arc<kafka::ClosesInBackground<SluiceConsumer>>,
+) -> (mpsc::UnboundedReceiver<String>, tokio::sync::watch::Receiver<bool>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (paused_tx, paused_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut stream = consumer.stream();
+        let mut idle = sluice_core::idle::IdlePause::new(&consumer);
+        loop {
+            tokio::select! {
+                check = idle.wait() => if check {
+                    idle.check(true).await;
+                },
+                next = stream.next() => {
+                    let Some(Ok(message)) = next else { break };
+                    idle.received(&message);
+                    let payload = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+                    consumer.store_offset_from_message(&message).expect("store offset");
+                    if tx.send(payload).is_err() {
+                        break;
+                    }
+                }
+            }
+            paused_tx.send_replace(idle.is_paused());
+        }
+    });
+    (rx, paused_rx)
+}
+
+async fn until_paused(paused: &mut tokio::sync::watch::Receiver<bool>, within: Duration, what: &str) {
+    tokio::time::timeout(within, paused.wait_for(|p| *p)).await.unwrap_or_else(|_| panic!("{what}")).expect("loop");
+}
+
+/// An idle consumer pauses its fetches (the local broker reads every partition of a held fetch on
+/// a timer) and still gets everything: an event another process publishes is found by a check of
+/// the partitions' ends, and after each one it pauses again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_consumer_pauses_and_a_check_finds_what_another_process_published() {
+    let env = TestEnv::new().await;
+    let topic = create_topic(&env, "idle-check", 3).await;
+    let mut config = env.config.kafka.clone();
+    (config.idle_pause_ms, config.idle_check_ms) = (1_000, 200);
+    let consumer = Arc::new(kafka::consumer(&config, &format!("{topic}-group")).expect("consumer"));
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    // A plain producer, as in another process: it rings no doorbell here.
+    let producer = kafka::producer(&config).expect("producer");
+    produce(&producer, &topic, &[(0, "before".into())]).await;
+    let (mut received, mut paused) = idle_loop(consumer.clone());
+    assert_eq!(recv_one_payload(&mut received, Duration::from_secs(30)).await.as_deref(), Some("before"));
+    until_paused(&mut paused, Duration::from_secs(20), "the consumer pauses once idle").await;
+    for (round, partition) in [(1, 1), (2, 2), (3, 0)] {
+        let payload = format!("while paused {round}");
+        produce(&producer, &topic, &[(partition, payload.clone())]).await;
+        let got = recv_one_payload(&mut received, Duration::from_secs(10)).await;
+        assert_eq!(got.as_deref(), Some(payload.as_str()), "round {round}: a check resumes the consumer");
+        until_paused(&mut paused, Duration::from_secs(20), "it pauses again").await;
+    }
+    assert!(recv_one_payload(&mut received, Duration::from_millis(500)).await.is_none(), "nothing twice");
+}
+
+/// What this process publishes to a paused consumer's topic wakes it without waiting for a check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_consumer_wakes_when_its_own_process_publishes() {
+    let env = TestEnv::new().await;
+    let topic = create_topic(&env, "idle-bell", 2).await;
+    let mut config = env.config.kafka.clone();
+    // Checks every 6 s: the pause happens at the second tick, and the next check is 6 s later.
+    (config.idle_pause_ms, config.idle_check_ms) = (1_000, 6_000);
+    let consumer = Arc::new(kafka::consumer(&config, &format!("{topic}-group")).expect("consumer"));
+    consumer.subscribe(&[&topic]).expect("subscribe");
+    let (mut received, mut paused) = idle_loop(consumer.clone());
+    until_paused(&mut paused, Duration::from_secs(30), "the consumer pauses once idle").await;
+    let producer = kafka::producer(&config).expect("producer");
+    let started = std::time::Instant::now();
+    produce(&producer, &topic, &[(1, "rung".into())]).await;
+    sluice_core::idle::ring(&topic);
+    let got = recv_one_payload(&mut received, Duration::from_secs(4)).await;
+    assert_eq!(got.as_deref(), Some("rung"), "woken by the doorbell, not by the check 6 s later");
+    println!("received {:?} after publishing", started.elapsed());
+}
+
+async fn recv_one_payload(rx: &mut mpsc::UnboundedReceiver<String>, within: Duration) -> Option<String> {
+    tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+}

@@ -25,7 +25,7 @@ use sha2::{Digest, Sha256};
 use sluice_core::{
     Context, Shutdown,
     events::Envelope,
-    kafka::{self, CommitOnRevoke, SluiceConsumer},
+    kafka::{self, SluiceConsumer},
     models::{self, ModelName, RegistryError},
     parking::{self, WorkKind, WorkParked},
     reference::{Reference, top1},
@@ -75,7 +75,7 @@ fn trial_consumer(ctx: &Context) -> Result<kafka::ClosesInBackground<SluiceConsu
         .set("partition.assignment.strategy", "roundrobin")
         .set("max.poll.interval.ms", (trainer.max_trial_secs * 1000).min(i32::MAX as u64).to_string())
         .set("queued.max.messages.kbytes", "64");
-    config.create_with_context(CommitOnRevoke).map(kafka::ClosesInBackground::new)
+    kafka::create(&config, &ctx.config.kafka)
 }
 
 async fn consume(

@@ -22,7 +22,7 @@ use sluice_core::{
     batch_predictions::{BatchManifest, BatchPredictionRequested, batch_part_key},
     db::DbError,
     events::Envelope,
-    kafka::{self, CommitOnRevoke, SluiceConsumer},
+    kafka::{self, SluiceConsumer},
     models::ModelName,
     parking, s3,
     topics::Topic,
@@ -52,7 +52,7 @@ fn consumer(ctx: &Context) -> Result<kafka::ClosesInBackground<SluiceConsumer>, 
     kafka::background(&mut config, &ctx.config.kafka);
     // A job runs between two polls: allow long jobs, and prefetch little (jobs are small events).
     config.set("max.poll.interval.ms", "21600000").set("queued.max.messages.kbytes", "64");
-    config.create_with_context(CommitOnRevoke).map(kafka::ClosesInBackground::new)
+    kafka::create(&config, &ctx.config.kafka)
 }
 
 async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {
