@@ -17,7 +17,6 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::Context as _;
 use axum::Router;
-use rdkafka::producer::Producer;
 use sluice_core::{Config, Context, Shutdown, api_doc, auth, http};
 use tokio::{net::TcpListener, task::JoinHandle};
 use utoipa_axum::router::OpenApiRouter;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rdkafka::{admin::AdminClient, client::DefaultClientContext, producer::FutureProducer};
+use rdkafka::{admin::AdminClient, client::DefaultClientContext};
 
 use crate::{config::Config, db, kafka, migrate, s3, telemetry};
 
@@ -27,7 +27,7 @@ pub struct Context {
     pub config: Arc<Config>,
     pub db: Pool,
     pub s3: aws_sdk_s3::Client,
-    pub producer: FutureProducer,
+    pub producer: kafka::SluiceProducer,
     pub kafka_admin: Arc<AdminClient<DefaultClientContext>>,
     pub metrics: PrometheusHandle,
     /// Recently verified API tokens (see [`crate::auth::TokenCache`]).

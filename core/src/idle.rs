@@ -247,7 +247,8 @@ impl<'a> IdlePause<'a> {
     /// group's committed offset, else the partition's start (where `auto.offset.reset=earliest`
     /// begins).
     async fn positions(&mut self, assignment: &TopicPartitionList) -> Result<BTreeMap<(String, i32), i64>, KafkaError> {
-        let committed = self.ask(assignment.clone(), |checker, list| checker.committed_offsets(list, CHECK_TIMEOUT)).await?;
+        let committed =
+            self.ask(assignment.clone(), |checker, list| checker.committed_offsets(list, CHECK_TIMEOUT)).await?;
         let mut next = BTreeMap::new();
         for (topic, partition) in partitions(assignment) {
             let of = |list: &TopicPartitionList| {
@@ -261,7 +262,9 @@ impl<'a> IdlePause<'a> {
             }
         }
         if next.values().any(|&offset| offset < 0) {
-            let starts = self.ask(at(assignment, Offset::Beginning), |checker, list| checker.offsets_for_times(list, CHECK_TIMEOUT)).await?;
+            let starts = self
+                .ask(at(assignment, Offset::Beginning), |checker, list| checker.offsets_for_times(list, CHECK_TIMEOUT))
+                .await?;
             for element in starts.elements() {
                 let key = (element.topic().to_owned(), element.partition());
                 if let Some(offset) = next.get_mut(&key).filter(|o| **o < 0) {

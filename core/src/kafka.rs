@@ -5,15 +5,25 @@
 //! they commit synchronously when partitions are revoked, so a rebalance never replays finished work.
 //! The loop that stores those offsets, and the retrying around it, are in [`crate::work`].
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
+use futures::channel::oneshot;
 use rdkafka::{
-    ClientConfig, ClientContext,
+    ClientConfig, ClientContext, Message,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
-    producer::FutureProducer,
+    message::ToBytes,
+    producer::{
+        BaseProducer, BaseRecord, DeliveryResult, FutureRecord, Producer, ProducerContext, future_producer::Delivery,
+    },
 };
 
 use crate::{config::KafkaConfig, topics::Topic};
@@ -36,14 +46,143 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
 }
 
 /// An idempotent producer with `acks=all`; sends are pipelined (`linger.ms=5`).
-pub fn producer(config: &KafkaConfig) -> Result<FutureProducer, KafkaError> {
-    client_config(config)
+pub fn producer(config: &KafkaConfig) -> Result<SluiceProducer, KafkaError> {
+    let base: BaseProducer<Deliveries> = client_config(config)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")
-        .create()
+        .create_with_context(Deliveries)?;
+    let base = Arc::new(base);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (polled, stopping) = (base.clone(), stop.clone());
+    std::thread::Builder::new()
+        .name("kafka-deliveries".into())
+        .spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                polled.poll(DELIVERY_POLL);
+            }
+        })
+        .map_err(|err| KafkaError::ClientCreation(format!("cannot start the delivery thread: {err}")))?;
+    Ok(SluiceProducer(Arc::new(ProducerInner { base, stop })))
+}
+
+/// How long the delivery thread waits for delivery reports per poll. rdkafka's `poll` ends each
+/// wait by spinning through the last millisecond (its timeout is truncated to whole
+/// milliseconds), so rdkafka's own `FutureProducer`, which polls every 100 ms, keeps about 1 % of
+/// a core busy when idle; polling every second spins a tenth as often. Deliveries are reported
+/// as they arrive either way; this only bounds how long a dropped producer's thread lingers.
+const DELIVERY_POLL: Duration = Duration::from_secs(1);
+
+/// Sluice's producer: librdkafka's with a delivery thread of its own ([`producer`]); cheap to
+/// clone. Its sends answer when the broker acknowledges, like rdkafka's `FutureProducer`.
+#[derive(Clone)]
+pub struct SluiceProducer(Arc<ProducerInner>);
+
+struct ProducerInner {
+    base: Arc<BaseProducer<Deliveries>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for ProducerInner {
+    fn drop(&mut self) {
+        // The delivery thread holds the last reference and destroys the client off the runtime.
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for SluiceProducer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SluiceProducer").finish_non_exhaustive()
+    }
+}
+
+/// Answers each message's delivery report on the channel sent with it.
+struct Deliveries;
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = Box<oneshot::Sender<Result<Delivery, KafkaError>>>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, answer: Self::DeliveryOpaque) {
+        let owned = match result {
+            Ok(message) => Ok(Delivery {
+                partition: message.partition(),
+                offset: message.offset(),
+                timestamp: message.timestamp(),
+            }),
+            Err((err, _)) => Err(err.clone()),
+        };
+        let _ = answer.send(owned);
+    }
+}
+
+impl SluiceProducer {
+    /// Queues `record` (waiting up to `queue_timeout` while librdkafka's queue is full) and
+    /// answers once the broker acknowledged it (where it landed) or it failed for good.
+    pub async fn send<K, P>(
+        &self,
+        record: FutureRecord<'_, K, P>,
+        queue_timeout: Duration,
+    ) -> Result<Delivery, KafkaError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let started = std::time::Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let mut base = base_record(record, Box::new(tx));
+        loop {
+            match self.0.base.send(base) {
+                // The report never comes only if the client is destroyed with the message queued.
+                Ok(()) => return rx.await.unwrap_or(Err(KafkaError::Canceled)),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record))
+                    if started.elapsed() < queue_timeout =>
+                {
+                    base = record;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err((err, _)) => return Err(err),
+            }
+        }
+    }
+
+    /// Queues `record` without waiting for room or for its acknowledgement; refused at once when
+    /// librdkafka's queue is full.
+    pub fn send_nowait<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<(), KafkaError>
+    where
+        K: ToBytes + ?Sized,
+        P: ToBytes + ?Sized,
+    {
+        let (tx, _) = oneshot::channel();
+        self.0.base.send(base_record(record, Box::new(tx))).map_err(|(err, _)| err)
+    }
+
+    /// Waits up to `timeout` for every queued message to be acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.0.base.flush(timeout)
+    }
+}
+
+fn base_record<'a, K, P>(
+    record: FutureRecord<'a, K, P>,
+    answer: Box<oneshot::Sender<Result<Delivery, KafkaError>>>,
+) -> BaseRecord<'a, K, P, Box<oneshot::Sender<Result<Delivery, KafkaError>>>>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    BaseRecord {
+        topic: record.topic,
+        partition: record.partition,
+        payload: record.payload,
+        key: record.key,
+        timestamp: record.timestamp,
+        headers: record.headers,
+        delivery_opaque: answer,
+    }
 }
 
 /// Publishes one event straight to its topic and waits for the broker's acknowledgement (up to
@@ -57,8 +196,8 @@ pub async fn send<T: crate::events::Event>(
 ) -> Result<(), String> {
     let payload = event.to_json();
     let topic = ctx.topic(topic);
-    let record = rdkafka::producer::FutureRecord::to(topic.as_str()).key(key).payload(&payload);
-    ctx.producer.send(record, Duration::from_secs(30)).await.map_err(|(err, _)| err.to_string())?;
+    let record = FutureRecord::to(topic.as_str()).key(key).payload(&payload);
+    ctx.producer.send(record, Duration::from_secs(30)).await.map_err(|err| err.to_string())?;
     crate::idle::ring(topic.as_str());
     Ok(())
 }
@@ -219,7 +358,7 @@ where
 
 /// Exports `sluice_consumer_lag{group, topic, partition}` for the consumer's assigned partitions
 /// every 10 s (high watermark minus committed offset) until aborted.
-pub async fn report_lag(consumer: std::sync::Arc<ClosesInBackground<SluiceConsumer>>, topic: String, group: String) {
+pub async fn report_lag(consumer: Arc<ClosesInBackground<SluiceConsumer>>, topic: String, group: String) {
     metrics::describe_gauge!("sluice_consumer_lag", "Messages not yet committed by a consumer group, per partition.");
     loop {
         tokio::time::sleep(Duration::from_secs(10)).await;
@@ -359,7 +498,7 @@ pub async fn delete_topics_with_prefix(config: &KafkaConfig, prefix: &str) -> Re
 /// Whether the cluster answers a metadata request within `timeout` (readiness, `sluice doctor`).
 /// Runs the blocking librdkafka call off the async runtime.
 pub async fn check_reachable(
-    admin: std::sync::Arc<AdminClient<DefaultClientContext>>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
     timeout: Duration,
 ) -> Result<usize, String> {
     tokio::task::spawn_blocking(move || {

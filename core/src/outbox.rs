@@ -319,7 +319,7 @@ impl<'a> Claimed<'a> {
                     metrics::histogram!("sluice_outbox_publish_delay_seconds").record(delay);
                     Ok(Delivered { id: event.id, partition: delivery.partition, offset: delivery.offset })
                 }
-                Err((err, _)) => Err(err.to_string()),
+                Err(err) => Err(err.to_string()),
             })
             .collect()
     }

@@ -19,18 +19,9 @@ shift $(( $# > 2 ? 2 : $# ))
 WORKER_RUNS=("$@")
 [ ${#WORKER_RUNS[@]} -gt 0 ] || WORKER_RUNS=(1 2)
 PUSH_CONCURRENCY=${PUSH_CONCURRENCY:-16}
-TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
-
-say() { printf '\033[1m[capacity]\033[0m %s\n' "$*" >&2; }
-die() { printf '\033[31m[capacity] error:\033[0m %s\n' "$*" >&2; exit 1; }
-
-SLUICE=${SLUICE_BIN:-}
-if [ -z "$SLUICE" ]; then
-  for build in release debug; do
-    if [ -x "$TARGET/$build/sluice" ]; then SLUICE="$TARGET/$build/sluice"; break; fi
-  done
-fi
-[ -x "${SLUICE:-}" ] || die "no sluice binary: cargo build --release --bin sluice (or set SLUICE_BIN)"
+TAG=capacity
+# shellcheck source=deploy/local/measure.sh
+source "$ROOT/deploy/local/measure.sh"
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces)"
 [[ "$SIZE" =~ ^([0-9]+)x([0-9]+)$ ]] || die "size is WIDTHxHEIGHT, e.g. 1920x1080"
 WIDTH=${BASH_REMATCH[1]} HEIGHT=${BASH_REMATCH[2]}

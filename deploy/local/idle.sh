@@ -8,23 +8,14 @@
 #
 # SLUICE_BIN picks the binary (default: the release build if there is one, else the debug
 # build); any SLUICE_* setting in the environment applies, e.g.
-#   SLUICE_KAFKA_FETCH_WAIT_MS=4000 deploy/local/idle.sh
+#   SLUICE_KAFKA_IDLE_CHECK_MS=5000 deploy/local/idle.sh
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SECONDS_MEASURED=${1:-30}
 SETTLE=${2:-40}
-TARGET=${CARGO_TARGET_DIR:-$HOME/.cache/sluice/target}
-
-say() { printf '\033[1m[idle]\033[0m %s\n' "$*" >&2; }
-die() { printf '\033[31m[idle] error:\033[0m %s\n' "$*" >&2; exit 1; }
-
-SLUICE=${SLUICE_BIN:-}
-if [ -z "$SLUICE" ]; then
-  for build in release debug; do
-    if [ -x "$TARGET/$build/sluice" ]; then SLUICE="$TARGET/$build/sluice"; break; fi
-  done
-fi
-[ -x "${SLUICE:-}" ] || die "no sluice binary: cargo build --release --bin sluice (or set SLUICE_BIN)"
+TAG=idle
+# shellcheck source=deploy/local/measure.sh
+source "$ROOT/deploy/local/measure.sh"
 
 bash "$ROOT/deploy/local/stack.sh" up >/dev/null
 ID="idle$(date +%s)"

@@ -80,8 +80,8 @@ pub fn publish(served: &Served, loaded: &LoadedVersion, observations: &[Observat
     let payload = event.to_json();
     let key = loaded.version.model.to_string();
     let record = FutureRecord::to(topic.as_str()).key(&key).payload(&payload);
-    let outcome = match served.ctx.producer.send_result(record) {
-        Ok(_delivery) => {
+    let outcome = match served.ctx.producer.send_nowait(record) {
+        Ok(()) => {
             sluice_core::idle::ring(topic.as_str());
             "published"
         }

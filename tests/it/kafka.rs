@@ -273,10 +273,19 @@ async fn the_work_loop_lets_no_slow_item_hold_the_rest_and_commits_only_past_fin
     worker.await.expect("worker").expect("consume ended cleanly");
 }
 
-/// A consumer loop driven like the work loop's: forwards payloads, publishes whether it is paused.
-fn idle_loop(
-    consumer: Arc<kafka::ClosesInBackground<SluiceConsumer>>,
-) -> (mpsc::UnboundedReceiver<String>, tokio::sync::watch::Receiver<bool>) {
+/// A consumer of a new topic of `partitions` with idle-pause settings `pause_ms` and `check_ms`,
+/// driven like the work loop: its payloads, whether it is paused, the topic and the settings.
+async fn idle_consumer(
+    env: &TestEnv,
+    name: &str,
+    partitions: i32,
+    (pause_ms, check_ms): (u64, u32),
+) -> (mpsc::UnboundedReceiver<String>, tokio::sync::watch::Receiver<bool>, String, sluice_core::config::KafkaConfig) {
+    let topic = create_topic(env, name, partitions).await;
+    let mut config = env.config.kafka.clone();
+    (config.idle_pause_ms, config.idle_check_ms) = (pause_ms, check_ms);
+    let consumer = Arc::new(kafka::consumer(&config, &format!("{topic}-group")).expect("consumer"));
+    consumer.subscribe(&[&topic]).expect("subscribe");
     let (tx, rx) = mpsc::unbounded_channel();
     let (paused_tx, paused_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -300,7 +309,7 @@ fn idle_loop(
             paused_tx.send_replace(idle.is_paused());
         }
     });
-    (rx, paused_rx)
+    (rx, paused_rx, topic, config)
 }
 
 async fn until_paused(paused: &mut tokio::sync::watch::Receiver<bool>, within: Duration, what: &str) {
@@ -313,15 +322,10 @@ async fn until_paused(paused: &mut tokio::sync::watch::Receiver<bool>, within: D
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_consumer_pauses_and_a_check_finds_what_another_process_published() {
     let env = TestEnv::new().await;
-    let topic = create_topic(&env, "idle-check", 3).await;
-    let mut config = env.config.kafka.clone();
-    (config.idle_pause_ms, config.idle_check_ms) = (1_000, 200);
-    let consumer = Arc::new(kafka::consumer(&config, &format!("{topic}-group")).expect("consumer"));
-    consumer.subscribe(&[&topic]).expect("subscribe");
+    let (mut received, mut paused, topic, config) = idle_consumer(&env, "idle-check", 3, (1_000, 200)).await;
     // A plain producer, as in another process: it rings no doorbell here.
     let producer = kafka::producer(&config).expect("producer");
     produce(&producer, &topic, &[(0, "before".into())]).await;
-    let (mut received, mut paused) = idle_loop(consumer.clone());
     assert_eq!(recv_one_payload(&mut received, Duration::from_secs(30)).await.as_deref(), Some("before"));
     until_paused(&mut paused, Duration::from_secs(20), "the consumer pauses once idle").await;
     for (round, partition) in [(1, 1), (2, 2), (3, 0)] {
@@ -338,13 +342,8 @@ async fn an_idle_consumer_pauses_and_a_check_finds_what_another_process_publishe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_consumer_wakes_when_its_own_process_publishes() {
     let env = TestEnv::new().await;
-    let topic = create_topic(&env, "idle-bell", 2).await;
-    let mut config = env.config.kafka.clone();
     // Checks every 6 s: the pause happens at the second tick, and the next check is 6 s later.
-    (config.idle_pause_ms, config.idle_check_ms) = (1_000, 6_000);
-    let consumer = Arc::new(kafka::consumer(&config, &format!("{topic}-group")).expect("consumer"));
-    consumer.subscribe(&[&topic]).expect("subscribe");
-    let (mut received, mut paused) = idle_loop(consumer.clone());
+    let (mut received, mut paused, topic, config) = idle_consumer(&env, "idle-bell", 2, (1_000, 6_000)).await;
     until_paused(&mut paused, Duration::from_secs(30), "the consumer pauses once idle").await;
     let producer = kafka::producer(&config).expect("producer");
     let started = std::time::Instant::now();
@@ -352,7 +351,7 @@ async fn a_paused_consumer_wakes_when_its_own_process_publishes() {
     sluice_core::idle::ring(&topic);
     let got = recv_one_payload(&mut received, Duration::from_secs(4)).await;
     assert_eq!(got.as_deref(), Some("rung"), "woken by the doorbell, not by the check 6 s later");
-    println!("received {:?} after publishing", started.elapsed());
+    eprintln!("received {:?} after publishing", started.elapsed());
 }
 
 async fn recv_one_payload(rx: &mut mpsc::UnboundedReceiver<String>, within: Duration) -> Option<String> {

@@ -1,7 +1,7 @@
 //! The model registry: dense versions, audited alias moves on `models.events`, verified artifacts,
 //! scopes, bad input and the `sluice models` command, against a registry process running alone.
 
-use std::{collections::BTreeSet, time::Duration};
+use std::collections::BTreeSet;
 
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -14,10 +14,10 @@ use sluice_core::{
     topics::Topic,
     training::artifact_key,
 };
-use sluice_testkit::{TestEnv, eventually};
+use sluice_testkit::TestEnv;
 use uuid::Uuid;
 
-use crate::support::{RunningApp, json_of, read_topic, sluice_command};
+use crate::support::{RunningApp, json_of, published_model_events, sluice_command};
 
 /// A registry process alone: its own relay must publish what it writes.
 async fn registry_app(env: &TestEnv) -> RunningApp {
@@ -92,16 +92,6 @@ async fn get(app: &RunningApp, token: &str, path: &str) -> (u16, Value) {
     json_of(app.http.get(app.url(path)).bearer_auth(token).send().await.expect("GET")).await
 }
 
-/// Waits for the relay to publish every committed event, then reads `models.events`.
-async fn published_events(app: &RunningApp, at_least: usize) -> Vec<(String, Value)> {
-    eventually(Duration::from_secs(30), "the outbox to drain", || async {
-        (app.count("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0).then_some(())
-    })
-    .await;
-    let topic = app.ctx.topic(Topic::ModelsEvents).to_string();
-    read_topic(&app.ctx.config, &topic, at_least + 1, Duration::from_secs(3)).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_registrations_get_dense_version_numbers_and_one_event_each() {
     let env = TestEnv::new().await;
@@ -126,7 +116,7 @@ async fn concurrent_registrations_get_dense_version_numbers_and_one_event_each()
     numbers.sort_unstable();
     assert_eq!(numbers, (1..=8).collect::<Vec<_>>(), "dense, no gaps, no duplicates");
 
-    let events = published_events(&app, 8).await;
+    let events = published_model_events(&app).await;
     assert_eq!(events.len(), 8, "one event per registration: {events:?}");
     let mut seen = BTreeSet::new();
     for (key, event) in &events {
@@ -167,7 +157,7 @@ async fn alias_moves_are_audited_published_and_served_with_lineage() {
     assert!(moves[0]["actor"].as_str().expect("actor").starts_with("test-admin ("), "{history}");
     assert!(moves[0]["at"].as_str().expect("at").ends_with('Z'), "{history}");
 
-    let events = published_events(&app, 4).await;
+    let events = published_model_events(&app).await;
     let moved: Vec<&Value> = events.iter().map(|(_, e)| e).filter(|e| e["type"] == "model.alias_moved").collect();
     assert_eq!(events.len(), 4, "two registrations and two moves, nothing for the no-op: {events:?}");
     assert_eq!(moved.len(), 2, "{events:?}");
@@ -340,7 +330,7 @@ async fn deleting_an_alias_is_audited_and_published() {
     let (_, history) = get(&app, &app.admin_token, &format!("{path}/history")).await;
     assert_eq!(history["history"][0]["to"], Value::Null, "{history}");
     assert_eq!(history["history"][0]["reason"], "retired");
-    let events = published_events(&app, 3).await;
+    let events = published_model_events(&app).await;
     let removed = events.iter().find(|(_, e)| e["type"] == "model.alias_removed").expect("alias_removed event");
     assert_eq!(removed.1["data"]["aliases"], json!({}), "{events:?}");
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rdkafka::{
     admin::{AdminOptions, NewTopic, TopicReplication},
-    producer::{FutureProducer, FutureRecord},
+    producer::FutureRecord,
 };
 use sluice::{Application, Service};
 use sluice_core::{
@@ -29,7 +29,7 @@ pub async fn create_topic(env: &TestEnv, name: &str, partitions: i32) -> String 
 }
 
 /// Sends every `(partition, payload)` pipelined, then waits for all acknowledgements.
-pub async fn produce(producer: &FutureProducer, topic: &str, messages: &[(i32, String)]) {
+pub async fn produce(producer: &kafka::SluiceProducer, topic: &str, messages: &[(i32, String)]) {
     let sends: Vec<_> = messages
         .iter()
         .map(|(partition, payload)| {
@@ -40,7 +40,7 @@ pub async fn produce(producer: &FutureProducer, topic: &str, messages: &[(i32, S
         })
         .collect();
     for result in futures::future::join_all(sends).await {
-        result.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+        result.unwrap_or_else(|e| panic!("produce to {topic}: {e}"));
     }
 }
 
@@ -291,4 +291,28 @@ pub fn api_tools(root: &str) -> String {
         .expect("api-tools-env.sh");
     assert!(installed.status.success(), "api-tools-env.sh: {}", String::from_utf8_lossy(&installed.stderr));
     String::from_utf8_lossy(&installed.stdout).trim().to_owned()
+}
+
+/// Waits for the relay to publish every committed event, then returns the events it published to
+/// `models.events`, in the order Kafka stored them (the outbox keeps each event's offset). Checks
+/// them against the topic: each reached Kafka once (its end moved by one per event), and what a
+/// reader finds there is among them and ends with the newest. The topic is compacted, and the
+/// local broker compacts every 10 minutes, recent events included, so a reader may find only the
+/// newest event per model.
+pub async fn published_model_events(app: &RunningApp) -> Vec<(String, serde_json::Value)> {
+    sluice_testkit::eventually(Duration::from_secs(30), "the outbox to drain", || async {
+        (app.count("SELECT count(*) FROM outbox WHERE sent_at IS NULL").await == 0).then_some(())
+    })
+    .await;
+    let topic = app.ctx.topic(sluice_core::topics::Topic::ModelsEvents).to_string();
+    let client = app.ctx.db.get().await.expect("connection");
+    let sql = "SELECT key, payload FROM outbox WHERE topic = $1 AND sent_at IS NOT NULL ORDER BY sent_offset";
+    let rows = client.query(sql, &[&topic]).await.expect("published events");
+    let events: Vec<(String, serde_json::Value)> = rows.iter().map(|r| (r.get("key"), r.get("payload"))).collect();
+    let written = topic_message_count(&app.ctx.config, &topic).await;
+    assert_eq!(written, events.len() as i64, "one Kafka message per event: {events:?}");
+    let read = read_topic(&app.ctx.config, &topic, events.len() + 1, Duration::from_secs(3)).await;
+    assert!(read.iter().all(|event| events.contains(event)), "read {read:?}, published {events:?}");
+    assert_eq!(read.last(), events.last(), "the newest event is on the topic");
+    events
 }

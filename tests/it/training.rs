@@ -17,9 +17,7 @@ use sluice_nn::synthetic::{self, SyntheticSpec};
 use sluice_testkit::{TestEnv, eventually};
 use uuid::Uuid;
 
-use crate::support::{
-    RunningApp, json_of, parked_events, read_topic, sluice_command, sluice_command_after, sluice_env,
-};
+use crate::support::{RunningApp, json_of, parked_events, sluice_command, sluice_command_after, sluice_env};
 
 /// Writes a processed, labelled synthetic dataset as preprocess would have left it: PNG outputs in
 /// S3 under the dataset's spec, media rows `processed`, output rows. Returns the labels.
@@ -182,8 +180,7 @@ async fn grid_search_trains_every_trial_registers_the_best_and_promotes_it() {
         sluice_core::s3::get_bytes(&app.ctx.s3, &app.ctx.config.s3.bucket, &snapshot).await.expect("get").is_some()
     );
 
-    let events =
-        read_topic(&app.ctx.config, app.ctx.topic(Topic::ModelsEvents).as_str(), 2, Duration::from_secs(10)).await;
+    let events = crate::support::published_model_events(&app).await;
     let types: Vec<&str> = events.iter().map(|(_, e)| e["type"].as_str().unwrap_or("")).collect();
     assert_eq!(types, ["model.version_registered", "model.alias_moved"]);
     assert!(events.iter().all(|(key, _)| key == "shapes-cnn"));
