@@ -8,8 +8,9 @@
 //! where it stands every `kafka.idle_check_ms` (one ListOffsets request for all of them). It
 //! resumes at once when:
 //! - a partition's end moved past the consumer's position (new events from anywhere);
-//! - this process published to one of its topics ([`ring`]: the local stack runs every service
-//!   in one process, so new work there is picked up without waiting for a check);
+//! - this process published to one of its topics ([`ring`], called by Sluice's producer: the
+//!   local stack runs every service in one process, so new work there is picked up without
+//!   waiting for a check);
 //! - its assignment changed (a rebalance), a message arrived anyway, or a check failed.
 //!
 //! Nothing can be missed: the comparison is against the consumer's own position (what it
@@ -56,7 +57,8 @@ fn doorbell(topic: &str) -> watch::Receiver<()> {
     bells.entry(topic.to_owned()).or_insert_with(|| watch::channel(()).0).subscribe()
 }
 
-/// Tells this process's paused consumers of `topic` that the broker acknowledged an event on it.
+/// Tells this process's paused consumers of `topic` that it published an event there
+/// ([`crate::kafka::SluiceProducer`] calls it).
 pub fn ring(topic: &str) {
     let bells = DOORBELLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(bell) = bells.get(topic) {
@@ -118,9 +120,9 @@ impl<'a> IdlePause<'a> {
     /// For a consumer assigned `at` concrete offsets (not [`Offset::End`]): where it stands
     /// before its first message.
     pub fn starting_at(mut self, at: &TopicPartitionList) -> Self {
-        for element in at.elements() {
-            if let Some(offset) = element.offset().to_raw().filter(|&o| o >= 0) {
-                self.consumed.insert((element.topic().to_owned(), element.partition()), offset);
+        for (topic, partition) in partitions(at) {
+            if let Some(offset) = offset_in(at, &topic, partition) {
+                self.consumed.insert((topic, partition), offset);
             }
         }
         self
@@ -243,36 +245,33 @@ impl<'a> IdlePause<'a> {
     }
 
     /// Per assigned partition, the next offset the consumer would read: past what it received (or
-    /// where it was assigned), or its
-    /// group's committed offset, else the partition's start (where `auto.offset.reset=earliest`
-    /// begins).
+    /// where it was assigned), or its group's committed offset, else the partition's start (where
+    /// `auto.offset.reset=earliest` begins).
     async fn positions(&mut self, assignment: &TopicPartitionList) -> Result<BTreeMap<(String, i32), i64>, KafkaError> {
         let committed =
             self.ask(assignment.clone(), |checker, list| checker.committed_offsets(list, CHECK_TIMEOUT)).await?;
-        let mut next = BTreeMap::new();
-        for (topic, partition) in partitions(assignment) {
-            let of = |list: &TopicPartitionList| {
-                list.find_partition(&topic, partition).and_then(|e| e.offset().to_raw()).filter(|&o| o >= 0)
-            };
-            let consumed = self.consumed.get(&(topic.clone(), partition)).copied();
-            if let Some(offset) = consumed.max(of(&committed)) {
-                next.insert((topic, partition), offset);
-            } else {
-                next.insert((topic, partition), -1);
-            }
-        }
-        if next.values().any(|&offset| offset < 0) {
-            let starts = self
-                .ask(at(assignment, Offset::Beginning), |checker, list| checker.offsets_for_times(list, CHECK_TIMEOUT))
-                .await?;
-            for element in starts.elements() {
-                let key = (element.topic().to_owned(), element.partition());
-                if let Some(offset) = next.get_mut(&key).filter(|o| **o < 0) {
-                    *offset = element.offset().to_raw().filter(|&o| o >= 0).unwrap_or(0);
-                }
-            }
-        }
-        Ok(next)
+        let known: Vec<((String, i32), Option<i64>)> = partitions(assignment)
+            .into_iter()
+            .map(|(topic, partition)| {
+                let consumed = self.consumed.get(&(topic.clone(), partition)).copied();
+                let offset = consumed.max(offset_in(&committed, &topic, partition));
+                ((topic, partition), offset)
+            })
+            .collect();
+        let starts = if known.iter().any(|(_, offset)| offset.is_none()) {
+            let starts = at(assignment, Offset::Beginning);
+            Some(self.ask(starts, |checker, list| checker.offsets_for_times(list, CHECK_TIMEOUT)).await?)
+        } else {
+            None
+        };
+        Ok(known
+            .into_iter()
+            .map(|((topic, partition), offset)| {
+                let start = || starts.as_ref().and_then(|starts| offset_in(starts, &topic, partition));
+                let next = offset.or_else(start).unwrap_or(0);
+                ((topic, partition), next)
+            })
+            .collect())
     }
 
     /// Runs a blocking request on the checking client, on a blocking thread.
@@ -302,6 +301,11 @@ fn at(list: &TopicPartitionList, offset: Offset) -> TopicPartitionList {
         with.add_partition(&topic, partition).set_offset(offset).expect("a logical offset is valid");
     }
     with
+}
+
+/// `partition`'s offset in `list`, when it is a real one (not a logical or invalid offset).
+fn offset_in(list: &TopicPartitionList, topic: &str, partition: i32) -> Option<i64> {
+    list.find_partition(topic, partition).and_then(|e| e.offset().to_raw()).filter(|&offset| offset >= 0)
 }
 
 fn partitions(list: &TopicPartitionList) -> Vec<(String, i32)> {

@@ -121,7 +121,8 @@ impl ProducerContext for Deliveries {
 
 impl SluiceProducer {
     /// Queues `record` (waiting up to `queue_timeout` while librdkafka's queue is full) and
-    /// answers once the broker acknowledged it (where it landed) or it failed for good.
+    /// answers once the broker acknowledged it (where it landed) or it failed for good. An
+    /// acknowledged event wakes this process's paused consumers of its topic ([`crate::idle::ring`]).
     pub async fn send<K, P>(
         &self,
         record: FutureRecord<'_, K, P>,
@@ -132,12 +133,17 @@ impl SluiceProducer {
         P: ToBytes + ?Sized,
     {
         let started = std::time::Instant::now();
+        let topic = record.topic;
         let (tx, rx) = oneshot::channel();
         let mut base = base_record(record, Box::new(tx));
         loop {
             match self.0.base.send(base) {
-                // The report never comes only if the client is destroyed with the message queued.
-                Ok(()) => return rx.await.unwrap_or(Err(KafkaError::Canceled)),
+                Ok(()) => {
+                    // The report never comes only if the client is destroyed with the message queued.
+                    let delivery = rx.await.unwrap_or(Err(KafkaError::Canceled))?;
+                    crate::idle::ring(topic);
+                    return Ok(delivery);
+                }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record))
                     if started.elapsed() < queue_timeout =>
                 {
@@ -150,14 +156,18 @@ impl SluiceProducer {
     }
 
     /// Queues `record` without waiting for room or for its acknowledgement; refused at once when
-    /// librdkafka's queue is full.
+    /// librdkafka's queue is full. Wakes this process's paused consumers of its topic as soon as it
+    /// is queued.
     pub fn send_nowait<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<(), KafkaError>
     where
         K: ToBytes + ?Sized,
         P: ToBytes + ?Sized,
     {
+        let topic = record.topic;
         let (tx, _) = oneshot::channel();
-        self.0.base.send(base_record(record, Box::new(tx))).map_err(|(err, _)| err)
+        self.0.base.send(base_record(record, Box::new(tx))).map_err(|(err, _)| err)?;
+        crate::idle::ring(topic);
+        Ok(())
     }
 
     /// Waits up to `timeout` for every queued message to be acknowledged.
@@ -197,9 +207,7 @@ pub async fn send<T: crate::events::Event>(
     let payload = event.to_json();
     let topic = ctx.topic(topic);
     let record = FutureRecord::to(topic.as_str()).key(key).payload(&payload);
-    ctx.producer.send(record, Duration::from_secs(30)).await.map_err(|err| err.to_string())?;
-    crate::idle::ring(topic.as_str());
-    Ok(())
+    ctx.producer.send(record, Duration::from_secs(30)).await.map(|_| ()).map_err(|err| err.to_string())
 }
 
 /// A group consumer with auto offset store off: call `store_offset_from_message` once a message's

@@ -314,7 +314,6 @@ impl<'a> Claimed<'a> {
             .zip(results)
             .map(|(event, result)| match result {
                 Ok(delivery) => {
-                    crate::idle::ring(&event.topic);
                     let delay = (now - event.created_at).num_milliseconds().max(0) as f64 / 1000.0;
                     metrics::histogram!("sluice_outbox_publish_delay_seconds").record(delay);
                     Ok(Delivered { id: event.id, partition: delivery.partition, offset: delivery.offset })

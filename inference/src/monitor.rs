@@ -81,10 +81,7 @@ pub fn publish(served: &Served, loaded: &LoadedVersion, observations: &[Observat
     let key = loaded.version.model.to_string();
     let record = FutureRecord::to(topic.as_str()).key(&key).payload(&payload);
     let outcome = match served.ctx.producer.send_nowait(record) {
-        Ok(()) => {
-            sluice_core::idle::ring(topic.as_str());
-            "published"
-        }
+        Ok(()) => "published",
         Err(_) => "dropped",
     };
     metrics::counter!("sluice_inference_observations_total", "outcome" => outcome).increment(1);

@@ -356,6 +356,17 @@ async fn start_job(cluster: &Cluster, host: &str, job: &Value) -> uuid::Uuid {
     uuid::Uuid::parse_str(created["id"].as_str().expect("id")).expect("uuid")
 }
 
+/// The finished search `view` ran each of its `trials` trials once, every one succeeded, and it
+/// registered one version of `model`; returns the trials.
+async fn search_ended_once<'v>(cluster: &Cluster, view: &'v Value, model: &str, trials: usize) -> &'v [Value] {
+    let ran = view["trials"].as_array().expect("trials");
+    assert_eq!(ran.len(), trials, "{view:#}");
+    assert!(ran.iter().all(|t| t["status"] == "succeeded"), "{view:#}");
+    let versions = cluster.count("SELECT count(*) FROM model_versions WHERE model = $1", &[&model]).await;
+    assert_eq!(versions, 1, "one version registered");
+    ran
+}
+
 /// Waits for a job to end; returns its view.
 async fn job_ended(cluster: &Cluster, host: &str, job: uuid::Uuid, within: Duration) -> Value {
     eventually(within, "the job to end", || async {
@@ -673,11 +684,7 @@ async fn a_host_cut_off_mid_stream_loses_nothing_and_rejoins_without_duplicating
     each_once(&cluster, "flow", total).await;
 
     // Every trial ended once, succeeded; one version registered; c's late result changed nothing.
-    let trials = view["trials"].as_array().expect("trials");
-    assert_eq!(trials.len(), 8, "{view:#}");
-    assert!(trials.iter().all(|t| t["status"] == "succeeded"), "{view:#}");
-    let versions = cluster.count("SELECT count(*) FROM model_versions WHERE model = 'spread'", &[]).await;
-    assert_eq!(versions, 1, "one version registered");
+    let trials = search_ended_once(&cluster, &view, "spread", 8).await;
     let response = cluster
         .http
         .get(cluster.url("b", "trainer", &format!("/v1/training-jobs/{job_id}")))
@@ -735,9 +742,5 @@ async fn a_lossy_slow_link_slows_a_host_but_loses_and_duplicates_nothing() {
     assert!(c_items > 0.0, "host c kept taking part over its lossy link");
 
     each_once(&cluster, "rough", total).await;
-    let trials = view["trials"].as_array().expect("trials");
-    assert_eq!(trials.len(), 4, "{view:#}");
-    assert!(trials.iter().all(|t| t["status"] == "succeeded"), "{view:#}");
-    let versions = cluster.count("SELECT count(*) FROM model_versions WHERE model = 'rough'", &[]).await;
-    assert_eq!(versions, 1, "one version registered");
+    search_ended_once(&cluster, &view, "rough", 4).await;
 }

@@ -323,14 +323,22 @@ async fn until_paused(paused: &mut tokio::sync::watch::Receiver<bool>, within: D
 async fn an_idle_consumer_pauses_and_a_check_finds_what_another_process_published() {
     let env = TestEnv::new().await;
     let (mut received, mut paused, topic, config) = idle_consumer(&env, "idle-check", 3, (1_000, 200)).await;
-    // A plain producer, as in another process: it rings no doorbell here.
-    let producer = kafka::producer(&config).expect("producer");
-    produce(&producer, &topic, &[(0, "before".into())]).await;
+    // rdkafka's own producer, as in another process: it rings no doorbell here.
+    let producer: rdkafka::producer::FutureProducer = kafka::client_config(&config).create().expect("producer");
+    let elsewhere = |partition: i32, payload: String| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            let record = rdkafka::producer::FutureRecord::<(), _>::to(&topic).partition(partition).payload(&payload);
+            producer.send(record, Duration::from_secs(10)).await.map_err(|(err, _)| err).expect("produce elsewhere");
+        }
+    };
+    elsewhere(0, "before".into()).await;
     assert_eq!(recv_one_payload(&mut received, Duration::from_secs(30)).await.as_deref(), Some("before"));
     until_paused(&mut paused, Duration::from_secs(20), "the consumer pauses once idle").await;
     for (round, partition) in [(1, 1), (2, 2), (3, 0)] {
         let payload = format!("while paused {round}");
-        produce(&producer, &topic, &[(partition, payload.clone())]).await;
+        elsewhere(partition, payload.clone()).await;
         let got = recv_one_payload(&mut received, Duration::from_secs(10)).await;
         assert_eq!(got.as_deref(), Some(payload.as_str()), "round {round}: a check resumes the consumer");
         until_paused(&mut paused, Duration::from_secs(20), "it pauses again").await;
@@ -338,7 +346,8 @@ async fn an_idle_consumer_pauses_and_a_check_finds_what_another_process_publishe
     assert!(recv_one_payload(&mut received, Duration::from_millis(500)).await.is_none(), "nothing twice");
 }
 
-/// What this process publishes to a paused consumer's topic wakes it without waiting for a check.
+/// What this process publishes to a paused consumer's topic (with Sluice's producer) wakes it
+/// without waiting for a check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_consumer_wakes_when_its_own_process_publishes() {
     let env = TestEnv::new().await;
@@ -347,8 +356,8 @@ async fn a_paused_consumer_wakes_when_its_own_process_publishes() {
     until_paused(&mut paused, Duration::from_secs(30), "the consumer pauses once idle").await;
     let producer = kafka::producer(&config).expect("producer");
     let started = std::time::Instant::now();
+    // Sluice's producer rings this process's doorbell for the topic once the broker has the event.
     produce(&producer, &topic, &[(1, "rung".into())]).await;
-    sluice_core::idle::ring(&topic);
     let got = recv_one_payload(&mut received, Duration::from_secs(4)).await;
     assert_eq!(got.as_deref(), Some("rung"), "woken by the doorbell, not by the check 6 s later");
     eprintln!("received {:?} after publishing", started.elapsed());
