@@ -172,6 +172,8 @@ impl Application {
         // keeps one while Kafka is slow to acknowledge).
         if !self.services.is_empty() {
             workers.push(tokio::spawn(sluice_core::outbox::run(self.ctx.clone(), workers_stop.clone())));
+            let (db, config) = (self.ctx.db.clone(), self.ctx.config.database.clone());
+            workers.push(tokio::spawn(sluice_core::idle::share_doorbells(db, config, workers_stop.clone())));
         }
         let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
         let served = axum::serve(self.listener, app)

@@ -278,8 +278,10 @@ pub struct KafkaConfig {
     /// A work-queue consumer that received nothing for this long pauses its fetches
     /// ([`crate::idle`]); 0 never pauses.
     pub idle_pause_ms: u64,
-    /// How often a paused consumer compares its partitions' ends with its position.
+    /// How often a paused consumer compares its partitions' ends with its position at first;
+    /// each check that finds nothing doubles the wait, up to `idle_check_max_ms`.
     pub idle_check_ms: u32,
+    pub idle_check_max_ms: u32,
     /// Extra librdkafka properties (for example `security.protocol`, `sasl.*`) for managed
     /// clusters. Values are secret: they often hold passwords.
     #[serde(serialize_with = "redacted_map")]
@@ -432,6 +434,10 @@ impl Config {
             "kafka.idle_pause_ms must be 0 (never pause) or between 1000 and 86400000",
         )?;
         rule((100..=60_000).contains(&self.kafka.idle_check_ms), "kafka.idle_check_ms must be between 100 and 60000")?;
+        rule(
+            (self.kafka.idle_check_ms..=60_000).contains(&self.kafka.idle_check_max_ms),
+            "kafka.idle_check_max_ms must be between kafka.idle_check_ms and 60000",
+        )?;
         rule(
             (1..=3_600).contains(&self.s3.attempt_timeout_secs),
             "s3.attempt_timeout_secs must be between 1 and 3600",

@@ -53,7 +53,31 @@ pub fn pool_for_url(url: &str, max_connections: usize) -> Result<Pool, DbError> 
 const SERVER_KEEPALIVES: &str =
     "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3 -c tcp_user_timeout=10000";
 
+/// One connection of its own, set up like the pool's (for `LISTEN`, which a pooled connection
+/// handed back and forth cannot hold): the client and the connection, which the caller drives.
+pub async fn connect(
+    config: &DatabaseConfig,
+) -> Result<
+    (tokio_postgres::Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>),
+    DbError,
+> {
+    let pg = pg_config(config.url.expose_secret(), config.server_keepalives)?;
+    Ok(pg.connect(NoTls).await?)
+}
+
 fn build(url: &str, max_connections: usize, server_keepalives: bool) -> Result<Pool, DbError> {
+    let pg = pg_config(url, server_keepalives)?;
+    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Ok(Pool::builder(manager)
+        .max_size(max_connections)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(10)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .build()?)
+}
+
+fn pg_config(url: &str, server_keepalives: bool) -> Result<tokio_postgres::Config, DbError> {
     let mut pg: tokio_postgres::Config = url.parse().map_err(DbError::Url)?;
     if server_keepalives {
         let options = match pg.get_options() {
@@ -74,14 +98,7 @@ fn build(url: &str, max_connections: usize, server_keepalives: bool) -> Result<P
     if pg.get_application_name().is_none() {
         pg.application_name("sluice");
     }
-    let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Ok(Pool::builder(manager)
-        .max_size(max_connections)
-        .runtime(Runtime::Tokio1)
-        .wait_timeout(Some(Duration::from_secs(10)))
-        .create_timeout(Some(Duration::from_secs(5)))
-        .recycle_timeout(Some(Duration::from_secs(5)))
-        .build()?)
+    Ok(pg)
 }
 
 /// `SELECT 1` through the pool (readiness, `sluice doctor`).

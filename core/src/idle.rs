@@ -5,12 +5,14 @@
 //! a timer (the local stack's) spends CPU on every idle consumer × partition × round; an idle
 //! `sluice up` kept a quarter of a core busy that way. So a work consumer that has received
 //! nothing for `kafka.idle_pause_ms` pauses its partitions and instead compares their ends with
-//! where it stands every `kafka.idle_check_ms` (one ListOffsets request for all of them). It
-//! resumes at once when:
+//! where it stands (one ListOffsets request for all of them): after `kafka.idle_check_ms`, then
+//! twice as long after each check that finds nothing, up to `kafka.idle_check_max_ms` (each check
+//! costs the broker a read per partition too). It resumes at once when:
 //! - a partition's end moved past the consumer's position (new events from anywhere);
 //! - this process published to one of its topics ([`ring`], called by Sluice's producer: the
 //!   local stack runs every service in one process, so new work there is picked up without
-//!   waiting for a check);
+//!   waiting for a check), or another Sluice process did and announced it through PostgreSQL
+//!   ([`share_doorbells`]);
 //! - its assignment changed (a rebalance), a message arrived anyway, or a check failed.
 //!
 //! Nothing can be missed: the comparison is against the consumer's own position (what it
@@ -20,8 +22,11 @@
 //! nothing and pauses again after `kafka.idle_pause_ms`.
 
 use std::{
-    collections::{BTreeMap, HashMap},
-    sync::{Arc, LazyLock, Mutex},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{
+        Arc, LazyLock, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -42,11 +47,37 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Settings {
     /// Pause after this long with nothing received; `None` never pauses.
     pub after: Option<Duration>,
-    /// Compare the partitions' ends with the consumer's position this often while paused.
+    /// Compare the partitions' ends with the consumer's position this long after pausing, then
+    /// twice as long after each check that finds nothing, up to `check_max`.
     pub check: Duration,
+    pub check_max: Duration,
     /// The consumer's own properties (brokers, group, security): the checks run on a client of
     /// their own, made from them, so they never wait behind the consumer's fetches.
     pub client: ClientConfig,
+}
+
+/// Whether a consumer is paused, and how many times it paused: the tasks beside its consume loop
+/// (the lag report) skip their own broker requests while it stands still.
+#[derive(Debug, Default)]
+pub struct Stillness {
+    paused: AtomicBool,
+    pauses: AtomicU64,
+}
+
+impl Stillness {
+    /// Which pause the consumer is in (a count), or `None` while it fetches.
+    pub fn current(&self) -> Option<u64> {
+        self.paused.load(Ordering::Acquire).then(|| self.pauses.load(Ordering::Acquire))
+    }
+
+    fn paused(&self) {
+        self.pauses.fetch_add(1, Ordering::AcqRel);
+        self.paused.store(true, Ordering::Release);
+    }
+
+    fn resumed(&self) {
+        self.paused.store(false, Ordering::Release);
+    }
 }
 
 /// Per topic, a counter bumped each time this process publishes to it.
@@ -57,12 +88,143 @@ fn doorbell(topic: &str) -> watch::Receiver<()> {
     bells.entry(topic.to_owned()).or_insert_with(|| watch::channel(()).0).subscribe()
 }
 
-/// Tells this process's paused consumers of `topic` that it published an event there
-/// ([`crate::kafka::SluiceProducer`] calls it).
+/// Tells this process's paused consumers of `topic` that it published an event there, and the
+/// other Sluice processes too ([`share_doorbells`]). [`crate::kafka::SluiceProducer`] calls it.
 pub fn ring(topic: &str) {
+    ring_here(topic);
+    let mut announcers = ANNOUNCERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    announcers.retain(|announcer| announcer.strong_count() > 0);
+    for announcer in announcers.iter().filter_map(std::sync::Weak::upgrade) {
+        let mut published = announcer.published.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !published.contains(topic) {
+            published.insert(topic.to_owned());
+            announcer.due.notify_one();
+        }
+    }
+}
+
+fn ring_here(topic: &str) {
     let bells = DOORBELLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(bell) = bells.get(topic) {
         bell.send_replace(());
+    }
+}
+
+/// Wakes every paused consumer of this process: announcements may have been missed.
+fn ring_every_bell() {
+    let bells = DOORBELLS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for bell in bells.values() {
+        bell.send_replace(());
+    }
+}
+
+/// Topics this process published to since an announcer's last announcement, and the bell that
+/// says there are some. One per [`share_doorbells`] running (one per process, except in tests,
+/// where several apps with databases of their own share a process).
+#[derive(Debug, Default)]
+struct Announcer {
+    published: Mutex<BTreeSet<String>>,
+    due: tokio::sync::Notify,
+}
+
+static ANNOUNCERS: LazyLock<Mutex<Vec<std::sync::Weak<Announcer>>>> = LazyLock::new(Default::default);
+
+/// The PostgreSQL channel Sluice processes announce the topics they published to on.
+pub const CHANNEL: &str = "sluice_published";
+/// Announcements go out at most this often: one `NOTIFY` per topic per round, however many
+/// events went to it.
+const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
+
+/// Shares this process's doorbells with the other Sluice processes through PostgreSQL, which all
+/// of them use: announces (`NOTIFY sluice_published, '<topic>'`) the topics this process
+/// published to, and rings this process's bells for the topics the others announce, so a
+/// consumer paused on one host wakes as soon as another host publishes to its topic, not at its
+/// next check. Producers that are not Sluice's (and announcements lost while PostgreSQL is away:
+/// every bell rings when the listener reconnects) are left to the checks. Runs until `shutdown`.
+pub async fn share_doorbells(pool: crate::db::Pool, config: crate::config::DatabaseConfig, shutdown: crate::Shutdown) {
+    let announcer = Arc::new(Announcer::default());
+    ANNOUNCERS.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Arc::downgrade(&announcer));
+    tokio::join!(announce(&announcer, &pool, &shutdown), listen(&config, &shutdown));
+}
+
+async fn announce(announcer: &Announcer, pool: &crate::db::Pool, shutdown: &crate::Shutdown) {
+    while !shutdown.is_cancelled() {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = announcer.due.notified() => {}
+        }
+        // Later events of the round join this announcement.
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+        }
+        let published =
+            std::mem::take(&mut *announcer.published.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let topics: Vec<String> = published.into_iter().collect();
+        let sent = async {
+            let client = pool.get().await.map_err(crate::db::DbError::from)?;
+            client
+                .execute("SELECT pg_notify($1, topic) FROM unnest($2::text[]) AS topic", &[&CHANNEL, &topics])
+                .await?;
+            Ok::<_, crate::db::DbError>(())
+        };
+        if let Err(err) = sent.await {
+            // The others' checks find the events; nothing is lost.
+            tracing::debug!(error = %err, "cannot announce published topics");
+        }
+    }
+}
+
+async fn listen(config: &crate::config::DatabaseConfig, shutdown: &crate::Shutdown) {
+    let mut backoff = Duration::from_secs(1);
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        if let Err(err) = listen_once(config, shutdown).await {
+            tracing::debug!(error = %err, retry_in = ?backoff, "not listening for other processes' publishes");
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// One `LISTEN` connection, until it fails or `shutdown`.
+async fn listen_once(
+    config: &crate::config::DatabaseConfig,
+    shutdown: &crate::Shutdown,
+) -> Result<(), crate::db::DbError> {
+    use futures::StreamExt;
+    let (client, mut connection) = crate::db::connect(config).await?;
+    // The connection delivers notifications as it is driven; it ends when `client` is dropped.
+    let mut driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(announced) = message? {
+                ring_here(announced.payload());
+            }
+        }
+        Ok::<(), tokio_postgres::Error>(())
+    });
+    if let Err(err) = client.batch_execute(&format!("LISTEN {CHANNEL}")).await {
+        driver.abort();
+        return Err(err.into());
+    }
+    // Whatever was announced while nobody listened.
+    ring_every_bell();
+    tokio::select! {
+        () = shutdown.cancelled() => {
+            driver.abort();
+            Ok(())
+        }
+        ended = &mut driver => match ended {
+            Ok(Err(err)) => Err(err.into()),
+            _ => Ok(()),
+        },
     }
 }
 
@@ -78,7 +240,9 @@ pub struct IdlePause<'a> {
     settings: Settings,
     last_active: Instant,
     paused: Option<Paused>,
-    checks: tokio::time::Interval,
+    /// The wait between checks: `settings.check` while fetching, growing while paused.
+    every: Duration,
+    next_check: tokio::time::Instant,
     doorbells: Vec<watch::Receiver<()>>,
     checker: Option<Arc<BaseConsumer>>,
     /// Per partition, the offset after the last message received (or where it was assigned).
@@ -99,18 +263,17 @@ impl<'a> IdlePause<'a> {
     /// For a consumer that has subscribed to its topics or been assigned its partitions.
     pub fn new(consumer: &'a SluiceConsumer) -> Self {
         let settings = consumer.context().idle.clone();
-        let mut checks = tokio::time::interval(settings.check);
-        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let subscribed = consumer.subscription().unwrap_or_default();
         let assigned = consumer.assignment().unwrap_or_default();
-        let topics: std::collections::BTreeSet<String> =
+        let topics: BTreeSet<String> =
             subscribed.elements().iter().chain(assigned.elements().iter()).map(|e| e.topic().to_owned()).collect();
         Self {
             consumer,
-            settings,
             last_active: Instant::now(),
             paused: None,
-            checks,
+            every: settings.check,
+            next_check: tokio::time::Instant::now() + settings.check,
+            settings,
             doorbells: topics.iter().map(|topic| doorbell(topic)).collect(),
             checker: None,
             consumed: BTreeMap::new(),
@@ -128,10 +291,11 @@ impl<'a> IdlePause<'a> {
         self
     }
 
-    /// Checks every `every` instead of `kafka.idle_check_ms` while paused.
+    /// Checks every `every` while paused, however long, instead of `kafka.idle_check_ms` growing
+    /// to `kafka.idle_check_max_ms`.
     pub fn checking_every(mut self, every: Duration) -> Self {
-        self.checks = tokio::time::interval(every);
-        self.checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        (self.settings.check, self.settings.check_max, self.every) = (every, every, every);
+        self.next_check = tokio::time::Instant::now() + every;
         self
     }
 
@@ -166,7 +330,10 @@ impl<'a> IdlePause<'a> {
             let _ = futures::future::select_all(changes).await;
         };
         tokio::select! {
-            _ = self.checks.tick() => true,
+            () = tokio::time::sleep_until(self.next_check) => {
+                self.next_check = tokio::time::Instant::now() + self.every;
+                true
+            }
             () = rung => {
                 self.resume("this process published to its topic");
                 false
@@ -199,6 +366,8 @@ impl<'a> IdlePause<'a> {
                     self.resume("new events");
                 } else {
                     self.paused = Some(paused);
+                    self.every = (self.every * 2).min(self.settings.check_max);
+                    self.next_check = tokio::time::Instant::now() + self.every;
                 }
             }
             Err(err) => {
@@ -229,6 +398,7 @@ impl<'a> IdlePause<'a> {
             self.last_active = Instant::now();
             return;
         }
+        self.consumer.context().stillness.paused();
         tracing::debug!(partitions = assignment.count(), "idle: fetching paused");
         metrics::counter!("sluice_consumer_idle_pauses_total").increment(1);
         self.paused = Some(Paused { next });
@@ -236,6 +406,9 @@ impl<'a> IdlePause<'a> {
 
     fn resume(&mut self, why: &str) {
         self.paused = None;
+        self.consumer.context().stillness.resumed();
+        self.every = self.settings.check;
+        self.next_check = tokio::time::Instant::now() + self.every;
         self.last_active = Instant::now();
         let assignment = self.consumer.assignment().unwrap_or_default();
         if let Err(err) = self.consumer.resume(&assignment) {
@@ -295,7 +468,7 @@ impl<'a> IdlePause<'a> {
 
 /// `list`'s partitions at `offset`: [`Offset::End`] or [`Offset::Beginning`] ask
 /// `offsets_for_times` for the partitions' ends or starts (ListOffsets' latest and earliest).
-fn at(list: &TopicPartitionList, offset: Offset) -> TopicPartitionList {
+pub(crate) fn at(list: &TopicPartitionList, offset: Offset) -> TopicPartitionList {
     let mut with = TopicPartitionList::new();
     for (topic, partition) in partitions(list) {
         with.add_partition(&topic, partition).set_offset(offset).expect("a logical offset is valid");
@@ -304,7 +477,7 @@ fn at(list: &TopicPartitionList, offset: Offset) -> TopicPartitionList {
 }
 
 /// `partition`'s offset in `list`, when it is a real one (not a logical or invalid offset).
-fn offset_in(list: &TopicPartitionList, topic: &str, partition: i32) -> Option<i64> {
+pub(crate) fn offset_in(list: &TopicPartitionList, topic: &str, partition: i32) -> Option<i64> {
     list.find_partition(topic, partition).and_then(|e| e.offset().to_raw()).filter(|&offset| offset >= 0)
 }
 

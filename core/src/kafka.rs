@@ -15,7 +15,7 @@ use std::{
 
 use futures::channel::oneshot;
 use rdkafka::{
-    ClientConfig, ClientContext, Message,
+    ClientConfig, ClientContext, Message, Offset,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
@@ -222,9 +222,10 @@ pub fn create(client: &ClientConfig, config: &KafkaConfig) -> Result<ClosesInBac
     let idle = crate::idle::Settings {
         after: (config.idle_pause_ms > 0).then(|| Duration::from_millis(config.idle_pause_ms)),
         check: Duration::from_millis(config.idle_check_ms.into()),
+        check_max: Duration::from_millis(config.idle_check_max_ms.into()),
         client: client.clone(),
     };
-    client.create_with_context(CommitOnRevoke { idle }).map(ClosesInBackground::new)
+    client.create_with_context(CommitOnRevoke { idle, stillness: Default::default() }).map(ClosesInBackground::new)
 }
 
 /// A consumer that is closed on a thread of its own when dropped. Closing a group consumer can
@@ -302,6 +303,8 @@ pub fn background_consumer(
 #[derive(Debug, Clone)]
 pub struct CommitOnRevoke {
     pub idle: crate::idle::Settings,
+    /// Whether the consumer's fetches are paused now, for the tasks beside its consume loop.
+    pub stillness: Arc<crate::idle::Stillness>,
 }
 
 impl ClientContext for CommitOnRevoke {}
@@ -368,19 +371,36 @@ where
 /// every 10 s (high watermark minus committed offset) until aborted.
 pub async fn report_lag(consumer: Arc<ClosesInBackground<SluiceConsumer>>, topic: String, group: String) {
     metrics::describe_gauge!("sluice_consumer_lag", "Messages not yet committed by a consumer group, per partition.");
+    // The pause the last report was made in: a paused consumer's lag cannot change until it
+    // resumes (it resumes when its partitions' ends move), so one report per pause is enough.
+    let mut reported_in = None;
     loop {
         tokio::time::sleep(Duration::from_secs(10)).await;
+        let pause = consumer.context().stillness.current();
+        if pause.is_some() && pause == reported_in {
+            continue;
+        }
+        reported_in = pause;
         let consumer = consumer.clone();
         let name = topic.clone();
+        // One OffsetFetch and one ListOffsets for every assigned partition.
         let lags = tokio::task::spawn_blocking(move || {
             let assignment = consumer.assignment().ok()?;
-            let committed = consumer.committed_offsets(assignment, Duration::from_secs(5)).ok()?;
-            let mut lags = Vec::new();
-            for element in committed.elements() {
-                let (_, high) = consumer.fetch_watermarks(&name, element.partition(), Duration::from_secs(5)).ok()?;
-                let at = element.offset().to_raw().unwrap_or(0).max(0);
-                lags.push((element.partition(), (high - at).max(0)));
+            if assignment.count() == 0 {
+                return Some(Vec::new());
             }
+            let committed = consumer.committed_offsets(assignment.clone(), Duration::from_secs(5)).ok()?;
+            let ends =
+                consumer.offsets_for_times(crate::idle::at(&assignment, Offset::End), Duration::from_secs(5)).ok()?;
+            let lags = ends
+                .elements_for_topic(&name)
+                .iter()
+                .filter_map(|end| {
+                    let high = end.offset().to_raw().filter(|&high| high >= 0)?;
+                    let at = crate::idle::offset_in(&committed, &name, end.partition()).unwrap_or(0);
+                    Some((end.partition(), (high - at).max(0)))
+                })
+                .collect();
             Some(lags)
         })
         .await

@@ -26,8 +26,18 @@ use rdkafka::producer::FutureRecord;
 use serde_json::json;
 use uuid::Uuid;
 
-/// How long a relay waits before looking again when the outbox is empty.
-const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How long a relay waits before looking again when the outbox is empty while events flow: its
+/// last batch, or this process's last [`enqueue`], was under [`BUSY_FOR`] ago.
+const BUSY_POLL: Duration = Duration::from_millis(100);
+/// How long events count as flowing after the last one.
+const BUSY_FOR: Duration = Duration::from_secs(2);
+/// How long an idle relay waits before looking again: rows another process wrote (every service
+/// process that writes rows runs a relay, so these are rows whose writer died before publishing
+/// them) wait this long at most; this process's own rows wake it at once ([`written`]).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+/// How often the `sluice_outbox_pending` gauge is refreshed while events flow, and while idle.
+const GAUGE_BUSY: Duration = Duration::from_secs(1);
+const GAUGE_IDLE: Duration = Duration::from_secs(10);
 /// Longest back-off after a failure (Kafka or PostgreSQL down).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -59,6 +69,15 @@ impl From<deadpool_postgres::PoolError> for RelayError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
         Self::Db(err.into())
     }
+}
+
+/// Bumped each time this process writes an outbox row (before its transaction commits): an idle
+/// relay looks again within [`BUSY_POLL`] instead of [`IDLE_POLL`].
+static WRITTEN: std::sync::LazyLock<tokio::sync::watch::Sender<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(()).0);
+
+fn written() {
+    WRITTEN.send_replace(());
 }
 
 /// Adds an event to the outbox inside the caller's transaction (or as one statement).
@@ -95,6 +114,7 @@ where
         .prepare_cached("INSERT INTO outbox (id, topic, key, payload, partition) VALUES ($1, $2, $3, $4, $5)")
         .await?;
     client.execute(&statement, &[&event.event_id, &topic.as_str(), &key, &payload, &partition]).await?;
+    written();
     Ok(())
 }
 
@@ -119,6 +139,8 @@ impl OutboxRow {
     ) -> Result<Self, RelayError> {
         let payload = serde_json::to_value(event).expect("events serialise");
         check_size(topic.as_str(), key, &payload)?;
+        // Made to be written by the statement that follows.
+        written();
         Ok(Self { id: event.event_id, topic: topic.as_str().to_owned(), key: key.to_owned(), payload })
     }
 
@@ -166,15 +188,23 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
         metrics::Unit::Seconds,
         "Time from an event's commit to its acknowledgement by Kafka."
     );
-    let mut backoff = IDLE_POLL;
-    let mut last_gauge = Instant::now() - Duration::from_secs(10);
+    let mut backoff = BUSY_POLL;
+    let mut last_gauge: Option<Instant> = None;
     let mut last_prune = Instant::now();
+    let mut last_event = Instant::now();
+    let mut writes = WRITTEN.subscribe();
     while !shutdown.is_cancelled() {
-        if last_gauge.elapsed() >= Duration::from_secs(1) {
+        if writes.has_changed().unwrap_or(false) {
+            writes.mark_unchanged();
+            last_event = Instant::now();
+        }
+        let busy = last_event.elapsed() < BUSY_FOR;
+        let gauge_every = if busy { GAUGE_BUSY } else { GAUGE_IDLE };
+        if last_gauge.is_none_or(|at| at.elapsed() >= gauge_every) {
             if let Ok(pending) = pending(&ctx).await {
                 metrics::gauge!("sluice_outbox_pending").set(pending as f64);
             }
-            last_gauge = Instant::now();
+            last_gauge = Some(Instant::now());
         }
         if last_prune.elapsed() >= Duration::from_secs(600) {
             let _ = prune(&ctx).await;
@@ -182,12 +212,16 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
         }
         let wait = match publish_batch(&ctx).await {
             Ok(n) if n as i64 >= ctx.config.outbox.batch => {
-                backoff = IDLE_POLL;
+                backoff = BUSY_POLL;
+                last_event = Instant::now();
                 continue;
             }
-            Ok(_) => {
-                backoff = IDLE_POLL;
-                IDLE_POLL
+            Ok(n) => {
+                backoff = BUSY_POLL;
+                if n > 0 {
+                    last_event = Instant::now();
+                }
+                if n > 0 || busy { BUSY_POLL } else { IDLE_POLL }
             }
             Err(err) => {
                 tracing::warn!(error = %err, retry_in = ?backoff, "outbox relay batch failed");
@@ -196,9 +230,18 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
                 wait
             }
         };
+        let idle = wait == IDLE_POLL;
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
+            // A row written here: its transaction commits right after, so look again shortly.
+            Ok(()) = writes.changed(), if idle => {
+                last_event = Instant::now();
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(BUSY_POLL) => {}
+                }
+            }
         }
     }
 }

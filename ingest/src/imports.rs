@@ -38,11 +38,19 @@ use crate::{
 const PAGE: i32 = 100;
 /// Longest wait before an import whose object failed is taken again, in seconds.
 const MAX_RETRY_SECS: f64 = 30.0;
+/// How long an idle worker waits before looking again. An import queued in this process wakes it
+/// at once ([`QUEUED`]); this bounds the wait for one queued elsewhere (each ingest process runs a
+/// worker, so that is one whose process died) and for a failed one's back-off to be noticed.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+
+/// Rung when this process queues an import.
+static QUEUED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Queues an import; a worker picks it up.
 pub async fn create(ctx: &Context, dataset: &DatasetName, bucket: &str, prefix: &str) -> Result<Uuid, IngestError> {
     let id = Uuid::now_v7();
     store::create(ctx, id, dataset.as_str(), bucket, &normalize_prefix(prefix)).await?;
+    QUEUED.notify_one();
     Ok(id)
 }
 
@@ -54,7 +62,7 @@ pub fn normalize_prefix(prefix: &str) -> String {
 
 /// Runs until `shutdown`, working through queued imports and imports whose worker died.
 pub async fn run(ctx: Context, shutdown: Shutdown) {
-    loop {
+    while !shutdown.is_cancelled() {
         let worked = match run_once(&ctx, None).await {
             Ok(worked) => worked,
             Err(err) => {
@@ -62,10 +70,13 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
                 false
             }
         };
-        let wait = if worked { Duration::ZERO } else { Duration::from_secs(1) };
+        if worked {
+            continue;
+        }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(wait) => {}
+            () = QUEUED.notified() => {}
+            () = tokio::time::sleep(IDLE_POLL) => {}
         }
     }
 }

@@ -273,27 +273,42 @@ async fn the_work_loop_lets_no_slow_item_hold_the_rest_and_commits_only_past_fin
     worker.await.expect("worker").expect("consume ended cleanly");
 }
 
-/// A consumer of a new topic of `partitions` with idle-pause settings `pause_ms` and `check_ms`,
-/// driven like the work loop: its payloads, whether it is paused, the topic and the settings.
+/// What [`idle_consumer`] gives: its payloads, whether it is paused, how many checks it made while
+/// paused, the topic and the settings.
+struct IdleConsumer {
+    received: mpsc::UnboundedReceiver<String>,
+    paused: tokio::sync::watch::Receiver<bool>,
+    checks: Arc<std::sync::atomic::AtomicUsize>,
+    topic: String,
+    config: sluice_core::config::KafkaConfig,
+}
+
+/// A consumer of a new topic of `partitions` with idle-pause settings `pause_ms`, `check_ms` and
+/// `check_max_ms`, driven like the work loop.
 async fn idle_consumer(
     env: &TestEnv,
     name: &str,
     partitions: i32,
-    (pause_ms, check_ms): (u64, u32),
-) -> (mpsc::UnboundedReceiver<String>, tokio::sync::watch::Receiver<bool>, String, sluice_core::config::KafkaConfig) {
+    (pause_ms, check_ms, check_max_ms): (u64, u32, u32),
+) -> IdleConsumer {
     let topic = create_topic(env, name, partitions).await;
     let mut config = env.config.kafka.clone();
-    (config.idle_pause_ms, config.idle_check_ms) = (pause_ms, check_ms);
+    (config.idle_pause_ms, config.idle_check_ms, config.idle_check_max_ms) = (pause_ms, check_ms, check_max_ms);
     let consumer = Arc::new(kafka::consumer(&config, &format!("{topic}-group")).expect("consumer"));
     consumer.subscribe(&[&topic]).expect("subscribe");
     let (tx, rx) = mpsc::unbounded_channel();
     let (paused_tx, paused_rx) = tokio::sync::watch::channel(false);
+    let checks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = checks.clone();
     tokio::spawn(async move {
         let mut stream = consumer.stream();
         let mut idle = sluice_core::idle::IdlePause::new(&consumer);
         loop {
             tokio::select! {
                 check = idle.wait() => if check {
+                    if idle.is_paused() {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     idle.check(true).await;
                 },
                 next = stream.next() => {
@@ -309,7 +324,7 @@ async fn idle_consumer(
             paused_tx.send_replace(idle.is_paused());
         }
     });
-    (rx, paused_rx, topic, config)
+    IdleConsumer { received: rx, paused: paused_rx, checks, topic: topic.clone(), config }
 }
 
 async fn until_paused(paused: &mut tokio::sync::watch::Receiver<bool>, within: Duration, what: &str) {
@@ -322,7 +337,9 @@ async fn until_paused(paused: &mut tokio::sync::watch::Receiver<bool>, within: D
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_consumer_pauses_and_a_check_finds_what_another_process_published() {
     let env = TestEnv::new().await;
-    let (mut received, mut paused, topic, config) = idle_consumer(&env, "idle-check", 3, (1_000, 200)).await;
+    // Checks at a steady pace (no growing wait), so each round's timing is known.
+    let IdleConsumer { mut received, mut paused, topic, config, .. } =
+        idle_consumer(&env, "idle-check", 3, (1_000, 200, 200)).await;
     // rdkafka's own producer, as in another process: it rings no doorbell here.
     let producer: rdkafka::producer::FutureProducer = kafka::client_config(&config).create().expect("producer");
     let elsewhere = |partition: i32, payload: String| {
@@ -352,7 +369,8 @@ async fn an_idle_consumer_pauses_and_a_check_finds_what_another_process_publishe
 async fn a_paused_consumer_wakes_when_its_own_process_publishes() {
     let env = TestEnv::new().await;
     // Checks every 6 s: the pause happens at the second tick, and the next check is 6 s later.
-    let (mut received, mut paused, topic, config) = idle_consumer(&env, "idle-bell", 2, (1_000, 6_000)).await;
+    let IdleConsumer { mut received, mut paused, topic, config, .. } =
+        idle_consumer(&env, "idle-bell", 2, (1_000, 6_000, 6_000)).await;
     until_paused(&mut paused, Duration::from_secs(30), "the consumer pauses once idle").await;
     let producer = kafka::producer(&config).expect("producer");
     let started = std::time::Instant::now();
@@ -361,6 +379,94 @@ async fn a_paused_consumer_wakes_when_its_own_process_publishes() {
     let got = recv_one_payload(&mut received, Duration::from_secs(4)).await;
     assert_eq!(got.as_deref(), Some("rung"), "woken by the doorbell, not by the check 6 s later");
     eprintln!("received {:?} after publishing", started.elapsed());
+}
+
+/// Another Sluice process's publish wakes a paused consumer here without waiting for a check:
+/// every process announces the topics it published to on PostgreSQL (`NOTIFY sluice_published`)
+/// and rings its own consumers' bells for what the others announce. Both halves, each against a
+/// real PostgreSQL: this process hears an announcement, and announces what it publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_consumer_wakes_when_another_sluice_process_publishes() {
+    use sluice_core::idle;
+    let env = TestEnv::new().await;
+    // Checks every 6 s: the next check is 6 s after the pause.
+    let IdleConsumer { mut received, mut paused, topic, config, .. } =
+        idle_consumer(&env, "idle-shared", 2, (1_000, 6_000, 6_000)).await;
+    let pool = sluice_core::db::pool(&env.config.database).expect("pool");
+    let shutdown = sluice_core::Shutdown::new();
+    tokio::spawn(idle::share_doorbells(pool.clone(), env.config.database.clone(), shutdown.clone()));
+    // Another process's connection, listening as every Sluice process does.
+    let (other, mut connection) = sluice_core::db::connect(&env.config.database).await.expect("connect");
+    let (announced_tx, mut announced) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = announced_tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    other.batch_execute(&format!("LISTEN {}", idle::CHANNEL)).await.expect("listen");
+    until_paused(&mut paused, Duration::from_secs(30), "the consumer pauses once idle").await;
+
+    // Hearing: the other process publishes (rdkafka's own producer rings nothing here) and
+    // announces the topic.
+    let producer: rdkafka::producer::FutureProducer = kafka::client_config(&config).create().expect("producer");
+    let record = rdkafka::producer::FutureRecord::<(), _>::to(&topic).partition(0).payload("from elsewhere");
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(err, _)| err).expect("produce elsewhere");
+    let started = std::time::Instant::now();
+    other.execute("SELECT pg_notify($1, $2)", &[&idle::CHANNEL, &topic]).await.expect("notify");
+    let got = recv_one_payload(&mut received, Duration::from_secs(4)).await;
+    assert_eq!(got.as_deref(), Some("from elsewhere"), "woken by the announcement, not by the check 6 s later");
+    eprintln!("received {:?} after the announcement", started.elapsed());
+    while announced.try_recv().is_ok() {}
+
+    // Announcing: what Sluice's producer publishes here is announced to the others.
+    let sluice_producer = kafka::producer(&config).expect("producer");
+    produce(&sluice_producer, &topic, &[(1, "from here".into())]).await;
+    let heard = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(name) = announced.recv().await {
+            if name == topic {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(heard, Ok(true), "the topic is announced on {}", idle::CHANNEL);
+    shutdown.cancel();
+}
+
+/// The longer a paused consumer idles, the less often it checks (each check costs the broker a
+/// read per partition): the wait doubles from `idle_check_ms` up to `idle_check_max_ms`, and
+/// starts over once something arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_consumer_checks_less_often_the_longer_it_idles() {
+    use std::sync::atomic::Ordering;
+    let env = TestEnv::new().await;
+    let IdleConsumer { mut received, mut paused, checks, topic, config } =
+        idle_consumer(&env, "idle-backoff", 2, (1_000, 200, 1_600)).await;
+    until_paused(&mut paused, Duration::from_secs(30), "the consumer pauses once idle").await;
+    // Checks after 0.2, 0.6, 1.4, 3.0, 4.6, 6.2 and 7.8 s: 7 in 8 s, where a steady 200 ms gives 40.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let made = checks.load(Ordering::SeqCst);
+    assert!((4..=12).contains(&made), "{made} checks in 8 s paused (7 expected)");
+    let producer: rdkafka::producer::FutureProducer = kafka::client_config(&config).create().expect("producer");
+    let record = rdkafka::producer::FutureRecord::<(), _>::to(&topic).partition(1).payload("late");
+    let started = std::time::Instant::now();
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(err, _)| err).expect("produce elsewhere");
+    let got = recv_one_payload(&mut received, Duration::from_secs(6)).await;
+    assert_eq!(got.as_deref(), Some("late"), "found within the longest wait");
+    eprintln!("received {:?} after publishing, {made} checks in 8 s paused", started.elapsed());
+    // Paused again, it starts over from the short wait.
+    until_paused(&mut paused, Duration::from_secs(30), "it pauses again").await;
+    let before = checks.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let after = checks.load(Ordering::SeqCst) - before;
+    assert!(
+        (2..=4).contains(&after),
+        "{after} checks in the first 1.2 s of the new pause (2 expected: at 0.2 and 0.6 s)"
+    );
 }
 
 async fn recv_one_payload(rx: &mut mpsc::UnboundedReceiver<String>, within: Duration) -> Option<String> {
