@@ -68,10 +68,9 @@ pub async fn diagnose(config: &Config) -> Vec<Finding> {
     }
     let kafka_up = readiness.checks.iter().any(|(n, r)| *n == "kafka" && r.is_ok());
     if kafka_up {
-        let admin = ctx.kafka_admin.clone();
+        let producer = ctx.producer.clone();
         let wanted: Vec<String> = Topic::ALL.iter().map(|t| ctx.topic(*t).to_string()).collect();
-        let metadata =
-            tokio::task::spawn_blocking(move || admin.inner().fetch_metadata(None, Duration::from_secs(5))).await;
+        let metadata = tokio::task::spawn_blocking(move || producer.fetch_metadata(None, Duration::from_secs(5))).await;
         if let Ok(Ok(metadata)) = metadata {
             let missing: Vec<&String> =
                 wanted.iter().filter(|w| !metadata.topics().iter().any(|t| t.name() == w.as_str())).collect();

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
-use rdkafka::{admin::AdminClient, client::DefaultClientContext};
 
 use crate::{config::Config, db, kafka, migrate, s3, telemetry};
 
@@ -28,7 +27,6 @@ pub struct Context {
     pub db: Pool,
     pub s3: aws_sdk_s3::Client,
     pub producer: kafka::SluiceProducer,
-    pub kafka_admin: Arc<AdminClient<DefaultClientContext>>,
     pub metrics: PrometheusHandle,
     /// Recently verified API tokens (see [`crate::auth::TokenCache`]).
     pub tokens: Arc<crate::auth::TokenCache>,
@@ -49,7 +47,6 @@ impl Context {
             db: db::pool(&config.database)?,
             s3: s3::client(&config.s3).await,
             producer: kafka::producer(&config.kafka)?,
-            kafka_admin: Arc::new(kafka::admin(&config.kafka)?),
             metrics: telemetry::metrics(),
             tokens: Arc::default(),
             auth_failures: Arc::new(crate::auth::FailureLimiter::new(config.http.auth_failure_burst)),

@@ -294,7 +294,7 @@ pub async fn probe(ctx: &Context) -> Readiness {
             .unwrap_or_else(|_| Err(format!("no answer from {target} within {}s", CHECK_TIMEOUT.as_secs())))
     }
     let kafka = timed(&ctx.config.kafka.brokers, async {
-        kafka::check_reachable(ctx.kafka_admin.clone(), CHECK_TIMEOUT)
+        kafka::check_reachable(&ctx.producer, CHECK_TIMEOUT)
             .await
             .map(|brokers| format!("{brokers} broker(s) at {}", ctx.config.kafka.brokers))
             .map_err(|e| format!("cannot reach {}: {e}", ctx.config.kafka.brokers))

@@ -21,6 +21,7 @@ use rdkafka::{
     consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer},
     error::{KafkaError, RDKafkaErrorCode},
     message::ToBytes,
+    metadata::Metadata,
     producer::{
         BaseProducer, BaseRecord, DeliveryResult, FutureRecord, Producer, ProducerContext, future_producer::Delivery,
     },
@@ -173,6 +174,12 @@ impl SluiceProducer {
     /// Waits up to `timeout` for every queued message to be acknowledged.
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.0.base.flush(timeout)
+    }
+
+    /// The cluster's metadata (every topic, or `topic`), on the producer's own connections;
+    /// blocks up to `timeout`.
+    pub fn fetch_metadata(&self, topic: Option<&str>, timeout: Duration) -> Result<Metadata, KafkaError> {
+        self.0.base.client().fetch_metadata(topic, timeout)
     }
 }
 
@@ -525,12 +532,10 @@ pub async fn delete_topics_with_prefix(config: &KafkaConfig, prefix: &str) -> Re
 
 /// Whether the cluster answers a metadata request within `timeout` (readiness, `sluice doctor`).
 /// Runs the blocking librdkafka call off the async runtime.
-pub async fn check_reachable(
-    admin: Arc<AdminClient<DefaultClientContext>>,
-    timeout: Duration,
-) -> Result<usize, String> {
+pub async fn check_reachable(producer: &SluiceProducer, timeout: Duration) -> Result<usize, String> {
+    let producer = producer.clone();
     tokio::task::spawn_blocking(move || {
-        admin.inner().fetch_metadata(None, timeout).map(|m| m.brokers().len()).map_err(|e| e.to_string())
+        producer.fetch_metadata(None, timeout).map(|m| m.brokers().len()).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("metadata task failed: {e}"))?
