@@ -3,6 +3,7 @@
 //! from a real Prometheus scraping a real Sluice that has run the demo's kind of traffic.
 
 use std::{
+    collections::BTreeSet,
     path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -119,14 +120,20 @@ async fn every_dashboard_and_rule_query_returns_data_from_a_real_prometheus() {
                 app.http.post(app.url("/v1/models/obs/predict")).bearer_auth(&app.admin_token).multipart(form);
             let (status, answer) = json_of(response.send().await.expect("predict")).await;
             assert_eq!(status, 200, "{answer}");
-            ids.extend(answer["predictions"].as_array().expect("predictions").iter().map(|p| p["id"].clone()));
+            let predictions = answer["predictions"].as_array().expect("predictions");
+            ids.extend(predictions.iter().map(|p| (p["id"].clone(), p["top"][0]["label"].clone())));
         }
     }
     let refused = app.http.post(app.url("/v1/models/obs/predict")).bearer_auth(&app.admin_token).body("nope");
     assert_eq!(refused.send().await.expect("predict").status().as_u16(), 415);
-    for id in ids.iter().take(60) {
+    // Every answer was wrong: live accuracy 0, under any threshold, so a retrain is requested
+    // whatever the model learned (feedback of one fixed label once agreed with a model that
+    // answered mostly that label, and the retrain-request panels had no data).
+    let labels: BTreeSet<String> = images(90, 1, 0).into_iter().map(|(_, label)| label).collect();
+    for (id, answered) in ids.iter().take(60) {
+        let wrong = labels.iter().find(|label| answered != label.as_str()).expect("another label");
         let feedback = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
-        let response = feedback.json(&json!({"prediction_id": id, "label": "circle"})).send().await.expect("feedback");
+        let response = feedback.json(&json!({"prediction_id": id, "label": wrong})).send().await.expect("feedback");
         assert_eq!(response.status().as_u16(), 200);
     }
 
