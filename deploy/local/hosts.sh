@@ -202,6 +202,33 @@ kafka_up() {
 
 garage() { command garage -c "$DIR/s3/garage.toml" "$@"; }
 
+# A Garage in the stack namespace started with another config holds the ports and refuses this
+# checkout's CLI (another secret). One whose config is gone or newer than the process (its
+# checkout was deleted without `hosts.sh down`, perhaps cloned again at the same path) is
+# stopped; one of another checkout that is still there is that checkout's to stop.
+other_garage_down() { # our config
+  local pid cmd config
+  for pid in $(ip netns pids "$(ns stack)" 2>/dev/null); do
+    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+    [[ "$cmd" == garage\ -c\ *\ server* ]] || continue
+    config=${cmd#garage -c }
+    config=${config%% server*}
+    if [ -e "$config" ]; then
+      if [ "$config" != "$1" ]; then
+        die "a Garage of another checkout runs in $(ns stack) ($config): run that checkout's deploy/local/hosts.sh down"
+      fi
+      # Ours, unless the config was written after it started.
+      (( $(stat -c %Y "$config") <= $(date +%s) - $(ps -o etimes= -p "$pid") )) && continue
+    fi
+    say "S3: stopping a Garage left by a checkout that is gone ($config)"
+    kill "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + 10))
+    while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+    while open_on "$STACK_ADDR" 3900 && (( SECONDS < deadline + 5 )); do sleep 0.2; done
+  done
+}
+
 s3_up() {
   local dir="$DIR/s3"
   mkdir -p "$dir/meta" "$dir/data"
@@ -227,6 +254,7 @@ admin_token = "$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
 metrics_token = "$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
 TOML
   fi
+  other_garage_down "$dir/garage.toml"
   if ! open_on "$STACK_ADDR" 3900; then
     (cd "$dir" && RUST_LOG="${GARAGE_LOG:-warn}" exec setsid nohup ip netns exec "$(ns stack)" \
         garage -c "$dir/garage.toml" server >>"$dir/garage.log" 2>&1 </dev/null) &
