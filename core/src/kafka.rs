@@ -387,7 +387,6 @@ pub async fn report_lag(consumer: Arc<ClosesInBackground<SluiceConsumer>>, topic
         if pause.is_some() && pause == reported_in {
             continue;
         }
-        reported_in = pause;
         let consumer = consumer.clone();
         let name = topic.clone();
         // One OffsetFetch and one ListOffsets for every assigned partition.
@@ -413,7 +412,9 @@ pub async fn report_lag(consumer: Arc<ClosesInBackground<SluiceConsumer>>, topic
         .await
         .ok()
         .flatten();
-        for (partition, lag) in lags.unwrap_or_default() {
+        let Some(lags) = lags else { continue };
+        reported_in = pause;
+        for (partition, lag) in lags {
             metrics::gauge!("sluice_consumer_lag", "group" => group.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
                 .set(lag as f64);
         }
