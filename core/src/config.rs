@@ -281,6 +281,7 @@ pub struct KafkaConfig {
     /// How often a paused consumer compares its partitions' ends with its position at first;
     /// each check that finds nothing doubles the wait, up to `idle_check_max_ms`.
     pub idle_check_ms: u32,
+    /// The longest wait between two checks of a paused consumer.
     pub idle_check_max_ms: u32,
     /// Extra librdkafka properties (for example `security.protocol`, `sasl.*`) for managed
     /// clusters. Values are secret: they often hold passwords.

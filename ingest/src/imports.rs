@@ -43,14 +43,17 @@ const MAX_RETRY_SECS: f64 = 30.0;
 /// worker, so that is one whose process died) and for a failed one's back-off to be noticed.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
-/// Rung when this process queues an import.
-static QUEUED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+/// Bumped when this process queues an import. A watch, like the outbox relay's, so that every
+/// worker of the process sees it (tests run several apps in one process), including one that was
+/// busy when it was bumped.
+static QUEUED: std::sync::LazyLock<tokio::sync::watch::Sender<()>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(()).0);
 
 /// Queues an import; a worker picks it up.
 pub async fn create(ctx: &Context, dataset: &DatasetName, bucket: &str, prefix: &str) -> Result<Uuid, IngestError> {
     let id = Uuid::now_v7();
     store::create(ctx, id, dataset.as_str(), bucket, &normalize_prefix(prefix)).await?;
-    QUEUED.notify_one();
+    QUEUED.send_replace(());
     Ok(id)
 }
 
@@ -62,7 +65,9 @@ pub fn normalize_prefix(prefix: &str) -> String {
 
 /// Runs until `shutdown`, working through queued imports and imports whose worker died.
 pub async fn run(ctx: Context, shutdown: Shutdown) {
+    let mut queued = QUEUED.subscribe();
     while !shutdown.is_cancelled() {
+        queued.mark_unchanged();
         let worked = match run_once(&ctx, None).await {
             Ok(worked) => worked,
             Err(err) => {
@@ -75,7 +80,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = QUEUED.notified() => {}
+            _ = queued.changed() => {}
             () = tokio::time::sleep(IDLE_POLL) => {}
         }
     }
