@@ -327,6 +327,13 @@ async fn idle_consumer(
     IdleConsumer { received: rx, paused: paused_rx, checks, topic: topic.clone(), config }
 }
 
+/// Publishes `payload` to `partition` with rdkafka's own producer, as another process would: it
+/// rings no doorbell and announces nothing here.
+async fn publish_elsewhere(producer: &rdkafka::producer::FutureProducer, topic: &str, partition: i32, payload: &str) {
+    let record = rdkafka::producer::FutureRecord::<(), _>::to(topic).partition(partition).payload(payload);
+    producer.send(record, Duration::from_secs(10)).await.map_err(|(err, _)| err).expect("produce elsewhere");
+}
+
 async fn until_paused(paused: &mut tokio::sync::watch::Receiver<bool>, within: Duration, what: &str) {
     tokio::time::timeout(within, paused.wait_for(|p| *p)).await.unwrap_or_else(|_| panic!("{what}")).expect("loop");
 }
@@ -340,22 +347,13 @@ async fn an_idle_consumer_pauses_and_a_check_finds_what_another_process_publishe
     // Checks at a steady pace (no growing wait), so each round's timing is known.
     let IdleConsumer { mut received, mut paused, topic, config, .. } =
         idle_consumer(&env, "idle-check", 3, (1_000, 200, 200)).await;
-    // rdkafka's own producer, as in another process: it rings no doorbell here.
     let producer: rdkafka::producer::FutureProducer = kafka::client_config(&config).create().expect("producer");
-    let elsewhere = |partition: i32, payload: String| {
-        let producer = producer.clone();
-        let topic = topic.clone();
-        async move {
-            let record = rdkafka::producer::FutureRecord::<(), _>::to(&topic).partition(partition).payload(&payload);
-            producer.send(record, Duration::from_secs(10)).await.map_err(|(err, _)| err).expect("produce elsewhere");
-        }
-    };
-    elsewhere(0, "before".into()).await;
+    publish_elsewhere(&producer, &topic, 0, "before").await;
     assert_eq!(recv_one_payload(&mut received, Duration::from_secs(30)).await.as_deref(), Some("before"));
     until_paused(&mut paused, Duration::from_secs(20), "the consumer pauses once idle").await;
     for (round, partition) in [(1, 1), (2, 2), (3, 0)] {
         let payload = format!("while paused {round}");
-        elsewhere(partition, payload.clone()).await;
+        publish_elsewhere(&producer, &topic, partition, &payload).await;
         let got = recv_one_payload(&mut received, Duration::from_secs(10)).await;
         assert_eq!(got.as_deref(), Some(payload.as_str()), "round {round}: a check resumes the consumer");
         until_paused(&mut paused, Duration::from_secs(20), "it pauses again").await;
@@ -412,8 +410,7 @@ async fn a_paused_consumer_wakes_when_another_sluice_process_publishes() {
     // Hearing: the other process publishes (rdkafka's own producer rings nothing here) and
     // announces the topic.
     let producer: rdkafka::producer::FutureProducer = kafka::client_config(&config).create().expect("producer");
-    let record = rdkafka::producer::FutureRecord::<(), _>::to(&topic).partition(0).payload("from elsewhere");
-    producer.send(record, Duration::from_secs(10)).await.map_err(|(err, _)| err).expect("produce elsewhere");
+    publish_elsewhere(&producer, &topic, 0, "from elsewhere").await;
     let started = std::time::Instant::now();
     other.execute("SELECT pg_notify($1, $2)", &[&idle::CHANNEL, &topic]).await.expect("notify");
     let got = recv_one_payload(&mut received, Duration::from_secs(4)).await;
@@ -452,9 +449,8 @@ async fn a_paused_consumer_checks_less_often_the_longer_it_idles() {
     let made = checks.load(Ordering::SeqCst);
     assert!((4..=12).contains(&made), "{made} checks in 8 s paused (7 expected)");
     let producer: rdkafka::producer::FutureProducer = kafka::client_config(&config).create().expect("producer");
-    let record = rdkafka::producer::FutureRecord::<(), _>::to(&topic).partition(1).payload("late");
     let started = std::time::Instant::now();
-    producer.send(record, Duration::from_secs(10)).await.map_err(|(err, _)| err).expect("produce elsewhere");
+    publish_elsewhere(&producer, &topic, 1, "late").await;
     let got = recv_one_payload(&mut received, Duration::from_secs(6)).await;
     assert_eq!(got.as_deref(), Some("late"), "found within the longest wait");
     eprintln!("received {:?} after publishing, {made} checks in 8 s paused", started.elapsed());
