@@ -291,11 +291,11 @@ impl<'a> IdlePause<'a> {
         self
     }
 
-    /// Checks every `every` while paused, however long, instead of `kafka.idle_check_ms` growing
-    /// to `kafka.idle_check_max_ms`.
-    pub fn checking_every(mut self, every: Duration) -> Self {
-        (self.settings.check, self.settings.check_max, self.every) = (every, every, every);
-        self.next_check = tokio::time::Instant::now() + every;
+    /// Checks after `first` while paused, then twice as long after each check that finds
+    /// nothing, up to `max`, instead of `kafka.idle_check_ms` growing to `kafka.idle_check_max_ms`.
+    pub fn checking(mut self, first: Duration, max: Duration) -> Self {
+        (self.settings.check, self.settings.check_max, self.every) = (first, max.max(first), first);
+        self.next_check = tokio::time::Instant::now() + first;
         self
     }
 

@@ -46,7 +46,8 @@ pub fn client_config(config: &KafkaConfig) -> ClientConfig {
     client
 }
 
-/// An idempotent producer with `acks=all`; sends are pipelined (`linger.ms=5`).
+/// An idempotent producer with `acks=all`; sends are pipelined (`linger.ms=5`); it never creates
+/// a topic.
 pub fn producer(config: &KafkaConfig) -> Result<SluiceProducer, KafkaError> {
     let base: BaseProducer<Deliveries> = client_config(config)
         .set("enable.idempotence", "true")
@@ -54,6 +55,10 @@ pub fn producer(config: &KafkaConfig) -> Result<SluiceProducer, KafkaError> {
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", "30000")
+        // Sluice creates its topics with their partition counts and configs (`ensure_topics`);
+        // a metadata request or a send naming a missing topic must not create it with the
+        // broker's defaults.
+        .set("allow.auto.create.topics", "false")
         .create_with_context(Deliveries)?;
     let base = Arc::new(base);
     let stop = Arc::new(AtomicBool::new(false));
@@ -531,12 +536,21 @@ pub async fn delete_topics_with_prefix(config: &KafkaConfig, prefix: &str) -> Re
     Ok(names.len())
 }
 
-/// Whether the cluster answers a metadata request within `timeout` (readiness, `sluice doctor`).
-/// Runs the blocking librdkafka call off the async runtime.
-pub async fn check_reachable(producer: &SluiceProducer, timeout: Duration) -> Result<usize, String> {
+/// Whether the cluster answers a metadata request within `timeout`, and how many brokers it
+/// names (readiness, the dependency probes). Asks about `topic` alone where given: a cluster's
+/// metadata for every topic grows with the cluster, and readiness asks every 10 s from every
+/// process. The producer never asks the broker to create a topic it names
+/// (`allow.auto.create.topics=false`), so the probe cannot create one. Runs the blocking
+/// librdkafka call off the async runtime.
+pub async fn check_reachable(
+    producer: &SluiceProducer,
+    topic: Option<&str>,
+    timeout: Duration,
+) -> Result<usize, String> {
     let producer = producer.clone();
+    let topic = topic.map(str::to_owned);
     tokio::task::spawn_blocking(move || {
-        producer.fetch_metadata(None, timeout).map(|m| m.brokers().len()).map_err(|e| e.to_string())
+        producer.fetch_metadata(topic.as_deref(), timeout).map(|m| m.brokers().len()).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| format!("metadata task failed: {e}"))?

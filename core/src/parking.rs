@@ -123,7 +123,7 @@ pub async fn dependencies_up(ctx: &Context, buckets: &[&str]) -> bool {
 
 /// Whether the Kafka cluster answers a metadata request now.
 pub async fn kafka_up(ctx: &Context) -> bool {
-    kafka::check_reachable(&ctx.producer, PROBE_TIMEOUT).await.is_ok()
+    kafka::check_reachable(&ctx.producer, Some(ctx.topic(Topic::ModelsEvents).as_str()), PROBE_TIMEOUT).await.is_ok()
 }
 
 #[cfg(test)]

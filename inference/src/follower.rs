@@ -45,6 +45,9 @@ async fn reconcile(served: Arc<Served>, shutdown: Shutdown) {
     }
 }
 
+/// The longest a paused follower goes without checking for an alias move it was not woken for.
+const FOLLOWER_CHECK_MAX: Duration = Duration::from_secs(5);
+
 async fn follow(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafka::error::KafkaError> {
     let ctx = &served.ctx;
     let group = format!("inference-follower-{}", uuid::Uuid::new_v4());
@@ -60,9 +63,12 @@ async fn follow(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafka
     }
     consumer.assign(&assignment)?;
     let mut stream = consumer.stream();
-    // Hot swaps wait on this consumer: while paused it checks as often as it would fetch.
-    let check_every = Duration::from_millis(ctx.config.kafka.fetch_wait_ms.into());
-    let mut idle = sluice_core::idle::IdlePause::new(&consumer).starting_at(&assignment).checking_every(check_every);
+    // Hot swaps wait on this consumer. A promotion is published by a Sluice process, whose
+    // announcement wakes it at once; the checks only bound the wait when that is not heard
+    // (PostgreSQL away), so they start as often as a fetch and grow to FOLLOWER_CHECK_MAX at most.
+    let first = Duration::from_millis(ctx.config.kafka.fetch_wait_ms.into());
+    let max = FOLLOWER_CHECK_MAX.min(Duration::from_millis(ctx.config.kafka.idle_check_max_ms.into()));
+    let mut idle = sluice_core::idle::IdlePause::new(&consumer).starting_at(&assignment).checking(first, max);
     loop {
         let message = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),

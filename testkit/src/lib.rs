@@ -136,7 +136,7 @@ async fn empty_and_delete_bucket(client: &aws_sdk_s3::Client, bucket: &str) {
 
 async fn check_kafka(config: &Config) {
     let producer = kafka::producer(&config.kafka).expect("valid Kafka client config");
-    if let Err(e) = kafka::check_reachable(&producer, Duration::from_secs(5)).await {
+    if let Err(e) = kafka::check_reachable(&producer, None, Duration::from_secs(5)).await {
         panic!("Kafka at {} is unreachable ({e}); {START_HINT}", config.kafka.brokers);
     }
 }

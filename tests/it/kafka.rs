@@ -468,3 +468,19 @@ async fn a_paused_consumer_checks_less_often_the_longer_it_idles() {
 async fn recv_one_payload(rx: &mut mpsc::UnboundedReceiver<String>, within: Duration) -> Option<String> {
     tokio::time::timeout(within, rx.recv()).await.ok().flatten()
 }
+
+/// Readiness asks the broker about one topic every 10 s from every process; the broker creates a
+/// missing topic a client names unless the client says not to, and Sluice's topics must keep the
+/// partition counts and configs it creates them with. So a probe (or anything else on Sluice's
+/// producer) naming a missing topic leaves it missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reachability_probe_answers_for_a_missing_topic_without_creating_it() {
+    let env = TestEnv::new().await;
+    let producer = kafka::producer(&env.config.kafka).expect("producer");
+    let missing = env.topic("never-created");
+    let brokers = kafka::check_reachable(&producer, Some(&missing), Duration::from_secs(5)).await;
+    assert_eq!(brokers, Ok(1), "the cluster answers about a topic it does not have");
+    let metadata = producer.fetch_metadata(None, Duration::from_secs(5)).expect("metadata");
+    let names: Vec<&str> = metadata.topics().iter().map(|t| t.name()).collect();
+    assert!(!names.contains(&missing.as_str()), "the probe created {missing}");
+}
