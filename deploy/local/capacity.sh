@@ -44,6 +44,7 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   psql "$SERVER_URL/postgres" -qc "DROP DATABASE IF EXISTS sluice_$ID WITH (FORCE)" 2>/dev/null || true
+  delete_topics "$SLUICE_KAFKA_BROKERS" "$ID."
   rm -rf "$WORK"
 }
 trap cleanup EXIT

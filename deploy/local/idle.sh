@@ -33,6 +33,7 @@ SLUICE_PID=
 cleanup() {
   [ -z "$SLUICE_PID" ] || { kill "$SLUICE_PID" 2>/dev/null || true; wait "$SLUICE_PID" 2>/dev/null || true; }
   psql "$SERVER_URL/postgres" -qc "DROP DATABASE IF EXISTS sluice_$ID WITH (FORCE)" 2>/dev/null || true
+  delete_topics "${SLUICE_KAFKA_BROKERS:-127.0.0.1:9092}" "$ID."
   rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -12,3 +12,12 @@ if [ -z "$SLUICE" ]; then
   done
 fi
 [ -x "${SLUICE:-}" ] || die "no sluice binary: cargo build --release --bin sluice (or set SLUICE_BIN)"
+
+# Deletes the topics under PREFIX from the broker at ADDRESS (host:port): a measuring run's topics
+# would otherwise stay, and every stored partition adds to the broker's idle work.
+delete_topics() { # address prefix
+  local name
+  nisshi topic list --broker "tcp://$1" 2>/dev/null \
+    | python3 -c 'import json, sys; [print(t["name"]) for t in json.load(sys.stdin) if t["name"].startswith(sys.argv[1])]' "$2" \
+    | while read -r name; do nisshi topic delete --broker "tcp://$1" "$name" >/dev/null 2>&1 || true; done
+}
