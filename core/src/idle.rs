@@ -294,8 +294,8 @@ impl<'a> IdlePause<'a> {
     /// Checks after `first` while paused, then twice as long after each check that finds
     /// nothing, up to `max`, instead of `kafka.idle_check_ms` growing to `kafka.idle_check_max_ms`.
     pub fn checking(mut self, first: Duration, max: Duration) -> Self {
-        (self.settings.check, self.settings.check_max, self.every) = (first, max.max(first), first);
-        self.next_check = tokio::time::Instant::now() + first;
+        (self.settings.check, self.settings.check_max) = (first, max.max(first));
+        self.check_in(first);
         self
     }
 
@@ -317,6 +317,12 @@ impl<'a> IdlePause<'a> {
         }
     }
 
+    /// The next check comes `every` from now, and so on until the wait changes again.
+    fn check_in(&mut self, every: Duration) {
+        self.every = every;
+        self.next_check = tokio::time::Instant::now() + every;
+    }
+
     /// Waits for the next check (`true`) or, while paused, for this process to publish to one of
     /// the consumer's topics (it then resumes and answers `false`). Cancel-safe.
     pub async fn wait(&mut self) -> bool {
@@ -331,7 +337,7 @@ impl<'a> IdlePause<'a> {
         };
         tokio::select! {
             () = tokio::time::sleep_until(self.next_check) => {
-                self.next_check = tokio::time::Instant::now() + self.every;
+                self.check_in(self.every);
                 true
             }
             () = rung => {
@@ -366,8 +372,7 @@ impl<'a> IdlePause<'a> {
                     self.resume("new events");
                 } else {
                     self.paused = Some(paused);
-                    self.every = (self.every * 2).min(self.settings.check_max);
-                    self.next_check = tokio::time::Instant::now() + self.every;
+                    self.check_in((self.every * 2).min(self.settings.check_max));
                 }
             }
             Err(err) => {
@@ -407,8 +412,7 @@ impl<'a> IdlePause<'a> {
     fn resume(&mut self, why: &str) {
         self.paused = None;
         self.consumer.context().stillness.resumed();
-        self.every = self.settings.check;
-        self.next_check = tokio::time::Instant::now() + self.every;
+        self.check_in(self.settings.check);
         self.last_active = Instant::now();
         let assignment = self.consumer.assignment().unwrap_or_default();
         if let Err(err) = self.consumer.resume(&assignment) {
