@@ -210,7 +210,8 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
             let _ = prune(&ctx).await;
             last_prune = Instant::now();
         }
-        let wait = match publish_batch(&ctx).await {
+        // How long to wait, and whether the relay is idle (then a row written here wakes it).
+        let (wait, idle) = match publish_batch(&ctx).await {
             Ok(n) if n as i64 >= ctx.config.outbox.batch => {
                 backoff = BUSY_POLL;
                 last_event = Instant::now();
@@ -221,16 +222,15 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
                 if n > 0 {
                     last_event = Instant::now();
                 }
-                if n > 0 || busy { BUSY_POLL } else { IDLE_POLL }
+                if n > 0 || busy { (BUSY_POLL, false) } else { (IDLE_POLL, true) }
             }
             Err(err) => {
                 tracing::warn!(error = %err, retry_in = ?backoff, "outbox relay batch failed");
                 let wait = backoff;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
-                wait
+                (wait, false)
             }
         };
-        let idle = wait == IDLE_POLL;
         tokio::select! {
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(wait) => {}
