@@ -66,6 +66,15 @@ impl Context {
         Ok(())
     }
 
+    /// Whether the Kafka cluster answers within `timeout`, and how many brokers it names
+    /// (readiness, the attempt-parking dependency check): a metadata request about this
+    /// deployment's models.events alone, which [`Self::bootstrap`] created; the producer never
+    /// creates a topic it names.
+    pub async fn kafka_reachable(&self, timeout: std::time::Duration) -> Result<usize, String> {
+        let topic = self.topic(crate::topics::Topic::ModelsEvents);
+        kafka::check_reachable(&self.producer, Some(topic.as_str()), timeout).await
+    }
+
     /// The full name of `topic` under this deployment's prefix.
     pub fn topic(&self, topic: crate::topics::Topic) -> crate::topics::TopicName {
         topic.qualified(&self.config.kafka.topic_prefix)

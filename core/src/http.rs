@@ -13,7 +13,7 @@ use axum::{
 use serde_json::json;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{context::Context, db, kafka, s3};
+use crate::{context::Context, db, s3};
 
 /// An error answer: `{"error": {"code", "message"}}` with its status (and `Retry-After` on 503).
 #[derive(Debug, Clone)]
@@ -294,14 +294,10 @@ pub async fn probe(ctx: &Context) -> Readiness {
             .unwrap_or_else(|_| Err(format!("no answer from {target} within {}s", CHECK_TIMEOUT.as_secs())))
     }
     let kafka = timed(&ctx.config.kafka.brokers, async {
-        kafka::check_reachable(
-            &ctx.producer,
-            Some(ctx.topic(crate::topics::Topic::ModelsEvents).as_str()),
-            CHECK_TIMEOUT,
-        )
-        .await
-        .map(|brokers| format!("{brokers} broker(s) at {}", ctx.config.kafka.brokers))
-        .map_err(|e| format!("cannot reach {}: {e}", ctx.config.kafka.brokers))
+        ctx.kafka_reachable(CHECK_TIMEOUT)
+            .await
+            .map(|brokers| format!("{brokers} broker(s) at {}", ctx.config.kafka.brokers))
+            .map_err(|e| format!("cannot reach {}: {e}", ctx.config.kafka.brokers))
     });
     let s3 = timed(&ctx.config.s3.endpoint, async {
         s3::check_bucket(&ctx.s3, &ctx.config.s3.bucket)

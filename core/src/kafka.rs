@@ -537,9 +537,9 @@ pub async fn delete_topics_with_prefix(config: &KafkaConfig, prefix: &str) -> Re
 }
 
 /// Whether the cluster answers a metadata request within `timeout`, and how many brokers it
-/// names (readiness, the dependency probes). Asks about `topic` alone where given: a cluster's
-/// metadata for every topic grows with the cluster, and readiness asks every 10 s from every
-/// process. The producer never asks the broker to create a topic it names
+/// names. Asks about `topic` alone where given ([`crate::Context::kafka_reachable`]): a
+/// cluster's metadata for every topic grows with the cluster, and readiness asks every 10 s from
+/// every process. The producer never asks the broker to create a topic it names
 /// (`allow.auto.create.topics=false`), so the probe cannot create one. Runs the blocking
 /// librdkafka call off the async runtime.
 pub async fn check_reachable(

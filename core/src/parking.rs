@@ -18,7 +18,6 @@ use serde_json::Value;
 use crate::{
     Context, db,
     events::{Envelope, Event},
-    kafka,
     outbox::{self, RelayError},
     s3,
     topics::Topic,
@@ -123,7 +122,7 @@ pub async fn dependencies_up(ctx: &Context, buckets: &[&str]) -> bool {
 
 /// Whether the Kafka cluster answers a metadata request now.
 pub async fn kafka_up(ctx: &Context) -> bool {
-    kafka::check_reachable(&ctx.producer, Some(ctx.topic(Topic::ModelsEvents).as_str()), PROBE_TIMEOUT).await.is_ok()
+    ctx.kafka_reachable(PROBE_TIMEOUT).await.is_ok()
 }
 
 #[cfg(test)]
