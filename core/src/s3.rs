@@ -188,6 +188,51 @@ pub async fn check_bucket(client: &Client, bucket: &str) -> Result<(), S3Error> 
     client.head_bucket().bucket(bucket).send().await.map(|_| ()).map_err(|err| S3Error::from_sdk("HeadBucket", err))
 }
 
+/// The top-level prefixes of Sluice's own objects in its bucket: uploads, preprocessed outputs,
+/// training snapshots, checkpoints, model artifacts, captured inputs, batch results and
+/// `sluice bench`'s objects. What reads a user's objects from Sluice's bucket (imports, batch
+/// predictions) must list outside them: media of any size and internal files are there.
+pub const OWN_AREAS: [&str; 8] =
+    ["raw/", "processed/", "snapshots/", "checkpoints/", "models/", "captures/", "batch-predictions/", "bench/"];
+
+/// The first of [`OWN_AREAS`] that listing `prefix` (as given, not normalised) would reach into:
+/// `prefix` lies inside the area, or the area lies under `prefix` (the empty prefix holds them all).
+pub fn own_area_overlap(prefix: &str) -> Option<&'static str> {
+    OWN_AREAS.into_iter().find(|area| prefix.starts_with(area) || area.starts_with(prefix))
+}
+
+/// Reads a whole object of at most `max_bytes`: [`ObjectRead::TooLarge`] (with the size) as soon as
+/// its declared length or its bytes pass that, without reading the rest.
+pub async fn get_bytes_bounded(client: &Client, bucket: &str, key: &str, max_bytes: u64) -> Result<ObjectRead, S3Error> {
+    let Some(object) = get_stream(client, bucket, key).await? else { return Ok(ObjectRead::Missing) };
+    let declared = object.length;
+    if let Some(len) = declared.filter(|&len| len > max_bytes) {
+        return Ok(ObjectRead::TooLarge(len));
+    }
+    let mut body = object.body;
+    let mut bytes = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(max_bytes) as usize);
+    while let Some(chunk) = body.try_next().await.map_err(|e| S3Error::Call {
+        operation: "GetObject",
+        code: None,
+        message: format!("reading the body of {key}: {e}"),
+    })? {
+        if (bytes.len() + chunk.len()) as u64 > max_bytes {
+            return Ok(ObjectRead::TooLarge((bytes.len() + chunk.len()) as u64));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(ObjectRead::Bytes(bytes.freeze()))
+}
+
+/// What [`get_bytes_bounded`] found.
+#[derive(Debug)]
+pub enum ObjectRead {
+    Bytes(bytes::Bytes),
+    Missing,
+    /// Over the bound: the declared length, or the bytes read when it was passed.
+    TooLarge(u64),
+}
+
 /// S3's bucket naming rules (the DNS-compatible subset every S3 implementation accepts).
 pub fn is_valid_bucket_name(name: &str) -> bool {
     (3..=63).contains(&name.len())
@@ -199,7 +244,39 @@ pub fn is_valid_bucket_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_valid_bucket_name;
+    use super::{OWN_AREAS, is_valid_bucket_name, own_area_overlap};
+    use crate::domain::DatasetName;
+    use uuid::Uuid;
+
+    #[test]
+    fn every_key_sluice_writes_lies_in_one_of_its_own_areas() {
+        let (id, dataset) = (Uuid::nil(), "pets");
+        let name = DatasetName::parse(dataset).expect("name");
+        let keys = [
+            crate::uploads::raw_key(&name, id, "jpg"),
+            crate::pipeline::output_key(dataset, "spec", id, 0),
+            crate::training::snapshot_key(dataset, "snap"),
+            crate::training::checkpoint_key(id, id),
+            crate::training::artifact_key("m", id, id),
+            crate::training::manifest_key("m", id, id),
+            crate::capture::capture_key("m", id),
+            crate::batch_predictions::batch_part_key(id, 0),
+        ];
+        for key in keys {
+            assert!(OWN_AREAS.iter().any(|area| key.starts_with(area)), "{key} is outside OWN_AREAS");
+            assert!(own_area_overlap(&key).is_some());
+        }
+    }
+
+    #[test]
+    fn a_listing_prefix_overlaps_an_area_from_inside_or_above_it() {
+        for prefix in ["", "r", "raw", "raw/", "raw/pets/", "models", "batch-predictions/x/", "bench/1/"] {
+            assert!(own_area_overlap(prefix).is_some(), "{prefix:?} reaches Sluice's own objects");
+        }
+        for prefix in ["incoming/", "rawdata/", "models-archive/", "x", "photos/raw/"] {
+            assert_eq!(own_area_overlap(prefix), None, "{prefix:?} is outside Sluice's areas");
+        }
+    }
 
     #[test]
     fn bucket_names_follow_s3_rules() {

@@ -172,7 +172,7 @@ fn describe_metrics() {
     describe_counter!("sluice_inference_retrain_requests_total", "Retrain requests published, by reason.");
     describe_counter!(
         "sluice_inference_batch_items_total",
-        "Batch-prediction items written, by model and outcome (predicted, missing, undecodable, parked)."
+        "Batch-prediction items written, by model and outcome (predicted, missing, too_large, undecodable, parked)."
     );
     describe_counter!(
         "sluice_inference_batch_chunks_parked_total",

@@ -147,9 +147,12 @@ async fn a_dataset_batch_writes_one_labelled_line_per_processed_item() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prefix_batch_scores_objects_in_key_order_and_notes_undecodable_ones() {
+async fn a_prefix_batch_scores_objects_in_key_order_and_notes_undecodable_and_oversized_ones() {
     let env = TestEnv::new().await;
-    let app = batch_app(chunked(&env, 3)).await;
+    let mut config = chunked(&env, 3);
+    // Each object is read within what one predict request may send, never whole past it.
+    config.inference.max_predict_bytes = 64 * 1024;
+    let app = batch_app(config).await;
     let first = served_model(&app, "prefixed", 41).await;
     let second = register_trained(&app, "prefixed", 42, 1).await;
     let images = samples(5, 43);
@@ -162,6 +165,9 @@ async fn a_prefix_batch_scores_objects_in_key_order_and_notes_undecodable_ones()
         put(format!("incoming/img-{i}.png"), png(&images, i, 0)).await.expect("put image");
     }
     put("incoming/notes.txt".into(), b"not an image".to_vec()).await.expect("put text");
+    let mut oversized = png(&images, 0, 0);
+    oversized.resize(64 * 1024 + 1, 0);
+    put("incoming/oversized.png".into(), oversized).await.expect("put an object over the bound");
     put("elsewhere/img.png".into(), png(&images, 0, 0)).await.expect("put outside the prefix");
     let job =
         run_batch(&app, &json!({"model": "prefixed", "version": second, "bucket": bucket, "prefix": "incoming/"}))
@@ -175,10 +181,14 @@ async fn a_prefix_batch_scores_objects_in_key_order_and_notes_undecodable_ones()
     let mut sorted = keys.clone();
     sorted.sort_unstable();
     assert_eq!(keys, sorted, "key order");
-    assert_eq!(keys.len(), 6, "{lines:#?}");
+    assert_eq!(keys.len(), 7, "{lines:#?}");
     for line in &lines {
         assert!(line.get("media_id").is_none() && line.get("label").is_none(), "{line}");
-        if line["key"] == "incoming/notes.txt" {
+        if line["key"] == "incoming/oversized.png" {
+            let error = line["error"].as_str().unwrap_or_default();
+            assert!(error.contains("over inference.max_predict_bytes (65536 bytes"), "{line}");
+            assert!(line.get("prediction_id").is_none(), "{line}");
+        } else if line["key"] == "incoming/notes.txt" {
             assert!(line["error"].is_string() && line.get("prediction_id").is_none(), "{line}");
         } else {
             assert!(line.get("error").is_none() && line["top"].as_array().map(Vec::len) == Some(3), "{line}");
@@ -188,6 +198,7 @@ async fn a_prefix_batch_scores_objects_in_key_order_and_notes_undecodable_ones()
     let metrics = metrics.as_str().expect("text");
     assert!(metrics.contains("sluice_inference_batch_items_total{model=\"prefixed\",outcome=\"predicted\"} 5"));
     assert!(metrics.contains("sluice_inference_batch_items_total{model=\"prefixed\",outcome=\"undecodable\"} 1"));
+    assert!(metrics.contains("sluice_inference_batch_items_total{model=\"prefixed\",outcome=\"too_large\"} 1"));
 }
 
 /// A job on a fresh `model` over a 3-class dataset of `per_class` items a class, queued through
@@ -325,6 +336,9 @@ async fn refused_batch_requests_leave_no_job_event_or_object() {
         ),
         ("no source", Some(&admin), json!({"model": "guarded"}), 400),
         ("a bucket without a prefix", Some(&admin), json!({"model": "guarded", "bucket": bucket}), 400),
+        ("Sluice's uploads", Some(&admin), json!({"model": "guarded", "bucket": bucket, "prefix": "raw/"}), 400),
+        ("above Sluice's models", Some(&admin), json!({"model": "guarded", "bucket": bucket, "prefix": "mod"}), 400),
+        ("the whole bucket", Some(&admin), json!({"model": "guarded", "bucket": bucket, "prefix": ""}), 400),
         ("an unknown field", Some(&admin), json!({"model": "guarded", "dataset": "shapes", "colour": "red"}), 400),
         ("an unknown dataset", Some(&admin), json!({"model": "guarded", "dataset": "missing"}), 404),
         ("a dataset with nothing processed", Some(&admin), json!({"model": "guarded", "dataset": "empty"}), 422),

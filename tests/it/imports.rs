@@ -82,7 +82,7 @@ async fn an_import_ingests_a_labelled_prefix_and_reports_progress() {
         .await
         .expect("post import");
     assert_eq!(response.status().as_u16(), 403, "a bucket outside the allowlist is refused");
-    for prefix in ["raw/", "raw", "", "processed/pets"] {
+    for prefix in ["raw/", "raw", "", "processed/pets", "models/", "checkpoints"] {
         let response = app
             .http
             .post(app.url("/v1/datasets/pets/imports"))

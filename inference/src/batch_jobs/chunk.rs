@@ -9,14 +9,14 @@ use serde_json::{Map, Value, json};
 use sluice_core::{
     Context,
     batch_predictions::{BatchItem, BatchManifest, batch_prediction_id},
-    s3::{self, S3Error},
+    s3::{self, ObjectRead, S3Error},
 };
 
 use super::store::Job;
 use crate::{predict::rank, recorder::Record, serving::LoadedVersion};
 
-/// Objects fetched at once per chunk.
-const FETCH_CONCURRENCY: usize = 16;
+/// Objects fetched and prepared at once per chunk.
+const PREPARE_AT_ONCE: usize = 4;
 
 /// A scored chunk, ready to be written.
 #[derive(Debug)]
@@ -25,7 +25,7 @@ pub struct Scored {
     pub lines: Vec<u8>,
     /// The chunk's predictions, for the `predictions` table.
     pub records: Vec<Record>,
-    /// Items by outcome (`predicted`, `missing`, `undecodable`), for metrics.
+    /// Items by outcome (`predicted`, `missing`, `too_large`, `undecodable`), for metrics.
     pub outcomes: Vec<(&'static str, u64)>,
 }
 
@@ -54,26 +54,22 @@ pub async fn score(
     let indices = range(job, chunk);
     let items = &manifest.items[indices.clone()];
     let bucket = manifest.bucket.as_str();
+    let spec = loaded.version.input_spec.clone();
     let keys: Vec<String> = items.iter().map(|item| item.key.clone()).collect();
-    let fetched: Vec<Option<_>> = stream::iter(keys)
-        .map(|key| async move { s3::get_bytes(&ctx.s3, bucket, &key).await })
-        .buffered(FETCH_CONCURRENCY)
+    let max_pixels = ctx.config.inference.max_image_pixels;
+    let max_bytes = ctx.config.inference.max_predict_bytes as u64;
+    // Each object is prepared as soon as it arrives, so a chunk holds at most PREPARE_AT_ONCE
+    // objects' bytes at a time, each at most `inference.max_predict_bytes` (what one predict
+    // request may send); what is kept is the prepared input, a few KiB an item.
+    let prepared: Vec<Result<Vec<u8>, (&'static str, String)>> = stream::iter(keys)
+        .map(|key| {
+            // Owned: the futures run inside a stream that must be Send for any lifetime.
+            let (ctx, bucket, spec) = (ctx.clone(), bucket.to_owned(), spec.clone());
+            fetch_and_prepare(ctx, bucket, key, spec, max_bytes, max_pixels)
+        })
+        .buffered(PREPARE_AT_ONCE)
         .try_collect()
         .await?;
-    let spec = loaded.version.input_spec.clone();
-    let max_pixels = ctx.config.inference.max_image_pixels;
-    let prepared: Vec<Result<Vec<u8>, (&'static str, String)>> = tokio::task::spawn_blocking(move || {
-        fetched
-            .into_iter()
-            .map(|bytes| match bytes {
-                None => Err(("missing", "the object no longer exists".to_owned())),
-                Some(bytes) => sluice_media::prepare(&bytes, &spec, max_pixels)
-                    .map_err(|e| ("undecodable", format!("the image cannot be used: {e}"))),
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| ChunkError::Scoring(format!("preparing panicked: {e}")))?;
     let pixels: Vec<&[u8]> = prepared.iter().filter_map(|p| p.as_deref().ok()).collect();
     let logits = logits(loaded, &pixels, ctx.config.inference.max_batch).await?;
     let mut logits = logits.into_iter();
@@ -105,6 +101,34 @@ pub async fn score(
         }
     }
     Ok(scored)
+}
+
+/// One item's object, read within `max_bytes` and prepared off the runtime; an item-level
+/// outcome (`missing`, `too_large`, `undecodable`) is a line of the part, a storage error the
+/// chunk's retry.
+async fn fetch_and_prepare(
+    ctx: Context,
+    bucket: String,
+    key: String,
+    spec: sluice_core::pipeline::PipelineSpec,
+    max_bytes: u64,
+    max_pixels: u64,
+) -> Result<Result<Vec<u8>, (&'static str, String)>, ChunkError> {
+    let bytes = match s3::get_bytes_bounded(&ctx.s3, &bucket, &key, max_bytes).await? {
+        ObjectRead::Bytes(bytes) => bytes,
+        ObjectRead::Missing => return Ok(Err(("missing", "the object no longer exists".to_owned()))),
+        ObjectRead::TooLarge(size) => {
+            return Ok(Err((
+                "too_large",
+                format!("the object is over inference.max_predict_bytes ({max_bytes} bytes; {size} read or declared)"),
+            )));
+        }
+    };
+    tokio::task::spawn_blocking(move || {
+        sluice_media::prepare(&bytes, &spec, max_pixels).map_err(|e| ("undecodable", format!("the image cannot be used: {e}")))
+    })
+    .await
+    .map_err(|e| ChunkError::Scoring(format!("preparing panicked: {e}")))
 }
 
 /// The part object of a chunk parked after its attempts ran out: each of its items gets its line,

@@ -87,6 +87,13 @@ async fn prefix_items(ctx: &Context, bucket: &str, prefix: &str) -> Result<Vec<B
             ),
         ));
     }
+    if bucket == own
+        && let Some(area) = s3::own_area_overlap(prefix)
+    {
+        return Err(InferenceError::invalid(format!(
+            "The prefix must not overlap Sluice's own objects ({area} in its bucket); put the images under another prefix."
+        )));
+    }
     let mut keys = s3::list_keys(&ctx.s3, bucket, prefix, MAX_ITEMS).await.map_err(|e| listing_error(bucket, e))?;
     if keys.len() > MAX_ITEMS {
         return Err(too_many());

@@ -242,10 +242,12 @@ pub(super) async fn post_import(
         .into());
     }
     let prefix = crate::imports::normalize_prefix(&request.prefix);
-    if bucket == own && ["raw/", "processed/"].iter().any(|p| prefix.starts_with(p) || p.starts_with(prefix.as_str())) {
+    if bucket == own
+        && let Some(area) = sluice_core::s3::own_area_overlap(&prefix)
+    {
         return Err(IngestError::BadField {
             field: "prefix",
-            message: "must not overlap Sluice's own raw/ and processed/ areas; upload to another prefix".into(),
+            message: format!("must not overlap Sluice's own objects ({area} in its bucket); upload to another prefix"),
         });
     }
     if let Err(err) = sluice_core::s3::check_bucket(&ctx.s3, &bucket).await {
