@@ -254,8 +254,12 @@ async fn propose(
         trials.iter().filter(|t| t.status == RunStatus::Succeeded).map(|t| (t.params.clone(), t.score().0)).collect();
     let mut new = Vec::new();
     for index in trials.len()..allowed {
-        let mut hyper = search::tpe_propose(&request.search, request.seed, index, &finished, limits(ctx))
-            .map_err(|e| Retry::new(e.to_string()))?;
+        let mut hyper = match search::tpe_propose(&request.search, request.seed, index, &finished, limits(ctx)) {
+            Ok(hyper) => hyper,
+            // Deterministic in the job's seed and the trial's ordinal: a retry proposes the same
+            // again, and would hold up every job behind this message.
+            Err(err) => return fail(ctx, job.id, &format!("the search cannot propose trial {index}: {err}")).await,
+        };
         if let Some(augment) = request.augment {
             hyper.augment = augment;
         }

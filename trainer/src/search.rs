@@ -321,6 +321,27 @@ fn build(assignment: &BTreeMap<String, Value>, limits: Limits) -> Result<Hyper, 
     Ok(hyper)
 }
 
+/// Every value a search could assign, not only those its first draws pick: each list value and
+/// both ends of each range, one parameter at a time (no rule ties two parameters, and each rule
+/// is an interval, so the values between two valid ends are valid). Later draws (TPE's
+/// proposals, which may land on a range's end) can then never hold a value planning did not check.
+fn check_every_value(domains: &BTreeMap<String, Domain>, limits: Limits) -> Result<(), InvalidSearch> {
+    for (name, domain) in domains {
+        let values = match domain {
+            Domain::Choice(values) => values.clone(),
+            Domain::Uniform(lo, hi) | Domain::LogUniform(lo, hi) => vec![Value::from(*lo), Value::from(*hi)],
+            Domain::IntUniform(lo, hi) => vec![Value::from(*lo), Value::from(*hi)],
+        };
+        for value in values {
+            // On a one-epoch base, so the default epoch budget is not held against `max_epochs`.
+            let mut alone = BTreeMap::from([("epochs".to_owned(), Value::from(1))]);
+            alone.insert(name.clone(), value);
+            build(&alone, limits)?;
+        }
+    }
+    Ok(())
+}
+
 /// Random trials TPE starts with before it models anything.
 pub const TPE_STARTUP: usize = 5;
 /// Candidates TPE draws from the good trials' density per parameter.
@@ -374,6 +395,7 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
         return Err(invalid(format!("search.max_trials must be between 1 and {}", limits.max_trials)));
     }
     let domains = domains(search)?;
+    check_every_value(&domains, limits)?;
     let build = |assignment: &BTreeMap<String, Value>| build(assignment, limits);
     match search.strategy.as_str() {
         "grid" => {
@@ -766,5 +788,38 @@ mod tests {
             let s = search(case.clone());
             assert!(plan(&s, 1, LIMITS).is_err(), "accepted {case}");
         }
+    }
+
+    /// Values the first draws do not pick are checked too: TPE's proposals and later draws take
+    /// any value of a list and may land on a range's end (TPE clamps to it), and a proposal that
+    /// fails is deterministic (seed and ordinal), so it must be refused when the job is made.
+    #[test]
+    fn every_value_a_search_could_draw_is_checked_when_it_is_planned() {
+        let cases = [
+            json!({"strategy": "tpe", "max_trials": 6, "space": {"optimizer": ["adamw", "bogus"]}}),
+            json!({"strategy": "random", "max_trials": 1, "space": {"optimizer": ["adamw", "\u{0}"]}}),
+            json!({"strategy": "tpe", "max_trials": 6, "space": {"dropout": {"uniform": [0.0, 1.0]}}}),
+            json!({"strategy": "tpe", "max_trials": 6, "space": {"momentum": {"uniform": [0.5, 5.0]}}}),
+            json!({"strategy": "asha", "max_trials": 3, "space": {"epochs": {"int_uniform": [1, 100000]}}}),
+            json!({"strategy": "random", "max_trials": 1, "space": {"hidden": [32, 1000000]}}),
+        ];
+        for case in cases {
+            for seed in 0..8 {
+                assert!(plan(&search(case.clone()), seed, LIMITS).is_err(), "accepted {case} with seed {seed}");
+            }
+        }
+        let fine = search(json!({"strategy": "tpe", "max_trials": 9, "space": {
+            "dropout": {"uniform": [0.0, 0.5]}, "learning_rate": {"log_uniform": [0.0001, 0.1]}, "optimizer": ["adamw", "sgd"],
+        }}));
+        let planned = plan(&fine, 3, LIMITS).expect("a valid space");
+        let finished: Vec<(Value, f64)> =
+            planned.trials.iter().enumerate().map(|(i, h)| (serde_json::to_value(h).expect("hyper"), i as f64)).collect();
+        for index in 5..40 {
+            tpe_propose(&fine, 3, index, &finished, LIMITS).expect("every proposal of a checked space is valid");
+        }
+        // A parameter is checked on its own, so the default epoch budget is not held against a
+        // deployment's lower `trainer.max_epochs`.
+        let strict = Limits { max_trials: 64, max_epochs: 2 };
+        assert!(plan(&search(json!({"strategy": "grid", "space": {"epochs": 1, "hidden": 8}})), 1, strict).is_ok());
     }
 }
