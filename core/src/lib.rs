@@ -20,6 +20,7 @@ pub mod kafka;
 pub mod live;
 pub mod migrate;
 pub mod models;
+pub mod multipart;
 pub mod notifications;
 pub mod observations;
 pub mod outbox;

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Instant};
 use axum::{
     Json,
     body::Bytes,
-    extract::{FromRequest, Multipart, Path, Query, Request, State},
+    extract::{FromRequest, Multipart, Path, Query, Request, State, multipart::MultipartError},
     http::{StatusCode, header},
 };
 use rand::Rng;
@@ -76,6 +76,15 @@ async fn images(request: Request, max_images: usize) -> Result<Vec<Bytes>, Infer
                 format!("At most {max_images} `file` parts (and nothing else) per request."),
             )
         };
+        // Bounds what the parser buffers outside part data (a header block that never ends).
+        let (request, framing) = sluice_core::multipart::guard(request);
+        let unreadable_part = |e: &MultipartError| {
+            if framing.tripped() {
+                InferenceError::invalid(format!("{}.", sluice_core::multipart::FRAMING_MESSAGE))
+            } else {
+                unreadable_part(e)
+            }
+        };
         let mut form = Multipart::from_request(request, &()).await.map_err(|e| unreadable_body(&e))?;
         let mut parts = 0usize;
         while let Some(field) = form.next_field().await.map_err(|e| unreadable_part(&e))? {
@@ -113,7 +122,7 @@ fn too_large() -> InferenceError {
     )
 }
 
-fn unreadable_part(err: &axum::extract::multipart::MultipartError) -> InferenceError {
+fn unreadable_part(err: &MultipartError) -> InferenceError {
     if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return too_large();
     }

@@ -47,9 +47,13 @@ pub async fn read<K: Sink>(
 ) -> Result<Fields, IngestError> {
     let (content_type, mut fields) = check_request(&request, limits.upload.max_bytes)?;
     if content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
+        // Bounds what the parser buffers outside part data (a header block that never ends).
+        let (request, framing) = sluice_core::multipart::guard(request);
         let mut multipart =
             Multipart::from_request(request, &()).await.map_err(|e| IngestError::BadRequest(e.body_text()))?;
-        read_multipart(sink, &mut multipart, &mut fields, files, limits).await?;
+        read_multipart(sink, &mut multipart, &mut fields, files, limits).await.map_err(|err| {
+            if framing.tripped() { IngestError::BadRequest(sluice_core::multipart::FRAMING_MESSAGE.into()) } else { err }
+        })?;
     } else {
         let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
         let body = request.into_body().into_data_stream();

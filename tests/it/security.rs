@@ -374,6 +374,24 @@ async fn oversized_bodies_part_floods_and_huge_search_spaces_are_refused_in_json
     if status != 413 || body["error"]["code"] != "too_many_images" {
         wrong.push(format!("predict flood: {status} {body}"));
     }
+    // A part header block that never ends, and a preamble with no boundary: the multipart
+    // parser would buffer them whole (up to the body limit); the guard ends them at 64 KiB.
+    let mut endless = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.gif\"\r\nX-Pad: ".to_vec();
+    endless.resize(16 * 1024 * 1024, b'a');
+    let preamble = vec![b'z'; 16 * 1024 * 1024];
+    for (what, path, body) in [
+        ("upload headers", "/v1/media?dataset=flood", &endless),
+        ("upload preamble", "/v1/media?dataset=flood", &preamble),
+        ("predict headers", "/v1/models/nope/predict", &endless),
+    ] {
+        let request = app.http.post(app.url(path)).bearer_auth(&admin);
+        let request = request.header("content-type", "multipart/form-data; boundary=XyZ").body(body.clone());
+        let (status, answer) = json_of(request.send().await.expect("post")).await;
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        if status != 400 || message.trim_end_matches('.') != sluice_core::multipart::FRAMING_MESSAGE {
+            wrong.push(format!("{what}: {status} {answer}"));
+        }
+    }
     // Search spaces are counted before they are expanded.
     let values: Vec<u32> = (1..=100_000).collect();
     let thousand: Vec<f64> = (1..=1000).map(|i| f64::from(i) * 1e-4).collect();
