@@ -23,8 +23,7 @@ pub const MAX_FRAMING_BYTES: usize = 64 * 1024;
 
 /// What a handler answers (as a 400) when [`Guarded::tripped`] (a sentence without its full stop,
 /// which each service's error style adds).
-pub const FRAMING_MESSAGE: &str =
-    "A multipart part's headers, or the bytes before the first boundary, run past 64 KiB; send the parts with short headers";
+pub const FRAMING_MESSAGE: &str = "A multipart part's headers, or the bytes before the first boundary, run past 64 KiB; send the parts with short headers";
 
 /// The flag a guarded body raises when it ended the body.
 #[derive(Debug, Clone, Default)]
@@ -41,11 +40,7 @@ impl Guarded {
 /// boundary is returned as it is: the multipart extractor refuses it before reading anything.
 pub fn guard(request: Request) -> (Request, Guarded) {
     let flag = Guarded::default();
-    let Some(boundary) = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(boundary)
+    let Some(boundary) = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(boundary)
     else {
         return (request, flag);
     };
@@ -69,11 +64,12 @@ fn boundary(content_type: &str) -> Option<String> {
     if !params.next()?.trim().eq_ignore_ascii_case("multipart/form-data") {
         return None;
     }
-    params.find_map(|param| {
-        let (name, value) = param.split_once('=')?;
-        name.trim().eq_ignore_ascii_case("boundary").then(|| value.trim().trim_matches('"').to_owned())
-    })
-    .filter(|b| !b.is_empty() && b.len() <= 200)
+    params
+        .find_map(|param| {
+            let (name, value) = param.split_once('=')?;
+            name.trim().eq_ignore_ascii_case("boundary").then(|| value.trim().trim_matches('"').to_owned())
+        })
+        .filter(|b| !b.is_empty() && b.len() <= 200)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -203,7 +203,12 @@ pub fn own_area_overlap(prefix: &str) -> Option<&'static str> {
 
 /// Reads a whole object of at most `max_bytes`: [`ObjectRead::TooLarge`] (with the size) as soon as
 /// its declared length or its bytes pass that, without reading the rest.
-pub async fn get_bytes_bounded(client: &Client, bucket: &str, key: &str, max_bytes: u64) -> Result<ObjectRead, S3Error> {
+pub async fn get_bytes_bounded(
+    client: &Client,
+    bucket: &str,
+    key: &str,
+    max_bytes: u64,
+) -> Result<ObjectRead, S3Error> {
     let Some(object) = get_stream(client, bucket, key).await? else { return Ok(ObjectRead::Missing) };
     let declared = object.length;
     if let Some(len) = declared.filter(|&len| len > max_bytes) {

@@ -52,7 +52,11 @@ pub async fn read<K: Sink>(
         let mut multipart =
             Multipart::from_request(request, &()).await.map_err(|e| IngestError::BadRequest(e.body_text()))?;
         read_multipart(sink, &mut multipart, &mut fields, files, limits).await.map_err(|err| {
-            if framing.tripped() { IngestError::BadRequest(sluice_core::multipart::FRAMING_MESSAGE.into()) } else { err }
+            if framing.tripped() {
+                IngestError::BadRequest(sluice_core::multipart::FRAMING_MESSAGE.into())
+            } else {
+                err
+            }
         })?;
     } else {
         let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();

@@ -812,8 +812,12 @@ mod tests {
             "dropout": {"uniform": [0.0, 0.5]}, "learning_rate": {"log_uniform": [0.0001, 0.1]}, "optimizer": ["adamw", "sgd"],
         }}));
         let planned = plan(&fine, 3, LIMITS).expect("a valid space");
-        let finished: Vec<(Value, f64)> =
-            planned.trials.iter().enumerate().map(|(i, h)| (serde_json::to_value(h).expect("hyper"), i as f64)).collect();
+        let finished: Vec<(Value, f64)> = planned
+            .trials
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (serde_json::to_value(h).expect("hyper"), i as f64))
+            .collect();
         for index in 5..40 {
             tpe_propose(&fine, 3, index, &finished, LIMITS).expect("every proposal of a checked space is valid");
         }

@@ -145,6 +145,7 @@ async fn handle(
     };
     // The result must be acknowledged before the offset is stored.
     let key = trial.job_id.to_string();
+    let finished = fit_in_a_message(finished);
     let event = Envelope::new(finished.clone());
     let published = work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot publish a trial result", || {
         kafka::send(ctx, Topic::TrainingResults, &key, &event)
@@ -181,6 +182,48 @@ async fn give_back(ctx: &Context, trial: &TrialAssigned) {
     let done = tokio::time::timeout(Duration::from_secs(2), store::give_back_attempt(ctx, trial.trial_id));
     if !matches!(done.await, Ok(Ok(()))) {
         tracing::warn!(trial = %trial.trial_id, "could not give back the attempt of an interrupted trial");
+    }
+}
+
+/// Room left in a Kafka message for the envelope around a result.
+const ENVELOPE_ROOM: usize = 4 * 1024;
+
+/// A result that fits one Kafka message, which the broker and librdkafka refuse past about 1 MB
+/// at once, every time: sent as it is, a too-large result would be retried forever and hold up
+/// the trials queued behind it. A test report over many classes carries a k×k confusion matrix
+/// (a million cells at 1,000 classes): it goes first, then the per-class rows, each replaced by
+/// a note; the accuracy, macro F1, calibration and per-item hits stay, so the promotion gate keeps
+/// its evidence. What still does not fit becomes a failed trial that says why.
+fn fit_in_a_message(mut finished: TrialFinished) -> TrialFinished {
+    let fits = |f: &TrialFinished| {
+        serde_json::to_vec(f).is_ok_and(|bytes| bytes.len() + ENVELOPE_ROOM <= sluice_core::outbox::MAX_EVENT_BYTES)
+    };
+    for field in ["confusion_matrix", "per_class"] {
+        if fits(&finished) {
+            return finished;
+        }
+        if let Some(report) = finished.test.as_mut().and_then(|test| test.report.as_object_mut())
+            && report.remove(field).is_some()
+        {
+            report.insert(format!("{field}_omitted"), json!("too large for one Kafka message"));
+        }
+    }
+    if fits(&finished) {
+        return finished;
+    }
+    let bytes = serde_json::to_vec(&finished).map_or(0, |b| b.len());
+    tracing::warn!(trial = %finished.trial_id, bytes, "a trial result does not fit a Kafka message; reporting the trial failed");
+    TrialFinished {
+        outcome: TrialOutcome::Failed,
+        metrics: serde_json::Value::Null,
+        artifact: None,
+        reference: serde_json::Value::Null,
+        error: Some(format!(
+            "the trial's result is {bytes} bytes, over the {}-byte limit of a Kafka message",
+            sluice_core::outbox::MAX_EVENT_BYTES
+        )),
+        test: None,
+        ..finished
     }
 }
 
@@ -521,5 +564,60 @@ async fn baseline_scores(
     match scored {
         Ok(correct) => Ok(BaselineScores { version, correct: Some(Hits(correct)), note: None }),
         Err(err) => unscored(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::training::{Hits, TestScores};
+
+    fn result(classes: usize, items: usize) -> TrialFinished {
+        let labels: Vec<String> = (0..classes).map(|c| format!("class-{c:04}")).collect();
+        let truth: Vec<u32> = (0..items).map(|i| (i % classes) as u32).collect();
+        let probabilities: Vec<Vec<f64>> = truth
+            .iter()
+            .map(|&t| (0..classes).map(|c| if c == t as usize { 0.9 } else { 0.1 / classes as f64 }).collect())
+            .collect();
+        let report = crate::evaluation::report(&labels, &probabilities, &truth);
+        TrialFinished {
+            job_id: uuid::Uuid::nil(),
+            trial_id: uuid::Uuid::nil(),
+            worker: "w".into(),
+            outcome: TrialOutcome::Succeeded,
+            metrics: json!({"val_accuracy": 0.9}),
+            artifact: None,
+            reference: serde_json::Value::Null,
+            error: None,
+            duration_ms: 1,
+            test: Some(TestScores {
+                correct: Hits(vec![true; items]),
+                report: serde_json::to_value(report).expect("report"),
+                baseline: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_result_over_many_classes_drops_its_matrix_to_fit_a_kafka_message() {
+        let small = result(10, 500);
+        assert_eq!(fit_in_a_message(small.clone()), small, "a result that fits is sent as it is");
+
+        let wide = fit_in_a_message(result(1000, 5000));
+        assert!(
+            serde_json::to_vec(&Envelope::new(wide.clone())).expect("json").len()
+                <= sluice_core::outbox::MAX_EVENT_BYTES
+        );
+        assert_eq!(wide.outcome, TrialOutcome::Succeeded);
+        let test = wide.test.expect("the test scores stay");
+        assert_eq!(test.correct.0.len(), 5000, "the gate's per-item evidence stays");
+        assert!(test.report.get("confusion_matrix").is_none() && test.report["confusion_matrix_omitted"].is_string());
+        assert_eq!(test.report["accuracy"], json!(1.0));
+
+        let mut huge = result(3, 10);
+        huge.metrics = json!({"history": "x".repeat(2_000_000)});
+        let failed = fit_in_a_message(huge);
+        assert_eq!(failed.outcome, TrialOutcome::Failed);
+        assert!(failed.error.expect("why").contains("over the 900000-byte limit"));
     }
 }

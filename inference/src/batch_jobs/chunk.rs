@@ -125,7 +125,8 @@ async fn fetch_and_prepare(
         }
     };
     tokio::task::spawn_blocking(move || {
-        sluice_media::prepare(&bytes, &spec, max_pixels).map_err(|e| ("undecodable", format!("the image cannot be used: {e}")))
+        sluice_media::prepare(&bytes, &spec, max_pixels)
+            .map_err(|e| ("undecodable", format!("the image cannot be used: {e}")))
     })
     .await
     .map_err(|e| ChunkError::Scoring(format!("preparing panicked: {e}")))
