@@ -175,11 +175,7 @@ impl Application {
             let (db, config) = (self.ctx.db.clone(), self.ctx.config.database.clone());
             workers.push(tokio::spawn(sluice_core::idle::share_doorbells(db, config, workers_stop.clone())));
         }
-        let app = self.router.into_make_service_with_connect_info::<SocketAddr>();
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .context("HTTP server failed");
+        http::serve(self.listener, self.router, &self.ctx.config.http, shutdown.cancelled_owned()).await;
         workers_stop.cancel();
         // Every worker drains at once, against one deadline for them all.
         let total = workers.len();
@@ -197,7 +193,6 @@ impl Application {
             tracing::warn!(left = draining.len(), total, deadline = ?DRAIN_DEADLINE, "workers still draining at the deadline; stopping them");
             draining.iter().for_each(JoinHandle::abort);
         }
-        served?;
         let producer = self.ctx.producer.clone();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(10)))
             .await?

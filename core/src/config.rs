@@ -246,6 +246,11 @@ pub struct HttpConfig {
     pub max_parts: usize,
     /// Longest a request may take end to end before it is answered 503, in seconds.
     pub request_timeout_secs: u64,
+    /// Longest a client may take to send a request's headers (and an idle keep-alive connection
+    /// may wait for the next request) before the connection is closed, in seconds.
+    pub header_timeout_secs: u64,
+    /// Most client connections open at once; past it, new connections wait in the listen queue.
+    pub max_connections: usize,
     /// Failed authentications one client address may make in a burst (refilled at one per
     /// second) before its requests get 429; 0 turns the limit off (behind a proxy that hides
     /// client addresses, for example).
@@ -466,6 +471,8 @@ impl Config {
         rule(self.http.max_request_bytes >= 1024, "http.max_request_bytes must be at least 1024")?;
         rule(self.http.max_parts >= 1, "http.max_parts must be at least 1")?;
         rule(self.http.request_timeout_secs >= 1, "http.request_timeout_secs must be at least 1")?;
+        rule(self.http.header_timeout_secs >= 1, "http.header_timeout_secs must be at least 1")?;
+        rule(self.http.max_connections >= 1, "http.max_connections must be at least 1")?;
         rule(
             (1..=24 * 30).contains(&self.http.console_session_hours),
             "http.console_session_hours must be between 1 and 720",

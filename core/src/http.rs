@@ -145,6 +145,64 @@ pub fn with_limits(router: Router, config: &crate::config::HttpConfig) -> Router
         }))
 }
 
+/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting, lets the
+/// requests in flight finish and closes idle connections. Unlike `axum::serve`, each HTTP/1
+/// connection has a timer: a client that takes longer than `http.header_timeout_secs` to send a
+/// request's headers (one byte at a time, or idle on a keep-alive connection) is disconnected,
+/// and at most `http.max_connections` are open at once (more wait in the listen queue), so
+/// connections that never make a request cannot pile up. Each request carries the client's
+/// address as [`axum::extract::ConnectInfo`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    config: &crate::config::HttpConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(config.header_timeout_secs));
+    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors, or a connection reset before it was accepted:
+                    // wait a little instead of spinning on the error.
+                    tracing::warn!(error = %err, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = router.clone().map_request(move |mut request: axum::http::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+            request
+        });
+        let connection = graceful.watch(
+            http1.serve_connection(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(service)),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, client = %remote, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 /// After a handler stops reading a request body (it refused it early: too large, bad type), up to
 /// this much more of it is read and discarded, for at most [`LINGER_TIME`], so the client gets
 /// the answer instead of a reset connection ("lingering close", as nginx and Apache do).
@@ -168,7 +226,16 @@ async fn linger(request: Request, next: Next) -> Response {
         let mut deadline = None;
         loop {
             let next = match deadline {
-                None => stream.next().await,
+                // The handler may stop reading while the client sends nothing more: the lingering
+                // starts then, not at the next chunk (which might never come).
+                None => tokio::select! {
+                    next = stream.next() => next,
+                    () = sender.closed() => {
+                        handler_reads = false;
+                        deadline = Some(tokio::time::Instant::now() + LINGER_TIME);
+                        continue;
+                    }
+                },
                 Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
                     Ok(next) => next,
                     Err(_) => return,

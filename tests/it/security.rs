@@ -413,6 +413,52 @@ async fn oversized_bodies_part_floods_and_huge_search_spaces_are_refused_in_json
     assert_eq!(app.count("SELECT count(*) FROM training_jobs").await, 0);
 }
 
+/// A client that sends its headers a byte at a time, or opens connections and sends nothing,
+/// holds no connection past `http.header_timeout_secs`, and the connections open at once are
+/// capped at `http.max_connections` (the next one waits in the listen queue, then is served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_or_silent_clients_are_disconnected_and_connections_are_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.http.header_timeout_secs = 1;
+    config.http.max_connections = 2;
+    let app = RunningApp::spawn(config).await;
+    let addr = app.base_url.trim_start_matches("http://").to_owned();
+    // Let the connections the start-up checks left in the test client's pool time out.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: sluice\r\nX-Slow: ").await.expect("write");
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let started = std::time::Instant::now();
+    let served = tokio::spawn(async move {
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().expect("client");
+        client.get(format!("http://{addr}/healthz")).send().await.map(|r| r.status().as_u16())
+    });
+    for (what, stream) in [("unfinished headers", &mut slow), ("no request at all", &mut silent)] {
+        let mut rest = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "a client with {what} was still connected after 10 s");
+    }
+    assert_eq!(served.await.expect("join").expect("the third client is served"), 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the third connection waited for one of the two open ones to close"
+    );
+    // A body announced and never sent, refused before it is read: the answer goes out, and the
+    // connection is let go once the lingering read (5 s) is over, not held for the missing bytes.
+    let mut stalled =
+        tokio::net::TcpStream::connect(app.base_url.trim_start_matches("http://")).await.expect("connect");
+    let head =
+        "POST /v1/media HTTP/1.1\r\nHost: sluice\r\nContent-Type: image/png\r\nContent-Length: 1000000000\r\n\r\n";
+    stalled.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), stalled.read_to_end(&mut answer)).await;
+    assert!(ended.is_ok(), "a stalled body kept its connection past the lingering read");
+    assert!(answer.starts_with(b"HTTP/1.1 401"), "{}", String::from_utf8_lossy(&answer));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_models_leave_no_cache_entry_or_metric_series() {
     let env = TestEnv::new().await;
