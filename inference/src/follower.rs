@@ -23,8 +23,9 @@ pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
 }
 
 /// A safety net under the follower: every `alias_reconcile_secs`, the served models' aliases and revision
-/// are read from PostgreSQL (the source of truth) and applied like an event, so a move that
-/// landed before the follower was positioned, or while Kafka was away, is not missed.
+/// are read from PostgreSQL (the source of truth) and applied as a resync, so a move that
+/// landed before the follower was positioned, or while Kafka was away, is not missed, and one
+/// whose version could not be loaded then is tried again.
 async fn reconcile(served: Arc<Served>, shutdown: Shutdown) {
     let every = Duration::from_secs(served.ctx.config.inference.alias_reconcile_secs);
     loop {
@@ -39,7 +40,7 @@ async fn reconcile(served: Arc<Served>, shutdown: Shutdown) {
             let aliases = models::aliases(&client, &name).await;
             drop(client);
             if let (Ok(Some(revision)), Ok(aliases)) = (revision, aliases) {
-                served.apply_aliases(&model, revision, &aliases).await;
+                served.apply_aliases(&model, revision, &aliases, true).await;
             }
         }
     }
@@ -88,7 +89,7 @@ async fn follow(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafka
         match ModelEvent::decode(message.payload().unwrap_or_default()) {
             Ok(event) => {
                 let (model, revision, aliases) = event.state();
-                served.apply_aliases(model, revision, aliases).await;
+                served.apply_aliases(model, revision, aliases, false).await;
             }
             Err(err) => tracing::warn!(error = %err, "undecodable models.events message; skipping it"),
         }

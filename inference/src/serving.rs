@@ -378,16 +378,23 @@ impl Served {
     /// Applies a `models.events` state (every alias of `model` at `revision`): aliases this
     /// process serves move once their new version is loaded and verified, so requests never see
     /// a half-loaded model and in-flight requests finish on the old one.
+    ///
+    /// An event applies only past the last revision seen, so an older one arriving late changes
+    /// nothing. A `resync` (the reconciler's read of PostgreSQL) applies the last revision again
+    /// too: a load that failed (S3 or PostgreSQL away for a moment), or an alias first served
+    /// from a read made just before the move, is put right on the next pass instead of
+    /// serving the old version until the model's next change.
     pub async fn apply_aliases(
         self: &Arc<Self>,
         model: &str,
         revision: i64,
         aliases: &std::collections::BTreeMap<String, i32>,
+        resync: bool,
     ) {
         {
             let mut revisions = self.revisions.lock().expect("revision lock");
             let last = revisions.entry(model.to_owned()).or_insert(i64::MIN);
-            if revision <= *last {
+            if revision < *last || (revision == *last && !resync) {
                 return;
             }
             *last = revision;

@@ -690,6 +690,45 @@ async fn an_alias_move_without_an_event_is_picked_up_from_postgres() {
     .await;
 }
 
+/// A move whose new version cannot be loaded yet (its artifact unreadable for a moment) keeps
+/// the old version served, and is applied once the artifact is back, by the reconciler's next
+/// pass over PostgreSQL, without another move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_version_cannot_load_yet_is_applied_once_it_can() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.inference.alias_reconcile_secs = 1;
+    let app = RunningApp::spawn_services(config, &[Service::Inference, Service::Registry]).await;
+    let first = register_trained(&app, "flaky", 51, 1).await;
+    let second = register_trained(&app, "flaky", 52, 1).await;
+    move_alias(&app, "flaky", "production", first).await;
+    let body = png(&samples(1, 53), 0, 0);
+    assert_eq!(predict(&app, &app.admin_token, "flaky", "", body.clone()).await.1["version"], first);
+    // Let the follower apply the registrations' and the move's events before the next move.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(predict(&app, &app.admin_token, "flaky", "", body.clone()).await.1["version"], first);
+    let client = app.ctx.db.get().await.expect("connection");
+    let key: String = client
+        .query_one("SELECT artifact_key FROM model_versions WHERE model = 'flaky' AND version = $1", &[&second])
+        .await
+        .expect("artifact key")
+        .get(0);
+    let (s3, bucket) = (&app.ctx.s3, app.ctx.config.s3.bucket.as_str());
+    let artifact = sluice_core::s3::get_bytes(s3, bucket, &key).await.expect("read").expect("the artifact");
+    s3.delete_object().bucket(bucket).key(&key).send().await.expect("hide the artifact");
+    move_alias(&app, "flaky", "production", second).await;
+    // The event arrives and the load fails: the old version keeps answering.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, answer) = predict(&app, &app.admin_token, "flaky", "", body.clone()).await;
+    assert_eq!((status, &answer["version"]), (200, &json!(first)), "{answer}");
+    sluice_core::s3::put_bytes(s3, bucket, &key, artifact, "application/octet-stream").await.expect("restore");
+    eventually(Duration::from_secs(15), "the move to be applied once the version loads", || async {
+        let (status, answer) = predict(&app, &app.admin_token, "flaky", "", body.clone()).await;
+        (status == 200 && answer["version"] == second).then_some(())
+    })
+    .await;
+}
+
 /// Two inference replicas serve one model, each getting half the requests: the drift monitor
 /// keeps one window for the version, so both answer the same cluster-wide verdict, the checks
 /// count every request of both, and a shift requests retraining once.
