@@ -133,6 +133,9 @@ pub struct InferenceConfig {
     pub max_wait_us: u64,
     /// Images whose header claims more pixels are refused.
     pub max_image_pixels: u64,
+    /// Most pixels (by their headers) one request's images may hold together; the decoding a
+    /// request can ask for is bounded by this, not by its count of images times the above.
+    pub max_request_pixels: u64,
     /// Largest predict request body (one image, or multipart with several), in bytes.
     pub max_predict_bytes: usize,
     /// Most model versions held in memory at once; the least recently used one is dropped.
@@ -520,6 +523,10 @@ impl Config {
         rule((1..=1024).contains(&inference.max_batch), "inference.max_batch must be between 1 and 1024")?;
         rule(inference.max_loaded_versions >= 1, "inference.max_loaded_versions must be at least 1")?;
         rule(inference.max_predict_bytes >= 1024, "inference.max_predict_bytes must be at least 1024")?;
+        rule(
+            inference.max_request_pixels >= inference.max_image_pixels,
+            "inference.max_request_pixels must be at least inference.max_image_pixels",
+        )?;
         rule(inference.max_wait_us <= 1_000_000, "inference.max_wait_us must be at most 1000000 (1 s)")?;
         rule(inference.record_batch >= 1, "inference.record_batch must be at least 1")?;
         rule(inference.drift_window >= 20, "inference.drift_window must be at least 20")?;

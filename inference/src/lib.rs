@@ -44,6 +44,9 @@ pub const NAME: &str = "inference";
 pub struct AppState {
     pub served: Arc<serving::Served>,
     pub recorder: recorder::Recorder,
+    /// Shadow scorings in flight in this process ([`predict::SHADOWS_IN_FLIGHT`] at most): they
+    /// outlive the request that started them, so they are bounded here, not by its deadline.
+    pub shadows: Arc<tokio::sync::Semaphore>,
 }
 
 impl axum::extract::FromRef<AppState> for Context {
@@ -66,7 +69,8 @@ impl Inference {
         describe_metrics();
         sluice_media::describe_metrics();
         let (recorder, writer) = recorder::Recorder::new();
-        Self { state: AppState { served: serving::Served::new(ctx), recorder }, writer }
+        let shadows = Arc::new(tokio::sync::Semaphore::new(predict::SHADOWS_IN_FLIGHT));
+        Self { state: AppState { served: serving::Served::new(ctx), recorder, shadows }, writer }
     }
 
     /// Every route with its OpenAPI description (`utoipa_axum::routes!` registers both at once).
@@ -132,6 +136,10 @@ fn describe_metrics() {
     describe_counter!("sluice_inference_predictions_total", "Predictions by predicted class.");
     describe_histogram!("sluice_inference_confidence", "Calibrated top-1 confidence of predictions.");
     describe_counter!("sluice_inference_errors_total", "Refused or failed predict requests, by reason.");
+    describe_counter!(
+        "sluice_inference_shadow_skipped_total",
+        "Requests not scored by their shadow alias because as many shadow scorings were already running."
+    );
     describe_counter!("sluice_inference_model_loads_total", "Model version loads, by outcome (loaded, refused).");
     describe_counter!(
         "sluice_inference_model_evictions_total",

@@ -6,7 +6,13 @@
 //! metrics. Without `alias` or `version`, the model's routing may send the request to a canary
 //! alias, and a shadow alias scores it too (its answer is recorded, never returned).
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
 
 use axum::{
     Json,
@@ -198,7 +204,7 @@ struct PredictForm {
         (status = 200, description = "`{\"model\", \"version\", \"alias\", \"predictions\": [{\"id\", \"top\": [{\"label\", \"score\"}]}]}`, one prediction per image in order; scores are calibrated.", body = Object),
         (status = 400, description = "A malformed model name or query (`alias` and `version` together, `version` or `top_k` below 1), an unreadable or empty body, or a multipart part not named `file`.", body = sluice_core::api_doc::ErrorBody),
         (status = 404, description = "No such model, alias or version.", body = sluice_core::api_doc::ErrorBody),
-        (status = 413, description = "The body is over `inference.max_predict_bytes` (`too_large`), or has more than `http.max_parts` parts (`too_many_images`).", body = sluice_core::api_doc::ErrorBody),
+        (status = 413, description = "The body is over `inference.max_predict_bytes` (`too_large`), has more than `http.max_parts` parts (`too_many_images`), or its images claim more than `inference.max_request_pixels` together (`request_too_large`).", body = sluice_core::api_doc::ErrorBody),
         (status = 415, description = "An image is not JPEG, PNG, WebP, GIF, BMP or TIFF.", body = sluice_core::api_doc::ErrorBody),
         (status = 422, description = "An image cannot be decoded or prepared (`invalid_image`), is over `inference.max_image_pixels` (`too_many_pixels`), or the version's artifact cannot be loaded (`model_unloadable`).", body = sluice_core::api_doc::ErrorBody),
     ))]
@@ -311,9 +317,9 @@ pub(crate) async fn serve(
     started: Instant,
 ) -> Result<Answer, InferenceError> {
     let Routed { loaded, alias, shadow } = routed;
-    let max_pixels = state.served.ctx.config.inference.max_image_pixels;
+    let limits = PixelLimits::of(&state.served.ctx.config.inference);
     let (prepared, bodies) = match inputs {
-        Inputs::Encoded(bodies) => (prepare_all(bodies.clone(), loaded.clone(), max_pixels).await?, Some(bodies)),
+        Inputs::Encoded(bodies) => (prepare_all(bodies.clone(), loaded.clone(), limits).await?, Some(bodies)),
         Inputs::Prepared { pixels, shape } => {
             // The same number of values in another shape is another image: refused, not reshaped.
             let expected = input_shape(&loaded);
@@ -334,9 +340,19 @@ pub(crate) async fn serve(
     if let Some(bodies) = bodies {
         capture(state, model, &loaded, &bodies, &predictions).await;
         if let Some(shadow) = shadow {
-            let (state, model) = (state.clone(), model.clone());
-            let answered: Vec<Uuid> = predictions.iter().filter_map(|p| p["id"].as_str()?.parse().ok()).collect();
-            tokio::spawn(async move { shadow_score(&state, &model, &shadow, bodies, top_k, answered).await });
+            match state.shadows.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let (state, model) = (state.clone(), model.clone());
+                    let answered: Vec<Uuid> =
+                        predictions.iter().filter_map(|p| p["id"].as_str()?.parse().ok()).collect();
+                    tokio::spawn(async move {
+                        shadow_score(&state, &model, &shadow, bodies, top_k, answered).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => metrics::counter!("sluice_inference_shadow_skipped_total", "model" => model.to_string())
+                    .increment(1),
+            }
         }
     }
     let label = model.to_string();
@@ -377,19 +393,82 @@ async fn capture(state: &AppState, model: &ModelName, loaded: &LoadedVersion, bo
     }
 }
 
+/// Shadow scorings one process runs at once; requests past it are answered without one.
+pub const SHADOWS_IN_FLIGHT: usize = 4;
+
+/// The pixels a request may ask to decode: each image, and all of them together.
+#[derive(Debug, Clone, Copy)]
+struct PixelLimits {
+    image: u64,
+    request: u64,
+}
+
+impl PixelLimits {
+    fn of(config: &sluice_core::config::InferenceConfig) -> Self {
+        PixelLimits { image: config.max_image_pixels, request: config.max_request_pixels }
+    }
+}
+
+/// Sets its flag when dropped: the request it belongs to is over (answered, timed out, or its
+/// client went away), so work done for it off the runtime can stop.
+struct Gone(Arc<AtomicBool>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Decodes and prepares a request's images off the runtime. Their headers are read first and
+/// the request refused (413) if they claim more than `limits.request` pixels together, so a
+/// request of many large images costs no decoding at all; each image is still held to
+/// `limits.image`. The decoding stops between images once the request is gone: a deadline or a
+/// client that left ends the work, not only the wait for it.
 async fn prepare_all(
     bodies: Vec<Bytes>,
     loaded: Arc<LoadedVersion>,
-    max_pixels: u64,
+    limits: PixelLimits,
 ) -> Result<Vec<u8>, InferenceError> {
-    tokio::task::spawn_blocking(move || {
+    let gone = Gone(Arc::new(AtomicBool::new(false)));
+    let stop = gone.0.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        let claimed: u64 = bodies.iter().map(|body| header_pixels(body)).fold(0, u64::saturating_add);
+        if claimed > limits.request {
+            return Err(InferenceError::refused(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request_too_large",
+                format!(
+                    "The request's images claim {claimed} pixels together, over inference.max_request_pixels ({}); send fewer or smaller images per request.",
+                    limits.request
+                ),
+            ));
+        }
         let mut all = Vec::with_capacity(bodies.len() * loaded.batcher.frame());
         for body in &bodies {
-            all.extend(prepare(body, &loaded, max_pixels)?);
+            if stop.load(Ordering::Relaxed) {
+                return Err(InferenceError::refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    "The request ended before its images were prepared.",
+                ));
+            }
+            all.extend(prepare(body, &loaded, limits.image)?);
         }
         Ok(all)
     })
-    .await?
+    .await;
+    drop(gone);
+    prepared?
+}
+
+/// The pixels an image's header claims (0 when it has no header the decoders read, which they
+/// then refuse without decoding).
+fn header_pixels(bytes: &[u8]) -> u64 {
+    image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()
+        .and_then(|reader| reader.into_dimensions().ok())
+        .map_or(0, |(width, height)| u64::from(width) * u64::from(height))
 }
 
 /// One scored image: its best class and confidence, input brightness, and the prediction record
@@ -490,8 +569,7 @@ async fn shadow_score(
     let Ok(alias_name) = AliasName::parse(alias) else { return };
     let result = async {
         let loaded = state.served.resolve(model, &Target::Alias(alias_name)).await?;
-        let max_pixels = state.served.ctx.config.inference.max_image_pixels;
-        let prepared = prepare_all(bodies, loaded.clone(), max_pixels).await?;
+        let prepared = prepare_all(bodies, loaded.clone(), PixelLimits::of(&state.served.ctx.config.inference)).await?;
         score(state, &loaded, &prepared, top_k, Some(alias), Some(&answered)).await.map(|_| ())
     }
     .await;

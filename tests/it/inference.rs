@@ -273,6 +273,13 @@ async fn bad_predict_requests_get_clear_4xx_and_record_nothing() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+    // Each header claims 42 MP (under the 50 MP an image may have): four are decoded (and found
+    // truncated), five claim more than a request's 200 MP together and are refused undecoded.
+    let claim = headers_only_png(6000, 7000);
+    let (status, answer) = predict_many(&app, "shapes", vec![claim.clone(); 4]).await;
+    assert_eq!(status, 422, "{answer}");
+    let (status, answer) = predict_many(&app, "shapes", vec![claim; 5]).await;
+    assert_eq!((status, &answer["error"]["code"]), (413, &json!("request_too_large")), "{answer}");
     let (status, _) = predict(&app, &predict_only, "shapes", "", good).await;
     assert_eq!(status, 200);
     // Predictions are recorded asynchronously, in arrival order: once the good one is there,
@@ -282,6 +289,33 @@ async fn bad_predict_requests_get_clear_4xx_and_record_nothing() {
     })
     .await;
     assert_eq!(app.count("SELECT count(*) FROM predictions").await, 1, "only the good request is recorded");
+}
+
+/// A PNG of its signature, a valid IHDR chunk claiming `width`×`height` and the start of its data.
+fn headers_only_png(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
+    }
+    let mut header = b"IHDR".to_vec();
+    header.extend_from_slice(&width.to_be_bytes());
+    header.extend_from_slice(&height.to_be_bytes());
+    header.extend_from_slice(&[8, 2, 0, 0, 0]);
+    // The start of the image data (a zlib header and no more): decoders read the size up to it.
+    let data = b"IDAT\x78\x9c".to_vec();
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    for chunk in [header, data] {
+        png.extend_from_slice(&(chunk.len() as u32 - 4).to_be_bytes());
+        png.extend_from_slice(&chunk);
+        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
+    }
+    png
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
