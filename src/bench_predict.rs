@@ -62,7 +62,7 @@ async fn register_bench_model(ctx: &Context) -> anyhow::Result<String> {
     })
     .await??;
     let (job_id, trial_id) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
-    let key = artifact_key(name, job_id, trial_id);
+    let key = artifact_key(name, job_id, trial_id, &hex::encode(Sha256::digest(&artifact)));
     sluice_core::s3::put_bytes(&ctx.s3, &ctx.config.s3.bucket, &key, artifact.clone(), "application/octet-stream")
         .await?;
     let version = NewVersion {

@@ -262,8 +262,8 @@ mod tests {
             crate::pipeline::output_key(dataset, "spec", id, 0),
             crate::training::snapshot_key(dataset, "snap"),
             crate::training::checkpoint_key(id, id),
-            crate::training::artifact_key("m", id, id),
-            crate::training::manifest_key("m", id, id),
+            crate::training::artifact_key("m", id, id, "00ff"),
+            crate::training::manifest_key("m", id, id, "00ff"),
             crate::capture::capture_key("m", id),
             crate::batch_predictions::batch_part_key(id, 0),
         ];

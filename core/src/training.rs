@@ -215,14 +215,23 @@ pub fn checkpoint_key(job_id: Uuid, trial_id: Uuid) -> String {
     format!("checkpoints/{job_id}/{trial_id}.safetensors")
 }
 
-/// `models/<model>/<job>/<trial>.safetensors`: a trial's best weights, immutable once written.
-pub fn artifact_key(model: &str, job_id: Uuid, trial_id: Uuid) -> String {
-    format!("models/{model}/{job_id}/{trial_id}.safetensors")
+/// `models/<model>/<job>/<trial>-<sha256 prefix>.safetensors`: a trial's best weights, named by
+/// their content, so an object is never overwritten with other bytes: a trial run twice (its
+/// first worker killed after reporting, the redelivery resuming from a checkpoint and training
+/// on) writes a second object instead of replacing the one its recorded result names (the local
+/// S3 has no versioning and ignores conditional PUTs to catch it otherwise).
+pub fn artifact_key(model: &str, job_id: Uuid, trial_id: Uuid, sha256: &str) -> String {
+    format!("models/{model}/{job_id}/{trial_id}-{}.safetensors", sha_prefix(sha256))
 }
 
-/// The JSON manifest written beside an artifact.
-pub fn manifest_key(model: &str, job_id: Uuid, trial_id: Uuid) -> String {
-    format!("models/{model}/{job_id}/{trial_id}.json")
+/// The JSON manifest written beside an artifact (same name, `.json`).
+pub fn manifest_key(model: &str, job_id: Uuid, trial_id: Uuid, sha256: &str) -> String {
+    format!("models/{model}/{job_id}/{trial_id}-{}.json", sha_prefix(sha256))
+}
+
+/// The first 16 hex digits of a digest (64 bits: no two artifacts of one trial share them).
+fn sha_prefix(sha256: &str) -> &str {
+    sha256.get(..16).unwrap_or(sha256)
 }
 
 /// A trial for a worker (on `training.trials`).
@@ -417,6 +426,16 @@ pub fn event_type(payload: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_trials_artifacts_with_other_bytes_get_other_keys() {
+        let (job, trial) = (Uuid::now_v7(), Uuid::now_v7());
+        let (a, b) = ("a".repeat(64), format!("{}b", "a".repeat(15)));
+        assert_eq!(artifact_key("m", job, trial, &a), artifact_key("m", job, trial, &a));
+        assert_ne!(artifact_key("m", job, trial, &a), artifact_key("m", job, trial, &b));
+        assert_eq!(artifact_key("m", job, trial, &a), format!("models/m/{job}/{trial}-{}.safetensors", &a[..16]));
+        assert_ne!(manifest_key("m", job, trial, &a), manifest_key("m", job, trial, &b));
+    }
 
     fn item(n: u128, label: &str) -> SnapshotItem {
         SnapshotItem { media_id: Uuid::from_u128(n), label: label.into(), keys: vec![format!("k{n}")] }

@@ -66,7 +66,7 @@ pub(crate) async fn register_trained(app: &RunningApp, model: &str, seed: u64, e
     .await
     .expect("training");
     let (job_id, trial_id) = (Uuid::now_v7(), Uuid::now_v7());
-    let key = artifact_key(model, job_id, trial_id);
+    let key = artifact_key(model, job_id, trial_id, &hex::encode(Sha256::digest(&artifact)));
     sluice_core::s3::put_bytes(
         &app.ctx.s3,
         &app.ctx.config.s3.bucket,

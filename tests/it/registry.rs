@@ -27,7 +27,7 @@ async fn registry_app(env: &TestEnv) -> RunningApp {
 /// A version of `model` whose artifact is `bytes`, stored at the trainer's key layout.
 async fn stored_version(app: &RunningApp, model: &str, bytes: &[u8]) -> NewVersion {
     let (job_id, trial_id) = (Uuid::now_v7(), Uuid::now_v7());
-    let key = artifact_key(model, job_id, trial_id);
+    let key = artifact_key(model, job_id, trial_id, &hex::encode(Sha256::digest(bytes)));
     put_object(app, &key, bytes.to_vec()).await;
     NewVersion {
         model: ModelName::parse(model).expect("valid model name"),

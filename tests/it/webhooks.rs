@@ -231,7 +231,7 @@ fn version(model: &str, seed: u8) -> NewVersion {
     let (job_id, trial_id) = (Uuid::now_v7(), Uuid::now_v7());
     NewVersion {
         model: ModelName::parse(model).expect("valid model name"),
-        artifact_key: artifact_key(model, job_id, trial_id),
+        artifact_key: artifact_key(model, job_id, trial_id, &hex::encode(Sha256::digest([seed; 16]))),
         sha256: hex::encode(Sha256::digest([seed; 16])),
         size_bytes: 16,
         architecture: "mlp".into(),

@@ -446,7 +446,7 @@ async fn finish(
     let test = test_scores(ctx, trial, session, sets.loaded, sets.test, reference.temperature).await?;
     let sha256 = hex::encode(Sha256::digest(&artifact));
     let size_bytes = artifact.len() as i64;
-    let key = artifact_key(&trial.model, trial.job_id, trial.trial_id);
+    let key = artifact_key(&trial.model, trial.job_id, trial.trial_id, &sha256);
     let bucket = &ctx.config.s3.bucket;
     let metrics = json!({
         "val_accuracy": evaluation.accuracy,
@@ -470,7 +470,7 @@ async fn finish(
     s3::put_bytes(
         &ctx.s3,
         bucket,
-        &manifest_key(&trial.model, trial.job_id, trial.trial_id),
+        &manifest_key(&trial.model, trial.job_id, trial.trial_id, &sha256),
         manifest,
         "application/json",
     )
