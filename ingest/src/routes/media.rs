@@ -78,21 +78,47 @@ pub(super) async fn post_media(
     Ok((StatusCode::ACCEPTED, Json(json!({ "items": items }))))
 }
 
+/// Files stored for a request whose form is still being read. If the request ends there (its
+/// deadline passed, or its client left and the server dropped it), no error path runs: the
+/// objects are deleted in the background when this is dropped, so a request answered 503 leaves
+/// nothing behind either. Before any commit, no media row can refer to them.
+struct Uncommitted<'a> {
+    ctx: &'a Context,
+    stored: Vec<upload::Stored>,
+}
+
+impl Drop for Uncommitted<'_> {
+    fn drop(&mut self) {
+        if self.stored.is_empty() {
+            return;
+        }
+        let keys: Vec<String> = self.stored.iter().map(|s| s.key.clone()).collect();
+        let ctx = self.ctx.clone();
+        tracing::info!(files = keys.len(), "an upload ended before its commit; deleting what it stored");
+        tokio::spawn(async move { upload::discard(&ctx, &keys).await });
+    }
+}
+
 async fn ingest_request(ctx: &Context, request: Request) -> Result<Vec<store::Accepted>, IngestError> {
     // A refused body is drained by the listener's lingering close (`http::with_limits`).
     let limits = FormLimits {
         upload: upload::Limits::from_config(&ctx.config, ctx.config.http.max_body_bytes),
         max_parts: ctx.config.http.max_parts,
     };
-    let mut stored = Vec::new();
-    let fields = match form::read(&upload::S3(ctx), request, limits, &mut stored).await {
+    let mut pending = Uncommitted { ctx, stored: Vec::new() };
+    let fields = match form::read(&upload::S3(ctx), request, limits, &mut pending.stored).await {
         Ok(fields) => fields,
         Err(err) => {
-            let keys: Vec<String> = stored.iter().map(|s| s.key.clone()).collect();
+            let keys: Vec<String> = pending.stored.iter().map(|s| s.key.clone()).collect();
             upload::discard(ctx, &keys).await;
+            pending.stored.clear();
             return Err(err);
         }
     };
+    // From here the commit decides what is kept: a request dropped during it leaves its objects
+    // to `discard_unrecorded`'s rule, applied by the orphan sweeper (a commit's outcome is not
+    // known to a future that was dropped).
+    let stored = std::mem::take(&mut pending.stored);
     let span = tracing::Span::current();
     span.record("dataset", tracing::field::display(&fields.dataset));
     span.record("files", stored.len());
