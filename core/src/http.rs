@@ -203,6 +203,46 @@ pub async fn serve(
     graceful.shutdown().await;
 }
 
+/// Why [`read_body`] could not read a body.
+#[derive(Debug)]
+pub enum BodyError {
+    /// Over the limit (answered 413): reading stopped there.
+    TooLarge { limit: usize },
+    /// The client's body ended badly (answered 400).
+    Unreadable(String),
+}
+
+/// Reads a small request body (JSON) within `limit` bytes, telling an over-limit body (413) from
+/// one that could not be read (400), which `axum::body::to_bytes` reports alike.
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, BodyError> {
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Unreadable(e.to_string()))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge { limit });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.freeze())
+}
+
+impl From<BodyError> for ApiError {
+    fn from(err: BodyError) -> Self {
+        match err {
+            BodyError::TooLarge { limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("The body must be at most {limit} bytes."),
+            ),
+            BodyError::Unreadable(why) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("The body could not be read: {why}."))
+            }
+        }
+    }
+}
+
 /// After a handler stops reading a request body (it refused it early: too large, bad type), up to
 /// this much more of it is read and discarded, for at most [`LINGER_TIME`], so the client gets
 /// the answer instead of a reset connection ("lingering close", as nginx and Apache do).

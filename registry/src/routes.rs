@@ -10,6 +10,7 @@ use axum::{
     Json,
     body::Body,
     extract::{Path, Query, State},
+    http::StatusCode,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -178,9 +179,7 @@ async fn put_alias(
 ) -> Result<Json<AliasMove>, RegistryServiceError> {
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
     require_move_scope(&ctx, &caller, &name, &alias).await?;
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| bad_request(format!("The body must be at most {MAX_BODY_BYTES} bytes.")))?;
+    let bytes = sluice_core::http::read_body(body, MAX_BODY_BYTES).await.map_err(ApiError::from)?;
     let request: MoveRequest = serde_json::from_slice(&bytes)
         .map_err(|e| bad_request(format!("Send {{\"version\": <number>, \"reason\": \"...\"}} ({e}).")))?;
     let version = positive_version(request.version)?;
@@ -281,18 +280,22 @@ async fn put_policy(
 ) -> Result<Json<Value>, RegistryServiceError> {
     caller.require(Scope::Admin)?;
     let name = model_name(&name)?;
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| bad_request(format!("The body must be at most {MAX_BODY_BYTES} bytes.")))?;
+    let bytes = sluice_core::http::read_body(body, MAX_BODY_BYTES).await.map_err(ApiError::from)?;
     let request: PolicyRequest = serde_json::from_slice(&bytes).map_err(|e| {
         bad_request(format!(
             "Send {{\"auto_promote\": \"never\"|\"if_better\"|\"always\", \"protected_aliases\": [...]}} ({e})."
         ))
     })?;
+    // A well-formed body whose values are refused: 422, as the OpenAPI document says.
+    let unprocessable = |message: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message);
     if request.protected_aliases.len() > models::MAX_PROTECTED_ALIASES {
-        return Err(bad_request(format!("`protected_aliases`: at most {}.", models::MAX_PROTECTED_ALIASES)).into());
+        return Err(unprocessable(format!("`protected_aliases`: at most {}.", models::MAX_PROTECTED_ALIASES)).into());
     }
-    let protected = request.protected_aliases.iter().map(|a| alias_name(a)).collect::<Result<Vec<_>, _>>()?;
+    let protected = request
+        .protected_aliases
+        .iter()
+        .map(|a| AliasName::parse(a).map_err(|e| unprocessable(format!("`protected_aliases`: {}.", e.0))))
+        .collect::<Result<Vec<_>, _>>()?;
     let policy = store::set_policy(&ctx, &name, request.auto_promote, &protected, &actor(&caller)).await?;
     tracing::info!(model = %name, policy = ?policy, "promotion policy set");
     Ok(Json(json!({"model": name, "policy": policy})))

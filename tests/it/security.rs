@@ -341,11 +341,31 @@ async fn oversized_bodies_part_floods_and_huge_search_spaces_are_refused_in_json
     let admin = app.admin_token.clone();
     let big = vec![b' '; 2 * 1024 * 1024];
     let mut wrong = Vec::new();
-    for path in ["/v1/feedback", "/v1/training-jobs", "/v1/batch-predictions", "/v1/tokens"] {
-        let request = app.http.post(app.url(path)).bearer_auth(&admin).header("content-type", "application/json");
+    let media = format!("/v1/media/{}", Uuid::now_v7());
+    for (method, path) in [
+        (Method::POST, "/v1/feedback"),
+        (Method::POST, "/v1/training-jobs"),
+        (Method::POST, "/v1/batch-predictions"),
+        (Method::POST, "/v1/tokens"),
+        (Method::PUT, "/v1/models/m/aliases/staging"),
+        (Method::PUT, "/v1/models/m/policy"),
+        (Method::PATCH, media.as_str()),
+        (Method::POST, "/v1/datasets/d/imports"),
+    ] {
+        let request =
+            app.http.request(method, app.url(path)).bearer_auth(&admin).header("content-type", "application/json");
         let (status, body) = json_of(request.body(big.clone()).send().await.expect("post")).await;
         if status != 413 || !body["error"]["message"].is_string() {
             wrong.push(format!("{path}: {status} {body}"));
+        }
+    }
+    // A well-formed policy whose values are refused is 422, as the OpenAPI document says.
+    for aliases in [json!(["Bad Alias!"]), json!((0..40).map(|i| format!("a{i}")).collect::<Vec<_>>())] {
+        let body = json!({"auto_promote": "never", "protected_aliases": aliases});
+        let put = app.http.put(app.url("/v1/models/m/policy")).bearer_auth(&admin).json(&body);
+        let (status, answer) = json_of(put.send().await.expect("put")).await;
+        if status != 422 {
+            wrong.push(format!("policy {aliases}: {status} {answer}"));
         }
     }
     // An unknown route and a wrong method answer in the same JSON shape.

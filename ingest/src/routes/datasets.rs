@@ -215,9 +215,7 @@ pub(super) async fn post_import(
 ) -> Result<(StatusCode, Json<Value>), IngestError> {
     caller.require(Scope::Ingest)?;
     let dataset = parse_dataset(&name)?;
-    let bytes = axum::body::to_bytes(body, MAX_METADATA_BYTES)
-        .await
-        .map_err(|_| IngestError::BadRequest("the body is too large".into()))?;
+    let bytes = sluice_core::http::read_body(body, MAX_METADATA_BYTES).await.map_err(ApiError::from)?;
     let request: ImportRequest = serde_json::from_slice(&bytes)
         .map_err(|e| IngestError::BadRequest(format!("send {{\"bucket\": \"...\", \"prefix\": \"...\"}} ({e})")))?;
     let bucket = request.bucket.unwrap_or_else(|| ctx.config.s3.bucket.clone());

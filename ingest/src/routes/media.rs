@@ -9,7 +9,13 @@ use axum::{
     http::StatusCode,
 };
 use serde_json::{Value, json};
-use sluice_core::{Context, auth::Scope, domain::Label, http::Caller, s3};
+use sluice_core::{
+    Context,
+    auth::Scope,
+    domain::Label,
+    http::{ApiError, Caller},
+    s3,
+};
 
 use super::{parse_id, rfc3339};
 use crate::{
@@ -179,9 +185,7 @@ pub(super) async fn patch_media(
 ) -> Result<Json<Value>, IngestError> {
     caller.require(Scope::Ingest)?;
     let id = parse_id(&id)?;
-    let bytes = axum::body::to_bytes(body, MAX_METADATA_BYTES)
-        .await
-        .map_err(|_| IngestError::BadRequest("the body is too large for a label change".into()))?;
+    let bytes = sluice_core::http::read_body(body, MAX_METADATA_BYTES).await.map_err(ApiError::from)?;
     let label = match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(map)) if map.len() == 1 && map.contains_key("label") => match &map["label"] {
             Value::Null => None,
