@@ -27,7 +27,7 @@ use std::time::Instant;
 use axum::{
     Json,
     body::Bytes,
-    extract::{Path, State},
+    extract::{FromRequest, Path, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -63,6 +63,7 @@ const PREDICTION_IDS: &str = "prediction_ids";
 #[derive(Debug)]
 pub enum V2Error {
     Failed(InferenceError),
+    /// An answer made elsewhere, sent as it is: the auth limiter's 429, the framework's 413.
     Throttled(Box<Response>),
 }
 
@@ -410,9 +411,9 @@ pub async fn infer(
     caller: Result<Caller, AuthRejection>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, V2Error> {
-    infer_at(state, caller, ModelPath { name, version: None }, headers, body).await
+    infer_at(state, caller, ModelPath { name, version: None }, headers, request).await
 }
 
 /// Scores images, or prepared pixels, with a version.
@@ -444,9 +445,9 @@ pub async fn version_infer(
     caller: Result<Caller, AuthRejection>,
     Path((name, version)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, V2Error> {
-    infer_at(state, caller, ModelPath { name, version: Some(version) }, headers, body).await
+    infer_at(state, caller, ModelPath { name, version: Some(version) }, headers, request).await
 }
 
 /// `POST /v2/models/{name}[/versions/{v}]/infer`.
@@ -456,10 +457,12 @@ async fn infer_at(
     caller: Result<Caller, AuthRejection>,
     path: ModelPath,
     headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, V2Error> {
     let started = Instant::now();
+    // The caller first: an unauthenticated or throttled client's body is never read.
     predictor(caller)?;
+    let body = Bytes::from_request(request, &()).await.map_err(|e| V2Error::Throttled(Box::new(e.into_response())))?;
     let accepted = accept(&state, &path, &headers, &body).await.map_err(|e| counted(e, None))?;
     let Accepted { model, routed, inputs, request, wanted, top_k } = accepted;
     let answer =

@@ -212,6 +212,20 @@ async fn bad_v2_requests_get_the_protocols_errors_and_record_nothing() {
     )
     .await;
     assert_eq!(status, 404, "{answer}");
+    // No token: the answer comes before the body is read, even one that never ends.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(1);
+    tx.send(Ok(bytes::Bytes::from_static(b"{\"inputs\": ["))).await.expect("a first chunk");
+    let endless = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) });
+    let anonymous = reqwest::Client::builder().timeout(Duration::from_secs(15)).build().expect("client");
+    let response = anonymous
+        .post(app.url("/v2/models/strict/infer"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(endless))
+        .send()
+        .await
+        .expect("an answer before the body ends");
+    assert_eq!(response.status().as_u16(), 401);
+    drop(tx);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(app.count("SELECT count(*) FROM predictions").await, 0, "nothing recorded");
 
