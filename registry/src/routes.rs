@@ -134,20 +134,47 @@ async fn get_alias(
 }
 
 #[utoipa::path(get, path = "/v1/models/{name}/aliases/{alias}/history", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])), params(("name" = String, Path, description = "The model's name."), ("alias" = String, Path, description = "An alias: `production`, `staging`, …")),
-    responses((status = 200, description = "The alias's audit trail, newest first.", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody)))]
+    responses((status = 200, description = "The alias's audit trail, newest first, a page at a time: `history` holds up to `limit` moves (default 100, at most 500) older than `before`; `next_before`, when present, asks for the next page.", body = Object), (status = 400, description = "A malformed name, alias, limit or before.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name, alias = %alias))]
 async fn alias_history(
     State(ctx): State<Context>,
     caller: Caller,
     Path((name, alias)): Path<(String, String)>,
+    Query(page): Query<HistoryPage>,
 ) -> Result<Json<Value>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
+    let limit = match page.limit.as_deref() {
+        None => 100,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| bad_request("`limit` must be 1 to 500.".into()))?,
+    };
+    let before = page
+        .before
+        .as_deref()
+        .map(|text| {
+            text.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad_request("`before` must be a move's `id`.".into()))
+        })
+        .transpose()?;
     if !store::model_exists(&ctx, &name).await? {
         return Err(unknown_model(&name));
     }
-    let history = store::history(&ctx, &name, &alias).await?;
-    Ok(Json(json!({"model": name, "alias": alias, "history": history})))
+    let history = store::history(&ctx, &name, &alias, limit, before).await?;
+    let next = (history.len() as i64 == limit).then(|| history.last().map(|m| m.id)).flatten();
+    Ok(Json(json!({"model": name, "alias": alias, "history": history, "next_before": next})))
+}
+
+/// `limit` and `before` of the alias history, as text so a malformed one is a 400 in the API's shape.
+#[derive(Debug, Deserialize)]
+struct HistoryPage {
+    limit: Option<String>,
+    before: Option<String>,
 }
 
 /// Where to point an alias.

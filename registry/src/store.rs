@@ -44,6 +44,8 @@ pub struct Alias {
 /// One audited move; `to` is `None` when the alias was deleted.
 #[derive(Debug, Serialize)]
 pub struct Move {
+    /// The move's place in the trail: pass the last one's as `before` for the next page.
+    pub id: i64,
     pub from: Option<i32>,
     pub to: Option<i32>,
     pub actor: String,
@@ -110,22 +112,29 @@ pub async fn alias(ctx: &Context, model: &ModelName, alias: &AliasName) -> Resul
     }))
 }
 
-/// Every move of `alias`, newest first.
+/// Up to `limit` moves of `alias` older than the move `before` (all when `None`), newest first.
 #[tracing::instrument(level = "debug", skip_all, fields(model = %model, alias = %alias))]
-pub async fn history(ctx: &Context, model: &ModelName, alias: &AliasName) -> Result<Vec<Move>, DbError> {
+pub async fn history(
+    ctx: &Context,
+    model: &ModelName,
+    alias: &AliasName,
+    limit: i64,
+    before: Option<i64>,
+) -> Result<Vec<Move>, DbError> {
     let rows = ctx
         .db
         .get()
         .await?
         .query(
-            "SELECT from_version, to_version, actor, reason, at FROM alias_history
-             WHERE model = $1 AND alias = $2 ORDER BY id DESC",
-            &[&model.as_str(), &alias.as_str()],
+            "SELECT id, from_version, to_version, actor, reason, at FROM alias_history
+             WHERE model = $1 AND alias = $2 AND id < $3 ORDER BY id DESC LIMIT $4",
+            &[&model.as_str(), &alias.as_str(), &before.unwrap_or(i64::MAX), &limit],
         )
         .await?;
     Ok(rows
         .iter()
         .map(|row| Move {
+            id: row.get("id"),
             from: row.get("from_version"),
             to: row.get("to_version"),
             actor: row.get("actor"),

@@ -156,6 +156,21 @@ async fn alias_moves_are_audited_published_and_served_with_lineage() {
     assert_eq!(moves[0]["reason"], "better");
     assert!(moves[0]["actor"].as_str().expect("actor").starts_with("test-admin ("), "{history}");
     assert!(moves[0]["at"].as_str().expect("at").ends_with('Z'), "{history}");
+    assert_eq!(history["next_before"], Value::Null, "one page holds both: {history}");
+    // A page at a time: the newest move, then the one before it, then nothing more.
+    let (_, first) = get(&app, &app.admin_token, &format!("{path}/history?limit=1")).await;
+    assert_eq!(first["history"].as_array().map(Vec::len), Some(1), "{first}");
+    assert_eq!(first["history"][0]["to"], json!(2), "{first}");
+    let next = first["next_before"].as_i64().expect("a next page");
+    let (_, second) = get(&app, &app.admin_token, &format!("{path}/history?limit=1&before={next}")).await;
+    assert_eq!(second["history"][0]["to"], json!(1), "{second}");
+    let last = second["next_before"].as_i64().expect("a full page points on");
+    let (_, empty) = get(&app, &app.admin_token, &format!("{path}/history?limit=1&before={last}")).await;
+    assert_eq!((empty["history"].as_array().map(Vec::len), &empty["next_before"]), (Some(0), &Value::Null), "{empty}");
+    for bad in ["limit=0", "limit=501", "limit=x", "before=0", "before=abc"] {
+        let (status, answer) = get(&app, &app.admin_token, &format!("{path}/history?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
 
     let events = published_model_events(&app).await;
     let moved: Vec<&Value> = events.iter().map(|(_, e)| e).filter(|e| e["type"] == "model.alias_moved").collect();
