@@ -95,8 +95,10 @@ where
 }
 
 /// [`enqueue`] with an explicit partition, for work queues that spread items over the group's
-/// members (training trials) instead of hashing keys. The partition must exist: Sluice creates
-/// its topics with `kafka.partitions` partitions.
+/// members (training trials) instead of hashing keys. The partition is a spread hint: the relay
+/// sends to it modulo the topic's partitions as the broker reports them, so a topic created with
+/// fewer partitions than `kafka.partitions` says now (raised after the topics existed) still
+/// gets every row.
 pub async fn enqueue_to_partition<C, T>(
     client: &C,
     topic: &crate::topics::TopicName,
@@ -277,6 +279,34 @@ pub async fn publish_batch(ctx: &Context) -> Result<usize, RelayError> {
     }
 }
 
+/// How long a topic's partition count is trusted before the broker is asked again.
+const PARTITIONS_TTL: Duration = Duration::from_secs(60);
+
+/// Topics' partition counts as the broker last reported them, per process.
+static PARTITIONS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, (i32, Instant)>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// The partitions `topic` has, from a cache refreshed every [`PARTITIONS_TTL`]; `None` when the
+/// broker cannot say now (the row's hint is then sent as it is, and a refusal counts an attempt).
+async fn partition_count(ctx: &Context, topic: &str) -> Option<i32> {
+    if let Some(&(count, at)) = PARTITIONS.lock().expect("partitions lock").get(topic)
+        && at.elapsed() < PARTITIONS_TTL
+    {
+        return Some(count);
+    }
+    let (producer, name) = (ctx.producer.clone(), topic.to_owned());
+    let count = tokio::task::spawn_blocking(move || {
+        let metadata = producer.fetch_metadata(Some(&name), Duration::from_secs(5)).ok()?;
+        let topic = metadata.topics().first()?;
+        i32::try_from(topic.partitions().len()).ok().filter(|&n| topic.error().is_none() && n > 0)
+    })
+    .await
+    .ok()
+    .flatten()?;
+    PARTITIONS.lock().expect("partitions lock").insert(topic.to_owned(), (count, Instant::now()));
+    Some(count)
+}
+
 /// Outbox rows locked by this relay's open transaction; other relays skip them until it ends.
 /// Dropping it without [`Claimed::settle`] (a crash) releases the rows for the next relay.
 #[derive(Debug)]
@@ -343,10 +373,17 @@ impl<'a> Claimed<'a> {
 
     /// Sends every claimed event (pipelined); one outcome per event, in claim order.
     async fn send(&self, ctx: &Context) -> Vec<Result<Delivered, String>> {
+        let mut counts = std::collections::HashMap::new();
+        for event in self.events.iter().filter(|e| e.partition.is_some()) {
+            if !counts.contains_key(&event.topic) {
+                counts.insert(event.topic.clone(), partition_count(ctx, &event.topic).await);
+            }
+        }
         let sends = self.events.iter().map(|event| {
             let mut record = FutureRecord::to(&event.topic).key(&event.key).payload(&event.payload);
             if let Some(partition) = event.partition {
-                record = record.partition(partition);
+                let count = counts.get(&event.topic).copied().flatten();
+                record = record.partition(count.map_or(partition, |count| partition.rem_euclid(count)));
             }
             ctx.producer.send(record, Duration::from_secs(30))
         });

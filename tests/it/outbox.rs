@@ -348,3 +348,32 @@ async fn an_event_over_the_message_limit_is_refused_before_it_is_written() {
     let rows: i64 = client.query_one("SELECT count(*) FROM outbox", &[]).await.expect("count").get(0);
     assert_eq!(rows, 0, "nothing written");
 }
+
+/// A partition hint past the topic's partitions (`kafka.partitions` raised after the topic was
+/// created) is sent modulo the partitions the broker reports: every row goes out, spread as
+/// the hints say, none refused and parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_hints_are_taken_modulo_the_topics_partitions() {
+    let env = TestEnv::new().await;
+    let ctx = Context::new(env.config.clone()).await.expect("context");
+    ctx.bootstrap().await.expect("bootstrap");
+    let topic = crate::support::create_topic(&env, "spread", 2).await;
+    let conn = ctx.db.get().await.expect("conn");
+    for hint in 0..6i32 {
+        let id = uuid::Uuid::now_v7();
+        conn.execute(
+            "INSERT INTO outbox (id, topic, key, payload, partition) VALUES ($1, $2, $3, $4, $5)",
+            &[&id, &topic, &format!("trial-{hint}"), &serde_json::json!({"hint": hint}), &hint],
+        )
+        .await
+        .expect("insert");
+    }
+    assert_eq!(outbox::publish_batch(&ctx).await.expect("batch"), 6);
+    let rows = conn
+        .query("SELECT partition, sent_partition FROM outbox WHERE sent_at IS NOT NULL AND failed_at IS NULL", &[])
+        .await
+        .expect("rows");
+    let mut placed: Vec<(i32, i32)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    placed.sort_unstable();
+    assert_eq!(placed, [(0, 0), (1, 1), (2, 0), (3, 1), (4, 0), (5, 1)]);
+}
