@@ -67,16 +67,19 @@ pub async fn state(ctx: &Context, id: Uuid) -> Result<Option<MediaState>, DbErro
     Ok(Some(MediaState { status: row.try_get("status")?, spec_hash: row.try_get("spec_hash")? }))
 }
 
-/// Marks the item `processing`; with `new_attempt`, also counts one more delivery that started
-/// work on it, and returns the count. The count is reset when the item ends (processed or
-/// failed), so it counts the deliveries that never finished: each one a worker that died on it.
+/// Marks the item `processing` (an item `processed` under an earlier spec keeps that status
+/// while it is reprocessed); with `new_attempt`, also counts one more delivery that started work
+/// on it, and returns the count. The count is reset when the item ends (processed or failed), so
+/// it counts the deliveries that never finished: each one a worker that died on it, reprocessing
+/// included (uncounted there, an item that kills its worker would be delivered forever).
 #[tracing::instrument(level = "debug", skip_all, fields(media = %id, new_attempt = new_attempt))]
 pub async fn mark_processing(ctx: &Context, id: Uuid, new_attempt: bool) -> Result<i32, DbError> {
     let client = ctx.db.get().await?;
     let statement = client
         .prepare_cached(
-            "UPDATE media SET status = $3, updated_at = now(), attempts = attempts + $2::int
-             WHERE id = $1 AND status <> $4 RETURNING attempts",
+            "UPDATE media SET status = CASE WHEN status = $4 THEN status ELSE $3 END, updated_at = now(),
+                              attempts = attempts + $2::int
+             WHERE id = $1 RETURNING attempts",
         )
         .await?;
     let row = client

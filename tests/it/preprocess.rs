@@ -591,6 +591,30 @@ async fn an_item_that_kept_killing_workers_is_dead_lettered_instead_of_retried_f
     assert_eq!(app.count("SELECT max(attempts)::bigint FROM media").await, 0, "ended items reset their count");
 }
 
+/// Reprocessing counts its attempts too: a processed item whose reprocessing kept killing its
+/// workers is given up on like any other, not delivered forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_item_whose_reprocessing_kept_killing_workers_is_given_up() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.preprocess.max_attempts = 3;
+    let app = RunningApp::spawn(config).await;
+    let id = upload(&app, "recrash", "image/png", png(30, 30, 4)).await;
+    assert_eq!(settled(&app, &id).await["status"], "processed");
+    // As if three deliveries of its reprocessing had each started it and died.
+    let uuid = uuid::Uuid::parse_str(&id).expect("id");
+    let client = app.ctx.db.get().await.expect("connection");
+    client.execute("UPDATE media SET attempts = 3 WHERE id = $1", &[&uuid]).await.expect("set attempts");
+    put_pipeline(&app, "recrash", serde_json::json!({"width": 12, "height": 12})).await;
+    reprocess(&app, "recrash").await;
+    let item = eventually(Duration::from_secs(30), "the reprocessing to be given up", || async {
+        let item = media(&app, &id).await;
+        (item["status"] == "failed").then_some(item)
+    })
+    .await;
+    assert!(item["error"].as_str().is_some_and(|e| e.contains("gave up after 3 attempts")), "{item}");
+}
+
 /// `GET /v1/datasets/{name}/media` pages newest first with filters; `GET /v1/media/{id}/content`
 /// streams the raw upload and each processed output, typed and under a policy that runs nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
