@@ -3,9 +3,10 @@
 //! so the whole path is fuzzed in memory (`fuzz/fuzz_targets/upload_form.rs`).
 
 use axum::extract::{FromRequest, Multipart, Request};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use serde_json::Value;
 use sluice_core::domain::{DatasetName, Label};
+use sluice_core::http::ApiError;
 
 use crate::{
     error::IngestError,
@@ -14,6 +15,9 @@ use crate::{
 
 /// Largest `metadata` part (and JSON request body) accepted, in bytes.
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
+/// Bytes a multipart upload may hold beyond its files (boundaries, part headers, text parts),
+/// as the route's body limit allows (`routes::mod`).
+pub const FRAMING_ALLOWANCE: u64 = 1024 * 1024;
 /// Longest `source` accepted, in characters.
 pub const MAX_SOURCE_CHARS: usize = 512;
 /// The text parts an upload may carry, each before the files it applies to.
@@ -71,11 +75,6 @@ pub async fn read<K: Sink>(
 
 /// Checks what can be checked before reading the body: declared length, content type, query.
 fn check_request(request: &Request, limit: u64) -> Result<(String, Fields), IngestError> {
-    let declared_length =
-        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared_length.is_some_and(|len| len > limit) {
-        return Err(IngestError::TooLarge { limit });
-    }
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -84,14 +83,25 @@ fn check_request(request: &Request, limit: u64) -> Result<(String, Fields), Inge
         .unwrap_or_default();
     let lower = content_type.to_ascii_lowercase();
     let essence = lower.split(';').next().unwrap_or_default().trim();
-    if !(essence == "multipart/form-data"
+    let multipart = essence == "multipart/form-data";
+    if !(multipart
         || essence.starts_with("image/")
         || essence.starts_with("video/")
         || essence == "application/octet-stream")
     {
-        return Err(IngestError::BadRequest(
-            "send the file as the body with Content-Type image/*, video/* or application/octet-stream, or as multipart/form-data".into(),
-        ));
+        return Err(IngestError::Refused(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Send the file as the body with Content-Type image/*, video/* or application/octet-stream, or as multipart/form-data.",
+        )));
+    }
+    // A multipart body holds its files' bytes plus the framing around them (boundaries, part
+    // headers, text parts), for which the body limit allows another MiB.
+    let allowed = if multipart { limit.saturating_add(FRAMING_ALLOWANCE) } else { limit };
+    let declared_length =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared_length.is_some_and(|len| len > allowed) {
+        return Err(IngestError::TooLarge { limit });
     }
     let mut fields = Fields::default();
     parse_query(request.uri().query().unwrap_or_default(), &mut fields)?;
@@ -109,7 +119,14 @@ async fn read_multipart<K: Sink>(
     let max_parts = limits.max_parts;
     let mut used: u64 = 0;
     let mut parts = 0usize;
-    while let Some(field) = multipart.next_field().await.map_err(|e| IngestError::BadRequest(e.body_text()))? {
+    let unreadable = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            IngestError::TooLarge { limit }
+        } else {
+            IngestError::BadRequest(e.body_text())
+        }
+    };
+    while let Some(field) = multipart.next_field().await.map_err(unreadable)? {
         parts += 1;
         // Files, plus at most one of each text part; anything past that is a part flood.
         if parts > max_parts + TEXT_PARTS.len() || (field.name() == Some("file") && files.len() >= max_parts) {

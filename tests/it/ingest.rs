@@ -306,6 +306,12 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_nothing_anywhere() {
             code: "too_large",
         },
         Bad {
+            name: "a request Content-Type that is not media or a form",
+            request: raw("", "text/plain", good.clone()),
+            status: 415,
+            code: "unsupported_media_type",
+        },
+        Bad {
             name: "dataset ../",
             request: raw("?dataset=..%2Fetc", "image/png", good.clone()),
             status: 400,

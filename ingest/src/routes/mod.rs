@@ -13,14 +13,11 @@ use utoipa_axum::{
 };
 use uuid::Uuid;
 
-/// Room for multipart boundaries and text parts on top of the files' byte limit.
-const MULTIPART_FRAMING_BYTES: usize = 1024 * 1024;
-
 pub fn router(ctx: Context) -> OpenApiRouter {
     // Uploads stream to S3 under `http.max_body_bytes` (counted on the files' bytes, so the
     // framework's limit leaves room for multipart framing), not the JSON routes' default limit.
     let files_limit = usize::try_from(ctx.config.http.max_body_bytes).unwrap_or(usize::MAX);
-    let upload_limit = DefaultBodyLimit::max(files_limit.saturating_add(MULTIPART_FRAMING_BYTES));
+    let upload_limit = DefaultBodyLimit::max(files_limit.saturating_add(crate::form::FRAMING_ALLOWANCE as usize));
     OpenApiRouter::new()
         .routes(routes!(media::post_media).layer(upload_limit))
         .routes(routes!(media::get_media, media::patch_media))
