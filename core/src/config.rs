@@ -258,6 +258,9 @@ pub struct HttpConfig {
     /// second) before its requests get 429; 0 turns the limit off (behind a proxy that hides
     /// client addresses, for example).
     pub auth_failure_burst: u32,
+    /// Reverse proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client: the
+    /// failed-authentication limit counts per client, not per proxy.
+    pub trusted_proxies: Vec<String>,
     /// Marks the console's session cookie `Secure` on every answer, for deployments served over
     /// HTTPS by a proxy that does not send `X-Forwarded-Proto: https` (with it, the cookie is
     /// `Secure` anyway).
@@ -475,6 +478,13 @@ impl Config {
         rule(self.http.max_parts >= 1, "http.max_parts must be at least 1")?;
         rule(self.http.request_timeout_secs >= 1, "http.request_timeout_secs must be at least 1")?;
         rule(self.http.header_timeout_secs >= 1, "http.header_timeout_secs must be at least 1")?;
+        rule(
+            self.http
+                .trusted_proxies
+                .iter()
+                .all(|p| p.parse::<ipnet::IpNet>().is_ok() || p.parse::<std::net::IpAddr>().is_ok()),
+            "http.trusted_proxies must hold IP addresses or CIDR ranges",
+        )?;
         rule(self.http.max_connections >= 1, "http.max_connections must be at least 1")?;
         rule(
             (1..=24 * 30).contains(&self.http.console_session_hours),

@@ -510,8 +510,12 @@ where
         if let Some(cookie) = crate::sessions::credential(&parts.headers) {
             return attempt.session(ctx, cookie, &parts.method, &parts.headers).await;
         }
+        // No credential at all guesses nothing: answered 401, not counted against the address
+        // (a console opened while signed out asks for its session this way).
         let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
-            attempt.failed(ctx, "Send `Authorization: Bearer <token>`; `sluice up` writes one to .sluice/token.")
+            AuthAttempt::unauthenticated(
+                "Send `Authorization: Bearer <token>`; `sluice up` writes one to .sluice/token.",
+            )
         })?;
         let token = header
             .to_str()
@@ -528,6 +532,33 @@ where
     }
 }
 
+/// The address a request came from: its peer's, or, when the peer is one of
+/// `http.trusted_proxies`, the nearest address in `X-Forwarded-For` that is not a trusted proxy
+/// (the entries before it are the client's to write, so they are not believed). Without it,
+/// every client behind a reverse proxy shares the proxy's address, and one client's failed
+/// attempts would have the others refused with 429.
+pub fn client_address(trusted: &[String], parts: &axum::http::request::Parts) -> Option<std::net::IpAddr> {
+    let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip())?;
+    let is_trusted = |ip: std::net::IpAddr| {
+        trusted.iter().any(|entry| match entry.parse::<ipnet::IpNet>() {
+            Ok(net) => net.contains(&ip),
+            Err(_) => entry.parse::<std::net::IpAddr>().is_ok_and(|one| one == ip),
+        })
+    };
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<std::net::IpAddr> = parts
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|entry| entry.trim().parse().ok())
+        .collect();
+    Some(forwarded.iter().rev().copied().find(|ip| !is_trusted(*ip)).or(forwarded.first().copied()).unwrap_or(peer))
+}
+
 /// One attempt to authenticate, from a bearer token, a session cookie or the console's sign-in
 /// form: refused up front with 429 while its client address is over the failed-authentication
 /// limit (`http.auth_failure_burst`), and counted against that limit when it fails.
@@ -539,7 +570,7 @@ pub struct AuthAttempt {
 impl AuthAttempt {
     /// Starts an attempt for the request's client address, or answers 429 with `Retry-After`.
     pub fn start(ctx: &Context, parts: &axum::http::request::Parts) -> Result<Self, AuthRejection> {
-        let client = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|info| info.0.ip());
+        let client = client_address(&ctx.config.http.trusted_proxies, parts);
         if let Some(retry_after) = client.and_then(|ip| ctx.auth_failures.blocked_for(ip)) {
             let mut refused = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -551,6 +582,11 @@ impl AuthAttempt {
             return Err(AuthRejection::Response(Box::new(refused)));
         }
         Ok(Self { client })
+    }
+
+    /// 401 `unauthorized` with `message`, not counted: the request offered no credential.
+    pub fn unauthenticated(message: &str) -> AuthRejection {
+        AuthRejection::Api(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message))
     }
 
     /// Counts a failure against the client address and answers 401 `unauthorized` with `message`.
@@ -644,6 +680,38 @@ impl IntoResponse for AuthRejection {
             AuthRejection::Api(err) => err.into_response(),
             AuthRejection::Response(response) => *response,
         }
+    }
+}
+
+#[cfg(test)]
+mod client_address_tests {
+    use super::client_address;
+
+    fn parts(peer: &str, forwarded: Option<&str>) -> axum::http::request::Parts {
+        let mut request = axum::http::Request::builder();
+        if let Some(forwarded) = forwarded {
+            request = request.header("x-forwarded-for", forwarded);
+        }
+        let (mut parts, ()) = request.body(()).expect("request").into_parts();
+        parts
+            .extensions
+            .insert(axum::extract::ConnectInfo(format!("{peer}:4000").parse::<std::net::SocketAddr>().expect("addr")));
+        parts
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_forwarded_address_past_trusted_proxies() {
+        let trusted = vec!["10.0.0.0/8".to_owned(), "192.0.2.1".to_owned()];
+        let at = |peer, forwarded| client_address(&trusted, &parts(peer, forwarded)).expect("an address").to_string();
+        assert_eq!(at("198.51.100.9", Some("1.2.3.4")), "198.51.100.9", "an untrusted peer is the client");
+        assert_eq!(at("10.0.0.5", Some("6.6.6.6, 1.2.3.4")), "1.2.3.4", "the client wrote the entries before");
+        assert_eq!(at("10.0.0.5", Some("1.2.3.4, 10.0.0.9")), "1.2.3.4", "a chain of proxies");
+        assert_eq!(at("192.0.2.1", Some("junk, 1.2.3.4")), "1.2.3.4");
+        assert_eq!(at("10.0.0.5", None), "10.0.0.5", "a proxy that names nobody");
+        assert_eq!(
+            client_address(&[], &parts("10.0.0.5", Some("1.2.3.4"))).map(|a| a.to_string()).as_deref(),
+            Some("10.0.0.5")
+        );
     }
 }
 

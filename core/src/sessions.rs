@@ -159,8 +159,21 @@ pub async fn create(
             &[&secret.sha256(), &token_id, &ttl.as_secs_f64()],
         )
         .await?;
+    // Sign-ins that succeed are not rate limited: keep one token's newest sessions only, so a
+    // script signing in over and over cannot grow the table.
+    client
+        .execute(
+            "DELETE FROM console_sessions WHERE token_id = $1 AND secret_sha256 NOT IN
+               (SELECT secret_sha256 FROM console_sessions WHERE token_id = $1 ORDER BY expires_at DESC LIMIT $2)",
+            &[&token_id, &MAX_SESSIONS_PER_TOKEN],
+        )
+        .await?;
     Ok(row.map(|row| row.get("expires_at")))
 }
+
+/// Console sessions one token keeps at once (one per browser it signed in from); a sign-in past
+/// it ends the oldest.
+pub const MAX_SESSIONS_PER_TOKEN: i64 = 32;
 
 /// The unexpired session of `secret` whose token is not revoked; `None` otherwise.
 #[tracing::instrument(level = "debug", skip_all)]

@@ -273,6 +273,18 @@ async fn signing_out_ends_the_session_everywhere_and_clears_the_cookie() {
     let doomed_id = auth::verify(&app.ctx.db, &doomed).await.expect("lookup").expect("token").token_id;
     auth::revoke_token(&app.ctx.db, doomed_id).await.expect("revoke");
     assert_eq!(with_cookie(&app, Method::GET, "/v1/models", &session, None, None).await.0, 401, "revoked token");
+
+    // A token signing in over and over keeps its newest sessions only.
+    let busy = app.token(&[Scope::Predict]).await;
+    let busy_id = auth::verify(&app.ctx.db, &busy).await.expect("lookup").expect("token").token_id;
+    let mut sessions = Vec::new();
+    for _ in 0..sluice_core::sessions::MAX_SESSIONS_PER_TOKEN + 3 {
+        sessions.push(sign_in(&app, &busy).await);
+    }
+    let kept = app.count(&format!("SELECT count(*) FROM console_sessions WHERE token_id = '{busy_id}'")).await;
+    assert_eq!(kept, sluice_core::sessions::MAX_SESSIONS_PER_TOKEN);
+    let newest = sessions.last().expect("a session");
+    assert_eq!(with_cookie(&app, Method::GET, "/v1/models", newest, None, None).await.0, 200, "the newest stays");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
