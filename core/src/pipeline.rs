@@ -125,6 +125,11 @@ where
 
 /// `processed/<dataset>/<spec hash>/<media id>/<frame index>.png`: one key per
 /// (media, spec, frame), so a redelivered event overwrites the same objects.
+/// Longest side of an image Sluice decodes, whatever its pixel count (JPEG's own maximum). A
+/// 50,000,000×1 image is within the pixel limit, but resizing it takes filter weights for every
+/// source column: gigabytes for one request.
+pub const MAX_IMAGE_SIDE: u32 = 65_535;
+
 pub fn output_key(dataset: &str, spec_hash: &str, media_id: Uuid, frame_index: u32) -> String {
     format!("processed/{dataset}/{spec_hash}/{media_id}/{frame_index:05}.png")
 }

@@ -56,7 +56,8 @@ impl IngestError {
             Self::TooManyParts { .. } => "too_many_parts",
             Self::Unsupported => "unsupported_media_type",
             Self::TypeMismatch { .. } => "type_mismatch",
-            Self::Header(HeaderError::TooManyPixels { .. }) => "too_many_pixels",
+            Self::Header(HeaderError::TooManyPixels { .. } | HeaderError::SideTooLong { .. }) => "too_many_pixels",
+            Self::Header(HeaderError::Unsupported(_)) => "unsupported_media_type",
             Self::Header(HeaderError::Malformed(_)) => "malformed_media",
             Self::Truncated(_) => "truncated",
             Self::BadField { .. } | Self::BadRequest(_) => "bad_request",
@@ -93,8 +94,11 @@ impl IngestError {
                 "content_type_mismatch",
                 format!("The request declares {declared} but the bytes are {actual}; fix the Content-Type."),
             ),
-            Self::Header(err @ HeaderError::TooManyPixels { .. }) => {
+            Self::Header(err @ (HeaderError::TooManyPixels { .. } | HeaderError::SideTooLong { .. })) => {
                 (S::UNPROCESSABLE_ENTITY, "too_many_pixels", format!("{err}."))
+            }
+            Self::Header(err @ HeaderError::Unsupported(_)) => {
+                (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("The upload is {err}; convert it first."))
             }
             Self::Header(err @ HeaderError::Malformed(_)) => {
                 (S::UNPROCESSABLE_ENTITY, "malformed_media", format!("{err}."))

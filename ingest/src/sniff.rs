@@ -161,6 +161,12 @@ pub enum HeaderError {
     Malformed(&'static str),
     #[error("the image claims {width}×{height} pixels, over the limit of {limit} pixels")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error("the image claims {width}×{height} pixels; no side may be over {max} pixels")]
+    SideTooLong { width: u32, height: u32, max: u32 },
+    /// A format variant Sluice does not decode (JPEG-compressed TIFF: each tile embeds a JPEG
+    /// of any size, so the decoding work is not bounded by the image's pixels).
+    #[error("{0}, which Sluice does not decode")]
+    Unsupported(&'static str),
 }
 
 fn u16_be(b: &[u8], i: usize) -> Option<u32> {
@@ -218,7 +224,10 @@ pub fn image_dimensions(format: Format, head: &[u8], max_pixels: u64) -> Result<
             _ => return Err(malformed()),
         },
         Format::Jpeg => jpeg_dimensions(head).ok_or_else(malformed)?,
-        Format::Tiff => tiff_dimensions(head).ok_or_else(malformed)?,
+        Format::Tiff => match tiff_dimensions(head).ok_or_else(malformed)? {
+            (_, _, Some(6 | 7)) => return Err(HeaderError::Unsupported("a JPEG-compressed TIFF")),
+            (width, height, _) => (width, height),
+        },
         _ => return Err(malformed()),
     };
     if width == 0 || height == 0 {
@@ -227,6 +236,10 @@ pub fn image_dimensions(format: Format, head: &[u8], max_pixels: u64) -> Result<
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels {
         return Err(HeaderError::TooManyPixels { width, height, limit: max_pixels });
+    }
+    let max = sluice_core::pipeline::MAX_IMAGE_SIDE;
+    if width.max(height) > max {
+        return Err(HeaderError::SideTooLong { width, height, max });
     }
     Ok((width, height))
 }
@@ -263,13 +276,14 @@ fn jpeg_dimensions(b: &[u8]) -> Option<(u32, u32)> {
 }
 
 /// Reads ImageWidth (256) and ImageLength (257) from the first IFD.
-fn tiff_dimensions(b: &[u8]) -> Option<(u32, u32)> {
+/// Width, height and compression (tag 259, when present) of the first image.
+fn tiff_dimensions(b: &[u8]) -> Option<(u32, u32, Option<u32>)> {
     let le = b.get(0..2)? == b"II";
     let r16 = |i| if le { u16_le(b, i) } else { u16_be(b, i) };
     let r32 = |i| if le { u32_le(b, i) } else { u32_be(b, i) };
     let ifd = r32(4)? as usize;
     let entries = r16(ifd)? as usize;
-    let (mut width, mut height) = (None, None);
+    let (mut width, mut height, mut compression) = (None, None, None);
     for n in 0..entries.min(512) {
         let entry = ifd + 2 + n * 12;
         let tag = r16(entry)?;
@@ -278,10 +292,11 @@ fn tiff_dimensions(b: &[u8]) -> Option<(u32, u32)> {
         match tag {
             256 => width = Some(value),
             257 => height = Some(value),
+            259 => compression = Some(value),
             _ => {}
         }
     }
-    Some((width?, height?))
+    Some((width?, height?, compression))
 }
 
 /// Checks the end of a complete upload for the format's terminator or declared length, catching

@@ -31,6 +31,13 @@ pub enum ImageError {
     /// The header claims more pixels than allowed (a decompression bomb): nothing was decoded.
     #[error("{width}×{height} is over the {limit}-pixel limit")]
     TooManyPixels { width: u32, height: u32, limit: u64 },
+    /// A side longer than [`sluice_core::pipeline::MAX_IMAGE_SIDE`]: nothing was decoded.
+    #[error("{width}×{height} has a side over {max} pixels")]
+    SideTooLong { width: u32, height: u32, max: u32 },
+    /// A TIFF whose data is JPEG-compressed: each tile or strip embeds a JPEG of any size, so its
+    /// decoding is not bounded by the image's pixels. Nothing was decoded.
+    #[error("JPEG-compressed TIFF is not supported")]
+    JpegInTiff,
     /// A progressive JPEG with more scans than any encoder writes (a CPU bomb): nothing decoded.
     #[error("the JPEG has more than {limit} scans")]
     TooManyScans { limit: usize },
@@ -113,14 +120,15 @@ fn decode_uncontained(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Res
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
         let jpeg = Jpeg::parse(bytes)?;
         let (width, height) = (jpeg.width, jpeg.height);
-        if u64::from(width) * u64::from(height) > max_pixels {
-            return Err(ImageError::TooManyPixels { width, height, limit: max_pixels });
-        }
+        check_size(width, height, max_pixels)?;
         if let Some(img) = decode_jpeg_scaled(bytes, &jpeg, spec)? {
             metrics::histogram!("sluice_image_stage_duration_seconds", "stage" => "decode")
                 .record(started.elapsed().as_secs_f64());
             return Ok(convert(img, color));
         }
+    }
+    if tiff_compression(bytes).is_some_and(|c| c == 6 || c == 7) {
+        return Err(ImageError::JpegInTiff);
     }
     let decode_err = |e: image::ImageError| ImageError::Decode(e.to_string());
     let mut reader =
@@ -128,15 +136,50 @@ fn decode_uncontained(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Res
     reader.limits(limits(max_pixels));
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     let (width, height) = decoder.dimensions();
-    if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(ImageError::TooManyPixels { width, height, limit: max_pixels });
-    }
+    check_size(width, height, max_pixels)?;
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
     let mut img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
     img.apply_orientation(orientation);
     metrics::histogram!("sluice_image_stage_duration_seconds", "stage" => "decode")
         .record(started.elapsed().as_secs_f64());
     Ok(convert(img, color))
+}
+
+/// The pixel limit, and the side limit however few pixels there are.
+fn check_size(width: u32, height: u32, max_pixels: u64) -> Result<(), ImageError> {
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(ImageError::TooManyPixels { width, height, limit: max_pixels });
+    }
+    let max = sluice_core::pipeline::MAX_IMAGE_SIDE;
+    if width.max(height) > max {
+        return Err(ImageError::SideTooLong { width, height, max });
+    }
+    Ok(())
+}
+
+/// The compression (tag 259) of a TIFF's first image; `None` for other files or when absent.
+fn tiff_compression(b: &[u8]) -> Option<u32> {
+    let le = match b.get(0..4)? {
+        [b'I', b'I', 42, 0] => true,
+        [b'M', b'M', 0, 42] => false,
+        _ => return None,
+    };
+    let r16 = |i: usize| {
+        b.get(i..i + 2)
+            .map(|s| u32::from(if le { u16::from_le_bytes([s[0], s[1]]) } else { u16::from_be_bytes([s[0], s[1]]) }))
+    };
+    let r32 = |i: usize| {
+        b.get(i..i + 4).map(|s| {
+            let a = [s[0], s[1], s[2], s[3]];
+            if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
+        })
+    };
+    let ifd = usize::try_from(r32(4)?).ok()?;
+    let entries = usize::try_from(r16(ifd)?).ok()?;
+    (0..entries.min(4096)).find_map(|n| {
+        let entry = ifd.checked_add(2 + n * 12)?;
+        (r16(entry)? == 259).then(|| r16(entry + 8)).flatten()
+    })
 }
 
 fn convert(img: DynamicImage, color: Color) -> Pixels {

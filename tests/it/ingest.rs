@@ -228,6 +228,19 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_nothing_anywhere() {
     let mut wide = png(1, 1, 0);
     wide[16..20].copy_from_slice(&60_000u32.to_be_bytes());
     wide[20..24].copy_from_slice(&1_000u32.to_be_bytes());
+    // Few pixels, but a side past 65,535 (resizing it would take gigabytes of filter weights).
+    let mut hairline = png(1, 1, 0);
+    hairline[16..20].copy_from_slice(&5_000_000u32.to_be_bytes());
+    // A TIFF whose data is JPEG-compressed (tag 259 = 7).
+    let mut jpeg_tiff = b"II*\0\x08\0\0\0\x03\0".to_vec();
+    for (tag, value) in [(256u16, 8u16), (257, 8), (259, 7)] {
+        jpeg_tiff.extend(tag.to_le_bytes());
+        jpeg_tiff.extend(3u16.to_le_bytes());
+        jpeg_tiff.extend(1u32.to_le_bytes());
+        jpeg_tiff.extend(value.to_le_bytes());
+        jpeg_tiff.extend([0, 0]);
+    }
+    jpeg_tiff.extend([0u8; 4 + 64]);
     let head = good[..good.len().min(1024)].to_vec();
     let huge_stream = futures::stream::iter((0..40).map(move |i| {
         let mut chunk = vec![0u8; 64 * 1024];
@@ -280,6 +293,13 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_nothing_anywhere() {
             request: raw("", "image/png", good[..good.len() - 20].to_vec()),
             status: 422,
             code: "truncated_media",
+        },
+        Bad { name: "PNG 5000000x1", request: raw("", "image/png", hairline), status: 422, code: "too_many_pixels" },
+        Bad {
+            name: "JPEG-compressed TIFF",
+            request: raw("", "image/tiff", jpeg_tiff),
+            status: 415,
+            code: "unsupported_media_type",
         },
         Bad {
             name: "PNG bomb 100000x100000",

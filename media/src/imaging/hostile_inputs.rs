@@ -186,6 +186,33 @@ fn a_png_claiming_ten_billion_pixels_is_refused_before_decoding() {
     assert!(process(&png_claiming(1, 1), &PipelineSpec::default(), MAX_PIXELS).is_ok(), "the same file, 1×1");
 }
 
+/// Within the pixel limit but 50,000,000 pixels long: resizing it would take filter weights for
+/// every column (gigabytes), so a side over 65,535 is refused before anything is decoded.
+#[test]
+fn a_hairline_image_within_the_pixel_limit_is_refused_by_its_side() {
+    for (width, height) in [(50_000_000, 1), (1, 50_000_000), (65_536, 2)] {
+        let err = process(&png_claiming(width, height), &PipelineSpec::default(), MAX_PIXELS).expect_err("refused");
+        assert!(matches!(err, ImageError::SideTooLong { .. }), "{width}×{height}: {err}");
+    }
+    let long = encoded(DynamicImage::ImageRgb8(solid(65_535, 1, [9, 9, 9])), ImageFormat::Png);
+    assert!(process(&long, &PipelineSpec::default(), MAX_PIXELS).is_ok(), "the longest side allowed decodes");
+}
+
+/// A JPEG-compressed TIFF embeds a JPEG of any size in every tile, so its decoding is not bounded
+/// by the image's pixels: refused before any decoder runs, in either byte order and either
+/// JPEG compression code.
+#[test]
+fn a_jpeg_compressed_tiff_is_refused_before_decoding() {
+    for compression in [6u8, 7] {
+        let mut file = tiff(8, 8, 64);
+        // The compression entry (tag 259) is the fourth: its value sits at 8 + 2 + 3*12 + 8.
+        file[8 + 2 + 3 * 12 + 8] = compression;
+        let err = process(&file, &PipelineSpec::default(), MAX_PIXELS).expect_err("refused");
+        assert!(matches!(err, ImageError::JpegInTiff), "compression {compression}: {err}");
+    }
+    assert!(process(&tiff(8, 8, 64), &PipelineSpec::default(), MAX_PIXELS).is_ok(), "uncompressed decodes");
+}
+
 #[test]
 fn gif_bombs_are_refused_before_decoding() {
     let err = process(&gif((65_535, 65_535), (1, 1)), &PipelineSpec::default(), MAX_PIXELS).expect_err("refused");
