@@ -15,7 +15,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(url: &str, token: &str) -> Self {
-        Self { http: reqwest::Client::new(), url: url.trim_end_matches('/').to_owned(), token: token.to_owned() }
+        Self { http: cli_http(None), url: url.trim_end_matches('/').to_owned(), token: token.to_owned() }
     }
 
     /// `url` with each segment percent-encoded, so a name is never read as a path.
@@ -96,4 +96,17 @@ mod tests {
         assert_eq!(out, "A          LONGER\nwide cell  x\n");
         assert_eq!(table(&["A"], vec![]), "A\n(none)\n");
     }
+}
+
+/// The CLI's HTTP client: a server that stops answering ends the call with an error instead of
+/// hanging the command (no connection in 10 s, or no byte for 120 s while a request or its
+/// answer is under way; an upload that keeps flowing may take as long as it needs).
+pub fn cli_http(pool_per_host: Option<usize>) -> reqwest::Client {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .read_timeout(std::time::Duration::from_secs(120));
+    if let Some(pool) = pool_per_host {
+        builder = builder.pool_max_idle_per_host(pool);
+    }
+    builder.build().expect("an HTTP client")
 }

@@ -50,28 +50,47 @@ pub fn collect(paths: &[PathBuf], label: Option<&str>) -> anyhow::Result<Vec<Job
             jobs.push(Job { path: path.clone(), label: label.map(str::to_owned), bytes: meta.len() });
             continue;
         }
+        let mut seen = std::collections::HashSet::new();
+        seen.insert(std::fs::canonicalize(path)?);
         let mut entries: Vec<_> = std::fs::read_dir(path)?.collect::<Result<_, _>>()?;
         entries.sort_by_key(|e| e.path());
         for entry in entries {
             let child = entry.path();
-            if child.is_dir() {
+            // `metadata` follows symbolic links: a linked file is uploaded with its target's length.
+            let Ok(meta) = std::fs::metadata(&child) else { continue };
+            if meta.is_dir() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                walk(&child, &mut |file, bytes| {
+                walk(&child, 1, &mut seen, &mut |file, bytes| {
                     jobs.push(Job { path: file.to_owned(), label: Some(name.clone()), bytes });
                 })?;
-            } else if child.is_file() && !is_hidden(&child) {
-                jobs.push(Job { path: child.clone(), label: label.map(str::to_owned), bytes: entry.metadata()?.len() });
+            } else if meta.is_file() && !is_hidden(&child) {
+                jobs.push(Job { path: child.clone(), label: label.map(str::to_owned), bytes: meta.len() });
             }
         }
     }
     Ok(jobs)
 }
 
+/// Deepest directory `push` descends into below a label's folder.
+const MAX_DEPTH: usize = 32;
+
 fn is_hidden(path: &Path) -> bool {
     path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
-fn walk(dir: &Path, found: &mut dyn FnMut(&Path, u64)) -> anyhow::Result<()> {
+/// Every file under `dir`, following symbolic links to files and folders, but entering each
+/// folder once (by its canonical path: a link back up the tree is not a loop) and no deeper than
+/// [`MAX_DEPTH`].
+fn walk(
+    dir: &Path,
+    depth: usize,
+    seen: &mut std::collections::HashSet<PathBuf>,
+    found: &mut dyn FnMut(&Path, u64),
+) -> anyhow::Result<()> {
+    let canonical = std::fs::canonicalize(dir).with_context(|| format!("reading {}", dir.display()))?;
+    if depth > MAX_DEPTH || !seen.insert(canonical) {
+        return Ok(());
+    }
     let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.path());
     for entry in entries {
@@ -79,10 +98,12 @@ fn walk(dir: &Path, found: &mut dyn FnMut(&Path, u64)) -> anyhow::Result<()> {
         if is_hidden(&path) {
             continue;
         }
-        if path.is_dir() {
-            walk(&path, found)?;
-        } else if path.is_file() {
-            found(&path, entry.metadata()?.len());
+        // A dangling link has no metadata: nothing to upload.
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.is_dir() {
+            walk(&path, depth + 1, seen, found)?;
+        } else if meta.is_file() {
+            found(&path, meta.len());
         }
     }
     Ok(())
@@ -109,7 +130,7 @@ fn content_type(path: &Path) -> &'static str {
 
 /// Uploads every job and returns each outcome, in job order.
 pub async fn run(push: &Push, jobs: Vec<Job>, progress: &ProgressBar) -> Vec<(Job, Outcome)> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(push.concurrency).build().expect("HTTP client");
+    let client = crate::client::cli_http(Some(push.concurrency));
     let push = Arc::new(push.clone());
     let total = jobs.len();
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -169,6 +190,9 @@ async fn upload_once(
     job: &Job,
 ) -> Result<(u16, Value, Option<Duration>), String> {
     let file = tokio::fs::File::open(&job.path).await.map_err(|e| format!("{}: {e}", job.path.display()))?;
+    // The length of what is sent, from the open file: a file that changed since it was listed
+    // is sent whole, never cut to a stale length.
+    let bytes = file.metadata().await.map_err(|e| format!("{}: {e}", job.path.display()))?.len();
     let mut query = vec![("dataset", push.dataset.clone())];
     if let Some(label) = &job.label {
         query.push(("label", label.clone()));
@@ -181,7 +205,7 @@ async fn upload_once(
         .query(&query)
         .bearer_auth(&push.token)
         .header(reqwest::header::CONTENT_TYPE, content_type(&job.path))
-        .header(reqwest::header::CONTENT_LENGTH, job.bytes)
+        .header(reqwest::header::CONTENT_LENGTH, bytes)
         .body(reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file)))
         .send()
         .await

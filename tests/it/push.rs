@@ -124,3 +124,28 @@ async fn push_honours_retry_after_and_reads_the_token_from_the_environment() {
     assert!(seen[1].0 - seen[0].0 >= Duration::from_secs(1), "retried before Retry-After");
     assert_eq!(seen[0].1.as_deref(), Some("Bearer from-the-environment"));
 }
+
+/// Listing a folder follows symbolic links to files (uploaded with their target's length, as
+/// git-annex and symlink farms lay datasets out) and to folders, but enters each folder once:
+/// a link back up the tree ends, and a dangling link is skipped.
+#[test]
+fn push_lists_linked_files_whole_and_survives_link_loops() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let store = tempfile::tempdir().expect("temp dir");
+    let blob = store.path().join("blob.png");
+    std::fs::write(&blob, vec![7u8; 5000]).expect("write");
+    let cat = root.path().join("cat");
+    std::fs::create_dir(&cat).expect("mkdir");
+    std::fs::write(cat.join("a.png"), vec![1u8; 10]).expect("write");
+    std::os::unix::fs::symlink(&blob, cat.join("linked.png")).expect("link a file");
+    std::os::unix::fs::symlink(root.path(), cat.join("loop")).expect("link back up");
+    std::os::unix::fs::symlink(&cat, cat.join("self")).expect("link to itself");
+    std::os::unix::fs::symlink(store.path().join("gone.png"), cat.join("dangling.png")).expect("dangling");
+    let jobs = sluice::push::collect(&[root.path().to_owned()], None).expect("listed");
+    let mut listed: Vec<(String, u64)> = jobs
+        .iter()
+        .map(|j| (j.path.strip_prefix(root.path()).expect("inside").display().to_string(), j.bytes))
+        .collect();
+    listed.sort();
+    assert_eq!(listed, [("cat/a.png".to_owned(), 10), ("cat/linked.png".to_owned(), 5000)], "{listed:?}");
+}
