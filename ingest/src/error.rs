@@ -58,7 +58,7 @@ impl IngestError {
             Self::TypeMismatch { .. } => "type_mismatch",
             Self::Header(HeaderError::TooManyPixels { .. } | HeaderError::SideTooLong { .. }) => "too_many_pixels",
             Self::Header(HeaderError::Unsupported(_)) => "unsupported_media_type",
-            Self::Header(HeaderError::Malformed(_)) => "malformed_media",
+            Self::Header(HeaderError::Malformed(_) | HeaderError::Later { .. }) => "malformed_media",
             Self::Truncated(_) => "truncated",
             Self::BadField { .. } | Self::BadRequest(_) => "bad_request",
             Self::BodyRead(_) => "body_read",
@@ -100,7 +100,7 @@ impl IngestError {
             Self::Header(err @ HeaderError::Unsupported(_)) => {
                 (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("The upload is {err}; convert it first."))
             }
-            Self::Header(err @ HeaderError::Malformed(_)) => {
+            Self::Header(err @ (HeaderError::Malformed(_) | HeaderError::Later { .. })) => {
                 (S::UNPROCESSABLE_ENTITY, "malformed_media", format!("{err}."))
             }
             Self::Truncated(ext) => (

@@ -163,6 +163,10 @@ pub enum HeaderError {
     TooManyPixels { width: u32, height: u32, limit: u64 },
     #[error("the image claims {width}×{height} pixels; no side may be over {max} pixels")]
     SideTooLong { width: u32, height: u32, max: u32 },
+    /// The header lies past the bytes read so far (a TIFF whose first IFD follows its data): the
+    /// upload reads it as it streams ([`TiffIfd`]). Never an answer to a client.
+    #[error("the TIFF's first IFD is at byte {ifd}, past the head")]
+    Later { ifd: u64, little_endian: bool },
     /// A format variant Sluice does not decode (JPEG-compressed TIFF: each tile embeds a JPEG
     /// of any size, so the decoding work is not bounded by the image's pixels).
     #[error("{0}, which Sluice does not decode")]
@@ -224,12 +228,33 @@ pub fn image_dimensions(format: Format, head: &[u8], max_pixels: u64) -> Result<
             _ => return Err(malformed()),
         },
         Format::Jpeg => jpeg_dimensions(head).ok_or_else(malformed)?,
-        Format::Tiff => match tiff_dimensions(head).ok_or_else(malformed)? {
-            (_, _, Some(6 | 7)) => return Err(HeaderError::Unsupported("a JPEG-compressed TIFF")),
-            (width, height, _) => (width, height),
-        },
+        Format::Tiff => {
+            let (ifd, little_endian) = tiff_ifd_offset(head).ok_or_else(malformed)?;
+            if ifd.saturating_add(TIFF_IFD_BYTES as u64) > head.len() as u64 && head.len() == HEAD_LEN {
+                // The IFD lies past the head (more of the file follows): read it as it streams.
+                return Err(HeaderError::Later { ifd, little_endian });
+            }
+            let (width, height, compression) = tiff_dimensions(head).ok_or_else(malformed)?;
+            return checked(format, width, height, compression, max_pixels);
+        }
         _ => return Err(malformed()),
     };
+    checked(format, width, height, None, max_pixels)
+}
+
+/// The limits every image header is held to: no empty side, the pixel limit, the side limit,
+/// and no JPEG-compressed TIFF.
+fn checked(
+    format: Format,
+    width: u32,
+    height: u32,
+    tiff_compression: Option<u32>,
+    max_pixels: u64,
+) -> Result<(u32, u32), HeaderError> {
+    let malformed = || HeaderError::Malformed(format.extension());
+    if matches!(tiff_compression, Some(6 | 7)) {
+        return Err(HeaderError::Unsupported("a JPEG-compressed TIFF"));
+    }
     if width == 0 || height == 0 {
         return Err(malformed());
     }
@@ -275,13 +300,60 @@ fn jpeg_dimensions(b: &[u8]) -> Option<(u32, u32)> {
     }
 }
 
-/// Reads ImageWidth (256) and ImageLength (257) from the first IFD.
-/// Width, height and compression (tag 259, when present) of the first image.
+/// Width, height and compression (tag 259, when present) of the first image, from its IFD.
 fn tiff_dimensions(b: &[u8]) -> Option<(u32, u32, Option<u32>)> {
+    let (ifd, le) = tiff_ifd_offset(b)?;
+    tiff_ifd(b, usize::try_from(ifd).ok()?, le)
+}
+
+/// Where a TIFF's first IFD starts, and whether the file is little-endian.
+pub fn tiff_ifd_offset(b: &[u8]) -> Option<(u64, bool)> {
     let le = b.get(0..2)? == b"II";
+    Some((u64::from(if le { u32_le(b, 4)? } else { u32_be(b, 4)? }), le))
+}
+
+/// The bytes of a first IFD that are read: its entry count and up to 512 entries.
+pub const TIFF_IFD_BYTES: usize = 2 + 512 * 12;
+
+/// A TIFF's first IFD, caught as the body streams past it: writers such as libtiff put it after
+/// the image data, beyond the head that [`image_dimensions`] reads.
+#[derive(Debug)]
+pub struct TiffIfd {
+    at: u64,
+    little_endian: bool,
+    bytes: Vec<u8>,
+}
+
+impl TiffIfd {
+    pub fn new(at: u64, little_endian: bool) -> Self {
+        TiffIfd { at, little_endian, bytes: Vec::new() }
+    }
+
+    /// Keeps what of [`TIFF_IFD_BYTES`] from the IFD's start lies in `chunk`, which starts at
+    /// `offset` in the file (chunks arrive in order).
+    pub fn feed(&mut self, offset: u64, chunk: &[u8]) {
+        let wanted = self.at + self.bytes.len() as u64;
+        let end = offset + chunk.len() as u64;
+        if self.bytes.len() >= TIFF_IFD_BYTES || wanted < offset || wanted >= end {
+            return;
+        }
+        let start = (wanted - offset) as usize;
+        let take = (chunk.len() - start).min(TIFF_IFD_BYTES - self.bytes.len());
+        self.bytes.extend_from_slice(&chunk[start..start + take]);
+    }
+
+    /// The dimensions the IFD gives, checked as [`image_dimensions`] checks a head.
+    pub fn dimensions(&self, max_pixels: u64) -> Result<(u32, u32), HeaderError> {
+        let (width, height, compression) =
+            tiff_ifd(&self.bytes, 0, self.little_endian).ok_or(HeaderError::Malformed("tiff"))?;
+        checked(Format::Tiff, width, height, compression, max_pixels)
+    }
+}
+
+/// Width, height and compression from the IFD at `ifd` in `b`.
+fn tiff_ifd(b: &[u8], ifd: usize, le: bool) -> Option<(u32, u32, Option<u32>)> {
     let r16 = |i| if le { u16_le(b, i) } else { u16_be(b, i) };
     let r32 = |i| if le { u32_le(b, i) } else { u32_be(b, i) };
-    let ifd = r32(4)? as usize;
     let entries = r16(ifd)? as usize;
     let (mut width, mut height, mut compression) = (None, None, None);
     for n in 0..entries.min(512) {
@@ -479,6 +551,51 @@ impl JpegEnd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TIFF of `data` bytes of image data followed by its directory (as libtiff lays it out).
+    fn late_tiff(width: u32, height: u32, data: u32, compression: u16) -> Vec<u8> {
+        let mut out = b"II*\0".to_vec();
+        out.extend((8 + data).to_le_bytes());
+        out.extend(vec![7u8; data as usize]);
+        out.extend(3u16.to_le_bytes());
+        for (tag, value) in [(256u16, width), (257, height), (259, u32::from(compression))] {
+            out.extend(tag.to_le_bytes());
+            out.extend(4u16.to_le_bytes());
+            out.extend(1u32.to_le_bytes());
+            out.extend(value.to_le_bytes());
+        }
+        out.extend([0u8; 4]);
+        out
+    }
+
+    #[test]
+    fn a_tiff_directory_past_the_head_is_read_as_the_body_streams() {
+        let file = late_tiff(640, 480, 400_000, 1);
+        let head = &file[..HEAD_LEN];
+        let Err(HeaderError::Later { ifd, little_endian }) = image_dimensions(Format::Tiff, head, 50_000_000) else {
+            panic!("the directory is past the head");
+        };
+        for chunk in [1usize, 7, 4096, 1 << 20] {
+            let mut late = TiffIfd::new(ifd, little_endian);
+            let mut offset = 0u64;
+            for piece in file.chunks(chunk) {
+                late.feed(offset, piece);
+                offset += piece.len() as u64;
+            }
+            assert_eq!(late.dimensions(50_000_000), Ok((640, 480)), "chunks of {chunk}");
+        }
+        let mut bomb = TiffIfd::new(ifd, little_endian);
+        bomb.feed(0, &late_tiff(100_000, 100_000, 400_000, 1));
+        assert!(matches!(bomb.dimensions(50_000_000), Err(HeaderError::TooManyPixels { .. })));
+        let mut jpeg = TiffIfd::new(ifd, little_endian);
+        jpeg.feed(0, &late_tiff(64, 64, 400_000, 7));
+        assert!(matches!(jpeg.dimensions(50_000_000), Err(HeaderError::Unsupported(_))));
+        let mut cut = TiffIfd::new(ifd, little_endian);
+        cut.feed(0, &file[..file.len() - 20]);
+        assert!(matches!(cut.dimensions(50_000_000), Err(HeaderError::Malformed(_))), "a directory cut short");
+        // A small file whose directory is past its end is malformed, not deferred.
+        assert!(matches!(image_dimensions(Format::Tiff, &file[..1000], 50_000_000), Err(HeaderError::Malformed(_))));
+    }
 
     fn png(width: u32, height: u32) -> Vec<u8> {
         let mut b = b"\x89PNG\r\n\x1a\n\0\0\0\x0dIHDR".to_vec();

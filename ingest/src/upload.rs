@@ -194,12 +194,23 @@ where
     {
         return Err(IngestError::TypeMismatch { declared: declared.to_owned(), actual: format.content_type() });
     }
-    let (width, height) = match format.kind() {
-        sniff::MediaKind::Image => {
-            let (w, h) = sniff::image_dimensions(format, &head, limits.max_image_pixels)?;
-            (Some(w as i32), Some(h as i32))
-        }
+    let mut later = None;
+    let (mut width, mut height) = match format.kind() {
+        sniff::MediaKind::Image => match sniff::image_dimensions(format, &head, limits.max_image_pixels) {
+            Ok((w, h)) => (Some(w as i32), Some(h as i32)),
+            // Checked when the body has streamed past it, before anything is completed.
+            Err(sniff::HeaderError::Later { ifd, little_endian }) => {
+                later = Some(sniff::TiffIfd::new(ifd, little_endian));
+                (None, None)
+            }
+            Err(err) => return Err(err.into()),
+        },
         sniff::MediaKind::Video => (None, None),
+    };
+    // Sides are at most 65,535 (`sluice_core::pipeline::MAX_IMAGE_SIDE`): they fit an i32.
+    let dimensions = |ifd: &sniff::TiffIfd| -> Result<(Option<i32>, Option<i32>), IngestError> {
+        let (w, h) = ifd.dimensions(limits.max_image_pixels)?;
+        Ok((Some(w as i32), Some(h as i32)))
     };
 
     // Read on until the body ends or one part is full.
@@ -213,12 +224,34 @@ where
         if !end.is_complete(&head) {
             return Err(IngestError::Truncated(format.extension()));
         }
+        if let Some(ifd) = later.as_mut() {
+            ifd.feed(0, &buffer);
+            (width, height) = dimensions(ifd)?;
+        }
         hasher.update(&buffer);
         sink.put(&key, format.content_type(), buffer.freeze()).await?;
     } else {
         let upload = sink.start(&key, format.content_type()).await?;
-        let result =
-            stream_parts(sink, &key, &upload, &mut reader, buffer, &mut hasher, part_size, format, &head).await;
+        let result = stream_parts(
+            sink,
+            &key,
+            &upload,
+            &mut reader,
+            buffer,
+            &mut hasher,
+            part_size,
+            format,
+            &head,
+            later.as_mut(),
+        )
+        .await
+        .and_then(|parts| {
+            // A header read late fails the upload before it is completed: nothing stays.
+            if let Some(ifd) = later.as_ref() {
+                (width, height) = dimensions(ifd)?;
+            }
+            Ok(parts)
+        });
         match result {
             Ok(parts) => {
                 if let Err(err) = sink.complete(&key, &upload, parts).await {
@@ -248,6 +281,7 @@ async fn stream_parts<K, S, E>(
     part_size: usize,
     format: Format,
     head: &[u8],
+    mut later: Option<&mut sniff::TiffIfd>,
 ) -> Result<Vec<PartTag>, IngestError>
 where
     K: Sink,
@@ -257,6 +291,7 @@ where
     let mut parts = Vec::new();
     // Sees every byte in order, so a JPEG's end is found even with a video appended after it.
     let mut end = sniff::EndCheck::new(format);
+    let mut offset = 0u64;
     loop {
         reader.fill(&mut buffer, part_size).await?;
         if buffer.is_empty() {
@@ -265,6 +300,10 @@ where
         let part = buffer.split().freeze();
         hasher.update(&part);
         end.feed(&part);
+        if let Some(ifd) = later.as_deref_mut() {
+            ifd.feed(offset, &part);
+        }
+        offset += part.len() as u64;
         parts.push(sink.part(key, upload, parts.len() as i32 + 1, part).await?);
         if reader.ended {
             break;

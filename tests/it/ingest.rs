@@ -241,6 +241,18 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_nothing_anywhere() {
         jpeg_tiff.extend([0, 0]);
     }
     jpeg_tiff.extend([0u8; 4 + 64]);
+    // A TIFF whose directory follows 400 KB of data (past the first look) and claims 10^10 pixels.
+    let mut late_bomb = b"II*\0".to_vec();
+    late_bomb.extend((8u32 + 400_000).to_le_bytes());
+    late_bomb.extend(vec![7u8; 400_000]);
+    late_bomb.extend(2u16.to_le_bytes());
+    for tag in [256u16, 257] {
+        late_bomb.extend(tag.to_le_bytes());
+        late_bomb.extend(4u16.to_le_bytes());
+        late_bomb.extend(1u32.to_le_bytes());
+        late_bomb.extend(100_000u32.to_le_bytes());
+    }
+    late_bomb.extend([0u8; 4]);
     let head = good[..good.len().min(1024)].to_vec();
     let huge_stream = futures::stream::iter((0..40).map(move |i| {
         let mut chunk = vec![0u8; 64 * 1024];
@@ -295,6 +307,12 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_nothing_anywhere() {
             code: "truncated_media",
         },
         Bad { name: "PNG 5000000x1", request: raw("", "image/png", hairline), status: 422, code: "too_many_pixels" },
+        Bad {
+            name: "TIFF bomb with its directory at the end",
+            request: raw("", "image/tiff", late_bomb),
+            status: 422,
+            code: "too_many_pixels",
+        },
         Bad {
             name: "JPEG-compressed TIFF",
             request: raw("", "image/tiff", jpeg_tiff),

@@ -787,7 +787,41 @@ async fn valid_but_unusual_files_are_accepted_stored_whole_and_decoded() {
     let gray16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(30, 30, |x, _| image::Luma([x as u16 * 2000]));
     let mut png16 = std::io::Cursor::new(Vec::new());
     image::DynamicImage::ImageLuma16(gray16).write_to(&mut png16, image::ImageFormat::Png).expect("16-bit PNG");
+    // A TIFF laid out as libtiff writes it: the image data first, its directory at the end,
+    // past the head an upload's header is first looked for in.
+    let late_directory_tiff = {
+        let (w, h) = (600u32, 600u32);
+        let mut out = b"II*\0".to_vec();
+        out.extend((8 + w * h).to_le_bytes());
+        out.extend((0..w * h).map(|i| (i % 251) as u8));
+        let entries: [(u16, u16, u32); 9] = [
+            (256, 4, w),
+            (257, 4, h),
+            (258, 3, 8),
+            (259, 3, 1),
+            (262, 3, 1),
+            (273, 4, 8),
+            (277, 3, 1),
+            (278, 4, h),
+            (279, 4, w * h),
+        ];
+        out.extend(9u16.to_le_bytes());
+        for (tag, kind, value) in entries {
+            out.extend(tag.to_le_bytes());
+            out.extend(kind.to_le_bytes());
+            out.extend(1u32.to_le_bytes());
+            if kind == 3 {
+                out.extend((value as u16).to_le_bytes());
+                out.extend([0, 0]);
+            } else {
+                out.extend(value.to_le_bytes());
+            }
+        }
+        out.extend([0, 0, 0, 0]);
+        out
+    };
     let files: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("a TIFF whose directory follows its data", "image/tiff", late_directory_tiff),
         ("data after EOI (motion photo)", "image/jpeg", motion),
         ("metadata after EOI", "image/jpeg", trailer),
         ("comment and APP segments", "image/jpeg", segments),
