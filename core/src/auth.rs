@@ -44,7 +44,10 @@ impl FromStr for Scope {
             "predict" => Ok(Scope::Predict),
             "train" => Ok(Scope::Train),
             "admin" => Ok(Scope::Admin),
-            other => Err(format!("unknown scope {other:?}; expected ingest, predict, train or admin")),
+            other => Err(format!(
+                "unknown scope {:?}; expected ingest, predict, train or admin",
+                other.chars().take(64).collect::<String>()
+            )),
         }
     }
 }

@@ -580,7 +580,7 @@ impl Config {
             (10..=60_000).contains(&webhooks.poll_interval_ms),
             "webhooks.poll_interval_ms must be between 10 and 60000",
         )?;
-        rule(webhooks.history_days >= 1, "webhooks.history_days must be at least 1")?;
+        rule((1..=36_500).contains(&webhooks.history_days), "webhooks.history_days must be 1 to 36500")?;
         Ok(())
     }
 

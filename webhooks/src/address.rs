@@ -123,6 +123,12 @@ fn public_v4(v4: Ipv4Addr) -> bool {
 
 fn public_v6(v6: Ipv6Addr) -> bool {
     let segments = v6.segments();
+    // Local-use NAT64 (64:ff9b:1::/48, RFC 8215) may embed an IPv4 address anywhere a site's
+    // translator chooses, and Teredo (2001::/32) and the benchmarking range (2001:2::/48) are
+    // no destination for a webhook: refused whole.
+    if segments[..3] == [0x64, 0xff9b, 1] || (segments[0] == 0x2001 && (segments[1] == 0 || segments[1] == 2)) {
+        return false;
+    }
     // NAT64 (64:ff9b::/96) and 6to4 (2002::/16) reach the IPv4 address they embed.
     if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         let [a, b] = segments[6].to_be_bytes();
@@ -208,6 +214,9 @@ mod tests {
             "64:ff9b::a00:1",
             "2002:a00:1::",
             "2001:db8::1",
+            "64:ff9b:1::a00:1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "2001:2::1",
         ] {
             assert!(!policy.permits(ip(refused)), "{refused} must be refused");
         }

@@ -60,7 +60,7 @@ pub async fn run(ctx: Context, shutdown: Shutdown, wake: Arc<Notify>) {
             last_gauge = Instant::now();
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
-            if let Err(err) = store::prune(&ctx, config.history_days as i32).await {
+            if let Err(err) = store::prune(&ctx, i32::try_from(config.history_days).unwrap_or(i32::MAX)).await {
                 tracing::warn!(error = %sluice_core::error_chain(&err), "cannot prune webhook history");
             }
             last_prune = Instant::now();
@@ -128,7 +128,10 @@ impl Attempt {
             store::finish(&self.ctx, &delivery, &attempted, max_attempts, retry_in)
         })
         .await;
-        let (id, url, event) = (delivery.id, &delivery.url, &delivery.event_type);
+        // Only the host is logged: chat services put the hook's secret in the URL's path.
+        let url =
+            reqwest::Url::parse(&delivery.url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let (id, event) = (delivery.id, &delivery.event_type);
         match recorded.flatten() {
             Some(DeliveryStatus::Delivered) => {
                 metrics::counter!("sluice_webhooks_deliveries_total", "outcome" => "delivered").increment(1);
@@ -172,7 +175,8 @@ impl Attempt {
             Err(Failure::Http(err)) if err.is_timeout() => {
                 failed(None, format!("no answer within {} ms", self.ctx.config.webhooks.timeout_ms), "timeout")
             }
-            Err(Failure::Http(err)) => failed(None, sluice_core::error_chain(&err), "unreachable"),
+            // Without the URL: reqwest's errors name it, and it may hold the hook's secret.
+            Err(Failure::Http(err)) => failed(None, sluice_core::error_chain(&err.without_url()), "unreachable"),
         }
     }
 

@@ -50,7 +50,8 @@ pub fn verify(secret: &str, header: &str, body: &[u8], now: i64, tolerance_secs:
         }
     }
     let timestamp = timestamp.ok_or(Invalid::Malformed)?;
-    let age_secs = (now - timestamp).abs();
+    // `abs_diff`: a crafted `t` far from now (i64::MIN) must not overflow the subtraction.
+    let age_secs = i64::try_from(now.abs_diff(timestamp)).unwrap_or(i64::MAX);
     if age_secs > tolerance_secs {
         return Err(Invalid::Stale { age_secs, tolerance_secs });
     }
@@ -93,6 +94,12 @@ mod tests {
         );
         for garbage in ["", "v1=00", "t=x,v1=00", "t=1000,v1=zz", "nonsense"] {
             assert_eq!(verify("k", garbage, body, 1_000, TOLERANCE_SECS), Err(Invalid::Malformed), "{garbage:?}");
+        }
+        // A timestamp as far as i64 goes is stale, not an overflow (a panic in a debug build, a
+        // negative age in a release one).
+        for far in [i64::MIN, i64::MAX] {
+            let header = format!("t={far},v1={}", "00".repeat(32));
+            assert!(matches!(verify("k", &header, body, 1_000, TOLERANCE_SECS), Err(Invalid::Stale { .. })), "{far}");
         }
         let rotated = format!("{header},v1={}", "00".repeat(32));
         assert_eq!(verify("s3cret-s3cret-s3cret", &rotated, body, 1_000, TOLERANCE_SECS), Ok(()), "any v1 may match");

@@ -204,6 +204,11 @@ pub async fn deliveries(
             &[&ids],
         )
         .await?;
+    // Grouped once: a page of 500 deliveries with 50 attempts each is not rescanned per delivery.
+    let mut by_delivery: std::collections::HashMap<Uuid, Vec<&tokio_postgres::Row>> = std::collections::HashMap::new();
+    for attempt in &attempts {
+        by_delivery.entry(attempt.get("delivery_id")).or_default().push(attempt);
+    }
     Ok(rows
         .iter()
         .map(|row| {
@@ -220,9 +225,11 @@ pub async fn deliveries(
                 finished_at: row.get("finished_at"),
                 last_status_code: row.get("last_status_code"),
                 last_error: row.get("last_error"),
-                history: attempts
+                history: by_delivery
+                    .get(&id)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
                     .iter()
-                    .filter(|a| a.get::<_, Uuid>("delivery_id") == id)
                     .map(|a| Attempt {
                         attempt: a.get("attempt"),
                         started_at: a.get("started_at"),
