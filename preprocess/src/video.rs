@@ -121,6 +121,12 @@ pub async fn extract(
     let stdout = stdout.map_err(|e| VideoError::Ffmpeg(format!("reading frames: {e}")))?;
     if !status.success() {
         let reason: Vec<&str> = last_lines.iter().map(String::as_str).collect();
+        // prlimit could not run ffmpeg (not installed, not executable): the machine's fault,
+        // retried like a failed spawn, never the video's. (127 alone is not enough: the loader
+        // exits 127 too when the memory cap leaves it no room, which is the video's doing.)
+        if matches!(status.code(), Some(126 | 127)) && reason.iter().any(|line| line.contains("failed to execute")) {
+            return Err(VideoError::Spawn(format!("ffmpeg could not be started ({status}): {}", reason.join(" | "))));
+        }
         return Err(VideoError::Ffmpeg(format!("exit {status}: {}", reason.join(" | "))));
     }
     let output = Output { stdout };

@@ -27,6 +27,8 @@ use sluice_core::{
     work::{self, Backoff, Failure},
 };
 
+use tokio::io::AsyncWriteExt;
+
 use crate::{imaging, store, video};
 
 /// Runs the consumer until `shutdown`, recreating it after Kafka errors.
@@ -145,19 +147,40 @@ async fn process(
             Failure::Retry(err.to_string())
         }
     })?;
-    let bytes = object.body.collect().await.map_err(|e| Failure::Retry(e.to_string()))?.into_bytes();
-    metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "fetch")
-        .record(fetch_started.elapsed().as_secs_f64());
-
-    // Animated GIFs are sampled like videos; a still GIF (no frame duration) is an image.
+    // Animated GIFs are sampled like videos; a still GIF (no frame duration) is an image. What
+    // ffmpeg reads goes to a temporary file as it arrives: a video (up to `http.max_body_bytes`)
+    // is never held in memory.
     let mut outputs = Vec::new();
+    let mut body = Some(object.body);
     if item.kind == "video" || item.content_type == "image/gif" {
-        outputs = sample_frames(ctx, item, spec, spec_hash, &bytes).await?;
+        let dir = tempfile::tempdir().map_err(|e| Failure::Retry(e.to_string()))?;
+        let input = dir.path().join("input");
+        let mut file = tokio::fs::File::create(&input).await.map_err(|e| Failure::Retry(e.to_string()))?;
+        let mut stream = body.take().expect("the body is read once");
+        while let Some(chunk) = stream.try_next().await.map_err(|e| Failure::Retry(e.to_string()))? {
+            file.write_all(&chunk).await.map_err(|e| Failure::Retry(e.to_string()))?;
+        }
+        file.flush().await.map_err(|e| Failure::Retry(e.to_string()))?;
+        drop(file);
+        metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "fetch")
+            .record(fetch_started.elapsed().as_secs_f64());
+        outputs = sample_frames(ctx, item, spec, spec_hash, &input).await?;
         if outputs.is_empty() && item.kind == "video" {
             return Err(Failure::Poison(video::VideoError::NoFrames.to_string()));
         }
+        if outputs.is_empty() {
+            // A still GIF: decoded as an image, from the copy on disk.
+            let bytes = tokio::fs::read(&input).await.map_err(|e| Failure::Retry(e.to_string()))?;
+            body = Some(aws_sdk_s3::primitives::ByteStream::from(bytes));
+        }
     }
     if outputs.is_empty() {
+        let body = body.expect("images keep their body");
+        let bytes = body.collect().await.map_err(|e| Failure::Retry(e.to_string()))?.into_bytes();
+        if item.kind != "video" && item.content_type != "image/gif" {
+            metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "fetch")
+                .record(fetch_started.elapsed().as_secs_f64());
+        }
         let max_pixels = ctx.config.ingest.max_image_pixels;
         let job_spec = spec.clone();
         let (png, width, height) = tokio::task::spawn_blocking(move || imaging::process(&bytes, &job_spec, max_pixels))
@@ -194,23 +217,20 @@ async fn process(
     Ok(())
 }
 
-/// Samples a video's frames with ffmpeg, from a temporary copy of the object; empty when ffmpeg
-/// finds no frame to sample (a still GIF).
+/// Samples a video's frames with ffmpeg, from the temporary copy of the object at `input`;
+/// empty when ffmpeg finds no frame to sample (a still GIF).
 async fn sample_frames(
     ctx: &Context,
     item: &MediaIngested,
     spec: &PipelineSpec,
     spec_hash: &str,
-    bytes: &[u8],
+    input: &std::path::Path,
 ) -> Result<Vec<(Output, Vec<u8>)>, Failure> {
-    let dir = tempfile::tempdir().map_err(|e| Failure::Retry(e.to_string()))?;
-    let input = dir.path().join("input");
-    tokio::fs::write(&input, bytes).await.map_err(|e| Failure::Retry(e.to_string()))?;
     let config = &ctx.config.preprocess;
     let Some(demuxer) = video::demuxer(&item.content_type) else {
         return Err(Failure::Poison(format!("{} is not a video type ffmpeg is given", item.content_type)));
     };
-    let frames = match video::extract(&input, demuxer, spec, config.ffmpeg_timeout_ms, config.ffmpeg_memory_mib).await {
+    let frames = match video::extract(input, demuxer, spec, config.ffmpeg_timeout_ms, config.ffmpeg_memory_mib).await {
         Ok(frames) => frames,
         Err(video::VideoError::NoFrames) => Vec::new(),
         Err(err @ video::VideoError::Spawn(_)) => return Err(Failure::Retry(err.to_string())),
