@@ -331,9 +331,10 @@ async fn list_filters_that_cannot_be_model_names_are_400_not_500() {
             assert_eq!(status, 400, "{path}?model={model}: {body}");
             assert_eq!(body["error"]["code"], "invalid_request", "{body}");
         }
-        let response =
-            app.http.get(app.url(&format!("{path}?model=m&limit=-5"))).bearer_auth(&app.admin_token).send().await;
-        assert_eq!(response.expect("request").status(), 200, "a valid filter and a clamped limit are fine");
+        for (query, status) in [("model=m&limit=20", 200), ("limit=-5", 400), ("limit=0", 400), ("limit=501", 400)] {
+            let response = app.http.get(app.url(&format!("{path}?{query}"))).bearer_auth(&app.admin_token).send().await;
+            assert_eq!(response.expect("request").status().as_u16(), status, "{path}?{query}: a limit is 1 to 500");
+        }
     }
 }
 

@@ -80,7 +80,7 @@ async fn create(State(ctx): State<Context>, caller: Caller, body: Bytes) -> Answ
 async fn retrain_requests(State(ctx): State<Context>, caller: Caller, Query(query): Query<ListQuery>) -> Answer {
     caller.require_any(&[Scope::Train])?;
     let model = query.model()?;
-    let requests = store::retrain_requests(&ctx, model.as_ref().map(ModelName::as_str), query.limit()).await?;
+    let requests = store::retrain_requests(&ctx, model.as_ref().map(ModelName::as_str), query.limit()?).await?;
     Ok(Json(json!({"requests": requests})))
 }
 
@@ -101,8 +101,16 @@ impl ListQuery {
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("`model`: {e}.")).into())
     }
 
-    fn limit(&self) -> i64 {
-        self.limit.unwrap_or(50).clamp(1, 500)
+    /// 1 to 500 (default 50); outside it a 400, as the other list routes answer, rather than a
+    /// quietly different page size.
+    fn limit(&self) -> Result<i64, TrainerError> {
+        match self.limit {
+            None => Ok(50),
+            Some(limit) if (1..=500).contains(&limit) => Ok(limit),
+            Some(_) => {
+                Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", "`limit` must be 1 to 500.").into())
+            }
+        }
     }
 }
 
@@ -114,7 +122,7 @@ impl ListQuery {
 async fn list(State(ctx): State<Context>, caller: Caller, Query(query): Query<ListQuery>) -> Answer {
     caller.require_any(&[Scope::Train])?;
     let model = query.model()?;
-    let jobs = store::list_jobs(&ctx, model.as_ref().map(ModelName::as_str), query.limit()).await?;
+    let jobs = store::list_jobs(&ctx, model.as_ref().map(ModelName::as_str), query.limit()?).await?;
     Ok(Json(json!({"jobs": jobs})))
 }
 
