@@ -86,18 +86,6 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tables_align_columns_and_say_when_empty() {
-        let out = table(&["A", "LONGER"], vec![vec!["wide cell".into(), "x".into()]]);
-        assert_eq!(out, "A          LONGER\nwide cell  x\n");
-        assert_eq!(table(&["A"], vec![]), "A\n(none)\n");
-    }
-}
-
 /// The CLI's HTTP client: a server that stops answering ends the call with an error instead of
 /// hanging the command (no connection in 10 s, or no byte for 120 s while a request or its
 /// answer is under way; an upload that keeps flowing may take as long as it needs).
@@ -109,4 +97,16 @@ pub fn cli_http(pool_per_host: Option<usize>) -> reqwest::Client {
         builder = builder.pool_max_idle_per_host(pool);
     }
     builder.build().expect("an HTTP client")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_and_say_when_empty() {
+        let out = table(&["A", "LONGER"], vec![vec!["wide cell".into(), "x".into()]]);
+        assert_eq!(out, "A          LONGER\nwide cell  x\n");
+        assert_eq!(table(&["A"], vec![]), "A\n(none)\n");
+    }
 }

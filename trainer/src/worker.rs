@@ -579,7 +579,7 @@ mod tests {
             .iter()
             .map(|&t| (0..classes).map(|c| if c == t as usize { 0.9 } else { 0.1 / classes as f64 }).collect())
             .collect();
-        let report = crate::evaluation::report(&labels, &probabilities, &truth);
+        let report = evaluation::report(&labels, &probabilities, &truth);
         TrialFinished {
             job_id: uuid::Uuid::nil(),
             trial_id: uuid::Uuid::nil(),
