@@ -127,12 +127,26 @@ impl Import {
                 .await
                 .map_err(|e| IngestError::Storage(S3Error::from_sdk("ListObjectsV2", e)))?;
             let keys: Vec<String> = page.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+            let sizes: std::collections::HashMap<&str, i64> =
+                page.contents().iter().filter_map(|o| Some((o.key()?, o.size()?))).collect();
             let done = store::recorded_keys(ctx, self.id, &keys).await?;
             for key in keys.iter().filter(|k| !done.contains(k) && !k.ends_with('/')) {
                 if budget.is_some_and(|b| handled >= b) {
                     return Ok(false);
                 }
-                self.import_one(ctx, &dataset, key).await?;
+                // Over the upload limit by its listed size: refused without downloading it.
+                let limit = ctx.config.http.max_body_bytes;
+                if let Some(&size) = sizes.get(key.as_str())
+                    && u64::try_from(size).is_ok_and(|size| size > limit)
+                {
+                    let message = format!(
+                        "The object is {size} bytes by its listing, over http.max_body_bytes ({limit}); not downloaded."
+                    );
+                    store::reject_item(ctx, self.id, key, "too_large", &message).await?;
+                    metrics::counter!("sluice_ingest_rejected_total", "reason" => "too_large").increment(1);
+                } else {
+                    self.import_one(ctx, &dataset, key).await?;
+                }
                 handled += 1;
                 // After every object, so a slow page never lets the lease expire.
                 store::renew(ctx, self.id).await?;
@@ -158,6 +172,15 @@ impl Import {
         let outcome = self.try_import(ctx, dataset, key).await;
         let err = match outcome {
             Ok(()) => return Ok(()),
+            // This object alone cannot be read (no permission on it, or deleted since it was
+            // listed): its item is rejected and the import goes on. A bucket that cannot be read
+            // at all fails the listing, which fails the import.
+            Err(IngestError::Storage(err)) if matches!(err.code(), Some("AccessDenied" | "NoSuchKey")) => {
+                let message = format!("The object cannot be read: {err}.");
+                store::reject_item(ctx, self.id, key, "unreadable_object", &message).await?;
+                metrics::counter!("sluice_ingest_rejected_total", "reason" => "unreadable_object").increment(1);
+                return Ok(());
+            }
             Err(err @ (IngestError::Storage(_) | IngestError::Database(_) | IngestError::BodyRead(_))) => {
                 self.attempt_failed(ctx, key, attempts, &err).await;
                 return Err(err);

@@ -167,3 +167,34 @@ async fn an_object_that_keeps_failing_is_given_up_and_the_rest_is_imported() {
     let metrics = app.get("/metrics").await.1;
     assert!(metrics.as_str().expect("text").contains("sluice_ingest_import_objects_parked_total 1"), "{metrics}");
 }
+
+/// An object over the upload limit by its listed size is refused without being downloaded;
+/// the rest of the prefix is imported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_over_the_upload_limit_is_refused_from_its_listing() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.http.max_body_bytes = 64 * 1024;
+    let app = RunningApp::spawn(config).await;
+    let bucket = app.ctx.config.s3.bucket.clone();
+    for (key, body) in [("big-in/cat/small.png", png(10, 10, 1)), ("big-in/cat/huge.png", vec![0u8; 200 * 1024])] {
+        app.ctx.s3.put_object().bucket(&bucket).key(key).body(ByteStream::from(body)).send().await.expect("put");
+    }
+    let post = app.http.post(app.url("/v1/datasets/big/imports")).bearer_auth(&app.admin_token);
+    let (status, created) =
+        json_of(post.json(&serde_json::json!({"bucket": bucket, "prefix": "big-in"})).send().await.expect("post"))
+            .await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let done = eventually(Duration::from_secs(30), "the import to finish", || async {
+        let get = app.http.get(app.url(&format!("/v1/imports/{id}"))).bearer_auth(&app.admin_token);
+        let (_, status) = json_of(get.send().await.expect("get")).await;
+        (status["status"] == "succeeded").then_some(status)
+    })
+    .await;
+    assert_eq!((&done["accepted"], &done["rejected"]), (&serde_json::json!(1), &serde_json::json!(1)), "{done}");
+    assert_eq!(done["errors"][0]["key"], "big-in/cat/huge.png", "{done}");
+    assert_eq!(done["errors"][0]["code"], "too_large", "{done}");
+    let message = done["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("by its listing") && message.contains("not downloaded"), "{done}");
+}
