@@ -269,9 +269,7 @@ async fn served_inputs_are_captured_into_a_dataset_and_feedback_labels_them() {
     let truth = synthetic::labels(3);
     for (i, id) in ids.iter().take(2).enumerate() {
         let label = &truth[images.labels[i] as usize];
-        let feedback = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
-        let (status, body) =
-            json_of(feedback.json(&json!({"prediction_id": id, "label": label})).send().await.expect("feedback")).await;
+        let (status, body) = feedback(&app, &json!({"prediction_id": id, "label": label})).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["labelled_captured_input"], true, "{body}");
     }
@@ -341,9 +339,7 @@ async fn if_better_live_promotes_the_candidate_once_live_feedback_shows_it_bette
         }
         answered_by_v1 += 1;
         let id = answer["predictions"][0]["id"].as_str().expect("id").to_owned();
-        let feedback = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
-        let (status, body) =
-            json_of(feedback.json(&json!({"prediction_id": id, "label": label})).send().await.expect("feedback")).await;
+        let (status, body) = feedback(&app, &json!({"prediction_id": id, "label": label})).await;
         assert_eq!(status, 200, "{body}");
         last = Some((id, label));
     }
@@ -413,9 +409,8 @@ async fn a_drift_retrain_learns_from_captured_inputs_labelled_by_feedback() {
         assert_eq!(status, 200, "{answer}");
         for (prediction, (_, label)) in answer["predictions"].as_array().expect("predictions").iter().zip(chunk) {
             before.push(prediction["top"][0]["label"] == label.as_str());
-            let feedback = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
             let body = json!({"prediction_id": prediction["id"], "label": label});
-            assert_eq!(json_of(feedback.json(&body).send().await.expect("feedback")).await.0, 200);
+            assert_eq!(feedback(&app, &body).await.0, 200);
         }
     }
     let v1_accuracy = before.iter().filter(|&&right| right).count() as f64 / before.len() as f64;
@@ -474,4 +469,19 @@ async fn a_drift_retrain_learns_from_captured_inputs_labelled_by_feedback() {
     );
     // (Runs: v1 0.46-0.67, v2 0.89-0.92; splits hash random media ids, so the figures move.)
     assert!(v2_accuracy >= v1_accuracy + 0.1 && v2_accuracy >= 0.7, "v2 {v2_accuracy} vs v1 {v1_accuracy}");
+}
+
+/// Posts feedback, retrying while the prediction is not written yet: a 404 says "retry shortly"
+/// (predictions are written in batches, and on a loaded machine the batch can outlast the
+/// route's own wait).
+async fn feedback(app: &RunningApp, body: &Value) -> (u16, Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let request = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token).json(body);
+        let (status, answer) = json_of(request.send().await.expect("feedback")).await;
+        if status != 404 || std::time::Instant::now() > deadline {
+            return (status, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
