@@ -257,11 +257,12 @@ async fn asha_promotes_the_top_third_and_the_winner_trains_the_whole_budget() {
     let first_rung: Vec<&Value> = trials.iter().filter(|t| t["rung"] == 0).collect();
     assert_eq!(first_rung.len(), 6, "{job:#}");
     // The top third of six reach the second rung, each promoted as soon as it ranked in the top
-    // third of the trials finished so far (so one promoted early may later drop out of the top
-    // two, and a third join them; the asynchrony is covered by the unit tests of `search`, where
-    // timing does not decide), continuing their parents with three epochs.
+    // third of the trials finished so far: one promoted early may later drop out of the top two,
+    // and others join them, up to four when results arrive worst first (the asynchrony is covered
+    // by the unit tests of `search`, where timing does not decide), each continuing its parent
+    // with three epochs.
     let second: Vec<&Value> = trials.iter().filter(|t| t["rung"] == 1).collect();
-    assert!((2..=3).contains(&second.len()), "{job:#}");
+    assert!((2..=4).contains(&second.len()), "{job:#}");
     for t in &second {
         assert_eq!(t["epochs"], 3);
         assert!(first_rung.iter().any(|p| p["id"] == t["parent"]), "{job:#}");

@@ -705,6 +705,34 @@ mod tests {
         assert_eq!(asha_final(&plan.strategy, &[trial(5, 2, 9, 0.9, false)]), None);
     }
 
+    /// Results arriving worst first: each newcomer tops the rung and is promoted as soon as it
+    /// arrives, so six first-rung trials send four on (1 at the third, then one more at each of
+    /// the fourth, fifth and sixth), never more; the best two of the six are always among them.
+    #[test]
+    fn asha_promotes_at_most_four_of_six_when_results_arrive_worst_first() {
+        let s = search(json!({"strategy": "asha", "max_trials": 6, "space": {"epochs": 9}}));
+        let strategy = plan(&s, 1, LIMITS).expect("valid").strategy;
+        for order in [[1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1], [3, 1, 6, 2, 5, 4]] {
+            let mut finished: Vec<Finished<u32>> = Vec::new();
+            for id in order {
+                finished.push(Finished { id, rung: 0, epochs: 1, score: (f64::from(id) / 10.0, 0.0), promoted: false });
+                for (parent, rung, epochs) in asha_promotions(&strategy, &finished) {
+                    assert_eq!((rung, epochs), (1, 3));
+                    finished.iter_mut().filter(|t| t.id == parent).for_each(|t| t.promoted = true);
+                }
+            }
+            let promoted: Vec<u32> = finished.iter().filter(|t| t.promoted).map(|t| t.id).collect();
+            assert!((2..=4).contains(&promoted.len()), "{order:?}: {promoted:?}");
+            assert!(promoted.contains(&6) && promoted.contains(&5), "{order:?}: {promoted:?}");
+            if order == [1, 2, 3, 4, 5, 6] {
+                assert_eq!(promoted, vec![3, 4, 5, 6]);
+            }
+            if order == [6, 5, 4, 3, 2, 1] {
+                assert_eq!(promoted, vec![6, 5]);
+            }
+        }
+    }
+
     #[test]
     fn the_median_rule_stops_the_laggards_after_the_grace_epochs() {
         let others = [0.6, 0.7, 0.8];
