@@ -26,6 +26,7 @@ use sluice_core::{
     live::{self, LiveOutcome},
     models::{self, ModelName, RegistryError},
     observations::{ObservedImage, RequestObserved},
+    outbox,
     reference::{Reference, SKETCH_DIMENSIONS},
     topics::Topic,
     work::{self, Backoff},
@@ -43,6 +44,8 @@ use crate::{
 pub enum MonitorError {
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error(transparent)]
+    Outbox(#[from] outbox::RelayError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -148,23 +151,40 @@ async fn observe(
     let Some(verdict) = window.observe(&observations, config).cloned() else {
         return Ok(());
     };
-    let mut client = served.ctx.db.get().await?;
-    let live = store::live_accuracy(&client, &event.model, event.version, config.live_accuracy_window).await?;
-    let tx = client.transaction().await?;
-    store::record_verdict(&tx, &served.ctx.config.kafka.topic_prefix, &event.model, event.version, &verdict).await?;
-    store::record_check(&tx, &event.model, event.version, &verdict, live).await?;
-    tx.commit().await?;
-    drop(client);
-    export(&event.model, event.version, &verdict);
+    // Sustained drift asks for retraining in the verdict's own transaction: a monitor killed
+    // after the commit has recorded both or neither.
     let wanted = verdict.kind == DriftKind::CovariateShift || config.retrain_on_label_shift;
-    if verdict.state == DriftState::Drift
+    let retrain = (verdict.state == DriftState::Drift
         && wanted
         && verdict.consecutive >= config.drift_sustain_checks
-        && config.retrain_on_drift
-    {
-        let evidence = json!({"version": event.version, "verdict": verdict});
-        served.request_retrain(&event.model, "drift", evidence).await;
+        && config.retrain_on_drift)
+        .then(|| served.claim_retrain(&event.model, "drift", json!({"version": event.version, "verdict": verdict})))
+        .flatten();
+    let recorded = async {
+        let mut client = served.ctx.db.get().await?;
+        let live = store::live_accuracy(&client, &event.model, event.version, config.live_accuracy_window).await?;
+        let tx = client.transaction().await?;
+        store::record_verdict(&tx, &served.ctx.config.kafka.topic_prefix, &event.model, event.version, &verdict)
+            .await?;
+        store::record_check(&tx, &event.model, event.version, &verdict, live).await?;
+        if let Some(request) = &retrain {
+            let topic = served.ctx.topic(Topic::RetrainRequests);
+            outbox::enqueue(&tx, &topic, &event.model, request).await?;
+        }
+        tx.commit().await?;
+        Ok::<_, MonitorError>(())
     }
+    .await;
+    match (recorded, retrain) {
+        (Err(err), Some(_)) => {
+            served.retrain_not_requested(&event.model, &sluice_core::error_chain(&err));
+            return Err(err);
+        }
+        (Err(err), None) => return Err(err),
+        (Ok(()), Some(_)) => Served::retrain_requested(&event.model, "drift"),
+        (Ok(()), None) => {}
+    }
+    export(&event.model, event.version, &verdict);
     Ok(())
 }
 
@@ -382,7 +402,7 @@ pub async fn after_feedback(state: &AppState, model: &ModelName, version: i32) {
             {
                 let evidence = json!({"version": version, "live_accuracy": accuracy, "answers": answers,
                                       "threshold": config.retrain_below_accuracy});
-                state.served.request_retrain(model.as_str(), "live_accuracy", evidence).await;
+                state.served.request_retrain(model.as_str(), "live_accuracy", evidence);
             }
         }
         Ok(None) => {}

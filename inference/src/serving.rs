@@ -542,24 +542,46 @@ impl Served {
         self.routing.forget(model.as_str());
     }
 
-    /// Requests retraining unless a request went out for the model within the cooldown. The
-    /// request goes through the outbox in the background: the prediction that noticed the need
-    /// never waits on Kafka (or on PostgreSQL).
-    pub async fn request_retrain(self: &Arc<Self>, model: &str, reason: &str, evidence: serde_json::Value) {
+    /// Takes the model's retrain cooldown and returns the request to enqueue; `None` while a
+    /// request was made within the cooldown. Whoever cannot enqueue it gives the cooldown back
+    /// ([`Served::retrain_not_requested`]), so the next check asks again.
+    pub fn claim_retrain(
+        &self,
+        model: &str,
+        reason: &str,
+        evidence: serde_json::Value,
+    ) -> Option<Envelope<RetrainRequested>> {
         let cooldown = Duration::from_secs(self.ctx.config.inference.retrain_cooldown_secs);
-        {
-            let mut last = self.last_retrain.lock().expect("retrain lock");
-            if last.get(model).is_some_and(|at| at.elapsed() < cooldown) {
-                return;
-            }
-            last.insert(model.to_owned(), Instant::now());
+        let mut last = self.last_retrain.lock().expect("retrain lock");
+        if last.get(model).is_some_and(|at| at.elapsed() < cooldown) {
+            return None;
         }
-        let event = Envelope::new(RetrainRequested {
+        last.insert(model.to_owned(), Instant::now());
+        Some(Envelope::new(RetrainRequested {
             model: model.to_owned(),
             reason: reason.to_owned(),
             evidence,
             requested_by: format!("inference:{}", std::process::id()),
-        });
+        }))
+    }
+
+    /// A claimed request was not enqueued: the cooldown is given back.
+    pub fn retrain_not_requested(&self, model: &str, error: &str) {
+        self.last_retrain.lock().expect("retrain lock").remove(model);
+        tracing::warn!(model, error, "cannot enqueue a retrain request");
+    }
+
+    /// A claimed request was enqueued (committed with whatever asked for it).
+    pub fn retrain_requested(model: &str, reason: &str) {
+        metrics::counter!("sluice_inference_retrain_requests_total", "model" => model.to_owned(), "reason" => reason.to_owned())
+            .increment(1);
+        tracing::warn!(model, reason, "requested retraining");
+    }
+
+    /// Requests retraining on its own (after feedback), unless within the model's cooldown: in a
+    /// task of its own, so a client that hangs up on its feedback request does not cancel it.
+    pub fn request_retrain(self: &Arc<Self>, model: &str, reason: &str, evidence: serde_json::Value) {
+        let Some(event) = self.claim_retrain(model, reason, evidence) else { return };
         let (served, model, reason) = (Arc::clone(self), model.to_owned(), reason.to_owned());
         tokio::spawn(async move {
             let topic = served.ctx.topic(Topic::RetrainRequests);
@@ -568,16 +590,8 @@ impl Served {
                 Err(err) => Err(sluice_core::error_chain(&err)),
             };
             match enqueued {
-                Ok(()) => {
-                    metrics::counter!("sluice_inference_retrain_requests_total", "model" => model.clone(), "reason" => reason.clone())
-                        .increment(1);
-                    tracing::warn!(model, reason, "requested retraining");
-                }
-                Err(err) => {
-                    // Let the next check try again.
-                    served.last_retrain.lock().expect("retrain lock").remove(&model);
-                    tracing::warn!(model, error = %err, "cannot enqueue a retrain request");
-                }
+                Ok(()) => Self::retrain_requested(&model, &reason),
+                Err(err) => served.retrain_not_requested(&model, &err),
             }
         });
     }
