@@ -33,6 +33,7 @@ pub mod sessions;
 pub mod shutdown;
 pub mod stats;
 pub mod telemetry;
+pub mod tiff;
 pub mod tokens_api;
 pub mod tools;
 pub mod topics;

@@ -130,6 +130,26 @@ where
 /// source column: gigabytes for one request.
 pub const MAX_IMAGE_SIDE: u32 = 65_535;
 
+/// An image over the size limits, by the size its header gives: nothing should be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum OversizeImage {
+    #[error("the image claims {width}×{height} pixels, over the limit of {limit} pixels")]
+    TooManyPixels { width: u32, height: u32, limit: u64 },
+    #[error("the image claims {width}×{height} pixels; no side may be over {max} pixels")]
+    SideTooLong { width: u32, height: u32, max: u32 },
+}
+
+/// The pixel limit, and [`MAX_IMAGE_SIDE`] however few pixels there are.
+pub fn check_image_size(width: u32, height: u32, max_pixels: u64) -> Result<(), OversizeImage> {
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(OversizeImage::TooManyPixels { width, height, limit: max_pixels });
+    }
+    if width.max(height) > MAX_IMAGE_SIDE {
+        return Err(OversizeImage::SideTooLong { width, height, max: MAX_IMAGE_SIDE });
+    }
+    Ok(())
+}
+
 pub fn output_key(dataset: &str, spec_hash: &str, media_id: Uuid, frame_index: u32) -> String {
     format!("processed/{dataset}/{spec_hash}/{media_id}/{frame_index:05}.png")
 }

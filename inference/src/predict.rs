@@ -149,7 +149,7 @@ fn prepare(bytes: &[u8], loaded: &LoadedVersion, max_pixels: u64) -> Result<Vec<
         ));
     }
     sluice_media::prepare(bytes, &loaded.version.input_spec, max_pixels).map_err(|err| match err {
-        ImageError::TooManyPixels { .. } | ImageError::SideTooLong { .. } => {
+        ImageError::Oversize(_) => {
             InferenceError::refused(StatusCode::UNPROCESSABLE_ENTITY, "too_many_pixels", format!("{err}."))
         }
         other => InferenceError::refused(

@@ -56,7 +56,7 @@ impl IngestError {
             Self::TooManyParts { .. } => "too_many_parts",
             Self::Unsupported => "unsupported_media_type",
             Self::TypeMismatch { .. } => "type_mismatch",
-            Self::Header(HeaderError::TooManyPixels { .. } | HeaderError::SideTooLong { .. }) => "too_many_pixels",
+            Self::Header(HeaderError::Oversize(_)) => "too_many_pixels",
             Self::Header(HeaderError::Unsupported(_)) => "unsupported_media_type",
             Self::Header(HeaderError::Malformed(_) | HeaderError::Later { .. }) => "malformed_media",
             Self::Truncated(_) => "truncated",
@@ -94,7 +94,7 @@ impl IngestError {
                 "content_type_mismatch",
                 format!("The request declares {declared} but the bytes are {actual}; fix the Content-Type."),
             ),
-            Self::Header(err @ (HeaderError::TooManyPixels { .. } | HeaderError::SideTooLong { .. })) => {
+            Self::Header(err @ HeaderError::Oversize(_)) => {
                 (S::UNPROCESSABLE_ENTITY, "too_many_pixels", format!("{err}."))
             }
             Self::Header(err @ HeaderError::Unsupported(_)) => {

@@ -3,6 +3,11 @@
 //! end-of-image marker after its last scan, not at the end of the file: motion photos append an
 //! MP4 and some makers append metadata, and such files are complete.
 
+use sluice_core::{
+    pipeline::{OversizeImage, check_image_size},
+    tiff::{self, Ifd},
+};
+
 /// Whether an upload is a still image or a video.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -159,10 +164,8 @@ pub fn sniff(head: &[u8]) -> Option<Format> {
 pub enum HeaderError {
     #[error("the {0} header is truncated or malformed")]
     Malformed(&'static str),
-    #[error("the image claims {width}×{height} pixels, over the limit of {limit} pixels")]
-    TooManyPixels { width: u32, height: u32, limit: u64 },
-    #[error("the image claims {width}×{height} pixels; no side may be over {max} pixels")]
-    SideTooLong { width: u32, height: u32, max: u32 },
+    #[error(transparent)]
+    Oversize(#[from] OversizeImage),
     /// The header lies past the bytes read so far (a TIFF whose first IFD follows its data): the
     /// upload reads it as it streams ([`TiffIfd`]). Never an answer to a client.
     #[error("the TIFF's first IFD is at byte {ifd}, past the head")]
@@ -229,44 +232,37 @@ pub fn image_dimensions(format: Format, head: &[u8], max_pixels: u64) -> Result<
         },
         Format::Jpeg => jpeg_dimensions(head).ok_or_else(malformed)?,
         Format::Tiff => {
-            let (ifd, little_endian) = tiff_ifd_offset(head).ok_or_else(malformed)?;
-            if ifd.saturating_add(TIFF_IFD_BYTES as u64) > head.len() as u64 && head.len() == HEAD_LEN {
+            let (ifd, little_endian) = tiff::header(head).ok_or_else(malformed)?;
+            if ifd.saturating_add(tiff::IFD_BYTES as u64) > head.len() as u64 && head.len() == HEAD_LEN {
                 // The IFD lies past the head (more of the file follows): read it as it streams.
                 return Err(HeaderError::Later { ifd, little_endian });
             }
-            let (width, height, compression) = tiff_dimensions(head).ok_or_else(malformed)?;
-            return checked(format, width, height, compression, max_pixels);
+            let ifd = usize::try_from(ifd).ok().and_then(|at| Ifd::at(head, at, little_endian));
+            return tiff_checked(ifd.ok_or_else(malformed)?, max_pixels);
         }
         _ => return Err(malformed()),
     };
-    checked(format, width, height, None, max_pixels)
+    checked(format, width, height, max_pixels)
 }
 
-/// The limits every image header is held to: no empty side, the pixel limit, the side limit,
-/// and no JPEG-compressed TIFF.
-fn checked(
-    format: Format,
-    width: u32,
-    height: u32,
-    tiff_compression: Option<u32>,
-    max_pixels: u64,
-) -> Result<(u32, u32), HeaderError> {
-    let malformed = || HeaderError::Malformed(format.extension());
-    if matches!(tiff_compression, Some(6 | 7)) {
+/// The limits every image header is held to: no empty side, the pixel limit, the side limit.
+fn checked(format: Format, width: u32, height: u32, max_pixels: u64) -> Result<(u32, u32), HeaderError> {
+    if width == 0 || height == 0 {
+        return Err(HeaderError::Malformed(format.extension()));
+    }
+    check_image_size(width, height, max_pixels)?;
+    Ok((width, height))
+}
+
+/// A TIFF's first IFD held to the limits, and no JPEG compression.
+fn tiff_checked(ifd: Ifd<'_>, max_pixels: u64) -> Result<(u32, u32), HeaderError> {
+    if matches!(ifd.value(tiff::COMPRESSION), Some(6 | 7)) {
         return Err(HeaderError::Unsupported("a JPEG-compressed TIFF"));
     }
-    if width == 0 || height == 0 {
-        return Err(malformed());
-    }
-    let pixels = u64::from(width) * u64::from(height);
-    if pixels > max_pixels {
-        return Err(HeaderError::TooManyPixels { width, height, limit: max_pixels });
-    }
-    let max = sluice_core::pipeline::MAX_IMAGE_SIDE;
-    if width.max(height) > max {
-        return Err(HeaderError::SideTooLong { width, height, max });
-    }
-    Ok((width, height))
+    let malformed = || HeaderError::Malformed("tiff");
+    let width = ifd.value(tiff::IMAGE_WIDTH).ok_or_else(malformed)?;
+    let height = ifd.value(tiff::IMAGE_LENGTH).ok_or_else(malformed)?;
+    checked(Format::Tiff, width, height, max_pixels)
 }
 
 /// Walks JPEG segments to the first start-of-frame marker.
@@ -300,21 +296,6 @@ fn jpeg_dimensions(b: &[u8]) -> Option<(u32, u32)> {
     }
 }
 
-/// Width, height and compression (tag 259, when present) of the first image, from its IFD.
-fn tiff_dimensions(b: &[u8]) -> Option<(u32, u32, Option<u32>)> {
-    let (ifd, le) = tiff_ifd_offset(b)?;
-    tiff_ifd(b, usize::try_from(ifd).ok()?, le)
-}
-
-/// Where a TIFF's first IFD starts, and whether the file is little-endian.
-pub fn tiff_ifd_offset(b: &[u8]) -> Option<(u64, bool)> {
-    let le = b.get(0..2)? == b"II";
-    Some((u64::from(if le { u32_le(b, 4)? } else { u32_be(b, 4)? }), le))
-}
-
-/// The bytes of a first IFD that are read: its entry count and up to 512 entries.
-pub const TIFF_IFD_BYTES: usize = 2 + 512 * 12;
-
 /// A TIFF's first IFD, caught as the body streams past it: writers such as libtiff put it after
 /// the image data, beyond the head that [`image_dimensions`] reads.
 #[derive(Debug)]
@@ -329,46 +310,23 @@ impl TiffIfd {
         TiffIfd { at, little_endian, bytes: Vec::new() }
     }
 
-    /// Keeps what of [`TIFF_IFD_BYTES`] from the IFD's start lies in `chunk`, which starts at
+    /// Keeps what of [`tiff::IFD_BYTES`] from the IFD's start lies in `chunk`, which starts at
     /// `offset` in the file (chunks arrive in order).
     pub fn feed(&mut self, offset: u64, chunk: &[u8]) {
         let wanted = self.at + self.bytes.len() as u64;
         let end = offset + chunk.len() as u64;
-        if self.bytes.len() >= TIFF_IFD_BYTES || wanted < offset || wanted >= end {
+        if self.bytes.len() >= tiff::IFD_BYTES || wanted < offset || wanted >= end {
             return;
         }
         let start = (wanted - offset) as usize;
-        let take = (chunk.len() - start).min(TIFF_IFD_BYTES - self.bytes.len());
+        let take = (chunk.len() - start).min(tiff::IFD_BYTES - self.bytes.len());
         self.bytes.extend_from_slice(&chunk[start..start + take]);
     }
 
     /// The dimensions the IFD gives, checked as [`image_dimensions`] checks a head.
     pub fn dimensions(&self, max_pixels: u64) -> Result<(u32, u32), HeaderError> {
-        let (width, height, compression) =
-            tiff_ifd(&self.bytes, 0, self.little_endian).ok_or(HeaderError::Malformed("tiff"))?;
-        checked(Format::Tiff, width, height, compression, max_pixels)
+        tiff_checked(Ifd::at(&self.bytes, 0, self.little_endian).ok_or(HeaderError::Malformed("tiff"))?, max_pixels)
     }
-}
-
-/// Width, height and compression from the IFD at `ifd` in `b`.
-fn tiff_ifd(b: &[u8], ifd: usize, le: bool) -> Option<(u32, u32, Option<u32>)> {
-    let r16 = |i| if le { u16_le(b, i) } else { u16_be(b, i) };
-    let r32 = |i| if le { u32_le(b, i) } else { u32_be(b, i) };
-    let entries = r16(ifd)? as usize;
-    let (mut width, mut height, mut compression) = (None, None, None);
-    for n in 0..entries.min(512) {
-        let entry = ifd + 2 + n * 12;
-        let tag = r16(entry)?;
-        let kind = r16(entry + 2)?;
-        let value = if kind == 3 { r16(entry + 8)? } else { r32(entry + 8)? };
-        match tag {
-            256 => width = Some(value),
-            257 => height = Some(value),
-            259 => compression = Some(value),
-            _ => {}
-        }
-    }
-    Some((width?, height?, compression))
 }
 
 /// Checks the end of a complete upload for the format's terminator or declared length, catching
@@ -586,7 +544,7 @@ mod tests {
         }
         let mut bomb = TiffIfd::new(ifd, little_endian);
         bomb.feed(0, &late_tiff(100_000, 100_000, 400_000, 1));
-        assert!(matches!(bomb.dimensions(50_000_000), Err(HeaderError::TooManyPixels { .. })));
+        assert!(matches!(bomb.dimensions(50_000_000), Err(HeaderError::Oversize(OversizeImage::TooManyPixels { .. }))));
         let mut jpeg = TiffIfd::new(ifd, little_endian);
         jpeg.feed(0, &late_tiff(64, 64, 400_000, 7));
         assert!(matches!(jpeg.dimensions(50_000_000), Err(HeaderError::Unsupported(_))));
@@ -629,7 +587,7 @@ mod tests {
         assert_eq!(image_dimensions(Format::Png, &png(640, 480), 50_000_000), Ok((640, 480)));
         assert!(matches!(
             image_dimensions(Format::Png, &png(100_000, 100_000), 50_000_000),
-            Err(HeaderError::TooManyPixels { .. })
+            Err(HeaderError::Oversize(OversizeImage::TooManyPixels { .. }))
         ));
         assert!(image_dimensions(Format::Png, &png(0, 10), 50_000_000).is_err());
         assert!(image_dimensions(Format::Png, &png(10, 10)[..18], 50_000_000).is_err());

@@ -17,7 +17,10 @@ use image::{
     DynamicImage, GrayImage, ImageDecoder, ImageReader, Limits, RgbImage,
     codecs::png::{CompressionType, PngEncoder},
 };
-use sluice_core::pipeline::{Color, Fit, PipelineSpec};
+use sluice_core::{
+    pipeline::{Color, Fit, OversizeImage, PipelineSpec, check_image_size},
+    tiff::{self, Ifd},
+};
 
 use crate::jpeg::{Jpeg, JpegError};
 
@@ -28,12 +31,10 @@ pub enum ImageError {
     Decode(String),
     #[error("cannot resize the image: {0}")]
     Resize(String),
-    /// The header claims more pixels than allowed (a decompression bomb): nothing was decoded.
-    #[error("{width}×{height} is over the {limit}-pixel limit")]
-    TooManyPixels { width: u32, height: u32, limit: u64 },
-    /// A side longer than [`sluice_core::pipeline::MAX_IMAGE_SIDE`]: nothing was decoded.
-    #[error("{width}×{height} has a side over {max} pixels")]
-    SideTooLong { width: u32, height: u32, max: u32 },
+    /// The header claims more pixels than allowed (a decompression bomb), or a side longer than
+    /// [`sluice_core::pipeline::MAX_IMAGE_SIDE`]: nothing was decoded.
+    #[error(transparent)]
+    Oversize(#[from] OversizeImage),
     /// A TIFF whose data is JPEG-compressed: each tile or strip embeds a JPEG of any size, so its
     /// decoding is not bounded by the image's pixels. Nothing was decoded.
     #[error("JPEG-compressed TIFF is not supported")]
@@ -127,8 +128,15 @@ fn decode_uncontained(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Res
             return Ok(convert(img, color));
         }
     }
-    if tiff_compression(bytes).is_some_and(|c| c == 6 || c == 7) {
-        return Err(ImageError::JpegInTiff);
+    if tiff::header(bytes).is_some() {
+        // The decoder reads every entry of the directory: one that cannot be read whole here
+        // could hide its compression from this check.
+        let ifd = Ifd::first(bytes).ok_or_else(|| {
+            ImageError::Decode(format!("the TIFF directory is malformed or has over {} entries", tiff::MAX_ENTRIES))
+        })?;
+        if matches!(ifd.value(tiff::COMPRESSION), Some(6 | 7)) {
+            return Err(ImageError::JpegInTiff);
+        }
     }
     let decode_err = |e: image::ImageError| ImageError::Decode(e.to_string());
     let mut reader =
@@ -147,39 +155,7 @@ fn decode_uncontained(bytes: &[u8], spec: &PipelineSpec, max_pixels: u64) -> Res
 
 /// The pixel limit, and the side limit however few pixels there are.
 fn check_size(width: u32, height: u32, max_pixels: u64) -> Result<(), ImageError> {
-    if u64::from(width) * u64::from(height) > max_pixels {
-        return Err(ImageError::TooManyPixels { width, height, limit: max_pixels });
-    }
-    let max = sluice_core::pipeline::MAX_IMAGE_SIDE;
-    if width.max(height) > max {
-        return Err(ImageError::SideTooLong { width, height, max });
-    }
-    Ok(())
-}
-
-/// The compression (tag 259) of a TIFF's first image; `None` for other files or when absent.
-fn tiff_compression(b: &[u8]) -> Option<u32> {
-    let le = match b.get(0..4)? {
-        [b'I', b'I', 42, 0] => true,
-        [b'M', b'M', 0, 42] => false,
-        _ => return None,
-    };
-    let r16 = |i: usize| {
-        b.get(i..i + 2)
-            .map(|s| u32::from(if le { u16::from_le_bytes([s[0], s[1]]) } else { u16::from_be_bytes([s[0], s[1]]) }))
-    };
-    let r32 = |i: usize| {
-        b.get(i..i + 4).map(|s| {
-            let a = [s[0], s[1], s[2], s[3]];
-            if le { u32::from_le_bytes(a) } else { u32::from_be_bytes(a) }
-        })
-    };
-    let ifd = usize::try_from(r32(4)?).ok()?;
-    let entries = usize::try_from(r16(ifd)?).ok()?;
-    (0..entries.min(4096)).find_map(|n| {
-        let entry = ifd.checked_add(2 + n * 12)?;
-        (r16(entry)? == 259).then(|| r16(entry + 8)).flatten()
-    })
+    Ok(check_image_size(width, height, max_pixels)?)
 }
 
 fn convert(img: DynamicImage, color: Color) -> Pixels {
@@ -283,26 +259,8 @@ fn jpeg_exif(bytes: &[u8]) -> Option<&[u8]> {
 /// The EXIF orientation tag (0x0112) from an APP1 payload (with or without the `Exif\0\0`
 /// prefix); `None` when absent or malformed.
 fn exif_orientation(exif: &[u8]) -> Option<u8> {
-    let tiff = exif.strip_prefix(b"Exif\0\0").unwrap_or(exif);
-    let le = match tiff.get(0..2)? {
-        b"II" => true,
-        b"MM" => false,
-        _ => return None,
-    };
-    let u16_at = |i: usize| {
-        tiff.get(i..i + 2).map(|b| if le { u16::from_le_bytes([b[0], b[1]]) } else { u16::from_be_bytes([b[0], b[1]]) })
-    };
-    let u32_at = |i: usize| {
-        tiff.get(i..i + 4).map(|b| {
-            if le { u32::from_le_bytes([b[0], b[1], b[2], b[3]]) } else { u32::from_be_bytes([b[0], b[1], b[2], b[3]]) }
-        })
-    };
-    let ifd = u32_at(4)? as usize;
-    let entries = u16_at(ifd)? as usize;
-    (0..entries.min(256)).find_map(|n| {
-        let entry = ifd + 2 + n * 12;
-        (u16_at(entry)? == 0x0112).then(|| u16_at(entry + 8).and_then(|v| u8::try_from(v).ok())).flatten()
-    })
+    let ifd = Ifd::first(exif.strip_prefix(b"Exif\0\0").unwrap_or(exif))?;
+    u8::try_from(ifd.value(tiff::ORIENTATION)?).ok()
 }
 
 /// Drops alpha by compositing over black (so transparent areas do not keep stray colours).

@@ -293,29 +293,8 @@ async fn bad_predict_requests_get_clear_4xx_and_record_nothing() {
 
 /// A PNG of its signature, a valid IHDR chunk claiming `width`×`height` and the start of its data.
 fn headers_only_png(width: u32, height: u32) -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &byte in bytes {
-            crc ^= u32::from(byte);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
-    }
-    let mut header = b"IHDR".to_vec();
-    header.extend_from_slice(&width.to_be_bytes());
-    header.extend_from_slice(&height.to_be_bytes());
-    header.extend_from_slice(&[8, 2, 0, 0, 0]);
     // The start of the image data (a zlib header and no more): decoders read the size up to it.
-    let data = b"IDAT\x78\x9c".to_vec();
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    for chunk in [header, data] {
-        png.extend_from_slice(&(chunk.len() as u32 - 4).to_be_bytes());
-        png.extend_from_slice(&chunk);
-        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
-    }
-    png
+    crate::crafted::png(&[(b"IHDR", &crate::crafted::ihdr(width, height)), (b"IDAT", b"\x78\x9c")])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

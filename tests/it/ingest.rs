@@ -232,27 +232,10 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_nothing_anywhere() {
     let mut hairline = png(1, 1, 0);
     hairline[16..20].copy_from_slice(&5_000_000u32.to_be_bytes());
     // A TIFF whose data is JPEG-compressed (tag 259 = 7).
-    let mut jpeg_tiff = b"II*\0\x08\0\0\0\x03\0".to_vec();
-    for (tag, value) in [(256u16, 8u16), (257, 8), (259, 7)] {
-        jpeg_tiff.extend(tag.to_le_bytes());
-        jpeg_tiff.extend(3u16.to_le_bytes());
-        jpeg_tiff.extend(1u32.to_le_bytes());
-        jpeg_tiff.extend(value.to_le_bytes());
-        jpeg_tiff.extend([0, 0]);
-    }
-    jpeg_tiff.extend([0u8; 4 + 64]);
+    let mut jpeg_tiff = crate::crafted::tiff(&[], &[(256, 3, 8), (257, 3, 8), (259, 3, 7)]);
+    jpeg_tiff.extend([0u8; 64]);
     // A TIFF whose directory follows 400 KB of data (past the first look) and claims 10^10 pixels.
-    let mut late_bomb = b"II*\0".to_vec();
-    late_bomb.extend((8u32 + 400_000).to_le_bytes());
-    late_bomb.extend(vec![7u8; 400_000]);
-    late_bomb.extend(2u16.to_le_bytes());
-    for tag in [256u16, 257] {
-        late_bomb.extend(tag.to_le_bytes());
-        late_bomb.extend(4u16.to_le_bytes());
-        late_bomb.extend(1u32.to_le_bytes());
-        late_bomb.extend(100_000u32.to_le_bytes());
-    }
-    late_bomb.extend([0u8; 4]);
+    let late_bomb = crate::crafted::tiff(&[7u8; 400_000], &[(256, 4, 100_000), (257, 4, 100_000)]);
     let head = good[..good.len().min(1024)].to_vec();
     let huge_stream = futures::stream::iter((0..40).map(move |i| {
         let mut chunk = vec![0u8; 64 * 1024];

@@ -5,6 +5,7 @@ mod batch;
 mod cli;
 mod closed_loop;
 mod console;
+mod crafted;
 mod digits;
 mod hosts;
 mod imports;

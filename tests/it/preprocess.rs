@@ -360,9 +360,9 @@ fn rotated_jpeg(w: u32, h: u32) -> Vec<u8> {
             |x, _| if x < w / 2 { image::Rgb([220, 20, 20]) } else { image::Rgb([20, 20, 220]) },
         );
     let plain = encode(image::DynamicImage::ImageRgb8(img), image::ImageFormat::Jpeg);
-    let tiff = b"II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0\x06\0\0\0\0\0\0\0";
+    let tiff = crate::crafted::tiff(&[], &[(0x0112, 3, 6)]);
     let mut app1 = b"Exif\0\0".to_vec();
-    app1.extend_from_slice(tiff);
+    app1.extend_from_slice(&tiff);
     let mut out = plain[..2].to_vec();
     out.extend_from_slice(&[0xFF, 0xE1]);
     out.extend_from_slice(&(app1.len() as u16 + 2).to_be_bytes());

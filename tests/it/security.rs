@@ -546,31 +546,6 @@ fn gray_frame_tail(counts: &[u8; 16]) -> Vec<u8> {
     tail
 }
 
-/// A PNG whose header claims `width`×`height` (no pixel data follows).
-fn png_claiming(width: u32, height: u32) -> Vec<u8> {
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
-    png.extend_from_slice(&13u32.to_be_bytes());
-    png.extend_from_slice(&ihdr);
-    png.extend_from_slice(&crc32(&ihdr).to_be_bytes());
-    png.extend_from_slice(&[0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82]);
-    png
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
 /// A child process killed and reaped when dropped, so a failing test leaves no `sluice` behind.
 struct Reaped(std::process::Child);
 
@@ -660,20 +635,24 @@ async fn a_hostile_corpus_gets_4xx_and_grows_peak_memory_by_at_most_256_mib() {
     }
     comments.extend_from_slice(&gray_frame_tail(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
     let gif_screen = b"GIF89a\xff\xff\xff\xff\x00\x00\x00\x3b".to_vec();
-    let tiff = {
-        let mut tiff = b"II*\x00\x08\x00\x00\x00\x02\x00".to_vec();
-        tiff.extend_from_slice(&[0x00, 0x01, 0x04, 0x00, 0x01, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0x00]);
-        tiff.extend_from_slice(&[0x01, 0x01, 0x04, 0x00, 0x01, 0x00, 0x00, 0x00, 0xFF, 0xFF, 0xFF, 0x00]);
-        tiff.extend_from_slice(&[0, 0, 0, 0]);
-        tiff
-    };
+    let tiff = crate::crafted::tiff(&[], &[(256, 4, 0x00FF_FFFF), (257, 4, 0x00FF_FFFF)]);
     let cases: Vec<(&str, &str, &str, Vec<u8>)> = vec![
         ("2 MiB of empty Huffman tables", "/v1/models/target/predict", "image/jpeg", dht_flood_jpeg(100_000)),
         ("20 MiB of empty Huffman tables", "/v1/models/target/predict", "image/jpeg", dht_flood_jpeg(1_000_000)),
         ("an over-subscribed Huffman table", "/v1/models/target/predict", "image/jpeg", oversubscribed),
         ("2 MiB of comment segments", "/v1/models/target/predict", "image/jpeg", comments),
-        ("a PNG claiming 100000x100000", "/v1/models/target/predict", "image/png", png_claiming(100_000, 100_000)),
-        ("a PNG claiming 100000x100000", "/v1/media?dataset=hostile", "image/png", png_claiming(100_000, 100_000)),
+        (
+            "a PNG claiming 100000x100000",
+            "/v1/models/target/predict",
+            "image/png",
+            crate::crafted::png_claiming(100_000, 100_000),
+        ),
+        (
+            "a PNG claiming 100000x100000",
+            "/v1/media?dataset=hostile",
+            "image/png",
+            crate::crafted::png_claiming(100_000, 100_000),
+        ),
         ("a GIF with a 65535x65535 screen", "/v1/models/target/predict", "image/gif", gif_screen.clone()),
         ("a TIFF claiming 16M x 16M", "/v1/models/target/predict", "image/tiff", tiff),
         ("a 100 MiB predict body", "/v1/models/target/predict", "image/jpeg", vec![0xFF; 100 * 1024 * 1024]),
@@ -791,35 +770,10 @@ async fn valid_but_unusual_files_are_accepted_stored_whole_and_decoded() {
     // past the head an upload's header is first looked for in.
     let late_directory_tiff = {
         let (w, h) = (600u32, 600u32);
-        let mut out = b"II*\0".to_vec();
-        out.extend((8 + w * h).to_le_bytes());
-        out.extend((0..w * h).map(|i| (i % 251) as u8));
-        let entries: [(u16, u16, u32); 9] = [
-            (256, 4, w),
-            (257, 4, h),
-            (258, 3, 8),
-            (259, 3, 1),
-            (262, 3, 1),
-            (273, 4, 8),
-            (277, 3, 1),
-            (278, 4, h),
-            (279, 4, w * h),
-        ];
-        out.extend(9u16.to_le_bytes());
-        for (tag, kind, value) in entries {
-            out.extend(tag.to_le_bytes());
-            out.extend(kind.to_le_bytes());
-            out.extend(1u32.to_le_bytes());
-            if kind == 3 {
-                out.extend((value as u16).to_le_bytes());
-                out.extend([0, 0]);
-            } else {
-                out.extend(value.to_le_bytes());
-            }
-        }
-        out.extend([0, 0, 0, 0]);
-        out
+        let data: Vec<u8> = (0..w * h).map(|i| (i % 251) as u8).collect();
+        crate::crafted::tiff(&data, &crate::crafted::gray_tiff_entries(w, h, 8))
     };
+
     let files: Vec<(&str, &str, Vec<u8>)> = vec![
         ("a TIFF whose directory follows its data", "image/tiff", late_directory_tiff),
         ("data after EOI (motion photo)", "image/jpeg", motion),

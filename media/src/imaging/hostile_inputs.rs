@@ -129,28 +129,36 @@ fn animated_webp(width: u32, height: u32, frames: &[(u32, u32, Vec<u8>)]) -> Vec
 
 /// A little-endian TIFF: 8-bit gray, one strip of `strip_bytes` at offset 8 + the IFD's size.
 fn tiff(width: u32, height: u32, strip_bytes: u32) -> Vec<u8> {
+    tiff_in(true, width, height, strip_bytes, (3, 1))
+}
+
+/// The same in either byte order, with the compression entry's type and value given.
+fn tiff_in(little_endian: bool, width: u32, height: u32, strip_bytes: u32, compression: (u16, u32)) -> Vec<u8> {
     let entries: [(u16, u16, u32); 9] = [
         (256, 4, width),
         (257, 4, height),
         (258, 3, 8),
-        (259, 3, 1),
+        (259, compression.0, compression.1),
         (262, 3, 1),
         (273, 4, 8 + 2 + 9 * 12 + 4),
         (277, 3, 1),
         (278, 4, height),
         (279, 4, strip_bytes),
     ];
-    let mut out = b"II*\0\x08\0\0\0".to_vec();
-    out.extend(9u16.to_le_bytes());
+    let u16b = |v: u16| if little_endian { v.to_le_bytes() } else { v.to_be_bytes() };
+    let u32b = |v: u32| if little_endian { v.to_le_bytes() } else { v.to_be_bytes() };
+    let mut out = if little_endian { b"II*\0".to_vec() } else { b"MM\0*".to_vec() };
+    out.extend(u32b(8));
+    out.extend(u16b(9));
     for (tag, kind, value) in entries {
-        out.extend(tag.to_le_bytes());
-        out.extend(kind.to_le_bytes());
-        out.extend(1u32.to_le_bytes());
+        out.extend(u16b(tag));
+        out.extend(u16b(kind));
+        out.extend(u32b(1));
         if kind == 3 {
-            out.extend((value as u16).to_le_bytes());
+            out.extend(u16b(value as u16));
             out.extend([0, 0]);
         } else {
-            out.extend(value.to_le_bytes());
+            out.extend(u32b(value));
         }
     }
     out.extend([0, 0, 0, 0]);
@@ -181,7 +189,7 @@ fn a_png_claiming_ten_billion_pixels_is_refused_before_decoding() {
     let bomb = png_claiming(100_000, 100_000);
     assert!(bomb.len() < 100);
     let err = process(&bomb, &PipelineSpec::default(), MAX_PIXELS).expect_err("refused");
-    assert!(matches!(err, ImageError::TooManyPixels { width: 100_000, .. }), "{err}");
+    assert!(matches!(err, ImageError::Oversize(OversizeImage::TooManyPixels { width: 100_000, .. })), "{err}");
     assert_refused("a PNG 1×2^31", &png_claiming(1, 1 << 31));
     assert!(process(&png_claiming(1, 1), &PipelineSpec::default(), MAX_PIXELS).is_ok(), "the same file, 1×1");
 }
@@ -192,7 +200,7 @@ fn a_png_claiming_ten_billion_pixels_is_refused_before_decoding() {
 fn a_hairline_image_within_the_pixel_limit_is_refused_by_its_side() {
     for (width, height) in [(50_000_000, 1), (1, 50_000_000), (65_536, 2)] {
         let err = process(&png_claiming(width, height), &PipelineSpec::default(), MAX_PIXELS).expect_err("refused");
-        assert!(matches!(err, ImageError::SideTooLong { .. }), "{width}×{height}: {err}");
+        assert!(matches!(err, ImageError::Oversize(OversizeImage::SideTooLong { .. })), "{width}×{height}: {err}");
     }
     let long = encoded(DynamicImage::ImageRgb8(solid(65_535, 1, [9, 9, 9])), ImageFormat::Png);
     assert!(process(&long, &PipelineSpec::default(), MAX_PIXELS).is_ok(), "the longest side allowed decodes");
@@ -210,13 +218,59 @@ fn a_jpeg_compressed_tiff_is_refused_before_decoding() {
         let err = process(&file, &PipelineSpec::default(), MAX_PIXELS).expect_err("refused");
         assert!(matches!(err, ImageError::JpegInTiff), "compression {compression}: {err}");
     }
+    // Big-endian, the compression typed LONG: its value is in the entry's last two bytes.
+    for compression in [6, 7] {
+        let err = process(&tiff_in(false, 8, 8, 64, (4, compression)), &PipelineSpec::default(), MAX_PIXELS)
+            .expect_err("refused");
+        assert!(matches!(err, ImageError::JpegInTiff), "big-endian LONG {compression}: {err}");
+    }
     assert!(process(&tiff(8, 8, 64), &PipelineSpec::default(), MAX_PIXELS).is_ok(), "uncompressed decodes");
+    assert!(
+        process(&tiff_in(false, 8, 8, 64, (4, 1)), &PipelineSpec::default(), MAX_PIXELS).is_ok(),
+        "uncompressed big-endian decodes"
+    );
+}
+
+/// A directory claiming more entries than any writer makes is refused, not read in part: the
+/// compression tag could sit past the entries read.
+#[test]
+fn a_tiff_directory_too_long_to_check_is_refused() {
+    // The honest 9 entries, then private tags (ignored by decoders) up to `count`, then the strip.
+    let file = |count: u16| {
+        let strip = 8 + 2 + 12 * u32::from(count) + 4;
+        let mut out = b"II*\0\x08\0\0\0".to_vec();
+        out.extend(count.to_le_bytes());
+        let honest = [
+            (256u16, 4u16, 8u32),
+            (257, 4, 8),
+            (258, 3, 8),
+            (259, 3, 1),
+            (262, 3, 1),
+            (273, 4, strip),
+            (277, 3, 1),
+            (278, 4, 8),
+            (279, 4, 64),
+        ];
+        let filler = (0..count - 9).map(|n| (40_000 + n, 3, 0));
+        for (tag, kind, value) in honest.into_iter().chain(filler) {
+            out.extend(tag.to_le_bytes());
+            out.extend(kind.to_le_bytes());
+            out.extend(1u32.to_le_bytes());
+            out.extend(value.to_le_bytes());
+        }
+        out.extend([0, 0, 0, 0]);
+        out.extend([128u8; 64]);
+        out
+    };
+    assert!(process(&file(512), &PipelineSpec::default(), MAX_PIXELS).is_ok(), "512 entries are read whole");
+    let err = process(&file(600), &PipelineSpec::default(), MAX_PIXELS).expect_err("refused");
+    assert!(matches!(err, ImageError::Decode(_)), "{err}");
 }
 
 #[test]
 fn gif_bombs_are_refused_before_decoding() {
     let err = process(&gif((65_535, 65_535), (1, 1)), &PipelineSpec::default(), MAX_PIXELS).expect_err("refused");
-    assert!(matches!(err, ImageError::TooManyPixels { .. }), "{err}");
+    assert!(matches!(err, ImageError::Oversize(OversizeImage::TooManyPixels { .. })), "{err}");
     // A small screen with a frame far larger than it: the frame buffer is over the budget.
     assert_refused("a 65535×65535 frame on a 10×10 screen", &gif((10, 10), (65_535, 65_535)));
     assert_refused("a 20000×20000 frame on a 10×10 screen", &gif((10, 10), (20_000, 20_000)));
@@ -229,7 +283,7 @@ fn webp_bombs_are_refused_before_decoding() {
     let huge_canvas = riff_webp(&[vp8x(0, 1 << 24, 1 << 24), pixel.clone()]);
     assert_refused("a 2^24×2^24 canvas", &huge_canvas);
     let err = process(&huge_canvas, &PipelineSpec::default(), MAX_PIXELS).expect_err("refused");
-    assert!(matches!(err, ImageError::TooManyPixels { .. } | ImageError::Decode(_)), "{err}");
+    assert!(matches!(err, ImageError::Oversize(OversizeImage::TooManyPixels { .. }) | ImageError::Decode(_)), "{err}");
     let animated = animated_webp(1 << 24, 1 << 24, &[(1, 1, pixel.clone())]);
     assert_refused("an animation on a 2^24×2^24 canvas", &animated);
     assert_refused("a frame larger than its canvas", &animated_webp(2, 2, &[(16_000, 16_000, pixel)]));
@@ -238,7 +292,7 @@ fn webp_bombs_are_refused_before_decoding() {
 #[test]
 fn tiff_bombs_are_refused_before_decoding() {
     let err = process(&tiff(100_000, 100_000, 64), &PipelineSpec::default(), MAX_PIXELS).expect_err("refused");
-    assert!(matches!(err, ImageError::TooManyPixels { .. }), "{err}");
+    assert!(matches!(err, ImageError::Oversize(OversizeImage::TooManyPixels { .. })), "{err}");
     // A small image whose strip claims 4 GiB: no buffer of that size may be made.
     assert_refused("a 4 GiB strip", &tiff(8, 8, 0xFFFF_FFF0));
     assert_refused("a strip past the end", &tiff(100, 100, 10_000));
@@ -261,7 +315,10 @@ fn the_memory_budget_follows_the_pixel_limit() {
     assert_eq!(limits(u64::MAX).max_image_width, Some(u32::MAX));
     // A 2000×2000 PNG is refused under a 1-megapixel limit, whatever its data.
     let png = encoded(DynamicImage::ImageRgb8(solid(2000, 2000, [9, 9, 9])), ImageFormat::Png);
-    assert!(matches!(process(&png, &PipelineSpec::default(), 1_000_000), Err(ImageError::TooManyPixels { .. })));
+    assert!(matches!(
+        process(&png, &PipelineSpec::default(), 1_000_000),
+        Err(ImageError::Oversize(OversizeImage::TooManyPixels { .. }))
+    ));
 }
 
 // --- Panics --------------------------------------------------------------------------------------
