@@ -79,15 +79,18 @@ pub async fn get_stream(client: &Client, bucket: &str, key: &str) -> Result<Opti
     }
 }
 
-/// Reads a whole object; `None` when there is no such key.
+/// Reads a whole object; `None` when there is no such key. For Sluice's own objects, whose size
+/// it chose when writing them; anything a client named is read with [`get_bytes_bounded`].
 pub async fn get_bytes(client: &Client, bucket: &str, key: &str) -> Result<Option<bytes::Bytes>, S3Error> {
-    let Some(object) = get_stream(client, bucket, key).await? else { return Ok(None) };
-    let body = object.body.collect().await.map_err(|e| S3Error::Call {
-        operation: "GetObject",
-        code: None,
-        message: format!("reading the body of {key}: {e}"),
-    })?;
-    Ok(Some(body.into_bytes()))
+    match get_bytes_bounded(client, bucket, key, u64::MAX).await? {
+        ObjectRead::Bytes(bytes) => Ok(Some(bytes)),
+        ObjectRead::Missing => Ok(None),
+        ObjectRead::TooLarge(size) => Err(S3Error::Call {
+            operation: "GetObject",
+            code: None,
+            message: format!("{key} is {size} bytes, more than this machine can address"),
+        }),
+    }
 }
 
 /// Writes a whole object in one PUT (small objects: manifests, checkpoints, model artifacts).
@@ -221,8 +224,9 @@ pub async fn get_bytes_bounded(
         code: None,
         message: format!("reading the body of {key}: {e}"),
     })? {
-        if (bytes.len() + chunk.len()) as u64 > max_bytes {
-            return Ok(ObjectRead::TooLarge((bytes.len() + chunk.len()) as u64));
+        let read = (bytes.len() as u64).saturating_add(chunk.len() as u64);
+        if read > max_bytes {
+            return Ok(ObjectRead::TooLarge(read));
         }
         bytes.extend_from_slice(&chunk);
     }
