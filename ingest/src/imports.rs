@@ -2,10 +2,14 @@
 //! directly under the prefix are unlabelled). Each object goes through the same validation and
 //! deduplication as an upload.
 //!
-//! Resumable: a worker holds an import under a lease it renews after every page; each source
-//! object is recorded (`import_items`) in the same transaction as its media row, and the cursor
-//! advances once a page is done. A worker that dies stops renewing; when the lease expires
-//! another worker (or the restarted one) continues after the cursor and skips recorded objects.
+//! Resumable: a worker holds an import under a lease of its own (`imports.lease_owner`), renewed
+//! after every object and every few seconds while one is transferred; each source object is
+//! recorded (`import_items`) in the same transaction as its media row, and the cursor advances
+//! once a page is done. A worker that dies stops renewing; when the lease expires another worker
+//! (or the restarted one) continues after the cursor and skips recorded objects. A worker that
+//! was only slow or cut off finds at its next renewal that the lease is another's, and stops
+//! (dropping a transfer in flight: the orphan sweeper removes what it stored), so no two workers
+//! transfer the same objects.
 //!
 //! A poison object does not hold the import: each attempt at an object is counted
 //! (`import_attempts`) before it is tried, so one that kills its worker counts too, and given
@@ -34,8 +38,10 @@ use crate::{
     upload,
 };
 
-/// Objects listed per page (and per lease renewal).
+/// Objects listed per page.
 const PAGE: i32 = 100;
+/// How often the lease (30 s) is renewed while one object is transferred.
+const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// Longest wait before an import whose object failed is taken again, in seconds.
 const MAX_RETRY_SECS: f64 = 30.0;
 /// How long an idle worker waits before looking again. An import queued in this process wakes it
@@ -91,28 +97,43 @@ pub async fn run(ctx: Context, shutdown: Shutdown) {
 pub async fn run_once(ctx: &Context, budget: Option<usize>) -> Result<bool, IngestError> {
     let Some((import, cursor)) = store::claim(ctx).await? else { return Ok(false) };
     match import.work(ctx, cursor, budget).await {
-        Ok(true) => {
-            store::succeed(ctx, import.id).await?;
-            tracing::info!(import = %import.id, "import finished");
+        Ok(Worked::Exhausted) => {
+            if store::succeed(ctx, &import).await? {
+                tracing::info!(import = %import.id, "import finished");
+            }
         }
-        Ok(false) => {}
+        Ok(Worked::Budget) => {}
+        Ok(Worked::TakenOver) => {
+            tracing::warn!(import = %import.id, "the import's lease expired and another worker took it over; stopping");
+        }
         Err(IngestError::Storage(err)) if matches!(err.code(), Some("NoSuchBucket" | "AccessDenied")) => {
-            store::fail(ctx, import.id, &err.to_string()).await?;
+            store::fail(ctx, &import, &err.to_string()).await?;
         }
         Err(err) => return Err(err),
     }
     Ok(true)
 }
 
+/// How a worker's turn at an import ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Worked {
+    /// The listing is exhausted: the import is done.
+    Exhausted,
+    /// The budget of objects was used.
+    Budget,
+    /// The lease expired and another worker holds the import now.
+    TakenOver,
+}
+
 impl Import {
-    /// Handles objects after `cursor`; `Ok(true)` when the listing is exhausted.
+    /// Handles objects after `cursor` while the lease is this worker's.
     #[tracing::instrument(skip_all, fields(import_id = %self.id, dataset = %self.dataset))]
     async fn work(
         &self,
         ctx: &Context,
         mut cursor: Option<String>,
         budget: Option<usize>,
-    ) -> Result<bool, IngestError> {
+    ) -> Result<Worked, IngestError> {
         let dataset = DatasetName::parse(&self.dataset).map_err(|e| IngestError::BadRequest(e.0))?;
         let mut handled = 0usize;
         loop {
@@ -132,7 +153,7 @@ impl Import {
             let done = store::recorded_keys(ctx, self.id, &keys).await?;
             for key in keys.iter().filter(|k| !done.contains(k) && !k.ends_with('/')) {
                 if budget.is_some_and(|b| handled >= b) {
-                    return Ok(false);
+                    return Ok(Worked::Budget);
                 }
                 // Over the upload limit by its listed size: refused without downloading it.
                 let limit = ctx.config.http.max_body_bytes;
@@ -144,34 +165,57 @@ impl Import {
                     );
                     store::reject_item(ctx, self.id, key, "too_large", &message).await?;
                     metrics::counter!("sluice_ingest_rejected_total", "reason" => "too_large").increment(1);
-                } else {
-                    self.import_one(ctx, &dataset, key).await?;
+                } else if !self.import_one(ctx, &dataset, key).await? {
+                    return Ok(Worked::TakenOver);
                 }
                 handled += 1;
                 // After every object, so a slow page never lets the lease expire.
-                store::renew(ctx, self.id).await?;
+                if !store::renew(ctx, self).await? {
+                    return Ok(Worked::TakenOver);
+                }
             }
-            let Some(last) = keys.last() else { return Ok(true) };
-            store::advance(ctx, self.id, last).await?;
+            let Some(last) = keys.last() else { return Ok(Worked::Exhausted) };
+            if !store::advance(ctx, self, last).await? {
+                return Ok(Worked::TakenOver);
+            }
             cursor = Some(last.clone());
             if !page.is_truncated().unwrap_or(false) {
-                return Ok(true);
+                return Ok(Worked::Exhausted);
             }
         }
     }
 
     /// Validates and stores one object; client-side problems become a rejected item, dependency
     /// failures propagate (the import is retried), and an object out of attempts is parked.
+    /// `Ok(false)` when the lease was lost during the transfer (which was then dropped).
     #[tracing::instrument(skip_all, fields(key = %key))]
-    async fn import_one(&self, ctx: &Context, dataset: &DatasetName, key: &str) -> Result<(), IngestError> {
+    async fn import_one(&self, ctx: &Context, dataset: &DatasetName, key: &str) -> Result<bool, IngestError> {
         // Counted before the object is tried, so an object that kills its worker counts too.
         let store::Attempts { attempts, last_error } = store::begin_attempt(ctx, self.id, key).await?;
         if attempts > ctx.config.ingest.import_max_attempts as i32 {
-            return self.park(ctx, key, attempts - 1, &parking::gave_up(attempts - 1, last_error.as_deref())).await;
+            self.park(ctx, key, attempts - 1, &parking::gave_up(attempts - 1, last_error.as_deref())).await?;
+            return Ok(true);
         }
-        let outcome = self.try_import(ctx, dataset, key).await;
+        let outcome = {
+            let transfer = self.try_import(ctx, dataset, key);
+            tokio::pin!(transfer);
+            let mut renewals = tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+            loop {
+                tokio::select! {
+                    outcome = &mut transfer => break outcome,
+                    _ = renewals.tick() => match store::renew(ctx, self).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            store::give_back_attempt(ctx, self.id, key).await?;
+                            return Ok(false);
+                        }
+                        Err(err) => break Err(err.into()),
+                    },
+                }
+            }
+        };
         let err = match outcome {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(true),
             // This object alone cannot be read (no permission on it, or deleted since it was
             // listed): its item is rejected and the import goes on. A bucket that cannot be read
             // at all fails the listing, which fails the import.
@@ -179,7 +223,7 @@ impl Import {
                 let message = format!("The object cannot be read: {err}.");
                 store::reject_item(ctx, self.id, key, "unreadable_object", &message).await?;
                 metrics::counter!("sluice_ingest_rejected_total", "reason" => "unreadable_object").increment(1);
-                return Ok(());
+                return Ok(true);
             }
             Err(err @ (IngestError::Storage(_) | IngestError::Database(_) | IngestError::BodyRead(_))) => {
                 self.attempt_failed(ctx, key, attempts, &err).await;
@@ -190,7 +234,7 @@ impl Import {
         let api = err.to_api();
         store::reject_item(ctx, self.id, key, api.code, &api.message).await?;
         metrics::counter!("sluice_ingest_rejected_total", "reason" => err.reason()).increment(1);
-        Ok(())
+        Ok(true)
     }
 
     /// An attempt at `key` failed. When the dependencies answer, the failure was the object's
@@ -201,7 +245,7 @@ impl Import {
         let counts = parking::dependencies_up(ctx, &[self.bucket.as_str()]).await;
         let recorded = if counts {
             let retry_in = 2f64.powi(attempts).min(MAX_RETRY_SECS);
-            store::attempt_failed(ctx, self.id, key, &parking::clip(err.to_string()), retry_in).await
+            store::attempt_failed(ctx, self, key, &parking::clip(err.to_string()), retry_in).await
         } else {
             store::give_back_attempt(ctx, self.id, key).await
         };

@@ -124,6 +124,49 @@ async fn an_import_resumes_after_its_worker_dies_without_double_counting() {
     assert_eq!(media, 6);
 }
 
+/// A worker that was slow rather than dead (its lease expired while it still worked) finds at
+/// its next renewal that another worker took the import over, and stops: its renewals, cursor
+/// advances and ending change nothing, so the two never work on the same objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_lease_was_taken_over_stops_at_its_next_step() {
+    let env = TestEnv::new().await;
+    let ctx = Context::new(env.config.clone()).await.expect("context");
+    ctx.bootstrap().await.expect("bootstrap");
+    put_fixture(&ctx.s3, &ctx.config.s3.bucket).await;
+    let dataset = DatasetName::parse("takeover").expect("name");
+    let id = imports::create(&ctx, &dataset, &ctx.config.s3.bucket, "incoming/").await.expect("create");
+    let db = ctx.db.get().await.expect("conn");
+    let expire = || async {
+        db.execute("UPDATE imports SET lease_until = now() - interval '1 second' WHERE id = $1", &[&id])
+            .await
+            .expect("expire lease");
+    };
+
+    let (slow, _) = imports::store::claim(&ctx).await.expect("claim").expect("the import");
+    assert!(imports::store::claim(&ctx).await.expect("claim").is_none(), "held while its lease runs");
+    assert!(imports::store::renew(&ctx, &slow).await.expect("renew"), "its own lease renews");
+    expire().await;
+    let (new, _) = imports::store::claim(&ctx).await.expect("claim").expect("taken over");
+    assert_eq!(new.id, slow.id);
+    assert_ne!(new.lease, slow.lease);
+    assert!(!imports::store::renew(&ctx, &slow).await.expect("renew"), "the old holder's renewal fails");
+    assert!(!imports::store::advance(&ctx, &slow, "incoming/zzz").await.expect("advance"));
+    assert!(!imports::store::succeed(&ctx, &slow).await.expect("succeed"), "nor can it end the import");
+    let cursor: Option<String> =
+        db.query_one("SELECT cursor FROM imports WHERE id = $1", &[&id]).await.expect("row").get(0);
+    assert_eq!(cursor, None, "the old holder moved nothing");
+    assert!(imports::store::renew(&ctx, &new).await.expect("renew"), "the new holder's lease renews");
+
+    // The whole worker: the new holder's lease expires too and a third worker runs the import to
+    // its end; the second one's ending then changes nothing.
+    expire().await;
+    assert!(imports::run_once(&ctx, None).await.expect("third worker"));
+    assert!(!imports::store::succeed(&ctx, &new).await.expect("succeed"));
+    let status = imports::status_json(&ctx, id).await.expect("status").expect("exists");
+    assert_eq!(status["status"], "succeeded", "{status}");
+    assert_eq!((status["accepted"].as_i64(), status["duplicates"].as_i64()), (Some(6), Some(0)), "{status}");
+}
+
 /// An object the store refuses to serve (encrypted with a key Sluice does not hold) stops the
 /// import on every pass until it has used `ingest.import_max_attempts`; then it is recorded as
 /// rejected (`gave_up`) with a `work.parked` event, and the objects after it are imported.

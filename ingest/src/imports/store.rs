@@ -37,10 +37,12 @@ sluice_core::text_enum! {
     }
 }
 
-/// An import a worker holds: where its objects are and where they go.
+/// An import a worker holds: where its objects are and where they go, and the claim it holds
+/// the import under (`imports.lease_owner`).
 #[derive(Debug)]
 pub struct Import {
     pub id: Uuid,
+    pub lease: Uuid,
     pub dataset: String,
     pub bucket: String,
     pub prefix: String,
@@ -60,25 +62,28 @@ pub async fn create(ctx: &Context, id: Uuid, dataset: &str, bucket: &str, prefix
 }
 
 /// Takes the oldest queued import, or a running one whose worker's lease expired, under a fresh
-/// lease; returns it with the last source key already handled.
+/// lease of its own; returns it with the last source key already handled.
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn claim(ctx: &Context) -> Result<Option<(Import, Option<String>)>, DbError> {
     let client = ctx.db.get().await?;
+    let lease = Uuid::new_v4();
     let claimed = client
         .query_opt(
             &format!(
-                "UPDATE imports SET status = $1, lease_until = now() + interval '{LEASE}', updated_at = now()
+                "UPDATE imports SET status = $1, lease_owner = $2, lease_until = now() + interval '{LEASE}',
+                        updated_at = now()
                  WHERE id = (SELECT id FROM imports
                              WHERE status IN ('queued', 'running') AND (lease_until IS NULL OR lease_until < now())
                              ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED)
                  RETURNING id, dataset, bucket, prefix, cursor"
             ),
-            &[&ImportStatus::Running],
+            &[&ImportStatus::Running, &lease],
         )
         .await?;
     Ok(claimed.map(|row| {
         let import = Import {
             id: row.get("id"),
+            lease,
             dataset: row.get("dataset"),
             bucket: row.get("bucket"),
             prefix: row.get("prefix"),
@@ -87,33 +92,36 @@ pub async fn claim(ctx: &Context) -> Result<Option<(Import, Option<String>)>, Db
     }))
 }
 
-/// The listing is exhausted: the import succeeded and its attempts are forgotten.
-#[tracing::instrument(level = "debug", skip_all, fields(import_id = %id))]
-pub async fn succeed(ctx: &Context, id: Uuid) -> Result<(), DbError> {
+/// The listing is exhausted: the import succeeded and its attempts are forgotten. `false` when
+/// the lease was no longer this worker's (the new holder ends it).
+#[tracing::instrument(level = "debug", skip_all, fields(import_id = %import.id))]
+pub async fn succeed(ctx: &Context, import: &Import) -> Result<bool, DbError> {
     let client = ctx.db.get().await?;
-    client
+    let ended = client
         .execute(
-            "WITH done AS (DELETE FROM import_attempts WHERE import_id = $1)
+            "WITH held AS (SELECT id FROM imports WHERE id = $1 AND lease_owner = $3),
+                  done AS (DELETE FROM import_attempts WHERE import_id IN (SELECT id FROM held))
              UPDATE imports SET status = $2, finished_at = now(), updated_at = now(), lease_until = NULL
-             WHERE id = $1",
-            &[&id, &ImportStatus::Succeeded],
+             WHERE id IN (SELECT id FROM held)",
+            &[&import.id, &ImportStatus::Succeeded, &import.lease],
         )
         .await?;
-    Ok(())
+    Ok(ended == 1)
 }
 
-/// The import cannot go on (its bucket is gone or unreadable), for `error`.
-#[tracing::instrument(level = "debug", skip_all, fields(import_id = %id))]
-pub async fn fail(ctx: &Context, id: Uuid, error: &str) -> Result<(), DbError> {
+/// The import cannot go on (its bucket is gone or unreadable), for `error`; `false` when the
+/// lease was no longer this worker's.
+#[tracing::instrument(level = "debug", skip_all, fields(import_id = %import.id))]
+pub async fn fail(ctx: &Context, import: &Import, error: &str) -> Result<bool, DbError> {
     let client = ctx.db.get().await?;
-    client
+    let ended = client
         .execute(
             "UPDATE imports SET status = $3, error = $2, finished_at = now(), updated_at = now(), lease_until = NULL
-             WHERE id = $1",
-            &[&id, &error, &ImportStatus::Failed],
+             WHERE id = $1 AND lease_owner = $4",
+            &[&import.id, &error, &ImportStatus::Failed, &import.lease],
         )
         .await?;
-    Ok(())
+    Ok(ended == 1)
 }
 
 /// Which of `keys` the import has already recorded (a resumed import skips them).
@@ -126,33 +134,38 @@ pub async fn recorded_keys(ctx: &Context, id: Uuid, keys: &[String]) -> Result<V
     Ok(rows.iter().map(|r| r.get("source_key")).collect())
 }
 
-/// A page is done: a resumed import starts after `cursor`; the lease is renewed.
-#[tracing::instrument(level = "debug", skip_all, fields(import_id = %id))]
-pub async fn advance(ctx: &Context, id: Uuid, cursor: &str) -> Result<(), DbError> {
+/// A page is done: a resumed import starts after `cursor`; the lease is renewed. `false` when
+/// the lease is no longer this worker's: it stops.
+#[tracing::instrument(level = "debug", skip_all, fields(import_id = %import.id))]
+pub async fn advance(ctx: &Context, import: &Import, cursor: &str) -> Result<bool, DbError> {
     let client = ctx.db.get().await?;
-    client
+    let held = client
         .execute(
             &format!(
                 "UPDATE imports SET cursor = $2, lease_until = now() + interval '{LEASE}', updated_at = now()
-                 WHERE id = $1"
+                 WHERE id = $1 AND lease_owner = $3 AND status = 'running'"
             ),
-            &[&id, &cursor],
+            &[&import.id, &cursor, &import.lease],
         )
         .await?;
-    Ok(())
+    Ok(held == 1)
 }
 
-/// Extends the worker's lease.
-#[tracing::instrument(level = "debug", skip_all, fields(import_id = %id))]
-pub async fn renew(ctx: &Context, id: Uuid) -> Result<(), DbError> {
+/// Extends the worker's lease; `false` when it is no longer this worker's (it expired and
+/// another took the import over): the worker stops.
+#[tracing::instrument(level = "debug", skip_all, fields(import_id = %import.id))]
+pub async fn renew(ctx: &Context, import: &Import) -> Result<bool, DbError> {
     let client = ctx.db.get().await?;
-    client
+    let held = client
         .execute(
-            &format!("UPDATE imports SET lease_until = now() + interval '{LEASE}', updated_at = now() WHERE id = $1"),
-            &[&id],
+            &format!(
+                "UPDATE imports SET lease_until = now() + interval '{LEASE}', updated_at = now()
+                 WHERE id = $1 AND lease_owner = $2 AND status = 'running'"
+            ),
+            &[&import.id, &import.lease],
         )
         .await?;
-    Ok(())
+    Ok(held == 1)
 }
 
 /// Records an imported source object, in the transaction that records its media row.
@@ -209,10 +222,10 @@ pub async fn begin_attempt(ctx: &Context, id: Uuid, key: &str) -> Result<Attempt
 
 /// An attempt at `key` failed for its own reason: keeps `error` and lets the import be taken
 /// again only after `retry_in_secs`.
-#[tracing::instrument(level = "debug", skip_all, fields(import_id = %id, retry_in_secs = retry_in_secs))]
+#[tracing::instrument(level = "debug", skip_all, fields(import_id = %import.id, retry_in_secs = retry_in_secs))]
 pub async fn attempt_failed(
     ctx: &Context,
-    id: Uuid,
+    import: &Import,
     key: &str,
     error: &str,
     retry_in_secs: f64,
@@ -221,13 +234,14 @@ pub async fn attempt_failed(
     client
         .execute(
             "UPDATE import_attempts SET last_error = $3 WHERE import_id = $1 AND source_key = $2",
-            &[&id, &key, &error],
+            &[&import.id, &key, &error],
         )
         .await?;
     client
         .execute(
-            "UPDATE imports SET lease_until = now() + make_interval(secs => $2), updated_at = now() WHERE id = $1",
-            &[&id, &retry_in_secs],
+            "UPDATE imports SET lease_until = now() + make_interval(secs => $2), updated_at = now()
+             WHERE id = $1 AND lease_owner = $3",
+            &[&import.id, &retry_in_secs, &import.lease],
         )
         .await?;
     Ok(())
