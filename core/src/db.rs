@@ -115,6 +115,14 @@ impl DbError {
         matches!(self, Self::Query(e) if e.code().is_some()) || matches!(self, Self::Outbox(_))
     }
 
+    /// The server refused the statement's data (SQLSTATE class 22: a NUL in a text, a number out
+    /// of range, an invalid value): the same input is refused every time, so the work that
+    /// carries it can never succeed. Other refusals (serialisation failures, deadlocks, too many
+    /// connections, a server shutting down) pass with time.
+    pub fn is_data_refusal(&self) -> bool {
+        matches!(self, Self::Query(e) if e.code().is_some_and(|code| code.code().starts_with("22")))
+    }
+
     /// The HTTP answer: 500 when the server refused the statement, 503 (retry) when it could not
     /// be reached. Both are logged with the whole cause chain.
     pub fn to_api(&self) -> crate::http::ApiError {

@@ -36,6 +36,11 @@ pub enum DecodeError {
     WrongType { expected: &'static str, actual: String },
     #[error("{event_type} schema version {actual} is newer than this build understands ({supported})")]
     UnsupportedVersion { event_type: &'static str, actual: u32, supported: u32 },
+    /// A text holds a NUL character: Sluice never writes one (every name, label and text is
+    /// checked where it enters), and PostgreSQL refuses to store one, so such an event could only
+    /// be retried forever.
+    #[error("a text in the event holds a NUL character")]
+    Nul,
 }
 
 impl<T: Event> Envelope<T> {
@@ -61,7 +66,11 @@ impl<T: Event> Envelope<T> {
 
     /// Decodes and checks type and schema version.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let envelope: Self = serde_json::from_slice(bytes)?;
+        let value: serde_json::Value = serde_json::from_slice(bytes)?;
+        if holds_nul(&value) {
+            return Err(DecodeError::Nul);
+        }
+        let envelope: Self = serde_json::from_value(value)?;
         if envelope.event_type != T::TYPE {
             return Err(DecodeError::WrongType { expected: T::TYPE, actual: envelope.event_type });
         }
@@ -73,6 +82,18 @@ impl<T: Event> Envelope<T> {
             });
         }
         Ok(envelope)
+    }
+}
+
+/// Whether any string (or object key) in `value` holds a NUL character (which no Sluice event
+/// carries, and PostgreSQL refuses to store).
+pub fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(fields) => fields.iter().any(|(key, value)| key.contains('\0') || holds_nul(value)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -125,6 +146,10 @@ mod tests {
         let mut event = Envelope::new(Ping { n: 1 });
         event.event_type = "other".into();
         assert!(matches!(Envelope::<Ping>::decode(&event.to_json()), Err(DecodeError::WrongType { .. })));
+        let nul = br#"{"event_id":"01a2484f-1799-750b-8f71-030de2b4663c","type":"pi\u0000ng","schema_version":1,"occurred_at":"2026-12-05T00:00:00.000Z","data":{"n":1}}"#;
+        assert!(matches!(Envelope::<Ping>::decode(nul), Err(DecodeError::Nul)), "in the type");
+        let nul = br#"{"event_id":"01a2484f-1799-750b-8f71-030de2b4663c","type":"ping","schema_version":1,"occurred_at":"2026-12-05T00:00:00.000Z","data":{"n":1,"x\u0000":[{"y":"a\u0000"}]}}"#;
+        assert!(matches!(Envelope::<Ping>::decode(nul), Err(DecodeError::Nul)), "deep in the data");
         let mut event = Envelope::new(Ping { n: 1 });
         event.schema_version = 3;
         assert!(matches!(

@@ -52,10 +52,15 @@ impl Display for Failure {
 }
 
 // PostgreSQL or S3 failing is an outage until shown otherwise: a caller that can tell a missing
-// object from an outage maps it to `Poison` itself.
+// object from an outage maps it to `Poison` itself. Data PostgreSQL refuses to store is refused
+// every time: poison, not an outage.
 impl From<crate::db::DbError> for Failure {
     fn from(err: crate::db::DbError) -> Self {
-        Self::Retry(crate::error_chain(&err))
+        if err.is_data_refusal() {
+            Self::Poison(format!("PostgreSQL refuses the data: {}", crate::error_chain(&err)))
+        } else {
+            Self::Retry(crate::error_chain(&err))
+        }
     }
 }
 

@@ -167,6 +167,9 @@ impl<V: Clone> Brief<V> {
     }
 }
 
+/// Most models whose last applied alias revision a replica remembers.
+const MAX_REVISIONS: usize = 65_536;
+
 impl Served {
     pub fn new(ctx: Context) -> Arc<Self> {
         Arc::new(Self {
@@ -391,15 +394,21 @@ impl Served {
         aliases: &std::collections::BTreeMap<String, i32>,
         resync: bool,
     ) {
+        let Ok(name) = ModelName::parse(model) else { return };
         {
             let mut revisions = self.revisions.lock().expect("revision lock");
+            if revisions.len() >= MAX_REVISIONS && !revisions.contains_key(model) {
+                // Bounded however many model names the topic carries: models this replica does
+                // not serve are forgotten (their next change is read whole when first served).
+                let aliases = self.aliases.read().expect("alias lock");
+                revisions.retain(|m, _| aliases.keys().any(|(served, _)| served == m));
+            }
             let last = revisions.entry(model.to_owned()).or_insert(i64::MIN);
             if revision < *last || (revision == *last && !resync) {
                 return;
             }
             *last = revision;
         }
-        let Ok(name) = ModelName::parse(model) else { return };
         let served: Vec<(String, i32)> = self
             .aliases
             .read()

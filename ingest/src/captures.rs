@@ -12,7 +12,7 @@ use rdkafka::{Message, consumer::Consumer};
 use serde_json::json;
 use sluice_core::{
     Context, Shutdown,
-    capture::MediaCaptured,
+    capture::{MediaCaptured, capture_key},
     domain::{DatasetName, Label},
     events::Envelope,
     kafka, s3,
@@ -41,6 +41,13 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
                 return true;
             }
         };
+        // Inference writes each capture under the one key its prediction names; an event naming
+        // any other object (one of the bucket's models, raw videos or snapshots) is not read,
+        // and above all not deleted.
+        if event.key != capture_key(&event.model, event.prediction_id) {
+            tracing::error!(prediction = %event.prediction_id, "a capture event names an object outside its capture key; skipping it");
+            return true;
+        }
         let outcome = work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot store a captured input yet", || async {
             match handle(ctx, &event).await {
                 Err(err) if !err.is_transient() => {
@@ -73,11 +80,16 @@ async fn handle(ctx: &Context, event: &MediaCaptured) -> Result<&'static str, In
     let feedback = store::feedback_label(ctx, event.prediction_id).await?;
     let label = feedback.as_deref().and_then(|l| Label::parse(l).ok());
     // At most one predict request's bytes (`inference.max_predict_bytes`).
-    let Some(bytes) = s3::get_bytes(&ctx.s3, &ctx.config.s3.bucket, &event.key).await.map_err(IngestError::Storage)?
-    else {
+    let limit = ctx.config.inference.max_predict_bytes as u64;
+    let bytes = match s3::get_bytes_bounded(&ctx.s3, &ctx.config.s3.bucket, &event.key, limit)
+        .await
+        .map_err(IngestError::Storage)?
+    {
+        s3::ObjectRead::Bytes(bytes) => bytes,
         // Already stored and deleted by an earlier delivery that died before its offset, or
         // removed by hand: nothing to do.
-        return Ok("missing");
+        s3::ObjectRead::Missing => return Ok("missing"),
+        s3::ObjectRead::TooLarge(_) => return Err(IngestError::TooLarge { limit }),
     };
     let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes)]);
     let limits = upload::Limits::from_config(&ctx.config, ctx.config.http.max_body_bytes);

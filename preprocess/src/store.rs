@@ -58,13 +58,32 @@ pub async fn put_spec(ctx: &Context, dataset: &str, spec: &PipelineSpec) -> Resu
     Ok(())
 }
 
-/// The item's state, or `None` when it does not exist.
+/// The item as its row records it, with its state; `None` when it does not exist. What is
+/// processed comes from here, never from the event (which only names the item): a message
+/// cannot point a worker at another object or dataset.
 #[tracing::instrument(level = "debug", skip_all, fields(media = %id))]
-pub async fn state(ctx: &Context, id: Uuid) -> Result<Option<MediaState>, DbError> {
+pub async fn item(ctx: &Context, id: Uuid) -> Result<Option<(MediaIngested, MediaState)>, DbError> {
     let client = ctx.db.get().await?;
-    let statement = client.prepare_cached("SELECT status, spec_hash FROM media WHERE id = $1").await?;
+    let statement = client
+        .prepare_cached(
+            "SELECT dataset, label, kind, content_type, raw_key, bytes, sha256, width, height, status, spec_hash
+             FROM media WHERE id = $1",
+        )
+        .await?;
     let Some(row) = client.query_opt(&statement, &[&id]).await? else { return Ok(None) };
-    Ok(Some(MediaState { status: row.try_get("status")?, spec_hash: row.try_get("spec_hash")? }))
+    let item = MediaIngested {
+        media_id: id,
+        dataset: row.try_get("dataset")?,
+        label: row.try_get("label")?,
+        kind: row.try_get("kind")?,
+        content_type: row.try_get("content_type")?,
+        raw_key: row.try_get("raw_key")?,
+        bytes: row.try_get("bytes")?,
+        sha256: row.try_get("sha256")?,
+        width: row.try_get("width")?,
+        height: row.try_get("height")?,
+    };
+    Ok(Some((item, MediaState { status: row.try_get("status")?, spec_hash: row.try_get("spec_hash")? })))
 }
 
 /// Marks the item `processing` (an item `processed` under an earlier spec keeps that status
@@ -316,6 +335,13 @@ pub async fn reconcile(ctx: &Context, older_than_secs: f64) -> Result<Reconciled
 #[tracing::instrument(level = "debug", skip_all, fields(dataset = %dataset))]
 pub async fn reprocess(ctx: &Context, dataset: &str) -> Result<u64, DbError> {
     reenqueue(ctx, "dataset = $1", &[&dataset]).await
+}
+
+/// Whether any media item is in `dataset` (datasets exist through their items).
+pub async fn dataset_exists(ctx: &Context, dataset: &str) -> Result<bool, DbError> {
+    let client = ctx.db.get().await?;
+    let row = client.query_one("SELECT EXISTS (SELECT 1 FROM media WHERE dataset = $1)", &[&dataset]).await?;
+    Ok(row.get(0))
 }
 
 #[cfg(test)]

@@ -64,8 +64,16 @@ async fn handle(ctx: &Context, message: OwnedMessage, shutdown: &Shutdown) -> bo
     let (event, source, first_attempt) = (&event, &source, &first_attempt);
     let settled = work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot preprocess an item yet", || async move {
         let started = Instant::now();
+        let Some((item, state)) = store::item(ctx, event.media_id).await? else {
+            tracing::warn!(media = %event.media_id, "event for unknown media; skipping");
+            return Ok(true);
+        };
+        let event = &item;
         let spec = store::spec(ctx, &event.dataset).await?;
         let spec_hash = spec.hash();
+        if state.settled_under(&spec_hash) {
+            return Ok(true);
+        }
         match process(ctx, event, &spec, &spec_hash, first_attempt.swap(false, Ordering::Relaxed)).await {
             Ok(()) => {
                 metrics::histogram!("sluice_preprocess_item_duration_seconds", "kind" => event.kind.clone())
@@ -111,7 +119,7 @@ async fn record_failure(
     true
 }
 
-/// One item: skip when already processed under the current spec, else fetch, transform, store.
+/// One item not yet settled under the current spec: fetch, transform, store.
 #[tracing::instrument(skip_all, fields(media = %item.media_id, dataset = %item.dataset, kind = %item.kind))]
 async fn process(
     ctx: &Context,
@@ -120,14 +128,6 @@ async fn process(
     spec_hash: &str,
     new_attempt: bool,
 ) -> Result<(), Failure> {
-    match store::state(ctx, item.media_id).await? {
-        None => {
-            tracing::warn!(media = %item.media_id, "event for unknown media; skipping");
-            return Ok(());
-        }
-        Some(state) if state.settled_under(spec_hash) => return Ok(()),
-        Some(_) => {}
-    }
     let attempts = store::mark_processing(ctx, item.media_id, new_attempt).await?;
     let max_attempts = ctx.config.preprocess.max_attempts;
     if new_attempt && attempts > max_attempts as i32 {

@@ -56,6 +56,10 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
 #[tracing::instrument(level = "debug", skip_all, fields(event_id = %event_id, model = %request.model))]
 async fn handle(ctx: &Context, event_id: Uuid, request: &RetrainRequested) -> Result<(), String> {
     let db = |e: DbError| sluice_core::error_chain(&e);
+    if ModelName::parse(&request.model).is_err() {
+        tracing::error!(event_id = %event_id, "a retrain request names no valid model; skipping it");
+        return Ok(());
+    }
     if store::retrain_seen(ctx, event_id).await.map_err(db)? {
         return Ok(());
     }

@@ -66,6 +66,9 @@ fn decode(payload: &[u8]) -> Option<IncomingEvent> {
         occurred_at: DateTime<Utc>,
     }
     let payload: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    if sluice_core::events::holds_nul(&payload) {
+        return None;
+    }
     let head = Head::deserialize(&payload).ok()?;
     Some(IncomingEvent { event_id: head.event_id, event_type: head.event_type, occurred_at: head.occurred_at, payload })
 }
