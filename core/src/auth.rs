@@ -73,6 +73,12 @@ fn hash(token: &str) -> Vec<u8> {
 
 /// Creates a token and returns it; only its hash is stored, so this is the one time it is seen.
 pub async fn create_token(pool: &Pool, name: &str, scopes: &[Scope]) -> Result<String, DbError> {
+    Ok(issue_token(pool, name, scopes).await?.1)
+}
+
+/// Creates a token as [`create_token`] does, returning its id (what revoking it names) too.
+pub async fn issue_token(pool: &Pool, name: &str, scopes: &[Scope]) -> Result<(Uuid, String), DbError> {
+    let id = Uuid::now_v7();
     let mut secret = [0u8; 32];
     rand::rng().fill_bytes(&mut secret);
     let token = format!("slc_{}", hex::encode(secret));
@@ -81,10 +87,10 @@ pub async fn create_token(pool: &Pool, name: &str, scopes: &[Scope]) -> Result<S
         .await?
         .execute(
             "INSERT INTO api_tokens (id, name, token_sha256, scopes) VALUES ($1, $2, $3, $4)",
-            &[&Uuid::now_v7(), &name, &hash(&token), &scopes],
+            &[&id, &name, &hash(&token), &scopes],
         )
         .await?;
-    Ok(token)
+    Ok((id, token))
 }
 
 /// Looks up an unrevoked token; `None` when it is unknown or revoked.

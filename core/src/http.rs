@@ -212,6 +212,13 @@ pub enum BodyError {
     Unreadable(String),
 }
 
+/// An id from a request path: 400 `invalid_id` unless it is a UUID, so a malformed id is told
+/// from an unknown one (404).
+pub fn path_id(raw: &str, what: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", format!("{what} ids are UUIDs.")))
+}
+
 /// Reads a small request body (JSON) within `limit` bytes, telling an over-limit body (413) from
 /// one that could not be read (400), which `axum::body::to_bytes` reports alike.
 pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, BodyError> {
@@ -520,8 +527,10 @@ where
         let token = header
             .to_str()
             .ok()
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            // The scheme is case-insensitive (RFC 9110 §11.1): `bearer x` is the same credential.
+            .and_then(|value| value.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|token| !token.is_empty())
             .filter(|token| token.len() <= MAX_TOKEN_CHARS)
             .ok_or_else(|| attempt.failed(ctx, "The Authorization header must be `Bearer <token>`."))?;

@@ -10,7 +10,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
-use uuid::Uuid;
 
 use crate::{
     Context,
@@ -54,7 +53,7 @@ struct NewToken {
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", security(("bearer" = ["admin"])),
     request_body = NewToken,
     responses(
-        (status = 201, description = "`{\"name\", \"scopes\", \"token\"}`: the token, shown this once.", body = Object),
+        (status = 201, description = "`{\"id\", \"name\", \"scopes\", \"token\"}`: the token, shown this once (`id` is what revoking it names).", body = Object),
         (status = 400, description = "Malformed body, name or scopes.", body = crate::api_doc::ErrorBody),
     ))]
 #[tracing::instrument(skip_all)]
@@ -81,10 +80,10 @@ async fn create(
     if scopes.is_empty() {
         return Err(bad("`scopes`: give at least one of ingest, predict, train, admin.".to_owned()));
     }
-    let token = auth::create_token(&ctx.db, name, &scopes).await.map_err(|e| unavailable(&e))?;
+    let (id, token) = auth::issue_token(&ctx.db, name, &scopes).await.map_err(|e| unavailable(&e))?;
     tracing::info!(name, scopes = ?scopes, by = %caller.0.name, "token created");
     let scopes: Vec<&str> = scopes.iter().map(|s| s.as_str()).collect();
-    Ok((StatusCode::CREATED, Json(json!({"name": name, "scopes": scopes, "token": token}))))
+    Ok((StatusCode::CREATED, Json(json!({"id": id, "name": name, "scopes": scopes, "token": token}))))
 }
 
 /// Revokes a token; requests with it are refused within the auth cache's lifetime.
@@ -92,13 +91,14 @@ async fn create(
     params(("id" = String, Path, description = "The token's id.")),
     responses(
         (status = 200, description = "Revoked.", body = Object),
+        (status = 400, description = "The id is not a UUID.", body = crate::api_doc::ErrorBody),
         (status = 404, description = "No token has this id.", body = crate::api_doc::ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(token_id = %id))]
 async fn revoke(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     caller.require(Scope::Admin)?;
     let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", "No token has this id.");
-    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let id = crate::http::path_id(&id, "Token")?;
     let revoked = auth::revoke_token(&ctx.db, id).await.map_err(|e| unavailable(&e))?.ok_or_else(not_found)?;
     ctx.tokens.forget_all();
     tracing::info!(token = %revoked.id, name = %revoked.name, by = %caller.0.name, "token revoked");

@@ -14,9 +14,8 @@ pub enum PreprocessError {
     Refused(#[from] ApiError),
     #[error("invalid dataset name: {0}")]
     Dataset(Invalid),
-    /// The body could not be read within the limit.
-    #[error("the pipeline spec is too large")]
-    TooLarge,
+    #[error("no dataset named {0}")]
+    UnknownDataset(String),
     #[error("the pipeline spec is not a JSON object")]
     NotAnObject,
     /// The merged spec does not deserialise (an unknown field, a wrong type).
@@ -37,7 +36,11 @@ impl PreprocessError {
         match self {
             Self::Refused(err) => err.clone(),
             Self::Dataset(e) => bad(format!("`dataset`: {e}.")),
-            Self::TooLarge => bad("The pipeline spec is too large.".into()),
+            Self::UnknownDataset(name) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("No dataset is named {name}: upload or import media into it first."),
+            ),
             Self::NotAnObject => bad("Send the pipeline spec as a JSON object.".into()),
             Self::Malformed(e) => bad(format!("The pipeline spec is not valid: {e}.")),
             Self::InvalidSpec(e) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec", format!("{e}.")),

@@ -7,7 +7,13 @@ use axum::{
     http::StatusCode,
 };
 use serde_json::{Value, json};
-use sluice_core::{Context, auth::Scope, domain::DatasetName, http::Caller, pipeline::PipelineSpec};
+use sluice_core::{
+    Context,
+    auth::Scope,
+    domain::DatasetName,
+    http::{self, ApiError, Caller},
+    pipeline::PipelineSpec,
+};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{error::PreprocessError, store};
@@ -84,7 +90,7 @@ async fn put_pipeline(
 ) -> Result<Json<Value>, PreprocessError> {
     caller.require(Scope::Ingest)?;
     let name = dataset(&name)?;
-    let bytes = axum::body::to_bytes(body, MAX_SPEC_BYTES).await.map_err(|_| PreprocessError::TooLarge)?;
+    let bytes = http::read_body(body, MAX_SPEC_BYTES).await.map_err(ApiError::from)?;
     let Ok(Value::Object(given)) = serde_json::from_slice::<Value>(&bytes) else {
         return Err(PreprocessError::NotAnObject);
     };
@@ -105,7 +111,8 @@ async fn put_pipeline(
 
 /// Re-runs the dataset's current spec over every item not processed under it.
 #[utoipa::path(post, path = "/v1/datasets/{name}/reprocess", tag = "preprocess", security(("bearer" = ["ingest"])), params(("name" = String, Path, description = "The dataset's name.")),
-    responses((status = 202, description = "`{\"dataset\", \"enqueued\"}`: the items queued again.", body = Object), (status = 400, description = "A malformed dataset name or body.", body = sluice_core::api_doc::ErrorBody)))]
+    responses((status = 202, description = "`{\"dataset\", \"enqueued\"}`: the items queued again.", body = Object), (status = 400, description = "A malformed dataset name or body.", body = sluice_core::api_doc::ErrorBody),
+        (status = 404, description = "No dataset of this name.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(dataset = %name))]
 async fn reprocess(
     State(ctx): State<Context>,
@@ -115,5 +122,8 @@ async fn reprocess(
     caller.require(Scope::Ingest)?;
     let name = dataset(&name)?;
     let items = store::reprocess(&ctx, name.as_str()).await?;
+    if items == 0 && !store::dataset_exists(&ctx, name.as_str()).await? {
+        return Err(PreprocessError::UnknownDataset(name.to_string()));
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({"dataset": name, "enqueued": items}))))
 }

@@ -65,7 +65,10 @@ fn registry_answer(err: &RegistryError) -> ApiError {
         | RegistryError::MissingArtifact { .. }
         | RegistryError::Tampered { .. }
         | RegistryError::Corrupt(_) => ApiError::internal(err),
-        RegistryError::S3(_) | RegistryError::Outbox(_) => {
+        RegistryError::S3(_) => {
+            ApiError::unavailable_because(err, "The object store is unreachable; nothing was changed. Retry shortly.")
+        }
+        RegistryError::Outbox(_) => {
             ApiError::unavailable_because(err, "The database is unreachable; nothing was changed. Retry shortly.")
         }
     }

@@ -111,6 +111,44 @@ async fn call(app: &RunningApp, method: &Method, path: &str, token: Option<&str>
     json_of(request.send().await.expect("request")).await
 }
 
+/// Every route with an id in its path tells a malformed id (400 `invalid_id`) from an unknown
+/// one (404), as the API's conventions say.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_ids_are_400_and_unknown_ids_404_on_every_route() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn(env.config.clone()).await;
+    let unknown = Uuid::now_v7().to_string();
+    let routes = [
+        (Method::GET, "/v1/media/{id}"),
+        (Method::GET, "/v1/media/{id}/content"),
+        (Method::GET, "/v1/imports/{id}"),
+        (Method::GET, "/v1/training-jobs/{id}"),
+        (Method::POST, "/v1/training-jobs/{id}/cancel"),
+        (Method::GET, "/v1/batch-predictions/{id}"),
+        (Method::GET, "/v1/webhooks/{id}"),
+        (Method::DELETE, "/v1/webhooks/{id}"),
+        (Method::GET, "/v1/webhooks/{id}/deliveries"),
+        (Method::DELETE, "/v1/tokens/{id}"),
+    ];
+    for (method, route) in routes {
+        for (id, status, code) in [("not-a-uuid", 400, Some("invalid_id")), (unknown.as_str(), 404, None)] {
+            let path = route.replace("{id}", id);
+            let response = app
+                .http
+                .request(method.clone(), app.url(&path))
+                .bearer_auth(&app.admin_token)
+                .send()
+                .await
+                .expect("send");
+            let (got, body) = json_of(response).await;
+            assert_eq!(got, status, "{method} {path}: {body}");
+            if let Some(code) = code {
+                assert_eq!(body["error"]["code"].as_str(), Some(code), "{method} {path}: {body}");
+            }
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_answers_every_scope_as_the_scope_matrix_says() {
     let env = TestEnv::new().await;
@@ -284,6 +322,7 @@ async fn a_revoked_token_is_refused_within_seconds_and_tokens_are_listed_without
         .and_then(|t| t["id"].as_str())
         .expect("the new token is listed")
         .to_owned();
+    assert_eq!(created["id"].as_str(), Some(id.as_str()), "creation names the id that revoking takes: {created}");
     // Revoked by the CLI, straight in PostgreSQL: this process notices within the cache TTL.
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["token", "revoke", &id])
@@ -823,4 +862,81 @@ async fn valid_but_unusual_files_are_accepted_stored_whole_and_decoded() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// Kafka messages are input too. Events no Sluice process writes (a NUL in a name, which
+/// PostgreSQL refuses to store; a capture naming an object outside its capture key) are skipped,
+/// never retried forever with the consumer stalled behind them, and never make a consumer read or
+/// delete the object they name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_events_neither_stall_consumers_nor_reach_other_objects() {
+    use sluice_core::topics::Topic;
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    // One message at a time: a forged event retried forever would stop every later one.
+    config.preprocess.concurrency = 1;
+    let app = RunningApp::spawn(config.clone()).await;
+    let producer = sluice_core::kafka::producer(&config.kafka).expect("producer");
+    let (bucket, s3) = (&config.s3.bucket, &app.ctx.s3);
+    let precious = "models/precious/artifact.safetensors";
+    s3.put_object()
+        .bucket(bucket)
+        .key(precious)
+        .body(b"weights".to_vec().into())
+        .send()
+        .await
+        .expect("put the precious object");
+
+    let event = |event_type: &str, data: Value| {
+        json!({"event_id": Uuid::now_v7(), "type": event_type, "schema_version": 1,
+               "occurred_at": "2026-12-05T00:00:00.000Z", "data": data})
+        .to_string()
+    };
+    let ingested = event(
+        "media.ingested",
+        json!({"media_id": Uuid::now_v7(), "dataset": "x\u{0}y", "label": null, "kind": "image",
+               "content_type": "image/png", "raw_key": precious, "bytes": 7, "sha256": "00", "width": 1, "height": 1}),
+    );
+    let capture = |key: &str, dataset: &str| {
+        event(
+            "media.captured",
+            json!({"prediction_id": Uuid::now_v7(), "model": "m", "version": 1, "dataset": dataset, "key": key,
+                   "predicted": "a", "confidence": 0.5, "why": "random"}),
+        )
+    };
+    let captures = [capture(precious, "d"), capture("", "d"), capture(precious, "d\u{0}")];
+    let ingested_topic = app.ctx.topic(Topic::MediaIngested);
+    let captures_topic = app.ctx.topic(Topic::MediaCaptures);
+    crate::support::produce(&producer, ingested_topic.as_str(), &[(0, ingested)]).await;
+    let forged: Vec<(i32, String)> = captures.into_iter().map(|c| (0, c)).collect();
+    crate::support::produce(&producer, captures_topic.as_str(), &forged).await;
+
+    // Preprocess goes on past the forged event: a real upload behind it is processed.
+    let response = app
+        .http
+        .post(app.url("/v1/media?dataset=after-forgery"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "image/png")
+        .body(crate::ingest::png(32, 24, 9))
+        .send()
+        .await
+        .expect("upload");
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["items"][0]["id"].as_str().expect("id").to_owned();
+    eventually(Duration::from_secs(60), "the upload behind the forged event to be processed", || async {
+        let request = app.http.get(app.url(&format!("/v1/media/{id}"))).bearer_auth(&app.admin_token);
+        let (_, media) = json_of(request.send().await.ok()?).await;
+        (media["status"] == "processed").then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(60), "the captures consumer to pass the forged events", || async {
+        crate::support::group_caught_up(&config, &config.ingest.capture_group_id, captures_topic.as_str())
+            .await
+            .then_some(())
+    })
+    .await;
+    let kept = s3.get_object().bucket(bucket).key(precious).send().await.expect("the precious object is still there");
+    assert_eq!(kept.body.collect().await.expect("read").into_bytes().as_ref(), b"weights");
+    assert_eq!(app.count("SELECT count(*) FROM media WHERE captured_from IS NOT NULL").await, 0);
 }

@@ -355,7 +355,7 @@ async fn subscriptions_are_admin_only_validated_and_refuse_addresses_not_allowed
 
     for (path, status) in [
         (format!("/v1/webhooks/{}", Uuid::now_v7()), 404),
-        ("/v1/webhooks/not-an-id".to_owned(), 404),
+        ("/v1/webhooks/not-an-id".to_owned(), 400),
         (format!("/v1/webhooks/{}/deliveries", Uuid::now_v7()), 404),
         (format!("/v1/webhooks/{id}/deliveries?status=lost"), 400),
         (format!("/v1/webhooks/{id}/deliveries?limit=0"), 400),

@@ -37,7 +37,7 @@ pub fn router(ctx: Context) -> OpenApiRouter {
 }
 
 fn job_id(raw: &str) -> Result<Uuid, TrainerError> {
-    Uuid::parse_str(raw).map_err(|_| TrainerError::UnknownJob)
+    Ok(sluice_core::http::path_id(raw, "Training job")?)
 }
 
 /// Starts a hyper-parameter search: freezes the dataset into a snapshot, plans the trials and queues them.
@@ -128,7 +128,7 @@ async fn list(State(ctx): State<Context>, caller: Caller, Query(query): Query<Li
 
 /// A job: status, every trial with its parameters, metrics, history and worker, the best trial and the version it registered.
 #[utoipa::path(get, path = "/v1/training-jobs/{id}", tag = "training", security(("bearer" = ["train"])), params(("id" = String, Path, description = "The training job's id (a UUID).")),
-    responses((status = 200, description = "The job.", body = Object), (status = 404, description = "No training job has this id.", body = sluice_core::api_doc::ErrorBody)))]
+    responses((status = 200, description = "The job.", body = Object), (status = 400, description = "The id is not a UUID.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No training job has this id.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(job_id = %id))]
 async fn show(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Answer {
     caller.require_any(&[Scope::Train])?;
@@ -139,7 +139,7 @@ async fn show(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>
 
 /// Cancels a queued or running job: queued trials are skipped, running ones stop after their epoch.
 #[utoipa::path(post, path = "/v1/training-jobs/{id}/cancel", tag = "training", security(("bearer" = ["train"])), params(("id" = String, Path, description = "The training job's id (a UUID).")),
-    responses((status = 200, description = "`{\"id\", \"status\": \"cancelled\"}`", body = Object), (status = 404, description = "No training job has this id.", body = sluice_core::api_doc::ErrorBody),
+    responses((status = 200, description = "`{\"id\", \"status\": \"cancelled\"}`", body = Object), (status = 400, description = "The id is not a UUID.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No training job has this id.", body = sluice_core::api_doc::ErrorBody),
         (status = 409, description = "The job already ended.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(job_id = %id))]
 async fn cancel(State(ctx): State<Context>, caller: Caller, Path(id): Path<String>) -> Answer {

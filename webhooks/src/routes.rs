@@ -121,6 +121,7 @@ async fn list(State(ctx): State<Context>, caller: Caller) -> Result<Json<Value>,
 #[utoipa::path(get, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = ["admin"])),
     params(("id" = Uuid, Path, description = "The webhook's id.")),
     responses((status = 200, description = "The webhook (never its secret).", body = Object),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
         (status = 404, description = "No webhook has this id.", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(webhook = %id))]
 async fn show(
@@ -137,6 +138,7 @@ async fn show(
 #[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks", security(("bearer" = ["admin"])),
     params(("id" = Uuid, Path, description = "The webhook's id.")),
     responses((status = 200, description = "The deleted webhook, with `\"deleted\": true`.", body = Object),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
         (status = 404, description = "No webhook has this id.", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(webhook = %id))]
 async fn remove(
@@ -167,7 +169,7 @@ struct HistoryQuery {
         ("status" = Option<String>, Query, description = "Only deliveries in this status: `pending`, `delivered` or `failed`."),
         ("limit" = Option<i64>, Query, description = "How many, newest first: 1 to 500 (default 50).")),
     responses((status = 200, description = "`{\"webhook_id\", \"deliveries\": [{\"id\", \"event_id\", \"event_type\", \"status\", \"attempts\", \"history\": [...]}]}`", body = Object),
-        (status = 400, description = "A malformed `status` or `limit`.", body = ErrorBody),
+        (status = 400, description = "A malformed id, `status` or `limit`.", body = ErrorBody),
         (status = 404, description = "No webhook has this id.", body = ErrorBody)))]
 #[tracing::instrument(skip_all, fields(webhook = %id))]
 async fn deliveries(
@@ -196,7 +198,7 @@ async fn deliveries(
     Ok(Json(json!({"webhook_id": id, "deliveries": deliveries})))
 }
 
-/// A webhook id from the path: anything but a UUID names no webhook.
+/// A webhook id from the path: 400 unless it is a UUID.
 fn webhook_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| unknown_webhook())
+    sluice_core::http::path_id(raw, "Webhook")
 }

@@ -144,6 +144,7 @@ pub async fn create(
     params(("id" = String, Path, description = "The job's id (a UUID).")),
     responses(
         (status = 200, description = "The job: `status`, `progress`, `chunks_done` of `chunks`, the result `parts` written so far, `failed_chunks`, `error` and timestamps.", body = Object),
+        (status = 400, description = "The id is not a UUID.", body = ErrorBody),
         (status = 404, description = "No batch prediction has this id.", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(batch_job = %id))]
@@ -153,9 +154,10 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, InferenceError> {
     caller.require(Scope::Predict)?;
-    let not_found = || InferenceError::not_found("No batch prediction has this id.");
-    let id = Uuid::parse_str(&id).map_err(|_| not_found())?;
-    let job = store::view(&state.served.ctx, id).await?.ok_or_else(not_found)?;
+    let id = sluice_core::http::path_id(&id, "Batch prediction")?;
+    let job = store::view(&state.served.ctx, id)
+        .await?
+        .ok_or_else(|| InferenceError::not_found("No batch prediction has this id."))?;
     Ok(Json(render(&job)))
 }
 

@@ -3,7 +3,7 @@
 mod datasets;
 mod media;
 
-use axum::{extract::DefaultBodyLimit, http::StatusCode};
+use axum::extract::DefaultBodyLimit;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sluice_core::{Context, http::ApiError};
@@ -32,7 +32,7 @@ pub fn router(ctx: Context) -> OpenApiRouter {
 }
 
 pub(crate) fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "Media ids are UUIDs."))
+    sluice_core::http::path_id(raw, "Media")
 }
 
 /// A time as the API writes it (RFC 3339, milliseconds, `Z`), or `null`.
