@@ -49,6 +49,13 @@ impl<T: Event> Envelope<T> {
         Self::with_id(Uuid::now_v7(), data)
     }
 
+    /// Wraps `data` with an id derived from `origin`, the one thing that caused it (a Kafka
+    /// message's topic/partition/offset): the same cause, handled twice (a consumer killed before
+    /// its offset was stored), gives the same event, which subscribers deduplicate by id.
+    pub fn caused_by(origin: &str, data: T) -> Self {
+        Self::with_id(Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("sluice:{}:{origin}", T::TYPE).as_bytes()), data)
+    }
+
     /// Wraps `data` with a caller-chosen id (an outbox row id, so a re-publish keeps its id).
     pub fn with_id(event_id: Uuid, data: T) -> Self {
         Self {
@@ -139,6 +146,14 @@ mod tests {
         let back = Envelope::<Ping>::decode(&event.to_json()).expect("decodes");
         assert_eq!(back.data, Ping { n: 7 });
         assert_eq!(back.event_id, event.event_id);
+    }
+
+    #[test]
+    fn an_event_caused_by_one_message_has_one_id() {
+        let a = Envelope::caused_by("sluice.media.ingested/3/17", Ping { n: 1 });
+        assert_eq!(a.event_id, Envelope::caused_by("sluice.media.ingested/3/17", Ping { n: 2 }).event_id);
+        assert_ne!(a.event_id, Envelope::caused_by("sluice.media.ingested/3/18", Ping { n: 1 }).event_id);
+        assert_ne!(a.event_id, Envelope::new(Ping { n: 1 }).event_id);
     }
 
     #[test]

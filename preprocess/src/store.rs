@@ -186,8 +186,13 @@ pub async fn fail(ctx: &Context, failed: MediaFailed, spec_hash: Option<&str>) -
             return Ok(());
         }
     }
-    let key = failed.media_id.map_or_else(|| failed.source.clone(), |id| id.to_string());
-    outbox::enqueue(&tx, &ctx.topic(Topic::MediaDlq), &key, &Envelope::new(failed)).await?;
+    // An undecodable message has no row to guard it: its event is named by the message, so
+    // handling it twice (killed before the offset was stored) repeats the same event.
+    let (key, event) = match failed.media_id {
+        Some(id) => (id.to_string(), Envelope::new(failed)),
+        None => (failed.source.clone(), Envelope::caused_by(&failed.source.clone(), failed)),
+    };
+    outbox::enqueue(&tx, &ctx.topic(Topic::MediaDlq), &key, &event).await?;
     tx.commit().await?;
     Ok(())
 }
