@@ -93,6 +93,33 @@ impl IntoResponse for V2Error {
     }
 }
 
+/// Gives every V2 error answer the protocol's shape, `{"error": "..."}`, keeping its status and
+/// headers (`Retry-After`): the answers made before a handler runs (the auth limiter's 429, the
+/// body limit's 413) came in `/v1`'s shape or as plain text.
+pub async fn protocol_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    if parsed.as_ref().is_some_and(|v| v["error"].is_string()) {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        "The request body is larger than inference.max_predict_bytes; send fewer or smaller inputs.".to_owned()
+    } else if let Some(message) = parsed.as_ref().and_then(|v| v["error"]["message"].as_str()) {
+        message.to_owned()
+    } else {
+        let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+        if text.is_empty() { status.canonical_reason().unwrap_or("error").to_owned() } else { text }
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, axum::body::Body::from(json!({"error": message}).to_string()))
+}
+
 /// The caller, if authenticated and holding the `predict` scope.
 fn predictor(caller: Result<Caller, AuthRejection>) -> Result<Caller, V2Error> {
     let caller = match caller {

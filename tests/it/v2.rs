@@ -191,6 +191,15 @@ async fn bad_v2_requests_get_the_protocols_errors_and_record_nothing() {
         assert_eq!(got, status, "{what}: {answer}");
         assert!(answer["error"].as_str().is_some_and(|m| !m.is_empty()), "{what}: {answer}");
     }
+    // Refused before the handler (the body limit, an unknown token): the protocol's shape too.
+    let limit = app.ctx.config.inference.max_predict_bytes;
+    let (got, answer) = infer(&app, "/v2/models/strict/infer", &[], vec![b' '; limit + 1]).await;
+    assert_eq!(got, 413, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|m| m.contains("max_predict_bytes")), "{answer}");
+    let stranger = app.http.post(app.url("/v2/models/strict/infer")).bearer_auth("slc_unknown").body("{}");
+    let (got, answer) = json_of(stranger.send().await.expect("infer")).await;
+    assert_eq!(got, 401, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
     let binary = {
         let header = json_body(json!({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1],
                                                   "parameters": {"binary_data_size": 8}}]}));
