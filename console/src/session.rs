@@ -104,7 +104,9 @@ pub(crate) async fn sign_in(
     }
     let principal = attempt.verify_token(&ctx, token).await?.ok_or_else(|| attempt.failed(&ctx, unknown))?;
     // Signing in again replaces the browser's previous session.
-    if let Some(previous) = sessions::cookie(&headers).and_then(SessionSecret::parse) {
+    if let Some(previous) =
+        sessions::cookie(&headers, sessions::wants_secure(&ctx.config.http, &headers)).and_then(SessionSecret::parse)
+    {
         sessions::end(&ctx.db, &previous).await.map_err(|e| AuthRejection::Api(e.to_api()))?;
     }
     let secret = SessionSecret::generate();
@@ -129,7 +131,9 @@ pub(crate) async fn whoami(
     caller: Caller,
     headers: HeaderMap,
 ) -> Result<Response, AuthRejection> {
-    let session = match sessions::credential(&headers).and_then(SessionSecret::parse) {
+    let session = match sessions::credential(&headers, sessions::wants_secure(&ctx.config.http, &headers))
+        .and_then(SessionSecret::parse)
+    {
         Some(secret) => sessions::find(&ctx.db, &secret)
             .await
             .map_err(|e| AuthRejection::Api(e.to_api()))?
@@ -149,7 +153,9 @@ pub(crate) async fn whoami(
         (status = 403, description = "`csrf_failed`: a live session without its `X-CSRF-Token`.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub(crate) async fn sign_out(State(ctx): State<Context>, headers: HeaderMap) -> Result<Response, AuthRejection> {
-    if let Some(secret) = sessions::cookie(&headers).and_then(SessionSecret::parse) {
+    if let Some(secret) =
+        sessions::cookie(&headers, sessions::wants_secure(&ctx.config.http, &headers)).and_then(SessionSecret::parse)
+    {
         let live = sessions::find(&ctx.db, &secret).await.map_err(|e| AuthRejection::Api(e.to_api()))?;
         if let Some(session) = live {
             if !sessions::csrf_presented(&secret, &headers) {

@@ -514,7 +514,8 @@ where
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, AuthRejection> {
         let ctx = &<Context as axum::extract::FromRef<S>>::from_ref(state);
         let attempt = AuthAttempt::start(ctx, parts)?;
-        if let Some(cookie) = crate::sessions::credential(&parts.headers) {
+        let secure = crate::sessions::wants_secure(&ctx.config.http, &parts.headers);
+        if let Some(cookie) = crate::sessions::credential(&parts.headers, secure) {
             return attempt.session(ctx, cookie, &parts.method, &parts.headers).await;
         }
         // No credential at all guesses nothing: answered 401, not counted against the address

@@ -29,8 +29,18 @@ use uuid::Uuid;
 
 use crate::{auth::Principal, db::DbError};
 
-/// The session cookie's name.
+/// The session cookie's name over plain HTTP.
 pub const COOKIE: &str = "sluice_session";
+/// Its name when it is `Secure`: browsers keep a `__Host-` cookie only when this host itself set
+/// it, over HTTPS, for the whole site, so another host under the same domain cannot plant a
+/// session of its own in front of the user's (a cookie set for the parent domain would be sent
+/// first and win).
+pub const SECURE_COOKIE: &str = "__Host-sluice_session";
+
+/// The cookie's name, `Secure` or not ([`wants_secure`]).
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure { SECURE_COOKIE } else { COOKIE }
+}
 /// The header a cookie-authenticated request other than GET or HEAD must carry.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// What the CSRF token's HMAC signs; changing it invalidates every CSRF token at once.
@@ -86,22 +96,24 @@ impl SessionSecret {
     }
 }
 
-/// The session cookie's value among the request's `Cookie` headers.
-pub fn cookie(headers: &HeaderMap) -> Option<&str> {
+/// The session cookie's value among the request's `Cookie` headers: the `__Host-` one when
+/// `secure`, so a plain one (which any host of the domain could have set) is never read then.
+pub fn cookie(headers: &HeaderMap, secure: bool) -> Option<&str> {
+    let wanted = cookie_name(secure);
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, _)| *name == COOKIE)
+        .find(|(name, _)| *name == wanted)
         .map(|(_, value)| value.trim().trim_matches('"'))
 }
 
 /// The session cookie a request authenticates with: only when it sends no `Authorization`
 /// header, so bearer-token clients are never judged by a cookie they happen to carry.
-pub fn credential(headers: &HeaderMap) -> Option<&str> {
-    if headers.contains_key(header::AUTHORIZATION) { None } else { cookie(headers) }
+pub fn credential(headers: &HeaderMap, secure: bool) -> Option<&str> {
+    if headers.contains_key(header::AUTHORIZATION) { None } else { cookie(headers, secure) }
 }
 
 /// Whether `headers` carry the CSRF token of the session of `secret`.
@@ -123,14 +135,14 @@ pub fn wants_secure(config: &crate::config::HttpConfig, headers: &HeaderMap) -> 
 
 /// The `Set-Cookie` value that stores `secret` for `max_age`.
 pub fn set_cookie(secret: &SessionSecret, max_age: Duration, secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", secret.0, max_age.as_secs())
+    let (name, secure) = (cookie_name(secure), if secure { "; Secure" } else { "" });
+    format!("{name}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{secure}", secret.0, max_age.as_secs())
 }
 
 /// The `Set-Cookie` value that makes the browser forget the session cookie.
 pub fn clear_cookie(secure: bool) -> String {
-    let secure = if secure { "; Secure" } else { "" };
-    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
+    let (name, secure) = (cookie_name(secure), if secure { "; Secure" } else { "" });
+    format!("{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
 }
 
 /// A live session: who it speaks for and until when.
@@ -239,13 +251,16 @@ mod tests {
     fn the_cookie_is_found_among_others_and_a_bearer_header_wins() {
         let mut headers = HeaderMap::new();
         headers.insert(header::COOKIE, HeaderValue::from_static("theme=dark; sluice_session=abc ; other=1"));
-        assert_eq!(cookie(&headers), Some("abc"));
-        assert_eq!(credential(&headers), Some("abc"));
+        assert_eq!(cookie(&headers, false), Some("abc"));
+        assert_eq!(credential(&headers, false), Some("abc"));
+        assert_eq!(cookie(&headers, true), None, "over TLS only the __Host- cookie is read");
+        headers.insert(header::COOKIE, HeaderValue::from_static("sluice_session=planted; __Host-sluice_session=mine"));
+        assert_eq!(cookie(&headers, true), Some("mine"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer slc_x"));
-        assert_eq!(credential(&headers), None, "a bearer token is the credential");
+        assert_eq!(credential(&headers, false), None, "a bearer token is the credential");
         let mut unrelated = HeaderMap::new();
         unrelated.insert(header::COOKIE, HeaderValue::from_static("not_sluice_session=abc"));
-        assert_eq!(cookie(&unrelated), None);
+        assert_eq!(cookie(&unrelated, false), None);
     }
 
     #[test]
@@ -257,8 +272,10 @@ mod tests {
             assert!(plain.split("; ").any(|p| p == part), "{part} in {plain}");
         }
         assert!(!plain.contains("Secure"), "{plain}");
-        assert!(set_cookie(&secret, Duration::from_secs(60), true).ends_with("; Secure"));
-        assert!(clear_cookie(false).contains("Max-Age=0"));
+        let secure = set_cookie(&secret, Duration::from_secs(60), true);
+        assert!(secure.starts_with("__Host-sluice_session=") && secure.ends_with("; Secure"), "{secure}");
+        assert!(clear_cookie(false).starts_with("sluice_session=;") && clear_cookie(false).contains("Max-Age=0"));
+        assert!(clear_cookie(true).starts_with("__Host-sluice_session=;"));
 
         let mut config = crate::config::Config::default().http;
         let mut headers = HeaderMap::new();

@@ -19,6 +19,8 @@ use crate::support::{RunningApp, json_of};
 
 /// A signed-in browser, as the tests play it: the cookie it holds and the CSRF token it learnt.
 struct Session {
+    /// The cookie's name: `__Host-sluice_session` when it is `Secure`.
+    name: String,
     cookie: String,
     csrf: String,
     set_cookie: String,
@@ -26,7 +28,7 @@ struct Session {
 
 impl Session {
     fn header(&self) -> String {
-        format!("sluice_session={}", self.cookie)
+        format!("{}={}", self.name, self.cookie)
     }
 }
 
@@ -44,13 +46,14 @@ async fn sign_in(app: &RunningApp, token: &str) -> Session {
         response.headers().get(header::SET_COOKIE).expect("a session cookie").to_str().expect("ascii").to_owned();
     let (status, body) = json_of(response).await;
     assert_eq!(status, 201, "{body}");
-    let cookie = set_cookie
+    let (name, cookie) = set_cookie
         .split(';')
         .next()
-        .and_then(|pair| pair.strip_prefix("sluice_session="))
-        .expect("the session cookie comes first")
-        .to_owned();
-    Session { cookie, csrf: body["csrf_token"].as_str().expect("a CSRF token").to_owned(), set_cookie }
+        .and_then(|pair| pair.split_once('='))
+        .filter(|(name, _)| ["sluice_session", "__Host-sluice_session"].contains(name))
+        .expect("the session cookie comes first");
+    let (name, cookie) = (name.to_owned(), cookie.to_owned());
+    Session { name, cookie, csrf: body["csrf_token"].as_str().expect("a CSRF token").to_owned(), set_cookie }
 }
 
 /// A request carrying the session cookie, and the CSRF header when `csrf` is given.
@@ -156,7 +159,12 @@ async fn signing_in_with_a_bad_token_is_401_sets_no_cookie_and_counts_as_a_faile
 
     // A session cookie nobody issued is one more failure; then the address is held off, even
     // for a good token, exactly as for bearer tokens.
-    let forged = Session { cookie: "A".repeat(43), csrf: String::new(), set_cookie: String::new() };
+    let forged = Session {
+        name: "sluice_session".into(),
+        cookie: "A".repeat(43),
+        csrf: String::new(),
+        set_cookie: String::new(),
+    };
     let (status, body) = with_cookie(&app, Method::GET, "/v1/models", &forged, None, None).await;
     assert_eq!((status, body["error"]["code"].clone()), (401, json!("unauthorized")), "{body}");
     let response = sign_in_raw(&app, &app.admin_token, &[]).await;
@@ -306,6 +314,12 @@ async fn the_cookie_is_secure_behind_tls_and_when_configured() {
         "{}",
         session.set_cookie
     );
+    // Secure, it is a `__Host-` cookie, and only that name is read: a plain one (which another
+    // host under the same domain could have set) does not sign anyone in.
+    assert_eq!(session.name, "__Host-sluice_session", "{}", session.set_cookie);
+    assert_eq!(with_cookie(&app, Method::GET, "/v1/models", &session, None, None).await.0, 200);
+    let planted = Session { name: "sluice_session".to_owned(), ..session };
+    assert_eq!(with_cookie(&app, Method::GET, "/v1/models", &planted, None, None).await.0, 401);
 }
 
 /// The scope matrix of `security.rs`, with a console session in place of each bearer token:
@@ -637,6 +651,7 @@ async fn the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_b
     // The predict-only session the browser held: the API refuses it a promotion, without the CSRF
     // header (csrf_failed) and with it (the scope).
     let held = Session {
+        name: "sluice_session".into(),
         cookie: report["predict_cookie"].as_str().expect("cookie").to_owned(),
         csrf: report["predict_csrf"].as_str().expect("csrf").to_owned(),
         set_cookie: String::new(),
