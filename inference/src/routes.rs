@@ -131,7 +131,7 @@ pub struct RecentQuery {
         ("limit" = Option<i64>, Query, description = "At most this many, 1 to 200 (default 50)."),
         ("before" = Option<String>, Query, description = "The next page: predictions older than this prediction id.")),
     responses(
-        (status = 200, description = "`{\"model\", \"predictions\": [{\"id\", \"version\", \"alias\", \"label\", \"confidence\", \"top\", \"feedback_label\", \"captured_media_id\", \"created_at\"}]}`, newest first.", body = Object),
+        (status = 200, description = "`{\"model\", \"predictions\": [{\"id\", \"version\", \"alias\", \"label\", \"confidence\", \"top\", \"feedback_label\", \"captured_media_id\", \"created_at\"}], \"next_before\"}`, newest first; `next_before` (the last id, when the page is full) asks for the next page.", body = Object),
         (status = 400, description = "A malformed model name, limit or `before`.", body = ErrorBody),
     ))]
 #[tracing::instrument(skip_all, fields(model = %name))]
@@ -159,7 +159,9 @@ pub async fn recent_predictions(
             })
         })
         .collect();
-    Ok(Json(json!({"model": model.as_str(), "predictions": predictions})))
+    // A full page may have more behind it: the cursor of the next one, as the media list gives.
+    let next_before = (ids.len() as i64 == page.limit).then(|| ids.last().copied()).flatten();
+    Ok(Json(json!({"model": model.as_str(), "predictions": predictions, "next_before": next_before})))
 }
 
 /// The model's capture policy, or `null`.

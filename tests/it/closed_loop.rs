@@ -288,6 +288,27 @@ async fn served_inputs_are_captured_into_a_dataset_and_feedback_labels_them() {
         .filter_map(|p| p["captured_media_id"].as_str())
         .collect();
     assert_eq!(captured.len(), 6, "every served input was captured: {recent:#}");
+    assert_eq!(recent["next_before"], Value::Null, "one page holds them all: {recent:#}");
+    // Paged: a full page names the next one's cursor; the last page none.
+    let page = |query: String| {
+        let request =
+            app.http.get(app.url(&format!("/v1/models/seen/predictions?{query}"))).bearer_auth(&app.admin_token);
+        async move { json_of(request.send().await.expect("predictions")).await.1 }
+    };
+    let first = page("limit=4".into()).await;
+    let next = first["next_before"].as_str().expect("a cursor after a full page").to_owned();
+    assert_eq!(first["predictions"].as_array().map(Vec::len), Some(4), "{first:#}");
+    let second = page(format!("limit=4&before={next}")).await;
+    assert_eq!(second["predictions"].as_array().map(Vec::len), Some(2), "{second:#}");
+    assert_eq!(second["next_before"], Value::Null, "{second:#}");
+    let pages: std::collections::HashSet<&str> = [&first, &second]
+        .iter()
+        .flat_map(|p| p["predictions"].as_array().expect("predictions"))
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    assert_eq!(pages.len(), 6, "the pages hold each prediction once");
+    let too_many = app.http.get(app.url("/v1/datasets/field/labelling-queue?limit=501")).bearer_auth(&app.admin_token);
+    assert_eq!(too_many.send().await.expect("queue").status(), 400, "a limit outside 1-500 is refused, not clamped");
     let thumbnail = app.http.get(app.url(&format!("/v1/media/{}/content", captured[0]))).bearer_auth(&app.admin_token);
     let thumbnail = thumbnail.send().await.expect("content");
     assert_eq!(

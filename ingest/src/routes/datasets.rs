@@ -82,7 +82,7 @@ fn stats_json(counts: Vec<store::DatasetCount>) -> Vec<Value> {
 
 #[derive(Debug, serde::Deserialize)]
 pub(super) struct QueueQuery {
-    limit: Option<i64>,
+    limit: Option<String>,
 }
 
 /// `GET /v1/datasets/{name}/labelling-queue[?limit=]`: the dataset's unlabelled items, most
@@ -102,7 +102,8 @@ pub(super) async fn labelling_queue(
 ) -> Result<Json<Value>, IngestError> {
     caller.require_any(&[Scope::Ingest, Scope::Train])?;
     let name = parse_dataset(&name)?;
-    let limit = query.limit.unwrap_or(50).clamp(1, 500);
+    // Outside 1-500 is 400, as every list answers (it was clamped silently).
+    let limit = Page::parse(query.limit.as_deref(), None, 50, 500)?.limit;
     let queue = store::labelling_queue(&ctx, &name, limit)
         .await?
         .ok_or_else(|| IngestError::NotFound(format!("dataset named {name}")))?;
