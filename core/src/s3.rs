@@ -124,15 +124,31 @@ pub async fn list_keys(client: &Client, bucket: &str, prefix: &str, limit: usize
             .bucket(bucket)
             .prefix(prefix)
             .set_continuation_token(token)
+            .encoding_type(aws_sdk_s3::types::EncodingType::Url)
             .send()
             .await
             .map_err(|e| S3Error::from_sdk("ListObjectsV2", e))?;
-        keys.extend(page.contents().iter().filter_map(|o| o.key()).filter(|k| !k.ends_with('/')).map(str::to_owned));
+        for key in page.contents().iter().filter_map(|o| listed_key(o.key()?)).filter(|k| !k.ends_with('/')) {
+            if key.contains('\0') {
+                tracing::warn!(bucket, key = %key.escape_debug(), "a key holding a NUL cannot be recorded; left out");
+                continue;
+            }
+            keys.push(key);
+        }
         token = page.next_continuation_token().filter(|_| page.is_truncated() == Some(true)).map(str::to_owned);
         if token.is_none() || keys.len() > limit {
             return Ok(keys);
         }
     }
+}
+
+/// A key as a listing asked with `encoding-type=url` gives it, decoded (S3 writes a space as
+/// `+`); `None` for one that does not decode to UTF-8. Listings ask for encoded keys because a
+/// key may hold any character, and one XML 1.0 cannot carry (a control character) would make
+/// the whole listing unreadable.
+pub fn listed_key(encoded: &str) -> Option<String> {
+    let spaced = encoded.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced).decode_utf8().ok().map(|key| key.into_owned())
 }
 
 /// Builds a client for `config`: static credentials when configured, else the AWS default chain.

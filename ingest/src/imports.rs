@@ -27,7 +27,7 @@ use sluice_core::{
     Context, Shutdown,
     domain::{DatasetName, Label},
     parking,
-    s3::S3Error,
+    s3::{self, S3Error},
 };
 use uuid::Uuid;
 
@@ -109,6 +109,11 @@ pub async fn run_once(ctx: &Context, budget: Option<usize>) -> Result<bool, Inge
         Err(IngestError::Storage(err)) if matches!(err.code(), Some("NoSuchBucket" | "AccessDenied")) => {
             store::fail(ctx, &import, &err.to_string()).await?;
         }
+        // The import itself cannot go on, whoever works on it (a key PostgreSQL cannot store).
+        Err(IngestError::BadRequest(message)) => {
+            tracing::warn!(import = %import.id, %message, "import failed");
+            store::fail(ctx, &import, &message).await?;
+        }
         Err(err) => return Err(err),
     }
     Ok(true)
@@ -144,12 +149,24 @@ impl Import {
                 .prefix(&self.prefix)
                 .set_start_after(cursor.clone())
                 .max_keys(PAGE)
+                // Keys come URL-encoded ([`s3::listed_key`]).
+                .encoding_type(aws_sdk_s3::types::EncodingType::Url)
                 .send()
                 .await
                 .map_err(|e| IngestError::Storage(S3Error::from_sdk("ListObjectsV2", e)))?;
-            let keys: Vec<String> = page.contents().iter().filter_map(|o| o.key().map(str::to_owned)).collect();
+            let listed: Vec<(String, Option<i64>)> =
+                page.contents().iter().filter_map(|o| Some((s3::listed_key(o.key()?)?, o.size()))).collect();
+            let keys: Vec<String> = listed.iter().map(|(key, _)| key.clone()).collect();
+            // S3 allows any UTF-8 in a key; PostgreSQL stores no NUL, so such a key could be
+            // neither recorded nor passed as the cursor, and the import would be retried forever.
+            if let Some(key) = keys.iter().find(|k| k.contains('\0')) {
+                return Err(IngestError::BadRequest(format!(
+                    "the object key {:?} holds a NUL character, which Sluice cannot record; rename the object and import again",
+                    key.replace('\0', "\\0")
+                )));
+            }
             let sizes: std::collections::HashMap<&str, i64> =
-                page.contents().iter().filter_map(|o| Some((o.key()?, o.size()?))).collect();
+                listed.iter().filter_map(|(key, size)| Some((key.as_str(), (*size)?))).collect();
             let done = store::recorded_keys(ctx, self.id, &keys).await?;
             for key in keys.iter().filter(|k| !done.contains(k) && !k.ends_with('/')) {
                 if budget.is_some_and(|b| handled >= b) {
@@ -209,7 +226,12 @@ impl Import {
                             store::give_back_attempt(ctx, self.id, key).await?;
                             return Ok(false);
                         }
-                        Err(err) => break Err(err.into()),
+                        // PostgreSQL away for a moment is no fault of the object: the transfer
+                        // goes on and the next tick renews (the lease outlasts two misses; if it
+                        // expires and is taken over, that renewal says so).
+                        Err(err) => {
+                            tracing::warn!(import = %self.id, error = %sluice_core::error_chain(&err), "cannot renew the import's lease; trying again");
+                        }
                     },
                 }
             }

@@ -241,3 +241,37 @@ async fn an_object_over_the_upload_limit_is_refused_from_its_listing() {
     let message = done["errors"][0]["message"].as_str().unwrap_or_default();
     assert!(message.contains("by its listing") && message.contains("not downloaded"), "{done}");
 }
+
+/// An object key holding a NUL character (S3 allows any UTF-8; PostgreSQL stores no NUL) fails
+/// the import with a reason instead of having it retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_key_with_a_nul_fails_the_import_with_a_reason() {
+    let env = TestEnv::new().await;
+    let ctx = Context::new(env.config.clone()).await.expect("context");
+    ctx.bootstrap().await.expect("bootstrap");
+    let bucket = &ctx.config.s3.bucket;
+    // Keys a listing must encode: a space, a plus, a percent sign, an accent, a control character.
+    for (key, seed) in [("nul/cats/a b+c%d.png", 2), ("nul/cats/caf\u{e9}\u{1}.png", 3), ("nul/cats/z\u{0}.png", 1)] {
+        ctx.s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(ByteStream::from(png(8, 8, seed)))
+            .send()
+            .await
+            .expect("the store takes the key");
+    }
+    let dataset = DatasetName::parse("nul").expect("name");
+    let id = imports::create(&ctx, &dataset, bucket, "nul/").await.expect("create");
+    assert!(imports::run_once(&ctx, None).await.expect("the worker ends the import"));
+    let status = imports::status_json(&ctx, id).await.expect("status").expect("exists");
+    assert_eq!(status["status"], "failed", "{status}");
+    assert!(status["error"].as_str().is_some_and(|e| e.contains("NUL")), "{status}");
+
+    // Without it, every other key is read back exactly as it was written.
+    ctx.s3.delete_object().bucket(bucket).key("nul/cats/z\u{0}.png").send().await.expect("delete");
+    let id = imports::create(&ctx, &dataset, bucket, "nul/").await.expect("create");
+    assert!(imports::run_once(&ctx, None).await.expect("the worker ends the import"));
+    let status = imports::status_json(&ctx, id).await.expect("status").expect("exists");
+    assert_eq!((status["status"].as_str(), status["accepted"].as_i64()), (Some("succeeded"), Some(2)), "{status}");
+}
