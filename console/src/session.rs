@@ -68,7 +68,7 @@ impl SessionView {
 /// Signs a browser in: checks the token as a bearer token is checked (a failure counts against
 /// the address's failed-authentication limit), then sets the session cookie.
 #[utoipa::path(post, path = "/console/session", tag = "console",
-    description = "Checks the token like a bearer token and sets the `sluice_session` cookie (`HttpOnly; SameSite=Strict; Path=/`, `Secure` over HTTPS), which then authenticates `/v1` requests in place of `Authorization`. Cookie-authenticated requests other than GET and HEAD must send the answer's `csrf_token` as `X-CSRF-Token`. Failures count against the address's failed-authentication limit.",
+    description = "Checks the token like a bearer token and sets the `sluice_session` cookie (`HttpOnly; SameSite=Strict; Path=/`; over HTTPS `Secure` and named `__Host-sluice_session`), which then authenticates `/v1` requests in place of `Authorization`. Cookie-authenticated requests other than GET and HEAD must send the answer's `csrf_token` as `X-CSRF-Token`. Failures count against the address's failed-authentication limit.",
     request_body = SignIn,
     responses((status = 201, description = "Signed in; `Set-Cookie` holds the session.", body = SessionView),
         (status = 400, description = "The body is not `{\"token\": \"...\"}`.", body = sluice_core::api_doc::ErrorBody),
@@ -118,7 +118,8 @@ pub(crate) async fn sign_in(
     tracing::info!(token = %principal.name, token_id = %principal.token_id, "console sign-in");
     let cookie = sessions::set_cookie(&secret, ttl, sessions::wants_secure(&ctx.config.http, &headers));
     let view = SessionView::new(principal, Some((&secret, expires_at)));
-    Ok(private((StatusCode::CREATED, Json(view)).into_response(), &cookie))
+    let response = private((StatusCode::CREATED, Json(view)).into_response(), &cookie);
+    retire_plain_cookie(&ctx, &headers, response).await
 }
 
 /// Who is signed in: the token's name and scopes, and for a console session its CSRF token.
@@ -166,7 +167,28 @@ pub(crate) async fn sign_out(State(ctx): State<Context>, headers: HeaderMap) -> 
         }
     }
     let cookie = sessions::clear_cookie(sessions::wants_secure(&ctx.config.http, &headers));
-    Ok(private(StatusCode::NO_CONTENT.into_response(), &cookie))
+    retire_plain_cookie(&ctx, &headers, private(StatusCode::NO_CONTENT.into_response(), &cookie)).await
+}
+
+/// Over TLS only the `__Host-` cookie is read, so a plain one (kept from before
+/// `http.secure_cookies` was set, or planted) would outlive signing in and out unseen, and sign
+/// the browser in again on any request judged plain: its session is ended and the cookie
+/// cleared.
+async fn retire_plain_cookie(
+    ctx: &Context,
+    headers: &HeaderMap,
+    mut response: Response,
+) -> Result<Response, AuthRejection> {
+    if !sessions::wants_secure(&ctx.config.http, headers) {
+        return Ok(response);
+    }
+    let Some(plain) = sessions::cookie(headers, false) else { return Ok(response) };
+    if let Some(secret) = SessionSecret::parse(plain) {
+        sessions::end(&ctx.db, &secret).await.map_err(|e| AuthRejection::Api(e.to_api()))?;
+    }
+    let clear = HeaderValue::from_str(&sessions::clear_plain_cookie()).expect("cookies are ASCII");
+    response.headers_mut().append(header::SET_COOKIE, clear);
+    Ok(response)
 }
 
 fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> AuthRejection {

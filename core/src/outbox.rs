@@ -113,7 +113,12 @@ where
     let payload = serde_json::to_value(event).expect("events serialise");
     check_size(topic.as_str(), key, &payload)?;
     let statement = client
-        .prepare_cached("INSERT INTO outbox (id, topic, key, payload, partition) VALUES ($1, $2, $3, $4, $5)")
+        // An event's id names it: one enqueued again (an event derived from what caused it,
+        // handled twice) is the same event, written once.
+        .prepare_cached(
+            "INSERT INTO outbox (id, topic, key, payload, partition) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (id) DO NOTHING",
+        )
         .await?;
     client.execute(&statement, &[&event.event_id, &topic.as_str(), &key, &payload, &partition]).await?;
     written();

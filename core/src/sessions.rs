@@ -145,6 +145,12 @@ pub fn clear_cookie(secure: bool) -> String {
     format!("{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}")
 }
 
+/// The `Set-Cookie` value that clears a plain [`COOKIE`] over TLS, where only the `__Host-` one
+/// is read.
+pub fn clear_plain_cookie() -> String {
+    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0; Secure")
+}
+
 /// A live session: who it speaks for and until when.
 #[derive(Debug, Clone)]
 pub struct Session {

@@ -35,7 +35,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sluice_core::{
-    api_doc::{ErrorBody, V2ErrorBody},
+    api_doc::V2ErrorBody,
     auth::Scope,
     db::DbError,
     http::{ApiError, AuthRejection, Caller},
@@ -229,7 +229,7 @@ async fn resolved(
         (status = 400, description = "A malformed model name.", body = V2ErrorBody),
         (status = 404, description = "No such model, or it has no `production` alias.", body = V2ErrorBody),
         (status = 422, description = "The version's artifact cannot be loaded.", body = V2ErrorBody),
-        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds.", body = V2ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ))]
 pub async fn model_metadata(
@@ -252,7 +252,7 @@ pub async fn model_metadata(
         (status = 400, description = "A malformed model name or version.", body = V2ErrorBody),
         (status = 404, description = "No such model or version.", body = V2ErrorBody),
         (status = 422, description = "The version's artifact cannot be loaded.", body = V2ErrorBody),
-        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds.", body = V2ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ))]
 pub async fn version_metadata(
@@ -307,7 +307,7 @@ async fn metadata(
         (status = 400, description = "A malformed model name.", body = V2ErrorBody),
         (status = 404, description = "No such model, or it has no `production` alias.", body = V2ErrorBody),
         (status = 422, description = "The version's artifact cannot be loaded.", body = V2ErrorBody),
-        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds.", body = V2ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ))]
 pub async fn model_ready(
@@ -330,7 +330,7 @@ pub async fn model_ready(
         (status = 400, description = "A malformed model name or version.", body = V2ErrorBody),
         (status = 404, description = "No such model or version.", body = V2ErrorBody),
         (status = 422, description = "The version's artifact cannot be loaded.", body = V2ErrorBody),
-        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds.", body = V2ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ))]
 pub async fn version_ready(
@@ -427,10 +427,10 @@ struct Wanted {
             headers(("Inference-Header-Content-Length" = usize, description = "With binary outputs: the length of the JSON part."))),
         (status = 400, description = "A malformed request: model name, JSON, `Inference-Header-Content-Length`, input tensor (count, datatype, shape, data, binary sizes), outputs or parameters.", body = V2ErrorBody),
         (status = 404, description = "No such model or alias.", body = V2ErrorBody),
-        (status = 413, description = "The body is over `inference.max_predict_bytes`; answered by the framework in the `/v1` error shape.", body = ErrorBody),
+        (status = 413, description = "The body is over `inference.max_predict_bytes`.", body = V2ErrorBody),
         (status = 415, description = "An image is not JPEG, PNG, WebP, GIF, BMP or TIFF.", body = V2ErrorBody),
         (status = 422, description = "An image cannot be decoded or prepared, or is over `inference.max_image_pixels`, or the version's artifact cannot be loaded.", body = V2ErrorBody),
-        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds.", body = V2ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ))]
 pub async fn infer(
@@ -461,10 +461,10 @@ pub async fn infer(
             headers(("Inference-Header-Content-Length" = usize, description = "With binary outputs: the length of the JSON part."))),
         (status = 400, description = "A malformed request: model name, version, JSON, `Inference-Header-Content-Length`, input tensor (count, datatype, shape, data, binary sizes), outputs or parameters (`parameters.alias` with a version).", body = V2ErrorBody),
         (status = 404, description = "No such model or version.", body = V2ErrorBody),
-        (status = 413, description = "The body is over `inference.max_predict_bytes`; answered by the framework in the `/v1` error shape.", body = ErrorBody),
+        (status = 413, description = "The body is over `inference.max_predict_bytes`.", body = V2ErrorBody),
         (status = 415, description = "An image is not JPEG, PNG, WebP, GIF, BMP or TIFF.", body = V2ErrorBody),
         (status = 422, description = "An image cannot be decoded or prepared, or is over `inference.max_image_pixels`, or the version's artifact cannot be loaded.", body = V2ErrorBody),
-        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds. Answered in the `/v1` error shape.", body = ErrorBody,
+        (status = 429, description = "Too many failed authentications from this address; retry after `Retry-After` seconds.", body = V2ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
     ))]
 pub async fn version_infer(

@@ -342,10 +342,10 @@ pub async fn reprocess(ctx: &Context, dataset: &str) -> Result<u64, DbError> {
     reenqueue(ctx, "dataset = $1", &[&dataset]).await
 }
 
-/// Whether any media item is in `dataset` (datasets exist through their items).
+/// Whether `dataset` exists (an upload, an import or a pipeline spec made it).
 pub async fn dataset_exists(ctx: &Context, dataset: &str) -> Result<bool, DbError> {
     let client = ctx.db.get().await?;
-    let row = client.query_one("SELECT EXISTS (SELECT 1 FROM media WHERE dataset = $1)", &[&dataset]).await?;
+    let row = client.query_one("SELECT EXISTS (SELECT 1 FROM datasets WHERE name = $1)", &[&dataset]).await?;
     Ok(row.get(0))
 }
 

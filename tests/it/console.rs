@@ -302,6 +302,9 @@ async fn the_cookie_is_secure_behind_tls_and_when_configured() {
     let behind_proxy = sign_in_raw(&app, &app.admin_token, &[("x-forwarded-proto", "https")]).await;
     let cookie = behind_proxy.headers()[header::SET_COOKIE].to_str().expect("ascii").to_owned();
     assert!(cookie.ends_with("; Secure"), "{cookie}");
+    // A plain session from before `secure_cookies` was set.
+    let plain = sign_in(&app, &app.admin_token).await;
+    assert_eq!(plain.name, "sluice_session");
     drop(app);
 
     let mut config = env.config.clone();
@@ -320,6 +323,33 @@ async fn the_cookie_is_secure_behind_tls_and_when_configured() {
     assert_eq!(with_cookie(&app, Method::GET, "/v1/models", &session, None, None).await.0, 200);
     let planted = Session { name: "sluice_session".to_owned(), ..session };
     assert_eq!(with_cookie(&app, Method::GET, "/v1/models", &planted, None, None).await.0, 401);
+
+    // Signing in over TLS with the old plain cookie still held ends its session and clears it:
+    // it would otherwise outlive sign-out unseen.
+    let live = |secret: &str| {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(secret.as_bytes()).to_vec();
+        let db = app.ctx.db.clone();
+        async move {
+            let client = db.get().await.expect("connection");
+            let sql = "SELECT count(*) FROM console_sessions WHERE secret_sha256 = $1";
+            client.query_one(sql, &[&hash]).await.expect("count").get::<_, i64>(0)
+        }
+    };
+    assert_eq!(live(&plain.cookie).await, 1);
+    let again = app
+        .http
+        .post(app.url("/console/session"))
+        .header(header::COOKIE, plain.header())
+        .json(&json!({ "token": app.admin_token }))
+        .send()
+        .await
+        .expect("sign in");
+    assert_eq!(again.status().as_u16(), 201);
+    let set: Vec<&str> = again.headers().get_all(header::SET_COOKIE).iter().filter_map(|v| v.to_str().ok()).collect();
+    assert!(set.iter().any(|c| c.starts_with("__Host-sluice_session=") && !c.contains("Max-Age=0")), "{set:?}");
+    assert!(set.iter().any(|c| c.starts_with("sluice_session=;") && c.contains("Max-Age=0")), "{set:?}");
+    assert_eq!(live(&plain.cookie).await, 0, "the plain cookie's session is ended");
 }
 
 /// The scope matrix of `security.rs`, with a console session in place of each bearer token:

@@ -2,7 +2,7 @@
 
 use std::{io::Cursor, process::Command, time::Duration};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use sluice_core::{Context, outbox, topics::Topic};
 use sluice_preprocess::store::{self, Reconciled};
 use sluice_testkit::{TestEnv, eventually};
@@ -192,6 +192,18 @@ async fn redelivery_changes_nothing_and_reprocess_applies_a_new_spec() {
     let first = settled(&app, &id).await;
     assert_eq!(first["status"], "processed");
     assert_eq!(app.count("SELECT count(*) FROM media_outputs").await, 1);
+
+    // No such dataset: 404. One made by its spec alone (no items yet) exists: nothing to enqueue.
+    let status = |dataset: &'static str| {
+        let request =
+            app.http.post(app.url(&format!("/v1/datasets/{dataset}/reprocess"))).bearer_auth(&app.admin_token);
+        async move { json_of(request.send().await.expect("post reprocess")).await }
+    };
+    let (code, body) = status("nowhere").await;
+    assert_eq!((code, body["error"]["code"].as_str()), (404, Some("not_found")), "{body}");
+    put_pipeline(&app, "planned", json!({"width": 32})).await;
+    let (code, body) = status("planned").await;
+    assert_eq!((code, body["enqueued"].as_u64()), (202, Some(0)), "{body}");
 
     // Same spec: re-enqueueing the dataset delivers the event again; nothing changes. Wait until
     // the event is published and the group has consumed and committed it.

@@ -930,6 +930,24 @@ async fn forged_events_neither_stall_consumers_nor_reach_other_objects() {
         (media["status"] == "processed").then_some(())
     })
     .await;
+    // An event naming a real item but another object and dataset (no NUL): the item is processed
+    // from its own row. A new spec for its dataset makes it due again.
+    let spec = app.http.put(app.url("/v1/datasets/after-forgery/pipeline")).bearer_auth(&app.admin_token);
+    let spec = spec.json(&json!({"width": 16, "height": 16})).send().await.expect("spec");
+    assert_eq!(spec.status().as_u16(), 200);
+    let misdirected = event(
+        "media.ingested",
+        json!({"media_id": id, "dataset": "elsewhere", "label": null, "kind": "image",
+               "content_type": "image/png", "raw_key": precious, "bytes": 7, "sha256": "00", "width": 1, "height": 1}),
+    );
+    crate::support::produce(&producer, ingested_topic.as_str(), &[(0, misdirected)]).await;
+    eventually(Duration::from_secs(60), "the item to be processed again, from its own object", || async {
+        let request = app.http.get(app.url(&format!("/v1/media/{id}"))).bearer_auth(&app.admin_token);
+        let (_, media) = json_of(request.send().await.ok()?).await;
+        assert_ne!(media["status"], "failed", "{media}");
+        (media["status"] == "processed" && media["outputs"][0]["width"] == 16).then_some(())
+    })
+    .await;
     eventually(Duration::from_secs(60), "the captures consumer to pass the forged events", || async {
         crate::support::group_caught_up(&config, &config.ingest.capture_group_id, captures_topic.as_str())
             .await

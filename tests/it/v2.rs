@@ -245,4 +245,19 @@ async fn bad_v2_requests_get_the_protocols_errors_and_record_nothing() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["model_version"], version.to_string());
     assert_eq!(answer["parameters"]["alias"], "production");
+    // Last, since it refuses this address's valid tokens too for a while: the auth limiter
+    // answers before any handler; after its burst of failures, 429 with
+    // Retry-After, in the protocol's shape too.
+    let mut throttled = None;
+    for attempt in 0..64 {
+        let request = app.http.post(app.url("/v2/models/strict/infer")).bearer_auth(format!("slc_wrong{attempt}"));
+        let response = request.body("{}").send().await.expect("infer");
+        if response.status().as_u16() == 429 {
+            throttled = Some((response.headers().contains_key("retry-after"), json_of(response).await.1));
+            break;
+        }
+    }
+    let (retry_after, answer) = throttled.expect("throttled within 64 failures");
+    assert!(retry_after, "{answer}");
+    assert!(answer["error"].as_str().is_some_and(|m| !m.is_empty()), "{answer}");
 }

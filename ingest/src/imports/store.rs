@@ -97,16 +97,19 @@ pub async fn claim(ctx: &Context) -> Result<Option<(Import, Option<String>)>, Db
 #[tracing::instrument(level = "debug", skip_all, fields(import_id = %import.id))]
 pub async fn succeed(ctx: &Context, import: &Import) -> Result<bool, DbError> {
     let client = ctx.db.get().await?;
+    // The holder is checked on the row the update locks (a plain SELECT would read a snapshot
+    // taken before another worker's claim).
     let ended = client
-        .execute(
-            "WITH held AS (SELECT id FROM imports WHERE id = $1 AND lease_owner = $3),
-                  done AS (DELETE FROM import_attempts WHERE import_id IN (SELECT id FROM held))
-             UPDATE imports SET status = $2, finished_at = now(), updated_at = now(), lease_until = NULL
-             WHERE id IN (SELECT id FROM held)",
+        .query_opt(
+            "WITH ended AS (
+                 UPDATE imports SET status = $2, finished_at = now(), updated_at = now(), lease_until = NULL
+                 WHERE id = $1 AND lease_owner = $3 AND status = 'running' RETURNING id),
+             done AS (DELETE FROM import_attempts WHERE import_id IN (SELECT id FROM ended))
+             SELECT id FROM ended",
             &[&import.id, &ImportStatus::Succeeded, &import.lease],
         )
         .await?;
-    Ok(ended == 1)
+    Ok(ended.is_some())
 }
 
 /// The import cannot go on (its bucket is gone or unreadable), for `error`; `false` when the
