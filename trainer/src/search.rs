@@ -389,6 +389,11 @@ pub fn plan(search: &SearchRequest, seed: u64, limits: Limits) -> Result<Plan, I
     if search.grace_epochs == Some(0) || (search.grace_epochs.is_some() && search.early_stopping.is_none()) {
         return Err(invalid("search.grace_epochs must be at least 1, with early_stopping set"));
     }
+    // No trial runs more epochs than the limit: more grace than that is never used, and past
+    // i32 it could not be compared in PostgreSQL at all.
+    if search.grace_epochs.is_some_and(|grace| grace > limits.max_epochs) {
+        return Err(invalid(format!("search.grace_epochs must be at most {} (trainer.max_epochs)", limits.max_epochs)));
+    }
     if let Some(max) = search.max_trials
         && (max == 0 || max > limits.max_trials)
     {
@@ -749,6 +754,10 @@ mod tests {
         assert!(plan(&unknown, 1, LIMITS).is_err());
         let orphan = search(json!({"strategy": "random", "max_trials": 4, "grace_epochs": 2, "space": {}}));
         assert!(plan(&orphan, 1, LIMITS).is_err());
+        let endless = search(
+            json!({"strategy": "random", "max_trials": 4, "early_stopping": "median", "grace_epochs": 4_000_000_000u32, "space": {}}),
+        );
+        assert!(plan(&endless, 1, LIMITS).is_err(), "more grace than any trial has epochs");
     }
 
     #[test]
