@@ -150,7 +150,7 @@ pub(crate) async fn whoami(
 /// Signs out: ends the session everywhere and clears the cookie. With a live session it needs
 /// the session's CSRF token; with none (already ended, or no cookie) it only clears the cookie.
 #[utoipa::path(delete, path = "/console/session", tag = "console",
-    responses((status = 204, description = "Signed out; `Set-Cookie` clears the cookie."),
+    responses((status = 204, description = "Signed out; `Set-Cookie` clears the cookie and `Clear-Site-Data` the cached media."),
         (status = 403, description = "`csrf_failed`: a live session without its `X-CSRF-Token`.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub(crate) async fn sign_out(State(ctx): State<Context>, headers: HeaderMap) -> Result<Response, AuthRejection> {
@@ -167,7 +167,11 @@ pub(crate) async fn sign_out(State(ctx): State<Context>, headers: HeaderMap) -> 
         }
     }
     let cookie = sessions::clear_cookie(sessions::wants_secure(&ctx.config.http, &headers));
-    retire_plain_cookie(&ctx, &headers, private(StatusCode::NO_CONTENT.into_response(), &cookie)).await
+    let mut response = private(StatusCode::NO_CONTENT.into_response(), &cookie);
+    // Media the session fetched stays in the browser's cache for minutes (`private,
+    // max-age=300`): on a shared machine, signing out drops it too.
+    response.headers_mut().insert("clear-site-data", HeaderValue::from_static("\"cache\""));
+    retire_plain_cookie(&ctx, &headers, response).await
 }
 
 /// Over TLS only the `__Host-` cookie is read, so a plain one (kept from before

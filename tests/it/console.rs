@@ -259,6 +259,7 @@ async fn signing_out_ends_the_session_everywhere_and_clears_the_cookie() {
         .await
         .expect("sign out");
     assert_eq!(response.status().as_u16(), 204);
+    assert_eq!(response.headers().get("clear-site-data").map(|v| v.as_bytes()), Some(&b"\"cache\""[..]));
     let cleared = response.headers().get(header::SET_COOKIE).expect("a clearing cookie").to_str().expect("ascii");
     assert!(cleared.starts_with("sluice_session=;") && cleared.contains("Max-Age=0"), "{cleared}");
     assert_eq!(app.count("SELECT count(*) FROM console_sessions").await, 0);
