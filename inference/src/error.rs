@@ -55,6 +55,11 @@ impl InferenceError {
         Self::refused(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// `404 unknown_model`, as the registry answers for a model that does not exist.
+    pub fn unknown_model(model: &impl std::fmt::Display) -> Self {
+        Self::refused(StatusCode::NOT_FOUND, "unknown_model", format!("No model named {model}."))
+    }
+
     /// Any other client-facing refusal.
     pub fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self::Refused(ApiError::new(status, code, message))
@@ -88,9 +93,10 @@ impl InferenceError {
 fn serve_answer(err: &ServeError) -> ApiError {
     let message = format!("{err}.");
     match err {
-        ServeError::UnknownModel(_) | ServeError::UnknownAlias { .. } | ServeError::UnknownVersion { .. } => {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
-        }
+        // The registry's codes for the same conditions.
+        ServeError::UnknownModel(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_model", message),
+        ServeError::UnknownAlias { .. } => ApiError::new(StatusCode::NOT_FOUND, "unknown_alias", message),
+        ServeError::UnknownVersion { .. } => ApiError::new(StatusCode::NOT_FOUND, "unknown_version", message),
         ServeError::Unloadable { .. } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "model_unloadable", message),
         ServeError::Unavailable(_) => {
             ApiError::unavailable_because(err, "The registry (PostgreSQL or S3) is unreachable; retry shortly.")
@@ -113,7 +119,17 @@ mod tests {
         let cases = [
             (InferenceError::invalid("x"), StatusCode::BAD_REQUEST, "invalid_request"),
             (InferenceError::not_found("x"), StatusCode::NOT_FOUND, "not_found"),
-            (ServeError::UnknownModel("m".into()).into(), StatusCode::NOT_FOUND, "not_found"),
+            (ServeError::UnknownModel("m".into()).into(), StatusCode::NOT_FOUND, "unknown_model"),
+            (
+                ServeError::UnknownAlias { model: "m".into(), alias: "a".into() }.into(),
+                StatusCode::NOT_FOUND,
+                "unknown_alias",
+            ),
+            (
+                ServeError::UnknownVersion { model: "m".into(), version: 2 }.into(),
+                StatusCode::NOT_FOUND,
+                "unknown_version",
+            ),
             (
                 ServeError::Unloadable { model: "m".into(), version: 1, reason: "r".into() }.into(),
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -216,7 +216,7 @@ pub async fn put_capture(
     }
     let client = state.served.ctx.db.get().await?;
     if !sluice_core::models::exists(&client, &model).await? {
-        return Err(InferenceError::not_found(format!("No model named {model}.")));
+        return Err(InferenceError::unknown_model(&model));
     }
     capture::set_policy(&client, model.as_str(), policy.as_ref(), &caller.0.name).await?;
     state.served.forget_capture(&model);
@@ -435,7 +435,7 @@ pub async fn put_routing(
     let routing = Routing { canary_alias, canary_percent, shadow_alias: routing.shadow };
     let client = state.served.ctx.db.get().await?;
     if !store::set_routing(&client, model.as_str(), &routing, &caller.0.name).await? {
-        return Err(InferenceError::not_found(format!("No model named {model}.")));
+        return Err(InferenceError::unknown_model(&model));
     }
     drop(client);
     state.served.forget_routing(&model);
