@@ -26,7 +26,7 @@ use sluice_core::{
     live::{self, LiveOutcome},
     models::{self, ModelName, RegistryError},
     observations::{ObservedImage, RequestObserved},
-    outbox,
+    outbox::{self, RelayError},
     reference::{Reference, SKETCH_DIMENSIONS},
     topics::Topic,
     work::{self, Backoff},
@@ -45,7 +45,7 @@ pub enum MonitorError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
-    Outbox(#[from] outbox::RelayError),
+    Outbox(#[from] RelayError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
 }
@@ -109,8 +109,28 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
                 return true;
             }
         };
-        work::retry_until(shutdown, Backoff::DEPENDENCY, "the drift monitor cannot record a check", || async {
+        // The window takes the request once (a check clears it and counts), then only the
+        // recording is retried: retrying both fed the request to the fresh window and lost the
+        // check, its verdict and any retrain request.
+        let checked = work::retry_until(shutdown, Backoff::DEPENDENCY, "the drift monitor cannot open a window", || async {
             observe(served, &mut *windows.lock().await, &event).await.map_err(|e| sluice_core::error_chain(&e))
+        })
+        .await;
+        let Some(verdict) = checked else { return false };
+        let Some(verdict) = verdict else { return true };
+        work::retry_until(shutdown, Backoff::DEPENDENCY, "the drift monitor cannot record a check", || async {
+            match record(served, &event, &verdict).await {
+                // Refused for what it holds, not for an outage: retrying cannot help.
+                Err(err @ MonitorError::Outbox(RelayError::TooLarge { .. })) => {
+                    tracing::error!(model = %event.model, error = %err, "a drift check cannot be recorded; skipping it");
+                    Ok(())
+                }
+                Err(MonitorError::Db(err)) if err.is_data_refusal() => {
+                    tracing::error!(model = %event.model, error = %err, "a drift check cannot be recorded; skipping it");
+                    Ok(())
+                }
+                other => other.map_err(|e| sluice_core::error_chain(&e)),
+            }
         })
         .await
         .is_some()
@@ -118,17 +138,17 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
     .await
 }
 
-/// Feeds one request to its version's window; records and acts on the verdict when a check ran.
+/// Feeds one request to its version's window: the verdict when a check ran.
 async fn observe(
     served: &Arc<Served>,
     windows: &mut HashMap<(String, i32), Window>,
     event: &RequestObserved,
-) -> Result<(), MonitorError> {
+) -> Result<Option<Verdict>, MonitorError> {
     let config = &served.ctx.config.inference;
     let key = (event.model.clone(), event.version);
     if !windows.contains_key(&key) {
         let Some(window) = open_window(served, &event.model, event.version).await? else {
-            return Ok(());
+            return Ok(None);
         };
         // Bounded like the model cache: a monitor holding many models forgets the idlest.
         if windows.len() >= MAX_WINDOWS {
@@ -148,9 +168,12 @@ async fn observe(
             embedding: <[f32; SKETCH_DIMENSIONS]>::try_from(i.embedding.as_slice()).ok(),
         })
         .collect();
-    let Some(verdict) = window.observe(&observations, config).cloned() else {
-        return Ok(());
-    };
+    Ok(window.observe(&observations, config).cloned())
+}
+
+/// Records a check's verdict (and the retrain request sustained drift asks for), then exports it.
+async fn record(served: &Arc<Served>, event: &RequestObserved, verdict: &Verdict) -> Result<(), MonitorError> {
+    let config = &served.ctx.config.inference;
     // Sustained drift asks for retraining in the verdict's own transaction: a monitor killed
     // after the commit has recorded both or neither.
     let wanted = verdict.kind == DriftKind::CovariateShift || config.retrain_on_label_shift;
@@ -164,9 +187,8 @@ async fn observe(
         let mut client = served.ctx.db.get().await?;
         let live = store::live_accuracy(&client, &event.model, event.version, config.live_accuracy_window).await?;
         let tx = client.transaction().await?;
-        store::record_verdict(&tx, &served.ctx.config.kafka.topic_prefix, &event.model, event.version, &verdict)
-            .await?;
-        store::record_check(&tx, &event.model, event.version, &verdict, live).await?;
+        store::record_verdict(&tx, &served.ctx.config.kafka.topic_prefix, &event.model, event.version, verdict).await?;
+        store::record_check(&tx, &event.model, event.version, verdict, live).await?;
         if let Some(request) = &retrain {
             let topic = served.ctx.topic(Topic::RetrainRequests);
             outbox::enqueue(&tx, &topic, &event.model, request).await?;
@@ -184,7 +206,7 @@ async fn observe(
         (Ok(()), Some(_)) => Served::retrain_requested(&event.model, "drift"),
         (Ok(()), None) => {}
     }
-    export(&event.model, event.version, &verdict);
+    export(&event.model, event.version, verdict);
     Ok(())
 }
 
