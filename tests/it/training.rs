@@ -511,6 +511,29 @@ async fn a_retrain_burst_starts_one_job_from_the_last_template() {
     assert_eq!(retrained["request"], template);
     assert_eq!(retrained["evidence"]["reason"], "drift");
     assert_eq!(retrained["registered_version"], 2);
+
+    // Two retrains started at once (a rebalance redelivering a request mid-start) make one job:
+    // the check is repeated under a per-model lock where the job is created.
+    seed_dataset(&app, "shapes", 2, 4, 16, 10).await;
+    app.ctx
+        .db
+        .get()
+        .await
+        .expect("connection")
+        .execute("UPDATE training_jobs SET created_at = created_at - interval '7 days'", &[])
+        .await
+        .expect("age the jobs past the cooldown");
+    let template: sluice_trainer::search::JobRequest = serde_json::from_value(template).expect("a job request");
+    let start = || {
+        let origin = sluice_trainer::store::Origin { kind: "retrain", requested_by: "test".into(), evidence: None };
+        sluice_trainer::jobs::start(&app.ctx, &template, origin, sluice_trainer::jobs::Grant::Retrain)
+    };
+    let (a, b) = tokio::join!(start(), start());
+    let coalesced = |r: &Result<Uuid, sluice_trainer::jobs::StartError>| {
+        matches!(r, Err(sluice_trainer::jobs::StartError::Coalesced(_)))
+    };
+    assert!(a.is_ok() != b.is_ok() && (coalesced(&a) || coalesced(&b)), "{a:?} {b:?}");
+    assert_eq!(app.count("SELECT count(*) FROM training_jobs WHERE origin = 'retrain'").await, 2);
 }
 
 /// Two worker processes share a job's trials; one is killed with SIGKILL mid-trial and the

@@ -35,7 +35,7 @@ use crate::{
     jobs::limits,
     search::{self, JobRequest, Promote, Strategy},
     snapshot,
-    store::{self, Attempts, BestTrial, JobRow, NewTrial, Registration, TrialRow},
+    store::{self, Attempts, BestTrial, JobRow, NewTrial, Registered, Registration, TrialRow},
 };
 
 /// Runs the coordinator until `shutdown`, recreating the consumer after Kafka errors.
@@ -334,34 +334,8 @@ async fn finish(ctx: &Context, job: &JobRow, request: &JobRequest, best: &TrialR
         store::best_trial(ctx, best.id).await?.ok_or_else(|| Retry::new(format!("trial {} is gone", best.id)))?;
     let manifest =
         snapshot::manifest(ctx, &trial.snapshot_key, &job.snapshot_id).await.map_err(|e| Retry::new(e.to_string()))?;
-    let current = {
-        let client = ctx.db.get().await.map_err(DbError::from)?;
-        models::resolve_alias(&client, &model, &production).await?
-    };
     let test_report = trial.test.as_ref().map(|t| t.report.clone());
     let test_accuracy = test_report.as_ref().and_then(|r| r["accuracy"].as_f64());
-    let decision = match (request.promote, &current) {
-        (Promote::Never, _) => json!({"policy": "never", "promoted": false}),
-        (Promote::Always, _) | (Promote::IfBetter | Promote::IfBetterLive, None) => json!({
-            "policy": request.promote, "promoted": true,
-            "reason": if current.is_none() { "no production version yet" } else { "policy always" },
-            "candidate_test_accuracy": test_accuracy,
-        }),
-        (Promote::IfBetter, Some(current)) => {
-            let test_items: Vec<Uuid> =
-                manifest.partition(&request.splits()).test.iter().map(|&i| manifest.items[i].media_id).collect();
-            gate(ctx, &manifest.spec_hash, &test_items, trial.test.as_ref(), current).await
-        }
-        (Promote::IfBetterLive, Some(current)) => json!({
-            "policy": "if_better_live", "promoted": false, "pending": true,
-            "candidate_alias": live::CANDIDATE_ALIAS, "production_version": current.version,
-            "candidate_test_accuracy": test_accuracy,
-            "reason": format!(
-                "registered as `{}`, shadowing production v{}; production moves once feedback on live traffic shows it significantly better",
-                live::CANDIDATE_ALIAS, current.version
-            ),
-        }),
-    };
     let mut metrics = trial.metrics.clone().unwrap_or_else(|| json!({}));
     if let Some(report) = &test_report {
         metrics["test"] = report.clone();
@@ -388,23 +362,68 @@ async fn finish(ctx: &Context, job: &JobRow, request: &JobRequest, best: &TrialR
             sluice_version: env!("CARGO_PKG_VERSION").to_owned(),
         },
     };
-    let promoted = decision["promoted"] == true;
-    let registration = Registration {
-        job_id,
-        best_trial: best.id,
-        version: &new_version,
-        template: &serde_json::to_value(request).expect("requests serialise"),
-        decision: &decision,
-        promote: promoted
-            .then(|| format!("training job {job_id}: {}", decision["reason"].as_str().unwrap_or("promoted"))),
-        live_against: if decision["pending"] == true {
-            decision["production_version"].as_i64().map(|v| v as i32)
-        } else {
-            None
-        },
-    };
-    let Some(version) = store::register(ctx, registration).await? else {
-        return Ok(());
+    // The decision reads production; registration refuses if production moved before it took
+    // the model's lock (another job's promotion, a rollback), and the decision is made again.
+    let mut tries = 0;
+    let (version, decision, promoted) = loop {
+        tries += 1;
+        let current = {
+            let client = ctx.db.get().await.map_err(DbError::from)?;
+            models::resolve_alias(&client, &model, &production).await?
+        };
+        let decision = match (request.promote, &current) {
+            (Promote::Never, _) => json!({"policy": "never", "promoted": false}),
+            (Promote::Always, _) | (Promote::IfBetter | Promote::IfBetterLive, None) => json!({
+                "policy": request.promote, "promoted": true,
+                "reason": if current.is_none() { "no production version yet" } else { "policy always" },
+                "candidate_test_accuracy": test_accuracy,
+            }),
+            (Promote::IfBetter, Some(current)) => {
+                let test_items: Vec<Uuid> =
+                    manifest.partition(&request.splits()).test.iter().map(|&i| manifest.items[i].media_id).collect();
+                gate(ctx, &manifest.spec_hash, &test_items, trial.test.as_ref(), current).await
+            }
+            (Promote::IfBetterLive, Some(current)) => json!({
+                "policy": "if_better_live", "promoted": false, "pending": true,
+                "candidate_alias": live::CANDIDATE_ALIAS, "production_version": current.version,
+                "candidate_test_accuracy": test_accuracy,
+                "reason": format!(
+                    "registered as `{}`, shadowing production v{}; production moves once feedback on live traffic shows it significantly better",
+                    live::CANDIDATE_ALIAS, current.version
+                ),
+            }),
+        };
+        let promoted = decision["promoted"] == true;
+        let registration = Registration {
+            job_id,
+            best_trial: best.id,
+            version: &new_version,
+            template: &serde_json::to_value(request).expect("requests serialise"),
+            decision: &decision,
+            promote: promoted
+                .then(|| format!("training job {job_id}: {}", decision["reason"].as_str().unwrap_or("promoted"))),
+            live_against: if decision["pending"] == true {
+                decision["production_version"].as_i64().map(|v| v as i32)
+            } else {
+                None
+            },
+            decided_against: match request.promote {
+                Promote::IfBetter | Promote::IfBetterLive => Some(current.as_ref().map(|c| c.version)),
+                Promote::Never | Promote::Always => None,
+            },
+        };
+        match store::register(ctx, registration).await? {
+            Registered::Done(version) => break (version, decision, promoted),
+            Registered::AlreadyEnded => return Ok(()),
+            Registered::ProductionMoved { decided, now } if tries < 3 => {
+                tracing::info!(job = %job_id, ?decided, ?now, "production moved while the promotion was decided; deciding again");
+            }
+            Registered::ProductionMoved { decided, now } => {
+                return Err(Retry::new(format!(
+                    "production kept moving while the promotion was decided (last v{decided:?} then v{now:?})"
+                )));
+            }
+        }
     };
     if promoted {
         metrics::counter!("sluice_registry_alias_moves_total", "kind" => "production").increment(1);

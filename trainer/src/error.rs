@@ -56,6 +56,11 @@ impl TrainerError {
                 StartError::NothingNew(message) => {
                     ApiError::new(StatusCode::CONFLICT, "nothing_new", format!("{message}."))
                 }
+                StartError::Coalesced(job) => ApiError::new(
+                    StatusCode::CONFLICT,
+                    "job_busy",
+                    format!("Training job {job} of this model is running or just ran; follow it instead."),
+                ),
             },
         }
     }

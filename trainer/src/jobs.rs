@@ -45,6 +45,9 @@ pub enum StartError {
     /// A retrain found no labelled data that production has not already seen.
     #[error("{0}")]
     NothingNew(String),
+    /// A retrain found another job of the model busy or recent when it came to create its own.
+    #[error("training job {0} of the model is busy or recent")]
+    Coalesced(Uuid),
 }
 
 /// Who vouches for a job's `promote`: moving `production` needs `admin`, or the model's
@@ -236,7 +239,7 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
         .enumerate()
         .map(|(ordinal, hyper)| NewTrial { hyper, rung: 0, parent: None, seed: request.trial_seed(ordinal) })
         .collect();
-    store::create_job(
+    let created = store::create_job(
         ctx,
         NewJob {
             id,
@@ -248,8 +251,12 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
             origin,
             baseline_version: baseline(request.promote, current.as_ref(), &snapshot),
         },
+        ctx.config.trainer.retrain_cooldown_secs as f64,
     )
     .await?;
+    if let Some(busy) = created {
+        return Err(StartError::Coalesced(busy));
+    }
     metrics::counter!("sluice_trainer_jobs_started_total").increment(1);
     tracing::info!(job = %id, model = %request.model, dataset = %request.dataset, snapshot = %snapshot_id, "training job queued");
     Ok(id)

@@ -81,6 +81,8 @@ async fn handle(ctx: &Context, event_id: Uuid, request: &RetrainRequested) -> Re
                         ("started".to_owned(), Some(job))
                     }
                     Err(err) if err.is_transient() => return Err(sluice_core::error_chain(&err)),
+                    // Another request for the model started a job meanwhile.
+                    Err(StartError::Coalesced(job)) => ("coalesced".to_owned(), Some(job)),
                     Err(StartError::NothingNew(reason)) => {
                         metrics::counter!("sluice_trainer_retrains_skipped_total", "reason" => "no_new_data")
                             .increment(1);

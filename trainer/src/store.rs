@@ -6,6 +6,7 @@
 //! them. Functions return [`DbError`] and typed rows.
 
 use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
 use serde_json::{Value, json};
 use sluice_core::{
     Context,
@@ -118,11 +119,22 @@ pub struct BestTrial {
 
 const ACTIVE: [RunStatus; 2] = [RunStatus::Queued, RunStatus::Running];
 
-/// Creates the job, its trials and their `training.trials` events in one transaction.
+/// Creates the job, its trials and their `training.trials` events in one transaction. A retrain
+/// (origin `retrain`) is created only if no job of the model is busy or recent
+/// ([`busy_job`]'s rule), checked under a per-model lock in this transaction: two requests
+/// handled at once (a rebalance redelivering one mid-start) start one job, and the other is
+/// answered with it (`Some`).
 #[tracing::instrument(level = "debug", skip_all, fields(job_id = %job.id, model = %job.request.model))]
-pub async fn create_job(ctx: &Context, job: NewJob<'_>) -> Result<(), DbError> {
+pub async fn create_job(ctx: &Context, job: NewJob<'_>, retrain_cooldown_secs: f64) -> Result<Option<Uuid>, DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
+    if job.origin.kind == "retrain" {
+        let lock = format!("sluice.retrain:{}", job.request.model);
+        tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock]).await?;
+        if let Some(busy) = busy_job_in(&tx, &job.request.model, retrain_cooldown_secs).await? {
+            return Ok(Some(busy));
+        }
+    }
     let request = serde_json::to_value(job.request).expect("requests serialise");
     tx.execute(
         "INSERT INTO training_jobs (id, model, dataset, architecture, request, snapshot_id, snapshot_key, labels,
@@ -154,7 +166,7 @@ pub async fn create_job(ctx: &Context, job: NewJob<'_>) -> Result<(), DbError> {
     };
     queue_trials(ctx, &tx, &queued, 0, job.trials).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(None)
 }
 
 /// The job-wide fields of the trials queued for it.
@@ -560,12 +572,29 @@ pub struct Registration<'a> {
     pub promote: Option<String>,
     /// Register it as `candidate` shadowing this production version (`if_better_live`).
     pub live_against: Option<i32>,
+    /// The production version the decision compared against (`None` inside: there was none),
+    /// when the decision depends on it: registration refuses if production has moved since.
+    pub decided_against: Option<Option<i32>>,
+}
+
+/// What [`register`] did.
+#[derive(Debug)]
+pub enum Registered {
+    Done(Box<ModelVersion>),
+    /// The job had already ended (a redelivered result): nothing changed.
+    AlreadyEnded,
+    /// Production moved after the decision read it (another job's promotion, a rollback):
+    /// nothing changed; decide again against the new production.
+    ProductionMoved {
+        decided: Option<i32>,
+        now: Option<i32>,
+    },
 }
 
 /// Registers the best trial's model, moves the aliases the decision asks for and ends the job,
-/// in one transaction. `None` when the job had already ended (a redelivered result).
+/// in one transaction, unless the job had already ended or production moved since the decision.
 #[tracing::instrument(level = "debug", skip_all, fields(job_id = %r.job_id, model = %r.version.model))]
-pub async fn register(ctx: &Context, r: Registration<'_>) -> Result<Option<ModelVersion>, RegistryError> {
+pub async fn register(ctx: &Context, r: Registration<'_>) -> Result<Registered, RegistryError> {
     let mut client = ctx.db.get().await.map_err(DbError::from)?;
     let tx = client.transaction().await.map_err(DbError::from)?;
     let status: RunStatus = tx
@@ -574,11 +603,19 @@ pub async fn register(ctx: &Context, r: Registration<'_>) -> Result<Option<Model
         .map_err(DbError::from)?
         .get("status");
     if status.is_final() {
-        return Ok(None);
+        return Ok(Registered::AlreadyEnded);
     }
     let prefix = &ctx.config.kafka.topic_prefix;
     let model: &ModelName = &r.version.model;
+    // Locks the model: production cannot move again until this commits.
     let version = models::register(&tx, prefix, r.version).await?;
+    if let Some(decided) = r.decided_against {
+        let production = AliasName::parse(AliasName::PRODUCTION).expect("a valid alias");
+        let now = models::resolve_alias(&tx, model, &production).await?.map(|v| v.version);
+        if now != decided {
+            return Ok(Registered::ProductionMoved { decided, now });
+        }
+    }
     models::set_template(&tx, model, r.template).await?;
     if let Some(reason) = &r.promote {
         let production = AliasName::parse(AliasName::PRODUCTION).expect("a valid alias");
@@ -602,7 +639,7 @@ pub async fn register(ctx: &Context, r: Registration<'_>) -> Result<Option<Model
         job_finished(r.job_id, model.as_str(), RunStatus::Succeeded, Some(version.version), r.promote.is_some(), None);
     notifications::enqueue(&tx, prefix, model.as_str(), finished).await?;
     tx.commit().await.map_err(DbError::from)?;
-    Ok(Some(version))
+    Ok(Registered::Done(Box::new(version)))
 }
 
 /// How a cancel request ended.
@@ -777,6 +814,10 @@ pub async fn retrain_seen(ctx: &Context, event_id: Uuid) -> Result<bool, DbError
 #[tracing::instrument(level = "debug", skip(ctx))]
 pub async fn busy_job(ctx: &Context, model: &str, cooldown_secs: f64) -> Result<Option<Uuid>, DbError> {
     let client = ctx.db.get().await?;
+    busy_job_in(&client, model, cooldown_secs).await
+}
+
+async fn busy_job_in(client: &impl GenericClient, model: &str, cooldown_secs: f64) -> Result<Option<Uuid>, DbError> {
     let row = client
         .query_opt(
             "SELECT id FROM training_jobs WHERE model = $1
