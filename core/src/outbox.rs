@@ -268,12 +268,23 @@ pub async fn publish_batch(ctx: &Context) -> Result<usize, RelayError> {
         .events
         .iter()
         .zip(&outcomes)
-        .filter_map(|(event, outcome)| outcome.as_ref().err().map(|err| (event.id, err.clone())))
+        .filter_map(|(event, outcome)| outcome.as_ref().err().map(|(err, _)| (event.id, err.clone())))
         .collect();
-    // A refusal is the row's own fault only while Kafka takes other events; during an outage
-    // every row is refused and none of them counts an attempt.
-    let blame_rows = !refused.is_empty() && (!sent.is_empty() || parking::kafka_up(ctx).await);
-    let parked = claimed.settle(ctx, &sent, if blame_rows { &refused } else { &[] }).await?;
+    // A refusal is the row's own fault only while Kafka takes other events, and only when it
+    // is not about Kafka's state: during an outage every row is refused, and a partition
+    // without a leader refuses its rows while the others go out; neither counts an attempt (a
+    // parked trial event would leave its job running forever).
+    let blamable: Vec<(Uuid, String)> = claimed
+        .events
+        .iter()
+        .zip(&outcomes)
+        .filter_map(|(event, outcome)| match outcome {
+            Err((err, false)) => Some((event.id, err.clone())),
+            _ => None,
+        })
+        .collect();
+    let blame_rows = !blamable.is_empty() && (!sent.is_empty() || parking::kafka_up(ctx).await);
+    let parked = claimed.settle(ctx, &sent, if blame_rows { &blamable } else { &[] }).await?;
     metrics::counter!("sluice_outbox_published_total").increment(sent.len() as u64);
     metrics::counter!("sluice_outbox_parked_total").increment(parked as u64);
     match refused.first() {
@@ -282,6 +293,33 @@ pub async fn publish_batch(ctx: &Context) -> Result<usize, RelayError> {
         }
         _ => Ok(total),
     }
+}
+
+/// Whether a refused send was about Kafka's state (a partition without a leader, a timeout, a
+/// full queue, brokers away) rather than the event itself: such a refusal passes with time.
+fn kafka_state(err: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        err.rdkafka_error_code(),
+        Some(
+            C::MessageTimedOut
+                | C::LeaderNotAvailable
+                | C::NotLeaderForPartition
+                | C::RequestTimedOut
+                | C::BrokerNotAvailable
+                | C::ReplicaNotAvailable
+                | C::NetworkException
+                | C::NotEnoughReplicas
+                | C::NotEnoughReplicasAfterAppend
+                | C::KafkaStorageError
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::OperationTimedOut
+                | C::QueueFull
+                | C::TimedOutQueue
+                | C::ThrottlingQuotaExceeded
+        )
+    ) || matches!(err, rdkafka::error::KafkaError::Canceled)
 }
 
 /// How long a topic's partition count is trusted before the broker is asked again.
@@ -372,12 +410,14 @@ impl<'a> Claimed<'a> {
     /// stored them) and the first error.
     pub async fn publish(&self, ctx: &Context) -> (Vec<Delivered>, Option<String>) {
         let outcomes = self.send(ctx).await;
-        let first_error = outcomes.iter().find_map(|o| o.as_ref().err().cloned());
+        let first_error = outcomes.iter().find_map(|o| o.as_ref().err().map(|(err, _)| err.clone()));
         (outcomes.into_iter().filter_map(Result::ok).collect(), first_error)
     }
 
     /// Sends every claimed event (pipelined); one outcome per event, in claim order.
-    async fn send(&self, ctx: &Context) -> Vec<Result<Delivered, String>> {
+    /// Publishes every claimed row; a refusal says whether it was about Kafka's state (true:
+    /// [`kafka_state`]) rather than the row.
+    async fn send(&self, ctx: &Context) -> Vec<Result<Delivered, (String, bool)>> {
         let mut counts = std::collections::HashMap::new();
         for event in self.events.iter().filter(|e| e.partition.is_some()) {
             if !counts.contains_key(&event.topic) {
@@ -403,7 +443,7 @@ impl<'a> Claimed<'a> {
                     metrics::histogram!("sluice_outbox_publish_delay_seconds").record(delay);
                     Ok(Delivered { id: event.id, partition: delivery.partition, offset: delivery.offset })
                 }
-                Err(err) => Err(err.to_string()),
+                Err(err) => Err((err.to_string(), kafka_state(&err))),
             })
             .collect()
     }
@@ -496,6 +536,19 @@ async fn prune(ctx: &Context) -> Result<u64, RelayError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_about_kafkas_state_is_told_from_one_about_the_event() {
+        use rdkafka::{error::KafkaError, types::RDKafkaErrorCode as C};
+        for code in
+            [C::MessageTimedOut, C::LeaderNotAvailable, C::NotLeaderForPartition, C::QueueFull, C::AllBrokersDown]
+        {
+            assert!(kafka_state(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+        for code in [C::MessageSizeTooLarge, C::InvalidMessageSize, C::UnknownPartition, C::InvalidRecord] {
+            assert!(!kafka_state(&KafkaError::MessageProduction(code)), "{code:?}");
+        }
+    }
 
     #[test]
     fn events_over_the_kafka_message_limit_are_refused_before_they_are_written() {
