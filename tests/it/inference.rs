@@ -397,7 +397,11 @@ async fn canary_splits_traffic_and_shadow_scores_without_answering() {
     })
     .await;
     assert!(shadow >= skipped, "most answers are shadowed: {shadow} shadowed, {skipped} skipped");
-    assert_eq!(app.count("SELECT count(*) FROM predictions WHERE NOT shadow").await, 200);
+    // Answers are recorded in the background too (the batch writer), within a second or so.
+    eventually(Duration::from_secs(30), "every answer recorded", || async {
+        (app.count("SELECT count(*) FROM predictions WHERE NOT shadow").await == 200).then_some(())
+    })
+    .await;
     // Each shadow prediction names the answer it shadowed; feedback on the answer scores both.
     assert_eq!(app.count("SELECT count(*) FROM predictions WHERE shadow AND shadow_of IS NULL").await, 0);
     let id = &shadowed[0];
