@@ -22,6 +22,9 @@ crate::text_enum! {
     pub enum LiveOutcome {
         Promoted = "promoted",
         Rejected = "rejected",
+        /// Production was moved to another version first (a rollback, another job's promotion):
+        /// the comparison's baseline is gone.
+        Superseded = "superseded",
     }
 }
 
@@ -70,6 +73,32 @@ pub async fn pending<C: GenericClient>(client: &C, model: &str) -> Result<Option
         )
         .await?;
     Ok(row.map(|r| Pending { candidate: r.get("candidate_version"), production: r.get("production_version") }))
+}
+
+/// Production moved to `production` by anything but the live gate promoting the candidate: a
+/// pending promotion was measured against a production that no longer serves, and would never
+/// be decided (the gate compares the candidate with the production it started against) while
+/// the candidate shadowed every request. It ends as superseded and its shadowing stops, in the
+/// move's transaction. `true` when one ended.
+pub async fn supersede<C: GenericClient>(client: &C, model: &str, production: i32) -> Result<bool, DbError> {
+    let reason = format!("production moved to v{production} before live feedback decided");
+    let ended = client
+        .execute(
+            "UPDATE live_promotions SET decided_at = now(), outcome = $2, reason = $3
+             WHERE model = $1 AND decided_at IS NULL AND candidate_version <> $4",
+            &[&model, &LiveOutcome::Superseded, &reason, &production],
+        )
+        .await?;
+    if ended == 1 {
+        client
+            .execute(
+                "UPDATE model_routing SET shadow_alias = NULL, updated_by = 'live-gate', updated_at = now()
+                 WHERE model = $1 AND shadow_alias = $2",
+                &[&model, &CANDIDATE_ALIAS],
+            )
+            .await?;
+    }
+    Ok(ended == 1)
 }
 
 /// Records the decision and stops the shadowing; `false` when another process decided first.

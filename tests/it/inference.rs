@@ -791,3 +791,42 @@ async fn two_replicas_share_one_drift_verdict() {
     let requests = read_topic(&first.ctx.config, retrain.as_str(), 2, Duration::from_secs(3)).await;
     assert_eq!(requests.len(), 1, "one retrain request for the model, not one per replica: {requests:?}");
 }
+
+/// A pending live promotion whose production is moved by anything but the live gate (a rollback
+/// here) ends as superseded and its shadowing stops: the gate compares the candidate with the
+/// production it started against, so it would never decide, and the candidate would shadow every
+/// request. The gate's own move to the candidate leaves the promotion to the gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_promotion_is_superseded_when_production_moves_to_another_version() {
+    let env = TestEnv::new().await;
+    let app = inference_app(&env).await;
+    let first = register_trained(&app, "gated", 11, 1).await;
+    let second = register_trained(&app, "gated", 12, 1).await;
+    let third = register_trained(&app, "gated", 13, 1).await;
+    move_alias(&app, "gated", "production", second).await;
+    move_alias(&app, "gated", "candidate", third).await;
+    let client = app.ctx.db.get().await.expect("connection");
+    sluice_core::live::start(&client, "gated", third, second, Uuid::now_v7()).await.expect("a pending live promotion");
+    let state = || async {
+        let client = app.ctx.db.get().await.expect("connection");
+        let row = client
+            .query_one("SELECT decided_at IS NOT NULL, outcome FROM live_promotions WHERE model = 'gated'", &[])
+            .await
+            .expect("the promotion");
+        let shadow: Option<String> = client
+            .query_opt("SELECT shadow_alias FROM model_routing WHERE model = 'gated'", &[])
+            .await
+            .expect("routing")
+            .and_then(|r| r.get(0));
+        (row.get::<_, bool>(0), row.get::<_, Option<String>>(1), shadow)
+    };
+    assert_eq!(state().await, (false, None, Some("candidate".to_owned())), "pending and shadowing");
+    // A rollback to the first version: the comparison's baseline is gone.
+    move_alias(&app, "gated", "production", first).await;
+    assert_eq!(state().await, (true, Some("superseded".to_owned()), None));
+
+    // Moving production to the candidate itself (as the gate does) supersedes nothing.
+    sluice_core::live::start(&client, "gated", third, first, Uuid::now_v7()).await.expect("pending again");
+    move_alias(&app, "gated", "production", third).await;
+    assert_eq!(state().await.0, false, "left to the gate to decide");
+}

@@ -159,6 +159,9 @@ pub async fn move_alias(
     .await?;
     let (at, revision, aliases) = record_change(tx, model, alias, from, Some(version), actor, reason).await?;
     (moved.at, moved.changed) = (at, true);
+    if alias.as_str() == AliasName::PRODUCTION {
+        crate::live::supersede(tx, model.as_str(), version).await?;
+    }
     let event = AliasMoved {
         model: model.to_string(),
         alias: alias.to_string(),
