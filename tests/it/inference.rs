@@ -828,5 +828,5 @@ async fn a_live_promotion_is_superseded_when_production_moves_to_another_version
     // Moving production to the candidate itself (as the gate does) supersedes nothing.
     sluice_core::live::start(&client, "gated", third, first, Uuid::now_v7()).await.expect("pending again");
     move_alias(&app, "gated", "production", third).await;
-    assert_eq!(state().await.0, false, "left to the gate to decide");
+    assert!(!state().await.0, "left to the gate to decide");
 }
