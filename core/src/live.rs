@@ -90,13 +90,7 @@ pub async fn supersede<C: GenericClient>(client: &C, model: &str, production: i3
         )
         .await?;
     if ended == 1 {
-        client
-            .execute(
-                "UPDATE model_routing SET shadow_alias = NULL, updated_by = 'live-gate', updated_at = now()
-                 WHERE model = $1 AND shadow_alias = $2",
-                &[&model, &CANDIDATE_ALIAS],
-            )
-            .await?;
+        stop_shadowing(client, model).await?;
     }
     Ok(ended == 1)
 }
@@ -117,13 +111,19 @@ pub async fn decide<C: GenericClient>(
         )
         .await?;
     if decided == 1 {
-        client
-            .execute(
-                "UPDATE model_routing SET shadow_alias = NULL, updated_by = 'live-gate', updated_at = now()
-                 WHERE model = $1 AND shadow_alias = $2",
-                &[&model, &CANDIDATE_ALIAS],
-            )
-            .await?;
+        stop_shadowing(client, model).await?;
     }
     Ok(decided == 1)
+}
+
+/// Stops the candidate's shadowing of `model` (if the candidate is what shadows it).
+async fn stop_shadowing<C: GenericClient>(client: &C, model: &str) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE model_routing SET shadow_alias = NULL, updated_by = 'live-gate', updated_at = now()
+             WHERE model = $1 AND shadow_alias = $2",
+            &[&model, &CANDIDATE_ALIAS],
+        )
+        .await?;
+    Ok(())
 }
