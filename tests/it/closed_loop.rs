@@ -350,7 +350,9 @@ async fn if_better_live_promotes_the_candidate_once_live_feedback_shows_it_bette
     // production (answers then come from version 2).
     let mut last = None;
     let mut answered_by_v1 = 0;
-    for (png, label) in images(60, 7, 0) {
+    // Up to 200 answers: on a loaded machine some shadow scorings are skipped (at most
+    // `SHADOWS_IN_FLIGHT` run at once), so the gate may need more answers than on a quiet one.
+    for (png, label) in images(200, 7, 0) {
         let response = app.http.post(app.url("/v1/models/loop/predict")).bearer_auth(&app.admin_token);
         let (status, answer) =
             json_of(response.header("content-type", "image/png").body(png).send().await.expect("predict")).await;
