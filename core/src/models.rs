@@ -28,8 +28,8 @@ pub use events::{AliasMoved, AliasRemoved, ModelEvent, ModelVersionRegistered};
 pub use names::{AliasName, ModelName};
 pub use policy::{AutoPromote, MAX_PROTECTED_ALIASES, Policy, policy, set_policy};
 pub use store::{
-    MAX_ALIASES, aliases, exists, get_template, get_version, move_alias, register, remove_alias, resolve_alias,
-    revision, set_template, versions,
+    AliasState, MAX_ALIASES, alias_state, aliases, exists, get_template, get_version, move_alias, register,
+    remove_alias, resolve_alias, set_template, versions,
 };
 
 use crate::{db::DbError, outbox::RelayError, pipeline::PipelineSpec, s3::S3Error};

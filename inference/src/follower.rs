@@ -36,11 +36,10 @@ async fn reconcile(served: Arc<Served>, shutdown: Shutdown) {
         for model in served.served_models() {
             let Ok(name) = ModelName::parse(&model) else { continue };
             let Ok(client) = served.ctx.db.get().await else { break };
-            let revision = models::revision(&client, &name).await;
-            let aliases = models::aliases(&client, &name).await;
+            let state = models::alias_state(&client, &name).await;
             drop(client);
-            if let (Ok(Some(revision)), Ok(aliases)) = (revision, aliases) {
-                served.apply_aliases(&model, revision, &aliases, true).await;
+            if let Ok(Some(state)) = state {
+                served.apply_aliases(&model, state.revision, &state.aliases, true).await;
             }
         }
     }

@@ -89,6 +89,24 @@ pub struct Routing {
 }
 
 type VersionKey = (String, i32);
+type AliasKey = (String, String);
+
+/// Where a served alias points, and the revision of the model's alias state that said so: a
+/// state older than the one an alias follows never moves it, however late it arrives or
+/// however long its version took to load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pointer {
+    version: i32,
+    revision: i64,
+}
+
+impl Pointer {
+    /// Whether the state at `revision` may move an alias that follows this pointer (the same
+    /// revision `again`: a resync).
+    fn yields_to(self, revision: i64, again: bool) -> bool {
+        self.revision < revision || (self.revision == revision && again)
+    }
+}
 
 /// A version this process has loaded or is loading, and when a request last used it.
 #[derive(Debug)]
@@ -104,8 +122,8 @@ pub struct Served {
     /// Loaded versions, bounded by `inference.max_loaded_versions` and `max_loaded_bytes`
     /// (least recently used first out); only versions that exist ever get a slot kept.
     versions: Mutex<HashMap<VersionKey, Slot>>,
-    aliases: RwLock<HashMap<(String, String), i32>>,
-    revisions: Mutex<HashMap<String, i64>>,
+    /// Served aliases, each with the model revision whose state it follows.
+    aliases: RwLock<HashMap<AliasKey, Pointer>>,
     routing: Brief<Routing>,
     captures: Brief<Option<CapturePolicy>>,
     /// Whether a version's last cluster-wide drift verdict is drift, by `model/version`.
@@ -113,6 +131,31 @@ pub struct Served {
     /// Captured inputs written to S3 but not yet enqueued (bounded: beyond it they are dropped).
     captures_in_flight: AtomicUsize,
     last_retrain: Mutex<HashMap<String, Instant>>,
+    /// Versions whose artifact was read and refused, not read again until their back-off ends.
+    refused: Mutex<HashMap<VersionKey, Refusal>>,
+}
+
+/// A version whose artifact was read whole and refused (its bytes differ from the registered
+/// sha256, or its weights or reference statistics are unreadable). Reading it again reads the
+/// same bytes, so neither the reconciler nor requests naming the version read it again before
+/// `until`: the back-off doubles from [`REFUSAL_BACKOFF_FIRST`] to [`REFUSAL_BACKOFF_MAX`] with
+/// each refusal. A missing artifact costs one request and is not backed off.
+#[derive(Debug)]
+struct Refusal {
+    reason: String,
+    until: Instant,
+    refusals: u32,
+}
+
+const REFUSAL_BACKOFF_FIRST: Duration = Duration::from_secs(30);
+const REFUSAL_BACKOFF_MAX: Duration = Duration::from_secs(600);
+/// Most refused versions remembered; past it, those whose back-off ended are forgotten, then all.
+const MAX_REFUSALS: usize = 1024;
+
+impl Refusal {
+    fn backoff(refusals: u32) -> Duration {
+        REFUSAL_BACKOFF_FIRST.saturating_mul(1 << refusals.saturating_sub(1).min(16)).min(REFUSAL_BACKOFF_MAX)
+    }
 }
 
 /// One served input a capture policy keeps.
@@ -167,21 +210,18 @@ impl<V: Clone> Brief<V> {
     }
 }
 
-/// Most models whose last applied alias revision a replica remembers.
-const MAX_REVISIONS: usize = 65_536;
-
 impl Served {
     pub fn new(ctx: Context) -> Arc<Self> {
         Arc::new(Self {
             ctx,
             versions: Mutex::default(),
             aliases: RwLock::default(),
-            revisions: Mutex::default(),
             routing: Brief::default(),
             captures: Brief::default(),
             drifting: Brief::default(),
             captures_in_flight: AtomicUsize::new(0),
             last_retrain: Mutex::default(),
+            refused: Mutex::default(),
         })
     }
 
@@ -211,28 +251,38 @@ impl Served {
 
     async fn alias_version(&self, model: &ModelName, alias: &AliasName) -> Result<i32, ServeError> {
         let key = (model.as_str().to_owned(), alias.as_str().to_owned());
-        if let Some(version) = self.aliases.read().expect("alias lock").get(&key) {
-            return Ok(*version);
+        if let Some(pointer) = self.aliases.read().expect("alias lock").get(&key) {
+            return Ok(pointer.version);
         }
-        let version = self.stored_alias(model, alias).await?;
-        self.aliases.write().expect("alias lock").insert(key, version);
-        metrics::gauge!("sluice_inference_served_version", "model" => model.to_string(), "alias" => alias.to_string())
-            .set(f64::from(version));
-        Ok(version)
+        let pointer = self.stored_alias(model, alias).await?;
+        if self.point(&key, pointer, true) {
+            metrics::gauge!("sluice_inference_served_version", "model" => model.to_string(), "alias" => alias.to_string())
+                .set(f64::from(pointer.version));
+        }
+        Ok(pointer.version)
+    }
+
+    /// Points `key` at `next` unless it already follows a newer state (the same one only
+    /// `again`); whether it did.
+    fn point(&self, key: &AliasKey, next: Pointer, again: bool) -> bool {
+        let mut aliases = self.aliases.write().expect("alias lock");
+        if aliases.get(key).is_some_and(|current| !current.yields_to(next.revision, again)) {
+            return false;
+        }
+        aliases.insert(key.clone(), next);
+        true
     }
 
     /// Where `alias` points in PostgreSQL now, bypassing this process's alias map.
-    async fn stored_alias(&self, model: &ModelName, alias: &AliasName) -> Result<i32, ServeError> {
+    async fn stored_alias(&self, model: &ModelName, alias: &AliasName) -> Result<Pointer, ServeError> {
         let client = self.ctx.db.get().await?;
-        let aliases = models::aliases(&client, model).await?;
-        if let Some(&version) = aliases.get(alias.as_str()) {
-            return Ok(version);
+        let Some(state) = models::alias_state(&client, model).await? else {
+            return Err(ServeError::UnknownModel(model.to_string()));
+        };
+        match state.aliases.get(alias.as_str()) {
+            Some(&version) => Ok(Pointer { version, revision: state.revision }),
+            None => Err(ServeError::UnknownAlias { model: model.to_string(), alias: alias.to_string() }),
         }
-        Err(if models::exists(&client, model).await? {
-            ServeError::UnknownAlias { model: model.to_string(), alias: alias.to_string() }
-        } else {
-            ServeError::UnknownModel(model.to_string())
-        })
     }
 
     /// A version's class labels: the loaded version's when this process has it, else the
@@ -253,6 +303,9 @@ impl Served {
     /// so a later request tries again and a version that does not exist holds no memory.
     pub async fn load(&self, model: &ModelName, version: i32) -> Result<Arc<LoadedVersion>, ServeError> {
         let key = (model.as_str().to_owned(), version);
+        if let Some(reason) = self.backing_off(&key) {
+            return Err(ServeError::Unloadable { model: model.to_string(), version, reason });
+        }
         let cell = {
             let mut versions = self.versions.lock().expect("versions lock");
             let slot =
@@ -269,10 +322,38 @@ impl Served {
                     versions.remove(&key);
                 }
             }
-            Ok(_) if fresh => self.evict(&key),
+            Ok(_) if fresh => {
+                self.refused.lock().expect("refusal lock").remove(&key);
+                self.evict(&key);
+            }
             Ok(_) => {}
         }
         loaded
+    }
+
+    /// Why `key` was refused, while its back-off lasts.
+    fn backing_off(&self, key: &VersionKey) -> Option<String> {
+        let refused = self.refused.lock().expect("refusal lock");
+        let refusal = refused.get(key).filter(|refusal| refusal.until > Instant::now())?;
+        let left = refusal.until.saturating_duration_since(Instant::now()).as_secs() + 1;
+        Some(format!("{} (refused {} times; not read again for {left} s)", refusal.reason, refusal.refusals))
+    }
+
+    /// Records that `key`'s artifact was read and refused, and starts or doubles its back-off.
+    fn note_refusal(&self, key: &VersionKey, reason: &str) {
+        let mut refused = self.refused.lock().expect("refusal lock");
+        if refused.len() >= MAX_REFUSALS && !refused.contains_key(key) {
+            let now = Instant::now();
+            refused.retain(|_, refusal| refusal.until > now);
+            if refused.len() >= MAX_REFUSALS {
+                refused.clear();
+            }
+        }
+        let refusals = refused.get(key).map_or(1, |refusal| refusal.refusals.saturating_add(1));
+        let backoff = Refusal::backoff(refusals);
+        tracing::warn!(model = %key.0, version = key.1, refusals, backoff_secs = backoff.as_secs(),
+            "not reading this version's artifact again until its back-off ends");
+        refused.insert(key.clone(), Refusal { reason: reason.to_owned(), until: Instant::now() + backoff, refusals });
     }
 
     /// Drops the least recently used loaded versions until the bounds hold, versions no alias
@@ -280,7 +361,7 @@ impl Served {
     fn evict(&self, keep: &VersionKey) {
         let config = &self.ctx.config.inference;
         let aliased: std::collections::HashSet<VersionKey> =
-            self.aliases.read().expect("alias lock").iter().map(|((m, _), v)| (m.clone(), *v)).collect();
+            self.aliases.read().expect("alias lock").iter().map(|((m, _), p)| (m.clone(), p.version)).collect();
         let mut versions = self.versions.lock().expect("versions lock");
         let mut loaded: Vec<(bool, Instant, VersionKey, u64)> = versions
             .iter()
@@ -316,7 +397,7 @@ impl Served {
     /// loaded: batch jobs pin it at submission and load it on a worker.
     pub async fn pin(&self, model: &ModelName, target: &Target) -> Result<i32, ServeError> {
         match target {
-            Target::Alias(alias) => self.stored_alias(model, alias).await,
+            Target::Alias(alias) => self.stored_alias(model, alias).await.map(|pointer| pointer.version),
             Target::Version(version) => self.record(model, *version).await.map(|record| record.version),
         }
     }
@@ -341,25 +422,29 @@ impl Served {
                 "version" => version.to_string(), "outcome" => outcome)
             .increment(1);
         };
-        let unloadable = |reason: String| ServeError::Unloadable { model: model.to_string(), version, reason };
+        let key = (model.as_str().to_owned(), version);
+        // Refused for what the version holds: counted, alerted on (SluiceModelLoadRefused) and,
+        // when its artifact was read, backed off.
+        let refuse = |reason: String, read: bool| {
+            outcome("refused");
+            tracing::error!(model = %model, version, reason, "refusing to serve a model version");
+            if read {
+                self.note_refusal(&key, &reason);
+            }
+            ServeError::Unloadable { model: model.to_string(), version, reason }
+        };
+        let reference: Reference = serde_json::from_value(record.reference.clone())
+            .map_err(|e| refuse(format!("its reference statistics are unreadable: {e}"), true))?;
         let bytes = match models::load_artifact(&self.ctx.s3, &self.ctx.config.s3.bucket, &record).await {
             Ok(bytes) => bytes,
-            Err(err @ (RegistryError::Tampered { .. } | RegistryError::MissingArtifact { .. })) => {
-                outcome("refused");
-                tracing::error!(error = %err, "refusing to serve a model version");
-                return Err(unloadable(err.to_string()));
-            }
+            Err(err @ RegistryError::MissingArtifact { .. }) => return Err(refuse(err.to_string(), false)),
+            Err(err @ RegistryError::Tampered { .. }) => return Err(refuse(err.to_string(), true)),
             Err(err) => return Err(err.into()),
         };
         let network = tokio::task::spawn_blocking(move || Network::load(&bytes))
             .await
-            .map_err(|e| unloadable(e.to_string()))?
-            .map_err(|e| {
-                outcome("refused");
-                unloadable(e.to_string())
-            })?;
-        let reference: Reference = serde_json::from_value(record.reference.clone())
-            .map_err(|e| unloadable(format!("its reference statistics are unreadable: {e}")))?;
+            .map_err(|e| refuse(format!("loading its weights failed: {e}"), true))?
+            .map_err(|e| refuse(e.to_string(), true))?;
         let temperature = reference.temperature;
         let config = &self.ctx.config.inference;
         let batcher = Batcher::spawn(
@@ -382,11 +467,11 @@ impl Served {
     /// process serves move once their new version is loaded and verified, so requests never see
     /// a half-loaded model and in-flight requests finish on the old one.
     ///
-    /// An event applies only past the last revision seen, so an older one arriving late changes
-    /// nothing. A `resync` (the reconciler's read of PostgreSQL) applies the last revision again
-    /// too: a load that failed (S3 or PostgreSQL away for a moment), or an alias first served
-    /// from a read made just before the move, is put right on the next pass instead of
-    /// serving the old version until the model's next change.
+    /// A state applies only to aliases following an older revision, so one arriving late, or
+    /// whose version loaded after a newer state was applied, changes nothing. A `resync` (the
+    /// reconciler's read of PostgreSQL) applies the same revision again too: a load that failed
+    /// (S3 or PostgreSQL away for a moment) is put right on the next pass instead of serving
+    /// the old version until the model's next change.
     pub async fn apply_aliases(
         self: &Arc<Self>,
         model: &str,
@@ -395,52 +480,52 @@ impl Served {
         resync: bool,
     ) {
         let Ok(name) = ModelName::parse(model) else { return };
-        {
-            let mut revisions = self.revisions.lock().expect("revision lock");
-            if revisions.len() >= MAX_REVISIONS && !revisions.contains_key(model) {
-                // Bounded however many model names the topic carries: models this replica does
-                // not serve are forgotten (their next change is read whole when first served).
-                let aliases = self.aliases.read().expect("alias lock");
-                revisions.retain(|m, _| aliases.keys().any(|(served, _)| served == m));
-            }
-            let last = revisions.entry(model.to_owned()).or_insert(i64::MIN);
-            if revision < *last || (revision == *last && !resync) {
-                return;
-            }
-            *last = revision;
-        }
-        let served: Vec<(String, i32)> = self
+        let served: Vec<(String, Pointer)> = self
             .aliases
             .read()
             .expect("alias lock")
             .iter()
-            .filter(|((m, _), _)| m == model)
-            .map(|((_, alias), version)| (alias.clone(), *version))
+            .filter(|((m, _), pointer)| m == model && pointer.yields_to(revision, resync))
+            .map(|((_, alias), pointer)| (alias.clone(), *pointer))
             .collect();
         for (alias, current) in served {
             let key = (model.to_owned(), alias.clone());
             match aliases.get(&alias) {
                 None => {
-                    self.aliases.write().expect("alias lock").remove(&key);
+                    let mut served = self.aliases.write().expect("alias lock");
+                    if served.get(&key).is_some_and(|pointer| pointer.yields_to(revision, resync)) {
+                        served.remove(&key);
+                    }
                 }
-                Some(&next) if next != current => match self.load(&name, next).await {
-                    Ok(_) => {
-                        self.aliases.write().expect("alias lock").insert(key, next);
+                Some(&next) if next != current.version => match self.load(&name, next).await {
+                    Ok(_) if self.point(&key, Pointer { version: next, revision }, resync) => {
                         metrics::gauge!("sluice_inference_served_version", "model" => model.to_owned(), "alias" => alias.clone())
                             .set(f64::from(next));
                         tracing::info!(
                             model,
                             alias,
-                            from = current,
+                            from = current.version,
                             to = next,
                             "alias moved; now serving the new version"
+                        );
+                    }
+                    Ok(_) => {
+                        tracing::info!(
+                            model,
+                            alias,
+                            version = next,
+                            revision,
+                            "a newer alias state was applied while this one loaded"
                         );
                     }
                     Err(err) => {
                         tracing::error!(model, alias, version = next, error = %err, "cannot load the new version; still serving the old one");
                     }
                 },
-                Some(_) => {}
+                // Unmoved: it now follows this revision, so an older state arriving late cannot move it.
+                Some(&next) => {
+                    self.point(&key, Pointer { version: next, revision }, resync);
+                }
             }
         }
     }
@@ -603,5 +688,17 @@ impl Served {
                 Err(err) => served.retrain_not_requested(&model, &err),
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_versions_back_off_doubles_up_to_its_cap() {
+        let secs = |refusals| Refusal::backoff(refusals).as_secs();
+        assert_eq!([1, 2, 3, 4, 5, 6, 7].map(secs), [30, 60, 120, 240, 480, 600, 600]);
+        assert_eq!(secs(u32::MAX), 600, "no overflow however often it is refused");
     }
 }

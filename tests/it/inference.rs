@@ -8,12 +8,14 @@ use sha2::{Digest, Sha256};
 use sluice::Service;
 use sluice_core::{
     auth::Scope,
+    live::{self, LiveOutcome, Pending},
     models::{self, AliasName, Lineage, ModelName, NewVersion},
     pipeline::PipelineSpec,
     reference::Reference,
     topics::Topic,
     training::artifact_key,
 };
+use sluice_inference::serving::{Served, Target};
 use sluice_nn::{
     Architecture, Hyper, Samples, Session, SessionSpec,
     synthetic::{self, SyntheticSpec},
@@ -759,6 +761,87 @@ async fn a_move_whose_version_cannot_load_yet_is_applied_once_it_can() {
     .await;
 }
 
+/// An alias state that finishes loading after a newer one was applied (its version's artifact
+/// slow to read, the newer one already loaded) does not move the alias back to its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_alias_state_that_loads_last_does_not_overwrite_a_newer_one() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
+    let versions = [
+        register_trained(&app, "racing", 61, 1).await,
+        register_trained(&app, "racing", 62, 1).await,
+        register_trained(&app, "racing", 63, 1).await,
+    ];
+    move_alias(&app, "racing", "production", versions[0]).await;
+    let served = Served::new(app.ctx.clone());
+    let (name, production) =
+        (ModelName::parse("racing").expect("name"), AliasName::parse("production").expect("alias"));
+    let target = Target::Alias(production.clone());
+    served.resolve(&name, &target).await.expect("the first version serves");
+    served.load(&name, versions[2]).await.expect("the newest version is loaded already");
+    let state = |version: i32| std::collections::BTreeMap::from([(production.to_string(), version)]);
+    let (older, newer) = (state(versions[1]), state(versions[2]));
+    // The older state starts first and waits on PostgreSQL and S3 for its version; the newer one
+    // moves the alias at once.
+    tokio::join!(served.apply_aliases("racing", 10, &older, false), served.apply_aliases("racing", 11, &newer, false));
+    assert_eq!(served.version_of(&name, &target).await.expect("served"), versions[2]);
+    assert_eq!(served.resolve(&name, &target).await.expect("served").version.version, versions[2]);
+}
+
+/// A version whose artifact was read and refused is not read again for a while, however many
+/// requests name it and however often the reconciler retries its alias: each read costs the
+/// whole artifact, and the bytes are the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_artifact_is_not_read_again_during_its_back_off() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.inference.alias_reconcile_secs = 1;
+    let app = RunningApp::spawn_services(config, &[Service::Inference, Service::Registry]).await;
+    let good = register_trained(&app, "refusing", 71, 1).await;
+    let bad = register_trained(&app, "refusing", 72, 1).await;
+    move_alias(&app, "refusing", "production", good).await;
+    let body = png(&samples(1, 73), 0, 0);
+    assert_eq!(predict(&app, &app.admin_token, "refusing", "", body.clone()).await.1["version"], good);
+    let client = app.ctx.db.get().await.expect("connection");
+    let key: String = client
+        .query_one("SELECT artifact_key FROM model_versions WHERE model = 'refusing' AND version = $1", &[&bad])
+        .await
+        .expect("artifact key")
+        .get(0);
+    let (s3, bucket) = (&app.ctx.s3, app.ctx.config.s3.bucket.as_str());
+    let mut artifact =
+        sluice_core::s3::get_bytes(s3, bucket, &key).await.expect("read").expect("the artifact").to_vec();
+    artifact[100] ^= 1;
+    sluice_core::s3::put_bytes(s3, bucket, &key, artifact, "application/octet-stream").await.expect("tamper");
+
+    let query = format!("?version={bad}");
+    for attempt in 0..5 {
+        let (status, answer) = predict(&app, &app.admin_token, "refusing", &query, body.clone()).await;
+        assert_eq!((status, &answer["error"]["code"]), (422, &json!("model_unloadable")), "{answer}");
+        let message = answer["error"]["message"].as_str().expect("message");
+        assert!(message.contains("does not match its registration"), "says why: {message}");
+        assert_eq!(message.contains("not read again"), attempt > 0, "{message}");
+    }
+    move_alias(&app, "refusing", "production", bad).await;
+    // The follower's event and three reconciler passes all find the version backing off.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, answer) = predict(&app, &app.admin_token, "refusing", "", body.clone()).await;
+    assert_eq!((status, &answer["version"]), (200, &json!(good)), "the old version still serves: {answer}");
+    let metrics = app.get("/metrics").await.1;
+    let refused = metrics
+        .as_str()
+        .expect("text")
+        .lines()
+        .find(|line| {
+            line.starts_with("sluice_inference_model_loads_total{")
+                && line.contains("model=\"refusing\"")
+                && line.contains(&format!("version=\"{bad}\""))
+                && line.contains("outcome=\"refused\"")
+        })
+        .map(|line| line.rsplit(' ').next().expect("value").to_owned());
+    assert_eq!(refused.as_deref(), Some("1"), "one read of the artifact, then the back-off");
+}
+
 /// Two inference replicas serve one model, each getting half the requests: the drift monitor
 /// keeps one window for the version, so both answer the same cluster-wide verdict, the checks
 /// count every request of both, and a shift requests retraining once.
@@ -806,7 +889,7 @@ async fn a_live_promotion_is_superseded_when_production_moves_to_another_version
     move_alias(&app, "gated", "production", second).await;
     move_alias(&app, "gated", "candidate", third).await;
     let client = app.ctx.db.get().await.expect("connection");
-    sluice_core::live::start(&client, "gated", third, second, Uuid::now_v7()).await.expect("a pending live promotion");
+    live::start(&client, "gated", third, second, Uuid::now_v7()).await.expect("a pending live promotion");
     let state = || async {
         let client = app.ctx.db.get().await.expect("connection");
         let row = client
@@ -826,7 +909,19 @@ async fn a_live_promotion_is_superseded_when_production_moves_to_another_version
     assert_eq!(state().await, (true, Some("superseded".to_owned()), None));
 
     // Moving production to the candidate itself (as the gate does) supersedes nothing.
-    sluice_core::live::start(&client, "gated", third, first, Uuid::now_v7()).await.expect("pending again");
+    live::start(&client, "gated", third, first, Uuid::now_v7()).await.expect("pending again");
     move_alias(&app, "gated", "production", third).await;
     assert!(!state().await.0, "left to the gate to decide");
+
+    // The gate decides the promotion its evidence was gathered for, not one a job started in
+    // between with another candidate.
+    let gathered = Pending { candidate: second, production: third };
+    live::start(&client, "gated", second, third, Uuid::now_v7()).await.expect("pending");
+    live::start(&client, "gated", first, third, Uuid::now_v7()).await.expect("restarted with another candidate");
+    let decided = live::decide(&client, "gated", gathered, LiveOutcome::Promoted, "evidence on v2").await;
+    assert!(!decided.expect("decide"), "the promotion pending now is another one");
+    assert_eq!(state().await, (false, None, Some("candidate".to_owned())), "still pending and shadowing");
+    let now = Pending { candidate: first, production: third };
+    assert!(live::decide(&client, "gated", now, LiveOutcome::Rejected, "evidence on v1").await.expect("decide"));
+    assert_eq!(state().await, (true, Some("rejected".to_owned()), None));
 }

@@ -361,10 +361,28 @@ pub async fn exists(client: &impl GenericClient, model: &ModelName) -> Result<bo
     Ok(row.is_some())
 }
 
-/// The model's revision (bumped by every alias change; followers compare it), or `None` for an
-/// unknown model.
+/// Every alias of a model and the revision they are at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AliasState {
+    pub revision: i64,
+    pub aliases: BTreeMap<String, i32>,
+}
+
+/// The model's revision and every alias, read in one statement (so from one snapshot: the
+/// aliases are those of that revision), or `None` for an unknown model.
 #[tracing::instrument(level = "debug", skip(client))]
-pub async fn revision(client: &impl GenericClient, model: &ModelName) -> Result<Option<i64>, crate::db::DbError> {
-    let row = client.query_opt("SELECT revision FROM models WHERE name = $1", &[&model.as_str()]).await?;
-    Ok(row.map(|row| row.get("revision")))
+pub async fn alias_state(client: &impl GenericClient, model: &ModelName) -> Result<Option<AliasState>, RegistryError> {
+    let rows = client
+        .query(
+            "SELECT m.revision, a.alias, a.version FROM models m
+             LEFT JOIN model_aliases a ON a.model = m.name WHERE m.name = $1",
+            &[&model.as_str()],
+        )
+        .await?;
+    let Some(first) = rows.first() else { return Ok(None) };
+    let aliases = rows
+        .iter()
+        .filter_map(|row| Some((row.get::<_, Option<String>>("alias")?, row.get::<_, Option<i32>>("version")?)))
+        .collect();
+    Ok(Some(AliasState { revision: first.get("revision"), aliases }))
 }
