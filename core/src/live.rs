@@ -95,19 +95,22 @@ pub async fn supersede<C: GenericClient>(client: &C, model: &str, production: i3
     Ok(ended == 1)
 }
 
-/// Records the decision and stops the shadowing; `false` when another process decided first.
+/// Records the decision on `pending` and stops the shadowing; `false` when another process
+/// decided first, or the promotion pending now is another one (a job restarted it with another
+/// candidate, or production moved) than the one the evidence was gathered for.
 #[tracing::instrument(level = "debug", skip(client, reason))]
 pub async fn decide<C: GenericClient>(
     client: &C,
     model: &str,
+    pending: Pending,
     outcome: LiveOutcome,
     reason: &str,
 ) -> Result<bool, DbError> {
     let decided = client
         .execute(
             "UPDATE live_promotions SET decided_at = now(), outcome = $2, reason = $3
-             WHERE model = $1 AND decided_at IS NULL",
-            &[&model, &outcome, &reason],
+             WHERE model = $1 AND decided_at IS NULL AND candidate_version = $4 AND production_version = $5",
+            &[&model, &outcome, &reason, &pending.candidate, &pending.production],
         )
         .await?;
     if decided == 1 {

@@ -347,14 +347,14 @@ async fn live_gate(state: &AppState, model: &ModelName, comparison: &ShadowCompa
     let tx = client.transaction().await?;
     let outcome = if better <= alpha && gain >= margin && shadow_only > primary_only {
         let production = models::AliasName::parse(models::AliasName::PRODUCTION).expect("a valid alias");
-        if !live::decide(&tx, model.as_str(), LiveOutcome::Promoted, &reason).await? {
+        if !live::decide(&tx, model.as_str(), pending, LiveOutcome::Promoted, &reason).await? {
             return Ok(());
         }
         let prefix = &served.ctx.config.kafka.topic_prefix;
         models::move_alias(&tx, prefix, model, &production, pending.candidate, "inference:live-gate", &reason).await?;
         LiveOutcome::Promoted
     } else if worse <= alpha {
-        if !live::decide(&tx, model.as_str(), LiveOutcome::Rejected, &reason).await? {
+        if !live::decide(&tx, model.as_str(), pending, LiveOutcome::Rejected, &reason).await? {
             return Ok(());
         }
         LiveOutcome::Rejected
