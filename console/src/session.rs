@@ -103,10 +103,9 @@ pub(crate) async fn sign_in(
         return Err(attempt.failed(&ctx, unknown));
     }
     let principal = attempt.verify_token(&ctx, token).await?.ok_or_else(|| attempt.failed(&ctx, unknown))?;
+    let secure = sessions::wants_secure(&ctx.config.http, &headers);
     // Signing in again replaces the browser's previous session.
-    if let Some(previous) =
-        sessions::cookie(&headers, sessions::wants_secure(&ctx.config.http, &headers)).and_then(SessionSecret::parse)
-    {
+    if let Some(previous) = sessions::cookie(&headers, secure).and_then(SessionSecret::parse) {
         sessions::end(&ctx.db, &previous).await.map_err(|e| AuthRejection::Api(e.to_api()))?;
     }
     let secret = SessionSecret::generate();
@@ -116,10 +115,10 @@ pub(crate) async fn sign_in(
         .map_err(|e| AuthRejection::Api(e.to_api()))?
         .ok_or_else(|| attempt.failed(&ctx, unknown))?;
     tracing::info!(token = %principal.name, token_id = %principal.token_id, "console sign-in");
-    let cookie = sessions::set_cookie(&secret, ttl, sessions::wants_secure(&ctx.config.http, &headers));
+    let cookie = sessions::set_cookie(&secret, ttl, secure);
     let view = SessionView::new(principal, Some((&secret, expires_at)));
     let response = private((StatusCode::CREATED, Json(view)).into_response(), &cookie);
-    retire_plain_cookie(&ctx, &headers, response).await
+    retire_plain_cookie(&ctx, &headers, secure, response).await
 }
 
 /// Who is signed in: the token's name and scopes, and for a console session its CSRF token.
@@ -154,9 +153,8 @@ pub(crate) async fn whoami(
         (status = 403, description = "`csrf_failed`: a live session without its `X-CSRF-Token`.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub(crate) async fn sign_out(State(ctx): State<Context>, headers: HeaderMap) -> Result<Response, AuthRejection> {
-    if let Some(secret) =
-        sessions::cookie(&headers, sessions::wants_secure(&ctx.config.http, &headers)).and_then(SessionSecret::parse)
-    {
+    let secure = sessions::wants_secure(&ctx.config.http, &headers);
+    if let Some(secret) = sessions::cookie(&headers, secure).and_then(SessionSecret::parse) {
         let live = sessions::find(&ctx.db, &secret).await.map_err(|e| AuthRejection::Api(e.to_api()))?;
         if let Some(session) = live {
             if !sessions::csrf_presented(&secret, &headers) {
@@ -166,12 +164,12 @@ pub(crate) async fn sign_out(State(ctx): State<Context>, headers: HeaderMap) -> 
             tracing::info!(token = %session.principal.name, token_id = %session.principal.token_id, "console sign-out");
         }
     }
-    let cookie = sessions::clear_cookie(sessions::wants_secure(&ctx.config.http, &headers));
+    let cookie = sessions::clear_cookie(secure);
     let mut response = private(StatusCode::NO_CONTENT.into_response(), &cookie);
     // Media the session fetched stays in the browser's cache for minutes (`private,
     // max-age=300`): on a shared machine, signing out drops it too.
     response.headers_mut().insert("clear-site-data", HeaderValue::from_static("\"cache\""));
-    retire_plain_cookie(&ctx, &headers, response).await
+    retire_plain_cookie(&ctx, &headers, secure, response).await
 }
 
 /// Over TLS only the `__Host-` cookie is read, so a plain one (kept from before
@@ -181,9 +179,10 @@ pub(crate) async fn sign_out(State(ctx): State<Context>, headers: HeaderMap) -> 
 async fn retire_plain_cookie(
     ctx: &Context,
     headers: &HeaderMap,
+    secure: bool,
     mut response: Response,
 ) -> Result<Response, AuthRejection> {
-    if !sessions::wants_secure(&ctx.config.http, headers) {
+    if !secure {
         return Ok(response);
     }
     let Some(plain) = sessions::cookie(headers, false) else { return Ok(response) };

@@ -73,11 +73,10 @@ impl<T: Event> Envelope<T> {
 
     /// Decodes and checks type and schema version.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let value: serde_json::Value = serde_json::from_slice(bytes)?;
-        if holds_nul(&value) {
+        if escapes_nul(bytes) {
             return Err(DecodeError::Nul);
         }
-        let envelope: Self = serde_json::from_value(value)?;
+        let envelope: Self = serde_json::from_slice(bytes)?;
         if envelope.event_type != T::TYPE {
             return Err(DecodeError::WrongType { expected: T::TYPE, actual: envelope.event_type });
         }
@@ -90,6 +89,21 @@ impl<T: Event> Envelope<T> {
         }
         Ok(envelope)
     }
+}
+
+/// Whether JSON text escapes a NUL (`\u0000`), the only way valid JSON can hold one (a raw
+/// control character is a syntax error): a scan of the bytes, so decoding parses once.
+fn escapes_nul(json: &[u8]) -> bool {
+    let mut rest = json;
+    while let Some(at) = rest.iter().position(|&byte| byte == b'\\') {
+        let escaped = &rest[at + 1..];
+        if escaped.starts_with(b"u0000") {
+            return true;
+        }
+        // Past the escaped character, so an escaped backslash is not read as an escape.
+        rest = escaped.get(1..).unwrap_or_default();
+    }
+    false
 }
 
 /// Whether any string (or object key) in `value` holds a NUL character (which no Sluice event
@@ -165,6 +179,10 @@ mod tests {
         assert!(matches!(Envelope::<Ping>::decode(nul), Err(DecodeError::Nul)), "in the type");
         let nul = br#"{"event_id":"01a2484f-1799-750b-8f71-030de2b4663c","type":"ping","schema_version":1,"occurred_at":"2026-12-05T00:00:00.000Z","data":{"n":1,"x\u0000":[{"y":"a\u0000"}]}}"#;
         assert!(matches!(Envelope::<Ping>::decode(nul), Err(DecodeError::Nul)), "deep in the data");
+        let text = br#"{"event_id":"01a2484f-1799-750b-8f71-030de2b4663c","type":"test.ping","schema_version":1,"occurred_at":"2026-12-05T00:00:00.000Z","data":{"n":1,"x":"\\u0000\\\u0041"}}"#;
+        let decoded = Envelope::<Ping>::decode(text);
+        assert!(decoded.is_ok(), "an escaped backslash before u0000 is text, not a NUL: {decoded:?}");
+        assert!(escapes_nul(br#""\\\u0000""#) && !escapes_nul(br#""\\""#) && !escapes_nul(b"\\"));
         let mut event = Envelope::new(Ping { n: 1 });
         event.schema_version = 3;
         assert!(matches!(

@@ -50,6 +50,18 @@ pub enum MonitorError {
     Registry(#[from] RegistryError),
 }
 
+impl MonitorError {
+    /// Refused for what it holds (too large for the outbox, data PostgreSQL will not store),
+    /// not for an outage: retrying cannot help.
+    fn refused_for_content(&self) -> bool {
+        match self {
+            Self::Outbox(RelayError::TooLarge { .. }) => true,
+            Self::Db(err) => err.is_data_refusal(),
+            Self::Outbox(_) | Self::Registry(_) => false,
+        }
+    }
+}
+
 impl From<deadpool_postgres::PoolError> for MonitorError {
     fn from(err: deadpool_postgres::PoolError) -> Self {
         Self::Db(err.into())
@@ -120,12 +132,7 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
         let Some(verdict) = verdict else { return true };
         work::retry_until(shutdown, Backoff::DEPENDENCY, "the drift monitor cannot record a check", || async {
             match record(served, &event, &verdict).await {
-                // Refused for what it holds, not for an outage: retrying cannot help.
-                Err(err @ MonitorError::Outbox(RelayError::TooLarge { .. })) => {
-                    tracing::error!(model = %event.model, error = %err, "a drift check cannot be recorded; skipping it");
-                    Ok(())
-                }
-                Err(MonitorError::Db(err)) if err.is_data_refusal() => {
+                Err(err) if err.refused_for_content() => {
                     tracing::error!(model = %event.model, error = %err, "a drift check cannot be recorded; skipping it");
                     Ok(())
                 }

@@ -68,27 +68,26 @@ async fn handle(ctx: &Context, message: OwnedMessage, shutdown: &Shutdown) -> bo
             tracing::warn!(media = %event.media_id, "event for unknown media; skipping");
             return Ok(true);
         };
-        let event = &item;
-        let spec = store::spec(ctx, &event.dataset).await?;
+        let spec = store::spec(ctx, &item.dataset).await?;
         let spec_hash = spec.hash();
         if state.settled_under(&spec_hash) {
             return Ok(true);
         }
-        match process(ctx, event, &spec, &spec_hash, first_attempt.swap(false, Ordering::Relaxed)).await {
+        match process(ctx, &item, &spec, &spec_hash, first_attempt.swap(false, Ordering::Relaxed)).await {
             Ok(()) => {
-                metrics::histogram!("sluice_preprocess_item_duration_seconds", "kind" => event.kind.clone())
+                metrics::histogram!("sluice_preprocess_item_duration_seconds", "kind" => item.kind.clone())
                     .record(started.elapsed().as_secs_f64());
                 Ok(true)
             }
             Err(Failure::Poison(reason)) => {
-                tracing::info!(media = %event.media_id, %reason, "media failed preprocessing");
+                tracing::info!(media = %item.media_id, %reason, "media failed preprocessing");
                 let failed = MediaFailed {
-                    media_id: Some(event.media_id),
-                    dataset: Some(event.dataset.clone()),
+                    media_id: Some(item.media_id),
+                    dataset: Some(item.dataset.clone()),
                     reason,
                     source: source.clone(),
                 };
-                Ok(record_failure(ctx, failed, Some(&spec_hash), "undecodable_media", &event.kind, shutdown).await)
+                Ok(record_failure(ctx, failed, Some(&spec_hash), "undecodable_media", &item.kind, shutdown).await)
             }
             Err(Failure::Interrupted) => Ok(false),
             Err(retry @ Failure::Retry(_)) => {
