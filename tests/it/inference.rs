@@ -875,6 +875,53 @@ async fn two_replicas_share_one_drift_verdict() {
     assert_eq!(requests.len(), 1, "one retrain request for the model, not one per replica: {requests:?}");
 }
 
+/// A drift check whose recording fails for a while (PostgreSQL refusing the statement) is
+/// recorded once PostgreSQL takes it again, and the request that completed its window is not fed
+/// to the next window a second time: retrying the whole observation used to lose the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_check_whose_recording_fails_for_a_while_is_recorded_once() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.inference.drift_window = 200;
+    let app = RunningApp::spawn_services(config, &[Service::Inference, Service::Registry]).await;
+    let version = register_trained(&app, "stubborn", 81, 2).await;
+    move_alias(&app, "stubborn", "production", version).await;
+    // On a connection of the test's own: the app's pool is small, and holding one of its
+    // connections starves the monitor.
+    let pool = env.pool();
+    let client = pool.get().await.expect("connection");
+    let checks = "SELECT count(*) FROM drift_checks WHERE model = 'stubborn'";
+    client.batch_execute("ALTER TABLE drift_checks RENAME TO drift_checks_away").await.expect("take the table away");
+    let images = samples(400, 82);
+    let send = |range: std::ops::Range<usize>| {
+        let batch: Vec<Vec<u8>> = range.map(|i| png(&images, i, 0)).collect();
+        predict_many(&app, "stubborn", batch)
+    };
+    for start in (0..200).step_by(10) {
+        assert_eq!(send(start..start + 10).await.0, 200);
+    }
+    // The window fills and its check runs; recording it fails and is retried.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client.batch_execute("ALTER TABLE drift_checks_away RENAME TO drift_checks").await.expect("bring it back");
+    eventually(Duration::from_secs(30), "the first check to be recorded", || async {
+        (app.count(checks).await == 1).then_some(())
+    })
+    .await;
+    for start in (200..400).step_by(10) {
+        assert_eq!(send(start..start + 10).await.0, 200);
+    }
+    eventually(Duration::from_secs(30), "the second window's check", || async {
+        (app.count(checks).await == 2).then_some(())
+    })
+    .await;
+    let numbers = client
+        .query("SELECT check_no FROM drift_checks WHERE model = 'stubborn' ORDER BY check_no", &[])
+        .await
+        .expect("checks");
+    assert_eq!(numbers.iter().map(|row| row.get::<_, i64>(0)).collect::<Vec<_>>(), [1, 2], "each window checked once");
+    assert_eq!(drift_state(&app, "stubborn").await["checks"], 2);
+}
+
 /// A pending live promotion whose production is moved by anything but the live gate (a rollback
 /// here) ends as superseded and its shadowing stops: the gate compares the candidate with the
 /// production it started against, so it would never decide, and the candidate would shadow every
