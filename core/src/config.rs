@@ -513,9 +513,12 @@ impl Config {
         )?;
         rule(trainer.max_trials >= 1, "trainer.max_trials must be at least 1")?;
         rule(trainer.max_epochs >= 1, "trainer.max_epochs must be at least 1")?;
+        // It is the trial consumer's max.poll.interval.ms too, which librdkafka bounds by a day
+        // and by the session timeout.
         rule(
-            (60..=2_000_000).contains(&trainer.max_trial_secs),
-            "trainer.max_trial_secs must be between 60 and 2000000",
+            (60..=86_400).contains(&trainer.max_trial_secs)
+                && trainer.max_trial_secs * 1000 >= u64::from(self.kafka.session_timeout_ms),
+            "trainer.max_trial_secs must be between 60 and 86400, and at least kafka.session_timeout_ms",
         )?;
         rule(trainer.load_concurrency >= 1, "trainer.load_concurrency must be at least 1")?;
         rule(trainer.max_trial_attempts >= 1, "trainer.max_trial_attempts must be at least 1")?;
@@ -759,6 +762,15 @@ mod tests {
             jail.set_env("SLUICE_S3_BUCKET", "Not_A_Bucket");
             let text = Config::load(None).expect_err("bad bucket").to_string();
             assert!(text.contains("s3.bucket"), "{text}");
+            jail.clear_env();
+            // The trial consumer's poll interval: librdkafka refuses more than a day, or less
+            // than the session timeout, and the worker would never start.
+            for (secs, session_ms) in [("86401", "45000"), ("60", "90000")] {
+                jail.set_env("SLUICE_TRAINER_MAX_TRIAL_SECS", secs);
+                jail.set_env("SLUICE_KAFKA_SESSION_TIMEOUT_MS", session_ms);
+                let text = Config::load(None).expect_err("no usable poll interval").to_string();
+                assert!(text.contains("trainer.max_trial_secs"), "{text}");
+            }
             Ok(())
         });
     }

@@ -393,6 +393,39 @@ impl<'de> Deserialize<'de> for Hits {
     }
 }
 
+impl TrialFinished {
+    /// What makes a result unusable, checked before it is recorded: a success must name an
+    /// artifact of its own trial (`models/<model>/<job>/<trial>-<sha>.safetensors`, a sha256, a
+    /// size) and carry validation metrics (an object with `val_accuracy` in 0..=1) and reference
+    /// statistics, since registering the best trial relies on all of them.
+    pub fn malformed(&self) -> Option<String> {
+        if self.outcome != TrialOutcome::Succeeded {
+            return None;
+        }
+        let Some(artifact) = &self.artifact else { return Some("a succeeded trial without an artifact".into()) };
+        let sha_ok =
+            artifact.sha256.len() == 64 && artifact.sha256.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !sha_ok {
+            return Some("the artifact's sha256 is not 64 lowercase hex digits".into());
+        }
+        let own = format!("/{}/{}-{}.safetensors", self.job_id, self.trial_id, sha_prefix(&artifact.sha256));
+        if !artifact.key.starts_with("models/") || !artifact.key.ends_with(&own) || artifact.key.len() > 1024 {
+            return Some(format!("the artifact key {:?} is not this trial's", artifact.key));
+        }
+        if artifact.size_bytes <= 0 {
+            return Some("the artifact's size is not positive".into());
+        }
+        let accuracy = self.metrics.as_object().and_then(|m| m.get("val_accuracy")).and_then(serde_json::Value::as_f64);
+        if !accuracy.is_some_and(|a| (0.0..=1.0).contains(&a)) {
+            return Some("the metrics hold no val_accuracy between 0 and 1".into());
+        }
+        if let Err(err) = serde_json::from_value::<crate::reference::Reference>(self.reference.clone()) {
+            return Some(format!("the reference statistics are unreadable: {err}"));
+        }
+        None
+    }
+}
+
 impl Event for TrialFinished {
     const TYPE: &'static str = "training.trial_finished";
     const SCHEMA_VERSION: u32 = 1;
@@ -426,6 +459,47 @@ pub fn event_type(payload: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_success_result_must_hold_what_registration_needs() {
+        let (job_id, trial_id, sha256) = (Uuid::now_v7(), Uuid::now_v7(), "ab".repeat(32));
+        let images = [vec![0u8; 12], vec![255u8; 12]].concat();
+        let reference = crate::reference::Reference::compute(&images, 3, &[0, 1], &[vec![5.0, 0.0], vec![0.0, 5.0]], 2);
+        let good = TrialFinished {
+            job_id,
+            trial_id,
+            worker: "w".into(),
+            outcome: TrialOutcome::Succeeded,
+            metrics: serde_json::json!({"val_accuracy": 0.75, "val_loss": null}),
+            artifact: Some(ArtifactRef { key: artifact_key("m", job_id, trial_id, &sha256), sha256, size_bytes: 10 }),
+            reference: serde_json::to_value(&reference).expect("serialises"),
+            error: None,
+            duration_ms: 1,
+            test: None,
+        };
+        assert_eq!(good.malformed(), None);
+        let broken = |change: fn(&mut TrialFinished)| {
+            let mut result = good.clone();
+            change(&mut result);
+            result.malformed()
+        };
+        assert!(broken(|r| r.artifact = None).is_some());
+        assert!(broken(|r| r.artifact.as_mut().expect("artifact").sha256 = "AB".repeat(32)).is_some());
+        assert!(broken(|r| r.artifact.as_mut().expect("artifact").key = "snapshots/x/manifest.json".into()).is_some());
+        assert!(broken(|r| r.trial_id = Uuid::now_v7()).is_some(), "another trial's artifact");
+        assert!(broken(|r| r.artifact.as_mut().expect("artifact").size_bytes = 0).is_some());
+        assert!(broken(|r| r.metrics = serde_json::json!([1])).is_some());
+        assert!(broken(|r| r.metrics = serde_json::json!({"val_accuracy": 2})).is_some());
+        assert!(broken(|r| r.reference = serde_json::Value::Null).is_some());
+        assert_eq!(
+            broken(|r| {
+                r.outcome = TrialOutcome::Failed;
+                r.artifact = None
+            }),
+            None,
+            "only successes"
+        );
+    }
 
     #[test]
     fn a_trials_artifacts_with_other_bytes_get_other_keys() {

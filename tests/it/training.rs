@@ -11,7 +11,7 @@ use sluice_core::{
     events::Envelope,
     pipeline::{PipelineSpec, output_key},
     topics::Topic,
-    training::RetrainRequested,
+    training::{RetrainRequested, TrialFinished, TrialOutcome},
 };
 use sluice_nn::synthetic::{self, SyntheticSpec};
 use sluice_testkit::{TestEnv, eventually};
@@ -853,4 +853,48 @@ async fn a_job_step_that_keeps_failing_fails_the_job_and_the_next_job_completes(
     assert_eq!(parked[0]["data"]["attempts"], 2);
     let metrics = app.get("/metrics").await.1;
     assert!(metrics.as_str().expect("text").contains("sluice_trainer_steps_parked_total 1"), "{metrics}");
+}
+
+/// A result on `training.results` that claims success without what registration needs (forged,
+/// or from a broken worker) ends its trial as failed with the reason, and the coordinator goes
+/// on: such a result used to panic every coordinator that read it, one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_success_result_fails_its_trial_and_the_coordinator_goes_on() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
+    seed_dataset(&app, "shapes", 2, 16, 16, 2).await;
+    let (status, created) =
+        post_job(&app, &app.admin_token, &grid("forged", "shapes", json!({"epochs": 200, "patience": 0}), "never"))
+            .await;
+    assert_eq!(status, 202, "{created}");
+    let job_id: Uuid = created["id"].as_str().expect("job id").parse().expect("a uuid");
+    let trial_id: Uuid = eventually(Duration::from_secs(30), "the job's trial", || async {
+        let client = app.ctx.db.get().await.ok()?;
+        client.query_opt("SELECT id FROM training_trials WHERE job_id = $1", &[&job_id]).await.ok()?.map(|r| r.get(0))
+    })
+    .await;
+    let forged = Envelope::new(TrialFinished {
+        job_id,
+        trial_id,
+        worker: "forger".into(),
+        outcome: TrialOutcome::Succeeded,
+        metrics: json!([1]),
+        artifact: None,
+        reference: Value::Null,
+        error: None,
+        duration_ms: 1,
+        test: None,
+    });
+    let topic = app.ctx.topic(Topic::TrainingResults);
+    let payload = String::from_utf8(forged.to_json()).expect("utf-8");
+    crate::support::produce(&app.ctx.producer, topic.as_str(), &[(0, payload)]).await;
+    let ended = wait_job(&app, &job_id.to_string(), Duration::from_secs(60)).await;
+    assert_eq!(ended["status"], "failed", "{ended:#}");
+    let trial = &ended["trials"][0];
+    assert_eq!(trial["status"], "failed", "{trial:#}");
+    let error = trial["error"].as_str().expect("the trial's error");
+    assert!(error.contains("malformed") && error.contains("without an artifact"), "{error}");
+
+    let next = run_job(&app, &grid("after", "shapes", json!({"epochs": 1}), "never"), Duration::from_secs(120)).await;
+    assert_eq!(next["status"], "succeeded", "the coordinator still finishes jobs: {next:#}");
 }

@@ -24,7 +24,7 @@ use sluice_core::{
     models::{self, AliasName, Lineage, ModelName, NewVersion},
     parking::{self, WorkKind, WorkParked},
     topics::Topic,
-    training::{RunStatus, Split, TestScores, TrialFinished, TrialProgress, event_type},
+    training::{RunStatus, Split, TestScores, TrialFinished, TrialOutcome, TrialProgress, event_type},
     work::{self, Backoff},
 };
 use sluice_nn::Hyper;
@@ -110,7 +110,17 @@ async fn handle(ctx: &Context, payload: &[u8]) -> Result<(), Retry> {
             Err(err) => tracing::error!(error = %err, "undecodable progress event; skipping it"),
         },
         Some("training.trial_finished") => match Envelope::<TrialFinished>::decode(payload) {
-            Ok(event) => {
+            Ok(mut event) => {
+                // A success the registration could not use ends the trial as failed, saying why.
+                if let Some(reason) = event.data.malformed() {
+                    tracing::error!(trial = %event.data.trial_id, reason, "malformed trial result; recording the trial as failed");
+                    event.data.outcome = TrialOutcome::Failed;
+                    event.data.artifact = None;
+                    event.data.metrics = Value::Null;
+                    event.data.reference = Value::Null;
+                    event.data.test = None;
+                    event.data.error = Some(format!("the worker's result was malformed: {reason}"));
+                }
                 if store::record_finished(ctx, &event.data).await? {
                     tracing::info!(job = %event.data.job_id, trial = %event.data.trial_id,
                         outcome = event.data.outcome.as_str(), "trial ended");
@@ -330,13 +340,14 @@ async fn finish(ctx: &Context, job: &JobRow, request: &JobRequest, best: &TrialR
     let job_id = job.id;
     let model = ModelName::parse(&request.model).map_err(|e| Retry::new(e.to_string()))?;
     let production = AliasName::parse(AliasName::PRODUCTION).expect("a valid alias");
-    let trial: BestTrial =
-        store::best_trial(ctx, best.id).await?.ok_or_else(|| Retry::new(format!("trial {} is gone", best.id)))?;
+    let trial: BestTrial = store::best_trial(ctx, best.id)
+        .await?
+        .ok_or_else(|| Retry::new(format!("trial {} is gone or has no artifact", best.id)))?;
     let manifest =
         snapshot::manifest(ctx, &trial.snapshot_key, &job.snapshot_id).await.map_err(|e| Retry::new(e.to_string()))?;
     let test_report = trial.test.as_ref().map(|t| t.report.clone());
     let test_accuracy = test_report.as_ref().and_then(|r| r["accuracy"].as_f64());
-    let mut metrics = trial.metrics.clone().unwrap_or_else(|| json!({}));
+    let mut metrics = trial.metrics.clone().filter(Value::is_object).unwrap_or_else(|| json!({}));
     if let Some(report) = &test_report {
         metrics["test"] = report.clone();
         metrics["test_accuracy"] = json!(test_accuracy);

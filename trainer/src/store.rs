@@ -537,10 +537,18 @@ pub async fn best_trial(ctx: &Context, trial_id: Uuid) -> Result<Option<BestTria
             &[&trial_id],
         )
         .await?;
-    Ok(row.map(|r| BestTrial {
-        artifact_key: r.get("artifact_key"),
-        sha256: r.get("sha256"),
-        size_bytes: r.get("size_bytes"),
+    // A trial recorded as succeeded without its artifact (which the coordinator refuses now) is
+    // not a best trial: the step that wants it fails and is retried a bounded number of times.
+    let Some(r) = row else { return Ok(None) };
+    let (Ok(Some(artifact_key)), Ok(Some(sha256)), Ok(Some(size_bytes))) =
+        (r.try_get("artifact_key"), r.try_get("sha256"), r.try_get("size_bytes"))
+    else {
+        return Ok(None);
+    };
+    Ok(Some(BestTrial {
+        artifact_key,
+        sha256,
+        size_bytes,
         metrics: r.get("metrics"),
         reference: r.get("reference"),
         params: r.get("params"),
@@ -881,6 +889,23 @@ pub async fn median_rule(ctx: &Context, job_id: Uuid) -> Result<Option<u32>, DbE
         let rule: Option<String> = r.get("rule");
         (rule.as_deref() == Some("median")).then(|| r.get::<_, Option<i32>>("grace").unwrap_or(2).max(1) as u32)
     }))
+}
+
+/// The trial's own best validation accuracy over the epochs it recorded up to `epoch`: a trial
+/// resumed from its checkpoint is compared with its peers on its whole history, as it would
+/// have been had it not been interrupted.
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn own_best(ctx: &Context, trial_id: Uuid, epoch: u32) -> Result<Option<f64>, DbError> {
+    let client = ctx.db.get().await?;
+    let row = client
+        .query_opt(
+            "SELECT (SELECT max((h ->> 'val_accuracy')::float8) FROM jsonb_array_elements(t.history) h
+                     WHERE (h ->> 'epoch')::int <= $2) AS best
+             FROM training_trials t WHERE t.id = $1",
+            &[&trial_id, &(epoch as i32)],
+        )
+        .await?;
+    Ok(row.and_then(|r| r.get::<_, Option<f64>>("best")))
 }
 
 /// The best validation accuracy up to `epoch` of every other trial of the job's `rung` that has

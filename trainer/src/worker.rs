@@ -327,8 +327,15 @@ async fn train(
     };
     let resumed_from = session.epochs_done() as u32;
     let median_grace = store::median_rule(ctx, trial.job_id).await?;
-    let mut best_accuracy = f64::MIN;
+    let mut best_accuracy = match median_grace {
+        Some(_) if resumed_from > 0 => store::own_best(ctx, trial.trial_id, resumed_from).await?.unwrap_or(f64::MIN),
+        _ => f64::MIN,
+    };
     let mut pruned_at = None;
+    let mut timed_out_at = None;
+    // `max_trial_secs` is also the consumer's poll interval: past it the group gives the trial
+    // to another worker. The trial stops with its best weights with a tenth of it left to finish.
+    let time_limit = Duration::from_secs(ctx.config.trainer.max_trial_secs).mul_f64(0.9);
     while !session.finished() {
         if shutdown.is_cancelled() {
             return Err(Failure::Interrupted);
@@ -369,6 +376,13 @@ async fn train(
             .await
             .map_err(Failure::Retry)?;
         best_accuracy = best_accuracy.max(report.val_accuracy);
+        if !session.finished() && started.elapsed() >= time_limit {
+            tracing::warn!(trial = %trial.trial_id, epoch = report.epoch, limit_secs = ctx.config.trainer.max_trial_secs,
+                "the trial reached its time limit; finishing it with its best weights so far");
+            metrics::counter!("sluice_trainer_trials_timed_out_total").increment(1);
+            timed_out_at = Some(report.epoch as u32);
+            break;
+        }
         if let Some(grace) = median_grace
             && !session.finished()
         {
@@ -389,6 +403,7 @@ async fn train(
         loaded: &loaded,
         sizes: partition.sizes(),
         pruned_at,
+        timed_out_at,
     };
     finish(ctx, trial, &session, sets, classes, worker, started).await.map(Some)
 }
@@ -405,6 +420,8 @@ struct Sets<'a> {
     sizes: serde_json::Value,
     /// The epoch the median rule stopped the trial at, if it did.
     pruned_at: Option<u32>,
+    /// The epoch the trial's time limit (`trainer.max_trial_secs`) stopped it at, if it did.
+    timed_out_at: Option<u32>,
 }
 
 /// Writes the best weights and their manifest, and describes the result.
@@ -458,6 +475,7 @@ async fn finish(
         "calibration_samples": calibration.labels.len(),
         "splits": sets.sizes,
         "pruned_at_epoch": sets.pruned_at,
+        "time_limit_at_epoch": sets.timed_out_at,
     });
     let manifest = json!({
         "job_id": trial.job_id, "trial_id": trial.trial_id, "model": trial.model,
