@@ -207,6 +207,21 @@ pub async fn check_bucket(client: &Client, bucket: &str) -> Result<(), S3Error> 
     client.head_bucket().bucket(bucket).send().await.map(|_| ()).map_err(|err| S3Error::from_sdk("HeadBucket", err))
 }
 
+/// Why the S3 server refuses `bucket` outright (it answered that the bucket does not exist, or
+/// that Sluice may not read it), or `None` when it serves the bucket or could not be asked (an
+/// outage is not a refusal).
+pub async fn bucket_refuses(client: &Client, bucket: &str) -> Option<String> {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), client.head_bucket().bucket(bucket).send()).await {
+        Ok(Err(SdkError::ServiceError(service))) if matches!(service.raw().status().as_u16(), 403 | 404) => {
+            Some(match service.raw().status().as_u16() {
+                404 => format!("bucket {bucket} does not exist"),
+                _ => format!("bucket {bucket} refuses Sluice's reads (403)"),
+            })
+        }
+        _ => None,
+    }
+}
+
 /// The top-level prefixes of Sluice's own objects in its bucket: uploads, preprocessed outputs,
 /// training snapshots, checkpoints, model artifacts, captured inputs, batch results and
 /// `sluice bench`'s objects. What reads a user's objects from Sluice's bucket (imports, batch

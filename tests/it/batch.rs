@@ -433,3 +433,44 @@ async fn a_chunk_that_keeps_failing_is_parked_and_the_next_chunk_is_scored() {
     assert!(metrics.contains("sluice_inference_batch_chunks_parked_total 1"), "{metrics}");
     assert!(metrics.contains("sluice_inference_batch_items_total{model=\"poisoned\",outcome=\"parked\"} 2"));
 }
+
+/// A job over a user's bucket that is deleted before the job runs fails saying so: the bucket
+/// answering "no such bucket" is not an outage to wait out with the attempts given back, which
+/// kept the job running, and the worker's other jobs waiting, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_source_bucket_is_gone_fails_saying_so() {
+    let env = TestEnv::new().await;
+    let source = format!("{}-src", env.config.s3.bucket);
+    let mut config = chunked(&env, 2);
+    config.ingest.import_buckets = vec![source.clone()];
+    let app = RunningApp::spawn_services(config, &[Service::Registry]).await;
+    served_model(&app, "abandoned", 61).await;
+    let s3 = app.ctx.s3.clone();
+    sluice_core::s3::ensure_bucket(&s3, &source).await.expect("the user's bucket");
+    let images = samples(3, 62);
+    for i in 0..3 {
+        let key = format!("in/img-{i}.png");
+        sluice_core::s3::put_bytes(&s3, &source, &key, png(&images, i, 0), "image/png").await.expect("put image");
+    }
+    let inference = sluice_inference::Inference::new(app.ctx.clone());
+    let router: axum::Router = inference.router().into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let id = queue(&app, &base, &json!({"model": "abandoned", "bucket": source, "prefix": "in/"})).await;
+    for i in 0..3 {
+        s3.delete_object().bucket(&source).key(format!("in/img-{i}.png")).send().await.expect("empty the bucket");
+    }
+    s3.delete_bucket().bucket(&source).send().await.expect("delete the bucket");
+
+    let stop = sluice_core::Shutdown::new();
+    let workers = inference.spawn_workers(&stop);
+    let job = wait(&app, &base, &id.to_string()).await;
+    stop.cancel();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    assert_eq!(job["status"], "failed", "{job:#}");
+    let error = job["error"].as_str().expect("the job's error");
+    assert!(error.contains(&format!("bucket {source} does not exist")), "{error}");
+}

@@ -122,6 +122,16 @@ async fn run_job(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), F
             Some(_) => match write_chunk(served, &loaded, &job, &manifest, next).await {
                 Ok(advanced) => advanced,
                 Err(reason) => {
+                    // A user's bucket gone or closed to Sluice stays so: the job fails saying
+                    // why, rather than waiting for it with its attempts given back forever.
+                    if manifest.bucket != ctx.config.s3.bucket
+                        && let Some(refusal) = s3::bucket_refuses(&ctx.s3, &manifest.bucket).await
+                    {
+                        let error = format!("chunk {next}: {reason}; {refusal}");
+                        store::finish(ctx, id, Some(&error)).await?;
+                        tracing::warn!(job = %id, error, "batch prediction failed: its source bucket refuses Sluice");
+                        return Ok(());
+                    }
                     // The attempt stands only when the failure was the chunk's own.
                     let counts = parking::dependencies_up(ctx, &[manifest.bucket.as_str()]).await;
                     store::chunk_failed(ctx, id, next, &reason, counts).await?;
