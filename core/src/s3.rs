@@ -211,7 +211,7 @@ pub async fn check_bucket(client: &Client, bucket: &str) -> Result<(), S3Error> 
 /// that Sluice may not read it), or `None` when it serves the bucket or could not be asked (an
 /// outage is not a refusal).
 pub async fn bucket_refuses(client: &Client, bucket: &str) -> Option<String> {
-    match tokio::time::timeout(std::time::Duration::from_secs(5), client.head_bucket().bucket(bucket).send()).await {
+    match tokio::time::timeout(Duration::from_secs(5), client.head_bucket().bucket(bucket).send()).await {
         Ok(Err(SdkError::ServiceError(service))) if matches!(service.raw().status().as_u16(), 403 | 404) => {
             Some(match service.raw().status().as_u16() {
                 404 => format!("bucket {bucket} does not exist"),

@@ -131,7 +131,13 @@ pub async fn create(
         result_prefix: batch_prefix(id),
         requested_by: caller.0.name.clone(),
     };
-    freeze::store(ctx, &job, &BatchManifest { job_id: id, bucket, items }).await?;
+    // Written on a task of its own, so a client that hangs up (or the request's deadline) cannot
+    // stop it between the manifest's PUT and the job's transaction and leave the manifest behind.
+    let stored = tokio::spawn({
+        let (ctx, job) = (ctx.clone(), job.clone());
+        async move { freeze::store(&ctx, &job, &BatchManifest { job_id: id, bucket, items }).await }
+    });
+    stored.await??;
     tracing::info!(job = %id, model = %model, version, items = job.total, "batch prediction queued");
     let answer = json!({"id": id, "status": BatchStatus::Queued, "model": job.model, "version": version,
                         "total": job.total, "chunks": job.chunks(), "result_prefix": job.result_prefix});
