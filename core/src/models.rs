@@ -29,7 +29,7 @@ pub use names::{AliasName, ModelName};
 pub use policy::{AutoPromote, MAX_PROTECTED_ALIASES, Policy, policy, set_policy};
 pub use store::{
     AliasState, MAX_ALIASES, alias_state, aliases, exists, get_template, get_version, move_alias, register,
-    remove_alias, resolve_alias, set_template, versions,
+    remove_alias, resolve_alias, set_template, version_numbers, version_summaries,
 };
 
 use crate::{db::DbError, outbox::RelayError, pipeline::PipelineSpec, s3::S3Error};

@@ -407,9 +407,7 @@ impl Served {
         let client = self.ctx.db.get().await?;
         match models::get_version(&client, model, version).await? {
             Some(record) => Ok(record),
-            None if models::versions(&client, model).await?.is_empty() => {
-                Err(ServeError::UnknownModel(model.to_string()))
-            }
+            None if !models::exists(&client, model).await? => Err(ServeError::UnknownModel(model.to_string())),
             None => Err(ServeError::UnknownVersion { model: model.to_string(), version }),
         }
     }

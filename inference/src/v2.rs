@@ -272,12 +272,12 @@ async fn metadata(
 ) -> Result<Json<Value>, V2Error> {
     let (model, loaded) = resolved(&state, caller, &path).await?;
     let client = state.served.ctx.db.get().await.map_err(|e| InferenceError::Registry(DbError::from(e).into()))?;
-    let versions = models::versions(&client, &model).await.map_err(InferenceError::from)?;
+    let versions = models::version_numbers(&client, &model).await.map_err(InferenceError::from)?;
     drop(client);
     let classes = loaded.version.labels.len();
     Ok(Json(json!({
         "name": model.to_string(),
-        "versions": versions.iter().map(|v| v.version.to_string()).collect::<Vec<_>>(),
+        "versions": versions.iter().map(i32::to_string).collect::<Vec<_>>(),
         "platform": "sluice_candle",
         "inputs": [
             {"name": "image", "datatype": "BYTES", "shape": [-1],

@@ -54,7 +54,7 @@ async fn list_models(State(ctx): State<Context>, caller: Caller) -> Result<Json<
 }
 
 #[utoipa::path(get, path = "/v1/models/{name}", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])), params(("name" = String, Path, description = "The model's name.")),
-    responses((status = 200, description = "The model, its aliases and its versions.", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody)))]
+    responses((status = 200, description = "The model, its aliases and its newest 1,000 versions (oldest first); `next_before`, when present, pages on through `/versions`.", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name))]
 async fn get_model(
     State(ctx): State<Context>,
@@ -66,28 +66,62 @@ async fn get_model(
     let Some(model) = store::model(&ctx, &name).await? else {
         return Err(unknown_model(&name));
     };
-    let versions: Vec<Value> = store::versions(&ctx, &name).await?.iter().map(|v| summary(v, &model.aliases)).collect();
+    let versions = store::versions(&ctx, &name, i32::MAX, MAX_VERSIONS_PAGE).await?;
+    let next = next_before(&versions, MAX_VERSIONS_PAGE);
     let mut body = serde_json::to_value(&model).expect("models serialise");
-    body["versions"] = Value::Array(versions);
+    body["versions"] = versions.iter().map(|v| summary(v, &model.aliases)).collect();
+    body["next_before"] = json!(next);
     Ok(Json(body))
 }
 
-#[utoipa::path(get, path = "/v1/models/{name}/versions", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])), params(("name" = String, Path, description = "The model's name.")),
-    responses((status = 200, description = "`{\"model\", \"versions\": [...]}`", body = Object), (status = 400, description = "A malformed name, alias, version or body.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model (or alias, or version).", body = sluice_core::api_doc::ErrorBody)))]
+/// Most versions one listing returns.
+const MAX_VERSIONS_PAGE: i64 = 1000;
+
+/// The `before` of the page after `page` (oldest first), when it was full.
+fn next_before(page: &[ModelVersion], limit: i64) -> Option<i32> {
+    (page.len() as i64 == limit).then(|| page.first().map(|v| v.version)).flatten()
+}
+
+#[utoipa::path(get, path = "/v1/models/{name}/versions", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])),
+    params(("name" = String, Path, description = "The model's name."),
+        ("limit" = Option<i64>, Query, description = "Most versions to return (1 to 1,000; default 1,000)."),
+        ("before" = Option<i32>, Query, description = "Only versions below this number (the previous page's `next_before`).")),
+    responses((status = 200, description = "`{\"model\", \"versions\": [...], \"next_before\"}`: the `limit` newest versions below `before`, oldest first, without their reference statistics; `next_before`, when present, asks for the next (older) page.", body = Object), (status = 400, description = "A malformed name, limit or before.", body = sluice_core::api_doc::ErrorBody), (status = 404, description = "No such model.", body = sluice_core::api_doc::ErrorBody)))]
 #[tracing::instrument(skip_all, fields(model = %name))]
 async fn list_versions(
     State(ctx): State<Context>,
     caller: Caller,
     Path(name): Path<String>,
+    Query(page): Query<HistoryPage>,
 ) -> Result<Json<Value>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     let name = model_name(&name)?;
+    let limit = match page.limit.as_deref() {
+        None => MAX_VERSIONS_PAGE,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_VERSIONS_PAGE).contains(n))
+            .ok_or_else(|| bad_request(format!("`limit` must be 1 to {MAX_VERSIONS_PAGE}.")))?,
+    };
+    let before = page
+        .before
+        .as_deref()
+        .map(|text| {
+            text.parse::<i32>()
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| bad_request("`before` must be a version number.".into()))
+        })
+        .transpose()?;
     if !store::model_exists(&ctx, &name).await? {
         return Err(unknown_model(&name));
     }
     let aliases = store::aliases(&ctx, &name).await?;
-    let versions: Vec<Value> = store::versions(&ctx, &name).await?.iter().map(|v| summary(v, &aliases)).collect();
-    Ok(Json(json!({"model": name, "versions": versions})))
+    let versions = store::versions(&ctx, &name, before.unwrap_or(i32::MAX), limit).await?;
+    let next = next_before(&versions, limit);
+    let versions: Vec<Value> = versions.iter().map(|v| summary(v, &aliases)).collect();
+    Ok(Json(json!({"model": name, "versions": versions, "next_before": next})))
 }
 
 #[utoipa::path(get, path = "/v1/models/{name}/versions/{version}", tag = "registry", security(("bearer" = ["predict"]), ("bearer" = ["train"])),
@@ -170,7 +204,8 @@ async fn alias_history(
     Ok(Json(json!({"model": name, "alias": alias, "history": history, "next_before": next})))
 }
 
-/// `limit` and `before` of the alias history, as text so a malformed one is a 400 in the API's shape.
+/// `limit` and `before` of a listing (alias history, versions), as text so a malformed one is a
+/// 400 in the API's shape.
 #[derive(Debug, Deserialize)]
 struct HistoryPage {
     limit: Option<String>,

@@ -149,10 +149,16 @@ async fn connection(ctx: &Context) -> Result<deadpool_postgres::Object, DbError>
     Ok(ctx.db.get().await?)
 }
 
-/// Every version of `model`, oldest first (empty for an unknown model).
+/// A page of `model`'s versions, oldest first: the `limit` newest below `before` (empty for an
+/// unknown model).
 #[tracing::instrument(level = "debug", skip_all, fields(model = %model))]
-pub async fn versions(ctx: &Context, model: &ModelName) -> Result<Vec<ModelVersion>, RegistryError> {
-    models::versions(&connection(ctx).await?, model).await
+pub async fn versions(
+    ctx: &Context,
+    model: &ModelName,
+    before: i32,
+    limit: i64,
+) -> Result<Vec<ModelVersion>, RegistryError> {
+    models::version_summaries(&connection(ctx).await?, model, before, limit).await
 }
 
 /// One version, or `None` when the model or the version does not exist.

@@ -195,6 +195,31 @@ async fn alias_moves_are_audited_published_and_served_with_lineage() {
     assert_eq!(model["aliases"], json!({"production": 2}));
     assert_eq!(model["versions"].as_array().map(Vec::len), Some(2), "{model}");
     assert!(model["versions"][0].get("reference").is_none(), "summaries leave out the bulky parts: {model}");
+    assert_eq!(model["next_before"], Value::Null, "{model}");
+}
+
+/// Version listings come a bounded page at a time, newest pages first, each oldest first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_are_listed_a_page_at_a_time() {
+    let env = TestEnv::new().await;
+    let app = registry_app(&env).await;
+    versions(&app, "paged", 5).await;
+    let numbers = |page: &Value| -> Vec<i64> {
+        page["versions"].as_array().expect("versions").iter().map(|v| v["version"].as_i64().expect("number")).collect()
+    };
+    let (status, first) = get(&app, &app.admin_token, "/v1/models/paged/versions?limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!((numbers(&first), &first["next_before"]), (vec![4, 5], &json!(4)), "{first}");
+    let (_, second) = get(&app, &app.admin_token, "/v1/models/paged/versions?limit=2&before=4").await;
+    assert_eq!((numbers(&second), &second["next_before"]), (vec![2, 3], &json!(2)), "{second}");
+    let (_, last) = get(&app, &app.admin_token, "/v1/models/paged/versions?limit=2&before=2").await;
+    assert_eq!((numbers(&last), &last["next_before"]), (vec![1], &Value::Null), "{last}");
+    let (_, all) = get(&app, &app.admin_token, "/v1/models/paged/versions").await;
+    assert_eq!((numbers(&all), &all["next_before"]), (vec![1, 2, 3, 4, 5], &Value::Null), "{all}");
+    for bad in ["limit=0", "limit=1001", "limit=x", "before=0", "before=abc"] {
+        let (status, answer) = get(&app, &app.admin_token, &format!("/v1/models/paged/versions?{bad}")).await;
+        assert_eq!((status, &answer["error"]["code"]), (400, &json!("invalid_request")), "{bad}: {answer}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -222,11 +222,35 @@ pub async fn get_version(
     client.query_opt(sql.as_str(), &[&model.as_str(), &version]).await?.as_ref().map(version_from_row).transpose()
 }
 
-/// Every version of `model`, oldest first (empty for an unknown model).
+/// The columns of a listed version: [`VERSION_COLUMNS`] without the reference statistics (tens
+/// of kilobytes each), which only serving and drift read, one version at a time.
+const SUMMARY_COLUMNS: &str = "model, version, artifact_key, sha256, size_bytes, architecture, \
+     input_spec, labels, hyperparameters, metrics, 'null'::jsonb AS reference, job_id, trial_id, snapshot_id, \
+     dataset, spec_hash, sluice_version, created_at";
+
+/// A page of `model`'s versions, oldest first: the `limit` newest below version `before`, without
+/// their reference statistics (empty for an unknown model).
 #[tracing::instrument(level = "debug", skip_all, fields(model = %model))]
-pub async fn versions(client: &impl GenericClient, model: &ModelName) -> Result<Vec<ModelVersion>, RegistryError> {
-    let sql = format!("SELECT {VERSION_COLUMNS} FROM model_versions WHERE model = $1 ORDER BY version");
-    client.query(sql.as_str(), &[&model.as_str()]).await?.iter().map(version_from_row).collect()
+pub async fn version_summaries(
+    client: &impl GenericClient,
+    model: &ModelName,
+    before: i32,
+    limit: i64,
+) -> Result<Vec<ModelVersion>, RegistryError> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM model_versions WHERE model = $1 AND version < $2 ORDER BY version DESC LIMIT $3"
+    );
+    let rows = client.query(sql.as_str(), &[&model.as_str(), &before, &limit]).await?;
+    rows.iter().rev().map(version_from_row).collect()
+}
+
+/// The numbers of `model`'s versions, oldest first.
+#[tracing::instrument(level = "debug", skip_all, fields(model = %model))]
+pub async fn version_numbers(client: &impl GenericClient, model: &ModelName) -> Result<Vec<i32>, RegistryError> {
+    let rows = client
+        .query("SELECT version FROM model_versions WHERE model = $1 ORDER BY version", &[&model.as_str()])
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 /// The version `alias` points at, or `None` when the model has no such alias.
