@@ -208,6 +208,9 @@ pub struct TrainerConfig {
     pub max_step_attempts: u32,
     /// Largest network a trial may build, in parameters; checked before any memory is taken.
     pub max_trial_parameters: u64,
+    /// Most memory one training step's activations may take (the batch times the network's
+    /// per-sample activations, estimated), in MiB; checked before any memory is taken.
+    pub max_trial_batch_mib: u64,
     /// A retrain starts only when at least this many labelled items are new (or relabelled)
     /// since production's snapshot; otherwise it is recorded as skipped.
     pub retrain_min_new_items: u64,
@@ -524,6 +527,7 @@ impl Config {
         rule(trainer.max_trial_attempts >= 1, "trainer.max_trial_attempts must be at least 1")?;
         rule(trainer.max_step_attempts >= 1, "trainer.max_step_attempts must be at least 1")?;
         rule(trainer.max_trial_parameters >= 1, "trainer.max_trial_parameters must be at least 1")?;
+        rule(trainer.max_trial_batch_mib >= 1, "trainer.max_trial_batch_mib must be at least 1")?;
         rule(
             trainer.promotion_alpha > 0.0 && trainer.promotion_alpha <= 1.0,
             "trainer.promotion_alpha must be above 0 and at most 1",

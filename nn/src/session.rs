@@ -40,6 +40,22 @@ impl SessionSpec {
             .fold(0u64, u64::saturating_add)
     }
 
+    /// Floats one sample holds through a training step (the forward pass's activations, the
+    /// buffers its backward pass keeps, and their gradients), estimated from the layer shapes
+    /// (saturating): what each sample of a batch costs beyond the parameters.
+    pub fn activations_per_sample(&self) -> u64 {
+        let InputShape { channels, height, width } = self.shape;
+        let (channels, pixels) = (channels as u64, (height as u64).saturating_mul(width as u64));
+        let forward = match self.architecture {
+            Architecture::Mlp => channels.saturating_mul(pixels),
+            // Per input pixel: the input and conv1's unfolded input (10 per channel), conv1's
+            // output, ReLU and pooled map (16 + 16 + 4), and conv2's unfolded input, output,
+            // ReLU and pooled map on a quarter of the pixels (36 + 8 + 8 + 2).
+            Architecture::Cnn => channels.saturating_mul(10).saturating_add(90).saturating_mul(pixels),
+        };
+        forward.saturating_add(self.hyper.hidden as u64).saturating_add(self.classes as u64).saturating_mul(2)
+    }
+
     fn model_spec(&self) -> ModelSpec {
         ModelSpec {
             architecture: self.architecture,

@@ -746,6 +746,25 @@ async fn a_network_too_large_for_its_input_is_refused_before_anything_is_queued(
     assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0, "no trial was queued");
 }
 
+/// A batch whose activations pass `trainer.max_trial_batch_mib` is refused the same way; a
+/// batch holds at most the dataset's items, so the check counts those, not `batch_size`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_too_large_for_memory_is_refused_before_anything_is_queued() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.trainer.max_trial_batch_mib = 32;
+    let app = RunningApp::spawn_services(config, &[Service::Trainer]).await;
+    seed_dataset(&app, "large", 2, 3, 128, 12).await;
+    let body = json!({"model": "batched", "dataset": "large", "architecture": "cnn", "seed": 3, "promote": "never",
+        "search": {"strategy": "grid", "space": {"batch_size": 65536, "epochs": 1}}});
+    let (status, answer) = post_job(&app, &app.admin_token, &body).await;
+    assert_eq!(status, 422, "{answer}");
+    let message = answer["error"]["message"].as_str().expect("message");
+    assert!(message.contains("batches of 6 3×128×128") && message.contains("trainer.max_trial_batch_mib"), "{message}");
+    assert_eq!(app.count("SELECT count(*) FROM training_jobs").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM outbox").await, 0, "no trial was queued");
+}
+
 /// The size check is lifted so the poison reaches the workers: a trial whose network cannot be
 /// allocated aborts every trainer process that takes it (each started, like a supervisor would,
 /// with an 8 GiB address-space limit so the allocation fails on any machine). Its attempts are

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 
 use sluice_core::{
     Context,
+    config::TrainerConfig,
     db::DbError,
     domain::DatasetName,
     models::{self, AliasName, AutoPromote, ModelName, ModelVersion, RegistryError},
@@ -104,18 +105,30 @@ impl From<SnapshotError> for StartError {
     }
 }
 
-/// Refuses a network over `max` parameters before any memory is taken: a huge `hidden` over a
-/// large input would otherwise abort the worker that builds it (and the next one, and the next).
-pub fn check_network_size(spec: &SessionSpec, max: u64) -> Result<(), String> {
-    let parameters = spec.parameters();
-    if parameters <= max {
-        return Ok(());
-    }
+/// Refuses, before any memory is taken, a network over `trainer.max_trial_parameters` (a huge
+/// `hidden` over a large input) or a training step whose activations would pass
+/// `trainer.max_trial_batch_mib` (a huge `batch_size` over a large input; a batch holds at most
+/// the `train_items`): either would otherwise abort the worker that builds it (and the next
+/// one, and the next).
+pub fn check_network_size(spec: &SessionSpec, config: &TrainerConfig, train_items: usize) -> Result<(), String> {
     let shape = spec.shape;
-    Err(format!(
-        "a {} with hidden = {} over {}×{}×{} inputs has {parameters} parameters, more than trainer.max_trial_parameters ({max}); use fewer hidden units or a smaller pipeline size",
-        spec.architecture, spec.hyper.hidden, shape.channels, shape.height, shape.width
-    ))
+    let parameters = spec.parameters();
+    let max = config.max_trial_parameters;
+    if parameters > max {
+        return Err(format!(
+            "a {} with hidden = {} over {}×{}×{} inputs has {parameters} parameters, more than trainer.max_trial_parameters ({max}); use fewer hidden units or a smaller pipeline size",
+            spec.architecture, spec.hyper.hidden, shape.channels, shape.height, shape.width
+        ));
+    }
+    let batch = spec.hyper.batch_size.min(train_items.max(1)) as u64;
+    let mib = batch.saturating_mul(spec.activations_per_sample()).saturating_mul(4) >> 20;
+    if mib > config.max_trial_batch_mib {
+        return Err(format!(
+            "a {} training step on batches of {batch} {}×{}×{} inputs holds about {mib} MiB of activations, more than trainer.max_trial_batch_mib ({}); use a smaller batch_size or pipeline size",
+            spec.architecture, shape.channels, shape.height, shape.width, config.max_trial_batch_mib
+        ));
+    }
+    Ok(())
 }
 
 /// Why a retrain would learn nothing new: the snapshot holds fewer than
@@ -227,7 +240,7 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
     let shape = snapshot::input_shape(&snapshot.spec);
     for hyper in &plan.trials {
         let spec = SessionSpec { architecture, shape, classes: snapshot.labels.len(), hyper: hyper.clone(), seed: 0 };
-        check_network_size(&spec, ctx.config.trainer.max_trial_parameters)
+        check_network_size(&spec, &ctx.config.trainer, snapshot.items.len())
             .map_err(|e| StartError::Invalid(format!("`search`: {e}.")))?;
     }
     let snapshot_id = snapshot.id();

@@ -291,7 +291,7 @@ async fn train(
     let loaded = cache.load(ctx, &trial.snapshot_key, &trial.snapshot_id).await?;
     let classes = loaded.snapshot.labels.len();
     let spec = SessionSpec { architecture, shape: loaded.shape, classes, hyper: hyper.clone(), seed: trial.seed };
-    jobs::check_network_size(&spec, ctx.config.trainer.max_trial_parameters).map_err(Failure::Poison)?;
+    jobs::check_network_size(&spec, &ctx.config.trainer, loaded.snapshot.items.len()).map_err(Failure::Poison)?;
     // Trials queued before three-way splits held out `validation_split` only.
     let splits = trial.splits.unwrap_or(Splits {
         validation: trial.validation_split,
