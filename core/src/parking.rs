@@ -76,9 +76,13 @@ impl Event for WorkParked {
 }
 
 /// Enqueues `parked` on `work.dlq` inside the caller's transaction (the one that parks the unit).
+/// A unit is parked once, so the event is named by the unit: parking it again after a kill
+/// between its steps (a trial's parked event and its failed result) is the same event, which
+/// the outbox writes once and consumers know by its id.
 pub async fn enqueue<C: GenericClient>(client: &C, ctx: &Context, parked: WorkParked) -> Result<(), RelayError> {
     let key = parked.id.clone();
-    outbox::enqueue(client, &ctx.topic(Topic::WorkDlq), &key, &Envelope::new(parked)).await
+    let event = Envelope::caused_by(&format!("{}/{key}", parked.kind.as_str()), parked);
+    outbox::enqueue(client, &ctx.topic(Topic::WorkDlq), &key, &event).await
 }
 
 /// The reason a unit is parked with: how many attempts it had and what the last one said (none
