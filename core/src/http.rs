@@ -86,23 +86,39 @@ pub struct Page {
 impl Page {
     /// The page the query's `limit` and `before` texts ask for; 400 `invalid_request` otherwise.
     pub fn parse(limit: Option<&str>, before: Option<&str>, default: i64, max: i64) -> Result<Self, ApiError> {
-        let invalid = |message: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message);
-        let limit = match limit {
-            None => default,
-            Some(text) => text
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| invalid(format!("`limit` must be 1 to {max}.")))?,
-        };
-        let before = before
-            .map(|text| {
-                uuid::Uuid::parse_str(text)
-                    .map_err(|_| invalid("`before` must be an id from the previous page.".into()))
-            })
-            .transpose()?;
-        Ok(Self { limit, before })
+        Ok(Self {
+            limit: page_limit(limit, default, max)?,
+            before: page_before(before, |_: &uuid::Uuid| true, "`before` must be an id from the previous page.")?,
+        })
     }
+}
+
+/// A page's `limit` query text: 1 to `max`, `default` when left out; 400 `invalid_request`
+/// otherwise.
+pub fn page_limit(limit: Option<&str>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(default),
+        Some(text) => text.parse::<i64>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", format!("`limit` must be 1 to {max}."))
+        }),
+    }
+}
+
+/// A page's `before` query text, parsed and `accept`ed; 400 `invalid_request` with `message`
+/// otherwise.
+pub fn page_before<B: std::str::FromStr>(
+    before: Option<&str>,
+    accept: impl Fn(&B) -> bool,
+    message: &str,
+) -> Result<Option<B>, ApiError> {
+    before
+        .map(|text| {
+            text.parse::<B>()
+                .ok()
+                .filter(|value| accept(value))
+                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", message))
+        })
+        .transpose()
 }
 
 /// `/healthz`, `/readyz` and `/metrics`, which need no token.

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use sluice_core::{
     Context,
     auth::Scope,
-    http::{ApiError, Caller},
+    http::{self, ApiError, Caller},
     models::{self, AliasMove, AliasName, ModelVersion},
 };
 use utoipa::ToSchema;
@@ -96,24 +96,8 @@ async fn list_versions(
 ) -> Result<Json<Value>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     let name = model_name(&name)?;
-    let limit = match page.limit.as_deref() {
-        None => MAX_VERSIONS_PAGE,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_VERSIONS_PAGE).contains(n))
-            .ok_or_else(|| bad_request(format!("`limit` must be 1 to {MAX_VERSIONS_PAGE}.")))?,
-    };
-    let before = page
-        .before
-        .as_deref()
-        .map(|text| {
-            text.parse::<i32>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| bad_request("`before` must be a version number.".into()))
-        })
-        .transpose()?;
+    let limit = http::page_limit(page.limit.as_deref(), MAX_VERSIONS_PAGE, MAX_VERSIONS_PAGE)?;
+    let before = http::page_before(page.before.as_deref(), |n: &i32| *n >= 1, "`before` must be a version number.")?;
     if !store::model_exists(&ctx, &name).await? {
         return Err(unknown_model(&name));
     }
@@ -178,24 +162,8 @@ async fn alias_history(
 ) -> Result<Json<Value>, RegistryServiceError> {
     caller.require_any(&[Scope::Predict, Scope::Train])?;
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
-    let limit = match page.limit.as_deref() {
-        None => 100,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| bad_request("`limit` must be 1 to 500.".into()))?,
-    };
-    let before = page
-        .before
-        .as_deref()
-        .map(|text| {
-            text.parse::<i64>()
-                .ok()
-                .filter(|n| *n >= 1)
-                .ok_or_else(|| bad_request("`before` must be a move's `id`.".into()))
-        })
-        .transpose()?;
+    let limit = http::page_limit(page.limit.as_deref(), 100, 500)?;
+    let before = http::page_before(page.before.as_deref(), |n: &i64| *n >= 1, "`before` must be a move's `id`.")?;
     if !store::model_exists(&ctx, &name).await? {
         return Err(unknown_model(&name));
     }
@@ -241,7 +209,7 @@ async fn put_alias(
 ) -> Result<Json<AliasMove>, RegistryServiceError> {
     let (name, alias) = (model_name(&name)?, alias_name(&alias)?);
     require_move_scope(&ctx, &caller, &name, &alias).await?;
-    let bytes = sluice_core::http::read_body(body, MAX_BODY_BYTES).await.map_err(ApiError::from)?;
+    let bytes = http::read_body(body, MAX_BODY_BYTES).await.map_err(ApiError::from)?;
     let request: MoveRequest = serde_json::from_slice(&bytes)
         .map_err(|e| bad_request(format!("Send {{\"version\": <number>, \"reason\": \"...\"}} ({e}).")))?;
     let version = positive_version(request.version)?;
@@ -342,7 +310,7 @@ async fn put_policy(
 ) -> Result<Json<Value>, RegistryServiceError> {
     caller.require(Scope::Admin)?;
     let name = model_name(&name)?;
-    let bytes = sluice_core::http::read_body(body, MAX_BODY_BYTES).await.map_err(ApiError::from)?;
+    let bytes = http::read_body(body, MAX_BODY_BYTES).await.map_err(ApiError::from)?;
     let request: PolicyRequest = serde_json::from_slice(&bytes).map_err(|e| {
         bad_request(format!(
             "Send {{\"auto_promote\": \"never\"|\"if_better\"|\"always\", \"protected_aliases\": [...]}} ({e})."

@@ -72,6 +72,18 @@ async fn wait(app: &RunningApp, base: &str, id: &str) -> Value {
     .await
 }
 
+/// Runs `inference`'s workers until `until` ends (a job waited for), then stops them.
+async fn with_workers<T>(inference: sluice_inference::Inference, until: impl Future<Output = T>) -> T {
+    let stop = sluice_core::Shutdown::new();
+    let workers = inference.spawn_workers(&stop);
+    let out = until.await;
+    stop.cancel();
+    for worker in workers {
+        let _ = worker.await;
+    }
+    out
+}
+
 async fn object(app: &RunningApp, key: &str) -> Vec<u8> {
     let bytes = sluice_core::s3::get_bytes(&app.ctx.s3, &app.ctx.config.s3.bucket, key).await.expect("get object");
     bytes.unwrap_or_else(|| panic!("{key} is missing")).to_vec()
@@ -244,13 +256,7 @@ async fn a_job_resumes_after_its_last_written_chunk_and_never_rewrites_it() {
         .execute("UPDATE batch_predictions SET chunks_done = 1, status = 'running' WHERE id = $1", &[&id])
         .await
         .expect("advance");
-    let stop = sluice_core::Shutdown::new();
-    let workers = inference.spawn_workers(&stop);
-    let job = wait(&app, &base, &id.to_string()).await;
-    stop.cancel();
-    for worker in workers {
-        let _ = worker.await;
-    }
+    let job = with_workers(inference, wait(&app, &base, &id.to_string())).await;
     assert_eq!(job["status"], "succeeded", "{job:#}");
     assert_eq!(object(&app, &batch_part_key(id, 0)).await, sentinel, "chunk 0 is never rewritten");
     let mut after = Vec::new();
@@ -463,13 +469,7 @@ async fn a_job_whose_source_bucket_is_gone_fails_saying_so() {
     }
     s3.delete_bucket().bucket(&source).send().await.expect("delete the bucket");
 
-    let stop = sluice_core::Shutdown::new();
-    let workers = inference.spawn_workers(&stop);
-    let job = wait(&app, &base, &id.to_string()).await;
-    stop.cancel();
-    for worker in workers {
-        let _ = worker.await;
-    }
+    let job = with_workers(inference, wait(&app, &base, &id.to_string())).await;
     assert_eq!(job["status"], "failed", "{job:#}");
     let error = job["error"].as_str().expect("the job's error");
     assert!(error.contains(&format!("bucket {source} does not exist")), "{error}");
