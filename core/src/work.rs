@@ -22,7 +22,7 @@ use std::{
 
 use futures::{StreamExt, stream::FuturesUnordered};
 use rdkafka::{
-    Message,
+    Message, Offset,
     consumer::{CommitMode, Consumer},
     error::{KafkaError, RDKafkaErrorCode},
     message::OwnedMessage,
@@ -185,6 +185,40 @@ pub async fn consume<F, Fut>(
     consumer: &SluiceConsumer,
     shutdown: &Shutdown,
     concurrency: usize,
+    handle: F,
+) -> Result<(), KafkaError>
+where
+    F: FnMut(OwnedMessage) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    consume_with(consumer, shutdown, concurrency, false, handle).await
+}
+
+/// [`consume`] for work that takes long (a training trial runs for hours): while every slot is
+/// busy the loop goes on polling, its partitions paused, so the group's rebalances complete at
+/// once. A member that does not poll holds up a rebalance of the whole group until its work
+/// ends (up to `max.poll.interval.ms`): a worker joining or dying would stall every other
+/// worker's next trial. A message that arrives while every slot is busy (fetched before the
+/// pause, or from a partition assigned since) is sought back to, and read again once a slot is
+/// free.
+pub async fn consume_long<F, Fut>(
+    consumer: &SluiceConsumer,
+    shutdown: &Shutdown,
+    concurrency: usize,
+    handle: F,
+) -> Result<(), KafkaError>
+where
+    F: FnMut(OwnedMessage) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    consume_with(consumer, shutdown, concurrency, true, handle).await
+}
+
+async fn consume_with<F, Fut>(
+    consumer: &SluiceConsumer,
+    shutdown: &Shutdown,
+    concurrency: usize,
+    poll_while_busy: bool,
     mut handle: F,
 ) -> Result<(), KafkaError>
 where
@@ -192,6 +226,7 @@ where
     Fut: Future<Output = bool>,
 {
     let concurrency = concurrency.max(1);
+    let mut paused_while_busy = false;
     let mut stream = consumer.stream();
     let mut idle = crate::idle::IdlePause::new(consumer);
     let mut running = FuturesUnordered::new();
@@ -216,6 +251,10 @@ where
             break;
         }
         let room = !stopping && running.len() + held < concurrency;
+        if poll_while_busy && room == paused_while_busy {
+            paused_while_busy = !room;
+            set_paused(consumer, paused_while_busy);
+        }
         tokio::select! {
             () = shutdown.cancelled(), if !stopping => stopping = true,
             check = idle.wait(), if !stopping => if check {
@@ -259,7 +298,16 @@ where
                     }
                 }
             },
-            next = stream.next(), if room => match next {
+            next = stream.next(), if room || (poll_while_busy && !stopping) => match next {
+                Some(Ok(message)) if !room => {
+                    // Read again once a slot is free (from here, as its offset was not stored).
+                    set_paused(consumer, true);
+                    let at = Offset::Offset(message.offset());
+                    if let Err(err) = consumer.seek(message.topic(), message.partition(), at, Duration::from_secs(5)) {
+                        tracing::warn!(error = %err, "cannot seek back to a message that came while busy; reconnecting");
+                        stopping = true;
+                    }
+                }
                 Some(Ok(message)) => {
                     idle.received(&message);
                     let message = message.detach();
@@ -292,6 +340,15 @@ where
         }
     }
     result
+}
+
+/// Pauses or resumes every partition the consumer holds now.
+fn set_paused(consumer: &SluiceConsumer, paused: bool) {
+    let assignment = consumer.assignment().unwrap_or_default();
+    let done = if paused { consumer.pause(&assignment) } else { consumer.resume(&assignment) };
+    if let Err(err) = done {
+        tracing::warn!(error = %err, paused, "cannot pause or resume a busy consumer's partitions");
+    }
 }
 
 #[cfg(test)]

@@ -917,3 +917,57 @@ async fn a_malformed_success_result_fails_its_trial_and_the_coordinator_goes_on(
     let next = run_job(&app, &grid("after", "shapes", json!({"epochs": 1}), "never"), Duration::from_secs(120)).await;
     assert_eq!(next["status"], "succeeded", "the coordinator still finishes jobs: {next:#}");
 }
+
+/// A worker that joins while another trains gets its share of the trials at once: the busy
+/// worker's consumer goes on polling during its trial, so the group's rebalance does not wait
+/// for the trial to end (a member that does not poll holds up the whole group's rebalance).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_joining_mid_trial_takes_the_next_trial_while_the_first_trains() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
+    seed_dataset(&app, "shapes", 2, 120, 32, 13).await;
+    let spawn_worker = || {
+        let mut command = sluice_command();
+        command.args(["serve", "trainer"]).envs(sluice_env(&env)).env("SLUICE_KAFKA_SESSION_TIMEOUT_MS", "6000");
+        command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn a trainer worker")
+    };
+    let mut first = spawn_worker();
+    let trainer_routes: axum::Router = sluice_trainer::router(app.ctx.clone()).into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, trainer_routes).await });
+    let body = json!({"model": "joined", "dataset": "shapes", "architecture": "cnn", "seed": 5, "promote": "never",
+        "search": {"strategy": "grid", "space": {"learning_rate": [0.002, 0.003], "epochs": 200, "patience": 0}}});
+    let post = app.http.post(format!("{base}/v1/training-jobs")).bearer_auth(&app.admin_token).json(&body);
+    let (status, created) = json_of(post.send().await.expect("post")).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    let running = || async {
+        let client = app.ctx.db.get().await.ok()?;
+        let rows = client
+            .query("SELECT worker, epoch FROM training_trials WHERE status = 'running' AND epoch >= 1", &[])
+            .await
+            .ok()?;
+        Some(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i32>(1))).collect::<Vec<_>>())
+    };
+    eventually(Duration::from_secs(120), "the first worker training a trial", || async {
+        running().await.filter(|trials| trials.len() == 1)
+    })
+    .await;
+    let mut second = spawn_worker();
+    let joined = std::time::Instant::now();
+    let both = eventually(Duration::from_secs(60), "both workers training at once", || async {
+        running().await.filter(|trials| trials.len() == 2 && trials[0].0 != trials[1].0)
+    })
+    .await;
+    let waited = joined.elapsed();
+    let cancel = app.http.post(format!("{base}/v1/training-jobs/{id}/cancel")).bearer_auth(&app.admin_token);
+    let _ = cancel.send().await;
+    for worker in [&mut first, &mut second] {
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+    // The first trial was still far from its 200th epoch when the second started.
+    let first_epoch = both.iter().map(|(_, epoch)| *epoch).max().expect("epochs");
+    assert!(first_epoch < 200, "{both:?} after {waited:?}");
+}

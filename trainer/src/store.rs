@@ -88,11 +88,13 @@ pub struct Attempts {
     pub last_error: Option<String>,
 }
 
-/// A trial's status and its job's.
+/// A trial's status and its job's, and which run holds it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TrialState {
     pub trial: RunStatus,
     pub job: RunStatus,
+    /// The run that last started it ([`mark_running`]).
+    pub run: Option<Uuid>,
 }
 
 impl TrialState {
@@ -269,32 +271,34 @@ pub async fn trial_state(ctx: &Context, trial_id: Uuid) -> Result<Option<TrialSt
     let client = ctx.db.get().await?;
     let row = client
         .query_opt(
-            "SELECT t.status AS trial_status, j.status AS job_status
+            "SELECT t.status AS trial_status, j.status AS job_status, t.run_id
              FROM training_trials t JOIN training_jobs j ON j.id = t.job_id WHERE t.id = $1",
             &[&trial_id],
         )
         .await?;
-    Ok(row.map(|r| TrialState { trial: r.get("trial_status"), job: r.get("job_status") }))
+    Ok(row.map(|r| TrialState { trial: r.get("trial_status"), job: r.get("job_status"), run: r.get("run_id") }))
 }
 
-/// A worker took the trial: it and its job are running, and one more attempt has started
-/// (counted before the trial runs, so a worker that dies on it counts). Returns the trial's
-/// attempts and the last failure recorded by [`attempt_failed`]; `None` when it already ended.
+/// A worker's `run` took the trial: it and its job are running, the run holds it (an earlier run
+/// still going elsewhere stops at its next epoch), and one more attempt has started (counted
+/// before the trial runs, so a worker that dies on it counts). Returns the trial's attempts and
+/// the last failure recorded by [`attempt_failed`]; `None` when it already ended.
 #[tracing::instrument(level = "debug", skip(ctx))]
 pub async fn mark_running(
     ctx: &Context,
     job_id: Uuid,
     trial_id: Uuid,
     worker: &str,
+    run: Uuid,
 ) -> Result<Option<Attempts>, DbError> {
     let client = ctx.db.get().await?;
     let row = client
         .query_opt(
             "UPDATE training_trials SET status = $3, worker = $2, started_at = coalesce(started_at, now()),
-                    heartbeat_at = now(), attempts = attempts + 1
+                    heartbeat_at = now(), attempts = attempts + 1, run_id = $5
              WHERE id = $1 AND status = ANY($4)
              RETURNING attempts, error",
-            &[&trial_id, &worker, &RunStatus::Running, &ACTIVE.as_slice()],
+            &[&trial_id, &worker, &RunStatus::Running, &ACTIVE.as_slice(), &run],
         )
         .await?;
     client

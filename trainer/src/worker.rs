@@ -15,7 +15,10 @@
 //! over `trainer.max_trial_parameters` is refused before any memory is taken.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -38,6 +41,7 @@ use sluice_core::{
     work::{self, Backoff, Failure, Settled},
 };
 use sluice_nn::{Architecture, Hyper, Network, Samples, Session, SessionSpec};
+use uuid::Uuid;
 
 use crate::{
     evaluation, jobs, search,
@@ -88,9 +92,25 @@ async fn consume(
     let topic = ctx.topic(Topic::TrainingTrials);
     consumer.subscribe(&[topic.as_str()])?;
     let lag = tokio::spawn(kafka::report_lag(consumer.clone(), topic.to_string(), ctx.config.trainer.group_id.clone()));
-    let result = work::consume(&consumer, shutdown, 1, |message| async move {
+    // A trial runs for minutes or hours: the loop polls meanwhile, so rebalances do not wait for it.
+    let holder = &consumer;
+    let result = work::consume_long(&consumer, shutdown, 1, |message| async move {
         match Envelope::<TrialAssigned>::decode(message.payload().unwrap_or_default()) {
-            Ok(envelope) => handle(ctx, &envelope.data, shutdown, cache, worker).await,
+            Ok(envelope) => {
+                let taken_over = AtomicBool::new(false);
+                let done = handle(ctx, &envelope.data, shutdown, cache, worker, &taken_over).await;
+                // Another worker's run took the trial over: its partition went to that worker, and
+                // the message's offset stays for it to store. If the partition came back here
+                // meanwhile, storing it now would end the message while the other run may still
+                // die: the consumer reconnects instead, and the trial is delivered again.
+                if taken_over.load(Ordering::Relaxed) {
+                    let held = holder
+                        .assignment()
+                        .is_ok_and(|assigned| assigned.find_partition(message.topic(), message.partition()).is_some());
+                    return !held;
+                }
+                done
+            }
             Err(err) => {
                 tracing::error!(error = %err, offset = message.offset(), "undecodable trial event; skipping it");
                 true
@@ -102,18 +122,21 @@ async fn consume(
     result
 }
 
-/// Runs one trial to a published result; `false` when shutdown interrupted it.
+/// Runs one trial to a published result; `false` when shutdown interrupted it. A run that
+/// another worker's run took over stops at its next epoch, publishes nothing and sets
+/// `taken_over`.
 async fn handle(
     ctx: &Context,
     trial: &TrialAssigned,
     shutdown: &Shutdown,
     cache: &snapshot::Cache,
     worker: &str,
+    taken_over: &AtomicBool,
 ) -> bool {
     let started = Instant::now();
     let backoff = Backoff { first: Duration::from_millis(500), max: Duration::from_secs(10) };
     let settled = work::settle(shutdown, backoff, "trial interrupted", || async {
-        match train(ctx, trial, shutdown, cache, worker, started).await {
+        match train(ctx, trial, shutdown, cache, worker, started, taken_over).await {
             Err(Failure::Retry(reason)) => {
                 // The attempt stands only when the failure was the trial's own.
                 let counts = parking::dependencies_up(ctx, &[]).await;
@@ -254,6 +277,24 @@ async fn still_wanted(ctx: &Context, trial: &TrialAssigned) -> Result<bool, Fail
     Ok(store::trial_state(ctx, trial.trial_id).await?.is_some_and(|state| state.wanted()))
 }
 
+/// Whether `run` should go on with the trial: it is still wanted and no later run took it.
+async fn run_state(ctx: &Context, trial: &TrialAssigned, run: Uuid) -> Result<RunState, Failure> {
+    Ok(match store::trial_state(ctx, trial.trial_id).await? {
+        Some(state) if !state.wanted() => RunState::Ended,
+        Some(state) if state.run.is_some_and(|holder| holder != run) => RunState::TakenOver,
+        Some(_) => RunState::Going,
+        None => RunState::Ended,
+    })
+}
+
+enum RunState {
+    Going,
+    /// The trial ended or its job was cancelled.
+    Ended,
+    /// Another worker's run started it since (this worker's partition was given away).
+    TakenOver,
+}
+
 /// Trains the trial; `Ok(None)` when there is nothing to do (ended or cancelled job).
 async fn train(
     ctx: &Context,
@@ -262,6 +303,7 @@ async fn train(
     cache: &snapshot::Cache,
     worker: &str,
     started: Instant,
+    taken_over: &AtomicBool,
 ) -> Result<Option<TrialFinished>, Failure> {
     if !still_wanted(ctx, trial).await? {
         tracing::info!(trial = %trial.trial_id, "trial already ended or its job was cancelled; skipping");
@@ -274,8 +316,9 @@ async fn train(
         .parse()
         .map_err(|_| Failure::Poison(format!("unknown architecture {}", trial.architecture)))?;
     // Counted before anything can go wrong, so a run that kills this process counts too.
+    let run = Uuid::now_v7();
     let Some(Attempts { attempts, last_error }) =
-        store::mark_running(ctx, trial.job_id, trial.trial_id, worker).await?
+        store::mark_running(ctx, trial.job_id, trial.trial_id, worker, run).await?
     else {
         return Ok(None);
     };
@@ -340,9 +383,18 @@ async fn train(
         if shutdown.is_cancelled() {
             return Err(Failure::Interrupted);
         }
-        if !still_wanted(ctx, trial).await? {
-            tracing::info!(trial = %trial.trial_id, "job cancelled; stopping the trial");
-            return Ok(Some(ended(trial, worker, TrialOutcome::Cancelled, None, started)));
+        match run_state(ctx, trial, run).await? {
+            RunState::Going => {}
+            RunState::Ended => {
+                tracing::info!(trial = %trial.trial_id, "job cancelled; stopping the trial");
+                return Ok(Some(ended(trial, worker, TrialOutcome::Cancelled, None, started)));
+            }
+            RunState::TakenOver => {
+                tracing::warn!(trial = %trial.trial_id, "another worker took the trial over; stopping this run");
+                metrics::counter!("sluice_trainer_trials_taken_over_total").increment(1);
+                taken_over.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
         }
         let (train_set, val_set) = (train_set.clone(), val_set.clone());
         let (returned, report) = tokio::task::spawn_blocking(move || {
@@ -599,8 +651,8 @@ mod tests {
             .collect();
         let report = evaluation::report(&labels, &probabilities, &truth);
         TrialFinished {
-            job_id: uuid::Uuid::nil(),
-            trial_id: uuid::Uuid::nil(),
+            job_id: Uuid::nil(),
+            trial_id: Uuid::nil(),
             worker: "w".into(),
             outcome: TrialOutcome::Succeeded,
             metrics: json!({"val_accuracy": 0.9}),
