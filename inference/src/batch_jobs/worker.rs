@@ -50,8 +50,9 @@ pub async fn run(served: Arc<Served>, shutdown: Shutdown) {
 fn consumer(ctx: &Context) -> Result<kafka::ClosesInBackground<SluiceConsumer>, rdkafka::error::KafkaError> {
     let mut config = kafka::consumer_config(&ctx.config.kafka, &ctx.config.inference.batch_group_id);
     kafka::background(&mut config, &ctx.config.kafka);
-    // A job runs between two polls: allow long jobs, and prefetch little (jobs are small events).
-    config.set("max.poll.interval.ms", "21600000").set("queued.max.messages.kbytes", "64");
+    // Jobs run for long: the loop polls meanwhile (work::consume_long), so rebalances need not
+    // wait for a job; prefetch little (jobs are small events).
+    config.set("queued.max.messages.kbytes", "64");
     kafka::create(&config, &ctx.config.kafka)
 }
 
@@ -59,7 +60,7 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
     let ctx = &served.ctx;
     let consumer = consumer(ctx)?;
     consumer.subscribe(&[ctx.topic(Topic::PredictionsBatch).as_str()])?;
-    work::consume(&consumer, shutdown, 1, |message| async move {
+    work::consume_long(&consumer, shutdown, 1, |message| async move {
         match Envelope::<BatchPredictionRequested>::decode(message.payload().unwrap_or_default()) {
             Ok(envelope) => handle(served, envelope.data.job_id, shutdown).await,
             Err(err) => {
