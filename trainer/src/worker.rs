@@ -74,7 +74,8 @@ fn trial_consumer(ctx: &Context) -> Result<kafka::ClosesInBackground<SluiceConsu
     let trainer = &ctx.config.trainer;
     let mut config = kafka::consumer_config(&ctx.config.kafka, &trainer.group_id);
     // Trials are placed round the partitions in order; round-robin assignment then gives every
-    // worker an even share. A trial runs between two polls, so the poll interval bounds a trial.
+    // worker an even share. The loop polls while a trial runs (work::consume_long); the poll
+    // interval only bounds a consumer loop that stopped altogether.
     config
         .set("partition.assignment.strategy", "roundrobin")
         .set("max.poll.interval.ms", (trainer.max_trial_secs * 1000).min(i32::MAX as u64).to_string())
@@ -397,12 +398,16 @@ async fn train(
             }
         }
         let (train_set, val_set) = (train_set.clone(), val_set.clone());
-        let (returned, report) = tokio::task::spawn_blocking(move || {
+        let epoch = tokio::task::spawn_blocking(move || {
             let report = session.run_epoch(&train_set, &val_set);
             (session, report)
-        })
-        .await
-        .map_err(|e| Failure::Poison(format!("training panicked: {e}")))?;
+        });
+        // The loop polls while the trial runs, so nothing else bounds a stuck epoch.
+        let left = Duration::from_secs(ctx.config.trainer.max_trial_secs).saturating_sub(started.elapsed());
+        let (returned, report) = tokio::time::timeout(left, epoch)
+            .await
+            .map_err(|_| Failure::Poison("an epoch ran past trainer.max_trial_secs".to_owned()))?
+            .map_err(|e| Failure::Poison(format!("training panicked: {e}")))?;
         session = returned;
         let report = report.map_err(|e| Failure::Poison(format!("training failed: {e}")))?;
         metrics::histogram!("sluice_trainer_epoch_duration_seconds").record(report.seconds);
