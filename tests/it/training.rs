@@ -971,3 +971,34 @@ async fn a_worker_joining_mid_trial_takes_the_next_trial_while_the_first_trains(
     let first_epoch = both.iter().map(|(_, epoch)| *epoch).max().expect("epochs");
     assert!(first_epoch < 200, "{both:?} after {waited:?}");
 }
+
+/// A run whose trial another run took over (as after a rebalance gave its partition away) stops
+/// at its next epoch and publishes nothing. Here the other run is a stand-in that never trains,
+/// and the partition is still this worker's: the stopped run leaves the message unfinished, the
+/// consumer reconnects, and the trial is delivered again and resumed from its checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_trial_was_taken_over_stops_and_the_trial_still_finishes_once() {
+    let env = TestEnv::new().await;
+    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
+    seed_dataset(&app, "shapes", 2, 60, 32, 14).await;
+    let (status, created) =
+        post_job(&app, &app.admin_token, &grid("taken", "shapes", json!({"epochs": 60, "patience": 0}), "never")).await;
+    assert_eq!(status, 202, "{created}");
+    let id = created["id"].as_str().expect("id").to_owned();
+    eventually(Duration::from_secs(60), "the trial past its second epoch", || async {
+        (app.count("SELECT count(*) FROM training_trials WHERE status = 'running' AND epoch >= 2").await == 1)
+            .then_some(())
+    })
+    .await;
+    let client = app.ctx.db.get().await.expect("connection");
+    client.execute("UPDATE training_trials SET run_id = gen_random_uuid()", &[]).await.expect("take it over");
+    drop(client);
+    let job = wait_job(&app, &id, Duration::from_secs(180)).await;
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let history = job["trials"][0]["history"].as_array().expect("history");
+    let epochs: Vec<i64> = history.iter().map(|h| h["epoch"].as_i64().expect("an epoch")).collect();
+    assert_eq!(epochs, (1..=60).collect::<Vec<_>>(), "each epoch recorded once: {history:?}");
+    assert!(history.iter().any(|h| h["resumed_from"].as_i64() > Some(0)), "resumed from its checkpoint: {history:?}");
+    let metrics = app.get("/metrics").await.1;
+    assert!(metrics.as_str().expect("text").contains("sluice_trainer_trials_taken_over_total"), "counted");
+}

@@ -98,13 +98,14 @@ async fn consume(
     let result = work::consume_long(&consumer, shutdown, 1, |message| async move {
         match Envelope::<TrialAssigned>::decode(message.payload().unwrap_or_default()) {
             Ok(envelope) => {
-                let taken_over = AtomicBool::new(false);
-                let done = handle(ctx, &envelope.data, shutdown, cache, worker, &taken_over).await;
+                let run =
+                    Run { id: Uuid::now_v7(), marked: AtomicBool::new(false), taken_over: AtomicBool::new(false) };
+                let done = handle(ctx, &envelope.data, shutdown, cache, worker, &run).await;
                 // Another worker's run took the trial over: its partition went to that worker, and
                 // the message's offset stays for it to store. If the partition came back here
                 // meanwhile, storing it now would end the message while the other run may still
                 // die: the consumer reconnects instead, and the trial is delivered again.
-                if taken_over.load(Ordering::Relaxed) {
+                if run.taken_over.load(Ordering::Relaxed) {
                     let held = holder
                         .assignment()
                         .is_ok_and(|assigned| assigned.find_partition(message.topic(), message.partition()).is_some());
@@ -123,21 +124,30 @@ async fn consume(
     result
 }
 
+/// One delivery's run of a trial, across the retries of its attempts.
+struct Run {
+    id: Uuid,
+    /// Whether it has marked the trial as its own yet ([`store::mark_running`]).
+    marked: AtomicBool,
+    /// Whether another worker's run took the trial over since.
+    taken_over: AtomicBool,
+}
+
 /// Runs one trial to a published result; `false` when shutdown interrupted it. A run that
-/// another worker's run took over stops at its next epoch, publishes nothing and sets
-/// `taken_over`.
+/// another worker's run took over stops at its next epoch (or its next retry), publishes
+/// nothing and says so in `run.taken_over`.
 async fn handle(
     ctx: &Context,
     trial: &TrialAssigned,
     shutdown: &Shutdown,
     cache: &snapshot::Cache,
     worker: &str,
-    taken_over: &AtomicBool,
+    run: &Run,
 ) -> bool {
     let started = Instant::now();
     let backoff = Backoff { first: Duration::from_millis(500), max: Duration::from_secs(10) };
     let settled = work::settle(shutdown, backoff, "trial interrupted", || async {
-        match train(ctx, trial, shutdown, cache, worker, started, taken_over).await {
+        match train(ctx, trial, shutdown, cache, worker, started, run).await {
             Err(Failure::Retry(reason)) => {
                 // The attempt stands only when the failure was the trial's own.
                 let counts = parking::dependencies_up(ctx, &[]).await;
@@ -288,6 +298,14 @@ async fn run_state(ctx: &Context, trial: &TrialAssigned, run: Uuid) -> Result<Ru
     })
 }
 
+/// Notes that another worker's run took the trial over: this run ends with nothing to publish.
+fn taken_over(trial: &TrialAssigned, run: &Run) -> Option<TrialFinished> {
+    tracing::warn!(trial = %trial.trial_id, "another worker took the trial over; stopping this run");
+    metrics::counter!("sluice_trainer_trials_taken_over_total").increment(1);
+    run.taken_over.store(true, Ordering::Relaxed);
+    None
+}
+
 enum RunState {
     Going,
     /// The trial ended or its job was cancelled.
@@ -304,7 +322,7 @@ async fn train(
     cache: &snapshot::Cache,
     worker: &str,
     started: Instant,
-    taken_over: &AtomicBool,
+    run: &Run,
 ) -> Result<Option<TrialFinished>, Failure> {
     if !still_wanted(ctx, trial).await? {
         tracing::info!(trial = %trial.trial_id, "trial already ended or its job was cancelled; skipping");
@@ -316,13 +334,18 @@ async fn train(
         .architecture
         .parse()
         .map_err(|_| Failure::Poison(format!("unknown architecture {}", trial.architecture)))?;
+    // A retry after a dependency came back (a host cut off, then back) must not take the trial
+    // back from the run that resumed it meanwhile; a new delivery does take it over.
+    if run.marked.load(Ordering::Relaxed) && matches!(run_state(ctx, trial, run.id).await?, RunState::TakenOver) {
+        return Ok(taken_over(trial, run));
+    }
     // Counted before anything can go wrong, so a run that kills this process counts too.
-    let run = Uuid::now_v7();
     let Some(Attempts { attempts, last_error }) =
-        store::mark_running(ctx, trial.job_id, trial.trial_id, worker, run).await?
+        store::mark_running(ctx, trial.job_id, trial.trial_id, worker, run.id).await?
     else {
         return Ok(None);
     };
+    run.marked.store(true, Ordering::Relaxed);
     let max_attempts = ctx.config.trainer.max_trial_attempts as i32;
     if attempts > max_attempts {
         let reason = parking::gave_up(attempts - 1, last_error.as_deref());
@@ -384,18 +407,13 @@ async fn train(
         if shutdown.is_cancelled() {
             return Err(Failure::Interrupted);
         }
-        match run_state(ctx, trial, run).await? {
+        match run_state(ctx, trial, run.id).await? {
             RunState::Going => {}
             RunState::Ended => {
                 tracing::info!(trial = %trial.trial_id, "job cancelled; stopping the trial");
                 return Ok(Some(ended(trial, worker, TrialOutcome::Cancelled, None, started)));
             }
-            RunState::TakenOver => {
-                tracing::warn!(trial = %trial.trial_id, "another worker took the trial over; stopping this run");
-                metrics::counter!("sluice_trainer_trials_taken_over_total").increment(1);
-                taken_over.store(true, Ordering::Relaxed);
-                return Ok(None);
-            }
+            RunState::TakenOver => return Ok(taken_over(trial, run)),
         }
         let (train_set, val_set) = (train_set.clone(), val_set.clone());
         let epoch = tokio::task::spawn_blocking(move || {
