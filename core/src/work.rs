@@ -342,6 +342,14 @@ where
     result
 }
 
+/// Whether the consumer holds `message`'s partition now. Long work whose unit another process
+/// took over after a rebalance ends without finishing its message when it does (`false`, so
+/// the loop reconnects and the message is delivered again), rather than store an offset the
+/// other process's run still needs.
+pub fn holds<M: Message>(consumer: &SluiceConsumer, message: &M) -> bool {
+    consumer.assignment().is_ok_and(|assigned| assigned.find_partition(message.topic(), message.partition()).is_some())
+}
+
 /// Pauses or resumes every partition the consumer holds now.
 fn set_paused(consumer: &SluiceConsumer, paused: bool) {
     let assignment = consumer.assignment().unwrap_or_default();

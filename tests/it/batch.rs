@@ -474,3 +474,47 @@ async fn a_job_whose_source_bucket_is_gone_fails_saying_so() {
     let error = job["error"].as_str().expect("the job's error");
     assert!(error.contains(&format!("bucket {source} does not exist")), "{error}");
 }
+
+/// A run whose job another run took over (as after a rebalance gave its partition to a replica
+/// that joined) stops before its next chunk. Here the other run is a stand-in that never scores,
+/// and the partition is still this worker's: the stopped run leaves the message unfinished, the
+/// consumer reconnects, and the job is delivered again and goes on from its last written chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_job_was_taken_over_stops_and_the_job_still_ends_once() {
+    let env = TestEnv::new().await;
+    let (app, base, inference, id) = parked_job(&env, 2, "handed", 30, 71).await;
+    let taken = async {
+        eventually(Duration::from_secs(60), "two chunks written", || async {
+            (app.count(&format!("SELECT chunks_done::bigint FROM batch_predictions WHERE id = '{id}'")).await >= 2)
+                .then_some(())
+        })
+        .await;
+        let client = app.ctx.db.get().await.expect("connection");
+        let stand_in: Uuid = client
+            .query_one(
+                "UPDATE batch_predictions SET run_id = gen_random_uuid() WHERE status = 'running' RETURNING run_id",
+                &[],
+            )
+            .await
+            .expect("take the running job over")
+            .get(0);
+        drop(client);
+        (stand_in, wait(&app, &base, &id.to_string()).await)
+    };
+    let (stand_in, job) = with_workers(inference, taken).await;
+    let holder: Uuid = app
+        .ctx
+        .db
+        .get()
+        .await
+        .expect("connection")
+        .query_one("SELECT run_id FROM batch_predictions WHERE id = $1", &[&id])
+        .await
+        .expect("the job")
+        .get(0);
+    assert_ne!(holder, stand_in, "a new delivery took the job back and finished it");
+    assert_eq!(job["status"], "succeeded", "{job:#}");
+    let lines = lines(&app, &job).await;
+    assert_eq!(indices(&lines), (0..90).collect::<Vec<_>>(), "each item once, in order");
+    assert_eq!(app.count(&format!("SELECT count(*) FROM predictions WHERE batch_id = '{id}'")).await, 90);
+}

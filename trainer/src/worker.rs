@@ -106,10 +106,7 @@ async fn consume(
                 // meanwhile, storing it now would end the message while the other run may still
                 // die: the consumer reconnects instead, and the trial is delivered again.
                 if run.taken_over.load(Ordering::Relaxed) {
-                    let held = holder
-                        .assignment()
-                        .is_ok_and(|assigned| assigned.find_partition(message.topic(), message.partition()).is_some());
-                    return !held;
+                    return !work::holds(holder, &message);
                 }
                 done
             }

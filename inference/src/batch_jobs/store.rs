@@ -122,17 +122,25 @@ pub async fn load(ctx: &Context, id: Uuid) -> Result<Option<Job>, DbError> {
 
 /// Marks the job running (keeping its first start time).
 #[tracing::instrument(level = "debug", skip(ctx), fields(batch_job = %id))]
-pub async fn start(ctx: &Context, id: Uuid) -> Result<(), DbError> {
+pub async fn start(ctx: &Context, id: Uuid, run: Uuid) -> Result<(), DbError> {
     ctx.db
         .get()
         .await?
         .execute(
-            "UPDATE batch_predictions SET status = $2, started_at = COALESCE(started_at, now()), updated_at = now()
+            "UPDATE batch_predictions SET status = $2, started_at = COALESCE(started_at, now()), updated_at = now(),
+                 run_id = $4
              WHERE id = $1 AND status IN ($3, $2)",
-            &[&id, &BatchStatus::Running, &BatchStatus::Queued],
+            &[&id, &BatchStatus::Running, &BatchStatus::Queued, &run],
         )
         .await?;
     Ok(())
+}
+
+/// Whether a later run (another delivery of the job) took it over from `run`.
+#[tracing::instrument(level = "debug", skip(ctx), fields(batch_job = %id))]
+pub async fn taken_over(ctx: &Context, id: Uuid, run: Uuid) -> Result<bool, DbError> {
+    let row = ctx.db.get().await?.query_opt("SELECT run_id FROM batch_predictions WHERE id = $1", &[&id]).await?;
+    Ok(row.and_then(|row| row.get::<_, Option<Uuid>>("run_id")).is_some_and(|holder| holder != run))
 }
 
 /// Records chunk `chunk` as written, unless the job has moved on (another worker wrote it too):

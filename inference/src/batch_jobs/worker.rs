@@ -14,7 +14,13 @@
 //! items' lines, it is recorded in `failed_chunks` with a `work.parked` event and
 //! `sluice_inference_batch_chunks_parked_total`, and the job goes on with the next chunk.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use rdkafka::{Message, consumer::Consumer};
 use sluice_core::{
@@ -60,9 +66,18 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
     let ctx = &served.ctx;
     let consumer = consumer(ctx)?;
     consumer.subscribe(&[ctx.topic(Topic::PredictionsBatch).as_str()])?;
+    let holder = &consumer;
     work::consume_long(&consumer, shutdown, 1, |message| async move {
         match Envelope::<BatchPredictionRequested>::decode(message.payload().unwrap_or_default()) {
-            Ok(envelope) => handle(served, envelope.data.job_id, shutdown).await,
+            Ok(envelope) => {
+                let run = Run { id: Uuid::now_v7(), started: AtomicBool::new(false), taken_over: AtomicBool::new(false) };
+                let done = handle(served, envelope.data.job_id, shutdown, &run).await;
+                // Another process's run took the job over (its partition went there): see work::holds.
+                if run.taken_over.load(Ordering::Relaxed) {
+                    return !work::holds(holder, &message);
+                }
+                done
+            }
             Err(err) => {
                 tracing::error!(error = %err, offset = message.offset(), "undecodable batch prediction event; skipping it");
                 true
@@ -72,10 +87,21 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
     .await
 }
 
+/// One delivery's run of a job, across its retries.
+struct Run {
+    id: Uuid,
+    /// Whether it has started the job as its own yet ([`store::start`]).
+    started: AtomicBool,
+    /// Whether another process's run took the job over since.
+    taken_over: AtomicBool,
+}
+
 /// Runs one job to its end (`failed` for what can never work); `false` when shutdown
-/// interrupted it.
-async fn handle(served: &Served, id: Uuid, shutdown: &Shutdown) -> bool {
-    let settled = work::settle(shutdown, BACKOFF, "batch prediction interrupted", || run_job(served, id, shutdown));
+/// interrupted it. A run that another process's run took over stops before its next chunk and
+/// says so in `run.taken_over`.
+async fn handle(served: &Served, id: Uuid, shutdown: &Shutdown, run: &Run) -> bool {
+    let settled =
+        work::settle(shutdown, BACKOFF, "batch prediction interrupted", || run_job(served, id, shutdown, run));
     match settled.await {
         None => false,
         Some(Settled::Done(())) => true,
@@ -89,8 +115,13 @@ async fn handle(served: &Served, id: Uuid, shutdown: &Shutdown) -> bool {
     }
 }
 
+fn stop_taken_over(id: Uuid, run: &Run) {
+    tracing::warn!(job = %id, "another process took the batch prediction over; stopping this run");
+    run.taken_over.store(true, Ordering::Relaxed);
+}
+
 /// Scores the job's remaining chunks and ends it.
-async fn run_job(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), Failure> {
+async fn run_job(served: &Served, id: Uuid, shutdown: &Shutdown, run: &Run) -> Result<(), Failure> {
     let ctx = &served.ctx;
     let Some(job) = store::load(ctx, id).await? else {
         tracing::warn!(job = %id, "no batch prediction has this id; skipping its event");
@@ -99,7 +130,14 @@ async fn run_job(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), F
     if job.is_finished() {
         return Ok(());
     }
-    store::start(ctx, id).await?;
+    // A retry must not take the job back from a run that took it over meanwhile; a new delivery
+    // takes it over.
+    if run.started.load(Ordering::Relaxed) && store::taken_over(ctx, id, run.id).await? {
+        stop_taken_over(id, run);
+        return Ok(());
+    }
+    store::start(ctx, id, run.id).await?;
+    run.started.store(true, Ordering::Relaxed);
     let model = ModelName::parse(&job.model).map_err(|e| Failure::Poison(format!("model name: {e}")))?;
     let loaded = served.load(&model, job.version).await.map_err(|err| match err {
         ServeError::Unavailable(reason) => Failure::Retry(reason),
@@ -111,6 +149,10 @@ async fn run_job(served: &Served, id: Uuid, shutdown: &Shutdown) -> Result<(), F
     while next < job.chunks {
         if shutdown.is_cancelled() {
             return Err(Failure::Interrupted);
+        }
+        if store::taken_over(ctx, id, run.id).await? {
+            stop_taken_over(id, run);
+            return Ok(());
         }
         // Counted before the chunk runs, so a chunk that kills its worker counts too.
         let begun = store::begin_chunk(ctx, id, next).await?;
