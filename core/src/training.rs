@@ -394,6 +394,19 @@ impl<'de> Deserialize<'de> for Hits {
 }
 
 impl TrialFinished {
+    /// The same trial ended as failed with `error`, keeping none of what a success carries.
+    pub fn into_failed(self, error: String) -> Self {
+        Self {
+            outcome: TrialOutcome::Failed,
+            metrics: serde_json::Value::Null,
+            artifact: None,
+            reference: serde_json::Value::Null,
+            error: Some(error),
+            test: None,
+            ..self
+        }
+    }
+
     /// What makes a result unusable, checked before it is recorded: a success must name an
     /// artifact of its own trial (`models/<model>/<job>/<trial>-<sha>.safetensors`, a sha256, a
     /// size) and carry validation metrics (an object with `val_accuracy` in 0..=1) and reference

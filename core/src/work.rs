@@ -17,6 +17,7 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     fmt::Display,
+    sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
@@ -342,12 +343,51 @@ where
     result
 }
 
-/// Whether the consumer holds `message`'s partition now. Long work whose unit another process
-/// took over after a rebalance ends without finishing its message when it does (`false`, so
-/// the loop reconnects and the message is delivered again), rather than store an offset the
-/// other process's run still needs.
-pub fn holds<M: Message>(consumer: &SluiceConsumer, message: &M) -> bool {
-    consumer.assignment().is_ok_and(|assigned| assigned.find_partition(message.topic(), message.partition()).is_some())
+/// One delivery's run of a long unit of work (a trial, a batch prediction) under
+/// [`consume_long`], across the retries of its attempts. The run names itself on its unit when it
+/// starts it (a `run_id` column); a later delivery elsewhere, after a rebalance gave the
+/// partition away, names itself there in turn, and this run stops at its next step.
+#[derive(Debug)]
+pub struct Run {
+    pub id: uuid::Uuid,
+    started: AtomicBool,
+    taken_over: AtomicBool,
+}
+
+impl Default for Run {
+    fn default() -> Self {
+        Self { id: uuid::Uuid::now_v7(), started: AtomicBool::new(false), taken_over: AtomicBool::new(false) }
+    }
+}
+
+impl Run {
+    /// Whether this run has named itself on its unit: a retry then checks that no other run took
+    /// the unit over meanwhile instead of taking it back (only a new delivery takes a unit over).
+    pub fn started(&self) -> bool {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// This run named itself on its unit.
+    pub fn start(&self) {
+        self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// Another process's run took the unit over: this run stops with nothing to publish.
+    pub fn yield_unit(&self) {
+        self.taken_over.store(true, Ordering::Relaxed);
+    }
+
+    /// What the consume loop is told once the run's handler answered `done`. A run whose unit was
+    /// taken over leaves the message to the process that holds its partition now; if the
+    /// partition came back here meanwhile, storing its offset would end the message while the
+    /// other run may still die, so the loop is told to stop (`false`): it reconnects and the
+    /// message is delivered again.
+    pub fn answer<M: Message>(&self, done: bool, consumer: &SluiceConsumer, message: &M) -> bool {
+        if !self.taken_over.load(Ordering::Relaxed) {
+            return done;
+        }
+        !consumer.assignment().is_ok_and(|held| held.find_partition(message.topic(), message.partition()).is_some())
+    }
 }
 
 /// Pauses or resumes every partition the consumer holds now.

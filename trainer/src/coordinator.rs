@@ -24,7 +24,7 @@ use sluice_core::{
     models::{self, AliasName, Lineage, ModelName, NewVersion},
     parking::{self, WorkKind, WorkParked},
     topics::Topic,
-    training::{RunStatus, Split, TestScores, TrialFinished, TrialOutcome, TrialProgress, event_type},
+    training::{RunStatus, Split, TestScores, TrialFinished, TrialProgress, event_type},
     work::{self, Backoff},
 };
 use sluice_nn::Hyper;
@@ -114,12 +114,7 @@ async fn handle(ctx: &Context, payload: &[u8]) -> Result<(), Retry> {
                 // A success the registration could not use ends the trial as failed, saying why.
                 if let Some(reason) = event.data.malformed() {
                     tracing::error!(trial = %event.data.trial_id, reason, "malformed trial result; recording the trial as failed");
-                    event.data.outcome = TrialOutcome::Failed;
-                    event.data.artifact = None;
-                    event.data.metrics = Value::Null;
-                    event.data.reference = Value::Null;
-                    event.data.test = None;
-                    event.data.error = Some(format!("the worker's result was malformed: {reason}"));
+                    event.data = event.data.into_failed(format!("the worker's result was malformed: {reason}"));
                 }
                 if store::record_finished(ctx, &event.data).await? {
                     tracing::info!(job = %event.data.job_id, trial = %event.data.trial_id,

@@ -15,10 +15,7 @@
 //! over `trainer.max_trial_parameters` is refused before any memory is taken.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -38,7 +35,7 @@ use sluice_core::{
         ArtifactRef, BaselineScores, EpochMetrics, Hits, Splits, TestScores, TrialAssigned, TrialFinished,
         TrialOutcome, TrialProgress, artifact_key, checkpoint_key, manifest_key,
     },
-    work::{self, Backoff, Failure, Settled},
+    work::{self, Backoff, Failure, Run, Settled},
 };
 use sluice_nn::{Architecture, Hyper, Network, Samples, Session, SessionSpec};
 use uuid::Uuid;
@@ -98,17 +95,9 @@ async fn consume(
     let result = work::consume_long(&consumer, shutdown, 1, |message| async move {
         match Envelope::<TrialAssigned>::decode(message.payload().unwrap_or_default()) {
             Ok(envelope) => {
-                let run =
-                    Run { id: Uuid::now_v7(), marked: AtomicBool::new(false), taken_over: AtomicBool::new(false) };
+                let run = Run::default();
                 let done = handle(ctx, &envelope.data, shutdown, cache, worker, &run).await;
-                // Another worker's run took the trial over: its partition went to that worker, and
-                // the message's offset stays for it to store. If the partition came back here
-                // meanwhile, storing it now would end the message while the other run may still
-                // die: the consumer reconnects instead, and the trial is delivered again.
-                if run.taken_over.load(Ordering::Relaxed) {
-                    return !work::holds(holder, &message);
-                }
-                done
+                run.answer(done, holder, &message)
             }
             Err(err) => {
                 tracing::error!(error = %err, offset = message.offset(), "undecodable trial event; skipping it");
@@ -121,18 +110,9 @@ async fn consume(
     result
 }
 
-/// One delivery's run of a trial, across the retries of its attempts.
-struct Run {
-    id: Uuid,
-    /// Whether it has marked the trial as its own yet ([`store::mark_running`]).
-    marked: AtomicBool,
-    /// Whether another worker's run took the trial over since.
-    taken_over: AtomicBool,
-}
-
 /// Runs one trial to a published result; `false` when shutdown interrupted it. A run that
 /// another worker's run took over stops at its next epoch (or its next retry), publishes
-/// nothing and says so in `run.taken_over`.
+/// nothing and yields its trial ([`Run::yield_unit`]).
 async fn handle(
     ctx: &Context,
     trial: &TrialAssigned,
@@ -244,18 +224,10 @@ fn fit_in_a_message(mut finished: TrialFinished) -> TrialFinished {
     }
     let bytes = serde_json::to_vec(&finished).map_or(0, |b| b.len());
     tracing::warn!(trial = %finished.trial_id, bytes, "a trial result does not fit a Kafka message; reporting the trial failed");
-    TrialFinished {
-        outcome: TrialOutcome::Failed,
-        metrics: serde_json::Value::Null,
-        artifact: None,
-        reference: serde_json::Value::Null,
-        error: Some(format!(
-            "the trial's result is {bytes} bytes, over the {}-byte limit of a Kafka message",
-            sluice_core::outbox::MAX_EVENT_BYTES
-        )),
-        test: None,
-        ..finished
-    }
+    finished.into_failed(format!(
+        "the trial's result is {bytes} bytes, over the {}-byte limit of a Kafka message",
+        sluice_core::outbox::MAX_EVENT_BYTES
+    ))
 }
 
 fn ended(
@@ -299,7 +271,7 @@ async fn run_state(ctx: &Context, trial: &TrialAssigned, run: Uuid) -> Result<Ru
 fn taken_over(trial: &TrialAssigned, run: &Run) -> Option<TrialFinished> {
     tracing::warn!(trial = %trial.trial_id, "another worker took the trial over; stopping this run");
     metrics::counter!("sluice_trainer_trials_taken_over_total").increment(1);
-    run.taken_over.store(true, Ordering::Relaxed);
+    run.yield_unit();
     None
 }
 
@@ -333,7 +305,7 @@ async fn train(
         .map_err(|_| Failure::Poison(format!("unknown architecture {}", trial.architecture)))?;
     // A retry after a dependency came back (a host cut off, then back) must not take the trial
     // back from the run that resumed it meanwhile; a new delivery does take it over.
-    if run.marked.load(Ordering::Relaxed) && matches!(run_state(ctx, trial, run.id).await?, RunState::TakenOver) {
+    if run.started() && matches!(run_state(ctx, trial, run.id).await?, RunState::TakenOver) {
         return Ok(taken_over(trial, run));
     }
     // Counted before anything can go wrong, so a run that kills this process counts too.
@@ -342,7 +314,7 @@ async fn train(
     else {
         return Ok(None);
     };
-    run.marked.store(true, Ordering::Relaxed);
+    run.start();
     let max_attempts = ctx.config.trainer.max_trial_attempts as i32;
     if attempts > max_attempts {
         let reason = parking::gave_up(attempts - 1, last_error.as_deref());

@@ -14,13 +14,7 @@
 //! items' lines, it is recorded in `failed_chunks` with a `work.parked` event and
 //! `sluice_inference_batch_chunks_parked_total`, and the job goes on with the next chunk.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use rdkafka::{Message, consumer::Consumer};
 use sluice_core::{
@@ -32,7 +26,7 @@ use sluice_core::{
     models::ModelName,
     parking, s3,
     topics::Topic,
-    work::{self, Backoff, Failure, Settled},
+    work::{self, Backoff, Failure, Run, Settled},
 };
 use uuid::Uuid;
 
@@ -70,13 +64,9 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
     work::consume_long(&consumer, shutdown, 1, |message| async move {
         match Envelope::<BatchPredictionRequested>::decode(message.payload().unwrap_or_default()) {
             Ok(envelope) => {
-                let run = Run { id: Uuid::now_v7(), started: AtomicBool::new(false), taken_over: AtomicBool::new(false) };
+                let run = Run::default();
                 let done = handle(served, envelope.data.job_id, shutdown, &run).await;
-                // Another process's run took the job over (its partition went there): see work::holds.
-                if run.taken_over.load(Ordering::Relaxed) {
-                    return !work::holds(holder, &message);
-                }
-                done
+                run.answer(done, holder, &message)
             }
             Err(err) => {
                 tracing::error!(error = %err, offset = message.offset(), "undecodable batch prediction event; skipping it");
@@ -87,18 +77,9 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
     .await
 }
 
-/// One delivery's run of a job, across its retries.
-struct Run {
-    id: Uuid,
-    /// Whether it has started the job as its own yet ([`store::start`]).
-    started: AtomicBool,
-    /// Whether another process's run took the job over since.
-    taken_over: AtomicBool,
-}
-
 /// Runs one job to its end (`failed` for what can never work); `false` when shutdown
 /// interrupted it. A run that another process's run took over stops before its next chunk and
-/// says so in `run.taken_over`.
+/// yields the job ([`Run::yield_unit`]).
 async fn handle(served: &Served, id: Uuid, shutdown: &Shutdown, run: &Run) -> bool {
     let settled =
         work::settle(shutdown, BACKOFF, "batch prediction interrupted", || run_job(served, id, shutdown, run));
@@ -117,7 +98,7 @@ async fn handle(served: &Served, id: Uuid, shutdown: &Shutdown, run: &Run) -> bo
 
 fn stop_taken_over(id: Uuid, run: &Run) {
     tracing::warn!(job = %id, "another process took the batch prediction over; stopping this run");
-    run.taken_over.store(true, Ordering::Relaxed);
+    run.yield_unit();
 }
 
 /// Scores the job's remaining chunks and ends it.
@@ -132,12 +113,12 @@ async fn run_job(served: &Served, id: Uuid, shutdown: &Shutdown, run: &Run) -> R
     }
     // A retry must not take the job back from a run that took it over meanwhile; a new delivery
     // takes it over.
-    if run.started.load(Ordering::Relaxed) && store::taken_over(ctx, id, run.id).await? {
+    if run.started() && store::taken_over(ctx, id, run.id).await? {
         stop_taken_over(id, run);
         return Ok(());
     }
     store::start(ctx, id, run.id).await?;
-    run.started.store(true, Ordering::Relaxed);
+    run.start();
     let model = ModelName::parse(&job.model).map_err(|e| Failure::Poison(format!("model name: {e}")))?;
     let loaded = served.load(&model, job.version).await.map_err(|err| match err {
         ServeError::Unavailable(reason) => Failure::Retry(reason),
