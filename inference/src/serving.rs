@@ -182,6 +182,17 @@ const MAX_ROUTING_ENTRIES: usize = 1024;
 #[derive(Debug)]
 struct Brief<V>(Mutex<HashMap<String, (Instant, V)>>);
 
+/// Keeps a bounded map under `max` entries before one more is added: at `max`, the entries
+/// `live` no longer holds for are dropped, then, if that is not enough, all.
+fn make_room<K, V>(map: &mut HashMap<K, V>, max: usize, mut live: impl FnMut(&V) -> bool) {
+    if map.len() >= max {
+        map.retain(|_, value| live(value));
+        if map.len() >= max {
+            map.clear();
+        }
+    }
+}
+
 impl<V> Default for Brief<V> {
     fn default() -> Self {
         Self(Mutex::default())
@@ -196,12 +207,7 @@ impl<V: Clone> Brief<V> {
 
     fn put(&self, key: &str, value: V) {
         let mut cached = self.0.lock().expect("cache lock");
-        if cached.len() >= MAX_ROUTING_ENTRIES {
-            cached.retain(|_, (at, _)| at.elapsed() < ROUTING_TTL);
-            if cached.len() >= MAX_ROUTING_ENTRIES {
-                cached.clear();
-            }
-        }
+        make_room(&mut cached, MAX_ROUTING_ENTRIES, |(at, _)| at.elapsed() < ROUTING_TTL);
         cached.insert(key.to_owned(), (Instant::now(), value));
     }
 
@@ -342,12 +348,9 @@ impl Served {
     /// Records that `key`'s artifact was read and refused, and starts or doubles its back-off.
     fn note_refusal(&self, key: &VersionKey, reason: &str) {
         let mut refused = self.refused.lock().expect("refusal lock");
-        if refused.len() >= MAX_REFUSALS && !refused.contains_key(key) {
+        if !refused.contains_key(key) {
             let now = Instant::now();
-            refused.retain(|_, refusal| refusal.until > now);
-            if refused.len() >= MAX_REFUSALS {
-                refused.clear();
-            }
+            make_room(&mut refused, MAX_REFUSALS, |refusal| refusal.until > now);
         }
         let refusals = refused.get(key).map_or(1, |refusal| refusal.refusals.saturating_add(1));
         let backoff = Refusal::backoff(refusals);
