@@ -80,6 +80,23 @@ pub async fn seed_dataset(app: &RunningApp, dataset: &str, classes: usize, per_c
     futures::future::join_all(puts).await;
 }
 
+/// Serves the trainer's routes alone (no workers) for `ctx`, on a port of their own; their base URL.
+async fn trainer_routes(ctx: sluice_core::Context) -> String {
+    let routes: axum::Router = sluice_trainer::router(ctx).into();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, routes).await });
+    base
+}
+
+/// A `sluice serve trainer` process on the test's stack, with a short session timeout so the
+/// group sees it go quickly.
+fn trainer_worker(env: &TestEnv) -> std::process::Child {
+    let mut command = sluice_command();
+    command.args(["serve", "trainer"]).envs(sluice_env(env)).env("SLUICE_KAFKA_SESSION_TIMEOUT_MS", "6000");
+    command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn a trainer worker")
+}
+
 pub async fn post_job(app: &RunningApp, token: &str, body: &Value) -> (u16, Value) {
     json_of(app.http.post(app.url("/v1/training-jobs")).bearer_auth(token).json(body).send().await.expect("post job"))
         .await
@@ -401,10 +418,7 @@ async fn a_cancelled_job_skips_its_trials_and_cannot_be_cancelled_twice() {
     let env = TestEnv::new().await;
     // Only the routes run: nothing consumes the trials, so the job is still queued when cancelled.
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
-    let trainer_routes: axum::Router = sluice_trainer::router(app.ctx.clone()).into();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, trainer_routes).await });
+    let base = trainer_routes(app.ctx.clone()).await;
     seed_dataset(&app, "shapes", 2, 4, 16, 6).await;
     let body = grid("m", "shapes", json!({"learning_rate": [0.01, 0.02, 0.03], "epochs": 50}), "never");
     let post = app.http.post(format!("{base}/v1/training-jobs")).bearer_auth(&app.admin_token).json(&body);
@@ -545,17 +559,9 @@ async fn a_worker_killed_mid_trial_is_replaced_by_the_survivor_resuming_from_its
     let env = TestEnv::new().await;
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
     seed_dataset(&app, "shapes", 2, 60, 32, 9).await;
-    let spawn_worker = || {
-        let mut command = sluice_command();
-        command.args(["serve", "trainer"]).envs(sluice_env(&env)).env("SLUICE_KAFKA_SESSION_TIMEOUT_MS", "6000");
-        command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn a trainer worker")
-    };
-    let mut first = spawn_worker();
-    let mut second = spawn_worker();
-    let trainer_routes: axum::Router = sluice_trainer::router(app.ctx.clone()).into();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, trainer_routes).await });
+    let mut first = trainer_worker(&env);
+    let mut second = trainer_worker(&env);
+    let base = trainer_routes(app.ctx.clone()).await;
     let body = json!({"model": "sturdy", "dataset": "shapes", "architecture": "cnn", "seed": 5, "promote": "never",
         "search": {"strategy": "grid", "space": {"learning_rate": [0.002, 0.003], "epochs": EPOCHS, "patience": 0}}});
     let post = app.http.post(format!("{base}/v1/training-jobs")).bearer_auth(&app.admin_token).json(&body);
@@ -778,10 +784,7 @@ async fn a_trial_that_kills_its_workers_is_parked_and_the_next_trial_completes()
     config.trainer.max_trial_parameters = 1_000_000_000_000_000;
     let app = RunningApp::spawn_services(config, &[Service::Registry]).await;
     seed_dataset(&app, "large", 2, 3, 128, 12).await;
-    let trainer_routes: axum::Router = sluice_trainer::router(app.ctx.clone()).into();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, trainer_routes).await });
+    let base = trainer_routes(app.ctx.clone()).await;
     let spawn_worker = || {
         let mut command = sluice_command_after("ulimit -v 8388608 && ulimit -c 0");
         command
@@ -846,10 +849,7 @@ async fn a_job_step_that_keeps_failing_fails_the_job_and_the_next_job_completes(
     let app = RunningApp::spawn_services(strict, &[Service::Trainer, Service::Registry]).await;
     seed_dataset(&app, "shapes", 2, 8, 16, 13).await;
     let lenient = sluice_core::Context::new(env.config.clone()).await.expect("context");
-    let lenient_routes: axum::Router = sluice_trainer::router(lenient).into();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, lenient_routes).await });
+    let base = trainer_routes(lenient).await;
     let halving = json!({"model": "replanned", "dataset": "shapes", "architecture": "mlp", "seed": 4, "promote": "never",
         "search": {"strategy": "halving", "max_trials": 2, "reduction_factor": 2, "min_epochs": 1,
                    "space": {"epochs": 3, "hidden": 8, "learning_rate": {"log_uniform": [0.001, 0.05]}}}});
@@ -926,16 +926,8 @@ async fn a_worker_joining_mid_trial_takes_the_next_trial_while_the_first_trains(
     let env = TestEnv::new().await;
     let app = RunningApp::spawn_services(env.config.clone(), &[Service::Registry]).await;
     seed_dataset(&app, "shapes", 2, 120, 32, 13).await;
-    let spawn_worker = || {
-        let mut command = sluice_command();
-        command.args(["serve", "trainer"]).envs(sluice_env(&env)).env("SLUICE_KAFKA_SESSION_TIMEOUT_MS", "6000");
-        command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn a trainer worker")
-    };
-    let mut first = spawn_worker();
-    let trainer_routes: axum::Router = sluice_trainer::router(app.ctx.clone()).into();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, trainer_routes).await });
+    let mut first = trainer_worker(&env);
+    let base = trainer_routes(app.ctx.clone()).await;
     let body = json!({"model": "joined", "dataset": "shapes", "architecture": "cnn", "seed": 5, "promote": "never",
         "search": {"strategy": "grid", "space": {"learning_rate": [0.002, 0.003], "epochs": 200, "patience": 0}}});
     let post = app.http.post(format!("{base}/v1/training-jobs")).bearer_auth(&app.admin_token).json(&body);
@@ -954,7 +946,7 @@ async fn a_worker_joining_mid_trial_takes_the_next_trial_while_the_first_trains(
         running().await.filter(|trials| trials.len() == 1)
     })
     .await;
-    let mut second = spawn_worker();
+    let mut second = trainer_worker(&env);
     let joined = std::time::Instant::now();
     let both = eventually(Duration::from_secs(60), "both workers training at once", || async {
         running().await.filter(|trials| trials.len() == 2 && trials[0].0 != trials[1].0)
