@@ -267,10 +267,13 @@ async fn run_state(ctx: &Context, trial: &TrialAssigned, run: Uuid) -> Result<Ru
     })
 }
 
-/// Notes that another worker's run took the trial over: this run ends with nothing to publish.
-fn taken_over(trial: &TrialAssigned, run: &Run) -> Option<TrialFinished> {
+/// Notes that another worker's run took the trial over: this run ends with nothing to publish,
+/// and gives its attempt back, since it stopped through no fault of the trial (the run that took
+/// over counted its own), so a trial moved between live workers by rebalances is never parked.
+async fn taken_over(ctx: &Context, trial: &TrialAssigned, run: &Run) -> Option<TrialFinished> {
     tracing::warn!(trial = %trial.trial_id, "another worker took the trial over; stopping this run");
     metrics::counter!("sluice_trainer_trials_taken_over_total").increment(1);
+    give_back(ctx, trial).await;
     run.yield_unit();
     None
 }
@@ -306,7 +309,7 @@ async fn train(
     // A retry after a dependency came back (a host cut off, then back) must not take the trial
     // back from the run that resumed it meanwhile; a new delivery does take it over.
     if run.started() && matches!(run_state(ctx, trial, run.id).await?, RunState::TakenOver) {
-        return Ok(taken_over(trial, run));
+        return Ok(taken_over(ctx, trial, run).await);
     }
     // Counted before anything can go wrong, so a run that kills this process counts too.
     let Some(Attempts { attempts, last_error }) =
@@ -382,7 +385,7 @@ async fn train(
                 tracing::info!(trial = %trial.trial_id, "job cancelled; stopping the trial");
                 return Ok(Some(ended(trial, worker, TrialOutcome::Cancelled, None, started)));
             }
-            RunState::TakenOver => return Ok(taken_over(trial, run)),
+            RunState::TakenOver => return Ok(taken_over(ctx, trial, run).await),
         }
         let (train_set, val_set) = (train_set.clone(), val_set.clone());
         let epoch = tokio::task::spawn_blocking(move || {
