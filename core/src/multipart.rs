@@ -36,13 +36,18 @@ impl Guarded {
     }
 }
 
-/// Wraps a multipart request's body in the framing scanner. A request without a usable
-/// boundary is returned as it is: the multipart extractor refuses it before reading anything.
-pub fn guard(request: Request) -> (Request, Guarded) {
+/// What a handler answers (as a 400) when [`guard`] refuses the content type.
+pub const BOUNDARY_MESSAGE: &str =
+    "A multipart/form-data body needs a boundary parameter of 1 to 200 characters in its Content-Type";
+
+/// Wraps a `multipart/form-data` request's body in the framing scanner; `Err` (answer 400 with
+/// [`BOUNDARY_MESSAGE`]) when its content type has no boundary the scanner can follow, since the
+/// parser would take a longer one and buffer the body unguarded.
+pub fn guard(request: Request) -> Result<(Request, Guarded), &'static str> {
     let flag = Guarded::default();
     let Some(boundary) = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).and_then(boundary)
     else {
-        return (request, flag);
+        return Err(BOUNDARY_MESSAGE);
     };
     let (parts, body) = request.into_parts();
     let mut scanner = Scanner::new(&boundary);
@@ -55,7 +60,7 @@ pub fn guard(request: Request) -> (Request, Guarded) {
         }
         Ok(chunk)
     });
-    (Request::from_parts(parts, Body::from_stream(stream)), flag)
+    Ok((Request::from_parts(parts, Body::from_stream(stream)), flag))
 }
 
 /// The `boundary` parameter of a `multipart/form-data` content type (quoted or not).

@@ -14,6 +14,7 @@ pub const IMAGE_WIDTH: u16 = 256;
 pub const IMAGE_LENGTH: u16 = 257;
 pub const COMPRESSION: u16 = 259;
 pub const ORIENTATION: u16 = 0x0112;
+const READ_TAGS: [u16; 4] = [IMAGE_WIDTH, IMAGE_LENGTH, COMPRESSION, ORIENTATION];
 
 /// Where the first IFD starts, and whether the structure is little-endian; `None` unless `b`
 /// starts with a TIFF header (`II*\0` or `MM\0*`).
@@ -34,8 +35,11 @@ pub struct Ifd<'a> {
 }
 
 impl<'a> Ifd<'a> {
-    /// The IFD at `offset` in `b`; `None` when its count or an entry lies past the end of `b`, or
-    /// it has more than [`MAX_ENTRIES`] entries.
+    /// The IFD at `offset` in `b`; `None` when its count or an entry lies past the end of `b`, it
+    /// has more than [`MAX_ENTRIES`] entries, it holds a tag twice, or a tag Sluice reads is not a
+    /// single inline BYTE, SHORT or LONG. Decoders disagree on which of two entries counts (the
+    /// `tiff` crate takes the last), and an out-of-line value is not where [`Ifd::value`] reads
+    /// it, so either would let a file say one thing to the checks and another to the decoder.
     pub fn at(b: &'a [u8], offset: usize, little_endian: bool) -> Option<Self> {
         let count = usize::from(read_u16(b, offset, little_endian)?);
         if count > MAX_ENTRIES {
@@ -43,6 +47,20 @@ impl<'a> Ifd<'a> {
         }
         let start = offset.checked_add(2)?;
         let entries = b.get(start..start.checked_add(count * 12)?)?;
+        let mut tags = Vec::with_capacity(count);
+        for entry in entries.chunks_exact(12) {
+            let tag = read_u16(entry, 0, little_endian)?;
+            let single_inline = matches!(read_u16(entry, 2, little_endian)?, 1 | 3 | 4 | 6 | 8 | 9)
+                && read_u32(entry, 4, little_endian)? == 1;
+            if READ_TAGS.contains(&tag) && !single_inline {
+                return None;
+            }
+            tags.push(tag);
+        }
+        tags.sort_unstable();
+        if tags.windows(2).any(|pair| pair[0] == pair[1]) {
+            return None;
+        }
         Some(Ifd { entries, little_endian })
     }
 
@@ -125,5 +143,22 @@ mod tests {
         let many: Vec<(u16, u16, u32)> = (0..=MAX_ENTRIES as u16).map(|n| (1000 + n, 3, 1)).collect();
         assert!(Ifd::first(&tiff(true, &many)).is_none(), "more entries than any writer makes");
         assert!(Ifd::first(&tiff(true, &many[..MAX_ENTRIES])).is_some());
+    }
+
+    #[test]
+    fn a_tag_given_twice_or_out_of_line_is_refused_so_checks_and_decoder_read_the_same() {
+        // The `tiff` crate keeps the last of two entries: "uncompressed" first, JPEG last.
+        let twice = tiff(true, &[(IMAGE_WIDTH, 3, 8), (COMPRESSION, 3, 1), (IMAGE_LENGTH, 3, 8), (COMPRESSION, 3, 7)]);
+        assert!(Ifd::first(&twice).is_none(), "a duplicate compression");
+        let twice = tiff(false, &[(IMAGE_WIDTH, 3, 8), (IMAGE_LENGTH, 3, 8), (IMAGE_WIDTH, 4, 70_000)]);
+        assert!(Ifd::first(&twice).is_none(), "a duplicate width");
+        // LONG8 (16) holds an offset in a classic TIFF, not the value.
+        assert!(Ifd::first(&tiff(true, &[(IMAGE_WIDTH, 3, 8), (COMPRESSION, 16, 1)])).is_none(), "LONG8");
+        assert!(Ifd::first(&tiff(true, &[(IMAGE_WIDTH, 3, 8), (COMPRESSION, 2, 1)])).is_none(), "ASCII");
+        let mut counted = tiff(true, &[(COMPRESSION, 3, 1)]);
+        counted[14] = 2; // the entry's count: two SHORTs
+        assert!(Ifd::first(&counted).is_none(), "two values");
+        // Tags Sluice does not read may be anything.
+        assert!(Ifd::first(&tiff(true, &[(IMAGE_WIDTH, 3, 8), (700, 16, 1), (COMPRESSION, 3, 1)])).is_some());
     }
 }

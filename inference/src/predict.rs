@@ -83,7 +83,8 @@ async fn images(request: Request, max_images: usize) -> Result<Vec<Bytes>, Infer
             )
         };
         // Bounds what the parser buffers outside part data (a header block that never ends).
-        let (request, framing) = sluice_core::multipart::guard(request);
+        let (request, framing) =
+            sluice_core::multipart::guard(request).map_err(|m| InferenceError::invalid(format!("{m}.")))?;
         let unreadable_part = |e: &MultipartError| {
             if framing.tripped() {
                 InferenceError::invalid(format!("{}.", sluice_core::multipart::FRAMING_MESSAGE))

@@ -381,8 +381,119 @@ struct InputTensor {
     #[schema(value_type = Object)]
     parameters: Map<String, Value>,
     /// The elements, flat or nested row-major.
-    data: Option<Value>,
+    #[schema(value_type = Option<Value>)]
+    data: Option<TensorData>,
 }
+
+/// Most numbers one input's JSON `data` may hold (16 MiB as `f32`): 256 images of 3×64×64 fit;
+/// larger tensors go through the binary extension.
+const MAX_DATA_VALUES: usize = 1 << 22;
+/// Most strings (base64 images) one input's JSON `data` may hold.
+const MAX_DATA_STRINGS: usize = 1 << 16;
+/// Deepest nesting of arrays in `data` (a `[n, C, H, W]` tensor nests four).
+const MAX_DATA_DEPTH: usize = 5;
+
+/// An input's JSON `data`, read as it is parsed (never as a JSON tree, which would take about
+/// 16 times the body: a 32-byte value for each `0,`) and bounded while it is read: numbers
+/// (`FP32`/`UINT8` pixels, as `f32`) or strings (`BYTES`), flat or nested row-major.
+#[derive(Debug, Default, PartialEq)]
+enum TensorData {
+    #[default]
+    Empty,
+    Numbers(Vec<f32>),
+    Strings(Vec<String>),
+}
+
+impl TensorData {
+    fn number(&mut self, value: f64) -> Result<(), String> {
+        if matches!(self, TensorData::Empty) {
+            *self = TensorData::Numbers(Vec::new());
+        }
+        match self {
+            TensorData::Numbers(values) if values.len() < MAX_DATA_VALUES => {
+                values.push(value as f32);
+                Ok(())
+            }
+            TensorData::Numbers(_) => Err(format!(
+                "`data` holds over {MAX_DATA_VALUES} numbers; send larger tensors with the binary extension"
+            )),
+            _ => Err("`data` mixes numbers and strings".to_owned()),
+        }
+    }
+
+    fn string(&mut self, value: String) -> Result<(), String> {
+        if matches!(self, TensorData::Empty) {
+            *self = TensorData::Strings(Vec::new());
+        }
+        match self {
+            TensorData::Strings(values) if values.len() < MAX_DATA_STRINGS => {
+                values.push(value);
+                Ok(())
+            }
+            TensorData::Strings(_) => Err(format!("`data` holds over {MAX_DATA_STRINGS} strings")),
+            _ => Err("`data` mixes numbers and strings".to_owned()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TensorData {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut data = TensorData::Empty;
+        serde::de::DeserializeSeed::deserialize(Collect { into: &mut data, depth: 0 }, deserializer)?;
+        Ok(data)
+    }
+}
+
+/// Reads one element of `data` into the same place (an array element by element).
+struct Collect<'a> {
+    into: &'a mut TensorData,
+    depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Collect<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Collect<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("numbers or base64 strings, in a flat or nested array")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        if self.depth >= MAX_DATA_DEPTH {
+            return Err(serde::de::Error::custom(format!("`data` nests arrays over {MAX_DATA_DEPTH} deep")));
+        }
+        while seq.next_element_seed(Collect { into: &mut *self.into, depth: self.depth + 1 })?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<(), E> {
+        self.into.number(value).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<(), E> {
+        self.into.number(value as f64).map_err(E::custom)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<(), E> {
+        self.into.number(value as f64).map_err(E::custom)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<(), E> {
+        self.into.string(value.to_owned()).map_err(E::custom)
+    }
+
+    fn visit_string<E: serde::de::Error>(self, value: String) -> Result<(), E> {
+        self.into.string(value).map_err(E::custom)
+    }
+}
+
 
 /// An output to answer: `probabilities`, `labels` or `prediction_ids`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -701,8 +812,7 @@ fn decode_input(
                     raw.to_vec()
                 }
                 (datatype, None) => {
-                    let mut values = Vec::with_capacity(count);
-                    flatten_numbers(input.data.as_ref(), &mut values, count, name)?;
+                    let values = numbers(input.data.as_ref(), count, name)?;
                     if values.len() != count {
                         return Err(InferenceError::invalid(format!(
                             "input {name:?} has shape {:?} but holds {} values",
@@ -711,11 +821,11 @@ fn decode_input(
                         )));
                     }
                     if datatype == "FP32" {
-                        values.into_iter().map(|v| unit_to_byte(v, name)).collect::<Result<Vec<u8>, _>>()?
+                        values.iter().map(|&v| unit_to_byte(f64::from(v), name)).collect::<Result<Vec<u8>, _>>()?
                     } else {
                         values
-                            .into_iter()
-                            .map(|v| {
+                            .iter()
+                            .map(|&v| {
                                 (v.fract() == 0.0 && (0.0..=255.0).contains(&v)).then_some(v as u8).ok_or_else(|| {
                                     InferenceError::invalid(format!(
                                         "input {name:?}: UINT8 values are whole numbers in [0, 255]"
@@ -766,47 +876,40 @@ fn length_prefixed(mut raw: Bytes, name: &str) -> Result<Vec<Bytes>, InferenceEr
 }
 
 /// JSON BYTES elements: base64 strings (an image is not text), in a flat or nested array.
-fn base64_elements(data: Option<&Value>, name: &str) -> Result<Vec<Bytes>, InferenceError> {
-    fn walk(value: &Value, out: &mut Vec<Bytes>, name: &str, depth: usize) -> Result<(), InferenceError> {
-        match value {
-            Value::Array(items) if depth < 3 => items.iter().try_for_each(|v| walk(v, out, name, depth + 1)),
-            Value::String(text) => {
-                let decoded = base64::engine::general_purpose::STANDARD.decode(text.trim()).map_err(|_| {
+fn base64_elements(data: Option<&TensorData>, name: &str) -> Result<Vec<Bytes>, InferenceError> {
+    match data {
+        None => Err(InferenceError::invalid(format!("input {name:?} has no `data` and no binary data"))),
+        Some(TensorData::Strings(texts)) => texts
+            .iter()
+            .map(|text| {
+                base64::engine::general_purpose::STANDARD.decode(text.trim()).map(Bytes::from).map_err(|_| {
                     InferenceError::invalid(format!(
                         "input {name:?}: BYTES elements in JSON are base64-encoded images (or use the binary extension)"
                     ))
-                })?;
-                out.push(Bytes::from(decoded));
-                Ok(())
-            }
-            _ => Err(InferenceError::invalid(format!("input {name:?}: BYTES `data` is an array of base64 strings"))),
+                })
+            })
+            .collect(),
+        Some(TensorData::Empty) => Ok(Vec::new()),
+        Some(TensorData::Numbers(_)) => {
+            Err(InferenceError::invalid(format!("input {name:?}: BYTES `data` is an array of base64 strings")))
         }
     }
-    let data =
-        data.ok_or_else(|| InferenceError::invalid(format!("input {name:?} has no `data` and no binary data")))?;
-    let mut out = Vec::new();
-    walk(data, &mut out, name, 0)?;
-    Ok(out)
 }
 
-/// Numbers of a flat or nested (row-major) array, at most `limit` of them.
-fn flatten_numbers(data: Option<&Value>, out: &mut Vec<f64>, limit: usize, name: &str) -> Result<(), InferenceError> {
-    fn walk(value: &Value, out: &mut Vec<f64>, limit: usize, name: &str, depth: usize) -> Result<(), InferenceError> {
-        match value {
-            Value::Array(items) if depth < 5 => items.iter().try_for_each(|v| walk(v, out, limit, name, depth + 1)),
-            Value::Number(number) => {
-                if out.len() >= limit {
-                    return Err(InferenceError::invalid(format!("input {name:?} holds more values than its shape")));
-                }
-                out.push(number.as_f64().unwrap_or(f64::NAN));
-                Ok(())
-            }
-            _ => Err(InferenceError::invalid(format!("input {name:?}: `data` is an array of numbers"))),
+/// The numbers of a flat or nested (row-major) array; refused past `limit` of them.
+fn numbers<'a>(data: Option<&'a TensorData>, limit: usize, name: &str) -> Result<&'a [f32], InferenceError> {
+    let values = match data {
+        None => return Err(InferenceError::invalid(format!("input {name:?} has no `data` and no binary data"))),
+        Some(TensorData::Numbers(values)) => values.as_slice(),
+        Some(TensorData::Empty) => &[],
+        Some(TensorData::Strings(_)) => {
+            return Err(InferenceError::invalid(format!("input {name:?}: `data` is an array of numbers")));
         }
+    };
+    if values.len() > limit {
+        return Err(InferenceError::invalid(format!("input {name:?} holds more values than its shape")));
     }
-    let data =
-        data.ok_or_else(|| InferenceError::invalid(format!("input {name:?} has no `data` and no binary data")))?;
-    walk(data, out, limit, name, 0)
+    Ok(values)
 }
 
 /// The outputs to answer: those requested, or all of them.
@@ -954,6 +1057,37 @@ mod tests {
         assert!(length_prefixed(Bytes::from_static(&[1, 0]), "x").is_err());
     }
 
+    fn tensor(data: Value) -> TensorData {
+        serde_json::from_value(data).expect("tensor data")
+    }
+
+    /// `data` as JSON again.
+    fn shown(data: Option<&TensorData>) -> Value {
+        match data {
+            None => Value::Null,
+            Some(TensorData::Empty) => json!([]),
+            Some(TensorData::Numbers(values)) => json!(values),
+            Some(TensorData::Strings(values)) => json!(values),
+        }
+    }
+
+    #[test]
+    fn tensor_data_is_read_flat_or_nested_and_bounded_while_it_is_read() {
+        assert_eq!(tensor(json!([[0.5, 1], [2]])), TensorData::Numbers(vec![0.5, 1.0, 2.0]));
+        assert_eq!(tensor(json!([["aGk="], ["aGk="]])), TensorData::Strings(vec!["aGk=".into(), "aGk=".into()]));
+        assert_eq!(tensor(json!([[], []])), TensorData::Empty);
+        let refused = |data: &str| serde_json::from_str::<TensorData>(data).is_err();
+        assert!(refused(r#"[1, "aGk="]"#), "mixed");
+        assert!(refused(r#"[1, null]"#) && refused(r#"[{"a": 1}]"#) && refused("[true]"), "not numbers nor strings");
+        assert!(refused("[[[[[[1]]]]]]") && !refused("[[[[[1]]]]]"), "five arrays deep at most");
+        // Past the bound the read stops with an error: nothing is kept for the rest of the body.
+        let over = format!("[{}0]", "0,".repeat(MAX_DATA_VALUES));
+        let err = serde_json::from_str::<TensorData>(&over).expect_err("too many values");
+        assert!(err.to_string().contains("binary extension"), "{err}");
+        let within = format!("[{}0]", "0,".repeat(MAX_DATA_VALUES - 1));
+        assert!(matches!(serde_json::from_str::<TensorData>(&within), Ok(TensorData::Numbers(v)) if v.len() == MAX_DATA_VALUES));
+    }
+
     #[test]
     fn shapes_must_be_non_negative_and_not_overflow() {
         assert_eq!(elements(&[2, 3, 4], "x").expect("24"), 24);
@@ -992,7 +1126,7 @@ mod tests {
                 shape,
                 datatype: datatype.into(),
                 parameters,
-                data: (!data.is_null()).then_some(data),
+                data: (!data.is_null()).then(|| tensor(data)),
             };
             // A third are well formed, so the accepting paths run too.
             match rng.random_range(0..9) {
@@ -1003,7 +1137,7 @@ mod tests {
                         shape: vec![n],
                         datatype: "BYTES".into(),
                         parameters: Map::new(),
-                        data: Some(json!(vec!["aGVsbG8="; n as usize])),
+                        data: Some(tensor(json!(vec!["aGVsbG8="; n as usize]))),
                     };
                 }
                 1 => {
@@ -1013,7 +1147,7 @@ mod tests {
                         shape: vec![1, 1, 1, n],
                         datatype: "FP32".into(),
                         parameters: Map::new(),
-                        data: Some(json!((0..n).map(|_| rng.random::<f64>()).collect::<Vec<_>>())),
+                        data: Some(tensor(json!((0..n).map(|_| rng.random::<f64>()).collect::<Vec<_>>()))),
                     };
                 }
                 2 if !binary.is_empty() => {
@@ -1028,7 +1162,7 @@ mod tests {
                 _ => {}
             }
             // The JSON part stands in for the request's header: the data lies within it.
-            let header = json!({"inputs": [input.data.clone()]}).to_string().into_bytes();
+            let header = json!({"inputs": [shown(input.data.as_ref())]}).to_string().into_bytes();
             let body = Bytes::from([header.clone(), binary.clone()].concat());
             let mut rest: &[u8] = &body[header.len()..];
             match decode_input(&input, &mut rest, &body, 256) {

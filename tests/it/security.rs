@@ -464,6 +464,19 @@ async fn oversized_bodies_part_floods_and_huge_search_spaces_are_refused_in_json
             wrong.push(format!("{what}: {status} {answer}"));
         }
     }
+    // A boundary longer than the guard follows would leave the parser unguarded: refused.
+    let long = "b".repeat(201);
+    let mut unguarded = format!("--{long}\r\n").into_bytes();
+    unguarded.resize(4 * 1024 * 1024, b'a');
+    for (what, path) in [("upload boundary", "/v1/media?dataset=flood"), ("predict boundary", "/v1/models/nope/predict")] {
+        let request = app.http.post(app.url(path)).bearer_auth(&admin);
+        let request = request.header("content-type", format!("multipart/form-data; boundary={long}"));
+        let (status, answer) = json_of(request.body(unguarded.clone()).send().await.expect("post")).await;
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        if status != 400 || message.trim_end_matches('.') != sluice_core::multipart::BOUNDARY_MESSAGE {
+            wrong.push(format!("{what}: {status} {answer}"));
+        }
+    }
     // Search spaces are counted before they are expanded.
     let values: Vec<u32> = (1..=100_000).collect();
     let thousand: Vec<f64> = (1..=1000).map(|i| f64::from(i) * 1e-4).collect();
@@ -675,7 +688,13 @@ async fn a_hostile_corpus_gets_4xx_and_grows_peak_memory_by_at_most_256_mib() {
     comments.extend_from_slice(&gray_frame_tail(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
     let gif_screen = b"GIF89a\xff\xff\xff\xff\x00\x00\x00\x3b".to_vec();
     let tiff = crate::crafted::tiff(&[], &[(256, 4, 0x00FF_FFFF), (257, 4, 0x00FF_FFFF)]);
+    // "Uncompressed" to a reader that takes a tag's first entry, JPEG to one that takes its last.
+    let mut twice = crate::crafted::gray_tiff_entries(16, 16, 8).to_vec();
+    twice.push((259, 3, 7));
+    let twice = crate::crafted::tiff(&[0; 256], &twice);
     let cases: Vec<(&str, &str, &str, Vec<u8>)> = vec![
+        ("a TIFF giving its compression twice", "/v1/models/target/predict", "image/tiff", twice.clone()),
+        ("a TIFF giving its compression twice", "/v1/media?dataset=hostile", "image/tiff", twice),
         ("2 MiB of empty Huffman tables", "/v1/models/target/predict", "image/jpeg", dht_flood_jpeg(100_000)),
         ("20 MiB of empty Huffman tables", "/v1/models/target/predict", "image/jpeg", dht_flood_jpeg(1_000_000)),
         ("an over-subscribed Huffman table", "/v1/models/target/predict", "image/jpeg", oversubscribed),
