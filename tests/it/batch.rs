@@ -322,6 +322,7 @@ async fn refused_batch_requests_leave_no_job_event_or_object() {
         .expect("empty dataset");
     let bucket = app.ctx.config.s3.bucket.clone();
     let ingest_only = app.token(&[Scope::Ingest]).await;
+    let predict_only = app.token(&[Scope::Predict]).await;
     let admin = app.admin_token.clone();
     let cases: Vec<(&str, Option<&str>, Value, u16)> = vec![
         ("an unknown model", Some(&admin), json!({"model": "nope", "dataset": "shapes"}), 404),
@@ -357,6 +358,9 @@ async fn refused_batch_requests_leave_no_job_event_or_object() {
         ),
         ("no token", None, json!({"model": "guarded", "dataset": "shapes"}), 401),
         ("an ingest-only token", Some(&ingest_only), json!({"model": "guarded", "dataset": "shapes"}), 403),
+        // Scoring a dataset reads it: a predict-only token learns nothing of it, not even that it exists.
+        ("a predict-only token on a dataset", Some(&predict_only), json!({"model": "guarded", "dataset": "shapes"}), 403),
+        ("a predict-only token on no dataset", Some(&predict_only), json!({"model": "guarded", "dataset": "missing"}), 403),
     ];
     let mut failures = Vec::new();
     for (what, token, body, status) in cases {

@@ -230,6 +230,18 @@ async fn an_alias_the_policy_protects_needs_admin_and_the_policy_is_admin_only()
     let (status, body) = json_of(put(&train, "staging").await.expect("put")).await;
     assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")), "{body}");
     assert_eq!(put(&app.admin_token, "staging").await.expect("put").status().as_u16(), 200);
+    // An alias that takes a canary share of the traffic answers requests: only an admin moves it.
+    assert_eq!(put(&train, "candidate").await.expect("put").status().as_u16(), 200, "train moves an alias");
+    let routing = json!({"canary": {"alias": "candidate", "percent": 10.0}});
+    let route = app.http.put(app.url("/v1/models/guarded/routing")).bearer_auth(&app.admin_token).json(&routing);
+    assert_eq!(route.send().await.expect("routing").status().as_u16(), 200);
+    let (status, body) = json_of(put(&train, "candidate").await.expect("put")).await;
+    assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")), "the canary: {body}");
+    let delete = |token: &str| {
+        app.http.delete(app.url("/v1/models/guarded/aliases/candidate")).bearer_auth(token).send()
+    };
+    assert_eq!(delete(&train).await.expect("delete").status().as_u16(), 403, "nor deletes it");
+    assert_eq!(put(&app.admin_token, "candidate").await.expect("put").status().as_u16(), 200);
     let flood: Vec<String> = (0..40).map(|i| format!("a{i}")).collect();
     let (status, _) = json_of(
         app.http

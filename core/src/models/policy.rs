@@ -49,12 +49,19 @@ pub struct Policy {
     pub protected_aliases: Vec<String>,
     pub updated_by: Option<String>,
     pub updated_at: Option<DateTime<Utc>>,
+    /// The alias a canary share of the model's default traffic goes to (`model_routing`, set by
+    /// an admin): it answers requests as `production` does, so it is protected too.
+    #[serde(skip)]
+    pub canary_alias: Option<String>,
 }
 
 impl Policy {
-    /// Whether moving `alias` needs the `admin` scope.
+    /// Whether moving `alias` needs the `admin` scope: `production`, the aliases the policy
+    /// lists, and the model's canary alias while it takes a share of the traffic.
     pub fn protects(&self, alias: &AliasName) -> bool {
-        alias.is_production() || self.protected_aliases.iter().any(|a| a == alias.as_str())
+        alias.is_production()
+            || self.protected_aliases.iter().any(|a| a == alias.as_str())
+            || self.canary_alias.as_deref() == Some(alias.as_str())
     }
 }
 
@@ -62,17 +69,24 @@ impl Policy {
 #[tracing::instrument(level = "debug", skip_all, fields(model = %model))]
 pub async fn policy(client: &impl GenericClient, model: &ModelName) -> Result<Policy, RegistryError> {
     let row = client
-        .query_opt(
-            "SELECT auto_promote, protected_aliases, updated_by, updated_at FROM model_policies WHERE model = $1",
+        .query_one(
+            "SELECT p.auto_promote, p.protected_aliases, p.updated_by, p.updated_at,
+                    (SELECT r.canary_alias FROM model_routing r WHERE r.model = $1 AND r.canary_percent > 0)
+                        AS canary_alias
+             FROM (VALUES (1)) AS one LEFT JOIN model_policies p ON p.model = $1",
             &[&model.as_str()],
         )
         .await?;
-    let Some(row) = row else { return Ok(Policy::default()) };
+    let canary_alias = row.get("canary_alias");
+    let Some(auto_promote) = row.get::<_, Option<&str>>("auto_promote") else {
+        return Ok(Policy { canary_alias, ..Policy::default() });
+    };
     Ok(Policy {
-        auto_promote: AutoPromote::parse(row.get("auto_promote"))?,
+        auto_promote: AutoPromote::parse(auto_promote)?,
         protected_aliases: row.get("protected_aliases"),
         updated_by: row.get("updated_by"),
         updated_at: row.get("updated_at"),
+        canary_alias,
     })
 }
 

@@ -110,6 +110,11 @@ pub async fn create(
     let target = target(request.alias.as_deref(), request.version)?
         .unwrap_or_else(|| Target::Alias(AliasName::parse(AliasName::PRODUCTION).expect("a valid alias")));
     let source = source(&request)?;
+    // Scoring a dataset reads it (which items it holds, how many): the scopes that read
+    // datasets, besides `predict`.
+    if matches!(source, Source::Dataset(_)) {
+        caller.require_any(&[Scope::Ingest, Scope::Train])?;
+    }
     let ctx = &state.served.ctx;
     let version = state.served.pin(&model, &target).await?;
     let (bucket, items) = freeze::items(ctx, &source).await?;
