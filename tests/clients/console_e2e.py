@@ -319,6 +319,13 @@ with sync_playwright() as playwright:
     csrf = page.evaluate("fetch('/console/session').then((r) => r.json()).then((me) => me.csrf_token)")
     predict_cookie = session_cookie(context)["value"]
 
+    step("the API reference page renders under its Content-Security-Policy, and its filter works")
+    page.goto(f"{base}/docs")
+    expect(page.locator('section.op[data-route="post /v1/feedback"]')).to_be_visible()
+    page.fill("#filter", "feedback")
+    expect(page.locator('section.op[data-route="get /openapi.json"]')).to_be_hidden()
+    expect(page.locator('section.op[data-route="post /v1/feedback"]')).to_be_visible()
+
     browser.close()
     assert not problems, problems
     print(json.dumps({**report, "checks": "passed", "predict_cookie": predict_cookie, "predict_csrf": csrf,

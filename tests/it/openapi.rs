@@ -204,6 +204,11 @@ async fn the_reference_page_is_served_from_the_binary() {
         "{:?}",
         response.headers()
     );
+    // Its inline script and style run by hash and nothing else does (the browser run in
+    // console::the_console_signs_in_shows_the_stack_and_promotes_and_rolls_back_in_a_browser
+    // renders the page under this policy).
+    let policy = response.headers()["content-security-policy"].to_str().expect("ascii").to_owned();
+    assert!(policy.starts_with("default-src 'none'; script-src 'sha256-"), "{policy}");
     let page = response.text().await.expect("page");
     assert!(page.contains("/openapi.json"), "the page renders the spec");
     // Nothing is fetched from elsewhere at run time.
