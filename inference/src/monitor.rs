@@ -7,7 +7,9 @@
 //! After each check the verdict is written to PostgreSQL (`drift_verdicts`), where any replica
 //! answers `GET /v1/models/{name}/drift` from, exported as metrics, and sustained covariate shift
 //! requests retraining (through the outbox). A window being filled when its model moves to
-//! another monitor (a rebalance, a restart) is lost; the consecutive-check count is not.
+//! another monitor (a rebalance, a restart) is lost; the consecutive-check count is not. A window
+//! still held when its model comes back after another monitor recorded checks is stale: its
+//! check is refused (each recorded check follows the one before it) and the window reopened.
 //!
 //! Feedback (ground truth for a prediction id) updates the version's rolling live accuracy, which
 //! can request retraining too.
@@ -130,17 +132,23 @@ async fn consume(served: &Arc<Served>, shutdown: &Shutdown) -> Result<(), rdkafk
         .await;
         let Some(verdict) = checked else { return false };
         let Some(verdict) = verdict else { return true };
-        work::retry_until(shutdown, Backoff::DEPENDENCY, "the drift monitor cannot record a check", || async {
+        let recorded = work::retry_until(shutdown, Backoff::DEPENDENCY, "the drift monitor cannot record a check", || async {
             match record(served, &event, &verdict).await {
                 Err(err) if err.refused_for_content() => {
                     tracing::error!(model = %event.model, error = %err, "a drift check cannot be recorded; skipping it");
-                    Ok(())
+                    Ok(true)
                 }
                 other => other.map_err(|e| sluice_core::error_chain(&e)),
             }
         })
-        .await
-        .is_some()
+        .await;
+        if recorded == Some(false) {
+            // Another monitor recorded checks since this window opened: its counts (and its
+            // observations, from before the gap) are stale. The next request opens a fresh one.
+            tracing::info!(model = %event.model, version = event.version, "drift window outdated by another monitor; reopening it");
+            windows.lock().await.remove(&(event.model.clone(), event.version));
+        }
+        recorded.is_some()
     })
     .await
 }
@@ -179,7 +187,9 @@ async fn observe(
 }
 
 /// Records a check's verdict (and the retrain request sustained drift asks for), then exports it.
-async fn record(served: &Arc<Served>, event: &RequestObserved, verdict: &Verdict) -> Result<(), MonitorError> {
+/// Records a check; `false` (nothing recorded) when the window's counts are stale
+/// ([`store::record_verdict`]).
+async fn record(served: &Arc<Served>, event: &RequestObserved, verdict: &Verdict) -> Result<bool, MonitorError> {
     let config = &served.ctx.config.inference;
     // Sustained drift asks for retraining in the verdict's own transaction: a monitor killed
     // after the commit has recorded both or neither.
@@ -194,14 +204,17 @@ async fn record(served: &Arc<Served>, event: &RequestObserved, verdict: &Verdict
         let mut client = served.ctx.db.get().await?;
         let live = store::live_accuracy(&client, &event.model, event.version, config.live_accuracy_window).await?;
         let tx = client.transaction().await?;
-        store::record_verdict(&tx, &served.ctx.config.kafka.topic_prefix, &event.model, event.version, verdict).await?;
+        let prefix = &served.ctx.config.kafka.topic_prefix;
+        if !store::record_verdict(&tx, prefix, &event.model, event.version, verdict).await? {
+            return Ok(false);
+        }
         store::record_check(&tx, &event.model, event.version, verdict, live).await?;
         if let Some(request) = &retrain {
             let topic = served.ctx.topic(Topic::RetrainRequests);
             outbox::enqueue(&tx, &topic, &event.model, request).await?;
         }
         tx.commit().await?;
-        Ok::<_, MonitorError>(())
+        Ok::<_, MonitorError>(true)
     }
     .await;
     match (recorded, retrain) {
@@ -210,11 +223,17 @@ async fn record(served: &Arc<Served>, event: &RequestObserved, verdict: &Verdict
             return Err(err);
         }
         (Err(err), None) => return Err(err),
-        (Ok(()), Some(_)) => Served::retrain_requested(&event.model, "drift"),
-        (Ok(()), None) => {}
+        (Ok(false), retrain) => {
+            if retrain.is_some() {
+                served.retrain_not_requested(&event.model, "the drift window's counts were stale");
+            }
+            return Ok(false);
+        }
+        (Ok(true), Some(_)) => Served::retrain_requested(&event.model, "drift"),
+        (Ok(true), None) => {}
     }
     export(&event.model, event.version, verdict);
-    Ok(())
+    Ok(true)
 }
 
 /// Most model versions one monitor keeps windows for.

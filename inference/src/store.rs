@@ -251,7 +251,10 @@ pub async fn check_counts(
 /// Records a version's latest verdict (one row per version). A verdict whose state or kind
 /// differs from the previous one (or a version's first) is announced with a
 /// `drift.verdict_changed` notification on `<prefix>notifications`: pass a transaction, so the
-/// event exists exactly when the verdict does.
+/// event exists exactly when the verdict does. `false` (nothing written) when the verdict does
+/// not follow the recorded one (check n + 1 after check n): its window was opened before
+/// another monitor recorded checks for the version (the model's partition moved away and back),
+/// so its counts are stale.
 #[tracing::instrument(level = "debug", skip(client, verdict), fields(state = %verdict.state))]
 pub async fn record_verdict(
     client: &impl GenericClient,
@@ -259,15 +262,19 @@ pub async fn record_verdict(
     model: &str,
     version: i32,
     verdict: &Verdict,
-) -> Result<(), DbError> {
+) -> Result<bool, DbError> {
     let json = serde_json::to_value(verdict).expect("verdicts serialise");
     let previous = client
         .query_opt(
-            "SELECT state, kind FROM drift_verdicts WHERE model = $1 AND version = $2 FOR UPDATE",
+            "SELECT state, kind, checks FROM drift_verdicts WHERE model = $1 AND version = $2 FOR UPDATE",
             &[&model, &version],
         )
-        .await?
-        .map(|row| (row.get::<_, DriftState>("state"), row.get::<_, DriftKind>("kind")));
+        .await?;
+    let recorded_checks = previous.as_ref().map_or(0, |row| row.get::<_, i64>("checks"));
+    if recorded_checks + 1 != verdict.checks as i64 {
+        return Ok(false);
+    }
+    let previous = previous.map(|row| (row.get::<_, DriftState>("state"), row.get::<_, DriftKind>("kind")));
     if previous != Some((verdict.state, verdict.kind)) {
         let changed = DriftVerdictChanged {
             model: model.to_owned(),
@@ -298,7 +305,7 @@ pub async fn record_verdict(
             ],
         )
         .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Checks kept per version in `drift_checks`; older ones are deleted as new ones arrive.

@@ -492,6 +492,37 @@ async fn a_stationary_stream_raises_no_alarm_and_its_accuracy_is_estimated_witho
     assert!((expected - accuracy).abs() < 0.05, "estimated {expected:.3}, true {accuracy:.3}: {drift:#}");
 }
 
+/// A monitor still holding a model's window when the model comes back to it (its partition moved
+/// to another monitor, which recorded checks, and back) must not record its stale counts over
+/// the other's: its check is refused and a fresh window continues from the recorded counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_window_outdated_by_another_monitor_is_reopened_not_recorded() {
+    let env = TestEnv::new().await;
+    let app = inference_app(&env).await;
+    let version = register_trained(&app, "moved", 31, 3).await;
+    move_alias(&app, "moved", "production", version).await;
+    stream(&app, "moved", 400, 32, 0).await;
+    eventually(Duration::from_secs(60), "the first check", || async {
+        (drift_state(&app, "moved").await["checks"] == 1).then_some(())
+    })
+    .await;
+    // Another monitor held the model meanwhile and recorded checks 2 to 7.
+    let client = app.ctx.db.get().await.expect("connection");
+    client.execute("UPDATE drift_verdicts SET checks = 7 WHERE model = 'moved'", &[]).await.expect("other monitor");
+    drop(client);
+    stream(&app, "moved", 400, 33, 0).await;
+    // The stale window's check (its second) is refused; the next window continues from 7.
+    stream(&app, "moved", 400, 34, 0).await;
+    let drift = eventually(Duration::from_secs(60), "the check after the other monitor's", || async {
+        let drift = drift_state(&app, "moved").await;
+        (drift["checks"] == 8).then_some(drift)
+    })
+    .await;
+    assert_eq!(drift["state"], "ok", "{drift:#}");
+    let recorded = app.count("SELECT count(*) FROM drift_checks WHERE model = 'moved' AND check_no = 2").await;
+    assert_eq!(recorded, 0, "the stale window's check was not recorded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shifted_stream_is_detected_and_one_retrain_request_is_published() {
     let env = TestEnv::new().await;

@@ -423,7 +423,7 @@ async fn every_event_type_reaches_its_subscribers_once_each_and_signed() {
     ] {
         let mut client = ctx.db.get().await.expect("connection");
         let tx = client.transaction().await.expect("transaction");
-        sluice_inference::store::record_verdict(&tx, &prefix, "hooked", v1, &checked).await.expect("verdict");
+        assert!(sluice_inference::store::record_verdict(&tx, &prefix, "hooked", v1, &checked).await.expect("verdict"));
         tx.commit().await.expect("commit");
     }
 
