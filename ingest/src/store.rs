@@ -410,6 +410,20 @@ pub async fn feedback_label(ctx: &Context, prediction_id: Uuid) -> Result<Option
     capture::feedback_label(&client, prediction_id).await
 }
 
+/// Labels the item captured from `prediction_id` with the feedback on that prediction, if any
+/// (a no-op when it has that label already). Feedback given while the capture was being stored
+/// found no row to label; this catches it up once the row is committed.
+#[tracing::instrument(level = "debug", skip(ctx))]
+pub async fn label_from_feedback(ctx: &Context, prediction_id: Uuid) -> Result<(), DbError> {
+    let client = ctx.db.get().await?;
+    if let Some(label) = capture::feedback_label(&client, prediction_id).await?
+        && Label::parse(&label).is_ok()
+    {
+        capture::label_captured(&client, prediction_id, &label).await?;
+    }
+    Ok(())
+}
+
 /// Which of `keys` a media row references (as its raw object).
 #[tracing::instrument(level = "debug", skip_all, fields(keys = keys.len()))]
 pub async fn recorded_keys(ctx: &Context, keys: &[String]) -> Result<Vec<String>, DbError> {
