@@ -117,10 +117,26 @@ where
     C: deadpool_postgres::GenericClient,
 {
     let statement = client.prepare_cached("SELECT spec FROM pipelines WHERE dataset = $1").await?;
-    Ok(match client.query_opt(&statement, &[&dataset]).await? {
+    Ok(spec_of(client.query_opt(&statement, &[&dataset]).await?))
+}
+
+/// Whether `spec_hash` is the dataset's current spec, with its pipeline row locked until `tx`
+/// ends (a spec change waits for it). A worker's outcome under an older spec is stale then: it
+/// must not overwrite what another worker recorded under the current one.
+pub async fn spec_is_current(
+    tx: &deadpool_postgres::Transaction<'_>,
+    dataset: &str,
+    spec_hash: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let statement = tx.prepare_cached("SELECT spec FROM pipelines WHERE dataset = $1 FOR SHARE").await?;
+    Ok(spec_of(tx.query_opt(&statement, &[&dataset]).await?).hash() == spec_hash)
+}
+
+fn spec_of(row: Option<tokio_postgres::Row>) -> PipelineSpec {
+    match row {
         Some(row) => serde_json::from_value(row.get::<_, serde_json::Value>("spec")).unwrap_or_default(),
         None => PipelineSpec::default(),
-    })
+    }
 }
 
 /// `processed/<dataset>/<spec hash>/<media id>/<frame index>.png`: one key per

@@ -21,6 +21,8 @@ pub struct MediaState {
     pub status: MediaStatus,
     /// `None` until the item was first processed or failed.
     pub spec_hash: Option<String>,
+    /// Deliveries that started work on the item and never finished it ([`mark_processing`]).
+    pub attempts: i32,
 }
 
 impl MediaState {
@@ -66,7 +68,8 @@ pub async fn item(ctx: &Context, id: Uuid) -> Result<Option<(MediaIngested, Medi
     let client = ctx.db.get().await?;
     let statement = client
         .prepare_cached(
-            "SELECT dataset, label, kind, content_type, raw_key, bytes, sha256, width, height, status, spec_hash
+            "SELECT dataset, label, kind, content_type, raw_key, bytes, sha256, width, height, status, spec_hash,
+                    attempts
              FROM media WHERE id = $1",
         )
         .await?;
@@ -83,7 +86,9 @@ pub async fn item(ctx: &Context, id: Uuid) -> Result<Option<(MediaIngested, Medi
         width: row.try_get("width")?,
         height: row.try_get("height")?,
     };
-    Ok(Some((item, MediaState { status: row.try_get("status")?, spec_hash: row.try_get("spec_hash")? })))
+    let state =
+        MediaState { status: row.try_get("status")?, spec_hash: row.try_get("spec_hash")?, attempts: row.try_get("attempts")? };
+    Ok(Some((item, state)))
 }
 
 /// Marks the item `processing` (an item `processed` under an earlier spec keeps that status
@@ -108,7 +113,8 @@ pub async fn mark_processing(ctx: &Context, id: Uuid, new_attempt: bool) -> Resu
 }
 
 /// Records the outputs (upserts on the natural key), marks the item processed under `spec_hash`
-/// and enqueues `media.processed`, in one transaction.
+/// and enqueues `media.processed`, in one transaction; `false` (nothing written) when the
+/// dataset's spec is no longer `spec_hash`: the item is to be done again under the new one.
 #[tracing::instrument(
     level = "debug",
     skip_all,
@@ -120,9 +126,12 @@ pub async fn finish(
     spec_hash: &str,
     outputs: &[Output],
     duration_ms: i64,
-) -> Result<(), DbError> {
+) -> Result<bool, DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
+    if !sluice_core::pipeline::spec_is_current(&tx, &item.dataset, spec_hash).await? {
+        return Ok(false);
+    }
     let upsert = tx
         .prepare_cached(
             "INSERT INTO media_outputs (media_id, key, width, height, frame_index, timestamp_ms, spec_hash, duration_ms)
@@ -148,7 +157,7 @@ pub async fn finish(
         .await?;
     if updated.is_none() {
         tx.commit().await?;
-        return Ok(());
+        return Ok(true);
     }
     // Outputs of earlier specs are superseded.
     tx.execute("DELETE FROM media_outputs WHERE media_id = $1 AND spec_hash <> $2", &[&item.media_id, &spec_hash])
@@ -163,16 +172,22 @@ pub async fn finish(
     });
     outbox::enqueue(&tx, &ctx.topic(Topic::MediaProcessed), &item.media_id.to_string(), &event).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Marks an item failed under `spec_hash` with `reason` (when it is known) and sends the event
 /// to `media.dlq`. An item another worker already processed under the spec stays processed and
-/// no DLQ event goes out.
+/// no DLQ event goes out. `false` (nothing written) when `spec_hash` is no longer the dataset's
+/// spec: the item is to be done again under the new one.
 #[tracing::instrument(level = "debug", skip_all, fields(media = ?failed.media_id, spec_hash = spec_hash))]
-pub async fn fail(ctx: &Context, failed: MediaFailed, spec_hash: Option<&str>) -> Result<(), DbError> {
+pub async fn fail(ctx: &Context, failed: MediaFailed, spec_hash: Option<&str>) -> Result<bool, DbError> {
     let mut client = ctx.db.get().await?;
     let tx = client.transaction().await?;
+    if let (Some(dataset), Some(spec_hash)) = (&failed.dataset, spec_hash)
+        && !sluice_core::pipeline::spec_is_current(&tx, dataset, spec_hash).await?
+    {
+        return Ok(false);
+    }
     if let Some(id) = failed.media_id {
         let changed = tx
             .execute(
@@ -183,7 +198,7 @@ pub async fn fail(ctx: &Context, failed: MediaFailed, spec_hash: Option<&str>) -
             .await?;
         if changed == 0 {
             tx.commit().await?;
-            return Ok(());
+            return Ok(true);
         }
     }
     // An undecodable message has no row to guard it: its event is named by the message, so
@@ -194,7 +209,7 @@ pub async fn fail(ctx: &Context, failed: MediaFailed, spec_hash: Option<&str>) -
     };
     outbox::enqueue(&tx, &ctx.topic(Topic::MediaDlq), &key, &event).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Enqueues `media.ingested` again for items matching `filter` (a WHERE clause over `media`
@@ -355,7 +370,7 @@ mod tests {
 
     #[test]
     fn an_item_is_settled_only_once_it_ended_under_the_same_spec() {
-        let state = |status, hash: Option<&str>| MediaState { status, spec_hash: hash.map(str::to_owned) };
+        let state = |status, hash: Option<&str>| MediaState { status, spec_hash: hash.map(str::to_owned), attempts: 0 };
         assert!(state(MediaStatus::Processed, Some("a")).settled_under("a"));
         assert!(state(MediaStatus::Failed, Some("a")).settled_under("a"));
         assert!(!state(MediaStatus::Processed, Some("b")).settled_under("a"), "another spec is redone");

@@ -43,19 +43,40 @@ async fn consume(ctx: &Context, shutdown: &Shutdown) -> Result<(), rdkafka::erro
     let lag =
         tokio::spawn(kafka::report_lag(consumer.clone(), topic.to_string(), ctx.config.preprocess.group_id.clone()));
     let concurrency = ctx.config.preprocess.concurrency;
-    let result = work::consume(&consumer, shutdown, concurrency, |message| handle(ctx, message, shutdown)).await;
+    let turns = &Turns::default();
+    let result = work::consume(&consumer, shutdown, concurrency, |message| handle(ctx, message, shutdown, turns)).await;
     lag.abort();
     result
 }
 
+/// Items run side by side (up to `preprocess.concurrency`), except one that an earlier delivery
+/// started and never finished: it may be what killed that worker, so it runs alone. A crash
+/// then counts an attempt against that item only, and the items that happened to run beside a
+/// poison one are not given up with it.
+#[derive(Debug, Default)]
+struct Turns(tokio::sync::RwLock<()>);
+
+enum Turn<'a> {
+    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'a, ()>),
+    Alone(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'a, ()>),
+}
+
+impl Turns {
+    /// Waits for the item's turn: alone (every other item finished first, none starts until it
+    /// ends) or beside the others.
+    async fn take(&self, alone: bool) -> Turn<'_> {
+        if alone { Turn::Alone(self.0.write().await) } else { Turn::Shared(self.0.read().await) }
+    }
+}
+
 /// Processes one message to a durable end; `false` only when shutdown interrupted its retries.
-async fn handle(ctx: &Context, message: OwnedMessage, shutdown: &Shutdown) -> bool {
+async fn handle(ctx: &Context, message: OwnedMessage, shutdown: &Shutdown, turns: &Turns) -> bool {
     let source = format!("{}/{}/{}", message.topic(), message.partition(), message.offset());
     let event = match Envelope::<MediaIngested>::decode(message.payload().unwrap_or_default()) {
         Ok(envelope) => envelope.data,
         Err(err) => {
             let failed = MediaFailed { media_id: None, dataset: None, reason: err.to_string(), source };
-            return record_failure(ctx, failed, None, "undecodable_event", "unknown", shutdown).await;
+            return record_failure(ctx, failed, None, "undecodable_event", "unknown", shutdown).await.is_some();
         }
     };
     // Only the first try of a delivery counts as an attempt; retries after a transient failure
@@ -73,6 +94,7 @@ async fn handle(ctx: &Context, message: OwnedMessage, shutdown: &Shutdown) -> bo
         if state.settled_under(&spec_hash) {
             return Ok(true);
         }
+        let _turn = turns.take(state.attempts > 0).await;
         match process(ctx, &item, &spec, &spec_hash, first_attempt.swap(false, Ordering::Relaxed)).await {
             Ok(()) => {
                 metrics::histogram!("sluice_preprocess_item_duration_seconds", "kind" => item.kind.clone())
@@ -87,7 +109,11 @@ async fn handle(ctx: &Context, message: OwnedMessage, shutdown: &Shutdown) -> bo
                     reason,
                     source: source.clone(),
                 };
-                Ok(record_failure(ctx, failed, Some(&spec_hash), "undecodable_media", &item.kind, shutdown).await)
+                match record_failure(ctx, failed, Some(&spec_hash), "undecodable_media", &item.kind, shutdown).await {
+                    Some(true) => Ok(true),
+                    Some(false) => Err(Failure::Retry(spec_changed(&item))),
+                    None => Ok(false),
+                }
             }
             Err(Failure::Interrupted) => Ok(false),
             Err(retry @ Failure::Retry(_)) => {
@@ -99,7 +125,13 @@ async fn handle(ctx: &Context, message: OwnedMessage, shutdown: &Shutdown) -> bo
     settled.await.unwrap_or(false)
 }
 
-/// Records an item that can never be processed; `false` when shutdown came first.
+/// Why an outcome worked out under an older spec is not recorded.
+fn spec_changed(item: &MediaIngested) -> String {
+    format!("the pipeline spec of {} changed while media {} was processed; redoing it", item.dataset, item.media_id)
+}
+
+/// Records an item that can never be processed: `Some(false)` when the item's spec changed
+/// meanwhile (nothing recorded), `None` when shutdown came first.
 async fn record_failure(
     ctx: &Context,
     failed: MediaFailed,
@@ -107,15 +139,16 @@ async fn record_failure(
     reason: &'static str,
     kind: &str,
     shutdown: &Shutdown,
-) -> bool {
+) -> Option<bool> {
     let recorded = work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot record a failure", || {
         store::fail(ctx, failed.clone(), spec_hash)
     });
-    if recorded.await.is_none() {
-        return false;
+    let recorded = recorded.await?;
+    if recorded {
+        metrics::counter!("sluice_preprocess_failed_total", "kind" => kind.to_owned(), "reason" => reason)
+            .increment(1);
     }
-    metrics::counter!("sluice_preprocess_failed_total", "kind" => kind.to_owned(), "reason" => reason).increment(1);
-    true
+    Some(recorded)
 }
 
 /// One item not yet settled under the current spec: fetch, transform, store.
@@ -209,7 +242,9 @@ async fn process(
             .map_err(|e| Failure::Retry(S3Error::from_sdk("PutObject", e).to_string()))?;
     }
     let outputs: Vec<Output> = outputs.into_iter().map(|(o, _)| o).collect();
-    store::finish(ctx, item, spec_hash, &outputs, started.elapsed().as_millis() as i64).await?;
+    if !store::finish(ctx, item, spec_hash, &outputs, started.elapsed().as_millis() as i64).await? {
+        return Err(Failure::Retry(spec_changed(item)));
+    }
     metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "store")
         .record(store_started.elapsed().as_secs_f64());
     metrics::counter!("sluice_preprocess_processed_total", "kind" => item.kind.clone()).increment(1);
@@ -248,4 +283,25 @@ async fn sample_frames(
             (output, frame.png)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Turns;
+
+    #[tokio::test]
+    async fn an_item_run_alone_waits_for_the_others_and_holds_back_new_ones() {
+        let turns = Turns::default();
+        let waits = |turn| async move { tokio::time::timeout(Duration::from_millis(50), turn).await.is_err() };
+        let (first, second) = (turns.take(false).await, turns.take(false).await);
+        assert!(waits(turns.take(true)).await, "a suspect waits while others run");
+        drop((first, second));
+        let alone = turns.take(true).await;
+        assert!(waits(turns.take(false)).await, "nothing starts beside it");
+        assert!(waits(turns.take(true)).await, "nor another suspect");
+        drop(alone);
+        assert!(!waits(turns.take(false)).await, "then the rest flows");
+    }
 }

@@ -241,6 +241,30 @@ async fn redelivery_changes_nothing_and_reprocess_applies_a_new_spec() {
     assert!(new_output["key"].as_str().unwrap_or_default().contains(&hash), "{item}");
     let decoded = image::load_from_memory(&object(&app, new_output["key"].as_str().expect("key")).await).expect("png");
     assert_eq!((decoded.width(), decoded.height(), decoded.color()), (16, 16, image::ColorType::L8));
+
+    // A worker still on the first spec (its partition moved while it worked) finishes or fails
+    // the item late: neither outcome is written over the one under the current spec.
+    let media_id: uuid::Uuid = id.parse().expect("uuid");
+    let (ingested, _) = store::item(&app.ctx, media_id).await.expect("item").expect("exists");
+    let old = sluice_core::pipeline::PipelineSpec::default().hash();
+    let output = sluice_core::pipeline::Output {
+        key: sluice_core::pipeline::output_key("again", &old, media_id, 0),
+        width: 64,
+        height: 64,
+        frame_index: 0,
+        timestamp_ms: None,
+    };
+    assert!(!store::finish(&app.ctx, &ingested, &old, &[output], 1).await.expect("finish"), "a stale finish");
+    let failed = sluice_core::pipeline::MediaFailed {
+        media_id: Some(media_id),
+        dataset: Some("again".into()),
+        reason: "late".into(),
+        source: "test".into(),
+    };
+    assert!(!store::fail(&app.ctx, failed, Some(&old)).await.expect("fail"), "a stale failure");
+    let after = media(&app, &id).await;
+    assert_eq!((after["status"].clone(), after["outputs"].clone()), (json!("processed"), item["outputs"].clone()));
+    assert_eq!(app.count("SELECT count(*) FROM media_outputs").await, 1, "no stale output row");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
