@@ -352,11 +352,17 @@ pub struct Run {
     pub id: uuid::Uuid,
     started: AtomicBool,
     taken_over: AtomicBool,
+    counted: AtomicBool,
 }
 
 impl Default for Run {
     fn default() -> Self {
-        Self { id: uuid::Uuid::now_v7(), started: AtomicBool::new(false), taken_over: AtomicBool::new(false) }
+        Self {
+            id: uuid::Uuid::now_v7(),
+            started: AtomicBool::new(false),
+            taken_over: AtomicBool::new(false),
+            counted: AtomicBool::new(false),
+        }
     }
 }
 
@@ -370,6 +376,18 @@ impl Run {
     /// This run named itself on its unit.
     pub fn start(&self) {
         self.started.store(true, Ordering::Relaxed);
+    }
+
+    /// This run's try counted an attempt on its unit, to be given back if the run stops through
+    /// no fault of the unit ([`Run::uncount`]).
+    pub fn count_attempt(&self) {
+        self.counted.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the attempt this run counted is still to be given back; the first call says so,
+    /// later ones do not, so an attempt is given back (or kept as failed) once.
+    pub fn uncount(&self) -> bool {
+        self.counted.swap(false, Ordering::Relaxed)
     }
 
     /// Another process's run took the unit over: this run stops with nothing to publish.

@@ -128,10 +128,10 @@ async fn handle(
             Err(Failure::Retry(reason)) => {
                 // The attempt stands only when the failure was the trial's own.
                 let counts = parking::dependencies_up(ctx, &[]).await;
-                let recorded = if counts {
-                    store::attempt_failed(ctx, trial.trial_id, &reason).await
-                } else {
-                    store::give_back_attempt(ctx, trial.trial_id).await
+                let recorded = match (counts, run.uncount()) {
+                    (true, _) => store::attempt_failed(ctx, trial.trial_id, &reason).await,
+                    (false, true) => store::give_back_attempt(ctx, trial.trial_id).await,
+                    (false, false) => Ok(()),
                 };
                 if let Err(err) = recorded {
                     tracing::warn!(error = %err, "cannot record the failed attempt");
@@ -139,7 +139,9 @@ async fn handle(
                 Err(Failure::Retry(format!("trial {} (attempt counted: {counts}): {reason}", trial.trial_id)))
             }
             Err(Failure::Interrupted) => {
-                give_back(ctx, trial).await;
+                if run.uncount() {
+                    give_back(ctx, trial).await;
+                }
                 Err(Failure::Interrupted)
             }
             other => other,
@@ -273,7 +275,9 @@ async fn run_state(ctx: &Context, trial: &TrialAssigned, run: Uuid) -> Result<Ru
 async fn taken_over(ctx: &Context, trial: &TrialAssigned, run: &Run) -> Option<TrialFinished> {
     tracing::warn!(trial = %trial.trial_id, "another worker took the trial over; stopping this run");
     metrics::counter!("sluice_trainer_trials_taken_over_total").increment(1);
-    give_back(ctx, trial).await;
+    if run.uncount() {
+        give_back(ctx, trial).await;
+    }
     run.yield_unit();
     None
 }
@@ -318,6 +322,7 @@ async fn train(
         return Ok(None);
     };
     run.start();
+    run.count_attempt();
     let max_attempts = ctx.config.trainer.max_trial_attempts as i32;
     if attempts > max_attempts {
         let reason = parking::gave_up(attempts - 1, last_error.as_deref());
