@@ -66,7 +66,11 @@ impl Sink for Memory {
         Ok(())
     }
 
-    async fn abort(&self, key: &str, _upload: &str) {
+    async fn abort(&self, key: &str, upload: &str) {
+        self.abort_detached(key, upload);
+    }
+
+    fn abort_detached(&self, key: &str, _upload: &str) {
         self.open.lock().unwrap().remove(key).expect("aborting an upload that was started");
         *self.aborted.lock().unwrap() += 1;
     }

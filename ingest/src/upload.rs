@@ -84,6 +84,32 @@ pub trait Sink: Sync {
     /// Best effort: an upload that cannot be aborted now is removed by S3's lifecycle rules or
     /// the orphan sweeper.
     fn abort(&self, key: &str, upload: &str) -> impl Future<Output = ()> + Send;
+    /// Aborts from a destructor (no `.await` there): the future storing the upload was dropped
+    /// (its request's deadline passed, or its client left) between the start and the end.
+    fn abort_detached(&self, key: &str, upload: &str);
+}
+
+/// A started multipart upload not yet completed or aborted: dropped so (the future storing it
+/// was dropped mid-body), it is aborted in the background, so its parts do not stay in S3 until
+/// the orphan sweeper.
+struct OpenUpload<'a, K: Sink> {
+    sink: &'a K,
+    key: &'a str,
+    upload: &'a str,
+}
+
+impl<K: Sink> OpenUpload<'_, K> {
+    /// The upload was completed or aborted by its own path.
+    fn ended(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl<K: Sink> Drop for OpenUpload<'_, K> {
+    fn drop(&mut self) {
+        tracing::info!(key = self.key, "an upload was dropped mid-body; aborting it");
+        self.sink.abort_detached(self.key, self.upload);
+    }
 }
 
 /// The configured bucket.
@@ -161,6 +187,14 @@ impl Sink for S3<'_> {
             tracing::warn!(key, error = %S3Error::from_sdk("AbortMultipartUpload", err), "abort failed");
         }
     }
+
+    fn abort_detached(&self, key: &str, upload: &str) {
+        let (ctx, key, upload) = (self.0.clone(), key.to_owned(), upload.to_owned());
+        // Outside a runtime (a process ending) the orphan sweeper removes it instead.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { S3(&ctx).abort(&key, &upload).await });
+        }
+    }
 }
 
 /// Reads `body` into `raw/<dataset>/<id>.<ext>`. `declared` is the client's content type, if any.
@@ -232,6 +266,7 @@ where
         sink.put(&key, format.content_type(), buffer.freeze()).await?;
     } else {
         let upload = sink.start(&key, format.content_type()).await?;
+        let open = OpenUpload { sink, key: &key, upload: &upload };
         let result = stream_parts(
             sink,
             &key,
@@ -252,18 +287,21 @@ where
             }
             Ok(parts)
         });
-        match result {
-            Ok(parts) => {
-                if let Err(err) = sink.complete(&key, &upload, parts).await {
+        let ended = match result {
+            Ok(parts) => match sink.complete(&key, &upload, parts).await {
+                Ok(()) => Ok(()),
+                Err(err) => {
                     sink.abort(&key, &upload).await;
-                    return Err(err);
+                    Err(err)
                 }
-            }
+            },
             Err(err) => {
                 sink.abort(&key, &upload).await;
-                return Err(err);
+                Err(err)
             }
-        }
+        };
+        open.ended();
+        ended?;
     }
     let total = reader.total;
     metrics::counter!("sluice_ingest_received_bytes_total").increment(total);

@@ -536,3 +536,39 @@ async fn an_upload_cut_off_by_its_deadline_leaves_no_object() {
     .await;
     assert_eq!(app.count("SELECT count(*) FROM media").await, 0);
 }
+
+/// A body larger than a part, cut off by the deadline after its first part went to S3: the
+/// multipart upload is aborted, not left for the orphan sweeper (a day later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_upload_cut_off_by_its_deadline_leaves_no_open_upload() {
+    let env = TestEnv::new().await;
+    let mut config = env.config.clone();
+    config.http.request_timeout_secs = 3;
+    config.ingest.multipart_part_bytes = 5 * 1024 * 1024;
+    let app = RunningApp::spawn(config).await;
+    let mut first = png(32, 32, 7)[..33].to_vec();
+    first.resize(6 * 1024 * 1024, 0);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) });
+    let request = app
+        .http
+        .post(app.url("/v1/media?dataset=stalled"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", "image/png")
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let request = tokio::spawn(request);
+    tx.send(Ok(bytes::Bytes::from(first))).await.expect("the first part's bytes");
+    let (status, answer) = json_of(request.await.expect("join").expect("an answer")).await;
+    assert_eq!((status, &answer["error"]["code"]), (503, &Value::from("timeout")), "{answer}");
+    drop(tx);
+    let bucket = app.ctx.config.s3.bucket.clone();
+    sluice_testkit::eventually(Duration::from_secs(10), "the open upload to be aborted", || async {
+        let uploads = app.ctx.s3.list_multipart_uploads().bucket(&bucket).prefix("raw/stalled/").send().await;
+        uploads.expect("list uploads").uploads().is_empty().then_some(())
+    })
+    .await;
+    let keys = sluice_core::s3::list_keys(&app.ctx.s3, &bucket, "raw/stalled/", 10).await.expect("list");
+    assert!(keys.is_empty(), "{keys:?}");
+    assert_eq!(app.count("SELECT count(*) FROM media").await, 0);
+}
