@@ -83,9 +83,13 @@ impl Event for MediaCaptured {
     const SCHEMA_VERSION: u32 = 1;
 }
 
+/// Where kept inputs wait for ingest (which deletes each once stored; the orphan sweeper the
+/// rest after `ingest.orphan_grace_secs`).
+pub const CAPTURES_PREFIX: &str = "captures/";
+
 /// `captures/<model>/<prediction id>`: where a kept input waits for ingest.
 pub fn capture_key(model: &str, prediction_id: Uuid) -> String {
-    format!("captures/{model}/{prediction_id}")
+    format!("{CAPTURES_PREFIX}{model}/{prediction_id}")
 }
 
 /// The policy of `model`, if it has one.

@@ -229,7 +229,8 @@ pub struct IngestConfig {
     /// Uploads up to this size are buffered and sent with one PUT; larger ones stream as an S3
     /// multipart upload in parts of this size (at least 5 MiB, S3's minimum part size).
     pub multipart_part_bytes: usize,
-    /// Raw objects with no media row older than this are deleted by the orphan sweeper.
+    /// Raw objects with no media row, and captured inputs, older than this are deleted by the
+    /// orphan sweeper.
     pub orphan_grace_secs: u64,
     /// Buckets besides Sluice's own that bulk imports may read from.
     pub import_buckets: Vec<String>,

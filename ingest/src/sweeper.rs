@@ -1,11 +1,12 @@
 //! Deletes raw objects that no media row references (their transaction failed and the
-//! immediate clean-up could not reach S3), and multipart uploads abandoned mid-way.
+//! immediate clean-up could not reach S3), captured inputs left behind (their event never
+//! went out, or their delete failed), and multipart uploads abandoned mid-way.
 
 use std::time::Duration;
 
 use aws_smithy_types_convert::date_time::DateTimeExt;
-use chrono::Utc;
-use sluice_core::{Context, Shutdown, s3::S3Error, uploads::RAW_PREFIX};
+use chrono::{DateTime, Utc};
+use sluice_core::{Context, Shutdown, capture::CAPTURES_PREFIX, s3::S3Error, uploads::RAW_PREFIX};
 
 use crate::{error::IngestError, store};
 
@@ -30,42 +31,14 @@ pub async fn sweep_once(ctx: &Context) -> Result<usize, IngestError> {
     let grace = chrono::Duration::seconds(ctx.config.ingest.orphan_grace_secs as i64);
     let cutoff = Utc::now() - grace;
     let bucket = &ctx.config.s3.bucket;
-    let mut removed = 0;
-    let mut token = None;
-    loop {
-        let page = ctx
-            .s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .prefix(RAW_PREFIX)
-            .set_continuation_token(token.take())
-            .send()
-            .await
-            .map_err(|e| IngestError::Storage(S3Error::from_sdk("ListObjectsV2", e)))?;
-        let old: Vec<String> = page
-            .contents()
-            .iter()
-            .filter(|o| o.last_modified().and_then(|t| t.to_chrono_utc().ok()).is_some_and(|t| t < cutoff))
-            .filter_map(|o| o.key().map(str::to_owned))
-            .collect();
-        if !old.is_empty() {
-            let known = store::recorded_keys(ctx, &old).await?;
-            for key in old.iter().filter(|k| !known.contains(k)) {
-                ctx.s3
-                    .delete_object()
-                    .bucket(bucket)
-                    .key(key)
-                    .send()
-                    .await
-                    .map_err(|e| IngestError::Storage(S3Error::from_sdk("DeleteObject", e)))?;
-                removed += 1;
-            }
-        }
-        token = page.next_continuation_token().map(str::to_owned);
-        if token.is_none() {
-            break;
-        }
-    }
+    let mut removed = sweep_prefix(ctx, RAW_PREFIX, cutoff, |old| async move {
+        Ok(store::recorded_keys(ctx, &old).await?)
+    })
+    .await?;
+    // A captured input waits under `captures/` for ingest, which deletes it once stored (seconds
+    // later). One still there after the grace period was left by an inference process that died
+    // before its event, or by a delete that failed: none is kept.
+    removed += sweep_prefix(ctx, CAPTURES_PREFIX, cutoff, |_| async { Ok(Vec::new()) }).await?;
     let (mut key_marker, mut id_marker) = (None, None);
     loop {
         let uploads = ctx
@@ -97,4 +70,50 @@ pub async fn sweep_once(ctx: &Context) -> Result<usize, IngestError> {
     }
     metrics::counter!("sluice_ingest_orphans_removed_total").increment(removed as u64);
     Ok(removed)
+}
+
+/// Deletes the objects under `prefix` last written before `cutoff`, except those `kept` names
+/// (asked a page of old keys at a time); returns how many it deleted.
+async fn sweep_prefix<F, Fut>(ctx: &Context, prefix: &str, cutoff: DateTime<Utc>, kept: F) -> Result<usize, IngestError>
+where
+    F: Fn(Vec<String>) -> Fut,
+    Fut: Future<Output = Result<Vec<String>, IngestError>>,
+{
+    let bucket = &ctx.config.s3.bucket;
+    let mut removed = 0;
+    let mut token = None;
+    loop {
+        let page = ctx
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .set_continuation_token(token.take())
+            .send()
+            .await
+            .map_err(|e| IngestError::Storage(S3Error::from_sdk("ListObjectsV2", e)))?;
+        let old: Vec<String> = page
+            .contents()
+            .iter()
+            .filter(|o| o.last_modified().and_then(|t| t.to_chrono_utc().ok()).is_some_and(|t| t < cutoff))
+            .filter_map(|o| o.key().map(str::to_owned))
+            .collect();
+        if !old.is_empty() {
+            let known = kept(old.clone()).await?;
+            for key in old.iter().filter(|k| !known.contains(k)) {
+                ctx.s3
+                    .delete_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .map_err(|e| IngestError::Storage(S3Error::from_sdk("DeleteObject", e)))?;
+                removed += 1;
+            }
+        }
+        token = page.next_continuation_token().map(str::to_owned);
+        if token.is_none() {
+            return Ok(removed);
+        }
+    }
 }

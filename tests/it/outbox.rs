@@ -232,8 +232,14 @@ async fn the_sweeper_removes_objects_no_row_references() {
         .send()
         .await
         .expect("put orphan");
+    // A captured input whose inference process died before its event: nothing will store it.
+    let capture = sluice_core::capture::capture_key("served", uuid::Uuid::now_v7());
+    let put = app.ctx.s3.put_object().bucket(&app.ctx.config.s3.bucket).key(&capture).body(png(8, 8, 6).into());
+    put.send().await.expect("put capture");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     sweeper::sweep_once(&app.ctx).await.expect("sweep");
+    let left = app.ctx.s3.head_object().bucket(&app.ctx.config.s3.bucket).key(&capture).send().await;
+    assert!(left.is_err(), "the left-behind capture was removed");
     let orphan = app
         .ctx
         .s3
