@@ -81,7 +81,6 @@ async fn handle(ctx: &Context, event: &MediaCaptured) -> Result<&'static str, In
         DatasetName::parse(&event.dataset).map_err(|e| IngestError::BadField { field: "dataset", message: e.0 })?;
     let feedback = store::feedback_label(ctx, event.prediction_id).await?;
     let label = feedback.as_deref().and_then(|l| Label::parse(l).ok());
-    let labelled = label.is_some();
     // At most one predict request's bytes (`inference.max_predict_bytes`).
     let limit = ctx.config.inference.max_predict_bytes as u64;
     let bytes = match s3::get_bytes_bounded(&ctx.s3, &ctx.config.s3.bucket, &event.key, limit)
@@ -112,9 +111,7 @@ async fn handle(ctx: &Context, event: &MediaCaptured) -> Result<&'static str, In
     match store::record(ctx, vec![item]).await {
         Ok((accepted, redundant)) => {
             upload::discard(ctx, &redundant).await;
-            if !labelled {
-                store::label_from_feedback(ctx, event.prediction_id).await?;
-            }
+            store::label_from_feedback(ctx, event.prediction_id).await?;
             discard(ctx, &event.key).await;
             Ok(if accepted.first().is_some_and(|a| a.duplicate) { "duplicate" } else { "stored" })
         }

@@ -416,11 +416,17 @@ pub async fn feedback_label(ctx: &Context, prediction_id: Uuid) -> Result<Option
 #[tracing::instrument(level = "debug", skip(ctx))]
 pub async fn label_from_feedback(ctx: &Context, prediction_id: Uuid) -> Result<(), DbError> {
     let client = ctx.db.get().await?;
-    if let Some(label) = capture::feedback_label(&client, prediction_id).await?
-        && Label::parse(&label).is_ok()
-    {
-        capture::label_captured(&client, prediction_id, &label).await?;
-    }
+    // One statement, so the label written is the feedback as it stands (the feedback route
+    // validated it against the version's classes), not one read before a newer answer.
+    client
+        .execute(
+            "UPDATE media m SET label = p.feedback_label, updated_at = now()
+             FROM predictions p
+             WHERE p.id = $1 AND m.captured_from = $1 AND p.feedback_label IS NOT NULL
+               AND m.label IS DISTINCT FROM p.feedback_label",
+            &[&prediction_id],
+        )
+        .await?;
     Ok(())
 }
 
