@@ -14,7 +14,8 @@ use tokio::process::Command;
 
 use crate::imaging::{Pixels, encode_png};
 
-/// Why frames could not be extracted. All of these are poison: retrying changes nothing.
+/// Why frames could not be extracted. A failed spawn is retried; a timeout beside other items is
+/// retried once, alone (a busy worker slows ffmpeg down); the rest are poison.
 #[derive(Debug, thiserror::Error)]
 pub enum VideoError {
     #[error("ffmpeg could not be started: {0}")]

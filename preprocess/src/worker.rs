@@ -79,10 +79,11 @@ async fn handle(ctx: &Context, message: OwnedMessage, shutdown: &Shutdown, turns
             return record_failure(ctx, failed, None, "undecodable_event", "unknown", shutdown).await.is_some();
         }
     };
-    // Only the first try of a delivery counts as an attempt; retries after a transient failure
-    // within it do not.
-    let first_attempt = AtomicBool::new(true);
-    let (event, source, first_attempt) = (&event, &source, &first_attempt);
+    // Whether the next try counts as an attempt ([`process`]): the first does, and one after a
+    // timeout. Whether the tries run alone is decided at each counted try: an earlier delivery
+    // (or try) that started the item left it unfinished.
+    let (counts, alone) = (AtomicBool::new(true), AtomicBool::new(false));
+    let (event, source, counts, alone) = (&event, &source, &counts, &alone);
     let settled = work::retry_until(shutdown, Backoff::DEPENDENCY, "cannot preprocess an item yet", || async move {
         let started = Instant::now();
         let Some((item, state)) = store::item(ctx, event.media_id).await? else {
@@ -94,8 +95,15 @@ async fn handle(ctx: &Context, message: OwnedMessage, shutdown: &Shutdown, turns
         if state.settled_under(&spec_hash) {
             return Ok(true);
         }
-        let _turn = turns.take(state.attempts > 0).await;
-        match process(ctx, &item, &spec, &spec_hash, first_attempt.swap(false, Ordering::Relaxed)).await {
+        if counts.load(Ordering::Relaxed) {
+            alone.store(state.attempts > 0, Ordering::Relaxed);
+        }
+        let alone = alone.load(Ordering::Relaxed);
+        let _turn = tokio::select! {
+            turn = turns.take(alone) => turn,
+            () = shutdown.cancelled() => return Ok(false),
+        };
+        match process(ctx, &item, &spec, &spec_hash, Tries { counts, alone }).await {
             Ok(()) => {
                 metrics::histogram!("sluice_preprocess_item_duration_seconds", "kind" => item.kind.clone())
                     .record(started.elapsed().as_secs_f64());
@@ -158,8 +166,11 @@ async fn process(
     item: &MediaIngested,
     spec: &PipelineSpec,
     spec_hash: &str,
-    new_attempt: bool,
+    tries: Tries<'_>,
 ) -> Result<(), Failure> {
+    // The first try of a delivery counts an attempt, and a try after a timeout (the next one is
+    // taken alone, on a less busy worker); other retries within it (an outage) do not.
+    let new_attempt = tries.counts.swap(false, Ordering::Relaxed);
     let attempts = store::mark_processing(ctx, item.media_id, new_attempt).await?;
     let max_attempts = ctx.config.preprocess.max_attempts;
     if new_attempt && attempts > max_attempts as i32 {
@@ -196,7 +207,8 @@ async fn process(
         drop(file);
         metrics::histogram!("sluice_preprocess_stage_duration_seconds", "stage" => "fetch")
             .record(fetch_started.elapsed().as_secs_f64());
-        outputs = sample_frames(ctx, item, spec, spec_hash, &input).await?;
+        let attempt = Attempt { number: attempts, max: max_attempts as i32, tries };
+        outputs = sample_frames(ctx, item, spec, spec_hash, &input, attempt).await?;
         if outputs.is_empty() && item.kind == "video" {
             return Err(Failure::Poison(video::VideoError::NoFrames.to_string()));
         }
@@ -251,14 +263,33 @@ async fn process(
     Ok(())
 }
 
+/// How a delivery's tries of an item go: whether the next one counts as an attempt, and whether
+/// this one runs alone ([`Turns`]).
+#[derive(Clone, Copy)]
+struct Tries<'a> {
+    counts: &'a AtomicBool,
+    alone: bool,
+}
+
+/// The item's attempt in progress: its number and the most it gets.
+#[derive(Clone, Copy)]
+struct Attempt<'a> {
+    number: i32,
+    max: i32,
+    tries: Tries<'a>,
+}
+
 /// Samples a video's frames with ffmpeg, from the temporary copy of the object at `input`;
-/// empty when ffmpeg finds no frame to sample (a still GIF).
+/// empty when ffmpeg finds no frame to sample (a still GIF). A timeout while other items ran
+/// beside it is retried once, as a new attempt run alone ([`Turns`]), rather than failing the
+/// item: a busy worker slows ffmpeg down too. A timeout alone fails it.
 async fn sample_frames(
     ctx: &Context,
     item: &MediaIngested,
     spec: &PipelineSpec,
     spec_hash: &str,
     input: &std::path::Path,
+    attempt: Attempt<'_>,
 ) -> Result<Vec<(Output, Vec<u8>)>, Failure> {
     let config = &ctx.config.preprocess;
     let Some(demuxer) = video::demuxer(&item.content_type) else {
@@ -268,6 +299,15 @@ async fn sample_frames(
         Ok(frames) => frames,
         Err(video::VideoError::NoFrames) => Vec::new(),
         Err(err @ video::VideoError::Spawn(_)) => return Err(Failure::Retry(err.to_string())),
+        Err(err @ video::VideoError::Timeout(_)) => {
+            let Attempt { number, max, tries } = attempt;
+            // Once, beside other items: the retry runs alone. A timeout alone is the video's own.
+            if !tries.alone && number < max {
+                tries.counts.store(true, Ordering::Relaxed);
+                return Err(Failure::Retry(format!("{err} beside other items; trying it again alone")));
+            }
+            return Err(Failure::Poison(format!("{err} (attempt {number}, run alone: {})", tries.alone)));
+        }
         Err(err) => return Err(Failure::Poison(err.to_string())),
     };
     Ok(frames
