@@ -486,7 +486,8 @@ async fn a_job_whose_source_bucket_is_gone_fails_saying_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_job_was_taken_over_stops_and_the_job_still_ends_once() {
     let env = TestEnv::new().await;
-    let (app, base, inference, id) = parked_job(&env, 2, "handed", 30, 71).await;
+    // Enough chunks that the job cannot end before the test takes it over.
+    let (app, base, inference, id) = parked_job(&env, 2, "handed", 100, 71).await;
     let taken = async {
         eventually(Duration::from_secs(60), "two chunks written", || async {
             (app.count(&format!("SELECT chunks_done::bigint FROM batch_predictions WHERE id = '{id}'")).await >= 2)
@@ -519,6 +520,6 @@ async fn a_run_whose_job_was_taken_over_stops_and_the_job_still_ends_once() {
     assert_ne!(holder, stand_in, "a new delivery took the job back and finished it");
     assert_eq!(job["status"], "succeeded", "{job:#}");
     let lines = lines(&app, &job).await;
-    assert_eq!(indices(&lines), (0..90).collect::<Vec<_>>(), "each item once, in order");
-    assert_eq!(app.count(&format!("SELECT count(*) FROM predictions WHERE batch_id = '{id}'")).await, 90);
+    assert_eq!(indices(&lines), (0..300).collect::<Vec<_>>(), "each item once, in order");
+    assert_eq!(app.count(&format!("SELECT count(*) FROM predictions WHERE batch_id = '{id}'")).await, 300);
 }

@@ -12,7 +12,7 @@ use sluice_testkit::{TestEnv, eventually};
 
 use crate::{
     ingest::post_raw,
-    support::{RunningApp, json_of},
+    support::{RunningApp, feedback, json_of},
     training::wait_job,
 };
 
@@ -334,7 +334,7 @@ async fn if_better_live_promotes_the_candidate_once_live_feedback_shows_it_bette
     upload(&app, "loop", &images(240, 1, 0)).await;
     processed(&app, "loop", 240).await;
     let job = |promote: &str, epochs: u32, learning_rate: f64| {
-        json!({"model": "loop", "dataset": "loop", "architecture": "cnn", "seed": 3, "promote": promote,
+        json!({"model": "liveloop", "dataset": "loop", "architecture": "cnn", "seed": 3, "promote": promote,
                "search": {"strategy": "grid", "space": {"epochs": epochs, "batch_size": 16, "hidden": 16,
                                                         "learning_rate": learning_rate, "patience": 0}}})
     };
@@ -343,7 +343,7 @@ async fn if_better_live_promotes_the_candidate_once_live_feedback_shows_it_bette
     let strong = crate::training::run_job(&app, &job("if_better_live", 12, 0.003), Duration::from_secs(300)).await;
     assert_eq!(strong["status"], "succeeded", "{strong:#}");
     assert_eq!(strong["promotion"]["pending"], true, "{strong:#}");
-    let aliases = model(&app, "loop").await["aliases"].clone();
+    let aliases = model(&app, "liveloop").await["aliases"].clone();
     assert_eq!((aliases["production"].clone(), aliases["candidate"].clone()), (json!(1), json!(2)), "{aliases}");
 
     // Live traffic with ground truth: the candidate shadows every answer, until the gate moves
@@ -353,7 +353,7 @@ async fn if_better_live_promotes_the_candidate_once_live_feedback_shows_it_bette
     // Up to 200 answers: on a loaded machine some shadow scorings are skipped (at most
     // `SHADOWS_IN_FLIGHT` run at once), so the gate may need more answers than on a quiet one.
     for (png, label) in images(200, 7, 0) {
-        let response = app.http.post(app.url("/v1/models/loop/predict")).bearer_auth(&app.admin_token);
+        let response = app.http.post(app.url("/v1/models/liveloop/predict")).bearer_auth(&app.admin_token);
         let (status, answer) =
             json_of(response.header("content-type", "image/png").body(png).send().await.expect("predict")).await;
         assert_eq!(status, 200, "{answer}");
@@ -371,15 +371,15 @@ async fn if_better_live_promotes_the_candidate_once_live_feedback_shows_it_bette
         // Each feedback re-checks (the last shadow scores may have landed after it).
         let feedback = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
         let _ = feedback.json(&json!({"prediction_id": id, "label": label})).send().await;
-        (model(&app, "loop").await["aliases"]["production"] == 2).then_some(())
+        (model(&app, "liveloop").await["aliases"]["production"] == 2).then_some(())
     })
     .await;
     assert!(answered_by_v1 >= 30, "no decision before 30 answers with feedback ({answered_by_v1})");
     assert_eq!(app.count("SELECT count(*) FROM live_promotions WHERE outcome = 'promoted'").await, 1);
-    let routing = app.http.get(app.url("/v1/models/loop/routing")).bearer_auth(&app.admin_token).send().await;
+    let routing = app.http.get(app.url("/v1/models/liveloop/routing")).bearer_auth(&app.admin_token).send().await;
     let (_, routing) = json_of(routing.expect("routing")).await;
     assert!(routing["shadow_alias"].is_null(), "the shadow stops: {routing:#}");
-    let history = app.http.get(app.url("/v1/models/loop/aliases/production/history")).bearer_auth(&app.admin_token);
+    let history = app.http.get(app.url("/v1/models/liveloop/aliases/production/history")).bearer_auth(&app.admin_token);
     let (_, history) = json_of(history.send().await.expect("history")).await;
     let reason = history["history"][0]["reason"].as_str().unwrap_or_default().to_owned();
     assert!(reason.starts_with("live:") && reason.contains("McNemar"), "{history:#}");
@@ -397,9 +397,11 @@ async fn a_drift_retrain_learns_from_captured_inputs_labelled_by_feedback() {
     config.inference.drift_window = 200;
     config.inference.drift_sustain_checks = 2;
     config.inference.retrain_cooldown_secs = 1;
-    // Requests that come before 500 captured inputs are labelled and processed are skipped;
-    // a later drifted check asks again.
-    config.trainer.retrain_min_new_items = 500;
+    // Requests that come before all 1,000 captured inputs are labelled and processed are
+    // skipped; a later drifted check asks again. Waiting for all of them makes the retrain's
+    // training set the same however far preprocessing trailed the traffic (with 500, a busy
+    // machine's retrain saw half the new world and once stayed under the bar).
+    config.trainer.retrain_min_new_items = 1000;
     let app = RunningApp::spawn(config).await;
     let pipeline = app.http.put(app.url("/v1/datasets/learn/pipeline")).bearer_auth(&app.admin_token);
     let (status, body) =
@@ -446,7 +448,7 @@ async fn a_drift_retrain_learns_from_captured_inputs_labelled_by_feedback() {
     let ready = "SELECT count(*) FROM media WHERE dataset = 'learn' AND captured_from IS NOT NULL \
                  AND label IS NOT NULL AND status = 'processed'";
     eventually(Duration::from_secs(300), "the labelled captures to be processed", || async {
-        (app.count(ready).await >= 500).then_some(())
+        (app.count(ready).await >= 1000).then_some(())
     })
     .await;
     let retrain_job = || async {
@@ -494,17 +496,3 @@ async fn a_drift_retrain_learns_from_captured_inputs_labelled_by_feedback() {
     assert!(v2_accuracy >= v1_accuracy + 0.1 && v2_accuracy >= 0.7, "v2 {v2_accuracy} vs v1 {v1_accuracy}");
 }
 
-/// Posts feedback, retrying while the prediction is not written yet: a 404 says "retry shortly"
-/// (predictions are written in batches, and on a loaded machine the batch can outlast the
-/// route's own wait).
-async fn feedback(app: &RunningApp, body: &Value) -> (u16, Value) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let request = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token).json(body);
-        let (status, answer) = json_of(request.send().await.expect("feedback")).await;
-        if status != 404 || std::time::Instant::now() > deadline {
-            return (status, answer);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}

@@ -333,6 +333,14 @@ async fn moving_production_under_load_fails_no_request() {
         tokio::time::sleep(Duration::from_millis(700)).await;
         move_alias(&app, "swap", "production", if round % 2 == 0 { second } else { first }).await;
     }
+    // The last move (to `first`) reaches the serving path through the outbox and the models.events
+    // follower, which a busy machine can hold up past a fixed sleep: wait until a request sees it,
+    // then keep the load on a moment longer.
+    eventually(Duration::from_secs(30), "the last move to be served", || async {
+        let (status, answer) = predict(&app, &app.admin_token, "swap", "", body.clone()).await;
+        (status == 200 && answer["version"] == first).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut all = Vec::new();
@@ -709,9 +717,9 @@ async fn low_live_accuracy_from_feedback_requests_retraining_once() {
     for prediction in answer["predictions"].as_array().expect("predictions") {
         let predicted = prediction["top"][0]["label"].as_str().expect("label");
         let wrong = labels.iter().find(|l| l.as_str() != predicted).expect("another class");
-        let response = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
-        let response = response.json(&json!({"prediction_id": prediction["id"], "label": wrong})).send().await;
-        assert_eq!(response.expect("feedback").status().as_u16(), 200);
+        let (status, answer) =
+            crate::support::feedback(&app, &json!({"prediction_id": prediction["id"], "label": wrong})).await;
+        assert_eq!(status, 200, "{answer}");
     }
     let drift = drift_state(&app, "graded").await;
     assert_eq!(drift["live_accuracy"], 0.0, "{drift:#}");

@@ -118,12 +118,17 @@ pub async fn read_topic(
 ) -> Vec<(String, serde_json::Value)> {
     use futures::StreamExt;
     use rdkafka::{Message, consumer::Consumer};
+    // A new group's first message waits for it to join (the local broker rebalances after a
+    // pause): when the topic holds messages, `wait` is no bound for that on a busy machine.
+    let first_wait =
+        if topic_message_count(config, topic).await > 0 { wait.max(Duration::from_secs(30)) } else { wait };
     let group = format!("reader-{}", uuid::Uuid::new_v4());
     let consumer = kafka::consumer(&config.kafka, &group).expect("consumer");
     consumer.subscribe(&[topic]).expect("subscribe");
     let mut stream = consumer.stream();
     let mut out = Vec::new();
     while out.len() < expected {
+        let wait = if out.is_empty() { first_wait } else { wait };
         match tokio::time::timeout(wait, stream.next()).await {
             Ok(Some(Ok(message))) => {
                 let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
@@ -315,4 +320,19 @@ pub async fn published_model_events(app: &RunningApp) -> Vec<(String, serde_json
     assert!(read.iter().all(|event| events.contains(event)), "read {read:?}, published {events:?}");
     assert_eq!(read.last(), events.last(), "the newest event is on the topic");
     events
+}
+
+/// Posts feedback, retrying while the prediction is not written yet: a 404 says "retry shortly"
+/// (predictions are written in batches, and on a loaded machine the batch can outlast the
+/// route's own wait).
+pub(crate) async fn feedback(app: &RunningApp, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let request = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token).json(body);
+        let (status, answer) = json_of(request.send().await.expect("feedback")).await;
+        if status != 404 || std::time::Instant::now() > deadline {
+            return (status, answer);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -134,7 +134,7 @@ async fn receive(State(inbox): State<Arc<Mutex<Inbox>>>, uri: Uri, headers: Head
     };
     inbox.lock().expect("inbox").received.push(received);
     if mode == Mode::Hang {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
     }
     answered
 }
@@ -176,7 +176,7 @@ fn readme_verifies(secret: &str, signature: &str, body: &[u8]) -> String {
 fn config(env: &TestEnv) -> Config {
     let mut config = env.config.clone();
     config.webhooks.allowed_networks = vec!["127.0.0.1/32".into()];
-    config.webhooks.timeout_ms = 500;
+    config.webhooks.timeout_ms = 2000;
     config.webhooks.retry_first_ms = 100;
     config.webhooks.retry_max_ms = 300;
     config.webhooks.max_attempts = 8;
@@ -575,7 +575,7 @@ async fn a_receiver_that_fails_then_times_out_then_recovers_gets_every_event_aft
     assert!(answered(500) >= 3, "the failures are in the history: {history:#?}");
     assert!(
         attempts.iter().any(|a| a["status_code"].is_null()
-            && a["error"].as_str().is_some_and(|e| e.contains("no answer within 500 ms"))),
+            && a["error"].as_str().is_some_and(|e| e.contains("no answer within 2000 ms"))),
         "the timeout is in the history: {history:#?}"
     );
     assert_eq!(answered(204), 3, "one success each: {history:#?}");
