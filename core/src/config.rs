@@ -211,6 +211,12 @@ pub struct TrainerConfig {
     /// Most memory one training step's activations may take (the batch times the network's
     /// per-sample activations, estimated), in MiB; checked before any memory is taken.
     pub max_trial_batch_mib: u64,
+    /// Most classes a training dataset may have: each trial's report (a confusion matrix) and
+    /// drift reference grow with them; checked when a job is submitted.
+    pub max_classes: usize,
+    /// Most memory a dataset's decoded frames may take in a worker (held whole, and once more
+    /// split by split), in MiB; checked when a job is submitted.
+    pub max_snapshot_mib: u64,
     /// A retrain starts only when at least this many labelled items are new (or relabelled)
     /// since production's snapshot; otherwise it is recorded as skipped.
     pub retrain_min_new_items: u64,
@@ -529,6 +535,8 @@ impl Config {
         rule(trainer.max_step_attempts >= 1, "trainer.max_step_attempts must be at least 1")?;
         rule(trainer.max_trial_parameters >= 1, "trainer.max_trial_parameters must be at least 1")?;
         rule(trainer.max_trial_batch_mib >= 1, "trainer.max_trial_batch_mib must be at least 1")?;
+        rule(trainer.max_classes >= 2, "trainer.max_classes must be at least 2")?;
+        rule(trainer.max_snapshot_mib >= 1, "trainer.max_snapshot_mib must be at least 1")?;
         rule(
             trainer.promotion_alpha > 0.0 && trainer.promotion_alpha <= 1.0,
             "trainer.promotion_alpha must be above 0 and at most 1",

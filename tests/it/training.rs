@@ -359,8 +359,15 @@ async fn list_filters_that_cannot_be_model_names_are_400_not_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_training_requests_get_a_clear_4xx_and_leave_nothing_behind() {
     let env = TestEnv::new().await;
-    let app = RunningApp::spawn_services(env.config.clone(), &[Service::Trainer]).await;
+    let mut config = env.config.clone();
+    // Tight dataset limits for two cases below; every other dataset here is within them.
+    config.trainer.max_classes = 2;
+    config.trainer.max_snapshot_mib = 1;
+    let app = RunningApp::spawn_services(config, &[Service::Trainer]).await;
     seed_dataset(&app, "shapes", 2, 4, 16, 4).await;
+    seed_dataset(&app, "wide", 3, 2, 16, 6).await;
+    // 40 frames of 3×128×128 bytes, held twice: about 3.8 MiB.
+    seed_dataset(&app, "large", 2, 20, 128, 7).await;
     let client = app.ctx.db.get().await.expect("connection");
     client.execute("INSERT INTO datasets (name) VALUES ('empty')", &[]).await.expect("empty dataset");
     // One class only.
@@ -376,6 +383,8 @@ async fn bad_training_requests_get_a_clear_4xx_and_leave_nothing_behind() {
         ("unknown architecture", ok(&|b| b["architecture"] = json!("transformer")), 422, "invalid_request"),
         ("no processed items", ok(&|b| b["dataset"] = json!("empty")), 422, "dataset_not_trainable"),
         ("a single class", ok(&|b| b["dataset"] = json!("shapes")), 422, "dataset_not_trainable"),
+        ("more classes than trainer.max_classes", ok(&|b| b["dataset"] = json!("wide")), 422, "dataset_not_trainable"),
+        ("frames over trainer.max_snapshot_mib", ok(&|b| b["dataset"] = json!("large")), 422, "dataset_not_trainable"),
         ("an empty list", ok(&|b| b["search"]["space"]["learning_rate"] = json!([])), 422, "invalid_search"),
         (
             "a negative learning rate",

@@ -131,6 +131,30 @@ pub fn check_network_size(spec: &SessionSpec, config: &TrainerConfig, train_item
     Ok(())
 }
 
+/// Refuses a dataset no worker could train on: more classes than `trainer.max_classes` (each
+/// trial's report holds a classes × classes matrix), or decoded frames over
+/// `trainer.max_snapshot_mib` (a worker holds every frame, and once more split by split).
+pub fn check_dataset_size(snapshot: &Snapshot, config: &TrainerConfig) -> Result<(), String> {
+    let classes = snapshot.labels.len();
+    if classes > config.max_classes {
+        return Err(format!(
+            "dataset {:?} has {classes} classes, more than trainer.max_classes ({})",
+            snapshot.dataset, config.max_classes
+        ));
+    }
+    let shape = snapshot::input_shape(&snapshot.spec);
+    let frames: u64 = snapshot.items.iter().map(|item| item.keys.len() as u64).sum();
+    let frame_bytes = (shape.channels * shape.height * shape.width) as u64;
+    let mib = frames.saturating_mul(frame_bytes).saturating_mul(2) >> 20;
+    if mib > config.max_snapshot_mib {
+        return Err(format!(
+            "dataset {:?} has {frames} frames of {}×{}×{}: about {mib} MiB in a worker, more than trainer.max_snapshot_mib ({}); use a smaller pipeline size or fewer items",
+            snapshot.dataset, shape.channels, shape.height, shape.width, config.max_snapshot_mib
+        ));
+    }
+    Ok(())
+}
+
 /// Why a retrain would learn nothing new: the snapshot holds fewer than
 /// `trainer.retrain_min_new_items` items (or labels) that production's snapshot did not, under
 /// the same pipeline spec. `None` when there is something new, or no
@@ -216,6 +240,7 @@ pub async fn start(ctx: &Context, request: &JobRequest, origin: Origin, grant: G
             request.dataset, snapshot.labels[0]
         )));
     }
+    check_dataset_size(&snapshot, &ctx.config.trainer).map_err(StartError::Unusable)?;
     let partition = snapshot.partition(&splits);
     if partition.train.is_empty() || partition.validation.is_empty() {
         return Err(StartError::Unusable(format!(
