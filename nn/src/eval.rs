@@ -6,8 +6,9 @@ use crate::data;
 use crate::model::Model;
 use crate::{InputShape, Result};
 
-/// Images per forward pass when only scoring (no gradients, so larger batches are cheap).
-const EVAL_BATCH: usize = 256;
+/// Images per forward pass when only scoring (no gradients, so larger batches are cheap); a
+/// training session scores fewer at a time when its batches are small ([`crate::Session`]).
+pub(crate) const EVAL_BATCH: usize = 256;
 
 /// Loss, accuracy and per-sample outputs of a network on labelled samples.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,11 +31,12 @@ pub(crate) fn logits_and_hidden(
     images: &[u8],
     shape: InputShape,
     n: usize,
+    per_pass: usize,
     device: &Device,
 ) -> Result<(crate::Rows, crate::Rows)> {
     let (mut logits, mut hidden) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let indices: Vec<usize> = (0..n).collect();
-    for chunk in indices.chunks(EVAL_BATCH) {
+    for chunk in indices.chunks(per_pass.max(1)) {
         let x = data::batch(images, shape, chunk, device)?;
         let (l, h) = model.forward_with_hidden(&x, false, None)?;
         logits.extend(l.to_vec2::<f32>()?);
@@ -49,11 +51,12 @@ pub(crate) fn logits(
     images: &[u8],
     shape: InputShape,
     n: usize,
+    per_pass: usize,
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(n);
     let indices: Vec<usize> = (0..n).collect();
-    for chunk in indices.chunks(EVAL_BATCH) {
+    for chunk in indices.chunks(per_pass.max(1)) {
         let x = data::batch(images, shape, chunk, device)?;
         out.extend(model.forward(&x, false, None)?.to_vec2::<f32>()?);
     }

@@ -44,7 +44,7 @@ impl Network {
         if batch.len() != n * shape.len() {
             return Err(NnError::InvalidSamples(format!("{} bytes for {n} images of {:?}", batch.len(), shape)));
         }
-        eval::logits(&self.model, batch, shape, n, &self.device)
+        eval::logits(&self.model, batch, shape, n, eval::EVAL_BATCH, &self.device)
     }
 
     /// Logits and hidden-layer activations (the penultimate layer: what the network sees) for
@@ -54,7 +54,7 @@ impl Network {
         if batch.len() != n * shape.len() {
             return Err(NnError::InvalidSamples(format!("{} bytes for {n} images of {:?}", batch.len(), shape)));
         }
-        let (logits, hidden) = eval::logits_and_hidden(&self.model, batch, shape, n, &self.device)?;
+        let (logits, hidden) = eval::logits_and_hidden(&self.model, batch, shape, n, eval::EVAL_BATCH, &self.device)?;
         Ok(logits.into_iter().zip(hidden).map(|(logits, embedding)| Scores { logits, embedding }).collect())
     }
 

@@ -293,8 +293,16 @@ impl Session {
     }
 
     fn evaluate_current(&self, samples: &Samples) -> Result<Evaluation> {
-        let logits = eval::logits(&self.model, &samples.images, self.spec.shape, samples.len(), &self.device)?;
+        let logits =
+            eval::logits(&self.model, &samples.images, self.spec.shape, samples.len(), self.per_pass(), &self.device)?;
         Ok(Evaluation::from_logits(logits, &samples.labels))
+    }
+
+    /// Images per scoring pass: at most twice the training batch, whose activations (forward and
+    /// backward) the trainer's memory budget was checked against, so scoring a large input
+    /// stays within it too.
+    fn per_pass(&self) -> usize {
+        self.spec.hyper.batch_size.saturating_mul(2).clamp(1, eval::EVAL_BATCH)
     }
 
     /// Weights of the best epoch so far (the initial weights before any epoch).
@@ -309,7 +317,7 @@ impl Session {
     pub fn evaluate_best(&self, val: &Samples) -> Result<Evaluation> {
         val.validate(self.spec.shape, self.spec.classes)?;
         let model = Model::from_values(self.spec.model_spec(), self.best_values()?, &self.device)?;
-        let logits = eval::logits(&model, &val.images, self.spec.shape, val.len(), &self.device)?;
+        let logits = eval::logits(&model, &val.images, self.spec.shape, val.len(), self.per_pass(), &self.device)?;
         Ok(Evaluation::from_logits(logits, &val.labels))
     }
 
@@ -317,7 +325,7 @@ impl Session {
     pub fn scores_best(&self, samples: &Samples) -> Result<(crate::Rows, crate::Rows)> {
         samples.validate(self.spec.shape, self.spec.classes)?;
         let model = Model::from_values(self.spec.model_spec(), self.best_values()?, &self.device)?;
-        eval::logits_and_hidden(&model, &samples.images, self.spec.shape, samples.len(), &self.device)
+        eval::logits_and_hidden(&model, &samples.images, self.spec.shape, samples.len(), self.per_pass(), &self.device)
     }
 
     /// Safetensors bytes that [`Session::resume`] continues from: current and best weights,
