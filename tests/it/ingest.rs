@@ -502,6 +502,24 @@ async fn a_truncated_file_larger_than_a_part_leaves_no_object_and_no_open_upload
     assert_eq!(app.count("SELECT count(*) FROM media").await, 0);
 }
 
+/// Uploads `first` to dataset `stalled`, then sends nothing more until the request's deadline
+/// answers 503.
+async fn stall_past_the_deadline(app: &RunningApp, content_type: &str, first: Vec<u8>) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) });
+    let request = app
+        .http
+        .post(app.url("/v1/media?dataset=stalled"))
+        .bearer_auth(&app.admin_token)
+        .header("content-type", content_type)
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let request = tokio::spawn(request);
+    tx.send(Ok(bytes::Bytes::from(first))).await.expect("the first bytes");
+    let (status, answer) = json_of(request.await.expect("join").expect("an answer")).await;
+    assert_eq!((status, &answer["error"]["code"]), (503, &Value::from("timeout")), "{answer}");
+}
+
 /// An upload that stalls past the request deadline after one of its files was stored: the
 /// answer is 503, and the stored file is deleted (the request's future is dropped, so no error
 /// path of the handler runs).
@@ -514,20 +532,7 @@ async fn an_upload_cut_off_by_its_deadline_leaves_no_object() {
     let mut first = b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n\r\n".to_vec();
     first.extend_from_slice(&png(32, 32, 7));
     first.extend_from_slice(b"\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"b.png\"\r\n\r\n");
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
-    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) });
-    let request = app
-        .http
-        .post(app.url("/v1/media?dataset=stalled"))
-        .bearer_auth(&app.admin_token)
-        .header("content-type", "multipart/form-data; boundary=XyZ")
-        .body(reqwest::Body::wrap_stream(body))
-        .send();
-    let request = tokio::spawn(request);
-    tx.send(Ok(bytes::Bytes::from(first))).await.expect("first file");
-    let (status, answer) = json_of(request.await.expect("join").expect("an answer")).await;
-    assert_eq!((status, &answer["error"]["code"]), (503, &Value::from("timeout")), "{answer}");
-    drop(tx);
+    stall_past_the_deadline(&app, "multipart/form-data; boundary=XyZ", first).await;
     let bucket = app.ctx.config.s3.bucket.clone();
     sluice_testkit::eventually(Duration::from_secs(10), "the stored file to be deleted", || async {
         let keys = sluice_core::s3::list_keys(&app.ctx.s3, &bucket, "raw/stalled/", 10).await.expect("list");
@@ -548,20 +553,7 @@ async fn a_large_upload_cut_off_by_its_deadline_leaves_no_open_upload() {
     let app = RunningApp::spawn(config).await;
     let mut first = png(32, 32, 7)[..33].to_vec();
     first.resize(6 * 1024 * 1024, 0);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
-    let body = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|chunk| (chunk, rx)) });
-    let request = app
-        .http
-        .post(app.url("/v1/media?dataset=stalled"))
-        .bearer_auth(&app.admin_token)
-        .header("content-type", "image/png")
-        .body(reqwest::Body::wrap_stream(body))
-        .send();
-    let request = tokio::spawn(request);
-    tx.send(Ok(bytes::Bytes::from(first))).await.expect("the first part's bytes");
-    let (status, answer) = json_of(request.await.expect("join").expect("an answer")).await;
-    assert_eq!((status, &answer["error"]["code"]), (503, &Value::from("timeout")), "{answer}");
-    drop(tx);
+    stall_past_the_deadline(&app, "image/png", first).await;
     let bucket = app.ctx.config.s3.bucket.clone();
     sluice_testkit::eventually(Duration::from_secs(10), "the open upload to be aborted", || async {
         let uploads = app.ctx.s3.list_multipart_uploads().bucket(&bucket).prefix("raw/stalled/").send().await;
