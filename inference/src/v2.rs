@@ -494,7 +494,6 @@ impl<'de> serde::de::Visitor<'de> for Collect<'_> {
     }
 }
 
-
 /// An output to answer: `probabilities`, `labels` or `prediction_ids`.
 #[derive(Debug, Deserialize, ToSchema)]
 struct RequestedOutput {
@@ -1085,7 +1084,9 @@ mod tests {
         let err = serde_json::from_str::<TensorData>(&over).expect_err("too many values");
         assert!(err.to_string().contains("binary extension"), "{err}");
         let within = format!("[{}0]", "0,".repeat(MAX_DATA_VALUES - 1));
-        assert!(matches!(serde_json::from_str::<TensorData>(&within), Ok(TensorData::Numbers(v)) if v.len() == MAX_DATA_VALUES));
+        assert!(
+            matches!(serde_json::from_str::<TensorData>(&within), Ok(TensorData::Numbers(v)) if v.len() == MAX_DATA_VALUES)
+        );
     }
 
     #[test]

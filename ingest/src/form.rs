@@ -52,7 +52,8 @@ pub async fn read<K: Sink>(
     let (content_type, mut fields) = check_request(&request, limits.upload.max_bytes)?;
     if content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
         // Bounds what the parser buffers outside part data (a header block that never ends).
-        let (request, framing) = sluice_core::multipart::guard(request).map_err(|m| IngestError::BadRequest(m.into()))?;
+        let (request, framing) =
+            sluice_core::multipart::guard(request).map_err(|m| IngestError::BadRequest(m.into()))?;
         let mut multipart =
             Multipart::from_request(request, &()).await.map_err(|e| IngestError::BadRequest(e.body_text()))?;
         read_multipart(sink, &mut multipart, &mut fields, files, limits).await.map_err(|err| {

@@ -31,10 +31,8 @@ pub async fn sweep_once(ctx: &Context) -> Result<usize, IngestError> {
     let grace = chrono::Duration::seconds(ctx.config.ingest.orphan_grace_secs as i64);
     let cutoff = Utc::now() - grace;
     let bucket = &ctx.config.s3.bucket;
-    let mut removed = sweep_prefix(ctx, RAW_PREFIX, cutoff, |old| async move {
-        Ok(store::recorded_keys(ctx, &old).await?)
-    })
-    .await?;
+    let mut removed =
+        sweep_prefix(ctx, RAW_PREFIX, cutoff, |old| async move { Ok(store::recorded_keys(ctx, &old).await?) }).await?;
     // A captured input waits under `captures/` for ingest, which deletes it once stored (seconds
     // later). One still there after the grace period was left by an inference process that died
     // before its event, or by a delete that failed: none is kept.

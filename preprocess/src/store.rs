@@ -86,8 +86,11 @@ pub async fn item(ctx: &Context, id: Uuid) -> Result<Option<(MediaIngested, Medi
         width: row.try_get("width")?,
         height: row.try_get("height")?,
     };
-    let state =
-        MediaState { status: row.try_get("status")?, spec_hash: row.try_get("spec_hash")?, attempts: row.try_get("attempts")? };
+    let state = MediaState {
+        status: row.try_get("status")?,
+        spec_hash: row.try_get("spec_hash")?,
+        attempts: row.try_get("attempts")?,
+    };
     Ok(Some((item, state)))
 }
 

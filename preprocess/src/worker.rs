@@ -153,8 +153,7 @@ async fn record_failure(
     });
     let recorded = recorded.await?;
     if recorded {
-        metrics::counter!("sluice_preprocess_failed_total", "kind" => kind.to_owned(), "reason" => reason)
-            .increment(1);
+        metrics::counter!("sluice_preprocess_failed_total", "kind" => kind.to_owned(), "reason" => reason).increment(1);
     }
     Some(recorded)
 }

@@ -359,8 +359,18 @@ async fn refused_batch_requests_leave_no_job_event_or_object() {
         ("no token", None, json!({"model": "guarded", "dataset": "shapes"}), 401),
         ("an ingest-only token", Some(&ingest_only), json!({"model": "guarded", "dataset": "shapes"}), 403),
         // Scoring a dataset reads it: a predict-only token learns nothing of it, not even that it exists.
-        ("a predict-only token on a dataset", Some(&predict_only), json!({"model": "guarded", "dataset": "shapes"}), 403),
-        ("a predict-only token on no dataset", Some(&predict_only), json!({"model": "guarded", "dataset": "missing"}), 403),
+        (
+            "a predict-only token on a dataset",
+            Some(&predict_only),
+            json!({"model": "guarded", "dataset": "shapes"}),
+            403,
+        ),
+        (
+            "a predict-only token on no dataset",
+            Some(&predict_only),
+            json!({"model": "guarded", "dataset": "missing"}),
+            403,
+        ),
     ];
     let mut failures = Vec::new();
     for (what, token, body, status) in cases {

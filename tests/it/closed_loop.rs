@@ -495,4 +495,3 @@ async fn a_drift_retrain_learns_from_captured_inputs_labelled_by_feedback() {
     // (Runs: v1 0.46-0.67, v2 0.89-0.92; splits hash random media ids, so the figures move.)
     assert!(v2_accuracy >= v1_accuracy + 0.1 && v2_accuracy >= 0.7, "v2 {v2_accuracy} vs v1 {v1_accuracy}");
 }
-

@@ -380,7 +380,10 @@ async fn a_video_that_outlasts_the_ffmpeg_timeout_fails_and_the_rest_flows() {
     let good = upload(&app, "slow", "image/png", png(30, 30, 6)).await;
     let item = settled(&app, &slow).await;
     assert_eq!(item["status"], "failed", "{item}");
-    assert!(item["error"].as_str().is_some_and(|e| e.contains("timeout") && e.contains("attempt 2, run alone: true")), "{item}");
+    assert!(
+        item["error"].as_str().is_some_and(|e| e.contains("timeout") && e.contains("attempt 2, run alone: true")),
+        "{item}"
+    );
     assert_eq!(settled(&app, &good).await["status"], "processed");
     let dlq = app.ctx.topic(Topic::MediaDlq).to_string();
     let events = read_topic(&app.ctx.config, &dlq, 1, Duration::from_secs(20)).await;

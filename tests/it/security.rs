@@ -237,9 +237,8 @@ async fn an_alias_the_policy_protects_needs_admin_and_the_policy_is_admin_only()
     assert_eq!(route.send().await.expect("routing").status().as_u16(), 200);
     let (status, body) = json_of(put(&train, "candidate").await.expect("put")).await;
     assert_eq!((status, body["error"]["code"].clone()), (403, json!("forbidden")), "the canary: {body}");
-    let delete = |token: &str| {
-        app.http.delete(app.url("/v1/models/guarded/aliases/candidate")).bearer_auth(token).send()
-    };
+    let delete =
+        |token: &str| app.http.delete(app.url("/v1/models/guarded/aliases/candidate")).bearer_auth(token).send();
     assert_eq!(delete(&train).await.expect("delete").status().as_u16(), 403, "nor deletes it");
     assert_eq!(put(&app.admin_token, "candidate").await.expect("put").status().as_u16(), 200);
     let flood: Vec<String> = (0..40).map(|i| format!("a{i}")).collect();
@@ -480,7 +479,9 @@ async fn oversized_bodies_part_floods_and_huge_search_spaces_are_refused_in_json
     let long = "b".repeat(201);
     let mut unguarded = format!("--{long}\r\n").into_bytes();
     unguarded.resize(4 * 1024 * 1024, b'a');
-    for (what, path) in [("upload boundary", "/v1/media?dataset=flood"), ("predict boundary", "/v1/models/nope/predict")] {
+    for (what, path) in
+        [("upload boundary", "/v1/media?dataset=flood"), ("predict boundary", "/v1/models/nope/predict")]
+    {
         let request = app.http.post(app.url(path)).bearer_auth(&admin);
         let request = request.header("content-type", format!("multipart/form-data; boundary={long}"));
         let (status, answer) = json_of(request.body(unguarded.clone()).send().await.expect("post")).await;
