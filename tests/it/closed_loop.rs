@@ -350,9 +350,9 @@ async fn if_better_live_promotes_the_candidate_once_live_feedback_shows_it_bette
     // production (answers then come from version 2).
     let mut last = None;
     let mut answered_by_v1 = 0;
-    // Up to 200 answers: on a loaded machine some shadow scorings are skipped (at most
+    // Up to 400 answers: on a loaded machine some shadow scorings are skipped (at most
     // `SHADOWS_IN_FLIGHT` run at once), so the gate may need more answers than on a quiet one.
-    for (png, label) in images(200, 7, 0) {
+    for (png, label) in images(400, 7, 0) {
         let response = app.http.post(app.url("/v1/models/liveloop/predict")).bearer_auth(&app.admin_token);
         let (status, answer) =
             json_of(response.header("content-type", "image/png").body(png).send().await.expect("predict")).await;
@@ -367,6 +367,10 @@ async fn if_better_live_promotes_the_candidate_once_live_feedback_shows_it_bette
         last = Some((id, label));
     }
     let (id, label) = last.expect("a prediction");
+    // What the gate saw, for a failure below (printed with the test's output).
+    let routing = app.http.get(app.url("/v1/models/liveloop/routing")).bearer_auth(&app.admin_token).send().await;
+    let comparison = json_of(routing.expect("routing")).await.1["shadow_comparison"].clone();
+    eprintln!("after {answered_by_v1} answers with feedback, the shadow comparison: {comparison:#}");
     eventually(Duration::from_secs(30), "production to move to the candidate", || async {
         // Each feedback re-checks (the last shadow scores may have landed after it).
         let feedback = app.http.post(app.url("/v1/feedback")).bearer_auth(&app.admin_token);
