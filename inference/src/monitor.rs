@@ -186,9 +186,8 @@ async fn observe(
     Ok(window.observe(&observations, config).cloned())
 }
 
-/// Records a check's verdict (and the retrain request sustained drift asks for), then exports it.
-/// Records a check; `false` (nothing recorded) when the window's counts are stale
-/// ([`store::record_verdict`]).
+/// Records a check's verdict (and the retrain request sustained drift asks for), then exports it;
+/// `false` (nothing recorded) when the window's counts are stale ([`store::record_verdict`]).
 async fn record(served: &Arc<Served>, event: &RequestObserved, verdict: &Verdict) -> Result<bool, MonitorError> {
     let config = &served.ctx.config.inference;
     // Sustained drift asks for retraining in the verdict's own transaction: a monitor killed

@@ -253,12 +253,6 @@ fn ended(
     }
 }
 
-/// Whether the trial should still run: `Err` carries the result to publish instead (cancelled),
-/// `Ok(false)` means skip silently (already ended: a duplicate delivery).
-async fn still_wanted(ctx: &Context, trial: &TrialAssigned) -> Result<bool, Failure> {
-    Ok(store::trial_state(ctx, trial.trial_id).await?.is_some_and(|state| state.wanted()))
-}
-
 /// Whether `run` should go on with the trial: it is still wanted and no later run took it.
 async fn run_state(ctx: &Context, trial: &TrialAssigned, run: Uuid) -> Result<RunState, Failure> {
     Ok(match store::trial_state(ctx, trial.trial_id).await? {
@@ -300,7 +294,8 @@ async fn train(
     started: Instant,
     run: &Run,
 ) -> Result<Option<TrialFinished>, Failure> {
-    if !still_wanted(ctx, trial).await? {
+    let state = run_state(ctx, trial, run.id).await?;
+    if matches!(state, RunState::Ended) {
         tracing::info!(trial = %trial.trial_id, "trial already ended or its job was cancelled; skipping");
         return Ok(None);
     }
@@ -312,7 +307,7 @@ async fn train(
         .map_err(|_| Failure::Poison(format!("unknown architecture {}", trial.architecture)))?;
     // A retry after a dependency came back (a host cut off, then back) must not take the trial
     // back from the run that resumed it meanwhile; a new delivery does take it over.
-    if run.started() && matches!(run_state(ctx, trial, run.id).await?, RunState::TakenOver) {
+    if run.started() && matches!(state, RunState::TakenOver) {
         return Ok(taken_over(ctx, trial, run).await);
     }
     // Counted before anything can go wrong, so a run that kills this process counts too.
