@@ -83,8 +83,8 @@ cargo_tool() { # binary crate version minutes [extra cargo flags]
 install() {
   apt_install ffmpeg ca-certificates
   install_prometheus
-  cargo_tool nisshi nisshi "$NISSHI_VERSION" 8 --ignore-rust-version
-  cargo_tool garage garage "$GARAGE_VERSION" 5
+  cargo_tool nisshi nisshi "$NISSHI_VERSION" 8-13 --ignore-rust-version
+  cargo_tool garage garage "$GARAGE_VERSION" 5-7
 }
 
 # ---------- PostgreSQL ----------
