@@ -144,8 +144,7 @@ pub fn check_dataset_size(snapshot: &Snapshot, config: &TrainerConfig) -> Result
     }
     let shape = snapshot::input_shape(&snapshot.spec);
     let frames: u64 = snapshot.items.iter().map(|item| item.keys.len() as u64).sum();
-    let frame_bytes = (shape.channels * shape.height * shape.width) as u64;
-    let mib = frames.saturating_mul(frame_bytes).saturating_mul(2) >> 20;
+    let mib = frames.saturating_mul(shape.len() as u64).saturating_mul(2) >> 20;
     if mib > config.max_snapshot_mib {
         return Err(format!(
             "dataset {:?} has {frames} frames of {}×{}×{}: about {mib} MiB in a worker, more than trainer.max_snapshot_mib ({}); use a smaller pipeline size or fewer items",

@@ -59,13 +59,12 @@ pub struct LoadedSnapshot {
 impl LoadedSnapshot {
     /// Each item's number of frames (its rows in [`LoadedSnapshot::samples`]).
     pub fn frame_counts(&self, items: &[usize]) -> Vec<usize> {
-        let frame_len = self.shape.channels * self.shape.height * self.shape.width;
-        items.iter().map(|&index| self.frames[index].len() / frame_len.max(1)).collect()
+        items.iter().map(|&index| self.frames[index].len() / self.shape.len().max(1)).collect()
     }
 
     /// The samples (every frame of every item) of the given item indices.
     pub fn samples(&self, items: &[usize]) -> Samples {
-        let frame_len = self.shape.channels * self.shape.height * self.shape.width;
+        let frame_len = self.shape.len();
         let mut images = Vec::new();
         let mut labels = Vec::new();
         for &index in items {
